@@ -1,0 +1,147 @@
+"""Task descriptions: the task set is declared once (in a config) and used everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+KINDS = (CLASSIFICATION, REGRESSION)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A per-example metric; the mean over a split is reported. ``higher_is_better`` drives model
+    selection and Delta-m%."""
+
+    name: str
+    fn: Callable[[Array, Array], Array]  # (outputs [B, ...], labels [B, ...]) -> [B]
+    higher_is_better: bool
+
+
+def _accuracy(logits: Array, labels: Array) -> Array:
+    return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+
+
+def _cross_entropy(logits: Array, labels: Array) -> Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def _mse(pred: Array, target: Array) -> Array:
+    err = (pred.astype(jnp.float32) - target) ** 2
+    return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
+
+
+def _mae(pred: Array, target: Array) -> Array:
+    err = jnp.abs(pred.astype(jnp.float32) - target)
+    return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task of the multi-task problem.
+
+    name: unique task name (also the key of its head's params under ``params['tasks']``).
+    kind: ``'classification'`` (integer labels, softmax cross-entropy) or ``'regression'`` (MSE).
+    num_outputs: number of classes, or the regression output size (flattened).
+    label_key: the batch entry holding this task's labels (default: ``name``).
+    weight: static loss weight (used by the ``static`` weighting scheme).
+    """
+
+    name: str
+    kind: str
+    num_outputs: int
+    label_key: str = ""
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name!r}: unknown kind {self.kind!r}; valid kinds: {', '.join(KINDS)}")
+        if not self.name.isidentifier():
+            raise ValueError(f"task name {self.name!r} must be a Python identifier (it names a params subtree)")
+        if self.num_outputs < 1:
+            raise ValueError(f"task {self.name!r}: num_outputs must be >= 1, got {self.num_outputs}")
+        if not self.label_key:
+            object.__setattr__(self, "label_key", self.name)
+
+    def loss(self, outputs: Array, labels: Array) -> Array:
+        """Per-example loss ``[B]``."""
+        if self.kind == CLASSIFICATION:
+            return _cross_entropy(outputs, labels)
+        return _mse(outputs, labels.reshape(outputs.shape))
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        if self.kind == CLASSIFICATION:
+            return (Metric("accuracy", _accuracy, True), Metric("loss", _cross_entropy, False))
+        return (
+            Metric("mse", lambda p, t: _mse(p, t.reshape(p.shape)), False),
+            Metric("mae", lambda p, t: _mae(p, t.reshape(p.shape)), False),
+        )
+
+    @property
+    def main_metric(self) -> Metric:
+        """The metric used for model selection and Delta-m% (accuracy or MSE)."""
+        return self.metrics[0]
+
+
+def tasks_from_config(task_configs: Mapping[str, Mapping[str, Any]], dataset_spec: Any) -> tuple[Task, ...]:
+    """Builds the task tuple from ``config.tasks`` (``{name: {label, weight, ...}}``) checked against
+    the dataset's label specs. An empty mapping means one task per dataset label.
+    """
+    labels = dataset_spec.labels
+    if not task_configs:
+        task_configs = {name: {} for name in labels}
+    tasks = []
+    for name, cfg in task_configs.items():
+        cfg = dict(cfg)
+        label_key = cfg.pop("label", name)
+        weight = float(cfg.pop("weight", 1.0))
+        if cfg:
+            raise ValueError(f"task {name!r}: unknown field(s) {', '.join(sorted(cfg))}; valid: label, weight")
+        if label_key not in labels:
+            raise ValueError(
+                f"task {name!r} asks for label {label_key!r}, which dataset {dataset_spec.name!r} does not have; "
+                f"its labels: {', '.join(labels)}"
+            )
+        spec = labels[label_key]
+        if spec.kind == CLASSIFICATION:
+            num_outputs = int(spec.num_classes)
+        else:
+            num_outputs = int(max(1, _prod(spec.shape)))
+        tasks.append(Task(name=name, kind=spec.kind, num_outputs=num_outputs, label_key=label_key, weight=weight))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate task names in {names}")
+    return tuple(tasks)
+
+
+def _prod(shape: Sequence[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "batch") -> None:
+    """Raises a clear error when a classification label is outside ``[0, num_classes)``."""
+    import numpy as np
+
+    for t in tasks:
+        if t.label_key not in batch:
+            raise ValueError(f"{where} has no entry {t.label_key!r} for task {t.name!r}; entries: {', '.join(batch)}")
+        if t.kind != CLASSIFICATION:
+            continue
+        y = np.asarray(batch[t.label_key])
+        if y.size and (y.min() < 0 or y.max() >= t.num_outputs):
+            raise ValueError(
+                f"{where}: labels of task {t.name!r} span [{y.min()}, {y.max()}] but its head has "
+                f"{t.num_outputs} classes (valid labels 0..{t.num_outputs - 1})"
+            )

@@ -1,0 +1,74 @@
+"""Evaluation over a whole split held in memory, data-parallel, with padding masks."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from jmtl.tasks import Task
+
+
+def iterate_eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, multiple: int):
+    """Fixed-size batches over a split; the last one padded (``mask`` = 0 on padding).
+
+    ``batch_size`` is rounded up to a ``multiple`` of the global device count so every batch shards.
+    """
+    batch_size = int(math.ceil(batch_size / multiple) * multiple)
+    n = len(next(iter(arrays.values())))
+    if n == 0:
+        raise ValueError("cannot evaluate an empty split")
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        batch = {k: v[start:stop] for k, v in arrays.items()}
+        mask = np.ones((stop - start,), np.float32)
+        pad = batch_size - (stop - start)
+        if pad:
+            batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in batch.items()}
+            mask = np.concatenate([mask, np.zeros((pad,), np.float32)])
+        batch["mask"] = mask
+        yield batch
+
+
+def evaluate(
+    eval_fn: Callable,
+    params,
+    arrays: Mapping[str, np.ndarray],
+    tasks: Sequence[Task],
+    *,
+    shard_batch: Callable[[dict], dict],
+    batch_size: int,
+    num_devices: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    unreplicate: Callable = lambda x: x,
+) -> dict[str, dict[str, float]]:
+    """Mean of every task metric over the split: ``{task: {metric: value}}``.
+
+    With several processes each feeds its contiguous part of every global eval batch.
+    """
+    totals = None
+    for batch in iterate_eval_batches(arrays, batch_size, num_devices):
+        if process_count > 1:
+            per = len(batch["mask"]) // process_count
+            batch = {k: v[process_index * per : (process_index + 1) * per] for k, v in batch.items()}
+        sums = unreplicate(eval_fn(params, shard_batch(batch)))
+        sums = jax.tree.map(lambda x: float(np.asarray(x)), sums)
+        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    count = totals.pop("count")
+    return {t.name: {m: v / count for m, v in totals[t.name].items()} for t in tasks}
+
+
+def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[Task]) -> float:
+    """Scalar used to pick the best validation checkpoint (higher is better).
+
+    Mean over tasks of the main metric, with lower-is-better metrics entered as ``-log(m)`` so that
+    tasks on different scales (regression MSEs) count by relative change.
+    """
+    vals = []
+    for t in tasks:
+        m = metrics[t.name][t.main_metric.name]
+        vals.append(m if t.main_metric.higher_is_better else -math.log(max(m, 1e-12)))
+    return float(np.mean(vals))

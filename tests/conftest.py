@@ -1,0 +1,46 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Tests run on the CPU (and never download anything).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~30 s (still part of CI)")
+
+
+def run_script(script: str, *args: str, devices: int = 1, timeout: int = 600, env: dict | None = None) -> dict:
+    """Runs ``tests/scripts/<script>`` in a fresh interpreter with ``devices`` forced CPU devices and
+    returns the JSON it prints on its ``RESULT`` line."""
+    full_env = dict(os.environ)
+    full_env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", ""),
+    )
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "scripts" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=ROOT,
+    )
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise AssertionError(f"{script} failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+@pytest.fixture
+def script_runner():
+    return run_script

@@ -1,0 +1,68 @@
+"""Runs 20 steps with the single-device, shard_map and pmap drivers; prints relative param errors as JSON.
+
+Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N (the count must be fixed
+before jax starts). Argument: comma-separated weighting methods.
+"""
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jmtl import weighting
+from jmtl.models import mtl
+from jmtl.tasks import Task
+from jmtl.training import parallel
+from jmtl.training import step as step_lib
+
+
+def run(method: str, kind: str, batches, tasks, model):
+    transform = weighting.get(method)
+    opt = optax.adam(1e-3)
+    driver = parallel.Driver(kind)
+    state = driver.replicate(step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), len(tasks), seed=0))
+    cfg = step_lib.StepConfig(relation_alpha=1e-3)
+    fn = driver.compile_step(lambda ax: step_lib.make_train_step(model, tasks, transform, opt, cfg, axis_name=ax))
+    for b in batches:
+        state, _ = fn(state, driver.shard_batch(b))
+    return driver.unreplicate(state.params), driver.num_devices
+
+
+def main():
+    methods = sys.argv[1].split(",")
+    tasks = (Task("left", "classification", 10), Task("right", "classification", 10))
+    # No dropout: the devices draw different masks than one device would.
+    model = mtl.build(
+        tasks,
+        encoder="multi_lenet",
+        encoder_kwargs=dict(dropout_rate=0.0),
+        head_kwargs=dict(dropout_rate=0.0),
+        relation=True,
+    )
+    rng = np.random.default_rng(0)
+    batches = [
+        dict(
+            image=rng.normal(size=(64, 28, 28, 1)).astype(np.float32),
+            left=rng.integers(0, 10, 64).astype(np.int32),
+            right=rng.integers(0, 10, 64).astype(np.int32),
+        )
+        for _ in range(20)
+    ]
+    out = {"device_count": jax.device_count()}
+    for method in methods:
+        ref, _ = run(method, "single", batches, tasks, model)
+        init, _ = run(method, "single", [], tasks, model)
+        for kind in ("shard_map", "pmap"):
+            params, n = run(method, kind, batches, tasks, model)
+            rel = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)), params, ref)
+            moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, init)
+            out[f"{method}/{kind}"] = {"max_rel_err": max(jax.tree.leaves(rel)), "devices": n}
+        out[f"{method}/moved"] = max(jax.tree.leaves(moved))
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

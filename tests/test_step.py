@@ -1,0 +1,97 @@
+"""The joint train step against independent computations of the same update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jmtl import weighting
+from jmtl.models import mtl
+from jmtl.tasks import Task
+from jmtl.training import step as step_lib
+
+TASKS = (Task("a", "regression", 3), Task("b", "regression", 3), Task("c", "classification", 4))
+
+
+def _setup(method="equal", relation=False, alpha=0.0, **hp):
+    model = mtl.build(TASKS, encoder="mlp", encoder_kwargs=dict(features=(8, 8)), head_kwargs=dict(hidden=6, dropout_rate=0.0), relation=relation)
+    t = weighting.get(method, **hp)
+    opt = optax.sgd(0.1)
+    state = step_lib.init_state(model, t, opt, jnp.zeros((1, 5)), len(TASKS), seed=0)
+    rng = np.random.default_rng(0)
+    batch = dict(
+        x=jnp.asarray(rng.normal(size=(16, 5)), jnp.float32),
+        a=jnp.asarray(rng.normal(size=(16, 3)), jnp.float32),
+        b=jnp.asarray(rng.normal(size=(16, 3)), jnp.float32),
+        c=jnp.asarray(rng.integers(0, 4, 16), jnp.int32),
+    )
+    cfg = step_lib.StepConfig(relation_alpha=alpha, input_key="x")
+    fn = jax.jit(step_lib.make_train_step(model, TASKS, t, opt, cfg))
+    return model, state, batch, fn
+
+
+def _losses(model, params, batch):
+    out = model.apply({"params": params}, batch["x"], train=True)
+    return jnp.stack([jnp.mean(t.loss(out[t.name], batch[t.label_key])) for t in TASKS])
+
+
+def test_equal_weighting_is_sgd_on_the_sum_plus_relation_penalty():
+    model, state, batch, fn = _setup("equal", relation=True, alpha=0.01)
+    new, metrics = fn(state, batch)
+
+    def total(p):
+        return jnp.sum(_losses(model, p, batch)) + 0.01 * jnp.sum(p["relation"] ** 2)
+
+    g = jax.grad(total)(state.params)
+    expected = jax.tree.map(lambda p, gi: p - 0.1 * gi, state.params, g)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics["losses"], _losses(model, state.params, batch), rtol=1e-6)
+    assert bool(metrics["finite"])
+    assert int(new.step) == 1
+
+
+def test_gradient_method_uses_the_batched_jacobian():
+    """MGDA: shared params move along the min-norm combination of per-task jacrev gradients; heads
+    along their own task's gradient."""
+    model, state, batch, fn = _setup("mgda")
+    new, metrics = fn(state, batch)
+    jac_tree = jax.jacrev(lambda p: _losses(model, p, batch))(state.params)  # leaves [K, ...]
+    jac = step_lib.flatten_rows(jac_tree["shared"])
+    d = weighting.aggregate("mgda", jac)
+    expected_shared = jax.tree.map(
+        lambda p, g: p - 0.1 * g, state.params["shared"], step_lib.unflatten_like(d, state.params["shared"])
+    )
+    for a, b in zip(jax.tree.leaves(new.params["shared"]), jax.tree.leaves(expected_shared)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for t in TASKS:
+        own = jax.tree.map(lambda g: g.sum(0), jac_tree["tasks"][t.name])
+        exp = jax.tree.map(lambda p, g: p - 0.1 * g, state.params["tasks"][t.name], own)
+        for a, b in zip(jax.tree.leaves(new.params["tasks"][t.name]), jax.tree.leaves(exp)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    alpha = np.asarray(metrics["weights"])
+    assert abs(alpha.sum() - 1) < 1e-5 and np.all(alpha >= 0)
+
+
+def test_uncertainty_params_are_trained_by_the_main_optimizer():
+    model, state, batch, fn = _setup("uncertainty")
+    new, metrics = fn(state, batch)
+    losses = np.asarray(metrics["losses"])
+    s = np.asarray(state.weighting_params["log_var"])
+    expected = s - 0.1 * (1.0 - np.exp(-s) * losses)
+    np.testing.assert_allclose(new.weighting_params["log_var"], expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["weights"], np.exp(-s), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["equal", "mgda"])
+def test_nonfinite_loss_leaves_state_unchanged(method):
+    model, state, batch, fn = _setup(method)
+    bad = dict(batch)
+    bad["b"] = batch["b"].at[3, 1].set(jnp.nan)
+    new, metrics = fn(state, bad)
+    assert not bool(metrics["finite"])
+    np.testing.assert_array_equal(np.asarray(metrics["losses_finite"]), [True, False, True])
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+    assert int(new.step) == 1  # the step counter still advances (the batch was consumed)

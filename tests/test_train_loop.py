@@ -1,0 +1,72 @@
+"""experiments/train.py end to end on the embedded gradnorm_toy dataset."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import gradnorm_toy
+from experiments.train import train
+from jmtl.training.checkpoint import CheckpointMismatchError
+
+
+def _config(tmp_path, **overrides):
+    c = gradnorm_toy.get_config()
+    c.dataset.cache_dir = str(tmp_path / "cache")
+    c.num_steps = 40
+    c.eval_every_steps = 10
+    c.log_every_steps = 5
+    c.progress_bar = False
+    for k, v in overrides.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def test_outputs_and_exact_resume(tmp_path):
+    full_dir, part_dir = tmp_path / "full", tmp_path / "part"
+    summary, full = train(_config(tmp_path), str(full_dir))
+    for name in ("config.json", "metrics.jsonl", "train_log.jsonl", "summary.json", "plots/losses_and_weights.png", "plots/eval_metrics.png"):
+        assert (full_dir / name).exists(), name
+    evals = [json.loads(l) for l in (full_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [10, 20, 30, 40]
+    assert set(evals[0]) >= {"validation", "test"}
+    assert summary["best_validation"]["step"] in (10, 20, 30, 40)
+    assert summary["steps_per_s"] > 0
+
+    # Stop after 20 steps, then resume to 40: same params, same logs, as the uninterrupted run.
+    train(_config(tmp_path, num_steps=20), str(part_dir))
+    _, resumed = train(_config(tmp_path), str(part_dir))
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(full.params)):
+        np.testing.assert_array_equal(a, b)
+    assert int(resumed.step) == 40
+    steps = [json.loads(l)["step"] for l in (part_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 20, 30, 40]
+
+
+def test_refuses_checkpoint_of_a_different_model(tmp_path):
+    wd = tmp_path / "wd"
+    train(_config(tmp_path, num_steps=10), str(wd))
+    before = sorted(p.name for p in (wd / "checkpoints").iterdir())
+    with pytest.raises(CheckpointMismatchError, match="different model.*shape changes"):
+        train(_config(tmp_path, **{"model.encoder_kwargs": {"features": (50, 50)}}), str(wd))
+    with pytest.raises(CheckpointMismatchError, match="weighting 'equal' vs 'mgda'"):
+        c = _config(tmp_path)
+        c.weighting = gradnorm_toy.get_config("mgda").weighting
+        train(c, str(wd))
+    assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == before
+
+
+def test_bad_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown weighting method 'nash'.*valid methods"):
+        c = _config(tmp_path)
+        c.weighting.name = "nash"
+        train(c, str(tmp_path / "a"))
+    with pytest.raises(ValueError, match="asks for label 'nope'"):
+        train(_config(tmp_path, tasks={"t0": {"label": "nope"}}), str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="unknown encoder 'resnet'"):
+        train(_config(tmp_path, **{"model.encoder": "resnet"}), str(tmp_path / "c"))

@@ -91,7 +91,11 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     )
     weighting = builders.weighting(config.weighting.name, config.weighting.hparams.to_dict(), tasks, steps_per_epoch)
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
-    step_cfg = step_lib.StepConfig(relation_alpha=config.model.relation_alpha, input_key=spec.input_key)
+    step_cfg = step_lib.StepConfig(
+        relation_alpha=config.model.relation_alpha,
+        input_key=spec.input_key,
+        jacobian_mode=config.weighting.jacobian_mode,
+    )
 
     driver = parallel.Driver(config.parallel)
     if config.batch_size % driver.num_devices:

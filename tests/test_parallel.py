@@ -3,7 +3,7 @@
 import pytest
 
 
-@pytest.mark.parametrize("methods", ["equal,mgda"])
+@pytest.mark.parametrize("methods", ["equal,mgda,mgda@rep"])
 def test_eight_devices_match_one_device(script_runner, methods):
     out = script_runner("driver_agreement.py", methods, devices=8)
     assert out["device_count"] == 8

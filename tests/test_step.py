@@ -95,3 +95,44 @@ def test_nonfinite_loss_leaves_state_unchanged(method):
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)):
         np.testing.assert_array_equal(a, b)
     assert int(new.step) == 1  # the step counter still advances (the batch was consumed)
+
+
+def test_representation_mode_with_equal_weights_is_the_plain_gradient():
+    """Rep-level mode with unit weights backpropagates sum_k dL_k/dz through the encoder: the gradient
+    of the sum of losses (checked with 'static' weights routed through the Gramian path)."""
+    model, state, batch, _ = _setup("equal")
+    t, opt = weighting.get("mgda"), optax.sgd(0.1)
+    ones = weighting.WeightingTransform(
+        init=t.init,
+        update=lambda losses, st, **_: (weighting.WeightingOutput(weights=jnp.ones_like(losses), extra_loss=0.0), st),
+        requires=weighting.GRAMIAN,
+    )
+    cfg = step_lib.StepConfig(input_key="x", jacobian_mode="representation")
+    new, _ = jax.jit(step_lib.make_train_step(model, TASKS, ones, opt, cfg))(state, batch)
+    g = jax.grad(lambda p: jnp.sum(_losses(model, p, batch)))(state.params)
+    expected = jax.tree.map(lambda p, gi: p - 0.1 * gi, state.params, g)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_representation_mode_mgda_weights_are_min_norm_of_representation_gradients():
+    model, state, batch, _ = _setup("equal")
+    t, opt = weighting.get("mgda"), optax.sgd(0.1)
+    cfg = step_lib.StepConfig(input_key="x", jacobian_mode="representation")
+    _, metrics = jax.jit(step_lib.make_train_step(model, TASKS, t, opt, cfg))(state, batch)
+    rep = model.apply({"params": state.params}, batch["x"], method=model.encode)
+
+    def losses_of_rep(z):
+        out = model.apply({"params": state.params}, z, train=True, method=model.decode)
+        return jnp.stack([jnp.mean(tk.loss(out[tk.name], batch[tk.label_key])) for tk in TASKS])
+
+    jz = jax.jacrev(losses_of_rep)(rep).reshape(len(TASKS), -1)
+    expected = weighting.solvers.min_norm_weights(jz @ jz.T)
+    np.testing.assert_allclose(metrics["weights"], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_representation_mode_refused_by_schemes_that_say_so():
+    model, state, batch, _ = _setup("equal")
+    t = weighting.get("mgda")._replace(rep_level_ok=False)
+    with pytest.raises(ValueError, match="not meaningful on gradients w.r.t. the shared representation"):
+        step_lib.make_train_step(model, TASKS, t, optax.sgd(0.1), step_lib.StepConfig(jacobian_mode="representation"))

@@ -35,7 +35,9 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     """``{name, hparams}`` with every hyperparameter of the method at its default, so each can be
     overridden from the command line (``--config.weighting.hparams.normalization=l2``)."""
     hp = ml_collections.ConfigDict(weighting.hyperparameters(name))
-    return ml_collections.ConfigDict(dict(name=name, hparams=hp))
+    # jacobian_mode: 'params' (exact per-task gradients of the shared params) or 'representation'
+    # (gradients w.r.t. the shared representation, MGDA-UB style). Loss-level schemes ignore it.
+    return ml_collections.ConfigDict(dict(name=name, hparams=hp, jacobian_mode="params"))
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

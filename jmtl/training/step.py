@@ -55,6 +55,13 @@ class StepConfig:
 
     relation_alpha: float = 0.0
     input_key: str = "image"
+    # 'params': per-task gradients of the shared params (exact). 'representation': per-task gradients
+    # of the shared representation (MGDA-UB, Sener & Koltun 2018), then one weighted backward pass
+    # through the encoder; far cheaper for big encoders. Ignored by loss-level schemes.
+    jacobian_mode: str = "params"
+
+
+JACOBIAN_MODES = ("params", "representation")
 
 
 # ----------------------------------------------------------------------------- collectives
@@ -148,16 +155,32 @@ def make_train_step(
     tasks = tuple(tasks)
     k = len(tasks)
     needs_jacobian = weighting.requires in (weighting_lib.JACOBIAN, weighting_lib.GRAMIAN)
+    if config.jacobian_mode not in JACOBIAN_MODES:
+        raise ValueError(f"unknown jacobian_mode {config.jacobian_mode!r}; valid: {', '.join(JACOBIAN_MODES)}")
+    rep_mode = needs_jacobian and config.jacobian_mode == "representation"
+    if rep_mode and not weighting.rep_level_ok:
+        raise ValueError(
+            "this weighting scheme is not meaningful on gradients w.r.t. the shared representation; "
+            "use jacobian_mode='params'"
+        )
+
+    def task_losses(outputs, batch):
+        """Batch-mean loss ``[K]`` and main metric ``[K]`` of every task."""
+        losses = jnp.stack([jnp.mean(t.loss(outputs[t.name], batch[t.label_key])) for t in tasks])
+        main = jnp.stack([jnp.mean(t.main_metric.fn(outputs[t.name], batch[t.label_key])) for t in tasks])
+        return losses, main
 
     def local_losses(params, batch, dropout_rng):
         outputs = model.apply(
             {"params": params}, batch[config.input_key], train=True, rngs={"dropout": dropout_rng}
         )
-        losses = jnp.stack([jnp.mean(t.loss(outputs[t.name], batch[t.label_key])) for t in tasks])
-        main = jnp.stack(
-            [jnp.mean(t.main_metric.fn(outputs[t.name], batch[t.label_key])) for t in tasks]
+        return task_losses(outputs, batch)
+
+    def head_losses(rep, rest, batch, dropout_rng, shared):
+        outputs = model.apply(
+            {"params": {**rest, SHARED: shared}}, rep, train=True, rngs={"dropout": dropout_rng}, method=model.decode
         )
-        return losses, main
+        return task_losses(outputs, batch)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
@@ -166,15 +189,47 @@ def make_train_step(
             dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
         params_local = _to_varying(state.params, axis_name)
-        local, vjp_fn, local_main = jax.vjp(
-            lambda p: local_losses(p, batch, dropout_rng), params_local, has_aux=True
-        )
+        if rep_mode:
+            rest = {name: sub for name, sub in params_local.items() if name != SHARED}
+            rep, encoder_vjp = jax.vjp(
+                lambda shared: model.apply(
+                    {"params": {**rest, SHARED: shared}},
+                    batch[config.input_key],
+                    train=True,
+                    rngs={"dropout": dropout_rng},
+                    method=model.encode,
+                ),
+                params_local[SHARED],
+            )
+            local, vjp_fn, local_main = jax.vjp(
+                lambda r, p: head_losses(r, p, batch, dropout_rng, params_local[SHARED]), rep, rest, has_aux=True
+            )
+        else:
+            local, vjp_fn, local_main = jax.vjp(
+                lambda p: local_losses(p, batch, dropout_rng), params_local, has_aux=True
+            )
         losses = _pmean(local, axis_name)
         train_metric = _pmean(local_main, axis_name)
 
         jac_kwargs = {}
         per_task = None
-        if needs_jacobian:
+        if rep_mode:
+            cotangents = _to_varying(jnp.eye(k, dtype=local.dtype), axis_name)
+            rep_jac, per_task = jax.vmap(vjp_fn)(cotangents)  # [K, B_local, ...], head leaves [K, ...]
+            per_task = _pmean(per_task, axis_name)
+            n_dev = 1 if axis_name is None else jax.lax.axis_size(axis_name)
+            # The global loss is the mean of the device losses, so the global representation Jacobian
+            # is the concatenation over devices of J_local / n.
+            rep_jac = rep_jac.reshape(k, -1) / n_dev
+            gram = rep_jac @ rep_jac.T
+            if axis_name is not None:
+                gram = jax.lax.psum(gram, axis_name)
+            jac_kwargs = dict(gramian=gram)
+            if weighting.requires == weighting_lib.JACOBIAN:
+                jac_kwargs["jacobian"] = (
+                    rep_jac if axis_name is None else jax.lax.all_gather(rep_jac, axis_name, axis=1, tiled=True)
+                )
+        elif needs_jacobian:
             cotangents = _to_varying(jnp.eye(k, dtype=local.dtype), axis_name)
             (per_task,) = jax.vmap(vjp_fn)(cotangents)  # every leaf [K, ...]
             per_task = _pmean(per_task, axis_name)
@@ -209,7 +264,17 @@ def make_train_step(
             (out, new_wstate), wgrads = run_weighting(state.weighting_params), {}
         weights = None if out.weights is None else jax.lax.stop_gradient(out.weights)
 
-        if needs_jacobian:
+        if rep_mode:
+            if out.weights is not None:
+                rep_cot = out.weights.astype(rep_jac.dtype) @ rep_jac
+            else:  # a direction over the global representation: this device's slice
+                rep_cot = out.direction
+                if axis_name is not None:
+                    rep_cot = rep_cot.reshape(jax.lax.axis_size(axis_name), -1)[jax.lax.axis_index(axis_name)]
+            (shared_grad,) = encoder_vjp(rep_cot.reshape(rep.shape).astype(rep.dtype))
+            grads = {name: jax.tree.map(lambda g: jnp.sum(g, axis=0), sub) for name, sub in per_task.items()}
+            grads[SHARED] = shared_grad if axis_name is None else jax.lax.psum(shared_grad, axis_name)
+        elif needs_jacobian:
             direction = weighting_lib.combine(out, jac_kwargs["jacobian"])
             # Task-specific params get their own task's gradient (Sener & Koltun 2018); the sum over
             # tasks of a head's rows is exactly that, as other tasks' rows are zero there.

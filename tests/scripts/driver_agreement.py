@@ -20,11 +20,13 @@ from jmtl.training import step as step_lib
 
 
 def run(method: str, kind: str, batches, tasks, model):
+    """``method`` is a scheme name, optionally ``name@rep`` for the representation-level mode."""
+    method, _, mode = method.partition("@")
     transform = weighting.get(method)
     opt = optax.adam(1e-3)
     driver = parallel.Driver(kind)
     state = driver.replicate(step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), len(tasks), seed=0))
-    cfg = step_lib.StepConfig(relation_alpha=1e-3)
+    cfg = step_lib.StepConfig(relation_alpha=1e-3, jacobian_mode="representation" if mode == "rep" else "params")
     fn = driver.compile_step(lambda ax: step_lib.make_train_step(model, tasks, transform, opt, cfg, axis_name=ax))
     for b in batches:
         state, _ = fn(state, driver.shard_batch(b))

@@ -97,6 +97,10 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
         jacobian_mode=config.weighting.jacobian_mode,
     )
 
+    if config.nonfinite.policy not in step_lib.NONFINITE_POLICIES:
+        raise ValueError(
+            f"unknown nonfinite.policy {config.nonfinite.policy!r}; valid: {', '.join(step_lib.NONFINITE_POLICIES)}"
+        )
     driver = parallel.Driver(config.parallel)
     if config.batch_size % driver.num_devices:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {driver.num_devices} devices")
@@ -171,6 +175,30 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     step = start_step
     first_batch_checked = False
     results = None
+    pending = None
+
+    def check_finite(at_step: int, metrics) -> None:
+        nonlocal consecutive_skips, total_skips
+        flags = driver.host_metrics({"finite": metrics["finite"], "losses_finite": metrics["losses_finite"]})
+        if bool(flags["finite"]):
+            consecutive_skips = 0
+            return
+        bad = [n for n, ok in zip(names, flags["losses_finite"]) if not ok] or ["(the update)"]
+        if config.nonfinite.policy == "raise":
+            ckpt.wait()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {at_step} in task(s) {', '.join(bad)}; the step was not applied. "
+                f"Last good checkpoint: {ckpt.directory}/{last_good_step} (step {last_good_step}). "
+                "Lower the learning rate, or set --config.nonfinite.policy=skip."
+            )
+        consecutive_skips += 1
+        total_skips += 1
+        if consecutive_skips >= config.nonfinite.max_consecutive_skips:
+            ckpt.wait()
+            raise NonFiniteLossError(
+                f"{consecutive_skips} consecutive non-finite steps up to step {at_step} (task(s) {', '.join(bad)}); "
+                f"last good checkpoint: step {last_good_step}"
+            )
     while step < total_steps:
         batch = next(train_iter)
         if not first_batch_checked:
@@ -178,27 +206,16 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
             first_batch_checked = True
         state, metrics = train_step(state, driver.shard_batch(batch))
         step += 1
+        # Every step's finiteness is checked, one step late, so the host never waits for the step
+        # it just dispatched. A non-finite step was not applied (the step keeps the old state).
+        if pending is not None:
+            check_finite(*pending)
+        pending = (step, metrics)
 
-        if step % config.log_every_steps == 0 or step == total_steps or step % eval_every == 0:
+        if step % config.log_every_steps == 0 or step == total_steps or step % eval_every == 0 or stop.signal:
+            check_finite(*pending)
+            pending = None
             m = driver.host_metrics(metrics)
-            if not bool(m["finite"]):
-                bad = [n for n, ok in zip(names, m["losses_finite"]) if not ok] or ["(the update)"]
-                if config.nonfinite.policy == "raise":
-                    ckpt.wait()
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step} in task(s) {', '.join(bad)}; the step was not applied. "
-                        f"Last good checkpoint: {ckpt.directory}/{last_good_step} (step {last_good_step}). "
-                        "Lower the learning rate, or set --config.nonfinite.policy=skip."
-                    )
-                consecutive_skips += 1
-                total_skips += 1
-                if consecutive_skips >= config.nonfinite.max_consecutive_skips:
-                    raise NonFiniteLossError(
-                        f"{consecutive_skips} consecutive non-finite steps up to step {step} (task(s) {', '.join(bad)}); "
-                        f"last good checkpoint: step {last_good_step}"
-                    )
-            else:
-                consecutive_skips = 0
             if is_main:
                 rec = {
                     "step": step,

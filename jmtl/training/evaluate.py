@@ -17,16 +17,16 @@ def iterate_eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, mult
     ``batch_size`` is rounded up to a ``multiple`` of the global device count so every batch shards.
     """
     batch_size = int(math.ceil(batch_size / multiple) * multiple)
-    n = len(next(iter(arrays.values())))
+    n = len(jax.tree.leaves(arrays)[0])
     if n == 0:
         raise ValueError("cannot evaluate an empty split")
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        batch = {k: v[start:stop] for k, v in arrays.items()}
+        batch = jax.tree.map(lambda v: v[start:stop], dict(arrays))
         mask = np.ones((stop - start,), np.float32)
         pad = batch_size - (stop - start)
         if pad:
-            batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in batch.items()}
+            batch = jax.tree.map(lambda v: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]), batch)
             mask = np.concatenate([mask, np.zeros((pad,), np.float32)])
         batch["mask"] = mask
         yield batch
@@ -53,7 +53,7 @@ def evaluate(
     for batch in iterate_eval_batches(arrays, batch_size, num_devices):
         if process_count > 1:
             per = len(batch["mask"]) // process_count
-            batch = {k: v[process_index * per : (process_index + 1) * per] for k, v in batch.items()}
+            batch = jax.tree.map(lambda v: v[process_index * per : (process_index + 1) * per], batch)
         sums = unreplicate(eval_fn(params, shard_batch(batch)))
         sums = jax.tree.map(lambda x: float(np.asarray(x)), sums)
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)

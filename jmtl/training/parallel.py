@@ -108,9 +108,7 @@ class Driver:
         """This process's part of a global batch -> the device-placed global batch."""
         if self.kind == "shard_map":
             sharding = NamedSharding(self.mesh, P(DATA_AXIS))
-            return {
-                k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()
-            }
+            return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), local_batch)
         if self.kind == "pmap":
             n = self.num_devices
 
@@ -120,7 +118,7 @@ class Driver:
                     raise ValueError(f"batch of {v.shape[0]} does not split over {n} devices")
                 return v.reshape((n, v.shape[0] // n) + v.shape[1:])
 
-            return {k: _put_sharded(split(v), self.devices) for k, v in local_batch.items()}
+            return jax.tree.map(lambda v: _put_sharded(split(v), self.devices), local_batch)
         return jax.device_put(local_batch, self.devices[0])
 
     # -- compilation -------------------------------------------------------------------------

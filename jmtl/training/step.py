@@ -344,7 +344,7 @@ def make_eval_step(
         outputs = model.apply({"params": params}, batch[config.input_key], train=False)
         mask = batch.get("mask")
         if mask is None:
-            mask = jnp.ones((batch[config.input_key].shape[0],), jnp.float32)
+            mask = jnp.ones((jax.tree.leaves(batch[config.input_key])[0].shape[0],), jnp.float32)
         sums = {
             t.name: {m.name: jnp.sum(m.fn(outputs[t.name], batch[t.label_key]) * mask) for m in t.metrics}
             for t in tasks

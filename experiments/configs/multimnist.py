@@ -14,6 +14,7 @@ from experiments.configs import common
 def get_config(arg=None):
     c = common.base_config()
     c.dataset.name = "multi_mnist"
+    c.dataset.kwargs = dict(seed=0, download=False)  # pairing seed; download=True fetches the official files
     c.tasks = dict(left=dict(label="left", weight=1.0), right=dict(label="right", weight=1.0))
     c.model.encoder = "multi_lenet"
     c.model.encoder_kwargs = dict(dropout_rate=0.5)

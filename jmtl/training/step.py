@@ -129,7 +129,7 @@ def init_state(
         params=params,
         weighting_params=wparams,
         opt_state=opt_state,
-        weighting_state=weighting.init(num_tasks),
+        weighting_state=weighting_lib.base.init_state(weighting, num_tasks, shared_layout(params[SHARED])),
         rng=rng,
     )
 

@@ -17,7 +17,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from jmtl.weighting import aggregators, gradient_level, gradient_surgery, loss_balancing, loss_level
+from jmtl.weighting import aggregators, alternating, gradient_level, gradient_surgery, loss_balancing, loss_level
+from jmtl.weighting import base
 from jmtl.weighting.base import (
     GRAMIAN,
     JACOBIAN,
@@ -41,6 +42,7 @@ register("equal", loss_level.equal)
 register("static", loss_level.static)
 register("uncertainty", loss_level.uncertainty)
 register("mgda", gradient_level.mgda)
+register("alternating", alternating.alternating)
 for _module in (loss_balancing, gradient_surgery, aggregators):
     for _name, _factory_fn in _module.REGISTRY.items():
         register(_name, _factory_fn)
@@ -104,7 +106,7 @@ def aggregate(
     if key is None:
         key = jax.random.key(0)
     t = get(name, **hparams)
-    state = t.init(k)
+    state = base.init_state(t, k)
     params = t.init_params(k) if t.init_params is not None else None
     out, _ = t.update(
         losses,

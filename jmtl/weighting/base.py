@@ -2,7 +2,7 @@
 
 A scheme is a :class:`WeightingTransform`, a pair of pure functions::
 
-    state = transform.init(num_tasks)
+    state = transform.init(num_tasks, layout=layout)
     out, state = transform.update(losses, state, jacobian=J, params=p, key=k, step=s)
 
 ``losses`` is the ``[K]`` vector of (device-averaged) task losses. What the scheme returns
@@ -63,7 +63,10 @@ class WeightingOutput(NamedTuple):
 
 
 class InitFn(Protocol):
-    def __call__(self, num_tasks: int) -> Any: ...
+    """``init(num_tasks, *, layout=None)``; ``layout`` (see ``Layout``) sizes states that hold
+    per-parameter quantities (gradient EMAs). Schemes that need no layout may omit the keyword."""
+
+    def __call__(self, num_tasks: int, *, layout: Optional[Layout] = None) -> Any: ...
 
 
 class UpdateFn(Protocol):
@@ -101,9 +104,18 @@ class EmptyState(NamedTuple):
     """State of a stateless scheme."""
 
 
-def stateless_init(num_tasks: int) -> EmptyState:
+def stateless_init(num_tasks: int, **_) -> EmptyState:
     del num_tasks
     return EmptyState()
+
+
+def init_state(transform: "WeightingTransform", num_tasks: int, layout: Optional[Layout] = None) -> Any:
+    """``transform.init`` with the layout passed when the scheme's ``init`` accepts it."""
+    import inspect
+
+    params = inspect.signature(transform.init).parameters
+    takes_layout = "layout" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return transform.init(num_tasks, layout=layout) if takes_layout else transform.init(num_tasks)
 
 
 def weights_output(weights: Array) -> WeightingOutput:

@@ -128,7 +128,10 @@ GRADVAC_GRANULARITIES = ("whole_model", "all_layer", "all_matrix")
 
 
 def _parent(path: str) -> str:
-    """The module a leaf belongs to: its path without the last key (``"['enc']['conv']['kernel']"`` -> ``"['enc']['conv']"``)."""
+    """The module a leaf belongs to: its path without the last key.
+
+    ``"['enc']['conv']['kernel']"`` -> ``"['enc']['conv']"``; also ``a/b/c`` and ``a.b.c`` paths.
+    """
     m = re.match(r"^(.*)(\[[^\[\]]*\]|[./][^./\[\]]*)$", path)
     return m.group(1) if m else ""
 
@@ -364,7 +367,7 @@ def imtl(init_scale: float = 0.0) -> WeightingTransform:
 
 
 def _cagrad_inner(gram: Array, c: float, num_iters: int, num_steps: int = 20) -> Array:
-    """``argmin_{w in simplex} w^T G b + c |g_0| sqrt(w^T G w + 1e-8)``, ``b = 1/K``, for a normalised ``G``.
+    """``argmin_{w in simplex} w^T G b + c |g_0| sqrt(w^T G w)``, ``b = 1/K``, for a normalised ``G``.
 
     A safeguarded projected Newton method from ``w = b``: each of the ``num_iters`` iterations
     evaluates ``2 * num_steps`` candidate points at once, ``P(w - 2^-j s grad)`` (projected gradient,
@@ -382,13 +385,14 @@ def _cagrad_inner(gram: Array, c: float, num_iters: int, num_steps: int = 20) ->
     steps = 2.0 ** -jnp.arange(num_steps, dtype=dtype)
     eye = jnp.eye(k, dtype=dtype)
     ridge = 1e3 * jnp.finfo(dtype).eps
+    smooth = 1e-20  # keeps sqrt differentiable at g_w = 0 (the official code adds 1e-8 to the raw w^T G w)
 
     def objective(w):
-        return w @ a + coef * jnp.sqrt(jnp.maximum(w @ gram @ w, 0.0) + 1e-8)
+        return w @ a + coef * jnp.sqrt(jnp.maximum(w @ gram @ w, 0.0) + smooth)
 
     def body(_, w):
         gw = gram @ w
-        q = jnp.maximum(w @ gw, 0.0) + 1e-8
+        q = jnp.maximum(w @ gw, 0.0) + smooth
         root = jnp.sqrt(q)
         grad = a + coef * gw / root
         hess = coef / root * (gram - jnp.outer(gw, gw) / q)

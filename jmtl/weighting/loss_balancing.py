@@ -345,7 +345,9 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> WeightingTransform:
         if buffer.shape[1] == 0 and d > 0:
             buffer = jnp.zeros((k, d), buffer.dtype)
         elif buffer.shape != (k, d):
-            raise ValueError(f"db_mtl state is for a [{buffer.shape[0]}, {buffer.shape[1]}] Jacobian, got {jacobian.shape}")
+            raise ValueError(
+                f"db_mtl state is for a [{buffer.shape[0]}, {buffer.shape[1]}] Jacobian, got {jacobian.shape}"
+            )
         dtype = jacobian.dtype
         count = state.count + 1
         beta_t = beta / count.astype(dtype) ** beta_sigma

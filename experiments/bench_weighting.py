@@ -1,0 +1,138 @@
+"""Median ms per train step of every weighting method, vs equal weighting and the bare Jacobian step.
+
+Multi-LeNet, batch 256, MultiMNIST shapes; K = 2 and K = 10 (ten heads on the same encoder). The
+*bare Jacobian step* computes the per-task Jacobian (one vjp + vmap) and applies unit weights: it is
+the floor for every gradient method, whose own cost is the combination on top. All rows of one K are
+timed round-robin in the same run (ratios are within-run), after warm-up.
+
+    python -m experiments.bench_weighting [--ks 2,10] [--repeats 15] [--methods mgda,pcgrad]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.bench_step import time_round_robin
+from jmtl import weighting
+from jmtl.models import mtl
+from jmtl.tasks import Task
+from jmtl.training import step as step_lib
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+BARE = "(bare Jacobian step)"
+
+
+def bare_jacobian() -> weighting.WeightingTransform:
+    """Requests the Jacobian and returns unit weights: the Jacobian step without a combination."""
+
+    def update(losses, state, **_):
+        return weighting.WeightingOutput(weights=jnp.ones_like(losses), extra_loss=0.0), state
+
+    return weighting.WeightingTransform(lambda k: (), update, weighting.JACOBIAN)
+
+
+def make_timer(transform, num_tasks: int, batch_size: int, mode: str = "params"):
+    tasks = tuple(Task(f"task{k}", "classification", 10) for k in range(num_tasks))
+    model = mtl.build(tasks, encoder="multi_lenet")
+    opt = optax.adam(1e-3)
+    state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), num_tasks, seed=0)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 28, 28, 1)), jnp.float32)}
+    for t in tasks:
+        batch[t.name] = jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)
+    fn = jax.jit(
+        step_lib.make_train_step(model, tasks, transform, opt, step_lib.StepConfig(jacobian_mode=mode)),
+        donate_argnums=0,
+    )
+    holder = [state]
+
+    def call():
+        holder[0], _ = fn(holder[0], batch)
+        jax.block_until_ready(holder[0])
+
+    t0 = time.perf_counter()
+    call()
+    return call, time.perf_counter() - t0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", default="2,10")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--methods", default="all")
+    parser.add_argument("--out", default=str(RESULTS / "bench_weighting"))
+    args = parser.parse_args(argv)
+    methods = weighting.names() if args.methods == "all" else args.methods.split(",")
+
+    results = {"meta": {"batch": args.batch, "repeats": args.repeats, "jax": jax.__version__,
+                        "backend": jax.default_backend(), "cpu_count": os.cpu_count()}, "by_k": {}}
+    for k in [int(x) for x in args.ks.split(",")]:
+        fns, compile_s, requires, errors = {}, {}, {}, {}
+        for name in [BARE, *methods]:
+            try:
+                t = bare_jacobian() if name == BARE else weighting.get(name)
+                if name == "krum" and k < 5:
+                    raise ValueError("krum needs K >= 2f+3")
+                fns[name], compile_s[name] = make_timer(t, k, args.batch)
+                requires[name] = t.requires
+            except Exception as e:  # a method that cannot run at this K is reported, not fatal
+                errors[name] = f"{type(e).__name__}: {e}"[:300]
+            print(f"K={k} compiled {name} ({compile_s.get(name, float('nan')):.1f}s)", flush=True)
+        samples = time_round_robin(fns, args.repeats, warmup=2)
+        med = {n: float(np.median(s) * 1e3) for n, s in samples.items()}
+        rows = {
+            n: {
+                "requires": requires[n],
+                "median_ms": med[n],
+                "p10_ms": float(np.percentile(np.array(samples[n]) * 1e3, 10)),
+                "p90_ms": float(np.percentile(np.array(samples[n]) * 1e3, 90)),
+                "vs_equal": med[n] / med["equal"] if "equal" in med else None,
+                "vs_bare_jacobian": med[n] / med[BARE],
+                "compile_s": compile_s[n],
+            }
+            for n in med
+        }
+        results["by_k"][str(k)] = {"rows": rows, "errors": errors}
+    results["meta"]["load_average_end"] = os.getloadavg()
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    lines = [
+        "# Train-step time of every weighting method (Multi-LeNet, batch 256)",
+        "",
+        f"jax {jax.__version__}, {results['meta']['backend']}, {os.cpu_count()} cores; {args.repeats} round-robin "
+        f"repeats per row; load average at the end {', '.join(f'{x:.1f}' for x in results['meta']['load_average_end'])}. "
+        "Goals: gradient methods <= 1.25x the bare Jacobian step, loss-level methods <= 1.1x equal weighting.",
+    ]
+    for k, res in results["by_k"].items():
+        lines += ["", f"## K = {k}", "", "| method | needs | median ms | p10 / p90 | vs equal | vs bare Jacobian | goal met |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        for n, r in sorted(res["rows"].items(), key=lambda kv: kv[1]["median_ms"]):
+            if n == BARE:
+                goal = ""
+            elif r["requires"] == "losses":
+                goal = "yes" if r["vs_equal"] is not None and r["vs_equal"] <= 1.1 else "no"
+            else:
+                goal = "yes" if r["vs_bare_jacobian"] <= 1.25 else "no"
+            ve = "—" if r["vs_equal"] is None else f"{r['vs_equal']:.2f}"
+            lines.append(f"| `{n}` | {r['requires']} | {r['median_ms']:.1f} | {r['p10_ms']:.0f} / {r['p90_ms']:.0f} | "
+                         f"{ve} | {r['vs_bare_jacobian']:.2f} | {goal} |")
+        for n, e in res["errors"].items():
+            lines.append(f"| `{n}` | — | failed: {e} | | | | |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -20,13 +20,15 @@ name                  requires       scheme
 ====================  =============  ==========================================================
 
 Schemes whose state holds a ``[K, d]`` array (MoCo's tracked gradients, ExcessMTL's squared-gradient
-sums) accept ``init(num_tasks, num_params=d)``; with ``init(num_tasks)`` alone the protocol does not
-tell them ``d``, so they start with a ``[K, 0]`` placeholder that the first ``update`` replaces by
-zeros of shape ``[K, d]`` (a jitted step then retraces once, after its first call).
+sums) size it from ``init(num_tasks, layout=layout)``; with ``init(num_tasks)`` alone they start with a
+``[K, 0]`` placeholder that the first ``update`` replaces by zeros of shape ``[K, d]`` (fine eagerly
+and for one re-trace under ``jit``, not for a train state built before the first step). States keep
+the dtype they were initialised with (JAX's default float unless ``dtype=`` is given).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional
 
@@ -38,6 +40,7 @@ from jmtl.weighting.base import (
     GRAMIAN,
     JACOBIAN,
     LOSSES,
+    Layout,
     WeightingOutput,
     WeightingTransform,
     stateless_init,
@@ -76,14 +79,27 @@ def _direction_output(direction: Array) -> WeightingOutput:
 def _lazy_rows(buf: Array, jacobian: Array, name: str) -> Array:
     """``buf`` if it already has the Jacobian's shape, zeros of that shape for the ``[K, 0]`` placeholder."""
     if buf.shape == jacobian.shape:
-        return buf.astype(jacobian.dtype)
+        return buf
     if buf.shape == (jacobian.shape[0], 0):
-        return jnp.zeros(jacobian.shape, jacobian.dtype)
-    raise ValueError(f"{name}: state was initialised for shape {buf.shape}, got a Jacobian of shape {jacobian.shape}")
+        return jnp.zeros(jacobian.shape, buf.dtype)
+    raise ValueError(
+        f"{name}: state was initialised for shape {buf.shape}, got a Jacobian of shape {jacobian.shape}"
+    )
 
 
-def _rows_init(num_tasks: int, num_params: Optional[int], dtype) -> Array:
-    return jnp.zeros((num_tasks, 0 if num_params is None else num_params), dtype)
+def _float_dtype(dtype):
+    """``dtype``, or JAX's default float dtype (float64 under ``jax_enable_x64``) for ``None``."""
+    return jnp.dtype(jnp.result_type(float)) if dtype is None else jnp.dtype(dtype)
+
+
+def _rows_init(num_tasks: int, layout: Optional[Layout], dtype) -> Array:
+    d = 0 if layout is None else int(sum(math.prod(shape) for _, shape in layout))
+    return jnp.zeros((num_tasks, d), _float_dtype(dtype))
+
+
+def _cast_like(new, old):
+    """``new`` (a state pytree) with the dtypes of ``old``, so a state's dtype never changes."""
+    return jax.tree_util.tree_map(lambda n, o: n.astype(o.dtype), new, old)
 
 
 def _check_nonneg(name: str, **values: float) -> None:
@@ -155,6 +171,17 @@ def trimmed_mean(trim: Optional[int] = None) -> WeightingTransform:
     return WeightingTransform(stateless_init, update, JACOBIAN)
 
 
+@functools.partial(jax.jit, static_argnames=("f", "m"))
+def _krum_weights(gram: Array, f: int, m: int) -> Array:
+    k = gram.shape[0]
+    diag = jnp.diagonal(gram)
+    dist = jnp.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0)
+    dist = jnp.where(jnp.eye(k, dtype=bool), jnp.inf, dist)
+    scores = jnp.sum(jnp.sort(dist, axis=1)[:, : k - f - 2], axis=1)
+    chosen = jnp.argsort(scores, stable=True)[:m]
+    return jnp.zeros((k,), gram.dtype).at[chosen].set(1.0 / m)
+
+
 def krum(n_byzantine: int = 1, n_selected: int = 1) -> WeightingTransform:
     """(Multi-)Krum (Blanchard, El Mhamdi, Guerraoui & Stainer, NeurIPS 2017).
 
@@ -180,13 +207,7 @@ def krum(n_byzantine: int = 1, n_selected: int = 1) -> WeightingTransform:
             )
         if n_selected > k:
             raise ValueError(f"krum: n_selected={n_selected} exceeds the number of tasks {k}")
-        diag = jnp.diagonal(gram)
-        dist = jnp.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0)
-        dist = jnp.where(jnp.eye(k, dtype=bool), jnp.inf, dist)
-        nearest = jnp.sort(dist, axis=1)[:, : k - f - 2]
-        scores = jnp.sum(nearest, axis=1)
-        chosen = jnp.argsort(scores, stable=True)[:n_selected]
-        w = jnp.zeros((k,), gram.dtype).at[chosen].set(1.0 / n_selected)
+        w = _krum_weights(gram, f, n_selected)
         return weights_output(w), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN)
@@ -209,8 +230,24 @@ def _normalised_gramian(gram: Array, norm_eps: float, reg_eps: float) -> Array:
     return gram + reg_eps * jnp.eye(k, dtype=gram.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def _upgrad_weights(gram: Array, norm_eps: float, reg_eps: float, max_iter: Optional[int]) -> Array:
+    k = gram.shape[0]
+    g = _normalised_gramian(gram, norm_eps, reg_eps)
+    eye = jnp.eye(k, dtype=g.dtype)
+    v = jax.vmap(lambda u: qp.dual_cone_weights(g, u, max_iter=max_iter))(eye)
+    return jnp.mean(v, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def _dualproj_weights(gram: Array, norm_eps: float, reg_eps: float, max_iter: Optional[int]) -> Array:
+    k = gram.shape[0]
+    g = _normalised_gramian(gram, norm_eps, reg_eps)
+    return qp.dual_cone_weights(g, jnp.full((k,), 1.0 / k, g.dtype), max_iter=max_iter)
+
+
 def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[int] = None) -> WeightingTransform:
-    """UPGrad (Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization", Eq. 4).
+    """UPGrad (Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization").
 
     ``A(J) = (1/K) Σ_i π_J(g_i)`` where ``π_J(x) = argmin_{y : Jy ≥ 0} |y − x|²`` projects onto the dual
     cone of the rows of ``J``. By their Proposition 1, ``π_J(Jᵀu) = Jᵀv`` with
@@ -227,11 +264,7 @@ def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[int
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
         gram = _need_gramian("upgrad", gramian, jacobian)
-        k = gram.shape[0]
-        g = _normalised_gramian(gram, norm_eps, reg_eps)
-        eye = jnp.eye(k, dtype=g.dtype)
-        v = jax.vmap(lambda u: qp.dual_cone_weights(g, u, max_iter=max_iter))(eye)
-        return weights_output(jnp.mean(v, axis=0)), state
+        return weights_output(_upgrad_weights(gram, norm_eps, reg_eps, max_iter)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN)
 
@@ -246,10 +279,7 @@ def dualproj(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[i
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
         gram = _need_gramian("dualproj", gramian, jacobian)
-        k = gram.shape[0]
-        g = _normalised_gramian(gram, norm_eps, reg_eps)
-        u = jnp.full((k,), 1.0 / k, g.dtype)
-        return weights_output(qp.dual_cone_weights(g, u, max_iter=max_iter)), state
+        return weights_output(_dualproj_weights(gram, norm_eps, reg_eps, max_iter)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN)
 
@@ -258,11 +288,12 @@ def dualproj(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[i
 # FairGrad
 
 
-def alpha_fair_weights(gram: Array, alpha: float, *, ridge: float = 1e-8, max_iter: int = 40) -> Array:
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def alpha_fair_weights(gram: Array, alpha: float | Array, *, ridge: float = 1e-8, max_iter: int = 40) -> Array:
     """The positive solution ``w`` of ``G w = w^{−1/α}`` (elementwise power), FairGrad's weights.
 
     ``w`` is the unique minimiser over ``w > 0`` of the strictly convex
-    ``Φ(w) = ½ wᵀGw − Σ_k h(w_k)`` with ``h' (w) = w^{−1/α}`` (``h = log`` for ``α = 1``), so it is found
+    ``Φ(w) = ½ wᵀGw − Σ_k h(w_k)`` with ``h'(w) = w^{−1/α}`` (``h = log`` for ``α = 1``), so it is found
     by damped Newton steps: in ``y = log w`` (``w ← w·exp(Δy)``, which keeps ``w > 0`` and moves across
     scales quickly), ``Δy = −(G·diag(w) + (1/α)·diag(w^{−1/α}))⁻¹ (Gw − w^{−1/α})`` — the Newton step
     for ``Φ`` mapped to log coordinates — rescaled so that ``|Δy|_∞ ≤ 4``, with Armijo backtracking on
@@ -282,16 +313,18 @@ def alpha_fair_weights(gram: Array, alpha: float, *, ridge: float = 1e-8, max_it
     ok = s > jnp.finfo(dtype).tiny
     s_safe = jnp.where(ok, s, 1.0)
     a = jnp.where(ok, gram / s_safe, 0.0) + ridge * jnp.eye(k, dtype=dtype)
+    alpha = jnp.asarray(alpha, dtype)
     p = 1.0 / alpha
 
     def phi(w):
+        """``Φ(w)`` and the magnitude of its terms (the scale of its round-off)."""
         quad = 0.5 * jnp.dot(w, jnp.matmul(a, w, precision=_HIGHEST), precision=_HIGHEST)
-        if alpha == 1.0:
-            barrier = jnp.sum(jnp.log(w))
-        else:
-            barrier = jnp.sum(w ** (1.0 - p)) / (1.0 - p)
+        # h(w) = (w^{1−p} − 1)/(1 − p) (→ log w as p → 1), via expm1 for accuracy near p = 1.
+        logw = jnp.log(w)
+        one_minus_p = jnp.where(p == 1.0, 1.0, 1.0 - p)
+        barrier = jnp.sum(jnp.where(p == 1.0, logw, jnp.expm1((1.0 - p) * logw) / one_minus_p))
         val = quad - barrier
-        return jnp.where(jnp.isfinite(val), val, jnp.inf)
+        return jnp.where(jnp.isfinite(val), val, jnp.inf), jnp.abs(quad) + jnp.abs(barrier)
 
     steps = 2.0 ** -jnp.arange(20, dtype=dtype)
     eps = jnp.finfo(dtype).eps
@@ -305,17 +338,19 @@ def alpha_fair_weights(gram: Array, alpha: float, *, ridge: float = 1e-8, max_it
         dy = jnp.where(jnp.all(jnp.isfinite(dy)), dy, 0.0)
         dy = dy * jnp.minimum(1.0, 4.0 / jnp.maximum(jnp.max(jnp.abs(dy)), 1e-30))
         slope = jnp.dot(f, w * dy)  # dΦ/dt at t = 0 (< 0)
-        phi0 = phi(w)
+        phi0, mag0 = phi(w)
         cand = y[None, :] + steps[:, None] * dy[None, :]
-        vals = jax.vmap(lambda yy: phi(jnp.exp(yy)))(cand)
+        vals, _ = jax.vmap(lambda yy: phi(jnp.exp(yy)))(cand)
         # Armijo, with slack for round-off in Φ so that full steps are taken near the solution.
-        slack = 16.0 * eps * (jnp.abs(phi0) + jnp.sum(jnp.abs(w * f)))
+        slack = 16.0 * eps * (mag0 + jnp.sum(jnp.abs(w * f)))
         ok = vals <= phi0 + 1e-4 * steps * slope + slack
         first = jnp.argmax(ok)
         return jnp.where(ok[first], cand[first], y)
 
     y = jax.lax.fori_loop(0, max_iter, body, jnp.zeros((k,), dtype))
-    return jnp.exp(y) * s_safe ** (-alpha / (1.0 + alpha))
+    # Only reachable without ridge for a zero row (w → ∞): keep w finite.
+    bound = 0.25 * math.log(jnp.finfo(dtype).max)
+    return jnp.exp(jnp.clip(y, -bound, bound)) * s_safe ** (-alpha / (1.0 + alpha))
 
 
 def fairgrad(alpha: float = 1.0, ridge: float = 1e-8, max_iter: int = 40) -> WeightingTransform:
@@ -326,9 +361,12 @@ def fairgrad(alpha: float = 1.0, ridge: float = 1e-8, max_iter: int = 40) -> Wei
     (elementwise), which the reference code solves with ``scipy.optimize.least_squares``. Here the
     positive root is found in-graph by :func:`alpha_fair_weights` (damped Newton, ``max_iter`` steps;
     converged to ~1e-12 relative residual in float64 for K ≤ 40 in well under 40 steps).
-    α = 0 is linear scalarisation, α = 1 proportional fairness, α → ∞ max-min fairness. For orthogonal
+    α → 0 is linear scalarisation, α = 1 proportional fairness, α → ∞ max-min fairness. For orthogonal
     gradients ``w_k = |g_k|^{−2α/(1+α)}`` (``d = Σ g_k/|g_k|`` at α = 1). ``ridge`` (relative to the mean
-    squared gradient norm) only matters for (near-)zero task gradients.
+    squared gradient norm) only matters for (near-)zero task gradients, whose weights become large
+    (``~ ridge^{−α/(1+α)}``) but multiply a zero row. If no positive solution exists (e.g. two exactly
+    opposite gradients ``g_i = −g_j``: no direction improves both) the weights returned are large,
+    finite and meaningless, like the reference solver's.
     """
     if alpha <= 0:
         raise ValueError(f"fairgrad: alpha must be positive, got {alpha}")
@@ -354,6 +392,35 @@ class MoCoState(NamedTuple):
     count: Array
 
 
+@functools.partial(jax.jit, static_argnames=("normalize_grads",))
+def _moco_step(
+    jac: Array,
+    losses: Array,
+    state: "MoCoState",
+    beta: float,
+    beta_sigma: float,
+    gamma: float,
+    gamma_sigma: float,
+    rho: float,
+    normalize_grads: bool,
+) -> tuple[Array, "MoCoState"]:
+    k = jac.shape[0]
+    dtype = jac.dtype
+    count = state.count + 1
+    t = count.astype(dtype)
+    if normalize_grads:
+        norms = jnp.linalg.norm(jac, axis=1, keepdims=True)
+        h = jac / (norms + 1e-8) * losses[:, None]
+    else:
+        h = jac
+    y = state.y - beta / t**beta_sigma * (state.y - h)
+    yy = jnp.matmul(y, y.T, precision=_HIGHEST) + rho * jnp.eye(k, dtype=dtype)
+    grad = jnp.matmul(yy, state.lambd, precision=_HIGHEST)
+    lambd = qp.project_simplex(state.lambd - gamma / t**gamma_sigma * grad)
+    direction = jnp.matmul(lambd, y, precision=_HIGHEST)
+    return direction, MoCoState(y, lambd, count)
+
+
 def moco(
     beta: float = 0.5,
     beta_sigma: float = 0.5,
@@ -367,46 +434,36 @@ def moco(
     With ``t`` the update count (1, 2, …), ``β_t = β/t^{β_σ}``, ``γ_t = γ/t^{γ_σ}`` and ``h`` the current
     Jacobian::
 
-        Y ← Y − β_t (Y − h)                               (gradient tracking, Eq. 7; Y_0 = 0)
-        λ ← Π_Δ(λ − γ_t (Y Yᵀ + ρ I) λ)                   (Eq. 9; λ_0 = 1/K)
-        d = Yᵀ λ                                          (returned as ``direction``)
+        Y ← Y − β_t (Y − h)                 (tracking of the task gradients; Y_0 = 0)
+        λ ← Π_Δ(λ − γ_t (Y Yᵀ + ρ I) λ)     (projected gradient step on ½|Yᵀλ|² + ρ/2|λ|²; λ_0 = 1/K)
+        d = Yᵀ λ                            (returned as ``direction``)
 
-    Defaults and the per-task normalisation ``h_k = g_k / (|g_k| + 1e-8) · L_k`` (``normalize_grads``)
-    follow the authors' code as shipped in LibMTL/torchjd (β 0.5, β_σ 0.5, γ 0.1, γ_σ 0.5, ρ 0); set
-    ``beta_sigma = gamma_sigma = 0`` for constant step sizes. Deviation from those implementations: λ
-    is updated with the paper's Euclidean projection onto the simplex ``Π_Δ``, not a softmax. The
+    Defaults (β 0.5, β_σ 0.5, γ 0.1, γ_σ 0.5, ρ 0) follow the reference implementations (LibMTL's,
+    from the authors' code, and torchjd's); set ``beta_sigma = gamma_sigma = 0`` for constant step
+    sizes. ``normalize_grads`` (default on, as in the authors' code in LibMTL; torchjd does not) uses
+    ``h_k = g_k / (|g_k| + 1e-8) · L_k``. Deviation from both implementations: λ is updated with the
+    paper's Euclidean projection onto the simplex ``Π_Δ``, not a softmax. The
     paper's projection of ``Y`` onto a bounded set is omitted (as in every reference implementation).
     ``d`` is ``Yᵀλ``, not a combination of the current ``J``, hence a ``direction``.
     """
     _check_nonneg("moco", beta=beta, beta_sigma=beta_sigma, gamma=gamma, gamma_sigma=gamma_sigma, rho=rho)
 
-    def init(num_tasks: int, num_params: Optional[int] = None, dtype=jnp.float32) -> MoCoState:
+    def init(num_tasks: int, *, layout: Optional[Layout] = None, dtype=None) -> MoCoState:
         return MoCoState(
-            y=_rows_init(num_tasks, num_params, dtype),
-            lambd=jnp.full((num_tasks,), 1.0 / num_tasks, dtype),
+            y=_rows_init(num_tasks, layout, dtype),
+            lambd=jnp.full((num_tasks,), 1.0 / num_tasks, _float_dtype(dtype)),
             count=jnp.zeros((), jnp.int32),
         )
 
     def update(losses, state, *, jacobian=None, **_):
         jac = _need_jacobian("moco", jacobian)
-        k = jac.shape[0]
         dtype = jac.dtype
-        y = _lazy_rows(state.y, jac, "moco")
-        lambd = state.lambd.astype(dtype)
-        count = state.count + 1
-        t = count.astype(dtype)
-        if normalize_grads:
-            norms = jnp.linalg.norm(jac, axis=1, keepdims=True)
-            h = jac / (norms + 1e-8) * losses.astype(dtype)[:, None]
-        else:
-            h = jac
-        beta_t = beta / t**beta_sigma
-        gamma_t = gamma / t**gamma_sigma
-        y = y - beta_t * (y - h)
-        yy = jnp.matmul(y, y.T, precision=_HIGHEST) + rho * jnp.eye(k, dtype=dtype)
-        lambd = qp.project_simplex(lambd - gamma_t * jnp.matmul(yy, lambd, precision=_HIGHEST))
-        direction = jnp.matmul(lambd, y, precision=_HIGHEST)
-        return _direction_output(direction), MoCoState(y, lambd, count)
+        state = state._replace(y=_lazy_rows(state.y, jac, "moco"))
+        direction, new_state = _moco_step(
+            jac, losses.astype(dtype), _cast_like(state, MoCoState(jac, jac[:, 0], state.count)),
+            beta, beta_sigma, gamma, gamma_sigma, rho, normalize_grads,
+        )
+        return _direction_output(direction), _cast_like(new_state, state)
 
     return WeightingTransform(init, update, JACOBIAN, rep_level_ok=False)
 
@@ -426,12 +483,30 @@ class ExcessMTLState(NamedTuple):
     count: Array
 
 
-def excess_mtl(robust_step_size: float = 1e-2, eps: float = 1e-7) -> WeightingTransform:
-    """ExcessMTL (He, Zhou, Zhao & Zhao, ICML 2024, "Robust Multi-Task Learning with Excess Risks").
+@jax.jit
+def _excess_step(
+    jac: Array, state: "ExcessMTLState", robust_step_size: float, eps: float
+) -> tuple[Array, "ExcessMTLState"]:
+    k = jac.shape[0]
+    sq = jac * jac
+    sq_sum = state.sq_sum + sq
+    excess = jnp.sum(sq / jnp.sqrt(sq_sum + eps), axis=1)
+    first = state.count == 0
+    baseline = jnp.where(first, excess, state.baseline)
+    floor = jnp.maximum(baseline, 1e-7 * jnp.max(baseline))
+    ratio = jnp.where(floor > 0, excess / jnp.where(floor > 0, floor, 1.0), 0.0)
+    ratio = jnp.minimum(ratio, 1e6)
+    log_w = jnp.where(first, state.log_weights, state.log_weights + robust_step_size * ratio)
+    log_w = log_w - jax.nn.logsumexp(log_w) + math.log(k)
+    return jnp.exp(log_w), ExcessMTLState(sq_sum, log_w, baseline, state.count + 1)
 
-    Task weights follow exponentiated gradient ascent on the estimated *excess* risks (Eq. 9),
+
+def excess_mtl(robust_step_size: float = 1e-2, eps: float = 1e-7) -> WeightingTransform:
+    """ExcessMTL (He et al., ICML 2024, "Robust Multi-Task Learning with Excess Risks").
+
+    Task weights follow exponentiated gradient ascent on the estimated *excess* risks (their Eq. 9),
     ``α_i ← α_i exp(η_α · E_i / E_i^{(0)})``, then renormalised. The excess risk of task ``i`` comes from
-    a second-order expansion around its optimum with a diagonal curvature estimate (Eqs. 6–7): the
+    a second-order expansion around its optimum with a diagonal curvature estimate (their Eqs. 6–7): the
     diagonal Fisher is approximated, as in AdaGrad, by ``H_i = sqrt(Σ_{s≤t} g_{i,s}² + eps)``, giving
     ``E_i = g_iᵀ H_i⁻¹ g_i = Σ_j g_ij² / H_ij``. ``E_i^{(0)}`` is the estimate of the first update, which
     leaves the weights at their initial value (as the official code does; the paper's Appendix C.1
@@ -447,31 +522,21 @@ def excess_mtl(robust_step_size: float = 1e-2, eps: float = 1e-7) -> WeightingTr
         raise ValueError(f"excess_mtl: robust_step_size must be positive, got {robust_step_size}")
     _check_nonneg("excess_mtl", eps=eps)
 
-    def init(num_tasks: int, num_params: Optional[int] = None, dtype=jnp.float32) -> ExcessMTLState:
+    def init(num_tasks: int, *, layout: Optional[Layout] = None, dtype=None) -> ExcessMTLState:
         return ExcessMTLState(
-            sq_sum=_rows_init(num_tasks, num_params, dtype),
-            log_weights=jnp.zeros((num_tasks,), dtype),
-            baseline=jnp.zeros((num_tasks,), dtype),
+            sq_sum=_rows_init(num_tasks, layout, dtype),
+            log_weights=jnp.zeros((num_tasks,), _float_dtype(dtype)),
+            baseline=jnp.zeros((num_tasks,), _float_dtype(dtype)),
             count=jnp.zeros((), jnp.int32),
         )
 
     def update(losses, state, *, jacobian=None, **_):
         jac = _need_jacobian("excess_mtl", jacobian)
-        k = jac.shape[0]
         dtype = jac.dtype
-        sq = jac * jac
-        sq_sum = _lazy_rows(state.sq_sum, jac, "excess_mtl") + sq
-        excess = jnp.sum(sq / jnp.sqrt(sq_sum + eps), axis=1)
-        first = state.count == 0
-        baseline = jnp.where(first, excess, state.baseline.astype(dtype))
-        floor = jnp.maximum(baseline, 1e-7 * jnp.max(baseline))
-        ratio = jnp.where(floor > 0, excess / jnp.where(floor > 0, floor, 1.0), 0.0)
-        ratio = jnp.minimum(ratio, 1e6)
-        log_w = state.log_weights.astype(dtype)
-        log_w = jnp.where(first, log_w, log_w + robust_step_size * ratio)
-        log_w = log_w - jax.nn.logsumexp(log_w) + math.log(k)
-        weights = jnp.exp(log_w)
-        return weights_output(weights), ExcessMTLState(sq_sum, log_w, baseline, state.count + 1)
+        state = state._replace(sq_sum=_lazy_rows(state.sq_sum, jac, "excess_mtl"))
+        as_jac = ExcessMTLState(jac, jac[:, 0], jac[:, 0], state.count)
+        weights, new_state = _excess_step(jac, _cast_like(state, as_jac), robust_step_size, eps)
+        return weights_output(weights), _cast_like(new_state, state)
 
     return WeightingTransform(init, update, JACOBIAN, rep_level_ok=False)
 
@@ -482,20 +547,39 @@ class SimplexWeightsState(NamedTuple):
     w: Array
 
 
-def _simplex_init(num_tasks: int) -> SimplexWeightsState:
-    return SimplexWeightsState(jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32))
+def _simplex_init(num_tasks: int, **_) -> SimplexWeightsState:
+    return SimplexWeightsState(jnp.full((num_tasks,), 1.0 / num_tasks, _float_dtype(None)))
+
+
+@functools.partial(jax.jit, static_argnames=("niter",))
+def _sdmgrad_inner(gram: Array, w: Array, lam: float, niter: int, lr: float, momentum: float) -> Array:
+    k = gram.shape[0]
+    diag = jnp.maximum(jnp.diagonal(gram), 0.0)
+    scale = jnp.mean(jnp.sqrt(diag))
+    g = gram / (scale**2 + 1e-8)
+    g_mean = jnp.mean(g, axis=1)
+
+    def body(i, carry):
+        w, buf = carry
+        grad = jnp.matmul(g, w, precision=_HIGHEST) + lam * g_mean
+        buf = jnp.where(i == 0, grad, momentum * buf + grad)
+        return qp.project_simplex(w - lr * buf), buf
+
+    w, _ = jax.lax.fori_loop(0, niter, body, (w, jnp.zeros((k,), gram.dtype)))
+    return w
 
 
 def sdmgrad(lam: float = 0.3, niter: int = 20, lr: float = 5.0, momentum: float = 0.5) -> WeightingTransform:
     """SDMGrad (Xiao, Ban & Ji, NeurIPS 2023, "Direction-oriented Multi-objective Learning"), single batch.
 
     The direction is ``d = (g_w + λ g_0)/(1 + λ)`` with ``g_0 = (1/K) Σ g_k`` the mean gradient and
-    ``w = argmin_{w ∈ Δ} ½ |g_w + λ g_0|²``, ``g_w = Jᵀw`` (Eq. 6–8). ``w`` is carried between steps and
+    ``w = argmin_{w ∈ Δ} ½ |g_w + λ g_0|²``, ``g_w = Jᵀw`` (the dual of their direction-oriented
+    problem: stay within a λ-dependent distance of ``g_0``). ``w`` is carried between steps and
     refined by ``niter`` projected stochastic-gradient steps on that objective,
     ``w ← Π_Δ(w − lr · m)`` with heavy-ball momentum ``m ← momentum·m + (G̃w + λ G̃1/K)``
-    (``m`` restarts each step), on the rescaled Gramian ``G̃ = G / ((mean_k |g_k|)² + 1e-8)``. Defaults (λ 0.3, 20 iterations, lr 5, momentum 0.5) and the scaling
-    follow the authors' code as shipped in LibMTL. The update is ``w' @ J`` with
-    ``w' = (w + λ/K)/(1 + λ)``.
+    (``m`` restarts each step), on the rescaled Gramian ``G̃ = G / ((mean_k |g_k|)² + 1e-8)``.
+    Defaults (λ 0.3, 20 iterations, lr 5, momentum 0.5) and the scaling follow the authors' code as
+    shipped in LibMTL. The update is ``w' @ J`` with ``w' = (w + λ/K)/(1 + λ)``.
 
     Single-batch variant: the paper's algorithm uses independent mini-batches ξ, ξ' for the two
     factors of ``G`` in the ``w`` update and a third one for ``d``; the weighting protocol gives one
@@ -509,29 +593,15 @@ def sdmgrad(lam: float = 0.3, niter: int = 20, lr: float = 5.0, momentum: float 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
         gram = _need_gramian("sdmgrad", gramian, jacobian)
         k = gram.shape[0]
-        dtype = gram.dtype
-        diag = jnp.maximum(jnp.diagonal(gram), 0.0)
-        scale = jnp.mean(jnp.sqrt(diag))
-        g = gram / (scale**2 + 1e-8)
-        g_mean = jnp.mean(g, axis=1)
-
-        def body(i, carry):
-            w, buf = carry
-            grad = jnp.matmul(g, w, precision=_HIGHEST) + lam * g_mean
-            buf = jnp.where(i == 0, grad, momentum * buf + grad)
-            return qp.project_simplex(w - lr * buf), buf
-
-        w0 = state.w.astype(dtype)
-        w, _ = jax.lax.fori_loop(0, niter, body, (w0, jnp.zeros((k,), dtype)))
+        w = _sdmgrad_inner(gram, state.w.astype(gram.dtype), lam, niter, lr, momentum)
         weights = (w + lam / k) / (1.0 + lam)
-        return weights_output(weights), SimplexWeightsState(w)
+        return weights_output(weights), SimplexWeightsState(w.astype(state.w.dtype))
 
     return WeightingTransform(_simplex_init, update, GRAMIAN, rep_level_ok=False)
 
 
 def modo(gamma: float = 1e-3, rho: float = 0.1) -> WeightingTransform:
-    """MoDo (Chen, Fernando, Ying & Chen, NeurIPS 2023, "Three-Way Trade-Off in Multi-Objective
-    Learning"), Algorithm 1, single-batch variant.
+    """MoDo (Chen et al., NeurIPS 2023, "Three-Way Trade-Off in Multi-Objective Learning"), single batch.
 
     ``λ ← Π_Δ(λ − γ (J Jᵀ + ρ I) λ)`` then ``d = Jᵀλ`` (``λ_0 = 1/K`` carried between steps). The paper
     (and the authors' code in LibMTL, whose defaults γ 1e-3, ρ 0.1 are used) draws three independent
@@ -546,7 +616,7 @@ def modo(gamma: float = 1e-3, rho: float = 0.1) -> WeightingTransform:
         lam = state.w.astype(gram.dtype)
         step = jnp.matmul(gram, lam, precision=_HIGHEST) + rho * lam
         lam = qp.project_simplex(lam - gamma * step)
-        return weights_output(lam), SimplexWeightsState(lam)
+        return weights_output(lam), SimplexWeightsState(lam.astype(state.w.dtype))
 
     return WeightingTransform(_simplex_init, update, GRAMIAN, rep_level_ok=False)
 

@@ -3,9 +3,15 @@
 import pytest
 
 
-@pytest.mark.parametrize("methods", ["equal,mgda,mgda@rep"])
-def test_eight_devices_match_one_device(script_runner, methods):
-    out = script_runner("driver_agreement.py", methods, devices=8)
+@pytest.mark.parametrize(
+    "methods,problem",
+    [
+        ("equal,mgda,mgda@rep", "lenet"),  # Multi-LeNet, 2 tasks, param and representation Jacobians
+        ("pcgrad,upgrad,nash_mtl", "mlp"),  # catalogue methods on 3 partly conflicting tasks
+    ],
+)
+def test_eight_devices_match_one_device(script_runner, methods, problem):
+    out = script_runner("driver_agreement.py", methods, problem, devices=8)
     assert out["device_count"] == 8
     for method in methods.split(","):
         assert out[f"{method}/moved"] > 0.0

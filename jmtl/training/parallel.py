@@ -96,7 +96,8 @@ class Driver:
             return jax.tree.map(put, tree)
         if self.kind == "pmap":
             return jax.tree.map(lambda x: _put_sharded(np.broadcast_to(np.asarray(x), (self.num_devices,) + np.shape(x)), self.devices), tree)
-        return jax.device_put(tree, self.devices[0])
+        # np.array copies: leaves that alias one buffer must not be donated twice.
+        return jax.tree.map(lambda x: jax.device_put(np.array(x), self.devices[0]), tree)
 
     def unreplicate(self, tree: PyTree) -> PyTree:
         """Device state -> host numpy values."""

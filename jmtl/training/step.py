@@ -124,7 +124,7 @@ def init_state(
     params = model.init({"params": init_rng, "dropout": dropout_rng}, example_input, train=False)["params"]
     wparams = weighting.init_params(num_tasks) if weighting.init_params is not None else {}
     opt_state = optimizer.init({"model": params, "weighting": wparams})
-    return TrainState(
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         weighting_params=wparams,
@@ -132,6 +132,9 @@ def init_state(
         weighting_state=weighting_lib.base.init_state(weighting, num_tasks, shared_layout(params[SHARED])),
         rng=rng,
     )
+    # One buffer per leaf: initial states may alias an array in two leaves (optax and scheme states
+    # often do), and a donated state must not donate the same buffer twice.
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
 
 
 # ----------------------------------------------------------------------------- the step

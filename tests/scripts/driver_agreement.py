@@ -19,22 +19,24 @@ from jmtl.training import parallel
 from jmtl.training import step as step_lib
 
 
-def run(method: str, kind: str, batches, tasks, model):
+def run(method: str, kind: str, batches, tasks, model, input_key="image", example=None):
     """``method`` is a scheme name, optionally ``name@rep`` for the representation-level mode."""
     method, _, mode = method.partition("@")
     transform = weighting.get(method)
     opt = optax.adam(1e-3)
     driver = parallel.Driver(kind)
-    state = driver.replicate(step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), len(tasks), seed=0))
-    cfg = step_lib.StepConfig(relation_alpha=1e-3, jacobian_mode="representation" if mode == "rep" else "params")
+    example = jnp.zeros((1, 28, 28, 1)) if example is None else example
+    state = driver.replicate(step_lib.init_state(model, transform, opt, example, len(tasks), seed=0))
+    cfg = step_lib.StepConfig(
+        relation_alpha=1e-3, input_key=input_key, jacobian_mode="representation" if mode == "rep" else "params"
+    )
     fn = driver.compile_step(lambda ax: step_lib.make_train_step(model, tasks, transform, opt, cfg, axis_name=ax))
     for b in batches:
         state, _ = fn(state, driver.shard_batch(b))
     return driver.unreplicate(state.params), driver.num_devices
 
 
-def main():
-    methods = sys.argv[1].split(",")
+def lenet_problem():
     tasks = (Task("left", "classification", 10), Task("right", "classification", 10))
     # No dropout: the devices draw different masks than one device would.
     model = mtl.build(
@@ -53,12 +55,33 @@ def main():
         )
         for _ in range(20)
     ]
+    return tasks, model, batches, "image", jnp.zeros((1, 28, 28, 1))
+
+
+def mlp_problem():
+    """Three regression tasks with partly conflicting targets on a small MLP (cheap to compile)."""
+    tasks = tuple(Task(f"t{i}", "regression", 2) for i in range(3))
+    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(32, 32)), head_kwargs=dict(hidden=16), relation=True)
+    rng = np.random.default_rng(0)
+    ws = rng.normal(size=(3, 8, 2))
+    ws[1] = -0.5 * ws[0] + 0.5 * ws[1]
+    batches = []
+    for _ in range(20):
+        x = rng.normal(size=(64, 8)).astype(np.float32)
+        batches.append({"x": x, **{f"t{i}": np.tanh(x @ ws[i]).astype(np.float32) for i in range(3)}})
+    return tasks, model, batches, "x", jnp.zeros((1, 8))
+
+
+def main():
+    methods = sys.argv[1].split(",")
+    problem = sys.argv[2] if len(sys.argv) > 2 else "lenet"
+    tasks, model, batches, input_key, example = {"lenet": lenet_problem, "mlp": mlp_problem}[problem]()
     out = {"device_count": jax.device_count()}
     for method in methods:
-        ref, _ = run(method, "single", batches, tasks, model)
-        init, _ = run(method, "single", [], tasks, model)
+        ref, _ = run(method, "single", batches, tasks, model, input_key, example)
+        init, _ = run(method, "single", [], tasks, model, input_key, example)
         for kind in ("shard_map", "pmap"):
-            params, n = run(method, kind, batches, tasks, model)
+            params, n = run(method, kind, batches, tasks, model, input_key, example)
             rel = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)), params, ref)
             moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, init)
             out[f"{method}/{kind}"] = {"max_rel_err": max(jax.tree.leaves(rel)), "devices": n}

@@ -13,7 +13,9 @@ Array = jax.Array
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
-KINDS = (CLASSIFICATION, REGRESSION)
+TAGGING = "tagging"
+KINDS = (CLASSIFICATION, REGRESSION, TAGGING)
+IGNORE_LABEL = -1  # tagging labels at padding positions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,26 @@ def _cross_entropy(logits: Array, labels: Array) -> Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
+def _token_scale(labels: Array) -> tuple[Array, Array]:
+    """Real-token mask ``[B, T]`` and the factor ``B / n_tokens`` that turns per-example token sums
+    into values whose batch mean is the mean over the batch's real tokens."""
+    mask = (labels != IGNORE_LABEL).astype(jnp.float32)
+    scale = labels.shape[0] / jnp.maximum(jnp.sum(mask), 1.0)
+    return mask, scale
+
+
+def _tagging_cross_entropy(logits: Array, labels: Array) -> Array:
+    mask, scale = _token_scale(labels)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.maximum(labels, 0))
+    return jnp.sum(ce * mask, axis=-1) * scale
+
+
+def _tagging_accuracy(logits: Array, labels: Array) -> Array:
+    mask, scale = _token_scale(labels)
+    right = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(right * mask, axis=-1) * scale
+
+
 def _mse(pred: Array, target: Array) -> Array:
     err = (pred.astype(jnp.float32) - target) ** 2
     return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
@@ -49,7 +71,13 @@ class Task:
     """One task of the multi-task problem.
 
     name: unique task name (also the key of its head's params under ``params['tasks']``).
-    kind: ``'classification'`` (integer labels, softmax cross-entropy) or ``'regression'`` (MSE).
+    kind: ``'classification'`` (integer labels, softmax cross-entropy), ``'regression'`` (MSE) or
+      ``'tagging'`` (one class per token: outputs ``[B, T, C]``, labels ``[B, T]`` with -1 at
+      padding). A tagging example's loss / accuracy is its sum over real tokens times
+      ``B / (real tokens in the batch)``, so the batch mean -- what the train step takes -- is the
+      mean over the batch's real tokens, and padding counts for nothing. (Evaluating such batch
+      means with ``make_eval_step`` gives a batch-weighted token mean; corpus-level tagging
+      metrics, span F1 included, are in :mod:`jmtl.metrics`.)
     num_outputs: number of classes, or the regression output size (flattened).
     label_key: the batch entry holding this task's labels (default: ``name``).
     weight: static loss weight (used by the ``static`` weighting scheme).
@@ -75,12 +103,16 @@ class Task:
         """Per-example loss ``[B]``."""
         if self.kind == CLASSIFICATION:
             return _cross_entropy(outputs, labels)
+        if self.kind == TAGGING:
+            return _tagging_cross_entropy(outputs, labels)
         return _mse(outputs, labels.reshape(outputs.shape))
 
     @property
     def metrics(self) -> tuple[Metric, ...]:
         if self.kind == CLASSIFICATION:
             return (Metric("accuracy", _accuracy, True), Metric("loss", _cross_entropy, False))
+        if self.kind == TAGGING:
+            return (Metric("accuracy", _tagging_accuracy, True), Metric("loss", _tagging_cross_entropy, False))
         return (
             Metric("mse", lambda p, t: _mse(p, t.reshape(p.shape)), False),
             Metric("mae", lambda p, t: _mae(p, t.reshape(p.shape)), False),
@@ -112,7 +144,7 @@ def tasks_from_config(task_configs: Mapping[str, Mapping[str, Any]], dataset_spe
                 f"its labels: {', '.join(labels)}"
             )
         spec = labels[label_key]
-        if spec.kind == CLASSIFICATION:
+        if spec.kind in (CLASSIFICATION, TAGGING):
             num_outputs = int(spec.num_classes)
         else:
             num_outputs = int(max(1, _prod(spec.shape)))
@@ -131,16 +163,18 @@ def _prod(shape: Sequence[int]) -> int:
 
 
 def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "batch") -> None:
-    """Raises a clear error when a classification label is outside ``[0, num_classes)``."""
+    """Raises a clear error when a classification label is outside ``[0, num_classes)`` (tagging
+    labels may also be -1, padding)."""
     import numpy as np
 
     for t in tasks:
         if t.label_key not in batch:
             raise ValueError(f"{where} has no entry {t.label_key!r} for task {t.name!r}; entries: {', '.join(batch)}")
-        if t.kind != CLASSIFICATION:
+        if t.kind not in (CLASSIFICATION, TAGGING):
             continue
         y = np.asarray(batch[t.label_key])
-        if y.size and (y.min() < 0 or y.max() >= t.num_outputs):
+        low = IGNORE_LABEL if t.kind == TAGGING else 0
+        if y.size and (y.min() < low or y.max() >= t.num_outputs):
             raise ValueError(
                 f"{where}: labels of task {t.name!r} span [{y.min()}, {y.max()}] but its head has "
                 f"{t.num_outputs} classes (valid labels 0..{t.num_outputs - 1})"

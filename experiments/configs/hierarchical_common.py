@@ -1,0 +1,71 @@
+"""Shared fields of the hierarchical tagging configs (``hierarchical_sg``, ``_jmt``, ``_conll03``).
+
+A config holds several *variants* (task layouts); ``config.variant`` picks the one a run trains
+and the experiment script can sweep them::
+
+    variants = {name: {task: depth, ...}}   # depth 1 = innermost bi-LSTM layer
+
+The config argument is ``VARIANT[,WEIGHTING]``, e.g. ``hier`` or ``top,mgda``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import common
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = ml_collections.ConfigDict(
+        dict(
+            name="conll2000",
+            data_dir="",  # '' = $JMTL_DATA_DIR
+            cache_dir="",  # '' = $JMTL_CACHE_DIR or ~/.cache/jmtl/tfds
+            kwargs=dict(lowercase=True, max_word_length=16, buckets=(16, 32, 48, 80), tag_scheme="iob2"),
+        )
+    )
+    c.variants = ml_collections.ConfigDict()
+    c.variant = ""
+    # Task whose validation score picks the epoch whose test scores are reported.
+    c.select_on = "chunk"
+    c.model = ml_collections.ConfigDict(
+        dict(
+            num_layers=3,
+            hidden=100,
+            word_dim=64,
+            char_dim=16,
+            char_features=32,
+            char_width=3,
+            label_dim=0,
+            shortcut=False,
+            head_hidden=0,
+            dropout_rate=0.3,
+            word_dropout=0.05,
+        )
+    )
+    c.weighting = common.method_config("alternating")
+    c.optimizer = ml_collections.ConfigDict(
+        dict(learning_rate=2e-3, decay_rate=0.9, clip_norm=5.0)  # Adam; lr x decay_rate after every epoch
+    )
+    c.batch_size = 32
+    c.eval_batch_size = 256
+    c.num_epochs = 10
+    c.max_steps_per_epoch = 0  # > 0: cut every epoch short (smoke runs)
+    c.eval_test_every_epoch = False  # False: test only when validation improves (what gets reported)
+    c.parallel = "single"  # shard_map | pmap | single
+    # XLA's persistent compilation cache ('' = off): seeds of one variant share every compiled shape.
+    c.compilation_cache_dir = "~/.cache/jmtl/xla"
+    return c
+
+
+def apply_arg(c: ml_collections.ConfigDict, arg: str | None, default_variant: str) -> ml_collections.ConfigDict:
+    """``VARIANT[,WEIGHTING]``."""
+    variant, _, method = (arg or "").partition(",")
+    c.variant = variant or default_variant
+    if c.variant not in c.variants:
+        raise ValueError(f"unknown variant {c.variant!r}; valid: {', '.join(c.variants)}")
+    if method:
+        c.weighting = common.method_config(method)
+    return c

@@ -10,7 +10,7 @@ Writes ``results/bench_lenet_ops.json`` and ``results/bench_lenet_ops.md``.
 
     python -m experiments.bench_lenet_ops [--repeats 40] [--quick] [--xla-flags-sweep]
 
-torch is optional (``requirements-bench.txt``): without it the torch rows are skipped.
+torch is optional (``experiments/requirements-bench.txt``): without it the torch rows are skipped.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jmtl.models.layers import Conv, conv2d_toeplitz, max_pool_2x2
+from jmtl.models.layers import Conv, max_pool_2x2
 
 try:
     import torch
@@ -107,10 +107,20 @@ def pool_nchw(x: jax.Array) -> jax.Array:
     return jnp.max(x.reshape(b, c, h // 2, 2, w // 2, 2), axis=(3, 5))
 
 
+def pool_pairwise_maximum(x: jax.Array) -> jax.Array:
+    """Two ``jnp.maximum`` of reshaped halves (gradient splits ties 50/50: extra mask math)."""
+    b, h, w, c = x.shape
+    r = x.reshape(b, h // 2, 2, w, c)
+    x = jnp.maximum(r[:, :, 0], r[:, :, 1])
+    r = x.reshape(b, h // 2, w // 2, 2, c)
+    return jnp.maximum(r[:, :, :, 0], r[:, :, :, 1])
+
+
 POOLS: Dict[str, Callable[[jax.Array], jax.Array]] = {
     "reduce_window": pool_reduce_window,
     "reshape_max": pool_reshape_max,
-    "pairwise": max_pool_2x2,
+    "maximum": pool_pairwise_maximum,
+    "pairwise": max_pool_2x2,  # layers.py: pairwise, where-select, first maximum wins
 }
 
 
@@ -179,21 +189,24 @@ def fwd_bwd_fn(model: MultiLeNet) -> Callable:
 FORMULATIONS: Dict[str, Tuple[Tuple[str, str], str, bool, Tuple[Optional[int], Optional[int]]]] = {
     "nn.Conv + nn.max_pool (flax default)": (("lax", "lax"), "reduce_window", False, (None, None)),
     "nn.Conv + reshape-max": (("lax", "lax"), "reshape_max", False, (None, None)),
-    "nn.Conv + pairwise max_pool_2x2": (("lax", "lax"), "pairwise", False, (None, None)),
+    "nn.Conv + pairwise jnp.maximum": (("lax", "lax"), "maximum", False, (None, None)),
+    "nn.Conv + max_pool_2x2": (("lax", "lax"), "pairwise", False, (None, None)),
     "NCHW lax.conv + reshape-max": (("nchw", "nchw"), "reshape_max", False, (None, None)),
-    "patches+dot conv1, nn.Conv conv2 + pairwise": (("patches", "lax"), "pairwise", False, (None, None)),
-    "patches+dot both + pairwise": (("patches", "patches"), "pairwise", False, (None, None)),
+    "patches+dot conv1, nn.Conv conv2 + max_pool_2x2": (("patches", "lax"), "pairwise", False, (None, None)),
+    "patches+dot both + max_pool_2x2": (("patches", "patches"), "pairwise", False, (None, None)),
     "toeplitz + nn.max_pool": (("toeplitz", "toeplitz"), "reduce_window", False, (None, None)),
     "toeplitz + reshape-max": (("toeplitz", "toeplitz"), "reshape_max", False, (None, None)),
-    "toeplitz + pairwise (layers.py)": (("toeplitz", "toeplitz"), "pairwise", False, (None, None)),
-    "toeplitz + pairwise, relu before pool": (("toeplitz", "toeplitz"), "pairwise", True, (None, None)),
-    "toeplitz wb=(2,2) + pairwise": (("toeplitz", "toeplitz"), "pairwise", False, (2, 2)),
-    "toeplitz wb=(8,4) + pairwise": (("toeplitz", "toeplitz"), "pairwise", False, (8, 4)),
-    "toeplitz wb=(24,8) + pairwise": (("toeplitz", "toeplitz"), "pairwise", False, (24, 8)),
+    "toeplitz + pairwise jnp.maximum": (("toeplitz", "toeplitz"), "maximum", False, (None, None)),
+    "toeplitz + max_pool_2x2 (layers.py)": (("toeplitz", "toeplitz"), "pairwise", False, (None, None)),
+    "toeplitz + max_pool_2x2, relu before pool": (("toeplitz", "toeplitz"), "pairwise", True, (None, None)),
+    "toeplitz wb=(4,2) + max_pool_2x2": (("toeplitz", "toeplitz"), "pairwise", False, (4, 2)),
+    "toeplitz wb=(4,4) + max_pool_2x2": (("toeplitz", "toeplitz"), "pairwise", False, (4, 4)),
+    "toeplitz wb=(24,8) (full rows) + max_pool_2x2": (("toeplitz", "toeplitz"), "pairwise", False, (24, 8)),
+    "toeplitz wb=(1,1) (im2col by slices) + max_pool_2x2": (("toeplitz", "toeplitz"), "pairwise", False, (1, 1)),
 }
 BASELINE = "nn.Conv + nn.max_pool (flax default)"
-WINNER = "toeplitz + pairwise (layers.py)"
-QUICK = [BASELINE, "nn.Conv + pairwise max_pool_2x2", WINNER]
+WINNER = "toeplitz + max_pool_2x2 (layers.py)"
+QUICK = [BASELINE, "nn.Conv + max_pool_2x2", WINNER]
 
 
 def make_batch(nchw: bool = False, seed: int = 0) -> Tuple[jax.Array, jax.Array]:
@@ -258,24 +271,39 @@ def jax_step_cases(name: str) -> Dict[str, Timed]:
         updates, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    @jax.jit
-    def step_per_task(params, opt_state, x, ys, key):
-        losses, vjp = jax.vjp(lambda p: task_losses(model, p, x, ys, key), params)
-        (jac,) = jax.vmap(vjp)(jnp.eye(NUM_TASKS, dtype=losses.dtype))  # leaves [K, ...]
-        shared = {"conv1", "conv2", "fc"}
-        g = {
-            "params": {
-                mod: jax.tree.map(lambda j, m=mod: j.mean(0) if m in shared else j.sum(0), sub)
-                for mod, sub in jac["params"].items()
+    def per_task_step(jacobian: Callable) -> Callable:
+        """Step (b) with ``jacobian(vjp, losses) -> per-task grads (leaves [K, ...])``."""
+
+        @jax.jit
+        def step(params, opt_state, x, ys, key):
+            losses, vjp = jax.vjp(lambda p: task_losses(model, p, x, ys, key), params)
+            jac = jacobian(vjp, losses)
+            shared = {"conv1", "conv2", "fc"}
+            g = {
+                "params": {
+                    mod: jax.tree.map(lambda j, m=mod: j.mean(0) if m in shared else j.sum(0), sub)
+                    for mod, sub in jac["params"].items()
+                }
             }
-        }
-        updates, opt_state = tx.update(g, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, losses
+            updates, opt_state = tx.update(g, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, losses
+
+        return step
+
+    def jac_vmap(vjp, losses):
+        return jax.vmap(vjp)(jnp.eye(NUM_TASKS, dtype=losses.dtype))[0]
+
+    def jac_unrolled(vjp, losses):
+        # K separate backward passes sharing one forward, like torch's retain_graph loop.
+        rows = [vjp(jnp.eye(NUM_TASKS, dtype=losses.dtype)[k])[0] for k in range(NUM_TASKS)]
+        return jax.tree.map(lambda *r: jnp.stack(r), *rows)
 
     # The steps return new params; timing re-applies to the same inputs (same cost per call).
+    args = (params, opt_state, x, ys, key)
     return {
-        f"jax step (a) equal weighting [{name}]": (step_equal, (params, opt_state, x, ys, key)),
-        f"jax step (b) per-task grads [{name}]": (step_per_task, (params, opt_state, x, ys, key)),
+        f"jax step (a) equal weighting [{name}]": (step_equal, args),
+        f"jax step (b) per-task grads, vmap over one-hot cotangents [{name}]": (per_task_step(jac_vmap), args),
+        f"jax step (b) per-task grads, K unrolled vjp calls [{name}]": (per_task_step(jac_unrolled), args),
     }
 
 
@@ -285,7 +313,7 @@ def jax_step_cases(name: str) -> Dict[str, Timed]:
 
 
 def torch_cases(threads: Sequence[int]) -> Dict[str, Timed]:
-    """Torch fwd+bwd at each thread count, and the two steps at the first thread count."""
+    """Torch fwd+bwd at each thread count (thread counts share one round-robin)."""
     if torch is None:
         return {}
     torch.manual_seed(0)
@@ -387,15 +415,6 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def pick_torch_threads(summary: Dict[str, Dict[str, float]], threads: Sequence[int]) -> Optional[int]:
-    """The project rule: as many threads as cores unless fewer are faster (lower median)."""
-    rows = {n: summary.get(f"torch fwd+bwd ({n} thr)") for n in threads}
-    rows = {n: r for n, r in rows.items() if r is not None}
-    if not rows:
-        return None
-    return min(rows, key=lambda n: (rows[n]["median_ms"], -n))
-
-
 # ------------------------------------------------------------------------------------------
 # XLA flags (report only; the library must not depend on them)
 # ------------------------------------------------------------------------------------------
@@ -404,7 +423,7 @@ FLAG_SETS = [
     "",
     "--xla_cpu_multi_thread_eigen=false",
     "--xla_cpu_use_xnnpack=true",
-    "--xla_cpu_use_onednn=true",
+    "--xla_cpu_experimental_ynn_fusion_type=",  # no YNNPACK fusions: dots go to Eigen
 ]
 
 
@@ -463,6 +482,24 @@ def write_markdown(result: Dict[str, Any], path: Path) -> None:
         "the softmax cross-entropies; jit(value_and_grad), warm-up, block_until_ready; "
         f"{result['repeats']} round-robin repeats of every row; torch {result['torch_threads_note']}.",
         "",
+        "Formulations (all NHWC except the NCHW row; all share one params tree, checked by the "
+        "last column):",
+        "",
+        "* **nn.Conv**: `flax.linen.Conv` (`lax.conv_general_dilated`, NHWC/HWIO).",
+        "* **NCHW lax.conv**: the same conv with NCHW activations (PyTorch's layout).",
+        "* **patches+dot**: `lax.conv_general_dilated_patches` (im2col) then one matmul.",
+        "* **toeplitz wb=(a,b)**: `jmtl.models.layers.conv2d_toeplitz`: each group of `wb` adjacent "
+        "output pixels of a row is one row of a single matmul with a block-Toeplitz matrix built "
+        "from the kernel; conv1 uses `a`, conv2 `b`; no `wb` = the layers.py default (8, 4). "
+        "`wb=1` is im2col by slices, `wb=output width` the full-row Toeplitz form.",
+        "* **nn.max_pool**: `reduce_window` (gradient `select_and_scatter`); **reshape-max**: `jnp.max` "
+        "over the window axes of a reshape; **pairwise jnp.maximum**: two `jnp.maximum` of reshaped "
+        "halves (gradient splits ties); **max_pool_2x2**: layers.py, pairwise `where(a >= b)` "
+        "selects (gradient = nn.max_pool's, a single select per stage).",
+        "* relu after the pool unless stated (same values: relu and max commute).",
+        "* ratio: median ms / median ms of the reference; median paired ratio: the median over "
+        "rounds of (this row / reference) within the same round (robust to load drifts).",
+        "",
         "## Forward + backward",
         "",
         *_table(result["fwd_bwd"], result["grad_check"], result["reference"]),
@@ -470,7 +507,12 @@ def write_markdown(result: Dict[str, Any], path: Path) -> None:
     ]
     if result.get("steps"):
         lines += [
-            "## Train steps (Adam), same run",
+            "## Train steps (Adam), one round-robin of their own",
+            "",
+            "(a) forward, sum of the task losses, one backward, Adam. (b) per-task gradients of "
+            "the shared params ([K, d]), their mean, Adam: torch with K `backward(retain_graph)`; "
+            "JAX with one `jax.vjp` and either a `vmap` over one-hot cotangents or K unrolled "
+            "vjp calls.",
             "",
             *_table(result["steps"], {}, result.get("steps_reference")),
             "",
@@ -492,20 +534,70 @@ def write_markdown(result: Dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def run(repeats: int, quick: bool, threads: Sequence[int]) -> Dict[str, Any]:
+def _pick_threads(samples: Dict[str, List[float]], threads: Sequence[int]) -> Optional[int]:
+    """The project rule: as many threads as cores unless fewer are faster (lower median)."""
+    medians = {n: statistics.median(samples[f"torch fwd+bwd ({n} thr)"]) for n in threads
+               if f"torch fwd+bwd ({n} thr)" in samples}
+    if not medians:
+        return None
+    return min(medians, key=lambda n: (medians[n], -n))
+
+
+def run(repeats: int, quick: bool, threads: Sequence[int], steps: bool) -> Dict[str, Any]:
     """Both tables: fwd+bwd formulations (+ torch), then train steps (+ torch)."""
     names = QUICK if quick else list(FORMULATIONS)
     cases, errors = jax_fwd_bwd_cases(names)
-    tcases = torch_cases(threads)
     if torch is None:
         print("torch not installed: skipping the PyTorch reference rows "
-              "(pip install -r requirements-bench.txt)", file=sys.stderr)
-    fwd = summarize(round_robin({**cases, **tcases}, repeats), None)
-    best_threads = pick_torch_threads(fwd, threads)
-    reference = f"torch fwd+bwd ({best_threads} thr)" if best_threads else None
-    if reference:
-        fwd = summarize(round_robin({**cases, **tcases}, 0) or {}, None) if False else fwd
-    result: Dict[str, Any] = {"machine": machine_info(), "repeats": repeats, "grad_check": errors}
-    samples_fwd = None  # placeholder kept for clarity of the two-phase flow below
-    del samples_fwd
+              "(pip install -r experiments/requirements-bench.txt)", file=sys.stderr)
+    samples = round_robin({**cases, **torch_cases(threads)}, repeats)
+    best = _pick_threads(samples, threads)
+    reference = f"torch fwd+bwd ({best} thr)" if best is not None else None
+    result: Dict[str, Any] = {
+        "machine": machine_info(),
+        "repeats": repeats,
+        "batch_size": BATCH,
+        "num_tasks": NUM_TASKS,
+        "reference": reference,
+        "torch_threads": best,
+        "torch_threads_note": (
+            f"threads tried {list(threads)} in the same round-robin, chose {best} (fastest median)"
+            if best is not None else "not installed"
+        ),
+        "fwd_bwd": summarize(samples, reference),
+        "grad_check": errors,
+    }
+    if steps:
+        step_cases = jax_step_cases(WINNER)
+        tsteps = torch_step_cases(best) if best is not None else {}
+        ssamples = round_robin({**step_cases, **tsteps}, repeats)
+        sref = f"torch step (a) equal weighting ({best} thr)" if tsteps else None
+        result["steps"] = summarize(ssamples, sref)
+        result["steps_reference"] = sref
     return result
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=40, help="round-robin rounds (>= 30)")
+    parser.add_argument("--quick", action="store_true", help="only " + ", ".join(QUICK))
+    parser.add_argument("--no-steps", action="store_true", help="skip the train-step table")
+    parser.add_argument("--xla-flags-sweep", action="store_true", help="also time --quick under XLA_FLAGS sets")
+    parser.add_argument("--json-stdout", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    cores = os.cpu_count() or 1
+    threads = sorted({1, cores}, reverse=True)
+    result = run(args.repeats, args.quick, threads, steps=not (args.no_steps or args.json_stdout))
+    if args.json_stdout:  # child of --xla-flags-sweep: results go to the parent
+        print(json.dumps(result))
+        return
+    if args.xla_flags_sweep:
+        result["xla_flags"] = xla_flags_sweep(args.repeats)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_lenet_ops.json").write_text(json.dumps(result, indent=2))
+    write_markdown(result, RESULTS / "bench_lenet_ops.md")
+    print((RESULTS / "bench_lenet_ops.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

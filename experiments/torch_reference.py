@@ -2,8 +2,8 @@
 
 This is the yardstick of the project's acceptance criterion: the JAX joint train step must be at
 least as fast as the plain PyTorch step on the same CPU. It is benchmark-only; ``torch`` is an
-optional dependency (``requirements-bench.txt``), so this module imports it at module level and the
-benchmark scripts guard the import (see :func:`torch_available`).
+optional dependency (``experiments/requirements-bench.txt``): this module needs it, and the benchmark scripts
+guard their import of this module and skip the torch rows without it.
 
 The model follows the authors' MultiMNIST code (NCHW, as PyTorch does)::
 
@@ -21,7 +21,6 @@ Two ways to take a step are timed:
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import time
 from typing import Callable, Dict, List, Sequence
@@ -32,11 +31,6 @@ from torch import nn
 
 IMAGE_SHAPE = (1, 28, 28)  # NCHW without the batch axis
 NUM_CLASSES = 10
-
-
-def torch_available() -> bool:
-    """True when ``torch`` can be imported (benchmarks skip the torch column otherwise)."""
-    return importlib.util.find_spec("torch") is not None
 
 
 class Encoder(nn.Module):

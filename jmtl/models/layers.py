@@ -3,16 +3,26 @@
 XLA's CPU backend is slow for the small convolutions of LeNet-sized models (few channels, 5x5
 kernels) and for the gradient of ``reduce_window`` max-pooling (``select_and_scatter``). This
 module rewrites both in terms of ops XLA compiles well: data movement (slices, stacks, reshapes)
-feeding one dense matmul, and elementwise ``maximum``. Numbers behind the choices come from
-``experiments/bench_lenet_ops.py`` (results in ``results/bench_lenet_ops.md``).
+feeding one dense matmul, and elementwise selects. Numbers behind the choices come from
+``experiments/bench_lenet_ops.py`` (``results/bench_lenet_ops.md``): Multi-LeNet forward+backward,
+batch 256, on a shared 2-core EPYC, as median time relative to plain PyTorch (1 thread, faster
+than 2 on that loaded machine) in the same round-robin:
 
-* :func:`max_pool_2x2` -- 2x2/stride-2 max-pool (NHWC) as two pairwise ``jnp.maximum`` of
-  reshaped halves. Same values as ``nn.max_pool(x, (2, 2), (2, 2))``; its gradient is pure
-  elementwise select, about 2-3x cheaper than the ``select_and_scatter`` of ``nn.max_pool``.
+=============================================  ===========
+nn.Conv + nn.max_pool (flax default)           2.2x
+nn.Conv + max_pool_2x2                         1.3x
+Conv (block-Toeplitz) + nn.max_pool            1.5x
+Conv (block-Toeplitz) + max_pool_2x2 (this)    0.53-0.95x (varies with the machine's load)
+=============================================  ===========
+
+* :func:`max_pool_2x2` -- 2x2/stride-2 max-pool (NHWC) as two pairwise maxima of reshaped
+  halves. Same values and gradient as ``nn.max_pool(x, (2, 2), (2, 2))``; the gradient is an
+  elementwise select instead of ``nn.max_pool``'s slow ``select_and_scatter``.
 * :class:`Conv` -- drop-in for ``nn.Conv`` (same param names, shapes and initialisers, so params
   are interchangeable) computing a stride-1 convolution as a *block-Toeplitz matmul*
-  (:func:`conv2d_toeplitz`). On the Multi-LeNet layers its forward+backward is 2-4x faster than
-  ``lax.conv_general_dilated``.
+  (:func:`conv2d_toeplitz`): 2.4x less fwd+bwd time than ``nn.Conv`` in the model above.
+  Rejected alternatives (same table): im2col with ``conv_general_dilated_patches`` (its input
+  gradient is a slow convolution: 5.5x torch), NCHW layout (1.6x), plain im2col by slices (1.7x).
 """
 
 from __future__ import annotations
@@ -28,10 +38,13 @@ from jax import lax
 Array = jax.Array
 PaddingLike = Union[str, int, Sequence[Union[int, Tuple[int, int]]]]
 
-# Smallest matmul width (block_width * features) the default block width aims for; below it the
-# matmul is too thin to run at speed, above it the redundant zero multiplies grow. Measured on
-# the Multi-LeNet layers (see choose_block_width).
-_MIN_MATMUL_WIDTH = 40
+# Smallest matmul width (block_width * features) the default block width aims for. Thinner
+# matmuls run far below speed -- in the backward pass too, where the width becomes the
+# contraction of the input-gradient matmul -- while wider blocks multiply more zeros (a block
+# needs block_width + kw - 1 input columns). Fwd+bwd of Multi-LeNet (median ratio to torch):
+# conv2 at width 40 (block 2) 1.5-1.8x slower than at 80 (block 4); conv1 flat from 40 to 80,
+# slower at 240 (block 24). See choose_block_width.
+_MIN_MATMUL_WIDTH = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,22 +52,36 @@ _MIN_MATMUL_WIDTH = 40
 # --------------------------------------------------------------------------------------------
 
 
+def _max_first(a: Array, b: Array) -> Array:
+    """Elementwise max that routes the whole gradient to ``a`` on ties (and propagates NaN).
+
+    ``jnp.maximum`` would do for the values, but its gradient splits ties 50/50, which costs
+    extra compares, selects and a multiply per element in the backward pass (and the masks are
+    materialised in the forward pass); a ``where`` on one boolean needs a single select.
+    """
+    take_a = (a >= b) | jnp.isnan(a)
+    return jnp.where(take_a, a, b)
+
+
 def max_pool_2x2(x: Array) -> Array:
     """2x2 max-pool with stride 2 of NHWC ``x`` (odd trailing rows/columns dropped, like VALID).
 
-    Values equal ``nn.max_pool(x, (2, 2), (2, 2))``. Formulated as a max over row pairs, then
-    over column pairs, each a ``jnp.maximum`` of two reshaped halves: the gradient is then an
-    elementwise select, which XLA fuses, instead of ``reduce_window``'s ``select_and_scatter``
-    (slow on CPU). On ties ``jnp.maximum`` splits the cotangent equally between the tied inputs
-    (``nn.max_pool`` gives it all to the first); both are valid subgradients.
+    Values equal ``nn.max_pool(x, (2, 2), (2, 2))``, and so does the gradient, ties included:
+    the max is taken over column pairs first, then over row pairs, each time preferring the
+    first operand on ties, so the gradient goes to the first maximum of the window in row-major
+    order -- the element ``reduce_window``'s ``select_and_scatter`` picks. Why not
+    ``nn.max_pool``: its ``select_and_scatter`` gradient is slow on XLA CPU, while this one is a
+    few fused elementwise selects. Multi-LeNet fwd+bwd with the Toeplitz conv, relative to
+    torch: ``nn.max_pool`` 1.5x, ``jnp.max`` over a reshape 0.68-0.75x (its gradient divides by
+    the tie count), two ``jnp.maximum`` 0.56x (its gradient splits ties), this 0.53-0.56x.
     """
     b, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2]  # VALID pooling ignores an odd last row/column
     h2, w2 = h // 2, w // 2
-    rows = x.reshape(b, h2, 2, 2 * w2, c)
-    x = jnp.maximum(rows[:, :, 0], rows[:, :, 1])  # [b, h2, w, c]
-    cols = x.reshape(b, h2, w2, 2, c)
-    return jnp.maximum(cols[:, :, :, 0], cols[:, :, :, 1])
+    x = x[:, : 2 * h2, : 2 * w2]  # VALID pooling ignores an odd last row/column
+    cols = x.reshape(b, 2 * h2, w2, 2, c)
+    x = _max_first(cols[:, :, :, 0], cols[:, :, :, 1])  # [b, h, w2, c]
+    rows = x.reshape(b, h2, 2, w2, c)
+    return _max_first(rows[:, :, 0], rows[:, :, 1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,10 +92,8 @@ def max_pool_2x2(x: Array) -> Array:
 def choose_block_width(w_out: int, features: int) -> int:
     """Default number of output columns computed per matmul row (a divisor of ``w_out``).
 
-    The smallest divisor ``wb`` of ``w_out`` with ``wb * features >= 40``. Larger blocks make a
-    wider matmul (faster per FLOP) but multiply more zeros: a block needs ``wb + kw - 1`` input
-    columns for ``wb`` outputs. For Multi-LeNet this picks 4 for conv1 (10 features) and 2 for
-    conv2 (20 features).
+    The smallest divisor ``wb`` of ``w_out`` with ``wb * features >= 64`` (``w_out`` if none):
+    for Multi-LeNet, 8 for conv1 (10 features, 24 columns) and 4 for conv2 (20 features, 8).
     """
     divisors = [d for d in range(1, w_out + 1) if w_out % d == 0]
     for d in divisors:
@@ -99,8 +124,10 @@ def toeplitz_patches(x: Array, kh: int, kw: int, block_width: int) -> Array:
     """Rows ``[b * ho * nb, kh * win * cin]`` for :func:`toeplitz_kernel` (``nb = wo / block_width``).
 
     Row ``(n, h, s)`` holds the ``kh x win`` input window whose top-left corner is at
-    ``(h, s * block_width)``. Column windows are gathered first: on the LeNet shapes that order
-    copies longer contiguous runs than rows-first.
+    ``(h, s * block_width)``. Built in two stacks, column windows first (``nb`` slices), then
+    row windows (``kh`` slices). Measured alternatives: rows first is ~20% slower (shorter
+    contiguous runs); stacking all ``kh * nb`` windows at once is as fast for few windows but
+    falls off with many (Multi-LeNet with conv1 block 4, 30 windows: 1.2x torch vs 0.83x).
     """
     b, h, w, cin = x.shape
     ho, wo = h - kh + 1, w - kw + 1
@@ -173,9 +200,11 @@ class Conv(nn.Module):
     Same attribute names and defaults as ``nn.Conv`` for the ones it supports (``padding``
     defaults to 'SAME' as there), same params (``kernel`` ``[kh, kw, cin, features]``,
     ``bias`` ``[features]``) and the same default initialisers, so a params tree works with
-    either module. 2-D, stride 1, no dilation and zero padding take the fast path; anything else
-    (strides, dilations, 'CIRCULAR' padding, ...) falls back to ``lax.conv_general_dilated``.
-    ``block_width`` overrides :func:`choose_block_width`.
+    either module. 2-D convolutions with stride 1 and no dilation take the fast path (zero
+    padding applied with ``jnp.pad`` first); strides or dilations fall back to
+    ``lax.conv_general_dilated`` (what ``nn.Conv`` computes); 'CIRCULAR', 'REFLECT' and 'CAUSAL'
+    padding and ``feature_group_count``/``mask`` are not supported. ``block_width`` overrides
+    :func:`choose_block_width`.
     """
 
     features: int
@@ -211,14 +240,13 @@ class Conv(nn.Module):
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
 
         pads = _explicit_padding(self.padding, kernel_size)
+        if pads is None:
+            raise NotImplementedError(f"padding {self.padding!r} is not supported; use nn.Conv")
         fast = (
-            pads is not None
-            and _pair(self.strides) == (1, 1)
+            _pair(self.strides) == (1, 1)
             and _pair(self.input_dilation) == (1, 1)
             and _pair(self.kernel_dilation) == (1, 1)
         )
-        if pads is None:
-            raise NotImplementedError(f"padding {self.padding!r} is not supported; use nn.Conv")
         if fast:
             if any(p != (0, 0) for p in pads):
                 x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
@@ -228,7 +256,8 @@ class Conv(nn.Module):
                 x,
                 kernel,
                 _pair(self.strides),
-                pads,
+                # lax resolves 'SAME' for strides/dilations itself; our pads are stride-1 only.
+                self.padding if isinstance(self.padding, str) else pads,
                 lhs_dilation=_pair(self.input_dilation),
                 rhs_dilation=_pair(self.kernel_dilation),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),

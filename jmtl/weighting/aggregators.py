@@ -43,6 +43,7 @@ from jmtl.weighting.base import (
     Layout,
     WeightingOutput,
     WeightingTransform,
+    require_gramian,
     stateless_init,
     weights_output,
 )
@@ -55,13 +56,6 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # --------------------------------------------------------------------------------------------------
 # helpers
 
-
-def _need_gramian(name: str, gramian: Optional[Array], jacobian: Optional[Array]) -> Array:
-    if gramian is not None:
-        return gramian
-    if jacobian is None:
-        raise ValueError(f"{name} needs the Gramian or the Jacobian of the task losses")
-    return jnp.matmul(jacobian, jacobian.T, precision=_HIGHEST)
 
 
 def _need_jacobian(name: str, jacobian: Optional[Array]) -> Array:
@@ -198,7 +192,7 @@ def krum(n_byzantine: int = 1, n_selected: int = 1) -> WeightingTransform:
         raise ValueError(f"krum: n_selected must be at least 1, got {n_selected}")
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _need_gramian("krum", gramian, jacobian)
+        gram = require_gramian("krum", gramian, jacobian)
         k = gram.shape[0]
         f = n_byzantine
         if k < 2 * f + 3:
@@ -263,7 +257,7 @@ def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[int
     _check_nonneg("upgrad", norm_eps=norm_eps, reg_eps=reg_eps)
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _need_gramian("upgrad", gramian, jacobian)
+        gram = require_gramian("upgrad", gramian, jacobian)
         return weights_output(_upgrad_weights(gram, norm_eps, reg_eps, max_iter)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN)
@@ -278,7 +272,7 @@ def dualproj(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[i
     _check_nonneg("dualproj", norm_eps=norm_eps, reg_eps=reg_eps)
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _need_gramian("dualproj", gramian, jacobian)
+        gram = require_gramian("dualproj", gramian, jacobian)
         return weights_output(_dualproj_weights(gram, norm_eps, reg_eps, max_iter)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN)
@@ -374,7 +368,7 @@ def fairgrad(alpha: float = 1.0, ridge: float = 1e-8, max_iter: int = 40) -> Wei
     alpha = float(alpha)
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _need_gramian("fairgrad", gramian, jacobian)
+        gram = require_gramian("fairgrad", gramian, jacobian)
         return weights_output(alpha_fair_weights(gram, alpha, ridge=ridge, max_iter=max_iter)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN, rep_level_ok=False)
@@ -591,7 +585,7 @@ def sdmgrad(lam: float = 0.3, niter: int = 20, lr: float = 5.0, momentum: float 
         raise ValueError(f"sdmgrad: niter must be non-negative, got {niter}")
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _need_gramian("sdmgrad", gramian, jacobian)
+        gram = require_gramian("sdmgrad", gramian, jacobian)
         k = gram.shape[0]
         w = _sdmgrad_inner(gram, state.w.astype(gram.dtype), lam, niter, lr, momentum)
         weights = (w + lam / k) / (1.0 + lam)
@@ -612,7 +606,7 @@ def modo(gamma: float = 1e-3, rho: float = 0.1) -> WeightingTransform:
     _check_nonneg("modo", gamma=gamma, rho=rho)
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _need_gramian("modo", gramian, jacobian)
+        gram = require_gramian("modo", gramian, jacobian)
         lam = state.w.astype(gram.dtype)
         step = jnp.matmul(gram, lam, precision=_HIGHEST) + rho * lam
         lam = qp.project_simplex(lam - gamma * step)

@@ -127,3 +127,18 @@ def combine(out: WeightingOutput, jacobian: Array) -> Array:
     if out.direction is not None:
         return out.direction
     return out.weights @ jacobian
+
+
+def require_gramian(name: str, gramian: Optional[Array], jacobian: Optional[Array]) -> Array:
+    """The ``[K, K]`` Gramian passed by the step, else ``J J^T`` of the Jacobian; error if neither."""
+    if gramian is not None:
+        return gramian
+    if jacobian is None:
+        raise ValueError(f"{name} needs the Gramian or the Jacobian of the task losses")
+    return jnp.matmul(jacobian, jacobian.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def default_float_dtype():
+    """float32, or float64 under ``jax_enable_x64``."""
+    return jnp.zeros(()).dtype
+

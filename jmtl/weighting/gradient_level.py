@@ -10,6 +10,7 @@ from jmtl.weighting.base import (
     GRAMIAN,
     JACOBIAN,
     WeightingTransform,
+    require_gramian,
     stateless_init,
     weights_output,
 )
@@ -44,10 +45,7 @@ def mgda(normalization: str = "none", max_iter: int = 250, tol: float = 1e-5) ->
         raise ValueError(f"unknown MGDA normalization {normalization!r}; valid: {', '.join(MGDA_NORMALIZATIONS)}")
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        if gramian is None:
-            if jacobian is None:
-                raise ValueError("mgda needs the Gramian or the Jacobian of the task losses")
-            gramian = jacobian @ jacobian.T
+        gramian = require_gramian("mgda", gramian, jacobian)
         n = jax.lax.stop_gradient(_gradient_norm_factors(gramian, losses, normalization))
         scaled = gramian / (n[:, None] * n[None, :])
         alpha = solvers.min_norm_weights(scaled, max_iter=max_iter, tol=tol)

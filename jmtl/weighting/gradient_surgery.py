@@ -27,6 +27,8 @@ from jmtl.weighting.base import (
     Layout,
     WeightingOutput,
     WeightingTransform,
+    default_float_dtype,
+    require_gramian,
     stateless_init,
     weights_output,
 )
@@ -36,16 +38,6 @@ Array = jax.Array
 EPS = 1e-8
 
 
-def _float_dtype():
-    return jnp.zeros(()).dtype  # float32, or float64 under jax_enable_x64
-
-
-def _gramian(gramian: Optional[Array], jacobian: Optional[Array], name: str) -> Array:
-    if gramian is not None:
-        return gramian
-    if jacobian is None:
-        raise ValueError(f"{name} needs the Gramian or the Jacobian of the task losses")
-    return jacobian @ jacobian.T
 
 
 def _need_key(key: Optional[Array], name: str) -> Array:
@@ -100,7 +92,7 @@ def pcgrad() -> WeightingTransform:
     """
 
     def update(losses, state, *, gramian=None, jacobian=None, key=None, **_):
-        gram = _gramian(gramian, jacobian, "pcgrad")
+        gram = require_gramian("pcgrad", gramian, jacobian)
         key = _need_key(key, "pcgrad")
         k = gram.shape[0]
         eye = jnp.eye(k, dtype=gram.dtype)
@@ -193,7 +185,7 @@ def gradvac(beta: float = 0.5, granularity: str = "whole_model") -> WeightingTra
         else:
             d = sum(int(math.prod(s)) for _, s in layout)
             n = gradvac_groups(layout, d, granularity)[2]
-        return GradVacState(targets=jnp.zeros((n, num_tasks, num_tasks), _float_dtype()))
+        return GradVacState(targets=jnp.zeros((n, num_tasks, num_tasks), default_float_dtype()))
 
     def update(losses, state: GradVacState, *, jacobian=None, key=None, layout=None, **_):
         if jacobian is None:
@@ -326,7 +318,7 @@ def imtl_g() -> WeightingTransform:
     """
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _gramian(gramian, jacobian, "imtl_g")
+        gram = require_gramian("imtl_g", gramian, jacobian)
         return weights_output(imtl_g_weights(gram)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN, rep_level_ok=True)
@@ -344,12 +336,12 @@ def imtl(init_scale: float = 0.0) -> WeightingTransform:
     """
 
     def init_params(num_tasks: int):
-        return {"s": jnp.full((num_tasks,), init_scale, _float_dtype())}
+        return {"s": jnp.full((num_tasks,), init_scale, default_float_dtype())}
 
     def update(losses, state, *, gramian=None, jacobian=None, params=None, **_):
         if params is None:
             raise ValueError("imtl needs its params (init_params) in the train state")
-        gram = _gramian(gramian, jacobian, "imtl")
+        gram = require_gramian("imtl", gramian, jacobian)
         s = params["s"].astype(gram.dtype)
         scale = jnp.exp(s)
         fixed = jax.lax.stop_gradient(scale)
@@ -435,7 +427,7 @@ def cagrad(c: float = 0.5, rescale: int = 1, num_iters: int = 30) -> WeightingTr
         raise ValueError(f"c must be >= 0, got {c}")
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _gramian(gramian, jacobian, "cagrad")
+        gram = require_gramian("cagrad", gramian, jacobian)
         k = gram.shape[0]
         scale = jnp.max(jnp.diagonal(gram))
         normed = gram / jnp.where(scale > 0, scale, 1.0)
@@ -509,11 +501,11 @@ def nash_mtl(max_norm: float = 1.0, optim_niter: int = 20, update_weights_every:
         raise ValueError(f"update_weights_every must be a positive integer, got {update_weights_every!r}")
 
     def init(num_tasks: int) -> NashState:
-        ones = jnp.ones((num_tasks,), _float_dtype())
+        ones = jnp.ones((num_tasks,), default_float_dtype())
         return NashState(alpha=ones, alpha_normalized=ones, count=jnp.zeros((), jnp.int32))
 
     def update(losses, state: NashState, *, gramian=None, jacobian=None, **_):
-        gram = _gramian(gramian, jacobian, "nash_mtl")
+        gram = require_gramian("nash_mtl", gramian, jacobian)
         dtype = gram.dtype
         fro = jnp.sqrt(jnp.sum(gram**2))
         fro = jnp.where(fro > 0, fro, 1.0)
@@ -583,7 +575,7 @@ def aligned_mtl(scale_mode: str = "min") -> WeightingTransform:
         raise ValueError(f"unknown Aligned-MTL scale_mode {scale_mode!r}; valid: {', '.join(ALIGNED_SCALE_MODES)}")
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _gramian(gramian, jacobian, "aligned_mtl")
+        gram = require_gramian("aligned_mtl", gramian, jacobian)
         return weights_output(jnp.sum(aligned_balance(gram, scale_mode), axis=1)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN, rep_level_ok=True)
@@ -603,7 +595,7 @@ def config() -> WeightingTransform:
     """
 
     def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = _gramian(gramian, jacobian, "config")
+        gram = require_gramian("config", gramian, jacobian)
         k = gram.shape[0]
         n = _norms(gram)
         inv = _safe_div(jnp.ones_like(n), n)

@@ -26,6 +26,8 @@ from jmtl.weighting.base import (
     Layout,
     WeightingOutput,
     WeightingTransform,
+    default_float_dtype,
+    require_gramian,
     stateless_init,
     weights_output,
 )
@@ -36,21 +38,11 @@ Array = jax.Array
 EPS = 1e-8
 
 
-def _float_dtype():
-    return jnp.zeros(()).dtype  # float32, or float64 under jax_enable_x64
-
 
 def _cast_like(new: Any, old: Any) -> Any:
     """``new`` with the dtypes of ``old`` (keeps a state's dtypes fixed across steps under jit)."""
     return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new, old)
 
-
-def _gramian(gramian: Optional[Array], jacobian: Optional[Array], name: str) -> Array:
-    if gramian is not None:
-        return gramian
-    if jacobian is None:
-        raise ValueError(f"{name} needs the Gramian or the Jacobian of the task losses")
-    return jacobian @ jacobian.T
 
 
 def _check_positive_int(value: int, name: str) -> None:
@@ -100,7 +92,7 @@ def dwa(temperature: float = 2.0, steps_per_epoch: int = 100) -> WeightingTransf
     _check_positive_int(steps_per_epoch, "steps_per_epoch")
 
     def init(num_tasks: int) -> DWAState:
-        z = jnp.zeros((num_tasks,), _float_dtype())
+        z = jnp.zeros((num_tasks,), default_float_dtype())
         i0 = jnp.zeros((), jnp.int32)
         return DWAState(count=i0, epochs=i0, epoch_sum=z, last=z, before_last=z)
 
@@ -179,7 +171,7 @@ def imtl_l(init_scale: float = 0.0) -> WeightingTransform:
     """
 
     def init_params(num_tasks: int):
-        return {"s": jnp.full((num_tasks,), init_scale, _float_dtype())}
+        return {"s": jnp.full((num_tasks,), init_scale, default_float_dtype())}
 
     def update(losses, state, *, params=None, **_):
         if params is None:
@@ -219,7 +211,7 @@ def famo(w_lr: float = 0.025, gamma: float = 1e-3) -> WeightingTransform:
     tx = optax.chain(optax.add_decayed_weights(gamma), optax.adam(w_lr))
 
     def init(num_tasks: int) -> FAMOState:
-        logits = jnp.zeros((num_tasks,), _float_dtype())
+        logits = jnp.zeros((num_tasks,), default_float_dtype())
         return FAMOState(
             logits=logits,
             opt_state=tx.init(logits),
@@ -282,7 +274,7 @@ def stch(mu: float = 1.0, warmup_epochs: int = 4, steps_per_epoch: int = 100) ->
     stop = start + steps_per_epoch  # first STCH step
 
     def init(num_tasks: int) -> STCHState:
-        return STCHState(count=jnp.zeros((), jnp.int32), loss_sum=jnp.zeros((num_tasks,), _float_dtype()))
+        return STCHState(count=jnp.zeros((), jnp.int32), loss_sum=jnp.zeros((num_tasks,), default_float_dtype()))
 
     def update(losses, state: STCHState, **_):
         k = losses.shape[0]
@@ -335,7 +327,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> WeightingTransform:
 
     def init(num_tasks: int, layout: Optional[Layout] = None) -> DBMTLState:
         d = _layout_size(layout) or 0
-        return DBMTLState(count=jnp.zeros((), jnp.int32), buffer=jnp.zeros((num_tasks, d), _float_dtype()))
+        return DBMTLState(count=jnp.zeros((), jnp.int32), buffer=jnp.zeros((num_tasks, d), default_float_dtype()))
 
     def update(losses, state: DBMTLState, *, jacobian=None, **_):
         if jacobian is None:
@@ -389,13 +381,13 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025) -> WeightingTransform:
     tx = optax.adam(lr)
 
     def init(num_tasks: int) -> GradNormState:
-        w = jnp.ones((num_tasks,), _float_dtype())
+        w = jnp.ones((num_tasks,), default_float_dtype())
         return GradNormState(
             weights=w, initial_losses=jnp.ones_like(w), started=jnp.zeros((), bool), opt_state=tx.init(w)
         )
 
     def update(losses, state: GradNormState, *, gramian=None, jacobian=None, **_):
-        gram = _gramian(gramian, jacobian, "gradnorm")
+        gram = require_gramian("gradnorm", gramian, jacobian)
         dtype = gram.dtype
         k = losses.shape[0]
         losses = losses.astype(dtype)

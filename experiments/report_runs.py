@@ -1,0 +1,65 @@
+"""Markdown + JSON table of finished training runs (from their ``summary.json``), next to paper numbers.
+
+    python -m experiments.report_runs --runs workdirs/mm_equal workdirs/mm_mgda_ub \
+        --paper "equal=96.46/94.99" "mgda=97.26/95.90" --out results/multimnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True)
+    parser.add_argument("--paper", nargs="*", default=[], help="weighting=left/right accuracies in %%")
+    parser.add_argument("--title", default="MultiMNIST, Multi-LeNet")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    paper = dict(p.split("=", 1) for p in args.paper)
+
+    rows, lines = [], [
+        f"# {args.title}",
+        "",
+        "Test accuracy (%) of the checkpoint with the best validation accuracy (model selection on the "
+        "validation split only), and at the last step.",
+        "",
+        "| run | weighting | Jacobian | epochs | best-val epoch | test left | test right | final left | final right | paper left / right | wall s / epoch |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for run in args.runs:
+        run = Path(run)
+        s = json.loads((run / "summary.json").read_text())
+        cfg = json.loads((run / "config.json").read_text())
+        best, final = s["best_validation"], s["final"]["test"]
+        tasks = s["tasks"]
+        row = {
+            "run": run.name,
+            "weighting": s["weighting"],
+            "jacobian_mode": cfg["weighting"].get("jacobian_mode", "params"),
+            "epochs": s["epochs"],
+            "best_val_epoch": best["step"] * s["epochs"] / s["steps"],
+            "best_val_test": {t: best["test"][t]["accuracy"] for t in tasks},
+            "final_test": {t: final[t]["accuracy"] for t in tasks},
+            "wall_time_per_epoch_s": s["wall_time_per_epoch_s"],
+            "paper": paper.get(s["weighting"]),
+        }
+        rows.append(row)
+        b, f = row["best_val_test"], row["final_test"]
+        mode = row["jacobian_mode"] if s["weighting"] not in ("equal", "uncertainty", "static") else "—"
+        lines.append(
+            f"| {run.name} | {s['weighting']} | {mode} | {row['epochs']:.0f} | {row['best_val_epoch']:.0f} | "
+            f"{100 * b[tasks[0]]:.2f} | {100 * b[tasks[1]]:.2f} | {100 * f[tasks[0]]:.2f} | {100 * f[tasks[1]]:.2f} | "
+            f"{row['paper'] or '—'} | {row['wall_time_per_epoch_s']:.1f} |"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from jmtl import data as data_lib
 from jmtl import plotting, tasks as tasks_lib
-from jmtl.models import mtl
+from jmtl.models import architectures, mtl, regularizers
 from jmtl.training import builders, checkpoint, evaluate, parallel
 from jmtl.training import step as step_lib
 
@@ -88,6 +88,8 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
         encoder_kwargs=config.model.encoder_kwargs.to_dict(),
         head_kwargs=config.model.head_kwargs.to_dict(),
         relation=config.model.relation,
+        arch=config.model.arch,
+        arch_kwargs=config.model.arch_kwargs.to_dict(),
     )
     weighting = builders.weighting(config.weighting.name, config.weighting.hparams.to_dict(), tasks, steps_per_epoch)
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
@@ -95,6 +97,8 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
         relation_alpha=config.model.relation_alpha,
         input_key=spec.input_key,
         jacobian_mode=config.weighting.jacobian_mode,
+        penalty=regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict()),
+        model_kwargs=architectures.model_kwargs_fn(model),
     )
 
     if config.nonfinite.policy not in step_lib.NONFINITE_POLICIES:

@@ -449,10 +449,12 @@ def test_toy_generation():
   np.testing.assert_allclose(gradnorm_toy.task_scales(2), [1.0, 100.0])
   # |t_i| <= sigma_i, and the targets really follow the formula.
   mats, sig = gradnorm_toy.task_matrices(3, 0), gradnorm_toy.task_scales(3)
+  # The stored input is the standardised x / X_STD ~ N(0, I).
+  assert abs(float(a['x'].std()) - 1.0) < 0.05 and abs(float(a['x'].mean())) < 0.05
   for i in range(3):
     assert np.abs(a[f't{i}']).max() <= sig[i] + 1e-4
     np.testing.assert_allclose(
-        a[f't{i}'], sig[i] * np.tanh(a['x'].astype(np.float64) @ mats[i].T),
+        a[f't{i}'], sig[i] * np.tanh((gradnorm_toy.X_STD * a['x'].astype(np.float64)) @ mats[i].T),
         rtol=1e-4, atol=1e-4 * sig[i])
   # Growing the train set leaves the test set unchanged.
   np.testing.assert_array_equal(

@@ -11,8 +11,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset = ml_collections.ConfigDict(dict(name="gradnorm_toy", data_dir="", cache_dir="", kwargs={}))
     # {task_name: {label: dataset label key, weight: static weight}}; empty = one task per dataset label.
     c.tasks = ml_collections.ConfigDict()
+    # arch: hps | independent | soft_sharing | cross_stitch | mtan | mmoe | dselect_k | cgc | ple |
+    # learning_to_branch (jmtl/models/architectures.py); arch_kwargs: its options plus the
+    # regularizer keys (penalty, penalty_weight, mtrl_weight, mtrl_eps: jmtl/models/regularizers.py).
     c.model = ml_collections.ConfigDict(
-        dict(encoder="mlp", encoder_kwargs={}, head_kwargs={}, relation=False, relation_alpha=0.0)
+        dict(
+            encoder="mlp", encoder_kwargs={}, head_kwargs={}, relation=False, relation_alpha=0.0,
+            arch="hps", arch_kwargs={},
+        )
     )
     c.weighting = method_config("equal")
     c.optimizer = ml_collections.ConfigDict(

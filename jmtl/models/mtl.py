@@ -88,8 +88,13 @@ def build(
     encoder_kwargs: Mapping[str, Any] | None = None,
     head_kwargs: Mapping[str, Any] | None = None,
     relation: bool = False,
-) -> MultiTaskModel:
-    """A hard-sharing model for ``tasks``: one encoder, one head per task (kind from the task)."""
+    arch: str = "hps",
+    arch_kwargs: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """A model for ``tasks``: by default (``arch='hps'``) hard sharing, one encoder and one head per
+    task (kind from the task). Other ``arch`` values and their ``arch_kwargs``:
+    :mod:`jmtl.models.architectures`. Regularizer keys of ``arch_kwargs`` (soft-sharing and MTRL
+    penalties) are not model options and are ignored here: see :mod:`jmtl.models.regularizers`."""
     enc = encoders.get(encoder, **dict(encoder_kwargs or {}))
     head_kwargs = dict(head_kwargs or {})
     accepted = set().union(*(set(c.__dataclass_fields__) for c in heads_lib.HEADS.values()))
@@ -103,8 +108,11 @@ def build(
         built.append(cls(num_outputs=t.num_outputs, **kw))
     if relation and len({h.rep_size for h in built}) != 1:
         raise ValueError("relation=True needs heads with equal representation sizes (set head_kwargs.hidden)")
-    return MultiTaskModel(
-        shared=enc,
-        tasks=TaskHeads(names=tuple(t.name for t in tasks), heads=tuple(built)),
-        relation=relation,
-    )
+    heads = TaskHeads(names=tuple(t.name for t in tasks), heads=tuple(built))
+    arch_kwargs = dict(arch_kwargs or {})
+    if arch == "hps" and not arch_kwargs:
+        return MultiTaskModel(shared=enc, tasks=heads, relation=relation)
+    from jmtl.models import architectures, regularizers  # they import this module
+
+    model_kwargs = {k: v for k, v in arch_kwargs.items() if k not in regularizers.REGULARIZER_KEYS}
+    return architectures.build(arch, encoder=enc, heads=heads, relation=relation, **model_kwargs)

@@ -59,6 +59,12 @@ class StepConfig:
     # of the shared representation (MGDA-UB, Sener & Koltun 2018), then one weighted backward pass
     # through the encoder; far cheaper for big encoders. Ignored by loss-level schemes.
     jacobian_mode: str = "params"
+    # penalty(params) -> scalar added to the objective; its gradient joins the update outside the
+    # weighting scheme, like the relation penalty (soft sharing, MTRL: jmtl.models.regularizers).
+    penalty: Optional[Callable[[PyTree], Array]] = None
+    # step -> extra keyword arguments of model.apply in training (the Gumbel temperature schedule
+    # of learning to branch: jmtl.models.architectures.model_kwargs_fn).
+    model_kwargs: Optional[Callable[[Array], dict]] = None
 
 
 JACOBIAN_MODES = ("params", "representation")
@@ -129,7 +135,7 @@ def init_state(
         params=params,
         weighting_params=wparams,
         opt_state=opt_state,
-        weighting_state=weighting_lib.base.init_state(weighting, num_tasks, shared_layout(params[SHARED])),
+        weighting_state=weighting_lib.base.init_state(weighting, num_tasks, shared_layout(params.get(SHARED, {}))),
         rng=rng,
     )
     # One buffer per leaf: initial states may alias an array in two leaves (optax and scheme states
@@ -173,9 +179,9 @@ def make_train_step(
         main = jnp.stack([jnp.mean(t.main_metric.fn(outputs[t.name], batch[t.label_key])) for t in tasks])
         return losses, main
 
-    def local_losses(params, batch, dropout_rng):
+    def local_losses(params, batch, dropout_rng, extra):
         outputs = model.apply(
-            {"params": params}, batch[config.input_key], train=True, rngs={"dropout": dropout_rng}
+            {"params": params}, batch[config.input_key], train=True, rngs={"dropout": dropout_rng}, **extra
         )
         return task_losses(outputs, batch)
 
@@ -192,7 +198,11 @@ def make_train_step(
             dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
         params_local = _to_varying(state.params, axis_name)
-        if rep_mode:
+        extra = config.model_kwargs(state.step) if config.model_kwargs is not None else {}
+        # Nothing shared (independent towers): every param has one task's gradient and a gradient
+        # scheme has nothing to balance, so such models take the plain sum (weights 1).
+        no_shared = needs_jacobian and not jax.tree.leaves(state.params.get(SHARED, {}))
+        if rep_mode and not no_shared:
             rest = {name: sub for name, sub in params_local.items() if name != SHARED}
             rep, encoder_vjp = jax.vjp(
                 lambda shared: model.apply(
@@ -209,14 +219,16 @@ def make_train_step(
             )
         else:
             local, vjp_fn, local_main = jax.vjp(
-                lambda p: local_losses(p, batch, dropout_rng), params_local, has_aux=True
+                lambda p: local_losses(p, batch, dropout_rng, extra), params_local, has_aux=True
             )
         losses = _pmean(local, axis_name)
         train_metric = _pmean(local_main, axis_name)
 
         jac_kwargs = {}
         per_task = None
-        if rep_mode:
+        if no_shared:
+            pass
+        elif rep_mode:
             cotangents = _to_varying(jnp.eye(k, dtype=local.dtype), axis_name)
             rep_jac, per_task = jax.vmap(vjp_fn)(cotangents)  # [K, B_local, ...], head leaves [K, ...]
             per_task = _pmean(per_task, axis_name)
@@ -253,7 +265,10 @@ def make_train_step(
                 **jac_kwargs,
             )
 
-        if weighting.init_params is not None:
+        if no_shared:
+            out, new_wstate = weighting_lib.base.weights_output(jnp.ones_like(losses)), state.weighting_state
+            wgrads = jax.tree.map(jnp.zeros_like, state.weighting_params)
+        elif weighting.init_params is not None:
 
             def weighting_objective(wparams):
                 out, new_ws = run_weighting(wparams)
@@ -267,7 +282,10 @@ def make_train_step(
             (out, new_wstate), wgrads = run_weighting(state.weighting_params), {}
         weights = None if out.weights is None else jax.lax.stop_gradient(out.weights)
 
-        if rep_mode:
+        if no_shared:
+            (grads,) = vjp_fn(_to_varying(weights.astype(local.dtype), axis_name))
+            grads = _pmean(grads, axis_name)
+        elif rep_mode:
             if out.weights is not None:
                 rep_cot = out.weights.astype(rep_jac.dtype) @ rep_jac
             else:  # a direction over the global representation: this device's slice
@@ -293,6 +311,10 @@ def make_train_step(
             w_rel = state.params[RELATION]
             grads[RELATION] = grads[RELATION] + 2.0 * config.relation_alpha * w_rel
             objective = objective + config.relation_alpha * jnp.sum(w_rel**2)
+        if config.penalty is not None:
+            penalty, penalty_grads = jax.value_and_grad(config.penalty)(state.params)
+            grads = jax.tree.map(jnp.add, grads, penalty_grads)
+            objective = objective + penalty
 
         all_params = {"model": state.params, "weighting": state.weighting_params}
         updates, opt_state = optimizer.update({"model": grads, "weighting": wgrads}, state.opt_state, all_params)

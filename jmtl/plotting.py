@@ -54,6 +54,10 @@ def plot_training(workdir: str | Path, task_names: Sequence[str]) -> list[Path]:
                     vals = [r.get(split, {}).get(name, {}).get(metric, np.nan) for r in evals]
                     ax.plot(steps, vals, style, label=f"{name} ({split})")
             ax.set(title=metric, xlabel="step")
+            # Tasks on different scales (regression errors, losses) stay readable on a log axis.
+            values = [v for line in ax.get_lines() for v in line.get_ydata() if np.isfinite(v)]
+            if metric != "accuracy" and values and min(values) > 0 and max(values) / min(values) > 20:
+                ax.set_yscale("log")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()

@@ -39,11 +39,12 @@ from jmtl.training import step as step_lib
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def jmtl_timer(method: str, batch_size: int, num_tasks: int = 2, mode: str = "params"):
-    """A zero-argument callable running one jitted, donated jmtl train step on a fixed batch."""
+def jmtl_timer(method, batch_size: int, num_tasks: int = 2, mode: str = "params"):
+    """A zero-argument callable running one jitted, donated jmtl train step on a fixed batch, and the
+    seconds its first call took (compilation). ``method``: a scheme name or a ``WeightingTransform``."""
     tasks = tuple(Task(f"task{k}", "classification", 10) for k in range(num_tasks))
     model = mtl.build(tasks, encoder="multi_lenet")
-    transform = weighting.get(method)
+    transform = weighting.get(method) if isinstance(method, str) else method
     opt = optax.adam(1e-3)
     state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), num_tasks, seed=0)
     rng = np.random.default_rng(0)

@@ -13,19 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from experiments.bench_step import time_round_robin
+from experiments.bench_step import jmtl_timer, time_round_robin
 from jmtl import weighting
-from jmtl.models import mtl
-from jmtl.tasks import Task
-from jmtl.training import step as step_lib
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 BARE = "(bare Jacobian step)"
@@ -38,30 +33,6 @@ def bare_jacobian() -> weighting.WeightingTransform:
         return weighting.WeightingOutput(weights=jnp.ones_like(losses), extra_loss=0.0), state
 
     return weighting.WeightingTransform(lambda k: (), update, weighting.JACOBIAN)
-
-
-def make_timer(transform, num_tasks: int, batch_size: int, mode: str = "params"):
-    tasks = tuple(Task(f"task{k}", "classification", 10) for k in range(num_tasks))
-    model = mtl.build(tasks, encoder="multi_lenet")
-    opt = optax.adam(1e-3)
-    state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), num_tasks, seed=0)
-    rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 28, 28, 1)), jnp.float32)}
-    for t in tasks:
-        batch[t.name] = jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)
-    fn = jax.jit(
-        step_lib.make_train_step(model, tasks, transform, opt, step_lib.StepConfig(jacobian_mode=mode)),
-        donate_argnums=0,
-    )
-    holder = [state]
-
-    def call():
-        holder[0], _ = fn(holder[0], batch)
-        jax.block_until_ready(holder[0])
-
-    t0 = time.perf_counter()
-    call()
-    return call, time.perf_counter() - t0
 
 
 def main(argv=None):
@@ -83,7 +54,7 @@ def main(argv=None):
                 t = bare_jacobian() if name == BARE else weighting.get(name)
                 if name == "krum" and k < 5:
                     raise ValueError("krum needs K >= 2f+3")
-                fns[name], compile_s[name] = make_timer(t, k, args.batch)
+                fns[name], compile_s[name] = jmtl_timer(t, args.batch, num_tasks=k)
                 requires[name] = t.requires
             except Exception as e:  # a method that cannot run at this K is reported, not fatal
                 errors[name] = f"{type(e).__name__}: {e}"[:300]

@@ -44,3 +44,20 @@ def run_script(script: str, *args: str, devices: int = 1, timeout: int = 600, en
 @pytest.fixture
 def script_runner():
     return run_script
+
+
+def toy_config(tmp_path, **overrides):
+    """The gradnorm_toy experiment config with a per-test data cache, no progress bar, and
+    ``overrides`` given as dotted field paths (``toy_config(tmp, **{"model.encoder": "mlp"})``)."""
+    from experiments.configs import gradnorm_toy
+
+    c = gradnorm_toy.get_config()
+    c.dataset.cache_dir = str(tmp_path / "cache")
+    c.progress_bar = False
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c

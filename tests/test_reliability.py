@@ -11,8 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_script
-from experiments.configs import gradnorm_toy
+from conftest import ROOT, run_script, toy_config
 from experiments.train import NonFiniteLossError, train
 from jmtl.data import pipeline
 
@@ -135,19 +134,8 @@ def _nan_after(step_to_poison: int, task_key: str):
 
 
 def _config(tmp_path, **kw):
-    c = gradnorm_toy.get_config()
-    c.dataset.cache_dir = str(tmp_path / "cache")
-    c.num_steps = 60
-    c.eval_every_steps = 20
-    c.log_every_steps = 7  # the NaN steps fall between logging steps: every step is still checked
-    c.progress_bar = False
-    for k, v in kw.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    # log_every_steps=7: the NaN steps fall between logging steps, and every step is still checked.
+    return toy_config(tmp_path, **{"num_steps": 60, "eval_every_steps": 20, "log_every_steps": 7, **kw})
 
 
 def test_nan_loss_raises_naming_task_step_and_checkpoint(tmp_path, monkeypatch):

@@ -6,25 +6,14 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import toy_config
 from experiments.configs import gradnorm_toy
 from experiments.train import train
 from jmtl.training.checkpoint import CheckpointMismatchError
 
 
 def _config(tmp_path, **overrides):
-    c = gradnorm_toy.get_config()
-    c.dataset.cache_dir = str(tmp_path / "cache")
-    c.num_steps = 40
-    c.eval_every_steps = 10
-    c.log_every_steps = 5
-    c.progress_bar = False
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return toy_config(tmp_path, **{"num_steps": 40, "eval_every_steps": 10, "log_every_steps": 5, **overrides})
 
 
 def test_outputs_and_exact_resume(tmp_path):

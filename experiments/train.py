@@ -29,10 +29,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from experiments.configs.common import validate_config
 from jmtl import data as data_lib
 from jmtl import plotting, tasks as tasks_lib
 from jmtl.models import architectures, mtl, regularizers
 from jmtl.training import builders, checkpoint, evaluate, parallel
+from jmtl.training import seeds as seeds_lib
 from jmtl.training import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
@@ -60,6 +62,7 @@ class _StopRequest:
 
 def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     """Runs (or resumes) the experiment; returns the summary and the final host train state."""
+    validate_config(config)  # wrong types / ranges fail here, naming the field, before any work
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     parallel.maybe_initialize_distributed()
@@ -108,29 +111,34 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     driver = parallel.Driver(config.parallel)
     if config.batch_size % driver.num_devices:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {driver.num_devices} devices")
-    train_step = driver.compile_step(
-        lambda ax: step_lib.make_train_step(model, tasks, weighting, optimizer, step_cfg, axis_name=ax)
-    )
-    eval_step = driver.compile_eval(lambda ax: step_lib.make_eval_step(model, tasks, step_cfg, axis_name=ax))
+    # num_seeds > 1: seeds config.seed, config.seed + 1, ... train together in one program (a vmap
+    # over a leading seed axis of the state; each seed has its own init, dropout and data order).
+    num_seeds = config.num_seeds
+    seeds = [config.seed + i for i in range(num_seeds)]
+    make_step = lambda ax: step_lib.make_train_step(model, tasks, weighting, optimizer, step_cfg, axis_name=ax)
+    make_eval = lambda ax: step_lib.make_eval_step(model, tasks, step_cfg, axis_name=ax)
+    if num_seeds > 1:
+        make_step, make_eval = seeds_lib.over_seeds(make_step), seeds_lib.over_seeds_eval(make_eval)
+    train_step = driver.compile_step(make_step)
+    eval_step = driver.compile_eval(make_eval)
 
     example = np.zeros((1,) + tuple(spec.input_shape), np.float32)
-    host_state = step_lib.init_state(model, weighting, optimizer, example, len(tasks), config.seed)
-    host_state = jax.tree.map(np.asarray, host_state)
+    inits = [step_lib.init_state(model, weighting, optimizer, example, len(tasks), s) for s in seeds]
+    host_state = jax.tree.map(np.asarray, inits[0]) if num_seeds == 1 else seeds_lib.stack(inits)
     signature = checkpoint.model_signature(host_state, names, config.weighting.name)
 
     # ---- resume ----------------------------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
-    train_iter = dataset.train_iterator(
-        config.batch_size, config.seed, process_index=pid, process_count=nproc
-    )
-    best = {"score": -math.inf}
+    iters = [dataset.train_iterator(config.batch_size, s, process_index=pid, process_count=nproc) for s in seeds]
+    train_iter = iters[0] if num_seeds == 1 else seeds_lib.StackedIterator(iters)
+    bests = [{"score": -math.inf} for _ in seeds]  # best-validation record of each seed
     start_step, wall_before = 0, 0.0
     if ckpt.latest_step() is not None:
         host_state, meta = ckpt.restore(host_state, signature)
         train_iter.set_state(meta["data_iterator"])
-        best = meta["best"]
+        bests = meta["best"]
         wall_before = meta.get("wall_time", 0.0)
-        start_step = int(host_state.step)
+        start_step = int(np.max(host_state.step))  # every seed is at the same step
         _truncate_logs(workdir, start_step)
         if is_main:
             print(f"Resuming from step {start_step} of {total_steps} in {workdir}", flush=True)
@@ -142,9 +150,10 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     for split, arrays in eval_arrays.items():
         tasks_lib.check_labels(tasks, arrays, where=f"{config.dataset.name} {split} split")
 
-    def run_eval(state):
+    def run_eval(state) -> list[dict]:
+        """``[{split: {task: {metric: value}}}]``, one entry per seed."""
         params = state.params
-        return {
+        results = {
             split: evaluate.evaluate(
                 eval_step,
                 params,
@@ -159,12 +168,15 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
             )
             for split, arrays in eval_arrays.items()
         }
+        if num_seeds == 1:
+            return [results]
+        return [{split: results[split][i] for split in results} for i in range(num_seeds)]
 
     def save(state, step, wall):
         meta = {
             "signature": signature,
             "data_iterator": train_iter.get_state(),
-            "best": best,
+            "best": bests,
             "wall_time": wall,
         }
         ckpt.save(step, driver.unreplicate(state) if config.parallel != "shard_map" else state, meta)
@@ -184,10 +196,14 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     def check_finite(at_step: int, metrics) -> None:
         nonlocal consecutive_skips, total_skips
         flags = driver.host_metrics({"finite": metrics["finite"], "losses_finite": metrics["losses_finite"]})
-        if bool(flags["finite"]):
+        if bool(np.all(flags["finite"])):
             consecutive_skips = 0
             return
-        bad = [n for n, ok in zip(names, flags["losses_finite"]) if not ok] or ["(the update)"]
+        losses_ok = np.asarray(flags["losses_finite"]).reshape(-1, len(names)).all(axis=0)  # over seeds
+        bad = [n for n, ok in zip(names, losses_ok) if not ok] or ["(the update)"]
+        if num_seeds > 1:
+            bad_seeds = [s for s, ok in zip(seeds, np.atleast_1d(flags["finite"])) if not ok]
+            bad[-1] += f" (seed(s) {', '.join(map(str, bad_seeds))})"
         if config.nonfinite.policy == "raise":
             ckpt.wait()
             raise NonFiniteLossError(
@@ -221,25 +237,35 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
             pending = None
             m = driver.host_metrics(metrics)
             if is_main:
+                # With several seeds the record holds the mean over seeds, and each seed's values.
+                losses, weights = np.asarray(m["losses"]).reshape(-1, len(names)), np.asarray(m["weights"]).reshape(-1, len(names))
                 rec = {
                     "step": step,
-                    "losses": m["losses"].tolist(),
-                    "weights": [None if np.isnan(w) else float(w) for w in m["weights"]],
-                    "objective": float(m["objective"]),
-                    "grad_norm": float(m["grad_norm"]),
+                    "losses": losses.mean(axis=0).tolist(),
+                    "weights": [None if np.isnan(w) else float(w) for w in weights.mean(axis=0)],
+                    "objective": float(np.mean(m["objective"])),
+                    "grad_norm": float(np.mean(m["grad_norm"])),
                 }
+                if num_seeds > 1:
+                    rec["losses_per_seed"] = losses.tolist()
+                    rec["weights_per_seed"] = [[None if np.isnan(w) else float(w) for w in row] for row in weights]
                 if "relation" in host_state.params:
-                    rec["relation"] = np.asarray(driver.unreplicate(state.params["relation"])).tolist()
+                    relation = np.asarray(driver.unreplicate(state.params["relation"]))
+                    rec["relation"] = (relation if num_seeds == 1 else relation[0]).tolist()
                 train_log.write(json.dumps(rec) + "\n")
-                bar.set_postfix({n: f"{l:.3g}" for n, l in zip(names, m["losses"])})
+                bar.set_postfix({n: f"{l:.3g}" for n, l in zip(names, rec["losses"])})
 
         if step % eval_every == 0 or step == total_steps:
             results = run_eval(state)
-            score = evaluate.selection_score(results["validation"], tasks)
-            if score > best["score"]:
-                best = {"score": score, "step": step, "validation": results["validation"], "test": results["test"]}
+            for i, res in enumerate(results):  # model selection on the validation split, per seed
+                score = evaluate.selection_score(res["validation"], tasks)
+                if score > bests[i]["score"]:
+                    bests[i] = {"score": score, "step": step, "validation": res["validation"], "test": res["test"]}
             if is_main:
-                metrics_log.write(json.dumps({"step": step, "epoch": step / steps_per_epoch, **results}) + "\n")
+                rec = {"step": step, "epoch": step / steps_per_epoch, **_mean_over_seeds(results)}
+                if num_seeds > 1:
+                    rec["seeds"] = results
+                metrics_log.write(json.dumps(rec) + "\n")
                 metrics_log.flush()
                 train_log.flush()
         if step % ckpt_every == 0 or step == total_steps or stop.signal:
@@ -268,8 +294,14 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
         "tasks": names,
         "steps": total_steps,
         "epochs": total_steps / steps_per_epoch,
-        "final": final,
-        "best_validation": best,
+        # One seed: its numbers. Several: the mean over seeds; each seed's numbers under "seeds".
+        "final": _mean_over_seeds(final),
+        "best_validation": bests[0] if num_seeds == 1 else {
+            "test": _mean_over_seeds([b["test"] for b in bests]),
+            "validation": _mean_over_seeds([b["validation"] for b in bests]),
+            "step": [b["step"] for b in bests],
+        },
+        "seeds": [{"seed": s, "final": f, "best_validation": b} for s, f, b in zip(seeds, final, bests)],
         "wall_time_s": wall,
         "steps_per_s": (total_steps - start_step) / max(time.time() - t0, 1e-9),
         "wall_time_per_epoch_s": wall / (total_steps / steps_per_epoch),
@@ -284,9 +316,17 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
         plotting.plot_training(workdir, names)
         if "relation" in host_state.params:
             w = np.asarray(driver.unreplicate(state.params["relation"]))
+            w = w if num_seeds == 1 else w[0]
             plotting.plot_relation_matrix(w, names, workdir / "plots" / "relation_matrix.png")
         print(_format_summary(summary), flush=True)
     return summary, driver.unreplicate(state)
+
+
+def _mean_over_seeds(results: list):
+    """Per-seed nested dicts of floats -> their mean (the dict itself for one seed)."""
+    if len(results) == 1:
+        return results[0]
+    return jax.tree.map(lambda *xs: float(np.mean(xs)), *results)
 
 
 def _truncate_logs(workdir: Path, step: int) -> None:

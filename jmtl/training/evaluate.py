@@ -47,6 +47,9 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Mean of every task metric over the split: ``{task: {metric: value}}``.
 
+    With stacked seeds' params (an ``eval_fn`` vmapped over seeds) the result is a list, one such
+    dict per seed.
+
     With several processes each feeds its contiguous part of every global eval batch.
     """
     totals = None
@@ -55,10 +58,14 @@ def evaluate(
             per = len(batch["mask"]) // process_count
             batch = jax.tree.map(lambda v: v[process_index * per : (process_index + 1) * per], batch)
         sums = unreplicate(eval_fn(params, shard_batch(batch)))
-        sums = jax.tree.map(lambda x: float(np.asarray(x)), sums)
+        sums = jax.tree.map(lambda x: np.asarray(x, np.float64), sums)
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     count = totals.pop("count")
-    return {t.name: {m: v / count for m, v in totals[t.name].items()} for t in tasks}
+    means = {t.name: {m: v / count for m, v in totals[t.name].items()} for t in tasks}
+    if np.ndim(count) == 0:
+        return jax.tree.map(float, means)
+    # Seeds trained together (jmtl.training.seeds): sums carry a leading seed axis.
+    return [jax.tree.map(lambda v: float(v[s]), means) for s in range(len(count))]
 
 
 def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[Task]) -> float:

@@ -1,0 +1,63 @@
+"""The ablation runner: Δm% and MR against hand-computed values, a resumable grid, its outputs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import toy_config
+from experiments import ablate
+from jmtl.metrics import mtl
+
+
+def test_delta_m_closed_form():
+    # Accuracy up 1% relative on task 1 (higher is better), error down 10% on task 2 (lower is better):
+    # both improvements, so Δm = mean(-1, -10) = -5.5.
+    assert mtl.delta_m([0.909, 0.9], [0.9, 1.0], [True, False]) == pytest.approx(-5.5)
+    assert mtl.delta_m([0.9, 1.0], [0.9, 1.0], [True, False]) == 0.0
+    assert mtl.delta_m([0.8], [1.0], [True]) == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="baseline metric is 0"):
+        mtl.delta_m([1.0], [0.0], [True])
+
+
+def test_mean_rank_and_pareto():
+    table = {"a": [0.9, 2.0], "b": [0.8, 1.0], "c": [0.9, 3.0]}  # task 1 accuracy, task 2 error
+    ranks = mtl.mean_rank(table, [True, False])
+    # task 1: a and c tie for ranks 1-2 (1.5 each), b 3; task 2: b 1, a 2, c 3.
+    assert ranks == {"a": pytest.approx(1.75), "b": pytest.approx(2.0), "c": pytest.approx(2.25)}
+    front = mtl.pareto_front(np.array(list(table.values())), [True, False])
+    assert front.tolist() == [True, True, False]  # c is dominated by a
+
+
+def test_grid_runs_resumes_and_reports(tmp_path):
+    config = toy_config(tmp_path, num_steps=20, eval_every_steps=10, log_every_steps=5, parallel="single",
+                        progress_bar=False)
+    wd = tmp_path / "grid"
+    summary = ablate.run(config, wd, ["equal", "mgda", "krum"], ["hps"], seeds=2)
+    rows = list(csv.DictReader(open(wd / "results.csv")))
+    done = [r for r in rows if r["seed"]]
+    # 2 single-task cells + equal + mgda, 2 seeds each; krum (needs K >= 5) is reported, not fatal.
+    assert len(done) == 8
+    assert {r["cell"] for r in rows if not r["seed"]} == {"hps__krum"}
+    assert "needs at least" in (wd / "table.md").read_text()
+    for name in ("pareto.png", "learning_curves.png", "weights.png"):
+        assert (wd / "plots" / name).stat().st_size > 0
+
+    # Δm of a row recomputed by hand from the CSV (best-validation test MSEs, lower is better).
+    base = {t: np.mean([float(r[f"test.{t}.mse"]) for r in done if r["cell"] == f"single_task__{t}"]) for t in ("t0", "t1")}
+    r = next(r for r in done if r["cell"] == "hps__mgda")
+    expected = np.mean([(float(r[f"test.{t}.mse"]) - base[t]) / base[t] * 100 for t in ("t0", "t1")])
+    assert float(r["delta_m"]) == pytest.approx(expected)
+    assert {e["method"] for e in summary} == {"single-task", "equal", "mgda"}
+
+    # A rerun skips finished cells (their outputs are untouched) and retries failed ones.
+    stamp = (wd / "cells" / "hps__equal" / "summary.json").stat().st_mtime_ns
+    ablate.run(config, wd, ["equal", "mgda"], ["hps"], seeds=2)
+    assert (wd / "cells" / "hps__equal" / "summary.json").stat().st_mtime_ns == stamp
+    assert json.loads((wd / "grid.json").read_text())["cells"][-1] == "hps__mgda"
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ValueError, match="unknown weighting method.*nash.*valid methods"):
+        ablate.parse_methods("equal,nash")

@@ -177,5 +177,7 @@ def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "
         if y.size and (y.min() < low or y.max() >= t.num_outputs):
             raise ValueError(
                 f"{where}: labels of task {t.name!r} span [{y.min()}, {y.max()}] but its head has "
-                f"{t.num_outputs} classes (valid labels 0..{t.num_outputs - 1})"
+                f"{t.num_outputs} classes (valid labels 0..{t.num_outputs - 1}"
+                f"{', and -1 for padding' if t.kind == TAGGING else ''}). Fix: correct the labels in the data, or "
+                f"the dataset's num_classes for {t.label_key!r} (the head size comes from it)"
             )

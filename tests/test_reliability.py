@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -151,3 +152,109 @@ def test_nan_skip_policy_skips_and_stops_after_m_consecutive(tmp_path, monkeypat
     monkeypatch.setattr(pipeline.MTLDataset, "train_iterator", _nan_after(41, "t0"))
     with pytest.raises(NonFiniteLossError, match="5 consecutive non-finite steps up to step 45"):
         train(_config(tmp_path, **{"nonfinite.policy": "skip", "nonfinite.max_consecutive_skips": 5}), str(tmp_path / "wd"))
+
+
+# ---- determinism, and a crash in the middle of a checkpoint save ------------------------------------
+# (1 device vs 8 devices agree: tests/test_parallel.py.)
+
+SHORT = {"num_steps": 40, "eval_every_steps": 10, "checkpoint_every_steps": 10, "log_every_steps": 5}
+CRASH_STEP = 30  # the save that is "interrupted"
+
+
+def _leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 40-step run, with copies of its step-30 checkpoint folder taken at every rename orbax makes
+    while saving it: what a process killed at that moment leaves behind, exactly as orbax wrote it."""
+    import shutil
+
+    from orbax.checkpoint._src.path import async_path
+
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    snapshots = []
+    rename = async_path.rename
+
+    async def spying_rename(src, dst):
+        tmp_name = f"{CRASH_STEP}.orbax-checkpoint-tmp"
+        step_tmp = next((p for p in (Path(src), *Path(src).parents) if p.name == tmp_name), None)
+        if step_tmp is not None:
+            snapshots.append((f"before renaming {Path(src).name}", tmp / f"snap{len(snapshots)}"))
+            shutil.copytree(step_tmp, snapshots[-1][1])
+        return await rename(src, dst)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(async_path, "rename", spying_rename)
+        _, state = train(toy_config(tmp, **SHORT), str(tmp / "wd"))
+    # orbax 0.12.8: items meta and state are renamed inside '30.orbax-checkpoint-tmp', then the step folder.
+    assert [s[0] for s in snapshots] == [
+        "before renaming meta.orbax-checkpoint-tmp",
+        "before renaming state.orbax-checkpoint-tmp",
+        f"before renaming {CRASH_STEP}.orbax-checkpoint-tmp",
+    ], snapshots
+    return tmp, state, snapshots
+
+
+def test_same_config_and_seed_is_bitwise_reproducible(uninterrupted, tmp_path):
+    tmp, state, _ = uninterrupted
+    _, again = train(toy_config(tmp, **SHORT), str(tmp_path / "wd"))
+    for name in ("metrics.jsonl", "train_log.jsonl"):
+        assert (tmp_path / "wd" / name).read_bytes() == (tmp / "wd" / name).read_bytes(), name
+    for a, b in zip(_leaves(again), _leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert a.tobytes() == b.tobytes()  # bitwise, -0.0 and NaN payloads included
+
+
+@pytest.fixture(scope="module")
+def stopped_at_20(uninterrupted):
+    tmp = uninterrupted[0]
+    train(toy_config(tmp, **{**SHORT, "num_steps": 20}), str(tmp / "part"))
+    return tmp / "part"
+
+
+@pytest.mark.parametrize("snapshot", [0, 1, 2, "step_dir_without_commit_marker"])
+def test_half_written_checkpoint_is_never_the_latest(uninterrupted, stopped_at_20, tmp_path, snapshot):
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from jmtl.training.checkpoint import Checkpointer
+
+    tmp, full_state, snapshots = uninterrupted
+    wd = tmp_path / "wd"
+    shutil.copytree(stopped_at_20, wd)
+    ckpts = wd / "checkpoints"
+    # The crashed run had got to step 30 and evaluated there before it died mid-save.
+    full_metrics = (tmp / "wd" / "metrics.jsonl").read_text().splitlines()
+    with open(wd / "metrics.jsonl", "a") as f:
+        f.write(full_metrics[2] + "\n")
+    if snapshot == "step_dir_without_commit_marker":
+        # What orbax never leaves on a local disk (it renames a finished folder) but a half-done copy or
+        # sync of a workdir does: '30/' holding part of the files. orbax alone would take it as the latest.
+        broken = ckpts / str(CRASH_STEP)
+        shutil.copytree(snapshots[2][1], broken)
+        (broken / "commit_success.txt").unlink()
+        data_file = max((p for p in (broken / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
+        manager = ocp.CheckpointManager(ckpts, options=ocp.CheckpointManagerOptions(read_only=True))
+        assert manager.latest_step() == CRASH_STEP  # the reason Checkpointer sets such folders aside
+        manager.close()
+    else:
+        shutil.copytree(snapshots[snapshot][1], ckpts / f"{CRASH_STEP}.orbax-checkpoint-tmp")
+
+    ckpt = Checkpointer(ckpts)
+    assert ckpt.latest_step() == 20
+    assert ckpt.manager.all_steps() == [10, 20]
+    ckpt.close()
+
+    _, resumed = train(toy_config(tmp, **SHORT), str(wd))
+    for a, b in zip(_leaves(resumed), _leaves(full_state), strict=True):
+        assert a.tobytes() == b.tobytes()
+    assert (wd / "metrics.jsonl").read_bytes() == (tmp / "wd" / "metrics.jsonl").read_bytes()
+    names = sorted(p.name for p in ckpts.iterdir())
+    assert f"{CRASH_STEP}.orbax-checkpoint-tmp" not in names  # left-overs of killed saves are deleted
+    assert [n for n in names if n.isdigit()] == ["30", "40"]
+    if snapshot == "step_dir_without_commit_marker":
+        assert [n for n in names if n.startswith(f"{CRASH_STEP}.incomplete-")]  # moved aside, not deleted

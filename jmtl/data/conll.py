@@ -42,6 +42,7 @@ import dataclasses
 import gzip
 import os
 import re
+import zlib
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -80,22 +81,33 @@ def read_conll(path: os.PathLike[str] | str, num_columns: int, *, skip_docstart:
     path = os.fspath(path)
     sentences: list[Sentence] = []
     current: Sentence = []
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                if current:
-                    sentences.append(current)
-                    current = []
-                continue
-            cols = line.split()
-            if skip_docstart and cols[0] == DOCSTART:
-                continue
-            if len(cols) != num_columns:
-                raise DataError(
-                    f"{path}:{lineno}: expected {num_columns} space-separated columns, got {len(cols)}: {line!r}"
-                )
-            current.append(tuple(cols))
+    lineno = 0
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    if current:
+                        sentences.append(current)
+                        current = []
+                    continue
+                cols = line.split()
+                if skip_docstart and cols[0] == DOCSTART:
+                    continue
+                if len(cols) != num_columns:
+                    raise DataError(
+                        f"{path}:{lineno}: expected {num_columns} space-separated columns, got {len(cols)}: "
+                        f"{line!r}. Fix: give every token line {num_columns} columns (a blank line ends a "
+                        "sentence), or delete that line"
+                    )
+                current.append(tuple(cols))
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+        if isinstance(e, FileNotFoundError):
+            raise DataError(f"{path}: file not found. Fix: pass data_dir= or set ${ENV_DATA_DIR}") from e
+        raise DataError(
+            f"{path}: truncated or corrupt file after line {lineno} ({type(e).__name__}: {e}). "
+            "Fix: copy or download it again"
+        ) from e
     if current:
         sentences.append(current)
     if not sentences:
@@ -209,7 +221,9 @@ class _ConllBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             if all(_find(folder, f) for f in self.FILES.values()):
                 return folder
         raise DataError(
-            f"{self.name}: {', '.join(self.FILES.values())} not found in {root} or {os.path.join(root, self.SUBDIR)}"
+            f"{self.name}: {', '.join(self.FILES.values())} not found in {root} or {os.path.join(root, self.SUBDIR)}. "
+            f"Fix: pass data_dir= (--config.dataset.data_dir) or set ${ENV_DATA_DIR} to a folder holding "
+            f"{self.SUBDIR}/"
         )
 
     def _split_generators(self, dl_manager):

@@ -101,11 +101,14 @@ def _as_float32(raw: Mapping[str, np.ndarray]) -> Batch:
   return {k: np.asarray(v, np.float32) for k, v in raw.items()}
 
 
-def _read_all(source: Any, chunk: int = 4096) -> dict[str, np.ndarray]:
+def _read_all(source: Any, chunk: int = 4096,
+              where: str = 'split') -> dict[str, np.ndarray]:
   """Reads a whole tfds data source into stacked numpy arrays."""
   n = len(source)
   if n == 0:
-    raise DataError('split is empty')
+    raise DataError(f'{where} is empty (0 examples). Fix: delete its tfds '
+                    'cache folder (JMTL_CACHE_DIR, default ~/.cache/jmtl/tfds) '
+                    'so it is rebuilt, and check the raw files')
   first = source[0]
   out = {k: np.empty((n,) + np.shape(v), np.asarray(v).dtype)
          for k, v in first.items()}
@@ -174,7 +177,8 @@ class MTLDataset:
     self._check_split(split)
     with self._lock:
       if split not in self._raw:
-        self._raw[split] = _read_all(self._sources[split])
+        self._raw[split] = _read_all(
+            self._sources[split], where=f'{self.spec.name}/{split} split')
       return self._raw[split]
 
   def arrays(self, split: str) -> Batch:
@@ -235,7 +239,8 @@ class MTLDataset:
     if steps == 0:
       raise ValueError(
           f'{self.spec.name}/{split} has {self.spec.split_sizes[split]} '
-          f'examples, fewer than one batch of {batch_size}.')
+          f'examples, fewer than one batch of {batch_size}. Fix: lower '
+          f'--config.batch_size to at most {self.spec.split_sizes[split]}.')
     raw = self._raw_split(split)
     n = self.spec.split_sizes[split]
     permutation = _EpochPermutations(n, seed)

@@ -60,8 +60,10 @@ def _config(arch: str, method: str, epochs: float, data_dir: str):
 
 def _step_config(config, model, spec) -> step_lib.StepConfig:
     """The step settings train() uses; the penalty / temperature only where the step has them."""
-    kw = dict(relation_alpha=config.model.relation_alpha, input_key=spec.input_key, jacobian_mode=config.weighting.jacobian_mode)
     fields = step_lib.StepConfig.__dataclass_fields__
+    kw = dict(relation_alpha=config.model.relation_alpha, input_key=spec.input_key, jacobian_mode=config.weighting.jacobian_mode)
+    if "jacobian_chunk_size" in fields:
+        kw["jacobian_chunk_size"] = builders.jacobian_chunk_size(config.weighting.get("jacobian_chunk_size", -1))
     if "penalty" in fields:
         kw["penalty"] = regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict())
     if "model_kwargs" in fields:

@@ -39,9 +39,10 @@ from jmtl.training import step as step_lib
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def jmtl_timer(method, batch_size: int, num_tasks: int = 2, mode: str = "params"):
+def jmtl_timer(method, batch_size: int, num_tasks: int = 2, mode: str = "params", chunk_size: int = 0):
     """A zero-argument callable running one jitted, donated jmtl train step on a fixed batch, and the
-    seconds its first call took (compilation). ``method``: a scheme name or a ``WeightingTransform``."""
+    seconds its first call took (compilation). ``method``: a scheme name or a ``WeightingTransform``;
+    ``chunk_size``: ``StepConfig.jacobian_chunk_size``."""
     tasks = tuple(Task(f"task{k}", "classification", 10) for k in range(num_tasks))
     model = mtl.build(tasks, encoder="multi_lenet")
     transform = weighting.get(method) if isinstance(method, str) else method
@@ -51,7 +52,7 @@ def jmtl_timer(method, batch_size: int, num_tasks: int = 2, mode: str = "params"
     batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 28, 28, 1)), jnp.float32)}
     for t in tasks:
         batch[t.name] = jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)
-    cfg = step_lib.StepConfig(jacobian_mode=mode)
+    cfg = step_lib.StepConfig(jacobian_mode=mode, jacobian_chunk_size=chunk_size)
     fn = jax.jit(step_lib.make_train_step(model, tasks, transform, opt, cfg), donate_argnums=0)
     holder = [state]
 

@@ -113,7 +113,11 @@ def train_run(config, workdir: Path) -> dict[str, Any]:
     )
     weighting = builders.weighting(config.weighting.name, config.weighting.hparams.to_dict(), tasks, steps_per_epoch)
     optimizer = make_optimizer(config.optimizer, steps_per_epoch)
-    step_cfg = step_lib.StepConfig(input_key=ds.spec.input_key, jacobian_mode=config.weighting.jacobian_mode)
+    step_cfg = step_lib.StepConfig(
+        input_key=ds.spec.input_key,
+        jacobian_mode=config.weighting.jacobian_mode,
+        jacobian_chunk_size=builders.jacobian_chunk_size(config.weighting.get("jacobian_chunk_size", -1)),
+    )
     driver = parallel.Driver(config.parallel)
     if config.batch_size % driver.num_devices:
         raise ValueError(f"batch_size {config.batch_size} does not split over {driver.num_devices} devices")

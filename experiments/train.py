@@ -100,6 +100,7 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
         relation_alpha=config.model.relation_alpha,
         input_key=spec.input_key,
         jacobian_mode=config.weighting.jacobian_mode,
+        jacobian_chunk_size=builders.jacobian_chunk_size(config.weighting.jacobian_chunk_size),
         penalty=regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict()),
         model_kwargs=architectures.model_kwargs_fn(model),
     )

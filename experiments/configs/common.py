@@ -46,8 +46,10 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     # jacobian_mode: 'params' (exact per-task gradients of the shared params) or 'representation'
     # (gradients w.r.t. the shared representation, MGDA-UB style). Loss-level schemes ignore it.
     # jacobian_chunk_size: per-task gradients in chunks of this many tasks (a loop of vmaps inside the
-    # step; bounds the backward pass's memory to that many copies); 0 = all K in one vmap.
-    return ml_collections.ConfigDict(dict(name=name, hparams=hp, jacobian_mode="params", jacobian_chunk_size=0))
+    # step; bounds the backward pass's memory to that many copies); 0 = all K in one vmap; -1 = auto
+    # (1 on CPU, where XLA runs K single backward passes ~1.8x faster than one vmap over K
+    # (results/bench_scaling.md), and 0 on GPU/TPU).
+    return ml_collections.ConfigDict(dict(name=name, hparams=hp, jacobian_mode="params", jacobian_chunk_size=-1))
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -81,7 +83,7 @@ _FIELDS = (
     ("model.relation_alpha", _NUM, 0),
     ("weighting.name", _STR, None),
     ("weighting.jacobian_mode", _STR, None),
-    ("weighting.jacobian_chunk_size", _INT, 0),  # 0: all K per-task gradients in one vmap
+    ("weighting.jacobian_chunk_size", _INT, -1),  # 0: all K per-task gradients in one vmap, -1: auto
     ("optimizer.name", _STR, None),
     ("optimizer.learning_rate", _NUM, 0),
     ("optimizer.momentum", _NUM, 0),

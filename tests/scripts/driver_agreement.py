@@ -1,7 +1,9 @@
 """Runs 20 steps with the single-device, shard_map and pmap drivers; prints relative param errors as JSON.
 
 Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N (the count must be fixed
-before jax starts). Argument: comma-separated weighting methods.
+before jax starts). Argument: comma-separated weighting methods, each ``name[@rep][:cN]``
+(``@rep``: representation-level Jacobian; ``:cN``: ``jacobian_chunk_size=N``). A chunked method is also
+compared with the unchunked 1-device run (``<method>/vs_unchunked``).
 """
 
 import json
@@ -20,7 +22,9 @@ from jmtl.training import step as step_lib
 
 
 def run(method: str, kind: str, batches, tasks, model, input_key="image", example=None):
-    """``method`` is a scheme name, optionally ``name@rep`` for the representation-level mode."""
+    """``method`` is a scheme name, optionally ``name@rep`` for the representation-level mode and
+    ``:cN`` for Jacobian chunks of N tasks."""
+    method, _, chunk = method.partition(":c")
     method, _, mode = method.partition("@")
     transform = weighting.get(method)
     opt = optax.adam(1e-3)
@@ -28,7 +32,10 @@ def run(method: str, kind: str, batches, tasks, model, input_key="image", exampl
     example = jnp.zeros((1, 28, 28, 1)) if example is None else example
     state = driver.replicate(step_lib.init_state(model, transform, opt, example, len(tasks), seed=0))
     cfg = step_lib.StepConfig(
-        relation_alpha=1e-3, input_key=input_key, jacobian_mode="representation" if mode == "rep" else "params"
+        relation_alpha=1e-3,
+        input_key=input_key,
+        jacobian_mode="representation" if mode == "rep" else "params",
+        jacobian_chunk_size=int(chunk or 0),
     )
     fn = driver.compile_step(lambda ax: step_lib.make_train_step(model, tasks, transform, opt, cfg, axis_name=ax))
     for b in batches:
@@ -86,6 +93,10 @@ def main():
             moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, init)
             out[f"{method}/{kind}"] = {"max_rel_err": max(jax.tree.leaves(rel)), "devices": n}
         out[f"{method}/moved"] = max(jax.tree.leaves(moved))
+        if ":c" in method:
+            unchunked, _ = run(method.partition(":c")[0], "single", batches, tasks, model, input_key, example)
+            rel = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)), ref, unchunked)
+            out[f"{method}/vs_unchunked"] = max(jax.tree.leaves(rel))
     print("RESULT " + json.dumps(out))
 
 

@@ -1,0 +1,24 @@
+"""experiments/bench.py runs end to end in its smallest configuration (the timings are not checked)."""
+
+import importlib.util
+import json
+
+
+def test_bench_scaling_smoke(tmp_path):
+    from experiments import bench
+
+    argv = ["--parts", "scaling", "--ks", "2", "--repeats", "1", "--warmup", "0", "--batch", "8",
+            "--chunks", "1", "--methods", "", "--no-rep", "--out-dir", str(tmp_path)]
+    if importlib.util.find_spec("torch") is None:
+        argv.append("--no-torch")
+    bench.main(argv)
+    result = json.loads((tmp_path / "bench_scaling.json").read_text())
+    res = result["by_k"]["2"]
+    assert not res["errors"], res["errors"]
+    rows = res["rows"]
+    assert {"equal", bench.bare_label(0), bench.bare_label(1)} <= set(rows)
+    assert all(r["median_ms"] > 0 for r in rows.values())
+    assert res["fastest_bare_chunk"] in (0, 1)
+    if res["memory_check"] is not None:  # XLA's memory analysis: one chunk needs less than K at once
+        assert res["memory_check"]["chunking_reduces_temp"]
+    assert "## K = 2" in (tmp_path / "bench_scaling.md").read_text()

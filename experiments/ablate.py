@@ -40,7 +40,9 @@ from jmtl import tasks as tasks_lib  # noqa: E402
 from jmtl import weighting  # noqa: E402
 from jmtl.metrics import mtl as mtl_metrics  # noqa: E402
 
-_METHODS = flags.DEFINE_string("methods", "equal", "'all' or comma-separated weighting methods.")
+_METHODS = flags.DEFINE_string(
+    "methods", "equal", "'all' or comma-separated weighting methods; 'name@rep' runs it on the representation Jacobian."
+)
 _ARCHS = flags.DEFINE_string("archs", "hps", "Comma-separated architectures (config.model.arch values).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell, trained together in one program.")
 _SINGLE_TASK = flags.DEFINE_bool("single_task", True, "Train the single-task baselines (needed for Δm%).")
@@ -48,6 +50,8 @@ _JACOBIAN_MODE = flags.DEFINE_string("jacobian_mode", None, "params | representa
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild results.csv, table.md and plots.")
 
 SINGLE = "single_task"
+# "mgda@rep": the method on the Jacobian of the shared representation (MGDA-UB for mgda).
+REP = "@rep"
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -67,10 +71,11 @@ def grid(config, methods: list[str], archs: list[str], task_names: list[str], se
     for arch in archs:
         for method in methods:
             c = _copy(config)
-            mode = jacobian_mode or config.weighting.jacobian_mode
-            c.weighting = common.method_config(method)
+            name, rep = (method[: -len(REP)], True) if method.endswith(REP) else (method, False)
+            mode = "representation" if rep else (jacobian_mode or config.weighting.jacobian_mode)
+            c.weighting = common.method_config(name)
             c.weighting.jacobian_mode = mode
-            if method == config.weighting.name:  # keep hyperparameters set on the command line
+            if name == config.weighting.name:  # keep hyperparameters set on the command line
                 c.weighting.hparams = config.weighting.hparams
             c.model.arch, c.num_seeds = arch, seeds
             cells.append((f"{arch}__{method}", c))
@@ -339,7 +344,7 @@ def parse_methods(spec: str) -> list[str]:
     if spec == "all":
         return weighting.names()
     methods = [m.strip() for m in spec.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in weighting.names()]
+    unknown = [m for m in methods if m.removesuffix(REP) not in weighting.names()]
     if unknown:
         raise ValueError(f"unknown weighting method(s) {unknown}; valid methods: {', '.join(weighting.names())}")
     return methods

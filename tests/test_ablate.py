@@ -61,3 +61,12 @@ def test_grid_runs_resumes_and_reports(tmp_path):
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown weighting method.*nash.*valid methods"):
         ablate.parse_methods("equal,nash")
+
+
+def test_rep_suffix_selects_the_representation_jacobian(tmp_path):
+    assert ablate.parse_methods("mgda@rep,equal") == ["mgda@rep", "equal"]
+    config = toy_config(tmp_path)
+    cells = dict(ablate.grid(config, ["mgda@rep", "mgda"], ["hps"], ["t0", "t1"], 2, single_task=False))
+    assert cells["hps__mgda@rep"].weighting.name == "mgda"
+    assert cells["hps__mgda@rep"].weighting.jacobian_mode == "representation"
+    assert cells["hps__mgda"].weighting.jacobian_mode == "params"

@@ -28,8 +28,9 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 CONFIGS = {"toy": gradnorm_toy.get_config, "multimnist": multimnist.get_config}
 
 
-def _config(name: str, steps: int, seeds: int, seed: int, method: str):
+def _config(name: str, steps: int, seeds: int, seed: int, method: str, mode: str = "vmap"):
     c = CONFIGS[name](method)
+    c.seeds_mode = mode
     c.num_steps, c.eval_every_steps, c.checkpoint_every_steps = steps, steps, steps
     c.log_every_steps, c.progress_bar, c.parallel = steps, False, "single"
     c.num_seeds, c.seed = seeds, seed
@@ -39,7 +40,7 @@ def _config(name: str, steps: int, seeds: int, seed: int, method: str):
     return c
 
 
-def _wall(name: str, steps: int, seeds: int, method: str, separate: bool) -> float:
+def _wall(name: str, steps: int, seeds: int, method: str, separate: bool, mode: str = "vmap") -> float:
     """Seconds for S seeds: one program with num_seeds=S, or S runs one after another."""
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -47,7 +48,7 @@ def _wall(name: str, steps: int, seeds: int, method: str, separate: bool) -> flo
             for i in range(seeds):
                 train(_config(name, steps, 1, i, method), f"{tmp}/run{i}")
         else:
-            train(_config(name, steps, seeds, 0, method), f"{tmp}/all")
+            train(_config(name, steps, seeds, 0, method, mode), f"{tmp}/all")
         return time.perf_counter() - t0
 
 
@@ -57,6 +58,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", default="toy:1000,multimnist:100", help="N per config")
     parser.add_argument("--methods", default="equal,mgda")
+    parser.add_argument("--modes", default="vmap", help="seeds modes of the one-program side: vmap,map")
     parser.add_argument("--out", default=str(RESULTS / "bench_seeds"))
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
@@ -71,27 +73,31 @@ def main(argv=None):
         n = steps[name]
         for method in args.methods.split(","):
             row = {"config": name, "method": method, "steps": n, "seeds": args.seeds}
-            for label, separate in (("one_program", False), ("separate_runs", True)):
-                t1 = _wall(name, n, args.seeds, method, separate)
-                t2 = _wall(name, 2 * n, args.seeds, method, separate)
+            modes = args.modes.split(",")
+            sides = [(f"one_program_{m}", False, m) for m in modes] + [("separate_runs", True, "vmap")]
+            for label, separate, mode in sides:
+                t1 = _wall(name, n, args.seeds, method, separate, mode)
+                t2 = _wall(name, 2 * n, args.seeds, method, separate, mode)
                 row[label] = {"wall_s_N": t1, "wall_s_2N": t2, "ms_per_step_all_seeds": (t2 - t1) / n * 1000,
                               "fixed_s": 2 * t1 - t2}
                 print(name, method, label, json.dumps(row[label]), flush=True)
-            row["speedup_wall_N"] = row["separate_runs"]["wall_s_N"] / row["one_program"]["wall_s_N"]
-            row["speedup_wall_2N"] = row["separate_runs"]["wall_s_2N"] / row["one_program"]["wall_s_2N"]
-            row["speedup_steady"] = row["separate_runs"]["ms_per_step_all_seeds"] / row["one_program"]["ms_per_step_all_seeds"]
-            out["rows"].append(row)
+            for m in modes:
+                one, sep = row[f"one_program_{m}"], row["separate_runs"]
+                out["rows"].append({**row, "mode": m, "one_program": one,
+                                    "speedup_wall_N": sep["wall_s_N"] / one["wall_s_N"],
+                                    "speedup_wall_2N": sep["wall_s_2N"] / one["wall_s_2N"],
+                                    "speedup_steady": sep["ms_per_step_all_seeds"] / one["ms_per_step_all_seeds"]})
     out["meta"]["load_avg_end"] = os.getloadavg()
     Path(args.out + ".json").write_text(json.dumps(out, indent=2))
     lines = [f"# {args.seeds} seeds in one program vs {args.seeds} separate runs", "",
              f"jax {jax.__version__}, {jax.default_backend()}, {os.cpu_count()} cores; load average at the end "
              f"{', '.join(f'{x:.1f}' for x in out['meta']['load_avg_end'])}. Each side runs `experiments.train.train` "
              "end to end (data, compile, steps, one evaluation); steady-state ms/step = (T(2N) - T(N)) / N for all seeds.",
-             "", "| config | method | N | one program: wall N / 2N (s) | separate: wall N / 2N (s) | steady ms/step one / separate | speedup wall (2N) | speedup steady |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "", "| config | method | seeds mode | N | one program: wall N / 2N (s) | separate: wall N / 2N (s) | steady ms/step one / separate | speedup wall (2N) | speedup steady |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in out["rows"]:
         a, b = r["one_program"], r["separate_runs"]
-        lines.append(f"| {r['config']} | `{r['method']}` | {r['steps']} | {a['wall_s_N']:.1f} / {a['wall_s_2N']:.1f} | "
+        lines.append(f"| {r['config']} | `{r['method']}` | {r['mode']} | {r['steps']} | {a['wall_s_N']:.1f} / {a['wall_s_2N']:.1f} | "
                      f"{b['wall_s_N']:.1f} / {b['wall_s_2N']:.1f} | {a['ms_per_step_all_seeds']:.1f} / {b['ms_per_step_all_seeds']:.1f} | "
                      f"{r['speedup_wall_2N']:.2f}× | {r['speedup_steady']:.2f}× |")
     Path(args.out + ".md").write_text("\n".join(lines) + "\n")

@@ -14,9 +14,9 @@ def _config(tmp_path, **kw):
     return toy_config(tmp_path, **{"num_steps": 30, "eval_every_steps": 10, "log_every_steps": 5, "parallel": "single", **kw})
 
 
-@pytest.mark.parametrize("method", ["equal", "mgda"])
-def test_stacked_seeds_equal_separate_runs(tmp_path, method):
-    c = _config(tmp_path, seed=4, num_seeds=3)
+@pytest.mark.parametrize("method,mode", [("equal", "vmap"), ("mgda", "vmap"), ("mgda", "map")])
+def test_stacked_seeds_equal_separate_runs(tmp_path, method, mode):
+    c = _config(tmp_path, seed=4, num_seeds=3, seeds_mode=mode)
     c.weighting.name = method
     summary, stacked = train(c, str(tmp_path / "stacked"))
     assert [s["seed"] for s in summary["seeds"]] == [4, 5, 6]
@@ -46,3 +46,8 @@ def test_stacked_seeds_resume_exactly(tmp_path):
     _, b = train(_config(tmp_path, num_seeds=2), str(part))
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_unknown_seeds_mode(tmp_path):
+    with pytest.raises(ValueError, match="unknown seeds mode 'loop'; valid: vmap, map"):
+        train(_config(tmp_path, num_seeds=2, seeds_mode="loop"), str(tmp_path / "wd"))

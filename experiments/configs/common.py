@@ -10,6 +10,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     # Seeds seed, seed + 1, ... trained together in one compiled program (jmtl/training/seeds.py).
     c.num_seeds = 1
+    # How the seeds share the program: 'vmap' (batched ops; best for small models) or 'map' (one
+    # seed after another inside the step; faster for Multi-LeNet on CPU). jmtl/training/seeds.py.
+    c.seeds_mode = "vmap"
     c.dataset = ml_collections.ConfigDict(dict(name="gradnorm_toy", data_dir="", cache_dir="", kwargs={}))
     # {task_name: {label: dataset label key, weight: static weight}}; empty = one task per dataset label.
     c.tasks = ml_collections.ConfigDict()
@@ -67,6 +70,7 @@ _INT, _NUM, _BOOL, _STR = "int", "number", "bool", "str"
 _FIELDS = (
     ("seed", _INT, 0),
     ("num_seeds", _INT, 1),
+    ("seeds_mode", _STR, None),
     ("batch_size", _INT, 1),
     ("num_epochs", _INT, None),  # >= 1 unless num_steps > 0 (checked below)
     ("num_steps", _INT, None),  # <= 0: use num_epochs

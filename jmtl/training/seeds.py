@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
@@ -29,14 +30,31 @@ def take(tree: PyTree, seed_index: int) -> PyTree:
     return jax.tree.map(lambda x: x[seed_index], tree)
 
 
-def over_seeds(make_per_device: Callable[[Optional[str]], Callable]) -> Callable[[Optional[str]], Callable]:
+SEED_MODES = ("vmap", "map")
+
+
+def over_seeds(make_per_device: Callable[[Optional[str]], Callable], mode: str = "vmap") -> Callable[[Optional[str]], Callable]:
     """``(state, batch) -> (state, metrics)`` per device -> the same over stacked seeds.
 
-    State and metrics gain a leading seed axis; the batch has it at axis 1.
+    State and metrics gain a leading seed axis; the batch has it at axis 1. ``mode='vmap'`` batches
+    the seeds into every op (best for small models, where per-op overhead dominates); ``'map'``
+    runs the seeds one after another inside the same compiled step (``lax.map``: one dispatch and one
+    data step for all seeds, but each seed's convolutions/matmuls keep their single-seed shapes, which
+    XLA:CPU runs faster than the batched ones for Multi-LeNet: results/bench_seeds.md).
     """
+    if mode not in SEED_MODES:
+        raise ValueError(f"unknown seeds mode {mode!r}; valid: {', '.join(SEED_MODES)}")
 
     def make(axis_name):
-        return jax.vmap(make_per_device(axis_name), in_axes=(0, BATCH_SEED_AXIS), out_axes=(0, 0))
+        step = make_per_device(axis_name)
+        if mode == "vmap":
+            return jax.vmap(step, in_axes=(0, BATCH_SEED_AXIS), out_axes=(0, 0))
+
+        def mapped(state, batch):
+            per_seed = jax.tree.map(lambda x: jnp.moveaxis(x, BATCH_SEED_AXIS, 0), batch)
+            return jax.lax.map(lambda sb: step(*sb), (state, per_seed))
+
+        return mapped
 
     return make
 

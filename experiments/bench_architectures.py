@@ -58,41 +58,20 @@ def _config(arch: str, method: str, epochs: float, data_dir: str):
     return c
 
 
-def _step_config(config, model, spec) -> step_lib.StepConfig:
-    """The step settings train() uses; the penalty / temperature only where the step has them."""
-    fields = step_lib.StepConfig.__dataclass_fields__
-    kw = dict(relation_alpha=config.model.relation_alpha, input_key=spec.input_key, jacobian_mode=config.weighting.jacobian_mode)
-    if "jacobian_chunk_size" in fields:
-        kw["jacobian_chunk_size"] = builders.jacobian_chunk_size(config.weighting.get("jacobian_chunk_size", -1))
-    if "penalty" in fields:
-        kw["penalty"] = regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict())
-    if "model_kwargs" in fields:
-        kw["model_kwargs"] = architectures.model_kwargs_fn(model)
-    return step_lib.StepConfig(**kw)
-
-
 def build_step(config):
     """The jitted train step train() would run (one device), its initial state, one fixed train
     batch and the model's param count."""
     ds = data_lib.load(config.dataset.name, data_dir=config.dataset.data_dir or None, **dict(config.dataset.kwargs))
     spec = ds.spec
     tasks = tasks_lib.tasks_from_config(config.tasks.to_dict(), spec)
-    model = mtl.build(
-        tasks,
-        encoder=config.model.encoder,
-        encoder_kwargs=config.model.encoder_kwargs.to_dict(),
-        head_kwargs=config.model.head_kwargs.to_dict(),
-        relation=config.model.relation,
-        arch=config.model.arch,
-        arch_kwargs=config.model.arch_kwargs.to_dict(),
-    )
+    model = builders.model(config, tasks)
     steps_per_epoch = ds.steps_per_epoch(config.batch_size)
     weighting = builders.weighting(config.weighting.name, config.weighting.hparams.to_dict(), tasks, steps_per_epoch)
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
     driver = parallel.Driver("single")
     example = np.zeros((1,) + tuple(spec.input_shape), np.float32)
     state = driver.replicate(step_lib.init_state(model, weighting, optimizer, example, len(tasks), config.seed))
-    cfg = _step_config(config, model, spec)
+    cfg = builders.step_config(config, model, spec.input_key)
     fn = driver.compile_step(lambda ax: step_lib.make_train_step(model, tasks, weighting, optimizer, cfg, axis_name=ax))
     batch = driver.shard_batch(next(ds.train_iterator(config.batch_size, config.seed)))
     return fn, state, batch, architectures.count_params(state.params)

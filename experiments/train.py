@@ -32,7 +32,6 @@ from tqdm import tqdm
 from experiments.configs.common import validate_config
 from jmtl import data as data_lib
 from jmtl import plotting, tasks as tasks_lib
-from jmtl.models import architectures, mtl, regularizers
 from jmtl.training import builders, checkpoint, evaluate, parallel
 from jmtl.training import seeds as seeds_lib
 from jmtl.training import step as step_lib
@@ -85,25 +84,10 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
     ckpt_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else eval_every
 
-    model = mtl.build(
-        tasks,
-        encoder=config.model.encoder,
-        encoder_kwargs=config.model.encoder_kwargs.to_dict(),
-        head_kwargs=config.model.head_kwargs.to_dict(),
-        relation=config.model.relation,
-        arch=config.model.arch,
-        arch_kwargs=config.model.arch_kwargs.to_dict(),
-    )
+    model = builders.model(config, tasks)
     weighting = builders.weighting(config.weighting.name, config.weighting.hparams.to_dict(), tasks, steps_per_epoch)
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
-    step_cfg = step_lib.StepConfig(
-        relation_alpha=config.model.relation_alpha,
-        input_key=spec.input_key,
-        jacobian_mode=config.weighting.jacobian_mode,
-        jacobian_chunk_size=builders.jacobian_chunk_size(config.weighting.jacobian_chunk_size),
-        penalty=regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict()),
-        model_kwargs=architectures.model_kwargs_fn(model),
-    )
+    step_cfg = builders.step_config(config, model, spec.input_key)
 
     if config.nonfinite.policy not in step_lib.NONFINITE_POLICIES:
         raise ValueError(

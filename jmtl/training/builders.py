@@ -1,5 +1,5 @@
-"""Small builders from an ``ml_collections`` config: optimizer and weighting. (The loop itself stays in
-``experiments/train.py``, readable top to bottom.)"""
+"""Small builders from an ``ml_collections`` config: model, optimizer, weighting and step settings.
+(The loop itself stays in ``experiments/train.py``, readable top to bottom.)"""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import jax
 import optax
 
 from jmtl import weighting as weighting_lib
+from jmtl.models import architectures, mtl, regularizers
+from jmtl.training import step as step_lib
 from jmtl.tasks import Task
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -58,3 +60,29 @@ def jacobian_chunk_size(value: int) -> int:
     if value == -1:
         return 1 if jax.default_backend() == "cpu" else 0
     return value
+
+
+def model(config, tasks: Sequence[Task]):
+    """The ``MultiTaskModel`` of ``config.model`` for ``tasks``."""
+    return mtl.build(
+        tasks,
+        encoder=config.model.encoder,
+        encoder_kwargs=config.model.encoder_kwargs.to_dict(),
+        head_kwargs=config.model.head_kwargs.to_dict(),
+        relation=config.model.relation,
+        arch=config.model.arch,
+        arch_kwargs=config.model.arch_kwargs.to_dict(),
+    )
+
+
+def step_config(config, built_model, input_key: str) -> step_lib.StepConfig:
+    """The train step's static settings: relation penalty, Jacobian mode and chunking, the
+    architecture's regulariser and its step-dependent model arguments."""
+    return step_lib.StepConfig(
+        relation_alpha=config.model.relation_alpha,
+        input_key=input_key,
+        jacobian_mode=config.weighting.jacobian_mode,
+        jacobian_chunk_size=jacobian_chunk_size(config.weighting.jacobian_chunk_size),
+        penalty=regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict()),
+        model_kwargs=architectures.model_kwargs_fn(built_model),
+    )

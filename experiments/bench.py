@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.bench_step import time_round_robin
+from experiments.bench_step import meta_info, time_round_robin
 from experiments.bench_weighting import bare_jacobian
 from jmtl import weighting
 from jmtl.models import mtl
@@ -147,19 +146,6 @@ def torch_setup(batch_size: int, enabled: bool):
     best = min(threads, key=threads.get)
     torch.set_num_threads(best)
     return torch_reference, f"torch {torch.__version__}, {best} thread(s) (fastest of {sorted(threads)})"
-
-
-def meta_info(args) -> dict:
-    return {
-        "batch": args.batch,
-        "repeats": args.repeats,
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": str(jax.devices()[0]),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-    }
 
 
 def write(out_dir: Path, part: str, result: dict, lines: list[str]) -> None:

@@ -66,6 +66,20 @@ def jmtl_timer(method, batch_size: int, num_tasks: int = 2, mode: str = "params"
     return call, compile_s
 
 
+def meta_info(args) -> dict:
+    """Machine and settings recorded with every benchmark's results (``args``: batch, repeats)."""
+    return {
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": str(jax.devices()[0]),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
 def time_round_robin(fns: dict, repeats: int, warmup: int = 3) -> dict[str, list[float]]:
     for fn in fns.values():
         for _ in range(warmup):
@@ -127,18 +141,7 @@ def main(argv=None):
         r["vs_torch_a"] = r["median_ms"] / ref_a if ref_a else None
         r["vs_torch_b"] = r["median_ms"] / ref_b if ref_b else None
 
-    meta = {
-        "batch": args.batch,
-        "repeats": args.repeats,
-        "tasks": 2,
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": str(jax.devices()[0]),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.processor() or platform.machine(),
-        "load_average": os.getloadavg(),
-        "torch": torch_note,
-    }
+    meta = {**meta_info(args), "tasks": 2, "load_average": os.getloadavg(), "torch": torch_note}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

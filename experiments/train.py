@@ -32,9 +32,13 @@ from tqdm import tqdm
 from experiments.configs.common import validate_config
 from jmtl import data as data_lib
 from jmtl import plotting, tasks as tasks_lib
+from jmtl import weighting as weighting_lib
 from jmtl.training import builders, checkpoint, evaluate, parallel
 from jmtl.training import seeds as seeds_lib
 from jmtl.training import step as step_lib
+
+# The meta-batch order of seed s is shuffled with seed s + this (not the training order's seed).
+META_SEED_OFFSET = 1_000_003
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs and checkpoints go (resumes if it has one).")
@@ -85,7 +89,13 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     ckpt_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else eval_every
 
     model = builders.model(config, tasks)
-    weighting = builders.weighting(config.weighting.name, config.weighting.hparams.to_dict(), tasks, steps_per_epoch)
+    weighting = builders.weighting(
+        config.weighting.name,
+        config.weighting.hparams.to_dict(),
+        tasks,
+        steps_per_epoch,
+        learning_rate=config.optimizer.learning_rate,
+    )
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
     step_cfg = builders.step_config(config, model, spec.input_key)
 
@@ -115,6 +125,21 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     # ---- resume ----------------------------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
     iters = [dataset.train_iterator(config.batch_size, s, process_index=pid, process_count=nproc) for s in seeds]
+    if weighting.requires == weighting_lib.BILEVEL:
+        # Bilevel schemes get a second batch each step for their upper-level (validation) losses.
+        meta_split = config.weighting.get("meta_split", "") or weighting.lookahead.meta_split
+        if meta_split not in ("validation", "train"):
+            raise ValueError(f"unknown weighting.meta_split {meta_split!r}; valid: validation, train, '' (the scheme's)")
+        iters = [
+            data_lib.WithMetaBatches(
+                it,
+                dataset.train_iterator(
+                    config.batch_size, s + META_SEED_OFFSET, split=meta_split, process_index=pid, process_count=nproc
+                ),
+                prefix=step_lib.META_PREFIX,
+            )
+            for it, s in zip(iters, seeds)
+        ]
     train_iter = iters[0] if num_seeds == 1 else seeds_lib.StackedIterator(iters)
     bests = [{"score": -math.inf} for _ in seeds]  # best-validation record of each seed
     start_step, wall_before = 0, 0.0
@@ -193,7 +218,12 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
             ckpt.wait()
             raise NonFiniteLossError(
                 f"non-finite loss at step {at_step} in task(s) {', '.join(bad)}; the step was not applied. "
-                f"Last good checkpoint: {ckpt.directory}/{last_good_step} (step {last_good_step}). "
+                + (
+                    f"Last good checkpoint: {ckpt.directory}/{last_good_step} (step {last_good_step}). "
+                    if last_good_step is not None
+                    else "No checkpoint was written yet. "
+                )
+                +
                 "Lower the learning rate, or set --config.nonfinite.policy=skip."
             )
         consecutive_skips += 1

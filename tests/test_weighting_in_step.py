@@ -29,7 +29,7 @@ def _data(seed=0, n=32):
 @pytest.mark.parametrize("name", weighting.names())
 def test_scheme_trains_in_the_jitted_step(name):
     model = mtl.build(TASKS, encoder="mlp", encoder_kwargs=dict(features=(16, 16)), head_kwargs=dict(hidden=8))
-    transform = builders.weighting(name, {}, TASKS, steps_per_epoch=3)
+    transform = builders.weighting(name, {}, TASKS, steps_per_epoch=3, learning_rate=1e-2)
     opt = optax.adam(1e-2)
     state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 6)), K, seed=0)
     modes = ["params"] + (["representation"] if transform.requires != "losses" and transform.rep_level_ok else [])
@@ -38,7 +38,10 @@ def test_scheme_trains_in_the_jitted_step(name):
         s = state
         first = None
         for i in range(12):
-            s, m = fn(s, _data(i % 3))
+            batch = _data(i % 3)
+            if transform.requires == weighting.BILEVEL:  # the upper level's batch, from other data
+                batch.update({step_lib.META_PREFIX + key: v for key, v in _data(10 + i % 3).items()})
+            s, m = fn(s, batch)
             assert bool(m["finite"]), (name, mode, i, m["losses"])
             first = m["losses"] if first is None else first
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(s.params))

@@ -52,7 +52,13 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     # step; bounds the backward pass's memory to that many copies); 0 = all K in one vmap; -1 = auto
     # (1 on CPU, where XLA runs K single backward passes ~1.8x faster than one vmap over K
     # (results/bench_scaling.md), and 0 on GPU/TPU).
-    return ml_collections.ConfigDict(dict(name=name, hparams=hp, jacobian_mode="params", jacobian_chunk_size=-1))
+    # meta_split: where bilevel schemes (auto_lambda, moml, forum) take the batch of their upper-level
+    # losses each step: 'validation' (held out, as MOML does), 'train' (a second, independently
+    # shuffled training batch, as the Auto-Lambda and FORUM code do) or '' (the scheme's own choice).
+    # Other schemes ignore it.
+    return ml_collections.ConfigDict(
+        dict(name=name, hparams=hp, jacobian_mode="params", jacobian_chunk_size=-1, meta_split="")
+    )
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -88,6 +94,7 @@ _FIELDS = (
     ("weighting.name", _STR, None),
     ("weighting.jacobian_mode", _STR, None),
     ("weighting.jacobian_chunk_size", _INT, -1),  # 0: all K per-task gradients in one vmap, -1: auto
+    ("weighting.meta_split", _STR, None),
     ("optimizer.name", _STR, None),
     ("optimizer.learning_rate", _NUM, 0),
     ("optimizer.momentum", _NUM, 0),

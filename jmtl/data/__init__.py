@@ -19,6 +19,7 @@ from jmtl.data.pipeline import LabelSpec
 from jmtl.data.pipeline import load
 from jmtl.data.pipeline import MTLDataset
 from jmtl.data.pipeline import names
+from jmtl.data.pipeline import WithMetaBatches
 
 __all__ = [
     'DEFAULT_DATASET',
@@ -28,4 +29,5 @@ __all__ = [
     'MTLDataset',
     'load',
     'names',
+    'WithMetaBatches',
 ]

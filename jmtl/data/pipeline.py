@@ -265,6 +265,38 @@ class MTLDataset:
     return iter(ds.to_iter_dataset(options))
 
 
+class WithMetaBatches:
+  """Adds a second ("meta") batch to every training batch, as `prefix + key`.
+
+  Bilevel weighting schemes (Auto-Lambda, MOML, FORUM) evaluate validation
+  losses after a look-ahead step; this gives the train step that batch from
+  its own resumable iterator (usually over the validation split).
+  State: `{'train': ..., 'meta': ...}`.
+  """
+
+  def __init__(self, train: Any, meta: Any, prefix: str = 'meta/'):
+    self.train, self.meta, self.prefix = train, meta, prefix
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    batch = dict(next(self.train))
+    batch.update({self.prefix + k: v for k, v in next(self.meta).items()})
+    return batch
+
+  def get_state(self) -> dict:
+    return {'train': self.train.get_state(), 'meta': self.meta.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    if not isinstance(state, dict) or set(state) != {'train', 'meta'}:
+      raise ValueError('data iterator state has no meta-batch iterator: the '
+                       'checkpoint was written by a run without a bilevel '
+                       'weighting scheme')
+    self.train.set_state(state['train'])
+    self.meta.set_state(state['meta'])
+
+
 # ----------------------------------------------------------------------------
 # Registry.
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import optax
@@ -37,10 +37,20 @@ def optimizer(cfg: Mapping[str, Any], steps_per_epoch: int) -> optax.GradientTra
     raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
 
 
-def weighting(name: str, hparams: Mapping[str, Any], tasks: Sequence[Task], steps_per_epoch: int):
+def weighting(
+    name: str,
+    hparams: Mapping[str, Any],
+    tasks: Sequence[Task],
+    steps_per_epoch: int,
+    learning_rate: Optional[float] = None,
+):
     """The weighting transform from the config. ``static`` defaults to the tasks' weights; schemes
-    that take ``steps_per_epoch`` (DWA) get it from the data."""
+    that take ``steps_per_epoch`` (DWA, FORUM) get it from the data; a bilevel scheme's unset
+    ``lookahead_lr`` (Auto-Lambda) is the model optimizer's ``learning_rate``."""
     hparams = {k: v for k, v in dict(hparams).items() if v is not None or k == "weights"}
+    if name in weighting_lib.names() and learning_rate is not None:
+        if "lookahead_lr" in inspect.signature(weighting_lib._factory(name)).parameters:
+            hparams.setdefault("lookahead_lr", float(learning_rate))
     if name == "static" and hparams.get("weights") is None:
         hparams["weights"] = [t.weight for t in tasks]
     if name in weighting_lib.names():

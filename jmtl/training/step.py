@@ -80,6 +80,19 @@ class StepConfig:
 
 JACOBIAN_MODES = ("params", "representation")
 
+# FORUM's inner loop stops when the lower-level loss exceeds this (the authors' code uses 1e5).
+INNER_LOSS_LIMIT = 1e5
+
+# Batch entries "meta/<name>" hold the second ("meta", validation) batch of bilevel schemes.
+META_PREFIX = "meta/"
+
+
+def split_meta(batch: dict) -> tuple[dict, dict]:
+    """``batch -> (train entries, meta entries with the prefix removed)``."""
+    train = {k: v for k, v in batch.items() if not k.startswith(META_PREFIX)}
+    meta = {k[len(META_PREFIX):]: v for k, v in batch.items() if k.startswith(META_PREFIX)}
+    return train, meta
+
 
 # ----------------------------------------------------------------------------- collectives
 
@@ -243,6 +256,9 @@ def make_train_step(
     chunk_size = config.jacobian_chunk_size
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 0:
         raise ValueError(f"jacobian_chunk_size must be an int >= 0, got {config.jacobian_chunk_size!r}")
+    bilevel = weighting.requires == weighting_lib.BILEVEL
+    if bilevel and weighting.lookahead is None:
+        raise ValueError("a bilevel weighting scheme must declare its lookahead (WeightingTransform.lookahead)")
     rep_mode = needs_jacobian and config.jacobian_mode == "representation"
     if rep_mode and not weighting.rep_level_ok:
         raise ValueError(
@@ -268,7 +284,72 @@ def make_train_step(
         )
         return task_losses(outputs, batch)
 
+    def bilevel_terms(weighting_state, params_local, vjp_fn, dtype, batch, meta_batch, dropout_rng, extra):
+        """The upper-level quantities of a bilevel scheme (``base.Lookahead``): ``(update kwargs,
+        stacked upper-level task gradients or None)``."""
+        spec = weighting.lookahead
+        if not meta_batch:
+            raise ValueError(
+                "this bilevel weighting scheme needs a validation ('meta') batch in every step: batch entries "
+                f"named '{META_PREFIX}<name>' (experiments/train.py adds them)"
+            )
+        if spec.lr is None:
+            raise ValueError("the bilevel scheme's look-ahead learning rate is unset (lookahead_lr=None)")
+        lam = jax.lax.stop_gradient(spec.weights(weighting_state)).astype(dtype)
+        (g,) = vjp_fn(_to_varying(lam, axis_name))  # grad_theta f(w, theta), local
+        g = _pmean(g, axis_name)
+        meta_rng = jax.random.fold_in(dropout_rng, 1)
+
+        def train_losses(p):
+            return local_losses(p, batch, dropout_rng, extra)[0]
+
+        def val_losses(p):
+            return local_losses(p, meta_batch, meta_rng, extra)[0]
+
+        if spec.inner_steps == 0:
+            ahead = jax.tree.map(lambda p, d: p - spec.lr * d, params_local, g)
+            val_local, val_vjp = jax.vjp(val_losses, ahead)
+            cots = jnp.eye(k, dtype=dtype) if spec.per_task else jnp.ones((1, k), dtype)
+            (val_grads,) = jax.vmap(val_vjp)(_to_varying(cots, axis_name))
+            val_grads = _to_varying(_pmean(val_grads, axis_name), axis_name)
+            # <grad L_j^val(theta'), grad L_k^train(theta)> for every k at once: a jvp along row j.
+            inner = jax.vmap(lambda v: jax.jvp(train_losses, (params_local,), (v,))[1])(val_grads)  # [R, K]
+            inner = _pmean(inner, axis_name)
+            return dict(hypergradient=-spec.lr * inner, val_losses=_pmean(val_local, axis_name)), None
+
+        # Value-function form (FORUM): theta_T from T SGD steps on f(w, .), and upper-level gradients at theta.
+        def f_ok(f):
+            return jnp.isfinite(f) & (f <= INNER_LOSS_LIMIT)
+
+        def inner_step(_, carry):
+            # theta_T is the last iterate whose f is finite and <= INNER_LOSS_LIMIT (the FORUM authors
+            # stop their loop there too): a diverging inner loop would make q meaningless.
+            prev, p, going = carry
+            f, d = jax.value_and_grad(lambda q: jnp.vdot(lam, train_losses(q)))(p)
+            f, d = _pmean((f, d), axis_name)
+            going = going & f_ok(f)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(going, a, b), new, old)
+            stepped = jax.tree.map(lambda a, b: a - spec.lr * b, p, d)
+            return keep(p, prev), keep(stepped, prev), going
+
+        prev_t, theta_t, _ = jax.lax.fori_loop(
+            0, spec.inner_steps, inner_step, (params_local, params_local, jnp.asarray(True))
+        )
+        last = _pmean(train_losses(theta_t), axis_name)  # the final iterate is checked too
+        theta_t = jax.tree.map(lambda a, b: jnp.where(f_ok(jnp.vdot(lam, last)), a, b), theta_t, prev_t)
+        inner_losses = _pmean(train_losses(theta_t), axis_name)
+        val_local, val_vjp = jax.vjp(val_losses, params_local)
+        (val_grads,) = jax.vmap(val_vjp)(_to_varying(jnp.eye(k, dtype=dtype), axis_name))
+        val_grads = _pmean(val_grads, axis_name)  # K trees, leading axis K
+        rows = jnp.concatenate(
+            [flatten_rows(val_grads), flatten_rows(jax.tree.map(lambda x: x[None], g))], axis=0
+        )  # [K + 1, P]
+        gram = jnp.matmul(rows, rows.T, precision=jax.lax.Precision.HIGHEST)
+        kwargs = dict(val_losses=_pmean(val_local, axis_name), inner_losses=inner_losses, meta_gram=gram)
+        return kwargs, val_grads
+
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        batch, meta_batch = split_meta(batch)
         rng = jax.random.fold_in(state.rng, state.step)
         weighting_rng, dropout_rng = jax.random.split(rng)
         if axis_name is not None:
@@ -304,7 +385,12 @@ def make_train_step(
         jac_kwargs = {}
         head_grads = None  # sum over tasks of the task-specific params' gradients (own task's each)
         chunk = config.jacobian_chunk_size
-        if no_shared:
+        meta_grads = None  # bilevel value-function schemes: the K upper-level task gradients
+        if bilevel:
+            jac_kwargs, meta_grads = bilevel_terms(
+                state.weighting_state, params_local, vjp_fn, local.dtype, batch, meta_batch, dropout_rng, extra
+            )
+        elif no_shared:
             pass
         elif rep_mode:
             # vjp_fn's cotangents: (representation [B_local, ...], rest of the params).
@@ -397,6 +483,11 @@ def make_train_step(
         else:
             (grads,) = vjp_fn(_to_varying(weights.astype(local.dtype), axis_name))
             grads = _pmean(grads, axis_name)
+        if out.meta_weights is not None:
+            if meta_grads is None:
+                raise ValueError("meta_weights are for bilevel schemes with inner_steps > 0 (see base.Lookahead)")
+            c = jax.lax.stop_gradient(out.meta_weights)
+            grads = jax.tree.map(lambda a, m: a + jnp.tensordot(c.astype(m.dtype), m, axes=1), grads, meta_grads)
 
         objective = jnp.vdot(weights, losses) if weights is not None else jnp.sum(losses)
         objective = objective + out.extra_loss

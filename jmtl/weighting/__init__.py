@@ -17,9 +17,10 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from jmtl.weighting import aggregators, alternating, gradient_level, gradient_surgery, loss_balancing, loss_level
+from jmtl.weighting import aggregators, alternating, bilevel, gradient_level, gradient_surgery, loss_balancing, loss_level
 from jmtl.weighting import base
 from jmtl.weighting.base import (
+    BILEVEL,
     GRAMIAN,
     JACOBIAN,
     LOSSES,
@@ -43,7 +44,7 @@ register("static", loss_level.static)
 register("uncertainty", loss_level.uncertainty)
 register("mgda", gradient_level.mgda)
 register("alternating", alternating.alternating)
-for _module in (loss_balancing, gradient_surgery, aggregators):
+for _module in (loss_balancing, gradient_surgery, aggregators, bilevel):
     for _name, _factory_fn in _module.REGISTRY.items():
         register(_name, _factory_fn)
 
@@ -121,6 +122,7 @@ def aggregate(
 
 
 __all__ = [
+    "BILEVEL",
     "GRAMIAN",
     "JACOBIAN",
     "LOSSES",

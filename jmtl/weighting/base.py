@@ -41,7 +41,9 @@ PyTree = Any
 LOSSES = "losses"  # the scheme sees only the task losses
 JACOBIAN = "jacobian"  # the scheme sees the [K, d] Jacobian of the shared parameters
 GRAMIAN = "gramian"  # the scheme sees only G = J J^T ([K, K]) and returns weights
-REQUIREMENTS = (LOSSES, JACOBIAN, GRAMIAN)
+# The scheme sees hypergradients of validation losses through a look-ahead step (see ``Lookahead``).
+BILEVEL = "bilevel"
+REQUIREMENTS = (LOSSES, JACOBIAN, GRAMIAN, BILEVEL)
 
 # Static description of the flattened shared parameters: ``(path, shape)`` of each leaf in the order
 # its entries appear along the ``d`` axis of the Jacobian (for per-layer / per-matrix schemes).
@@ -55,11 +57,57 @@ class WeightingOutput(NamedTuple):
     weights: ``[K]`` task weights (update of shared params = ``weights @ J``).
     direction: ``[d]`` combined gradient of the flattened shared params.
     extra_loss: scalar added to the objective; differentiable w.r.t. the scheme's own params.
+    meta_weights: ``[K]`` coefficients of the upper-level (meta-batch) task gradients added to the
+      update; bilevel value-function schemes only (see ``Lookahead``).
     """
 
     weights: Optional[Array] = None
     direction: Optional[Array] = None
     extra_loss: Array | float = 0.0
+    meta_weights: Optional[Array] = None
+
+
+class Lookahead(NamedTuple):
+    """What a bilevel scheme (``requires='bilevel'``) asks of the train step.
+
+    Lower level: the model params ``theta`` minimise the weighted training loss
+    ``f(w, theta) = sum_k w_k L_k^train(theta)`` with the scheme's current weights
+    ``w = weights(state)``. Upper level: the task losses ``L_j^val`` on a second ("meta") batch,
+    usually from the validation split. The step gives ``update`` one of two sets of quantities:
+
+    ``inner_steps == 0`` -- one-step hypergradients (Auto-Lambda, MOML). A virtual SGD step
+    ``theta' = theta - lr * grad_theta f(w, theta)`` is linear in ``w`` with
+    ``d theta' / d w_k = -lr * grad L_k^train(theta)``, so the chain rule is exact without any Hessian:
+
+        d L_j^val(theta') / d w_k = -lr * < grad L_j^val(theta'), grad L_k^train(theta) >;
+
+    the inner products come from one forward-mode pass (``jvp``) of the K training losses along
+    ``grad L_j^val(theta')``, not from per-task backward passes. ``update`` receives
+    ``hypergradient`` ``[R, K]`` (row j: d L_j^val(theta') / d w; R = K when ``per_task``, else R = 1
+    and the row is that of ``sum_j L_j^val``) and ``val_losses`` ``[K]`` at ``theta'``.
+
+    ``inner_steps == T > 0`` -- value-function quantities (FORUM). ``theta_T``: T plain SGD steps of
+    ``f(w, .)`` from ``theta`` with step ``lr``. ``update`` receives ``inner_losses`` ``[K]`` =
+    ``L_k^train(theta_T)``, ``val_losses`` ``[K]`` = ``L_j^val(theta)`` and ``meta_gram``
+    ``[K+1, K+1]``, the Gram matrix of ``(grad L_1^val(theta), ..., grad L_K^val(theta),
+    grad_theta f(w, theta))`` over all model params. Such a scheme may return
+    ``WeightingOutput.meta_weights`` ``c``: the model update is then
+    ``grad_theta sum_k weights_k L_k^train + sum_j c_j grad L_j^val`` (a combination of both batches'
+    gradients).
+
+    weights: ``state -> [K]`` weights of the lower-level objective.
+    lr: step size of the virtual / inner SGD steps (``None`` = the model optimizer's learning rate,
+      filled in by ``jmtl.training.builders.weighting``).
+    per_task: hypergradient of every upper-level loss, or of their sum.
+    inner_steps: 0 for hypergradients; T > 0 for the value-function quantities.
+    meta_split: the split the upper-level batches come from by default ('validation' or 'train').
+    """
+
+    weights: Callable[[Any], Array]
+    lr: Optional[float]
+    per_task: bool = False
+    inner_steps: int = 0
+    meta_split: str = "validation"
 
 
 class InitFn(Protocol):
@@ -81,16 +129,22 @@ class UpdateFn(Protocol):
         key: Optional[Array] = None,
         step: Optional[Array] = None,
         layout: Optional[Layout] = None,
+        hypergradient: Optional[Array] = None,
+        val_losses: Optional[Array] = None,
+        inner_losses: Optional[Array] = None,
+        meta_gram: Optional[Array] = None,
     ) -> tuple[WeightingOutput, Any]: ...
 
 
 class WeightingTransform(NamedTuple):
     """An ``init``/``update`` pair, like ``optax.GradientTransformation``.
 
-    requires: what ``update`` needs from the train step: ``'losses'``, ``'jacobian'`` or ``'gramian'``.
+    requires: what ``update`` needs from the train step: ``'losses'``, ``'jacobian'``, ``'gramian'``
+      or ``'bilevel'``.
     init_params: ``num_tasks -> params`` for schemes with learnable parameters, else ``None``.
-    rep_level_ok: whether the scheme is meaningful on gradients w.r.t. the shared representation
-      (MGDA-UB style); schemes that are not refuse that mode.
+    rep_level_ok: whether the scheme is meaningful on gradients w.r.t. the shared representation;
+      schemes that are not refuse that mode.
+    lookahead: the virtual step of a bilevel scheme (``requires='bilevel'``), else ``None``.
     """
 
     init: InitFn
@@ -98,6 +152,7 @@ class WeightingTransform(NamedTuple):
     requires: str = LOSSES
     init_params: Optional[Callable[[int], PyTree]] = None
     rep_level_ok: bool = True
+    lookahead: Optional[Lookahead] = None
 
 
 class EmptyState(NamedTuple):

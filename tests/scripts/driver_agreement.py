@@ -26,8 +26,14 @@ def run(method: str, kind: str, batches, tasks, model, input_key="image", exampl
     ``:cN`` for Jacobian chunks of N tasks."""
     method, _, chunk = method.partition(":c")
     method, _, mode = method.partition("@")
-    transform = weighting.get(method)
+    # auto_lambda's look-ahead step defaults to the optimizer's learning rate (filled in by builders).
+    transform = weighting.get(method, **({"lookahead_lr": 1e-3} if method == "auto_lambda" else {}))
     opt = optax.adam(1e-3)
+    if transform.requires == weighting.BILEVEL:  # the upper level's batch: the next batch
+        batches = [
+            {**b, **{step_lib.META_PREFIX + key: v for key, v in batches[(i + 1) % len(batches)].items()}}
+            for i, b in enumerate(batches)
+        ]
     driver = parallel.Driver(kind)
     example = jnp.zeros((1, 28, 28, 1)) if example is None else example
     state = driver.replicate(step_lib.init_state(model, transform, opt, example, len(tasks), seed=0))

@@ -1,0 +1,269 @@
+"""Bilevel schemes: task weights learnt from upper-level (validation) losses after a look-ahead.
+
+Lower level: the model params ``theta`` minimise ``f(w, theta) = sum_k w_k L_k^train(theta)``.
+Upper level: the weights are chosen so that the model does well on a second ("meta") batch,
+``L_j^val``. Each scheme declares a :class:`~jmtl.weighting.base.Lookahead`; the train step computes
+what it asks for (exact one-step hypergradients, or FORUM's value-function quantities) and passes
+them to ``update`` (see ``Lookahead`` for the definitions and why no Hessian is needed). The meta
+batch comes from the split ``Lookahead.meta_split`` names unless the config's
+``weighting.meta_split`` overrides it.
+
+Differences from the reference implementations, all deliberate:
+
+* the hypergradient through the virtual step is exact (a forward-mode product), where Auto-Lambda
+  takes a central finite difference of it;
+* the virtual step is plain SGD (Auto-Lambda's also adds the model optimizer's momentum and weight
+  decay);
+* the model update uses the training batch only (MOML's and FORUM's code concatenate the lower- and
+  upper-level batches for it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jmtl.weighting.base import BILEVEL, Lookahead, WeightingOutput, WeightingTransform, weights_output
+from jmtl.weighting.qp import project_simplex
+from jmtl.weighting.solvers import min_norm_weights
+
+Array = jax.Array
+
+
+def _check_positive(value, name: str) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def _softmax_jacobian(p: Array) -> Array:
+    """``d softmax(a) / d a = diag(p) - p p^T`` (symmetric) at ``p = softmax(a)``."""
+    return jnp.diag(p) - jnp.outer(p, p)
+
+
+def _require(value: Optional[Array], what: str, name: str) -> Array:
+    if value is None:
+        raise ValueError(f"{name} needs {what} from the train step (it is a bilevel scheme: requires='bilevel')")
+    return value
+
+
+# ----------------------------------------------------------------------------- Auto-Lambda
+
+
+class AutoLambdaState(NamedTuple):
+    weights: Array  # [K] lambda, unconstrained
+    opt_state: Any  # Adam state of lambda
+
+
+def auto_lambda(init_weight: float = 0.1, meta_lr: float = 1e-4, lookahead_lr: Optional[float] = None) -> WeightingTransform:
+    """Auto-Lambda (Liu, James, Davison & Johns, TMLR 2022).
+
+    With every task primary (multi-task learning), one step is
+
+        theta'  = theta - alpha * grad_theta sum_k lambda_k L_k^train(theta)     (virtual step)
+        lambda <- Adam(lambda, grad_lambda sum_j L_j^val(theta'))                 (meta update)
+        theta  <- optimizer(theta, grad_theta sum_k lambda_k L_k^train(theta))    (with the new lambda)
+
+    ``grad_lambda_k sum_j L_j^val(theta') = -alpha <grad sum_j L_j^val(theta'), grad L_k^train(theta)>``
+    (exact here, a finite difference in the paper's code). lambda starts at ``init_weight`` for every
+    task and is not constrained; Adam with ``meta_lr`` (1e-4: the paper's NYUv2 setting). The
+    upper-level batch is a second, independently shuffled *training* batch, as in the authors' code.
+
+    lookahead_lr: alpha; ``None`` = the model optimizer's learning rate (the authors use the
+      current learning rate of the model's SGD).
+    """
+    _check_positive(meta_lr, "auto_lambda meta_lr")
+    _check_positive(lookahead_lr, "auto_lambda lookahead_lr")
+    meta_opt = optax.adam(meta_lr)
+
+    def init(num_tasks: int, **_) -> AutoLambdaState:
+        w = jnp.full((num_tasks,), init_weight, jnp.float32)
+        return AutoLambdaState(w, meta_opt.init(w))
+
+    def update(losses, state: AutoLambdaState, *, hypergradient=None, **_) -> tuple[WeightingOutput, AutoLambdaState]:
+        h = _require(hypergradient, "the hypergradient", "auto_lambda")
+        grad = jnp.sum(h, axis=0).astype(state.weights.dtype)  # of sum_j L_j^val
+        updates, opt_state = meta_opt.update(grad, state.opt_state, state.weights)
+        w = optax.apply_updates(state.weights, updates)
+        return weights_output(w.astype(losses.dtype)), AutoLambdaState(w, opt_state)
+
+    lookahead = Lookahead(weights=lambda s: s.weights, lr=lookahead_lr, per_task=False, meta_split="train")
+    return WeightingTransform(init, update, BILEVEL, rep_level_ok=False, lookahead=lookahead)
+
+
+# ----------------------------------------------------------------------------- MOML
+
+
+class SoftmaxWeightsState(NamedTuple):
+    logits: Array  # [K] alpha; task weights softmax(alpha)
+    opt_state: Any  # Adam state of alpha
+
+
+def _softmax_init(meta_opt):
+    def init(num_tasks: int, **_) -> SoftmaxWeightsState:
+        a = jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
+        return SoftmaxWeightsState(a, meta_opt.init(a))
+
+    return init
+
+
+def moml(meta_lr: float = 1e-3, lookahead_lr: float = 0.1, max_iter: int = 250, tol: float = 1e-5) -> WeightingTransform:
+    """MOML, multi-objective meta learning (Ye, Lin, Yue, Guo, Xiao & Zhang, NeurIPS 2021).
+
+    Task weights ``w = softmax(alpha)``. The upper level is multi-objective (every validation loss):
+
+        theta' = theta - eta * grad_theta sum_k w_k L_k^train(theta)
+        h_j    = grad_alpha L_j^val(theta') = J_softmax(alpha)^T d L_j^val(theta') / d w     (j = 1..K)
+        s      = argmin_{s in simplex} |sum_j s_j h_j|^2                      (MGDA, Frank-Wolfe)
+        alpha <- Adam(alpha, sum_j s_j h_j)
+        theta <- optimizer(theta, grad_theta sum_k softmax(alpha)_k L_k^train(theta))
+
+    Defaults as in the FORUM authors' LibMTL version: eta = 0.1, Adam 1e-3 on alpha, alpha_k = 1/K
+    at the start, no normalisation of the ``h_j``; the upper-level batch comes from the validation
+    split (MOML holds out part of the training data for it).
+    """
+    _check_positive(meta_lr, "moml meta_lr")
+    _check_positive(lookahead_lr, "moml lookahead_lr")
+    meta_opt = optax.adam(meta_lr)
+
+    def update(losses, state: SoftmaxWeightsState, *, hypergradient=None, **_):
+        h = _require(hypergradient, "the per-task hypergradients", "moml")  # [K_val, K]
+        p = jax.nn.softmax(state.logits)
+        h_alpha = h.astype(p.dtype) @ _softmax_jacobian(p)  # rows: grad_alpha L_j^val
+        s = min_norm_weights(h_alpha @ h_alpha.T, max_iter=max_iter, tol=tol)
+        updates, opt_state = meta_opt.update(s @ h_alpha, state.opt_state, state.logits)
+        logits = optax.apply_updates(state.logits, updates)
+        w = jax.nn.softmax(logits)
+        return weights_output(w.astype(losses.dtype)), SoftmaxWeightsState(logits, opt_state)
+
+    lookahead = Lookahead(
+        weights=lambda s: jax.nn.softmax(s.logits), lr=lookahead_lr, per_task=True, meta_split="validation"
+    )
+    return WeightingTransform(_softmax_init(meta_opt), update, BILEVEL, rep_level_ok=False, lookahead=lookahead)
+
+
+# ----------------------------------------------------------------------------- FORUM
+
+
+class FORUMState(NamedTuple):
+    logits: Array  # [K] alpha; lower-level weights softmax(alpha)
+    opt_state: Any  # Adam state of alpha
+    lam_avg: Array  # [K] running average of the multipliers (starts at 0)
+    count: Array  # int32: update calls so far (epochs = count // steps_per_epoch)
+
+
+def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 200) -> Array:
+    """The multipliers ``lambda`` of FORUM's direction-finding problem.
+
+    ``gram``: ``[K+1, K+1]`` Gram matrix of the unit upper-level gradients ``g_1..g_K`` and
+    ``grad_theta q``; ``grad_alpha_q``: ``[K]``. With ``|grad q|^2 = gram[K, K] + |grad_alpha q|^2``,
+
+        min_{lambda in simplex}  |sum_k lambda_k g_k + nu grad q|^2 - nu rho |grad q|^2,
+        nu(lambda) = max(sum_k lambda_k pi_k, 0),   pi_k = rho - <g_k, grad q> / |grad q|^2,
+
+    (the constraint ``nu >= pi^T lambda`` always binds: the unconstrained minimiser in ``nu`` is
+    ``rho / 2 - ...``). The objective is convex in ``lambda`` (a partial minimisation of a jointly
+    convex function over a convex set); solved by projected gradient descent on the simplex with
+    step ``1 / L``.
+    """
+    k = gram.shape[0] - 1
+    gg, gq = gram[:k, :k], gram[:k, k]
+    qq = gram[k, k] + jnp.sum(grad_alpha_q**2)
+    qq_safe = jnp.maximum(qq, 1e-20)
+    pi = rho - gq / qq_safe
+
+    def objective(lam):
+        nu = jnp.maximum(lam @ pi, 0.0)
+        return lam @ gg @ lam + 2 * nu * (lam @ gq) + nu**2 * qq - nu * rho * qq
+
+    grad_fn = jax.grad(objective)
+    # Lipschitz bound of the gradient: 2 (|G_gg| + |pi|^2 qq + 2 |pi| |gq|) in Frobenius / 2-norms.
+    lip = 2 * (jnp.linalg.norm(gg) + jnp.sum(pi**2) * qq + 2 * jnp.linalg.norm(pi) * jnp.linalg.norm(gq)) + 1e-12
+
+    def body(_, lam):
+        return project_simplex(lam - grad_fn(lam) / lip)
+
+    return jax.lax.fori_loop(0, num_iter, body, jnp.full((k,), 1.0 / k, gram.dtype))
+
+
+def forum(
+    rho: float = 0.1,
+    inner_lr: float = 0.1,
+    inner_steps: int = 5,
+    meta_lr: float = 1e-3,
+    steps_per_epoch: int = 1,
+    num_iter: int = 200,
+) -> WeightingTransform:
+    """FORUM (Ye, Lin, Cao, Zhang & Tsang, ECAI 2024): first-order multi-objective bilevel optimisation.
+
+    Variables ``z = (alpha, theta)``; lower level ``f(alpha, theta) = sum_k softmax(alpha)_k L_k^train``;
+    upper level the K losses ``F_k = L_k^val``. The bilevel problem becomes the constrained
+    multi-objective problem ``min F(z)`` s.t. ``q(z) = f(alpha, theta) - f(alpha, theta_T) <= 0``
+    (value-function approach), ``theta_T`` = ``inner_steps`` SGD steps (``inner_lr``) of
+    ``f(alpha, .)`` from ``theta``, treated as a constant (first order: no Hessian):
+
+        grad_theta q = grad_theta f(alpha, theta),
+        grad_alpha q = J_softmax(alpha)^T (L^train(theta) - L^train(theta_T)),
+        g_k = (0, grad_theta F_k / |grad_theta F_k|).
+
+    The multipliers ``lambda`` solve :func:`forum_dual`; their running average
+    ``lam_avg <- lam_avg + beta_t (lambda - lam_avg)``, ``beta_t = (t + 1)^(-3/4)`` with ``t`` the
+    epoch, gives ``nu = max(pi^T lam_avg, 0)`` and the direction ``d = sum_k lam_avg_k g_k + nu grad q``.
+    ``theta`` moves along ``d_theta`` (through the model optimizer: ``weights = nu softmax(alpha)`` on
+    the training losses, ``meta_weights = lam_avg_k / |grad F_k|`` on the meta batch's); ``alpha``
+    along ``nu grad_alpha q`` with Adam (``meta_lr``). Defaults: the authors' MTL settings (rho 0.1,
+    inner lr 0.1, 5 inner steps, Adam 1e-3); their upper-level batch is a second training batch.
+    """
+    _check_positive(rho, "forum rho")
+    _check_positive(inner_lr, "forum inner_lr")
+    _check_positive(meta_lr, "forum meta_lr")
+    if int(inner_steps) != inner_steps or inner_steps < 1:
+        raise ValueError(f"forum inner_steps must be a positive integer, got {inner_steps!r}")
+    if int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1:
+        raise ValueError(f"forum steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
+    meta_opt = optax.adam(meta_lr)
+
+    def init(num_tasks: int, **_) -> FORUMState:
+        a = jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
+        return FORUMState(a, meta_opt.init(a), jnp.zeros((num_tasks,), jnp.float32), jnp.zeros((), jnp.int32))
+
+    def update(losses, state: FORUMState, *, meta_gram=None, inner_losses=None, **_):
+        gram = _require(meta_gram, "the meta Gramian", "forum").astype(jnp.float32)
+        inner = _require(inner_losses, "the inner-loop losses", "forum").astype(jnp.float32)
+        k = losses.shape[0]
+        p = jax.nn.softmax(state.logits)
+        grad_alpha_q = _softmax_jacobian(p) @ (losses.astype(jnp.float32) - inner)
+        # Unit upper-level gradients: scale rows/columns 0..K-1 of the Gram matrix.
+        norms = jnp.sqrt(jnp.maximum(jnp.diag(gram)[:k], 0.0))
+        inv = jnp.where(norms > 0, 1.0 / jnp.maximum(norms, 1e-20), 0.0)
+        scale = jnp.concatenate([inv, jnp.ones((1,), gram.dtype)])
+        unit_gram = gram * scale[:, None] * scale[None, :]
+        # Gram rows K refer to grad_theta f; grad_theta q is the same vector.
+        lam = forum_dual(unit_gram, grad_alpha_q, rho, num_iter=num_iter)
+        epoch = state.count // steps_per_epoch
+        beta = (epoch.astype(jnp.float32) + 1.0) ** -0.75
+        lam_avg = state.lam_avg + beta * (lam - state.lam_avg)
+        qq = jnp.maximum(unit_gram[k, k] + jnp.sum(grad_alpha_q**2), 1e-20)
+        pi = rho - unit_gram[:k, k] / qq
+        nu = jnp.maximum(lam_avg @ pi, 0.0)
+        updates, opt_state = meta_opt.update(nu * grad_alpha_q, state.opt_state, state.logits)
+        logits = optax.apply_updates(state.logits, updates)
+        out = WeightingOutput(
+            weights=(nu * p).astype(losses.dtype),
+            direction=None,
+            extra_loss=jnp.zeros((), losses.dtype),
+            meta_weights=(lam_avg * inv).astype(losses.dtype),
+        )
+        return out, FORUMState(logits, opt_state, lam_avg, state.count + 1)
+
+    lookahead = Lookahead(
+        weights=lambda s: jax.nn.softmax(s.logits), lr=inner_lr, inner_steps=int(inner_steps), meta_split="train"
+    )
+    return WeightingTransform(init, update, BILEVEL, rep_level_ok=False, lookahead=lookahead)
+
+
+REGISTRY = {"auto_lambda": auto_lambda, "moml": moml, "forum": forum}
+
+__all__ = ["REGISTRY", "AutoLambdaState", "FORUMState", "SoftmaxWeightsState", "auto_lambda", "forum", "forum_dual", "moml"]

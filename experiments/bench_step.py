@@ -52,6 +52,8 @@ def jmtl_timer(method, batch_size: int, num_tasks: int = 2, mode: str = "params"
     batch = {"image": jnp.asarray(rng.normal(size=(batch_size, 28, 28, 1)), jnp.float32)}
     for t in tasks:
         batch[t.name] = jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)
+    if transform.requires == weighting.BILEVEL:  # the upper-level (meta) batch: another batch
+        batch.update({step_lib.META_PREFIX + key: jnp.roll(v, 1, axis=0) for key, v in batch.items()})
     cfg = step_lib.StepConfig(jacobian_mode=mode, jacobian_chunk_size=chunk_size)
     fn = jax.jit(step_lib.make_train_step(model, tasks, transform, opt, cfg), donate_argnums=0)
     holder = [state]

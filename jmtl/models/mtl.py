@@ -77,6 +77,18 @@ class MultiTaskModel(nn.Module):
             hs = list(mixed)
         return self.tasks.output(hs)
 
+    def decode_split(self, reps: Sequence[jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
+        """Like :meth:`decode`, with task k's head reading its own copy ``reps[k]`` of the shared
+        representation. Without the relation matrix task k's output depends on ``reps[k]`` alone, so
+        one backward pass of ``sum_k L_k`` gives every task's gradient w.r.t. the representation
+        (the train step's representation-level Jacobian) instead of K backward passes."""
+        if self.relation:
+            raise ValueError("decode_split: with the relation matrix every output depends on every copy")
+        if len(reps) != len(self.tasks.names):
+            raise ValueError(f"decode_split needs {len(self.tasks.names)} representations, got {len(reps)}")
+        heads = [getattr(self.tasks, n) for n in self.tasks.names]
+        return {n: h.output(h.represent(r, train=train)) for n, h, r in zip(self.tasks.names, heads, reps)}
+
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
         return self.decode(self.encode(x, train=train), train=train)
 

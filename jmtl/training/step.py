@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from jmtl import weighting as weighting_lib
-from jmtl.models.mtl import RELATION, SHARED
+from jmtl.models.mtl import RELATION, SHARED, MultiTaskModel
 from jmtl.tasks import Task
 
 Array = jax.Array
@@ -278,6 +278,19 @@ def make_train_step(
         )
         return task_losses(outputs, batch)
 
+    # Representation mode on a hard-sharing model without the relation matrix: task k's loss depends on
+    # the representation only through head k, so with one copy of it per head a single backward pass
+    # of sum_k L_k gives all K rows of the representation Jacobian (instead of K backward passes
+    # through all K heads: K^2 head backward passes, which dominated at K = 40).
+    split_heads = rep_mode and isinstance(model, MultiTaskModel) and not model.relation
+
+    def head_losses_split(reps, rest, batch, dropout_rng, shared):
+        outputs = model.apply(
+            {"params": {**rest, SHARED: shared}}, reps, train=True, rngs={"dropout": dropout_rng},
+            method=model.decode_split,
+        )
+        return task_losses(outputs, batch)
+
     def head_losses(rep, rest, batch, dropout_rng, shared):
         outputs = model.apply(
             {"params": {**rest, SHARED: shared}}, rep, train=True, rngs={"dropout": dropout_rng}, method=model.decode
@@ -372,9 +385,17 @@ def make_train_step(
                 ),
                 params_local[SHARED],
             )
-            local, vjp_fn, local_main = jax.vjp(
-                lambda r, p: head_losses(r, p, batch, dropout_rng, params_local[SHARED]), rep, rest, has_aux=True
-            )
+            if split_heads:
+                local, vjp_fn, local_main = jax.vjp(
+                    lambda rs, p: head_losses_split(rs, p, batch, dropout_rng, params_local[SHARED]),
+                    (rep,) * k,
+                    rest,
+                    has_aux=True,
+                )
+            else:
+                local, vjp_fn, local_main = jax.vjp(
+                    lambda r, p: head_losses(r, p, batch, dropout_rng, params_local[SHARED]), rep, rest, has_aux=True
+                )
         else:
             local, vjp_fn, local_main = jax.vjp(
                 lambda p: local_losses(p, batch, dropout_rng, extra), params_local, has_aux=True
@@ -394,9 +415,13 @@ def make_train_step(
             pass
         elif rep_mode:
             # vjp_fn's cotangents: (representation [B_local, ...], rest of the params).
-            rep_jac, head_grads = per_task_gradients(
-                vjp_fn, k, local.dtype, lambda g: g, rest, chunk_size=chunk, axis_name=axis_name
-            )  # [K, B_local * ...]
+            if split_heads:
+                rep_cots, head_grads = vjp_fn(_to_varying(jnp.ones((k,), local.dtype), axis_name))
+                rep_jac = jnp.stack([c.reshape(-1) for c in rep_cots])  # [K, B_local * ...]
+            else:
+                rep_jac, head_grads = per_task_gradients(
+                    vjp_fn, k, local.dtype, lambda g: g, rest, chunk_size=chunk, axis_name=axis_name
+                )  # [K, B_local * ...]
             head_grads = _pmean(head_grads, axis_name)
             n_dev = 1 if axis_name is None else jax.lax.axis_size(axis_name)
             # The global loss is the mean of the device losses, so the global representation Jacobian

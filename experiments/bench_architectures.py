@@ -77,7 +77,7 @@ def build_step(config):
     driver = parallel.Driver("single")
     example = np.zeros((1,) + tuple(spec.input_shape), np.float32)
     state = driver.replicate(step_lib.init_state(model, weighting, optimizer, example, len(tasks), config.seed))
-    cfg = builders.step_config(config, model, spec.input_key)
+    cfg = builders.step_config(config, model, spec.input_key, spec.input_transform)
     fn = driver.compile_step(lambda ax: step_lib.make_train_step(model, tasks, weighting, optimizer, cfg, axis_name=ax))
     batch = driver.shard_batch(next(ds.train_iterator(config.batch_size, config.seed)))
     return fn, state, batch, architectures.count_params(state.params)

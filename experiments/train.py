@@ -97,7 +97,7 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
         learning_rate=config.optimizer.learning_rate,
     )
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
-    step_cfg = builders.step_config(config, model, spec.input_key)
+    step_cfg = builders.step_config(config, model, spec.input_key, spec.input_transform)
 
     if config.nonfinite.policy not in step_lib.NONFINITE_POLICIES:
         raise ValueError(

@@ -315,11 +315,14 @@ def test_builder_round_trip(fake_ds):
              for k in ('image', 'left', 'right')}
     else:
       got = ds.arrays('test')
-    np.testing.assert_allclose(got['image'], _normalise(want['image'][..., 0]),
+    # Batches carry raw uint8 pixels; the spec's on-device transform normalises.
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_allclose(np.asarray(spec.input_transform(got['image'])),
+                               _normalise(want['image'][..., 0]),
                                rtol=0, atol=1e-6)
     np.testing.assert_array_equal(got['left'], want['left'])
     np.testing.assert_array_equal(got['right'], want['right'])
-    assert got['image'].dtype == np.float32 and got['left'].dtype == np.int32
+    assert got['image'].dtype == np.uint8 and got['left'].dtype == np.int32
 
   record = ds.source('test')[3]
   assert record['image'].dtype == np.uint8
@@ -369,7 +372,7 @@ def test_batches_shapes_and_epoch_coverage(fake_ds):
   assert len(batches) == 2 * 5
   b = batches[0]
   assert set(b) == {'image', 'left', 'right'}
-  assert b['image'].shape == (36, 28, 28, 1) and b['image'].dtype == np.float32
+  assert b['image'].shape == (36, 28, 28, 1) and b['image'].dtype == np.uint8
   assert b['left'].shape == (36,) and b['left'].dtype == np.int32
   # Each epoch visits 5*36 = all 180 examples once, in a different order.
   train = {a.tobytes(): i for i, a in enumerate(ds.arrays('train')['image'])}

@@ -5,7 +5,8 @@ Quick start::
   from jmtl import data
   ds = data.load('multi_mnist', data_dir='/path/with/mnist')  # or gradnorm_toy
   it = ds.train_iterator(batch_size=256, seed=0)
-  batch = next(it)          # {'image': [256,28,28,1] f32, 'left', 'right'}
+  batch = next(it)          # {'image': [256,28,28,1] uint8, 'left', 'right'}
+  x = ds.spec.input_transform(batch['image'])  # normalised float32 (on device)
   val = ds.arrays('validation')
 
 Datasets are built once into a tfds array_record cache (argument >

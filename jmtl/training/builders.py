@@ -85,12 +85,14 @@ def model(config, tasks: Sequence[Task]):
     )
 
 
-def step_config(config, built_model, input_key: str) -> step_lib.StepConfig:
+def step_config(config, built_model, input_key: str, input_transform=None) -> step_lib.StepConfig:
     """The train step's static settings: relation penalty, Jacobian mode and chunking, the
-    architecture's regulariser and its step-dependent model arguments."""
+    architecture's regulariser and its step-dependent model arguments, and the dataset's on-device
+    input transform (``DatasetSpec.input_transform``)."""
     return step_lib.StepConfig(
         relation_alpha=config.model.relation_alpha,
         input_key=input_key,
+        input_transform=input_transform,
         jacobian_mode=config.weighting.jacobian_mode,
         jacobian_chunk_size=jacobian_chunk_size(config.weighting.jacobian_chunk_size),
         penalty=regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict()),

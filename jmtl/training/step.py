@@ -76,6 +76,13 @@ class StepConfig:
     # pass then holds c copies of the activation cotangents instead of K; c = 1 is a sequential loop
     # of K backward passes inside the compiled step. c >= K is the same as 0.
     jacobian_chunk_size: int = 0
+    # On-device transform of batch[input_key] before the model, in the train and eval steps (the
+    # dataset's ``DatasetSpec.input_transform``: uint8 pixels -> normalised float32).
+    input_transform: Optional[Callable[[Array], Array]] = None
+
+    def model_input(self, batch: dict) -> Any:
+        x = batch[self.input_key]
+        return x if self.input_transform is None else self.input_transform(x)
 
 
 JACOBIAN_MODES = ("params", "representation")
@@ -274,7 +281,7 @@ def make_train_step(
 
     def local_losses(params, batch, dropout_rng, extra):
         outputs = model.apply(
-            {"params": params}, batch[config.input_key], train=True, rngs={"dropout": dropout_rng}, **extra
+            {"params": params}, config.model_input(batch), train=True, rngs={"dropout": dropout_rng}, **extra
         )
         return task_losses(outputs, batch)
 
@@ -378,7 +385,7 @@ def make_train_step(
             rep, encoder_vjp = jax.vjp(
                 lambda shared: model.apply(
                     {"params": {**rest, SHARED: shared}},
-                    batch[config.input_key],
+                    config.model_input(batch),
                     train=True,
                     rngs={"dropout": dropout_rng},
                     method=model.encode,
@@ -575,7 +582,7 @@ def make_eval_step(
     tasks = tuple(tasks)
 
     def step(params: PyTree, batch: dict) -> dict:
-        outputs = model.apply({"params": params}, batch[config.input_key], train=False)
+        outputs = model.apply({"params": params}, config.model_input(batch), train=False)
         mask = batch.get("mask")
         if mask is None:
             mask = jnp.ones((jax.tree.leaves(batch[config.input_key])[0].shape[0],), jnp.float32)

@@ -58,20 +58,21 @@ def _recorder(per_task=False, inner_steps=0, meta_weights=None):
     return WeightingTransform(init, update, BILEVEL, rep_level_ok=False, lookahead=look)
 
 
-def _one_step(transform, optimizer=None):
+def _one_step(transform, optimizer=None, chunk=0):
     model = _model()
     optimizer = optimizer or optax.sgd(1.0)
     state = step_lib.init_state(model, transform, optimizer, jnp.zeros((1, 5)), K, seed=0)
-    fn = jax.jit(step_lib.make_train_step(model, TASKS, transform, optimizer, step_lib.StepConfig(input_key="x")))
+    cfg = step_lib.StepConfig(input_key="x", jacobian_chunk_size=chunk)
+    fn = jax.jit(step_lib.make_train_step(model, TASKS, transform, optimizer, cfg))
     train, val = _batch(0), _batch(1)
     batch = {**train, **{step_lib.META_PREFIX + k: v for k, v in val.items()}}
     new, metrics = fn(state, batch)
     return model, state, new, train, val
 
 
-@pytest.mark.parametrize("per_task", [False, True])
-def test_hypergradient_equals_autodiff_through_the_virtual_step(per_task):
-    model, state, new, train, val = _one_step(_recorder(per_task=per_task))
+@pytest.mark.parametrize("per_task,chunk", [(False, 0), (True, 0), (True, 1), (True, 2)])
+def test_hypergradient_equals_autodiff_through_the_virtual_step(per_task, chunk):
+    model, state, new, train, val = _one_step(_recorder(per_task=per_task), chunk=chunk)
     params = state.params
 
     def val_after(w):  # second-order autodiff through theta'(w); the step uses no Hessian
@@ -93,7 +94,7 @@ def test_hypergradient_equals_autodiff_through_the_virtual_step(per_task):
 def test_value_function_quantities_and_meta_weighted_update():
     c = np.array([0.2, -0.1, 0.4], np.float32)
     steps = 3
-    model, state, new, train, val = _one_step(_recorder(inner_steps=steps, meta_weights=c))
+    model, state, new, train, val = _one_step(_recorder(inner_steps=steps, meta_weights=c), chunk=1)
     params = state.params
     f = lambda p: jnp.vdot(jnp.asarray(W), _task_losses(model, p, train))
     theta = params

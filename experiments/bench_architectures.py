@@ -66,13 +66,7 @@ def build_step(config):
     tasks = tasks_lib.tasks_from_config(config.tasks.to_dict(), spec)
     model = builders.model(config, tasks)
     steps_per_epoch = ds.steps_per_epoch(config.batch_size)
-    weighting = builders.weighting(
-        config.weighting.name,
-        config.weighting.hparams.to_dict(),
-        tasks,
-        steps_per_epoch,
-        learning_rate=config.optimizer.learning_rate,
-    )
+    weighting = builders.weighting_from_config(config, tasks, steps_per_epoch)
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
     driver = parallel.Driver("single")
     example = np.zeros((1,) + tuple(spec.input_shape), np.float32)

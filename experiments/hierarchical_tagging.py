@@ -111,13 +111,7 @@ def train_run(config, workdir: Path) -> dict[str, Any]:
     model = sequence.build(
         tasks, depths, num_words=len(ds.word_vocab), num_chars=len(ds.char_vocab), **config.model.to_dict()
     )
-    weighting = builders.weighting(
-        config.weighting.name,
-        config.weighting.hparams.to_dict(),
-        tasks,
-        steps_per_epoch,
-        learning_rate=config.optimizer.learning_rate,
-    )
+    weighting = builders.weighting_from_config(config, tasks, steps_per_epoch)
     optimizer = make_optimizer(config.optimizer, steps_per_epoch)
     step_cfg = step_lib.StepConfig(
         input_key=ds.spec.input_key,

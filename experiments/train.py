@@ -89,13 +89,7 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     ckpt_every = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else eval_every
 
     model = builders.model(config, tasks)
-    weighting = builders.weighting(
-        config.weighting.name,
-        config.weighting.hparams.to_dict(),
-        tasks,
-        steps_per_epoch,
-        learning_rate=config.optimizer.learning_rate,
-    )
+    weighting = builders.weighting_from_config(config, tasks, steps_per_epoch)
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
     step_cfg = builders.step_config(config, model, spec.input_key, spec.input_transform)
 

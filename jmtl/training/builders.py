@@ -60,6 +60,17 @@ def weighting(
     return weighting_lib.get(name, **hparams)
 
 
+def weighting_from_config(config, tasks: Sequence[Task], steps_per_epoch: int):
+    """:func:`weighting` for ``config.weighting`` (the look-ahead rate defaults to ``config.optimizer``'s)."""
+    return weighting(
+        config.weighting.name,
+        config.weighting.hparams.to_dict(),
+        tasks,
+        steps_per_epoch,
+        learning_rate=config.optimizer.learning_rate,
+    )
+
+
 def jacobian_chunk_size(value: int) -> int:
     """The config's chunk size, with -1 (auto) resolved for the backend.
 

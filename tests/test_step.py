@@ -136,3 +136,26 @@ def test_representation_mode_refused_by_schemes_that_say_so():
     t = weighting.get("mgda")._replace(rep_level_ok=False)
     with pytest.raises(ValueError, match="not meaningful on gradients w.r.t. the shared representation"):
         step_lib.make_train_step(model, TASKS, t, optax.sgd(0.1), step_lib.StepConfig(jacobian_mode="representation"))
+
+
+def test_bfloat16_compute_keeps_float32_master_weights_and_losses():
+    """Mixed precision: the same step in bfloat16 stays close to float32, params and losses stay float32."""
+    model, state, batch, fn32 = _setup("mgda")
+    t, opt = weighting.get("mgda"), optax.sgd(0.1)
+    cfg = step_lib.StepConfig(input_key="x", compute_dtype="bfloat16")
+    fn16 = jax.jit(step_lib.make_train_step(model, TASKS, t, opt, cfg))
+    new32, m32 = fn32(state, batch)
+    new16, m16 = fn16(state, batch)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new16.params))
+    assert m16["losses"].dtype == jnp.float32
+    np.testing.assert_allclose(m16["losses"], m32["losses"], rtol=2e-2)  # bf16 has an 8-bit mantissa
+    d32 = jax.tree.map(lambda a, b: a - b, new32.params, state.params)
+    d16 = jax.tree.map(lambda a, b: a - b, new16.params, state.params)
+    cos = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(d32), jax.tree.leaves(d16))) / (
+        float(optax.tree.norm(d32)) * float(optax.tree.norm(d16))
+    )
+    assert cos > 0.99  # the update points the same way
+    # The forward pass really ran in bfloat16: the losses differ from float32's.
+    assert not np.array_equal(np.asarray(m16["losses"]), np.asarray(m32["losses"]))
+    with pytest.raises(ValueError, match="compute_dtype"):
+        step_lib.make_train_step(model, TASKS, t, opt, step_lib.StepConfig(input_key="x", compute_dtype="int8"))

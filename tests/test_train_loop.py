@@ -59,3 +59,13 @@ def test_bad_config_errors(tmp_path):
         train(_config(tmp_path, tasks={"t0": {"label": "nope"}}), str(tmp_path / "b"))
     with pytest.raises(ValueError, match="unknown encoder 'resnet'"):
         train(_config(tmp_path, **{"model.encoder": "resnet"}), str(tmp_path / "c"))
+
+
+def test_bfloat16_compute_trains_like_float32(tmp_path):
+    """--config.model.compute_dtype=bfloat16 end to end: float32 master weights, near-float32 results."""
+    s32, p32 = train(_config(tmp_path), str(tmp_path / "f32"))
+    s16, p16 = train(_config(tmp_path, **{"model.compute_dtype": "bfloat16"}), str(tmp_path / "bf16"))
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(p16.params))
+    for task, metrics in s32["final"]["test"].items():
+        assert s16["final"]["test"][task]["mse"] == pytest.approx(metrics["mse"], rel=0.1), task
+    assert s16["final"]["test"] != s32["final"]["test"]  # it did run in bfloat16

@@ -19,10 +19,12 @@ def base_config() -> ml_collections.ConfigDict:
     # arch: hps | independent | soft_sharing | cross_stitch | mtan | mmoe | dselect_k | cgc | ple |
     # learning_to_branch (jmtl/models/architectures.py); arch_kwargs: its options plus the
     # regularizer keys (penalty, penalty_weight, mtrl_weight, mtrl_eps: jmtl/models/regularizers.py).
+    # compute_dtype: '' (float32) | 'bfloat16' | 'float16': forward and backward passes in that dtype on
+    # a cast of the float32 master params; losses, Jacobians and weighting stay float32.
     c.model = ml_collections.ConfigDict(
         dict(
             encoder="mlp", encoder_kwargs={}, head_kwargs={}, relation=False, relation_alpha=0.0,
-            arch="hps", arch_kwargs={},
+            arch="hps", arch_kwargs={}, compute_dtype="",
         )
     )
     c.weighting = method_config("equal")
@@ -91,6 +93,7 @@ _FIELDS = (
     ("model.arch", _STR, None),
     ("model.relation", _BOOL, None),
     ("model.relation_alpha", _NUM, 0),
+    ("model.compute_dtype", _STR, None),
     ("weighting.name", _STR, None),
     ("weighting.jacobian_mode", _STR, None),
     ("weighting.jacobian_chunk_size", _INT, -1),  # 0: all K per-task gradients in one vmap, -1: auto

@@ -104,6 +104,7 @@ def step_config(config, built_model, input_key: str, input_transform=None) -> st
         relation_alpha=config.model.relation_alpha,
         input_key=input_key,
         input_transform=input_transform,
+        compute_dtype=config.model.get("compute_dtype", "") or None,
         jacobian_mode=config.weighting.jacobian_mode,
         jacobian_chunk_size=jacobian_chunk_size(config.weighting.jacobian_chunk_size),
         penalty=regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict()),

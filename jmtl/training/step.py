@@ -80,6 +80,12 @@ class StepConfig:
     # dataset's ``DatasetSpec.input_transform``: uint8 pixels -> normalised float32).
     input_transform: Optional[Callable[[Array], Array]] = None
 
+    # Mixed precision: None = float32 throughout. 'bfloat16' (or 'float16'): the forward and backward
+    # passes run in that dtype on a cast of the float32 params (the master weights, which the optimizer
+    # updates); outputs are cast back to float32, so losses, the Jacobian and the weighting scheme
+    # stay float32.
+    compute_dtype: Optional[str] = None
+
     def model_input(self, batch: dict) -> Any:
         x = batch[self.input_key]
         return x if self.input_transform is None else self.input_transform(x)
@@ -99,6 +105,27 @@ def split_meta(batch: dict) -> tuple[dict, dict]:
     train = {k: v for k, v in batch.items() if not k.startswith(META_PREFIX)}
     meta = {k[len(META_PREFIX):]: v for k, v in batch.items() if k.startswith(META_PREFIX)}
     return train, meta
+
+
+COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
+def mixed_precision_apply(apply_fn: Callable, compute_dtype: Optional[str]) -> Callable:
+    """``apply_fn`` with float params and inputs cast to ``compute_dtype`` and float outputs cast back
+    to float32. The casts are differentiable: gradients reach the float32 params in float32."""
+    if compute_dtype in (None, "float32"):
+        return apply_fn
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown compute_dtype {compute_dtype!r}; valid: float32, bfloat16, float16")
+    dtype = jnp.dtype(compute_dtype)
+
+    def cast(tree, to):
+        return jax.tree.map(lambda x: x.astype(to) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree)
+
+    def apply(variables, *args, **kwargs):
+        return cast(apply_fn(cast(variables, dtype), *cast(args, dtype), **kwargs), jnp.float32)
+
+    return apply
 
 
 # ----------------------------------------------------------------------------- collectives
@@ -273,6 +300,8 @@ def make_train_step(
             "use jacobian_mode='params'"
         )
 
+    apply = mixed_precision_apply(model.apply, config.compute_dtype)
+
     def task_losses(outputs, batch):
         """Batch-mean loss ``[K]`` and main metric ``[K]`` of every task."""
         losses = jnp.stack([jnp.mean(t.loss(outputs[t.name], batch[t.label_key])) for t in tasks])
@@ -280,7 +309,7 @@ def make_train_step(
         return losses, main
 
     def local_losses(params, batch, dropout_rng, extra):
-        outputs = model.apply(
+        outputs = apply(
             {"params": params}, config.model_input(batch), train=True, rngs={"dropout": dropout_rng}, **extra
         )
         return task_losses(outputs, batch)
@@ -292,14 +321,14 @@ def make_train_step(
     split_heads = rep_mode and isinstance(model, MultiTaskModel) and not model.relation
 
     def head_losses_split(reps, rest, batch, dropout_rng, shared):
-        outputs = model.apply(
+        outputs = apply(
             {"params": {**rest, SHARED: shared}}, reps, train=True, rngs={"dropout": dropout_rng},
             method=model.decode_split,
         )
         return task_losses(outputs, batch)
 
     def head_losses(rep, rest, batch, dropout_rng, shared):
-        outputs = model.apply(
+        outputs = apply(
             {"params": {**rest, SHARED: shared}}, rep, train=True, rngs={"dropout": dropout_rng}, method=model.decode
         )
         return task_losses(outputs, batch)
@@ -390,7 +419,7 @@ def make_train_step(
         if rep_mode and not no_shared:
             rest = {name: sub for name, sub in params_local.items() if name != SHARED}
             rep, encoder_vjp = jax.vjp(
-                lambda shared: model.apply(
+                lambda shared: apply(
                     {"params": {**rest, SHARED: shared}},
                     config.model_input(batch),
                     train=True,
@@ -587,9 +616,10 @@ def make_eval_step(
     The batch may carry ``'mask'`` (1 for real examples, 0 for padding) so any split size works.
     """
     tasks = tuple(tasks)
+    apply = mixed_precision_apply(model.apply, config.compute_dtype)
 
     def step(params: PyTree, batch: dict) -> dict:
-        outputs = model.apply({"params": params}, config.model_input(batch), train=False)
+        outputs = apply({"params": params}, config.model_input(batch), train=False)
         mask = batch.get("mask")
         if mask is None:
             mask = jnp.ones((jax.tree.leaves(batch[config.input_key])[0].shape[0],), jnp.float32)

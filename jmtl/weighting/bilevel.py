@@ -14,8 +14,9 @@ Differences from the reference implementations, all deliberate:
   takes a central finite difference of it;
 * the virtual step is plain SGD (Auto-Lambda's also adds the model optimizer's momentum and weight
   decay);
-* the model update uses the training batch only (MOML's and FORUM's code concatenate the lower- and
-  upper-level batches for it).
+* MOML's model update uses the training batch only (the authors' code concatenates the lower- and
+  upper-level batches for it). FORUM's update does use both, as its direction combines the lower-level
+  gradient with the upper-level ones.
 """
 
 from __future__ import annotations

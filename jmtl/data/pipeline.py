@@ -42,8 +42,6 @@ DEFAULT_CACHE_DIR = os.path.join('~', '.cache', 'jmtl', 'tfds')
 # statistics.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
-_PIXEL_LUT = ((np.arange(256) / 255.0 - MNIST_MEAN) / MNIST_STD).astype(
-    np.float32)
 
 
 def normalise_pixels(x):
@@ -51,8 +49,8 @@ def normalise_pixels(x):
 
   Batches carry raw uint8 pixels (a quarter of the bytes to gather and move)
   and the train/eval steps apply this (`DatasetSpec.input_transform`); XLA
-  fuses it into the first layer. Equal to `normalise_images_host` to within
-  float32 rounding (one multiply-add instead of a float64 table).
+  fuses it into the first layer. Equal to the float64 formula to within
+  float32 rounding (one multiply-add).
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   return (x.astype(jnp.float32) * np.float32(1.0 / (255.0 * MNIST_STD))
@@ -104,19 +102,6 @@ def resolve_cache_dir(cache_dir: os.PathLike[str] | str | None) -> str:
   if cache_dir is None:
     cache_dir = os.environ.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR
   return os.path.expanduser(os.fspath(cache_dir))
-
-
-def normalise_images_host(raw: Mapping[str, np.ndarray]) -> Batch:
-  """The host-side alternative to `normalise_pixels` (float32 batches).
-
-  A 256-entry lookup table is several times faster than the float arithmetic
-  on the uint8 array. Not used by the loaders any more: moving float32 images
-  cost the train loop ~8 % of its throughput on 2 CPU cores
-  (results/bench_pipeline.md).
-  """
-  return {'image': _PIXEL_LUT[raw['image']],
-          'left': raw['left'].astype(np.int32),
-          'right': raw['right'].astype(np.int32)}
 
 
 def _pixel_batch(raw: Mapping[str, np.ndarray]) -> Batch:

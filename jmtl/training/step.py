@@ -392,8 +392,10 @@ def make_train_step(
             0, spec.inner_steps, inner_step, (params_local, params_local, jnp.asarray(True))
         )
         last = _pmean(train_losses(theta_t), axis_name)  # the final iterate is checked too
-        theta_t = jax.tree.map(lambda a, b: jnp.where(f_ok(jnp.vdot(lam, last)), a, b), theta_t, prev_t)
-        inner_losses = _pmean(train_losses(theta_t), axis_name)
+        # Usually it is fine and its losses are the inner losses; else fall back to the previous iterate.
+        inner_losses = jax.lax.cond(
+            f_ok(jnp.vdot(lam, last)), lambda: last, lambda: _pmean(train_losses(prev_t), axis_name)
+        )
         val_local, val_vjp = jax.vjp(val_losses, params_local)
         (val_grads,) = map_rows(val_vjp, _to_varying(jnp.eye(k, dtype=dtype), axis_name))
         val_grads = _pmean(val_grads, axis_name)  # K trees, leading axis K

@@ -125,6 +125,14 @@ def train_run(config, workdir: Path) -> dict[str, Any]:
         lambda ax: step_lib.make_train_step(model, tasks, weighting, optimizer, step_cfg, axis_name=ax)
     )
 
+    # Bilevel schemes (auto_lambda, moml, forum) take a second batch each step, at the training
+    # batch's length (see TaggingDataset.length_matched_batches).
+    meta_split = builders.meta_split(config, weighting)
+    meta_batch = (
+        ds.length_matched_batches(meta_split, config.batch_size, config.seed + builders.META_SEED_OFFSET)
+        if meta_split else None
+    )
+
     @jax.jit
     def predict(params, inputs):
         logits = model.apply({"params": params}, inputs, train=False)
@@ -152,6 +160,9 @@ def train_run(config, workdir: Path) -> dict[str, Any]:
             if 0 < config.max_steps_per_epoch <= k:
                 break
             inputs = {"inputs": batch["inputs"], **{n: batch[n] for n in names}}
+            if meta_batch is not None:
+                meta = meta_batch(batch["inputs"]["words"].shape[1])
+                inputs.update({step_lib.META_PREFIX + k: v for k, v in meta.items() if k == "inputs" or k in names})
             state, m = train_step(state, driver.shard_batch(inputs))
             pending.append((m["losses"], m["weights"], m["finite"]))
         for losses, weights, finite in driver.host_metrics(pending):

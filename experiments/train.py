@@ -32,13 +32,10 @@ from tqdm import tqdm
 from experiments.configs.common import validate_config
 from jmtl import data as data_lib
 from jmtl import plotting, tasks as tasks_lib
-from jmtl import weighting as weighting_lib
 from jmtl.training import builders, checkpoint, evaluate, parallel
 from jmtl.training import seeds as seeds_lib
 from jmtl.training import step as step_lib
 
-# The meta-batch order of seed s is shuffled with seed s + this (not the training order's seed).
-META_SEED_OFFSET = 1_000_003
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (path[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where outputs and checkpoints go (resumes if it has one).")
@@ -119,16 +116,14 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     # ---- resume ----------------------------------------------------------------------------------
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
     iters = [dataset.train_iterator(config.batch_size, s, process_index=pid, process_count=nproc) for s in seeds]
-    if weighting.requires == weighting_lib.BILEVEL:
+    meta_split = builders.meta_split(config, weighting)
+    if meta_split:
         # Bilevel schemes get a second batch each step for their upper-level (validation) losses.
-        meta_split = config.weighting.get("meta_split", "") or weighting.lookahead.meta_split
-        if meta_split not in ("validation", "train"):
-            raise ValueError(f"unknown weighting.meta_split {meta_split!r}; valid: validation, train, '' (the scheme's)")
         iters = [
             data_lib.WithMetaBatches(
                 it,
                 dataset.train_iterator(
-                    config.batch_size, s + META_SEED_OFFSET, split=meta_split, process_index=pid, process_count=nproc
+                    config.batch_size, s + builders.META_SEED_OFFSET, split=meta_split, process_index=pid, process_count=nproc
                 ),
                 prefix=step_lib.META_PREFIX,
             )

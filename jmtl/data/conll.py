@@ -441,6 +441,37 @@ class TaggingDataset:
                 yield self.make_batch(split, ids, batch_size, length)
             epoch += 1
 
+    def length_matched_batches(self, split: str, batch_size: int, seed: int) -> Callable[[int], dict]:
+        """``length -> batch``: the next batch of ``split`` sentences that fit ``length``, padded to it.
+
+        Bilevel weighting schemes take their meta batch this way, at the training batch's length: the
+        step then compiles once per bucket instead of once per (train, meta) pair of buckets. Each
+        length cycles through its own pool (the sentences whose bucket is at most ``length``),
+        reshuffled every cycle from ``default_rng([seed, length, cycle])``; a pool smaller than a
+        batch gives a partly filled batch.
+        """
+        keys = np.asarray([bucket_length(int(n), self.buckets) for n in self.split(split).lengths])
+        cursors: dict[int, list] = {}  # length -> [cycle, position, order]
+
+        def next_batch(length: int) -> dict:
+            length = int(length)
+            if length not in cursors:
+                pool = np.flatnonzero(keys <= length)
+                if not len(pool):
+                    raise DataError(f"{self.name}: no {split!r} sentence fits length {length}")
+                cursors[length] = [-1, len(pool), pool]
+            cursor = cursors[length]
+            cycle, pos, order = cursor
+            if pos >= len(order) or (len(order) >= batch_size and pos + batch_size > len(order)):
+                cycle += 1
+                order = np.random.default_rng([seed, length, cycle]).permutation(np.sort(order))
+                pos = 0
+            ids = order[pos : pos + batch_size]
+            cursor[:] = [cycle, pos + len(ids), order]
+            return self.make_batch(split, ids, batch_size, length)
+
+        return next_batch
+
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[np.ndarray, dict]]:
         """``(sentence ids, batch)`` covering ``split`` once, grouped by bucket (fixed batch size)."""
         for length, ids in sorted(self._bucketed(split).items()):

@@ -71,6 +71,22 @@ def weighting_from_config(config, tasks: Sequence[Task], steps_per_epoch: int):
     )
 
 
+# The meta-batch order of seed s is shuffled with seed s + this (not the training order's seed).
+META_SEED_OFFSET = 1_000_003
+META_SPLITS = ("validation", "train")
+
+
+def meta_split(config, weighting_transform) -> Optional[str]:
+    """Where a bilevel scheme takes its second ("meta") batch each step: ``config.weighting.meta_split``,
+    or the scheme's own default when that is empty; ``None`` for every other scheme."""
+    if weighting_transform.requires != weighting_lib.BILEVEL:
+        return None
+    split = config.weighting.get("meta_split", "") or weighting_transform.lookahead.meta_split
+    if split not in META_SPLITS:
+        raise ValueError(f"unknown weighting.meta_split {split!r}; valid: validation, train, '' (the scheme's)")
+    return split
+
+
 def jacobian_chunk_size(value: int) -> int:
     """The config's chunk size, with -1 (auto) resolved for the backend.
 

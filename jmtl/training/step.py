@@ -187,7 +187,12 @@ def per_task_gradients(
     valid = (jnp.arange(padded) < k).reshape(n_chunks, c)
 
     def chunk(cot):
-        rowed, summed = split(jax.vmap(vjp_fn)(cot))
+        if c == 1:
+            # A plain call, not a vmap of size 1: XLA:CPU runs the batched form of the convolutions'
+            # backward ~25 % slower even at batch 1 (results/bench_scaling.md).
+            rowed, summed = split(jax.tree.map(lambda g: g[None], vjp_fn(cot[0])))
+        else:
+            rowed, summed = split(jax.vmap(vjp_fn)(cot))
         return flatten_rows(rowed), summed
 
     # The carry is device-varying like the gradients the body adds to it.
@@ -338,7 +343,8 @@ def make_train_step(
         rows in an in-graph loop (as for the per-task gradients; faster on CPU, less memory)."""
         if chunk_size == 0:
             return jax.vmap(fn)(xs)
-        return jax.lax.map(fn, xs, batch_size=chunk_size)
+        # batch_size=1 would vmap fn over one row; a plain scan is faster (see per_task_gradients).
+        return jax.lax.map(fn, xs, batch_size=chunk_size if chunk_size > 1 else None)
 
     def bilevel_terms(weighting_state, params_local, vjp_fn, dtype, batch, meta_batch, dropout_rng, extra):
         """The upper-level quantities of a bilevel scheme (``base.Lookahead``): ``(update kwargs,

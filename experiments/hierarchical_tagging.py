@@ -34,8 +34,8 @@ from ml_collections import config_flags
 
 from jmtl import metrics as metrics_lib
 from jmtl.data import conll
-from jmtl.models import sequence
-from jmtl.tasks import TAGGING, Task
+from jmtl.models import crf, sequence
+from jmtl.tasks import CRF_TAGGING, TAGGING, Task
 from jmtl.training import builders, parallel
 from jmtl.training import step as step_lib
 
@@ -103,7 +103,13 @@ def train_run(config, workdir: Path) -> dict[str, Any]:
     depths = dict(config.variants[config.variant])
     if config.select_on not in depths:
         raise ValueError(f"variant {config.variant!r} has no task {config.select_on!r} (config.select_on)")
-    tasks = tuple(Task(n, TAGGING, len(ds.tag_vocabs[n])) for n in ds.task_names if n in depths)
+    crf_tasks = tuple(config.get("crf_tasks", ()))
+    unknown_crf = sorted(set(crf_tasks) - set(depths))
+    if unknown_crf:
+        raise ValueError(f"config.crf_tasks {unknown_crf} are not tasks of variant {config.variant!r} ({', '.join(depths)})")
+    tasks = tuple(
+        Task(n, CRF_TAGGING if n in crf_tasks else TAGGING, len(ds.tag_vocabs[n])) for n in ds.task_names if n in depths
+    )
     unknown = sorted(set(depths) - set(ds.task_names))
     if unknown:
         raise ValueError(f"{ds.name} has no task(s) {', '.join(unknown)}; its tasks: {', '.join(ds.task_names)}")
@@ -135,8 +141,12 @@ def train_run(config, workdir: Path) -> dict[str, Any]:
 
     @jax.jit
     def predict(params, inputs):
-        logits = model.apply({"params": params}, inputs, train=False)
-        return {name: jnp.argmax(v, axis=-1).astype(jnp.int32) for name, v in logits.items()}
+        outputs = model.apply({"params": params}, inputs, train=False)
+        mask = inputs["words"] > 0
+        return {
+            name: (crf.viterbi(v, mask) if isinstance(v, crf.CRFOutput) else jnp.argmax(v, axis=-1)).astype(jnp.int32)
+            for name, v in outputs.items()
+        }
 
     host_state = step_lib.init_state(model, weighting, optimizer, ds.example_input(), len(tasks), config.seed)
     num_params = {k: int(sum(x.size for x in jax.tree.leaves(v))) for k, v in host_state.params.items()}
@@ -220,6 +230,7 @@ def train_run(config, workdir: Path) -> dict[str, Any]:
         "first_epoch_time_s": epoch_times[0],  # includes compiling each bucket shape
         "num_params": num_params,
         "model": config.model.to_dict(),
+        "crf_tasks": list(crf_tasks),
         "dataset": config.dataset.name,
     }
 
@@ -239,7 +250,8 @@ def results_table(records: list[dict], title: str = "") -> str:
     epoch's scores."""
     groups: dict[tuple, list] = {}
     for r in records:
-        groups.setdefault((r["dataset"], r["variant"], r["weighting"], json.dumps(r["depths"])), []).append(r)
+        key = (r["dataset"], r["variant"], r["weighting"], json.dumps(r["depths"]), ",".join(r.get("crf_tasks", [])))
+        groups.setdefault(key, []).append(r)
     tasks = []
     for r in records:
         for t in r["depths"]:
@@ -251,8 +263,8 @@ def results_table(records: list[dict], title: str = "") -> str:
         head += [f"{t} {kind} dev", f"{t} {kind} test"]
     head += ["best epoch", "train s/epoch", "wall min/run"]
     lines = ([f"## {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (dataset, variant, weighting, depths), rs in groups.items():
-        row = [variant, ", ".join(f"{k}@{v}" for k, v in json.loads(depths).items()), weighting,
+    for (dataset, variant, weighting, depths, crf_tasks), rs in groups.items():
+        row = [variant + (f" (CRF: {crf_tasks})" if crf_tasks else ""), ", ".join(f"{k}@{v}" for k, v in json.loads(depths).items()), weighting,
                ",".join(str(r["seed"]) for r in rs), ",".join(sorted({str(r["epochs"]) for r in rs}))]
         for t in tasks:
             if t not in rs[0]["depths"]:

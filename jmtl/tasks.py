@@ -9,12 +9,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmtl.models import crf
+
 Array = jax.Array
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 TAGGING = "tagging"
-KINDS = (CLASSIFICATION, REGRESSION, TAGGING)
+CRF_TAGGING = "crf_tagging"
+KINDS = (CLASSIFICATION, REGRESSION, TAGGING, CRF_TAGGING)
+TOKEN_KINDS = (TAGGING, CRF_TAGGING)
 IGNORE_LABEL = -1  # tagging labels at padding positions
 
 
@@ -56,6 +60,17 @@ def _tagging_accuracy(logits: Array, labels: Array) -> Array:
     return jnp.sum(right * mask, axis=-1) * scale
 
 
+def _crf_negative_log_likelihood(out: crf.CRFOutput, labels: Array) -> Array:
+    mask, scale = _token_scale(labels)
+    return -crf.log_likelihood(out, jnp.maximum(labels, 0), mask) * scale
+
+
+def _crf_accuracy(out: crf.CRFOutput, labels: Array) -> Array:
+    mask, scale = _token_scale(labels)
+    right = (crf.viterbi(out, mask) == labels).astype(jnp.float32)
+    return jnp.sum(right * mask, axis=-1) * scale
+
+
 def _mse(pred: Array, target: Array) -> Array:
     err = (pred.astype(jnp.float32) - target) ** 2
     return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
@@ -77,7 +92,10 @@ class Task:
       ``B / (real tokens in the batch)``, so the batch mean -- what the train step takes -- is the
       mean over the batch's real tokens, and padding counts for nothing. (Evaluating such batch
       means with ``make_eval_step`` gives a batch-weighted token mean; corpus-level tagging
-      metrics, span F1 included, are in :mod:`jmtl.metrics`.)
+      metrics, span F1 included, are in :mod:`jmtl.metrics`.) ``'crf_tagging'``: the same labels,
+      outputs a :class:`jmtl.models.crf.CRFOutput` (emissions ``[B, T, C]`` and transition
+      scores); the loss is the sentence's CRF negative log-likelihood, scaled like the tagging
+      loss, and the accuracy is the Viterbi path's.
     num_outputs: number of classes, or the regression output size (flattened).
     label_key: the batch entry holding this task's labels (default: ``name``).
     weight: static loss weight (used by the ``static`` weighting scheme).
@@ -105,6 +123,8 @@ class Task:
             return _cross_entropy(outputs, labels)
         if self.kind == TAGGING:
             return _tagging_cross_entropy(outputs, labels)
+        if self.kind == CRF_TAGGING:
+            return _crf_negative_log_likelihood(outputs, labels)
         return _mse(outputs, labels.reshape(outputs.shape))
 
     @property
@@ -113,6 +133,8 @@ class Task:
             return (Metric("accuracy", _accuracy, True), Metric("loss", _cross_entropy, False))
         if self.kind == TAGGING:
             return (Metric("accuracy", _tagging_accuracy, True), Metric("loss", _tagging_cross_entropy, False))
+        if self.kind == CRF_TAGGING:
+            return (Metric("accuracy", _crf_accuracy, True), Metric("loss", _crf_negative_log_likelihood, False))
         return (
             Metric("mse", lambda p, t: _mse(p, t.reshape(p.shape)), False),
             Metric("mae", lambda p, t: _mae(p, t.reshape(p.shape)), False),
@@ -170,14 +192,14 @@ def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "
     for t in tasks:
         if t.label_key not in batch:
             raise ValueError(f"{where} has no entry {t.label_key!r} for task {t.name!r}; entries: {', '.join(batch)}")
-        if t.kind not in (CLASSIFICATION, TAGGING):
+        if t.kind not in (CLASSIFICATION, *TOKEN_KINDS):
             continue
         y = np.asarray(batch[t.label_key])
-        low = IGNORE_LABEL if t.kind == TAGGING else 0
+        low = IGNORE_LABEL if t.kind in TOKEN_KINDS else 0
         if y.size and (y.min() < low or y.max() >= t.num_outputs):
             raise ValueError(
                 f"{where}: labels of task {t.name!r} span [{y.min()}, {y.max()}] but its head has "
                 f"{t.num_outputs} classes (valid labels 0..{t.num_outputs - 1}"
-                f"{', and -1 for padding' if t.kind == TAGGING else ''}). Fix: correct the labels in the data, or "
+                f"{', and -1 for padding' if t.kind in TOKEN_KINDS else ''}). Fix: correct the labels in the data, or "
                 f"the dataset's num_classes for {t.label_key!r} (the head size comes from it)"
             )

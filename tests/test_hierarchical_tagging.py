@@ -98,6 +98,8 @@ def _config(raw_dir, tmp_path, method):
 @pytest.mark.parametrize("method", ["", "auto_lambda"])
 def test_train_run_writes_per_epoch_logs_and_a_record(raw_dir, tmp_path, method, monkeypatch):
     config = _config(raw_dir, tmp_path, method)
+    if method:  # the second run also gives chunking a CRF output (decoded by Viterbi)
+        config.crf_tasks = ("chunk",)
     calls = []
     if method:  # the bilevel run draws one meta batch per step, at the training batch's length
         original = conll.TaggingDataset.length_matched_batches
@@ -122,9 +124,13 @@ def test_train_run_writes_per_epoch_logs_and_a_record(raw_dir, tmp_path, method,
         assert len(calls) == 1 + 2 * steps and set(calls[1:]) <= set(config.dataset.kwargs.buckets)
     else:
         assert not calls
+    assert record["crf_tasks"] == (["chunk"] if method else [])
     # Results accumulate run by run in PREFIX.json and the table is rewritten.
     prefix = str(tmp_path / "res" / "table")
     hierarchical_tagging.append_result(prefix, record, "toy")
     hierarchical_tagging.append_result(prefix, record, "toy")
     assert len(json.loads(open(prefix + ".json").read())) == 2
-    assert "| hier |" in open(prefix + ".table.md").read()
+    assert ("| hier (CRF: chunk) |" if method else "| hier |") in open(prefix + ".table.md").read()
+    with pytest.raises(ValueError, match="crf_tasks"):
+        config.crf_tasks = ("ner",)
+        hierarchical_tagging.train_run(config, tmp_path / "runs")

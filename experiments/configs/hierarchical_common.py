@@ -45,6 +45,8 @@ def base_config() -> ml_collections.ConfigDict:
             word_dropout=0.05,
         )
     )
+    # Tasks with a linear-chain CRF output instead of per-token softmax (e.g. ("chunk",)).
+    c.crf_tasks = ()
     c.weighting = common.method_config("alternating")
     c.optimizer = ml_collections.ConfigDict(
         dict(learning_rate=2e-3, decay_rate=0.9, clip_norm=5.0)  # Adam; lr x decay_rate after every epoch

@@ -35,6 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jmtl.models import crf
+
 Array = jax.Array
 
 PAD_ID = 0
@@ -151,18 +153,21 @@ class SharedStack(nn.Module):
 
 
 class TagHead(nn.Module):
-    """Per-token classifier: linear (``hidden=0``) or one ReLU hidden layer."""
+    """Per-token classifier: linear (``hidden=0``) or one ReLU hidden layer; with ``crf`` its scores
+    are a CRF's emissions and the head also owns the transition scores (a ``crf.CRFOutput``)."""
 
     num_classes: int
     hidden: int = 0
     dropout_rate: float = 0.0
+    crf: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool) -> Array:
+    def __call__(self, x: Array, *, train: bool):
         if self.hidden:
             x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
             x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-        return nn.Dense(self.num_classes, name="out")(x)
+        logits = nn.Dense(self.num_classes, name="out")(x)
+        return crf.CRFTransitions(self.num_classes, name="crf")(logits) if self.crf else logits
 
 
 class TagHeads(nn.Module):
@@ -172,10 +177,11 @@ class TagHeads(nn.Module):
     num_classes: tuple[int, ...]
     hidden: int = 0
     dropout_rate: float = 0.0
+    crf_tasks: tuple[str, ...] = ()
 
     def setup(self):
         for name, c in zip(self.names, self.num_classes):
-            setattr(self, name, TagHead(c, self.hidden, self.dropout_rate))
+            setattr(self, name, TagHead(c, self.hidden, self.dropout_rate, crf=name in self.crf_tasks))
 
     def head(self, name: str, x: Array, *, train: bool) -> Array:
         return getattr(self, name)(x, train=train)
@@ -197,6 +203,8 @@ class HierarchicalTagger(nn.Module):
       head_hidden: hidden ReLU units of each head (0 = linear softmax as in S&G).
       dropout_rate: dropout on the word representation and on every layer's output.
       word_dropout: probability of replacing a word id by ``<unk>`` in training.
+      crf_tasks: tasks with a linear-chain CRF output (``jmtl.models.crf``; task kind
+        ``'crf_tagging'``); their label embeddings use the softmax of the emissions.
     """
 
     names: tuple[str, ...]
@@ -215,6 +223,7 @@ class HierarchicalTagger(nn.Module):
     head_hidden: int = 0
     dropout_rate: float = 0.3
     word_dropout: float = 0.0
+    crf_tasks: tuple[str, ...] = ()
 
     def setup(self):
         if not (len(self.names) == len(self.num_classes) == len(self.depths)) or not self.names:
@@ -237,7 +246,10 @@ class HierarchicalTagger(nn.Module):
             label_dim=self.label_dim,
             label_tasks=tuple(n for n, d in zip(self.names, self.depths) if d < top),
         )
-        self.tasks = TagHeads(self.names, self.num_classes, self.head_hidden, self.dropout_rate)
+        unknown = sorted(set(self.crf_tasks) - set(self.names))
+        if unknown:
+            raise ValueError(f"crf_tasks {unknown} are not tasks of this model ({', '.join(self.names)})")
+        self.tasks = TagHeads(self.names, self.num_classes, self.head_hidden, self.dropout_rate, self.crf_tasks)
 
     def __call__(self, inputs: Mapping[str, Array], *, train: bool = False) -> dict[str, Array]:
         words, chars = inputs["words"], inputs["chars"]
@@ -255,8 +267,9 @@ class HierarchicalTagger(nn.Module):
             for name, depth in zip(self.names, self.depths):
                 if depth != layer:
                     continue
-                logits = self.tasks.head(name, h, train=train)
-                outputs[name] = logits
+                out = self.tasks.head(name, h, train=train)
+                outputs[name] = out
+                logits = out.emissions if isinstance(out, crf.CRFOutput) else out
                 if self.label_dim and layer < top:
                     # stop_gradient: the head stays trained by its own task only (module docstring).
                     probs = jax.lax.stop_gradient(jax.nn.softmax(logits.astype(jnp.float32)))
@@ -283,5 +296,6 @@ def build(
         depths=tuple(int(depths[t.name]) for t in tasks),
         num_words=num_words,
         num_chars=num_chars,
+        crf_tasks=tuple(t.name for t in tasks if getattr(t, "kind", "") == "crf_tagging"),
         **kwargs,
     )

@@ -453,10 +453,141 @@ def pipeline_report(result) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- rows
+
+# Cumulative sets of shared Multi-LeNet params the per-task rows are taken w.r.t., from the top:
+# each step down adds one piece of the backward pass (see rows_report).
+ROW_SETS = (
+    ("fc", ("fc.kernel", "fc.bias")),
+    ("+ conv2 weights", ("conv2.kernel", "conv2.bias")),
+    ("+ conv1 bias", ("conv1.bias",)),
+    ("+ conv1 kernel", ("conv1.kernel",)),
+)
+_TORCH_NAMES = {"fc.kernel": "fc.weight", "conv2.kernel": "conv2.weight", "conv1.kernel": "conv1.weight"}
+
+
+def _jmtl_rows(k: int, batch_size: int, wanted: tuple[str, ...]):
+    """A jitted forward + K per-task gradient rows (``lax.map`` of plain vjp calls, the CPU default)
+    w.r.t. the shared leaves named in ``wanted`` (the others are constants); ``()`` = forward only."""
+    tasks, model, batch = lenet_problem(k, batch_size)
+    params = model.init(jax.random.key(0), batch["image"][:1])["params"]
+    names = [t.name for t in tasks]
+    flat = {f"{layer}.{leaf}": v for layer, leaves in params["shared"].items() for leaf, v in leaves.items()}
+
+    def losses(sub, rest, heads, data):
+        shared: dict = {}
+        for key, v in {**rest, **sub}.items():
+            layer, leaf = key.split(".")
+            shared.setdefault(layer, {})[leaf] = v
+        out = model.apply({"params": {"shared": shared, "tasks": heads}}, data["image"])
+        return jnp.stack([optax.softmax_cross_entropy_with_integer_labels(out[n], data[n]).mean() for n in names])
+
+    # Everything is an argument: a closed-over constant would let XLA fold the forward away.
+    @jax.jit
+    def rows(sub, rest, heads, data):
+        if not sub:
+            return losses(sub, rest, heads, data)
+        _, vjp = jax.vjp(lambda s: losses(s, rest, heads, data), sub)
+        return jax.lax.map(lambda e: jax.flatten_util.ravel_pytree(vjp(e)[0])[0], jnp.eye(k))
+
+    sub = {key: flat[key] for key in wanted}
+    rest = {key: v for key, v in flat.items() if key not in wanted}
+    args = (sub, rest, params["tasks"], batch)
+    jax.block_until_ready(rows(*args))
+    return lambda: jax.block_until_ready(rows(*args))
+
+
+def _torch_rows(torch_ref, k: int, batch_size: int, wanted: tuple[str, ...]):
+    """PyTorch's forward + K ``backward(retain_graph=True)`` with only ``wanted`` requiring grad."""
+    import torch
+
+    model = torch_ref.MultiLeNet(k)
+    model.train()
+    x, ys = torch_ref.make_batch(batch_size, k)
+    # The forward-only baseline builds the whole graph (every encoder param requires grad), as the
+    # K-backward step's forward does.
+    enabled = {_TORCH_NAMES.get(n, n) for n in wanted} if wanted else {n for n, _ in model.encoder.named_parameters()}
+    for name, p in model.encoder.named_parameters():
+        p.requires_grad_(name in enabled)
+    for p in model.heads.parameters():
+        p.requires_grad_(False)
+
+    def call():
+        losses = torch_ref.task_losses(model, x, ys)
+        if not wanted:
+            return
+        for i, loss in enumerate(losses):
+            loss.backward(retain_graph=i + 1 < len(losses))
+
+    return call
+
+
+def run_rows(args) -> dict:
+    """Time of one per-task backward row, split by how far down the encoder it reaches."""
+    import jax.flatten_util  # noqa: F401  (used inside the jitted rows)
+
+    torch_ref, torch_note = torch_setup(args.batch, not args.no_torch)
+    k = args.rows_k
+    fns = {"jmtl forward": _jmtl_rows(k, args.batch, ())}
+    if torch_ref is not None:
+        fns["torch forward"] = _torch_rows(torch_ref, k, args.batch, ())
+    wanted: tuple[str, ...] = ()
+    for label, leaves in ROW_SETS:
+        wanted += leaves
+        fns[f"jmtl {label}"] = _jmtl_rows(k, args.batch, wanted)
+        if torch_ref is not None:
+            fns[f"torch {label}"] = _torch_rows(torch_ref, k, args.batch, wanted)
+    samples = time_round_robin(fns, args.repeats, warmup=args.warmup)
+    med = {n: float(np.median(v) * 1e3) for n, v in samples.items()}
+    result = {"meta": {**meta_info(args), "torch": torch_note, "k": k,
+                       "load_average_end": list(os.getloadavg())},
+              "median_ms": med, "samples_ms": {n: [x * 1e3 for x in v] for n, v in samples.items()}, "rows": {}}
+    for lib in ("jmtl", "torch"):
+        if f"{lib} forward" not in med:
+            continue
+        prev = 0.0
+        for label, _ in ROW_SETS:
+            per_row = (med[f"{lib} {label}"] - med[f"{lib} forward"]) / k
+            result["rows"].setdefault(label, {})[lib] = {"per_row_ms": per_row, "added_ms": per_row - prev}
+            prev = per_row
+    return result
+
+
+def rows_report(result: dict) -> list[str]:
+    m = result["meta"]
+    has_torch = any("torch" in r for r in result["rows"].values())
+    lines = [
+        "# Where one per-task backward row's time goes (Multi-LeNet, CPU)",
+        "",
+        f"Batch {m['batch']}, K = {m['k']} tasks; forward + K per-task gradient rows w.r.t. growing sets of the "
+        f"shared params, from the top of the encoder down; {m['repeats']} round-robin repeats; jax {m['jax']} on "
+        f"{m['backend']} ({m['cpu_count']} cores; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in m['load_average_end'])}); {m['torch']}. jmtl rows: `lax.map` of plain vjp "
+        "calls (the CPU default, `jacobian_chunk_size=1`); PyTorch: K `backward(retain_graph=True)` with only "
+        "those params requiring grad. Per row = (median of the variant − median of the forward alone) / K.",
+        "",
+        "What each step down adds to a row: `fc` the fc layer's gradient; `+ conv2 weights` the backward "
+        "through the pool/ReLU of stage 2 and conv2's weight gradient; `+ conv1 bias` conv2's input gradient "
+        "and the backward through pool/ReLU of stage 1; `+ conv1 kernel` conv1's weight gradient.",
+        "",
+        "| rows w.r.t. | jmtl ms / row | added | " + ("PyTorch ms / row | added | jmtl / PyTorch |" if has_torch else ""),
+        "|---|---:|---:|" + ("---:|---:|---:|" if has_torch else ""),
+    ]
+    for label, r in result["rows"].items():
+        row = f"| {label} | {r['jmtl']['per_row_ms']:.2f} | {r['jmtl']['added_ms']:.2f} |"
+        if has_torch and "torch" in r:
+            ratio = r["jmtl"]["per_row_ms"] / r["torch"]["per_row_ms"] if r["torch"]["per_row_ms"] > 0 else float("nan")
+            row += f" {r['torch']['per_row_ms']:.2f} | {r['torch']['added_ms']:.2f} | {ratio:.2f} |"
+        lines.append(row)
+    lines += ["", "Forward alone: " + ", ".join(f"{n} {v:.1f} ms" for n, v in result["median_ms"].items() if "forward" in n)
+              + "."]
+    return lines
+
+
 # ----------------------------------------------------------------------------- main
 
 PARTS = {"scaling": (run_scaling, scaling_report), "compile": (run_compile, compile_report),
-         "pipeline": (run_pipeline, pipeline_report)}
+         "pipeline": (run_pipeline, pipeline_report), "rows": (run_rows, rows_report)}
 
 
 def _ints(s: str) -> list[int]:
@@ -466,7 +597,7 @@ def _ints(s: str) -> list[int]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", nargs="?", default="run", choices=("run", "compile-worker"), help=argparse.SUPPRESS)
-    p.add_argument("--parts", default="scaling,compile,pipeline")
+    p.add_argument("--parts", default="scaling,compile,pipeline,rows")
     p.add_argument("--ks", type=_ints, default=[2, 5, 10, 20, 40])
     p.add_argument("--repeats", type=int, default=15, help="round-robin repeats per scaling row")
     p.add_argument("--warmup", type=int, default=3)
@@ -476,6 +607,7 @@ def parse_args(argv=None):
     p.add_argument("--method-chunks", type=_ints, default=[0, 1], help="chunk sizes the methods run with")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch rows")
     p.add_argument("--no-rep", action="store_true", help="leave out the representation-mode row")
+    p.add_argument("--rows-k", type=int, default=8, help="tasks of the per-row profile (part rows)")
     p.add_argument("--compile-repeats", type=int, default=3)
     p.add_argument("--compile-k", type=int, default=2)
     p.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)  # compile-worker only

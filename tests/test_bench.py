@@ -22,3 +22,17 @@ def test_bench_scaling_smoke(tmp_path):
     if res["memory_check"] is not None:  # XLA's memory analysis: one chunk needs less than K at once
         assert res["memory_check"]["chunking_reduces_temp"]
     assert "## K = 2" in (tmp_path / "bench_scaling.md").read_text()
+
+
+def test_bench_rows_smoke(tmp_path):
+    from experiments import bench
+
+    argv = ["--parts", "rows", "--rows-k", "2", "--repeats", "1", "--warmup", "0", "--batch", "8",
+            "--out-dir", str(tmp_path)]
+    if importlib.util.find_spec("torch") is None:
+        argv.append("--no-torch")
+    bench.main(argv)
+    result = json.loads((tmp_path / "bench_rows.json").read_text())
+    assert [label for label, _ in bench.ROW_SETS] == list(result["rows"])
+    assert all(v > 0 for v in result["median_ms"].values())
+    assert "| + conv1 kernel |" in (tmp_path / "bench_rows.md").read_text()

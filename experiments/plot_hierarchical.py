@@ -1,4 +1,4 @@
-"""Learning curves of a hierarchical-tagging sweep: validation score per epoch, mean ± std over seeds.
+"""Learning curves of a hierarchical-tagging sweep: validation score per epoch, mean ± sample std over seeds.
 
 Reads ``WORKDIR/VARIANT_seedS/metrics.jsonl`` (written by ``experiments/hierarchical_tagging.py``) for
 the runs listed in ``PREFIX.json`` and writes ``PREFIX.curves.png`` and ``PREFIX.curves.md``.
@@ -58,7 +58,7 @@ def main(argv=None):
     fig, ax = plt.subplots(figsize=(6, 4))
     for v, arr in data.items():
         x = np.arange(1, arr.shape[1] + 1)
-        mean, std = arr.mean(0), arr.std(0)
+        mean, std = arr.mean(0), (arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1]))
         ax.plot(x, mean, marker="o", label=f"{v} ({arr.shape[0]} seed{'s' if arr.shape[0] > 1 else ''})")
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     ax.set_xlabel("epoch")
@@ -73,15 +73,19 @@ def main(argv=None):
 
     epochs = max(arr.shape[1] for arr in data.values())
     lines = [
-        f"{args.split.capitalize()} {args.task} score per epoch (%), mean ± std over seeds.",
+        f"{args.split.capitalize()} {args.task} score per epoch (%), mean ± sample std over seeds.",
         "",
         "| epoch | " + " | ".join(data) + " |",
         "|---:|" + "---|" * len(data),
     ]
+    def cell(arr, e):
+        if e >= arr.shape[1]:
+            return "–"
+        col = arr[:, e]
+        return f"{col.mean():.2f}" if len(col) == 1 else f"{col.mean():.2f} ± {col.std(ddof=1):.2f}"  # sample std
+
     for e in range(epochs):
-        cells = [
-            f"{arr[:, e].mean():.2f} ± {arr[:, e].std():.2f}" if e < arr.shape[1] else "–" for arr in data.values()
-        ]
+        cells = [cell(arr, e) for arr in data.values()]
         lines.append(f"| {e + 1} | " + " | ".join(cells) + " |")
     Path(args.results + ".curves.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

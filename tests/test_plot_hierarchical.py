@@ -27,4 +27,8 @@ def test_curves_average_seeds_and_write_png_and_table(tmp_path):
     plot_hierarchical.main(["--workdir", str(tmp_path), "--results", prefix, "--task", "chunk"])
     assert (tmp_path / "sweep.curves.png").stat().st_size > 0
     table = (tmp_path / "sweep.curves.md").read_text()
-    assert "| 3 | 83.50 ± 0.50 | 85.50 ± 0.50 |" in table
+    assert "| 3 | 83.50 ± 0.71 | 85.50 ± 0.71 |" in table  # sample std of (83, 84) and (85, 86)
+    # One seed: no spread to show.
+    (tmp_path / "one.json").write_text(json.dumps([r for r in records if r["seed"] == 0]))
+    plot_hierarchical.main(["--workdir", str(tmp_path), "--results", str(tmp_path / "one"), "--task", "chunk"])
+    assert "| 3 | 83.00 | 85.00 |" in (tmp_path / "one.curves.md").read_text()

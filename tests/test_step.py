@@ -159,3 +159,31 @@ def test_bfloat16_compute_keeps_float32_master_weights_and_losses():
     assert not np.array_equal(np.asarray(m16["losses"]), np.asarray(m32["losses"]))
     with pytest.raises(ValueError, match="compute_dtype"):
         step_lib.make_train_step(model, TASKS, t, opt, step_lib.StepConfig(input_key="x", compute_dtype="int8"))
+
+
+@pytest.mark.parametrize("method,chunk", [("mgda", 0), ("upgrad", 1)])
+def test_factored_jacobian_equals_the_backward_through_the_whole_model(method, chunk):
+    """On a hard-sharing model the step takes the K rows back through the encoder alone, after one
+    backward pass through the heads; with dropout on, the update must equal the one whose rows each
+    run back through the whole model (forced here by a model_kwargs hook, which disables the split)."""
+    model = mtl.build(TASKS, encoder="multi_lenet", encoder_kwargs=dict(dropout_rate=0.5),
+                      head_kwargs=dict(hidden=6, dropout_rate=0.3))
+    t = weighting.get(method)
+    opt = optax.sgd(0.1)
+    state = step_lib.init_state(model, t, opt, jnp.zeros((1, 28, 28, 1)), len(TASKS), seed=0)
+    _, _, batch, _ = _setup()
+    batch = dict(batch, x=jnp.asarray(np.random.default_rng(1).normal(size=(16, 28, 28, 1)), jnp.float32))
+    outs = []
+    for hook in (None, lambda step: {}):
+        cfg = step_lib.StepConfig(input_key="x", jacobian_chunk_size=chunk, model_kwargs=hook)
+        new, m = jax.jit(step_lib.make_train_step(model, TASKS, t, opt, cfg))(state, batch)
+        outs.append((new.params, m))
+    (p_split, m_split), (p_full, m_full) = outs
+    np.testing.assert_allclose(m_split["losses"], m_full["losses"], rtol=1e-6)
+    np.testing.assert_allclose(m_split["weights"], m_full["weights"], rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(p_split), jax.tree.leaves(p_full)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # and dropout really is on: another step's rng gives other losses
+    other = jax.jit(step_lib.make_train_step(model, TASKS, t, opt, step_lib.StepConfig(input_key="x")))(
+        state._replace(step=state.step + 1), batch)[1]["losses"]
+    assert not np.allclose(other, m_split["losses"])

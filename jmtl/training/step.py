@@ -74,7 +74,9 @@ class StepConfig:
     # in-graph loop (``lax.scan``) over ceil(K/c) chunks, each a ``vmap`` of the vjp over c one-hot
     # cotangents (the last chunk padded with zero cotangents, its padded rows dropped). The backward
     # pass then holds c copies of the activation cotangents instead of K; c = 1 is a sequential loop
-    # of K backward passes inside the compiled step. c >= K is the same as 0.
+    # of K backward passes inside the compiled step. c >= K is the same as 0. On a hard-sharing
+    # MultiTaskModel without the relation matrix the rows run back through the encoder only (one
+    # backward pass through the heads gives all K representation cotangents first).
     jacobian_chunk_size: int = 0
     # On-device transform of batch[input_key] before the model, in the train and eval steps (the
     # dataset's ``DatasetSpec.input_transform``: uint8 pixels -> normalised float32).
@@ -323,7 +325,13 @@ def make_train_step(
     # the representation only through head k, so with one copy of it per head a single backward pass
     # of sum_k L_k gives all K rows of the representation Jacobian (instead of K backward passes
     # through all K heads: K^2 head backward passes, which dominated at K = 40).
-    split_heads = rep_mode and isinstance(model, MultiTaskModel) and not model.relation
+    separable = isinstance(model, MultiTaskModel) and not model.relation
+    split_heads = rep_mode and separable
+    # The same split serves the parameter-level Jacobian: one backward pass through the heads gives
+    # the K representation cotangents, and each of the K rows then runs back through the encoder
+    # alone. Done through the whole model, every row also went back through all K heads (K^2 head
+    # backward passes; the bulk of the step at K = 40 on CPU, results/bench_scaling.md).
+    factored = needs_jacobian and not rep_mode and not bilevel and separable and config.model_kwargs is None
 
     def head_losses_split(reps, rest, batch, dropout_rng, shared):
         outputs = apply(
@@ -424,7 +432,7 @@ def make_train_step(
         # Nothing shared (independent towers): every param has one task's gradient and a gradient
         # scheme has nothing to balance, so such models take the plain sum (weights 1).
         no_shared = needs_jacobian and not jax.tree.leaves(state.params.get(SHARED, {}))
-        if rep_mode and not no_shared:
+        if (rep_mode or factored) and not no_shared:
             rest = {name: sub for name, sub in params_local.items() if name != SHARED}
             rep, encoder_vjp = jax.vjp(
                 lambda shared: apply(
@@ -436,7 +444,7 @@ def make_train_step(
                 ),
                 params_local[SHARED],
             )
-            if split_heads:
+            if split_heads or factored:
                 local, vjp_fn, local_main = jax.vjp(
                     lambda rs, p: head_losses_split(rs, p, batch, dropout_rng, params_local[SHARED]),
                     (rep,) * k,
@@ -486,6 +494,15 @@ def make_train_step(
                 jac_kwargs["jacobian"] = (
                     rep_jac if axis_name is None else jax.lax.all_gather(rep_jac, axis_name, axis=1, tiled=True)
                 )
+        elif factored:
+            rep_cots, head_grads = vjp_fn(_to_varying(jnp.ones((k,), local.dtype), axis_name))
+            jac = map_rows(  # [K, d]: row k = encoder_vjp(task k's gradient w.r.t. the representation)
+                lambda g: flatten_rows(jax.tree.map(lambda x: x[None], encoder_vjp(g)[0]))[0], jnp.stack(rep_cots)
+            )
+            jac, head_grads = _pmean((jac, head_grads), axis_name)
+            jac_kwargs = dict(gramian=jac @ jac.T, layout=shared_layout(state.params[SHARED]))
+            if weighting.requires == weighting_lib.JACOBIAN:
+                jac_kwargs["jacobian"] = jac
         elif needs_jacobian:
             heads_local = {name: sub for name, sub in params_local.items() if name != SHARED}
             jac, head_grads = per_task_gradients(

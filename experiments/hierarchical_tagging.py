@@ -172,7 +172,7 @@ def train_run(config, workdir: Path) -> dict[str, Any]:
             inputs = {"inputs": batch["inputs"], **{n: batch[n] for n in names}}
             if meta_batch is not None:
                 meta = meta_batch(batch["inputs"]["words"].shape[1])
-                inputs.update({step_lib.META_PREFIX + k: v for k, v in meta.items() if k == "inputs" or k in names})
+                inputs.update({step_lib.META_PREFIX + key: v for key, v in meta.items() if key == "inputs" or key in names})
             state, m = train_step(state, driver.shard_batch(inputs))
             pending.append((m["losses"], m["weights"], m["finite"]))
         for losses, weights, finite in driver.host_metrics(pending):

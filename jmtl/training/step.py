@@ -191,7 +191,7 @@ def per_task_gradients(
     def chunk(cot):
         if c == 1:
             # A plain call, not a vmap of size 1: XLA:CPU runs the batched form of the convolutions'
-            # backward ~25 % slower even at batch 1 (results/bench_scaling.md).
+            # backward ~25 % slower even at batch 1 (Multi-LeNet, K = 10: 0.71x the step time).
             rowed, summed = split(jax.tree.map(lambda g: g[None], vjp_fn(cot[0])))
         else:
             rowed, summed = split(jax.vmap(vjp_fn)(cot))
@@ -494,26 +494,23 @@ def make_train_step(
                 jac_kwargs["jacobian"] = (
                     rep_jac if axis_name is None else jax.lax.all_gather(rep_jac, axis_name, axis=1, tiled=True)
                 )
-        elif factored:
-            rep_cots, head_grads = vjp_fn(_to_varying(jnp.ones((k,), local.dtype), axis_name))
-            jac = map_rows(  # [K, d]: row k = encoder_vjp(task k's gradient w.r.t. the representation)
-                lambda g: flatten_rows(jax.tree.map(lambda x: x[None], encoder_vjp(g)[0]))[0], jnp.stack(rep_cots)
-            )
-            jac, head_grads = _pmean((jac, head_grads), axis_name)
-            jac_kwargs = dict(gramian=jac @ jac.T, layout=shared_layout(state.params[SHARED]))
-            if weighting.requires == weighting_lib.JACOBIAN:
-                jac_kwargs["jacobian"] = jac
         elif needs_jacobian:
-            heads_local = {name: sub for name, sub in params_local.items() if name != SHARED}
-            jac, head_grads = per_task_gradients(
-                vjp_fn,
-                k,
-                local.dtype,
-                lambda g: (g[0][SHARED], {name: sub for name, sub in g[0].items() if name != SHARED}),
-                heads_local,
-                chunk_size=chunk,
-                axis_name=axis_name,
-            )  # [K, d]
+            if factored:
+                rep_cots, head_grads = vjp_fn(_to_varying(jnp.ones((k,), local.dtype), axis_name))
+                jac = map_rows(  # [K, d]: row k = encoder_vjp(task k's gradient w.r.t. the representation)
+                    lambda g: flatten_rows(jax.tree.map(lambda x: x[None], encoder_vjp(g)[0]))[0], jnp.stack(rep_cots)
+                )
+            else:
+                heads_local = {name: sub for name, sub in params_local.items() if name != SHARED}
+                jac, head_grads = per_task_gradients(
+                    vjp_fn,
+                    k,
+                    local.dtype,
+                    lambda g: (g[0][SHARED], {name: sub for name, sub in g[0].items() if name != SHARED}),
+                    heads_local,
+                    chunk_size=chunk,
+                    axis_name=axis_name,
+                )  # [K, d]
             jac, head_grads = _pmean((jac, head_grads), axis_name)
             jac_kwargs = dict(gramian=jac @ jac.T, layout=shared_layout(state.params[SHARED]))
             # Gramian schemes get G alone (the [K, d] J is not theirs to read); see the update below.

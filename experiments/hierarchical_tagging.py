@@ -39,13 +39,21 @@ from jmtl.tasks import CRF_TAGGING, TAGGING, Task
 from jmtl.training import builders, parallel
 from jmtl.training import step as step_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (path[:VARIANT[,WEIGHTING]]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Per-run logs go to WORKDIR/VARIANT_seedS/.")
-_VARIANTS = flags.DEFINE_list("variants", [], "Sweep these variants (default: config.variant); seeds outermost.")
-_SEEDS = flags.DEFINE_list("seeds", [], "Sweep these seeds (default: config.seed).")
-_RESULTS = flags.DEFINE_string("results", "", "Path prefix: append runs to PREFIX.json, write the table to PREFIX.md.")
-_TITLE = flags.DEFINE_string("title", "", "Heading of the .md table.")
-flags.mark_flags_as_required(["config", "workdir"])
+_FLAGS: dict[str, Any] = {}
+
+
+def define_flags() -> None:
+    """The command-line flags, defined only when run as a script: ``experiments.train`` defines
+    flags of the same names, and importing both modules (as the tests do) must not clash."""
+    _FLAGS.update(
+        config=config_flags.DEFINE_config_file("config", None, "Experiment config (path[:VARIANT[,WEIGHTING]])."),
+        workdir=flags.DEFINE_string("workdir", None, "Per-run logs go to WORKDIR/VARIANT_seedS/."),
+        variants=flags.DEFINE_list("variants", [], "Sweep these variants (default: config.variant); seeds outermost."),
+        seeds=flags.DEFINE_list("seeds", [], "Sweep these seeds (default: config.seed)."),
+        results=flags.DEFINE_string("results", "", "Path prefix: append runs to PREFIX.json, write the table to PREFIX.md."),
+        title=flags.DEFINE_string("title", "", "Heading of the .md table."),
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
 
 LOADERS = {"conll2000": conll.load_conll2000, "conll2003": conll.load_conll2003}
 _DATASETS: dict[str, conll.TaggingDataset] = {}
@@ -291,13 +299,13 @@ def append_result(prefix: str, record: dict, title: str) -> None:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # tfds logs every file operation at INFO
-    config = _CONFIG.value
+    config = _FLAGS["config"].value
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    variants = _VARIANTS.value or [config.variant]
-    seeds = [int(s) for s in _SEEDS.value] or [config.seed]
-    workdir = Path(_WORKDIR.value)
+    variants = _FLAGS["variants"].value or [config.variant]
+    seeds = [int(s) for s in _FLAGS["seeds"].value] or [config.seed]
+    workdir = Path(_FLAGS["workdir"].value)
     # Seeds outermost: a sweep cut short still has every variant for the seeds it finished.
     for seed in seeds:
         for variant in variants:
@@ -305,9 +313,10 @@ def main(argv):
             run_config.variant, run_config.seed = variant, seed
             record = train_run(run_config, workdir)
             print(json.dumps({k: record[k] for k in ("variant", "seed", "best_epoch", "validation", "test")}), flush=True)
-            if _RESULTS.value:
-                append_result(_RESULTS.value, record, _TITLE.value)
+            if _FLAGS["results"].value:
+                append_result(_FLAGS["results"].value, record, _FLAGS["title"].value)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

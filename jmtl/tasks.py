@@ -54,10 +54,14 @@ def _tagging_cross_entropy(logits: Array, labels: Array) -> Array:
     return jnp.sum(ce * mask, axis=-1) * scale
 
 
-def _tagging_accuracy(logits: Array, labels: Array) -> Array:
+def _token_accuracy(predicted: Array, labels: Array) -> Array:
     mask, scale = _token_scale(labels)
-    right = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    right = (predicted == labels).astype(jnp.float32)
     return jnp.sum(right * mask, axis=-1) * scale
+
+
+def _tagging_accuracy(logits: Array, labels: Array) -> Array:
+    return _token_accuracy(jnp.argmax(logits, axis=-1), labels)
 
 
 def _crf_negative_log_likelihood(out: crf.CRFOutput, labels: Array) -> Array:
@@ -66,9 +70,7 @@ def _crf_negative_log_likelihood(out: crf.CRFOutput, labels: Array) -> Array:
 
 
 def _crf_accuracy(out: crf.CRFOutput, labels: Array) -> Array:
-    mask, scale = _token_scale(labels)
-    right = (crf.viterbi(out, mask) == labels).astype(jnp.float32)
-    return jnp.sum(right * mask, axis=-1) * scale
+    return _token_accuracy(crf.viterbi(out, labels != IGNORE_LABEL), labels)
 
 
 def _mse(pred: Array, target: Array) -> Array:

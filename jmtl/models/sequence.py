@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from jmtl.models import crf
+from jmtl.tasks import CRF_TAGGING
 
 Array = jax.Array
 
@@ -296,6 +297,6 @@ def build(
         depths=tuple(int(depths[t.name]) for t in tasks),
         num_words=num_words,
         num_chars=num_chars,
-        crf_tasks=tuple(t.name for t in tasks if getattr(t, "kind", "") == "crf_tagging"),
+        crf_tasks=tuple(t.name for t in tasks if getattr(t, "kind", "") == CRF_TAGGING),
         **kwargs,
     )

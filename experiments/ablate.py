@@ -5,7 +5,11 @@ r"""Ablation grid: weighting methods × architectures × seeds, with single-task
 
 Each cell (one method on one architecture) trains its S seeds together in one compiled program
 (``config.num_seeds``, a ``vmap`` over seeds: jmtl/training/seeds.py) in ``WORKDIR/cells/<cell>``.
-A cell with a ``summary.json`` is done and skipped; an interrupted one resumes from its checkpoint.
+``--seeds_per_program=P`` splits them into programs of P seeds, in ``WORKDIR/cells/<cell>/seed_<s>``
+(seed ``s`` first): on a compute-bound CPU, one program per seed is faster per step than batching
+convolution-heavy seeds together (results/bench_seeds_multimnist.md), while one program for all
+seeds saves start-up and compilation on short cells and wins on accelerators.
+A program with a ``summary.json`` is done and skipped; an interrupted one resumes from its checkpoint.
 The single-task baselines (one model per task, same encoder, equal weighting of its one loss) are
 cells too. Model selection uses the validation split only: the reported test numbers are those of
 each seed's best-validation evaluation; the final-step numbers are reported beside them.
@@ -22,6 +26,7 @@ import json
 import math
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -44,7 +49,9 @@ _METHODS = flags.DEFINE_string(
     "methods", "equal", "'all' or comma-separated weighting methods; 'name@rep' runs it on the representation Jacobian."
 )
 _ARCHS = flags.DEFINE_string("archs", "hps", "Comma-separated architectures (config.model.arch values).")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell, trained together in one program.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell.")
+_SEEDS_PER_PROGRAM = flags.DEFINE_integer(
+    "seeds_per_program", 0, "Seeds trained together in one compiled program; 0 = all of a cell's seeds.")
 _SINGLE_TASK = flags.DEFINE_bool("single_task", True, "Train the single-task baselines (needed for Δm%).")
 _JACOBIAN_MODE = flags.DEFINE_string("jacobian_mode", None, "params | representation (default: the config's).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild results.csv, table.md and plots.")
@@ -88,28 +95,57 @@ def _copy(config):
     return c
 
 
-def run_grid(cells, workdir: Path) -> dict[str, str]:
-    """Trains every unfinished cell; returns ``{cell: error}`` for the cells that failed."""
+def programs(cells, seeds_per_program: int = 0) -> list[tuple[str, Path, object]]:
+    """``[(cell, program dir relative to cells/, config)]``: each cell's seeds split into programs of
+    ``seeds_per_program`` seeds (0: one program in the cell's own folder)."""
+    out = []
+    for name, c in cells:
+        if seeds_per_program <= 0 or seeds_per_program >= c.num_seeds:
+            out.append((name, Path(name), c))
+            continue
+        for first in range(0, c.num_seeds, seeds_per_program):
+            p = _copy(c)
+            p.seed, p.num_seeds = c.seed + first, min(seeds_per_program, c.num_seeds - first)
+            out.append((name, Path(name) / f"seed_{p.seed}", p))
+    return out
+
+
+def program_dirs(workdir: Path, name: str) -> list[Path]:
+    """The folders of a cell's programs that have run or started: the cell's own folder, or its
+    ``seed_<s>`` subfolders when its seeds were split (ordered by first seed)."""
+    cell_dir = workdir / "cells" / name
+    if (cell_dir / "summary.json").exists() or (cell_dir / "config.json").exists():
+        return [cell_dir]
+    return sorted(cell_dir.glob("seed_*"), key=lambda d: int(d.name.split("_")[1]))
+
+
+def run_grid(cells, workdir: Path, seeds_per_program: int = 0) -> dict[str, str]:
+    """Trains every unfinished program; returns ``{cell: error}`` for the cells that failed."""
     errors = {}
-    todo = [(n, c) for n, c in cells if not (workdir / "cells" / n / "summary.json").exists()]
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="grid", unit="cell", position=0)
-    for name, c in todo:
-        bar.set_description(f"grid: {name}")
-        cell_dir = workdir / "cells" / name
+    progs = programs(cells, seeds_per_program)
+    todo = [(n, d, c) for n, d, c in progs if not (workdir / "cells" / d / "summary.json").exists()]
+    bar = tqdm(total=len(progs), initial=len(progs) - len(todo), desc="grid", unit="program", position=0)
+    for name, rel, c in todo:
+        bar.set_description(f"grid: {rel}")
+        run_dir = workdir / "cells" / rel
+        if name in errors:  # a method that failed on its first seeds fails on the rest too
+            bar.update(1)
+            continue
         try:
-            summary, _ = train(c, str(cell_dir))
+            summary, _ = train(c, str(run_dir))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # a method that cannot run here (e.g. krum with K < 5) is reported, not fatal
             errors[name] = f"{type(e).__name__}: {e}"
+            cell_dir = workdir / "cells" / name
             cell_dir.mkdir(parents=True, exist_ok=True)
             (cell_dir / "error.txt").write_text(errors[name] + "\n\n" + traceback.format_exc())
             tqdm.write(f"cell {name} failed: {errors[name][:300]}")
         else:
             if summary.get("interrupted"):
-                tqdm.write(f"interrupted in cell {name}; rerun the same command to resume.")
+                tqdm.write(f"interrupted in {rel}; rerun the same command to resume.")
                 sys.exit(0)
-            (cell_dir / "error.txt").unlink(missing_ok=True)
+            (workdir / "cells" / name / "error.txt").unlink(missing_ok=True)
         bar.update(1)
     bar.close()
     return errors
@@ -123,25 +159,29 @@ def collect(cells, workdir: Path, tasks) -> list[dict]:
     rows = []
     for name, c in cells:
         cell_dir = workdir / "cells" / name
-        path = cell_dir / "summary.json"
         arch, method = name.split("__", 1)
-        if not path.exists():
+        summaries = [json.loads((d / "summary.json").read_text()) for d in program_dirs(workdir, name)
+                     if (d / "summary.json").exists()]
+        if sum(len(s["seeds"]) for s in summaries) < c.num_seeds:  # failed, or some seeds not run yet
             err = (cell_dir / "error.txt").read_text().splitlines()[0] if (cell_dir / "error.txt").exists() else "not run"
+            if summaries:
+                err = f"{sum(len(s['seeds']) for s in summaries)} of {c.num_seeds} seeds done; {err}"
             rows.append({"cell": name, "arch": arch, "method": method, "seed": None, "error": err})
-            continue
-        s = json.loads(path.read_text())
-        ms = 1000.0 / s["steps_per_s"] if s.get("steps_per_s") else math.nan
-        for entry in s["seeds"]:
-            row = {"cell": name, "arch": arch, "method": method, "seed": entry["seed"], "error": "",
-                   "epochs": s["epochs"], "best_step": entry["best_validation"].get("step"),
-                   "ms_per_step": ms, "num_seeds_in_program": len(s["seeds"]), "wall_time_s": s["wall_time_s"]}
-            for prefix, res in (("test", entry["best_validation"].get("test", {})),
-                                ("validation", entry["best_validation"].get("validation", {})),
-                                ("final_test", entry["final"]["test"])):
-                for task, metrics in res.items():
-                    for metric, value in metrics.items():
-                        row[f"{prefix}.{task}.{metric}"] = value
-            rows.append(row)
+        # The cost of all the cell's seeds: a split cell's programs ran one after another.
+        ms = sum(1000.0 / s["steps_per_s"] if s.get("steps_per_s") else math.nan for s in summaries)
+        wall = sum(s["wall_time_s"] for s in summaries)
+        for s in summaries:
+            for entry in s["seeds"]:
+                row = {"cell": name, "arch": arch, "method": method, "seed": entry["seed"], "error": "",
+                       "epochs": s["epochs"], "best_step": entry["best_validation"].get("step"),
+                       "ms_per_step": ms, "num_seeds_in_program": len(s["seeds"]), "wall_time_s": wall}
+                for prefix, res in (("test", entry["best_validation"].get("test", {})),
+                                    ("validation", entry["best_validation"].get("validation", {})),
+                                    ("final_test", entry["final"]["test"])):
+                    for task, metrics in res.items():
+                        for metric, value in metrics.items():
+                            row[f"{prefix}.{task}.{metric}"] = value
+                rows.append(row)
     _add_delta_m(rows, tasks)
     return rows
 
@@ -190,10 +230,10 @@ def summarise(rows: list[dict], tasks) -> list[dict]:
             for prefix in ("test", "final_test"):
                 col = f"{prefix}.{t.name}.{t.main_metric.name}"
                 vals = [r[col] for r in rs if col in r]
-                entry[col] = (float(np.mean(vals)), float(np.std(vals))) if vals else None
+                entry[col] = _mean_std(vals) if vals else None
         for key in ("delta_m", "delta_m_final"):
             vals = [r[key] for r in rs if key in r]
-            entry[key] = (float(np.mean(vals)), float(np.std(vals))) if vals else ((0.0, 0.0) if arch == SINGLE else None)
+            entry[key] = _mean_std(vals) if vals else ((0.0, 0.0) if arch == SINGLE else None)
         entry["ms_per_step"] = float(np.median([r["ms_per_step"] for r in rs]))
         entry["epochs"] = rs[0]["epochs"]
         out.append(entry)
@@ -207,6 +247,11 @@ def summarise(rows: list[dict], tasks) -> list[dict]:
     return out
 
 
+def _mean_std(vals) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single seed)."""
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
 def _pm(v, scale=1.0, digits=2) -> str:
     return "—" if v is None else f"{v[0] * scale:.{digits}f} ± {v[1] * scale:.{digits}f}"
 
@@ -217,9 +262,10 @@ def write_table(summary: list[dict], rows: list[dict], tasks, path: Path, title:
     head = ["arch", "method", *[f"{t.name} {t.main_metric.name}{unit(t)}" for t in tasks], "Δm% ↓", "MR ↓",
             *[f"{t.name} final" for t in tasks], "Δm% final", "ms/step", "seeds"]
     lines = [f"# {title}", "",
-             "Test metrics at each seed's best-validation evaluation (mean ± std over seeds); *final* = last step. "
+             "Test metrics at each seed's best-validation evaluation (mean ± sample std over seeds); *final* = last step. "
              "Δm% against the single-task models (Navon et al. 2022; lower is better); MR = mean rank over tasks. "
-             "ms/step: wall time per step of the cell's whole program (all its seeds together, evaluation included).",
+             "ms/step: wall time per step for all the cell's seeds (summed over its programs when the seeds were "
+             "split), evaluation included.",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary:
         cells = [e["arch"], f"`{e['method']}`"]
@@ -239,6 +285,21 @@ def write_table(summary: list[dict], rows: list[dict], tasks, path: Path, title:
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def _cell_series(workdir: Path, name: str, filename: str, x_key: str, values) -> tuple[list, np.ndarray] | None:
+    """``(x, mean over programs of values(record))`` from each program's ``filename`` (records already
+    hold the mean over a program's seeds); ``None`` if no program has logged yet."""
+    logs = [_read_jsonl(d / filename) for d in program_dirs(workdir, name)]
+    logs = [log for log in logs if log]
+    if not logs:
+        return None
+    n = min(len(log) for log in logs)  # programs still running have fewer records
+    as_float = lambda v: np.nan if v is None else float(v)
+    vals = np.array([[[as_float(v) for v in values(r)] for r in log[:n]] for log in logs])
+    with warnings.catch_warnings():  # a method without weights logs None (NaN) in every program
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return [r[x_key] for r in logs[0][:n]], np.nanmean(vals, axis=0)
 
 
 def plot_pareto(summary: list[dict], tasks, path: Path) -> None:
@@ -274,15 +335,16 @@ def plot_learning_curves(cells, workdir: Path, tasks, path: Path, split: str = "
     """Per task, the seed-mean validation main metric of every cell over epochs."""
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for name, _ in cells:
-        evals = _read_jsonl(workdir / "cells" / name / "metrics.jsonl")
-        if not evals:
+        series = _cell_series(workdir, name, "metrics.jsonl", "epoch",
+                              lambda r: [r.get(split, {}).get(t.name, {}).get(t.main_metric.name) for t in tasks])
+        if series is None:
             continue
-        for ax, t in zip(axes[0], tasks):
-            vals = [r.get(split, {}).get(t.name, {}).get(t.main_metric.name) for r in evals]
-            if all(v is None for v in vals):
+        epochs, vals = series
+        for k, (ax, t) in enumerate(zip(axes[0], tasks)):
+            if np.isnan(vals[:, k]).all():
                 continue
             style = dict(color="black", lw=2) if name.startswith(SINGLE) else dict(lw=1)
-            ax.plot([r["epoch"] for r in evals], [np.nan if v is None else v for v in vals], label=name.split("__", 1)[1], **style)
+            ax.plot(epochs, vals[:, k], label=name.split("__", 1)[1], **style)
     for ax, t in zip(axes[0], tasks):
         ax.set(title=f"{t.name}: {t.main_metric.name} ({split}, mean over seeds)", xlabel="epoch")
         if not t.main_metric.higher_is_better:
@@ -300,19 +362,18 @@ def plot_weights(cells, workdir: Path, tasks, path: Path) -> None:
     """Task weights over training (seed mean), one panel per method that produces weights."""
     series = []
     for name, _ in cells:
-        log = _read_jsonl(workdir / "cells" / name / "train_log.jsonl")
-        if name.startswith(SINGLE) or not log or all(w is None for r in log for w in r["weights"]):
+        found = None if name.startswith(SINGLE) else _cell_series(workdir, name, "train_log.jsonl", "step", lambda r: r["weights"])
+        if found is None or np.isnan(found[1]).all():
             continue
-        series.append((name, log))
+        series.append((name, found))
     if not series:
         return
     cols = min(6, len(series))
     rows_n = math.ceil(len(series) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.6 * rows_n), squeeze=False, sharex=True)
-    for ax, (name, log) in zip(axes.flat, series):
-        steps = [r["step"] for r in log]
+    for ax, (name, (steps, weights)) in zip(axes.flat, series):
         for k, t in enumerate(tasks):
-            ax.plot(steps, [np.nan if r["weights"][k] is None else r["weights"][k] for r in log], lw=1, label=t.name)
+            ax.plot(steps, weights[:, k], lw=1, label=t.name)
         ax.set_title(name.split("__", 1)[1], fontsize=8)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
@@ -357,18 +418,22 @@ def task_list(config):
 
 
 def run(config, workdir: str | Path, methods: list[str], archs: list[str], seeds: int, *,
-        single_task: bool = True, jacobian_mode: str | None = None, report_only: bool = False) -> list[dict]:
+        single_task: bool = True, jacobian_mode: str | None = None, report_only: bool = False,
+        seeds_per_program: int = 0) -> list[dict]:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if seeds_per_program < 0:
+        raise ValueError(f"--seeds_per_program must be >= 0 (0: all seeds in one program), got {seeds_per_program}")
     tasks = task_list(config)
     cells = grid(config, methods, archs, [t.name for t in tasks], seeds, single_task, jacobian_mode)
     if not report_only:
         (workdir / "grid.json").write_text(json.dumps(
-            {"methods": methods, "archs": archs, "seeds": seeds, "single_task": single_task,
+            {"methods": methods, "archs": archs, "seeds": seeds, "seeds_per_program": seeds_per_program,
+             "single_task": single_task,
              "cells": [n for n, _ in cells], "config": json.loads(config.to_json_best_effort())}, indent=2))
-        run_grid(cells, workdir)
+        run_grid(cells, workdir, seeds_per_program)
     title = f"{config.dataset.name}: {len(methods)} method(s) × {len(archs)} arch(s) × {seeds} seed(s)"
     summary = report(cells, workdir, tasks, title)
     print((workdir / "table.md").read_text())
@@ -380,7 +445,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     run(_CONFIG.value, _WORKDIR.value, parse_methods(_METHODS.value), [a for a in _ARCHS.value.split(",") if a],
         _SEEDS.value, single_task=_SINGLE_TASK.value, jacobian_mode=_JACOBIAN_MODE.value,
-        report_only=_REPORT_ONLY.value)
+        report_only=_REPORT_ONLY.value, seeds_per_program=_SEEDS_PER_PROGRAM.value)
 
 
 if __name__ == "__main__":

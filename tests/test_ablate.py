@@ -70,3 +70,33 @@ def test_rep_suffix_selects_the_representation_jacobian(tmp_path):
     assert cells["hps__mgda@rep"].weighting.name == "mgda"
     assert cells["hps__mgda@rep"].weighting.jacobian_mode == "representation"
     assert cells["hps__mgda"].weighting.jacobian_mode == "params"
+
+
+def test_seeds_split_into_programs_match_one_program(tmp_path):
+    # Seeds 0..2 as programs of 2 + 1 seeds give the same per-seed results as one program of 3: each
+    # seed keeps its own PRNG key and data order whichever program it runs in.
+    config = toy_config(tmp_path, num_steps=12, eval_every_steps=6, log_every_steps=3, parallel="single",
+                        progress_bar=False)
+    together = ablate.run(config, tmp_path / "one", ["mgda"], ["hps"], seeds=3)
+    split = ablate.run(config, tmp_path / "split", ["mgda"], ["hps"], seeds=3, seeds_per_program=2)
+    cell = tmp_path / "split" / "cells" / "hps__mgda"
+    assert sorted(d.name for d in cell.iterdir()) == ["seed_0", "seed_2"]
+    assert [len(json.loads((cell / d / "summary.json").read_text())["seeds"]) for d in ("seed_0", "seed_2")] == [2, 1]
+
+    def by_seed(wd):
+        return {(r["cell"], r["seed"]): r for r in csv.DictReader(open(wd / "results.csv"))}
+
+    one, two = by_seed(tmp_path / "one"), by_seed(tmp_path / "split")
+    assert one.keys() == two.keys() and len(one) == 9  # 2 single-task cells + mgda, 3 seeds each
+    for key, r in one.items():
+        for col in ("test.t0.mse", "test.t1.mse", "final_test.t0.mse", "final_test.t1.mse"):
+            if not r[col]:  # a single-task row has its own task only
+                assert not two[key][col]
+                continue
+            assert float(two[key][col]) == pytest.approx(float(r[col]), rel=1e-4), (key, col)
+    for a, b in zip(together, split):
+        assert a["method"] == b["method"] and a["delta_m"][0] == pytest.approx(b["delta_m"][0], rel=1e-3, abs=1e-4)
+    for name in ("learning_curves.png", "weights.png"):
+        assert (tmp_path / "split" / "plots" / name).stat().st_size > 0
+    with pytest.raises(ValueError, match="seeds_per_program must be >= 0"):
+        ablate.run(config, tmp_path / "bad", ["equal"], ["hps"], seeds=2, seeds_per_program=-1)

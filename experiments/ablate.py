@@ -343,8 +343,9 @@ def plot_learning_curves(cells, workdir: Path, tasks, path: Path, split: str = "
         for k, (ax, t) in enumerate(zip(axes[0], tasks)):
             if np.isnan(vals[:, k]).all():
                 continue
-            style = dict(color="black", lw=2) if name.startswith(SINGLE) else dict(lw=1)
-            ax.plot(epochs, vals[:, k], label=name.split("__", 1)[1], **style)
+            single = name.startswith(SINGLE)  # one black curve per panel: that task's own model
+            style = dict(color="black", lw=2, label="single-task") if single else dict(lw=1, label=name.split("__", 1)[1])
+            ax.plot(epochs, vals[:, k], **style)
     for ax, t in zip(axes[0], tasks):
         ax.set(title=f"{t.name}: {t.main_metric.name} ({split}, mean over seeds)", xlabel="epoch")
         if not t.main_metric.higher_is_better:

@@ -249,7 +249,7 @@ def summarise(rows: list[dict], tasks) -> list[dict]:
 
 def _mean_std(vals) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1; 0 for a single seed)."""
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
 
 
 def _pm(v, scale=1.0, digits=2) -> str:

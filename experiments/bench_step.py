@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -82,15 +83,24 @@ def meta_info(args) -> dict:
     }
 
 
-def time_round_robin(fns: dict, repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+def time_round_robin(fns: dict, repeats: int, warmup: int = 3, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each fn, ``repeats`` rounds, every fn once per round in a fresh random order.
+
+    The order is shuffled because a fixed one biases rows: a step timed right after a step with a large
+    working set (e.g. the one-vmap Jacobian's ~0.5-1 GB of temporaries) ran ~12 % slower than the same
+    computation timed after a small one (K = 20, Multi-LeNet on CPU), so in a fixed order one row always
+    paid for its neighbour."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples = {name: [] for name in fns}
+    names = list(fns)
+    rng = random.Random(seed)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        rng.shuffle(names)
+        for name in names:
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             samples[name].append(time.perf_counter() - t0)
     return samples
 

@@ -36,3 +36,15 @@ def test_bench_rows_smoke(tmp_path):
     assert [label for label, _ in bench.ROW_SETS] == list(result["rows"])
     assert all(v > 0 for v in result["median_ms"].values())
     assert "| + conv1 kernel |" in (tmp_path / "bench_rows.md").read_text()
+
+
+def test_round_robin_times_every_fn_each_round_in_varying_order():
+    from experiments.bench_step import time_round_robin
+
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    samples = time_round_robin(fns, repeats=6, warmup=1)
+    assert {n: len(v) for n, v in samples.items()} == {n: 6 for n in "abcd"}
+    rounds = [tuple(calls[4 + 4 * r: 8 + 4 * r]) for r in range(6)]  # after the 4 warm-up calls
+    assert all(sorted(r) == list("abcd") for r in rounds)
+    assert len(set(rounds)) > 1  # no row always follows the same neighbour

@@ -102,7 +102,7 @@ def train(config, workdir: str) -> tuple[dict, step_lib.TrainState]:
     num_seeds = config.num_seeds
     seeds = [config.seed + i for i in range(num_seeds)]
     make_step = lambda ax: step_lib.make_train_step(model, tasks, weighting, optimizer, step_cfg, axis_name=ax)
-    make_eval = lambda ax: step_lib.make_eval_step(model, tasks, step_cfg, axis_name=ax)
+    make_eval = lambda ax: evaluate.make_eval_step(model, tasks, step_cfg, axis_name=ax)
     if num_seeds > 1:
         make_step, make_eval = seeds_lib.over_seeds(make_step, config.seeds_mode), seeds_lib.over_seeds_eval(make_eval)
     train_step = driver.compile_step(make_step)

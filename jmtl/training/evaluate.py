@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jmtl.tasks import Task
+from jmtl.training.step import StepConfig, mixed_precision_apply
+
+PyTree = Any
 
 
 def iterate_eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, multiple: int):
@@ -79,3 +84,30 @@ def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[
         m = metrics[t.name][t.main_metric.name]
         vals.append(m if t.main_metric.higher_is_better else -math.log(max(m, 1e-12)))
     return float(np.mean(vals))
+
+
+def make_eval_step(
+    model: nn.Module, tasks: Sequence[Task], config: StepConfig = StepConfig(), *, axis_name: Optional[str] = None
+) -> Callable[[PyTree, dict], dict]:
+    """Per-device ``(params, local_batch) -> {task: {metric: sum}, 'count': n}`` summed over devices.
+
+    The batch may carry ``'mask'`` (1 for real examples, 0 for padding) so any split size works.
+    """
+    tasks = tuple(tasks)
+    apply = mixed_precision_apply(model.apply, config.compute_dtype)
+
+    def step(params: PyTree, batch: dict) -> dict:
+        outputs = apply({"params": params}, config.model_input(batch), train=False)
+        mask = batch.get("mask")
+        if mask is None:
+            mask = jnp.ones((jax.tree.leaves(batch[config.input_key])[0].shape[0],), jnp.float32)
+        sums = {
+            t.name: {m.name: jnp.sum(m.fn(outputs[t.name], batch[t.label_key]) * mask) for m in t.metrics}
+            for t in tasks
+        }
+        sums["count"] = jnp.sum(mask)
+        if axis_name is not None:
+            sums = jax.lax.psum(sums, axis_name)
+        return sums
+
+    return step

@@ -625,33 +625,3 @@ def _tree_finite(tree: PyTree) -> Array:
     if not leaves:
         return jnp.asarray(True)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def make_eval_step(
-    model: nn.Module, tasks: Sequence[Task], config: StepConfig = StepConfig(), *, axis_name: Optional[str] = None
-) -> Callable[[PyTree, dict], dict]:
-    """Per-device ``(params, local_batch) -> {task: {metric: sum}, 'count': n}`` summed over devices.
-
-    The batch may carry ``'mask'`` (1 for real examples, 0 for padding) so any split size works.
-    """
-    tasks = tuple(tasks)
-    apply = mixed_precision_apply(model.apply, config.compute_dtype)
-
-    def step(params: PyTree, batch: dict) -> dict:
-        outputs = apply({"params": params}, config.model_input(batch), train=False)
-        mask = batch.get("mask")
-        if mask is None:
-            mask = jnp.ones((jax.tree.leaves(batch[config.input_key])[0].shape[0],), jnp.float32)
-        sums = {
-            t.name: {m.name: jnp.sum(m.fn(outputs[t.name], batch[t.label_key]) * mask) for m in t.metrics}
-            for t in tasks
-        }
-        sums["count"] = jnp.sum(mask)
-        if axis_name is not None:
-            sums = jax.lax.psum(sums, axis_name)
-        return sums
-
-    return step

@@ -9,7 +9,7 @@ per-task curves thin, and the task weights each method assigns.
     python -m experiments.gradnorm_toy_study --workdir workdirs/gradnorm_toy [--seeds 3]
 
 Runs the grid through experiments/ablate.py (resumable; one cell per method and T) and writes
-``results/gradnorm_toy.{png,md,json}``.
+``results/toy/gradnorm_toy.{png,md,json}``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from experiments import ablate  # noqa: E402
+from experiments.bench.common import write_outputs  # noqa: E402
 from experiments.configs import gradnorm_toy  # noqa: E402
 from jmtl.data import gradnorm_toy as toy_data  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "toy"
 METHODS = ("equal", "uncertainty", "gradnorm")
 COLORS = {"equal": "tab:gray", "uncertainty": "tab:blue", "gradnorm": "tab:red"}
 
@@ -94,8 +95,8 @@ def main(argv=None):
         axw.legend(fontsize=8)
     fig.suptitle(f"GradNorm synthetic tasks, {args.seeds} seeds (mean), thin lines: individual tasks", fontsize=11)
     fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out + ".png", dpi=110)
-    Path(args.out + ".json").write_text(json.dumps(record, indent=2))
     lines = ["# GradNorm synthetic tasks: final test error relative to each task's scale", "",
              f"{args.epochs} epochs, {args.seeds} seeds in one program per cell; mse_i / sigma_i^2 at the last step, "
              "mean over seeds. Lower is better; *worst/best* is the spread between tasks (1 = balanced).", "",
@@ -104,8 +105,7 @@ def main(argv=None):
         for m, r in by.items():
             lines.append(f"| {t} | `{m}` | {r['final_normalised_mse_mean']:.4f} | {r['final_worst_over_best_task']:.1f} |")
     lines += ["", f"![GradNorm toy]({Path(args.out).name}.png)"]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(Path(args.out), record, lines)  # .json and .md, each with its provenance
 
 
 if __name__ == "__main__":

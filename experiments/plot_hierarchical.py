@@ -3,7 +3,7 @@
 Reads ``WORKDIR/VARIANT_seedS/metrics.jsonl`` (written by ``experiments/hierarchical_tagging.py``) for
 the runs listed in ``PREFIX.json`` and writes ``PREFIX.curves.png`` and ``PREFIX.curves.md``.
 
-    python -m experiments.plot_hierarchical --workdir /tmp/hsg --results results/hierarchical_sg --task chunk
+    python -m experiments.plot_hierarchical --workdir /tmp/hsg --results results/hierarchical/sg --task chunk
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Markdown + JSON table of finished training runs (from their ``summary.json``), next to paper numbers.
 
     python -m experiments.report_runs --runs workdirs/mm_equal workdirs/mm_mgda_ub \
-        --paper "equal=96.46/94.99" "mgda=97.26/95.90" --out results/multimnist
+        --paper "equal=96.46/94.99" "mgda=97.26/95.90" --out results/runs/multimnist
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from experiments.bench.common import write_outputs
 
 
 def main(argv=None):
@@ -54,11 +56,7 @@ def main(argv=None):
             f"{100 * b[tasks[0]]:.2f} | {100 * b[tasks[1]]:.2f} | {100 * f[tasks[0]]:.2f} | {100 * f[tasks[1]]:.2f} | "
             f"{row['paper'] or '—'} | {row['wall_time_per_epoch_s']:.1f} |"
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs(Path(args.out), {"runs": rows}, lines)  # .json and .md, each with its provenance
 
 
 if __name__ == "__main__":

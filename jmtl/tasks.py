@@ -17,7 +17,11 @@ CLASSIFICATION = "classification"
 REGRESSION = "regression"
 TAGGING = "tagging"
 CRF_TAGGING = "crf_tagging"
-KINDS = (CLASSIFICATION, REGRESSION, TAGGING, CRF_TAGGING)
+BINARY = "binary"  # one logit, sigmoid cross-entropy; labels 0/1
+MULTILABEL = "multilabel"  # num_outputs independent 0/1 labels, one logit each
+CUSTOM = "custom"  # the user's loss_fn and metrics
+KINDS = (CLASSIFICATION, REGRESSION, TAGGING, CRF_TAGGING, BINARY, MULTILABEL, CUSTOM)
+MASK_SUFFIX = "_mask"  # batch[label_key + MASK_SUFFIX]: 1 where the example has this task's label
 TOKEN_KINDS = (TAGGING, CRF_TAGGING)
 IGNORE_LABEL = -1  # tagging labels at padding positions
 
@@ -73,6 +77,41 @@ def _crf_accuracy(out: crf.CRFOutput, labels: Array) -> Array:
     return _token_accuracy(crf.viterbi(out, labels != IGNORE_LABEL), labels)
 
 
+def _binary_cross_entropy(logits: Array, labels: Array) -> Array:
+    logits = logits.astype(jnp.float32).reshape(labels.shape[0])
+    return optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+
+
+def _binary_accuracy(logits: Array, labels: Array) -> Array:
+    return ((logits.reshape(labels.shape[0]) > 0) == (labels == 1)).astype(jnp.float32)
+
+
+def _multilabel_cross_entropy(logits: Array, labels: Array) -> Array:
+    logits = logits.astype(jnp.float32).reshape(labels.shape)
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)).reshape(labels.shape[0], -1), axis=-1)
+
+
+def _multilabel_accuracy(logits: Array, labels: Array) -> Array:
+    right = ((logits.reshape(labels.shape) > 0) == (labels == 1)).astype(jnp.float32)
+    return jnp.mean(right.reshape(labels.shape[0], -1), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitMetric:
+    """A metric of a whole split that is not a mean of per-example values (e.g. ROC AUC): the
+    evaluation gathers the task's outputs and labels over the split and calls ``fn`` once."""
+
+    name: str
+    fn: Callable[[Any, Any], float]  # (outputs [N, ...] as numpy, labels [N]) -> value
+    higher_is_better: bool
+
+
+def _split_auc(outputs: Any, labels: Any) -> float:
+    from jmtl.metrics import scores  # numpy-only module; imported here to keep this one light
+
+    return scores.binary_auc(outputs, labels)
+
+
 def _mse(pred: Array, target: Array) -> Array:
     err = (pred.astype(jnp.float32) - target) ** 2
     return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
@@ -97,10 +136,25 @@ class Task:
       metrics, span F1 included, are in :mod:`jmtl.metrics`.) ``'crf_tagging'``: the same labels,
       outputs a :class:`jmtl.models.crf.CRFOutput` (emissions ``[B, T, C]`` and transition
       scores); the loss is the sentence's CRF negative log-likelihood, scaled like the tagging
-      loss, and the accuracy is the Viterbi path's.
+      loss, and the accuracy is the Viterbi path's. ``'binary'``: one logit per example
+      (``num_outputs`` 1), labels 0/1, sigmoid cross-entropy; per-example metrics accuracy (logit >
+      0) and loss, plus the split-level ROC AUC in ``split_metrics``.
+      ``'multilabel'``: ``num_outputs`` independent 0/1 labels ``[B, num_outputs]``, one logit each,
+      sigmoid cross-entropy averaged over labels; accuracy is the mean per-label accuracy.
+      ``'custom'``: the user's ``loss_fn`` and ``custom_metrics``.
     num_outputs: number of classes, or the regression output size (flattened).
     label_key: the batch entry holding this task's labels (default: ``name``).
     weight: static loss weight (used by the ``static`` weighting scheme).
+    loss_fn: ``(outputs [B, ...], labels [B, ...]) -> [B]`` per-example loss; required for
+      ``'custom'``, and replaces the kind's loss for any other kind.
+    custom_metrics: per-example :class:`Metric` s (name, fn, higher_is_better); the first is the
+      main metric (model selection, Delta-m%). Required for ``'custom'``; for other kinds they
+      replace the kind's metrics.
+
+    Missing labels: a batch entry ``label_key + '_mask'`` (1 = labelled, 0 = missing, shape ``[B]``)
+    makes the task's loss and metrics means over its labelled examples only; a batch with none of
+    them gives the task a zero loss and a zero gradient row (never NaN). Unlabelled examples may hold
+    any placeholder label (NaN or -1 included).
     """
 
     name: str
@@ -108,6 +162,8 @@ class Task:
     num_outputs: int
     label_key: str = ""
     weight: float = 1.0
+    loss_fn: Callable[[Array, Array], Array] | None = None
+    custom_metrics: tuple[Metric, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -116,36 +172,98 @@ class Task:
             raise ValueError(f"task name {self.name!r} must be a Python identifier (it names a params subtree)")
         if self.num_outputs < 1:
             raise ValueError(f"task {self.name!r}: num_outputs must be >= 1, got {self.num_outputs}")
+        if self.kind == BINARY and self.num_outputs != 1:
+            raise ValueError(f"task {self.name!r}: a binary task has one logit (num_outputs=1), got {self.num_outputs}")
+        if self.kind == CUSTOM and (self.loss_fn is None or not self.custom_metrics):
+            raise ValueError(
+                f"task {self.name!r}: a 'custom' task needs loss_fn=(outputs, labels) -> [B] and "
+                "custom_metrics=(jmtl.tasks.Metric(name, fn, higher_is_better), ...)"
+            )
+        if self.loss_fn is not None and not callable(self.loss_fn):
+            raise TypeError(f"task {self.name!r}: loss_fn must be callable, got {self.loss_fn!r}")
+        object.__setattr__(self, "custom_metrics", tuple(self.custom_metrics))
+        for m in self.custom_metrics:
+            if not isinstance(m, Metric):
+                raise TypeError(f"task {self.name!r}: custom_metrics must be jmtl.tasks.Metric(name, fn, higher_is_better), got {m!r}")
         if not self.label_key:
             object.__setattr__(self, "label_key", self.name)
 
+    @property
+    def mask_key(self) -> str:
+        """The batch entry marking which examples carry this task's label (optional)."""
+        return self.label_key + MASK_SUFFIX
+
     def loss(self, outputs: Array, labels: Array) -> Array:
         """Per-example loss ``[B]``."""
+        if self.loss_fn is not None:
+            return self.loss_fn(outputs, labels)
+        if self.kind == MULTILABEL:
+            return _multilabel_cross_entropy(outputs, labels)
         if self.kind == CLASSIFICATION:
             return _cross_entropy(outputs, labels)
         if self.kind == TAGGING:
             return _tagging_cross_entropy(outputs, labels)
         if self.kind == CRF_TAGGING:
             return _crf_negative_log_likelihood(outputs, labels)
+        if self.kind == BINARY:
+            return _binary_cross_entropy(outputs, labels)
         return _mse(outputs, labels.reshape(outputs.shape))
 
     @property
     def metrics(self) -> tuple[Metric, ...]:
+        if self.custom_metrics:
+            return self.custom_metrics
+        if self.kind == MULTILABEL:
+            return (Metric("accuracy", _multilabel_accuracy, True), Metric("loss", _multilabel_cross_entropy, False))
         if self.kind == CLASSIFICATION:
             return (Metric("accuracy", _accuracy, True), Metric("loss", _cross_entropy, False))
         if self.kind == TAGGING:
             return (Metric("accuracy", _tagging_accuracy, True), Metric("loss", _tagging_cross_entropy, False))
         if self.kind == CRF_TAGGING:
             return (Metric("accuracy", _crf_accuracy, True), Metric("loss", _crf_negative_log_likelihood, False))
+        if self.kind == BINARY:
+            return (Metric("accuracy", _binary_accuracy, True), Metric("loss", _binary_cross_entropy, False))
         return (
             Metric("mse", lambda p, t: _mse(p, t.reshape(p.shape)), False),
             Metric("mae", lambda p, t: _mae(p, t.reshape(p.shape)), False),
         )
 
     @property
+    def split_metrics(self) -> tuple[SplitMetric, ...]:
+        """Metrics computed once over a whole split (``binary``: ROC AUC with ties counted 1/2)."""
+        if self.kind == BINARY:
+            return (SplitMetric("auc", _split_auc, True),)
+        return ()
+
+    @property
     def main_metric(self) -> Metric:
         """The metric used for model selection and Delta-m% (accuracy or MSE)."""
         return self.metrics[0]
+
+
+def masked_mean(values: Array, mask: Array | None, total: Array | None = None) -> Array:
+    """Mean of per-example ``values [B]`` over the examples where ``mask`` is 1 (all if None).
+
+    Args:
+      values: per-example values; entries where the mask is 0 may be anything (NaN included).
+      mask: ``[B]`` 0/1 (or bool), or None.
+      total: the number of labelled examples to divide by (default ``sum(mask)``; the train step
+        passes the count over all devices so that the device mean is the global masked mean).
+    """
+    if mask is None:
+        return jnp.mean(values)
+    m = mask.astype(bool).reshape(values.shape[:1])
+    total = jnp.sum(m.astype(values.dtype)) if total is None else total
+    return jnp.sum(jnp.where(m, values, 0)) / jnp.maximum(total, 1)
+
+
+def safe_labels(labels: Array, mask: Array | None) -> Array:
+    """``labels`` with unlabelled examples' entries replaced by 0, so that a NaN or -1 placeholder
+    cannot reach the loss or its gradient (``where`` alone would still pass NaN gradients)."""
+    if mask is None:
+        return labels
+    m = mask.astype(bool).reshape(labels.shape[:1] + (1,) * (labels.ndim - 1))
+    return jnp.where(m, labels, jnp.zeros((), labels.dtype))
 
 
 def tasks_from_config(task_configs: Mapping[str, Mapping[str, Any]], dataset_spec: Any) -> tuple[Task, ...]:
@@ -194,9 +312,20 @@ def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "
     for t in tasks:
         if t.label_key not in batch:
             raise ValueError(f"{where} has no entry {t.label_key!r} for task {t.name!r}; entries: {', '.join(batch)}")
+        labelled = np.asarray(batch[t.mask_key]).astype(bool) if t.mask_key in batch else None
+        if t.kind == BINARY:
+            y = np.asarray(batch[t.label_key])
+            y = y if labelled is None else y[labelled]
+            if y.size and not np.all((y == 0) | (y == 1)):
+                raise ValueError(
+                    f"{where}: labels of task {t.name!r} (binary) must be 0 or 1, found {np.unique(y)[:10]}. "
+                    "Fix: map the positive class to 1 and the negative to 0 in the data"
+                )
+            continue
         if t.kind not in (CLASSIFICATION, *TOKEN_KINDS):
             continue
         y = np.asarray(batch[t.label_key])
+        y = y if labelled is None else y[labelled]
         low = IGNORE_LABEL if t.kind in TOKEN_KINDS else 0
         if y.size and (y.min() < low or y.max() >= t.num_outputs):
             raise ValueError(

@@ -1,13 +1,18 @@
 """The ablation runner: Δm% and MR against hand-computed values, a resumable grid, its outputs."""
 
 import csv
+import hashlib
 import json
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import toy_config
-from experiments import ablate
+from conftest import ROOT, toy_config
+from jmtl.training import ablation as ablate
 from jmtl.metrics import mtl
 
 
@@ -56,6 +61,39 @@ def test_grid_runs_resumes_and_reports(tmp_path):
     ablate.run(config, wd, ["equal", "mgda"], ["hps"], seeds=2)
     assert (wd / "cells" / "hps__equal" / "summary.json").stat().st_mtime_ns == stamp
     assert json.loads((wd / "grid.json").read_text())["cells"][-1] == "hps__mgda"
+
+    # A rerun under another schedule would rank its cells beside these: refused, naming the
+    # difference, before anything trains; every file of the grid stays as it was.
+    before = _hashes(wd)
+    with pytest.raises(ablate.GridMismatchError, match=re.escape("holds a grid trained under another config "
+                                                                 "(num_steps: 20 -> 10)")):
+        ablate.run(toy_config(tmp_path, num_steps=10, eval_every_steps=10, log_every_steps=5, parallel="single",
+                              progress_bar=False), wd, ["equal", "mgda"], ["hps"], seeds=2)
+    with pytest.raises(ablate.GridMismatchError, match=re.escape("(seeds: 2 -> 3)")):
+        ablate.run(config, wd, ["equal"], ["hps"], seeds=3)
+    # The same from the command line: one line, exit 2.
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.ablate", "--config", "experiments/configs/gradnorm_toy.py",
+         "--workdir", str(wd), "--seeds", "2", "--methods", "equal", "--config.num_steps=10",
+         "--config.eval_every_steps=10", "--config.log_every_steps=5", "--config.parallel=single"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
+    )
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("GridMismatchError: ") and "(num_steps: 20 -> 10)" in lines[0]
+    assert _hashes(wd) == before
+
+
+def _hashes(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_unknown_architecture_fails_before_anything_trains(tmp_path):
+    config = toy_config(tmp_path, num_steps=4, parallel="single", progress_bar=False)
+    with pytest.raises(ValueError, match=re.escape("unknown architecture(s) ['hsp'] (did you mean 'hps'?); valid: hps,")):
+        ablate.run(config, tmp_path / "grid", ["equal"], ["hps", "hsp"], seeds=1)
+    assert not (tmp_path / "grid").exists()
 
 
 def test_unknown_method_lists_valid_ones():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +17,7 @@ import optax
 import pytest
 
 from jmtl import weighting
-from jmtl.models import architectures, encoders, mtl, regularizers, stages
+from jmtl.models import architectures, encoders, heads as heads_lib, mtl, regularizers, stages
 from jmtl.tasks import Task
 from jmtl.training import step as step_lib
 
@@ -289,15 +290,193 @@ def test_learning_to_branch_temperature_and_derived_tree():
     rngs = {"dropout": jax.random.PRNGKey(3)}
     hot = model.apply({"params": params}, x, train=True, rngs=rngs, temperature=100.0)
     cold = model.apply({"params": params}, x, train=True, rngs=rngs, temperature=0.01)
-    ev = model.apply({"params": params}, x, train=False)
     assert not np.allclose(hot["t1"], cold["t1"])
-    # A cold Gumbel-softmax sample is (nearly) one-hot; evaluation uses the argmax parents.
     sched = architectures.temperature_schedule(model)
     assert float(sched(0)) == 1.0 and float(sched(10**6)) == pytest.approx(model.min_temperature)
     fn = architectures.model_kwargs_fn(model)
     assert set(fn(jnp.asarray(3))) == {"temperature"}
     assert architectures.model_kwargs_fn(_tiny("hps")[1]) is None
-    assert ev["t0"].shape == (16, 1)
+
+
+def _dense(p, x):
+    return np.asarray(x, np.float64) @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64)
+
+
+def _relu(x):
+    return np.maximum(x, 0.0)
+
+
+def _head(p, f):
+    """RegressionHead(hidden) in float64: relu(body(f)) -> out."""
+    return _dense(p["out"], _relu(_dense(p["body"], f)))
+
+
+def test_learning_to_branch_evaluates_the_argmax_parents():
+    """Evaluation runs the derived tree: every node reads its argmax parent alone. Truth: the tree
+    composed by hand in float64 from the node params (3 stages: 2 roots, 2 middle nodes choosing
+    among them, one leaf per task choosing among the middle nodes)."""
+    tasks = _tasks(2)
+    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(6, 5, 4)), head_kwargs=dict(hidden=3),
+                      arch="learning_to_branch", arch_kwargs=dict(widths=(2, 2, 2)))
+    x = np.asarray(_batch(tasks)["x"])
+    params = model.init(_rngs(), jnp.asarray(x))["params"]
+    assert "parent_logits" not in params["shared"]["stage_0"]  # the roots have one parent: the input
+    params["shared"]["stage_1"]["parent_logits"] = jnp.array([[0.0, 1.0], [3.0, 0.0]])  # node 0 <- 1, node 1 <- 0
+    params["towers"]["t0"]["parent_logits"] = jnp.array([0.5, 0.0])  # t0 <- middle node 0
+    params["towers"]["t1"]["parent_logits"] = jnp.array([0.0, 0.2])  # t1 <- middle node 1
+    tree = architectures.derived_tree(params, ["t0", "t1"])
+    assert tree == {"stage_1": [1, 0], "t0": 0, "t1": 1}
+
+    sh = params["shared"]
+    roots = [_relu(_dense(sh["stage_0"][f"node_{i}"]["Dense_0"], x)) for i in range(2)]
+    middle = [_relu(_dense(sh["stage_1"][f"node_{i}"]["Dense_1"], roots[tree["stage_1"][i]])) for i in range(2)]
+    out = model.apply({"params": params}, jnp.asarray(x), train=False)
+    for n in ("t0", "t1"):
+        leaf = _relu(_dense(params["towers"][n]["node"]["Dense_2"], middle[tree[n]]))
+        np.testing.assert_allclose(out[n], _head(params["tasks"][n], leaf), rtol=1e-5, atol=1e-6)
+    # The other parents do not matter in evaluation: perturbing the unchosen root changes nothing.
+    moved = jax.tree.map(lambda a: a, params)
+    moved["shared"]["stage_0"]["node_0"]["Dense_0"]["bias"] = params["shared"]["stage_0"]["node_0"]["Dense_0"]["bias"] + 1.0
+    out_moved = model.apply({"params": moved}, jnp.asarray(x), train=False)
+    # t0 <- middle 0 <- root 1 (unchanged); t1 <- middle 1 <- root 0 (moved).
+    np.testing.assert_array_equal(out_moved["t0"], out["t0"])
+    assert not np.allclose(out_moved["t1"], out["t1"])
+
+
+# ----------------------------------------------------------------------------- user encoders
+
+
+class _CompactEncoder(nn.Module):
+    """A user encoder jmtl knows nothing about: one stage for the stage-wise architectures."""
+
+    width: int = 6
+
+    @nn.compact
+    def __call__(self, x, *, train):
+        del train
+        return jnp.tanh(nn.Dense(self.width, name="proj")(x.reshape(x.shape[0], -1)))
+
+
+class _SetupEncoder(nn.Module):
+    width: int = 6
+
+    def setup(self):
+        self.proj = nn.Dense(self.width)
+
+    def __call__(self, x, *, train: bool = False):
+        return jnp.tanh(self.proj(x.reshape(x.shape[0], -1)))
+
+
+def _user_model(arch, encoder, **kw):
+    names = ("t0", "t1")
+    heads = mtl.TaskHeads(names=names, heads=(heads_lib.RegressionHead(num_outputs=1, hidden=4),) * 2)
+    return architectures.build(arch, encoder=encoder, heads=heads, **kw)
+
+
+def _enc(p, x):
+    return np.tanh(_dense(p["proj"], x))
+
+
+@pytest.mark.parametrize("encoder", [_CompactEncoder(), _SetupEncoder()], ids=["compact", "setup"])
+def test_cross_stitch_with_a_user_encoder(encoder):
+    """One column per task, each its own copy of the user's encoder (not one shared instance);
+    with stitch matrix alpha the output is head_i(sum_j alpha_ij enc_j(x)), composed by hand."""
+    model = _user_model("cross_stitch", encoder)
+    x = np.asarray(_batch(_tasks(2))["x"])
+    params = model.init(_rngs(), jnp.asarray(x))["params"]
+    towers = params["shared"]["towers"]
+    assert set(towers) == {"t0", "t1"} and set(towers["t0"]) == {"stage_0"}
+    assert not np.allclose(towers["t0"]["stage_0"]["encoder"]["proj"]["kernel"], towers["t1"]["stage_0"]["encoder"]["proj"]["kernel"])
+    alpha = np.array([[0.7, 0.3], [0.2, 0.8]], np.float32)
+    params["shared"]["stitch_0"]["alpha"] = jnp.asarray(alpha)
+    feats = [_enc(towers[n]["stage_0"]["encoder"], x) for n in ("t0", "t1")]
+    out = model.apply({"params": params}, jnp.asarray(x))
+    for i, n in enumerate(("t0", "t1")):
+        mixed = alpha[i, 0] * feats[0] + alpha[i, 1] * feats[1]
+        np.testing.assert_allclose(out[n], _head(params["tasks"][n], mixed), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", [_CompactEncoder(), _SetupEncoder()], ids=["compact", "setup"])
+def test_mtan_and_learning_to_branch_with_a_user_encoder(encoder):
+    """MTAN on a one-stage user encoder: a_k = sigmoid(g2(relu(g1(p)))) * p on the trunk's p =
+    enc(x); learning to branch on one stage: each task's leaf is its own copy of the encoder.
+    Both composed by hand."""
+    x = np.asarray(_batch(_tasks(2))["x"])
+    mtan = _user_model("mtan", encoder)
+    params = mtan.init(_rngs(), jnp.asarray(x))["params"]
+    p = _enc(params["shared"]["trunk"]["stage_0"]["encoder"], x)
+    out = mtan.apply({"params": params}, jnp.asarray(x))
+    for n in ("t0", "t1"):
+        g = params["attention"][n]["stage_0"]
+        mask = 1.0 / (1.0 + np.exp(-_dense(g["g2"], _relu(_dense(g["g1"], p)))))
+        np.testing.assert_allclose(out[n], _head(params["tasks"][n], mask * p), rtol=1e-5, atol=1e-6)
+
+    l2b = _user_model("learning_to_branch", encoder)
+    params = l2b.init(_rngs(), jnp.asarray(x))["params"]
+    leaves = {n: params["towers"][n]["node"]["encoder"] for n in ("t0", "t1")}
+    assert not np.allclose(leaves["t0"]["proj"]["kernel"], leaves["t1"]["proj"]["kernel"])
+    out = l2b.apply({"params": params}, jnp.asarray(x), train=False)
+    for n in ("t0", "t1"):
+        np.testing.assert_allclose(out[n], _head(params["tasks"][n], _enc(leaves[n], x)), rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_without_train_argument_is_refused_up_front():
+    class NoTrain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x)
+
+    for arch in ("hps", "cross_stitch", "mtan"):
+        with pytest.raises(ValueError, match="NoTrain.__call__ has no `train` argument"):
+            _user_model(arch, NoTrain())
+    with pytest.raises(ValueError, match="must be a flax.linen Module"):
+        _user_model("mtan", lambda x, train=False: x)
+
+
+# ----------------------------------------------------------------------------- the capability
+
+
+SEPARABLE = ("hps", "mmoe", "dselect_k")  # without the relation matrix
+
+
+def test_separable_heads_is_declared_and_decode_split_is_separable():
+    """``separable_heads`` is readable on the unbound module and true exactly where task k's
+    output depends on the representation only through reps[k]: checked on the Jacobian of every
+    output w.r.t. every copy (zero off the diagonal, non-zero on it) and decode_split([rep]*K) ==
+    decode(rep). Elsewhere decode_split refuses."""
+    for arch in ARCHS:
+        for relation in (False, True):
+            tasks, model = _tiny(arch, k=2, relation=relation)
+            assert model.scope is None  # unbound: before init
+            assert model.separable_heads is (arch in SEPARABLE and not relation), (arch, relation)
+            assert model.no_shared_params is (arch in NO_SHARED), arch
+            if arch not in REP_OK:
+                continue
+            x = jnp.asarray(_batch(tasks, n=4)["x"])
+            params = model.init(_rngs(), x)["params"]
+            rep = model.apply({"params": params}, x, method=model.encode)
+            if not model.separable_heads:
+                with pytest.raises(ValueError, match="no separable heads"):
+                    model.apply({"params": params}, [rep, rep], method=model.decode_split)
+                continue
+
+            @jax.jit
+            def run(params, rep):
+                def split(rs):
+                    return model.apply({"params": params}, list(rs), method=model.decode_split)
+
+                whole = model.apply({"params": params}, rep, method=model.decode)
+                return whole, split((rep, rep)), jax.jacrev(split)((rep, rep))
+
+            whole, split, jac = run(params, rep)
+            for t in tasks:
+                np.testing.assert_allclose(split[t.name], whole[t.name], rtol=1e-6, atol=1e-7)
+            for i, t in enumerate(tasks):
+                for j in range(2):
+                    nonzero = bool(np.any(np.asarray(jac[t.name][j]) != 0))
+                    assert nonzero == (i == j), (arch, t.name, j)
+            with pytest.raises(ValueError, match="needs 2 representations"):
+                model.apply({"params": params}, [rep], method=model.decode_split)
 
 
 # ----------------------------------------------------------------------------- regularizers
@@ -365,22 +544,9 @@ def test_penalty_from_config():
 
 # ----------------------------------------------------------------------------- the train step
 
-_STEP_FIELDS = set(step_lib.StepConfig.__dataclass_fields__)
-
-
 def _method(arch: str) -> str:
     # MGDA exercises the per-task Jacobian over params['shared']; with nothing shared, equal weighting.
     return "equal" if arch in NO_SHARED else "mgda"
-
-
-def _no_shared_supported() -> bool:
-    """Whether the step accepts a model without params['shared'] (the proposed step.py change)."""
-    tasks, model = _tiny("independent", k=2)
-    try:
-        step_lib.init_state(model, weighting.get("equal"), optax.sgd(0.1), jnp.zeros((1, D_IN)), 2, seed=0)
-    except KeyError:
-        return False
-    return True
 
 
 def _run_steps(arch, method, steps=2, mode="params", k=3, **arch_kwargs):
@@ -401,15 +567,12 @@ def test_jitted_step_and_shard_map_step_for_every_architecture(script_runner):
     subprocess, run concurrently) give the same params."""
     from concurrent.futures import ThreadPoolExecutor
 
-    supported = _no_shared_supported()
     with ThreadPoolExecutor(1) as pool:
         # run_script resolves tests/scripts/<name>; this module is its own script.
         sub = pool.submit(script_runner, "../test_architectures.py", devices=2, timeout=300,
                           env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
         single = {}
         for arch in ARCHS:
-            if arch in NO_SHARED and not supported:
-                continue
             init, state, metrics = _run_steps(arch, _method(arch), steps=1, k=2)
             assert bool(metrics["finite"]), arch
             moved = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), state.params, init)
@@ -426,18 +589,66 @@ def test_jitted_step_and_shard_map_step_for_every_architecture(script_runner):
             continue
         for a, b in zip(leaves, jax.tree.leaves(params)):
             np.testing.assert_allclose(a, np.asarray(b), rtol=2e-4, atol=2e-5, err_msg=arch)
-    if not supported:
-        pytest.xfail("independent / soft_sharing: step.py does not yet accept a model without params['shared']")
 
 
-@pytest.mark.parametrize("arch", ["mmoe", "mtan"])
-def test_representation_mode(arch):
-    if arch in REP_OK:
-        _, state, metrics = _run_steps(arch, "mgda", mode="representation")
-        assert bool(metrics["finite"])
-    else:
-        with pytest.raises(ValueError, match="no single shared representation"):
-            _run_steps(arch, "mgda", mode="representation")
+def test_representation_mode_refused_without_a_shared_representation():
+    with pytest.raises(ValueError, match="no single shared representation"):
+        _run_steps("mtan", "mgda", mode="representation")
+
+
+@pytest.mark.parametrize("mode", ["representation", "params"])
+def test_mmoe_mgda_step_matches_the_update_computed_by_hand(mode):
+    """One SGD step of MGDA on MMoE (K = 2) against the update composed by hand: per-task losses
+    differentiated with jax.jacrev (w.r.t. the representation, or the shared params), the
+    Gramian, MGDA's closed form for two tasks (Sener & Koltun, Alg. 1: gamma = (G22 - G12) /
+    (G11 + G22 - 2 G12) clipped to [0, 1]), then the shared params move along w^T J (in
+    representation mode a vjp of w^T J_rep through the encoder) and every task-specific param
+    along its own task's gradient."""
+    lr = 0.1
+    tasks, model = _tiny("mmoe", k=2)
+    t, opt = weighting.get("mgda"), optax.sgd(lr)
+    state = step_lib.init_state(model, t, opt, jnp.zeros((1, D_IN)), 2, seed=0)
+    fn = jax.jit(step_lib.make_train_step(model, tasks, t, opt, step_lib.StepConfig(input_key="x", jacobian_mode=mode)))
+    batch = _batch(tasks, n=8, seed=4)
+    x = jnp.asarray(batch["x"])
+    params = state.params
+    shared, rest = params["shared"], {k: v for k, v in params.items() if k != "shared"}
+
+    def losses(out):
+        return jnp.stack([jnp.mean(tk.loss(out[tk.name], batch[tk.name])) for tk in tasks])
+
+    def encode(sh):
+        return model.apply({"params": {**rest, "shared": sh}}, x, method=model.encode)
+
+    def decoded_losses(rep, r):
+        return losses(model.apply({"params": {**r, "shared": shared}}, rep, method=model.decode))
+
+    def full_losses(sh, r):
+        return losses(model.apply({"params": {**r, "shared": sh}}, x))
+
+    with jax.default_matmul_precision("highest"):
+        if mode == "representation":
+            rep, encoder_vjp = jax.vjp(encode, shared)
+            jac = jax.jacrev(decoded_losses)(rep, rest).reshape(2, -1)  # [K, B * D]
+        else:
+            rows = jax.jacrev(full_losses)(shared, rest)  # leaves [K, ...]
+            jac = jnp.concatenate([l.reshape(2, -1) for l in jax.tree.leaves(rows)], axis=1)  # [K, d]
+        g = np.asarray(jac @ jac.T, np.float64)
+        gamma = float(np.clip((g[1, 1] - g[0, 1]) / (g[0, 0] + g[1, 1] - 2 * g[0, 1]), 0.0, 1.0))
+        assert 0.05 < gamma < 0.95  # both tasks' gradients matter in this case
+        w = jnp.array([gamma, 1.0 - gamma], jnp.float32)
+        if mode == "representation":
+            (g_shared,) = encoder_vjp((w @ jac).reshape(rep.shape))
+        else:
+            g_shared = jax.tree.map(lambda l: jnp.tensordot(w, l, axes=1), rows)
+        g_rest = jax.grad(lambda r: jnp.sum(full_losses(shared, r)))(rest)  # each task-specific param: own task's
+    expected = {**jax.tree.map(lambda p, gi: p - lr * gi, rest, g_rest), "shared": jax.tree.map(lambda p, gi: p - lr * gi, shared, g_shared)}
+
+    new, metrics = fn(state, batch)
+    assert jax.tree.structure(new.params) == jax.tree.structure(expected)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(new.params)[0], jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(metrics["objective"], float(w @ full_losses(shared, rest)), rtol=1e-5)
 
 
 def test_experiments_train_with_an_architecture(tmp_path):
@@ -452,7 +663,6 @@ def test_experiments_train_with_an_architecture(tmp_path):
     assert summary["steps"] == 2 and "stitch_0" in state.params["shared"]
 
 
-@pytest.mark.skipif("penalty" not in _STEP_FIELDS, reason="needs StepConfig.penalty (proposed step.py change)")
 def test_step_adds_the_soft_sharing_penalty():
     tasks, model = _tiny("soft_sharing", k=2)
     t, opt = weighting.get("equal"), optax.sgd(0.1)
@@ -472,7 +682,6 @@ def test_step_adds_the_soft_sharing_penalty():
     np.testing.assert_allclose(metrics["objective"], objective(state.params), rtol=1e-5)
 
 
-@pytest.mark.skipif("penalty" not in _STEP_FIELDS, reason="needs the proposed step.py change")
 def test_gradient_scheme_on_a_model_with_nothing_shared_is_the_plain_sum():
     _, a, _ = _run_steps("independent", "mgda", steps=1, k=2)
     _, b, _ = _run_steps("independent", "equal", steps=1, k=2)
@@ -480,7 +689,6 @@ def test_gradient_scheme_on_a_model_with_nothing_shared_is_the_plain_sum():
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.skipif("model_kwargs" not in _STEP_FIELDS, reason="needs StepConfig.model_kwargs (proposed step.py change)")
 def test_step_passes_the_branching_temperature():
     tasks, model = _tiny("learning_to_branch", k=2, temperature=3.0, temperature_decay=0.5, temperature_decay_steps=1)
     t, opt = weighting.get("equal"), optax.sgd(0.1)
@@ -513,11 +721,7 @@ def _driver_main() -> None:
         tasks, model = _tiny(arch, k=2)
         t, opt = weighting.get(_method(arch)), optax.adam(1e-2)
         driver = parallel.Driver("shard_map")
-        try:
-            state = driver.replicate(step_lib.init_state(model, t, opt, jnp.zeros((1, D_IN)), 2, seed=0))
-        except KeyError:  # no params['shared'] and the step does not support that yet
-            runs[arch] = None
-            continue
+        state = driver.replicate(step_lib.init_state(model, t, opt, jnp.zeros((1, D_IN)), 2, seed=0))
         cfg = step_lib.StepConfig(input_key="x")
         fn = driver.compile_step(lambda ax: step_lib.make_train_step(model, tasks, t, opt, cfg, axis_name=ax))
         state, _ = fn(state, driver.shard_batch(_batch(tasks, n=8, seed=0)))

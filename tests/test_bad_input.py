@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, toy_config
-from experiments.configs import common, gradnorm_toy, multifashion, multimnist
-from experiments.train import train
+from experiments.configs import common, gradnorm_toy, hierarchical_conll03, hierarchical_jmt, hierarchical_sg, multifashion, multimnist
+from jmtl.training.config_schema import validate_config
+from jmtl.training.loop import train
 from jmtl import data, tasks as tasks_lib, weighting
 from jmtl.data import DataError, conll, pipeline
 
@@ -114,6 +115,11 @@ def _with_field(config, field, value):
         ("seed", -1, "config.seed must be >= 0, got -1. Fix: e.g. --config.seed=0"),
         ("progress_bar", "no", "config.progress_bar must be a bool, got 'no' (str). Fix: pass a bool"),
         ("nonfinite.max_consecutive_skips", 0, "config.nonfinite.max_consecutive_skips must be >= 1, got 0"),
+        ("optimizer.decay_rate", 1.5, "config.optimizer.decay_rate must be <= 1.0 (a decay factor; above 1 the "
+         "learning rate grows), got 1.5. Fix: e.g. --config.optimizer.decay_rate=0.85"),
+        ("optimizer.clip_norm", -1.0, "config.optimizer.clip_norm must be >= 0, got -1.0"),
+        ("writers", ("jsonl", "tensorbord"), "config.writers: unknown writer(s) ['tensorbord']; valid: jsonl, "
+         "tensorboard, wandb"),
     ],
 )
 def test_wrong_field_type_or_range_names_field_and_fix(shared, tmp_path, field, value, message):
@@ -125,6 +131,37 @@ def test_wrong_field_type_or_range_names_field_and_fix(shared, tmp_path, field, 
     assert not (tmp_path / "wd").exists()  # refused before any work, nothing written
 
 
+def test_negative_static_weights_are_refused(shared, tmp_path):
+    c = _config(shared)
+    c.weighting = gradnorm_toy.get_config("static").weighting
+    c.weighting.hparams.weights = (1.0, -2.0)
+    with pytest.raises(ValueError, match=re.escape("config.weighting.hparams.weights must be finite numbers >= 0 "
+                                                   "(one per task), got (1.0, -2.0)")):
+        train(c, str(tmp_path / "wd"))
+    assert not (tmp_path / "wd").exists()
+
+
+def test_static_weights_parse_from_the_command_line():
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()  # a private flag set: the test's process keeps its own flags
+    holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+    fv(["prog", f"--config={ROOT / 'experiments/configs/gradnorm_toy.py'}:static",
+        "--config.weighting.hparams.weights=3,1"])
+    assert tuple(holder.value.weighting.hparams.weights) == (3, 1)
+    validate_config(holder.value)
+
+
+def test_workdir_that_is_a_file(shared, tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("keep me\n")
+    with pytest.raises(OSError, match=re.escape(f"the workdir {path} is a file, not a folder. Fix: pass another "
+                                                "--workdir")):
+        train(_config(shared), str(path))
+    assert path.read_text() == "keep me\n"
+
+
 def test_validate_config_accepts_every_shipped_config():
     checked = 0
     for module in (gradnorm_toy, multimnist, multifashion):
@@ -132,6 +169,12 @@ def test_validate_config_accepts_every_shipped_config():
             common.validate_config(module.get_config(method))
             checked += 1
     assert checked == 3 * (1 + len(weighting.names()))
+    for module in (hierarchical_sg, hierarchical_jmt, hierarchical_conll03):
+        validate_config(module.get_config())
+    bad = hierarchical_sg.get_config()
+    bad.num_epochs = 0  # the tagging configs go through the same validation
+    with pytest.raises(ValueError, match="config.num_epochs must be >= 1"):
+        validate_config(bad)
     # num_epochs is unused when num_steps > 0.
     common.validate_config(_with_field(_with_field(gradnorm_toy.get_config(), "num_epochs", 0), "num_steps", 10))
     common.validate_config(_with_field(gradnorm_toy.get_config(), "optimizer.learning_rate", 1))  # an int is a number
@@ -147,6 +190,43 @@ def test_command_line_wrong_type_is_refused_by_the_flag_parser(tmp_path):
     assert proc.returncode != 0
     assert "flag --config.batch_size=abc: invalid literal for int()" in proc.stderr
     assert not (tmp_path / "wd").exists()
+
+
+def _cli(module: str, *args: str, cwd=ROOT):
+    """Runs ``python -m experiments.<module> args``; returns the exit code and stderr's lines."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
+    )
+    return proc.returncode, [l for l in proc.stderr.splitlines() if l.strip()]
+
+
+@pytest.mark.parametrize(
+    "module,args,message",
+    [
+        ("train", ["--config", "experiments/configs/gradnorm_toy.py", "--config.nmu_epochs=3"],
+         "error: unknown config field --config.nmu_epochs (did you mean 'num_epochs'?)"),
+        ("train", ["--config", "experiments/configs/gradnorm_toy.py", "--config.optimizer.learnig_rate=0.1"],
+         "error: unknown config field --config.optimizer.learnig_rate (did you mean 'learning_rate'?)"),
+        ("train", ["--config", "experiments/configs/gradnorm_toy.py:static", "--config.weighting.hparams.weights=1,-2"],
+         "ValueError: config.weighting.hparams.weights must be finite numbers >= 0 (one per task), got (1, -2)."),
+        ("hierarchical_tagging", ["--config", "experiments/configs/hierarchical_sg.py", "--variants=single,hierr"],
+         "ValueError: unknown variant(s) ['hierr'] (did you mean 'hier'?); valid: hier, single, top"),
+        ("hierarchical_tagging", ["--config", "experiments/configs/hierarchical_sg.py", "--seeds=0,l"],
+         "ValueError: --seeds: 'l' is not an integer. Fix: e.g. --seeds=0,1,2"),
+        ("ablate", ["--config", "experiments/configs/gradnorm_toy.py", "--archs", "hsp"],
+         "ValueError: unknown architecture(s) ['hsp'] (did you mean 'hps'?); valid: hps, independent"),
+        ("ablate", ["--config", "experiments/configs/gradnorm_toy.py", "--methods", "equal,mdga"],
+         "ValueError: unknown weighting method(s) ['mdga'] (did you mean 'mgda'?); valid methods:"),
+    ],
+    ids=["misspelt_field", "misspelt_nested_field", "negative_static_weights", "variant_typo", "seed_typo",
+         "arch_typo", "method_typo"],
+)
+def test_command_line_mistakes_print_one_line_and_exit_2(tmp_path, module, args, message):
+    code, lines = _cli(module, *args, "--workdir", str(tmp_path / "wd"))
+    assert code == 2, lines
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (tmp_path / "wd").exists()  # refused before anything was written or trained
 
 
 # ---- data: labels, empty splits, missing / corrupt files -------------------------------------------

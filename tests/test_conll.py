@@ -57,7 +57,7 @@ def c2000(tmp_path_factory):
     _write(root / "conll2000" / "train.txt.gz", TRAIN)
     _write(root / "conll2000" / "test.txt.gz", TEST)
     return conll.load_conll2000(
-        data_dir=root, cache_dir=tmp_path_factory.mktemp("cache"), dev_sentences=1, buckets=(2, 4), max_word_length=4
+        data_dir=root, cache_dir=tmp_path_factory.mktemp("cache"), verify_checksums=False, dev_sentences=1, buckets=(2, 4), max_word_length=4
     )
 
 
@@ -76,7 +76,7 @@ def test_build_fails_on_a_bad_line_naming_it(tmp_path):
     _write(tmp_path / "conll2000" / "train.txt.gz", TRAIN + "\nbroken line here too\n")
     _write(tmp_path / "conll2000" / "test.txt.gz", TEST)
     with pytest.raises(DataError, match=r"train.txt.gz:16: expected 3"):
-        conll.load_conll2000(data_dir=tmp_path, cache_dir=tmp_path / "cache", dev_sentences=1)
+        conll.load_conll2000(data_dir=tmp_path, cache_dir=tmp_path / "cache", dev_sentences=1, verify_checksums=False)
 
 
 def test_missing_files_are_a_clear_error(tmp_path):
@@ -144,10 +144,10 @@ def test_bucketing_shapes_and_epochs(c2000):
 def test_conll2003_skips_docstart_and_rewrites_iob1(tmp_path):
     for name in ("eng.train", "eng.testa", "eng.testb"):
         _write(tmp_path / "conll2003" / f"{name}.gz", CONLL03)
-    ds = conll.load_conll2003(data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    ds = conll.load_conll2003(data_dir=tmp_path, cache_dir=tmp_path / "cache", verify_checksums=False)
     assert ds.task_names == ("pos", "chunk", "ner")
     assert ds.spec.split_sizes == {"train": 2, "validation": 2, "test": 2}
     assert ds.gold("train", "ner") == [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER", "B-PER"]]
     assert ds.gold("train", "chunk")[0] == ["B-NP", "B-VP", "B-NP", "I-NP"]
-    asis = conll.load_conll2003(data_dir=tmp_path, cache_dir=tmp_path / "cache", tag_scheme="asis")
+    asis = conll.load_conll2003(data_dir=tmp_path, cache_dir=tmp_path / "cache", tag_scheme="asis", verify_checksums=False)
     assert asis.gold("train", "ner")[1] == ["I-PER", "I-PER", "B-PER"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import hierarchical_tagging
+from jmtl.training import tagging as hierarchical_tagging
 from experiments.configs import hierarchical_sg
 from jmtl.data import DataError, conll
 
@@ -89,6 +89,7 @@ def _config(raw_dir, tmp_path, method):
     c.dataset.data_dir, c.dataset.cache_dir = str(raw_dir), str(tmp_path / "cache")
     c.dataset.kwargs.buckets = (8, 16)  # two step shapes: compiling dominates this test's time
     c.dataset.kwargs.dev_sentences = 10
+    c.dataset.kwargs.verify_checksums = False  # a made-up corpus, not the published files
     c.variants.hier = dict(pos=1, chunk=2)
     c.model.update(num_layers=2, hidden=8, word_dim=8, char_dim=4, char_features=4)
     c.batch_size, c.num_epochs, c.compilation_cache_dir = 8, 2, ""
@@ -125,12 +126,69 @@ def test_train_run_writes_per_epoch_logs_and_a_record(raw_dir, tmp_path, method,
     else:
         assert not calls
     assert record["crf_tasks"] == (["chunk"] if method else [])
-    # Results accumulate run by run in PREFIX.json and the table is rewritten.
+    # The scores are corpus-level span scores: F1 is the harmonic mean of the record's precision and
+    # recall, the best epoch is the one with the highest validation F1 of config.select_on, and the
+    # reported scores are that epoch's line of metrics.jsonl (test scored when validation improved).
+    for split in ("validation", "test"):
+        s = record[split]["chunk"]
+        p_r = s["precision"] + s["recall"]
+        assert s["f1"] == pytest.approx(2 * s["precision"] * s["recall"] / p_r if p_r else 0.0, abs=1e-12)
+    dev_f1 = [x["validation"]["chunk"]["f1"] for x in lines]
+    assert dev_f1[record["best_epoch"] - 1] == max(dev_f1)
+    best_line = lines[record["best_epoch"] - 1]
+    assert best_line["validation"] == record["validation"] and best_line["test"] == record["test"]
+    assert "test" in lines[0] and record["final_validation"] == lines[-1]["validation"]
+    assert all(set(x["train_loss"]) == {"pos", "chunk"} and x["train_time_s"] >= 0 for x in lines)
+    # Results accumulate run by run in PREFIX.json and the table is rewritten; the same run added
+    # again replaces its record (no duplicate, so no made-up "± 0.00" spread over copies of one run).
     prefix = str(tmp_path / "res" / "table")
-    hierarchical_tagging.append_result(prefix, record, "toy")
-    hierarchical_tagging.append_result(prefix, record, "toy")
-    assert len(json.loads(open(prefix + ".json").read())) == 2
-    assert ("| hier (CRF: chunk) |" if method else "| hier |") in open(prefix + ".table.md").read()
+    assert hierarchical_tagging.append_result(prefix, record, "toy") == "added"
+    assert hierarchical_tagging.append_result(prefix, record, "toy") == "replaced"
+    assert len(json.loads(open(prefix + ".json").read())) == 1
+    table = open(prefix + ".table.md").read()
+    assert ("| hier (CRF: chunk) |" if method else "| hier |") in table and "±" not in table
+    # A rerun of the finished run returns its record and leaves its files as they were.
+    before = _hashes(tmp_path / "runs")
+    assert hierarchical_tagging.train_run(config, tmp_path / "runs") == record
+    assert _hashes(tmp_path / "runs") == before
     with pytest.raises(ValueError, match="crf_tasks"):
-        config.crf_tasks = ("ner",)
-        hierarchical_tagging.train_run(config, tmp_path / "runs")
+        bad = config.copy_and_resolve_references()
+        bad.crf_tasks = ("ner",)
+        hierarchical_tagging.train_run(bad, tmp_path / "runs")
+    if method:
+        # Stopped after epoch 1 and resumed: the same numbers as the uninterrupted run (the data
+        # order and the meta batches' cursors continue exactly).
+        config.num_epochs = 1
+        hierarchical_tagging.train_run(config, tmp_path / "part")
+        config.num_epochs = 2
+        resumed = hierarchical_tagging.train_run(config, tmp_path / "part")
+        for key in ("best_epoch", "validation", "test", "final_validation"):
+            assert resumed[key] == record[key], key
+
+
+def _hashes(root):
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def test_records_of_different_configs_are_kept_apart(tmp_path):
+    """Two records of one variant and seed under different configs are two rows, never one row
+    with a spread; the same run twice is one record."""
+    base = {"variant": "hier", "depths": {"pos": 1, "chunk": 2}, "seed": 0, "weighting": "equal", "epochs": 2,
+            "batch_size": 8, "best_epoch": 1, "epoch_time_s": 1.0, "wall_time_s": 60.0, "crf_tasks": [],
+            "dataset": "conll2000", "model": {}, "config": "a",
+            "validation": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.25}},
+            "test": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.25}}}
+    prefix = str(tmp_path / "t")
+    hierarchical_tagging.append_result(prefix, base, "")
+    hierarchical_tagging.append_result(prefix, {**base, "config": "b", "epochs": 3,
+                                                "test": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.75}}}, "")
+    hierarchical_tagging.append_result(prefix, {**base, "seed": 1,
+                                                "test": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.35}}}, "")
+    rows = [l for l in open(prefix + ".table.md").read().splitlines() if l.startswith("| hier")]
+    assert len(rows) == 2
+    # Config a: seeds 0 and 1, test F1 25 and 35 -> 30.00 ± 7.07 (sample std); config b: one run, no ±.
+    assert "30.00 ± 7.07" in rows[0] and "| 0,1 |" in rows[0]
+    assert "75.00" in rows[1] and "±" not in rows[1]

@@ -101,8 +101,14 @@ def test_negative_chunk_size_is_refused():
     model, _ = _problem()
     with pytest.raises(ValueError, match="jacobian_chunk_size"):
         step_lib.make_train_step(
-            model, TASKS, weighting.get("mgda"), optax.sgd(0.1), step_lib.StepConfig(jacobian_chunk_size=-1)
+            model, TASKS, weighting.get("mgda"), optax.sgd(0.1), step_lib.StepConfig(jacobian_chunk_size=-2)
         )
+
+
+def test_library_default_chunk_size_is_the_trainers():
+    """StepConfig's default (-1) resolves like the training loop's: chunks of 1 on CPU, one vmap elsewhere."""
+    assert step_lib.StepConfig().resolved_chunk_size == (1 if jax.default_backend() == "cpu" else 0)
+    assert step_lib.StepConfig(jacobian_chunk_size=0).resolved_chunk_size == 0
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jmtl import weighting
-from jmtl.models import mtl
+from jmtl.models import base, mtl
 from jmtl.tasks import Task
 from jmtl.training import step as step_lib
 
@@ -35,6 +35,23 @@ def test_relation_needs_equal_representation_sizes():
     # head has a 50-unit hidden layer: their representations cannot be mixed.
     with pytest.raises(ValueError, match="equal representation sizes"):
         mtl.build(mixed, encoder="mlp", relation=True)
+
+
+def test_mix_tasks_is_the_weighted_sum_over_tasks():
+    """base.mix_tasks (the relation matrix's and the cross-stitch unit's product) against the sum
+    y_i = sum_j W_ij x_j written out in float64, on [B, H] and [B, H, W, C] arrays."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 3))
+    for shape in ((4, 5), (2, 3, 3, 2)):
+        xs = [rng.normal(size=shape) for _ in range(3)]
+        got = base.mix_tasks(jnp.asarray(w, jnp.float32), [jnp.asarray(x, jnp.float32) for x in xs])
+        for i in range(3):
+            want = sum(w[i, j] * xs[j] for j in range(3))
+            np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="equal shapes"):
+        base.mix_tasks(jnp.eye(2), [jnp.zeros((2, 3)), jnp.zeros((2, 4))])
+    with pytest.raises(ValueError, match=r"needs a \[2, 2\] matrix"):
+        base.mix_tasks(jnp.eye(3), [jnp.zeros((2, 3)), jnp.zeros((2, 3))])
 
 
 @pytest.mark.parametrize("seed", [0])

@@ -47,8 +47,11 @@ def _wait_for_steps(workdir, min_step, timeout=300):
     while time.time() < deadline:
         if path.exists():
             lines = [l for l in path.read_text().splitlines() if l.strip()]
-            if lines and json.loads(lines[-1])["step"] >= min_step:
-                return
+            try:
+                if lines and json.loads(lines[-1])["step"] >= min_step:
+                    return
+            except ValueError:  # a line being written
+                pass
         time.sleep(0.05)
     raise TimeoutError(f"no step {min_step} in {path}")
 
@@ -90,6 +93,12 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path, reference):
     assert resumed["summary"]["final"] == ref["summary"]["final"]
 
 
+def _complete_checkpoint_steps(workdir):
+    """Steps of the finished checkpoint folders (``<step>/`` with orbax's commit marker)."""
+    ckpts = workdir / "checkpoints"
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists())
+
+
 @pytest.mark.parametrize("kill_after_step", [37, 140])
 def test_kill9_then_resume_is_bitwise_equal(tmp_path, reference, kill_after_step):
     ref, cache = reference
@@ -98,11 +107,25 @@ def test_kill9_then_resume_is_bitwise_equal(tmp_path, reference, kill_after_step
     _wait_for_steps(wd, kill_after_step)
     proc.kill()  # SIGKILL: no handler runs; possibly mid-checkpoint
     proc.communicate(timeout=60)
-    resumed = run_script("train_run.py", str(wd), f"dataset.cache_dir={cache}", f"num_steps={STEPS}",
-                         "eval_every_steps=100", "checkpoint_every_steps=25", "log_every_steps=1")
+    assert proc.returncode == -signal.SIGKILL  # the kill landed: the run had not finished on its own
+    # ... and mid-run: a checkpoint was written, and it is not the last step.
+    killed_at = _complete_checkpoint_steps(wd)[-1]
+    assert 0 < (kill_after_step // 25) * 25 <= killed_at < STEPS, killed_at  # saves are synchronous
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests/scripts/train_run.py"), str(wd), f"dataset.cache_dir={cache}",
+         f"num_steps={STEPS}", "eval_every_steps=100", "checkpoint_every_steps=25", "log_every_steps=1"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # The resumed run continued from the killed run's last checkpoint, not from scratch.
+    assert f"Resuming from step {killed_at} of {STEPS}" in done.stdout, done.stdout[-2000:]
+    resumed = _result(done.stdout)
     assert resumed["params"] == ref["params"]
     steps = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()]
     assert steps == [100, 200, 300, 400]  # no duplicated evaluations after the resume
+    train_steps = [json.loads(l)["step"] for l in (wd / "train_log.jsonl").read_text().splitlines()]
+    assert train_steps == list(range(1, STEPS + 1))  # every step logged once, none lost or repeated
 
 
 def _nan_after(step_to_poison: int, task_key: str):
@@ -258,3 +281,54 @@ def test_half_written_checkpoint_is_never_the_latest(uninterrupted, stopped_at_2
     assert [n for n in names if n.isdigit()] == ["30", "40"]
     if snapshot == "step_dir_without_commit_marker":
         assert [n for n in names if n.startswith(f"{CRASH_STEP}.incomplete-")]  # moved aside, not deleted
+
+
+# ---- logs that tell the truth, refused resumes, one run per workdir ---------------------------------
+def test_resume_drops_partial_log_lines_and_refuses_a_changed_config(uninterrupted, stopped_at_20, tmp_path):
+    import shutil
+
+    from jmtl.training.workdir import ResumeConfigError
+
+    tmp, full_state, _ = uninterrupted
+    wd = tmp_path / "wd"
+    shutil.copytree(stopped_at_20, wd)
+    # Killed while writing: a partial last line in each log (and records past the checkpoint).
+    full_train = (tmp / "wd" / "train_log.jsonl").read_text().splitlines()
+    with open(wd / "train_log.jsonl", "a") as f:
+        f.write(full_train[4] + "\n" + full_train[5][:17])
+    with open(wd / "metrics.jsonl", "a") as f:
+        f.write('{"step": 30, "epoch": 0.37, "valid')
+    before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file() and p.name != ".lock"}
+    with pytest.raises(ResumeConfigError, match=r"optimizer.learning_rate: 0.001 -> 0.002.*Fix: restore the old values"):
+        train(toy_config(tmp, **{**SHORT, "optimizer.learning_rate": 2e-3}), str(wd))
+    assert {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file() and p.name in before} == before  # untouched
+    _, resumed = train(toy_config(tmp, **SHORT), str(wd))  # num_steps 20 -> 40: extending is allowed
+    for a, b in zip(_leaves(resumed), _leaves(full_state), strict=True):
+        assert a.tobytes() == b.tobytes()
+    for name in ("metrics.jsonl", "train_log.jsonl"):
+        assert (wd / name).read_bytes() == (tmp / "wd" / name).read_bytes(), name
+    (record,) = [json.loads(l) for l in (wd / "resumes.jsonl").read_text().splitlines()]
+    assert record["step"] == 20 and record["changes"] == {"num_steps": [20, 40]}
+    assert json.loads((wd / "config.json").read_text())["num_steps"] == 40
+
+
+def test_fresh_start_moves_old_logs_aside(uninterrupted, tmp_path):
+    tmp = uninterrupted[0]
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    # A run killed during its first checkpoint save: logs, no checkpoint.
+    (wd / "train_log.jsonl").write_text('{"step": 5, "losses": [9.0, 9.0]}\n{"step": 10, "los')
+    train(toy_config(tmp, **SHORT), str(wd))
+    assert (wd / "train_log.jsonl").read_bytes() == (tmp / "wd" / "train_log.jsonl").read_bytes()
+    assert (wd / "train_log.1.jsonl").read_text().startswith('{"step": 5, ')  # kept, not appended to
+
+
+def test_second_run_into_a_busy_workdir_is_refused(tmp_path):
+    from jmtl.training.workdir import WorkdirBusyError, workdir_lock
+
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    with workdir_lock(wd):  # another live run holds it
+        with pytest.raises(WorkdirBusyError, match=rf"the workdir {wd} is in use by another run \(pid {os.getpid()} "):
+            train(toy_config(tmp_path, **SHORT), str(wd))
+    assert not (wd / "checkpoints").exists() and not (wd / "train_log.jsonl").exists()

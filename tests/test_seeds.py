@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import toy_config
-from experiments.train import train
+from jmtl.training.loop import train
 
 
 def _config(tmp_path, **kw):

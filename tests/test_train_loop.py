@@ -8,7 +8,7 @@ import pytest
 
 from conftest import toy_config
 from experiments.configs import gradnorm_toy
-from experiments.train import train
+from jmtl.training.loop import train
 from jmtl.training.checkpoint import CheckpointMismatchError
 
 

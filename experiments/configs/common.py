@@ -1,66 +1,18 @@
-"""Fields every experiment config shares. Each experiment file overrides what it needs."""
+"""Fields every experiment config shares. Each experiment file overrides what it needs.
+
+The fields, their defaults and their validation live in the library
+(:mod:`jmtl.training.config_schema`), which the train loop uses; this module keeps the names the
+config files use.
+"""
 
 import ml_collections
 
-from jmtl import weighting
+from jmtl.training import config_schema
+from jmtl.training.config_schema import method_config, validate_config  # noqa: F401  (re-exported)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    # Seeds seed, seed + 1, ... trained together in one compiled program (jmtl/training/seeds.py).
-    c.num_seeds = 1
-    # How the seeds share the program: 'vmap' (batched ops; best for small models) or 'map' (one
-    # seed after another inside the step; faster for Multi-LeNet on CPU). jmtl/training/seeds.py.
-    c.seeds_mode = "vmap"
-    c.dataset = ml_collections.ConfigDict(dict(name="gradnorm_toy", data_dir="", cache_dir="", kwargs={}))
-    # {task_name: {label: dataset label key, weight: static weight}}; empty = one task per dataset label.
-    c.tasks = ml_collections.ConfigDict()
-    # arch: hps | independent | soft_sharing | cross_stitch | mtan | mmoe | dselect_k | cgc | ple |
-    # learning_to_branch (jmtl/models/architectures.py); arch_kwargs: its options plus the
-    # regularizer keys (penalty, penalty_weight, mtrl_weight, mtrl_eps: jmtl/models/regularizers.py).
-    # compute_dtype: '' (float32) | 'bfloat16' | 'float16': forward and backward passes in that dtype on
-    # a cast of the float32 master params; losses, Jacobians and weighting stay float32.
-    c.model = ml_collections.ConfigDict(
-        dict(
-            encoder="mlp", encoder_kwargs={}, head_kwargs={}, relation=False, relation_alpha=0.0,
-            arch="hps", arch_kwargs={}, compute_dtype="",
-        )
-    )
-    c.weighting = method_config("equal")
-    c.optimizer = ml_collections.ConfigDict(
-        dict(name="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0, decay_rate=1.0, decay_every_epochs=0)
-    )
-    c.batch_size = 256  # global batch, split over all devices
-    c.num_epochs = 10
-    c.num_steps = -1  # > 0 overrides num_epochs
-    c.eval_every_steps = -1  # <= 0: once per epoch
-    c.eval_batch_size = 1000
-    c.log_every_steps = 20
-    c.checkpoint_every_steps = -1  # <= 0: at every eval
-    c.parallel = "shard_map"  # shard_map | pmap | single
-    c.nonfinite = ml_collections.ConfigDict(dict(policy="raise", max_consecutive_skips=10))
-    c.progress_bar = True
-    return c
-
-
-def method_config(name: str) -> ml_collections.ConfigDict:
-    """``{name, hparams}`` with every hyperparameter of the method at its default, so each can be
-    overridden from the command line (``--config.weighting.hparams.normalization=l2``)."""
-    hp = ml_collections.ConfigDict(weighting.hyperparameters(name))
-    # jacobian_mode: 'params' (exact per-task gradients of the shared params) or 'representation'
-    # (gradients w.r.t. the shared representation, MGDA-UB style). Loss-level schemes ignore it.
-    # jacobian_chunk_size: per-task gradients in chunks of this many tasks (a loop of vmaps inside the
-    # step; bounds the backward pass's memory to that many copies); 0 = all K in one vmap; -1 = auto
-    # (1 on CPU, where XLA runs K single backward passes ~1.8x faster than one vmap over K
-    # (results/bench_scaling.md), and 0 on GPU/TPU).
-    # meta_split: where bilevel schemes (auto_lambda, moml, forum) take the batch of their upper-level
-    # losses each step: 'validation' (held out, as MOML does), 'train' (a second, independently
-    # shuffled training batch, as the Auto-Lambda and FORUM code do) or '' (the scheme's own choice).
-    # Other schemes ignore it.
-    return ml_collections.ConfigDict(
-        dict(name=name, hparams=hp, jacobian_mode="params", jacobian_chunk_size=-1, meta_split="")
-    )
+    return config_schema.default_config()
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
@@ -68,127 +20,3 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.C
     if arg:
         c.weighting = method_config(arg)
     return c
-
-
-# ---- validation ----------------------------------------------------------------------------------
-# (field, expected type, lower bound or None). Checked by ``validate_config`` at
-# the start of ``experiments/train.py:train`` so a mistyped field fails at once, naming the field,
-# instead of deep inside the loop (or, for ``num_epochs=-3``, not at all). Absent fields are skipped.
-_INT, _NUM, _BOOL, _STR = "int", "number", "bool", "str"
-_FIELDS = (
-    ("seed", _INT, 0),
-    ("num_seeds", _INT, 1),
-    ("seeds_mode", _STR, None),
-    ("batch_size", _INT, 1),
-    ("num_epochs", _INT, None),  # >= 1 unless num_steps > 0 (checked below)
-    ("num_steps", _INT, None),  # <= 0: use num_epochs
-    ("eval_every_steps", _INT, None),  # <= 0: once per epoch
-    ("eval_batch_size", _INT, 1),
-    ("log_every_steps", _INT, 1),
-    ("checkpoint_every_steps", _INT, None),  # <= 0: at every eval
-    ("parallel", _STR, None),
-    ("progress_bar", _BOOL, None),
-    ("dataset.name", _STR, None),
-    ("model.encoder", _STR, None),
-    ("model.arch", _STR, None),
-    ("model.relation", _BOOL, None),
-    ("model.relation_alpha", _NUM, 0),
-    ("model.compute_dtype", _STR, None),
-    ("weighting.name", _STR, None),
-    ("weighting.jacobian_mode", _STR, None),
-    ("weighting.jacobian_chunk_size", _INT, -1),  # 0: all K per-task gradients in one vmap, -1: auto
-    ("weighting.meta_split", _STR, None),
-    ("optimizer.name", _STR, None),
-    ("optimizer.learning_rate", _NUM, 0),
-    ("optimizer.momentum", _NUM, 0),
-    ("optimizer.weight_decay", _NUM, 0),
-    ("optimizer.decay_rate", _NUM, 0),
-    ("optimizer.decay_every_epochs", _INT, 0),
-    ("nonfinite.policy", _STR, None),
-    ("nonfinite.max_consecutive_skips", _INT, 1),
-)
-_STRICTLY_POSITIVE = {"optimizer.learning_rate", "optimizer.decay_rate"}
-
-
-def _lookup(config, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        if part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-_MISSING = object()
-
-
-def _has_type(value, kind: str) -> bool:
-    if kind == _BOOL:
-        return isinstance(value, bool)
-    if kind == _STR:
-        return isinstance(value, str)
-    if isinstance(value, bool):  # True is an int to Python, never to a config
-        return False
-    if kind == _INT:
-        return isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu")
-    return isinstance(value, (int, float)) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iuf")
-
-
-def validate_config(config) -> None:
-    """Raises ``ValueError`` naming the first field of the wrong type or out of range, the expected
-    type and the fix (``Fix: ... --config.batch_size=256``). Names (dataset, encoder, weighting
-    method, ...) are checked by the code that uses them, which lists the valid ones."""
-    import math
-
-    for field, kind, low in _FIELDS:
-        value = _lookup(config, field)
-        if value is _MISSING:
-            continue
-        if not _has_type(value, kind):
-            article = "an" if kind == _INT else "a"
-            if _parses(value, kind):
-                fix = f"write {value} without quotes in the config file, or pass --config.{field}={value}"
-            else:
-                fix = f"pass {article} {kind}, e.g. --config.{field}={_example(field, kind, low)}"
-            raise ValueError(
-                f"config.{field} must be {article} {kind}, got {value!r} ({type(value).__name__}). Fix: {fix}"
-            )
-        if kind == _NUM and not math.isfinite(float(value)):
-            raise ValueError(
-                f"config.{field} must be a finite number, got {value!r}. "
-                f"Fix: e.g. --config.{field}={_example(field, kind, low)}"
-            )
-        if low is not None:
-            strict = field in _STRICTLY_POSITIVE
-            if value < low or (strict and value <= low):
-                raise ValueError(
-                    f"config.{field} must be {'>' if strict else '>='} {low}, got {value!r}. "
-                    f"Fix: e.g. --config.{field}={_example(field, kind, low)}"
-                )
-    num_steps = _lookup(config, "num_steps")
-    num_epochs = _lookup(config, "num_epochs")
-    if num_epochs is not _MISSING and (num_steps is _MISSING or num_steps <= 0) and num_epochs < 1:
-        raise ValueError(
-            f"config.num_epochs must be >= 1 when config.num_steps <= 0, got num_epochs={num_epochs!r}. "
-            "Fix: e.g. --config.num_epochs=10, or --config.num_steps=N to train N steps"
-        )
-
-
-def _parses(value, kind: str) -> bool:
-    """True when ``value`` is a string that would be a valid ``kind`` without its quotes."""
-    if not isinstance(value, str) or kind not in (_INT, _NUM):
-        return False
-    try:
-        int(value) if kind == _INT else float(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _example(field: str, kind: str, low) -> str:
-    """The base config's default for ``field`` if it is a valid value, else a valid stand-in."""
-    value = _lookup(base_config(), field)
-    if value is not _MISSING and _has_type(value, kind):
-        if low is None or value > low or (value == low and field not in _STRICTLY_POSITIVE):
-            return str(value)
-    return {_INT: str(max(1, low or 0)), _NUM: "0.001", _BOOL: "True", _STR: "NAME"}[kind]

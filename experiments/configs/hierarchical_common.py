@@ -13,6 +13,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments.configs import common
+from jmtl.training.cli import suggest
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -48,8 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Tasks with a linear-chain CRF output instead of per-token softmax (e.g. ("chunk",)).
     c.crf_tasks = ()
     c.weighting = common.method_config("alternating")
+    # Adam after global-norm clipping; lr x decay_rate after every epoch (jmtl.training.builders.optimizer).
     c.optimizer = ml_collections.ConfigDict(
-        dict(learning_rate=2e-3, decay_rate=0.9, clip_norm=5.0)  # Adam; lr x decay_rate after every epoch
+        dict(name="adam", learning_rate=2e-3, decay_rate=0.9, decay_every_epochs=1, clip_norm=5.0)
     )
     c.batch_size = 32
     c.eval_batch_size = 256
@@ -57,6 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_steps_per_epoch = 0  # > 0: cut every epoch short (smoke runs)
     c.eval_test_every_epoch = False  # False: test only when validation improves (what gets reported)
     c.parallel = "single"  # shard_map | pmap | single
+    # The train loop's schedule (jmtl/training/loop.py): evaluate and checkpoint once per epoch.
+    c.num_seeds = 1  # sweep seeds with --seeds (bucketed batches of different seeds differ in length)
+    c.num_steps = -1
+    c.eval_every_steps = -1
+    c.checkpoint_every_steps = -1
+    c.log_every_steps = 50
+    c.nonfinite = ml_collections.ConfigDict(dict(policy="raise", max_consecutive_skips=10))
+    c.progress_bar = False  # one line per epoch instead
+    c.writers = ("jsonl",)
     # XLA's persistent compilation cache ('' = off): seeds of one variant share every compiled shape.
     c.compilation_cache_dir = "~/.cache/jmtl/xla"
     return c
@@ -67,7 +78,7 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None, default_variant: st
     variant, _, method = (arg or "").partition(",")
     c.variant = variant or default_variant
     if c.variant not in c.variants:
-        raise ValueError(f"unknown variant {c.variant!r}; valid: {', '.join(c.variants)}")
+        raise ValueError(f"unknown variant {c.variant!r}{suggest(c.variant, list(c.variants))}; valid: {', '.join(c.variants)}")
     if method:
         c.weighting = common.method_config(method)
     return c

@@ -9,18 +9,31 @@ Quick start::
   x = ds.spec.input_transform(batch['image'])  # normalised float32 (on device)
   val = ds.arrays('validation')
 
-Datasets are built once into a tfds array_record cache (argument >
-$JMTL_CACHE_DIR > ~/.cache/jmtl/tfds) and read back without TensorFlow.
+Your own data (in-memory numpy arrays), named in configs::
+
+  ds = data.from_arrays('mine', {'train': {...}, 'validation': {...},
+                                 'test': {...}}, input_key='x',
+                        labels={'a': 'classification', 'b': 'regression'})
+  data.register('mine', ds)   # config: dataset.name = 'mine'
+
+Datasets built from raw files are cached once in a tfds array_record cache
+(argument > $JMTL_CACHE_DIR > ~/.cache/jmtl/tfds), keyed by a fingerprint of
+the raw files (jmtl.data.fingerprint) and checked for damage before each use
+(jmtl.data.cache); they are read back without TensorFlow.
 """
 
 from jmtl.data.idx import DataError
 from jmtl.data.pipeline import DEFAULT_DATASET
 from jmtl.data.pipeline import DatasetSpec
+from jmtl.data.pipeline import from_arrays
 from jmtl.data.pipeline import LabelSpec
 from jmtl.data.pipeline import load
 from jmtl.data.pipeline import MTLDataset
 from jmtl.data.pipeline import names
+from jmtl.data.pipeline import register
+from jmtl.data.pipeline import unregister
 from jmtl.data.pipeline import WithMetaBatches
+from jmtl.data.per_task import PerTaskBatches
 
 __all__ = [
     'DEFAULT_DATASET',
@@ -28,7 +41,11 @@ __all__ = [
     'DatasetSpec',
     'LabelSpec',
     'MTLDataset',
+    'from_arrays',
     'load',
     'names',
+    'register',
+    'unregister',
     'WithMetaBatches',
+    'PerTaskBatches',
 ]

@@ -42,12 +42,15 @@ import dataclasses
 import gzip
 import os
 import re
+import sys
 import zlib
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jmtl.data import cache as cache_lib
+from jmtl.data import fingerprint
 from jmtl.data.idx import DataError
 from jmtl.data.pipeline import DatasetSpec, LabelSpec, resolve_cache_dir
 from jmtl.metrics import spans as spans_lib
@@ -67,24 +70,40 @@ Sentence = list[tuple[str, ...]]  # one tuple of columns per token
 # ----------------------------------------------------------------------------- reading
 
 
-def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+def _open_bytes(path: str):
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
 def read_conll(path: os.PathLike[str] | str, num_columns: int, *, skip_docstart: bool = True) -> list[Sentence]:
     """Reads a CoNLL file (plain or ``.gz``): one token per line, blank lines between sentences.
 
+    Lines are decoded one at a time, so a byte that is not UTF-8 is reported with its line.
+
     Raises:
-      DataError: a line with other than ``num_columns`` space-separated columns, naming the file and
-        the (1-based) line number.
+      DataError: naming the file and the (1-based) line number: a line with other than
+        ``num_columns`` space-separated columns; a byte that is not UTF-8 (with its byte offset
+        in the -- decompressed -- text); a truncated or corrupt file.
     """
     path = os.fspath(path)
     sentences: list[Sentence] = []
     current: Sentence = []
     lineno = 0
+    offset = 0  # of the current line in the (decompressed) text
     try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
+        with _open_bytes(path) as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    text = " of the decompressed text" if path.endswith(".gz") else ""
+                    shown = raw.rstrip(b"\r\n")[:80]
+                    raise DataError(
+                        f"{path}:{lineno}: byte 0x{raw[e.start]:02x} at byte offset {offset + e.start}{text} "
+                        f"(column {e.start + 1} of line {lineno}) is not valid UTF-8 ({e.reason}): "
+                        f"{shown!r}. Fix: convert the file to UTF-8 (e.g. "
+                        f"`iconv -f latin1 -t utf-8`, gzipped again if it was), or fix that line"
+                    ) from None
+                offset += len(raw)
                 line = line.rstrip("\r\n")
                 if not line.strip():
                     if current:
@@ -101,7 +120,7 @@ def read_conll(path: os.PathLike[str] | str, num_columns: int, *, skip_docstart:
                         "sentence), or delete that line"
                     )
                 current.append(tuple(cols))
-    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+    except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         if isinstance(e, FileNotFoundError):
             raise DataError(f"{path}: file not found. Fix: pass data_dir= or set ${ENV_DATA_DIR}") from e
         raise DataError(
@@ -182,6 +201,13 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
 # ----------------------------------------------------------------------------- tfds builders
 
 
+@dataclasses.dataclass(eq=False)
+class ConllConfig(tfds.core.BuilderConfig):
+    """Config named ``src<fingerprint>``: the cache folder is tied to the exact raw files."""
+
+    source_fingerprint: str = ""
+
+
 class _ConllBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Stores the raw sentences: one example per sentence, one string array per column."""
 
@@ -192,10 +218,10 @@ class _ConllBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     FILES: dict[str, str] = {}  # split -> file name
     CITATION = ""
 
-    def __init__(self, *, raw_data_dir: os.PathLike[str] | str | None = None, **kwargs):
-        """raw_data_dir: folder with the files, or its parent holding ``SUBDIR/``; only read when the
-        cache has to be built."""
-        self._raw_data_dir = raw_data_dir
+    def __init__(self, *, raw_folder: str | None = None, **kwargs):
+        """raw_folder: the folder holding ``FILES`` (see ``locate``); only read when the cache has
+        to be built."""
+        self._raw_folder = raw_folder
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -209,26 +235,31 @@ class _ConllBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             citation=self.CITATION,
         )
 
-    def _folder(self) -> str:
-        root = self._raw_data_dir or os.environ.get(ENV_DATA_DIR)
+    @classmethod
+    def locate(cls, raw_data_dir) -> str:
+        """The folder holding ``FILES``: ``raw_data_dir`` (or ``$JMTL_DATA_DIR``) or its ``SUBDIR/``."""
+        root = raw_data_dir or os.environ.get(ENV_DATA_DIR)
         if not root:
             raise DataError(
-                f"{self.name}: no raw data folder; pass data_dir= or set ${ENV_DATA_DIR} to a folder holding "
-                f"{self.SUBDIR}/ ({', '.join(self.FILES.values())})"
+                f"{cls.name}: no raw data folder; pass data_dir= or set ${ENV_DATA_DIR} to a folder holding "
+                f"{cls.SUBDIR}/ ({', '.join(cls.FILES.values())})"
             )
         root = os.path.expanduser(os.fspath(root))
-        for folder in (os.path.join(root, self.SUBDIR), root):
-            if all(_find(folder, f) for f in self.FILES.values()):
+        for folder in (os.path.join(root, cls.SUBDIR), root):
+            if all(_find(folder, f) for f in cls.FILES.values()):
                 return folder
         raise DataError(
-            f"{self.name}: {', '.join(self.FILES.values())} not found in {root} or {os.path.join(root, self.SUBDIR)}. "
+            f"{cls.name}: {', '.join(cls.FILES.values())} not found in {root} or {os.path.join(root, cls.SUBDIR)}. "
             f"Fix: pass data_dir= (--config.dataset.data_dir) or set ${ENV_DATA_DIR} to a folder holding "
-            f"{self.SUBDIR}/"
+            f"{cls.SUBDIR}/"
         )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Files come from the local data dir.
-        folder = self._folder()
+        if self._raw_folder is None:
+            raise DataError(f"{self.name}: no raw files to build the cache from. Fix: pass data_dir= or set "
+                            f"${ENV_DATA_DIR}")
+        folder = self._raw_folder
         # Parse (and so validate) every file before writing anything.
         data = {s: read_conll(_find(folder, f), len(self.COLUMNS)) for s, f in self.FILES.items()}
         return {s: self._generate_examples(sents) for s, sents in data.items()}
@@ -498,8 +529,14 @@ def _read_builder(builder: tfds.core.DatasetBuilder, split_map: Mapping[str, str
     """split -> column -> list of string lists, read through tfds data sources (no TensorFlow)."""
     out = {}
     for split, tfds_split in split_map.items():
-        source = builder.as_data_source(split=tfds_split)
-        records = source.__getitems__(range(len(source))) if len(source) else []
+        try:
+            source = builder.as_data_source(split=tfds_split)
+            records = source.__getitems__(range(len(source))) if len(source) else []
+        except Exception as e:  # pylint: disable=broad-except  (Riegeli/Zstd errors of a damaged cache)
+            raise DataError(
+                f"{builder.name}/{split}: cannot read the dataset cache {builder.data_dir} ({type(e).__name__}: {e}); "
+                "the cache is damaged. Fix: move that folder away (or delete it) and load again to rebuild it"
+            ) from e
         out[split] = {
             c: [[v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in r[c]] for r in records]
             for c in builder.COLUMNS
@@ -507,10 +544,52 @@ def _read_builder(builder: tfds.core.DatasetBuilder, split_map: Mapping[str, str
     return out
 
 
-def _prepare(builder_cls: type[_ConllBuilder], data_dir, cache_dir) -> _ConllBuilder:
-    builder = builder_cls(raw_data_dir=data_dir, data_dir=resolve_cache_dir(cache_dir), file_format="array_record")
-    builder.download_and_prepare()  # a no-op when the cache has it
-    return builder
+def _prepare(builder_cls: type[_ConllBuilder], data_dir, cache_dir, verify_checksums: bool = True) -> _ConllBuilder:
+    """The builder over a cache tied to the raw files' fingerprint (built on first use).
+
+    With no data dir at all (no argument, no ``$JMTL_DATA_DIR``), the one existing build is used
+    (stderr says which files it came from)."""
+    cache_root = resolve_cache_dir(cache_dir)
+    if not (data_dir or os.environ.get(ENV_DATA_DIR)):
+        built = cache_lib.find_built(cache_root, builder_cls, "src")
+        if len(built) == 1:
+            record = cache_lib.read_record(built[0]) or {}
+            fp = record.get("fingerprint") or ""
+            paths = ", ".join(d.get("path", "?") for d in record.get("sources", []))
+            print(f"jmtl.data: no data dir given; using the cached {builder_cls.name} in {built[0]}, built from "
+                  f"{paths or 'unrecorded files'} (fingerprint {fp}).", file=sys.stderr, flush=True)
+            return cache_lib.prepare(builder_cls, ConllConfig(name=f"src{fp}", source_fingerprint=fp), cache_root,
+                                     fingerprint=fp, can_rebuild=False,
+                                     rebuild_fix=f"pass data_dir= or set ${ENV_DATA_DIR}")
+        if len(built) > 1:
+            raise DataError(f"{builder_cls.name}: no data dir given and the cache holds {len(built)} builds from "
+                            f"different raw files ({', '.join(map(str, built))}). Fix: pass data_dir= or set "
+                            f"${ENV_DATA_DIR}")
+    folder = builder_cls.locate(data_dir)
+    files = {f: _find(folder, f) for f in builder_cls.FILES.values()}
+    # Published checksums are for the .gz files; a plain copy is checked by its text's sha256.
+    digests = [fingerprint.digest_file(p) for p in files.values()]
+    if verify_checksums:
+        _check_conll_checksums(builder_cls.SUBDIR, digests)
+    fp = fingerprint.source_fingerprint(builder_cls.name, str(builder_cls.VERSION), digests)
+    return cache_lib.prepare(builder_cls, ConllConfig(name=f"src{fp}", source_fingerprint=fp), cache_root,
+                             fingerprint=fp, sources=digests, raw_folder=folder)
+
+
+def _check_conll_checksums(family: str, digests: list) -> None:
+    """Published .gz checksums; an uncompressed copy must have the published text's sha256."""
+    gz = [d for d in digests if d.name.endswith(".gz")]
+    fingerprint.check_published(family, gz)
+    table = fingerprint.PUBLISHED.get(family, {})
+    for d in digests:
+        want = table.get(d.name + ".gz")
+        if d.name.endswith(".gz") or want is None or want.content_sha256 in (None, d.sha256):
+            continue
+        raise DataError(
+            f"{want.dataset} checksum mismatch: {d.path}: sha256 {d.sha256}, expected {want.content_sha256} as "
+            f"published for the text of {want.name}. Fix: copy or download the file again; if you changed it on "
+            f"purpose, pass {fingerprint.FLAG_HINT}. Nothing was written to the cache."
+        )
 
 
 def load_conll2000(
@@ -522,10 +601,12 @@ def load_conll2000(
     max_word_length: int = 16,
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     tag_scheme: str = "iob2",
+    verify_checksums: bool = True,
 ) -> TaggingDataset:
     """CoNLL-2000 with tasks ``pos`` and ``chunk``; the last ``dev_sentences`` train sentences are
-    the validation split."""
-    builder = _prepare(Conll2000, data_dir, cache_dir)
+    the validation split. ``verify_checksums``: refuse files that differ from the published ones
+    (False for your own or edited files; the cache is keyed by the files' hashes either way)."""
+    builder = _prepare(Conll2000, data_dir, cache_dir, verify_checksums)
     n = builder.info.splits["train"].num_examples
     if not 0 < dev_sentences < n:
         raise DataError(f"dev_sentences must be in 1..{n - 1}, got {dev_sentences}")
@@ -545,9 +626,11 @@ def load_conll2003(
     max_word_length: int = 16,
     buckets: Sequence[int] = DEFAULT_BUCKETS,
     tag_scheme: str = "iob2",
+    verify_checksums: bool = True,
 ) -> TaggingDataset:
-    """CoNLL-2003 English with tasks ``pos``, ``chunk`` and ``ner`` (testa = validation, testb = test)."""
-    builder = _prepare(Conll2003, data_dir, cache_dir)
+    """CoNLL-2003 English with tasks ``pos``, ``chunk`` and ``ner`` (testa = validation, testb = test).
+    ``verify_checksums`` as in :func:`load_conll2000`."""
+    builder = _prepare(Conll2003, data_dir, cache_dir, verify_checksums)
     raw = _read_builder(builder, {"train": "train", "validation": "validation", "test": "test"})
     return TaggingDataset(
         "conll2003", raw, tasks=("pos", "chunk", "ner"), lowercase=lowercase, max_word_length=max_word_length,

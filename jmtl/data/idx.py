@@ -89,7 +89,8 @@ FASHION_MNIST = RawSource(
 SOURCES = {s.name: s for s in (MNIST, FASHION_MNIST)}
 
 
-def _fix(source: RawSource) -> str:
+def fix_text(source: RawSource) -> str:
+  """The fix quoted in every error about `source`'s raw files."""
   return (
       f're-download the {source.title} files from {source.urls[0]} (or pass '
       'download=True), or point --data_dir / '
@@ -101,7 +102,7 @@ def _fix(source: RawSource) -> str:
 
 def _error(path: os.PathLike[str] | str, problem: str,
            source: RawSource) -> DataError:
-  return DataError(f'{path}: {problem}. Fix: {_fix(source)}.')
+  return DataError(f'{path}: {problem}. Fix: {fix_text(source)}.')
 
 
 def resolve_data_dir(data_dir: os.PathLike[str] | str | None,
@@ -112,7 +113,7 @@ def resolve_data_dir(data_dir: os.PathLike[str] | str | None,
   if data_dir is None:
     raise DataError(
         f'No data dir given for {source.title}: neither a data_dir argument '
-        f'nor ${ENV_DATA_DIR} is set. Fix: {_fix(source)}.')
+        f'nor ${ENV_DATA_DIR} is set. Fix: {fix_text(source)}.')
   return pathlib.Path(data_dir).expanduser()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from typing import Iterator
 
 import numpy as np
@@ -106,17 +107,56 @@ def make_multi(images: np.ndarray, labels: np.ndarray, seed: int,
 
 @dataclasses.dataclass(eq=False)
 class MultiConfig(tfds.core.BuilderConfig):
-  """Builder config; the name encodes the pairing seed so caches never mix."""
+  """Builder config; the name encodes the pairing seed and the source
+  fingerprint, so caches of other seeds or other raw files never mix."""
   seed: int = 0
+  source_fingerprint: str = ''
 
 
-def multi_config(seed: int = 0) -> MultiConfig:
-  """Validates the seed and returns the matching config."""
+def multi_config(seed: int = 0, source_fingerprint: str = '') -> MultiConfig:
+  """Validates the seed and returns the matching config.
+
+  Args:
+    seed: partner-pairing seed (non-negative int).
+    source_fingerprint: `fingerprint.source_fingerprint` of the raw files
+      ('' for the bare seed config); appended to the config name as
+      `-src<fingerprint>`, so the cache folder is tied to the exact files.
+  """
   if (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)
       or seed < 0):
     raise idx.DataError(f'seed must be a non-negative int, got {seed!r}')
-  return MultiConfig(name=f'seed{int(seed)}', seed=int(seed),
+  name = f'seed{int(seed)}'
+  if source_fingerprint:
+    name += f'-src{source_fingerprint}'
+  return MultiConfig(name=name, seed=int(seed),
+                     source_fingerprint=source_fingerprint,
                      description=f'partners drawn with seed {int(seed)}')
+
+
+def locate_raw(source: idx.RawSource,
+               raw_data_dir: os.PathLike[str] | str | None,
+               download: bool = False) -> pathlib.Path:
+  """The folder holding `source`'s four IDX files (downloading if asked).
+
+  Args:
+    source: idx.MNIST or idx.FASHION_MNIST.
+    raw_data_dir: the files' folder or its parent; None = $JMTL_DATA_DIR
+      (or, with `download`, ~/.cache/jmtl/raw).
+    download: fetch absent files from the official URLs.
+
+  Raises:
+    DataError: no data dir, or files missing (see `idx.find_files`).
+  """
+  if download:
+    root = raw_data_dir or os.environ.get(idx.ENV_DATA_DIR) or (
+        os.path.join('~', '.cache', 'jmtl', 'raw'))
+    root = os.path.expanduser(root)
+    try:
+      return idx.find_files(root, source)
+    except idx.DataError:
+      return idx.download(os.path.join(root, source.name), source)
+  root = idx.resolve_data_dir(raw_data_dir, source)
+  return idx.find_files(root, source)
 
 
 class _MultiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -128,20 +168,18 @@ class _MultiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
   BUILDER_CONFIGS = [multi_config(0)]
 
-  def __init__(self, *, raw_data_dir: os.PathLike[str] | str | None = None,
-               download: bool = False, **kwargs):
+  def __init__(self, *, raw_folder: os.PathLike[str] | str | None = None,
+               **kwargs):
     """Creates the builder; nothing is read until it has to be built.
 
     Args:
-      raw_data_dir: folder holding the IDX files, or their parent; resolved
-        only when the dataset actually has to be built, so a prepared cache
-        loads without raw files.
-      download: fetch absent raw files from the official URLs.
+      raw_folder: folder holding the four IDX files (see `locate_raw`);
+        only read when the dataset has to be built. The caller checks these
+        files against the config's source fingerprint.
       **kwargs: forwarded to `tfds.core.GeneratorBasedBuilder`
         (data_dir = the tfds cache, config, ...).
     """
-    self._raw_data_dir = raw_data_dir
-    self._download = download
+    self._raw_folder_path = raw_folder
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -164,22 +202,13 @@ class _MultiBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         'Optimization, NeurIPS 2018.',
     )
 
-  def _raw_folder(self):
-    source = self.SOURCE
-    if self._download:
-      root = self._raw_data_dir or os.environ.get(idx.ENV_DATA_DIR) or (
-          os.path.join('~', '.cache', 'jmtl', 'raw'))
-      root = os.path.expanduser(root)
-      try:
-        return idx.find_files(root, source)
-      except idx.DataError:
-        return idx.download(os.path.join(root, source.name), source)
-    root = idx.resolve_data_dir(self._raw_data_dir, source)
-    return idx.find_files(root, source)
-
   def _split_generators(self, dl_manager):
     del dl_manager  # Raw files come from the local data dir, not tfds.
-    folder = self._raw_folder()
+    if self._raw_folder_path is None:
+      raise idx.DataError(
+          f'{self.name}: no raw {self.SOURCE.title} files to build the cache '
+          f'from. Fix: {idx.fix_text(self.SOURCE)}.')
+    folder = pathlib.Path(self._raw_folder_path)
     # Read and verify both splits before writing anything.
     raw = {s: idx.read_split(folder, s, self.SOURCE) for s in _SPLIT_IDS}
     seed = self.builder_config.seed

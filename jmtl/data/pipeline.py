@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import sys
 import threading
 from typing import Any, Callable, Mapping
 
@@ -29,6 +30,8 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jmtl.data import cache
+from jmtl.data import fingerprint
 from jmtl.data import gradnorm_toy
 from jmtl.data import idx
 from jmtl.data import multi_mnist
@@ -114,21 +117,36 @@ def _as_float32(raw: Mapping[str, np.ndarray]) -> Batch:
   return {k: np.asarray(v, np.float32) for k, v in raw.items()}
 
 
-def _read_all(source: Any, chunk: int = 4096,
-              where: str = 'split') -> dict[str, np.ndarray]:
-  """Reads a whole tfds data source into stacked numpy arrays."""
+def _read_all(source: Any, chunk: int = 4096, where: str = 'split',
+              folder: str | None = None) -> dict[str, np.ndarray]:
+  """Reads a whole tfds data source into stacked numpy arrays.
+
+  Raises:
+    DataError: the split is empty, or reading it fails (a damaged
+      array_record raises Riegeli/Zstd errors); names `folder`.
+  """
   n = len(source)
   if n == 0:
+    folder = folder or 'under JMTL_CACHE_DIR, default ~/.cache/jmtl/tfds'
     raise DataError(f'{where} is empty (0 examples). Fix: delete its tfds '
-                    'cache folder (JMTL_CACHE_DIR, default ~/.cache/jmtl/tfds) '
-                    'so it is rebuilt, and check the raw files')
-  first = source[0]
-  out = {k: np.empty((n,) + np.shape(v), np.asarray(v).dtype)
-         for k, v in first.items()}
-  for start in range(0, n, chunk):
-    records = source.__getitems__(range(start, min(n, start + chunk)))
-    for k, arr in out.items():
-      arr[start:start + len(records)] = [r[k] for r in records]
+                    f'cache folder ({folder}) so it is rebuilt, and check the '
+                    'raw files')
+  try:
+    first = source[0]
+    out = {k: np.empty((n,) + np.shape(v), np.asarray(v).dtype)
+           for k, v in first.items()}
+    for start in range(0, n, chunk):
+      records = source.__getitems__(range(start, min(n, start + chunk)))
+      for k, arr in out.items():
+        arr[start:start + len(records)] = [r[k] for r in records]
+  except DataError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # Riegeli / Zstd / protobuf errors from a damaged array_record.
+    raise DataError(
+        f'{where}: cannot read the dataset cache {folder or ""} '
+        f'({type(e).__name__}: {e}); the cache is damaged. Fix: move that '
+        'folder away (or delete it) and load again to rebuild it') from e
   return out
 
 
@@ -190,8 +208,10 @@ class MTLDataset:
     self._check_split(split)
     with self._lock:
       if split not in self._raw:
+        folder = getattr(self.builder, 'data_dir', None)
         self._raw[split] = _read_all(
-            self._sources[split], where=f'{self.spec.name}/{split} split')
+            self._sources[split], where=f'{self.spec.name}/{split} split',
+            folder=folder)
       return self._raw[split]
 
   def arrays(self, split: str) -> Batch:
@@ -314,45 +334,86 @@ class WithMetaBatches:
 # Registry.
 
 
-def _prepare(builder_cls: type[tfds.core.GeneratorBasedBuilder],
-             config: tfds.core.BuilderConfig, cache_dir: str,
-             **init_kwargs) -> tfds.core.GeneratorBasedBuilder:
-  # tfds refuses a new config object named like a predefined one, so reuse
-  # the predefined instance when there is one.
-  predefined = {c.name: c for c in builder_cls.BUILDER_CONFIGS}
-  config = predefined.get(config.name, config)
-  builder = builder_cls(data_dir=cache_dir, config=config,
-                        file_format='array_record', **init_kwargs)
-  # A no-op when the cache already holds this name/config/version.
-  builder.download_and_prepare()
-  return builder
-
-
 def _sources(builder, split_map: Mapping[str, str]) -> tuple[dict, dict]:
-  sources = {s: builder.as_data_source(split=t) for s, t in split_map.items()}
-  sizes = {s: len(src) for s, src in sources.items()}
+  try:
+    sources = {s: builder.as_data_source(split=t)
+               for s, t in split_map.items()}
+    sizes = {s: len(src) for s, src in sources.items()}
+  except Exception as e:  # pylint: disable=broad-except
+    # A cache damaged in a way its record cannot show (one without a record).
+    raise DataError(
+        f'{builder.name}: cannot open the dataset cache {builder.data_dir} '
+        f'({type(e).__name__}: {e}); the cache is damaged. Fix: move that '
+        'folder away (or delete it) and load again to rebuild it') from e
   return sources, sizes
+
+
+def _multi_config(builder_cls: type[multi_mnist._MultiBuilder], data_dir,
+                  cache_root: str, seed: int, download: bool,
+                  verify_checksums: bool) -> tuple[Any, dict]:
+  """The cache config tied to the raw files, and `cache.prepare` kwargs.
+
+  With no data dir given at all (no argument, no $JMTL_DATA_DIR, no
+  download), an existing cache is used if exactly one was built for this
+  seed; stderr names the files it was built from.
+  """
+  source = builder_cls.SOURCE
+  given = (data_dir is not None or bool(os.environ.get(idx.ENV_DATA_DIR))
+           or download)
+  if not given:
+    built = cache.find_built(cache_root, builder_cls, f'seed{seed}-src')
+    if len(built) > 1:
+      raise DataError(
+          f'{builder_cls.name}: no data dir given and the cache holds '
+          f'{len(built)} builds from different raw files: '
+          + ', '.join(str(b) for b in built)
+          + f'. Fix: {idx.fix_text(source)} (it picks the matching build).')
+    if built:
+      record = cache.read_record(built[0]) or {}
+      fp = record.get('fingerprint') or ''
+      paths = [d.get('path', '?') for d in record.get('sources', [])]
+      print(f'jmtl.data: no data dir given; using the cached '
+            f'{builder_cls.name} in {built[0]}, built from '
+            f'{", ".join(paths) or "unrecorded files"} (fingerprint {fp}).',
+            file=sys.stderr, flush=True)
+      return multi_mnist.multi_config(seed, fp), dict(
+          fingerprint=fp, can_rebuild=False,
+          rebuild_fix=idx.fix_text(source))
+  folder = multi_mnist.locate_raw(source, data_dir, download)
+  digests = fingerprint.check_family_files(
+      source.name, {f: folder / f for f in idx.FILES},
+      verify=verify_checksums)
+  fp = fingerprint.source_fingerprint(builder_cls.name,
+                                      str(builder_cls.VERSION), digests)
+  return multi_mnist.multi_config(seed, fp), dict(
+      fingerprint=fp, sources=digests, raw_folder=folder)
 
 
 def _load_multi(builder_cls: type[multi_mnist._MultiBuilder], *,
                 data_dir, cache_dir, seed: int = 0, download: bool = False,
-                validation_percent: int = 10) -> MTLDataset:
+                validation_percent: int = 10,
+                verify_checksums: bool = True) -> MTLDataset:
   """MultiMNIST / MultiFashion.
 
   Args:
-    data_dir: raw IDX files (only needed for the first build).
+    data_dir: raw IDX files; hashed on every load, since the cache is keyed
+      by their fingerprint (see `jmtl.data.fingerprint`).
     cache_dir: tfds cache.
     seed: partner-pairing seed (part of the cache key).
     download: fetch absent raw files from the official URLs.
     validation_percent: last percent of train held out as 'validation'.
+    verify_checksums: refuse raw files whose sha256 differs from the
+      published one (default True); False for deliberately changed files.
   """
   if not isinstance(validation_percent, int) or not (
       1 <= validation_percent <= 50):
     raise DataError(f'validation_percent must be an int in 1..50, got '
                     f'{validation_percent!r}')
-  builder = _prepare(builder_cls, multi_mnist.multi_config(seed),
-                     resolve_cache_dir(cache_dir), raw_data_dir=data_dir,
-                     download=download)
+  multi_mnist.multi_config(seed)  # Validates the seed before any file work.
+  cache_root = resolve_cache_dir(cache_dir)
+  config, prepare_kwargs = _multi_config(builder_cls, data_dir, cache_root,
+                                         seed, download, verify_checksums)
+  builder = cache.prepare(builder_cls, config, cache_root, **prepare_kwargs)
   cut = 100 - validation_percent
   sources, sizes = _sources(builder, {'train': f'train[:{cut}%]',
                                       'validation': f'train[{cut}%:]',
@@ -374,8 +435,10 @@ def _load_toy(*, data_dir, cache_dir, num_tasks: int = 2, seed: int = 0,
   del data_dir
   config = gradnorm_toy.toy_config(num_tasks, seed, n_train, n_validation,
                                    n_test)
-  builder = _prepare(gradnorm_toy.GradnormToy, config,
-                     resolve_cache_dir(cache_dir))
+  # Generated from the config alone: no source fingerprint, but the cache
+  # files are still recorded and checked for damage.
+  builder = cache.prepare(gradnorm_toy.GradnormToy, config,
+                          resolve_cache_dir(cache_dir))
   sources, sizes = _sources(builder, {s: s for s in
                                       ('train', 'validation', 'test')})
   spec = DatasetSpec(
@@ -397,8 +460,16 @@ DEFAULT_DATASET = 'gradnorm_toy'  # Needs no files at all.
 
 
 def names() -> list[str]:
-  """Names accepted by `load`."""
+  """Names accepted by `load` (built-in and `register`-ed)."""
   return sorted(_REGISTRY)
+
+
+def _takes(fn: Callable[..., Any]) -> tuple[list[str], bool]:
+  """(named keyword parameters of `fn`, whether it takes **kwargs)."""
+  params = inspect.signature(fn).parameters.values()
+  named = [p.name for p in params
+           if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  return named, any(p.kind == p.VAR_KEYWORD for p in params)
 
 
 def load(name: str, *, data_dir: os.PathLike[str] | str | None = None,
@@ -410,13 +481,15 @@ def load(name: str, *, data_dir: os.PathLike[str] | str | None = None,
     name: one of `names()`.
     data_dir: folder with the raw files (argument > $JMTL_DATA_DIR); holds
       `mnist/` and `fashion_mnist/` subfolders, or the four files directly.
-      Only read when the tfds cache does not have the dataset yet.
+      The files are hashed on every load: the cache is keyed by their
+      fingerprint, so other files never reuse it.
     cache_dir: tfds cache (argument > $JMTL_CACHE_DIR > ~/.cache/jmtl/tfds).
     **builder_kwargs: per dataset --
       multi_mnist / multi_fashion: seed=0, download=False,
-        validation_percent=10;
+        validation_percent=10, verify_checksums=True;
       gradnorm_toy: num_tasks=2, seed=0, n_train=8000, n_validation=1000,
-        n_test=1000.
+        n_test=1000;
+      a `register`-ed dataset: its loader's keywords.
 
   Raises:
     DataError: unknown name or keyword, missing or corrupt raw data.
@@ -425,10 +498,266 @@ def load(name: str, *, data_dir: os.PathLike[str] | str | None = None,
     raise DataError(f'unknown dataset {name!r}; valid names: '
                     f'{", ".join(names())}')
   load_fn = _REGISTRY[name]
-  accepted = [p for p in inspect.signature(load_fn).parameters
-              if p not in ('data_dir', 'cache_dir')]
+  named, var_kw = _takes(load_fn)
+  accepted = [p for p in named if p not in ('data_dir', 'cache_dir')]
   unknown = sorted(set(builder_kwargs) - set(accepted))
-  if unknown:
+  if unknown and not var_kw:
     raise DataError(f'{name}: unknown keyword(s) {", ".join(unknown)}; '
-                    f'accepted: {", ".join(accepted)}')
-  return load_fn(data_dir=data_dir, cache_dir=cache_dir, **builder_kwargs)
+                    f'accepted: {", ".join(accepted) or "none"}')
+  for key, value in (('data_dir', data_dir), ('cache_dir', cache_dir)):
+    if key in named or var_kw:
+      builder_kwargs[key] = value
+    elif value is not None and key == 'data_dir':
+      # A cache dir is a general setting, fine to ignore; raw files given to
+      # a dataset that reads none are probably meant for another one.
+      raise DataError(f'{name}: this dataset reads no raw files, but '
+                      f'data_dir={value!r} was given. Fix: leave '
+                      '--config.dataset.data_dir empty')
+  return load_fn(**builder_kwargs)
+
+
+# ----------------------------------------------------------------------------
+# User datasets.
+
+
+def register(name: str, loader: Callable[..., Any] | MTLDataset, *,
+             overwrite: bool = False) -> None:
+  """Makes `load(name, ...)` (and so a config's `dataset.name`) find a dataset.
+
+  Example (e.g. inside an experiment config's `get_config`, so the CLI sees
+  it too)::
+
+    ds = jmtl.data.from_arrays('my_data', splits, input_key='x',
+                               labels={'price': 'regression'})
+    jmtl.data.register('my_data', ds)
+
+  Args:
+    name: the registry name.
+    loader: a dataset (anything with `spec`, `steps_per_epoch`,
+      `train_iterator` and `arrays`, e.g. from `from_arrays`), or a
+      function returning one. The function gets `data_dir=` / `cache_dir=`
+      only if it takes them, plus the config's `dataset.kwargs`.
+    overwrite: replace an existing registration (default False: an error).
+
+  Raises:
+    DataError: `name` is taken or empty, or `loader` is neither.
+  """
+  if not isinstance(name, str) or not name.strip():
+    raise DataError(f'dataset name must be a non-empty string, got {name!r}')
+  if name in _REGISTRY and not overwrite:
+    raise DataError(f'dataset {name!r} is already registered. Fix: choose '
+                    'another name, or pass overwrite=True to replace it')
+  if all(hasattr(loader, a) for a in ('spec', 'train_iterator', 'arrays',
+                                      'steps_per_epoch')):
+    dataset = loader
+
+    def loader():  # pylint: disable=function-redefined
+      return dataset
+  elif not callable(loader):
+    raise DataError(f'register({name!r}, ...): expected a dataset (with spec, '
+                    'train_iterator, arrays, steps_per_epoch) or a function '
+                    f'returning one, got {type(loader).__name__}')
+  _REGISTRY[name] = loader
+
+
+def unregister(name: str) -> None:
+  """Removes a `register`-ed name (tests; replacing with overwrite=True)."""
+  if name not in _REGISTRY:
+    raise DataError(f'dataset {name!r} is not registered; registered: '
+                    f'{", ".join(names())}')
+  del _REGISTRY[name]
+
+
+class _ArraySource:
+  """In-memory stand-in for a tfds data source (random access by index)."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray]):
+    self.arrays = dict(arrays)
+    self._n = len(next(iter(self.arrays.values())))
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return {k: v[i] for k, v in self.arrays.items()}
+
+  def __getitems__(self, ids) -> list[dict[str, np.ndarray]]:
+    return [self[i] for i in ids]
+
+
+class _ArrayDataset(MTLDataset):
+  """`MTLDataset` over in-memory arrays (see `from_arrays`)."""
+
+  def _raw_split(self, split: str) -> dict[str, np.ndarray]:
+    self._check_split(split)
+    return self._sources[split].arrays
+
+
+REQUIRED_SPLITS = ('train', 'validation', 'test')
+
+
+def _label_spec(key: str, value: Any, arrays: Mapping[str, Mapping],
+                name: str) -> LabelSpec:
+  """Turns a `from_arrays` label entry into a LabelSpec, checking the data."""
+  shape = tuple(np.shape(arrays['train'][key])[1:])
+  if isinstance(value, LabelSpec):
+    spec = value
+  else:
+    if isinstance(value, str):
+      value = {'kind': value}
+    if not isinstance(value, Mapping) or 'kind' not in value:
+      raise DataError(f'{name}: label {key!r} must be a LabelSpec, a kind '
+                      "('classification' / 'regression') or a dict with "
+                      f'"kind" (and "num_classes"), got {value!r}')
+    kind, num_classes = value['kind'], value.get('num_classes')
+    if kind == 'classification' and num_classes is None:
+      num_classes = 1 + max(int(np.max(arrays[s][key])) for s in arrays)
+    spec = LabelSpec(key, kind, num_classes, shape)
+  if spec.name != key:
+    raise DataError(f'{name}: LabelSpec name {spec.name!r} is filed under '
+                    f'label {key!r}. Fix: use the same name')
+  if spec.kind not in ('classification', 'regression'):
+    raise DataError(f'{name}: label {key!r} has kind {spec.kind!r}; valid: '
+                    'classification, regression')
+  if tuple(spec.shape) != shape:
+    raise DataError(f'{name}: label {key!r} is declared with per-example '
+                    f'shape {tuple(spec.shape)} but the arrays have {shape}')
+  for split, cols in arrays.items():
+    y = cols[key]
+    if spec.kind == 'classification':
+      if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f'{name}: classification label {key!r} in split '
+                        f'{split!r} has dtype {y.dtype}; Fix: pass integer '
+                        'class ids')
+      if not isinstance(spec.num_classes, int) or spec.num_classes < 2:
+        raise DataError(f'{name}: label {key!r} needs num_classes >= 2, got '
+                        f'{spec.num_classes!r}')
+      rows = y.reshape(len(y), -1)
+      bad_rows = np.flatnonzero(((rows < 0) | (rows >= spec.num_classes))
+                                .any(axis=1))
+      if bad_rows.size:
+        i = int(bad_rows[0])
+        value = int(rows[i][(rows[i] < 0) | (rows[i] >= spec.num_classes)][0])
+        raise DataError(
+            f'{name}: label {key!r} in split {split!r} has class id {value} '
+            f'at example {i}, outside 0..{spec.num_classes - 1}. Fix: pass '
+            'num_classes above every id, or map the ids to '
+            '0..num_classes-1')
+    elif not np.all(np.isfinite(np.asarray(y, np.float64))):
+      i = int(np.flatnonzero(~np.isfinite(
+          np.asarray(y, np.float64).reshape(len(y), -1)).any(axis=1))[0])
+      raise DataError(f'{name}: regression label {key!r} in split {split!r} '
+                      f'is not finite at example {i}. Fix: drop or impute it')
+  return spec
+
+
+def from_arrays(name: str, splits: Mapping[str, Mapping[str, Any]], *,
+                input_key: str,
+                labels: Mapping[str, LabelSpec | Mapping | str] | None = None,
+                input_transform: Callable[[Any], Any] | None = None
+                ) -> MTLDataset:
+  """A multi-task dataset from in-memory numpy arrays, usable like `load`'s.
+
+  The result has the same interface as the built-in datasets (`spec`,
+  `steps_per_epoch`, `train_iterator` with exact `get_state`/`set_state`
+  resume, `arrays(split)`); `register` it to name it in a config.
+
+  Args:
+    name: the dataset's name (`spec.name`, used in messages).
+    splits: {'train': {...}, 'validation': {...}, 'test': {...}}, each
+      mapping the input key and every label key to an array whose first
+      axis is the example (the same length within a split).
+    input_key: key of the model input.
+    labels: label key -> a `LabelSpec`, a kind ('classification' /
+      'regression'), or {'kind': ..., 'num_classes': ...}; task order is
+      this order. Default None: every other key, integer arrays as
+      classification, floating ones as regression. A classification
+      label's num_classes defaults to 1 + its largest id over all splits.
+    input_transform: applied on device to the input batch (e.g. uint8 ->
+      normalised float32), as `DatasetSpec.input_transform`; None = as is.
+
+  Returns:
+    An `MTLDataset`. Arrays are copied (later changes to yours do not
+    leak in); floating inputs and regression labels become float32,
+    classification labels int32.
+
+  Raises:
+    DataError: a missing split, a split missing a key or with extra ones,
+      arrays of different lengths, shapes or dtypes differing between
+      splits, class ids out of range, non-finite values.
+  """
+  if not isinstance(splits, Mapping):
+    raise DataError(f'{name}: splits must be a dict split -> dict of arrays, '
+                    f'got {type(splits).__name__}')
+  missing = [s for s in REQUIRED_SPLITS if s not in splits]
+  if missing:
+    raise DataError(
+        f'{name}: split(s) {", ".join(missing)} missing (got '
+        f'{", ".join(map(str, splits)) or "none"}). Fix: pass splits= with '
+        "'train', 'validation' and 'test'; with no validation set, hold out "
+        'part of train (e.g. its last 10%)')
+  arrays = {s: {k: np.asarray(v) for k, v in cols.items()}
+            for s, cols in splits.items()}
+  label_keys = (list(labels) if labels is not None else
+                [k for k in arrays['train'] if k != input_key])
+  want = {input_key, *label_keys}
+  for split, cols in arrays.items():
+    if set(cols) != want:
+      lacking, extra = sorted(want - set(cols)), sorted(set(cols) - want)
+      raise DataError(
+          f'{name}: split {split!r} ' + '; '.join(
+              ([f'lacks {", ".join(map(repr, lacking))}'] if lacking else [])
+              + ([f'has unlisted key(s) {", ".join(map(repr, extra))}']
+                 if extra else []))
+          + f'. Fix: give every split the input {input_key!r} and the '
+          f'labels {", ".join(map(repr, label_keys))} (list extra keys in '
+          'labels=, or drop them)')
+    lengths = {k: (len(v) if v.ndim else None) for k, v in cols.items()}
+    if len(set(lengths.values())) != 1 or None in lengths.values():
+      raise DataError(
+          f'{name}: split {split!r} arrays have different lengths ('
+          + ', '.join(f'{k}: {n}' for k, n in lengths.items())
+          + '). Fix: one row per example in every array of a split')
+    if not next(iter(lengths.values())):
+      raise DataError(f'{name}: split {split!r} is empty. Fix: give it at '
+                      'least one example')
+    for k, v in cols.items():
+      ref = arrays['train'][k]
+      if v.shape[1:] != ref.shape[1:] or v.dtype.kind != ref.dtype.kind:
+        raise DataError(
+            f'{name}: {k!r} is {v.dtype}{list(v.shape[1:])} per example in '
+            f'split {split!r} but {ref.dtype}{list(ref.shape[1:])} in train. '
+            'Fix: the same per-example shape and dtype in every split')
+  if labels is None:
+    labels = {k: ('classification'
+                  if np.issubdtype(arrays['train'][k].dtype, np.integer)
+                  else 'regression') for k in label_keys}
+  specs = {k: _label_spec(k, v, arrays, name) for k, v in labels.items()}
+  x = arrays['train'][input_key]
+  if np.issubdtype(x.dtype, np.floating):
+    for split, cols in arrays.items():
+      bad = ~np.isfinite(cols[input_key].reshape(len(cols[input_key]), -1))
+      if bad.any():
+        raise DataError(f'{name}: input {input_key!r} in split {split!r} is '
+                        f'not finite at example {int(np.flatnonzero(bad.any(1))[0])}. '
+                        'Fix: drop or impute it')
+
+  def convert(key: str, v: np.ndarray) -> np.ndarray:
+    if key == input_key:
+      out = v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+    elif specs[key].kind == 'classification':
+      out = v.astype(np.int32)
+    else:
+      out = v.astype(np.float32)
+    out = np.array(out, copy=True, order='C')
+    out.flags.writeable = False
+    return out
+
+  sources = {s: _ArraySource({k: convert(k, cols[k])
+                              for k in [input_key, *specs]})
+             for s, cols in arrays.items()}
+  spec = DatasetSpec(name=name, input_key=input_key,
+                     input_shape=tuple(x.shape[1:]), labels=specs,
+                     split_sizes={s: len(src) for s, src in sources.items()},
+                     input_transform=input_transform)
+  return _ArrayDataset(spec, sources, dict)

@@ -1,11 +1,15 @@
 """The architecture zoo: how the tasks share (or do not share) the encoder.
 
-Every architecture is a Linen module with the interface of :class:`jmtl.models.mtl.MultiTaskModel`
-(``__call__(x, *, train) -> {task: output}``, ``encode`` / ``decode``) and one head per task from
-:class:`TaskHeads` (``params['tasks'][task]``), optionally mixed by the task-relation matrix W
-(``relation=True``: ``z_i = sum_j W_ij h_j`` before the output layers, ``params['relation']``).
-``params['shared']`` holds exactly the parameters that receive gradients from several tasks (the
-weighting methods take per-task Jacobians over it); every other top-level subtree is keyed by task.
+Every architecture is a :class:`jmtl.models.base.MultiTaskBase` (``__call__(x, *, train) -> {task:
+output}``, ``encode`` / ``decode`` / ``decode_split`` and the ``separable_heads`` capability: see
+:mod:`jmtl.models.base`) with one head per task from :class:`TaskHeads` (``params['tasks'][task]``),
+optionally mixed by the task-relation matrix W (``relation=True``: ``z_i = sum_j W_ij h_j`` before
+the output layers, ``params['relation']``). ``params['shared']`` holds exactly the parameters that
+receive gradients from several tasks (the weighting methods take per-task Jacobians over it); every
+other top-level subtree is keyed by task.
+
+:data:`ARCHITECTURES` is the registry (every ``arch`` name, ``hps`` included) and :func:`build` its
+single entry point.
 
 ==================  ======================================================================================
 ``arch``            params (besides ``tasks`` and the optional ``relation``)
@@ -26,14 +30,15 @@ all tasks (unless the stitch matrices are exactly diagonal). Likewise all but th
 learning-to-branch tree, MTAN's trunk and the MoE experts.
 
 Encoders: towers, cross-stitch columns, MTAN trunks and branch nodes are copies of the configured
-encoder (``multi_lenet`` or ``mlp``), cut into stages by :mod:`jmtl.models.stages`. MoE experts are
+encoder, cut into stages by :mod:`jmtl.models.stages` (``multi_lenet`` and ``mlp`` have several
+stages; any other Linen module with ``__call__(x, *, train)`` is one stage). MoE experts are
 copies of the whole encoder on the input (see :mod:`jmtl.models.moe`).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,16 +46,57 @@ import jax.numpy as jnp
 import optax
 
 from jmtl.models import moe, stages as stages_lib
-from jmtl.models.arch_base import Bag, bag, heads_forward, no_shared_representation, per_task, relation_param
-from jmtl.models.mtl import MultiTaskModel, TaskHeads
+from jmtl.models.base import Bag, MultiTaskBase, TaskHeads, bag, mix_tasks, per_task
 
 Array = jax.Array
+
+
+# ----------------------------------------------------------------------------- hard sharing (hps)
+
+
+class MultiTaskModel(MultiTaskBase):
+    """Hard parameter sharing: shared encoder -> per-task representations h_k -> (relation mixing)
+    -> per-task outputs.
+
+    With ``relation=True`` a learnable K x K matrix W (initialised to the identity) mixes the task
+    representations before each output layer: ``z_i = sum_j W_ij h_j``. Its Frobenius penalty
+    ``alpha |W|_F^2`` is added to the objective by the train step.
+
+    Params: ``{'shared': encoder, 'tasks': {task: head}, 'relation'?: W}``.
+    """
+
+    shared: nn.Module
+    tasks: TaskHeads
+    relation: bool = False
+    arch: ClassVar[str] = "hps"
+
+    @property
+    def separable_heads(self) -> bool:
+        """Without W task k's output reads the representation through head k alone."""
+        return not self.relation
+
+    def encode(self, x: Array, *, train: bool = False) -> Array:
+        """The shared representation (input of every head)."""
+        return self.shared(x, train=train)
+
+    def decode(self, rep: Array, *, train: bool = False) -> dict[str, Array]:
+        """Task outputs from the shared representation."""
+        return self.task_outputs([rep] * len(self.tasks.names), train=train)
+
+    def decode_split(self, reps: Sequence[Array], *, train: bool = False) -> dict[str, Array]:
+        """Like :meth:`decode`, with task k's head reading its own copy ``reps[k]`` of the shared
+        representation (only without W: see :mod:`jmtl.models.base`)."""
+        self._check_split(reps)
+        return self.task_outputs(reps, train=train)
+
+    def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
+        return self.decode(self.encode(x, train=train), train=train)
 
 
 # ----------------------------------------------------------------------------- independent / soft
 
 
-class IndependentTowers(nn.Module):
+class IndependentTowers(MultiTaskBase):
     """One copy of the encoder per task and no sharing: K single-task models trained in one model.
 
     With ``arch='soft_sharing'`` the same model is trained with a penalty pulling corresponding
@@ -66,20 +112,17 @@ class IndependentTowers(nn.Module):
     tasks: TaskHeads
     relation: bool = False
     arch: str = "independent"
+    no_representation_reason: ClassVar[str] = "every task has its own tower"
 
-    def setup(self):
-        if self.relation:
-            self.relation_matrix = relation_param(self, len(self.tasks.names))
-
-    def encode(self, x: Array, *, train: bool = False) -> Array:
-        raise no_shared_representation(self.arch, "every task has its own tower")
-
-    def decode(self, rep: Array, *, train: bool = False) -> dict[str, Array]:
-        raise no_shared_representation(self.arch, "every task has its own tower")
+    @property
+    def no_shared_params(self) -> bool:
+        """Nothing is shared: every param has one task's gradient (the step then takes the plain
+        sum of the task gradients; a gradient weighting scheme has nothing to balance)."""
+        return True
 
     def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
         feats = [self.towers[n](x, train=train) for n in self.tasks.names]
-        return heads_forward(self.tasks, feats, self.relation_matrix if self.relation else None, train=train)
+        return self.task_outputs(feats, train=train)
 
 
 # ----------------------------------------------------------------------------- cross-stitch
@@ -112,11 +155,10 @@ class CrossStitchUnit(nn.Module):
     def __call__(self, xs: Sequence[Array]) -> list[Array]:
         k = self.num_tasks
         alpha = self.param("alpha", _stitch_init(k, self.self_weight), (k, k))
-        stacked = jnp.stack(xs)  # [K, B, ...]
-        return list(jnp.einsum("ij,j...->i...", alpha.astype(stacked.dtype), stacked))
+        return mix_tasks(alpha, xs)
 
 
-class CrossStitch(nn.Module):
+class CrossStitch(MultiTaskBase):
     """Cross-stitch networks (Misra, Shrivastava, Gupta, Hebert, CVPR 2016).
 
     One column (copy of the encoder) per task; after every stage a cross-stitch unit mixes the
@@ -128,16 +170,8 @@ class CrossStitch(nn.Module):
     tasks: TaskHeads
     num_stages: int
     relation: bool = False
-
-    def setup(self):
-        if self.relation:
-            self.relation_matrix = relation_param(self, len(self.tasks.names))
-
-    def encode(self, x: Array, *, train: bool = False) -> Array:
-        raise no_shared_representation("cross_stitch", "every task has its own column")
-
-    def decode(self, rep: Array, *, train: bool = False) -> dict[str, Array]:
-        raise no_shared_representation("cross_stitch", "every task has its own column")
+    arch: ClassVar[str] = "cross_stitch"
+    no_representation_reason: ClassVar[str] = "every task has its own column"
 
     def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
         names = self.tasks.names
@@ -146,7 +180,7 @@ class CrossStitch(nn.Module):
         for i in range(self.num_stages):
             xs = [towers[n].stage(i, h, train=train) for n, h in zip(names, xs)]
             xs = self.shared[f"stitch_{i}"](xs)
-        return heads_forward(self.tasks, xs, self.relation_matrix if self.relation else None, train=train)
+        return self.task_outputs(xs, train=train)
 
 
 # ----------------------------------------------------------------------------- MTAN
@@ -167,7 +201,7 @@ class AttentionMask(nn.Module):
         return jax.nn.sigmoid(nn.Dense(c, name="g2")(h)) * features
 
 
-class MTAN(nn.Module):
+class MTAN(MultiTaskBase):
     """Multi-task attention network (Liu, Johns, Davison, CVPR 2019), on the stages of any encoder.
 
     A shared trunk computes features p^j at every stage j. Task k keeps attended features
@@ -186,16 +220,8 @@ class MTAN(nn.Module):
     tasks: TaskHeads
     num_stages: int
     relation: bool = False
-
-    def setup(self):
-        if self.relation:
-            self.relation_matrix = relation_param(self, len(self.tasks.names))
-
-    def encode(self, x: Array, *, train: bool = False) -> Array:
-        raise no_shared_representation("mtan", "each task attends to every stage of the trunk")
-
-    def decode(self, rep: Array, *, train: bool = False) -> dict[str, Array]:
-        raise no_shared_representation("mtan", "each task attends to every stage of the trunk")
+    arch: ClassVar[str] = "mtan"
+    no_representation_reason: ClassVar[str] = "each task attends to every stage of the trunk"
 
     def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
         names = self.tasks.names
@@ -211,7 +237,7 @@ class MTAN(nn.Module):
                     inputs = jnp.concatenate([p, extract.stage(j, attended[k], train=train)], axis=-1)
                 attended[k] = self.attention[n][f"stage_{j}"](inputs, p)
         feats = [a.reshape(a.shape[0], -1) for a in attended]
-        return heads_forward(self.tasks, feats, self.relation_matrix if self.relation else None, train=train)
+        return self.task_outputs(feats, train=train)
 
 
 # ----------------------------------------------------------------------------- learning to branch
@@ -279,7 +305,7 @@ class BranchLeaf(nn.Module):
         return self.node(jnp.einsum("p,p...->...", w.astype(stacked.dtype), stacked), train=train)
 
 
-class LearningToBranch(nn.Module):
+class LearningToBranch(MultiTaskBase):
     """Learning to branch (Guo, Lee, Ulbricht, ICML 2020): a tree-structured network whose
     branching is learnt with Gumbel-softmax sampling.
 
@@ -302,16 +328,8 @@ class LearningToBranch(nn.Module):
     temperature_decay_steps: int = 1
     min_temperature: float = 0.1
     relation: bool = False
-
-    def setup(self):
-        if self.relation:
-            self.relation_matrix = relation_param(self, len(self.tasks.names))
-
-    def encode(self, x: Array, *, train: bool = False) -> Array:
-        raise no_shared_representation("learning_to_branch", "tasks branch off at learnt points of the tree")
-
-    def decode(self, rep: Array, *, train: bool = False) -> dict[str, Array]:
-        raise no_shared_representation("learning_to_branch", "tasks branch off at learnt points of the tree")
+    arch: ClassVar[str] = "learning_to_branch"
+    no_representation_reason: ClassVar[str] = "tasks branch off at learnt points of the tree"
 
     def __call__(self, x: Array, *, train: bool = False, temperature: Optional[Array] = None) -> dict[str, Array]:
         tau = self.temperature if temperature is None else temperature
@@ -319,7 +337,7 @@ class LearningToBranch(nn.Module):
         for l in range(len(self.widths) - 1):
             outs = self.shared[f"stage_{l}"](outs, train=train, temperature=tau)
         feats = [self.towers[n](outs, train=train, temperature=tau) for n in self.tasks.names]
-        return heads_forward(self.tasks, feats, self.relation_matrix if self.relation else None, train=train)
+        return self.task_outputs(feats, train=train)
 
 
 def temperature_schedule(model: LearningToBranch) -> optax.Schedule:
@@ -356,6 +374,10 @@ def derived_tree(params: Mapping[str, Any], task_names: Sequence[str]) -> dict:
 
 
 # ----------------------------------------------------------------------------- builders
+
+
+def _build_hps(encoder, heads, relation):
+    return MultiTaskModel(shared=encoder, tasks=heads, relation=relation)
 
 
 def _towers(encoder, heads, relation, arch):
@@ -429,7 +451,9 @@ def _build_l2b(
     )
 
 
+# The registry: arch name -> builder(encoder, heads, relation, **arch options). hps first.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "hps": _build_hps,
     "independent": _build_independent,
     "soft_sharing": _build_soft,
     "cross_stitch": _build_cross_stitch,
@@ -440,24 +464,46 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "ple": moe.build_ple,
     "learning_to_branch": _build_l2b,
 }
-NAMES = ("hps",) + tuple(ARCHITECTURES)
+NAMES = tuple(ARCHITECTURES)
+
+
+def _check_encoder(encoder: Any) -> None:
+    """The encoder must be a Linen module called as ``encoder(x, train=...)``."""
+    need = "an encoder must be a flax.linen Module with `__call__(self, x, *, train: bool)` returning the features"
+    if not isinstance(encoder, nn.Module):
+        raise ValueError(f"{need}; got {type(encoder).__name__}")
+    try:
+        params = inspect.signature(type(encoder).__call__).parameters
+    except (TypeError, ValueError):  # no signature to read: let the call decide
+        return
+    takes_train = "train" in params and params["train"].kind in (params["train"].KEYWORD_ONLY, params["train"].POSITIONAL_OR_KEYWORD)
+    if not takes_train and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"{need}; {type(encoder).__name__}.__call__ has no `train` argument (add `*, train: bool = False`)")
 
 
 def build(arch: str, *, encoder: nn.Module, heads: TaskHeads, relation: bool = False, **kwargs) -> nn.Module:
-    """The ``arch`` model over copies of ``encoder`` with ``heads``; ``kwargs`` are the
-    architecture's options (``config.model.arch_kwargs`` minus the regularizer keys)."""
-    if arch == "hps":
-        if kwargs:
-            raise ValueError(f"arch 'hps' takes no arch_kwargs, got {', '.join(sorted(kwargs))}")
-        return MultiTaskModel(shared=encoder, tasks=heads, relation=relation)
+    """The ``arch`` model over copies of ``encoder`` with ``heads``.
+
+    Args:
+      arch: a name of :data:`ARCHITECTURES` (``'hps'`` = hard sharing, :class:`MultiTaskModel`).
+      encoder: the (unbound) encoder template: ``encoders.MLP`` / ``encoders.MultiLeNet`` or any
+        Linen module with ``__call__(x, *, train)``.
+      heads: one head per task.
+      relation: add the task-relation matrix W (``params['relation']``).
+      **kwargs: the architecture's options (``config.model.arch_kwargs`` minus the regularizer
+        keys); the keyword-only arguments of its builder.
+    """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(NAMES)}")
+    _check_encoder(encoder)
     fn = ARCHITECTURES[arch]
     accepted = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
     unknown = set(kwargs) - set(accepted)
+    if unknown and not accepted:
+        raise ValueError(f"arch {arch!r} takes no arch_kwargs, got {', '.join(sorted(unknown))}")
     if unknown:
         raise ValueError(
-            f"unknown arch_kwargs {', '.join(sorted(unknown))} for arch {arch!r}; valid: {', '.join(accepted) or '(none)'}"
+            f"unknown arch_kwargs {', '.join(sorted(unknown))} for arch {arch!r}; valid: {', '.join(accepted)}"
         )
     return fn(encoder, heads, relation, **kwargs)
 

@@ -64,4 +64,5 @@ class RegressionHead(nn.Module):
         return self.output(self.represent(x, train=train))
 
 
-HEADS = {"classification": ClassificationHead, "regression": RegressionHead}
+# 'binary' (jmtl.tasks.BINARY): the classification head with one output, the sigmoid logit.
+HEADS = {"classification": ClassificationHead, "regression": RegressionHead, "binary": ClassificationHead}

@@ -38,8 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jmtl.models import encoders, stages as stages_lib
-from jmtl.models.arch_base import Bag, bag, heads_forward, no_shared_representation, relation_param
-from jmtl.models.mtl import TaskHeads
+from jmtl.models.base import Bag, MultiTaskBase, TaskHeads, bag, no_shared_representation
 
 Array = jax.Array
 
@@ -157,7 +156,7 @@ def _path(kind: str, level: int, task: Optional[str], num_levels: int, num_task_
     raise ValueError(kind)
 
 
-class MixtureOfExperts(nn.Module):
+class MixtureOfExperts(MultiTaskBase):
     """MMoE / DSelect-k / CGC / PLE (see the module docstring). Use the ``build_*`` functions."""
 
     shared: Bag
@@ -170,19 +169,12 @@ class MixtureOfExperts(nn.Module):
     arch: str = "mmoe"
     relation: bool = False
 
-    def setup(self):
-        if self.relation:
-            self.relation_matrix = relation_param(self, len(self.tasks.names))
-
     def _get(self, kind: str, level: int, task: Optional[str] = None) -> nn.Module:
         path = _path(kind, level, task, self.num_levels, self.num_task_experts)
         module = getattr(self, path[0])
         for p in path[1:]:
             module = module[p]
         return module
-
-    def _heads(self, feats: Sequence[Array], train: bool) -> dict[str, Array]:
-        return heads_forward(self.tasks, feats, self.relation_matrix if self.relation else None, train=train)
 
     def task_features(self, x: Array, *, train: bool = False) -> list[Array]:
         """The mixture fed to each task's head, ``[B, H]`` per task."""
@@ -213,15 +205,25 @@ class MixtureOfExperts(nn.Module):
         return task_in
 
     def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
-        return self._heads(self.task_features(x, train=train), train)
+        return self.task_outputs(self.task_features(x, train=train), train=train)
 
     # The shared representation (MGDA-UB): with one level and no task experts (MMoE, DSelect-k)
     # the shared params are exactly the experts, so Z = the expert outputs. The gates also read the
     # input x, so the representation carries x after Z, behind a stop_gradient: the
     # representation Jacobian is then zero on x and its Gramian is that of the expert outputs.
 
+    @property
+    def _has_rep(self) -> bool:
+        return self.num_levels == 1 and not self.num_task_experts
+
+    @property
+    def separable_heads(self) -> bool:
+        """With one shared representation and no W, task k's output reads it only through gate k
+        and head k (both task k's own)."""
+        return self._has_rep and not self.relation
+
     def _check_rep(self):
-        if self.num_levels != 1 or self.num_task_experts:
+        if not self._has_rep:
             raise no_shared_representation(self.arch, "task-specific experts read the input too")
 
     def encode(self, x: Array, *, train: bool = False) -> Array:
@@ -231,15 +233,26 @@ class MixtureOfExperts(nn.Module):
         b = x.shape[0]
         return jnp.concatenate([z.reshape(b, -1), x.reshape(b, -1).astype(z.dtype)], axis=-1)
 
+    def _unpack(self, rep: Array) -> tuple[Array, Array]:
+        """rep -> (expert outputs ``[B, E, H]``, gate input ``[B, D]`` behind a stop_gradient)."""
+        d = self._get("task_gate", 0, self.tasks.names[0]).input_size()
+        z = rep[:, :-d].reshape(rep.shape[0], self.num_shared_experts, -1)
+        return z, jax.lax.stop_gradient(rep[:, -d:])
+
+    def _mix(self, task: str, z: Array, x: Array) -> Array:
+        return jnp.einsum("be,beh->bh", self._get("task_gate", 0, task)(x).astype(z.dtype), z)
+
     def decode(self, rep: Array, *, train: bool = False) -> dict[str, Array]:
         self._check_rep()
-        names = self.tasks.names
-        d = self._get("task_gate", 0, names[0]).input_size()
-        b = rep.shape[0]
-        z = rep[:, :-d].reshape(b, self.num_shared_experts, -1)
-        x = jax.lax.stop_gradient(rep[:, -d:])
-        feats = [jnp.einsum("be,beh->bh", self._get("task_gate", 0, n)(x).astype(z.dtype), z) for n in names]
-        return self._heads(feats, train)
+        z, x = self._unpack(rep)
+        return self.task_outputs([self._mix(n, z, x) for n in self.tasks.names], train=train)
+
+    def decode_split(self, reps: Sequence[Array], *, train: bool = False) -> dict[str, Array]:
+        """Task k's gate and head on its own copy ``reps[k]`` of the representation."""
+        self._check_rep()
+        self._check_split(reps)
+        feats = [self._mix(n, *self._unpack(r)) for n, r in zip(self.tasks.names, reps)]
+        return self.task_outputs(feats, train=train)
 
 
 def _nest(tree: dict, path: Sequence[str], module: nn.Module) -> None:

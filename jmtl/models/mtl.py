@@ -1,6 +1,9 @@
-"""Hard-parameter-sharing multi-task model with an optional learnable task-relation matrix.
+"""Building a multi-task model from task specs and configuration names: :func:`build`.
 
-Params layout (the shared / task-specific split is visible in the tree)::
+The model classes and the params-tree vocabulary live in :mod:`jmtl.models.base` (``SHARED``,
+``TASKS``, ``RELATION``, :class:`TaskHeads`, the model interface) and
+:mod:`jmtl.models.architectures` (:class:`MultiTaskModel` = hard sharing, and the rest of the zoo);
+they are re-exported here. Params layout of the default (``arch='hps'``)::
 
     {'shared':   encoder params,                 # receives gradients from every task
      'tasks':    {task_name: head params, ...},  # task-specific
@@ -12,85 +15,13 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
-from jmtl.models import encoders, heads as heads_lib
+from jmtl.models import architectures, encoders, heads as heads_lib, regularizers
+from jmtl.models.architectures import MultiTaskModel
+from jmtl.models.base import RELATION, SHARED, TASKS, MultiTaskBase, TaskHeads
 from jmtl.tasks import Task
 
-SHARED = "shared"
-TASKS = "tasks"
-RELATION = "relation"
-
-
-class TaskHeads(nn.Module):
-    """One head per task, each registered under its task's name."""
-
-    names: tuple[str, ...]
-    heads: tuple[nn.Module, ...]
-
-    def setup(self):
-        for name, head in zip(self.names, self.heads):
-            # setattr registers the submodule under the task's name: params['tasks'][name].
-            setattr(self, name, head.clone())
-
-    def represent(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
-        return [getattr(self, n).represent(x, train=train) for n in self.names]
-
-    def output(self, zs: Sequence[jax.Array]) -> dict[str, jax.Array]:
-        return {n: getattr(self, n).output(z) for n, z in zip(self.names, zs)}
-
-    def __call__(self, x, *, train: bool = False):
-        return self.output(self.represent(x, train=train))
-
-
-class MultiTaskModel(nn.Module):
-    """Shared encoder -> per-task representations h_k -> (relation mixing) -> per-task outputs.
-
-    With ``relation=True`` a learnable K x K matrix W (initialised to the identity) mixes the task
-    representations before each output layer: ``z_i = sum_j W_ij h_j``. Its Frobenius penalty
-    ``alpha |W|_F^2`` is added to the objective by the train step.
-    """
-
-    shared: nn.Module
-    tasks: TaskHeads
-    relation: bool = False
-
-    def setup(self):
-        if self.relation:
-            k = len(self.tasks.names)
-            self.relation_matrix = self.param(RELATION, nn.initializers.constant(jnp.eye(k)), (k, k))
-
-    def encode(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        """The shared representation (input of every head)."""
-        return self.shared(x, train=train)
-
-    def decode(self, rep: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        """Task outputs from the shared representation."""
-        hs = self.tasks.represent(rep, train=train)
-        if self.relation:
-            sizes = {h.shape for h in hs}
-            if len(sizes) != 1:
-                raise ValueError(f"the task-relation matrix needs equal task representation shapes, got {sizes}")
-            stacked = jnp.stack(hs)  # [K, B, H]
-            mixed = jnp.einsum("ij,jbh->ibh", self.relation_matrix.astype(stacked.dtype), stacked)
-            hs = list(mixed)
-        return self.tasks.output(hs)
-
-    def decode_split(self, reps: Sequence[jax.Array], *, train: bool = False) -> dict[str, jax.Array]:
-        """Like :meth:`decode`, with task k's head reading its own copy ``reps[k]`` of the shared
-        representation. Without the relation matrix task k's output depends on ``reps[k]`` alone, so
-        one backward pass of ``sum_k L_k`` gives every task's gradient w.r.t. the representation
-        (the train step's representation-level Jacobian) instead of K backward passes."""
-        if self.relation:
-            raise ValueError("decode_split: with the relation matrix every output depends on every copy")
-        if len(reps) != len(self.tasks.names):
-            raise ValueError(f"decode_split needs {len(self.tasks.names)} representations, got {len(reps)}")
-        heads = [getattr(self.tasks, n) for n in self.tasks.names]
-        return {n: h.output(h.represent(r, train=train)) for n, h, r in zip(self.tasks.names, heads, reps)}
-
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        return self.decode(self.encode(x, train=train), train=train)
+__all__ = ["RELATION", "SHARED", "TASKS", "MultiTaskBase", "MultiTaskModel", "TaskHeads", "build"]
 
 
 def build(
@@ -103,10 +34,22 @@ def build(
     arch: str = "hps",
     arch_kwargs: Mapping[str, Any] | None = None,
 ) -> nn.Module:
-    """A model for ``tasks``: by default (``arch='hps'``) hard sharing, one encoder and one head per
-    task (kind from the task). Other ``arch`` values and their ``arch_kwargs``:
-    :mod:`jmtl.models.architectures`. Regularizer keys of ``arch_kwargs`` (soft-sharing and MTRL
-    penalties) are not model options and are ignored here: see :mod:`jmtl.models.regularizers`."""
+    """A model for ``tasks``: one encoder (copied as the architecture needs) and one head per task
+    (kind from the task).
+
+    Args:
+      tasks: the tasks, in order (head k is task k's).
+      encoder: a name of :data:`jmtl.models.encoders.ENCODERS` (``'mlp'``, ``'multi_lenet'``).
+      encoder_kwargs: the encoder's options (default none).
+      head_kwargs: options of the heads (``hidden``, ``dropout_rate``; each head takes those its
+        class has). Default none.
+      relation: add the learnable task-relation matrix W (heads need equal representation sizes).
+      arch: a name of :data:`jmtl.models.architectures.ARCHITECTURES`; default ``'hps'`` (hard
+        sharing, :class:`MultiTaskModel`).
+      arch_kwargs: the architecture's options (see :mod:`jmtl.models.architectures`). Regularizer
+        keys (soft-sharing and MTRL penalties, :data:`jmtl.models.regularizers.REGULARIZER_KEYS`)
+        are not model options and are ignored here.
+    """
     enc = encoders.get(encoder, **dict(encoder_kwargs or {}))
     head_kwargs = dict(head_kwargs or {})
     accepted = set().union(*(set(c.__dataclass_fields__) for c in heads_lib.HEADS.values()))
@@ -121,10 +64,5 @@ def build(
     if relation and len({h.rep_size for h in built}) != 1:
         raise ValueError("relation=True needs heads with equal representation sizes (set head_kwargs.hidden)")
     heads = TaskHeads(names=tuple(t.name for t in tasks), heads=tuple(built))
-    arch_kwargs = dict(arch_kwargs or {})
-    if arch == "hps" and not arch_kwargs:
-        return MultiTaskModel(shared=enc, tasks=heads, relation=relation)
-    from jmtl.models import architectures, regularizers  # they import this module
-
-    model_kwargs = {k: v for k, v in arch_kwargs.items() if k not in regularizers.REGULARIZER_KEYS}
+    model_kwargs = {k: v for k, v in dict(arch_kwargs or {}).items() if k not in regularizers.REGULARIZER_KEYS}
     return architectures.build(arch, encoder=enc, heads=heads, relation=relation, **model_kwargs)

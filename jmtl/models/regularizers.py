@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from jmtl.models.mtl import TASKS
+from jmtl.models.base import TASKS
 
 Array = jax.Array
 PyTree = Any

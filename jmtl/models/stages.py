@@ -91,17 +91,26 @@ class LeNetStage3(nn.Module):
 
 
 class WholeEncoder(nn.Module):
-    """A single stage wrapping an encoder that has no stage split (its params sit one level down)."""
+    """A single stage wrapping an encoder that has no stage split (its params sit one level down,
+    under ``'encoder'``).
 
-    encoder: nn.Module
+    Any Linen module with ``__call__(x, *, train)`` works (compact or setup-style). The template is
+    copied in ``setup``: the very same template object is shared by every tower / node / trunk made
+    from this stage, and Flax binds a module passed as an attribute once per model (sharing its
+    params by reference), so each stage instance needs its own copy.
+    """
+
+    template: nn.Module
 
     @property
     def layer_names(self) -> None:
         return None
 
-    @nn.compact
+    def setup(self):
+        self.encoder = self.template.clone()
+
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        return self.encoder.clone(name="encoder")(x, train=train)
+        return self.encoder(x, train=train)
 
 
 def stages_of(encoder: nn.Module) -> tuple[nn.Module, ...]:
@@ -110,7 +119,7 @@ def stages_of(encoder: nn.Module) -> tuple[nn.Module, ...]:
         return tuple(MLPStage(features=f, index=i) for i, f in enumerate(encoder.features))
     if isinstance(encoder, encoders.MultiLeNet):
         return (LeNetStage1(), LeNetStage2(dropout_rate=encoder.dropout_rate), LeNetStage3())
-    return (WholeEncoder(encoder=encoder),)
+    return (WholeEncoder(template=encoder),)
 
 
 def output_features(encoder: nn.Module) -> int | None:

@@ -1,5 +1,5 @@
 """Small builders from an ``ml_collections`` config: model, optimizer, weighting and step settings.
-(The loop itself stays in ``experiments/train.py``, readable top to bottom.)"""
+(The loop itself is ``jmtl/training/loop.py``.)"""
 
 from __future__ import annotations
 
@@ -19,7 +19,22 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 def optimizer(cfg: Mapping[str, Any], steps_per_epoch: int) -> optax.GradientTransformation:
     """Adam / AdamW / SGD(momentum) with an optional staircase decay every ``decay_every_epochs``
-    (Sener & Koltun: x0.85 every 10 epochs)."""
+    (Sener & Koltun: x0.85 every 10 epochs) and optional global-norm gradient clipping.
+
+    Args:
+      cfg: ``config.optimizer``: ``name`` (adam), ``learning_rate`` (1e-3), ``decay_rate`` (1.0: none)
+        every ``decay_every_epochs`` (0: never), ``weight_decay`` (adamw), ``momentum`` (sgd) and
+        ``clip_norm`` (0: no clipping; > 0: updates computed from gradients rescaled to at most that
+        global norm, as the hierarchical taggers train).
+      steps_per_epoch: steps of one epoch (the decay period's unit).
+    """
+    clip = float(cfg.get("clip_norm", 0.0) or 0.0)
+    base = _base_optimizer(cfg, steps_per_epoch)
+    # No chain without clipping: the optimizer state keeps its structure (and old checkpoints load).
+    return optax.chain(optax.clip_by_global_norm(clip), base) if clip > 0 else base
+
+
+def _base_optimizer(cfg: Mapping[str, Any], steps_per_epoch: int) -> optax.GradientTransformation:
     name = cfg.get("name", "adam")
     lr = float(cfg.get("learning_rate", 1e-3))
     every = int(cfg.get("decay_every_epochs", 0) or 0)

@@ -11,12 +11,24 @@ name, and left-over temporary folders of a killed save are deleted when the next
 ``<step>/`` folder that still lacks a file of a finished save (copied or synced half-way, a file
 system without atomic rename) would be taken as complete by orbax, so ``Checkpointer`` moves it
 aside to ``<step>.incomplete-<time>/`` before looking for the latest step.
+
+Saves are synchronous by default (``asynchronous=False``): a failed save (read-only or immutable
+folder, full disk, permissions) raises ``CheckpointSaveError`` from ``save`` at once, naming the folder
+and the OS error. An asynchronous orbax save that fails leaves non-daemon worker threads waiting for
+signals that never come, which blocks interpreter shutdown for minutes (seen with ``chattr +i`` on the
+checkpoint folder mid-run); the synchronous save costs little here (see ``Checkpointer``).
+
+A finished checkpoint that no longer reads (a file deleted or emptied afterwards) is *damaged*:
+``restore`` moves it aside to ``<step>.damaged-<time>/`` (never deleted; the next save of that step
+cannot collide with it), warns, and resumes from the newest earlier checkpoint that restores.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -26,11 +38,26 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from jmtl.training.workdir import StorageError
+
 PyTree = Any
 
 
 class CheckpointMismatchError(ValueError):
     """The workdir holds a checkpoint of a different model / task set / weighting scheme."""
+
+
+class CheckpointSaveError(StorageError):
+    """Saving a checkpoint failed; the message names the folder, the OS error and the fix."""
+
+    def __init__(self, step: Optional[int], directory: str | Path, cause: BaseException):
+        what = f"saving checkpoint {step}" if step is not None else "saving a checkpoint"
+        super().__init__(what, directory, cause)
+        self.step = step
+
+
+class CheckpointRestoreError(OSError):
+    """No checkpoint in the folder restores (every step is damaged). ``str()`` is the message alone."""
 
 
 def model_signature(state_host: PyTree, task_names, weighting_name: str) -> dict:
@@ -84,7 +111,7 @@ def _set_aside_incomplete(directory: Path) -> None:
             aside = path.with_name(f"{path.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
             path.rename(aside)
             logging.warning(
-                "checkpoint %s is incomplete (missing %s: its save was interrupted); moved it to %s and "
+                "checkpoint %s is incomplete (missing %s: its save was interrupted, or files were deleted later); moved it to %s and "
                 "resuming from the latest complete checkpoint instead",
                 path, ", ".join(missing), aside.name,
             )
@@ -94,37 +121,92 @@ def _set_aside_incomplete(directory: Path) -> None:
         multihost_utils.sync_global_devices("jmtl_checkpoint_set_aside_incomplete")
 
 
+class _DropOrbaxThreadErrors:
+    """absl-logger filter: drops orbax's ``_SignalingThread.run() raised an exception`` records.
+
+    orbax logs each failing worker thread's traceback (a full disk gives ~140 lines) *and* hands the
+    exception to the caller, where ``Checkpointer.save`` turns it into one ``CheckpointSaveError`` line
+    (the original stays chained as ``__cause__``). Only these duplicate records are dropped.
+    """
+
+    def filter(self, record) -> bool:
+        return not ("orbax" in record.pathname and "raised an exception" in str(record.msg))
+
+
+def _is_late_loop_callback(unraisable) -> bool:
+    """tensorstore completing a read's future after orbax closed its event loop (a failed restore):
+    ``RuntimeError('Event loop is closed')`` from ``call_soon_threadsafe``, harmless, printed ~15 times."""
+    exc = unraisable.exc_value
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+_QUIETED = False
+
+
+def _quiet_orbax_noise() -> None:
+    global _QUIETED
+    if _QUIETED:
+        return
+    _QUIETED = True
+    logging.get_absl_logger().addFilter(_DropOrbaxThreadErrors())
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not _is_late_loop_callback(unraisable):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 2):
+    """Saves and restores ``(TrainState, meta JSON)`` pairs under ``directory/<step>/`` with orbax.
+
+    Args:
+      directory: the checkpoint folder (``<workdir>/checkpoints``); created if missing.
+      max_to_keep: how many of the newest checkpoints to keep (default 2: the newest may be damaged
+        later, by a half-done copy or a bad disk, and ``restore`` then falls back to the other).
+      asynchronous: save in orbax's background threads (default False). Synchronous saves raise a
+        failure at once and leave no thread behind; an asynchronous failure surfaces at the next
+        ``save``/``wait`` and its threads can block shutdown (use ``workdir.exit_fatal``).
+    """
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 2, asynchronous: bool = False):
         self.directory = Path(directory).absolute()
+        self.damaged: list[tuple[Path, str]] = []  # (moved-to folder, reason) of steps restore set aside
+        _quiet_orbax_noise()
         _set_aside_incomplete(self.directory)
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True),
-        )
+        try:
+            self.manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+                    enable_async_checkpointing=asynchronous,
+                ),
+            )
+        except OSError as e:
+            raise CheckpointSaveError(None, self.directory, e) from e
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
     def save(self, step: int, state: PyTree, meta: dict) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        )
+        """Writes checkpoint ``step``; raises ``CheckpointSaveError`` (folder, OS error, fix) if it fails."""
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            )
+        except Exception as e:  # orbax / tensorstore wrap the OSError in various types
+            raise CheckpointSaveError(step, self.directory, e) from e
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Waits for a pending asynchronous save; ``CheckpointSaveError`` if it failed or took over ``timeout`` s."""
+        _call_with_timeout(self.manager.wait_until_finished, timeout, self.directory)
 
-    def restore(self, abstract_state: PyTree, signature: dict, step: Optional[int] = None) -> tuple[PyTree, dict]:
-        """Restores the latest (or given) step into ``abstract_state``'s structure.
+    def _read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-        Raises ``CheckpointMismatchError`` (naming the differences) if the checkpoint's model signature
-        differs from ``signature``.
-        """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    def _check_signature(self, meta: dict, signature: dict) -> None:
         saved = meta.get("signature", {})
         if json.dumps(saved, sort_keys=True) != json.dumps(signature, sort_keys=True):
             raise CheckpointMismatchError(
@@ -132,11 +214,111 @@ class Checkpointer:
                 f"({_describe_difference(saved, signature)}); refusing to resume or overwrite it. "
                 "Use a new --workdir, or delete that directory if you no longer need it."
             )
+
+    def _restore_step(self, step: int, abstract_state: PyTree, signature: dict) -> tuple[PyTree, dict]:
+        meta = self._read_meta(step)
+        self._check_signature(meta, signature)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )["state"]
         return restored, meta
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+    def restore(self, abstract_state: PyTree, signature: dict, step: Optional[int] = None) -> tuple[PyTree, dict]:
+        """Restores the latest (or given) step into ``abstract_state``'s structure.
+
+        With ``step=None`` a checkpoint that fails to read (a file deleted or emptied after the save)
+        is skipped and the next older one tried; once one restores, the newer failed ones are moved
+        aside to ``<step>.damaged-<time>/`` (never deleted) with a warning naming them.
+
+        Raises:
+          CheckpointMismatchError: the checkpoint's model signature differs from ``signature``
+            (naming the differences; no fallback: older steps are of the same other model).
+          CheckpointRestoreError: no step restores (naming every folder tried and the fix). Nothing is
+            moved then: when every step fails the cause may be the caller's, not the files.
+          FileNotFoundError: there is no checkpoint at all.
+        """
+        if step is not None:
+            return self._restore_step(step, abstract_state, signature)
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        failures: list[tuple[int, str, BaseException]] = []
+        for s in steps:
+            try:
+                result = self._restore_step(s, abstract_state, signature)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # any read / decode error
+                failures.append((s, f"{type(e).__name__}: {_short(e)}", e))
+                continue
+            # Only now, with an older step that restores, are the newer failures known to be damage
+            # (and not a caller's error, which would fail every step): set them aside.
+            moved = [(f, self._set_aside_damaged(f, r), r) for f, r, _ in failures]
+            if moved:
+                print(f"warning: resuming from step {s} instead of step {moved[0][0]}: "
+                      + "; ".join(f"{self.directory / str(f)} is damaged ({r}), moved to {a.name}" for f, a, r in moved),
+                      file=sys.stderr, flush=True)
+            return result
+        raise CheckpointRestoreError(
+            f"no checkpoint in {self.directory} restores: "
+            + "; ".join(f"step {f} ({r})" for f, r, _ in failures)
+            + ". Fix: copy an intact checkpoint folder back from a backup, or move the checkpoints folder away "
+            "(and the logs) to start over, or use a new --workdir"
+        ) from failures[0][2]
+
+    def _set_aside_damaged(self, step: int, reason: str) -> Path:
+        path = self.directory / str(step)
+        aside = path.with_name(f"{step}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        if jax.process_index() == 0:
+            path.rename(aside)  # the caller prints one warning naming every folder moved
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"jmtl_checkpoint_set_aside_damaged_{step}")
+        self.manager.reload()  # forget the step, so the next save of that number starts clean
+        self.damaged.append((aside, reason))
+        return aside
+
+    def close(self, timeout: Optional[float] = 60.0) -> None:
+        """Waits (at most ``timeout`` s) for a pending save, then closes the manager."""
+        try:
+            self.wait(timeout)
+        finally:
+            _call_with_timeout(self.manager.close, timeout, self.directory)
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    """The first ``limit`` characters of ``e``'s message, one line, without tensorstore's long spec dump."""
+    text = " ".join(str(e).split()).split(" [tensorstore_spec")[0]
+    # tensorstore nests "Error opening X driver: ..." prefixes; the cause (file, decode error) is at the end.
+    return text if len(text) <= limit else text[:60] + " ... " + text[-(limit - 65):]
+
+
+def _call_with_timeout(fn, timeout: Optional[float], directory: Path) -> None:
+    """Runs ``fn()``; with a timeout, in a daemon thread so a stuck orbax wait cannot hold the process."""
+    if timeout is None:
+        try:
+            fn()
+        except CheckpointSaveError:
+            raise
+        except Exception as e:
+            raise CheckpointSaveError(None, directory, e) from e
+        return
+    box: dict = {}
+
+    def run():
+        try:
+            fn()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="jmtl-checkpoint-wait", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise CheckpointSaveError(None, directory, TimeoutError(f"the checkpoint save did not finish within {timeout} s"))
+    if "error" in box:
+        e = box["error"]
+        if isinstance(e, CheckpointSaveError):
+            raise e
+        raise CheckpointSaveError(None, directory, e) from e

@@ -10,10 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmtl import tasks as tasks_lib
 from jmtl.tasks import Task
 from jmtl.training.step import StepConfig, mixed_precision_apply
 
 PyTree = Any
+TASK_COUNT = "_labelled"  # per-task labelled-example count in the eval sums (tasks with missing labels)
 
 
 def iterate_eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, multiple: int):
@@ -66,7 +68,11 @@ def evaluate(
         sums = jax.tree.map(lambda x: np.asarray(x, np.float64), sums)
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     count = totals.pop("count")
-    means = {t.name: {m: v / count for m, v in totals[t.name].items()} for t in tasks}
+    means = {}
+    for t in tasks:
+        sums = dict(totals[t.name])
+        n = sums.pop(TASK_COUNT, count)  # a task with missing labels: its own labelled count
+        means[t.name] = {m: v / np.maximum(n, 1) if TASK_COUNT in totals[t.name] else v / n for m, v in sums.items()}
     if np.ndim(count) == 0:
         return jax.tree.map(float, means)
     # Seeds trained together (jmtl.training.seeds): sums carry a leading seed axis.
@@ -101,10 +107,15 @@ def make_eval_step(
         mask = batch.get("mask")
         if mask is None:
             mask = jnp.ones((jax.tree.leaves(batch[config.input_key])[0].shape[0],), jnp.float32)
-        sums = {
-            t.name: {m.name: jnp.sum(m.fn(outputs[t.name], batch[t.label_key]) * mask) for m in t.metrics}
-            for t in tasks
-        }
+        sums = {}
+        for t in tasks:
+            if t.mask_key in batch:  # missing labels: the task's means run over its labelled examples
+                task_mask = mask * batch[t.mask_key].astype(mask.dtype)
+                labels = tasks_lib.safe_labels(batch[t.label_key], batch[t.mask_key])
+                sums[t.name] = {m.name: jnp.sum(jnp.where(task_mask > 0, m.fn(outputs[t.name], labels), 0)) for m in t.metrics}
+                sums[t.name][TASK_COUNT] = jnp.sum(task_mask)
+            else:
+                sums[t.name] = {m.name: jnp.sum(m.fn(outputs[t.name], batch[t.label_key]) * mask) for m in t.metrics}
         sums["count"] = jnp.sum(mask)
         if axis_name is not None:
             sums = jax.lax.psum(sums, axis_name)

@@ -30,6 +30,7 @@ does not use (``**_``).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 import jax
@@ -111,8 +112,8 @@ class Lookahead(NamedTuple):
 
 
 class InitFn(Protocol):
-    """``init(num_tasks, *, layout=None)``; ``layout`` (see ``Layout``) sizes states that hold
-    per-parameter quantities (gradient EMAs). Schemes that need no layout may omit the keyword."""
+    """``init(num_tasks, *, layout=None)``, the same signature for every scheme. ``layout`` (see
+    ``Layout``) sizes states that hold per-parameter quantities (gradient EMAs); other schemes ignore it."""
 
     def __call__(self, num_tasks: int, *, layout: Optional[Layout] = None) -> Any: ...
 
@@ -159,18 +160,14 @@ class EmptyState(NamedTuple):
     """State of a stateless scheme."""
 
 
-def stateless_init(num_tasks: int, **_) -> EmptyState:
-    del num_tasks
+def stateless_init(num_tasks: int, *, layout: Optional[Layout] = None) -> EmptyState:
+    del num_tasks, layout
     return EmptyState()
 
 
 def init_state(transform: "WeightingTransform", num_tasks: int, layout: Optional[Layout] = None) -> Any:
-    """``transform.init`` with the layout passed when the scheme's ``init`` accepts it."""
-    import inspect
-
-    params = inspect.signature(transform.init).parameters
-    takes_layout = "layout" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    return transform.init(num_tasks, layout=layout) if takes_layout else transform.init(num_tasks)
+    """``transform.init(num_tasks, layout=layout)`` (every scheme's ``init`` takes the keyword)."""
+    return transform.init(num_tasks, layout=layout)
 
 
 def weights_output(weights: Array) -> WeightingOutput:
@@ -196,4 +193,65 @@ def require_gramian(name: str, gramian: Optional[Array], jacobian: Optional[Arra
 def default_float_dtype():
     """float32, or float64 under ``jax_enable_x64``."""
     return jnp.zeros(()).dtype
+
+
+# ----------------------------------------------------------------------------- helpers shared by schemes
+
+# Added to losses before logs / divisions (the reference implementations use 1e-8 or 1e-20).
+EPS = 1e-8
+
+
+def cast_like(new: PyTree, old: PyTree) -> PyTree:
+    """``new`` with the dtypes of ``old`` (keeps a state's dtypes fixed across steps under jit)."""
+    return jax.tree.map(lambda n, o: jnp.asarray(n).astype(jnp.asarray(o).dtype), new, old)
+
+
+def direction_output(direction: Array) -> WeightingOutput:
+    """A :class:`WeightingOutput` carrying a ``[d]`` direction (schemes that are not ``weights @ J``)."""
+    return WeightingOutput(weights=None, direction=direction, extra_loss=jnp.zeros((), direction.dtype))
+
+
+def safe_div(num: Array, den: Array) -> Array:
+    """``num / den`` where ``den > 0``, else 0 (no NaN/inf from degenerate gradients)."""
+    ok = den > 0
+    return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def gram_norms(gram: Array) -> Array:
+    """The task-gradient norms ``|g_k| = sqrt(G_kk)`` from the Gramian."""
+    return jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+
+
+def need_key(key: Optional[Array], name: str) -> Array:
+    """``key``, or a ``ValueError`` saying that scheme ``name`` draws from the step's PRNG key."""
+    if key is None:
+        raise ValueError(f"{name} needs the step's PRNG key")
+    return key
+
+
+def need_jacobian(name: str, jacobian: Optional[Array]) -> Array:
+    """``jacobian`` checked to be ``[K, d]``, or a ``ValueError`` naming the scheme."""
+    if jacobian is None:
+        raise ValueError(f"{name} needs the [K, d] Jacobian of the task losses (requires='jacobian')")
+    if jacobian.ndim != 2:
+        raise ValueError(f"{name}: jacobian must be [K, d], got shape {jacobian.shape}")
+    return jacobian
+
+
+def layout_size(layout: Optional[Layout]) -> Optional[int]:
+    """``d``, the number of flat shared parameters a layout describes (``None`` without a layout)."""
+    if layout is None:
+        return None
+    return int(sum(math.prod(shape) for _, shape in layout))
+
+
+def check_positive_int(value: int, name: str) -> None:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_nonneg(name: str, **values: float) -> None:
+    for k, v in values.items():
+        if v < 0:
+            raise ValueError(f"{name}: {k} must be non-negative, got {v}")
 

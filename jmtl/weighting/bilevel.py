@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jmtl.weighting.base import BILEVEL, Lookahead, WeightingOutput, WeightingTransform, weights_output
-from jmtl.weighting.qp import project_simplex
+from optax.projections import projection_simplex
+
+from jmtl.weighting.base import BILEVEL, Layout, Lookahead, WeightingOutput, WeightingTransform, weights_output
+from jmtl.weighting.registry import register
 from jmtl.weighting.solvers import min_norm_weights
 
 Array = jax.Array
@@ -58,6 +60,7 @@ class AutoLambdaState(NamedTuple):
     opt_state: Any  # Adam state of lambda
 
 
+@register("auto_lambda")
 def auto_lambda(init_weight: float = 0.1, meta_lr: float = 1e-4, lookahead_lr: Optional[float] = None) -> WeightingTransform:
     """Auto-Lambda (Liu, James, Davison & Johns, TMLR 2022).
 
@@ -79,7 +82,7 @@ def auto_lambda(init_weight: float = 0.1, meta_lr: float = 1e-4, lookahead_lr: O
     _check_positive(lookahead_lr, "auto_lambda lookahead_lr")
     meta_opt = optax.adam(meta_lr)
 
-    def init(num_tasks: int, **_) -> AutoLambdaState:
+    def init(num_tasks: int, *, layout: Optional[Layout] = None) -> AutoLambdaState:
         w = jnp.full((num_tasks,), init_weight, jnp.float32)
         return AutoLambdaState(w, meta_opt.init(w))
 
@@ -103,13 +106,14 @@ class SoftmaxWeightsState(NamedTuple):
 
 
 def _softmax_init(meta_opt):
-    def init(num_tasks: int, **_) -> SoftmaxWeightsState:
+    def init(num_tasks: int, *, layout: Optional[Layout] = None) -> SoftmaxWeightsState:
         a = jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
         return SoftmaxWeightsState(a, meta_opt.init(a))
 
     return init
 
 
+@register("moml")
 def moml(meta_lr: float = 1e-3, lookahead_lr: float = 0.1, max_iter: int = 250, tol: float = 1e-5) -> WeightingTransform:
     """MOML, multi-objective meta learning (Ye, Lin, Yue, Guo, Xiao & Zhang, NeurIPS 2021).
 
@@ -184,11 +188,12 @@ def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 
     lip = 2 * (jnp.linalg.norm(gg) + jnp.sum(pi**2) * qq + 2 * jnp.linalg.norm(pi) * jnp.linalg.norm(gq)) + 1e-12
 
     def body(_, lam):
-        return project_simplex(lam - grad_fn(lam) / lip)
+        return projection_simplex(lam - grad_fn(lam) / lip)
 
     return jax.lax.fori_loop(0, num_iter, body, jnp.full((k,), 1.0 / k, gram.dtype))
 
 
+@register("forum")
 def forum(
     rho: float = 0.1,
     inner_lr: float = 0.1,
@@ -226,7 +231,7 @@ def forum(
         raise ValueError(f"forum steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
     meta_opt = optax.adam(meta_lr)
 
-    def init(num_tasks: int, **_) -> FORUMState:
+    def init(num_tasks: int, *, layout: Optional[Layout] = None) -> FORUMState:
         a = jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
         return FORUMState(a, meta_opt.init(a), jnp.zeros((num_tasks,), jnp.float32), jnp.zeros((), jnp.int32))
 
@@ -265,6 +270,4 @@ def forum(
     return WeightingTransform(init, update, BILEVEL, rep_level_ok=False, lookahead=lookahead)
 
 
-REGISTRY = {"auto_lambda": auto_lambda, "moml": moml, "forum": forum}
-
-__all__ = ["REGISTRY", "AutoLambdaState", "FORUMState", "SoftmaxWeightsState", "auto_lambda", "forum", "forum_dual", "moml"]
+__all__ = ["AutoLambdaState", "FORUMState", "SoftmaxWeightsState", "auto_lambda", "forum", "forum_dual", "moml"]

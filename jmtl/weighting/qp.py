@@ -4,7 +4,6 @@
   ``H``, by a primal active-set method (exact up to round-off once the active set is found).
 * :func:`dual_cone_weights` — the weights of the projection of ``Jᵀu`` onto the dual cone of the
   rows of ``J``, from the Gramian alone (UPGrad / DualProj).
-* :func:`project_simplex` — Euclidean projection onto the probability simplex.
 
 Everything is a pure ``jax.numpy`` function with static shapes that traces under ``jax.jit`` and
 ``jax.vmap``; the entry points are themselves ``jax.jit``-wrapped (inlined inside a jitted step,
@@ -43,7 +42,7 @@ def default_max_iter(k: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def nonneg_qp_solve(h: Array, c: Array, *, max_iter: Optional[int] = None) -> QPResult:
+def nonneg_qp_solve(h: Array, c: Array, *, max_iter: Optional[int] = None, rtol: float | Array = 0.0) -> QPResult:
     """``min_x ½ xᵀ H x + cᵀ x  subject to  x ≥ 0`` with ``H`` (``[K, K]``) symmetric positive definite.
 
     Primal active-set method of Lawson & Hanson (*Solving Least Squares Problems*, 1974, ch. 23),
@@ -63,7 +62,15 @@ def nonneg_qp_solve(h: Array, c: Array, *, max_iter: Optional[int] = None) -> QP
     at K = 40); ``max_iter`` (default :func:`default_max_iter`) is only a safety cap, and the returned
     ``x`` is feasible even when it is hit. When ``P`` is right the solution is exact up to round-off
     (``~ cond(H_PP) · eps``), i.e. ~1e-12 in float64 for well-conditioned problems.
-    ``tol = 64·eps·(max|H|·max|x| + max|c|)``: the scale of round-off in the gradient.
+    ``tol = max(rtol, 64·eps)·(max|H|·max|x| + max|c|)``: by default the scale of round-off in the
+    gradient; a larger ``rtol`` stops as soon as no multiplier is violated by more than that fraction
+    of the gradient's scale.
+
+    Args:
+      h: ``[K, K]`` symmetric positive definite matrix (symmetrised here).
+      c: ``[K]`` linear term.
+      max_iter: iteration cap (static); ``None`` = :func:`default_max_iter`.
+      rtol: relative KKT tolerance (default 0: round-off level).
     """
     k = h.shape[0]
     dtype = jnp.result_type(h.dtype, c.dtype)
@@ -96,7 +103,7 @@ def nonneg_qp_solve(h: Array, c: Array, *, max_iter: Optional[int] = None) -> QP
 
         # --- s feasible: accept it, then add the most violated constraint (or stop).
         neg_grad = -(jnp.matmul(h, s, precision=_HIGHEST) + c)
-        tol = 64.0 * eps * (h_scale * jnp.max(jnp.abs(s)) + c_scale)
+        tol = jnp.maximum(rtol, 64.0 * eps) * (h_scale * jnp.max(jnp.abs(s)) + c_scale)
         cand = jnp.where(passive, -jnp.inf, neg_grad)
         j = jnp.argmax(cand)
         add = cand[j] > tol
@@ -147,41 +154,35 @@ def nonneg_qp(h: Array, c: Array, *, max_iter: Optional[int] = None) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def dual_cone_weights(gram: Array, u: Array, *, max_iter: Optional[int] = None) -> Array:
+def dual_cone_solve(gram: Array, u: Array, *, max_iter: Optional[int] = None) -> QPResult:
     """Weights ``v`` with ``π_J(Jᵀu) = Jᵀv``: the projection of ``Jᵀu`` onto ``{x : Jx ≥ 0}``.
 
     Quinton & Rey 2024, Proposition 1: ``v = argmin_{v ≥ u} vᵀ G v`` with ``G = JJᵀ`` (``[K, K]``,
     positive definite: regularise it first). With ``v = u + z`` this is the non-negative QP
-    ``min_{z ≥ 0} ½ zᵀGz + zᵀ(Gu)``, solved by :func:`nonneg_qp`. At the optimum ``Gv ≥ 0``
-    (complementary slackness), i.e. ``Jᵀv`` lies in the dual cone of the rows of ``J``.
+    ``min_{z ≥ 0} ½ zᵀGz + zᵀ(Gu)``, solved by :func:`nonneg_qp_solve`. At the optimum ``Gv ≥ 0``
+    and ``(v - u)·Gv = 0`` (complementary slackness), i.e. ``Jᵀv`` lies in the dual cone of the rows
+    of ``J``. Returns the :class:`QPResult` with ``x = v`` (and the active-set iterations used).
+
+    Args:
+      gram: ``[K, K]`` positive definite Gramian.
+      u: ``[K]`` weights of the vector to project.
+      max_iter: iteration cap of the active-set method (static); ``None`` = :func:`default_max_iter`.
     """
     gram = 0.5 * (gram + gram.T)
-    z = nonneg_qp(gram, jnp.matmul(gram, u, precision=_HIGHEST), max_iter=max_iter)
-    return u + z
+    res = nonneg_qp_solve(gram, jnp.matmul(gram, u, precision=_HIGHEST), max_iter=max_iter)
+    return res._replace(x=u + res.x)
 
 
-@jax.jit
-def project_simplex(v: Array) -> Array:
-    """Euclidean projection of ``v`` (``[K]``) onto ``{w : w ≥ 0, Σw = 1}``.
-
-    Sort-based algorithm (Held, Wolfe & Crowder 1974; Duchi et al. 2008): with ``u`` sorted in
-    decreasing order, ``ρ = max{j : u_j - (Σ_{i≤j} u_i - 1)/j > 0}``, ``θ = (Σ_{i≤ρ} u_i - 1)/ρ`` and
-    ``w = max(v - θ, 0)``.
-    """
-    k = v.shape[-1]
-    u = jnp.sort(v)[::-1]
-    css = jnp.cumsum(u) - 1.0
-    j = jnp.arange(1, k + 1, dtype=v.dtype)
-    rho = jnp.max(jnp.where(u - css / j > 0, jnp.arange(1, k + 1), 1))
-    theta = css[rho - 1] / rho.astype(v.dtype)
-    return jnp.maximum(v - theta, 0.0)
+def dual_cone_weights(gram: Array, u: Array, *, max_iter: Optional[int] = None) -> Array:
+    """The weights ``v`` of :func:`dual_cone_solve` alone."""
+    return dual_cone_solve(gram, u, max_iter=max_iter).x
 
 
 __all__ = [
     "QPResult",
     "default_max_iter",
+    "dual_cone_solve",
     "dual_cone_weights",
     "nonneg_qp",
     "nonneg_qp_solve",
-    "project_simplex",
 ]

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from experiments.configs import gradnorm_toy
-from experiments.train import train
+from jmtl.training.loop import train
 
 
 def main():

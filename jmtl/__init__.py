@@ -1,0 +1,53 @@
+"""jmtl: multi-task learning in JAX.
+
+The public API (everything else is reachable through the subpackages)::
+
+    import jmtl
+    jmtl.weighting.get("pcgrad")              # weighting schemes as optax-style transforms
+    jmtl.weighting.as_optax("pcgrad")         # ... and as optax GradientTransformations
+    jmtl.mtl_value_and_grad(loss_fn, "mgda")  # multi-task gradients of any params pytree
+    jmtl.Task("digit", "classification", 10)  # a task: name, kind, outputs
+    jmtl.StepConfig, jmtl.make_train_step, jmtl.init_state   # the built-in jitted train step
+    jmtl.check_contract(model, tasks, batch)  # what a model and batch must satisfy, checked
+    jmtl.train(config, workdir)               # the training loop (checkpoints, eval, metrics)
+    jmtl.data.from_arrays(...), jmtl.data.register(...)      # your own data
+
+Subpackages load on first use, so ``import jmtl`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.6.0"
+
+_SUBPACKAGES = ("data", "metrics", "models", "plotting", "tasks", "training", "weighting")
+_ATTRIBUTES = {
+    "Task": ("jmtl.tasks", "Task"),
+    "mtl_value_and_grad": ("jmtl.functional", "mtl_value_and_grad"),
+    "MTLGradients": ("jmtl.functional", "MTLGradients"),
+    "StepConfig": ("jmtl.training.step", "StepConfig"),
+    "TrainState": ("jmtl.training.state", "TrainState"),
+    "make_train_step": ("jmtl.training.step", "make_train_step"),
+    "init_state": ("jmtl.training.state", "init_state"),
+    "Sharing": ("jmtl.training.sharing", "Sharing"),
+    "check_contract": ("jmtl.training.contract", "check"),
+    "ContractError": ("jmtl.training.contract", "ContractError"),
+    "train": ("jmtl.training.loop", "train"),
+}
+
+__all__ = ["__version__", *_SUBPACKAGES, *_ATTRIBUTES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"jmtl.{name}")
+    if name in _ATTRIBUTES:
+        module, attr = _ATTRIBUTES[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'jmtl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,567 @@
+r"""The train loop every experiment runs: ``train(config, workdir) -> (summary, state)``.
+
+``experiments/train.py`` (the in-memory datasets), ``experiments/ablate.py`` (one call per grid cell)
+and ``experiments/hierarchical_tagging.py`` (CoNLL taggers, through :func:`run` with their own
+:class:`Experiment`) all train here, with the same optimizer builder, evaluation schedule,
+non-finite policy, checkpoints and metric records.
+
+A run, in order (each a function below):
+
+1. :func:`train` validates the config (``config_schema.validate_config``: nothing is written on a
+   bad field) and builds the :class:`Experiment` (data, tasks, model, weighting, optimizer, step
+   settings, evaluator) with :func:`build_experiment`;
+2. :func:`run` sets up the compiled step and the seed axis (:class:`SeedAxis`), the workdir, the
+   checkpointer and the data iterators, then resumes from the latest checkpoint if there is one
+   (``_Trainer.resume``);
+3. ``_Trainer.loop`` runs the steps: each step's finiteness is checked one step late
+   (``_Trainer.check_finite``), train records every ``log_every_steps``, an evaluation every
+   ``eval_every_steps`` (``_Trainer.evaluate``: per seed, best-validation selection on the
+   evaluator's score) and a checkpoint every ``checkpoint_every_steps``; SIGTERM / SIGINT save and
+   return;
+4. ``_Trainer.summary`` writes ``summary.json`` and the plots.
+
+Workdir outputs: ``config.json``, ``train_log.jsonl`` (losses and task weights every
+``log_every_steps``), ``metrics.jsonl`` (one record per evaluation), ``summary.json``, ``plots/*.png``
+and orbax checkpoints under ``checkpoints/``. Re-running with the same workdir resumes from the
+latest checkpoint (data order included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jmtl import data as data_lib
+from jmtl import plotting, tasks as tasks_lib
+from jmtl.tasks import Task
+from jmtl.training import builders, checkpoint, config_schema, evaluate, metric_writers, parallel
+from jmtl.training import workdir as workdir_lib
+from jmtl.training import seeds as seeds_lib
+from jmtl.training import step as step_lib
+
+PyTree = Any
+# A run's splits: model selection looks at the first, the reported numbers come from the second.
+VALIDATION, TEST = "validation", "test"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step produced a non-finite loss or update (``nonfinite.policy='raise'``, or too many skips)."""
+
+
+# ---------------------------------------------------------------------------- what the loop trains
+
+
+class Evaluator(Protocol):
+    """Scores params on the evaluation splits.
+
+    ``__call__(params, splits)`` -> one ``{split: {task: {metric: value}}}`` per seed (``params``
+    carry a leading seed axis when several seeds train together); ``score(validation)`` -> the
+    scalar (higher is better) that picks each seed's best evaluation.
+    """
+
+    def __call__(self, params: PyTree, splits: Sequence[str]) -> list[dict]: ...
+
+    def score(self, validation: dict) -> float: ...
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything the loop needs that depends on the data and the model.
+
+    Attributes:
+      name: the dataset's name (messages, summary).
+      tasks: the tasks, in the order of the step's loss vector.
+      model, weighting, optimizer, step_config: the train step's parts (``step.make_train_step``).
+      example_input: one input batch (``model.init``).
+      steps_per_epoch: steps of one epoch (the default eval period; ``epoch`` in records).
+      train_iterator: ``seed -> iterator`` of training batches with ``get_state()`` /
+        ``set_state(state)`` (JSON), one per seed (stacked by :class:`SeedAxis`).
+      make_evaluator: ``(driver, seed_axis) -> Evaluator``.
+      test_every_eval: False: the test split is scored only when some seed's validation score
+        improved (the reported numbers are the best-validation evaluation's, so nothing is lost).
+      interval_train_stats: each metrics record also gets the mean training loss and the sum of the
+        task weights over the steps since the previous evaluation, and their wall time (per-epoch
+        records of the tagging experiments).
+      on_eval: called with each metrics record (on the main process), e.g. to print a line.
+      plots: draw ``plots/*.png`` at the end.
+    """
+
+    name: str
+    tasks: Sequence[Task]
+    model: Any
+    weighting: Any
+    optimizer: Any
+    step_config: step_lib.StepConfig
+    example_input: Any
+    steps_per_epoch: int
+    train_iterator: Callable[[int], Iterator[dict]]
+    make_evaluator: Callable[[parallel.Driver, "SeedAxis"], Evaluator]
+    test_every_eval: bool = True
+    interval_train_stats: bool = False
+    on_eval: Optional[Callable[[dict], None]] = None
+    plots: bool = True
+
+
+class InMemoryEvaluator:
+    """The default evaluator: mean task metrics over whole splits held in memory (``dataset.arrays``),
+    data-parallel; selection on ``evaluate.selection_score``."""
+
+    def __init__(self, dataset, tasks: Sequence[Task], step_config, model, config, driver: parallel.Driver,
+                 seed_axis: "SeedAxis"):
+        self.tasks, self.driver, self.batch_size = tasks, driver, config.eval_batch_size
+        self.arrays = {split: dataset.arrays(split) for split in (VALIDATION, TEST)}
+        for split, arrays in self.arrays.items():
+            tasks_lib.check_labels(tasks, arrays, where=f"{config.dataset.name} {split} split")
+        make_eval = lambda ax: evaluate.make_eval_step(model, tasks, step_config, axis_name=ax)
+        self.eval_step = driver.compile_eval(seed_axis.wrap_eval(make_eval))
+        self.seed_axis = seed_axis
+
+    def __call__(self, params, splits):
+        results = {
+            split: evaluate.evaluate(
+                self.eval_step, params, self.arrays[split], self.tasks,
+                shard_batch=self.driver.shard_batch, batch_size=self.batch_size,
+                num_devices=self.driver.num_devices, process_index=jax.process_index(),
+                process_count=jax.process_count(), unreplicate=self.driver.unreplicate,
+            )
+            for split in splits
+        }
+        return self.seed_axis.per_seed_results(results)
+
+    def score(self, validation):
+        return evaluate.selection_score(validation, self.tasks)
+
+
+def build_experiment(config) -> Experiment:
+    """The :class:`Experiment` of an in-memory dataset config (``jmtl.data.load``): the path a config
+    takes to the step is ``builders.model`` / ``builders.weighting_from_config`` (the weighting name
+    and hyperparameters) / ``builders.optimizer`` / ``builders.step_config``."""
+    dataset = data_lib.load(
+        config.dataset.name,
+        data_dir=config.dataset.data_dir or None,
+        cache_dir=config.dataset.cache_dir or None,
+        **dict(config.dataset.kwargs),
+    )
+    spec = dataset.spec
+    tasks = tasks_lib.tasks_from_config(config.tasks.to_dict(), spec)
+    steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+    model = builders.model(config, tasks)
+    weighting = builders.weighting_from_config(config, tasks, steps_per_epoch)
+    optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
+    step_cfg = builders.step_config(config, model, spec.input_key, spec.input_transform)
+    meta_split = builders.meta_split(config, weighting)
+    pid, nproc = jax.process_index(), jax.process_count()
+
+    def train_iterator(seed: int):
+        it = dataset.train_iterator(config.batch_size, seed, process_index=pid, process_count=nproc)
+        if meta_split:
+            # Bilevel schemes get a second batch each step for their upper-level (validation) losses.
+            meta = dataset.train_iterator(config.batch_size, seed + builders.META_SEED_OFFSET, split=meta_split,
+                                          process_index=pid, process_count=nproc)
+            it = data_lib.WithMetaBatches(it, meta, prefix=step_lib.META_PREFIX)
+        return it
+
+    return Experiment(
+        name=config.dataset.name,
+        tasks=tasks,
+        model=model,
+        weighting=weighting,
+        optimizer=optimizer,
+        step_config=step_cfg,
+        example_input=np.zeros((1,) + tuple(spec.input_shape), np.float32),
+        steps_per_epoch=steps_per_epoch,
+        train_iterator=train_iterator,
+        make_evaluator=lambda driver, axis: InMemoryEvaluator(dataset, tasks, step_cfg, model, config, driver, axis),
+    )
+
+
+# ---------------------------------------------------------------------------- seeds
+
+
+class SeedAxis:
+    """Seeds ``seed, seed + 1, ...`` trained together in one program (a vmap over a leading seed
+    axis of the state; each seed has its own init, dropout and data order: jmtl/training/seeds.py).
+
+    One seed runs the plain step, without the axis: a vmap over a size-1 axis compiles to a
+    different program, whose float results are not bitwise those of the plain step. Every place
+    the two cases differ is a method here.
+    """
+
+    def __init__(self, first_seed: int, num_seeds: int, mode: str = "vmap"):
+        self.seeds = [first_seed + i for i in range(num_seeds)]
+        self.stacked = num_seeds > 1
+        self.mode = mode
+
+    def wrap_step(self, make_step):
+        return seeds_lib.over_seeds(make_step, self.mode) if self.stacked else make_step
+
+    def wrap_eval(self, make_eval):
+        return seeds_lib.over_seeds_eval(make_eval) if self.stacked else make_eval
+
+    def stack_states(self, states: list) -> PyTree:
+        return seeds_lib.stack(states) if self.stacked else jax.tree.map(np.asarray, states[0])
+
+    def stack_iterators(self, iterators: list):
+        return seeds_lib.StackedIterator(iterators) if self.stacked else iterators[0]
+
+    def per_seed_results(self, results: dict) -> list[dict]:
+        """``{split: result}`` (a list per split when stacked) -> one ``{split: ...}`` per seed."""
+        if not self.stacked:
+            return [results]
+        return [{split: results[split][i] for split in results} for i in range(len(self.seeds))]
+
+    def first(self, x):
+        """Seed 0's slice of a stacked array (the array itself for one seed)."""
+        return x[0] if self.stacked else x
+
+
+def mean_over_seeds(results: list):
+    """Per-seed nested dicts of floats -> their mean (the dict itself for one seed)."""
+    if len(results) == 1:
+        return results[0]
+    return jax.tree.map(lambda *xs: float(np.mean(xs)), *results)
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def train(config, workdir: str | Path) -> tuple[dict, step_lib.TrainState]:
+    """Runs (or resumes) the experiment of an in-memory dataset config; returns the summary and the
+    final host train state.
+
+    Args:
+      config: an experiment config (``config_schema.default_config()`` and overrides).
+      workdir: where the run writes (created; a workdir with a checkpoint is resumed).
+    """
+    config_schema.validate_config(config)  # wrong types / ranges fail here, before any work
+    check_workdir(workdir)
+    parallel.maybe_initialize_distributed()
+    return run(build_experiment(config), config, workdir)
+
+
+def check_workdir(workdir: str | Path) -> None:
+    """Refuses a workdir path that is (or lies under) a file, before anything is built or written."""
+    workdir = Path(workdir).expanduser().absolute()
+    for p in (workdir, *workdir.parents):
+        if p.exists() and not p.is_dir():
+            workdir_lib.prepare_workdir(workdir)  # raises WorkdirNotADirectoryError with the fix
+
+
+def run(experiment: Experiment, config, workdir: str | Path) -> tuple[dict, step_lib.TrainState]:
+    """Trains ``experiment`` under ``config``'s schedule, evaluation, non-finite policy and
+    checkpoints in ``workdir`` (resuming from its latest checkpoint; a workdir in use by another
+    live run is refused: ``workdir.workdir_lock``)."""
+    config_schema.validate_config(config)
+    workdir = workdir_lib.prepare_workdir(workdir)
+    is_main = jax.process_index() == 0
+    with workdir_lib.workdir_lock(workdir) if is_main else contextlib.nullcontext():
+        trainer = _Trainer(experiment, config, workdir)
+        try:
+            trainer.resume()
+            return trainer.loop()
+        finally:
+            trainer.close()
+
+
+# ---------------------------------------------------------------------------- the trainer
+
+
+class _StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption-safe)."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+
+class _Trainer:
+    """One run: built by ``__init__`` (setup), then ``resume``, ``loop`` (which ends in ``summary``)."""
+
+    # ---- setup ------------------------------------------------------------------------------------
+    def __init__(self, experiment: Experiment, config, workdir: Path):
+        self.exp, self.config, self.workdir = experiment, config, workdir
+        self.is_main = jax.process_index() == 0
+        self.logs = None
+        self.stop = _StopRequest()
+        self.names = [t.name for t in experiment.tasks]
+        spe = experiment.steps_per_epoch
+        self.total_steps = config.num_steps if config.get("num_steps", -1) > 0 else config.num_epochs * spe
+        self.eval_every = config.eval_every_steps if config.get("eval_every_steps", -1) > 0 else spe
+        ckpt_every = config.get("checkpoint_every_steps", -1)
+        self.ckpt_every = ckpt_every if ckpt_every > 0 else self.eval_every
+        self.log_every = config.get("log_every_steps", 20)
+        self.policy = config.nonfinite.policy
+        if self.policy not in step_lib.NONFINITE_POLICIES:
+            raise ValueError(
+                f"unknown nonfinite.policy {self.policy!r}; valid: {', '.join(step_lib.NONFINITE_POLICIES)}"
+            )
+        self.driver = parallel.Driver(config.parallel)
+        if config.batch_size % self.driver.num_devices:
+            raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.driver.num_devices} devices")
+        self.seed_axis = SeedAxis(config.seed, config.get("num_seeds", 1), config.get("seeds_mode", "vmap"))
+        e = experiment
+        make_step = lambda ax: step_lib.make_train_step(e.model, e.tasks, e.weighting, e.optimizer, e.step_config,
+                                                        axis_name=ax)
+        self.train_step = self.driver.compile_step(self.seed_axis.wrap_step(make_step))
+        self.evaluator = experiment.make_evaluator(self.driver, self.seed_axis)
+        inits = [step_lib.init_state(e.model, e.weighting, e.optimizer, e.example_input, len(e.tasks), s)
+                 for s in self.seed_axis.seeds]
+        self.host_state = self.seed_axis.stack_states(inits)
+        self.signature = checkpoint.model_signature(self.host_state, self.names, config.weighting.name)
+        self.ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+        self.train_iter = self.seed_axis.stack_iterators([e.train_iterator(s) for s in self.seed_axis.seeds])
+        self.bests = [{"score": -math.inf} for _ in self.seed_axis.seeds]  # best-validation record per seed
+        self.start_step, self.wall_before = 0, 0.0
+
+    # ---- resume -----------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restores the latest checkpoint (state, data order, best records; a damaged checkpoint is
+        moved aside for the one before it) after checking that the config may resume it (a changed
+        model, weighting or schedule is refused, naming every field), or starts the workdir. Records
+        after the checkpoint are dropped (a fresh start moves old records aside): nothing is counted
+        twice and no earlier record is overwritten."""
+        resume_step = None
+        if self.ckpt.latest_step() is not None:
+            self.host_state, meta = self.ckpt.restore(self.host_state, self.signature)
+            self.start_step = int(np.max(self.host_state.step))  # every seed is at the same step
+            saved = workdir_lib.load_saved_config(self.workdir)
+            changes = (workdir_lib.check_resume(saved, self.config, restored_step=self.start_step,
+                                                total_steps=self.total_steps) if saved else [])
+            self.train_iter.set_state(meta["data_iterator"])
+            self.bests = meta["best"]
+            self.wall_before = meta.get("wall_time", 0.0)
+            resume_step = self.start_step
+            if self.is_main:
+                workdir_lib.record_resume(self.workdir, self.start_step, changes, self.config)
+                print(f"Resuming from step {self.start_step} of {self.total_steps} in {self.workdir}", flush=True)
+        elif self.is_main:
+            workdir_lib.write_config(self.workdir, self.config)
+        self.logs = metric_writers.make_writers(
+            self.config.get("writers", ("jsonl",)), self.workdir, self.is_main, resume_step=resume_step,
+            config=self.config, task_names=self.names,
+        )
+
+    def close(self) -> None:
+        if self.logs is not None:
+            self.logs, logs = None, self.logs
+            logs.close()
+
+    def save(self, state, step: int, wall: float) -> None:
+        meta = {"signature": self.signature, "data_iterator": self.train_iter.get_state(), "best": self.bests,
+                "wall_time": wall}
+        self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
+
+    # ---- non-finite policy ------------------------------------------------------------------------
+    def check_finite(self, at_step: int, metrics) -> None:
+        """Raises, or counts a skipped step, when the step at ``at_step`` was not finite (it was not
+        applied: the step keeps the old state)."""
+        flags = self.driver.host_metrics({"finite": metrics["finite"], "losses_finite": metrics["losses_finite"]})
+        if bool(np.all(flags["finite"])):
+            self.consecutive_skips = 0
+            return
+        losses_ok = np.asarray(flags["losses_finite"]).reshape(-1, len(self.names)).all(axis=0)  # over seeds
+        bad = [n for n, ok in zip(self.names, losses_ok) if not ok] or ["(the update)"]
+        if self.seed_axis.stacked:
+            bad_seeds = [s for s, ok in zip(self.seed_axis.seeds, np.atleast_1d(flags["finite"])) if not ok]
+            bad[-1] += f" (seed(s) {', '.join(map(str, bad_seeds))})"
+        last = self.last_good_step
+        if self.policy == "raise":
+            self.ckpt.wait()
+            raise NonFiniteLossError(
+                f"non-finite loss at step {at_step} in task(s) {', '.join(bad)}; the step was not applied. "
+                + (f"Last good checkpoint: {self.ckpt.directory}/{last} (step {last}). " if last is not None
+                   else "No checkpoint was written yet. ")
+                + "Lower the learning rate, or set --config.nonfinite.policy=skip."
+            )
+        self.consecutive_skips += 1
+        self.total_skips += 1
+        if self.consecutive_skips >= self.config.nonfinite.max_consecutive_skips:
+            self.ckpt.wait()
+            raise NonFiniteLossError(
+                f"{self.consecutive_skips} consecutive non-finite steps up to step {at_step} "
+                f"(task(s) {', '.join(bad)}); last good checkpoint: step {last}"
+            )
+
+    # ---- records ----------------------------------------------------------------------------------
+    def train_record(self, step: int, metrics, state) -> dict:
+        """Losses and weights of this step (with several seeds: their mean, and each seed's)."""
+        m = self.driver.host_metrics(metrics)
+        k = len(self.names)
+        losses, weights = np.asarray(m["losses"]).reshape(-1, k), np.asarray(m["weights"]).reshape(-1, k)
+        rec = {
+            "step": step,
+            "losses": losses.mean(axis=0).tolist(),
+            "weights": [None if np.isnan(w) else float(w) for w in weights.mean(axis=0)],
+            "objective": float(np.mean(m["objective"])),
+            "grad_norm": float(np.mean(m["grad_norm"])),
+        }
+        if self.seed_axis.stacked:
+            rec["losses_per_seed"] = losses.tolist()
+            rec["weights_per_seed"] = [[None if np.isnan(w) else float(w) for w in row] for row in weights]
+        if "relation" in self.host_state.params:
+            relation = np.asarray(self.driver.unreplicate(state.params["relation"]))
+            rec["relation"] = self.seed_axis.first(relation).tolist()
+        return rec
+
+    def interval_stats(self, pending: list, seconds: float) -> dict:
+        """Mean training loss and summed task weights over the steps since the last evaluation."""
+        k = len(self.names)
+        host = self.driver.host_metrics(pending)
+        losses = np.sum([np.asarray(l).reshape(-1, k).mean(axis=0) for l, _ in host], axis=0) / len(host)
+        drawn = np.sum([np.nan_to_num(np.asarray(w).reshape(-1, k).mean(axis=0)) for _, w in host], axis=0)
+        return {"train_loss": dict(zip(self.names, losses.tolist())),
+                "task_weight_sum": dict(zip(self.names, drawn.tolist())), "train_time_s": seconds}
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, state, step: Optional[int]) -> list[dict]:
+        """Scores every seed and updates its best-validation record (``step=None``: score only)."""
+        params = state.params
+        if self.exp.test_every_eval:
+            results = self.evaluator(params, (VALIDATION, TEST))
+        else:
+            results = self.evaluator(params, (VALIDATION,))
+            improved = any(self.evaluator.score(r[VALIDATION]) > b["score"] for r, b in zip(results, self.bests))
+            if improved or step is None:
+                tests = self.evaluator(params, (TEST,))
+                results = [{**r, **t} for r, t in zip(results, tests)]
+        if step is not None:
+            for i, res in enumerate(results):  # model selection on the validation split, per seed
+                score = self.evaluator.score(res[VALIDATION])
+                if score > self.bests[i]["score"]:
+                    self.bests[i] = {"score": score, "step": step, VALIDATION: res[VALIDATION], TEST: res[TEST]}
+        return results
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def loop(self) -> tuple[dict, step_lib.TrainState]:
+        config, total_steps, spe = self.config, self.total_steps, self.exp.steps_per_epoch
+        state = self.driver.replicate(self.host_state)
+        logs = self.logs
+        bar = tqdm(total=total_steps, initial=self.start_step, disable=not (self.is_main and config.get("progress_bar", False)),
+                   unit="step")
+        self.t0 = time.time()
+        self.last_good_step = self.ckpt.latest_step()
+        self.consecutive_skips, self.total_skips = 0, 0
+        self.eval_time, self.interval_times = 0.0, []
+        step, results, pending, interval = self.start_step, None, None, []
+        interval_start = time.time()
+        first_batch_checked = False
+        while step < total_steps:
+            batch = next(self.train_iter)
+            if not first_batch_checked:
+                tasks_lib.check_labels(self.exp.tasks, batch, where=f"{self.exp.name} train batch")
+                first_batch_checked = True
+            state, metrics = self.train_step(state, self.driver.shard_batch(batch))
+            step += 1
+            if self.exp.interval_train_stats:  # device arrays, fetched once per evaluation
+                interval.append((metrics["losses"], metrics["weights"]))
+            # Every step's finiteness is checked, one step late, so the host never waits for the step
+            # it just dispatched.
+            if pending is not None:
+                self.check_finite(*pending)
+            pending = (step, metrics)
+
+            if step % self.log_every == 0 or step == total_steps or step % self.eval_every == 0 or self.stop.signal:
+                self.check_finite(*pending)
+                pending = None
+                rec = self.train_record(step, metrics, state)
+                if self.is_main:
+                    logs.write("train", rec)
+                    bar.set_postfix({n: f"{l:.3g}" for n, l in zip(self.names, rec["losses"])})
+
+            if step % self.eval_every == 0 or step == total_steps:
+                train_seconds = time.time() - interval_start
+                self.interval_times.append(train_seconds)
+                t_eval = time.time()
+                results = self.evaluate(state, step)
+                self.eval_time += time.time() - t_eval
+                rec = {"step": step, "epoch": step / spe, **mean_over_seeds(results)}
+                if self.seed_axis.stacked:
+                    rec["seeds"] = results
+                if self.exp.interval_train_stats:
+                    rec.update(self.interval_stats(interval, train_seconds))
+                    interval = []
+                if self.is_main:
+                    logs.write("eval", rec)
+                    if self.exp.on_eval is not None:
+                        self.exp.on_eval(rec)
+                interval_start = time.time()
+            if step % self.ckpt_every == 0 or step == total_steps or self.stop.signal:
+                self.save(state, step, self.wall_before + time.time() - self.t0)
+                self.last_good_step = step
+            bar.update(1)
+            if self.stop.signal:
+                self.ckpt.close()
+                bar.close()
+                if self.is_main:
+                    print(f"\nReceived {self.stop.signal}: saved a checkpoint at step {step}. Resume with the same "
+                          f"command (--workdir {self.workdir}).", flush=True)
+                return {"interrupted": True, "step": step}, self.driver.unreplicate(state)
+        bar.close()
+        self.ckpt.close()
+        self.close()  # summary.json and the plots read the records
+        final = results if results is not None else self.evaluate(state, None)
+        return self.summary(state, final), self.driver.unreplicate(state)
+
+    # ---- summary and plots ------------------------------------------------------------------------
+    def summary(self, state, final: list[dict]) -> dict:
+        config, total_steps, spe = self.config, self.total_steps, self.exp.steps_per_epoch
+        wall = self.wall_before + time.time() - self.t0
+        bests, seeds = self.bests, self.seed_axis.seeds
+        summary = {
+            "dataset": config.dataset.name,
+            "weighting": config.weighting.name,
+            "tasks": self.names,
+            "steps": total_steps,
+            "epochs": total_steps / spe,
+            # One seed: its numbers. Several: the mean over seeds; each seed's numbers under "seeds".
+            "final": mean_over_seeds(final),
+            "best_validation": bests[0] if not self.seed_axis.stacked else {
+                "test": mean_over_seeds([b["test"] for b in bests]),
+                "validation": mean_over_seeds([b["validation"] for b in bests]),
+                "step": [b["step"] for b in bests],
+            },
+            "seeds": [{"seed": s, "final": f, "best_validation": b} for s, f, b in zip(seeds, final, bests)],
+            "wall_time_s": wall,
+            "steps_per_s": (total_steps - self.start_step) / max(time.time() - self.t0, 1e-9),
+            "wall_time_per_epoch_s": wall / (total_steps / spe),
+            # This session's (not counting earlier sessions of a resumed run): evaluation time, and the
+            # training time of each interval between evaluations (the first includes compilation).
+            "eval_time_s": self.eval_time,
+            "train_time_per_eval_s": self.interval_times,
+            "skipped_nonfinite_steps": self.total_skips,
+            "devices": self.driver.num_devices,
+            "processes": jax.process_count(),
+        }
+        if self.is_main:
+            (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+            if self.exp.plots:
+                plotting.plot_training(self.workdir, self.names)
+                if "relation" in self.host_state.params:
+                    w = self.seed_axis.first(np.asarray(self.driver.unreplicate(state.params["relation"])))
+                    plotting.plot_relation_matrix(w, self.names, self.workdir / "plots" / "relation_matrix.png")
+            print(format_summary(summary), flush=True)
+        return summary
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"done: {s['steps']} steps ({s['epochs']:.1f} epochs) in {s['wall_time_s']:.1f}s, {s['steps_per_s']:.1f} steps/s"]
+    for label, res in (("final test", s["final"].get("test", {})), ("best-val test", s["best_validation"].get("test", {}))):
+        parts = [f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()) for t, m in res.items()]
+        lines.append(f"{label}: " + " | ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""jmtl installs as a package and imports from any folder (issue 16: it used to import only from the
+repository root, as a namespace package without __init__)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_pip_install_then_import_from_another_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "jmtl", src / "jmtl", ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "site"
+    # --no-build-isolation: build with this venv's setuptools and wheel (requirements.txt), offline.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    assert (target / "jmtl" / "py.typed").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "import jmtl, jax.numpy as jnp; "
+        "assert jmtl.__file__.startswith(%r), jmtl.__file__; "
+        "print(jmtl.__version__); print(len(jmtl.weighting.names())); "
+        "vg = jmtl.mtl_value_and_grad(lambda p, x: jnp.stack([jnp.sum(p['shared'] * x), jnp.sum(p['shared'] ** 2)]), 'mgda'); "
+        "p = {'shared': jnp.ones(3)}; r = vg(p, vg.init(p, 2), jnp.arange(3.0)); print(r.losses.tolist())"
+    ) % str(target)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    version, n_methods, losses = out.stdout.split("\n")[:3]
+    assert version == __import__("jmtl").__version__
+    assert int(n_methods) > 30
+    assert losses == "[3.0, 3.0]"

@@ -3,11 +3,15 @@ batches its bilevel runs take."""
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from jmtl.training import tagging as hierarchical_tagging
+from conftest import ROOT
 from experiments.configs import hierarchical_sg
 from jmtl.data import DataError, conll
 
@@ -151,6 +155,21 @@ def test_train_run_writes_per_epoch_logs_and_a_record(raw_dir, tmp_path, method,
     before = _hashes(tmp_path / "runs")
     assert hierarchical_tagging.train_run(config, tmp_path / "runs") == record
     assert _hashes(tmp_path / "runs") == before
+    if not method:
+        # A rerun with num_epochs=0 used to open metrics.jsonl for writing, then crash: refused up
+        # front now (one line, exit 2), the finished run's files untouched.
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.hierarchical_tagging", "--config",
+             "experiments/configs/hierarchical_sg.py:hier", "--workdir", str(tmp_path / "runs"),
+             "--config.num_epochs=0", f"--config.dataset.data_dir={raw_dir}"],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+            env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
+        )
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert proc.returncode == 2 and lines == [
+            "ValueError: config.num_epochs must be >= 1 when config.num_steps <= 0, got num_epochs=0. "
+            "Fix: e.g. --config.num_epochs=10, or --config.num_steps=N to train N steps"], proc.stderr
+        assert _hashes(tmp_path / "runs") == before
     with pytest.raises(ValueError, match="crf_tasks"):
         bad = config.copy_and_resolve_references()
         bad.crf_tasks = ("ner",)

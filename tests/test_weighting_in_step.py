@@ -46,3 +46,50 @@ def test_scheme_trains_in_the_jitted_step(name):
             first = m["losses"] if first is None else first
         assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(s.params))
         assert float(jnp.sum(m["losses"])) < float(jnp.sum(first)), (name, mode)
+
+
+# Schemes' hyperparameters that make their dynamic part start within three steps.
+_FAST = {"dwa": {"steps_per_epoch": 1}, "stch": {"steps_per_epoch": 1, "warmup_epochs": 1}}
+# Schemes whose update (on these steps) is the plain sum of the task gradients, up to a scale.
+_SUM_LIKE = {"equal", "sum", "static", "mean"}
+
+
+@pytest.mark.parametrize("name", [n for n in weighting.names() if weighting.get(n).requires != weighting.BILEVEL])
+def test_step_moves_shared_params_along_the_schemes_direction(name):
+    """With SGD(lr=1) the shared params move by minus the combined gradient: it must equal the scheme's
+    own direction for the Jacobian ``jax.jacrev`` computes independently (same state, key and step),
+    so a scheme that silently fell back to equal weights inside the step would fail here."""
+    tasks = TASKS
+    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=4, dropout_rate=0.0))
+    transform = weighting.get(name, **_FAST.get(name, {}))
+    opt = optax.sgd(1.0)
+    state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 6)), K, seed=0)
+    fn = jax.jit(step_lib.make_train_step(model, tasks, transform, opt, step_lib.StepConfig(input_key="x")))
+
+    def losses_of(shared, params, batch):
+        out = model.apply({"params": {**params, "shared": shared}}, batch["x"], train=True)
+        return jnp.stack([jnp.mean(t.loss(out[t.name], batch[t.label_key])) for t in tasks])
+
+    for i in range(3):
+        batch = _data(i)
+        params = state.params
+        losses = losses_of(params["shared"], params, batch)
+        jac_tree = jax.jacrev(losses_of)(params["shared"], params, batch)  # leaves [K, ...]
+        leaves, treedef = jax.tree.flatten(jac_tree)
+        jac = jnp.concatenate([leaf.reshape(K, -1) for leaf in leaves], axis=1)
+        key = jax.random.split(jax.random.fold_in(state.rng, state.step))[0]  # the step's scheme key
+        out, _ = transform.update(
+            losses, state.weighting_state, jacobian=jac, gramian=jac @ jac.T,
+            params=state.weighting_params or None, key=key, step=state.step,
+        )
+        expected = weighting.combine(out, jac)
+        new, metrics = fn(state, batch)
+        assert bool(metrics["finite"]), (name, i)
+        moved = jnp.concatenate([(a - b).reshape(-1) for a, b in zip(jax.tree.leaves(params["shared"]), jax.tree.leaves(new.params["shared"]))])
+        scale = float(jnp.max(jnp.abs(expected)))
+        np.testing.assert_allclose(np.asarray(moved), np.asarray(expected), rtol=2e-3, atol=2e-3 * scale, err_msg=f"{name} step {i}")
+        if name not in _SUM_LIKE and i == 2:
+            total = jac.sum(0)
+            cos = float(expected @ total / (jnp.linalg.norm(expected) * jnp.linalg.norm(total)))
+            assert cos < 1 - 1e-4, f"{name}: the scheme's direction is the plain sum; the comparison has no power"
+        state = new

@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 from jmtl.data import cache
 from jmtl.data import fingerprint
 from jmtl.data import gradnorm_toy
+from jmtl.tasks import MASK_SUFFIX
 from jmtl.data import idx
 from jmtl.data import multi_mnist
 
@@ -699,8 +700,12 @@ def from_arrays(name: str, splits: Mapping[str, Mapping[str, Any]], *,
   arrays = {s: {k: np.asarray(v) for k, v in cols.items()}
             for s, cols in splits.items()}
   label_keys = (list(labels) if labels is not None else
-                [k for k in arrays['train'] if k != input_key])
-  want = {input_key, *label_keys}
+                [k for k in arrays['train'] if k != input_key
+                 and not k.endswith(MASK_SUFFIX)])
+  # Missing labels: an optional '<label>_mask' entry (1 = labelled) per label.
+  mask_keys = [k + MASK_SUFFIX for k in label_keys
+               if k + MASK_SUFFIX in arrays['train']]
+  want = {input_key, *label_keys, *mask_keys}
   for split, cols in arrays.items():
     if set(cols) != want:
       lacking, extra = sorted(want - set(cols)), sorted(set(cols) - want)
@@ -728,6 +733,16 @@ def from_arrays(name: str, splits: Mapping[str, Mapping[str, Any]], *,
             f'{name}: {k!r} is {v.dtype}{list(v.shape[1:])} per example in '
             f'split {split!r} but {ref.dtype}{list(ref.shape[1:])} in train. '
             'Fix: the same per-example shape and dtype in every split')
+  for split, cols in arrays.items():
+    for mk in mask_keys:
+      m, key = cols[mk], mk[:-len(MASK_SUFFIX)]
+      if m.ndim != 1 or not np.all((m == 0) | (m == 1)):
+        raise DataError(f'{name}: label mask {mk!r} in split {split!r} must '
+                        'be a [N] array of 0/1 (1 = labelled)')
+      # Placeholders of unlabelled examples (NaN, -1, ...) become 0: the
+      # losses and metrics skip them, and the label checks below pass.
+      keep = m.reshape((-1,) + (1,) * (cols[key].ndim - 1)) > 0
+      cols[key] = np.where(keep, cols[key], np.zeros((), cols[key].dtype))
   if labels is None:
     labels = {k: ('classification'
                   if np.issubdtype(arrays['train'][k].dtype, np.integer)
@@ -745,6 +760,8 @@ def from_arrays(name: str, splits: Mapping[str, Mapping[str, Any]], *,
   def convert(key: str, v: np.ndarray) -> np.ndarray:
     if key == input_key:
       out = v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
+    elif key in mask_keys:
+      out = v.astype(np.float32)
     elif specs[key].kind == 'classification':
       out = v.astype(np.int32)
     else:
@@ -754,7 +771,7 @@ def from_arrays(name: str, splits: Mapping[str, Mapping[str, Any]], *,
     return out
 
   sources = {s: _ArraySource({k: convert(k, cols[k])
-                              for k in [input_key, *specs]})
+                              for k in [input_key, *specs, *mask_keys]})
              for s, cols in arrays.items()}
   spec = DatasetSpec(name=name, input_key=input_key,
                      input_shape=tuple(x.shape[1:]), labels=specs,

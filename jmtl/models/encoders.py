@@ -53,6 +53,30 @@ class MultiLeNet(nn.Module):
 
 
 ENCODERS = {"mlp": MLP, "multi_lenet": MultiLeNet}
+_BUILTIN = frozenset(ENCODERS)
+
+
+def register(name: str, factory, *, overwrite: bool = False) -> None:
+    """Makes a user encoder nameable in configs (``config.model.encoder = name``).
+
+    Args:
+      name: the config name.
+      factory: a Linen module class (or any callable ``**encoder_kwargs -> nn.Module``) whose
+        instances have ``__call__(x, *, train) -> representation``.
+      overwrite: replace an earlier registration of ``name`` (built-in encoders cannot be replaced).
+    """
+    if not callable(factory):
+        raise TypeError(f"encoder factory for {name!r} must be callable (a Linen module class), got {factory!r}")
+    if name in _BUILTIN:
+        raise ValueError(f"{name!r} is a built-in encoder; register yours under another name")
+    if name in ENCODERS and not overwrite:
+        raise ValueError(f"encoder {name!r} is already registered; pass overwrite=True to replace it")
+    ENCODERS[name] = factory
+
+
+def names() -> list[str]:
+    """The encoder names configs may use."""
+    return sorted(ENCODERS)
 
 
 def get(name: str, **kwargs) -> nn.Module:
@@ -63,5 +87,6 @@ def get(name: str, **kwargs) -> nn.Module:
     except TypeError as e:
         import dataclasses
 
-        valid = [f.name for f in dataclasses.fields(ENCODERS[name]) if f.name not in ("parent", "name")]
+        cls = ENCODERS[name]
+        valid = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")] if dataclasses.is_dataclass(cls) else ["(see its signature)"]
         raise ValueError(f"bad arguments {kwargs} for encoder {name!r}; valid: {', '.join(valid)} ({e})") from None

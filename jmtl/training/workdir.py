@@ -300,18 +300,19 @@ def check_resume(saved_config: Any, new_config: Any, *, restored_step: int | Non
     changes = [Change(k, old.get(k, _MISSING), new.get(k, _MISSING))
                for k in sorted(set(old) | set(new)) if old.get(k, _MISSING) != new.get(k, _MISSING)]
     refused = [c for c in changes if c.field not in RESUMABLE_FIELDS]
-    problems = [f"{c.field}: {c.old!r} -> {c.new!r}" for c in refused]
+    problems, fixes = [], []
+    if refused:
+        problems.append("the config differs from the one this workdir was started with (config.json) in "
+                        + "; ".join(f"{c.field}: {c.old!r} -> {c.new!r}" for c in refused))
+        fixes.append("restore the old values to resume, or use a new --workdir for the new config (fields that "
+                     "may change on resume: " + ", ".join(RESUMABLE_FIELDS) + ")")
     if restored_step is not None and total_steps is not None and total_steps < restored_step:
         problems.append(f"the checkpoint is at step {restored_step} but the new run would stop at {total_steps} "
                         "(num_epochs / num_steps may only grow on resume)")
+        fixes.append(f"train to step {restored_step} or beyond (--config.num_steps / --config.num_epochs), or use "
+                     "a new --workdir")
     if problems:
-        raise ResumeConfigError(
-            "cannot resume: the config differs from the one this workdir was started with (config.json) in "
-            + "; ".join(problems)
-            + ". Fix: restore the old values to resume, or use a new --workdir for the new config "
-            "(fields that may change on resume: " + ", ".join(RESUMABLE_FIELDS) + ")",
-            refused,
-        )
+        raise ResumeConfigError("cannot resume: " + "; and ".join(problems) + ". Fix: " + "; ".join(fixes), refused)
     return changes
 
 

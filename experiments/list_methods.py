@@ -11,7 +11,7 @@ def table() -> str:
     for name in weighting.names():
         t = weighting.get(name) if name != "static" else weighting.get(name, weights=None)
         hp = ", ".join(f"`{k}={v!r}`" for k, v in weighting.hyperparameters(name).items()) or "—"
-        doc = (weighting._factory(name).__doc__ or "").strip().splitlines()
+        doc = (weighting.factory(name).__doc__ or "").strip().splitlines()
         first = doc[0].rstrip(".") if doc else ""
         rows.append(f"| `{name}` | {t.requires} | {hp} | {first} |")
     return "\n".join(rows)

@@ -23,7 +23,7 @@ from jmtl.training import step as step_lib
 
 ARCHS = architectures.NAMES  # hps first
 NO_SHARED = ("independent", "soft_sharing")
-REP_OK = ("hps", "mmoe", "dselect_k")  # architectures with a shared representation (MGDA-UB)
+REP_OK = ("hps", "omoe", "mmoe", "dselect_k")  # architectures with a shared representation (MGDA-UB)
 D_IN = 5
 
 
@@ -436,7 +436,7 @@ def test_encoder_without_train_argument_is_refused_up_front():
 # ----------------------------------------------------------------------------- the capability
 
 
-SEPARABLE = ("hps", "mmoe", "dselect_k")  # without the relation matrix
+SEPARABLE = ("hps", "omoe", "mmoe", "dselect_k")  # without the relation matrix
 
 
 def test_separable_heads_is_declared_and_decode_split_is_separable():

@@ -192,3 +192,44 @@ def test_outputs_that_do_not_match_the_tasks_are_named():
     step = step_lib.make_train_step(UserModel(), TASKS[:1], weighting.get("equal"), optax.sgd(1.0))
     with pytest.raises(ValueError, match="belong to no declared task"):
         step(state, _batch())
+
+
+# ----------------------------------------------------------------------------- task kinds
+
+
+def test_multilabel_and_custom_tasks_follow_their_definitions():
+    from jmtl.tasks import Metric
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 4)).astype(np.float32)
+    labels = rng.integers(0, 2, size=(6, 4)).astype(np.int32)
+    ml = Task("tags", "multilabel", 4)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    want = -(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean(axis=1)
+    np.testing.assert_allclose(np.asarray(ml.loss(jnp.asarray(logits), jnp.asarray(labels))), want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ml.main_metric.fn(jnp.asarray(logits), jnp.asarray(labels))),
+                               ((logits > 0) == (labels == 1)).mean(axis=1), rtol=1e-6)
+
+    huber = lambda out, y: optax.huber_loss(out.reshape(y.shape), y)  # noqa: E731
+    custom = Task("depth", "custom", 1, loss_fn=huber,
+                  custom_metrics=(Metric("abs_err", lambda o, y: jnp.abs(o.reshape(y.shape) - y), False),))
+    out, y = jnp.array([[0.0], [3.0]]), jnp.array([0.5, 0.0])
+    np.testing.assert_allclose(np.asarray(custom.loss(out, y)), [0.125, 2.5])
+    assert custom.main_metric.name == "abs_err" and not custom.main_metric.higher_is_better
+    with pytest.raises(ValueError, match="custom.*loss_fn"):
+        Task("bad", "custom", 1)
+
+
+def test_custom_loss_is_what_the_step_minimises():
+    from jmtl.tasks import Metric
+
+    scale = lambda out, y: 3.0 * (out - y) ** 2  # noqa: E731
+    tasks = (Task("a", "custom", 1, loss_fn=scale, custom_metrics=(Metric("mse", lambda o, y: (o - y) ** 2, False),)),
+             Task("b", "regression", 1))
+    batch = _batch()
+    w = weighting.get("equal")
+    config = step_lib.StepConfig(shared="encoder")
+    state = step_lib.init_state(UserModel(), w, optax.sgd(1.0), batch["image"], 2, 0, shared="encoder")
+    _, metrics = step_lib.make_train_step(UserModel(), tasks, w, optax.sgd(1.0), config)(state, batch)
+    out = UserModel().apply({"params": state.params}, batch["image"])
+    np.testing.assert_allclose(float(metrics["losses"][0]), float(jnp.mean(3.0 * (out["a"] - batch["a"]) ** 2)), rtol=1e-5)

@@ -125,3 +125,140 @@ def test_real_file():
     z = np.stack([ds.arrays("train")[t] for t in qm9.TASKS], axis=1).astype(np.float64)
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(z.std(0), 1, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- molecule graphs
+
+rdkit = pytest.importorskip("rdkit", reason="molecule graphs need rdkit (the 'graphs' extra)")
+
+
+def test_featurise_by_hand():
+    """Methane, ammonia and formaldehyde / benzene features checked against chemistry by hand."""
+    g = qm9.featurise(["C", "N", "C=O", "c1ccccc1"], counts=np.array([[4, 1, 0, 0, 0], [3, 0, 1, 0, 0], [2, 1, 0, 1, 0], [6, 6, 0, 0, 0]]))
+    nodes, edges, s, r = g.graph(0)  # CH4: C then 4 H (rdkit AddHs appends H), 4 bonds both ways
+    np.testing.assert_array_equal(nodes[:, :5].sum(0), [4, 1, 0, 0, 0])
+    c = nodes[nodes[:, 1] == 1][0]
+    assert c[5] == 6 and c[6] == 0 and tuple(c[7:10]) == (0, 0, 1) and c[10] == 4  # sp3, 4 H neighbours
+    h = nodes[nodes[:, 0] == 1]
+    assert np.all(h[:, 5] == 1) and np.all(h[:, 7:11] == 0)  # H: no hybridisation, no H neighbour
+    assert len(s) == 8 and np.all(edges[:, 0] == 1)  # single bonds
+    pairs = set(zip(s.tolist(), r.tolist()))
+    assert all((b, a) in pairs for a, b in pairs)  # both directions
+    assert list(zip(s, r)) == sorted(zip(s, r))  # PyG's edge order
+    nodes, _, _, _ = g.graph(1)
+    assert nodes[nodes[:, 2] == 1][0][10] == 3 and nodes[nodes[:, 2] == 1][0][5] == 7
+    nodes, edges, s, r = g.graph(2)  # C=O: one double bond, carbon sp2 with 2 H
+    c, o = nodes[nodes[:, 1] == 1][0], nodes[nodes[:, 3] == 1][0]
+    assert tuple(c[7:10]) == (0, 1, 0) and c[10] == 2 and o[10] == 0
+    co = (s == np.flatnonzero(nodes[:, 1] == 1)[0]) & (r == np.flatnonzero(nodes[:, 3] == 1)[0])
+    np.testing.assert_array_equal(edges[co][0], [0, 1, 0, 0])
+    nodes, edges, s, r = g.graph(3)  # benzene: 6 aromatic sp2 C, 6 aromatic + 6 C-H bonds
+    ring = nodes[:, 1] == 1
+    assert np.all(nodes[ring, 6] == 1) and np.all(nodes[ring, 8] == 1) and np.all(nodes[ring, 10] == 1)
+    assert edges.sum(0).tolist() == [12, 0, 0, 12]
+
+
+def test_featurise_errors():
+    with pytest.raises(DataError, match="cannot parse"):
+        qm9.featurise(["C1CC"])
+    with pytest.raises(DataError, match="element Cl"):
+        qm9.featurise(["CCl"])
+    with pytest.raises(DataError, match="InChI"):
+        qm9.featurise(["CO"], counts=np.array([[4, 1, 0, 0, 0]]))
+
+
+def test_pack_take_and_subset():
+    smiles = ["C", "CC#N", "O=CC=O", "c1ccoc1"]
+    g = qm9.featurise(smiles)
+    packed = qm9.pack(g)
+    assert packed.shape == (4, qm9.packed_size()) and packed.dtype == np.float32
+    sub = g.take(np.array([3, 1]))
+    for k, i in enumerate([3, 1]):
+        for a, b in zip(sub.graph(k), g.graph(i)):
+            np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(qm9.pack(sub), packed[[3, 1]])
+    with pytest.raises(DataError, match="budget"):
+        qm9.pack(g, max_nodes=5)
+
+
+def test_graph_input_from_packed_rows_matches_graphs():
+    """A packed batch through MPNN equals the same molecules padded with pad_graphs."""
+    import jax
+
+    from jmtl.models import gnn
+
+    g = qm9.featurise(["CC(=O)N", "C1CC1", "OCC#C"])
+    packed = qm9.pack(g)
+    model = gnn.MPNN(hidden=8, steps=2, edge_hidden=4)
+    params = model.init(jax.random.PRNGKey(0), packed)
+    tight = gnn.pad_graphs([g.graph(i) for i in range(3)], max_nodes=40, max_edges=80)
+    np.testing.assert_allclose(np.asarray(model.apply(params, packed)), np.asarray(model.apply(params, tight)), rtol=2e-5, atol=1e-6)
+
+
+def _graph_file(tmp_path, rows, folder="raw"):
+    raw_dir = tmp_path / folder
+    raw_dir.mkdir(exist_ok=True)
+    path = raw_dir / qm9.FILE
+    with gzip.open(path, "wt", newline="") as f:
+        f.write("\n".join([HEADER] + rows) + "\n")
+    return path
+
+
+def test_graph_cache_is_tied_to_source_bytes(tmp_path, capsys):
+    rows = [ROWS[0], ROWS[1], ROWS[2]]
+    path = _graph_file(tmp_path, rows)
+    raw = qm9.parse(gzip.open(path, "rt").read(), expected_rows=None)
+    cache = tmp_path / "cache"
+    first = qm9.cached_graphs(raw, path, cache)
+    folders = sorted((cache / qm9.GRAPH_CACHE_FOLDER).iterdir())
+    assert len(folders) == 1
+    again = qm9.cached_graphs(raw, path, cache)  # read back: same arrays
+    np.testing.assert_array_equal(again.nodes, first.nodes)
+    # Other source bytes (a changed property value, same molecules) -> another key, a new folder.
+    path2 = _graph_file(tmp_path, [ROWS[0].replace("6.469", "6.470"), ROWS[1], ROWS[2]], folder="raw2")
+    qm9.cached_graphs(raw, path2, cache)
+    assert len(sorted((cache / qm9.GRAPH_CACHE_FOLDER).iterdir())) == 2
+    # A damaged cache file is never read: moved aside, rebuilt.
+    npz = folders[0] / qm9.GRAPH_CACHE_FILE
+    npz.write_bytes(npz.read_bytes()[:-10] + b"0123456789")
+    rebuilt = qm9.cached_graphs(raw, path, cache)
+    np.testing.assert_array_equal(rebuilt.nodes, first.nodes)
+    assert "moved to" in capsys.readouterr().out
+    assert any((cache / "_damaged").rglob(qm9.GRAPH_CACHE_FILE))
+
+
+def test_graph_dataset_subset(tmp_path):
+    # ROWS plus copies of methane / ammonia with other property values (so train is not constant).
+    extra = []
+    for k in range(4):
+        fields = ROWS[k % 2].split(",")
+        fields[0] = str(8000 + k)
+        fields[4:] = [f"{float(v) * (1 + 0.01 * (k + 1)):.6f}" for v in fields[4:]]
+        extra.append(",".join(fields))
+    raw = qm9.parse("\n".join([HEADER] + ROWS + extra) + "\n", expected_rows=None)
+    ds = qm9.dataset_from_raw(raw, seed=0, test_size=2, validation_size=1, inputs="graph", train_size=2, eval_size=1)
+    assert ds.spec.input_shape == (qm9.packed_size(),)
+    assert ds.spec.split_sizes == {"train": 2, "validation": 1, "test": 1}
+    full = qm9.dataset_from_raw(raw, seed=0, test_size=2, validation_size=1)
+    np.testing.assert_allclose(ds.qm9.std, full.qm9.std)  # the whole train split's statistics
+    np.testing.assert_array_equal(ds.qm9.index["train"], full.qm9.index["train"][:2])  # a prefix
+    x = ds.arrays("train")["x"]
+    node_mask = x[:, : qm9.MAX_NODES]
+    np.testing.assert_array_equal(node_mask.sum(1), [raw.counts[np.searchsorted(raw.index, i)].sum() for i in ds.qm9.index["train"]])
+    with pytest.raises(DataError, match="inputs"):
+        qm9.dataset_from_raw(raw, seed=0, test_size=1, validation_size=1, inputs="xyz")
+
+
+def test_missing_rdkit_names_the_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_rdkit(name, *args, **kwargs):
+        if name == "rdkit" or name.startswith("rdkit."):
+            raise ImportError("No module named 'rdkit'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_rdkit)
+    with pytest.raises(ImportError, match=r"pip install 'rdkit>=.*jmtl\[graphs\]"):
+        qm9.featurise(["C"])

@@ -1,4 +1,4 @@
-"""experiments/train.py end to end on the embedded gradnorm_toy dataset."""
+"""The train loop (jmtl.training.loop.train, which experiments/train.py calls) end to end on the embedded gradnorm_toy dataset."""
 
 import json
 
@@ -69,3 +69,17 @@ def test_bfloat16_compute_trains_like_float32(tmp_path):
     for task, metrics in s32["final"]["test"].items():
         assert s16["final"]["test"][task]["mse"] == pytest.approx(metrics["mse"], rel=0.1), task
     assert s16["final"]["test"] != s32["final"]["test"]  # it did run in bfloat16
+
+
+def test_resumes_a_workdir_written_before_new_config_fields(tmp_path):
+    """A config.json from before optimizer.clip_norm / writers existed resumes when they keep their
+    defaults; a changed value of such a field is refused like any other."""
+    wd = tmp_path / "wd"
+    train(_config(tmp_path, num_steps=10), str(wd))
+    saved = json.loads((wd / "config.json").read_text())
+    del saved["optimizer"]["clip_norm"], saved["writers"]
+    (wd / "config.json").write_text(json.dumps(saved, indent=2))
+    with pytest.raises(ValueError, match=r"optimizer\.clip_norm: 0\.0 -> 1\.0"):
+        train(_config(tmp_path, num_steps=20, **{"optimizer.clip_norm": 1.0}), str(wd))
+    _, state = train(_config(tmp_path, num_steps=20), str(wd))
+    assert int(state.step) == 20

@@ -1,4 +1,4 @@
-"""Tests of the catalogue aggregators (formerly jmtl/weighting/aggregators.py; now in losses / gramian / jacobian.py) and the QP solvers (qp.py).
+"""Tests of the catalogue aggregators (mean ... MoDo, in jmtl/weighting/{losses,gramian,jacobian}.py) and the QP solvers (qp.py).
 
 Reference values come from independent computations: brute-force enumeration of active sets,
 scipy.optimize (test-only), closed forms derived by hand, and numpy re-implementations of the papers'

@@ -115,6 +115,81 @@ def test_mgda_normalizations_finite_and_jittable(normalization):
     assert np.all(np.isfinite(f(jac2, losses)))
 
 
+def _exact_min_norm(gram: np.ndarray) -> np.ndarray:
+    """Min-norm convex weights by enumerating supports (on support S: alpha_S ∝ G_SS^-1 1), float64."""
+    k = gram.shape[0]
+    best, best_val = None, np.inf
+    for r in range(1, k + 1):
+        for s in itertools.combinations(range(k), r):
+            s = list(s)
+            sol = np.linalg.solve(gram[np.ix_(s, s)], np.ones(r))
+            if sol.sum() <= 0 or np.any(sol < 0):
+                continue
+            alpha = np.zeros(k)
+            alpha[s] = sol / sol.sum()
+            if alpha @ gram @ alpha < best_val:
+                best, best_val = alpha, alpha @ gram @ alpha
+    return best
+
+
+@pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_mgda_normalizations_match_their_definition(normalization, k):
+    """Sener & Koltun's code: g_k / n_k with n = 1, |g_k|, L_k or L_k |g_k| (+1e-8); alpha = the min-norm
+    weights of the normalised rows (exact, numpy); the returned weights are alpha / n."""
+    rng = np.random.default_rng(3)
+    jac = rng.normal(size=(k, 6)) * np.array([0.1, 3.0, 1.0, 10.0])[:k, None]
+    losses = np.array([0.5, 2.0, 1.0, 4.0])[:k]
+    norms = np.linalg.norm(jac, axis=1)
+    n = {"none": np.ones(k), "l2": norms + 1e-8, "loss": losses + 1e-8, "loss+": losses * norms + 1e-8}[normalization]
+    scaled = jac / n[:, None]
+    expected = _exact_min_norm(scaled @ scaled.T) / n
+    t = weighting.get("mgda", normalization=normalization)
+    j32 = jnp.asarray(jac, jnp.float32)
+    w = t.update(jnp.asarray(losses, jnp.float32), t.init(k), jacobian=j32, gramian=j32 @ j32.T)[0].weights
+    np.testing.assert_allclose(np.asarray(w), expected, rtol=2e-3, atol=1e-6 * np.abs(expected).max())
+    # The normalisations are different maps: each is checked against its own n, and they disagree.
+    if normalization != "none":
+        plain = _exact_min_norm(jac @ jac.T)
+        assert not np.allclose(expected * n / np.sum(expected * n), plain, atol=1e-3)
+
+
+def test_one_registry_uniform_init_and_modules_by_requirement():
+    """Every scheme is registered once, takes init(num_tasks, *, layout=None), and lives in the
+    module named after what the step must compute for it (its ``requires``)."""
+    import inspect
+
+    for name in weighting.names():
+        t = weighting.get(name)
+        params = inspect.signature(t.init).parameters
+        assert list(params) == ["num_tasks", "layout"], (name, list(params))
+        assert params["layout"].kind is inspect.Parameter.KEYWORD_ONLY and params["layout"].default is None, name
+        assert weighting.factory(name).__module__ == weighting.MODULE_OF_REQUIREMENT[t.requires].__name__, name
+        assert weighting.base.init_state(t, 3, None) is not None
+    assert weighting._factory is weighting.factory
+    with pytest.raises(ValueError, match="already registered"):
+        weighting.register("equal", lambda: None)
+
+
+def test_renamed_scheme_says_where_it_went():
+    with pytest.raises(ValueError, match="'config' was renamed to 'con_fig'"):
+        weighting.get("config")
+    assert "con_fig" in weighting.names() and "config" not in weighting.names()
+
+
+def test_every_factory_documents_its_hyperparameters():
+    """``Args:`` lists every hyperparameter with its default."""
+    for name in weighting.names():
+        hp = weighting.hyperparameters(name)
+        if not hp:
+            continue
+        doc = weighting.factory(name).__doc__ or ""
+        assert "Args:" in doc, name
+        args = doc.split("Args:")[1]
+        for p in hp:
+            assert f"{p}:" in args, (name, p)
+
+
 def test_aggregate_rejects_bad_shape():
     with pytest.raises(ValueError, match=r"jacobian must be \[K, d\]"):
         weighting.aggregate("mean" if "mean" in weighting.names() else "equal", jnp.ones((3,)))

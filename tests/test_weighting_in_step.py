@@ -49,20 +49,27 @@ def test_scheme_trains_in_the_jitted_step(name):
 
 
 # Schemes' hyperparameters that make their dynamic part start within three steps.
-_FAST = {"dwa": {"steps_per_epoch": 1}, "stch": {"steps_per_epoch": 1, "warmup_epochs": 1}}
-# Schemes whose update (on these steps) is the plain sum of the task gradients, up to a scale.
-_SUM_LIKE = {"equal", "sum", "static", "mean"}
+_FAST = {
+    "dwa": {"steps_per_epoch": 1},
+    "stch": {"steps_per_epoch": 1, "warmup_epochs": 1},
+    "excess_mtl": {"robust_step_size": 1.0},
+    "modo": {"gamma": 1.0},
+}
+# Schemes whose update on these steps is the plain sum of the task gradients, up to a scale (DualProj:
+# the mean gradient conflicts with no task here, so its projection is the mean itself).
+_SUM_LIKE = {"equal", "sum", "static", "mean", "dualproj"}
 
 
 @pytest.mark.parametrize("name", [n for n in weighting.names() if weighting.get(n).requires != weighting.BILEVEL])
 def test_step_moves_shared_params_along_the_schemes_direction(name):
-    """With SGD(lr=1) the shared params move by minus the combined gradient: it must equal the scheme's
+    """With SGD the shared params move by minus lr times the combined gradient: it must equal the scheme's
     own direction for the Jacobian ``jax.jacrev`` computes independently (same state, key and step),
     so a scheme that silently fell back to equal weights inside the step would fail here."""
     tasks = TASKS
     model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=4, dropout_rate=0.0))
     transform = weighting.get(name, **_FAST.get(name, {}))
-    opt = optax.sgd(1.0)
+    lr = 0.05  # small enough that no ReLU dies over the three steps
+    opt = optax.sgd(lr)
     state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 6)), K, seed=0)
     fn = jax.jit(step_lib.make_train_step(model, tasks, transform, opt, step_lib.StepConfig(input_key="x")))
 
@@ -70,6 +77,7 @@ def test_step_moves_shared_params_along_the_schemes_direction(name):
         out = model.apply({"params": {**params, "shared": shared}}, batch["x"], train=True)
         return jnp.stack([jnp.mean(t.loss(out[t.name], batch[t.label_key])) for t in tasks])
 
+    distinct = 0.0  # how far the scheme's direction is from the plain sum's (the comparison's power)
     for i in range(3):
         batch = _data(i)
         params = state.params
@@ -85,11 +93,15 @@ def test_step_moves_shared_params_along_the_schemes_direction(name):
         expected = weighting.combine(out, jac)
         new, metrics = fn(state, batch)
         assert bool(metrics["finite"]), (name, i)
-        moved = jnp.concatenate([(a - b).reshape(-1) for a, b in zip(jax.tree.leaves(params["shared"]), jax.tree.leaves(new.params["shared"]))])
+        moved = jnp.concatenate(
+            [(a - b).reshape(-1) for a, b in zip(jax.tree.leaves(params["shared"]), jax.tree.leaves(new.params["shared"]))]
+        ) / lr
         scale = float(jnp.max(jnp.abs(expected)))
         np.testing.assert_allclose(np.asarray(moved), np.asarray(expected), rtol=2e-3, atol=2e-3 * scale, err_msg=f"{name} step {i}")
-        if name not in _SUM_LIKE and i == 2:
-            total = jac.sum(0)
-            cos = float(expected @ total / (jnp.linalg.norm(expected) * jnp.linalg.norm(total)))
-            assert cos < 1 - 1e-4, f"{name}: the scheme's direction is the plain sum; the comparison has no power"
+        total = jac.sum(0)
+        off_sum = expected - (expected @ total) / (total @ total) * total
+        distinct = max(distinct, float(jnp.linalg.norm(off_sum) / jnp.linalg.norm(expected)))
         state = new
+    print(f"{name}: distance of the direction from the sum's {distinct:.1e}")
+    if name not in _SUM_LIKE:
+        assert distinct > 2e-2, f"{name}: its direction is the plain sum's here; the comparison has no power"

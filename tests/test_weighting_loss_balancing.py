@@ -1,4 +1,4 @@
-"""Loss-balancing schemes (jmtl/weighting/loss_balancing.py) against hand-computed weights."""
+"""Loss-balancing schemes (SI, DWA, RLW, GLS, IMTL-L, FAMO, STCH, DB-MTL, GradNorm) against hand-computed weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gradient-surgery schemes (jmtl/weighting/gradient_surgery.py) against their defining properties."""
+"""Gradient-surgery schemes (PCGrad, GradVac, GradDrop, IMTL, CAGrad, Nash-MTL, Aligned-MTL, ConFIG) against their defining properties."""
 
 from __future__ import annotations
 

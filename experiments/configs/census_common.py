@@ -14,6 +14,44 @@ from jmtl.data import census
 
 GROUPS = ("income_marital", "education_marital")
 
+# Per-architecture sizes of the comparison grid (``experiments/census_grid.py``; ``apply_arch``). On
+# census the MMoE paper tuned sizes, learning rate and training steps per method with a Gaussian-
+# process tuner (Sec. 6.2: at most 2048 hidden units per layer, experts x units for MMoE) and does
+# not list the chosen values. Its one stated architecture (the synthetic data, Sec. 5.1) is used
+# here: 8 experts of one ReLU layer of 16 units, towers of one ReLU layer of 8 units, Adam (PaddleRec's
+# census MMoE config has the same: expert_num 8, expert_size 16, tower_size 8, Adam 1e-3). The paper
+# sizes the shared bottom to match the MoE models' parameters, (d*16*8 + 16*8*2) / (d + 8*2) units
+# (113 for its d = 100); for the d = 517 one-hot inputs here that is ~125, rounded to 128 = 8 x 16.
+# CGC / PLE (not in the MMoE paper) keep 8 experts per level: 2 shared + 3 per task, as PaddleRec's
+# census PLE config.
+EXPERT_UNITS = 16
+NUM_EXPERTS = 8
+BOTTOM_UNITS = NUM_EXPERTS * EXPERT_UNITS
+ARCH_SETTINGS = {
+    # arch: (encoder features, arch_kwargs)
+    "hps": ((BOTTOM_UNITS,), {}),
+    "omoe": ((EXPERT_UNITS,), dict(num_experts=NUM_EXPERTS)),
+    "mmoe": ((EXPERT_UNITS,), dict(num_experts=NUM_EXPERTS)),
+    # CGC / PLE: 2 shared + 3 per task = 8 experts per level, as PaddleRec's census PLE config.
+    "cgc": ((EXPERT_UNITS,), dict(num_shared_experts=2, num_task_experts=3)),
+    "ple": ((EXPERT_UNITS,), dict(num_levels=2, num_shared_experts=2, num_task_experts=3,
+                                  level_features=EXPERT_UNITS)),
+}
+
+
+def apply_arch(c, arch: str):
+    """``c`` (unlocked or not) with ``model.arch`` = ``arch`` and that architecture's sizes from
+    :data:`ARCH_SETTINGS` (encoder width and arch_kwargs); returns a new config."""
+    if arch not in ARCH_SETTINGS:
+        raise ValueError(f"no census sizes for arch {arch!r}; known: {', '.join(ARCH_SETTINGS)}")
+    features, kwargs = ARCH_SETTINGS[arch]
+    c = c.copy_and_resolve_references()
+    c.unlock()
+    c.model.arch = arch
+    c.model.encoder_kwargs = dict(features=tuple(features))
+    c.model.arch_kwargs = dict(kwargs)
+    return c
+
 
 def census_config(group: str, arg=None):
     if group not in GROUPS:

@@ -597,6 +597,10 @@ class _ArrayDataset(MTLDataset):
 REQUIRED_SPLITS = ('train', 'validation', 'test')
 
 
+# Label kinds `from_arrays` accepts (jmtl.tasks kinds of one label array each).
+ARRAY_LABEL_KINDS = ('classification', 'regression', 'binary', 'multilabel')
+
+
 def _label_spec(key: str, value: Any, arrays: Mapping[str, Mapping],
                 name: str) -> LabelSpec:
   """Turns a `from_arrays` label entry into a LabelSpec, checking the data."""
@@ -617,9 +621,9 @@ def _label_spec(key: str, value: Any, arrays: Mapping[str, Mapping],
   if spec.name != key:
     raise DataError(f'{name}: LabelSpec name {spec.name!r} is filed under '
                     f'label {key!r}. Fix: use the same name')
-  if spec.kind not in ('classification', 'regression'):
+  if spec.kind not in ARRAY_LABEL_KINDS:
     raise DataError(f'{name}: label {key!r} has kind {spec.kind!r}; valid: '
-                    'classification, regression')
+                    + ', '.join(ARRAY_LABEL_KINDS))
   if tuple(spec.shape) != shape:
     raise DataError(f'{name}: label {key!r} is declared with per-example '
                     f'shape {tuple(spec.shape)} but the arrays have {shape}')
@@ -644,6 +648,16 @@ def _label_spec(key: str, value: Any, arrays: Mapping[str, Mapping],
             f'at example {i}, outside 0..{spec.num_classes - 1}. Fix: pass '
             'num_classes above every id, or map the ids to '
             '0..num_classes-1')
+    elif spec.kind in ('binary', 'multilabel'):
+      if not np.issubdtype(y.dtype, np.integer) and not np.issubdtype(
+          y.dtype, np.bool_):
+        raise DataError(f'{name}: {spec.kind} label {key!r} in split '
+                        f'{split!r} has dtype {y.dtype}; Fix: pass 0/1 '
+                        'integers')
+      if not np.all((y == 0) | (y == 1)):
+        raise DataError(f'{name}: {spec.kind} label {key!r} in split '
+                        f'{split!r} has values other than 0 and 1. Fix: map '
+                        'the positive class to 1, the negative to 0')
     elif not np.all(np.isfinite(np.asarray(y, np.float64))):
       i = int(np.flatnonzero(~np.isfinite(
           np.asarray(y, np.float64).reshape(len(y), -1)).any(axis=1))[0])
@@ -762,7 +776,7 @@ def from_arrays(name: str, splits: Mapping[str, Mapping[str, Any]], *,
       out = v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
     elif key in mask_keys:
       out = v.astype(np.float32)
-    elif specs[key].kind == 'classification':
+    elif specs[key].kind in ('classification', 'binary', 'multilabel'):
       out = v.astype(np.int32)
     else:
       out = v.astype(np.float32)

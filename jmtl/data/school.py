@@ -41,6 +41,13 @@ Two views (``load_school``):
   single-model baseline that ignores the task structure); ``school_id_feature=True`` appends its
   139-way one-hot.
 
+* masked 139-task (``load_school_tasks`` -> ``MTLDataset``): one example per student, one
+  regression label per school (``school_001`` .. ``school_139``), of which only the student's own
+  school's is present: ``<school>_mask`` is the one-hot of the school (placeholder 0 elsewhere). The
+  train step then takes each task's loss as the mean over that school's students in the batch (a
+  zero loss and a zero gradient row for a school with none), which is the per-task-inputs
+  objective sum_t (1/n_t) sum_{i in t} (f_t(x_i) - y_i)^2 in the built-in trainer.
+
 Metric: ``jmtl.metrics.explained_variance`` over the pooled test students of all schools (x100
 for the percentages the papers print).
 """
@@ -325,3 +332,83 @@ def load_school_pooled(
     dataset = from_arrays("school_pooled", splits, input_key="x", labels={"score": "regression"})
     dataset.school_data = data
     return dataset
+
+
+def masked_task_arrays(pooled: dict[str, np.ndarray], task_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``SchoolData.pooled(split)`` -> the masked-labels columns of ``from_arrays``.
+
+    Args:
+      pooled: ``{'x': [n, d], 'y': [n], 'school': int [n] (0-based)}``.
+      task_names: the K task names, in school order (task k = school k).
+
+    Returns:
+      ``{'x': [n, d], name_k: float32 [n] (y where school == k, else 0), name_k + '_mask':
+      float32 [n] (1 where school == k)}`` for every k.
+    """
+    school = np.asarray(pooled["school"])
+    if school.size and (school.min() < 0 or school.max() >= len(task_names)):
+        raise DataError(f"school: school ids must lie in 0..{len(task_names) - 1}, got {school.min()}..{school.max()}")
+    y = np.asarray(pooled["y"], np.float32)
+    cols: dict[str, np.ndarray] = {"x": np.asarray(pooled["x"])}
+    for k, name in enumerate(task_names):
+        own = school == k
+        cols[name] = np.where(own, y, np.float32(0.0)).astype(np.float32)
+        cols[name + "_mask"] = own.astype(np.float32)
+    return cols
+
+
+def load_school_tasks(
+    *,
+    data_dir: os.PathLike[str] | str | None = None,
+    cache_dir: Any = None,
+    split_index: int = 0,
+    validation_percent: int = 10,
+    seed: int = 0,
+    standardize: bool = True,
+    verify_checksums: bool = True,
+) -> MTLDataset:
+    """The 139-task School problem as an ``MTLDataset`` with missing labels (see the module docstring).
+
+    One example per student (input ``x``, the 28 features); task ``school_<k>`` (k = 001..139) is
+    a regression label present only for school k's students (``school_<k>_mask`` = 1). Each task's
+    loss in the train step is the mean squared error over its own students in the batch; a school
+    without students in a batch contributes a zero loss and a zero gradient row.
+
+    Args:
+      data_dir: raw files (argument > $JMTL_DATA_DIR).
+      cache_dir: ignored (the data is read from the .mat files in milliseconds).
+      split_index: 0..9, the split ``school_<split_index + 1>_indexes.mat``.
+      validation_percent: 1..50, per-school share of training students held out as 'validation'
+        (the training loop needs a validation split; default 10).
+      seed: validation draw.
+      standardize, verify_checksums: as in ``load_school``.
+
+    Returns:
+      A ``jmtl.data.from_arrays`` dataset with 139 regression labels and their masks, and the
+      per-task view attached as ``dataset.school_data`` (the 'school' ids of a split's rows:
+      ``dataset.school_data.pooled(split)['school']``, the same order as the dataset's rows).
+    """
+    del cache_dir
+    if not validation_percent:
+        raise DataError("school (tasks): validation_percent must be 1..50; the training loop evaluates a validation split")
+    data = load_school(
+        data_dir=data_dir, split_index=split_index, validation_percent=validation_percent, seed=seed,
+        standardize=standardize, verify_checksums=verify_checksums,
+    )
+    splits = {split: masked_task_arrays(data.pooled(split), data.task_names) for split in ("train", "validation", "test")}
+    labels = {name: "regression" for name in data.task_names}
+    dataset = from_arrays("school_tasks", splits, input_key="x", labels=labels)
+    dataset.school_data = data
+    return dataset
+
+
+def own_task_predictions(outputs: dict[str, Any], task_names: Sequence[str], school: np.ndarray) -> np.ndarray:
+    """Each student's prediction by its own school's task: ``outputs[task_names[school[i]]][i]``.
+
+    Args:
+      outputs: task name -> predictions ``[n]`` (or ``[n, 1]``) for all n students.
+      task_names: task order (task k = school k).
+      school: int ``[n]`` 0-based school of each student.
+    """
+    preds = np.stack([np.asarray(outputs[name]).reshape(len(school)) for name in task_names], axis=1)  # [n, K]
+    return preds[np.arange(len(school)), np.asarray(school)]

@@ -19,6 +19,7 @@ independent         towers[task] = encoder copy; nothing shared (no ``'shared'``
 soft_sharing        as ``independent``; the penalty coupling the towers is in :mod:`regularizers`
 cross_stitch        shared = {towers: {task: {stage_i}}, stitch_i: {alpha [K, K]}}
 mtan                shared = {trunk: {stage_i}, extract: {stage_i}}; attention[task] = {stage_i: mask net}
+omoe                shared = {experts: {expert_i}, gate}: one gate for all tasks (:class:`OneGateMoE`)
 mmoe / dselect_k    shared = {level_0: {shared_experts}}; gates[task] = {level_0: gate}
 cgc / ple           see :mod:`jmtl.models.moe` (lower levels are shared, the last one task-specific)
 learning_to_branch  shared = {stage_l: {node_i, parent_logits}} (l < L-1); towers[task] = {node, parent_logits}
@@ -91,6 +92,18 @@ class MultiTaskModel(MultiTaskBase):
 
     def __call__(self, x: Array, *, train: bool = False) -> dict[str, Array]:
         return self.decode(self.encode(x, train=train), train=train)
+
+
+class OneGateMoE(MultiTaskModel):
+    """One-gate mixture of experts (OMoE; Ma et al., KDD 2018, eq. 5 and Sec. 6): hard parameter
+    sharing whose shared bottom is :class:`jmtl.models.moe.OneGateMixture`, i.e. every task's head
+    reads ``y = sum_e g(x)_e f_e(x)`` with ONE softmax gate ``g`` for all tasks (MMoE gives each
+    task its own gate). The experts and the gate are shared; ``encode`` returns y.
+
+    Params: ``{'shared': {'experts': {expert_i}, 'gate': {'logits'}}, 'tasks': {task: head}, 'relation'?}``.
+    """
+
+    arch: ClassVar[str] = "omoe"
 
 
 # ----------------------------------------------------------------------------- independent / soft
@@ -380,6 +393,11 @@ def _build_hps(encoder, heads, relation):
     return MultiTaskModel(shared=encoder, tasks=heads, relation=relation)
 
 
+def _build_omoe(encoder, heads, relation, *, num_experts: int = 4):
+    """OMoE: ``num_experts`` copies of the encoder mixed by one softmax gate shared by all tasks."""
+    return OneGateMoE(shared=moe.OneGateMixture(template=encoder, num_experts=num_experts), tasks=heads, relation=relation)
+
+
 def _towers(encoder, heads, relation, arch):
     towers = bag(per_task(heads.names, lambda n: encoder))
     return IndependentTowers(towers=towers, tasks=heads, relation=relation, arch=arch)
@@ -458,6 +476,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "soft_sharing": _build_soft,
     "cross_stitch": _build_cross_stitch,
     "mtan": _build_mtan,
+    "omoe": _build_omoe,
     "mmoe": moe.build_mmoe,
     "dselect_k": moe.build_dselect_k,
     "cgc": moe.build_cgc,

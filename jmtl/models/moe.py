@@ -12,6 +12,13 @@
 
 MMoE is CGC with no task experts; all four are :class:`MixtureOfExperts` with different settings.
 
+* OMoE (Ma et al.'s one-gate baseline, eq. 5): the same E experts mixed by ONE softmax gate shared
+  by all tasks, y = sum_e g(x)_e f_e(x); every task's head reads the same y.
+  :class:`OneGateMixture` is that mixture as a shared encoder, so OMoE is hard parameter sharing
+  over it (``arch='omoe'`` in :mod:`jmtl.models.architectures`): the experts and the gate all
+  receive every task's gradient (``params['shared'] = {experts: {expert_i}, gate: {logits}}``),
+  and y is the shared representation (MGDA-UB applies).
+
 Experts: the first level's experts are copies of the whole configured encoder on the input (so a
 one-expert MMoE is exactly hard parameter sharing); experts of later PLE levels are one-layer ReLU
 MLPs (``level_features`` wide) on the previous level's mixtures. Gates are linear maps of the
@@ -128,6 +135,31 @@ class Experts(nn.Module):
 
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         return jnp.stack([getattr(self, f"expert_{i}")(x, train=train) for i in range(self.num)], axis=1)
+
+
+class OneGateMixture(nn.Module):
+    """OMoE's shared bottom (Ma et al., KDD 2018, eq. 5): ``y = sum_e g(x)_e f_e(x)`` with one
+    gate ``g(x) = softmax(W x)`` (no bias) for all tasks; the experts ``f_e`` are copies of
+    ``template``. Output ``[B, H]``. With one expert, g = 1 and it is the template itself.
+
+    Attributes:
+      template: the expert network (an unbound encoder with ``__call__(x, *, train)``).
+      num_experts: E, the number of experts (>= 1).
+    """
+
+    template: nn.Module
+    num_experts: int = 4
+
+    def setup(self):
+        if self.num_experts < 1:
+            raise ValueError(f"omoe: num_experts must be >= 1, got {self.num_experts}")
+        self.experts = Experts(template=self.template, num=self.num_experts)
+        self.gate = SoftmaxGate(num_experts=self.num_experts)
+
+    def __call__(self, x: Array, *, train: bool = False) -> Array:
+        z = self.experts(x, train=train)  # [B, E, H]
+        w = self.gate(x.reshape(x.shape[0], -1))  # [B, E], one gate: the same weights for every task
+        return jnp.einsum("be,beh->bh", w.astype(z.dtype), z)
 
 
 # ----------------------------------------------------------------------------- the model

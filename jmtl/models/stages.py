@@ -12,8 +12,8 @@ encoder does (``conv1``, ``Dense_2``, ...), so params convert both ways:
 * ``MultiLeNet``: ``conv1 + relu + pool`` | ``conv2 + dropout + relu + pool`` | ``flatten + fc + relu``
   (the natural cut points: after each pooling and after the fully connected layer, where Misra et
   al. place their cross-stitch units).
-* any other encoder: one stage, the whole encoder (stage-wise architectures then act on the
-  encoder's output only).
+* any other Linen module with ``__call__(x, *, train)``: one stage, the whole encoder (stage-wise
+  architectures then act on the encoder's output only).
 """
 
 from __future__ import annotations

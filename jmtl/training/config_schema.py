@@ -215,11 +215,18 @@ def _validate_static_weights(config) -> None:
         )
 
 
+def writer_names(config) -> list[str]:
+    """``config.writers`` as a list of names; ``--config.writers=jsonl,tensorboard`` arrives as the
+    one-element tuple ``('jsonl,tensorboard',)``, so comma lists are split."""
+    writers = config.get("writers", ("jsonl",))
+    items = [writers] if isinstance(writers, str) else list(writers)
+    return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+
+
 def _validate_writers(config) -> None:
-    writers = _lookup(config, "writers")
-    if writers is _MISSING:
+    if _lookup(config, "writers") is _MISSING:
         return
-    names = [writers] if isinstance(writers, str) else list(writers)
+    names = writer_names(config)
     unknown = [w for w in names if w not in WRITERS]
     if unknown or not names:
         raise ValueError(

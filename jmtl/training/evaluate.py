@@ -122,3 +122,47 @@ def make_eval_step(
         return sums
 
     return step
+
+
+def make_predict(model: nn.Module, config: StepConfig = StepConfig()) -> Callable[[PyTree, Any], dict]:
+    """A jitted ``(params, batch) -> {task: output}`` in eval mode (for split-level metrics)."""
+    apply = mixed_precision_apply(model.apply, config.compute_dtype)
+    return jax.jit(lambda params, batch: apply({"params": params}, config.model_input(batch), train=False))
+
+
+def split_level_metrics(
+    predict: Callable[[PyTree, Any], dict],
+    params: PyTree,
+    arrays: Mapping[str, np.ndarray],
+    tasks: Sequence[Task],
+    *,
+    batch_size: int,
+) -> dict[str, dict[str, float]]:
+    """Metrics that are not means of per-example values (``Task.split_metrics``, e.g. ROC AUC),
+    computed once over the whole split from the gathered outputs: ``{task: {metric: value}}``.
+
+    Args:
+      predict: ``(params, batch) -> {task: output}`` (see :func:`make_predict`).
+      params: one model's params (not replicated, no seed axis).
+      arrays: the split's arrays (input and labels, optional ``<label>_mask`` entries).
+      tasks: the tasks; those without ``split_metrics`` are skipped.
+      batch_size: examples per forward pass.
+    """
+    wanted = [t for t in tasks if t.split_metrics]
+    if not wanted:
+        return {}
+    outputs: dict[str, list] = {t.name: [] for t in wanted}
+    n = len(jax.tree.leaves(arrays)[0])
+    for start in range(0, n, batch_size):
+        batch = jax.tree.map(lambda v: v[start : start + batch_size], dict(arrays))
+        out = jax.device_get(predict(params, batch))
+        for t in wanted:
+            outputs[t.name].append(np.asarray(out[t.name]))
+    result = {}
+    for t in wanted:
+        scores, labels = np.concatenate(outputs[t.name]), np.asarray(arrays[t.label_key])
+        if t.mask_key in arrays:
+            keep = np.asarray(arrays[t.mask_key]) > 0
+            scores, labels = scores[keep], labels[keep]
+        result[t.name] = {m.name: float(m.fn(scores, labels)) for m in t.split_metrics}
+    return result

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from jmtl import data as data_lib
 from jmtl import plotting, tasks as tasks_lib
 from jmtl.tasks import Task
-from jmtl.training import builders, checkpoint, config_schema, evaluate, metric_writers, parallel
+from jmtl.training import builders, checkpoint, config_schema, contract, evaluate, metric_writers, parallel
 from jmtl.training import workdir as workdir_lib
 from jmtl.training import seeds as seeds_lib
 from jmtl.training import step as step_lib
@@ -125,6 +125,7 @@ class InMemoryEvaluator:
         make_eval = lambda ax: evaluate.make_eval_step(model, tasks, step_config, axis_name=ax)
         self.eval_step = driver.compile_eval(seed_axis.wrap_eval(make_eval))
         self.seed_axis = seed_axis
+        self.predict = evaluate.make_predict(model, step_config) if any(t.split_metrics for t in tasks) else None
 
     def __call__(self, params, splits):
         results = {
@@ -136,7 +137,18 @@ class InMemoryEvaluator:
             )
             for split in splits
         }
-        return self.seed_axis.per_seed_results(results)
+        per_seed = self.seed_axis.per_seed_results(results)
+        if self.predict is not None:
+            # Split-level metrics (ROC AUC of binary tasks) from the outputs gathered over each split.
+            host = self.driver.unreplicate(params)
+            for i, res in enumerate(per_seed):
+                seed_params = jax.tree.map(lambda x: x[i], host) if self.seed_axis.stacked else host
+                for split in splits:
+                    extra = evaluate.split_level_metrics(self.predict, seed_params, self.arrays[split], self.tasks,
+                                                         batch_size=self.batch_size)
+                    for task, metrics in extra.items():
+                        res[split][task].update(metrics)
+        return per_seed
 
     def score(self, validation):
         return evaluate.selection_score(validation, self.tasks)
@@ -338,9 +350,11 @@ class _Trainer:
         twice and no earlier record is overwritten."""
         resume_step = None
         if self.ckpt.latest_step() is not None:
+            saved = _with_new_defaults(workdir_lib.load_saved_config(self.workdir), self.config)
+            if saved:
+                self.refuse_changed_config(saved)
             self.host_state, meta = self.ckpt.restore(self.host_state, self.signature)
             self.start_step = int(np.max(self.host_state.step))  # every seed is at the same step
-            saved = workdir_lib.load_saved_config(self.workdir)
             changes = (workdir_lib.check_resume(saved, self.config, restored_step=self.start_step,
                                                 total_steps=self.total_steps) if saved else [])
             self.train_iter.set_state(meta["data_iterator"])
@@ -353,9 +367,25 @@ class _Trainer:
         elif self.is_main:
             workdir_lib.write_config(self.workdir, self.config)
         self.logs = metric_writers.make_writers(
-            self.config.get("writers", ("jsonl",)), self.workdir, self.is_main, resume_step=resume_step,
+            config_schema.writer_names(self.config), self.workdir, self.is_main, resume_step=resume_step,
             config=self.config, task_names=self.names,
         )
+
+    def refuse_changed_config(self, saved: dict) -> None:
+        """Refuses a config the checkpoint cannot resume under before its state is read (a changed
+        optimizer would otherwise fail inside orbax with a tree-structure dump). A changed model,
+        task set or weighting is named by the checkpoint's signature check instead, which lists the
+        params that differ."""
+        try:
+            workdir_lib.check_resume(saved, self.config)
+        except workdir_lib.ResumeConfigError:
+            try:
+                self.ckpt.restore(self.host_state, self.signature)
+            except checkpoint.CheckpointMismatchError:
+                raise
+            except Exception:  # noqa: BLE001  (the config difference explains it: raised below)
+                pass
+            raise
 
     def close(self) -> None:
         if self.logs is not None:
@@ -448,6 +478,17 @@ class _Trainer:
         return results
 
     # ---- the loop ---------------------------------------------------------------------------------
+    def check_first_batch(self, batch: dict) -> None:
+        """The model contract on the first batch (:mod:`jmtl.training.contract`): labels, batch
+        entries, outputs vs tasks, shared params; a mistake stops the run before it trains."""
+        where = f"{self.exp.name} train batch"
+        if self.seed_axis.stacked:  # the batch carries a seed axis; the labels are what can be checked
+            tasks_lib.check_labels(self.exp.tasks, batch, where=where)
+            return
+        train_entries, _ = step_lib.split_meta(batch)
+        contract.check(self.exp.model, self.exp.tasks, train_entries, config=self.exp.step_config,
+                       weighting=self.exp.weighting, params=self.host_state.params)
+
     def loop(self) -> tuple[dict, step_lib.TrainState]:
         config, total_steps, spe = self.config, self.total_steps, self.exp.steps_per_epoch
         state = self.driver.replicate(self.host_state)
@@ -464,7 +505,7 @@ class _Trainer:
         while step < total_steps:
             batch = next(self.train_iter)
             if not first_batch_checked:
-                tasks_lib.check_labels(self.exp.tasks, batch, where=f"{self.exp.name} train batch")
+                self.check_first_batch(batch)
                 first_batch_checked = True
             state, metrics = self.train_step(state, self.driver.shard_batch(batch))
             step += 1
@@ -557,6 +598,28 @@ class _Trainer:
                     plotting.plot_relation_matrix(w, self.names, self.workdir / "plots" / "relation_matrix.png")
             print(format_summary(summary), flush=True)
         return summary
+
+
+def _with_new_defaults(saved: Optional[dict], config) -> Optional[dict]:
+    """A workdir's saved config with the fields added to ``config_schema.default_config()`` since it
+    was written (e.g. ``optimizer.clip_norm``, ``writers``) at their defaults, where this run's config
+    has them: a run started before a field existed resumes when the field keeps its default."""
+    if saved is None:
+        return None
+    new = config_schema.as_dict(config)
+
+    def fill(saved_node: dict, default_node: dict, new_node: dict) -> None:
+        for key, value in default_node.items():
+            if key not in new_node:
+                continue
+            if key not in saved_node:
+                saved_node[key] = value
+            elif isinstance(value, dict) and isinstance(saved_node[key], dict) and isinstance(new_node[key], dict):
+                fill(saved_node[key], value, new_node[key])
+
+    saved = json.loads(json.dumps(saved))
+    fill(saved, config_schema.as_dict(config_schema.default_config()), new)
+    return saved
 
 
 def format_summary(s: dict) -> str:

@@ -23,7 +23,6 @@ record instead of adding a duplicate, so the table never shows a spread over cop
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 

@@ -75,8 +75,11 @@ def auto_lambda(init_weight: float = 0.1, meta_lr: float = 1e-4, lookahead_lr: O
     task and is not constrained; Adam with ``meta_lr`` (1e-4: the paper's NYUv2 setting). The
     upper-level batch is a second, independently shuffled *training* batch, as in the authors' code.
 
-    lookahead_lr: alpha; ``None`` = the model optimizer's learning rate (the authors use the
-      current learning rate of the model's SGD).
+    Args:
+      init_weight: the initial ``lambda_k`` of every task (default 0.1, the paper's).
+      meta_lr: Adam's learning rate on ``lambda`` (default 1e-4, the paper's NYUv2 setting).
+      lookahead_lr: ``alpha`` of the virtual step; default ``None`` = the model optimizer's learning
+        rate (the authors use the current learning rate of the model's SGD).
     """
     _check_positive(meta_lr, "auto_lambda meta_lr")
     _check_positive(lookahead_lr, "auto_lambda lookahead_lr")
@@ -121,13 +124,19 @@ def moml(meta_lr: float = 1e-3, lookahead_lr: float = 0.1, max_iter: int = 250, 
 
         theta' = theta - eta * grad_theta sum_k w_k L_k^train(theta)
         h_j    = grad_alpha L_j^val(theta') = J_softmax(alpha)^T d L_j^val(theta') / d w     (j = 1..K)
-        s      = argmin_{s in simplex} |sum_j s_j h_j|^2                      (MGDA, Frank-Wolfe)
+        s      = argmin_{s in simplex} |sum_j s_j h_j|^2                      (MGDA, exact min-norm solver)
         alpha <- Adam(alpha, sum_j s_j h_j)
         theta <- optimizer(theta, grad_theta sum_k softmax(alpha)_k L_k^train(theta))
 
     Defaults as in the FORUM authors' LibMTL version: eta = 0.1, Adam 1e-3 on alpha, alpha_k = 1/K
     at the start, no normalisation of the ``h_j``; the upper-level batch comes from the validation
     split (MOML holds out part of the training data for it).
+
+    Args:
+      meta_lr: Adam's learning rate on ``alpha`` (default 1e-3).
+      lookahead_lr: ``eta`` of the virtual step (default 0.1).
+      max_iter: cap on the min-norm solver's iterations (default 250).
+      tol: its relative KKT tolerance (default 1e-5).
     """
     _check_positive(meta_lr, "moml meta_lr")
     _check_positive(lookahead_lr, "moml lookahead_lr")
@@ -159,7 +168,7 @@ class FORUMState(NamedTuple):
     count: Array  # int32: update calls so far (epochs = count // steps_per_epoch)
 
 
-def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 200) -> Array:
+def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 200, tol: float = 1e-9) -> Array:
     """The multipliers ``lambda`` of FORUM's direction-finding problem.
 
     ``gram``: ``[K+1, K+1]`` Gram matrix of the unit upper-level gradients ``g_1..g_K`` and
@@ -171,7 +180,15 @@ def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 
     (the constraint ``nu >= pi^T lambda`` always binds: the unconstrained minimiser in ``nu`` is
     ``rho / 2 - ...``). The objective is convex in ``lambda`` (a partial minimisation of a jointly
     convex function over a convex set); solved by projected gradient descent on the simplex with
-    step ``1 / L``.
+    step ``1 / L``, until a step moves ``lambda`` by at most ``tol`` (max-norm; the projected-gradient
+    optimality measure) or after ``num_iter`` steps.
+
+    Args:
+      gram: ``[K+1, K+1]`` Gram matrix (see above).
+      grad_alpha_q: ``[K]`` gradient of ``q`` w.r.t. the weights' logits.
+      rho: FORUM's ``rho``.
+      num_iter: iteration cap (default 200).
+      tol: stopping tolerance on the step (default 1e-9).
     """
     k = gram.shape[0] - 1
     gg, gq = gram[:k, :k], gram[:k, k]
@@ -187,10 +204,18 @@ def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 
     # Lipschitz bound of the gradient: 2 (|G_gg| + |pi|^2 qq + 2 |pi| |gq|) in Frobenius / 2-norms.
     lip = 2 * (jnp.linalg.norm(gg) + jnp.sum(pi**2) * qq + 2 * jnp.linalg.norm(pi) * jnp.linalg.norm(gq)) + 1e-12
 
-    def body(_, lam):
-        return projection_simplex(lam - grad_fn(lam) / lip)
+    def cond(carry):
+        it, _, change = carry
+        return (it < num_iter) & (change > tol)
 
-    return jax.lax.fori_loop(0, num_iter, body, jnp.full((k,), 1.0 / k, gram.dtype))
+    def body(carry):
+        it, lam, _ = carry
+        new = projection_simplex(lam - grad_fn(lam) / lip)
+        # |lam - P(lam - grad / L)| is the projected-gradient optimality measure: 0 at the optimum.
+        return it + 1, new, jnp.max(jnp.abs(new - lam))
+
+    init = (jnp.zeros((), jnp.int32), jnp.full((k,), 1.0 / k, gram.dtype), jnp.asarray(jnp.inf, gram.dtype))
+    return jax.lax.while_loop(cond, body, init)[1]
 
 
 @register("forum")
@@ -221,6 +246,14 @@ def forum(
     the training losses, ``meta_weights = lam_avg_k / |grad F_k|`` on the meta batch's); ``alpha``
     along ``nu grad_alpha q`` with Adam (``meta_lr``). Defaults: the authors' MTL settings (rho 0.1,
     inner lr 0.1, 5 inner steps, Adam 1e-3); their upper-level batch is a second training batch.
+
+    Args:
+      rho: ``rho`` of the direction-finding problem (default 0.1).
+      inner_lr: step of the inner SGD steps giving ``theta_T`` (default 0.1).
+      inner_steps: ``T``, the number of inner SGD steps (default 5).
+      meta_lr: Adam's learning rate on ``alpha`` (default 1e-3).
+      steps_per_epoch: ``update`` calls per epoch, for ``beta_t``'s epoch count (default 1).
+      num_iter: iteration cap of :func:`forum_dual`, which stops earlier once converged (default 200).
     """
     _check_positive(rho, "forum rho")
     _check_positive(inner_lr, "forum inner_lr")

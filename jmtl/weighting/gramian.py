@@ -68,8 +68,17 @@ def mgda(normalization: str = "none", max_iter: int = 250, tol: float = 1e-5) ->
     ``alpha* = argmin_{alpha in simplex} |sum_k alpha_k g_k / n_k|^2`` (their Eq. 3 after normalising each
     gradient by ``n_k``), and the shared parameters move along ``d = sum_k alpha*_k g_k / n_k``: a common
     descent direction for every task unless the point is Pareto-stationary (then ``d = 0``). Solved
-    from the Gramian ``G = J J^T`` alone: closed form for K=2, Frank-Wolfe otherwise. With
+    from the Gramian ``G = J J^T`` alone: closed form for K=2, an exact active-set QP otherwise
+    (:func:`jmtl.weighting.solvers.min_norm_solve`). With
     ``normalization='none'`` the weights are the convex ``alpha*``.
+
+    Args:
+      normalization: ``n_k`` of each gradient: ``'none'`` (default, 1), ``'l2'`` (``|g_k|``), ``'loss'``
+        (``L_k``) or ``'loss+'`` (``L_k |g_k|``), each ``+ 1e-8`` (their code's
+        ``gradient_normalizers``).
+      max_iter: cap on the active-set iterations (K > 2) and on the Frank-Wolfe fallback (default 250).
+      tol: relative KKT tolerance of the solver (default 1e-5; see
+        :func:`jmtl.weighting.solvers.min_norm_solve`).
     """
     if normalization not in MGDA_NORMALIZATIONS:
         raise ValueError(f"unknown MGDA normalization {normalization!r}; valid: {', '.join(MGDA_NORMALIZATIONS)}")
@@ -170,6 +179,9 @@ def imtl(init_scale: float = 0.0) -> WeightingTransform:
     weights are ``alpha_k e^{s_k}``. ``s`` itself follows the IMTL-L loss: ``extra_loss`` is built so
     that ``d/ds_k [sum_j w_j L_j + extra_loss] = e^{s_k} L_k - 1`` (``alpha`` held constant); the value
     of ``extra_loss`` is ``-sum_k s_k``.
+
+    Args:
+      init_scale: the initial ``s_k`` (default 0: unit scales).
     """
 
     def init_params(num_tasks: int):
@@ -339,6 +351,10 @@ def aligned_mtl(scale_mode: str = "min") -> WeightingTransform:
     unit task weights, ``d = 1^T B J``, so the weights are ``B 1`` (the official code's
     ``weights.sum(-1)``). The paper's Aligned-MTL-UB runs it on the shared representation
     (``rep_level_ok=True``).
+
+    Args:
+      scale_mode: the common singular value ``sigma`` (default ``'min'``, the paper's: the smallest non-
+        zero eigenvalue of ``G``; ``'median'``: the lower median; ``'rmse'``: the mean).
     """
     if scale_mode not in ALIGNED_SCALE_MODES:
         raise ValueError(f"unknown Aligned-MTL scale_mode {scale_mode!r}; valid: {', '.join(ALIGNED_SCALE_MODES)}")
@@ -407,6 +423,10 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025) -> WeightingTransform:
     step (learning rate ``lr = 0.025``, scheme-private: the paper does not fix the weights' optimizer,
     and Adam makes the step independent of the gradient scale), is clipped to ``>= 1e-8`` and is
     renormalised to ``sum_k w_k = K``. ``alpha = 1.5`` (the paper's NYUv2 value).
+
+    Args:
+      alpha: the asymmetry ``alpha`` of Eq. 2 (default 1.5, the paper's NYUv2 value).
+      lr: Adam's learning rate on the task weights (default 0.025).
     """
 
     tx = optax.adam(lr)
@@ -462,6 +482,10 @@ def krum(n_byzantine: int = 1, n_selected: int = 1) -> WeightingTransform:
     smallest score (ties broken by task index). The distances come from the Gramian,
     ``|g_i − g_j|² = G_ii + G_jj − 2G_ij``, so the result is ``w @ J`` with ``w`` = ``1/m`` on the
     selected rows. Requires ``K ≥ 2f + 3`` (the paper's ``n > 2f + 2``) and ``1 ≤ m ≤ K``.
+
+    Args:
+      n_byzantine: ``f``, the number of rows assumed faulty (default 1).
+      n_selected: ``m``, the rows averaged (default 1: Krum; ``m > 1``: multi-Krum).
     """
     if n_byzantine < 0:
         raise ValueError(f"krum: n_byzantine must be non-negative, got {n_byzantine}")
@@ -527,6 +551,11 @@ def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[int
 
     The result has ``g_i · d ≥ 0`` for every task, up to the regularisation:
     ``g_i · d ≥ −reg_eps · tr(G) · v_i``. Without conflict (``G_ij ≥ 0``) it is the mean.
+
+    Args:
+      norm_eps: ``G`` is divided by ``tr(G)`` unless ``tr(G) < norm_eps`` (default 1e-4, torchjd's).
+      reg_eps: ridge added to the normalised Gramian (default 1e-4, torchjd's).
+      max_iter: cap on the active-set iterations of each of the K QPs; default ``None`` = ``10K + 50``.
     """
     check_nonneg("upgrad", norm_eps=norm_eps, reg_eps=reg_eps)
 
@@ -543,6 +572,11 @@ def dualproj(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[i
 
     ``d = π_J((1/K) Σ_i g_i) = Jᵀv`` with ``v = argmin_{v ≥ 1/K} vᵀGv`` (Proposition 1), solved like
     :func:`upgrad` (same normalisation ``G/tr(G) + reg_eps·I`` and defaults).
+
+    Args:
+      norm_eps: ``G`` is divided by ``tr(G)`` unless ``tr(G) < norm_eps`` (default 1e-4, torchjd's).
+      reg_eps: ridge added to the normalised Gramian (default 1e-4, torchjd's).
+      max_iter: cap on the active-set iterations; default ``None`` = ``10K + 50``.
     """
     check_nonneg("dualproj", norm_eps=norm_eps, reg_eps=reg_eps)
 
@@ -631,6 +665,13 @@ def sdmgrad(lam: float = 0.3, niter: int = 20, lr: float = 5.0, momentum: float 
     factors of ``G`` in the ``w`` update and a third one for ``d``; the weighting protocol gives one
     batch, so all three use the same ``J`` (the inner problem is then biased, as in MGDA-style
     methods).
+
+    Args:
+      lam: ``lambda``, the pull towards the mean gradient (default 0.3).
+      niter: projected-gradient steps on ``w`` per call (default 20; the algorithm's own fixed count,
+        not a solve to convergence).
+      lr: their step size (default 5).
+      momentum: heavy-ball momentum (default 0.5).
     """
     check_nonneg("sdmgrad", lam=lam, lr=lr, momentum=momentum)
     if niter < 0:
@@ -655,6 +696,10 @@ def modo(gamma: float = 1e-3, rho: float = 0.1) -> WeightingTransform:
     mini-batches: ``J_{t,1} J_{t,2}ᵀ`` in the λ update and ``J_{t,3}`` for ``d``. The protocol gives one
     batch, so all three are the same ``J`` (``JJᵀ = G``): the λ step is then a biased estimate of the
     paper's.
+
+    Args:
+      gamma: step ``gamma`` of the ``lambda`` update (default 1e-3, LibMTL's).
+      rho: ridge ``rho`` (default 0.1, LibMTL's).
     """
     check_nonneg("modo", gamma=gamma, rho=rho)
 
@@ -666,3 +711,30 @@ def modo(gamma: float = 1e-3, rho: float = 0.1) -> WeightingTransform:
         return weights_output(lam), SimplexWeightsState(lam.astype(state.w.dtype))
 
     return WeightingTransform(_simplex_init, update, GRAMIAN, rep_level_ok=False)
+
+
+__all__ = [
+    "ALIGNED_SCALE_MODES",
+    "CAGRAD_RESCALES",
+    "GradNormState",
+    "MGDA_NORMALIZATIONS",
+    "NashState",
+    "SimplexWeightsState",
+    "aligned_balance",
+    "aligned_mtl",
+    "cagrad",
+    "con_fig",
+    "dualproj",
+    "fairgrad",
+    "gradnorm",
+    "imtl",
+    "imtl_g",
+    "imtl_g_weights",
+    "krum",
+    "mgda",
+    "modo",
+    "nash_mtl",
+    "pcgrad",
+    "sdmgrad",
+    "upgrad",
+]

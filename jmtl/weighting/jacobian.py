@@ -65,6 +65,10 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> WeightingTransform:
     created on the first call, which changes the state's shape once (fine eagerly and for a single
     re-trace under ``jit``, not for a train state built before the first step).
     Defined on the parameter gradients only (``rep_level_ok=False``).
+
+    Args:
+      beta: the EMA factor ``beta`` of Eq. 5 (default 0.9, the official).
+      beta_sigma: the decay exponent, ``beta_t = beta / t^beta_sigma`` (default 0: constant ``beta``).
     """
 
     def init(num_tasks: int, *, layout: Optional[Layout] = None) -> DBMTLState:
@@ -154,6 +158,10 @@ def gradvac(beta: float = 0.5, granularity: str = "whole_model") -> WeightingTra
 
     The state size depends on the number of groups: pass ``layout=`` to ``init`` for
     ``'all_layer'``/``'all_matrix'`` (without it the state is sized on the first call, one shape change).
+
+    Args:
+      beta: the EMA rate of ``phi_hat`` (default 0.5; the paper tunes it, e.g. 1e-2 for NMT).
+      granularity: ``'whole_model'`` (default), ``'all_layer'`` or ``'all_matrix'`` (see above).
     """
     if granularity not in GRADVAC_GRANULARITIES:
         raise ValueError(f"unknown GradVac granularity {granularity!r}; valid: {', '.join(GRADVAC_GRANULARITIES)}")
@@ -241,6 +249,10 @@ def graddrop(leak: float = 0.0) -> WeightingTransform:
     activations (summed over the batch); here it runs on whatever Jacobian the step supplies: the
     shared parameters, or the representation in rep-level mode. Coordinates where every ``g_k`` is 0
     get ``P = 1/2``.
+
+    Args:
+      leak: the fraction ``leak`` of every gradient kept whatever the mask, ``sum_k (leak + (1 - leak)
+        M_k) g_k`` (default 0, the paper's).
     """
     if not 0.0 <= leak <= 1.0:
         raise ValueError(f"leak must be in [0, 1], got {leak}")
@@ -268,6 +280,9 @@ def trimmed_mean(trim: Optional[int] = None) -> WeightingTransform:
     ``trim=None`` (default) means 1 per side when ``K ≥ 3`` and 0 (the plain mean) for ``K < 3``; an
     explicit ``trim`` needs ``K ≥ 2·trim + 1``. Not a linear combination of the rows, so it returns a
     ``direction``.
+
+    Args:
+      trim: values dropped at each end per coordinate (default ``None``: 1 when ``K >= 3``, else 0).
     """
     if trim is not None and trim < 0:
         raise ValueError(f"trimmed_mean: trim must be non-negative, got {trim}")
@@ -346,6 +361,15 @@ def moco(
     paper's Euclidean projection onto the simplex ``Π_Δ``, not a softmax. The
     paper's projection of ``Y`` onto a bounded set is omitted (as in every reference implementation).
     ``d`` is ``Yᵀλ``, not a combination of the current ``J``, hence a ``direction``.
+
+    Args:
+      beta: ``beta`` of the gradient tracking (default 0.5).
+      beta_sigma: ``beta_t = beta / t^beta_sigma`` (default 0.5).
+      gamma: ``gamma`` of the ``lambda`` step (default 0.1).
+      gamma_sigma: ``gamma_t = gamma / t^gamma_sigma`` (default 0.5).
+      rho: the ridge ``rho`` on ``Y Y^T`` (default 0).
+      normalize_grads: track ``h_k = g_k / (|g_k| + 1e-8) L_k`` instead of ``g_k`` (default ``True``,
+        the authors').
     """
     check_nonneg("moco", beta=beta, beta_sigma=beta_sigma, gamma=gamma, gamma_sigma=gamma_sigma, rho=rho)
 
@@ -419,6 +443,10 @@ def excess_mtl(robust_step_size: float = 1e-2, eps: float = 1e-7) -> WeightingTr
     Numerical guards (not in the paper): the weights are kept in log space (normalised with a
     logsumexp), the baseline is floored at ``1e-7 · max_k E_k^{(0)}`` (a task whose gradient was zero at
     the first update is not boosted) and the ratio is capped at 1e6.
+
+    Args:
+      robust_step_size: ``eta_alpha`` of Eq. 9 (default 1e-2, the official).
+      eps: added inside AdaGrad's square root, ``sqrt(sum g^2 + eps)`` (default 1e-7).
     """
     if robust_step_size <= 0:
         raise ValueError(f"excess_mtl: robust_step_size must be positive, got {robust_step_size}")
@@ -457,3 +485,19 @@ def _lazy_rows(buf: Array, jacobian: Array, name: str) -> Array:
 def _rows_init(num_tasks: int, layout: Optional[Layout]) -> Array:
     """A ``[K, d]`` zero buffer for a ``[K, d]`` state array; ``[K, 0]`` (sized on first use) without a layout."""
     return jnp.zeros((num_tasks, layout_size(layout) or 0), default_float_dtype())
+
+
+__all__ = [
+    "DBMTLState",
+    "ExcessMTLState",
+    "GRADVAC_GRANULARITIES",
+    "GradVacState",
+    "MoCoState",
+    "db_mtl",
+    "excess_mtl",
+    "graddrop",
+    "gradvac",
+    "gradvac_groups",
+    "moco",
+    "trimmed_mean",
+]

@@ -53,6 +53,9 @@ def static(weights: Sequence[float] | None = None) -> WeightingTransform:
     """Static weights: ``L = sum_k lambda_k L_k`` with fixed ``lambda`` (default: all ones).
 
     The weights usually come from each ``Task.weight`` in the config.
+
+    Args:
+      weights: ``[K]`` fixed weights ``lambda`` (default ``None``: all ones).
     """
 
     def update(losses, state, **_):
@@ -79,6 +82,9 @@ def uncertainty(init_log_var: float = -0.5) -> WeightingTransform:
 
     ``s`` is a learnable parameter trained by the main optimizer; ``init_log_var`` follows LibMTL's
     default of -0.5.
+
+    Args:
+      init_log_var: the initial ``s_k = log sigma_k^2`` (default -0.5, LibMTL's).
     """
 
     def init_params(num_tasks: int):
@@ -95,10 +101,12 @@ def uncertainty(init_log_var: float = -0.5) -> WeightingTransform:
 
 @register("alternating")
 def alternating(probabilities: Optional[Sequence[float]] = None, scale: bool = False) -> WeightingTransform:
-    """One task per step.
+    """Alternating training: one task per step, weights ``one_hot(k)``, ``k ~ Categorical(p)`` (Søgaard & Goldberg 2016).
 
-    probabilities: ``[K]`` task probabilities (normalised here); ``None`` = uniform.
-    scale: multiply the one-hot by ``K`` (see the module docstring).
+    Args:
+      probabilities: ``[K]`` task probabilities ``p`` (normalised here); default ``None`` = uniform.
+      scale: return ``K * one_hot`` instead of the one-hot (default ``False``; see the module
+        docstring).
     """
     if probabilities is not None:
         if any(p < 0 for p in probabilities) or not sum(probabilities) > 0:
@@ -158,6 +166,11 @@ def dwa(temperature: float = 2.0, steps_per_epoch: int = 100) -> WeightingTransf
     the number of batches per epoch; the default 100 is only a placeholder). The weights of epoch
     ``t`` use the averages of epochs ``t-1`` and ``t-2``; the current losses enter the running sum
     after the weights are computed.
+
+    Args:
+      temperature: ``T`` of Eq. 7 (default 2, the paper's).
+      steps_per_epoch: ``update`` calls per epoch (default 100, a placeholder: set it to the batches per
+        epoch).
     """
     check_positive_int(steps_per_epoch, "steps_per_epoch")
 
@@ -232,6 +245,9 @@ def imtl_l(init_scale: float = 0.0) -> WeightingTransform:
     Learnable scales ``s_k`` (Eq. 2): ``L = sum_k e^{s_k} L_k - s_k``; both the network and ``s`` are
     trained on it by the main optimizer (``s`` is in ``init_params``, start ``init_scale = 0``). At
     the optimum over ``s`` every scaled loss ``e^{s_k} L_k`` equals 1.
+
+    Args:
+      init_scale: the initial ``s_k`` of Eq. 2 (default 0: unit scales).
     """
 
     def init_params(num_tasks: int):
@@ -269,6 +285,10 @@ def famo(w_lr: float = 0.025, gamma: float = 1e-3) -> WeightingTransform:
     ``L(t+1)``. Here no extra forward pass is made: the state keeps ``L(t)`` and the logit update is
     done when the next call's losses arrive (a different batch), before its weights are computed.
     The official trainer's gradient clipping (``max_norm``) belongs to the optimizer, not to FAMO.
+
+    Args:
+      w_lr: Adam's learning rate on the task logits ``xi`` (default 0.025, the official).
+      gamma: Adam's coupled weight decay on ``xi`` (default 1e-3, the official).
     """
     tx = optax.chain(optax.add_decayed_weights(gamma), optax.adam(w_lr))
 
@@ -324,6 +344,12 @@ def stch(mu: float = 1.0, warmup_epochs: int = 4, steps_per_epoch: int = 100) ->
     An epoch is ``steps_per_epoch`` consecutive ``update`` calls (the default 100 is a placeholder;
     set it to the number of batches per epoch). ``eps = 1e-8`` is added to the losses (the code adds
     ``1e-20`` inside the log).
+
+    Args:
+      mu: the smoothing ``mu`` of Eq. 9 (default 1, the official).
+      warmup_epochs: epochs of ``sum_k log L_k`` before the nadir epoch (default 4, the official).
+      steps_per_epoch: ``update`` calls per epoch (default 100, a placeholder: set it to the batches per
+        epoch).
     """
     check_positive_int(steps_per_epoch, "steps_per_epoch")
     if warmup_epochs < 0:
@@ -391,3 +417,25 @@ def random() -> WeightingTransform:
         return weights_output(jax.nn.softmax(z)), state
 
     return WeightingTransform(stateless_init, update, LOSSES)
+
+
+__all__ = [
+    "DWAState",
+    "EmptyState",
+    "FAMOState",
+    "STCHState",
+    "alternating",
+    "dwa",
+    "equal",
+    "famo",
+    "gls",
+    "imtl_l",
+    "mean",
+    "random",
+    "rlw",
+    "si",
+    "static",
+    "stch",
+    "sum_",
+    "uncertainty",
+]

@@ -1,0 +1,249 @@
+r"""Census-Income (KDD) comparison grid: single-task, shared-bottom, OMoE, MMoE, CGC, PLE × weighting
+methods × seeds, each architecture at its own sizes (``experiments/configs/census_common.py``,
+``ARCH_SETTINGS``), with the test ROC AUC of every task at each seed's best-validation evaluation.
+
+    python -m experiments.census_grid --config experiments/configs/census_income_marital.py \
+        --workdir workdirs/census_g1 --methods equal,pcgrad --seeds 3 \
+        --config.dataset.data_dir=../shared/data --config.num_epochs=2 --out results/census/income_marital
+
+``experiments/ablate.py`` runs one config for every architecture, so its architectures share
+``model.arch_kwargs`` and the encoder; here each architecture gets its own (8 experts of 16 units
+for the MoE models, a 128-unit shared bottom for hard sharing), and otherwise the grid is the
+ablation's (:mod:`jmtl.training.ablation`: the same cells, programs, resumption, ``results.csv``,
+``table.md`` and plots; the single-task baselines use the shared-bottom encoder). A rerun under
+another config or other sizes in the same workdir is refused.
+
+Writes, besides the ablation's outputs in the workdir, ``auc.md`` / ``auc.json`` (mean ± sample std
+over seeds of the test AUC per task, beside the best-validation step and the cost). ``--out``
+copies the outputs (not the checkpoints) there with their provenance (``provenance.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import statistics
+import sys
+import traceback
+from pathlib import Path
+
+import jax
+from absl import app, flags, logging
+
+from experiments.bench.common import provenance, started_now, write_outputs
+from experiments.configs import census_common
+from jmtl.training import ablation, cli, config_schema, evaluate, loop, parallel
+
+_CONFIG, _WORKDIR = cli.define_config_and_workdir("A census config file (path[:method]).", "The grid's folder.")
+_METHODS = flags.DEFINE_string("methods", "equal", "Comma-separated weighting methods ('name@rep' allowed).")
+_ARCHS = flags.DEFINE_string("archs", ",".join(census_common.ARCH_SETTINGS), "Comma-separated architectures.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell.")
+_SEEDS_PER_PROGRAM = flags.DEFINE_integer("seeds_per_program", 0, "Seeds per compiled program; 0 = all of a cell's.")
+_SINGLE_TASK = flags.DEFINE_bool("single_task", True, "Train the single-task baselines (needed for Δm%).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the reports from the finished cells.")
+_OUT = flags.DEFINE_string("out", "", "Copy the reports (not the checkpoints) into this folder, with provenance.")
+
+
+def cells_for(config, methods: list[str], archs: list[str], task_names: list[str], seeds: int,
+              single_task: bool) -> list[tuple[str, object]]:
+    """``[(cell name, config)]``: the single-task baselines (shared-bottom encoder), then every
+    (arch, method), each arch at its :data:`census_common.ARCH_SETTINGS` sizes."""
+    cells = []
+    if single_task:
+        cells += ablation.grid(census_common.apply_arch(config, "hps"), [], [], task_names, seeds, True)
+    for arch in archs:
+        cells += ablation.grid(census_common.apply_arch(config, arch), methods, [arch], task_names, seeds, False)
+    return cells
+
+
+class WithSplitMetrics:
+    """Wraps the loop's evaluator: adds each task's split-level metrics (``Task.split_metrics``:
+    ROC AUC for binary tasks, ``evaluate.split_level_metrics``) to every split's results, per seed,
+    where the evaluator did not already report them. Selection (``score``) is the inner one's."""
+
+    def __init__(self, inner, experiment, config, driver, seed_axis):
+        self.inner, self.tasks, self.driver, self.seed_axis = inner, experiment.tasks, driver, seed_axis
+        self.arrays = inner.arrays
+        self.batch_size = config.eval_batch_size
+        self.predict = evaluate.make_predict(experiment.model, experiment.step_config)
+
+    def __call__(self, params, splits):
+        results = self.inner(params, splits)
+        missing = [(split, t) for split in splits for t in self.tasks
+                   if any(m.name not in results[0][split].get(t.name, {}) for m in t.split_metrics)]
+        if not missing:
+            return results
+        host = self.driver.unreplicate(params)
+        for i in range(len(results)):
+            p = jax.tree.map(lambda a: a[i], host) if self.seed_axis.stacked else host
+            for split in dict.fromkeys(s for s, _ in missing):
+                extra = evaluate.split_level_metrics(self.predict, p, self.arrays[split], self.tasks,
+                                                     batch_size=self.batch_size)
+                for task, metrics in extra.items():
+                    for name, value in metrics.items():
+                        results[i][split][task].setdefault(name, value)
+        return results
+
+    def score(self, validation):
+        return self.inner.score(validation)
+
+
+def train(config, workdir):
+    """:func:`jmtl.training.loop.train` with split-level metrics (test/validation AUC) in every
+    evaluation record (see :class:`WithSplitMetrics`)."""
+    config_schema.validate_config(config)
+    loop.check_workdir(workdir)
+    parallel.maybe_initialize_distributed()
+    experiment = loop.build_experiment(config)
+    make = experiment.make_evaluator
+    experiment.make_evaluator = lambda driver, axis: WithSplitMetrics(make(driver, axis), experiment, config, driver, axis)
+    return loop.run(experiment, config, workdir)
+
+
+def run_programs(cells, workdir: Path, seeds_per_program: int = 0) -> dict[str, str]:
+    """:func:`jmtl.training.ablation.run_grid` (same folders, skipping and error files) with
+    :func:`train`; returns ``{cell: error}``."""
+    errors = {}
+    for name, rel, c in ablation.programs(cells, seeds_per_program):
+        run_dir = workdir / "cells" / rel
+        if (run_dir / "summary.json").exists() or name in errors:
+            continue
+        print(f"census grid: {rel}", flush=True)
+        try:
+            summary, _ = train(c, str(run_dir))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001  (a method that cannot run here is reported, not fatal)
+            errors[name] = f"{type(e).__name__}: {e}"
+            (workdir / "cells" / name).mkdir(parents=True, exist_ok=True)
+            (workdir / "cells" / name / "error.txt").write_text(errors[name] + "\n\n" + traceback.format_exc())
+            print(f"cell {name} failed: {errors[name][:300]}", flush=True)
+        else:
+            if summary.get("interrupted"):
+                print(f"interrupted in {rel}; rerun the same command to resume.", flush=True)
+                sys.exit(0)
+            (workdir / "cells" / name / "error.txt").unlink(missing_ok=True)
+    return errors
+
+
+def grid_key(config, seeds: int, archs: list[str]) -> dict:
+    key = ablation.grid_key(config, seeds, None)
+    key["arch_settings"] = {a: [list(f), dict(k)] for a, (f, k) in census_common.ARCH_SETTINGS.items() if a in archs}
+    return key
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    vals = [v for v in vals if v is not None and not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
+
+
+def auc_summary(rows: list[dict], task_names: list[str]) -> list[dict]:
+    """One entry per cell: mean and sample std over seeds of each task's test AUC (best-validation
+    and final), the best-validation steps, ms/step and wall time."""
+    out = []
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        rs = [r for r in rows if r["cell"] == cell and r.get("seed") not in (None, "")]
+        err = next((r["error"] for r in rows if r["cell"] == cell and r.get("error")), "")
+        e = {"cell": cell, "arch": cell.split("__")[0], "method": cell.split("__", 1)[1], "seeds": len(rs), "error": err}
+        for t in task_names:
+            for prefix in ("test", "final_test", "validation"):
+                key = f"{prefix}.{t}.auc"
+                e[key] = _mean_std([_float(r.get(key)) for r in rs])
+        e["best_step"] = [r.get("best_step") for r in rs]
+        e["ms_per_step"] = _float(rs[0].get("ms_per_step")) if rs else math.nan
+        e["wall_time_s"] = _float(rs[0].get("wall_time_s")) if rs else math.nan
+        e["epochs"] = _float(rs[0].get("epochs")) if rs else math.nan
+        out.append(e)
+    return out
+
+
+def _float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _pm(ms: tuple[float, float]) -> str:
+    m, s = ms
+    if math.isnan(m):
+        return "—"
+    return f"{m:.4f} ± {s:.4f}" if not math.isnan(s) else f"{m:.4f}"
+
+
+def auc_lines(summary: list[dict], task_names: list[str], title: str) -> list[str]:
+    head = ["arch", "method", *[f"{t} test AUC" for t in task_names], *[f"{t} final AUC" for t in task_names],
+            "seeds", "best-val step", "ms/step", "wall s"]
+    lines = [f"# {title}", "", "Test ROC AUC at each seed's best-validation evaluation (mean ± sample std over seeds); "
+             "'final' = at the last step.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in summary:
+        if e["error"] and not e["seeds"]:
+            lines.append(f"| {e['arch']} | {e['method']} | " + " | ".join(["—"] * (2 * len(task_names)))
+                         + f" | 0 | {e['error'][:80]} | | |")
+            continue
+        cells = [_pm(e[f"test.{t}.auc"]) for t in task_names] + [_pm(e[f"final_test.{t}.auc"]) for t in task_names]
+        lines.append(f"| {e['arch']} | {e['method']} | " + " | ".join(cells)
+                     + f" | {e['seeds']} | {', '.join(str(s) for s in e['best_step'])} | {e['ms_per_step']:.1f}"
+                     + f" | {e['wall_time_s']:.0f} |")
+    return lines
+
+
+def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int, *, single_task: bool = True,
+        seeds_per_program: int = 0, report_only: bool = False, out: str = "") -> list[dict]:
+    started = started_now()
+    methods, archs = ablation.parse_methods(",".join(methods)), ablation.parse_archs(archs)
+    unknown = [a for a in archs if a not in census_common.ARCH_SETTINGS]
+    if unknown:
+        raise ValueError(f"no census sizes for {unknown}; known: {', '.join(census_common.ARCH_SETTINGS)}")
+    config_schema.validate_config(config)
+    key = grid_key(config, seeds, archs)
+    if not report_only:
+        ablation.check_grid(workdir, key)
+    tasks = ablation.task_list(config)
+    names = [t.name for t in tasks]
+    cells = cells_for(config, methods, archs, names, seeds, single_task)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not report_only:
+        (workdir / "grid.json").write_text(json.dumps(
+            {"methods": methods, "archs": archs, "seeds": seeds, "seeds_per_program": seeds_per_program,
+             "single_task": single_task, "cells": [n for n, _ in cells], "key": key,
+             "config": json.loads(config.to_json_best_effort())}, indent=2))
+        run_programs(cells, workdir, seeds_per_program)
+    title = f"{config.dataset.name} ({dict(config.dataset.kwargs).get('group')}): {len(methods)} method(s) × {len(archs)} arch(s) × {seeds} seed(s)"
+    ablation.report(cells, workdir, tasks, title)
+    with open(workdir / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary = auc_summary(rows, names)
+    lines = auc_lines(summary, names, title)
+    prov = provenance(started=started)
+    write_outputs(workdir / "auc", {"title": title, "tasks": names, "cells": summary}, lines, prov)
+    if out:
+        dest = Path(out)
+        (dest / "plots").mkdir(parents=True, exist_ok=True)
+        index = {}
+        for rel in ("results.csv", "table.md", "grid.json", "auc.md", "auc.json",
+                    *[f"plots/{p.name}" for p in sorted((workdir / "plots").glob("*.png"))]):
+            if (workdir / rel).exists():
+                shutil.copyfile(workdir / rel, dest / rel)
+                if rel not in ("auc.md", "auc.json"):  # those carry their own provenance
+                    index.setdefault(str(Path(rel).parent), {})[Path(rel).name] = prov
+        for folder, entries in index.items():
+            (dest / folder / "provenance.json").write_text(json.dumps(entries, indent=2) + "\n")
+    return summary
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    with cli.one_line_errors():
+        run(_CONFIG.value, Path(_WORKDIR.value), _METHODS.value.split(","), _ARCHS.value.split(","), _SEEDS.value,
+            single_task=_SINGLE_TASK.value, seeds_per_program=_SEEDS_PER_PROGRAM.value,
+            report_only=_REPORT_ONLY.value, out=_OUT.value)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,81 @@
+r"""The Census-Income summary table (``results/census/table.md`` / ``.json``): every group's grid
+(``experiments/census_grid.py`` outputs, ``auc.json``) side by side, with the MMoE paper's setup and
+a notes file written by hand (what matches the paper, what does not and why).
+
+    python -m experiments.census_table --groups results/census/income_marital,results/census/education_marital \
+        --notes results/census/notes.md --out results/census/table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from experiments.bench.common import write_outputs
+
+# Where the paper's setup is quoted from (the MMoE paper's text; its Tables 1 and 2 are images there).
+PAPER_SOURCE = ("Ma et al., KDD 2018, Sec. 5.1, 6.2, 6.3 (text as quoted in github.com/anmingyu11/Gor-rok, "
+                "Papers/multitask/MMOE/O.md, commit 58be4dde1a75c289d5b3be0b0c92e823ce8c2949)")
+
+
+def _pm(v) -> str:
+    if v is None:
+        return "—"
+    m, s = v
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "—"
+    return f"{m:.4f} ± {s:.4f}" if s is not None and not math.isnan(s) else f"{m:.4f}"
+
+
+def delta_m(e: dict, tasks: list[str], base: dict) -> float | None:
+    """Δm% on the test AUC (Navon et al. 2022's definition, higher-is-better metrics): the mean over
+    tasks of 100 (single-task AUC - this AUC) / single-task AUC; None for the single-task rows or
+    when a baseline is missing."""
+    if e["arch"] == "single_task" or any(base[t] is None for t in tasks):
+        return None
+    vals = [e.get(f"test.{t}.auc") for t in tasks]
+    if any(v is None or v[0] is None or math.isnan(v[0]) for v in vals):
+        return None
+    return 100.0 * sum((base[t] - v[0]) / base[t] for t, v in zip(tasks, vals)) / len(tasks)
+
+
+def rows_of(folder: Path) -> tuple[str, list[str], list[dict]]:
+    data = json.loads((folder / "auc.json").read_text())
+    return data["title"], data["tasks"], data["cells"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--groups", required=True, help="comma-separated result folders (each with auc.json)")
+    parser.add_argument("--notes", default="", help="a markdown file appended after the tables")
+    parser.add_argument("--out", required=True, help="output path without suffix")
+    args = parser.parse_args(argv)
+    lines = ["# Census-Income (KDD): test ROC AUC per architecture and weighting", "",
+             f"Paper setup quoted from: {PAPER_SOURCE}.", ""]
+    record = {"paper_source": PAPER_SOURCE, "groups": {}}
+    for folder in [Path(g) for g in args.groups.split(",") if g]:
+        title, tasks, cells = rows_of(folder)
+        record["groups"][folder.name] = {"title": title, "tasks": tasks, "cells": cells}
+        base = {t: next((e[f"test.{t}.auc"][0] for e in cells if e["cell"] == f"single_task__{t}"), None) for t in tasks}
+        head = ["arch", "method", *[f"{t} AUC (best val)" for t in tasks], "Δm% (AUC) ↓",
+                *[f"{t} AUC (final)" for t in tasks], "seeds", "ms/step", "wall s"]
+        lines += [f"## {title}", "", f"From `{folder}/auc.md` (mean ± sample std over seeds).", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for e in cells:
+            e["delta_m_auc"] = delta_m(e, tasks, base)
+            dm = "—" if e["delta_m_auc"] is None else f"{e['delta_m_auc']:+.3f}"
+            vals = ([_pm(e.get(f"test.{t}.auc")) for t in tasks] + [dm]
+                    + [_pm(e.get(f"final_test.{t}.auc")) for t in tasks])
+            lines.append(f"| {e['arch']} | {e['method']} | " + " | ".join(vals)
+                         + f" | {e['seeds']} | {e['ms_per_step']:.1f} | {e['wall_time_s']:.0f} |")
+        lines.append("")
+    if args.notes:
+        lines += Path(args.notes).read_text().rstrip("\n").splitlines()
+    write_outputs(args.out, record, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

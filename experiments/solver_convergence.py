@@ -191,7 +191,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "solver_convergence.md"))
     args = parser.parse_args()
     jax.config.update("jax_enable_x64", True)
-    text = table(args.seeds)
+    from experiments.bench.common import provenance, provenance_markdown
+
+    text = table(args.seeds) + "\n".join(provenance_markdown(provenance())) + "\n"
     Path(args.out).write_text(text)
     print(text)
 

@@ -64,12 +64,12 @@ def weighting(
     ``lookahead_lr`` (Auto-Lambda) is the model optimizer's ``learning_rate``."""
     hparams = {k: v for k, v in dict(hparams).items() if v is not None or k == "weights"}
     if name in weighting_lib.names() and learning_rate is not None:
-        if "lookahead_lr" in inspect.signature(weighting_lib._factory(name)).parameters:
+        if "lookahead_lr" in inspect.signature(weighting_lib.factory(name)).parameters:
             hparams.setdefault("lookahead_lr", float(learning_rate))
     if name == "static" and hparams.get("weights") is None:
         hparams["weights"] = [t.weight for t in tasks]
     if name in weighting_lib.names():
-        accepted = inspect.signature(weighting_lib._factory(name)).parameters
+        accepted = inspect.signature(weighting_lib.factory(name)).parameters
         if "steps_per_epoch" in accepted and "steps_per_epoch" not in hparams:
             hparams["steps_per_epoch"] = steps_per_epoch
     return weighting_lib.get(name, **hparams)

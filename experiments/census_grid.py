@@ -13,6 +13,10 @@ ablation's (:mod:`jmtl.training.ablation`: the same cells, programs, resumption,
 ``table.md`` and plots; the single-task baselines use the shared-bottom encoder). A rerun under
 another config or other sizes in the same workdir is refused.
 
+Every evaluation record carries each binary task's split-level ROC AUC (:class:`WithSplitMetrics`
+wraps the loop's evaluator; where the loop already reports ``auc`` it is kept as is). Model selection
+is the loop's (mean validation accuracy over the tasks), not the paper's main-task validation AUC.
+
 Writes, besides the ablation's outputs in the workdir, ``auc.md`` / ``auc.json`` (mean ± sample std
 over seeds of the test AUC per task, beside the best-validation step and the cost). ``--out``
 copies the outputs (not the checkpoints) there with their provenance (``provenance.json``).

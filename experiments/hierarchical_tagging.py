@@ -8,7 +8,7 @@ keep what they finished.
     python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py:hier \
         --workdir /tmp/sg --config.dataset.data_dir=../shared/data --config.num_epochs=3
     python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py \
-        --workdir /tmp/sg --variants=single,top,hier --seeds=0,1,2 --results=results/hierarchical_sg
+        --workdir /tmp/sg --variants=single,top,hier --seeds=0,1,2 --results=results/hierarchical/sg
 
 Flags only: each run is :func:`jmtl.training.tagging.train_run`, i.e. the library train loop
 (:mod:`jmtl.training.loop`) with the taggers' data and corpus-level evaluation. Per run,

@@ -61,3 +61,18 @@ def toy_config(tmp_path, **overrides):
             node = node[p]
         node[last] = value
     return c
+
+
+@pytest.fixture(autouse=True)
+def _restore_registries():
+    """Datasets and encoders that a test registers (often inside a config's get_config) must not leak
+    into later tests: the registries are restored after each test."""
+    from jmtl.data import pipeline
+    from jmtl.models import encoders
+
+    datasets, encs = dict(pipeline._REGISTRY), dict(encoders.ENCODERS)
+    yield
+    pipeline._REGISTRY.clear()
+    pipeline._REGISTRY.update(datasets)
+    encoders.ENCODERS.clear()
+    encoders.ENCODERS.update(encs)

@@ -44,6 +44,11 @@ def base_config() -> ml_collections.ConfigDict:
             head_hidden=0,
             dropout_rate=0.3,
             word_dropout=0.05,
+            # Pretrained word vectors (jmtl/data/embeddings.py): a local GloVe / word2vec-text file
+            # (.gz too) or a Senna folder; '' = random init. Their size must equal word_dim.
+            pretrained_embeddings="",
+            embeddings_format="auto",  # auto | glove | word2vec | senna
+            freeze_embeddings=False,  # True: the word table stays as loaded
         )
     )
     # Tasks with a linear-chain CRF output instead of per-token softmax (e.g. ("chunk",)).

@@ -10,7 +10,7 @@ one ReLU hidden layer of 100. Variants as in their "all-3" comparison:
 
 JMT trains the layers successively (one epoch per task, bottom up, with successive
 regularisation); here all tasks train jointly with equal weights (``--config`` arg ``hier,NAME``
-picks any other scheme, e.g. ``hier,alternating`` or ``hier,mgda``). No pretrained embeddings or
+picks any other scheme, e.g. ``hier,alternating`` or ``hier,mgda``). No pretrained embeddings (a local file can be given with ``--config.model.pretrained_embeddings=PATH``) or
 character n-gram embeddings are available offline: a character CNN stands in for the latter.
 """
 

@@ -9,11 +9,11 @@ task uniformly; S&G draw a task, then an example). Variants:
 
     python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py:hier \
         --workdir /tmp/sg --config.dataset.data_dir=../shared/data
-    # the table: every variant, three seeds, results/hierarchical_sg.{json,md}
+    # the table: every variant, three seeds, results/hierarchical/sg.{json,md}
     python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py \
-        --workdir /tmp/sg --variants=single,top,hier --seeds=0,1,2 --results=results/hierarchical_sg
+        --workdir /tmp/sg --variants=single,top,hier --seeds=0,1,2 --results=results/hierarchical/sg
 
-S&G used pretrained embeddings; none are available offline, so words start random and a character
+S&G used pretrained embeddings; none are available offline (`--config.model.pretrained_embeddings=PATH` reads a local GloVe / word2vec / Senna file), so by default words start random and a character
 CNN helps with rare words.
 """
 

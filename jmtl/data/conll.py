@@ -403,6 +403,13 @@ class TaggingDataset:
             raise DataError(f"{self.name}: unknown split {split!r}; valid splits: {sorted(self._splits)}")
         return self._splits[split]
 
+    def word_counts(self, split: str = "train") -> np.ndarray:
+        """int64 ``[len(word_vocab)]``: how often each word id occurs in ``split`` (e.g. for the
+        token coverage of pretrained embeddings)."""
+        words = self.split(split).words
+        flat = np.concatenate(words) if words else np.zeros(0, np.int32)
+        return np.bincount(flat, minlength=len(self.word_vocab)).astype(np.int64)
+
     def gold(self, split: str, task: str) -> list[list[str]]:
         """Gold tag strings of ``task`` per sentence (after ``tag_scheme``; test-only tags kept)."""
         return self.split(split).gold[task]

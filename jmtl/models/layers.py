@@ -4,7 +4,7 @@ XLA's CPU backend is slow for the small convolutions of LeNet-sized models (few 
 kernels) and for the gradient of ``reduce_window`` max-pooling (``select_and_scatter``). This
 module rewrites both in terms of ops XLA compiles well: data movement (slices, stacks, reshapes)
 feeding one dense matmul, and elementwise selects. Numbers behind the choices come from
-``experiments/bench_lenet_ops.py`` (``results/bench_lenet_ops.md``): Multi-LeNet forward+backward,
+``experiments/bench/lenet_ops.py`` (``results/bench/bench_lenet_ops.md``): Multi-LeNet forward+backward,
 batch 256, on a shared 2-core EPYC, as median time relative to plain PyTorch (1 thread, faster
 than 2 on that loaded machine) in the same round-robin:
 

@@ -29,11 +29,12 @@ Input: ``{'words': int32 [B, T], 'chars': int32 [B, T, W]}`` with id 0 = padding
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jmtl.models import crf
 from jmtl.tasks import CRF_TAGGING
@@ -73,6 +74,10 @@ class WordRepresentation(nn.Module):
     ``word_dropout``: during training each real word id is replaced by ``<unk>`` with this
     probability, which is how the ``<unk>`` embedding gets trained (every train word is in the
     vocabulary) and how the model learns to lean on the characters for unknown words.
+
+    ``embedding_init``: the word table's initializer (default: normal, std ``word_dim**-0.5``);
+    :func:`pretrained_init` gives one from a pretrained matrix. ``freeze``: the table gets no
+    gradient (``stop_gradient``), so no task and no gradient-weighting scheme sees or moves it.
     """
 
     num_words: int
@@ -82,6 +87,8 @@ class WordRepresentation(nn.Module):
     char_features: int = 32
     char_width: int = 3
     word_dropout: float = 0.0
+    embedding_init: Optional[Callable] = None
+    freeze: bool = False
 
     @nn.compact
     def __call__(self, words: Array, chars: Array, *, train: bool) -> Array:
@@ -89,8 +96,12 @@ class WordRepresentation(nn.Module):
             drop = jax.random.bernoulli(self.make_rng("dropout"), self.word_dropout, words.shape)
             words = jnp.where(drop & (words > PAD_ID), UNK_ID, words)
         # std 1/sqrt(dim): unit-norm-ish vectors, the scale pretrained embeddings usually have.
-        init = nn.initializers.normal(self.word_dim**-0.5)
-        x = nn.Embed(self.num_words, self.word_dim, embedding_init=init, name="embed")(words)
+        init = self.embedding_init or nn.initializers.normal(self.word_dim**-0.5)
+        embed = nn.Embed(self.num_words, self.word_dim, embedding_init=init, name="embed")
+        if self.freeze:
+            x = jnp.take(jax.lax.stop_gradient(embed.embedding), words, axis=0)
+        else:
+            x = embed(words)
         if self.char_features > 0:
             c = CharCNN(self.num_chars, self.char_dim, self.char_features, self.char_width, name="chars")(chars)
             x = jnp.concatenate([x, c], axis=-1)
@@ -128,11 +139,13 @@ class SharedStack(nn.Module):
     dropout_rate: float
     label_dim: int
     label_tasks: tuple[str, ...]  # tasks whose label embeddings are passed up
+    word_embedding_init: Optional[Callable] = None
+    freeze_word_embeddings: bool = False
 
     def setup(self):
         self.words = WordRepresentation(
             self.num_words, self.num_chars, self.word_dim, self.char_dim, self.char_features, self.char_width,
-            self.word_dropout,
+            self.word_dropout, self.word_embedding_init, self.freeze_word_embeddings,
         )
         self.layers = [BiLSTM(self.hidden, name=f"lstm_{i + 1}") for i in range(self.num_layers)]
         if self.label_dim:
@@ -206,6 +219,9 @@ class HierarchicalTagger(nn.Module):
       word_dropout: probability of replacing a word id by ``<unk>`` in training.
       crf_tasks: tasks with a linear-chain CRF output (``jmtl.models.crf``; task kind
         ``'crf_tagging'``); their label embeddings use the softmax of the emissions.
+      word_embedding_init: initializer of the word table (None: random normal); pretrained
+        vectors via :func:`pretrained_init`.
+      freeze_word_embeddings: keep the word table fixed (no gradient reaches it).
     """
 
     names: tuple[str, ...]
@@ -225,6 +241,8 @@ class HierarchicalTagger(nn.Module):
     dropout_rate: float = 0.3
     word_dropout: float = 0.0
     crf_tasks: tuple[str, ...] = ()
+    word_embedding_init: Optional[Callable] = None
+    freeze_word_embeddings: bool = False
 
     def setup(self):
         if not (len(self.names) == len(self.num_classes) == len(self.depths)) or not self.names:
@@ -246,6 +264,8 @@ class HierarchicalTagger(nn.Module):
             dropout_rate=self.dropout_rate,
             label_dim=self.label_dim,
             label_tasks=tuple(n for n, d in zip(self.names, self.depths) if d < top),
+            word_embedding_init=self.word_embedding_init,
+            freeze_word_embeddings=self.freeze_word_embeddings,
         )
         unknown = sorted(set(self.crf_tasks) - set(self.names))
         if unknown:
@@ -300,3 +320,25 @@ def build(
         crf_tasks=tuple(t.name for t in tasks if getattr(t, "kind", "") == CRF_TAGGING),
         **kwargs,
     )
+
+
+def pretrained_init(matrix: np.ndarray, source: str = "the pretrained matrix") -> Callable:
+    """An ``embedding_init`` that returns ``matrix`` (e.g. from :func:`jmtl.data.embeddings.embedding_matrix`).
+
+    Args:
+      matrix: ``[num_words, word_dim]`` initial table (row i = word id i).
+      source: named in the error when the table's shape differs (e.g. the embeddings file).
+
+    Raises:
+      ValueError: at ``init``, when the model's table shape is not ``matrix.shape``, naming both.
+    """
+    matrix = np.asarray(matrix, np.float32)
+
+    def init(key, shape, dtype=jnp.float32):
+        del key  # deterministic: the random rows were drawn when the matrix was built
+        if tuple(shape) != matrix.shape:
+            raise ValueError(f"word embedding table of shape {tuple(shape)} (num_words, config.model.word_dim) "
+                             f"cannot start from {source} of shape {matrix.shape}")
+        return jnp.asarray(matrix, dtype)
+
+    return init

@@ -6,7 +6,7 @@ Each cell (one method on one architecture) trains its S seeds together in one co
 through :func:`jmtl.training.loop.train`. ``seeds_per_program=P`` splits them into programs of P
 seeds, in ``WORKDIR/cells/<cell>/seed_<s>`` (seed ``s`` first): on a compute-bound CPU, one program
 per seed is faster per step than batching convolution-heavy seeds together
-(results/bench_seeds_multimnist.md), while one program for all seeds saves start-up and compilation
+(results/bench/bench_seeds_multimnist.md), while one program for all seeds saves start-up and compilation
 on short cells and wins on accelerators. A program with a ``summary.json`` is done and skipped; an
 interrupted one resumes from its checkpoint. The single-task baselines (one model per task, same
 encoder, equal weighting of its one loss) are cells too. Model selection uses the validation split

@@ -107,7 +107,7 @@ def jacobian_chunk_size(value: int) -> int:
 
     On CPU, chunks of one task (a loop of single vjps inside the step) beat one vmap over all K
     cotangents at every K measured (about 1.8x at K=10, and 7x less temporary memory:
-    results/bench_scaling.md); accelerators favour the single batched vmap.
+    results/bench/bench_scaling.md); accelerators favour the single batched vmap.
     """
     if value == -1:
         return 1 if jax.default_backend() == "cpu" else 0

@@ -79,7 +79,7 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     # jacobian_chunk_size: per-task gradients in chunks of this many tasks (a loop of vmaps inside the
     # step; bounds the backward pass's memory to that many copies); 0 = all K in one vmap; -1 = auto
     # (1 on CPU, where XLA runs K single backward passes ~1.8x faster than one vmap over K
-    # (results/bench_scaling.md), and 0 on GPU/TPU).
+    # (results/bench/bench_scaling.md), and 0 on GPU/TPU).
     # meta_split: where bilevel schemes (auto_lambda, moml, forum) take the batch of their upper-level
     # losses each step: 'validation' (held out, as MOML does), 'train' (a second, independently
     # shuffled training batch, as the Auto-Lambda and FORUM code do) or '' (the scheme's own choice).

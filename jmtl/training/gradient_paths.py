@@ -304,7 +304,7 @@ class FactoredJacobian(_Representation, ParamJacobian):
     """Rows of the shared params' Jacobian for models with separable heads: one backward pass through
     the heads gives the K representation cotangents; each row then runs back through the encoder
     alone. Through the whole model every row also went back through all K heads (K^2 head backward
-    passes; the bulk of the step at K = 40 on CPU, results/bench_scaling.md)."""
+    passes; the bulk of the step at K = 40 on CPU, results/bench/bench_scaling.md)."""
 
     name = "factored_jacobian"
     split_heads = True

@@ -5,7 +5,7 @@ step is ``vmap``-ed over a leading seed axis of the state. The batch carries its
 (``[B, S, ...]``) so that its leading axis is still the one the drivers split over devices; the
 vmapped step maps that axis. One dispatch, one data-loader step and one set of XLA kernels then
 serve S seeds, which is where the saving over S separate runs comes from (large when per-step
-overhead dominates, smaller when the step is compute bound: see ``experiments/bench_seeds.py``).
+overhead dominates, smaller when the step is compute bound: see ``experiments/bench/seeds.py``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def over_seeds(make_per_device: Callable[[Optional[str]], Callable], mode: str =
     the seeds into every op (best for small models, where per-op overhead dominates); ``'map'``
     runs the seeds one after another inside the same compiled step (``lax.map``: one dispatch and one
     data step for all seeds, but each seed's convolutions/matmuls keep their single-seed shapes, which
-    XLA:CPU runs faster than the batched ones for Multi-LeNet: results/bench_seeds.md).
+    XLA:CPU runs faster than the batched ones for Multi-LeNet: results/bench/bench_seeds.md).
     """
     if mode not in SEED_MODES:
         raise ValueError(f"unknown seeds mode {mode!r}; valid: {', '.join(SEED_MODES)}")

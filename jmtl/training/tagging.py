@@ -23,15 +23,18 @@ record instead of adding a duplicate, so the table never shows a spread over cop
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jmtl import metrics as metrics_lib
 from jmtl.data import conll
+from jmtl.data import embeddings as embeddings_lib
 from jmtl.models import crf, sequence
 from jmtl.tasks import CRF_TAGGING, TAGGING, Task
 from jmtl.training import builders, config_schema, loop, parallel
@@ -56,6 +59,72 @@ def load_dataset(config) -> conll.TaggingDataset:
             data_dir=config.dataset.data_dir or None, cache_dir=config.dataset.cache_dir or None, **kwargs
         )
     return _DATASETS[key]
+
+
+# config.model fields that are not HierarchicalTagger attributes (the pretrained word vectors).
+EMBEDDING_FIELDS = ("pretrained_embeddings", "embeddings_format", "freeze_embeddings")
+_EMBEDDINGS: dict[tuple, embeddings_lib.Embeddings] = {}
+
+
+def model_settings(config) -> dict:
+    """``config.model`` as a dict; the embedding fields are left out while no file is given, so
+    records and fingerprints of runs without pretrained vectors are what they were before them."""
+    settings = config.model.to_dict()
+    if not settings.get("pretrained_embeddings"):
+        for key in EMBEDDING_FIELDS:
+            settings.pop(key, None)
+    return settings
+
+
+def pretrained_words(config, ds: conll.TaggingDataset) -> Optional[tuple[np.ndarray, dict]]:
+    """The initial word table from ``config.model.pretrained_embeddings`` and a summary for the
+    record (file, format, dimension, coverage of the vocabulary and of the train tokens); None when
+    no file is given. The file is read once per process (only the vocabulary's words are kept).
+
+    Raises:
+      ValueError: the file's dimension differs from ``config.model.word_dim`` (both named), or
+        ``freeze_embeddings`` without a file.
+      DataError: an unreadable file (see :func:`jmtl.data.embeddings.load_embeddings`).
+    """
+    path = config.model.get("pretrained_embeddings", "")
+    if not path:
+        if config.model.get("freeze_embeddings", False):
+            raise ValueError("config.model.freeze_embeddings=True needs a file: pass "
+                             "--config.model.pretrained_embeddings=/path/glove.6B.100d.txt (or freeze nothing)")
+        return None
+    fmt = config.model.get("embeddings_format", "auto")
+    tokens = ds.word_vocab.tokens
+    stat = os.stat(path) if os.path.exists(path) else None  # a rewritten file is read again
+    key = (path, fmt, stat and (stat.st_size, stat.st_mtime_ns), hash(tokens))
+    if key not in _EMBEDDINGS:
+        keep = set(tokens) | {conll.normalize_word(t) for t in tokens}
+        _EMBEDDINGS[key] = embeddings_lib.load_embeddings(path, fmt, keep=keep)
+    emb = _EMBEDDINGS[key]
+    if emb.dim != config.model.word_dim:
+        raise ValueError(f"{emb.path}: the vectors have dimension {emb.dim} but config.model.word_dim is "
+                         f"{config.model.word_dim}. Fix: --config.model.word_dim={emb.dim}, or a file of "
+                         f"dimension {config.model.word_dim}")
+    matrix, found, coverage = embeddings_lib.embedding_matrix(
+        emb, tokens, seed=config.seed, pad_id=conll.PAD_ID, unk_id=conll.UNK_ID, token_counts=ds.word_counts("train"))
+    summary = {"path": emb.path, "format": emb.format, "dim": emb.dim, "file_vectors": emb.num_lines,
+               "duplicates": emb.duplicates, "frozen": bool(config.model.get("freeze_embeddings", False)),
+               "found_words": int(found.sum()), "vocab_words": len(tokens) - 2,
+               "coverage_types": coverage.types, "coverage_train_tokens": coverage.tokens,
+               "found_by_normalized_key": coverage.normalized, "unk_from_file": coverage.unk_from_file}
+    return matrix, summary
+
+
+def _freeze_word_table(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Zero updates for the word table after ``optimizer``: with ``stop_gradient`` in the model its
+    gradient is already 0, but weight decay (adamw) would still move it."""
+    suffix = ["words", "embed", "embedding"]
+
+    def zero(updates, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(
+            lambda p, u: jnp.zeros_like(u) if [getattr(k, "key", None) for k in p][-3:] == suffix else u, updates)
+
+    return optax.chain(optimizer, optax.stateless(zero))
 
 
 def main_score(scores: dict, task: str) -> float:
@@ -211,10 +280,22 @@ def build_experiment(config, ds: conll.TaggingDataset, on_eval: Optional[Callabl
     full_epoch = ds.steps_per_epoch(config.batch_size)
     cut = config.get("max_steps_per_epoch", 0)
     steps_per_epoch = min(full_epoch, cut) if cut > 0 else full_epoch
+    model_kwargs = {k: v for k, v in config.model.to_dict().items() if k not in EMBEDDING_FIELDS}
+    pretrained = pretrained_words(config, ds)
+    if pretrained is not None:
+        matrix, summary = pretrained
+        print(f"[{config.variant} seed {config.seed}] pretrained word vectors {summary['path']} ({summary['format']}, "
+              f"dim {summary['dim']}{', frozen' if summary['frozen'] else ''}): {summary['found_words']}/"
+              f"{summary['vocab_words']} vocabulary words ({100 * summary['coverage_types']:.1f}%), "
+              f"{100 * summary['coverage_train_tokens']:.1f}% of train tokens", flush=True)
+        model_kwargs.update(word_embedding_init=sequence.pretrained_init(matrix, summary["path"]),
+                            freeze_word_embeddings=summary["frozen"])
     model = sequence.build(tasks, depths, num_words=len(ds.word_vocab), num_chars=len(ds.char_vocab),
-                           **config.model.to_dict())
+                           **model_kwargs)
     weighting = builders.weighting_from_config(config, tasks, steps_per_epoch)
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
+    if pretrained is not None and pretrained[1]["frozen"]:
+        optimizer = _freeze_word_table(optimizer)
     step_cfg = step_lib.StepConfig(
         input_key=ds.spec.input_key,
         jacobian_mode=config.weighting.jacobian_mode,
@@ -304,11 +385,14 @@ def train_run(config, workdir: str | Path) -> dict[str, Any]:
         "epoch_time_s": float(np.median(times)),
         "first_epoch_time_s": times[0],  # includes compiling each bucket shape
         "num_params": {k: int(sum(np.size(x) for x in jax.tree.leaves(v))) for k, v in state.params.items()},
-        "model": config.model.to_dict(),
+        "model": model_settings(config),
         "crf_tasks": list(crf_tasks),
         "dataset": config.dataset.name,
         "config": fingerprint(config),
     }
+    pretrained = pretrained_words(config, ds)
+    if pretrained is not None:  # the key exists only with a file: other records stay as they were
+        record["pretrained_embeddings"] = pretrained[1]
     done.write_text(json.dumps(record, indent=1))
     return record
 
@@ -327,6 +411,9 @@ def fingerprint(config) -> str:
     c = config_schema.as_dict(config)
     for key in _NOT_RESULTS:
         c.pop(key, None)
+    if "model" in c and not c["model"].get("pretrained_embeddings"):
+        for key in EMBEDDING_FIELDS:  # unset: the fingerprint of every earlier run stays valid
+            c["model"].pop(key, None)
     c.get("dataset", {}).pop("data_dir", None)
     c.get("dataset", {}).pop("cache_dir", None)
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:12]

@@ -26,15 +26,10 @@ import numpy as np
 # Navon et al., ICML 2022 ("Multi-Task Learning as a Bargaining Game"), Table 2 (QM9, test MAE,
 # 300 epochs, mean of 3 seeds). The STL row is the BASE array of their code
 # (github.com/AvivNavon/nash-mtl, experiments/quantum_chemistry/utils.py); Nash-MTL's Delta-m% 62.0
-# is also listed by paperswithcode. The other rows are transcribed from the paper's Table 2: their
-# Delta-m% recomputed from these rows against BASE agrees with the printed one to within 0.3
-# (rounding of the printed MAEs).
+# is also listed by paperswithcode. The paper's other rows could not be read from its PDF here, so they
+# are not quoted (no numbers from memory).
 PUBLISHED = {
     "STL": ([0.0671, 0.1814, 60.576, 53.915, 0.5027, 4.539, 58.838, 64.244, 63.852, 66.223, 0.07212], 0.0),
-    "LS": ([0.106, 0.325, 73.57, 89.67, 5.19, 14.06, 143.4, 144.2, 144.6, 140.3, 0.128], 177.6),
-    "MGDA": ([0.217, 0.368, 126.8, 104.6, 3.22, 5.69, 88.37, 89.4, 89.32, 88.01, 0.120], 120.5),
-    "PCGrad": ([0.106, 0.293, 75.85, 88.33, 3.94, 9.15, 116.36, 116.8, 117.2, 114.5, 0.110], 125.7),
-    "Nash-MTL": ([0.102, 0.248, 82.95, 81.89, 2.42, 5.38, 74.5, 75.02, 75.1, 74.16, 0.093], 62.0),
 }
 LABELS = {"equal": "equal (LS)", "mgda": "MGDA", "pcgrad": "PCGrad", "nash_mtl": "Nash-MTL", "famo": "FAMO",
           "mgda@rep": "MGDA-UB (rep.)", "pcgrad@rep": "PCGrad (rep.)", "nash_mtl@rep": "Nash-MTL (rep.)"}

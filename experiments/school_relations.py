@@ -273,24 +273,30 @@ def write_main(records: list[dict], common) -> None:
         n = f"{v['n']} ({', '.join(str(s + 1) for s in v['splits'])})" if "splits" in v else str(v["n"])
         lines.append(f"| {k} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} |")
     heat = []
-    first = [r for r in records if r.get("relation") is not None]
+    # Matrices of the first split only (a later invocation's first split keeps its own too).
+    split0 = min((r["split"] for r in records), default=0)
+    first = [r for r in records if r.get("relation") is not None and r["split"] == split0]
     for r in first:
         a = r["overrides"].get("model.relation_alpha")
         p = heatmap(np.asarray(r["relation"]), OUT / f"relation_W_alpha{a:g}_split{r['split']}.png",
                     f"learned W (alpha={a:g}, split {r['split'] + 1}), clustered; colour scale: off-diagonal 99th pct")
         heat.append(str(p.relative_to(ROOT)))
     for r in records:
-        if r.get("mtrl_omega") is not None:
+        if r.get("mtrl_omega") is not None and r["split"] == split0:
             p = heatmap(np.asarray(r["mtrl_omega"]), OUT / f"mtrl_omega_split{r['split']}.png",
                         f"MTRL task covariance Omega (split {r['split'] + 1}), clustered")
             heat.append(str(p.relative_to(ROOT)))
     if heat:
         lines += ["", "Heatmaps: " + ", ".join(f"`{h}`" for h in heat)]
+    lines += ["", "Runs: `python -m experiments.school_relations main --resume --splits S --only VARIANTS` (one "
+              "invocation per group of rows, each appending to `results/school/relations_partial.jsonl`), this "
+              "file rendered from that log by the command below. Per-run records (EV, wall time, steps / s): "
+              "`relations.json`; the 139 x 139 matrices of split 1: `relation_matrices.npz`."]
     slim = [{k: v for k, v in r.items() if k not in ("relation", "mtrl_omega")} for r in records]
     prov = common.write_outputs(OUT / "relations", {"table": table, "runs": slim, "heatmaps": heat}, lines)
     # The full matrices (139 x 139) of the first split, for re-plotting.
     mats = {f"{r['label']}": r["relation"] for r in first}
-    mats.update({f"{r['label']} omega": r["mtrl_omega"] for r in records if r.get("mtrl_omega") is not None})
+    mats.update({f"{r['label']} omega": r["mtrl_omega"] for r in records if r.get("mtrl_omega") is not None and r["split"] == split0})
     extra = [ROOT / h for h in heat]
     if mats:
         np.savez_compressed(OUT / "relation_matrices.npz", **{k.replace(" ", "_").replace(",", ""): np.asarray(v) for k, v in mats.items()})
@@ -352,6 +358,11 @@ def catalogue_mode(args) -> None:
         "time: the second evaluation interval's training time / its steps (the first interval holds the "
         "compilation: 'first interval s'). The schedule is too short to train (the test EV after it, kept in "
         "the .json, is that of a barely-trained model and ranks nothing).", "",
+        "Timing caveat: one 3-step interval per method, on 2 CPU cores shared with other jobs (load average "
+        "6-9 during these runs), so the s / step column carries noise of tens of % (e.g. `equal`, one backward "
+        "pass, timed slower than `mgda`, 139 chunked backward passes); it bounds the cost (every method under "
+        "~1.6 s / step at batch 512) but ranks nothing. A paired round-robin timing "
+        "(`experiments/bench/common.py` `time_round_robin`) was not run for lack of CPU budget.", "",
         "| method | status | s / step | first interval s (compile + steps) | wall s | note |",
         "|---|---|---|---|---|---|",
     ]

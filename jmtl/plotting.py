@@ -19,6 +19,9 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+MAX_LEGEND = 12  # more tasks than this: no legend (139 School tasks would bury the curves)
+
+
 def plot_training(workdir: str | Path, task_names: Sequence[str]) -> list[Path]:
     """Per-task training losses, task weights, and per-task validation/test metrics over steps."""
     workdir = Path(workdir)
@@ -36,7 +39,8 @@ def plot_training(workdir: str | Path, task_names: Sequence[str]) -> list[Path]:
         axes[0].set(title="training loss per task", xlabel="step", yscale="log")
         axes[1].set(title="task weights", xlabel="step")
         for ax in axes:
-            ax.legend(fontsize=8)
+            if len(task_names) <= MAX_LEGEND:
+                ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(out_dir / "losses_and_weights.png")
@@ -59,7 +63,8 @@ def plot_training(workdir: str | Path, task_names: Sequence[str]) -> list[Path]:
             if metric != "accuracy" and values and min(values) > 0 and max(values) / min(values) > 20:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if len(task_names) <= MAX_LEGEND:
+                ax.legend(fontsize=7)
         fig.tight_layout()
         written.append(out_dir / "eval_metrics.png")
         fig.savefig(written[-1], dpi=110)
@@ -71,11 +76,13 @@ def plot_relation_matrix(matrix: np.ndarray, task_names: Sequence[str], path: st
     """Heatmap of a K x K task-relation matrix with task names on both axes."""
     matrix = np.asarray(matrix)
     k = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    # Capped: at K = 139 (School) the uncapped size would be a 77 x 70 inch figure.
+    fig, ax = plt.subplots(figsize=(min(1.0 + 0.55 * k, 14.0), min(0.8 + 0.5 * k, 12.0)))
     lim = float(np.max(np.abs(matrix))) or 1.0
     im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    ax.set_xticks(range(k), task_names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), task_names, fontsize=8)
+    if k <= 40:
+        ax.set_xticks(range(k), task_names, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(k), task_names, fontsize=8)
     if k <= 12:
         for i in range(k):
             for j in range(k):

@@ -26,7 +26,7 @@ from jmtl import tasks as tasks_lib
 from jmtl import weighting as weighting_lib
 from jmtl.tasks import Task
 from jmtl.training import gradient_paths
-from jmtl.training.sharing import as_sharing
+from jmtl.training.sharing import as_sharing, require_shared
 from jmtl.training.step import StepConfig
 
 
@@ -169,11 +169,7 @@ def check(
         if not getattr(model, "no_shared_params", False):
             sharing = as_sharing(config.shared)
             shared = sharing.split(params)[0] if isinstance(params, dict) or not sharing.by_key else {}
-            if not jax.tree.leaves(shared):
-                keys = list(params) if isinstance(params, dict) else type(params).__name__
-                raise ContractError(
-                    f"this weighting scheme needs per-task gradients of the shared params, but {sharing.describe()} "
-                    f"holds no params (top-level params keys: {keys}). Fix: name the shared module `shared`, or pass "
-                    "StepConfig(shared='<key>') or a predicate on the param path; a model with nothing shared "
-                    "declares `no_shared_params = True`."
-                )
+            try:
+                require_shared(shared, params, sharing, "this weighting scheme")
+            except ValueError as e:
+                raise ContractError(str(e)) from None

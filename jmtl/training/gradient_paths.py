@@ -45,7 +45,7 @@ from jmtl import tasks as tasks_lib
 from jmtl.tasks import Task
 from jmtl.training import bilevel_terms as bilevel_lib
 from jmtl.training.jacobian import flatten_rows, map_rows, per_task_gradients, pmean, shared_layout, to_varying, unflatten_like
-from jmtl.training.sharing import Sharing
+from jmtl.training.sharing import Sharing, require_shared
 
 Array = jax.Array
 PyTree = Any
@@ -214,15 +214,7 @@ class ParamJacobian(LossLevel):
     name = "param_jacobian"
 
     def _check_shared(self, shared: PyTree, params: PyTree) -> None:
-        if not jax.tree.leaves(shared):
-            keys = list(params) if isinstance(params, dict) else type(params).__name__
-            raise ValueError(
-                f"{self.ctx.scheme_label} needs per-task gradients of the shared params, "
-                f"but {self.ctx.sharing.describe()} holds no params (top-level params keys: {keys}). Fix: name the "
-                "shared module `shared` (e.g. `self.shared = MyEncoder()`), or tell the step which params are "
-                "shared (StepConfig(shared='encoder') or a predicate on the param path), or, for a model with "
-                "nothing shared, declare `no_shared_params = True` on its class."
-            )
+        require_shared(shared, params, self.ctx.sharing, self.ctx.scheme_label)
 
     def _scheme_inputs(self, jac: Array, inputs: StepInputs, shared: PyTree) -> dict:
         kwargs = dict(gramian=jac @ jac.T, layout=shared_layout(shared))

@@ -79,6 +79,20 @@ class Sharing:
         return f"params[{self.select!r}]" if self.by_key else "the leaves the `shared` predicate selects"
 
 
+def require_shared(shared: PyTree, params: PyTree, sharing: Sharing, scheme: str = "the weighting scheme") -> None:
+    """Raises a ``ValueError`` naming the fix when a gradient scheme finds no shared params (it would
+    otherwise train the plain sum of the task gradients without a word)."""
+    if jax.tree.leaves(shared):
+        return
+    keys = list(params) if isinstance(params, dict) else type(params).__name__
+    raise ValueError(
+        f"{scheme} needs per-task gradients of the shared params, but {sharing.describe()} holds no params "
+        f"(top-level params keys: {keys}). Fix: name the shared module `shared` (e.g. `self.shared = MyEncoder()`), "
+        "or tell the step which params are shared (StepConfig(shared='encoder') or a predicate on the param path), "
+        "or, for a model with nothing shared, declare `no_shared_params = True` on its class."
+    )
+
+
 def as_sharing(shared: Union[Selector, Sharing, None]) -> Sharing:
     """``None`` / a key / a predicate / a :class:`Sharing` -> a :class:`Sharing`."""
     if shared is None:

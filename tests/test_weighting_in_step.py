@@ -58,6 +58,10 @@ _FAST = {
 # Schemes whose update on these steps is the plain sum of the task gradients, up to a scale (DualProj:
 # the mean gradient conflicts with no task here, so its projection is the mean itself).
 _SUM_LIKE = {"equal", "sum", "static", "mean", "dualproj"}
+# SDMGrad's inner loop (20 projected-gradient steps at lr 5) amplifies the rounding difference between
+# the step's Jacobian (encoder-only rows) and jacrev's: seen up to 4e-3 of the largest entry on a clean
+# CI machine. Still well below the 2e-2 distance from the plain sum that the power check requires.
+_TOLERANCE = {"sdmgrad": 1e-2}
 
 
 @pytest.mark.parametrize("name", [n for n in weighting.names() if weighting.get(n).requires != weighting.BILEVEL])
@@ -97,7 +101,8 @@ def test_step_moves_shared_params_along_the_schemes_direction(name):
             [(a - b).reshape(-1) for a, b in zip(jax.tree.leaves(params["shared"]), jax.tree.leaves(new.params["shared"]))]
         ) / lr
         scale = float(jnp.max(jnp.abs(expected)))
-        np.testing.assert_allclose(np.asarray(moved), np.asarray(expected), rtol=2e-3, atol=2e-3 * scale, err_msg=f"{name} step {i}")
+        tol = _TOLERANCE.get(name, 2e-3)
+        np.testing.assert_allclose(np.asarray(moved), np.asarray(expected), rtol=tol, atol=tol * scale, err_msg=f"{name} step {i}")
         total = jac.sum(0)
         off_sum = expected - (expected @ total) / (total @ total) * total
         distinct = max(distinct, float(jnp.linalg.norm(off_sum) / jnp.linalg.norm(expected)))

@@ -212,10 +212,7 @@ def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int,
     cells = cells_for(config, methods, archs, names, seeds, single_task)
     workdir.mkdir(parents=True, exist_ok=True)
     if not report_only:
-        (workdir / "grid.json").write_text(json.dumps(
-            {"methods": methods, "archs": archs, "seeds": seeds, "seeds_per_program": seeds_per_program,
-             "single_task": single_task, "cells": [n for n, _ in cells], "key": key,
-             "config": json.loads(config.to_json_best_effort())}, indent=2))
+        ablation.write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
         run_programs(cells, workdir, seeds_per_program)
     title = f"{config.dataset.name} ({dict(config.dataset.kwargs).get('group')}): {len(methods)} method(s) × {len(archs)} arch(s) × {seeds} seed(s)"
     ablation.report(cells, workdir, tasks, title)

@@ -62,6 +62,16 @@ REP = "@rep"
 # ----------------------------------------------------------------------------- the grid
 
 
+def write_grid_record(workdir: Path, config, methods, archs, seeds: int, seeds_per_program: int,
+                      single_task: bool, cells, key) -> None:
+    """``grid.json``: what the grid trains and the config its cells are compared under (``key`` is
+    what :func:`check_grid` compares on a rerun)."""
+    (workdir / "grid.json").write_text(json.dumps(
+        {"methods": methods, "archs": archs, "seeds": seeds, "seeds_per_program": seeds_per_program,
+         "single_task": single_task, "cells": [n for n, _ in cells], "key": key,
+         "config": json.loads(config.to_json_best_effort())}, indent=2))
+
+
 def grid(config, methods: list[str], archs: list[str], task_names: list[str], seeds: int, single_task: bool,
          jacobian_mode: str | None = None) -> list[tuple[str, object]]:
     """``[(cell name, config)]``: single-task baselines first, then every (arch, method)."""
@@ -487,10 +497,7 @@ def run(config, workdir: str | Path, methods: list[str], archs: list[str], seeds
     cells = grid(config, methods, archs, [t.name for t in tasks], seeds, single_task, jacobian_mode)
     workdir.mkdir(parents=True, exist_ok=True)
     if not report_only:
-        (workdir / "grid.json").write_text(json.dumps(
-            {"methods": methods, "archs": archs, "seeds": seeds, "seeds_per_program": seeds_per_program,
-             "single_task": single_task, "cells": [n for n, _ in cells], "key": key,
-             "config": json.loads(config.to_json_best_effort())}, indent=2))
+        write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
         run_grid(cells, workdir, seeds_per_program)
     title = f"{config.dataset.name}: {len(methods)} method(s) × {len(archs)} arch(s) × {seeds} seed(s)"
     summary = report(cells, workdir, tasks, title)

@@ -6,6 +6,8 @@ Yeung (UAI 2010) report it; a heatmap of the learned W; and the weighting catalo
     python -m experiments.school_relations main --data-dir ../shared/data --splits 0-9
     # every weighting method on split 0, short schedule -> results/school/catalogue.{json,md}
     python -m experiments.school_relations catalogue --data-dir ../shared/data --split 0
+    # step time of W before / after the mix_tasks fix -> results/school/relation_step_time.{json,md}
+    python -m experiments.school_relations steptime --data-dir ../shared/data
 
 Single-task and pooled rows are numpy closed forms (ridge per school; least squares over all
 students), their ridge lambda picked on the validation carve; the others train in the built-in
@@ -379,6 +381,103 @@ def catalogue_mode(args) -> None:
     index_provenance([path], prov)
 
 
+def indexed_mix(weights, xs):
+    """``jmtl.models.base.mix_tasks`` before the fix (the reference of ``steptime``): ``list()`` on the
+    product indexes it K times, whose backward pads each task's cotangent to the full [K, B, H] and
+    sums K of them."""
+    import jax.numpy as jnp
+
+    stacked = jnp.stack(xs)
+    return list(jnp.einsum("ij,j...->i...", weights.astype(stacked.dtype), stacked))
+
+
+STEPTIME_ROWS = (
+    # (label, variant, former indexing product?)
+    ("hard sharing, linear 28->16", "hps_linear", False),
+    ("+ per-task ReLU 8 (no W)", "hps_hidden", False),
+    ("+ W (mix_tasks now: unstack)", "relation", False),
+    ("+ W (mix_tasks before: list() indexing)", "relation", True),
+)
+
+
+def steptime_mode(args) -> None:
+    """Median step time (equal weighting, Adam) of the rows above at the given batch sizes, timed
+    round robin in one process after compilation; the compiled step's XLA temporary memory."""
+    import jax
+
+    from jmtl.models import base
+    from jmtl.training import loop
+    from jmtl.training import step as step_lib
+
+    from experiments.bench import common
+    from experiments.configs import school_tasks
+
+    rows, fns = [], {}
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        for label, variant, former in STEPTIME_ROWS:
+            if former and batch_size > args.former_max_batch:
+                rows.append({"label": label, "variant": variant, "batch_size": batch_size, "former": former,
+                             "skipped": f"not run above batch {args.former_max_batch} (8 GB and > 40 s / step before)"})
+                continue
+            config = school_tasks.get_config(variant)
+            config.dataset.data_dir = str(args.data_dir)
+            config.dataset.kwargs.split_index = args.split
+            config.batch_size = batch_size
+            exp = loop.build_experiment(config)
+            state = step_lib.init_state(exp.model, exp.weighting, exp.optimizer, exp.example_input, len(exp.tasks), 0)
+            batch = next(iter(exp.train_iterator(0)))
+            saved = base.mix_tasks
+            if former:
+                base.mix_tasks = indexed_mix  # read by heads_forward while the step is traced
+            try:
+                step = step_lib.make_train_step(exp.model, exp.tasks, exp.weighting, exp.optimizer, exp.step_config)
+                t0 = time.perf_counter()
+                compiled = jax.jit(step).lower(state, batch).compile()
+                compile_s = time.perf_counter() - t0
+            finally:
+                base.mix_tasks = saved
+            analysis = compiled.memory_analysis()
+            name = f"{label} @ {batch_size}"
+            rows.append({"label": label, "variant": variant, "batch_size": batch_size, "former": former,
+                         "gradient_path": step.gradient_path, "compile_s": compile_s,
+                         "temp_mib": None if analysis is None else analysis.temp_size_in_bytes / 2**20, "name": name})
+            fns[name] = (lambda c=compiled, s=state, b=batch: jax.block_until_ready(c(s, b)))
+            print(f"compiled {name}: {compile_s:.1f} s", flush=True)
+    samples = common.time_round_robin(fns, repeats=args.repeats, warmup=2)
+    for r in rows:
+        if "name" in r:
+            r["step_ms"] = [1000 * t for t in samples[r["name"]]]
+            r["median_ms"] = float(np.median(r["step_ms"]))
+    lines = [
+        "# School, K = 139: step time of the task-relation matrix W, before and after the mix_tasks fix",
+        "",
+        f"One train step (equal weighting: one backward pass, path `loss_level`; Adam; "
+        f"`experiments/configs/school_tasks.py`, split {args.split + 1}), median of {args.repeats} calls "
+        "timed round robin in one process after compilation (`experiments.bench.common.time_round_robin`). "
+        "'before' traces the same model with `jmtl.models.base.mix_tasks` replaced by its former body "
+        "(`experiments.school_relations.indexed_mix`: `list(W @ stacked)`), 'now' with the current one "
+        "(`jnp.unstack`). Temp MiB: XLA's temporary buffer of the compiled step (`memory_analysis`).",
+        "",
+        "Cause: `list(mixed)` indexes the [K, B, H] product K times; the backward pass of each index pads "
+        "that task's [B, H] cotangent to a full [K, B, H] zero array and the K of them are summed: "
+        "O(K^2 B H) work and memory (139 pads of 2.2 MB at batch 512; of 46 MB at the full batch, the 8 GB "
+        "seen before). `jnp.unstack`'s backward is one concatenation. Forward values and gradients are "
+        "unchanged (`tests/test_relation_speed.py`).",
+        "",
+        "| model | batch | ms / step (median) | × hard sharing at that batch | temp MiB | compile s |",
+        "|---|---|---|---|---|---|",
+    ]
+    base_ms = {r["batch_size"]: r["median_ms"] for r in rows if r["variant"] == "hps_linear" and "median_ms" in r}
+    for r in rows:
+        if "median_ms" not in r:
+            lines.append(f"| {r['label']} | {r['batch_size']} | {r['skipped']} | | | |")
+            continue
+        temp = f"{r['temp_mib']:.1f}" if r["temp_mib"] is not None else "—"
+        lines.append(f"| {r['label']} | {r['batch_size']} | {r['median_ms']:.1f} | "
+                     f"{r['median_ms'] / base_ms[r['batch_size']]:.1f} | {temp} | {r['compile_s']:.1f} |")
+    common.write_outputs(OUT / "relation_step_time", {"rows": rows, "repeats": args.repeats, "split": args.split}, lines)
+
+
 def enable_compilation_cache(folder: str) -> None:
     """XLA's persistent cache: the 10 splits of one config compile to the same program, so every
     split after the first skips the XLA compile (about 18 s of a 60 s run on 2 CPU cores)."""
@@ -390,7 +489,7 @@ def enable_compilation_cache(folder: str) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("main", "catalogue", "render"))
+    ap.add_argument("mode", choices=("main", "catalogue", "render", "steptime"))
     ap.add_argument("--data-dir", default=os.environ.get("JMTL_DATA_DIR", ""))
     ap.add_argument("--splits", default="0-9")
     ap.add_argument("--only", default="", help="comma list of variants to run (default all)")
@@ -401,6 +500,10 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default="")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--batch-sizes", default="512,10321", help="steptime: batch sizes")
+    ap.add_argument("--repeats", type=int, default=10, help="steptime: timed rounds")
+    ap.add_argument("--former-max-batch", type=int, default=512,
+                    help="steptime: largest batch the former (quadratic) product is timed at")
     ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "jmtl_school_xla_cache"),
                     help="XLA persistent compilation cache ('' = off)")
     args = ap.parse_args(argv)
@@ -410,6 +513,8 @@ def main(argv=None) -> None:
         main_mode(args)
     elif args.mode == "catalogue":
         catalogue_mode(args)
+    elif args.mode == "steptime":
+        steptime_mode(args)
     else:
         from experiments.bench import common
 

@@ -9,7 +9,8 @@ The public API (everything else is reachable through the subpackages)::
     jmtl.Task("digit", "classification", 10)  # a task: name, kind, outputs
     jmtl.StepConfig, jmtl.make_train_step, jmtl.init_state   # the built-in jitted train step
     jmtl.check_contract(model, tasks, batch)  # what a model and batch must satisfy, checked
-    jmtl.train(config, workdir)               # the training loop (checkpoints, eval, metrics)
+    jmtl.fit(model, tasks, train, validation=..., test=..., workdir=...)  # your model and data in the loop
+    jmtl.train(config, workdir)               # the loop on a config (checkpoints, eval, metrics)
     jmtl.data.from_arrays(...), jmtl.data.register(...)      # your own data
 
 Subpackages load on first use, so ``import jmtl`` stays cheap.
@@ -35,6 +36,7 @@ _ATTRIBUTES = {
     "check_contract": ("jmtl.training.contract", "check"),
     "ContractError": ("jmtl.training.contract", "ContractError"),
     "train": ("jmtl.training.loop", "train"),
+    "fit": ("jmtl.training.fit", "fit"),
 }
 
 __all__ = ["__version__", *_SUBPACKAGES, *_ATTRIBUTES]

@@ -31,3 +31,19 @@ def test_own_model_and_data_example_trains(tmp_path):
     records = [json.loads(l) for l in (tmp_path / "wd" / "metrics.jsonl").read_text().splitlines()]
     assert records and "rare" in records[-1]["test"]
     assert 0.0 <= summary["final"]["test"]["kind"]["accuracy"] <= 1.0
+
+
+def test_fit_your_model_example_trains(tmp_path):
+    from experiments.examples import fit_your_model
+
+    for flags in ([], ["--per_task"]):
+        summary = fit_your_model.main(["--workdir", str(tmp_path / f"wd{len(flags)}"), "--num_epochs", "2", *flags])
+        test = summary["best_validation"]["test"]
+        assert set(test) == {"kind", "price", "sold"}
+        # Two epochs of PCGrad beat the majority class on the 4-class task and the constant predictor
+        # on price (the test split's own baselines).
+        y = fit_your_model.make_split(np.random.default_rng(1), 5000)
+        majority = np.bincount(y["kind"]).max() / len(y["kind"])
+        assert test["kind"]["accuracy"] > majority + 0.1, (test, majority)
+        assert test["price"]["mse"] < 0.5 * np.var(y["price"]), test
+        assert test["sold"]["auc"] > 0.8, test

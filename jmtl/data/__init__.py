@@ -34,6 +34,8 @@ from jmtl.data.pipeline import register
 from jmtl.data.pipeline import unregister
 from jmtl.data.pipeline import WithMetaBatches
 from jmtl.data.per_task import PerTaskBatches
+from jmtl.data.iterables import ReplayIterator
+from jmtl.data.iterables import DataExhaustedError
 
 __all__ = [
     'DEFAULT_DATASET',
@@ -48,4 +50,6 @@ __all__ = [
     'unregister',
     'WithMetaBatches',
     'PerTaskBatches',
+    'ReplayIterator',
+    'DataExhaustedError',
 ]

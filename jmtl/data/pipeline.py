@@ -598,7 +598,8 @@ REQUIRED_SPLITS = ('train', 'validation', 'test')
 
 
 # Label kinds `from_arrays` accepts (jmtl.tasks kinds of one label array each).
-ARRAY_LABEL_KINDS = ('classification', 'regression', 'binary', 'multilabel')
+ARRAY_LABEL_KINDS = ('classification', 'regression', 'binary', 'multilabel',
+                     'custom')  # custom: the user's loss; the array kept as is
 
 
 def _label_spec(key: str, value: Any, arrays: Mapping[str, Mapping],
@@ -658,6 +659,8 @@ def _label_spec(key: str, value: Any, arrays: Mapping[str, Mapping],
         raise DataError(f'{name}: {spec.kind} label {key!r} in split '
                         f'{split!r} has values other than 0 and 1. Fix: map '
                         'the positive class to 1, the negative to 0')
+    elif spec.kind == 'custom':
+      pass  # the task's own loss_fn defines what its labels mean
     elif not np.all(np.isfinite(np.asarray(y, np.float64))):
       i = int(np.flatnonzero(~np.isfinite(
           np.asarray(y, np.float64).reshape(len(y), -1)).any(axis=1))[0])
@@ -778,6 +781,8 @@ def from_arrays(name: str, splits: Mapping[str, Mapping[str, Any]], *,
       out = v.astype(np.float32)
     elif specs[key].kind in ('classification', 'binary', 'multilabel'):
       out = v.astype(np.int32)
+    elif specs[key].kind == 'custom':
+      out = v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v
     else:
       out = v.astype(np.float32)
     out = np.array(out, copy=True, order='C')

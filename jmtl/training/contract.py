@@ -118,7 +118,8 @@ def check(
     Args:
       model: the Linen module.
       tasks: the declared tasks.
-      batch: one batch with the input and every task's labels.
+      batch: one batch with the input and every task's labels (with ``config.per_task_inputs``:
+        ``{task name: that task's batch}``).
       config: the step's ``StepConfig`` (default ``StepConfig()``).
       weighting: the weighting transform, to check what it needs (shared params, encode/decode).
       params: the model params, if already initialised (else they are initialised abstractly).
@@ -128,8 +129,21 @@ def check(
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ContractError(f"task names must be unique, got {names}")
-    check_batch(tasks, batch, input_key=config.input_key)
-    x = config.model_input(dict(batch))
+    if config.per_task_inputs:  # {task name: that task's batch}: each checked for its own task
+        missing = [t.name for t in tasks if not isinstance(batch, Mapping) or t.name not in batch]
+        if missing:
+            raise ContractError(
+                f"per_task_inputs: the batch has no sub-batch for task(s) {missing} (entries: {list(batch)}). Fix: "
+                "the batch is {task name: {input, that task's labels}} (jmtl.data.PerTaskBatches zips one "
+                "iterator per task)."
+            )
+        for t in tasks:
+            check_batch((t,), batch[t.name], input_key=config.input_key, where=f"the batch of task {t.name!r}")
+        model_batch = batch[tasks[0].name]
+    else:
+        check_batch(tasks, batch, input_key=config.input_key)
+        model_batch = batch
+    x = config.model_input(dict(model_batch))
     x1 = jax.tree.map(lambda v: v[:1], x)
     rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
     if params is None:

@@ -113,15 +113,24 @@ class Experiment:
 
 
 class InMemoryEvaluator:
-    """The default evaluator: mean task metrics over whole splits held in memory (``dataset.arrays``),
-    data-parallel; selection on ``evaluate.selection_score``."""
+    """The default evaluator: mean task metrics over whole splits held in memory, data-parallel;
+    selection on ``evaluate.selection_score``.
 
-    def __init__(self, dataset, tasks: Sequence[Task], step_config, model, config, driver: parallel.Driver,
-                 seed_axis: "SeedAxis"):
-        self.tasks, self.driver, self.batch_size = tasks, driver, config.eval_batch_size
-        self.arrays = {split: dataset.arrays(split) for split in (VALIDATION, TEST)}
-        for split, arrays in self.arrays.items():
-            tasks_lib.check_labels(tasks, arrays, where=f"{config.dataset.name} {split} split")
+    Args:
+      arrays: ``{split: {entry: array}}`` for the validation and test splits (the input and labels).
+      tasks: the tasks to score (a subset of the model's outputs is fine: per-task evaluation).
+      step_config, model: as in the train step.
+      eval_batch_size: examples per evaluation batch (rounded up to a multiple of the devices).
+      driver, seed_axis: how the run places data and stacks seeds.
+      name: the data's name (messages).
+    """
+
+    def __init__(self, arrays: dict, tasks: Sequence[Task], step_config, model, eval_batch_size: int,
+                 driver: parallel.Driver, seed_axis: "SeedAxis", name: str = "dataset"):
+        self.tasks, self.driver, self.batch_size = tasks, driver, eval_batch_size
+        self.arrays = {split: arrays[split] for split in (VALIDATION, TEST)}
+        for split, split_arrays in self.arrays.items():
+            tasks_lib.check_labels(tasks, split_arrays, where=f"{name} {split} split")
         make_eval = lambda ax: evaluate.make_eval_step(model, tasks, step_config, axis_name=ax)
         self.eval_step = driver.compile_eval(seed_axis.wrap_eval(make_eval))
         self.seed_axis = seed_axis
@@ -193,7 +202,9 @@ def build_experiment(config) -> Experiment:
         example_input=np.zeros((1,) + tuple(spec.input_shape), np.float32),
         steps_per_epoch=steps_per_epoch,
         train_iterator=train_iterator,
-        make_evaluator=lambda driver, axis: InMemoryEvaluator(dataset, tasks, step_cfg, model, config, driver, axis),
+        make_evaluator=lambda driver, axis: InMemoryEvaluator(
+            {split: dataset.arrays(split) for split in (VALIDATION, TEST)}, tasks, step_cfg, model,
+            config.eval_batch_size, driver, axis, name=config.dataset.name),
     )
 
 
@@ -332,7 +343,8 @@ class _Trainer:
                                                         axis_name=ax)
         self.train_step = self.driver.compile_step(self.seed_axis.wrap_step(make_step))
         self.evaluator = experiment.make_evaluator(self.driver, self.seed_axis)
-        inits = [step_lib.init_state(e.model, e.weighting, e.optimizer, e.example_input, len(e.tasks), s)
+        inits = [step_lib.init_state(e.model, e.weighting, e.optimizer, e.example_input, len(e.tasks), s,
+                                      shared=e.step_config.shared)
                  for s in self.seed_axis.seeds]
         self.host_state = self.seed_axis.stack_states(inits)
         self.signature = checkpoint.model_signature(self.host_state, self.names, config.weighting.name)
@@ -483,7 +495,11 @@ class _Trainer:
         entries, outputs vs tasks, shared params; a mistake stops the run before it trains."""
         where = f"{self.exp.name} train batch"
         if self.seed_axis.stacked:  # the batch carries a seed axis; the labels are what can be checked
-            tasks_lib.check_labels(self.exp.tasks, batch, where=where)
+            if self.exp.step_config.per_task_inputs:
+                for t in self.exp.tasks:
+                    tasks_lib.check_labels((t,), batch[t.name], where=f"{where} of task {t.name!r}")
+            else:
+                tasks_lib.check_labels(self.exp.tasks, batch, where=where)
             return
         train_entries, _ = step_lib.split_meta(batch)
         contract.check(self.exp.model, self.exp.tasks, train_entries, config=self.exp.step_config,

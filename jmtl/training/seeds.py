@@ -79,7 +79,8 @@ class StackedIterator:
 
     def __next__(self) -> dict:
         batches = [next(it) for it in self.iterators]
-        return {key: np.stack([b[key] for b in batches], axis=BATCH_SEED_AXIS) for key in batches[0]}
+        # A tree map, not a loop over keys: per-task batches are nested ({task: {entry: array}}).
+        return jax.tree.map(lambda *xs: np.stack(xs, axis=BATCH_SEED_AXIS), *batches)
 
     def get_state(self) -> list:
         return [it.get_state() for it in self.iterators]

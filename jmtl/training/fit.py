@@ -1,0 +1,341 @@
+r"""``jmtl.fit``: the training loop for your own Flax model and data, in one call.
+
+    summary, state = jmtl.fit(MyModel(), tasks, train={"x": x, "price": y, ...},
+                              validation=val_arrays, test=test_arrays, workdir="/tmp/run",
+                              weighting="pcgrad", batch_size=128, num_epochs=10)
+
+Everything the experiment scripts' loop has (:mod:`jmtl.training.loop`): checkpoints and exact
+resume (re-running with the same workdir continues the run), best-validation selection, the
+non-finite policy, metric records, plots, several seeds in one program, data parallelism. The
+model follows the contract of :mod:`jmtl.training.contract` (checked on the first batch); the data
+is in-memory arrays, any iterable of batch dicts, a factory ``seed -> iterable``, or with
+``per_task_inputs=True`` one of those per task (LibMTL's ``multi_input``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+import optax
+
+from jmtl import data as data_lib
+from jmtl import weighting as weighting_lib
+from jmtl.data.iterables import ReplayIterator, call_factory, concatenate_batches
+from jmtl.tasks import Task
+from jmtl.training import builders, config_schema, contract, evaluate, loop, parallel
+from jmtl.training import step as step_lib
+
+Data = Any  # Mapping of arrays | Iterable of batch dicts | Callable seed -> Iterable
+
+
+def fit(
+    model,
+    tasks: Sequence[Task],
+    train: Data,
+    *,
+    validation: Data,
+    test: Data,
+    workdir: str | Path,
+    weighting: str | weighting_lib.WeightingTransform = "equal",
+    weighting_kwargs: Optional[Mapping[str, Any]] = None,
+    optimizer: optax.GradientTransformation | Mapping[str, Any] | None = None,
+    batch_size: Optional[int] = None,
+    num_epochs: Optional[int] = None,
+    num_steps: Optional[int] = None,
+    input_key: Optional[str] = None,
+    step_config: Optional[step_lib.StepConfig] = None,
+    per_task_inputs: bool = False,
+    seed: int = 0,
+    num_seeds: int = 1,
+    name: str = "user_data",
+    **config_overrides: Any,
+) -> tuple[dict, step_lib.TrainState]:
+    """Trains ``model`` on ``tasks`` with jmtl's loop; returns the run summary and the final state.
+
+    Args:
+      model: a Flax Linen module with ``__call__(x, *, train)`` returning ``{task name: output}``, its
+        shared params under ``params['shared']`` (or what ``step_config.shared`` selects).
+      tasks: the :class:`jmtl.Task` list (loss order; names match the model's outputs).
+      train: the training data: a dict ``{entry: array}`` (shuffled each epoch by seed, batches of
+        ``batch_size``); an iterable of batch dicts (a list, a loader; re-iterated each epoch); or a
+        callable ``seed -> iterable`` / ``(seed, epoch) -> iterable``. With ``per_task_inputs``:
+        ``{task name: one of those}``, each holding the input and that task's labels.
+      validation: the model-selection split: a dict of arrays or a finite iterable of batches (per
+        task with ``per_task_inputs``).
+      test: the reported split, same form (pass ``test=validation`` if there is none: the reported
+        numbers are then validation numbers).
+      workdir: where the run writes; re-running with the same workdir resumes it.
+      weighting: a scheme name (``jmtl.weighting.names()``) or a transform (``jmtl.weighting.get(...)``).
+      weighting_kwargs: the scheme's hyperparameters, with a name.
+      optimizer: an optax transform, or ``{name, learning_rate, ...}`` as ``config.optimizer``
+        (default: Adam 1e-3).
+      batch_size: examples per step (global; per task with ``per_task_inputs``). Required for
+        arrays; for iterables, the batches' own size is used (and this is only recorded).
+      num_epochs, num_steps: the run's length (give one). An epoch of an iterable is one pass;
+        ``num_epochs`` needs a sized one (``len``).
+      input_key: the batch entry holding the model input (default ``'x'``, or ``step_config``'s).
+      step_config: the step's settings (``jmtl.StepConfig``: shared-param selector, Jacobian mode,
+        mixed precision, ...).
+      per_task_inputs: each task has its own data (see ``train``).
+      seed, num_seeds: seeds ``seed .. seed + num_seeds - 1`` train together in one program.
+      name: the data's name in records and messages.
+      **config_overrides: any other field of ``config_schema.default_config()`` (``eval_every_steps``,
+        ``checkpoint_every_steps``, ``log_every_steps``, ``eval_batch_size``, ``parallel``,
+        ``progress_bar``, ``writers``, ``nonfinite={'policy': 'skip'}``, ...).
+
+    Returns:
+      ``(summary, state)``: the summary written to ``workdir/summary.json`` (best-validation and final
+      metrics per task) and the final host train state.
+    """
+    tasks = tuple(tasks)
+    if not tasks or not all(isinstance(t, Task) for t in tasks):
+        raise TypeError("tasks must be a non-empty sequence of jmtl.Task, e.g. [jmtl.Task('price', 'regression', 1)]")
+    step_cfg = _step_config(step_config, input_key, per_task_inputs)
+    _check_layout(train, tasks, per_task_inputs)
+    if (num_epochs is None) == (num_steps is None):
+        raise ValueError("give exactly one of num_epochs and num_steps")
+    config = config_schema.default_config()
+    unknown = sorted(set(config_overrides) - set(config))
+    if unknown:
+        raise TypeError(f"fit() got unknown argument(s) {unknown}; config fields: {sorted(config)}")
+    for key, value in config_overrides.items():
+        if isinstance(value, Mapping):
+            config[key].update(value)
+        else:
+            config[key] = value
+    config.seed, config.num_seeds = seed, num_seeds
+    config.num_steps = int(num_steps) if num_steps is not None else -1
+    config.num_epochs = int(num_epochs) if num_epochs is not None else 1
+    if num_seeds > 1 and _is_one_shot(train, tasks, per_task_inputs):
+        raise ValueError("num_seeds > 1 needs data each seed can read: arrays, a re-iterable, or a callable seed -> "
+                         "iterable; a one-shot iterator can feed one seed only")
+
+    sources = {t.name: train[t.name] for t in tasks} if per_task_inputs else {None: train}
+    arrays_train = all(isinstance(s, Mapping) for s in sources.values())
+    if arrays_train and batch_size is None:
+        raise ValueError("batch_size is required when the training data is arrays")
+    config.batch_size = int(batch_size) if batch_size is not None else config.batch_size
+
+    eval_splits = _eval_arrays(validation, test, tasks, per_task_inputs)
+    datasets = {}
+    if arrays_train:
+        datasets = {key: _dataset(f"{name}/{key}" if key else name, src, eval_splits[key], tasks if key is None
+                                  else [t for t in tasks if t.name == key], step_cfg.input_key)
+                    for key, src in sources.items()}
+        steps_per_epoch = max(d.steps_per_epoch(config.batch_size) for d in datasets.values())
+        if steps_per_epoch == 0:
+            raise ValueError(f"batch_size {config.batch_size} is larger than the training set: no full batch per epoch")
+        first_batch = {k: jax.tree.map(lambda v: v[:1], d.arrays("train")) for k, d in datasets.items()}
+    else:
+        steps_per_epoch = _steps_per_epoch(sources, num_epochs, num_steps)
+        sources, first_batch = _peek(sources, seed)
+    weighting_tx = (builders.weighting(weighting, dict(weighting_kwargs or {}), tasks, steps_per_epoch,
+                                       learning_rate=_learning_rate(optimizer))
+                    if isinstance(weighting, str) else weighting)
+    if weighting_kwargs and not isinstance(weighting, str):
+        raise ValueError("weighting_kwargs go with a weighting name; a transform already has its hyperparameters")
+    config.weighting = config_schema.method_config(weighting) if isinstance(weighting, str) else config.weighting
+    if isinstance(weighting, str):
+        config.weighting.hparams.update(dict(weighting_kwargs or {}))
+    else:
+        config.weighting.name = f"custom:{getattr(weighting, 'name', type(weighting).__name__)}"
+    config.weighting.jacobian_mode = step_cfg.jacobian_mode
+    tx = _optimizer(optimizer, config, steps_per_epoch)
+    meta_split = builders.meta_split(config, weighting_tx)
+    if weighting_tx.requires == weighting_lib.BILEVEL and (not arrays_train or per_task_inputs):
+        raise ValueError(f"the bilevel scheme {weighting!r} needs a second (meta) batch each step, which fit() draws "
+                         "from array data only: pass train/validation as arrays (one input for all tasks)")
+
+    # The contract (batch entries, label dtypes and ranges, outputs vs tasks, shared params) before
+    # anything is built: a mistake is named here, not as a traceback from init.
+    probe = {t.name: first_batch[t.name] for t in tasks} if per_task_inputs else first_batch[None]
+    contract.check(model, tasks, probe, config=step_cfg, weighting=weighting_tx)
+    example = first_batch[tasks[0].name] if per_task_inputs else first_batch[None]
+    example_input = jax.tree.map(lambda v: np.asarray(v)[:1], example[step_cfg.input_key])
+
+    config.dataset.name = name
+    config.dataset.kwargs = {"fingerprint": _fingerprint(sources, eval_splits) if arrays_train else "iterable"}
+    config.model.encoder = f"user:{type(model).__module__}.{type(model).__qualname__}"
+    config.model.arch = "user"
+    config_schema.validate_config(config)
+    pid, nproc = jax.process_index(), jax.process_count()
+
+    def train_iterator(s: int):
+        if arrays_train:
+            its = {k: d.train_iterator(config.batch_size, s, process_index=pid, process_count=nproc)
+                   for k, d in datasets.items()}
+        else:
+            its = {k: ReplayIterator(src, s, name=f"train{f' ({k})' if k else ''}") for k, src in sources.items()}
+        it = data_lib.PerTaskBatches(its) if per_task_inputs else its[None]
+        if meta_split:
+            meta = datasets[None].train_iterator(config.batch_size, s + builders.META_SEED_OFFSET, split=meta_split,
+                                                 process_index=pid, process_count=nproc)
+            it = data_lib.WithMetaBatches(it, meta, prefix=step_lib.META_PREFIX)
+        return it
+
+    def make_evaluator(driver: parallel.Driver, seed_axis: loop.SeedAxis):
+        if not per_task_inputs:
+            return loop.InMemoryEvaluator(eval_splits[None], tasks, step_cfg, model, config.eval_batch_size,
+                                          driver, seed_axis, name=name)
+        return PerTaskEvaluator({t.name: loop.InMemoryEvaluator(eval_splits[t.name], (t,), step_cfg, model,
+                                                                config.eval_batch_size, driver, seed_axis,
+                                                                name=f"{name} ({t.name})") for t in tasks}, tasks)
+
+    experiment = loop.Experiment(
+        name=name, tasks=tasks, model=model, weighting=weighting_tx, optimizer=tx, step_config=step_cfg,
+        example_input=example_input, steps_per_epoch=steps_per_epoch, train_iterator=train_iterator,
+        make_evaluator=make_evaluator,
+    )
+    loop.check_workdir(workdir)
+    parallel.maybe_initialize_distributed()
+    return loop.run(experiment, config, workdir)
+
+
+class PerTaskEvaluator:
+    """Each task scored on its own validation / test data (``per_task_inputs``); selection on all."""
+
+    def __init__(self, evaluators: Mapping[str, loop.InMemoryEvaluator], tasks: Sequence[Task]):
+        self.evaluators, self.tasks = dict(evaluators), tuple(tasks)
+
+    def __call__(self, params, splits):
+        merged = None
+        for evaluator in self.evaluators.values():
+            per_seed = evaluator(params, splits)
+            if merged is None:
+                merged = per_seed
+            else:
+                for into, res in zip(merged, per_seed):
+                    for split in splits:
+                        into[split].update(res[split])
+        return merged
+
+    def score(self, validation):
+        return evaluate.selection_score(validation, self.tasks)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _step_config(step_config, input_key, per_task_inputs) -> step_lib.StepConfig:
+    cfg = step_config or step_lib.StepConfig(input_key=input_key or "x")
+    if step_config is not None and input_key is not None and input_key != step_config.input_key:
+        raise ValueError(f"input_key={input_key!r} but step_config.input_key={step_config.input_key!r}; give one")
+    if step_config is not None and step_config.per_task_inputs and not per_task_inputs:
+        raise ValueError("step_config has per_task_inputs=True: pass per_task_inputs=True to fit() too (the data "
+                         "is then {task name: data})")
+    if per_task_inputs and not cfg.per_task_inputs:
+        cfg = dataclasses.replace(cfg, per_task_inputs=True)
+    return cfg
+
+
+def _check_layout(train, tasks, per_task_inputs: bool) -> None:
+    """Per-task data must be said (``per_task_inputs=True``), never guessed from the keys."""
+    names = {t.name for t in tasks}
+    keyed_by_task = isinstance(train, Mapping) and set(train) == names and all(
+        not hasattr(v, "shape") for v in train.values())
+    if per_task_inputs and not (isinstance(train, Mapping) and set(train) == names):
+        got = sorted(train) if isinstance(train, Mapping) else type(train).__name__
+        raise ValueError(f"per_task_inputs=True: train must be {{task name: that task's data}} for tasks "
+                         f"{sorted(names)}, got {got}")
+    if not per_task_inputs and keyed_by_task:
+        raise ValueError(f"train is keyed by the task names {sorted(names)}: if each task has its own data, pass "
+                         "per_task_inputs=True; else give one dict {input key: array, label key: array, ...}")
+
+
+def _is_one_shot(train, tasks, per_task_inputs: bool) -> bool:
+    sources = [train[t.name] for t in tasks] if per_task_inputs else [train]
+    return any(not callable(s) and not isinstance(s, Mapping) and iter(s) is s for s in sources)
+
+
+def _eval_arrays(validation, test, tasks, per_task_inputs: bool) -> dict:
+    """``{None: {split: arrays}}``, or ``{task name: {split: arrays}}`` with per-task inputs."""
+    out: dict = {}
+    for split, source in ((loop.VALIDATION, validation), (loop.TEST, test)):
+        if per_task_inputs:
+            if not isinstance(source, Mapping) or set(source) != {t.name for t in tasks}:
+                raise ValueError(f"per_task_inputs=True: {split} must be {{task name: that task's data}}")
+            for t in tasks:
+                out.setdefault(t.name, {})[split] = concatenate_batches(source[t.name], f"{split} ({t.name})")
+        else:
+            out.setdefault(None, {})[split] = concatenate_batches(source, split)
+    return out
+
+
+def _dataset(name: str, train_arrays: Mapping, eval_splits: Mapping, tasks: Sequence[Task], input_key: str):
+    """An in-memory dataset (shuffled, resumable batches; checked labels) over the three splits."""
+    splits = {"train": concatenate_batches(train_arrays, "train"), **eval_splits}
+    labels = {}
+    for t in tasks:
+        kind = t.kind if t.kind in data_lib.pipeline.ARRAY_LABEL_KINDS else "custom"
+        labels[t.label_key] = {"kind": kind, "num_classes": t.num_outputs} if kind == "classification" else kind
+    keys = {input_key, *labels, *(t.mask_key for t in tasks)}
+    splits = {s: {k: v for k, v in cols.items() if k in keys} for s, cols in splits.items()}
+    return data_lib.from_arrays(name, splits, input_key=input_key, labels=labels)
+
+
+def _peek(sources: Mapping, seed: int) -> tuple[dict, dict]:
+    """Each source's first batch (to initialise the model), without losing it from a one-shot iterator."""
+    out, first = {}, {}
+    for key, src in sources.items():
+        if callable(src):
+            first[key], out[key] = next(iter(call_factory(src, seed, 0))), src
+        elif iter(src) is src:  # a generator: put the batch back in front
+            batch = next(src)
+            first[key], out[key] = batch, itertools.chain([batch], src)
+        else:
+            first[key], out[key] = next(iter(src)), src
+        if not isinstance(first[key], Mapping):
+            raise TypeError(f"the training data yielded a {type(first[key]).__name__}; each batch must be a dict "
+                            "{entry name: array}")
+    return out, first
+
+
+def _steps_per_epoch(sources: Mapping, num_epochs, num_steps) -> int:
+    sizes = []
+    for key, src in sources.items():
+        probe = call_factory(src, 0, 0) if callable(src) else src
+        if hasattr(probe, "__len__"):
+            sizes.append(len(probe))
+    if sizes:
+        return max(1, max(sizes))
+    if num_epochs is not None:
+        raise ValueError("num_epochs needs training data with a length (len()); for an unsized iterable give num_steps")
+    return max(1, int(num_steps))
+
+
+def _learning_rate(optimizer) -> Optional[float]:
+    if optimizer is None:
+        return 1e-3
+    if isinstance(optimizer, Mapping):
+        return float(optimizer.get("learning_rate", 1e-3))
+    return None
+
+
+def _optimizer(optimizer, config, steps_per_epoch: int) -> optax.GradientTransformation:
+    if optimizer is None or isinstance(optimizer, Mapping):
+        config.optimizer.update(dict(optimizer or {}))
+        return builders.optimizer(config.optimizer, steps_per_epoch)
+    if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
+        raise TypeError(f"optimizer must be an optax GradientTransformation or a dict, got {type(optimizer).__name__}")
+    config.optimizer.name = "custom"
+    return optimizer
+
+
+def _fingerprint(sources: Mapping, eval_splits: Mapping) -> str:
+    """sha256 of every array (train, validation, test): a resumed run must see the same data."""
+    h = hashlib.sha256()
+    trees = [sources, {str(k): v for k, v in eval_splits.items()}]
+    for tree in trees:
+        for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(
+                {str(k): v for k, v in tree.items()})[0], key=lambda pl: jax.tree_util.keystr(pl[0])):
+            a = np.ascontiguousarray(np.asarray(leaf))
+            h.update(jax.tree_util.keystr(path).encode())
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,55 @@
+"""experiments/qm9_gnn.py's report: Delta-m% against its closed form, a row for every method (the
+PCGrad row was once lost from the results file), per-seed means."""
+
+import numpy as np
+import pytest
+
+from experiments import qm9_gnn
+
+TASKS = ("a", "b", "c")
+UNITS = ("D", "meV", "meV")
+SETUP = dict(train_size=100, eval_size=10, epochs=1)
+
+
+def _cells(rng):
+    base = {t: float(v) for t, v in zip(TASKS, rng.uniform(1.0, 5.0, len(TASKS)))}
+    # A method's MAE = base x (1 + r): its Delta-m% is 100 x mean_k r_k, for any base.
+    rel = {("equal", 0): rng.uniform(-0.5, 1.0, 3), ("equal", 1): rng.uniform(-0.5, 1.0, 3),
+           ("pcgrad", 0): rng.uniform(-0.5, 1.0, 3)}
+    cells = {"single-task": {0: dict(base)}}
+    for (m, seed), r in rel.items():
+        cells.setdefault(m, {})[seed] = {t: base[t] * (1 + r[k]) for k, t in enumerate(TASKS)}
+    return cells, rel
+
+
+def test_delta_m_is_the_mean_relative_change_and_averages_seeds():
+    cells, rel = _cells(np.random.default_rng(0))
+    result, _ = qm9_gnn.build_report(cells, ["equal", "pcgrad"], TASKS, UNITS, SETUP, {})
+    for (m, seed), r in rel.items():
+        assert result["delta_m_percent_per_seed"][m][str(seed)] == pytest.approx(100 * r.mean())
+    # Delta-m% is affine in each MAE: the Delta-m% of the seed-mean row is the mean of the seeds'.
+    assert result["delta_m_percent"]["equal"] == pytest.approx(50 * (rel["equal", 0].mean() + rel["equal", 1].mean()))
+    assert result["seeds_per_row"]["equal"] == [0, 1] and result["seeds_per_row"]["pcgrad"] == [0]
+    assert result["delta_m_tasks"] == list(TASKS)
+
+
+def test_every_method_has_a_row_even_without_runs():
+    cells, _ = _cells(np.random.default_rng(1))
+    _, lines = qm9_gnn.build_report(cells, ["equal", "pcgrad", "nash_mtl"], TASKS, UNITS, SETUP, {},
+                                    missing=["nash_mtl-s0"])
+    for label in ("single-task", "equal (LS)", "PCGrad", "Nash-MTL"):
+        assert sum(line.startswith(f"| {label} |") for line in lines) == 1, label
+    nash = next(line for line in lines if line.startswith("| Nash-MTL |"))
+    assert set(nash.strip("| ").split(" | ")[1:]) <= {"–", ""}  # no numbers where nothing ran
+    assert any("nash_mtl-s0" in line for line in lines)
+    assert qm9_gnn.PUBLISHED_NOTE_MD in lines  # the note on the paper's rows comes from the script
+
+
+def test_delta_m_only_over_targets_with_a_single_task_model():
+    cells, _ = _cells(np.random.default_rng(2))
+    cells["single-task"] = {0: {"a": 2.0}, 1: {"a": 4.0, "c": 1.0}}  # per target: mean over the seeds it has
+    cells["equal"] = {0: {"a": 4.5, "b": 1.0, "c": 0.5}}
+    result, _ = qm9_gnn.build_report(cells, ["equal"], TASKS, UNITS, SETUP, {})
+    assert result["test_mae_mean"]["single-task"] == {"a": 3.0, "c": 1.0}
+    assert result["delta_m_tasks"] == ["a", "c"]
+    assert result["delta_m_percent"]["equal"] == pytest.approx(100 * ((4.5 - 3) / 3 + (0.5 - 1) / 1) / 2)

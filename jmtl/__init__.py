@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 _SUBPACKAGES = ("data", "metrics", "models", "plotting", "tasks", "training", "weighting")
 _ATTRIBUTES = {

@@ -128,6 +128,9 @@ def test_mistakes_are_named(tmp_path):
     with pytest.raises(contract.ContractError, match="shared"):
         jmtl.fit(Model(), TASKS, arrays, validation=arrays, test=arrays, workdir=tmp_path / "f", batch_size=30,
                  num_steps=2, weighting="pcgrad", input_key="x", progress_bar=False)  # no `shared` subtree
+    with pytest.raises(TypeError, match=r"pass an instance: fit\(Model\(\)"):
+        jmtl.fit(Model, TASKS, arrays, validation=arrays, test=arrays, workdir=tmp_path / "h", batch_size=30,
+                 num_steps=2)
     bad = dict(arrays, kind=arrays["kind"] + 1)  # class id 3 with 3 classes
     with pytest.raises(Exception, match="class id 3|span"):
         _fit(tmp_path / "g", bad, num_steps=2, batch_size=30)

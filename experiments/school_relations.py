@@ -118,9 +118,14 @@ def train_variant(variant: str, split: int, data_dir, method: str = "", override
     test = data.pooled("test")
     outputs = exp.model.apply({"params": state.params}, test["x"], train=False)
     pred = school.own_task_predictions(jax.device_get(outputs), data.task_names, test["school"])
+    # The same on the students it trained on: a train EV far above the test EV is overfitting.
+    train = data.pooled("train")
+    train_out = exp.model.apply({"params": state.params}, train["x"], train=False)
+    train_pred = school.own_task_predictions(jax.device_get(train_out), data.task_names, train["school"])
     rec = {
         "variant": variant, "method": method or config.weighting.name, "split": split,
         "overrides": overrides or {}, "test_ev": metrics.explained_variance(test["y"], pred),
+        "train_ev": metrics.explained_variance(train["y"], train_pred),
         "wall_s": wall, "steps": summary["steps"], "steps_per_s": summary["steps_per_s"],
         "train_time_per_eval_s": summary["train_time_per_eval_s"],
     }
@@ -181,18 +186,52 @@ def parse_splits(text: str) -> list[int]:
     return out
 
 
-MAIN_RUNS = (
-    # (label, variant, overrides): every split
-    ("hard sharing, linear 28->16", "hps_linear", {}),
-    *[(f"W, alpha={a:g}", "relation", {"model.relation_alpha": a}) for a in (1e-4, 1e-3, 1e-2, 1e-1)],
-    ("MTRL (linear heads on x)", "mtrl", {}),
-)
+# alpha of alpha |W|_F^2. The losses are in squared exam-score units (summed over 139 tasks, ~1.4e4
+# at the start) and |W|_F^2 = 139 at W = I: alpha 1e-4 ... 1e-1 left W and the EV unchanged on split 1
+# (relations.md), so the sweep covers 1 ... 100 (a split-1 scan to 1000: the alpha=1000 row).
+ALPHAS = (1.0, 10.0, 100.0)
+
+
+def main_runs(alphas=ALPHAS) -> tuple:
+    """(label, variant, overrides) of the rows run on every split."""
+    return (
+        ("hard sharing, linear 28->16", "hps_linear", {}),
+        # the control of the W rows: the same model and minibatch without W
+        (NO_W, "hps_hidden", {}),
+        *[(f"W, alpha={a:g}", "relation", {"model.relation_alpha": a}) for a in alphas],
+        ("MTRL (linear heads on x)", "mtrl", {}),
+        # the minibatch's own effect: the first row at the W rows' batch
+        (HARD_512, "hps_linear", {"batch_size": 512}),
+    )
+
+
+def full_batch_runs() -> tuple:
+    """(label, variant, overrides) of ``--full-batch``: the no-W control and W at alpha 1 on every
+    training student per step (the protocol of the hard-sharing row), affordable since the step fix."""
+    from experiments.configs import school_tasks
+
+    return (
+        (NO_W_FULL, "hps_hidden", {"batch_size": school_tasks.FULL_BATCH}),
+        (W1_FULL, "relation", {"model.relation_alpha": 1.0, "batch_size": school_tasks.FULL_BATCH}),
+    )
+
+
 CONTROL_RUNS = (
     # the first split only (the CPU budget): the controls of the rows above
     ("independent (GD, in the loop)", "independent", {}),
     ("hard sharing, ReLU 28->32", "hps_mlp", {}),
-    ("hard sharing + per-task ReLU 8 (no W)", "hps_hidden", {}),
 )
+
+
+def relation_stats(w: np.ndarray) -> dict:
+    """What the heatmap shows, in numbers: the diagonal, the off-diagonal entries, the distance from
+    the identity (W's initialisation) and the row sums (z_i's total weight on the h_j)."""
+    w = np.asarray(w, float)
+    off = w[~np.eye(len(w), dtype=bool)]
+    return {"diag_mean": float(np.diag(w).mean()), "offdiag_abs_mean": float(np.abs(off).mean()),
+            "offdiag_abs_max": float(np.abs(off).max()), "frobenius": float(np.linalg.norm(w)),
+            "dist_from_identity": float(np.linalg.norm(w - np.eye(len(w)))),
+            "row_sum_mean": float(w.sum(axis=1).mean())}
 
 
 def mean_std(values) -> dict:
@@ -220,11 +259,15 @@ def main_mode(args) -> None:
             with partial_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(f"split {split} closed forms: " + ", ".join(f"{k} {100 * v['test_ev']:.2f}" for k, v in cf.items()), flush=True)
-        runs = MAIN_RUNS + (CONTROL_RUNS if split == splits[0] and args.controls else ())
+        alphas = tuple(float(a) for a in args.alphas.split(",")) if args.alphas else ALPHAS
+        runs = main_runs(alphas) + (full_batch_runs() if args.full_batch else ()) + (
+            CONTROL_RUNS if split == splits[0] and args.controls else ())
         for label, variant, overrides in runs:
             if (only and variant not in only) or (label, split) in done:
                 continue
             rec = {"label": label, **train_variant(variant, split, args.data_dir, overrides=overrides)}
+            if rec.get("relation") is not None:
+                rec["relation_stats"] = relation_stats(np.asarray(rec["relation"]))
             if split != splits[0]:  # the matrices of the first split are kept for the heatmaps
                 rec.pop("relation", None)
                 rec.pop("mtrl_omega", None)
@@ -233,6 +276,58 @@ def main_mode(args) -> None:
                 f.write(json.dumps(rec) + "\n")
             print(f"split {split} {label}: EV {100 * rec['test_ev']:.2f} %, {rec['wall_s']:.1f} s", flush=True)
     write_main(records, common)
+
+
+NO_W = "hard sharing + per-task ReLU 8 (no W)"
+HARD = "hard sharing, linear 28->16"
+HARD_512 = "hard sharing, linear 28->16, minibatch 512"
+NO_W_FULL = NO_W + ", full batch"
+W1_FULL = "W, alpha=1, full batch"
+
+
+def row_order(label: str) -> tuple:
+    """Closed forms, hard sharing (full batch, then minibatch), the no-W control, W by alpha, the rest."""
+    if label.startswith(("single_task", "pooled")):
+        return (0, float(label.startswith("pooled")), label)
+    fixed = {HARD: 1, HARD_512: 2, NO_W: 3, NO_W_FULL: 5, W1_FULL: 6}
+    if label in fixed:
+        return (fixed[label], 0.0, label)
+    if label.startswith("W, alpha="):
+        return (4, float(label.split("=")[1].split(",")[0]), label)
+    return (7, 0.0, label)
+
+
+def paired_differences(records: list[dict]) -> list[dict]:
+    """Each W row against the no-W control and against hard sharing (full batch and minibatch 512),
+    and hard sharing's minibatch against its full batch: per-split differences on common splits."""
+    ev: dict[str, dict[int, float]] = {}
+    for r in records:
+        if r["label"] != "closed":
+            ev.setdefault(r["label"], {})[r["split"]] = 100.0 * r["test_ev"]
+    pairs = [(HARD_512, HARD), (NO_W, HARD_512)]
+    for label in sorted((k for k in ev if k.startswith("W, alpha=") and k != W1_FULL), key=row_order):
+        pairs += [(label, NO_W), (label, HARD_512), (label, HARD)]
+    pairs += [(NO_W_FULL, NO_W), (W1_FULL, NO_W_FULL), (W1_FULL, "W, alpha=1"), (W1_FULL, HARD)]
+    out = []
+    for row, ref in pairs:
+        common_splits = sorted(set(ev.get(row, {})) & set(ev.get(ref, {})))
+        if len(common_splits) < 2:  # one split is no comparison
+            continue
+        d = np.array([ev[row][s] - ev[ref][s] for s in common_splits])
+        out.append({"row": row, "reference": ref, "mean": float(d.mean()), "std": float(d.std(ddof=1)),
+                    "wins": int((d > 0).sum()), "n": len(d), "splits": common_splits})
+    return out
+
+
+def relation_summary(records: list[dict]) -> dict:
+    """label -> (splits, mean of :func:`relation_stats` over them) for the W rows."""
+    acc: dict[str, list[dict]] = {}
+    for r in records:
+        st = r.get("relation_stats") or (relation_stats(np.asarray(r["relation"])) if r.get("relation") is not None else None)
+        if st is not None:
+            acc.setdefault(r["label"], []).append(st)
+    return {k: (len(v), {s: float(np.mean([x[s] for x in v])) for s in v[0]})
+            for k, v in sorted(acc.items(), key=lambda kv: row_order(kv[0]))}
 
 
 def write_main(records: list[dict], common) -> None:
@@ -249,7 +344,7 @@ def write_main(records: list[dict], common) -> None:
         if r["label"] != "closed":
             times.setdefault(r["label"], []).append(r["wall_s"])
             row_splits.setdefault(r["label"], []).append(r["split"])
-    table = {k: mean_std(v) for k, v in rows.items()}
+    table = {k: mean_std(v) for k, v in sorted(rows.items(), key=lambda kv: row_order(kv[0]))}
     # The paired baseline: single-task ridge (train minus validation, the loop's data) on the row's splits.
     ridge90 = {r["split"]: r["single_task"]["test_ev_train90"] for r in records if r["label"] == "closed"}
     for k, sp in row_splits.items():
@@ -261,8 +356,15 @@ def write_main(records: list[dict], common) -> None:
         "",
         "Rows in the loop: Adam (lr 1e-2, 300 steps) on the training students minus a 10 % per-school "
         "validation carve, final params (no selection); configs in `experiments/configs/school_tasks.py`. "
-        "Full batch (each task's loss its exact mean over its own students) except the W rows and their "
-        "no-W control, minibatches of 512 (the full-batch relation step did not fit the CPU budget at K = 139). "
+        "Full batch (each task's loss its exact mean over its own students) except the W rows, their "
+        "no-W control ('+ per-task ReLU 8') and the row marked 'minibatch 512': minibatches of 512 students "
+        "(about 3.7 per school). The W rows kept the minibatch after the step fix "
+        "(`results/school/relation_step_time.md`: 48 ms per W step at batch 512, 0.41 s at the full batch, "
+        "i.e. about 2 min per 300-step run, 10 splits x 3 alphas did not fit the CPU budget); the "
+        "'minibatch 512' hard-sharing row measures what the minibatch alone costs, and the two rows marked "
+        "'full batch' (W at alpha 1 and its no-W control, on the splits listed) what it costs the W model. "
+        "The W rows at alpha 1e-4 ... 1e-1 ran before that fix (their wall times are the slow step's; "
+        "their values are unchanged by it, `tests/test_relation_speed.py`). "
         "Closed-form rows: ridge lambda picked on the validation carve from "
         f"{', '.join(f'{g:g}' for g in RIDGE_GRID)}, then refit.",
         "",
@@ -274,6 +376,25 @@ def write_main(records: list[dict], common) -> None:
         same = f"{v['single_task_same_splits']:.2f}" if "single_task_same_splits" in v else "—"
         n = f"{v['n']} ({', '.join(str(s + 1) for s in v['splits'])})" if "splits" in v else str(v["n"])
         lines.append(f"| {k} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} |")
+    paired = paired_differences(records)
+    if paired:
+        lines += ["", "Paired by split (EV points, row minus reference, on the splits both ran; wins = splits "
+                  "where the row is higher):", "",
+                  "| row | reference | mean difference ± s.d. | wins | splits |", "|---|---|---|---|---|"]
+        for p in paired:
+            lines.append(f"| {p['row']} | {p['reference']} | {p['mean']:+.2f} ± {p['std']:.2f} | "
+                         f"{p['wins']} / {p['n']} | {p['n']} |")
+    w_stats = relation_summary(records)
+    if w_stats:
+        lines += ["", "The learned W (mean over the row's splits; W starts at the identity, |I|_F = "
+                  f"{np.sqrt(139):.1f}): the diagonal, the off-diagonal |W_ij|, the Frobenius norm, the "
+                  "distance from I, and the mean row sum (the total weight of z_i on the h_j):", "",
+                  "| row | splits | diag mean | off-diag mean abs | off-diag max abs | norm F | norm F of W - I | row sum mean |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for label, (n, st) in w_stats.items():
+            lines.append(f"| {label} | {n} | {st['diag_mean']:.3f} | {st['offdiag_abs_mean']:.3f} | "
+                         f"{st['offdiag_abs_max']:.3f} | {st['frobenius']:.2f} | {st['dist_from_identity']:.2f} | "
+                         f"{st['row_sum_mean']:.3f} |")
     heat = []
     # Matrices of the first split only (a later invocation's first split keeps its own too).
     split0 = min((r["split"] for r in records), default=0)
@@ -295,7 +416,8 @@ def write_main(records: list[dict], common) -> None:
               "file rendered from that log by the command below. Per-run records (EV, wall time, steps / s): "
               "`relations.json`; the 139 x 139 matrices of split 1: `relation_matrices.npz`."]
     slim = [{k: v for k, v in r.items() if k not in ("relation", "mtrl_omega")} for r in records]
-    prov = common.write_outputs(OUT / "relations", {"table": table, "runs": slim, "heatmaps": heat}, lines)
+    prov = common.write_outputs(OUT / "relations", {"table": table, "paired": paired, "runs": slim, "heatmaps": heat,
+                                                    "relation_stats": {k: {"n": n, **st} for k, (n, st) in w_stats.items()}}, lines)
     # The full matrices (139 x 139) of the first split, for re-plotting.
     mats = {f"{r['label']}": r["relation"] for r in first}
     mats.update({f"{r['label']} omega": r["mtrl_omega"] for r in records if r.get("mtrl_omega") is not None and r["split"] == split0})
@@ -417,7 +539,7 @@ def steptime_mode(args) -> None:
         for label, variant, former in STEPTIME_ROWS:
             if former and batch_size > args.former_max_batch:
                 rows.append({"label": label, "variant": variant, "batch_size": batch_size, "former": former,
-                             "skipped": f"not run above batch {args.former_max_batch} (8 GB and > 40 s / step before)"})
+                             "skipped": f"not timed above batch {args.former_max_batch} (before the fix: 10 steps unfinished after 7 min, 8 GB)"})
                 continue
             config = school_tasks.get_config(variant)
             config.dataset.data_dir = str(args.data_dir)
@@ -493,6 +615,8 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dir", default=os.environ.get("JMTL_DATA_DIR", ""))
     ap.add_argument("--splits", default="0-9")
     ap.add_argument("--only", default="", help="comma list of variants to run (default all)")
+    ap.add_argument("--alphas", default="", help="main: comma list of W's alpha (default ALPHAS)")
+    ap.add_argument("--full-batch", action="store_true", help="main: also the full-batch no-W and W (alpha 1) rows")
     ap.add_argument("--controls", action="store_true", help="also the control rows, on the first split")
     ap.add_argument("--resume", action="store_true", help="skip runs already in the *_partial.jsonl")
     ap.add_argument("--split", type=int, default=0)

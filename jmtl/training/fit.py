@@ -140,6 +140,9 @@ def fit(
     else:
         steps_per_epoch = _steps_per_epoch(sources, num_epochs, num_steps)
         sources, first_batch = _peek(sources, seed)
+        if batch_size is None:  # recorded (config.json) and checked against the device count
+            first = next(iter(first_batch.values()))
+            config.batch_size = len(jax.tree.leaves(first.get(step_cfg.input_key, first))[0])
     weighting_tx = (builders.weighting(weighting, dict(weighting_kwargs or {}), tasks, steps_per_epoch,
                                        learning_rate=_learning_rate(optimizer))
                     if isinstance(weighting, str) else weighting)

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from jmtl import data as data_lib
 from jmtl import plotting, tasks as tasks_lib
 from jmtl.tasks import Task
-from jmtl.training import builders, checkpoint, config_schema, contract, evaluate, metric_writers, parallel
+from jmtl.training import builders, checkpoint, config_schema, contract, evaluate, metric_writers, packing, parallel
 from jmtl.training import workdir as workdir_lib
 from jmtl.training import seeds as seeds_lib
 from jmtl.training import step as step_lib
@@ -341,7 +341,10 @@ class _Trainer:
         e = experiment
         make_step = lambda ax: step_lib.make_train_step(e.model, e.tasks, e.weighting, e.optimizer, e.step_config,
                                                         axis_name=ax)
-        self.train_step = self.driver.compile_step(self.seed_axis.wrap_step(make_step))
+        # Many label entries (one per task) travel as a few stacked arrays (jmtl/training/packing.py).
+        self.packer = packing.LeafPacker()
+        seeded_step = self.seed_axis.wrap_step(make_step)
+        self.train_step = self.driver.compile_step(lambda ax: self.packer.wrap(seeded_step(ax)))
         self.evaluator = experiment.make_evaluator(self.driver, self.seed_axis)
         inits = [step_lib.init_state(e.model, e.weighting, e.optimizer, e.example_input, len(e.tasks), s,
                                       shared=e.step_config.shared)
@@ -523,7 +526,7 @@ class _Trainer:
             if not first_batch_checked:
                 self.check_first_batch(batch)
                 first_batch_checked = True
-            state, metrics = self.train_step(state, self.driver.shard_batch(batch))
+            state, metrics = self.train_step(state, self.driver.shard_batch(self.packer.pack(batch)))
             step += 1
             if self.exp.interval_train_stats:  # device arrays, fetched once per evaluation
                 interval.append((metrics["losses"], metrics["weights"]))
@@ -638,9 +641,14 @@ def _with_new_defaults(saved: Optional[dict], config) -> Optional[dict]:
     return saved
 
 
+SUMMARY_TASKS = 8  # tasks printed at the end of a run; the rest are in summary.json
+
+
 def format_summary(s: dict) -> str:
     lines = [f"done: {s['steps']} steps ({s['epochs']:.1f} epochs) in {s['wall_time_s']:.1f}s, {s['steps_per_s']:.1f} steps/s"]
     for label, res in (("final test", s["final"].get("test", {})), ("best-val test", s["best_validation"].get("test", {}))):
-        parts = [f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()) for t, m in res.items()]
+        parts = [f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()) for t, m in list(res.items())[:SUMMARY_TASKS]]
+        if len(res) > SUMMARY_TASKS:
+            parts.append(f"... {len(res) - SUMMARY_TASKS} more tasks in summary.json")
         lines.append(f"{label}: " + " | ".join(parts))
     return "\n".join(lines)

@@ -368,14 +368,21 @@ def write_main(records: list[dict], common) -> None:
         "Closed-form rows: ridge lambda picked on the validation carve from "
         f"{', '.join(f'{g:g}' for g in RIDGE_GRID)}, then refit.",
         "",
-        "| model | EV % (mean ± s.d.) | splits | single-task ridge (train minus validation) on the same splits | wall s / run (median) |",
-        "|---|---|---|---|---|",
+        "| model | EV % (mean ± s.d.) | splits | single-task ridge (train minus validation) on the same splits | wall s / run (median) | train EV % (runs recording it) |",
+        "|---|---|---|---|---|---|",
     ]
+    train_ev: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("train_ev") is not None:
+            train_ev.setdefault(r["label"], []).append(100.0 * r["train_ev"])
+    for k, v in train_ev.items():
+        table[k]["train_ev_mean"], table[k]["train_ev_n"] = float(np.mean(v)), len(v)
     for k, v in table.items():
         t = f"{np.median(times[k]):.1f}" if k in times else "< 1 (numpy)"
         same = f"{v['single_task_same_splits']:.2f}" if "single_task_same_splits" in v else "—"
         n = f"{v['n']} ({', '.join(str(s + 1) for s in v['splits'])})" if "splits" in v else str(v["n"])
-        lines.append(f"| {k} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} |")
+        tr = f"{v['train_ev_mean']:.2f} ({v['train_ev_n']})" if "train_ev_mean" in v else "—"
+        lines.append(f"| {k} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} | {tr} |")
     paired = paired_differences(records)
     if paired:
         lines += ["", "Paired by split (EV points, row minus reference, on the splits both ran; wins = splits "

@@ -131,6 +131,9 @@ def test_mistakes_are_named(tmp_path):
     with pytest.raises(TypeError, match=r"pass an instance: fit\(Model\(\)"):
         jmtl.fit(Model, TASKS, arrays, validation=arrays, test=arrays, workdir=tmp_path / "h", batch_size=30,
                  num_steps=2)
+    with pytest.raises(ValueError, match="no field.*learnig_rate"):
+        jmtl.fit(Model(), TASKS, arrays, validation=arrays, test=arrays, workdir=tmp_path / "i", batch_size=30,
+                 num_steps=2, optimizer={"learnig_rate": 1e-2}, step_config=STEP)
     bad = dict(arrays, kind=arrays["kind"] + 1)  # class id 3 with 3 classes
     with pytest.raises(Exception, match="class id 3|span"):
         _fit(tmp_path / "g", bad, num_steps=2, batch_size=30)

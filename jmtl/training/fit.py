@@ -111,7 +111,7 @@ def fit(
         raise TypeError(f"fit() got unknown argument(s) {unknown}; config fields: {sorted(config)}")
     for key, value in config_overrides.items():
         if isinstance(value, Mapping):
-            config[key].update(value)
+            _update_known(config[key], value, key)
         else:
             config[key] = value
     config.seed, config.num_seeds = seed, num_seeds
@@ -327,12 +327,20 @@ def _learning_rate(optimizer) -> Optional[float]:
 
 def _optimizer(optimizer, config, steps_per_epoch: int) -> optax.GradientTransformation:
     if optimizer is None or isinstance(optimizer, Mapping):
-        config.optimizer.update(dict(optimizer or {}))
+        _update_known(config.optimizer, dict(optimizer or {}), "optimizer")
         return builders.optimizer(config.optimizer, steps_per_epoch)
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise TypeError(f"optimizer must be an optax GradientTransformation or a dict, got {type(optimizer).__name__}")
     config.optimizer.name = "custom"
     return optimizer
+
+
+def _update_known(node, values: Mapping[str, Any], where: str) -> None:
+    """``node.update(values)``, refusing keys the config does not have (a typo would be ignored)."""
+    unknown = sorted(set(values) - set(node))
+    if unknown:
+        raise ValueError(f"{where} has no field(s) {unknown}; its fields: {sorted(node)}")
+    node.update(dict(values))
 
 
 def _fingerprint(sources: Mapping, eval_splits: Mapping) -> str:

@@ -189,9 +189,16 @@ def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods
               PUBLISHED_NOTE_MD, "", head, sep]
     for name, (vals, d) in PUBLISHED.items():
         lines.append(f"| {name} | " + " | ".join(fmt(v) for v in vals) + f" | {fmt(d)} |")
-    lines += ["", "Wall time per cell (s, this shared machine; * = trained by an earlier invocation into the same "
-              "workdir, read back here): " + ", ".join(f"{k}{'*' if k in reused else ''} {v:.0f}"
-                                                      for k, v in times.items())]
+    if times and set(times) <= set(reused):
+        # Every cell read back: the provenance below dates this report, not the training.
+        done = sorted((finished or {}).values())
+        when = f", finished between {done[0]} and {done[-1]} (UTC)" if done else ""
+        lines += ["", f"Wall time per cell (s, this shared machine; all cells trained by earlier invocations into "
+                  f"the same workdir{when} and read back here): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())]
+    else:
+        lines += ["", "Wall time per cell (s, this shared machine; * = trained by an earlier invocation into the same "
+                  "workdir, read back here): " + ", ".join(f"{k}{'*' if k in reused else ''} {v:.0f}"
+                                                          for k, v in times.items())]
     if missing:
         lines += ["", "Cells without a finished run (left out of the means): " + ", ".join(missing)]
     return result, lines

@@ -359,8 +359,8 @@ def write_main(records: list[dict], common) -> None:
         "Full batch (each task's loss its exact mean over its own students) except the W rows, their "
         "no-W control ('+ per-task ReLU 8') and the row marked 'minibatch 512': minibatches of 512 students "
         "(about 3.7 per school). The W rows kept the minibatch after the step fix "
-        "(`results/school/relation_step_time.md`: 48 ms per W step at batch 512, 0.41 s at the full batch, "
-        "i.e. about 2 min per 300-step run, 10 splits x 3 alphas did not fit the CPU budget); the "
+        "(`results/school/relation_step_time.md`: 30-50 ms per W step at batch 512, 0.3-0.4 s at the full "
+        "batch, i.e. 2-3 min per 300-step run with compilation: 10 splits x 3 alphas did not fit the CPU budget); the "
         "'minibatch 512' hard-sharing row measures what the minibatch alone costs, and the two rows marked "
         "'full batch' (W at alpha 1 and its no-W control, on the splits listed) what it costs the W model. "
         "The W rows at alpha 1e-4 ... 1e-1 ran before that fix (their wall times are the slow step's; "
@@ -408,8 +408,10 @@ def write_main(records: list[dict], common) -> None:
     first = [r for r in records if r.get("relation") is not None and r["split"] == split0]
     for r in first:
         a = r["overrides"].get("model.relation_alpha")
-        p = heatmap(np.asarray(r["relation"]), OUT / f"relation_W_alpha{a:g}_split{r['split']}.png",
-                    f"learned W (alpha={a:g}, split {r['split'] + 1}), clustered; colour scale: off-diagonal 99th pct")
+        batch = r["overrides"].get("batch_size")
+        tag, note = (f"_batch{batch}", f", batch {batch}") if batch else ("", "")
+        p = heatmap(np.asarray(r["relation"]), OUT / f"relation_W_alpha{a:g}{tag}_split{r['split']}.png",
+                    f"learned W (alpha={a:g}{note}, split {r['split'] + 1}), clustered; colour scale: off-diagonal 99th pct")
         heat.append(str(p.relative_to(ROOT)))
     for r in records:
         if r.get("mtrl_omega") is not None and r["split"] == split0:
@@ -592,6 +594,11 @@ def steptime_mode(args) -> None:
         "O(K^2 B H) work and memory (139 pads of 2.2 MB at batch 512; of 46 MB at the full batch, the 8 GB "
         "seen before). `jnp.unstack`'s backward is one concatenation. Forward values and gradients are "
         "unchanged (`tests/test_relation_speed.py`).",
+        "",
+        "What W still costs is the mixing's arithmetic: z = W h is 2 K^2 B H flops forward (K = 139, H = 8: "
+        f"{2 * 139**2 * 8 * 512 / 1e9:.2f} GFLOP at batch 512, {2 * 139**2 * 8 * school_tasks.FULL_BATCH / 1e9:.1f} "
+        "at the full batch; about three times that with the backward pass), against 2 K B 16 H for the per-task "
+        f"layers it mixes ({2 * 139 * 16 * 8 * school_tasks.FULL_BATCH / 1e9:.2f} GFLOP at the full batch).",
         "",
         "| model | batch | ms / step (median) | × hard sharing at that batch | temp MiB | compile s |",
         "|---|---|---|---|---|---|",

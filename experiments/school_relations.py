@@ -450,6 +450,10 @@ def index_provenance(paths, prov: dict) -> None:
 
 
 def catalogue_mode(args) -> None:
+    """Every weighting method at K = 139 in the loop on one split: whether it runs, its step time, and
+    (on a real schedule) its test explained variance. ``--name`` names the outputs
+    (``results/school/<name>.{json,md}``, records in ``<name>_partial.jsonl``); an existing record
+    file is continued only with ``--resume``, and only under the same schedule."""
     from jmtl import weighting
 
     from experiments.bench import common
@@ -459,9 +463,14 @@ def catalogue_mode(args) -> None:
     half = max(1, args.steps // 2)
     overrides = {"batch_size": args.batch_size, "num_steps": 2 * half, "eval_every_steps": half,
                  "log_every_steps": half}
-    path = OUT / "catalogue_partial.jsonl"
+    path = OUT / f"{args.name}_partial.jsonl"
     OUT.mkdir(parents=True, exist_ok=True)
-    records = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if (args.resume and path.exists()) else []
+    if path.exists() and not args.resume:
+        raise SystemExit(f"{path} holds an earlier run's records: pass --resume to continue it, or --name for a new table")
+    records = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+    other = [r["method"] for r in records if r.get("overrides", overrides) != overrides or r.get("split", args.split) != args.split]
+    if other:
+        raise SystemExit(f"{path} was written under another schedule or split (methods {other[:5]}); use --name for a new table")
     done = {r["method"] for r in records}
     for m in methods:
         if m in done:
@@ -479,12 +488,26 @@ def catalogue_mode(args) -> None:
                    "error": f"{type(e).__name__}: {str(e)[:600]}", "where": tb[-3:] if len(tb) > 2 else tb,
                    "wall_s": time.perf_counter() - t0}
         rec.pop("relation", None)
+        rec["overrides"], rec["split"] = overrides, args.split
         records.append(rec)
         with path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(f"{m}: {rec['status']} " + (f"EV {100 * rec['test_ev']:.2f} %, {rec['wall_s']:.1f} s, "
                                          f"{rec['steps_per_s']:.2f} steps/s" if rec["status"] == "ran" else rec["error"][:200]), flush=True)
+    for r in records:
+        if r["status"] == "ran":
+            iv = r.get("train_time_per_eval_s") or []
+            r["s_per_step"] = iv[-1] / (r["steps"] / len(iv)) if len(iv) > 1 else r["wall_s"] / r["steps"]
+    trained = overrides["num_steps"] >= 100
     lines = [
+        f"# School, K = 139: the weighting catalogue (variant `{args.variant}`, split {args.split + 1}, "
+        f"{overrides['num_steps']} steps of batch {args.batch_size})", "",
+        "Every registered weighting method trained in the built-in loop at K = 139 tasks (Adam, lr 1e-2, final "
+        "params, no selection), with its test explained variance (pooled over the test students, as in "
+        "`relations.md`) and the loop's time per step (the second evaluation interval's training time / its "
+        "steps; the first holds the compilation). The compiled steps alone, timed round-robin, are in "
+        "`k139_step_time.md`.", "",
+    ] if trained else [
         f"# School, K = 139: the weighting catalogue (variant `{args.variant}`, split {args.split + 1}, "
         f"{overrides['num_steps']} steps of batch {args.batch_size})", "",
         "Whether each method builds, compiles and trains at K = 139 tasks in the built-in loop, and its step "
@@ -494,21 +517,25 @@ def catalogue_mode(args) -> None:
         "Timing caveat: one 3-step interval per method, on 2 CPU cores shared with other jobs (load average "
         "6-9 during these runs), so the s / step column carries noise of tens of % (e.g. `equal`, one backward "
         "pass, timed slower than `mgda`, 139 chunked backward passes); it bounds the cost (every method under "
-        "~1.6 s / step at batch 512) but ranks nothing. A paired round-robin timing "
-        "(`experiments/bench/common.py` `time_round_robin`) was not run for lack of CPU budget.", "",
-        "| method | status | s / step | first interval s (compile + steps) | wall s | note |",
-        "|---|---|---|---|---|---|",
+        "~1.6 s / step at batch 512) but ranks nothing. The compiled steps timed round-robin are in "
+        "`k139_step_time.md`.", "",
     ]
+    ran = [r for r in records if r["status"] == "ran"]
+    if trained:
+        lines += ["| rank | method | test EV % | loop s / step | wall s |", "|---|---|---|---|---|"]
+        for i, r in enumerate(sorted(ran, key=lambda r: -r["test_ev"]), 1):
+            lines.append(f"| {i} | `{r['method']}` | {100 * r['test_ev']:.2f} | {r['s_per_step']:.3f} | {r['wall_s']:.1f} |")
+    else:
+        lines += ["| method | status | s / step | first interval s (compile + steps) | wall s | note |",
+                  "|---|---|---|---|---|---|"]
+        for r in ran:
+            iv = r.get("train_time_per_eval_s") or [r["wall_s"]]
+            lines.append(f"| `{r['method']}` | ran | {r['s_per_step']:.3f} | {iv[0]:.1f} | {r['wall_s']:.1f} | |")
     for r in records:
-        if r["status"] == "ran":
-            iv = r.get("train_time_per_eval_s") or []
-            per_step = iv[-1] / (r["steps"] / len(iv)) if len(iv) > 1 else r["wall_s"] / r["steps"]
-            r["s_per_step"] = per_step
-            lines.append(f"| `{r['method']}` | ran | {per_step:.3f} | {iv[0]:.1f} | {r['wall_s']:.1f} | |")
-        else:
+        if r["status"] != "ran":
             lines.append(f"| `{r['method']}` | {r['status']} | — | — | {r['wall_s']:.1f} | {r['error'][:300].replace('|', '/')} |")
-    prov = common.write_outputs(OUT / "catalogue", {"runs": records, "overrides": overrides, "variant": args.variant,
-                                                    "split": args.split}, lines)
+    prov = common.write_outputs(OUT / args.name, {"runs": records, "overrides": overrides, "variant": args.variant,
+                                                  "split": args.split}, lines)
     index_provenance([path], prov)
 
 
@@ -636,6 +663,7 @@ def main(argv=None) -> None:
     ap.add_argument("--split", type=int, default=0)
     ap.add_argument("--variant", default="hps_linear")
     ap.add_argument("--methods", default="")
+    ap.add_argument("--name", default="catalogue", help="catalogue: output name under results/school/")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--batch-sizes", default="512,10321", help="steptime: batch sizes")

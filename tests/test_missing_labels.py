@@ -107,3 +107,36 @@ def test_training_with_one_task_labelled_on_ten_percent_of_examples():
                               shard_batch=lambda b: b, batch_size=128, num_devices=1)
     np.testing.assert_allclose(means["reg"]["mse"], want_mse, rtol=1e-4)
     assert evaluate.TASK_COUNT not in means["reg"]
+
+
+def test_a_task_without_labels_in_the_first_batch_is_warned_about(tmp_path):
+    """MGDA on batches where a task has no labels: its zero Jacobian row is the min-norm point, so the
+    run would silently not train; the loop says so. Equal weighting is not affected (no warning)."""
+    import warnings
+
+    import flax.linen as nn
+
+    import jmtl
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train: bool = False):
+            h = nn.Dense(4, name="shared")(x)
+            return {"a": nn.Dense(1)(h)[:, 0], "b": nn.Dense(1)(h)[:, 0]}
+
+    rng = np.random.default_rng(0)
+    n = 40
+    arrays = {"x": rng.normal(size=(n, 3)).astype(np.float32), "a": rng.normal(size=n).astype(np.float32),
+              "b": rng.normal(size=n).astype(np.float32), "b_mask": np.zeros(n, np.float32)}
+    arrays["b_mask"][-2:] = 1  # b labelled on 2 of 40 examples: most batches of 10 have none
+    tasks = [jmtl.Task("a", "regression", 1), jmtl.Task("b", "regression", 1)]
+    order = lambda seed: [{k: v[i:i + 10] for k, v in arrays.items()} for i in range(0, n, 10)]
+    for method, expect in (("mgda", True), ("equal", False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            jmtl.fit(Model(), tasks, order, validation=arrays, test=arrays, workdir=tmp_path / method, num_steps=2,
+                     weighting=method, input_key="x", progress_bar=False)
+        hits = [w for w in caught if "no labelled example in the first training batch" in str(w.message)]
+        assert bool(hits) == expect, (method, [str(w.message)[:80] for w in caught])
+        if expect:
+            assert "b" in str(hits[0].message) and "MGDA" in str(hits[0].message)

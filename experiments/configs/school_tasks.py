@@ -92,9 +92,10 @@ def get_config(arg=None):
         c.optimizer.name, c.optimizer.weight_decay = "adamw", 1e-4
     c.batch_size = FULL_BATCH
     if variant in ("relation", "hps_hidden"):
-        # At K = 139 the full-batch relation step did not finish 10 steps in 7 min on 2 shared CPU
-        # cores (8 GB resident): minibatches of 512 students (about 3.7 per school, so most tasks'
-        # losses are means over 0-4 students) keep it trainable here.
+        # Minibatches of 512 students (about 3.7 per school, so most tasks' losses are means over
+        # 0-4 students): the W rows of results/school/relations.md were run so. Since the mix_tasks
+        # fix the full batch runs too (0.30 s per step, results/school/relation_step_time.md), and
+        # overfits W (relations.md's full-batch rows).
         c.batch_size = 512
     c.num_steps = 300
     c.eval_every_steps = 300

@@ -13,8 +13,8 @@ ablation's (:mod:`jmtl.training.ablation`: the same cells, programs, resumption,
 ``table.md`` and plots; the single-task baselines use the shared-bottom encoder). A rerun under
 another config or other sizes in the same workdir is refused.
 
-Every evaluation record carries each binary task's split-level ROC AUC (:class:`WithSplitMetrics`
-wraps the loop's evaluator; where the loop already reports ``auc`` it is kept as is). Model selection
+Every evaluation record carries each binary task's split-level ROC AUC (the loop's evaluator computes
+it over the whole split, ``evaluate.split_level_metrics``). Model selection
 is the loop's (mean validation accuracy over the tasks) unless ``--select_on=income`` picks each
 seed's best evaluation by that task's validation AUC, as the paper selects on its main task.
 
@@ -34,12 +34,11 @@ import sys
 import traceback
 from pathlib import Path
 
-import jax
 from absl import app, flags, logging
 
 from experiments.bench.common import provenance, started_now, write_outputs
 from experiments.configs import census_common
-from jmtl.training import ablation, cli, config_schema, evaluate, loop, parallel
+from jmtl.training import ablation, cli, config_schema, loop, parallel
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir("A census config file (path[:method]).", "The grid's folder.")
 _METHODS = flags.DEFINE_string("methods", "equal", "Comma-separated weighting methods ('name@rep' allowed).")
@@ -66,54 +65,33 @@ def cells_for(config, methods: list[str], archs: list[str], task_names: list[str
     return cells
 
 
-class WithSplitMetrics:
-    """Wraps the loop's evaluator: adds each task's split-level metrics (``Task.split_metrics``:
-    ROC AUC for binary tasks, ``evaluate.split_level_metrics``) to every split's results, per seed,
-    where the evaluator did not already report them. Selection (``score``) is the inner one's, or
-    with ``select_on`` the validation AUC of that task (the MMoE paper selects on the main task's)."""
+class SelectOnAUC:
+    """The loop's evaluator (which already reports each binary task's split-level ROC AUC), with each
+    seed's best evaluation picked by ``select_on``'s validation AUC, as the MMoE paper selects on its
+    main task; a cell without that task (single-task marital) uses the mean AUC of its tasks."""
 
-    def __init__(self, inner, experiment, config, driver, seed_axis, select_on: str = ""):
-        self.inner, self.tasks, self.driver, self.seed_axis = inner, experiment.tasks, driver, seed_axis
-        self.select_on = select_on
-        self.arrays = inner.arrays
-        self.batch_size = config.eval_batch_size
-        self.predict = evaluate.make_predict(experiment.model, experiment.step_config)
+    def __init__(self, inner, tasks, select_on: str):
+        self.inner, self.tasks, self.select_on = inner, tasks, select_on
 
     def __call__(self, params, splits):
-        results = self.inner(params, splits)
-        missing = [(split, t) for split in splits for t in self.tasks
-                   if any(m.name not in results[0][split].get(t.name, {}) for m in t.split_metrics)]
-        if not missing:
-            return results
-        host = self.driver.unreplicate(params)
-        for i in range(len(results)):
-            p = jax.tree.map(lambda a: a[i], host) if self.seed_axis.stacked else host
-            for split in dict.fromkeys(s for s, _ in missing):
-                extra = evaluate.split_level_metrics(self.predict, p, self.arrays[split], self.tasks,
-                                                     batch_size=self.batch_size)
-                for task, metrics in extra.items():
-                    for name, value in metrics.items():
-                        results[i][split][task].setdefault(name, value)
-        return results
+        return self.inner(params, splits)
 
     def score(self, validation):
-        if not self.select_on:
-            return self.inner.score(validation)
         if self.select_on in validation:
             return float(validation[self.select_on]["auc"])
         return float(sum(validation[t.name]["auc"] for t in self.tasks) / len(self.tasks))
 
 
 def train(config, workdir, select_on: str = ""):
-    """:func:`jmtl.training.loop.train` with split-level metrics (test/validation AUC) in every
-    evaluation record and the selection of ``select_on`` (see :class:`WithSplitMetrics`)."""
+    """:func:`jmtl.training.loop.train`, with the selection of ``select_on`` when given (see
+    :class:`SelectOnAUC`)."""
     config_schema.validate_config(config)
     loop.check_workdir(workdir)
     parallel.maybe_initialize_distributed()
     experiment = loop.build_experiment(config)
-    make = experiment.make_evaluator
-    experiment.make_evaluator = lambda driver, axis: WithSplitMetrics(make(driver, axis), experiment, config, driver, axis,
-                                                                       select_on)
+    if select_on:
+        make = experiment.make_evaluator
+        experiment.make_evaluator = lambda driver, axis: SelectOnAUC(make(driver, axis), experiment.tasks, select_on)
     return loop.run(experiment, config, workdir)
 
 

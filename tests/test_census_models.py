@@ -178,13 +178,10 @@ def test_census_grid_cells_carry_each_architectures_sizes():
         census_common.apply_arch(config, "mtan")
 
 
-def test_grid_evaluator_adds_each_seeds_auc():
-    """census_grid.WithSplitMetrics: every seed's split AUC, from its own slice of the stacked
-    params, equals a brute-force pair count (ties 1/2); metrics the inner evaluator already gave
-    are kept."""
-    from types import SimpleNamespace
-
-    from jmtl.training import loop
+def test_loop_evaluator_gives_each_seeds_auc():
+    """The loop's evaluator with seeds trained together (what the census grid reports): every seed's
+    split AUC, from its own slice of the stacked params, equals a brute-force pair count (ties 1/2)."""
+    from jmtl.training import loop, parallel
     from jmtl.training.step import StepConfig
 
     model = _model("omoe")
@@ -194,36 +191,24 @@ def test_grid_evaluator_adds_each_seeds_auc():
     arrays = {"x": np.asarray(x), **labels}
     seeds = [_perturb(model.init(jax.random.PRNGKey(s), x)["params"], seed=s + 1) for s in range(2)]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *seeds)
-
-    class Inner:
-        def __init__(self):
-            self.arrays = {"validation": arrays, "test": arrays}
-
-        def __call__(self, params, splits):
-            return [{s: {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.5, "auc": -1.0}} for s in splits} for _ in seeds]
-
-        def score(self, validation):
-            return 0.0
-
-    driver = SimpleNamespace(unreplicate=lambda tree: jax.tree.map(np.asarray, tree))
-    exp = SimpleNamespace(tasks=TASKS, model=model, step_config=StepConfig(input_key="x"))
-    config = SimpleNamespace(eval_batch_size=16)  # several batches per split
-    ev = census_grid.WithSplitMetrics(Inner(), exp, config, driver, loop.SeedAxis(0, 2))
+    ev = loop.InMemoryEvaluator({"validation": arrays, "test": arrays}, TASKS, StepConfig(input_key="x"), model,
+                                16, parallel.Driver("single"), loop.SeedAxis(0, 2))  # several batches per split
     results = ev(stacked, ("test",))
     for i, p in enumerate(seeds):
-        score = np.asarray(model.apply({"params": p}, x)["a"], np.float64).reshape(-1)
-        y = labels["a"]
-        pos, neg = score[y == 1], score[y == 0]
-        brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
-        np.testing.assert_allclose(results[i]["test"]["a"]["auc"], brute, rtol=1e-6)
-        assert results[i]["test"]["b"]["auc"] == -1.0  # already there: not recomputed
+        out = model.apply({"params": p}, x)
+        for t in TASKS:
+            score = np.asarray(out[t.name], np.float64).reshape(-1)
+            y = labels[t.name]
+            pos, neg = score[y == 1], score[y == 0]
+            brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+            np.testing.assert_allclose(results[i]["test"][t.name]["auc"], brute, rtol=1e-6)
     assert results[0]["test"]["a"]["auc"] != results[1]["test"]["a"]["auc"]  # each seed its own params
 
 
 def test_census_grid_selects_on_the_main_task_auc():
     """--select_on=income: the best evaluation is the one with the highest income validation AUC,
     whatever the mean accuracy says; a cell without income (single-task marital) uses its own AUC."""
-    from experiments.census_grid import WithSplitMetrics
+    from experiments.census_grid import SelectOnAUC
     from jmtl.tasks import Task
 
     class Inner:  # the loop's selection: mean validation accuracy
@@ -234,10 +219,6 @@ def test_census_grid_selects_on_the_main_task_auc():
              {"income": {"auc": 0.95, "accuracy": 0.90}, "marital": {"auc": 0.98, "accuracy": 0.90}}]
     tasks = [Task("income", "binary", 1), Task("marital", "binary", 1)]
     pick = lambda w: max(range(len(evals)), key=lambda i: w.score(evals[i]))
-    by_auc, by_default = (WithSplitMetrics.__new__(WithSplitMetrics) for _ in range(2))
-    for w, select in ((by_auc, "income"), (by_default, "")):
-        w.inner, w.tasks, w.select_on = Inner(), tasks, select
-    assert pick(by_auc) == 1 and pick(by_default) == 0
-    single = WithSplitMetrics.__new__(WithSplitMetrics)
-    single.inner, single.tasks, single.select_on = Inner(), tasks[1:], "income"
+    assert pick(SelectOnAUC(Inner(), tasks, "income")) == 1 and pick(Inner()) == 0
+    single = SelectOnAUC(Inner(), tasks[1:], "income")
     assert single.score({"marital": {"auc": 0.97, "accuracy": 0.5}}) == 0.97

@@ -138,8 +138,8 @@ def fit(
             raise ValueError(f"batch_size {config.batch_size} is larger than the training set: no full batch per epoch")
         first_batch = {k: jax.tree.map(lambda v: v[:1], d.arrays("train")) for k, d in datasets.items()}
     else:
-        steps_per_epoch = _steps_per_epoch(sources, num_epochs, num_steps)
-        sources, first_batch = _peek(sources, seed)
+        sources, first_batch, sizes = _peek(sources, seed)
+        steps_per_epoch = _steps_per_epoch(sizes, num_epochs, num_steps)
         if batch_size is None:  # recorded (config.json) and checked against the device count
             first = next(iter(first_batch.values()))
             config.batch_size = len(jax.tree.leaves(first.get(step_cfg.input_key, first))[0])
@@ -148,8 +148,8 @@ def fit(
                     if isinstance(weighting, str) else weighting)
     if weighting_kwargs and not isinstance(weighting, str):
         raise ValueError("weighting_kwargs go with a weighting name; a transform already has its hyperparameters")
-    config.weighting = config_schema.method_config(weighting) if isinstance(weighting, str) else config.weighting
     if isinstance(weighting, str):
+        config.weighting = config_schema.method_config(weighting)
         config.weighting.hparams.update(dict(weighting_kwargs or {}))
     else:
         config.weighting.name = f"custom:{getattr(weighting, 'name', type(weighting).__name__)}"
@@ -172,20 +172,15 @@ def fit(
     config.model.encoder = f"user:{type(model).__module__}.{type(model).__qualname__}"
     config.model.arch = "user"
     config_schema.validate_config(config)
-    pid, nproc = jax.process_index(), jax.process_count()
 
     def train_iterator(s: int):
+        if arrays_train and not per_task_inputs:
+            return loop.dataset_batches(datasets[None], config.batch_size, s, meta_split)
         if arrays_train:
-            its = {k: d.train_iterator(config.batch_size, s, process_index=pid, process_count=nproc)
-                   for k, d in datasets.items()}
+            its = {k: loop.dataset_batches(d, config.batch_size, s) for k, d in datasets.items()}
         else:
             its = {k: ReplayIterator(src, s, name=f"train{f' ({k})' if k else ''}") for k, src in sources.items()}
-        it = data_lib.PerTaskBatches(its) if per_task_inputs else its[None]
-        if meta_split:
-            meta = datasets[None].train_iterator(config.batch_size, s + builders.META_SEED_OFFSET, split=meta_split,
-                                                 process_index=pid, process_count=nproc)
-            it = data_lib.WithMetaBatches(it, meta, prefix=step_lib.META_PREFIX)
-        return it
+        return data_lib.PerTaskBatches(its) if per_task_inputs else its[None]
 
     def make_evaluator(driver: parallel.Driver, seed_axis: loop.SeedAxis):
         if not per_task_inputs:
@@ -287,29 +282,27 @@ def _dataset(name: str, train_arrays: Mapping, eval_splits: Mapping, tasks: Sequ
     return data_lib.from_arrays(name, splits, input_key=input_key, labels=labels)
 
 
-def _peek(sources: Mapping, seed: int) -> tuple[dict, dict]:
-    """Each source's first batch (to initialise the model), without losing it from a one-shot iterator."""
-    out, first = {}, {}
+def _peek(sources: Mapping, seed: int) -> tuple[dict, dict, list[int]]:
+    """Each source's first batch (to initialise the model), without losing it from a one-shot
+    iterator, and the length of each sized one (batches per epoch)."""
+    out, first, sizes = {}, {}, []
     for key, src in sources.items():
-        if callable(src):
-            first[key], out[key] = next(iter(call_factory(src, seed, 0))), src
-        elif iter(src) is src:  # a generator: put the batch back in front
+        probe = call_factory(src, seed, 0) if callable(src) else src
+        if hasattr(probe, "__len__"):
+            sizes.append(len(probe))
+        if not callable(src) and iter(src) is src:  # a generator: put the batch back in front
             batch = next(src)
             first[key], out[key] = batch, itertools.chain([batch], src)
         else:
-            first[key], out[key] = next(iter(src)), src
+            first[key], out[key] = next(iter(probe)), src
         if not isinstance(first[key], Mapping):
             raise TypeError(f"the training data yielded a {type(first[key]).__name__}; each batch must be a dict "
                             "{entry name: array}")
-    return out, first
+    return out, first, sizes
 
 
-def _steps_per_epoch(sources: Mapping, num_epochs, num_steps) -> int:
-    sizes = []
-    for key, src in sources.items():
-        probe = call_factory(src, 0, 0) if callable(src) else src
-        if hasattr(probe, "__len__"):
-            sizes.append(len(probe))
+def _steps_per_epoch(sizes: Sequence[int], num_epochs, num_steps) -> int:
+    """Batches per epoch: the longest sized source's; an unsized one needs ``num_steps``."""
     if sizes:
         return max(1, max(sizes))
     if num_epochs is not None:

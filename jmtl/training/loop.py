@@ -184,16 +184,6 @@ def build_experiment(config) -> Experiment:
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
     step_cfg = builders.step_config(config, model, spec.input_key, spec.input_transform)
     meta_split = builders.meta_split(config, weighting)
-    pid, nproc = jax.process_index(), jax.process_count()
-
-    def train_iterator(seed: int):
-        it = dataset.train_iterator(config.batch_size, seed, process_index=pid, process_count=nproc)
-        if meta_split:
-            # Bilevel schemes get a second batch each step for their upper-level (validation) losses.
-            meta = dataset.train_iterator(config.batch_size, seed + builders.META_SEED_OFFSET, split=meta_split,
-                                          process_index=pid, process_count=nproc)
-            it = data_lib.WithMetaBatches(it, meta, prefix=step_lib.META_PREFIX)
-        return it
 
     return Experiment(
         name=config.dataset.name,
@@ -204,11 +194,24 @@ def build_experiment(config) -> Experiment:
         step_config=step_cfg,
         example_input=np.zeros((1,) + tuple(spec.input_shape), np.float32),
         steps_per_epoch=steps_per_epoch,
-        train_iterator=train_iterator,
+        train_iterator=lambda seed: dataset_batches(dataset, config.batch_size, seed, meta_split),
         make_evaluator=lambda driver, axis: InMemoryEvaluator(
             {split: dataset.arrays(split) for split in (VALIDATION, TEST)}, tasks, step_cfg, model,
             config.eval_batch_size, driver, axis, name=config.dataset.name),
     )
+
+
+def dataset_batches(dataset, batch_size: int, seed: int, meta_split: Optional[str] = None):
+    """Seed ``seed``'s resumable training batches of an in-memory dataset (this process's share), with
+    a second ("meta") batch from ``meta_split`` each step when a bilevel scheme needs one for its
+    upper-level (validation) losses."""
+    pid, nproc = jax.process_index(), jax.process_count()
+    it = dataset.train_iterator(batch_size, seed, process_index=pid, process_count=nproc)
+    if meta_split:
+        meta = dataset.train_iterator(batch_size, seed + builders.META_SEED_OFFSET, split=meta_split,
+                                      process_index=pid, process_count=nproc)
+        it = data_lib.WithMetaBatches(it, meta, prefix=step_lib.META_PREFIX)
+    return it
 
 
 # ---------------------------------------------------------------------------- seeds

@@ -499,17 +499,15 @@ def catalogue_mode(args) -> None:
             iv = r.get("train_time_per_eval_s") or []
             r["s_per_step"] = iv[-1] / (r["steps"] / len(iv)) if len(iv) > 1 else r["wall_s"] / r["steps"]
     trained = overrides["num_steps"] >= 100
-    lines = [
-        f"# School, K = 139: the weighting catalogue (variant `{args.variant}`, split {args.split + 1}, "
-        f"{overrides['num_steps']} steps of batch {args.batch_size})", "",
+    title = [f"# School, K = 139: the weighting catalogue (variant `{args.variant}`, split {args.split + 1}, "
+             f"{overrides['num_steps']} steps of batch {args.batch_size})", ""]
+    lines = title + [
         "Every registered weighting method trained in the built-in loop at K = 139 tasks (Adam, lr 1e-2, final "
         "params, no selection), with its test explained variance (pooled over the test students, as in "
         "`relations.md`) and the loop's time per step (the second evaluation interval's training time / its "
         "steps; the first holds the compilation). The compiled steps alone, timed round-robin, are in "
         "`k139_step_time.md`.", "",
-    ] if trained else [
-        f"# School, K = 139: the weighting catalogue (variant `{args.variant}`, split {args.split + 1}, "
-        f"{overrides['num_steps']} steps of batch {args.batch_size})", "",
+    ] if trained else title + [
         "Whether each method builds, compiles and trains at K = 139 tasks in the built-in loop, and its step "
         "time: the second evaluation interval's training time / its steps (the first interval holds the "
         "compilation: 'first interval s'). The schedule is too short to train (the test EV after it, kept in "

@@ -42,12 +42,34 @@ _ATTRIBUTES = {
 __all__ = ["__version__", *_SUBPACKAGES, *_ATTRIBUTES]
 
 
+# Modules of the optional extras (pyproject.toml) -> the extra that installs them. `pip install .` gives
+# the functional core and the step; the trainer (`fit`, `train`) and the datasets need more.
+_EXTRA_OF = {
+    "grain": "experiments", "tensorflow_datasets": "experiments", "array_record": "experiments",
+    "etils": "experiments", "importlib_resources": "experiments", "orbax": "experiments",
+    "ml_collections": "experiments", "tqdm": "experiments", "matplotlib": "experiments",
+    "tensorboardX": "tensorboard", "rdkit": "graphs", "scipy": "school",
+}
+
+
+def _import(module: str, name: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        raise ModuleNotFoundError(
+            f"jmtl.{name} needs {e.name!r}, which `pip install jmtl` leaves out. Fix: pip install 'jmtl[{extra}]' "
+            f"(from a checkout: pip install '.[{extra}]')", name=e.name) from e
+
+
 def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
-        return importlib.import_module(f"jmtl.{name}")
+        return _import(f"jmtl.{name}", name)
     if name in _ATTRIBUTES:
         module, attr = _ATTRIBUTES[name]
-        return getattr(importlib.import_module(module), attr)
+        return getattr(_import(module, name), attr)
     raise AttributeError(f"module 'jmtl' has no attribute {name!r}")
 
 

@@ -45,3 +45,16 @@ def test_pip_install_then_import_from_another_folder(tmp_path):
     assert version == __import__("jmtl").__version__
     assert int(n_methods) > 30
     assert losses == "[3.0, 3.0]"
+
+
+def test_trainer_without_its_extra_names_the_install_command():
+    """`pip install jmtl` gives the core; `jmtl.fit` / `jmtl.train` need the datasets and checkpoint
+    packages. Without them the error says which extra to install, not a bare ModuleNotFoundError."""
+    code = (
+        "import sys; sys.modules['grain'] = None\n"  # as if grain were not installed
+        "import jmtl\n"
+        "try:\n    jmtl.fit\nexcept ModuleNotFoundError as e:\n    print('MSG', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "MSG jmtl.fit needs 'grain'" in out.stdout, out.stdout + out.stderr
+    assert "pip install 'jmtl[experiments]'" in out.stdout

@@ -98,6 +98,8 @@ def fit(
     if not hasattr(model, "init") or not hasattr(model, "apply"):
         raise TypeError(f"model must be a Flax Linen module (with init/apply), got {type(model).__name__}; for "
                         "other JAX models write your own step around jmtl.mtl_value_and_grad")
+    loop.check_workdir(workdir)  # before any work, as loop.train
+    parallel.maybe_initialize_distributed()  # before anything touches a JAX backend (multi-host)
     tasks = tuple(tasks)
     if not tasks or not all(isinstance(t, Task) for t in tasks):
         raise TypeError("tasks must be a non-empty sequence of jmtl.Task, e.g. [jmtl.Task('price', 'regression', 1)]")
@@ -195,8 +197,6 @@ def fit(
         example_input=example_input, steps_per_epoch=steps_per_epoch, train_iterator=train_iterator,
         make_evaluator=make_evaluator,
     )
-    loop.check_workdir(workdir)
-    parallel.maybe_initialize_distributed()
     return loop.run(experiment, config, workdir)
 
 

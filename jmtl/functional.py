@@ -102,7 +102,15 @@ class MTLValueAndGrad:
         )
         needs_jacobian = self.weighting.requires in (weighting_lib.JACOBIAN, weighting_lib.GRAMIAN)
         path = gradient_paths.ParamJacobian(ctx) if needs_jacobian else gradient_paths.LossLevel(ctx)
-        key = jax.random.PRNGKey(0) if key is None else key
+        if key is None:
+            if self.weighting.needs_key:
+                # A default key would be the same at every step: RLW would become static weights,
+                # alternating would train one task, PCGrad one projection order.
+                raise ValueError(
+                    "this weighting scheme draws random numbers (needs_key=True) and key=None was given: pass a fresh "
+                    "PRNG key every step, e.g. vg(params, state, *args, key=jax.random.fold_in(key, step), step=step)"
+                )
+            key = jax.random.PRNGKey(0)  # never read: the scheme is deterministic and loss_fn takes no rng
         inputs = gradient_paths.StepInputs(
             params=params, params_local=to_varying(params, self.axis_name), batch=args, meta_batch={},
             dropout_rng=key, extra={}, weighting_state=weighting_state,
@@ -136,6 +144,9 @@ def mtl_value_and_grad(
 
     Returns:
       An :class:`MTLValueAndGrad`: call it as ``vg(params, weighting_state, *args, key=, step=)``.
+      Schemes that draw random numbers (``weighting.needs_key``: PCGrad's order, GradVac's,
+      GradDrop's masks, RLW, random, alternating) need a fresh ``key`` every step; ``key=None`` is
+      refused for them rather than silently reusing one key.
     """
     if isinstance(weighting, str):
         weighting = weighting_lib.get(weighting)

@@ -51,8 +51,6 @@ from jmtl.training import seeds as seeds_lib
 from jmtl.training import step as step_lib
 
 PyTree = Any
-# Schemes whose weights do not depend on the losses or gradients (a task absent from a batch is harmless).
-FIXED_WEIGHTS = ("equal", "sum", "mean", "static")
 # A run's splits: model selection looks at the first, the reported numbers come from the second.
 VALIDATION, TEST = "validation", "test"
 
@@ -521,7 +519,7 @@ class _Trainer:
         a solved task. Measured on School (139 tasks, ~3 absent from each batch of 512): MGDA's
         min-norm point is the zero row (no update; test EV -38.7 % vs 36.9 % on full batches), and
         FAMO's log-losses blow up (-261 % vs 38.0 %), results/school/catalogue_300steps*.md."""
-        if self.config.weighting.name in FIXED_WEIGHTS or self.exp.step_config.per_task_inputs:
+        if self.exp.weighting.fixed_weights or self.exp.step_config.per_task_inputs:
             return
         train_entries, _ = step_lib.split_meta(batch)
         empty = [t.name for t in self.exp.tasks if t.mask_key in train_entries

@@ -146,6 +146,11 @@ class WeightingTransform(NamedTuple):
     rep_level_ok: whether the scheme is meaningful on gradients w.r.t. the shared representation;
       schemes that are not refuse that mode.
     lookahead: the virtual step of a bilevel scheme (``requires='bilevel'``), else ``None``.
+    needs_key: whether ``update`` draws from its ``key`` (random orders, sampled weights or tasks);
+      callers must then pass a fresh key every step (:func:`jmtl.mtl_value_and_grad` refuses
+      ``key=None`` for such schemes instead of silently reusing one key).
+    fixed_weights: whether the weights never depend on the losses or gradients (equal, sum, mean,
+      static): a task without labels in a batch cannot distort them.
     """
 
     init: InitFn
@@ -154,6 +159,8 @@ class WeightingTransform(NamedTuple):
     init_params: Optional[Callable[[int], PyTree]] = None
     rep_level_ok: bool = True
     lookahead: Optional[Lookahead] = None
+    needs_key: bool = False
+    fixed_weights: bool = False
 
 
 class EmptyState(NamedTuple):

@@ -124,7 +124,7 @@ def pcgrad() -> WeightingTransform:
         coeffs = jax.vmap(surgery)(jnp.arange(k), perms)  # [K (i), K (m)]
         return weights_output(jnp.sum(coeffs, axis=0)), state
 
-    return WeightingTransform(stateless_init, update, GRAMIAN, rep_level_ok=False)
+    return WeightingTransform(stateless_init, update, GRAMIAN, rep_level_ok=False, needs_key=True)
 
 
 def imtl_g_weights(gram: Array) -> Array:

@@ -235,7 +235,7 @@ def gradvac(beta: float = 0.5, granularity: str = "whole_model") -> WeightingTra
         out = WeightingOutput(weights=None, direction=direction, extra_loss=jnp.zeros((), dtype))
         return out, GradVacState(targets=new_targets)
 
-    return WeightingTransform(init, update, JACOBIAN, rep_level_ok=False)
+    return WeightingTransform(init, update, JACOBIAN, rep_level_ok=False, needs_key=True)
 
 
 @register("graddrop")
@@ -268,7 +268,7 @@ def graddrop(leak: float = 0.0) -> WeightingTransform:
         direction = jnp.sum((leak + (1.0 - leak) * keep.astype(jacobian.dtype)) * jacobian, axis=0)
         return WeightingOutput(weights=None, direction=direction, extra_loss=jnp.zeros((), jacobian.dtype)), state
 
-    return WeightingTransform(stateless_init, update, JACOBIAN, rep_level_ok=True)
+    return WeightingTransform(stateless_init, update, JACOBIAN, rep_level_ok=True, needs_key=True)
 
 
 @register("trimmed_mean")

@@ -45,7 +45,7 @@ def equal() -> WeightingTransform:
     def update(losses, state, **_):
         return weights_output(jnp.ones_like(losses)), state
 
-    return WeightingTransform(stateless_init, update, LOSSES)
+    return WeightingTransform(stateless_init, update, LOSSES, fixed_weights=True)
 
 
 @register("static")
@@ -69,7 +69,7 @@ def static(weights: Sequence[float] | None = None) -> WeightingTransform:
             w = jnp.asarray(weights, losses.dtype)
         return weights_output(w), state
 
-    return WeightingTransform(stateless_init, update, LOSSES)
+    return WeightingTransform(stateless_init, update, LOSSES, fixed_weights=True)
 
 
 @register("uncertainty")
@@ -129,7 +129,7 @@ def alternating(probabilities: Optional[Sequence[float]] = None, scale: bool = F
             w = w * k
         return weights_output(w), state
 
-    return WeightingTransform(stateless_init, update, LOSSES)
+    return WeightingTransform(stateless_init, update, LOSSES, needs_key=True)
 
 
 @register("si")
@@ -219,7 +219,7 @@ def rlw() -> WeightingTransform:
         z = jax.random.normal(key, losses.shape, losses.dtype)
         return weights_output(losses.shape[0] * jax.nn.softmax(z)), state
 
-    return WeightingTransform(stateless_init, update, LOSSES)
+    return WeightingTransform(stateless_init, update, LOSSES, needs_key=True)
 
 
 @register("gls")
@@ -389,7 +389,7 @@ def mean() -> WeightingTransform:
         k = losses.shape[0]
         return weights_output(jnp.full((k,), 1.0 / k, losses.dtype)), state
 
-    return WeightingTransform(stateless_init, update, LOSSES)
+    return WeightingTransform(stateless_init, update, LOSSES, fixed_weights=True)
 
 
 @register("sum")
@@ -399,7 +399,7 @@ def sum_() -> WeightingTransform:
     def update(losses, state, **_):
         return weights_output(jnp.ones_like(losses)), state
 
-    return WeightingTransform(stateless_init, update, LOSSES)
+    return WeightingTransform(stateless_init, update, LOSSES, fixed_weights=True)
 
 
 @register("random")
@@ -416,7 +416,7 @@ def random() -> WeightingTransform:
         z = jax.random.normal(key, losses.shape, losses.dtype)
         return weights_output(jax.nn.softmax(z)), state
 
-    return WeightingTransform(stateless_init, update, LOSSES)
+    return WeightingTransform(stateless_init, update, LOSSES, needs_key=True)
 
 
 __all__ = [

@@ -39,7 +39,7 @@ def test_update_equals_aggregate_on_the_flat_jacobian(name):
     x, ys = _data()
     losses = _task_losses(params, x, ys)
     per_task = jax.jacrev(_task_losses)(params, x, ys)  # leaves [K, *shape]
-    tx = weighting.as_optax(name)
+    tx = weighting.as_optax(name, shared=lambda path: True)  # every leaf balanced: the flat Jacobian
     state = tx.init(params)
     key = jax.random.key(7)
     out, new_state = tx.update(per_task, state, params, losses=losses, key=key)
@@ -104,3 +104,39 @@ def test_refusals_name_the_problem():
         tx.update(grads, tx.init(params))
     with pytest.raises(ValueError, match="leading axis of the K=3 tasks"):
         tx.update(grads, tx.init(params), losses=jnp.ones(3))
+
+
+@pytest.mark.parametrize("name", ["mgda", "pcgrad", "dwa"])
+def test_shared_selects_the_balanced_leaves_like_the_functional_core(name):
+    """Default ``shared='shared'``: the scheme balances params['shared'] only, as mtl_value_and_grad
+    does; a gradient scheme's heads get their own task's gradient, a loss scheme's the weighted sum."""
+    import jmtl
+
+    params = _params()
+    x, ys = _data()
+    losses = _task_losses(params, x, ys)
+    per_task = jax.jacrev(_task_losses)(params, x, ys)
+    key = jax.random.key(3)
+    out, _ = weighting.as_optax(name).update(per_task, weighting.as_optax(name).init(params), losses=losses, key=key)
+    vg = jmtl.mtl_value_and_grad(_task_losses, name)
+    ref = vg(params, vg.init(params, K), x, ys, key=key)
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref.grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
+    # Independent truth for the shared block: the scheme on the shared rows alone.
+    expected = weighting.aggregate(name, per_task["shared"].reshape(K, -1), losses, key=key)
+    np.testing.assert_allclose(np.asarray(out["shared"]).reshape(-1), np.asarray(expected), rtol=2e-5, atol=1e-6)
+    if weighting.get(name).requires != weighting.LOSSES:
+        np.testing.assert_allclose(np.asarray(out["heads"]["w"]), np.asarray(per_task["heads"]["w"].sum(0)), rtol=1e-6)
+
+
+def test_a_gradient_scheme_without_shared_leaves_is_refused():
+    params = {"trunk": jnp.ones((3,)), "head": jnp.ones((2,))}
+    grads = jax.tree.map(lambda p: jnp.stack([p, -p]), params)
+    tx = weighting.as_optax("mgda")
+    with pytest.raises(ValueError, match="selects no leaf.*shared=lambda path: True"):
+        tx.init(params)
+    tx = weighting.as_optax("mgda", shared="trunk")
+    out, _ = tx.update(grads, tx.init(params), losses=jnp.ones(2))
+    np.testing.assert_allclose(np.asarray(out["head"]), 0.0)  # the sum of the two opposite rows
+    out, _ = weighting.as_optax("equal").update(grads, weighting.as_optax("equal").init(params), losses=jnp.ones(2))
+    np.testing.assert_allclose(np.asarray(out["trunk"]), 0.0)  # loss schemes need no shared part

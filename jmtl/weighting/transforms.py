@@ -12,13 +12,13 @@ per-task gradients to one combined gradient, so it chains with any optax optimiz
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jmtl.weighting.base import BILEVEL, Layout, WeightingTransform, combine, init_state
+from jmtl.weighting.base import BILEVEL, LOSSES, Layout, WeightingTransform, combine, init_state
 from jmtl.weighting.registry import get
 
 Array = jax.Array
@@ -110,8 +110,26 @@ def _layout(tree: Any, *, leading_axis: bool) -> Layout:
     )
 
 
+Selector = Union[str, Callable[[str], bool]]
+DEFAULT_SHARED_KEY = "shared"  # as jmtl.mtl_value_and_grad and the train step
+
+
+def _shared_flags(tree: Any, shared: Selector) -> list[bool]:
+    """One bool per leaf of ``tree`` (``jax.tree`` order): is it a shared param?"""
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    if isinstance(shared, str):
+        return [bool(p) and getattr(p[0], "key", None) == shared for p in paths]
+    if callable(shared):
+        return [bool(shared(jax.tree_util.keystr(p))) for p in paths]
+    raise TypeError(f"shared must be a top-level params key (str) or a predicate on the leaf path, got {shared!r}")
+
+
 def as_optax(
-    name_or_transform: Union[str, WeightingTransform], *, num_tasks: Optional[int] = None, **hparams
+    name_or_transform: Union[str, WeightingTransform],
+    *,
+    num_tasks: Optional[int] = None,
+    shared: Selector = DEFAULT_SHARED_KEY,
+    **hparams,
 ) -> optax.GradientTransformationExtraArgs:
     """The scheme as an optax transformation of stacked per-task gradients.
 
@@ -124,6 +142,13 @@ def as_optax(
     ``key`` feeds stochastic schemes; by default it is ``fold_in(key(0), count)``, a fresh draw each
     step. The state holds the scheme's state and a step counter.
 
+    Which params the scheme balances is the same rule as :func:`jmtl.mtl_value_and_grad`'s and the
+    train step's: ``shared`` selects the shared leaves; a gradient scheme (Jacobian / Gramian) runs on
+    their rows only, and every other leaf gets the sum of its rows (a task head: its own task's
+    gradient, Sener & Koltun 2018). A loss-level scheme's weights apply to every leaf, as the
+    gradient of ``sum_k w_k L_k``. A gradient scheme with no shared leaf is refused (it would train the
+    plain sum); to balance the whole vector, say so: ``shared=lambda path: True``.
+
     Schemes with learnable parameters (``uncertainty``, ``imtl_l``, ``imtl``) and bilevel schemes need
     jmtl's train step (their parameters / look-ahead are part of the objective) and are refused.
 
@@ -132,9 +157,12 @@ def as_optax(
       num_tasks: ``K``. Needed at ``init`` only by schemes whose state's shape depends on ``K`` (DWA,
         Nash-MTL, ...); without it such a state is created at the first ``update`` (one re-trace
         under ``jit``; pass it when the loop carries the state through ``lax.scan``).
+      shared: the shared params: a top-level key of a dict pytree (default ``'shared'``) or a
+        predicate on each leaf's ``jax.tree_util.keystr`` path.
       **hparams: the scheme's hyperparameters (with a name only).
     """
     transform = _resolve(name_or_transform, hparams)
+    _shared_flags({}, shared)  # type check now, not at the first update
     label = name_or_transform if isinstance(name_or_transform, str) else "this scheme"
     if transform.init_params is not None:
         raise ValueError(
@@ -150,8 +178,22 @@ def as_optax(
             a.shape == b.shape for a, b in zip(jax.tree.leaves(shapes[0]), jax.tree.leaves(shapes[1]))
         )
 
+    balances_rows = transform.requires != LOSSES
+
+    def _split(tree: Any) -> tuple[list[bool], Any]:
+        flags = _shared_flags(tree, shared) if balances_rows else [True] * len(jax.tree.leaves(tree))
+        if not any(flags):
+            keys = list(tree) if isinstance(tree, dict) else type(tree).__name__
+            raise ValueError(
+                f"{label} balances the per-task gradients of the shared params, but shared={shared!r} selects no "
+                f"leaf (top-level keys: {keys}). Fix: as_optax(..., shared='<key>') or a predicate on the leaf path; "
+                "shared=lambda path: True balances every leaf"
+            )
+        return flags, [leaf for leaf, f in zip(jax.tree.leaves(tree), flags) if f]
+
     def init_fn(params: Any) -> WeightingOptaxState:
-        layout = _layout(params, leading_axis=False)
+        flags = _split(params)[0]
+        layout = tuple(e for e, f in zip(_layout(params, leading_axis=False), flags) if f)
         if num_tasks is not None:
             wstate = init_state(transform, num_tasks, layout)
         elif _k_independent(layout):
@@ -175,8 +217,9 @@ def as_optax(
                     f"as_optax: every gradient leaf needs a leading axis of the K={k} tasks (one row per task "
                     f"loss), got a leaf of shape {leaf.shape}; stack per-task gradients, e.g. with jax.jacrev"
                 )
-        jacobian = jnp.concatenate([leaf.reshape(k, -1) for leaf in leaves], axis=1)
-        layout = _layout(updates, leading_axis=True)
+        flags, shared_leaves = _split(updates)
+        jacobian = jnp.concatenate([leaf.reshape(k, -1) for leaf in shared_leaves], axis=1)
+        layout = tuple(e for e, f in zip(_layout(updates, leading_axis=True), flags) if f)
         wstate = state.weighting_state
         if wstate is None:
             wstate = init_state(transform, k, layout)
@@ -187,10 +230,13 @@ def as_optax(
             layout=layout,
         )
         pieces, start = [], 0
-        for leaf in leaves:
-            size = leaf[0].size
-            pieces.append(direction[start : start + size].reshape(leaf.shape[1:]).astype(leaf.dtype))
-            start += size
+        for leaf, is_shared in zip(leaves, flags):
+            if is_shared:
+                size = leaf[0].size
+                pieces.append(direction[start : start + size].reshape(leaf.shape[1:]).astype(leaf.dtype))
+                start += size
+            else:  # not balanced: the sum of the task rows (a head: its own task's gradient)
+                pieces.append(jnp.sum(leaf, axis=0))
         return jax.tree.unflatten(treedef, pieces), WeightingOptaxState(wstate, state.count + 1)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

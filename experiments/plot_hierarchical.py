@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jmtl.training.metric_writers import read_jsonl
+
 
 def score(scores: dict, task: str) -> float:
     s = scores[task]
@@ -28,7 +30,7 @@ def curves(workdir: Path, records: list[dict], task: str, split: str = "validati
         path = workdir / f"{r['variant']}_seed{r['seed']}" / "metrics.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"{path} (run {r['variant']} seed {r['seed']} of the results file)")
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = read_jsonl(path)
         if lines and task in lines[0][split]:
             by_variant[r["variant"]].append([score(rec[split], task) for rec in lines])
     out = {}

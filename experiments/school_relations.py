@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jmtl.training.metric_writers import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "school"
 RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -248,7 +250,7 @@ def main_mode(args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     records = []
     if args.resume and partial_path.exists():
-        records = [json.loads(line) for line in partial_path.read_text().splitlines() if line.strip()]
+        records = read_jsonl(partial_path)
     done = {(r["label"], r["split"]) for r in records}
     for split in splits:
         if ("closed", split) not in done:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -13,10 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+# One JSONL reader for the whole library: it skips (with a warning) the partial last line a killed run leaves.
+from jmtl.training.metric_writers import read_jsonl as _read_jsonl  # noqa: E402
 
 
 MAX_LEGEND = 12  # more tasks than this: no legend (139 School tasks would bury the curves)

@@ -7,6 +7,7 @@ import struct
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from jmtl.training import metric_writers as mw
@@ -200,3 +201,23 @@ def test_wandb_logs_scalars_and_resumes_the_same_run(tmp_path, monkeypatch):
     mw.make_writers(("wandb",), tmp_path, True).close()
     assert fake.inits[2]["id"] != first["id"]
     assert all(math.isfinite(v) for _, d in fake.logs for v in d.values())
+
+
+def test_plots_and_grid_curves_survive_the_partial_line_a_killed_run_leaves(tmp_path):
+    """Plotting and the ablation grid's curves read logs through the one JSONL reader: the partial last
+    line a killed run leaves is skipped (they used to crash on exactly that line)."""
+    from jmtl import plotting
+    from jmtl.training import ablation
+
+    run = tmp_path / "cells" / "equal"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    full = {"step": 1, "epoch": 1, "losses": [1.0, 2.0], "weights": [1.0, 1.0],
+            "validation": {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.25}}}
+    for name in ("train_log.jsonl", "metrics.jsonl"):
+        (run / name).write_text(json.dumps(full) + "\n" + json.dumps(full)[:25])  # killed mid-write
+    written = plotting.plot_training(run, ["a", "b"])
+    assert [p.name for p in written] and all(p.exists() for p in written)
+    x, values = ablation._cell_series(tmp_path, "equal", "metrics.jsonl", "epoch",
+                                      lambda r: [r["validation"]["a"]["accuracy"]])
+    assert list(x) == [1] and np.allclose(values, [[0.5]])

@@ -48,6 +48,7 @@ from jmtl.models import architectures  # noqa: E402
 from jmtl.training import config_schema  # noqa: E402
 from jmtl.training.cli import suggest  # noqa: E402
 from jmtl.training.loop import train  # noqa: E402
+from jmtl.training.metric_writers import read_jsonl as _read_jsonl  # noqa: E402  (survives a partial last line)
 
 
 class GridMismatchError(ValueError):
@@ -289,10 +290,6 @@ def write_table(summary: list[dict], rows: list[dict], tasks, path: Path, title:
 
 
 # ----------------------------------------------------------------------------- plots
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
 def _cell_series(workdir: Path, name: str, filename: str, x_key: str, values) -> tuple[list, np.ndarray] | None:

@@ -37,7 +37,7 @@ from jmtl.data import conll
 from jmtl.data import embeddings as embeddings_lib
 from jmtl.models import crf, sequence
 from jmtl.tasks import CRF_TAGGING, TAGGING, Task
-from jmtl.training import builders, config_schema, loop, parallel
+from jmtl.training import builders, config_schema, loop, metric_writers, parallel
 from jmtl.training import step as step_lib
 from jmtl.training.cli import suggest
 
@@ -363,7 +363,7 @@ def train_run(config, workdir: str | Path) -> dict[str, Any]:
     summary, state = loop.run(experiment, config, directory)
     if summary.get("interrupted"):
         return summary
-    evals = [json.loads(l) for l in (directory / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    evals = metric_writers.read_jsonl(directory / "metrics.jsonl")
     times = [r["train_time_s"] for r in evals]
     best = summary["best_validation"]
     spe = experiment.steps_per_epoch

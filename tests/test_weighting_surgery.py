@@ -375,6 +375,33 @@ def test_nash_mtl_update_every_and_warm_start(x64):
     np.testing.assert_allclose(o2.weights, o1.weights)  # reused in between updates
     o3, state = update(state, jnp.asarray(j2))
     np.testing.assert_allclose((j2 @ j2.T) @ o3.weights, 1 / o3.weights, rtol=1e-4)
+    assert int(o3.weights.shape[0]) == 3 and int(state.iterations) > 0
+    _, state = update(state, jnp.asarray(j1))
+    assert int(state.iterations) == 0  # a reuse step ran no Newton iteration
+
+
+def test_nash_mtl_solves_only_on_refresh_steps():
+    """With update_weights_every > 1 the Newton solve sits inside a cond taken on refresh steps only
+    (it used to run every step and its result was thrown away in between)."""
+
+    def primitives(jaxpr, top=True):
+        out = []
+        for eqn in jaxpr.eqns:
+            out.append((eqn.primitive.name, top))
+            for v in eqn.params.values():
+                for b in (v if isinstance(v, (list, tuple)) else [v]):
+                    inner = getattr(b, "jaxpr", None)
+                    if inner is not None and hasattr(inner, "eqns"):
+                        out += primitives(inner, False)
+        return out
+
+    gram = jnp.eye(3)
+    for every, solve_at_top in ((1, True), (4, False)):
+        t = W.get("nash_mtl", update_weights_every=every)
+        jaxpr = jax.make_jaxpr(lambda s: t.update(jnp.ones(3), s, gramian=gram))(t.init(3))
+        found = primitives(jaxpr.jaxpr)
+        assert ("while", True) in found if solve_at_top else ("while", True) not in found, every
+        assert any(name == "while" for name, _ in found)
 
 
 # ----------------------------------------------------------------------------- Aligned-MTL

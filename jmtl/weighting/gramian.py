@@ -290,11 +290,21 @@ def nash_mtl(
     def update(losses, state: NashState, *, gramian=None, jacobian=None, **_):
         gram = require_gramian("nash_mtl", gramian, jacobian)
         dtype = gram.dtype
-        res = solvers.nash_solve(gram, state.beta.astype(dtype), max_iter=int(optim_niter), tol=tol)
-        alpha, beta = res.x[0], res.x[1]
+        def solve(_):
+            res = solvers.nash_solve(gram, state.beta.astype(dtype), max_iter=int(optim_niter), tol=tol)
+            return res.x[0], res.x[1], res.iterations.astype(jnp.int32)
+
         refresh = (state.count % update_weights_every) == 0
-        alpha = jnp.where(refresh, alpha, state.alpha.astype(dtype))
-        beta = jnp.where(refresh, beta, state.beta.astype(dtype))
+        if update_weights_every == 1:
+            alpha, beta, iterations = solve(None)
+        else:
+            # Solve only on refresh steps: the in-between steps reuse alpha, and a solve whose result is
+            # thrown away would cost the full Newton loop every step (under vmap the cond becomes a select
+            # and both branches run; the result is the same).
+            def reuse(_):
+                return state.alpha.astype(dtype), state.beta.astype(dtype), jnp.zeros((), jnp.int32)
+
+            alpha, beta, iterations = jax.lax.cond(refresh, solve, reuse, None)
         weights = alpha
         if max_norm > 0:
             norm = jnp.sqrt(jnp.maximum(alpha @ gram @ alpha, 0.0))
@@ -303,7 +313,7 @@ def nash_mtl(
             alpha=alpha.astype(state.alpha.dtype),
             beta=beta.astype(state.beta.dtype),
             count=(state.count + 1) % update_weights_every,
-            iterations=jnp.where(refresh, res.iterations, 0).astype(jnp.int32),
+            iterations=iterations,
         )
         return weights_output(weights), new
 

@@ -19,9 +19,24 @@ Subpackages load on first use, so ``import jmtl`` stays cheap.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.7.0"
+
+# Type checkers and IDEs read these imports; at run time the names load lazily (``__getattr__``).
+# Rule: the names below and in ``__all__`` (and the subpackages' ``__all__``) are public; modules or
+# names with a leading underscore are private and may change without notice.
+if TYPE_CHECKING:  # pragma: no cover
+    from jmtl import data, metrics, models, plotting, tasks, training, weighting
+    from jmtl.functional import MTLGradients, mtl_value_and_grad
+    from jmtl.tasks import Task
+    from jmtl.training.contract import ContractError
+    from jmtl.training.contract import check as check_contract
+    from jmtl.training.fit import fit
+    from jmtl.training.loop import train
+    from jmtl.training.sharing import Sharing
+    from jmtl.training.state import TrainState, init_state
+    from jmtl.training.step import StepConfig, make_train_step
 
 _SUBPACKAGES = ("data", "metrics", "models", "plotting", "tasks", "training", "weighting")
 _ATTRIBUTES = {

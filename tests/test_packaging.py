@@ -58,3 +58,18 @@ def test_trainer_without_its_extra_names_the_install_command():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert "MSG jmtl.fit needs 'grain'" in out.stdout, out.stdout + out.stderr
     assert "pip install 'jmtl[experiments]'" in out.stdout
+
+
+def test_type_checking_imports_name_exactly_the_lazy_public_api():
+    """``jmtl/__init__.py`` lists the public names twice (lazy table for run time, TYPE_CHECKING imports
+    for type checkers and IDEs); the two must agree, and every name must resolve."""
+    import ast
+
+    import jmtl
+
+    tree = ast.parse(Path(jmtl.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    imported = {a.asname or a.name for imp in block.body for a in imp.names}
+    assert imported == set(jmtl._ATTRIBUTES) | set(jmtl._SUBPACKAGES)
+    for name in jmtl.__all__:
+        assert getattr(jmtl, name) is not None

@@ -1,5 +1,5 @@
 r"""Train a multi-task model from an ml_collections config (flags only; the loop is
-:func:`jmtl.training.loop.train`).
+:func:`jmtl.training.loop.train`; after ``pip install`` the same command is ``jmtl-train``).
 
     python -m experiments.train --config experiments/configs/gradnorm_toy.py --workdir /tmp/toy
     python -m experiments.train --config experiments/configs/multimnist.py:mgda --workdir /tmp/mm \
@@ -13,24 +13,7 @@ checkpoint (data order included). SIGTERM / SIGINT finish the current step, save
 exit 0. A misspelt ``--config.`` field or a bad value prints one line and exits 2.
 """
 
-from __future__ import annotations
-
-from absl import app, logging
-
-from jmtl.training import cli
-from jmtl.training.loop import NonFiniteLossError, train  # noqa: F401  (the script's library, re-exported)
-
-_CONFIG, _WORKDIR = cli.define_config_and_workdir(
-    "Experiment config file (path[:arg]).", "Where outputs and checkpoints go (resumes if it has one)."
-)
-
-
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file operation at INFO
-    with cli.one_line_errors():
-        train(_CONFIG.value, _WORKDIR.value)
-
+from jmtl.commands import train
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    train()

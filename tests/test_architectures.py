@@ -652,7 +652,7 @@ def test_mmoe_mgda_step_matches_the_update_computed_by_hand(mode):
 
 
 def test_experiments_train_with_an_architecture(tmp_path):
-    from experiments import train as train_lib
+    from jmtl.training import loop as train_lib
     from experiments.configs import gradnorm_toy
 
     c = gradnorm_toy.get_config()

@@ -232,7 +232,7 @@ def test_train_loop_feeds_meta_batches_and_resumes_exactly(tmp_path):
     """experiments/train.py: the meta-batch iterator is part of the resumable state (FORUM, moml's split)."""
     from conftest import toy_config
     from experiments.configs import common
-    from experiments.train import train
+    from jmtl.training.loop import train
 
     def config(steps, **kw):
         c = toy_config(tmp_path, **{"num_steps": steps, "eval_every_steps": 10, "log_every_steps": 5, **kw})

@@ -471,7 +471,7 @@ def test_registered_arrays_train_end_to_end(tmp_path):
   try:
     from jmtl.training.loop import train  # pylint: disable=g-import-not-at-top
   except ImportError:
-    from experiments.train import train  # pylint: disable=g-import-not-at-top
+    from jmtl.training.loop import train  # pylint: disable=g-import-not-at-top
   data.register('mine', _mine())
   try:
     c = toy_config(tmp_path, **{

@@ -46,6 +46,25 @@ def test_pip_install_then_import_from_another_folder(tmp_path):
     assert int(n_methods) > 30
     assert losses == "[3.0, 3.0]"
 
+    # The console commands work outside a checkout: the catalogue, and training from a user's own
+    # config file (no `experiments` package there).
+    out = subprocess.run([str(target / "bin" / "jmtl-schemes")], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| `pcgrad` | gramian, key |" in out.stdout and out.stdout.count("\n| `") == int(n_methods)
+    (elsewhere / "my_config.py").write_text(
+        "from jmtl.training import config_schema\n"
+        "def get_config():\n"
+        "    c = config_schema.default_config()\n"
+        "    c.num_steps, c.eval_every_steps, c.log_every_steps, c.progress_bar = 3, 3, 1, False\n"
+        "    return c\n"
+    )
+    args = [str(target / "bin" / "jmtl-train"), "--config", "my_config.py", "--workdir", "run"]
+    out = subprocess.run(args, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (elsewhere / "run" / "summary.json").exists()
+    out = subprocess.run([*args, "--config.num_step=4"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "num_step" in out.stderr + out.stdout
+
 
 def test_trainer_without_its_extra_names_the_install_command():
     """`pip install jmtl` gives the core; `jmtl.fit` / `jmtl.train` need the datasets and checkpoint

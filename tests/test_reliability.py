@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_script, toy_config
-from experiments.train import NonFiniteLossError, train
+from jmtl.training.loop import NonFiniteLossError, train
 from jmtl.data import pipeline
 
 STEPS = 400

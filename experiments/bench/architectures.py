@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments import train as train_lib
+from jmtl.training import builders
+from jmtl.training import loop as train_lib
 from experiments.bench.common import RESULTS, cpu_model, provenance, provenance_markdown, time_round_robin
 from experiments.configs import multimnist
 from jmtl import data as data_lib
@@ -278,9 +279,9 @@ def main(argv=None) -> None:
                 result[key] = old[key]
         if "provenance" in old:  # the runs kept were made by that earlier process
             result["earlier_provenance"] = [*old.get("earlier_provenance", []), old["provenance"]]
-    # The runs go through experiments.train.train: the penalty and the temperature schedule only
-    # reach the objective when train() hands them to the step.
-    train_src = inspect.getsource(train_lib)
+    # The runs go through jmtl.training.loop.train, whose experiment builder hands the penalty and the
+    # temperature schedule to the step; check that it still does.
+    train_src = inspect.getsource(builders)
     if "regularizers.from_config" not in train_src:
         result["notes"].append("train() passes no penalty to the step: soft_sharing ran WITHOUT its penalty (= independent)")
     if "model_kwargs_fn" not in train_src:

@@ -24,7 +24,7 @@ from absl import logging
 
 from experiments.bench.common import RESULTS, ROOT, provenance, write_outputs
 from experiments.configs import gradnorm_toy, multimnist
-from experiments.train import train
+from jmtl.training.loop import train
 
 CONFIGS = {"toy": gradnorm_toy.get_config, "multimnist": multimnist.get_config}
 

@@ -77,13 +77,15 @@ def fit(
         (default: Adam 1e-3).
       batch_size: examples per step (global; per task with ``per_task_inputs``). Required for
         arrays; for iterables, the batches' own size is used (and this is only recorded).
-      num_epochs, num_steps: the run's length (give one). An epoch of an iterable is one pass;
-        ``num_epochs`` needs a sized one (``len``).
+      num_epochs: the run's length in epochs (give this or ``num_steps``). An epoch of an iterable
+        is one pass; ``num_epochs`` needs a sized one (``len``).
+      num_steps: the run's length in steps (give this or ``num_epochs``).
       input_key: the batch entry holding the model input (default ``'x'``, or ``step_config``'s).
       step_config: the step's settings (``jmtl.StepConfig``: shared-param selector, Jacobian mode,
         mixed precision, ...).
       per_task_inputs: each task has its own data (see ``train``).
-      seed, num_seeds: seeds ``seed .. seed + num_seeds - 1`` train together in one program.
+      seed: the first seed.
+      num_seeds: seeds ``seed .. seed + num_seeds - 1`` train together in one program.
       name: the data's name in records and messages.
       **config_overrides: any other field of ``config_schema.default_config()`` (``eval_every_steps``,
         ``checkpoint_every_steps``, ``log_every_steps``, ``eval_batch_size``, ``parallel``,

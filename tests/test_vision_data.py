@@ -460,3 +460,15 @@ def test_office_config_run_trains_per_task(fake_root, cache, tmp_path):
     text = repr(final)
     assert all(d in text for d in ("amazon", "dslr", "webcam"))
     assert os.path.isfile(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_bench_vision_data_smoke(tmp_path):
+    """The batch-preparation benchmark runs end to end in its smallest configuration (timings unchecked)."""
+    import json
+
+    from experiments.bench import vision_data
+
+    vision_data.main(["--batch", "2", "--n", "2", "--repeats", "1", "--stream", "1", "--out", str(tmp_path / "vd")])
+    result = json.loads((tmp_path / "vd.json").read_text())
+    assert set(result["rows"]) == {"plain", "augment", "augment, threaded"} and result["provenance"]["recorded"]
+    assert "| augment, threaded |" in (tmp_path / "vd.md").read_text()

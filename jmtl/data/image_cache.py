@@ -7,7 +7,9 @@ fingerprint covers the list files' sha256 and every image's name, size and modif
 modification time). The folder is built under a temporary name and renamed only when every image
 decoded and every check passed, so bad input leaves nothing cached; it carries the same
 ``jmtl_cache.json`` record as the tfds caches (``jmtl.data.cache``: sizes and sha256 of every cache
-file, checked before each use; a damaged folder is moved aside and rebuilt).
+file, checked before each use; a damaged folder is moved aside and rebuilt). That check is one sha256
+pass over the cache: ~6 s for CelebA's 2.5 GB of 64x64 pixels at ~400 MB/s, against minutes to
+decode the JPEGs again.
 """
 
 from __future__ import annotations

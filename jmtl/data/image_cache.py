@@ -33,8 +33,11 @@ def decode_resized(path: pathlib.Path, width: int, height: int, fix: str) -> np.
     """uint8 [height, width, 3]: ``PIL.Image.open(path).convert('RGB').resize((width, height), BILINEAR)``,
     what ``torchvision.transforms.Resize((height, width))`` does to a PIL image (PIL's bilinear filter
     widens with the scale, i.e. antialiases when shrinking)."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-
+    try:
+        from PIL import Image  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+        raise DataError("decoding the CelebA / Office JPEGs needs Pillow, which is not installed. Fix: "
+                        "pip install 'jmtl[vision]' (or pillow)") from e
     if not path.is_file():
         raise DataError(f"{path}: image not found. Fix: {fix}")
     try:

@@ -275,6 +275,18 @@ def test_augmented_batches_deterministic_and_resumable(fake_root, cache):
     for a, b in zip(ref[2:], _batches(resumed, 3)):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+    # Several batches prepared in parallel (read_threads) and prefetched: the same batches, and the same
+    # resume point.
+    ds.read_threads = 3
+    threaded = ds.train_iterator(1, seed=7, prefetch=2)
+    first = _batches(threaded, 2)
+    state = threaded.get_state()
+    for a, b in zip(ref, first + _batches(threaded, 3)):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    resumed = ds.train_iterator(1, seed=7, prefetch=2)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["normal"], ref[2]["normal"])
     # Two processes' halves of a global batch of 2 are the single process's batch.
     whole = next(ds.train_iterator(2, seed=7, prefetch=0))
     halves = [next(ds.train_iterator(2, seed=7, prefetch=0, process_index=p, process_count=2)) for p in (0, 1)]

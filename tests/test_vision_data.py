@@ -287,6 +287,10 @@ def test_augmented_batches_deterministic_and_resumable(fake_root, cache):
     resumed = ds.train_iterator(1, seed=7, prefetch=2)
     resumed.set_state(state)
     np.testing.assert_array_equal(next(resumed)["normal"], ref[2]["normal"])
+    # Other splits (a bilevel scheme's meta batches) are never augmented.
+    val_aug = next(ds.train_iterator(1, seed=7, split="validation", prefetch=0))
+    val_plain = next(plain.train_iterator(1, seed=7, split="validation", prefetch=0))
+    np.testing.assert_array_equal(val_aug["image"], val_plain["image"])
     # Two processes' halves of a global batch of 2 are the single process's batch.
     whole = next(ds.train_iterator(2, seed=7, prefetch=0))
     halves = [next(ds.train_iterator(2, seed=7, prefetch=0, process_index=p, process_count=2)) for p in (0, 1)]

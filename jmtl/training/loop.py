@@ -36,7 +36,7 @@ import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -164,6 +164,28 @@ class InMemoryEvaluator:
         return evaluate.selection_score(validation, self.tasks)
 
 
+class PerTaskEvaluator:
+    """Each task scored on its own validation / test data (``per_task_inputs``); selection on all."""
+
+    def __init__(self, evaluators: Mapping[str, InMemoryEvaluator], tasks: Sequence[Task]):
+        self.evaluators, self.tasks = dict(evaluators), tuple(tasks)
+
+    def __call__(self, params, splits):
+        merged = None
+        for evaluator in self.evaluators.values():
+            per_seed = evaluator(params, splits)
+            if merged is None:
+                merged = per_seed
+            else:
+                for into, res in zip(merged, per_seed):
+                    for split in splits:
+                        into[split].update(res[split])
+        return merged
+
+    def score(self, validation):
+        return evaluate.selection_score(validation, self.tasks)
+
+
 def build_experiment(config) -> Experiment:
     """The :class:`Experiment` of an in-memory dataset config (``jmtl.data.load``): the path a config
     takes to the step is ``builders.model`` / ``builders.weighting_from_config`` (the weighting name
@@ -174,6 +196,8 @@ def build_experiment(config) -> Experiment:
         cache_dir=config.dataset.cache_dir or None,
         **dict(config.dataset.kwargs),
     )
+    if getattr(dataset, "per_task_inputs", False):
+        return _per_task_experiment(config, dataset)
     spec = dataset.spec
     tasks = tasks_lib.tasks_from_config(config.tasks.to_dict(), spec)
     steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
@@ -196,6 +220,41 @@ def build_experiment(config) -> Experiment:
         make_evaluator=lambda driver, axis: InMemoryEvaluator(
             {split: dataset.arrays(split) for split in (VALIDATION, TEST)}, tasks, step_cfg, model,
             config.eval_batch_size, driver, axis, name=config.dataset.name),
+    )
+
+
+def _per_task_experiment(config, dataset) -> Experiment:
+    """The :class:`Experiment` of a per-task-input dataset (``dataset.tasks[label]``: each task's own
+    :class:`~jmtl.data.MTLDataset`, e.g. Office-31's domains): LibMTL's ``multi_input``, as
+    ``jmtl.fit(per_task_inputs=True)`` trains it. Each step takes one batch of ``config.batch_size``
+    from every task's data; an epoch is the longest task's batches (shorter tasks cycle through theirs,
+    each reshuffled per epoch); each task is scored on its own validation and test data."""
+    spec = dataset.spec
+    tasks = tasks_lib.tasks_from_config(config.tasks.to_dict(), spec)
+    per_task = {t.name: dataset.tasks[t.label_key] for t in tasks}
+    steps_per_epoch = max(d.steps_per_epoch(config.batch_size) for d in per_task.values())
+    model = builders.model(config, tasks)
+    weighting = builders.weighting_from_config(config, tasks, steps_per_epoch)
+    if builders.meta_split(config, weighting):
+        raise ValueError(f"the bilevel scheme {config.weighting.name!r} needs one input batch shared by all tasks "
+                         f"for its meta step; {config.dataset.name!r} has per-task inputs. Fix: another weighting")
+    optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
+    step_cfg = dataclasses.replace(builders.step_config(config, model, spec.input_key, spec.input_transform),
+                                   per_task_inputs=True)
+
+    def train_iterator(seed: int):
+        return data_lib.PerTaskBatches({name: dataset_batches(d, config.batch_size, seed)
+                                        for name, d in per_task.items()})
+
+    def make_evaluator(driver, axis):
+        return PerTaskEvaluator({t.name: InMemoryEvaluator(
+            {split: per_task[t.name].arrays(split) for split in (VALIDATION, TEST)}, (t,), step_cfg, model,
+            config.eval_batch_size, driver, axis, name=f"{config.dataset.name} ({t.name})") for t in tasks}, tasks)
+
+    return Experiment(
+        name=config.dataset.name, tasks=tasks, model=model, weighting=weighting, optimizer=optimizer,
+        step_config=step_cfg, example_input=np.zeros((1,) + tuple(spec.input_shape), np.float32),
+        steps_per_epoch=steps_per_epoch, train_iterator=train_iterator, make_evaluator=make_evaluator,
     )
 
 

@@ -63,7 +63,7 @@ _EXTRA_OF = {
     "grain": "experiments", "tensorflow_datasets": "experiments", "array_record": "experiments",
     "etils": "experiments", "importlib_resources": "experiments", "orbax": "experiments",
     "ml_collections": "experiments", "tqdm": "experiments", "matplotlib": "experiments",
-    "tensorboardX": "tensorboard", "rdkit": "graphs", "scipy": "school",
+    "tensorboardX": "tensorboard", "rdkit": "graphs", "scipy": "school", "PIL": "vision",
 }
 
 

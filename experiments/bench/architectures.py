@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jmtl.training import builders
 from jmtl.training import loop as train_lib
 from experiments.bench.common import RESULTS, cpu_model, provenance, provenance_markdown, time_round_robin
 from experiments.configs import multimnist

@@ -24,6 +24,7 @@ import urllib.request
 import zlib
 
 import numpy as np
+from jmtl.errors import DataError
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -39,8 +40,6 @@ TEST_LABELS = 't10k-labels-idx1-ubyte.gz'
 FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
 
-class DataError(ValueError):
-  """Raised when input data is missing or fails verification."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,12 +21,11 @@ import jax
 import numpy as np
 
 from jmtl.data.idx import DataError
+from jmtl.errors import DataExhaustedError
 
 Batch = dict[str, Any]
 
 
-class DataExhaustedError(DataError):
-    """A one-shot iterator ran out before the run's last step."""
 
 
 def call_factory(factory: Callable[..., Iterable[Batch]], seed: int, epoch: int) -> Iterable[Batch]:

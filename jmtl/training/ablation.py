@@ -49,10 +49,9 @@ from jmtl.training import config_schema  # noqa: E402
 from jmtl.training.cli import suggest  # noqa: E402
 from jmtl.training.loop import train  # noqa: E402
 from jmtl.training.metric_writers import read_jsonl as _read_jsonl  # noqa: E402  (survives a partial last line)
+from jmtl.errors import GridMismatchError
 
 
-class GridMismatchError(ValueError):
-    """The workdir holds a grid trained under another config."""
 
 
 SINGLE = "single_task"

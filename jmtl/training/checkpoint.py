@@ -39,12 +39,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jmtl.training.workdir import StorageError
+from jmtl.errors import CheckpointMismatchError, JmtlError
 
 PyTree = Any
 
 
-class CheckpointMismatchError(ValueError):
-    """The workdir holds a checkpoint of a different model / task set / weighting scheme."""
 
 
 class CheckpointSaveError(StorageError):
@@ -56,7 +55,7 @@ class CheckpointSaveError(StorageError):
         self.step = step
 
 
-class CheckpointRestoreError(OSError):
+class CheckpointRestoreError(JmtlError, OSError):
     """No checkpoint in the folder restores (every step is damaged). ``str()`` is the message alone."""
 
 

@@ -28,10 +28,9 @@ from jmtl.tasks import Task
 from jmtl.training import gradient_paths
 from jmtl.training.sharing import as_sharing, require_shared
 from jmtl.training.step import StepConfig
+from jmtl.errors import ContractError
 
 
-class ContractError(ValueError):
-    """A model, task list or batch that does not meet the train step's contract."""
 
 
 def check_batch(tasks: Sequence[Task], batch: Mapping[str, Any], *, input_key: str, where: str = "the batch") -> None:

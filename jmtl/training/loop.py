@@ -49,14 +49,13 @@ from jmtl.training import builders, checkpoint, config_schema, contract, evaluat
 from jmtl.training import workdir as workdir_lib
 from jmtl.training import seeds as seeds_lib
 from jmtl.training import step as step_lib
+from jmtl.errors import NonFiniteLossError
 
 PyTree = Any
 # A run's splits: model selection looks at the first, the reported numbers come from the second.
 VALIDATION, TEST = "validation", "test"
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A step produced a non-finite loss or update (``nonfinite.policy='raise'``, or too many skips)."""
 
 
 # ---------------------------------------------------------------------------- what the loop trains

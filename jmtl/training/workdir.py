@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, NoReturn
+from jmtl.errors import JmtlError
 
 LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
@@ -39,7 +40,7 @@ RESUMES_NAME = "resumes.jsonl"
 
 
 # ---- errors -----------------------------------------------------------------------------------------
-class WorkdirError(OSError):
+class WorkdirError(JmtlError, OSError):
     """The workdir cannot be used (a file in the way, another run holds it). An ``OSError`` (errno unset),
     so handlers of I/O failures catch it; ``str()`` is the message alone."""
 
@@ -56,7 +57,7 @@ class WorkdirBusyError(WorkdirError):
     """Another live run holds the workdir's lock."""
 
 
-class ResumeConfigError(ValueError):
+class ResumeConfigError(JmtlError, ValueError):
     """The resuming run's config differs from the checkpoint's in a field that may not change."""
 
     def __init__(self, message: str, changes: list["Change"]):
@@ -112,7 +113,7 @@ def find_os_error(exc: BaseException | None) -> OSError | None:
     return None
 
 
-class StorageError(OSError):
+class StorageError(JmtlError, OSError):
     """Writing ``path`` failed (full disk, read-only or immutable folder, permissions, ...).
 
     ``str()`` is one line: what failed, the path, the reason and the fix.

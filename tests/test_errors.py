@@ -1,0 +1,25 @@
+"""Every exception class the library defines is a ``jmtl.errors.JmtlError`` (and keeps its built-in
+base, so existing ``except ValueError`` / ``except OSError`` handlers still catch it)."""
+
+import importlib
+import inspect
+import pkgutil
+
+import jmtl
+from jmtl import errors
+
+
+def test_every_library_exception_derives_from_jmtl_error():
+    found = {}
+    for info in pkgutil.walk_packages(jmtl.__path__, "jmtl."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__.startswith("jmtl"):
+                found[f"{obj.__module__}.{name}"] = obj
+    assert len(found) >= 12
+    strays = sorted(k for k, cls in found.items() if not issubclass(cls, errors.JmtlError))
+    assert not strays, f"exceptions outside the jmtl.errors hierarchy: {strays}"
+    assert issubclass(errors.DataError, ValueError) and issubclass(errors.NonFiniteLossError, FloatingPointError)
+    from jmtl.training.workdir import StorageError
+
+    assert issubclass(StorageError, OSError)

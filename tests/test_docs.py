@@ -74,3 +74,15 @@ def test_generated_catalogue_is_current():
     from jmtl import weighting
 
     assert (ROOT / "docs" / "schemes.md").read_text().count("\n| `") == len(weighting.names())
+
+
+def test_readme_code_is_taken_from_the_executed_quickstarts():
+    """The README's Python fragments are lines of docs/quickstart.md, whose blocks run above."""
+    quick = {line.strip() for block in blocks(ROOT / "docs" / "quickstart.md", "python") for line in block.splitlines()}
+    for block in blocks(ROOT / "README.md", "python"):
+        for line in block.splitlines():
+            assert not line.strip() or line.strip() in quick, f"README line not in docs/quickstart.md: {line!r}"
+
+
+def test_readme_stays_short():
+    assert len((ROOT / "README.md").read_bytes()) <= 12 * 1024, "README.md over 12 KB: move detail into docs/"

@@ -69,13 +69,74 @@ def _unknown_config_field(argv: Sequence[str], error: Exception) -> str:
     return f"error: unknown config field --config.{dotted}{did_you_mean or field_list}"
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a misspelt ``--config.`` field reported in one line (exit 2)."""
+_CAST = re.compile(r"Could not override field '([^']+)' \(reference\)\. (.*) is of original type <class '(\w+)'> "
+                   r"and cannot be casted to type <class '(\w+)'>", re.S)
+_TYPE_WORDS = {"int": "an int", "float": "a number", "str": "a string", "bool": "True or False", "tuple": "a tuple"}
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from or during (absl and ml_collections re-raise a
+    config file's error as new ones carrying only the traceback's text)."""
+    seen: list[BaseException] = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+def config_file_error(error: BaseException) -> str | None:
+    """One line for an error raised while a config file runs, naming the file, the line and the
+    fix; ``None`` for anything else (a bug in the file keeps its traceback).
+
+    A value of the wrong type (``c.batch_size = "256"``) is refused by the ConfigDict itself, at the
+    line that sets it; that line is the one the user must change.
+    """
+    found = [(e, _CAST.search(str(e))) for e in _chain(error) if isinstance(e, TypeError)]
+    found = [(e, m) for e, m in found if m is not None and not str(e).startswith("Error whilst")]
+    if not found:
+        return None
+    root, match = found[0]
+    field, value, got, want = match.groups()
+    where, source = "the config file", ""
+    tb = root.__traceback__
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename + f":{tb.tb_lineno}")
+        tb = tb.tb_next
+    # The innermost frame outside ml_collections / this package is the config file's line.
+    import linecache
+    for frame in reversed(frames):
+        filename, _, lineno = frame.rpartition(":")
+        if "ml_collections" in filename or "site-packages" in filename:
+            continue
+        where = f"{filename}, line {lineno}"
+        source = linecache.getline(filename, int(lineno)).strip()
+        break
+    lhs = source.split("=", 1)[0].strip() if "=" in source else ""
+    dotted = lhs.split(".", 1)[1] if "." in lhs else field
     try:
-        return app.parse_flags_with_usage(argv)
+        {"int": int, "float": float}[want](value)
+        fix = f"write {value} without quotes" if got == "str" else f"write {_TYPE_WORDS.get(want, want)}"
+    except (KeyError, ValueError):
+        fix = f"give config.{dotted} {_TYPE_WORDS.get(want, 'a ' + want)}"
+    return (f"error: {where}: config.{dotted} must be {_TYPE_WORDS.get(want, 'a ' + want)}, the config file "
+            f"sets the {got} {value!r}{f' ({source})' if source else ''}. Fix: {fix} in the config file")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a misspelt ``--config.`` field or a config file's value of the wrong type
+    reported in one line (exit 2); other flag errors print as absl prints them (exit 1)."""
+    try:
+        return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
         print(_unknown_config_field(argv, e), file=sys.stderr)
         sys.exit(USAGE_ERROR)
+    except flags.Error as e:
+        line = config_file_error(e)
+        if line is not None:
+            print(line, file=sys.stderr)
+            sys.exit(USAGE_ERROR)
+        return app.parse_flags_with_usage(argv)  # absl's own message and exit
 
 
 @contextlib.contextmanager

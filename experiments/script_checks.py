@@ -58,12 +58,12 @@ def int_list(flag: str, text: str, low: int | None = None, high: int | None = No
             raise ValueError(f"{flag}: {part!r} is not an integer or a range A-B. Fix: e.g. {flag}={example}") from None
         if dash and int(b) < int(a):
             raise ValueError(f"{flag}: the range {part!r} is empty (end before start). Fix: e.g. {flag}={example}")
-        for i in items:
-            if (low is not None and i < low) or (high is not None and i > high):
-                bounds = f"{low}..{high}" if high is not None else f">= {low}"
-                raise ValueError(f"{flag}: {i} is out of range (valid: {bounds}). Fix: e.g. {flag}={example}")
-            if i not in out:
-                out.append(i)
+        out += [i for i in items if i not in out]
+    bad = [i for i in out if (low is not None and i < low) or (high is not None and i > high)]
+    if bad:
+        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{flag}: {', '.join(map(str, bad))} {'is' if len(bad) == 1 else 'are'} out of range (valid: "
+                         f"{bounds}). Fix: e.g. {flag}={example}")
     if not out:
         raise ValueError(f"{flag}: no value given. Fix: e.g. {flag}={example}")
     return out

@@ -14,9 +14,10 @@ import contextlib
 import difflib
 import re
 import sys
+import textwrap
 from typing import Iterator, Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from jmtl.training import workdir as workdir_lib
@@ -136,7 +137,12 @@ def parse_flags(argv: list[str]) -> list[str]:
         if line is not None:
             print(line, file=sys.stderr)
             sys.exit(USAGE_ERROR)
-        return app.parse_flags_with_usage(argv)  # absl's own message and exit
+        # absl's own message and exit status (app.parse_flags_with_usage; parsing again would define
+        # the override flags twice).
+        message = str(e)
+        message = f"\n{textwrap.indent(message, '  ')}\n" if "\n" in message else f" {message}\n"
+        sys.stderr.write(f"FATAL Flags parsing error:{message}Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
 
 
 @contextlib.contextmanager

@@ -360,6 +360,9 @@ def relation_summary(records: list[dict]) -> dict:
 def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> None:
     from experiments import script_checks
 
+    # One record per (row, split): a rerun without --resume appends a second record of the same cell to
+    # the log, and both counted would double that split in the row's mean and n. The latest is kept.
+    records = list({(r["label"], r["split"]): r for r in records}.values())
     # Before any file (heatmaps, matrices, the table) is replaced.
     script_checks.check_cells(OUT / "relations.json", relation_cells(records), relation_cells, allow_fewer_cells)
     rows = {}

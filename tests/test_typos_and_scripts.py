@@ -463,3 +463,19 @@ def test_missing_file_column_and_marker_are_one_line(ablation_copy, capsys, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "without its closing <!-- /table:gradnorm_toy -->" in err[0]
     assert unclosed.read_text() == "<!-- table:gradnorm_toy -->\nold\n"
+
+
+def test_school_render_counts_each_split_once(tmp_path, monkeypatch):
+    """A rerun without --resume appends a second record of a cell to the log; the table keeps the
+    latest, so no split counts twice in a row's mean and n."""
+    from experiments import school_relations as sr
+    from experiments.bench import common
+
+    monkeypatch.setattr(sr, "OUT", tmp_path)
+    monkeypatch.setattr(sr, "ROOT", tmp_path)
+    runs = [{"label": sr.HARD, "split": 0, "test_ev": 0.30, "wall_s": 1.0},
+            {"label": sr.HARD, "split": 1, "test_ev": 0.40, "wall_s": 1.0},
+            {"label": sr.HARD, "split": 0, "test_ev": 0.50, "wall_s": 1.0}]
+    sr.write_main(runs, common)
+    row = json.loads((tmp_path / "relations.json").read_text())["table"][sr.HARD]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(45.0)

@@ -15,6 +15,7 @@ import difflib
 import re
 import sys
 import textwrap
+import traceback
 from typing import Iterator, Sequence
 
 from absl import flags
@@ -99,19 +100,11 @@ def config_file_error(error: BaseException) -> str | None:
     root, match = found[0]
     field, value, got, want = match.groups()
     where, source = "the config file", ""
-    tb = root.__traceback__
-    frames = []
-    while tb is not None:
-        frames.append(tb.tb_frame.f_code.co_filename + f":{tb.tb_lineno}")
-        tb = tb.tb_next
-    # The innermost frame outside ml_collections / this package is the config file's line.
-    import linecache
-    for frame in reversed(frames):
-        filename, _, lineno = frame.rpartition(":")
-        if "ml_collections" in filename or "site-packages" in filename:
+    # The innermost frame outside the installed packages (ml_collections) is the config file's line.
+    for frame in reversed(traceback.extract_tb(root.__traceback__)):
+        if "site-packages" in frame.filename or "ml_collections" in frame.filename:
             continue
-        where = f"{filename}, line {lineno}"
-        source = linecache.getline(filename, int(lineno)).strip()
+        where, source = f"{frame.filename}, line {frame.lineno}", (frame.line or "").strip()
         break
     lhs = source.split("=", 1)[0].strip() if "=" in source else ""
     dotted = lhs.split(".", 1)[1] if "." in lhs else field

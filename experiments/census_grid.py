@@ -36,6 +36,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from experiments import script_checks
 from experiments.bench.common import provenance, started_now, write_outputs
 from experiments.configs import census_common
 from jmtl.training import ablation, cli, config_schema, loop, parallel
@@ -48,6 +49,8 @@ _SEEDS_PER_PROGRAM = flags.DEFINE_integer("seeds_per_program", 0, "Seeds per com
 _SINGLE_TASK = flags.DEFINE_bool("single_task", True, "Train the single-task baselines (needed for Δm%).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the reports from the finished cells.")
 _OUT = flags.DEFINE_string("out", "", "Copy the reports (not the checkpoints) into this folder, with provenance.")
+_ALLOW_FEWER = flags.DEFINE_bool(
+    "allow_fewer_cells", False, "Let --out replace an auc.json that holds cells this grid lacks.")
 _SELECT_ON = flags.DEFINE_string(
     "select_on", "", "Pick each seed's best evaluation by this task's validation ROC AUC (the paper's main task, e.g. "
     "income); a cell without the task uses the mean AUC of its tasks. '' = the loop's mean validation accuracy.")
@@ -187,20 +190,53 @@ def auc_lines(summary: list[dict], task_names: list[str], title: str) -> list[st
     return lines
 
 
-def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int, *, single_task: bool = True,
-        seeds_per_program: int = 0, report_only: bool = False, out: str = "", select_on: str = "") -> list[dict]:
-    started = started_now()
+def check_select_on(select_on: str, task_names: list[str]) -> None:
+    """``--select_on`` must name a task: a typo would otherwise select every cell on the mean AUC and
+    title the report 'selected on <typo>'."""
+    if select_on:
+        script_checks.choices("--select_on", [select_on], task_names, task_names[0] if task_names else "income")
+
+
+def auc_cells(record) -> set[str]:
+    """The cells of an ``auc.json`` (each cell once per seed it averaged)."""
+    return {f"{e['cell']} seed {i}" for e in record["cells"] for i in range(int(e.get("seeds") or 0))}
+
+
+def check_options(config, methods: list[str], archs: list[str], seeds: int, seeds_per_program: int = 0,
+                  select_on: str = "", out: str = "") -> tuple[list[str], list[str]]:
+    """Every option, before any data is read or anything trains; returns the parsed methods and archs."""
     methods, archs = ablation.parse_methods(",".join(methods)), ablation.parse_archs(archs)
     unknown = [a for a in archs if a not in census_common.ARCH_SETTINGS]
     if unknown:
         raise ValueError(f"no census sizes for {unknown}; known: {', '.join(census_common.ARCH_SETTINGS)}")
+    script_checks.at_least("--seeds", seeds, 1)
+    script_checks.at_least("--seeds_per_program", seeds_per_program, 0)
     config_schema.validate_config(config)
+    if len(config.tasks):  # the census configs name their tasks; else they are the dataset's labels
+        check_select_on(select_on, list(config.tasks.keys()))
+    if out:
+        dest = Path(out)
+        for p in (dest, *dest.parents):
+            if p.exists() and not p.is_dir():
+                raise ValueError(f"--out: {p} is a file, not a folder. Fix: pass another --out")
+    return methods, archs
+
+
+def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int, *, single_task: bool = True,
+        seeds_per_program: int = 0, report_only: bool = False, out: str = "", select_on: str = "",
+        allow_fewer_cells: bool = False) -> list[dict]:
+    started = started_now()
+    methods, archs = check_options(config, methods, archs, seeds, seeds_per_program, select_on, out)
     key = grid_key(config, seeds, archs, select_on)
     if not report_only:
         ablation.check_grid(workdir, key)
     tasks = ablation.task_list(config)
     names = [t.name for t in tasks]
+    check_select_on(select_on, names)
     cells = cells_for(config, methods, archs, names, seeds, single_task)
+    if out:  # the planned grid against what --out holds, before anything trains
+        planned = {f"{name} seed {i}" for name, _ in cells for i in range(seeds)}
+        script_checks.check_cells(Path(out) / "auc.json", planned, auc_cells, allow_fewer_cells)
     workdir.mkdir(parents=True, exist_ok=True)
     if not report_only:
         ablation.write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
@@ -217,6 +253,7 @@ def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int,
     write_outputs(workdir / "auc", {"title": title, "tasks": names, "cells": summary}, lines, prov)
     if out:
         dest = Path(out)
+        script_checks.check_cells(dest / "auc.json", auc_cells({"cells": summary}), auc_cells, allow_fewer_cells)
         (dest / "plots").mkdir(parents=True, exist_ok=True)
         index = {}
         for rel in ("results.csv", "table.md", "grid.json", "auc.md", "auc.json",
@@ -236,7 +273,8 @@ def main(argv):
     with cli.one_line_errors():
         run(_CONFIG.value, Path(_WORKDIR.value), _METHODS.value.split(","), _ARCHS.value.split(","), _SEEDS.value,
             single_task=_SINGLE_TASK.value, seeds_per_program=_SEEDS_PER_PROGRAM.value,
-            report_only=_REPORT_ONLY.value, out=_OUT.value, select_on=_SELECT_ON.value)
+            report_only=_REPORT_ONLY.value, out=_OUT.value, select_on=_SELECT_ON.value,
+            allow_fewer_cells=_ALLOW_FEWER.value)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from experiments.bench.common import write_outputs
+from experiments import script_checks
 
 # Where the paper's setup is quoted from (the MMoE paper's text; its Tables 1 and 2 are images there).
 PAPER_SOURCE = ("Ma et al., KDD 2018, Sec. 5.1, 6.2, 6.3 (text as quoted in github.com/anmingyu11/Gor-rok, "
@@ -42,8 +42,21 @@ def delta_m(e: dict, tasks: list[str], base: dict) -> float | None:
 
 
 def rows_of(folder: Path) -> tuple[str, list[str], list[dict]]:
-    data = json.loads((folder / "auc.json").read_text())
-    return data["title"], data["tasks"], data["cells"]
+    path = folder / "auc.json"
+    if not path.is_file():
+        raise ValueError(f"--groups: {path} does not exist. Fix: pass folders written by experiments.census_grid --out")
+    data = script_checks.read_json_record(path)
+    try:
+        return data["title"], data["tasks"], data["cells"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path} lacks {e} (not an experiments.census_grid auc.json). Fix: pass folders written by "
+                         "experiments.census_grid --out") from None
+
+
+def table_cells(record) -> set[str]:
+    """The cells of a table.json: group / cell / seed."""
+    return {f"{g}/{e['cell']} seed {i}" for g, group in record["groups"].items() for e in group["cells"]
+            for i in range(int(e.get("seeds") or 0))}
 
 
 def main(argv=None) -> int:
@@ -51,11 +64,28 @@ def main(argv=None) -> int:
     parser.add_argument("--groups", required=True, help="comma-separated result folders (each with auc.json)")
     parser.add_argument("--notes", default="", help="a markdown file appended after the tables")
     parser.add_argument("--out", required=True, help="output path without suffix")
+    parser.add_argument("--allow_fewer_cells", action="store_true",
+                        help="replace an output that holds cells the new table lacks")
     args = parser.parse_args(argv)
+    from jmtl.training import cli
+
+    with cli.one_line_errors():
+        return _main(args)
+
+
+def _main(args) -> int:
+    folders = [Path(g) for g in args.groups.split(",") if g]
+    if not folders:
+        raise ValueError("--groups: no folder given. Fix: e.g. --groups=results/census/income_marital")
+    for folder in folders:  # every input before anything is written
+        rows_of(folder)
+    if args.notes and not Path(args.notes).is_file():
+        raise ValueError(f"--notes: {args.notes} does not exist. Fix: pass the notes file, or leave --notes out")
+    script_checks.output_path("--out", args.out)
     lines = ["# Census-Income (KDD): test ROC AUC per architecture and weighting", "",
              f"Paper setup quoted from: {PAPER_SOURCE}.", ""]
     record = {"paper_source": PAPER_SOURCE, "groups": {}}
-    for folder in [Path(g) for g in args.groups.split(",") if g]:
+    for folder in folders:
         title, tasks, cells = rows_of(folder)
         record["groups"][folder.name] = {"title": title, "tasks": tasks, "cells": cells}
         base = {t: next((e[f"test.{t}.auc"][0] for e in cells if e["cell"] == f"single_task__{t}"), None) for t in tasks}
@@ -73,7 +103,7 @@ def main(argv=None) -> int:
         lines.append("")
     if args.notes:
         lines += Path(args.notes).read_text().rstrip("\n").splitlines()
-    write_outputs(args.out, record, lines)
+    script_checks.write_results(args.out, record, lines, table_cells, args.allow_fewer_cells)
     return 0
 
 

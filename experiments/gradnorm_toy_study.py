@@ -26,7 +26,6 @@ import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
 from experiments import ablate  # noqa: E402
-from experiments.bench.common import write_outputs  # noqa: E402
 from experiments.configs import gradnorm_toy  # noqa: E402
 from jmtl.data import gradnorm_toy as toy_data  # noqa: E402
 
@@ -51,9 +50,38 @@ def main(argv=None):
     parser.add_argument("--tasks", default="2,10")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--out", default=str(RESULTS / "gradnorm_toy"))
+    parser.add_argument("--allow_fewer_cells", action="store_true",
+                        help="replace an --out report that holds cells (T, method) this run lacks")
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
-    ts = [int(t) for t in args.tasks.split(",")]
+    from jmtl.training import cli
+
+    with cli.one_line_errors():
+        run(args)
+
+
+def study_cells(record) -> set[str]:
+    """The cells of the study's JSON: one per (T, method)."""
+    return {f"T{t} {m}" for t, by_method in record["by_T"].items() for m in by_method}
+
+
+def check_options(args) -> list[int]:
+    """Every option before any work; returns the task counts."""
+    from experiments import script_checks
+
+    ts = script_checks.int_list("--tasks", args.tasks, 1, example="2,10")
+    script_checks.at_least("--seeds", args.seeds, 1)
+    script_checks.at_least("--epochs", args.epochs, 1)
+    script_checks.output_path("--out", args.out, (".json", ".md", ".png"))
+    script_checks.check_cells(args.out + ".json", {f"T{t} {m}" for t in ts for m in METHODS}, study_cells,
+                              args.allow_fewer_cells)
+    return ts
+
+
+def run(args) -> None:
+    from experiments import script_checks
+
+    ts = check_options(args)
 
     fig, axes = plt.subplots(2, len(ts), figsize=(6.5 * len(ts), 8), squeeze=False)
     record = {"seeds": args.seeds, "epochs": args.epochs, "by_T": {}}
@@ -105,7 +133,8 @@ def main(argv=None):
         for m, r in by.items():
             lines.append(f"| {t} | `{m}` | {r['final_normalised_mse_mean']:.4f} | {r['final_worst_over_best_task']:.1f} |")
     lines += ["", f"![GradNorm toy]({Path(args.out).name}.png)"]
-    write_outputs(Path(args.out), record, lines)  # .json and .md, each with its provenance
+    # .json and .md, each with its provenance
+    script_checks.write_results(Path(args.out), record, lines, study_cells, args.allow_fewer_cells)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -44,6 +45,12 @@ def sweep(config, workdir: str, variants: list[str], seeds: list[str], results: 
     config_schema.validate_config(config)
     variants = tagging.parse_variants(variants, config)
     seeds = tagging.parse_seeds(seeds, config.seed)
+    if results:  # a malformed results file stops the sweep before the first run, not after it
+        tagging.read_results(results)
+        for p in (Path(results).parent, *Path(results).parent.parents):
+            if p.exists() and not p.is_dir():
+                raise ValueError(f"--results: {p} is a file, so {results}.json cannot be written. Fix: pass another "
+                                 "--results prefix")
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -228,19 +228,60 @@ def main(argv=None):
     p.add_argument("--eval_batch_size", type=int, default=1000)
     p.add_argument("--data_dir", default="../shared/data")
     p.add_argument("--cache_dir", default="/tmp/jmtl_cache")
+    p.add_argument("--allow_fewer_cells", action="store_true",
+                   help="replace an --out report that holds cells this grid lacks")
     args = p.parse_args(argv)
+    from jmtl.training import cli
 
+    with cli.one_line_errors():
+        run(args)
+
+
+def result_cells(record) -> set[str]:
+    """The cells of a report's JSON: row / seed / target of every test MAE."""
+    return {f"{name} s{seed} {task}" for name, per_seed in record["test_mae"].items()
+            for seed, row in per_seed.items() for task in row}
+
+
+def check_options(args) -> tuple[list[str], list[str], list[int], list[int]]:
+    """Every option, before any data is read or anything trains (``ValueError`` naming the option and
+    the fix); returns the methods, single-task targets, seeds and single-task seeds."""
+    from experiments import script_checks
+    from jmtl.data import qm9
+
+    methods = script_checks.weighting_methods("--methods", args.methods.split(","))
+    stl_tasks = list(qm9.TASKS) if args.single_task == "all" else [t for t in args.single_task.split(",") if t]
+    script_checks.choices("--single_task", stl_tasks, list(qm9.TASKS), "mu,homo")
+    seeds = script_checks.int_list("--seeds", args.seeds, 0, example="0,1,2")
+    stl_seeds = seeds if args.single_task_seeds is None else script_checks.int_list(
+        "--single_task_seeds", args.single_task_seeds, 0, example="0")
+    script_checks.at_least("--train_size", args.train_size, 0)
+    script_checks.at_least("--eval_size", args.eval_size, 0)
+    script_checks.at_least("--epochs", args.epochs, 1)
+    script_checks.at_least("--eval_batch_size", args.eval_batch_size, 1)
+    if not pathlib.Path(args.data_dir).expanduser().is_dir():
+        raise ValueError(f"--data_dir: {args.data_dir} is not a folder. Fix: pass the folder holding qm9/")
+    for flag, folder in (("--workdir", args.workdir), ("--cache_dir", args.cache_dir)):
+        path = pathlib.Path(folder).expanduser()
+        for q in (path, *path.parents):
+            if q.exists() and not q.is_dir():
+                raise ValueError(f"{flag}: {q} is a file, not a folder. Fix: pass another {flag}")
+    script_checks.output_path("--out", args.out)
+    return methods, stl_tasks, seeds, stl_seeds
+
+
+def run(args) -> None:
+    from experiments import script_checks
     from experiments.bench import common as bench_common
     from jmtl.data import qm9
 
     started = bench_common.started_now()
-    methods = [m for m in args.methods.split(",") if m]
-    stl_tasks = list(qm9.TASKS) if args.single_task == "all" else [t for t in args.single_task.split(",") if t]
-    unknown = [t for t in stl_tasks if t not in qm9.TASKS]
-    if unknown:
-        raise ValueError(f"--single_task: unknown target(s) {unknown}; the targets are {list(qm9.TASKS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s]
-    stl_seeds = seeds if args.single_task_seeds is None else [int(s) for s in args.single_task_seeds.split(",") if s]
+    methods, stl_tasks, seeds, stl_seeds = check_options(args)
+    planned = {f"{SINGLE_TASK} s{s} {t}" for s in stl_seeds for t in stl_tasks if stl_tasks} | {
+        f"{m} s{s} {t}" for m in methods for s in seeds for t in qm9.TASKS}
+    out_json = pathlib.Path(args.out + ".json")
+    if not args.only_finished:  # --only_finished reports what exists; the check at the write still holds
+        script_checks.check_cells(out_json, planned, result_cells, args.allow_fewer_cells)
     # The standardisation statistics (the units of the MAE): the same data the runs load.
     info = qm9.load_qm9(data_dir=args.data_dir, inputs="composition", train_size=args.train_size,
                         eval_size=args.eval_size).qm9
@@ -276,7 +317,8 @@ def main(argv=None):
                  lr=1e-3, model="MPNN hidden 64, 3 NNConv+GRU rounds, Set2Set; bond graph with explicit H, no geometry")
     result, lines = build_report(cells, methods, qm9.TASKS, qm9.REPORT_UNITS, setup, times, reused, missing,
                                  finished)
-    bench_common.write_outputs(args.out, result, lines, bench_common.provenance(started=started))
+    script_checks.write_results(args.out, result, lines, result_cells, args.allow_fewer_cells,
+                                bench_common.provenance(started=started))
 
 
 if __name__ == "__main__":

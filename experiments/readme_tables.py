@@ -41,6 +41,18 @@ DISPLAY = {
     "auto_lambda": "Auto-Lambda", "moml": "MOML", "forum": "FORUM",
 }
 
+class TableError(ValueError):
+    """A table cannot be rendered truthfully from its results files (one line: the table, the file,
+    what is wrong and the fix)."""
+
+
+class UnknownTableError(KeyError):
+    """The README marks a table this script does not know."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 TABLES: dict[str, Callable[[], list[str]]] = {}
 SOURCES: dict[str, tuple[str, ...]] = {}
 
@@ -79,11 +91,28 @@ class Ablation:
     """An ablation folder's results.csv, by (arch, method): per-seed test accuracies, Δm%, ms/step."""
 
     def __init__(self, folder: str):
-        with open(RESULTS / "ablation" / folder / "results.csv", newline="") as f:
+        self.path = RESULTS / "ablation" / folder / "results.csv"
+        with open(self.path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if not r["error"] and r["seed"]]
         self.cells: dict[str, list[dict]] = defaultdict(list)
         for r in rows:
             self.cells[r["method"] if r["arch"] != "single_task" else f"single_task:{r['method']}"].append(r)
+
+    def num_seeds(self, methods: list[str] | None = None) -> int:
+        """The seeds every cell (of ``methods``, default all) averages: a header that says "mean of N
+        seeds" must be true of each row, so cells with different counts (rows lost from results.csv,
+        a failed seed) are refused, naming them."""
+        cells = {m: len({r["seed"] for r in rs}) for m, rs in self.cells.items() if methods is None or m in methods}
+        counts = sorted(set(cells.values()))
+        if len(counts) != 1:
+            most = max(counts, key=lambda c: sum(v == c for v in cells.values()))
+            odd = ", ".join(f"{m} {n}" for m, n in cells.items() if n != most)
+            raise TableError(
+                f"{self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path}: the cells average "
+                f"different numbers of seeds ({most} for most; {odd}), so no 'mean of N seeds' header fits every row. "
+                f"Fix: rerun the missing seeds (or restore the file: git checkout {self.path.name})"
+            )
+        return counts[0]
 
     def acc(self, method: str, task: str) -> np.ndarray:
         return np.array([float(r[f"test.{task}.accuracy"]) for r in self.cells[method]])
@@ -175,7 +204,9 @@ def _groups(ab: Ablation, methods: list[str]) -> list[list[str]]:
 @table("multimnist_1epoch", "ablation/multimnist_1epoch/results.csv")
 def multimnist_1epoch() -> list[str]:
     ab = Ablation("multimnist_1epoch")
-    lines = ["| method | left / right test accuracy (%), 1 epoch, mean of 3 seeds | Δm% vs single-task ↓ | paper, 100 epochs |",
+    n = ab.num_seeds()
+    lines = [f"| method | left / right test accuracy (%), 1 epoch, {'mean of ' + str(n) + ' seeds' if n > 1 else 'one seed'} "
+             "| Δm% vs single-task ↓ | paper, 100 epochs |",
              "|---|---|---:|---|",
              _row(["single-task", ab.single_left_right(), "0", PAPER_MULTIMNIST["single_task"]])]
     for m in ("equal", "uncertainty", "gradnorm", "mgda"):
@@ -210,7 +241,9 @@ def scaling() -> list[str]:
 def bilevel_1epoch() -> list[str]:
     ab = Ablation("multimnist_1epoch_bilevel")
     single_ms = np.mean([ab.ms("single_task:left"), ab.ms("single_task:right")])
-    lines = ["| method | left / right test accuracy (%) | Δm% ↓ | ms/step (3 seeds in one program, under load) |",
+    n = ab.num_seeds()
+    lines = [f"| method | left / right test accuracy (%) | Δm% ↓ | ms/step ({n} seed{'s' if n > 1 else ''} in one program, "
+             "under load) |",
              "|---|---|---:|---:|",
              _row(["single-task", ab.single_left_right(), "0", f"{single_ms:.0f}"])]
     for m in ab.by_delta_m():
@@ -356,9 +389,27 @@ def render(text: str) -> str:
     def replace(m: re.Match) -> str:
         name = m.group("name")
         if name not in TABLES:
-            raise KeyError(f"README marks a table {name!r} that readme_tables does not know; known: {', '.join(TABLES)}")
-        return m.group(1) + "\n".join(TABLES[name]()) + "\n" + m.group(4)
+            raise UnknownTableError(f"README marks a table {name!r} that readme_tables does not know; known: "
+                                    f"{', '.join(TABLES)}. Fix: correct the marker's name, or register the table")
+        try:
+            rows = TABLES[name]()
+        except TableError as e:
+            raise TableError(f"table {name!r}: {e}") from e
+        except FileNotFoundError as e:
+            raise TableError(f"table {name!r}: its results file {e.filename} does not exist. Fix: run the experiment "
+                             f"that writes it, or restore it (git checkout {e.filename})") from e
+        except (OSError, KeyError, IndexError, ValueError, TypeError) as e:
+            what = f"lacks the column or key {e}" if isinstance(e, KeyError) else f"cannot be read ({type(e).__name__}: {e})"
+            raise TableError(f"table {name!r}: its results file ({', '.join(SOURCES[name])}) {what}. Fix: regenerate it "
+                             "with the experiment that writes it, or restore it from git") from e
+        return m.group(1) + "\n".join(rows) + "\n" + m.group(4)
 
+    opened = re.findall(r"<!-- table:([\w-]+) -->", text)
+    closed = set(re.findall(r"<!-- /table:([\w-]+) -->", text))
+    unclosed = [n for n in opened if n not in closed]
+    if unclosed:
+        raise TableError(f"README has <!-- table:{unclosed[0]} --> without its closing <!-- /table:{unclosed[0]} -->, "
+                         "so the table would be left as it is. Fix: add the closing marker after the table")
     return MARKER.sub(replace, text)
 
 
@@ -372,12 +423,22 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", default=str(README))
     args = parser.parse_args(argv)
     path = Path(args.readme)
-    text = path.read_text()
-    new = render(text)
+    try:
+        text = path.read_text()
+        new = render(text)
+    except OSError as e:
+        print(f"error: cannot read {path} ({e.strerror}). Fix: pass --readme PATH", file=sys.stderr)
+        return 2
+    except (TableError, UnknownTableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     missing = sorted(set(TABLES) - set(marked(text)))
     if missing:
-        print(f"tables not marked in {path.name}: {', '.join(missing)}", file=sys.stderr)
+        print(f"tables not marked in {path.name}: {', '.join(missing)} (add <!-- table:NAME --> and "
+              "<!-- /table:NAME --> where each goes)", file=sys.stderr)
     if args.check:
+        if missing and path.resolve() == README.resolve():
+            return 1  # a table the README should show is not checked at all
         if new != text:
             sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "README.md",
                                                        "rendered from results/"))

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from experiments.bench.common import write_outputs
+from experiments import script_checks
 
 
 def main(argv=None):
@@ -19,8 +19,38 @@ def main(argv=None):
     parser.add_argument("--paper", nargs="*", default=[], help="weighting=left/right accuracies in %%")
     parser.add_argument("--title", default="MultiMNIST, Multi-LeNet")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--allow_fewer_cells", action="store_true", help="replace an --out that holds runs this one lacks")
     args = parser.parse_args(argv)
-    paper = dict(p.split("=", 1) for p in args.paper)
+    from jmtl.training import cli
+
+    with cli.one_line_errors():
+        run(args)
+
+
+def run_cells(record) -> set[str]:
+    return {r["run"] for r in record["runs"]}
+
+
+def check_options(args) -> dict[str, str]:
+    """Every option before anything is written; returns the paper numbers by weighting."""
+    bad = [p for p in args.paper if "=" not in p]
+    if bad:
+        raise ValueError(f"--paper: {bad[0]!r} is not WEIGHTING=LEFT/RIGHT. Fix: e.g. --paper equal=96.46/94.99")
+    for run in map(Path, args.runs):
+        for name in ("summary.json", "config.json"):
+            if not (run / name).is_file():
+                raise ValueError(f"--runs: {run / name} does not exist (not a finished run's workdir). Fix: pass "
+                                 "workdirs of finished runs")
+    names = [Path(r).name for r in args.runs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--runs: two runs share a folder name ({names}); the table names runs by it. Fix: rename one")
+    script_checks.output_path("--out", args.out)
+    script_checks.check_cells(args.out + ".json", set(names), run_cells, args.allow_fewer_cells)
+    return dict(p.split("=", 1) for p in args.paper)
+
+
+def run(args) -> None:
+    paper = check_options(args)
 
     rows, lines = [], [
         f"# {args.title}",
@@ -56,7 +86,8 @@ def main(argv=None):
             f"{100 * b[tasks[0]]:.2f} | {100 * b[tasks[1]]:.2f} | {100 * f[tasks[0]]:.2f} | {100 * f[tasks[1]]:.2f} | "
             f"{row['paper'] or '—'} | {row['wall_time_per_epoch_s']:.1f} |"
         )
-    write_outputs(Path(args.out), {"runs": rows}, lines)  # .json and .md, each with its provenance
+    # .json and .md, each with its provenance
+    script_checks.write_results(Path(args.out), {"runs": rows}, lines, run_cells, args.allow_fewer_cells)
 
 
 if __name__ == "__main__":

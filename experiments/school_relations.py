@@ -180,12 +180,20 @@ def heatmap(matrix: np.ndarray, path: Path, title: str, off_diagonal_scale: bool
 # ---------------------------------------------------------------------------- modes
 
 
-def parse_splits(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    return out
+NUM_SPLITS = 10  # school_1_indexes.mat .. school_10_indexes.mat (jmtl.data.school)
+
+
+def parse_splits(text: str, flag: str = "--splits") -> list[int]:
+    """``'0-9'`` / ``'0,3'`` -> split indices, each in 0..9 (a typo fails before any work)."""
+    from experiments import script_checks
+
+    return script_checks.int_list(flag, text, 0, NUM_SPLITS - 1, "0-9")
+
+
+def relation_cells(record) -> set[str]:
+    """The cells of a ``relations.json`` record (or of a list of run records): row label and split."""
+    runs = record["runs"] if isinstance(record, dict) else record
+    return {f"{r['label']} / split {r['split']}" for r in runs}
 
 
 # alpha of alpha |W|_F^2. The losses are in squared exam-score units (summed over 139 tasks, ~1.4e4
@@ -241,17 +249,39 @@ def mean_std(values) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
 
 
+def planned_runs(args, split: int, splits: list[int]) -> tuple:
+    """(label, variant, overrides) of the rows ``main`` runs on ``split`` under ``args``."""
+    alphas = tuple(script_float_list("--alphas", args.alphas)) if args.alphas else ALPHAS
+    return main_runs(alphas) + (full_batch_runs() if args.full_batch else ()) + (
+        CONTROL_RUNS if split == splits[0] and args.controls else ())
+
+
+def script_float_list(flag: str, text: str) -> list[float]:
+    from experiments import script_checks
+
+    return script_checks.float_list(flag, text, low=0.0, example="1,10,100")
+
+
 def main_mode(args) -> None:
+    from experiments import script_checks
     from experiments.bench import common
 
     splits = parse_splits(args.splits)
     only = set(args.only.split(",")) if args.only else None
     partial_path = OUT / "relations_partial.jsonl"
-    OUT.mkdir(parents=True, exist_ok=True)
     records = []
     if args.resume and partial_path.exists():
         records = read_jsonl(partial_path)
     done = {(r["label"], r["split"]) for r in records}
+    # What relations.json will hold, checked before anything trains: a subset run (--only, fewer
+    # --splits, no --resume) must not replace the full table.
+    planned = {f"{label} / split {split}" for label, split in done}
+    for split in splits:
+        planned.add(f"closed / split {split}")
+        planned |= {f"{label} / split {split}" for label, variant, _ in planned_runs(args, split, splits)
+                    if not only or variant in only}
+    script_checks.check_cells(OUT / "relations.json", planned, relation_cells, args.allow_fewer_cells)
+    OUT.mkdir(parents=True, exist_ok=True)
     for split in splits:
         if ("closed", split) not in done:
             t0 = time.perf_counter()
@@ -261,10 +291,7 @@ def main_mode(args) -> None:
             with partial_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(f"split {split} closed forms: " + ", ".join(f"{k} {100 * v['test_ev']:.2f}" for k, v in cf.items()), flush=True)
-        alphas = tuple(float(a) for a in args.alphas.split(",")) if args.alphas else ALPHAS
-        runs = main_runs(alphas) + (full_batch_runs() if args.full_batch else ()) + (
-            CONTROL_RUNS if split == splits[0] and args.controls else ())
-        for label, variant, overrides in runs:
+        for label, variant, overrides in planned_runs(args, split, splits):
             if (only and variant not in only) or (label, split) in done:
                 continue
             rec = {"label": label, **train_variant(variant, split, args.data_dir, overrides=overrides)}
@@ -277,7 +304,7 @@ def main_mode(args) -> None:
             with partial_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(f"split {split} {label}: EV {100 * rec['test_ev']:.2f} %, {rec['wall_s']:.1f} s", flush=True)
-    write_main(records, common)
+    write_main(records, common, args.allow_fewer_cells)
 
 
 NO_W = "hard sharing + per-task ReLU 8 (no W)"
@@ -332,7 +359,14 @@ def relation_summary(records: list[dict]) -> dict:
             for k, v in sorted(acc.items(), key=lambda kv: row_order(kv[0]))}
 
 
-def write_main(records: list[dict], common) -> None:
+def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> None:
+    from experiments import script_checks
+
+    # One record per (row, split): a rerun without --resume appends a second record of the same cell to
+    # the log, and both counted would double that split in the row's mean and n. The latest is kept.
+    records = list({(r["label"], r["split"]): r for r in records}.values())
+    # Before any file (heatmaps, matrices, the table) is replaced.
+    script_checks.check_cells(OUT / "relations.json", relation_cells(records), relation_cells, allow_fewer_cells)
     rows = {}
     for r in records:
         if r["label"] == "closed":
@@ -427,8 +461,9 @@ def write_main(records: list[dict], common) -> None:
               "file rendered from that log by the command below. Per-run records (EV, wall time, steps / s): "
               "`relations.json`; the 139 x 139 matrices of split 1: `relation_matrices.npz`."]
     slim = [{k: v for k, v in r.items() if k not in ("relation", "mtrl_omega")} for r in records]
-    prov = common.write_outputs(OUT / "relations", {"table": table, "paired": paired, "runs": slim, "heatmaps": heat,
-                                                    "relation_stats": {k: {"n": n, **st} for k, (n, st) in w_stats.items()}}, lines)
+    prov = script_checks.write_results(OUT / "relations", {"table": table, "paired": paired, "runs": slim, "heatmaps": heat,
+                                                    "relation_stats": {k: {"n": n, **st} for k, (n, st) in w_stats.items()}}, lines,
+                                       relation_cells, allow_fewer_cells)
     # The full matrices (139 x 139) of the first split, for re-plotting.
     mats = {f"{r['label']}": r["relation"] for r in first}
     mats.update({f"{r['label']} omega": r["mtrl_omega"] for r in records if r.get("mtrl_omega") is not None and r["split"] == split0})
@@ -458,7 +493,7 @@ def catalogue_mode(args) -> None:
     file is continued only with ``--resume``, and only under the same schedule."""
     from jmtl import weighting
 
-    from experiments.bench import common
+    from experiments import script_checks
 
     methods = args.methods.split(",") if args.methods else weighting.names()
     # Two evaluation intervals: the first holds the compilation, the second times the step.
@@ -474,6 +509,8 @@ def catalogue_mode(args) -> None:
     if other:
         raise SystemExit(f"{path} was written under another schedule or split (methods {other[:5]}); use --name for a new table")
     done = {r["method"] for r in records}
+    cells_of = lambda rec: {r["method"] for r in (rec["runs"] if isinstance(rec, dict) else rec)}
+    script_checks.check_cells(OUT / f"{args.name}.json", done | set(methods), cells_of, args.allow_fewer_cells)
     for m in methods:
         if m in done:
             continue
@@ -534,8 +571,9 @@ def catalogue_mode(args) -> None:
     for r in records:
         if r["status"] != "ran":
             lines.append(f"| `{r['method']}` | {r['status']} | — | — | {r['wall_s']:.1f} | {r['error'][:300].replace('|', '/')} |")
-    prov = common.write_outputs(OUT / args.name, {"runs": records, "overrides": overrides, "variant": args.variant,
-                                                  "split": args.split}, lines)
+    prov = script_checks.write_results(OUT / args.name, {"runs": records, "overrides": overrides,
+                                                         "variant": args.variant, "split": args.split}, lines,
+                                       cells_of, args.allow_fewer_cells)
     index_provenance([path], prov)
 
 
@@ -567,9 +605,15 @@ def steptime_mode(args) -> None:
     from jmtl.training import loop
     from jmtl.training import step as step_lib
 
+    from experiments import script_checks
     from experiments.bench import common
     from experiments.configs import school_tasks
 
+    cells_of = lambda rec: {f"{r['label']} @ {r['batch_size']}" for r in rec["rows"]}
+    batch_sizes = script_checks.int_list("--batch-sizes", args.batch_sizes, 1, example="512,10321")
+    script_checks.check_cells(OUT / "relation_step_time.json", {f"{label} @ {b}" for b in batch_sizes
+                                                                for label, _, _ in STEPTIME_ROWS},
+                              cells_of, args.allow_fewer_cells)
     rows, fns = [], {}
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         for label, variant, former in STEPTIME_ROWS:
@@ -638,7 +682,8 @@ def steptime_mode(args) -> None:
         temp = f"{r['temp_mib']:.1f}" if r["temp_mib"] is not None else "—"
         lines.append(f"| {r['label']} | {r['batch_size']} | {r['median_ms']:.1f} | "
                      f"{r['median_ms'] / base_ms[r['batch_size']]:.1f} | {temp} | {r['compile_s']:.1f} |")
-    common.write_outputs(OUT / "relation_step_time", {"rows": rows, "repeats": args.repeats, "split": args.split}, lines)
+    script_checks.write_results(OUT / "relation_step_time", {"rows": rows, "repeats": args.repeats, "split": args.split},
+                                lines, cells_of, args.allow_fewer_cells)
 
 
 def enable_compilation_cache(folder: str) -> None:
@@ -672,7 +717,50 @@ def main(argv=None) -> None:
                     help="steptime: largest batch the former (quadratic) product is timed at")
     ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "jmtl_school_xla_cache"),
                     help="XLA persistent compilation cache ('' = off)")
+    ap.add_argument("--allow_fewer_cells", "--allow-fewer-cells", action="store_true",
+                    help="replace a results file even when the new one lacks some of its cells")
     args = ap.parse_args(argv)
+    from jmtl.training import cli
+
+    with cli.one_line_errors():
+        check_args(args)
+        run_mode(args)
+
+
+def check_args(args) -> None:
+    """Every option of ``args``, before any work (``ValueError`` naming the option and the fix)."""
+    from experiments import script_checks
+    from experiments.configs import school_tasks
+
+    parse_splits(args.splits)
+    script_checks.int_list("--split", str(args.split), 0, NUM_SPLITS - 1, "0")
+    if args.alphas:
+        script_float_list("--alphas", args.alphas)
+    script_checks.choices("--variant", [args.variant], school_tasks.VARIANTS, "hps_linear")
+    if args.only:
+        only = [v for v in args.only.split(",") if v]
+        script_checks.choices("--only", only, school_tasks.VARIANTS, "hps_linear")
+        runs = {v for _, v, _ in main_runs() + (full_batch_runs() if args.full_batch else ())
+                + (CONTROL_RUNS if args.controls else ())}
+        idle = [v for v in only if v not in runs]
+        if args.mode == "main" and idle:
+            raise ValueError(f"--only: no row of this command trains {', '.join(idle)} (the control rows need "
+                             f"--controls). Fix: e.g. --only={sorted(runs)[0]}, or add --controls")
+    if args.methods:
+        script_checks.weighting_methods("--methods", args.methods.split(","))
+    if not args.name or "/" in args.name or args.name.startswith("."):
+        raise ValueError(f"--name: {args.name!r} must be a file name under results/school/. Fix: e.g. --name=catalogue")
+    script_checks.at_least("--steps", args.steps, 1)
+    script_checks.at_least("--batch-size", args.batch_size, 1)
+    script_checks.int_list("--batch-sizes", args.batch_sizes, 1, example="512,10321")
+    script_checks.at_least("--repeats", args.repeats, 1)
+    script_checks.at_least("--former-max-batch", args.former_max_batch, 1)
+    if args.mode != "render" and args.data_dir and not Path(args.data_dir).expanduser().is_dir():
+        raise ValueError(f"--data-dir: {args.data_dir} is not a folder. Fix: pass the folder holding school/ "
+                         "(or set $JMTL_DATA_DIR)")
+
+
+def run_mode(args) -> None:
     if args.cache_dir:
         enable_compilation_cache(args.cache_dir)
     if args.mode == "main":
@@ -685,7 +773,7 @@ def main(argv=None) -> None:
         from experiments.bench import common
 
         path = OUT / "relations_partial.jsonl"
-        write_main([json.loads(l) for l in path.read_text().splitlines() if l.strip()], common)
+        write_main([json.loads(l) for l in path.read_text().splitlines() if l.strip()], common, args.allow_fewer_cells)
 
 
 if __name__ == "__main__":

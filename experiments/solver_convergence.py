@@ -190,6 +190,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "results" / "solver_convergence.md"))
     args = parser.parse_args()
+    from experiments import script_checks
+    from jmtl.training import cli
+
+    with cli.one_line_errors():
+        script_checks.at_least("--seeds", args.seeds, 1)
+        script_checks.output_path("--out", str(Path(args.out).with_suffix("")), (Path(args.out).suffix,))
     jax.config.update("jax_enable_x64", True)
     from experiments.bench.common import provenance, provenance_markdown
 

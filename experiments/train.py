@@ -10,7 +10,9 @@ Writes to the workdir: ``config.json``, ``train_log.jsonl`` (losses and task wei
 ``summary.json`` (final and best-validation test metrics, wall time, steps/s), ``plots/*.png`` and orbax
 checkpoints under ``checkpoints/``. Re-running with the same workdir resumes from the latest
 checkpoint (data order included). SIGTERM / SIGINT finish the current step, save a checkpoint and
-exit 0. A misspelt ``--config.`` field or a bad value prints one line and exits 2.
+exit 0. A misspelt ``--config.`` field or a bad value prints one line and exits 2; so does a field no
+code reads set in the config file itself (``c.num_epoch = 1``; a field added on purpose is declared in
+``c.extra_fields``) or a value of the wrong type there (``c.batch_size = "256"``).
 """
 
 from jmtl.commands import train

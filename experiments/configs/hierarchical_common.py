@@ -24,7 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
             name="conll2000",
             data_dir="",  # '' = $JMTL_DATA_DIR
             cache_dir="",  # '' = $JMTL_CACHE_DIR or ~/.cache/jmtl/tfds
-            kwargs=dict(lowercase=True, max_word_length=16, buckets=(16, 32, 48, 80), tag_scheme="iob2"),
+            # verify_checksums=False: accept raw files that differ from the published ones.
+            kwargs=dict(lowercase=True, max_word_length=16, buckets=(16, 32, 48, 80), tag_scheme="iob2",
+                        verify_checksums=True),
         )
     )
     c.variants = ml_collections.ConfigDict()

@@ -14,7 +14,9 @@ from experiments.configs import common
 def get_config(arg=None):
     c = common.base_config()
     c.dataset.name = "multi_mnist"
-    c.dataset.kwargs = dict(seed=0, download=False)  # pairing seed; download=True fetches the official files
+    # seed: the pairing seed; download=True fetches the official files; verify_checksums=False accepts
+    # raw files that differ from the published ones (--config.dataset.kwargs.verify_checksums=False).
+    c.dataset.kwargs = dict(seed=0, download=False, verify_checksums=True)
     c.tasks = dict(left=dict(label="left", weight=1.0), right=dict(label="right", weight=1.0))
     c.model.encoder = "multi_lenet"
     c.model.encoder_kwargs = dict(dropout_rate=0.5)

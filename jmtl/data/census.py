@@ -251,7 +251,7 @@ def parse(text: bytes, path: os.PathLike[str] | str, raw: RawFile | None = None)
             path,
             f"SHA-256 of the decompressed text is {digest}, the published {raw.name} gives {raw.sha256} "
             "(same row count, so values were altered)",
-            _FIX + "; pass verify_checksums=False to the loader only for a deliberately modified copy",
+            _FIX + f"; pass {fingerprint.FLAG_HINT} only for a deliberately modified copy",
         )
     return table
 

@@ -33,8 +33,8 @@ from typing import Iterable, Mapping, NamedTuple
 from jmtl.data.idx import DataError
 
 _CHUNK = 1 << 20
-FLAG_HINT = ("verify_checksums=False to the loader (in an experiment config: "
-         "dataset.kwargs.verify_checksums = False)")
+FLAG_HINT = ("verify_checksums=False to the loader (on the command line: "
+             "--config.dataset.kwargs.verify_checksums=False)")
 
 
 class FileDigest(NamedTuple):

@@ -14,9 +14,11 @@ import contextlib
 import difflib
 import re
 import sys
+import textwrap
+import traceback
 from typing import Iterator, Sequence
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from jmtl.training import workdir as workdir_lib
@@ -69,13 +71,71 @@ def _unknown_config_field(argv: Sequence[str], error: Exception) -> str:
     return f"error: unknown config field --config.{dotted}{did_you_mean or field_list}"
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a misspelt ``--config.`` field reported in one line (exit 2)."""
+_CAST = re.compile(r"Could not override field '([^']+)' \(reference\)\. (.*) is of original type <class '(\w+)'> "
+                   r"and cannot be casted to type <class '(\w+)'>", re.S)
+_TYPE_WORDS = {"int": "an int", "float": "a number", "str": "a string", "bool": "True or False", "tuple": "a tuple"}
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions it was raised from or during (absl and ml_collections re-raise a
+    config file's error as new ones carrying only the traceback's text)."""
+    seen: list[BaseException] = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+def config_file_error(error: BaseException) -> str | None:
+    """One line for an error raised while a config file runs, naming the file, the line and the
+    fix; ``None`` for anything else (a bug in the file keeps its traceback).
+
+    A value of the wrong type (``c.batch_size = "256"``) is refused by the ConfigDict itself, at the
+    line that sets it; that line is the one the user must change.
+    """
+    found = [(e, _CAST.search(str(e))) for e in _chain(error) if isinstance(e, TypeError)]
+    found = [(e, m) for e, m in found if m is not None and not str(e).startswith("Error whilst")]
+    if not found:
+        return None
+    root, match = found[0]
+    field, value, got, want = match.groups()
+    where, source = "the config file", ""
+    # The innermost frame outside the installed packages (ml_collections) is the config file's line.
+    for frame in reversed(traceback.extract_tb(root.__traceback__)):
+        if "site-packages" in frame.filename or "ml_collections" in frame.filename:
+            continue
+        where, source = f"{frame.filename}, line {frame.lineno}", (frame.line or "").strip()
+        break
+    lhs = source.split("=", 1)[0].strip() if "=" in source else ""
+    dotted = lhs.split(".", 1)[1] if "." in lhs else field
     try:
-        return app.parse_flags_with_usage(argv)
+        {"int": int, "float": float}[want](value)
+        fix = f"write {value} without quotes" if got == "str" else f"write {_TYPE_WORDS.get(want, want)}"
+    except (KeyError, ValueError):
+        fix = f"give config.{dotted} {_TYPE_WORDS.get(want, 'a ' + want)}"
+    return (f"error: {where}: config.{dotted} must be {_TYPE_WORDS.get(want, 'a ' + want)}, the config file "
+            f"sets the {got} {value!r}{f' ({source})' if source else ''}. Fix: {fix} in the config file")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a misspelt ``--config.`` field or a config file's value of the wrong type
+    reported in one line (exit 2); other flag errors print as absl prints them (exit 1)."""
+    try:
+        return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:
         print(_unknown_config_field(argv, e), file=sys.stderr)
         sys.exit(USAGE_ERROR)
+    except flags.Error as e:
+        line = config_file_error(e)
+        if line is not None:
+            print(line, file=sys.stderr)
+            sys.exit(USAGE_ERROR)
+        # absl's own message and exit status (app.parse_flags_with_usage; parsing again would define
+        # the override flags twice).
+        message = str(e)
+        message = f"\n{textwrap.indent(message, '  ')}\n" if "\n" in message else f" {message}\n"
+        sys.stderr.write(f"FATAL Flags parsing error:{message}Pass --helpshort or --helpfull to see help on flags.\n")
+        sys.exit(1)
 
 
 @contextlib.contextmanager

@@ -8,8 +8,9 @@ fails at once, naming the field and the fix, before anything is written.
 
 from __future__ import annotations
 
+import difflib
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -156,11 +157,94 @@ def _has_type(value, kind: str) -> bool:
     return isinstance(value, (int, float)) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iuf")
 
 
-def validate_config(config) -> None:
+# Subtrees whose keys are another component's keyword arguments (the dataset loader's, the
+# encoder's, the heads', the architecture's, the weighting method's) or names the user chooses (the
+# tasks): the component that receives them refuses a name it does not know, listing the valid ones.
+FREE_FORM = (
+    "dataset.kwargs", "tasks", "model.encoder_kwargs", "model.head_kwargs", "model.arch_kwargs", "weighting.hparams",
+)
+# A config that adds fields on purpose declares them here (dotted names; a declared field's subtree
+# is free): ``c.extra_fields = ("notes",)``. Absent from ``default_config()`` so that configs which
+# add nothing keep their saved form.
+EXTRA_FIELDS = "extra_fields"
+# The fields the tagging loop (jmtl/training/tagging.py, experiments/configs/hierarchical_common.py)
+# reads beyond default_config()'s; a config with ``variants`` is a tagging config. (Its model
+# fields are HierarchicalTagger's, so an unknown one is refused here rather than by a TypeError.)
+TAGGING_FIELDS = (
+    "variants", "variant", "select_on", "crf_tasks", "eval_test_every_epoch", "max_steps_per_epoch",
+    "compilation_cache_dir",
+    *(f"model.{f}" for f in (
+        "num_layers", "hidden", "word_dim", "char_dim", "char_features", "char_width", "label_dim", "shortcut",
+        "head_hidden", "dropout_rate", "word_dropout", "pretrained_embeddings", "embeddings_format",
+        "freeze_embeddings",
+    )),
+)
+
+
+def unknown_fields(config, extra_fields: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+    """``[(dotted field, valid sibling names), ...]``: the fields of ``config`` that neither
+    :func:`default_config` nor ``extra_fields`` / ``config.extra_fields`` has.
+
+    A field set in a config file by mistake (``c.num_epoch = 1``) would otherwise be kept and
+    ignored while the default it meant to change runs.
+    """
+    declared = set(extra_fields)
+    if hasattr(config, "keys") and "variants" in config:
+        declared |= set(TAGGING_FIELDS)
+    own = _lookup(config, EXTRA_FIELDS)
+    if own is not _MISSING and own is not None:
+        declared |= {str(own)} if isinstance(own, str) else {str(f) for f in own}
+    out: list[tuple[str, list[str]]] = []
+
+    def walk(node, schema, prefix: str) -> None:
+        for key in node.keys():
+            dotted = prefix + str(key)
+            if dotted in FREE_FORM or dotted in declared or dotted == EXTRA_FIELDS:
+                continue
+            known = schema is not None and hasattr(schema, "keys") and key in schema
+            sub = node[key]
+            if not known:
+                # A declared field deeper down (``model.num_layers``) makes its parents known.
+                if any(d.startswith(dotted + ".") for d in declared) and hasattr(sub, "keys"):
+                    walk(sub, None, dotted + ".")
+                    continue
+                siblings = list(schema.keys()) if schema is not None and hasattr(schema, "keys") else []
+                siblings += [d[len(prefix):] for d in declared if d.startswith(prefix) and "." not in d[len(prefix):]]
+                out.append((dotted, siblings))
+            elif hasattr(sub, "keys"):
+                walk(sub, schema[key], dotted + ".")
+
+    walk(config, default_config(), "")
+    return out
+
+
+def check_fields(config, extra_fields: Sequence[str] = ()) -> None:
+    """Refuses fields that no code reads (see :func:`unknown_fields`), as the command line refuses
+    ``--config.num_epoch=1``: ``ValueError`` naming each, the closest valid name and the fix."""
+    unknown = unknown_fields(config, extra_fields)
+    if not unknown:
+        return
+    parts = []
+    for dotted, siblings in unknown:
+        close = difflib.get_close_matches(dotted.rsplit(".", 1)[-1], [str(s) for s in siblings], n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        parts.append(f"config.{dotted}{hint}")
+    names = tuple(d for d, _ in unknown)
+    raise ValueError(
+        f"unknown config field(s) {', '.join(parts)}: set in the config file (or by the code that built the "
+        f"config), where no code reads them, so their defaults would run instead. Fix: correct the name, or "
+        f"declare a field added on purpose with config.{EXTRA_FIELDS} = {names!r}"
+    )
+
+
+def validate_config(config, extra_fields: Sequence[str] = ()) -> None:
     """Raises ``ValueError`` naming the first field of the wrong type or out of range, the expected
-    type and the fix (``Fix: ... --config.batch_size=256``). Names (dataset, encoder, weighting
-    method, ...) are checked by the code that uses them, which lists the valid ones; the output
-    writers and static weights are checked here."""
+    type and the fix (``Fix: ... --config.batch_size=256``), or every field no code reads
+    (:func:`check_fields`; ``extra_fields``: fields a caller's loop reads beyond
+    :func:`default_config`, e.g. the tagging loop's). Names (dataset, encoder, weighting method, ...)
+    are checked by the code that uses them, which lists the valid ones; the output writers and static
+    weights are checked here."""
+    check_fields(config, extra_fields)
     for field, kind, low in _FIELDS:
         value = _lookup(config, field)
         if value is _MISSING:

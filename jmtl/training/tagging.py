@@ -416,6 +416,9 @@ def fingerprint(config) -> str:
             c["model"].pop(key, None)
     c.get("dataset", {}).pop("data_dir", None)
     c.get("dataset", {}).pop("cache_dir", None)
+    # Checking the raw files' checksums changes no number (a mismatch stops the run), and records
+    # from before the field existed keep their id.
+    c.get("dataset", {}).get("kwargs", {}).pop("verify_checksums", None)
     return hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -494,13 +497,42 @@ def results_table(records: list[dict], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+# What results_table and the record key read of every record.
+_RECORD_KEYS = ("variant", "seed", "dataset", "weighting", "depths", "validation", "test", "epochs", "best_epoch",
+                "epoch_time_s", "wall_time_s")
+
+
+def read_results(prefix: str) -> list[dict]:
+    """The records of ``PREFIX.json`` ([] when absent); ``ValueError`` naming the file, what is wrong
+    and the fix when it is not a list of run records. A sweep reads it before training, so a
+    malformed file stops the sweep before the first run rather than after it."""
+    path = Path(prefix + ".json")
+    if not path.exists():
+        return []
+    fix = (f"Fix: restore it (git checkout {path}), move it away, or pass another --results prefix; nothing "
+           "was written")
+    if path.is_dir():
+        raise ValueError(f"--results: {path} is a folder, not a results file. {fix}")
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--results: {path} is not valid JSON ({type(e).__name__}: {e}). {fix}") from None
+    if not isinstance(records, list):
+        raise ValueError(f"--results: {path} holds a {type(records).__name__}, not a list of run records. {fix}")
+    for i, r in enumerate(records):
+        missing = [k for k in _RECORD_KEYS if not isinstance(r, dict) or k not in r]
+        if missing:
+            raise ValueError(f"--results: record {i} of {path} is not a run record (lacks {', '.join(missing)}). {fix}")
+    return records
+
+
 def append_result(prefix: str, record: dict, title: str) -> str:
     """Adds ``record`` to ``PREFIX.json`` (replacing the record of the same variant, seed and config:
     a rerun never leaves two copies of one run) and rewrites ``PREFIX.table.md``. Returns
     ``'added'`` or ``'replaced'``."""
     path = Path(prefix + ".json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    records = json.loads(path.read_text()) if path.exists() else []
+    records = read_results(prefix)
     kept = [r for r in records if _key(r) != _key(record)]
     action = "replaced" if len(kept) < len(records) else "added"
     kept.append(record)

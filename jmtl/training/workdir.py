@@ -401,7 +401,13 @@ def format_fatal(exc: BaseException) -> str:
         text = f"writing {where} failed: {reason}. Fix: {fix}"
     else:
         text = str(exc)
-    first = " ".join(text.split("\n")[0].split()) if text else ""
+    lines = text.split("\n") if text else [""]
+    # A message of this project's own (it ends in "Fix: ...") or one whose first line announces what
+    # follows (a checksum mismatch's files) is kept whole, on one line: cutting it at its first line
+    # dropped the file names and the fix. Other messages (a library's long explanation) keep their
+    # first line.
+    keep = "Fix:" in text or lines[0].rstrip().endswith(":")
+    first = " ".join((" ".join(lines) if keep else lines[0]).split())
     return f"{type(exc).__name__}: {first}"
 
 

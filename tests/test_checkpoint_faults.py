@@ -271,7 +271,9 @@ def test_fallback_message_and_the_next_save_of_that_step(pristine, tmp_path, cap
     state, meta = ckpt.restore(_zeros(), SIG)
     assert meta["step"] == 10
     out = capsys.readouterr().err
-    assert f"warning: resuming from step 10 instead of step 20: {d / '20'} is damaged (ValueError: DATA_LOSS" in out
+    # The checksum record catches the emptied file before orbax reads it (it would say DATA_LOSS).
+    assert (f"warning: resuming from step 10 instead of step 20: {d / '20'} is damaged (CheckpointIntegrityError: "
+            "checksum mismatch: state/manifest.ocdbt has 0 bytes") in out
     (aside, reason), = ckpt.damaged
     assert aside.parent == d and aside.name.startswith("20.damaged-") and "manifest" in reason
     assert ckpt.latest_step() == 10
@@ -289,8 +291,9 @@ def test_no_intact_checkpoint_is_an_error_naming_every_folder(pristine, tmp_path
     with pytest.raises(CheckpointRestoreError) as info:
         Checkpointer(d).restore(_zeros(), SIG)
     msg = str(info.value)
-    assert msg.startswith(f"no checkpoint in {d} restores: step 20 (ValueError: NOT_FOUND")
-    assert "; step 10 (ValueError: NOT_FOUND" in msg and "Fix: copy an intact checkpoint folder back" in msg
+    missing = "(CheckpointIntegrityError: checksum mismatch: state/manifest.ocdbt missing)"
+    assert msg.startswith(f"no checkpoint in {d} restores: step 20 {missing}")
+    assert f"; step 10 {missing}" in msg and "Fix: copy an intact checkpoint folder back" in msg
     assert sorted(p.name for p in d.iterdir()) == ["10", "20"]  # nothing moved when nothing restores
 
 

@@ -21,11 +21,21 @@ checkpoint folder mid-run); the synchronous save costs little here (see ``Checkp
 A finished checkpoint that no longer reads (a file deleted or emptied afterwards) is *damaged*:
 ``restore`` moves it aside to ``<step>.damaged-<time>/`` (never deleted; the next save of that step
 cannot collide with it), warns, and resumes from the newest earlier checkpoint that restores.
+
+Integrity: a file that still reads can hold other bytes (a flipped bit on disk, a bad copy), which
+orbax restores as other values without notice. So each save also writes ``<step>/jmtl_checksums.json``
+(the sha256 and size of every file of the step, written atomically after orbax's commit), and
+``restore`` verifies it before reading anything: a mismatch, or a missing file, is damage as above
+(named, moved aside, the newest intact step restored). The meta JSON of such a save says
+``"integrity": 1``; a step without the record whose meta says so was cut between the two writes and is
+damaged too. Checkpoints written before this (no record, no flag) restore unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import sys
 import threading
@@ -90,6 +100,69 @@ def _describe_difference(saved: dict, current: dict) -> str:
 _STEP_DIR = re.compile(r"^(0|[1-9][0-9]*)$")  # orbax's default step-folder names
 # What a finished save of ``Checkpointer.save`` holds (orbax 0.12.8): the commit marker is written last.
 _COMPLETE_FILES = ("commit_success.txt", "_CHECKPOINT_METADATA", "state/_METADATA", "meta/metadata")
+
+
+CHECKSUMS = "jmtl_checksums.json"
+INTEGRITY_FORMAT = 1
+
+
+class CheckpointIntegrityError(OSError):
+    """A checkpoint's files differ from the checksums recorded at its save. ``str()`` is the message."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def step_files(step_dir: Path) -> dict[str, dict]:
+    """``{relative path: {"bytes", "sha256"}}`` of every file under ``step_dir`` but the record itself."""
+    return {str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+
+
+def write_checksums(step_dir: Path) -> None:
+    """Writes ``<step>/jmtl_checksums.json`` (tmp file + rename: a half-written record never exists)."""
+    record = {"format": INTEGRITY_FORMAT, "files": step_files(step_dir)}
+    tmp = step_dir / (CHECKSUMS + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, step_dir / CHECKSUMS)
+
+
+def verify_checksums(step_dir: Path) -> Optional[bool]:
+    """Checks ``step_dir``'s files against its record: True (intact), None (no record: an unverified
+    checkpoint of an earlier version, or a save cut before the record), or raises.
+
+    Raises:
+      CheckpointIntegrityError: a recorded file is missing, has another size, or another sha256 (each
+        named, with the first few).
+    """
+    path = step_dir / CHECKSUMS
+    if not path.exists():
+        return None
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointIntegrityError(f"its checksum record {CHECKSUMS} does not read ({e})") from None
+    bad = []
+    for rel, want in sorted(files.items()):
+        p = step_dir / rel
+        if not p.is_file():
+            bad.append(f"{rel} missing")
+        elif p.stat().st_size != want["bytes"]:
+            bad.append(f"{rel} has {p.stat().st_size} bytes, {want['bytes']} at save")
+        elif _sha256(p) != want["sha256"]:
+            bad.append(f"{rel} sha256 differs from the save's")
+    if bad:
+        raise CheckpointIntegrityError("checksum mismatch: " + "; ".join(bad[:3])
+                                       + (f"; and {len(bad) - 3} more" if len(bad) > 3 else ""))
+    return True
 
 
 def incomplete_step_dirs(directory: str | Path) -> list[Path]:
@@ -173,6 +246,8 @@ class Checkpointer:
     def __init__(self, directory: str | Path, *, max_to_keep: int = 2, asynchronous: bool = False):
         self.directory = Path(directory).absolute()
         self.damaged: list[tuple[Path, str]] = []  # (moved-to folder, reason) of steps restore set aside
+        self.asynchronous = asynchronous
+        self._pending_checksums: list[int] = []  # saved steps whose checksum record is still to write
         _quiet_orbax_noise()
         _set_aside_incomplete(self.directory)
         try:
@@ -191,17 +266,43 @@ class Checkpointer:
 
     def save(self, step: int, state: PyTree, meta: dict) -> None:
         """Writes checkpoint ``step``; raises ``CheckpointSaveError`` (folder, OS error, fix) if it fails."""
+        meta = {**meta, "integrity": INTEGRITY_FORMAT}
         try:
+            self._write_pending_checksums()
             self.manager.save(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             )
+            self._pending_checksums.append(step)
+            if not self.asynchronous:
+                self._write_pending_checksums()
+        except CheckpointSaveError:
+            raise
         except Exception as e:  # orbax / tensorstore wrap the OSError in various types
             raise CheckpointSaveError(step, self.directory, e) from e
+
+    def _write_pending_checksums(self) -> None:
+        """The checksum records of the saves finished since the last call (an asynchronous save's files
+        exist only once it finished: orbax waits for it before the next save starts)."""
+        if not self._pending_checksums:
+            return
+        if self.asynchronous:
+            self.manager.wait_until_finished()
+        steps, self._pending_checksums = self._pending_checksums, []
+        if jax.process_index() != 0:
+            return
+        for step in steps:
+            step_dir = self.directory / str(step)
+            if step_dir.is_dir():  # not when max_to_keep dropped it already
+                try:
+                    write_checksums(step_dir)
+                except OSError as e:
+                    raise CheckpointSaveError(step, self.directory, e) from e
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Waits for a pending asynchronous save; ``CheckpointSaveError`` if it failed or took over ``timeout`` s."""
         _call_with_timeout(self.manager.wait_until_finished, timeout, self.directory)
+        self._write_pending_checksums()
 
     def _read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -216,7 +317,11 @@ class Checkpointer:
             )
 
     def _restore_step(self, step: int, abstract_state: PyTree, signature: dict) -> tuple[PyTree, dict]:
+        # Before anything is read: orbax would restore flipped bits as other values, without notice.
+        verified = verify_checksums(self.directory / str(step))
         meta = self._read_meta(step)
+        if verified is None and meta.get("integrity"):
+            raise CheckpointIntegrityError(f"its checksum record {CHECKSUMS} is missing (the save was cut before it)")
         self._check_signature(meta, signature)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))

@@ -26,7 +26,7 @@ import optax
 
 from jmtl import data as data_lib
 from jmtl import weighting as weighting_lib
-from jmtl.data.iterables import ReplayIterator, call_factory, concatenate_batches
+from jmtl.data.iterables import LabelCheck, ReplayIterator, call_factory, concatenate_batches
 from jmtl.tasks import Task
 from jmtl.training import builders, config_schema, contract, evaluate, loop, parallel
 from jmtl.training import step as step_lib
@@ -181,7 +181,10 @@ def fit(
         if arrays_train:
             its = {k: loop.dataset_batches(d, config.batch_size, s) for k, d in datasets.items()}
         else:
-            its = {k: ReplayIterator(src, s, name=f"train{f' ({k})' if k else ''}") for k, src in sources.items()}
+            its = {k: ReplayIterator(src, s, name=f"train{f' ({k})' if k else ''}",
+                                     check=LabelCheck([t for t in tasks if k is None or t.name == k],
+                                                      f"train{f' ({k})' if k else ''}"))
+                   for k, src in sources.items()}
         return data_lib.PerTaskBatches(its) if per_task_inputs else its[None]
 
     def make_evaluator(driver: parallel.Driver, seed_axis: loop.SeedAxis):

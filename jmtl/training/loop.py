@@ -293,8 +293,9 @@ def run(experiment: Experiment, config, workdir: str | Path) -> tuple[dict, step
     config_schema.validate_config(config)
     workdir = workdir_lib.prepare_workdir(workdir)
     is_main = jax.process_index() == 0
-    with workdir_lib.workdir_lock(workdir) if is_main else contextlib.nullcontext():
+    with workdir_lib.workdir_lock(workdir) if is_main else contextlib.nullcontext() as lock:
         trainer = _Trainer(experiment, config, workdir)
+        trainer.lock = lock
         try:
             trainer.resume()
             return trainer.loop()
@@ -326,6 +327,7 @@ class _Trainer:
     def __init__(self, experiment: Experiment, config, workdir: Path):
         self.exp, self.config, self.workdir = experiment, config, workdir
         self.is_main = jax.process_index() == 0
+        self.lock: Optional[workdir_lib.WorkdirLock] = None  # set by run() on the main process
         self.logs = None
         self.stop = _StopRequest()
         self.names = [t.name for t in experiment.tasks]
@@ -413,7 +415,14 @@ class _Trainer:
             self.logs, logs = None, self.logs
             logs.close()
 
+    def check_lock(self) -> None:
+        """Stops the run (``WorkdirLostError``) when its workdir or lock was deleted or replaced: a save
+        there could mix with another run's files, and records written to a deleted folder are lost."""
+        if self.lock is not None:
+            self.lock.check()
+
     def save(self, state, step: int, wall: float) -> None:
+        self.check_lock()
         meta = {"signature": self.signature, "data_iterator": self.train_iter.get_state(), "best": self.bests,
                 "wall_time": wall}
         self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
@@ -637,6 +646,7 @@ class _Trainer:
             "processes": jax.process_count(),
         }
         if self.is_main:
+            self.check_lock()
             (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
             if self.exp.plots:
                 plotting.plot_training(self.workdir, self.names)

@@ -106,7 +106,7 @@ def run_programs(cells, workdir: Path, seeds_per_program: int = 0, select_on: st
         print(f"census grid: {rel}", flush=True)
         try:
             summary, _ = train(c, str(run_dir), select_on)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, OSError):  # OSError: disk / folders, as ablation.run_grid
             raise
         except Exception as e:  # noqa: BLE001  (a method that cannot run here is reported, not fatal)
             errors[name] = f"{type(e).__name__}: {e}"
@@ -195,13 +195,20 @@ def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int,
     if unknown:
         raise ValueError(f"no census sizes for {unknown}; known: {', '.join(census_common.ARCH_SETTINGS)}")
     config_schema.validate_config(config)
+    ablation.check_out_folder(out)
     key = grid_key(config, seeds, archs, select_on)
     if not report_only:
         ablation.check_grid(workdir, key)
     tasks = ablation.task_list(config)
     names = [t.name for t in tasks]
     cells = cells_for(config, methods, archs, names, seeds, single_task)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with ablation.grid_lock(workdir):  # held to the end (reports, --out): a second run is refused at once
+        return _run_locked(config, workdir, methods, archs, seeds, single_task, seeds_per_program, report_only,
+                           out, select_on, started, key, tasks, names, cells)
+
+
+def _run_locked(config, workdir, methods, archs, seeds, single_task, seeds_per_program, report_only, out,
+                select_on, started, key, tasks, names, cells) -> list[dict]:
     if not report_only:
         ablation.write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
         run_programs(cells, workdir, seeds_per_program, select_on)

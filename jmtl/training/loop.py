@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -307,17 +308,37 @@ def run(experiment: Experiment, config, workdir: str | Path) -> tuple[dict, step
 
 
 class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption-safe)."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption-safe).
+
+    A second signal gives up at once (``KeyboardInterrupt``) -- except during a checkpoint save
+    (``saving()``): an exception raised inside orbax's save would print its whole traceback and may
+    leave the step half-written, so the save is finished first (it takes seconds) and one line says so;
+    the run then stops as for the first signal.
+    """
 
     def __init__(self):
         self.signal = None
+        self.in_save = False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
+    @contextlib.contextmanager
+    def saving(self):
+        self.in_save = True
+        try:
+            yield
+        finally:
+            self.in_save = False
+
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signal is not None and self.in_save:
+            print(f"\nReceived {name} again during a checkpoint save: finishing the save (a few seconds), then "
+                  "stopping.", file=sys.stderr, flush=True)
+            return
         if self.signal is not None:  # second signal: give up immediately
             raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
+        self.signal = name
 
 
 class _Trainer:
@@ -425,7 +446,8 @@ class _Trainer:
         self.check_lock()
         meta = {"signature": self.signature, "data_iterator": self.train_iter.get_state(), "best": self.bests,
                 "wall_time": wall}
-        self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
+        with self.stop.saving():
+            self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
 
     # ---- non-finite policy ------------------------------------------------------------------------
     def check_finite(self, at_step: int, metrics) -> None:

@@ -88,6 +88,17 @@ def describe_os_error(exc: BaseException) -> tuple[str, str]:
     Follows ``__cause__`` / ``__context__`` (orbax and tensorstore wrap the ``OSError``) and, for errors
     that only carry text (tensorstore's ``ValueError: ... No space left on device``), the message.
     """
+    known = storage_reason(exc)
+    if known is not None:
+        return known
+    os_error = find_os_error(exc)
+    reason = f"{type(os_error or exc).__name__}: {os_error or exc}"
+    return reason, "check that the folder exists and is writable, then resume with the same command"
+
+
+def storage_reason(exc: BaseException) -> tuple[str, str] | None:
+    """``describe_os_error``'s (reason, fix) when ``exc`` is a known refusal of the disk (full, quota,
+    read-only, permissions, ...: by errno in the cause chain, or by its text), else None."""
     os_error = find_os_error(exc)
     if os_error is not None and os_error.errno in _REASONS:
         return _REASONS[os_error.errno]
@@ -97,8 +108,7 @@ def describe_os_error(exc: BaseException) -> tuple[str, str]:
                          (errno.EACCES, "Permission denied")):
         if marker.lower() in text.lower():
             return _REASONS[code]
-    reason = f"{type(os_error or exc).__name__}: {os_error or exc}"
-    return reason, "check that the folder exists and is writable, then resume with the same command"
+    return None
 
 
 def find_os_error(exc: BaseException | None) -> OSError | None:
@@ -121,11 +131,13 @@ class StorageError(OSError):
       what: what was being written, e.g. ``"writing the train log"``.
       path: the file or folder.
       cause: the original exception (kept as ``__cause__`` by ``raise ... from``); its errno is copied.
+      fix: the fix to print (default: by the errno, for a workdir).
     """
 
-    def __init__(self, what: str, path: str | Path, cause: BaseException | None = None):
+    def __init__(self, what: str, path: str | Path, cause: BaseException | None = None, fix: str | None = None):
         os_error = find_os_error(cause)
-        reason, fix = describe_os_error(cause) if cause is not None else ("unknown error", "retry")
+        reason, default_fix = describe_os_error(cause) if cause is not None else ("unknown error", "retry")
+        fix = fix or default_fix
         code = os_error.errno if os_error is not None else None
         super().__init__(code, f"{what} failed ({path}): {reason}. Fix: {fix}")
         self.what, self.path, self.reason, self.fix = what, Path(path), reason, fix
@@ -229,8 +241,8 @@ def _open_lock_file(lock_path: Path) -> int:
 
 def _busy(path: Path, lock_path: Path) -> WorkdirBusyError:
     holder = {}
-    try:
-        fd = _open_lock_file(lock_path)
+    try:  # read only: never created, never followed
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         try:
             holder = _read_holder(fd)
         finally:

@@ -10,7 +10,10 @@ after the first evaluation and checkpoint) vs the last 500 steps, growth in %, t
 
     python -m experiments.bench.soak [--steps 20000] [--workdir /tmp/jmtl_soak]
 
-Writes results/bench/bench_soak.json, results/bench/bench_soak.md and results/bench/bench_soak_rss.png. Not part of
+``--checkpoint_every 10`` isolates the memory of the checkpoint saves; ``--per_array_checkpoints`` saves
+leaf by leaf as before ``checkpoint.pack_state`` (the comparison in results/bench/soak_checkpoints_*.md).
+
+Writes results/bench/<name>.json, .md and <name>_rss.png (``--name``, default bench_soak). Not part of
 the test suite (it takes minutes).
 """
 
@@ -187,7 +190,13 @@ def main(argv=None):
     parser.add_argument("--workdir", default="/tmp/jmtl_soak")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default="bench_soak", help="output file name, without suffix")
+    parser.add_argument("--per_array_checkpoints", action="store_true",
+                        help="save the state leaf by leaf, as before checkpoint.pack_state (the 'before' of the "
+                             "memory-per-save comparison)")
     args = parser.parse_args(argv)
+    from jmtl.training import checkpoint
+
+    checkpoint.Checkpointer.PACK = not args.per_array_checkpoints
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance()  # the commit and dirty flag of the code that runs, recorded at the start
@@ -199,6 +208,7 @@ def main(argv=None):
     loop_s = max(t for t, s, _, _ in run["samples"] if s < args.steps)
     record = {
         "config": "experiments/configs/gradnorm_toy.py", "driver": "single", "steps": args.steps,
+        "checkpoint_layout": "packed" if checkpoint.Checkpointer.PACK else "per_array",
         "eval_every": args.eval_every, "checkpoint_every": ckpt_every, "checkpoints_saved": args.steps // ckpt_every,
         "rss_slope_per_checkpoint_kib": round(analysis["rss_slope_after_warm_mib_per_10k_steps"] * 1024 * ckpt_every / 10_000, 2),
         "log_every_steps": 10, "warm_step": args.warm_step,
@@ -221,7 +231,8 @@ def main(argv=None):
 
 `{prov["command"]}` — `experiments.train.train` on the GradNorm toy
 (`gradnorm_toy.py`, equal weighting, driver `single`, batch 100), evaluation every {args.eval_every:,} steps,
-orbax checkpoint every {ckpt_every:,} steps ({args.steps // ckpt_every} saves), train log every 10 steps. A background thread reads `VmRSS` from
+orbax checkpoint every {ckpt_every:,} steps ({args.steps // ckpt_every} saves, {record['checkpoint_layout'].replace('_', '-')}
+layout), train log every 10 steps. A background thread reads `VmRSS` from
 `/proc/self/status` every {args.interval:g} s ({len(run['samples'])} samples); a sample's step is the
 number of batches the loop has taken. jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cores,
 shared; load average at the end {', '.join(f'{x:.1f}' for x in record['load_average_end'])}).

@@ -29,6 +29,9 @@ orbax restores as other values without notice. So each save also writes ``<step>
 (named, moved aside, the newest intact step restored). The meta JSON of such a save says
 ``"integrity": 1``; a step without the record whose meta says so was cut between the two writes and is
 damaged too. Checkpoints written before this (no record, no flag) restore unverified.
+
+Host (numpy) state is saved packed, one flat array per dtype (``pack_state``, layout in the meta): the
+memory an orbax save keeps grows with the number of arrays saved. Both layouts restore.
 """
 
 from __future__ import annotations
@@ -115,11 +118,11 @@ def _packable(state: PyTree) -> bool:
 def pack_state(state: PyTree) -> tuple[dict, list]:
     """``state`` -> ``({dtype name: 1-D array of every leaf of that dtype, in tree order}, layout)``.
 
-    Why: orbax's save costs resident memory per saved *array* that is never given back (measured, orbax
-    0.12.8 / tensorstore on CPU: ~0.7 KiB per array per save, 40 arrays ~35 KiB per save against ~10 KiB
-    for one array of the same bytes; ``results/bench/soak_checkpoints_*.md``). A train state has tens to
+    Why: an orbax 0.12.8 / tensorstore save keeps some resident memory per saved *array* that is never
+    given back (native; it grows with the number of arrays, not their bytes). A train state has tens to
     hundreds of leaves (params, two Adam moments each, the weighting's state); packed, a save writes one
-    array per dtype. ``layout`` (JSON: each leaf's dtype and shape) goes into the meta.
+    array per dtype (per-save growth with and without: ``results/bench/soak_checkpoints_*.md``).
+    ``layout`` (JSON: each leaf's dtype and shape) goes into the meta.
     """
     leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
     layout = [[x.dtype.name, list(x.shape)] for x in leaves]

@@ -2,10 +2,12 @@
 
 * ``prepare_workdir`` creates the folder; a file in the way or an unwritable disk is a one-line error,
   not a raw ``FileExistsError``.
-* ``workdir_lock`` holds ``fcntl.flock`` on ``<workdir>/.lock`` for the whole run, so a second run into
-  the same workdir fails at once (``WorkdirBusyError``) instead of interleaving checkpoints and logs.
-  The kernel drops an flock when its process dies, so a run killed with ``kill -9`` leaves no stuck lock
-  (a lock *file* left behind is harmless: only the flock counts).
+* ``workdir_lock`` holds ``fcntl.flock`` on the workdir folder and on ``<workdir>/.lock`` for the whole
+  run, so a second run into the same workdir fails at once (``WorkdirBusyError``) instead of interleaving
+  checkpoints and logs -- also after ``.lock`` was deleted. ``.lock`` is never followed if it is a
+  symlink; ``WorkdirLock.check`` (before each checkpoint) stops a run whose folder or lock file was
+  removed or replaced (``WorkdirLostError``). The kernel drops an flock when its process dies, so a run
+  killed with ``kill -9`` leaves no stuck lock (a lock *file* left behind is harmless: only the flock counts).
 * ``check_resume`` decides which config fields may differ between the run that wrote a checkpoint and
   the run resuming it. Only fields that do not change what is computed may (how long to train -- extend
   only --, how often to evaluate / log / checkpoint, where data and caches live, the progress bar, the

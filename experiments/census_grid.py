@@ -109,7 +109,7 @@ def run_programs(cells, workdir: Path, seeds_per_program: int = 0, select_on: st
         print(f"census grid: {rel}", flush=True)
         try:
             summary, _ = train(c, str(run_dir), select_on)
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, OSError):  # OSError: disk / folders, as ablation.run_grid
             raise
         except Exception as e:  # noqa: BLE001  (a method that cannot run here is reported, not fatal)
             errors[name] = f"{type(e).__name__}: {e}"
@@ -214,11 +214,7 @@ def check_options(config, methods: list[str], archs: list[str], seeds: int, seed
     config_schema.validate_config(config)
     if len(config.tasks):  # the census configs name their tasks; else they are the dataset's labels
         check_select_on(select_on, list(config.tasks.keys()))
-    if out:
-        dest = Path(out)
-        for p in (dest, *dest.parents):
-            if p.exists() and not p.is_dir():
-                raise ValueError(f"--out: {p} is a file, not a folder. Fix: pass another --out")
+    ablation.check_out_folder(out)
     return methods, archs
 
 
@@ -238,6 +234,13 @@ def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int,
         planned = {f"{name} seed {i}" for name, _ in cells for i in range(seeds)}
         script_checks.check_cells(Path(out) / "auc.json", planned, auc_cells, allow_fewer_cells)
     workdir.mkdir(parents=True, exist_ok=True)
+    with ablation.grid_lock(workdir):  # held to the end (reports, --out): a second run is refused at once
+        return _run_locked(config, workdir, methods, archs, seeds, single_task, seeds_per_program, report_only,
+                           out, select_on, started, key, tasks, names, cells, allow_fewer_cells)
+
+
+def _run_locked(config, workdir, methods, archs, seeds, single_task, seeds_per_program, report_only, out,
+                select_on, started, key, tasks, names, cells, allow_fewer_cells) -> list[dict]:
     if not report_only:
         ablation.write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
         run_programs(cells, workdir, seeds_per_program, select_on)

@@ -15,7 +15,17 @@ code reads set in the config file itself (``c.num_epoch = 1``; a field added on 
 ``c.extra_fields``) or a value of the wrong type there (``c.batch_size = "256"``).
 """
 
-from jmtl.commands import train
+from absl import app
+
+from jmtl import commands
+from jmtl.training import cli
+
+_CONFIG, _WORKDIR = commands.define_train_flags()
+
+
+def main(argv):
+    commands.run_train(_CONFIG, _WORKDIR, argv)
+
 
 if __name__ == "__main__":
-    train()
+    app.run(main, flags_parser=cli.parse_flags)

@@ -304,11 +304,66 @@ def _prod(shape: Sequence[int]) -> int:
     return out
 
 
-def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "batch") -> None:
-    """Raises a clear error when a classification label is outside ``[0, num_classes)`` (tagging
-    labels may also be -1, padding)."""
+def check_mask_values(mask: Any, mask_key: str, where: str = "batch", error: type = ValueError) -> None:
+    """Refuses a label mask holding anything but 0 and 1 (bool is fine): the one check every data path
+    (arrays, iterables, evaluation splits) runs.
+
+    A value such as 0.5, -1 or 2 would count the example as labelled (``mask.astype(bool)``) while a
+    mean weighted by the mask would divide by its sum: the loss and the metrics would silently change.
+
+    Args:
+      mask: the mask entry (any array-like).
+      mask_key: its name (``<label>_mask``), for the message.
+      where: how to name the batch or split in the message.
+      error: the exception class to raise (``DataError`` for datasets).
+    """
     import numpy as np
 
+    m = np.asarray(mask)
+    if m.dtype == bool:
+        return
+    if not np.issubdtype(m.dtype, np.number):
+        raise error(f"{where}: label mask {mask_key!r} has dtype {m.dtype}; it must hold 0 (missing) and 1 (labelled). "
+                    "Fix: pass a numeric or bool 0/1 array")
+    bad = ~((m == 0) | (m == 1))
+    if bad.any():
+        found = np.unique(m[bad])
+        shown = ", ".join(f"{v:g}" for v in found[:5].tolist()) + (", ..." if len(found) > 5 else "")
+        raise error(
+            f"{where}: label mask {mask_key!r} holds {shown} ({int(bad.sum())} of {m.size} entries) where only 0 "
+            "(missing) and 1 (labelled) are allowed: such an example counts as labelled but the mean is weighted "
+            f"by the mask. Fix: pass a 0/1 mask, e.g. `({mask_key} > 0).astype(np.float32)`"
+        )
+
+
+def check_masks(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "batch") -> None:
+    """``check_mask_values`` for each task's mask entry present in ``batch``."""
+    for t in tasks:
+        if isinstance(batch, Mapping) and t.mask_key in batch:
+            check_mask_values(batch[t.mask_key], t.mask_key, where)
+
+
+def no_labelled_examples(tasks: Sequence[Task], split: Mapping[str, Any]) -> list[str]:
+    """Names of the tasks whose mask entry in ``split`` is 0 on every example."""
+    import numpy as np
+
+    return [t.name for t in tasks if t.mask_key in split and not np.any(np.asarray(split[t.mask_key]))]
+
+
+def unlabelled_task_message(names: Sequence[str], where: str) -> str:
+    """The one-line refusal for tasks without a single labelled training example."""
+    shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"{where}: task(s) {shown} have no labelled example (their label mask is 0 on every training example): "
+            "such a task would train on nothing (loss 0), report an untrained head's test numbers and still count "
+            "in model selection. Fix: drop the task(s), or give them labelled training examples")
+
+
+def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "batch") -> None:
+    """Raises a clear error when a label mask holds anything but 0/1 (``check_masks``) or a
+    classification label is outside ``[0, num_classes)`` (tagging labels may also be -1, padding)."""
+    import numpy as np
+
+    check_masks(tasks, batch, where)
     for t in tasks:
         if t.label_key not in batch:
             raise ValueError(f"{where} has no entry {t.label_key!r} for task {t.name!r}; entries: {', '.join(batch)}")

@@ -271,7 +271,9 @@ def test_fallback_message_and_the_next_save_of_that_step(pristine, tmp_path, cap
     state, meta = ckpt.restore(_zeros(), SIG)
     assert meta["step"] == 10
     out = capsys.readouterr().err
-    assert f"warning: resuming from step 10 instead of step 20: {d / '20'} is damaged (ValueError: DATA_LOSS" in out
+    # The checksum record catches the emptied file before orbax reads it (it would say DATA_LOSS).
+    assert (f"warning: resuming from step 10 instead of step 20: {d / '20'} is damaged (CheckpointIntegrityError: "
+            "checksum mismatch: state/manifest.ocdbt has 0 bytes") in out
     (aside, reason), = ckpt.damaged
     assert aside.parent == d and aside.name.startswith("20.damaged-") and "manifest" in reason
     assert ckpt.latest_step() == 10
@@ -289,18 +291,30 @@ def test_no_intact_checkpoint_is_an_error_naming_every_folder(pristine, tmp_path
     with pytest.raises(CheckpointRestoreError) as info:
         Checkpointer(d).restore(_zeros(), SIG)
     msg = str(info.value)
-    assert msg.startswith(f"no checkpoint in {d} restores: step 20 (ValueError: NOT_FOUND")
-    assert "; step 10 (ValueError: NOT_FOUND" in msg and "Fix: copy an intact checkpoint folder back" in msg
+    missing = "(CheckpointIntegrityError: checksum mismatch: state/manifest.ocdbt missing)"
+    assert msg.startswith(f"no checkpoint in {d} restores: step 20 {missing}")
+    assert f"; step 10 {missing}" in msg and "Fix: copy an intact checkpoint folder back" in msg
     assert sorted(p.name for p in d.iterdir()) == ["10", "20"]  # nothing moved when nothing restores
 
 
 def test_a_caller_error_is_not_mistaken_for_damage(pristine, tmp_path):
-    """An abstract state orbax cannot restore into fails every step: nothing may be set aside."""
+    """An abstract state the checkpoint cannot restore into fails every step: nothing may be set aside."""
     d = _copy(pristine, tmp_path)
-    with pytest.raises(CheckpointRestoreError, match="Unsupported type") as info:
-        Checkpointer(d).restore({**_zeros(), "step": np.int32(0)}, SIG)
-    assert "Unsupported type" in str(info.value.__cause__)
+    with pytest.raises(CheckpointRestoreError, match="the checkpoint's state has 3 arrays, this run's 4") as info:
+        Checkpointer(d).restore({**_zeros(), "extra": np.zeros(2)}, SIG)
+    assert "this run's 4" in str(info.value.__cause__)
     assert sorted(p.name for p in d.iterdir()) == ["10", "20"]
+    # The per-array layout of earlier versions (pack=False) still reads, and orbax's own refusal of an
+    # abstract state it cannot restore into is not damage either.
+    legacy = tmp_path / "legacy"
+    ckpt = Checkpointer(legacy, pack=False)
+    _save(ckpt, 10)
+    ckpt.close()
+    state, _ = Checkpointer(legacy).restore(_zeros(), SIG)
+    assert _same(state, _state(10))
+    with pytest.raises(CheckpointRestoreError, match="Unsupported type") as info:
+        Checkpointer(legacy).restore({**_zeros(), "step": np.int32(0)}, SIG)
+    assert sorted(p.name for p in legacy.iterdir()) == ["10"]
 
 
 def test_a_different_model_is_refused_not_treated_as_damage(pristine, tmp_path):

@@ -10,7 +10,10 @@ after the first evaluation and checkpoint) vs the last 500 steps, growth in %, t
 
     python -m experiments.bench.soak [--steps 20000] [--workdir /tmp/jmtl_soak]
 
-Writes results/bench/bench_soak.json, results/bench/bench_soak.md and results/bench/bench_soak_rss.png. Not part of
+``--checkpoint_every 10`` isolates the memory of the checkpoint saves; ``--per_array_checkpoints`` saves
+leaf by leaf as before ``checkpoint.pack_state`` (the comparison in results/bench/soak_checkpoints_*.md).
+
+Writes results/bench/<name>.json, .md and <name>_rss.png (``--name``, default bench_soak). Not part of
 the test suite (it takes minutes).
 """
 
@@ -83,11 +86,11 @@ class _StepCounter:
         pipeline.MTLDataset.train_iterator = self._original
 
 
-def soak(steps: int, workdir: Path, eval_every: int, interval_s: float) -> dict:
+def soak(steps: int, workdir: Path, eval_every: int, interval_s: float, checkpoint_every: int | None = None) -> dict:
     config = gradnorm_toy.get_config()
     config.num_steps = steps
     config.eval_every_steps = eval_every
-    config.checkpoint_every_steps = eval_every
+    config.checkpoint_every_steps = checkpoint_every or eval_every
     config.parallel = "single"
     config.progress_bar = False
     if workdir.exists():
@@ -182,19 +185,35 @@ def main(argv=None):
     parser.add_argument("--warm_step", type=int, default=2_000, help="RSS reference: the 500 steps after this one")
     parser.add_argument("--every", type=int, default=500, help="report RSS every this many steps")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between RSS samples")
+    parser.add_argument("--checkpoint_every", type=int, default=0,
+                        help="checkpoint period (0: with each evaluation); a short one isolates the saves' memory")
     parser.add_argument("--workdir", default="/tmp/jmtl_soak")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--name", default="bench_soak", help="output file name, without suffix")
+    parser.add_argument("--per_array_checkpoints", action="store_true",
+                        help="save the state leaf by leaf, as before checkpoint.pack_state (the 'before' of the "
+                             "memory-per-save comparison)")
     args = parser.parse_args(argv)
+    from jmtl.training import checkpoint
+
+    checkpoint.Checkpointer.PACK = not args.per_array_checkpoints
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    prov = provenance()  # the commit and dirty flag of the code that runs, recorded at the start
+    ckpt_every = args.checkpoint_every or args.eval_every
 
-    run = soak(args.steps, Path(args.workdir), args.eval_every, args.interval)
+    run = soak(args.steps, Path(args.workdir), args.eval_every, args.interval, ckpt_every)
     analysis = analyse(run["samples"], args.steps, args.warm_step, args.every)
     summary = run["summary"]
     loop_s = max(t for t, s, _, _ in run["samples"] if s < args.steps)
     record = {
         "config": "experiments/configs/gradnorm_toy.py", "driver": "single", "steps": args.steps,
-        "eval_and_checkpoint_every": args.eval_every, "log_every_steps": 10, "warm_step": args.warm_step,
+        "checkpoint_layout": "packed" if checkpoint.Checkpointer.PACK else "per_array",
+        "eval_every": args.eval_every, "checkpoint_every": ckpt_every, "checkpoints_saved": args.steps // ckpt_every,
+        # Per save only when saves dominate the run (a period of <= 100 steps); else not meaningful.
+        "rss_slope_per_checkpoint_kib": (round(analysis["rss_slope_after_warm_mib_per_10k_steps"] * 1024 * ckpt_every
+                                               / 10_000, 2) if ckpt_every <= 100 else None),
+        "log_every_steps": 10, "warm_step": args.warm_step,
         "target_growth_pct": TARGET_GROWTH_PCT, "passed": analysis["growth_pct"] < TARGET_GROWTH_PCT,
         **analysis,
         "rss_before_train_mib": round(run["rss_before_train_mib"], 2),
@@ -203,17 +222,21 @@ def main(argv=None):
         "loop_seconds_sampled": round(loop_s, 1), "num_samples": len(run["samples"]),
         "jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count(),
     }
-    prov = provenance()
+    end = provenance()
+    prov.update(date=end["date"], load_average_end=end["load_average_end"])
     record["load_average_end"] = prov["load_average_end"]
-    plot(run["samples"], analysis, args.steps, args.warm_step, out / "bench_soak_rss.png")
+    plot(run["samples"], analysis, args.steps, args.warm_step, out / f"{args.name}_rss.png")
 
     rows = "\n".join(f"| {m['step']} | {m['rss_mib']:.1f} | {m['open_fds']} |" for m in analysis["per_500_steps"])
     verdict = "PASS" if record["passed"] else "FAIL"
+    per_save = (f" ({record['rss_slope_per_checkpoint_kib']:+.1f} KiB per checkpoint save)"
+                if record["rss_slope_per_checkpoint_kib"] is not None else "")
     report = f"""# Soak: RSS of the training loop over {args.steps:,} steps
 
-`python -m experiments.bench.soak` — `experiments.train.train` on the GradNorm toy
-(`gradnorm_toy.py`, equal weighting, driver `single`, batch 100), evaluation and orbax checkpoint every
-{args.eval_every:,} steps, train log every 10 steps. A background thread reads `VmRSS` from
+`{prov["command"]}` — `experiments.train.train` on the GradNorm toy
+(`gradnorm_toy.py`, equal weighting, driver `single`, batch 100), evaluation every {args.eval_every:,} steps,
+orbax checkpoint every {ckpt_every:,} steps ({args.steps // ckpt_every} saves, {record['checkpoint_layout'].replace('_', '-')}
+layout), train log every 10 steps. A background thread reads `VmRSS` from
 `/proc/self/status` every {args.interval:g} s ({len(run['samples'])} samples); a sample's step is the
 number of batches the loop has taken. jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cores,
 shared; load average at the end {', '.join(f'{x:.1f}' for x in record['load_average_end'])}).
@@ -224,12 +247,12 @@ shared; load average at the end {', '.join(f'{x:.1f}' for x in record['load_aver
 | RSS at the end (median, last {args.every} steps) | {analysis['rss_end_mib']:.1f} MiB |
 | growth | **{analysis['growth_pct']:+.2f} %** (target < {TARGET_GROWTH_PCT:g} %: {verdict}) |
 | max RSS after warm-up | {analysis['rss_max_after_warm_mib']:.1f} MiB |
-| linear trend after warm-up | {analysis['rss_slope_after_warm_mib_per_10k_steps']:+.2f} MiB / 10k steps |
+| linear trend after warm-up | {analysis['rss_slope_after_warm_mib_per_10k_steps']:+.2f} MiB / 10k steps{per_save} |
 | open file descriptors, warm-up -> end | {analysis['open_fds_warm']} -> {analysis['open_fds_end']} |
 | RSS before `train()` (imports only) / after it returned (final eval, summary, plots) | {run['rss_before_train_mib']:.1f} / {run['rss_after_train_mib']:.1f} MiB |
 | throughput | {summary['steps_per_s']:.0f} steps/s ({summary['wall_time_s']:.0f} s wall, evals and checkpoints included) |
 
-![RSS over steps](bench_soak_rss.png)
+![RSS over steps]({args.name}_rss.png)
 
 RSS after each {args.every} steps (first sample once the step is done; the last row: the loop's last
 sample, before the final evaluation, summary and plots):
@@ -237,7 +260,7 @@ sample, before the final evaluation, summary and plots):
 | step | RSS MiB | open fds |
 |---:|---:|---:|
 {rows}"""
-    write_outputs(out / "bench_soak", record, report.splitlines(), prov, echo=False)
+    write_outputs(out / args.name, record, report.splitlines(), prov, echo=False)
     print(json.dumps({k: v for k, v in record.items() if k != "per_500_steps"}, indent=2))
 
 

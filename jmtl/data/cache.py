@@ -205,9 +205,35 @@ def prepare(builder_cls: type[tfds.core.GeneratorBasedBuilder],
                           file_format='array_record', **init_kwargs)
   assert pathlib.Path(builder.data_dir) == folder, (builder.data_dir, folder)
   if not folder.exists():
-    builder.download_and_prepare()
-    write_record(folder, fingerprint=fingerprint, sources=sources)
+    try:
+      builder.download_and_prepare()
+      write_record(folder, fingerprint=fingerprint, sources=sources)
+    except Exception as e:  # noqa: BLE001  (re-raised unless the disk refused a write)
+      raise _storage_error(e, folder, cache_root) or e
   return builder
+
+
+def _storage_error(exc: BaseException, folder: pathlib.Path,
+                   cache_root: str) -> Exception | None:
+  """A one-line `StorageError` for a cache build the disk refused (full,
+  read-only, quota, permissions), else None. tfds raises such failures in
+  several wrappings (its writers' own exception types, the `OSError` chained
+  or only its text); each is recognised here, as for a workdir write."""
+  from jmtl.training import workdir as workdir_lib  # no jax; no jmtl import
+
+  if workdir_lib.storage_reason(exc) is None:
+    return None  # not a disk refusal: the original error, with its traceback
+  # tfds builds in `<parent>/incomplete.<id>_<version>/` and renames at the
+  # end; one left behind holds space and nothing else.
+  partial = sorted(str(p) for p in folder.parent.glob(f'incomplete.*_{folder.name}'))
+  error = workdir_lib.StorageError(
+      'building the dataset cache', folder, exc,
+      fix=(f'free space on the disk of {cache_root}'
+           + (f' (delete the partial build {", ".join(partial)})' if partial else '')
+           + ', or set JMTL_CACHE_DIR / --config.dataset.cache_dir to a '
+           'folder on another disk, then rerun'))
+  error.__cause__ = exc
+  return error
 
 
 def find_built(cache_root: str, builder_cls: type,

@@ -20,12 +20,47 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 import jax
 import numpy as np
 
+from jmtl import tasks as tasks_lib
 from jmtl.data.idx import DataError
 from jmtl.errors import DataExhaustedError
 
 Batch = dict[str, Any]
 
 
+class LabelCheck:
+    """Checks a user's training batches as :func:`jmtl.data.from_arrays` checks arrays.
+
+    Every batch: its label masks hold only 0/1 (``tasks.check_mask_values``, the check of every data
+    path). Over the first epoch (when seen whole by this process): the labelled examples of each task
+    are counted, and a task labelled on none of them is refused at the epoch's end (it would train on
+    nothing and still be scored and counted in model selection).
+
+    Args:
+      tasks: the tasks whose entries the batches carry.
+      name: how messages name the data (e.g. ``'train'``).
+    """
+
+    def __init__(self, tasks, name: str = "train"):
+        self.tasks, self.name = tuple(tasks), name
+        self.labelled = {t.name: 0 for t in self.tasks}
+        self.counting = True
+
+    def __call__(self, batch: Mapping[str, Any], epoch: int, position: int) -> None:
+        tasks_lib.check_masks(self.tasks, batch, f"the {self.name} data's batch {position + 1} of epoch {epoch}")
+        if self.counting:
+            for t in self.tasks:
+                if t.mask_key in batch:
+                    self.labelled[t.name] += int(np.count_nonzero(np.asarray(batch[t.mask_key])))
+                else:
+                    self.labelled[t.name] += 1  # no mask: every example is labelled
+
+    def epoch_end(self) -> None:
+        if not self.counting:
+            return
+        self.counting = False
+        empty = [n for n, c in self.labelled.items() if c == 0]
+        if empty:
+            raise DataError(tasks_lib.unlabelled_task_message(empty, f"the {self.name} data's first epoch"))
 
 
 def call_factory(factory: Callable[..., Iterable[Batch]], seed: int, epoch: int) -> Iterable[Batch]:
@@ -51,11 +86,12 @@ class ReplayIterator:
       name: how messages name the data (e.g. ``'train'``).
     """
 
-    def __init__(self, source: Iterable[Batch] | Callable[..., Iterable[Batch]], seed: int = 0, name: str = "train"):
+    def __init__(self, source: Iterable[Batch] | Callable[..., Iterable[Batch]], seed: int = 0, name: str = "train",
+                 check: Optional[LabelCheck] = None):
         if not callable(source) and not isinstance(source, Iterable):
             raise TypeError(f"{name} data must be an iterable of batch dicts or a callable seed -> iterable, "
                             f"got {type(source).__name__}")
-        self.source, self.seed, self.name = source, int(seed), name
+        self.source, self.seed, self.name, self.check = source, int(seed), name, check
         self.one_shot = not callable(source) and iter(source) is source
         self.epoch, self.position, self.total = 0, 0, 0
         self._iterator = self._start_epoch()
@@ -79,12 +115,16 @@ class ReplayIterator:
                 ) from None
             if self.position == 0:
                 raise DataExhaustedError(f"the {self.name} data yielded no batches") from None
+            if self.check is not None:
+                self.check.epoch_end()
             self.epoch, self.position = self.epoch + 1, 0
             self._iterator = self._start_epoch()
             return next(self)
         if not isinstance(batch, Mapping):
             raise TypeError(f"the {self.name} data yielded a {type(batch).__name__}; each batch must be a dict "
                             "{entry name: array} (the input and the labels)")
+        if self.check is not None:
+            self.check(batch, self.epoch, self.position)
         self.position += 1
         self.total += 1
         return dict(batch)
@@ -102,6 +142,8 @@ class ReplayIterator:
             raise ValueError(f"the saved {self.name} data state {state!r} was not written by a ReplayIterator: "
                              "the checkpoint comes from a run fed other data")
         self.epoch, self.total = int(state["epoch"]), int(state.get("total", 0))
+        if self.check is not None and (self.epoch, int(state["position"])) != (0, 0):
+            self.check.counting = False  # a part of the first epoch only: its counts would prove nothing
         if self.one_shot:
             # The caller passed a fresh iterator for the resumed run: skip what the checkpoint trained on.
             self.epoch, skip = 0, int(state["total"])

@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 from jmtl.data import cache
 from jmtl.data import fingerprint
 from jmtl.data import gradnorm_toy
+from jmtl import tasks as tasks_lib
 from jmtl.tasks import MASK_SUFFIX
 from jmtl.data import idx
 from jmtl.data import multi_mnist
@@ -767,13 +768,22 @@ def from_arrays(name: str, splits: Mapping[str, Mapping[str, Any]], *,
   for split, cols in arrays.items():
     for mk in mask_keys:
       m, key = cols[mk], mk[:-len(MASK_SUFFIX)]
-      if m.ndim != 1 or not np.all((m == 0) | (m == 1)):
-        raise DataError(f'{name}: label mask {mk!r} in split {split!r} must '
-                        'be a [N] array of 0/1 (1 = labelled)')
+      if m.ndim != 1:
+        raise DataError(f'{name}: label mask {mk!r} in split {split!r} has '
+                        f'shape {list(m.shape)}. Fix: a [N] array of 0/1 '
+                        '(1 = labelled)')
+      # The same check as batches from iterables and evaluation splits.
+      tasks_lib.check_mask_values(m, mk, f'{name} split {split!r}', DataError)
       # Placeholders of unlabelled examples (NaN, -1, ...) become 0: the
       # losses and metrics skip them, and the label checks below pass.
       keep = m.reshape((-1,) + (1,) * (cols[key].ndim - 1)) > 0
       cols[key] = np.where(keep, cols[key], np.zeros((), cols[key].dtype))
+  # A label never present in training would train a head on nothing and still be scored and counted
+  # in model selection: refused (the array case knows it up front; iterables: jmtl.data.iterables).
+  empty = [mk[:-len(MASK_SUFFIX)] for mk in mask_keys
+           if not np.any(arrays['train'][mk])]
+  if empty:
+    raise DataError(tasks_lib.unlabelled_task_message(empty, f'{name} train split'))
   if labels is None:
     labels = {k: ('classification'
                   if np.issubdtype(arrays['train'][k].dtype, np.integer)

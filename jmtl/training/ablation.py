@@ -47,6 +47,7 @@ from jmtl.metrics import mtl as mtl_metrics  # noqa: E402
 from jmtl.models import architectures  # noqa: E402
 from jmtl.training import config_schema  # noqa: E402
 from jmtl.training.cli import suggest  # noqa: E402
+from jmtl.training import workdir as workdir_lib  # noqa: E402
 from jmtl.training.loop import train  # noqa: E402
 from jmtl.training.metric_writers import read_jsonl as _read_jsonl  # noqa: E402  (survives a partial last line)
 from jmtl.errors import GridMismatchError
@@ -142,6 +143,8 @@ def run_grid(cells, workdir: Path, seeds_per_program: int = 0) -> dict[str, str]
         try:
             summary, _ = train(c, str(run_dir))
         except (KeyboardInterrupt, SystemExit):
+            raise
+        except OSError:  # the disk or the folders (full, removed, locked): every later cell would fail too
             raise
         except Exception as e:  # a method that cannot run here (e.g. krum with K < 5) is reported, not fatal
             errors[name] = f"{type(e).__name__}: {e}"
@@ -469,6 +472,26 @@ def check_grid(workdir: Path, key: dict) -> None:
         )
 
 
+def grid_lock(workdir: Path):
+    """The grid folder's lock (``workdir.workdir_lock``), held while cells train or reports are written:
+    a second run on the same grid is refused at once (``WorkdirBusyError``) instead of finding every cell
+    locked and reporting it as failed."""
+    workdir = workdir_lib.prepare_workdir(workdir)
+    return workdir_lib.workdir_lock(workdir)
+
+
+def check_out_folder(out: str | Path, flag: str = "--out") -> None:
+    """Refuses, before any training, an output folder path that is a file or lies under one."""
+    if not out:
+        return
+    path = Path(out).expanduser().absolute()
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == path else f"lies under the file {p}"
+            raise ValueError(f"{flag} {out} {where}; it names a folder for the reports. Fix: pass a folder path "
+                             f"(new or existing), or move that file away")
+
+
 def task_list(config):
     spec = data_lib.load(config.dataset.name, data_dir=config.dataset.data_dir or None,
                          cache_dir=config.dataset.cache_dir or None, **dict(config.dataset.kwargs)).spec
@@ -491,11 +514,12 @@ def run(config, workdir: str | Path, methods: list[str], archs: list[str], seeds
         check_grid(workdir, key)
     tasks = task_list(config)
     cells = grid(config, methods, archs, [t.name for t in tasks], seeds, single_task, jacobian_mode)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not report_only:
-        write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
-        run_grid(cells, workdir, seeds_per_program)
-    title = f"{config.dataset.name}: {len(methods)} method(s) × {len(archs)} arch(s) × {seeds} seed(s)"
-    summary = report(cells, workdir, tasks, title)
+    with grid_lock(workdir) as lock:
+        if not report_only:
+            write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
+            run_grid(cells, workdir, seeds_per_program)
+        title = f"{config.dataset.name}: {len(methods)} method(s) × {len(archs)} arch(s) × {seeds} seed(s)"
+        lock.check()  # the grid folder removed mid-run: say so, not a report of "failed" cells
+        summary = report(cells, workdir, tasks, title)
     print((workdir / "table.md").read_text())
     return summary

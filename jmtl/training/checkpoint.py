@@ -21,11 +21,24 @@ checkpoint folder mid-run); the synchronous save costs little here (see ``Checkp
 A finished checkpoint that no longer reads (a file deleted or emptied afterwards) is *damaged*:
 ``restore`` moves it aside to ``<step>.damaged-<time>/`` (never deleted; the next save of that step
 cannot collide with it), warns, and resumes from the newest earlier checkpoint that restores.
+
+Integrity: a file that still reads can hold other bytes (a flipped bit on disk, a bad copy), which
+orbax restores as other values without notice. So each save also writes ``<step>/jmtl_checksums.json``
+(the sha256 and size of every file of the step, written atomically after orbax's commit), and
+``restore`` verifies it before reading anything: a mismatch, or a missing file, is damage as above
+(named, moved aside, the newest intact step restored). The meta JSON of such a save says
+``"integrity": 1``; a step without the record whose meta says so was cut between the two writes and is
+damaged too. Checkpoints written before this (no record, no flag) restore unverified.
+
+Host (numpy) state is saved packed, one flat array per dtype (``pack_state``, layout in the meta): the
+memory an orbax save keeps grows with the number of arrays saved. Both layouts restore.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import sys
 import threading
@@ -89,6 +102,116 @@ def _describe_difference(saved: dict, current: dict) -> str:
 _STEP_DIR = re.compile(r"^(0|[1-9][0-9]*)$")  # orbax's default step-folder names
 # What a finished save of ``Checkpointer.save`` holds (orbax 0.12.8): the commit marker is written last.
 _COMPLETE_FILES = ("commit_success.txt", "_CHECKPOINT_METADATA", "state/_METADATA", "meta/metadata")
+
+
+PACKED = "packed"  # meta["layout"] of a state saved as one flat array per dtype
+
+
+def _packable(state: PyTree) -> bool:
+    """Host state (numpy leaves) of a one-process run: saved packed. Device or multi-host state (the
+    ``shard_map`` driver's global arrays) keeps orbax's per-array layout."""
+    leaves = jax.tree_util.tree_leaves(state)
+    return bool(leaves) and jax.process_count() == 1 and all(isinstance(x, (np.ndarray, np.generic)) for x in leaves)
+
+
+def pack_state(state: PyTree) -> tuple[dict, list]:
+    """``state`` -> ``({dtype name: 1-D array of every leaf of that dtype, in tree order}, layout)``.
+
+    Why: an orbax 0.12.8 / tensorstore save keeps some resident memory per saved *array* that is never
+    given back (native; it grows with the number of arrays, not their bytes). A train state has tens to
+    hundreds of leaves (params, two Adam moments each, the weighting's state); packed, a save writes one
+    array per dtype (per-save growth with and without: ``results/bench/soak_checkpoints_*.md``).
+    ``layout`` (JSON: each leaf's dtype and shape) goes into the meta.
+    """
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+    layout = [[x.dtype.name, list(x.shape)] for x in leaves]
+    groups: dict[str, list] = {}
+    for x in leaves:
+        groups.setdefault(x.dtype.name, []).append(x.reshape(-1))
+    return {name: np.concatenate(parts) for name, parts in groups.items()}, layout
+
+
+def unpack_state(packed: dict, layout: list, like: PyTree) -> PyTree:
+    """Inverse of ``pack_state`` into ``like``'s tree structure (its leaves' dtypes and shapes must match
+    the saved layout: a different state is refused, naming the first difference)."""
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    want = [[np.asarray(x).dtype.name, list(np.shape(x))] for x in leaves]
+    if want != layout:
+        first = next((i for i, (a, b) in enumerate(zip(layout, want)) if a != b), min(len(layout), len(want)))
+        raise ValueError(f"the checkpoint's state has {len(layout)} arrays, this run's {len(want)}; the first that "
+                         f"differs is #{first}: {layout[first] if first < len(layout) else None} vs "
+                         f"{want[first] if first < len(want) else None}")
+    offsets: dict[str, int] = {}
+    out = []
+    for name, shape in layout:
+        size = int(np.prod(shape, dtype=np.int64))
+        start = offsets.get(name, 0)
+        out.append(np.asarray(packed[name][start:start + size]).reshape(shape))
+        offsets[name] = start + size
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+CHECKSUMS = "jmtl_checksums.json"
+INTEGRITY_FORMAT = 1
+
+
+class CheckpointIntegrityError(OSError):
+    """A checkpoint's files differ from the checksums recorded at its save. ``str()`` is the message."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def step_files(step_dir: Path) -> dict[str, dict]:
+    """``{relative path: {"bytes", "sha256"}}`` of every file under ``step_dir`` but the record itself."""
+    return {str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+
+
+def write_checksums(step_dir: Path) -> None:
+    """Writes ``<step>/jmtl_checksums.json`` (tmp file + rename: a half-written record never exists)."""
+    record = {"format": INTEGRITY_FORMAT, "files": step_files(step_dir)}
+    tmp = step_dir / (CHECKSUMS + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, step_dir / CHECKSUMS)
+
+
+def verify_checksums(step_dir: Path) -> Optional[bool]:
+    """Checks ``step_dir``'s files against its record: True (intact), None (no record: an unverified
+    checkpoint of an earlier version, or a save cut before the record), or raises.
+
+    Raises:
+      CheckpointIntegrityError: a recorded file is missing, has another size, or another sha256 (each
+        named, with the first few).
+    """
+    path = step_dir / CHECKSUMS
+    if not path.exists():
+        return None
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointIntegrityError(f"its checksum record {CHECKSUMS} does not read ({e})") from None
+    bad = []
+    for rel, want in sorted(files.items()):
+        p = step_dir / rel
+        if not p.is_file():
+            bad.append(f"{rel} missing")
+        elif p.stat().st_size != want["bytes"]:
+            bad.append(f"{rel} has {p.stat().st_size} bytes, {want['bytes']} at save")
+        elif _sha256(p) != want["sha256"]:
+            bad.append(f"{rel} sha256 differs from the save's")
+    if bad:
+        raise CheckpointIntegrityError("checksum mismatch: " + "; ".join(bad[:3])
+                                       + (f"; and {len(bad) - 3} more" if len(bad) > 3 else ""))
+    return True
 
 
 def incomplete_step_dirs(directory: str | Path) -> list[Path]:
@@ -167,11 +290,19 @@ class Checkpointer:
       asynchronous: save in orbax's background threads (default False). Synchronous saves raise a
         failure at once and leave no thread behind; an asynchronous failure surfaces at the next
         ``save``/``wait`` and its threads can block shutdown (use ``workdir.exit_fatal``).
+      pack: save host (numpy) state as one array per dtype (``pack_state``: bounded memory per save);
+        default ``Checkpointer.PACK`` (True). Restore reads either layout.
     """
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 2, asynchronous: bool = False):
+    PACK = True
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 2, asynchronous: bool = False,
+                 pack: Optional[bool] = None):
         self.directory = Path(directory).absolute()
         self.damaged: list[tuple[Path, str]] = []  # (moved-to folder, reason) of steps restore set aside
+        self.asynchronous = asynchronous
+        self.pack = self.PACK if pack is None else pack
+        self._pending_checksums: list[int] = []  # saved steps whose checksum record is still to write
         _quiet_orbax_noise()
         _set_aside_incomplete(self.directory)
         try:
@@ -190,17 +321,46 @@ class Checkpointer:
 
     def save(self, step: int, state: PyTree, meta: dict) -> None:
         """Writes checkpoint ``step``; raises ``CheckpointSaveError`` (folder, OS error, fix) if it fails."""
+        meta = {**meta, "integrity": INTEGRITY_FORMAT}
+        if self.pack and _packable(state):
+            state, meta["layout"] = pack_state(state)
+            state = {PACKED: state}
         try:
+            self._write_pending_checksums()
             self.manager.save(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             )
+            self._pending_checksums.append(step)
+            if not self.asynchronous:
+                self._write_pending_checksums()
+        except CheckpointSaveError:
+            raise
         except Exception as e:  # orbax / tensorstore wrap the OSError in various types
             raise CheckpointSaveError(step, self.directory, e) from e
+
+    def _write_pending_checksums(self) -> None:
+        """The checksum records of the saves finished since the last call (an asynchronous save's files
+        exist only once it finished: orbax waits for it before the next save starts)."""
+        if not self._pending_checksums:
+            return
+        if self.asynchronous:
+            self.manager.wait_until_finished()
+        steps, self._pending_checksums = self._pending_checksums, []
+        if jax.process_index() != 0:
+            return
+        for step in steps:
+            step_dir = self.directory / str(step)
+            if step_dir.is_dir():  # not when max_to_keep dropped it already
+                try:
+                    write_checksums(step_dir)
+                except OSError as e:
+                    raise CheckpointSaveError(step, self.directory, e) from e
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Waits for a pending asynchronous save; ``CheckpointSaveError`` if it failed or took over ``timeout`` s."""
         _call_with_timeout(self.manager.wait_until_finished, timeout, self.directory)
+        self._write_pending_checksums()
 
     def _read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -215,7 +375,19 @@ class Checkpointer:
             )
 
     def _restore_step(self, step: int, abstract_state: PyTree, signature: dict) -> tuple[PyTree, dict]:
+        # Before anything is read: orbax would restore flipped bits as other values, without notice.
+        verified = verify_checksums(self.directory / str(step))
         meta = self._read_meta(step)
+        if verified is None and meta.get("integrity"):
+            raise CheckpointIntegrityError(f"its checksum record {CHECKSUMS} is missing (the save was cut before it)")
+        if "layout" in meta:  # saved packed (pack_state)
+            self._check_signature(meta, signature)
+            names = sorted({name for name, _ in meta["layout"]})
+            sizes = {n: sum(int(np.prod(sh, dtype=np.int64)) for d, sh in meta["layout"] if d == n) for n in names}
+            target = {PACKED: {n: np.zeros((sizes[n],), jax.numpy.dtype(n)) for n in names}}
+            packed = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"][PACKED]
+            return unpack_state(packed, meta["layout"], abstract_state), meta
         self._check_signature(meta, signature)
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))

@@ -150,6 +150,12 @@ def one_line_errors() -> Iterator[None]:
     """
     try:
         yield
+    except KeyboardInterrupt:
+        # A second SIGINT / SIGTERM stops a run at once (the first one saves and stops cleanly): one line,
+        # not the traceback of wherever the signal landed. 130 = 128 + SIGINT, the shell's convention.
+        print("KeyboardInterrupt: stopped at once by a second interrupt, without a final checkpoint. Fix: rerun the "
+              "same command to resume from the last checkpoint", file=sys.stderr, flush=True)
+        workdir_lib.exit_process(130)
     except Exception as e:  # noqa: BLE001  (re-raised unless it is one of the kinds above)
         usage = isinstance(e, (ValueError, TypeError, FileNotFoundError, workdir_lib.WorkdirError))
         if not (usage or isinstance(e, FloatingPointError) or workdir_lib.is_expected_failure(e)):

@@ -25,8 +25,9 @@ import numpy as np
 import optax
 
 from jmtl import data as data_lib
+from jmtl import tasks as tasks_lib
 from jmtl import weighting as weighting_lib
-from jmtl.data.iterables import ReplayIterator, call_factory, concatenate_batches
+from jmtl.data.iterables import LabelCheck, ReplayIterator, call_factory, concatenate_batches
 from jmtl.tasks import Task
 from jmtl.training import builders, config_schema, contract, evaluate, loop, parallel
 from jmtl.training import step as step_lib
@@ -132,6 +133,10 @@ def fit(
     config.batch_size = int(batch_size) if batch_size is not None else config.batch_size
 
     eval_splits = _eval_arrays(validation, test, tasks, per_task_inputs)
+    for key, splits in eval_splits.items():  # label masks: the check every data path runs, before any file
+        for split, arrays in splits.items():
+            tasks_lib.check_masks([t for t in tasks if key is None or t.name == key], arrays,
+                                  f"the {split} split{f' of task {key!r}' if key else ''}")
     datasets = {}
     if arrays_train:
         datasets = {key: _dataset(f"{name}/{key}" if key else name, src, eval_splits[key], tasks if key is None
@@ -183,7 +188,10 @@ def fit(
         if arrays_train:
             its = {k: loop.dataset_batches(d, config.batch_size, s) for k, d in datasets.items()}
         else:
-            its = {k: ReplayIterator(src, s, name=f"train{f' ({k})' if k else ''}") for k, src in sources.items()}
+            its = {k: ReplayIterator(src, s, name=f"train{f' ({k})' if k else ''}",
+                                     check=LabelCheck([t for t in tasks if k is None or t.name == k],
+                                                      f"train{f' ({k})' if k else ''}"))
+                   for k, src in sources.items()}
         return data_lib.PerTaskBatches(its) if per_task_inputs else its[None]
 
     def make_evaluator(driver: parallel.Driver, seed_axis: loop.SeedAxis):

@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -349,8 +350,9 @@ def run(experiment: Experiment, config, workdir: str | Path) -> tuple[dict, step
     config_schema.validate_config(config)
     workdir = workdir_lib.prepare_workdir(workdir)
     is_main = jax.process_index() == 0
-    with workdir_lib.workdir_lock(workdir) if is_main else contextlib.nullcontext():
+    with workdir_lib.workdir_lock(workdir) if is_main else contextlib.nullcontext() as lock:
         trainer = _Trainer(experiment, config, workdir)
+        trainer.lock = lock
         try:
             trainer.resume()
             return trainer.loop()
@@ -362,17 +364,37 @@ def run(experiment: Experiment, config, workdir: str | Path) -> tuple[dict, step
 
 
 class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption-safe)."""
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption-safe).
+
+    A second signal gives up at once (``KeyboardInterrupt``) -- except during a checkpoint save
+    (``saving()``): an exception raised inside orbax's save would print its whole traceback and may
+    leave the step half-written, so the save is finished first (it takes seconds) and one line says so;
+    the run then stops as for the first signal.
+    """
 
     def __init__(self):
         self.signal = None
+        self.in_save = False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
+    @contextlib.contextmanager
+    def saving(self):
+        self.in_save = True
+        try:
+            yield
+        finally:
+            self.in_save = False
+
     def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.signal is not None and self.in_save:
+            print(f"\nReceived {name} again during a checkpoint save: finishing the save (a few seconds), then "
+                  "stopping.", file=sys.stderr, flush=True)
+            return
         if self.signal is not None:  # second signal: give up immediately
             raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
+        self.signal = name
 
 
 class _Trainer:
@@ -382,6 +404,7 @@ class _Trainer:
     def __init__(self, experiment: Experiment, config, workdir: Path):
         self.exp, self.config, self.workdir = experiment, config, workdir
         self.is_main = jax.process_index() == 0
+        self.lock: Optional[workdir_lib.WorkdirLock] = None  # set by run() on the main process
         self.logs = None
         self.stop = _StopRequest()
         self.names = [t.name for t in experiment.tasks]
@@ -469,10 +492,18 @@ class _Trainer:
             self.logs, logs = None, self.logs
             logs.close()
 
+    def check_lock(self) -> None:
+        """Stops the run (``WorkdirLostError``) when its workdir or lock was deleted or replaced: a save
+        there could mix with another run's files, and records written to a deleted folder are lost."""
+        if self.lock is not None:
+            self.lock.check()
+
     def save(self, state, step: int, wall: float) -> None:
+        self.check_lock()
         meta = {"signature": self.signature, "data_iterator": self.train_iter.get_state(), "best": self.bests,
                 "wall_time": wall}
-        self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
+        with self.stop.saving():
+            self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
 
     # ---- non-finite policy ------------------------------------------------------------------------
     def check_finite(self, at_step: int, metrics) -> None:
@@ -693,6 +724,7 @@ class _Trainer:
             "processes": jax.process_count(),
         }
         if self.is_main:
+            self.check_lock()
             (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
             if self.exp.plots:
                 plotting.plot_training(self.workdir, self.names)

@@ -2,10 +2,12 @@
 
 * ``prepare_workdir`` creates the folder; a file in the way or an unwritable disk is a one-line error,
   not a raw ``FileExistsError``.
-* ``workdir_lock`` holds ``fcntl.flock`` on ``<workdir>/.lock`` for the whole run, so a second run into
-  the same workdir fails at once (``WorkdirBusyError``) instead of interleaving checkpoints and logs.
-  The kernel drops an flock when its process dies, so a run killed with ``kill -9`` leaves no stuck lock
-  (a lock *file* left behind is harmless: only the flock counts).
+* ``workdir_lock`` holds ``fcntl.flock`` on the workdir folder and on ``<workdir>/.lock`` for the whole
+  run, so a second run into the same workdir fails at once (``WorkdirBusyError``) instead of interleaving
+  checkpoints and logs -- also after ``.lock`` was deleted. ``.lock`` is never followed if it is a
+  symlink; ``WorkdirLock.check`` (before each checkpoint) stops a run whose folder or lock file was
+  removed or replaced (``WorkdirLostError``). The kernel drops an flock when its process dies, so a run
+  killed with ``kill -9`` leaves no stuck lock (a lock *file* left behind is harmless: only the flock counts).
 * ``check_resume`` decides which config fields may differ between the run that wrote a checkpoint and
   the run resuming it. Only fields that do not change what is computed may (how long to train -- extend
   only --, how often to evaluate / log / checkpoint, where data and caches live, the progress bar, the
@@ -89,6 +91,17 @@ def describe_os_error(exc: BaseException) -> tuple[str, str]:
     Follows ``__cause__`` / ``__context__`` (orbax and tensorstore wrap the ``OSError``) and, for errors
     that only carry text (tensorstore's ``ValueError: ... No space left on device``), the message.
     """
+    known = storage_reason(exc)
+    if known is not None:
+        return known
+    os_error = find_os_error(exc)
+    reason = f"{type(os_error or exc).__name__}: {os_error or exc}"
+    return reason, "check that the folder exists and is writable, then resume with the same command"
+
+
+def storage_reason(exc: BaseException) -> tuple[str, str] | None:
+    """``describe_os_error``'s (reason, fix) when ``exc`` is a known refusal of the disk (full, quota,
+    read-only, permissions, ...: by errno in the cause chain, or by its text), else None."""
     os_error = find_os_error(exc)
     if os_error is not None and os_error.errno in _REASONS:
         return _REASONS[os_error.errno]
@@ -98,8 +111,7 @@ def describe_os_error(exc: BaseException) -> tuple[str, str]:
                          (errno.EACCES, "Permission denied")):
         if marker.lower() in text.lower():
             return _REASONS[code]
-    reason = f"{type(os_error or exc).__name__}: {os_error or exc}"
-    return reason, "check that the folder exists and is writable, then resume with the same command"
+    return None
 
 
 def find_os_error(exc: BaseException | None) -> OSError | None:
@@ -122,11 +134,13 @@ class StorageError(JmtlError, OSError):
       what: what was being written, e.g. ``"writing the train log"``.
       path: the file or folder.
       cause: the original exception (kept as ``__cause__`` by ``raise ... from``); its errno is copied.
+      fix: the fix to print (default: by the errno, for a workdir).
     """
 
-    def __init__(self, what: str, path: str | Path, cause: BaseException | None = None):
+    def __init__(self, what: str, path: str | Path, cause: BaseException | None = None, fix: str | None = None):
         os_error = find_os_error(cause)
-        reason, fix = describe_os_error(cause) if cause is not None else ("unknown error", "retry")
+        reason, default_fix = describe_os_error(cause) if cause is not None else ("unknown error", "retry")
+        fix = fix or default_fix
         code = os_error.errno if os_error is not None else None
         super().__init__(code, f"{what} failed ({path}): {reason}. Fix: {fix}")
         self.what, self.path, self.reason, self.fix = what, Path(path), reason, fix
@@ -164,45 +178,134 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-@contextlib.contextmanager
-def workdir_lock(path: str | Path) -> Iterator[dict]:
-    """Holds an exclusive ``flock`` on ``<path>/.lock`` while the ``with`` block runs.
+class WorkdirLostError(WorkdirError):
+    """The workdir, or its lock file, is no longer the one this run locked (deleted or replaced mid-run)."""
 
-    The lock file records the holder (pid, host, start time) for the message a second run gets. Take it
-    on the main process only: the processes of one multi-host run share the workdir.
+
+class WorkdirLock(dict):
+    """What ``workdir_lock`` yields: the holder record (pid, host, start time) and ``check()``.
+
+    The run holds two ``flock`` locks: one on the workdir folder itself and one on ``<workdir>/.lock``. The
+    folder's lock is what makes deleting ``.lock`` harmless: a second run started after that still finds
+    the folder locked and is refused (before its start-up could touch the first run's in-flight
+    checkpoint). ``check()`` compares the folder and the lock file found at their paths now with the ones
+    this run opened (device and inode): a workdir removed or replaced, or a ``.lock`` deleted or swapped,
+    stops the run (``WorkdirLostError``) before it writes more.
+    """
+
+    def __init__(self, info: dict, path: Path, dir_fd: int, lock_fd: int):
+        super().__init__(info)
+        self.path, self._dir_fd, self._lock_fd = path, dir_fd, lock_fd
+
+    def check(self) -> None:
+        """Raises ``WorkdirLostError`` when the workdir or its ``.lock`` is no longer what this run locked."""
+        lock_path = self.path / LOCK_NAME
+        for what, where, fd, stat in (("the workdir", self.path, self._dir_fd, os.stat),
+                                      (f"its lock file {LOCK_NAME}", lock_path, self._lock_fd, os.lstat)):
+            held = os.fstat(fd)
+            try:
+                now = stat(where)
+                same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+            except OSError:
+                same = False
+            if not same:
+                raise WorkdirLostError(
+                    f"{what} {where} was deleted or replaced while this run (pid {os.getpid()}) held it: another run "
+                    "may now write there, so this run stops without writing more. Fix: if it was removed by mistake, "
+                    "rerun the same command (it resumes from the last checkpoint left, if any); never delete a "
+                    "running run's workdir or lock",
+                    self.path,
+                )
+
+
+def _open_lock_file(lock_path: Path) -> int:
+    """Opens (creating) ``.lock`` without following a symbolic link (``O_NOFOLLOW``) and without blocking
+    on a FIFO; anything but a regular file there is refused, naming it."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock_path, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP or lock_path.is_symlink():
+            target = os.readlink(lock_path) if lock_path.is_symlink() else "?"
+            raise WorkdirError(
+                f"the workdir lock {lock_path} is a symbolic link (to {target}); jmtl never follows it (the lock "
+                "file is written). Fix: remove the link (rm the link itself), then rerun",
+                lock_path.parent,
+            ) from None
+        raise StorageError("creating the workdir lock", lock_path, e) from e
+    import stat as stat_lib
+
+    if not stat_lib.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise WorkdirError(f"the workdir lock {lock_path} is not a regular file. Fix: remove it, then rerun",
+                           lock_path.parent)
+    return fd
+
+
+def _busy(path: Path, lock_path: Path) -> WorkdirBusyError:
+    holder = {}
+    try:  # read only: never created, never followed
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            holder = _read_holder(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+           if holder else "holder unknown")
+    return WorkdirBusyError(
+        f"the workdir {path} is in use by another run ({who}); wait for it to finish or use another --workdir", path)
+
+
+@contextlib.contextmanager
+def workdir_lock(path: str | Path) -> Iterator[WorkdirLock]:
+    """Holds exclusive ``flock`` locks on the workdir folder and on ``<path>/.lock`` while the block runs.
+
+    The lock file records the holder (pid, host, start time) for the message a second run gets; it is
+    opened with ``O_NOFOLLOW`` (a symbolic link there is refused, never followed and written through).
+    Take it on the main process only: the processes of one multi-host run share the workdir. The kernel
+    drops both locks when the process dies (``kill -9`` leaves no stuck lock). A file system without
+    ``flock`` on folders (some network mounts) falls back to the lock file's ``flock`` alone.
 
     Args:
       path: the workdir (must exist; see ``prepare_workdir``).
 
     Yields:
-      ``{"pid": ..., "host": ..., "started": ...}`` written to the lock file.
+      A :class:`WorkdirLock`: ``{"pid": ..., "host": ..., "started": ...}`` (written to the lock file)
+      with ``check()``, which the loop calls before each checkpoint and at the end.
 
     Raises:
       WorkdirBusyError: another live process holds the lock.
+      WorkdirError: ``.lock`` is a symbolic link or not a regular file.
     """
     path = Path(path)
     lock_path = path / LOCK_NAME
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise StorageError("creating the workdir lock", lock_path, e) from e
+        raise StorageError("opening the workdir", path, e) from e
+    lock_fd = None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
-            who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
-                   if holder else "holder unknown")
-            raise WorkdirBusyError(
-                f"the workdir {path} is in use by another run ({who}); wait for it to finish or use another --workdir",
-                path,
-            ) from None
+            raise _busy(path, lock_path) from None
+        except OSError:  # no flock on folders here: the lock file's flock alone
+            pass
+        lock_fd = _open_lock_file(lock_path)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a run of an earlier version, which locked the file only
+            raise _busy(path, lock_path) from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        yield info
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, (json.dumps(info) + "\n").encode(), 0)
+        yield WorkdirLock(info, path, dir_fd, lock_fd)
     finally:
-        os.close(fd)  # closing the last descriptor releases the flock
+        if lock_fd is not None:
+            os.close(lock_fd)
+        os.close(dir_fd)  # closing the last descriptors releases the flocks
 
 
 def _read_holder(fd: int) -> dict:

@@ -12,8 +12,10 @@ file system, ``FloatingPointError`` for non-finite training), so existing handle
     ├── GridMismatchError (ValueError)      an ablation grid trained under another config
     ├── NonFiniteLossError (FloatingPointError)
     ├── WorkdirError (OSError)              jmtl.training.workdir: the workdir cannot be used
+    │   └── WorkdirLostError                 the workdir or its lock was deleted or replaced mid-run
     ├── StorageError (OSError)              jmtl.training.workdir: a write failed (disk full, ...)
     │   └── CheckpointSaveError             jmtl.training.checkpoint
+    ├── CheckpointIntegrityError (OSError)  jmtl.training.checkpoint: files differ from their checksums
     └── CheckpointRestoreError (OSError)    jmtl.training.checkpoint: no checkpoint restores
 
 Catch ``jmtl.errors.JmtlError`` to tell jmtl's refusals from bugs.

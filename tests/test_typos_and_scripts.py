@@ -368,7 +368,7 @@ def test_census_grid_checks_select_on_and_out_before_any_data(tmp_path):
             census_grid.check_options(config, **args)
     a_file = tmp_path / "f"
     a_file.write_text("keep")
-    with pytest.raises(ValueError, match="--out: .* is a file"):
+    with pytest.raises(ValueError, match="--out .* lies under the file .*Fix: pass a folder path"):
         census_grid.check_options(config, ["equal"], ["mmoe"], 3, out=str(a_file / "sub"))
     assert census_grid.check_options(config, ["equal", "mgda@rep"], ["mmoe"], 3, select_on="income")[0] == [
         "equal", "mgda@rep"]

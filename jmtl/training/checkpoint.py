@@ -155,7 +155,7 @@ CHECKSUMS = "jmtl_checksums.json"
 INTEGRITY_FORMAT = 1
 
 
-class CheckpointIntegrityError(OSError):
+class CheckpointIntegrityError(JmtlError, OSError):
     """A checkpoint's files differ from the checksums recorded at its save. ``str()`` is the message."""
 
 

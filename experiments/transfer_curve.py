@@ -39,7 +39,7 @@ def _config(dataset: str, data_dir: str, task: str, steps: int, eval_every: int,
     c = multimnist.get_config()
     c.dataset.name = dataset
     c.dataset.data_dir = data_dir
-    c.tasks = {task: dict(label=task, weight=1.0)}
+    c.tasks = {t: dict(label=t, weight=1.0) for t in task.split(",")}  # "left,right": a multi-task source
     c.num_steps = steps
     c.eval_every_steps = eval_every
     c.checkpoint_every_steps = steps
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     p.add_argument("--data_dir", default="", help="the folder holding mnist/ and fashion_mnist/ (or $JMTL_DATA_DIR)")
     p.add_argument("--dataset", default="multi_mnist")
     p.add_argument("--target_dataset", default="", help="default: --dataset")
-    p.add_argument("--source_task", default="left")
+    p.add_argument("--source_task", default="left", help="the source run's task(s): 'left', or 'left,right' (multi-task)")
     p.add_argument("--target_task", default="right")
     p.add_argument("--source_steps", type=int, default=300)
     p.add_argument("--target_steps", type=int, default=300)
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
 
     prov = bench_common.provenance()  # commit, dirty flag and date at the START
     target_dataset = args.target_dataset or args.dataset
-    name = args.name or f"{args.dataset}_{args.source_task}_to_{target_dataset}_{args.target_task}"
+    name = args.name or f"{args.dataset}_{args.source_task.replace(',', '_')}_to_{target_dataset}_{args.target_task}"
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="jmtl_transfer_"))
     configs, curves, seconds = {}, {}, {}
     try:
@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
         t0 = time.time()
         loop.train(configs["source"], str(src_dir))
         seconds["source"] = time.time() - t0
-        curves["source"] = _curve(src_dir, args.source_task, 1)
+        curves["source"] = _curve(src_dir, args.source_task.split(",")[0], 1)
         for variant in VARIANTS:
             init = None if variant == "scratch" else dict(path=str(src_dir), part="shared", freeze=variant == "frozen")
             configs[variant] = _config(target_dataset, args.data_dir, args.target_task, args.target_steps,
@@ -182,7 +182,7 @@ def _markdown(result: dict) -> str:
     lines = [
         f"# Transfer to a new task: {result['name']}", "",
         f"Source: Multi-LeNet trained {a['source_steps']} steps (batch {a['batch_size']}) on `{a['source_task']}` of "
-        f"{a['dataset']} (its test accuracy: {100 * result['source_final_test']:.2f}%). Target: "
+        f"{a['dataset']} (test accuracy of `{a['source_task'].split(',')[0]}`: {100 * result['source_final_test']:.2f}%). Target: "
         f"`{a['target_task']}` of {a['target_dataset'] or a['dataset']}, {a['target_steps']} steps, {a['seeds']} seeds "
         "each; `frozen` / `fine_tuned` start from the source's shared encoder (`init_from.part='shared'`) with a "
         "new head; `scratch` from fresh params. Test accuracy (%), mean over seeds [min, max]:", "",

@@ -89,6 +89,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--validation_percent", type=int, default=2,
                    help="validation split size (%% of train); small keeps the frequent evaluations cheap")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="which target runs, of " + ", ".join(VARIANTS))
     p.add_argument("--out", default="results/transfer")
     p.add_argument("--name", default="")
     p.add_argument("--workdir", default="", help="where the runs write (default: a temporary folder, removed)")
@@ -109,7 +110,7 @@ def main(argv=None) -> dict:
         loop.train(configs["source"], str(src_dir))
         seconds["source"] = time.time() - t0
         curves["source"] = _curve(src_dir, args.source_task.split(",")[0], 1)
-        for variant in VARIANTS:
+        for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
             init = None if variant == "scratch" else dict(path=str(src_dir), part="shared", freeze=variant == "frozen")
             configs[variant] = _config(target_dataset, args.data_dir, args.target_task, args.target_steps,
                                        args.eval_every, args.seeds, args.batch_size, args.validation_percent, init)

@@ -172,7 +172,7 @@ def _plot(result: dict, path: Path) -> None:
         ax.fill_between(c["step"], acc.min(1), acc.max(1), color=color, alpha=0.2)
     a = result["args"]
     ax.set(xlabel="training step (new task)", ylabel=f"test accuracy of '{a['target_task']}' (%)",
-           title=f"{result['name']}: source {a['source_steps']} steps on '{a['source_task']}'")
+           title=f"{result['name']}: source {a['source_steps']} steps on '{a['source_task']}'", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.text(0.01, 0.01, f"commit {(result['provenance'].get('git_commit') or '?')[:10]}"

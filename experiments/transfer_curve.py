@@ -206,7 +206,7 @@ def _markdown(result: dict) -> str:
     for level in LEVELS:
         cells = [", ".join("—" if x is None else str(x) for x in s[v]["steps_to"][str(level)]) for v in done]
         lines.append(f"| {100 * level:.0f}% | " + " | ".join(cells) + " |")
-    lines += ["", f"Wall time (s, this shared CPU): " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()),
+    lines += ["", "Wall time (s, this shared CPU): " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()),
               "", f"![curve]({result['name']}.png)"]
     lines += bench_common.provenance_markdown(result["provenance"])
     return "\n".join(lines) + "\n"

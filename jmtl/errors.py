@@ -10,6 +10,7 @@ file system, ``FloatingPointError`` for non-finite training), so existing handle
     ├── ResumeConfigError (ValueError)      jmtl.training.workdir: a resume that would change the run
     ├── CheckpointMismatchError (ValueError) a checkpoint of another model / tasks / scheme
     ├── GridMismatchError (ValueError)      an ablation grid trained under another config
+    ├── WarmStartError (ValueError)         jmtl.training.warm_start: params that cannot start this model
     ├── NonFiniteLossError (FloatingPointError)
     ├── WorkdirError (OSError)              jmtl.training.workdir: the workdir cannot be used
     │   └── WorkdirLostError                 the workdir or its lock was deleted or replaced mid-run

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jmtl.errors import JmtlError
 from jmtl.training.sharing import Selector, Sharing, as_sharing
 
 PyTree = Any
@@ -43,7 +44,7 @@ PARTS = ("shared", "all")
 FROZEN, TRAINED = "frozen", "trained"
 
 
-class WarmStartError(ValueError):
+class WarmStartError(JmtlError, ValueError):
     """The source of ``init_from`` cannot initialise this run (missing params, shape mismatches)."""
 
 

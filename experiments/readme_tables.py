@@ -376,6 +376,25 @@ class CensusGroup:
     def mean(self, arch: str, task: str, method: str = "equal") -> float:
         return self.auc(arch, task, method)[0]
 
+    def code(self, arch: str, method: str = "equal") -> list:
+        """The start records of the cells behind a row (the single-task row: one cell per task)."""
+        names = [f"single_task__{t}" for t in self.tasks] if arch == "single_task" else [f"{arch}__{method}"]
+        return [self.cells[n].get("code") for n in names]
+
+
+def _marked(label: str, codes) -> str:
+    """``label`` with the marks of its cells that cannot name their code (``bench.common.CODE_NOTE``)."""
+    from experiments.bench.common import code_mark
+
+    return label + "".join(sorted({code_mark(c) for c in codes} - {""}))
+
+
+def _code_note(lines: list[str]) -> list[str]:
+    from experiments.bench.common import CODE_MARKS, CODE_NOTE
+
+    marks = set(CODE_MARKS.values()) - {""}
+    return lines + ["", CODE_NOTE] if any(m in line.split(" | ")[0] for line in lines for m in marks) else lines
+
 
 def _auc(ms) -> str:
     return f"{ms[0]:.4f} ± {ms[1]:.4f}"
@@ -391,9 +410,9 @@ def census_archs() -> list[str]:
     lines = ["| arch (equal) | income AUC | marital AUC | education AUC (group 2) | marital AUC (group 2) |",
              "|---|---|---|---|---|"]
     for arch, label in CENSUS_ARCHS.items():
-        lines.append(_row([label, _auc(g1.auc(arch, "income")), _auc(g1.auc(arch, "marital")),
+        lines.append(_row([_marked(label, g1.code(arch) + g2.code(arch)), _auc(g1.auc(arch, "income")), _auc(g1.auc(arch, "marital")),
                            _auc(g2.auc(arch, "education")), _auc(g2.auc(arch, "marital"))]))
-    return lines
+    return _code_note(lines)
 
 
 @table("census_paper", "census/income_marital/auc.json", "census/education_marital/auc.json")
@@ -402,9 +421,9 @@ def census_paper() -> list[str]:
     lines = ["| model | income (group 1), paper | income, jmtl (3 seeds) | education (group 2), paper | education, jmtl |",
              "|---|---|---|---|---|"]
     for arch, p in PAPER_CENSUS.items():
-        lines.append(_row([CENSUS_ARCHS[arch], f"{p[0]:.4f} / {p[1]:.4f}", f"{g1.mean(arch, 'income'):.4f}",
+        lines.append(_row([_marked(CENSUS_ARCHS[arch], g1.code(arch) + g2.code(arch)), f"{p[0]:.4f} / {p[1]:.4f}", f"{g1.mean(arch, 'income'):.4f}",
                            f"{p[3]:.4f} / {p[4]:.4f}", f"{g2.mean(arch, 'education'):.4f}"]))
-    return lines
+    return _code_note(lines)
 
 
 SCHOOL_ROWS = {  # README label: (row of results/school/relations.json's table, or a pair of rows)
@@ -428,8 +447,9 @@ def school_relations() -> list[str]:
         ns = {t[r]["n"] for r in rows}
         if len(ns) != 1:
             raise ValueError(f"school rows {rows} ran on different numbers of splits: {ns}")
-        lines.append(_row([label, " / ".join(f"{t[r]['mean']:.2f} ± {t[r]['std']:.2f}" for r in rows), ns.pop()]))
-    return lines
+        lines.append(_row([_marked(label, [t[r].get("code") for r in rows]),
+                           " / ".join(f"{t[r]['mean']:.2f} ± {t[r]['std']:.2f}" for r in rows), ns.pop()]))
+    return _code_note(lines)
 
 
 # ----------------------------------------------------------------------------- claims in the prose

@@ -116,3 +116,24 @@ def test_qm9_report_marks_rows_with_a_cell_of_unknown_code():
                                     dict(train_size=10, eval_size=5, epochs=1), times)  # no records at all
     text = "\n".join(lines)
     assert all(f"| {row}† |" in text for row in ("single-task", "equal (LS)", "PCGrad"))
+
+
+def test_census_grid_and_qm9_record_each_cells_code_before_it_trains(repo, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from jmtl.training import loop
+
+    seen = []
+
+    def fake_train(config, run_dir, *args):
+        seen.append(common.cell_code(run_dir)["status"])  # the start record exists while it trains
+        (Path(run_dir) / "summary.json").write_text("{}")
+        return {}, None
+
+    monkeypatch.setattr(census_grid, "train", fake_train)
+    monkeypatch.setattr(census_grid.ablation, "programs", lambda cells, spp: [("hps__equal", Path("hps__equal"), None)])
+    assert census_grid.run_programs([], tmp_path / "grid", 0, "") == {}
+    monkeypatch.setattr(loop, "train", fake_train)
+    qm9_gnn.run_cell("equal-s0", None, tmp_path / "qm9" / "equal-s0")
+    assert seen == ["clean", "clean"]
+    assert common.cell_code(tmp_path / "qm9" / "equal-s0")["git_commit"] == _git(repo, "rev-parse", "HEAD")

@@ -174,6 +174,7 @@ def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods
         "cells_missing": list(missing),
         "cell_finished_utc": dict(finished or {}),
         "cell_code": {name: (code or {}).get(name) for name in times},
+        "notes": list(notes),
         "published_navon2022": {k: dict(zip(tasks, v[0]), delta_m=v[1]) for k, v in PUBLISHED.items()},
         "published_navon2022_note": PUBLISHED_NOTE_JSON,
     }

@@ -37,7 +37,8 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from experiments import script_checks
-from experiments.bench.common import provenance, started_now, write_outputs
+from experiments.bench.common import (CODE_NOTE, cell_code, code_mark, provenance, record_code_start, started_now,
+                                      write_outputs)
 from experiments.configs import census_common
 from jmtl.training import ablation, cli, config_schema, loop, parallel
 
@@ -107,6 +108,7 @@ def run_programs(cells, workdir: Path, seeds_per_program: int = 0, select_on: st
         if (run_dir / "summary.json").exists() or name in errors:
             continue
         print(f"census grid: {rel}", flush=True)
+        record_code_start(run_dir)  # the code this program starts (or resumes) with, before it trains
         try:
             summary, _ = train(c, str(run_dir), select_on)
         except (KeyboardInterrupt, SystemExit, OSError):  # OSError: disk / folders, as ablation.run_grid
@@ -184,9 +186,11 @@ def auc_lines(summary: list[dict], task_names: list[str], title: str) -> list[st
                          + f" | 0 | {e['error'][:80]} | | |")
             continue
         cells = [_pm(e[f"test.{t}.auc"]) for t in task_names] + [_pm(e[f"final_test.{t}.auc"]) for t in task_names]
-        lines.append(f"| {e['arch']} | {e['method']} | " + " | ".join(cells)
+        lines.append(f"| {e['arch']} | {e['method']}{code_mark(e.get('code'))} | " + " | ".join(cells)
                      + f" | {e['seeds']} | {', '.join(str(s) for s in e['best_step'])} | {e['ms_per_step']:.1f}"
                      + f" | {e['wall_time_s']:.0f} |")
+    if any(code_mark(e.get("code")) for e in summary):
+        lines += ["", CODE_NOTE]
     return lines
 
 
@@ -251,6 +255,8 @@ def _run_locked(config, workdir, methods, archs, seeds, single_task, seeds_per_p
     with open(workdir / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     summary = auc_summary(rows, names)
+    for e in summary:  # which code trained each cell, from its programs' start records
+        e["code"] = cell_code(*ablation.program_dirs(workdir, e["cell"]))
     lines = auc_lines(summary, names, title)
     prov = provenance(started=started)
     write_outputs(workdir / "auc", {"title": title, "tasks": names, "cells": summary}, lines, prov)

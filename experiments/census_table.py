@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from experiments import script_checks
+from experiments.bench.common import CODE_NOTE, code_mark, write_outputs
 
 # Where the paper's setup is quoted from (the MMoE paper's text; its Tables 1 and 2 are images there).
 PAPER_SOURCE = ("Ma et al., KDD 2018, Sec. 5.1, 6.2, 6.3 (text as quoted in github.com/anmingyu11/Gor-rok, "
@@ -98,8 +99,11 @@ def _main(args) -> int:
             dm = "—" if e["delta_m_auc"] is None else f"{e['delta_m_auc']:+.3f}"
             vals = ([_pm(e.get(f"test.{t}.auc")) for t in tasks] + [dm]
                     + [_pm(e.get(f"final_test.{t}.auc")) for t in tasks])
-            lines.append(f"| {e['arch']} | {e['method']} | " + " | ".join(vals)
+            # A cell whose auc.json entry names no start commit (grids run before they were kept) is marked.
+            lines.append(f"| {e['arch']} | {e['method']}{code_mark(e.get('code'))} | " + " | ".join(vals)
                          + f" | {e['seeds']} | {e['ms_per_step']:.1f} | {e['wall_time_s']:.0f} |")
+        if any(code_mark(e.get("code")) for e in cells):
+            lines += ["", CODE_NOTE]
         lines.append("")
     if args.notes:
         lines += Path(args.notes).read_text().rstrip("\n").splitlines()

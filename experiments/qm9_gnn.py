@@ -97,6 +97,9 @@ def run_cell(name: str, config, workdir: pathlib.Path, only_finished: bool = Fal
     if only_finished:
         print(f"[qm9_gnn] {name}: not finished ({workdir}), left out", flush=True)
         return None, False
+    from experiments.bench import common as bench_common
+
+    bench_common.record_code_start(workdir)  # the code this cell starts (or resumes) with
     t0 = time.time()
     summary, _ = loop.train(config, workdir)
     print(f"[qm9_gnn] {name}: {time.time() - t0:.0f} s", flush=True)
@@ -122,7 +125,8 @@ def delta_m(row: Mapping[str, float], base: Mapping[str, float]) -> float | None
 def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods: Sequence[str],
                  tasks: Sequence[str], units: Sequence[str], setup: Mapping, times: Mapping[str, float],
                  reused: Sequence[str] = (), missing: Sequence[str] = (),
-                 finished: Mapping[str, str] | None = None) -> tuple[dict, list[str]]:
+                 finished: Mapping[str, str] | None = None, code: Mapping[str, Mapping] | None = None,
+                 notes: Sequence[str] = ()) -> tuple[dict, list[str]]:
     """The JSON record and the markdown lines of a grid.
 
     Args:
@@ -138,6 +142,9 @@ def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods
       missing: cell names that have no finished run (listed in the report).
       finished: when each cell's ``summary.json`` was written (UTC, ISO 8601; recorded in the JSON:
         a grid grown over several invocations has cells older than the provenance's start date).
+      code: cell name -> the code that trained it (``bench_common.cell_code``); a row with a cell
+        that is absent here or not one clean commit is marked (``bench_common.CODE_NOTE``).
+      notes: markdown lines added under the run's table (e.g. what a rerun found).
 
     Returns:
       ``(result, lines)`` for ``bench_common.write_outputs``.
@@ -166,6 +173,8 @@ def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods
         "cells_reused": list(reused),
         "cells_missing": list(missing),
         "cell_finished_utc": dict(finished or {}),
+        "cell_code": {name: (code or {}).get(name) for name in times},
+        "notes": list(notes),
         "published_navon2022": {k: dict(zip(tasks, v[0]), delta_m=v[1]) for k, v in PUBLISHED.items()},
         "published_navon2022_note": PUBLISHED_NOTE_JSON,
     }
@@ -182,13 +191,28 @@ def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods
         f"{len(result['delta_m_tasks'])} target(s): {', '.join(result['delta_m_tasks']) or 'none'}.", "",
         "## This run", "", run_head, run_sep,
     ]
+    from experiments.bench import common as bench_common
+
+    def row_mark(name: str) -> str:
+        # A row is as well named as its least-named cell.
+        names = [n for n in times if (n.startswith("stl-") if name == SINGLE_TASK else
+                                      n.rsplit("-s", 1)[0] == name)]
+        marks = {bench_common.code_mark((code or {}).get(n)) for n in names} - {""}
+        return "".join(sorted(marks))
+
+    marks = {}
     for name in ([SINGLE_TASK] if base else []) + list(methods):
         r = rows.get(name, {})
+        marks[name] = row_mark(name)
         d = 0.0 if name == SINGLE_TASK else result["delta_m_percent"].get(name)
         per_seed = result["delta_m_percent_per_seed"].get(name, {})
         per = ", ".join(fmt(v) for v in per_seed.values()) if len(per_seed) > 1 else ""
-        lines.append(f"| {LABELS.get(name, name)} | {', '.join(map(str, seeds_of.get(name, []))) or '–'} | "
+        lines.append(f"| {LABELS.get(name, name)}{marks[name]} | {', '.join(map(str, seeds_of.get(name, []))) or '–'} | "
                      + " | ".join(fmt(r.get(t)) for t in tasks) + f" | {fmt(d)} | {per} |")
+    if any(marks.values()):
+        lines += ["", bench_common.CODE_NOTE]
+    if notes:
+        lines += ["", *notes]
     head = f"| method | {cols} | Δm% ↓ |"
     sep = "|---|" + "---:|" * (len(tasks) + 1)
     lines += ["", "## Published: Navon et al. 2022, Tables 1 and 6 (full data, 300 epochs, 3D geometry, 3 seeds)", "",
@@ -315,8 +339,9 @@ def run(args) -> None:
     setup = dict(train_size=args.train_size or 110_831, eval_size=args.eval_size or 10_000, epochs=args.epochs,
                  seeds=seeds, single_task_seeds=stl_seeds, methods=methods, single_task=stl_tasks, batch_size=120,
                  lr=1e-3, model="MPNN hidden 64, 3 NNConv+GRU rounds, Set2Set; bond graph with explicit H, no geometry")
+    code = {name: bench_common.cell_code(root / name.replace("@", "-")) for name in times}
     result, lines = build_report(cells, methods, qm9.TASKS, qm9.REPORT_UNITS, setup, times, reused, missing,
-                                 finished)
+                                 finished, code)
     script_checks.write_results(args.out, result, lines, result_cells, args.allow_fewer_cells,
                                 bench_common.provenance(started=started))
 

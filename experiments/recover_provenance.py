@@ -36,7 +36,7 @@ OLD_PATH = [("bench/", ""), ("ablation/", "ablation_"), ("hierarchical/", "hiera
 ABLATE = "python -m experiments.ablate"
 # file (relative to results/, without suffix where a .json and .md share it) -> (command, where it comes from)
 COMMANDS = {
-    "bench/bench_step": ("python -m experiments.bench_step --repeats 30",
+    "bench/bench_step": ("python -m experiments.bench.step --repeats 30",
                          "module docstring; --repeats from the file's '30 round-robin repeats'"),
     "bench/bench_scaling": ("python -m experiments.bench --parts scaling --repeats 9", "README"),
     "bench/bench_scaling_k20_40_recheck": (
@@ -47,24 +47,24 @@ COMMANDS = {
     "bench/bench_compile": ("python -m experiments.bench --parts compile", "module docstring (3 repeats = the default)"),
     "bench/bench_pipeline": ("python -m experiments.bench --parts pipeline --pipeline-repeats 11",
                              "module docstring; --pipeline-repeats from the file's '11 alternating segments'"),
-    "bench/bench_weighting": ("python -m experiments.bench_weighting", "module docstring (K = 2, 10 and 15 repeats = the defaults)"),
+    "bench/bench_weighting": ("python -m experiments.bench.weighting", "module docstring (K = 2, 10 and 15 repeats = the defaults)"),
     "bench/bench_weighting_bilevel": (
-        "python -m experiments.bench_weighting --methods equal,auto_lambda,moml,forum --repeats 10 --out results/bench_weighting_bilevel",
+        "python -m experiments.bench.weighting --methods equal,auto_lambda,moml,forum --repeats 10 --out results/bench/bench_weighting_bilevel",
         "the methods, K and repeats recorded in the file"),
     "bench/bench_weighting_k10_recheck": (
-        "python -m experiments.bench_weighting --ks 10 --methods equal,famo,si,sum --repeats 40 --out results/bench_weighting_k10_recheck",
+        "python -m experiments.bench.weighting --ks 10 --methods equal,famo,si,sum --repeats 40 --out results/bench/bench_weighting_k10_recheck",
         "the methods, K and repeats recorded in the file and the commit message"),
-    "bench/bench_seeds": ("python -m experiments.bench_seeds", "README and module docstring (defaults: toy and multimnist, 8 seeds)"),
+    "bench/bench_seeds": ("python -m experiments.bench.seeds", "README and module docstring (defaults: toy and multimnist, 8 seeds)"),
     "bench/bench_seeds_multimnist": (
-        "python -m experiments.bench_seeds --configs multimnist --modes vmap,map --out results/bench_seeds_multimnist",
+        "python -m experiments.bench.seeds --configs multimnist --modes vmap,map --out results/bench/bench_seeds_multimnist",
         "the configs and seeds modes recorded in the file"),
-    "bench/bench_soak": ("python -m experiments.bench_soak", "the command the file itself names"),
-    "bench/bench_soak_rss": ("python -m experiments.bench_soak", "the script that draws it"),
-    "bench/bench_lenet_ops": ("python -m experiments.bench_lenet_ops --xla-flags-sweep",
+    "bench/bench_soak": ("python -m experiments.bench.soak", "the command the file itself names"),
+    "bench/bench_soak_rss": ("python -m experiments.bench.soak", "the script that draws it"),
+    "bench/bench_lenet_ops": ("python -m experiments.bench.lenet_ops --xla-flags-sweep",
                               "module docstring; the file holds the XLA_FLAGS table and 40 repeats (the default)"),
-    "bench/architectures": ("python -m experiments.bench_architectures --data-dir /work/shared/data --epochs 1 --retime-rounds 8",
+    "bench/architectures": ("python -m experiments.bench.architectures --data-dir /work/shared/data --epochs 1 --retime-rounds 8",
                             "module docstring; --retime-rounds from the file's 'round-robin ..., 8 rounds'"),
-    "bench/architectures_mtrl_omega": ("python -m experiments.bench_architectures", "the script that draws it"),
+    "bench/architectures_mtrl_omega": ("python -m experiments.bench.architectures", "the script that draws it"),
     "ablation/multimnist_1epoch": (
         f"{ABLATE} --config experiments/configs/multimnist.py --methods all --seeds 3 --config.num_epochs=1", "README"),
     "ablation/multimnist_1epoch_bilevel": (

@@ -284,9 +284,9 @@ def main_mode(args) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for split in splits:
         if ("closed", split) not in done:
-            t0 = time.perf_counter()
+            t0, code = time.perf_counter(), common.code_state()  # the code this cell starts with
             cf = closed_forms(args.data_dir, split)
-            rec = {"label": "closed", "split": split, **cf, "wall_s": time.perf_counter() - t0}
+            rec = {"label": "closed", "split": split, **cf, "wall_s": time.perf_counter() - t0, "code": code}
             records.append(rec)
             with partial_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -294,7 +294,8 @@ def main_mode(args) -> None:
         for label, variant, overrides in planned_runs(args, split, splits):
             if (only and variant not in only) or (label, split) in done:
                 continue
-            rec = {"label": label, **train_variant(variant, split, args.data_dir, overrides=overrides)}
+            code = common.code_state()  # the code this cell starts with
+            rec = {"label": label, **train_variant(variant, split, args.data_dir, overrides=overrides), "code": code}
             if rec.get("relation") is not None:
                 rec["relation_stats"] = relation_stats(np.asarray(rec["relation"]))
             if split != splits[0]:  # the matrices of the first split are kept for the heatmaps
@@ -375,7 +376,10 @@ def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> 
                 rows.setdefault(f"{name} (closed-form ridge, train minus 10 % validation)", []).append(v["test_ev_train90"])
         else:
             rows.setdefault(r["label"], []).append(r["test_ev"])
-    times, row_splits = {}, {}
+    times, row_splits, starts = {}, {}, {}
+    for r in records:  # the code each row's cells started with (a closed-form record is both ridge rows')
+        for k in ([k for k in rows if k.startswith(("single_task (", "pooled ("))] if r["label"] == "closed" else [r["label"]]):
+            starts.setdefault(k, []).append(r.get("code"))
     for r in records:
         if r["label"] != "closed":
             times.setdefault(r["label"], []).append(r["wall_s"])
@@ -418,7 +422,10 @@ def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> 
         same = f"{v['single_task_same_splits']:.2f}" if "single_task_same_splits" in v else "—"
         n = f"{v['n']} ({', '.join(str(s + 1) for s in v['splits'])})" if "splits" in v else str(v["n"])
         tr = f"{v['train_ev_mean']:.2f} ({v['train_ev_n']})" if "train_ev_mean" in v else "—"
-        lines.append(f"| {k} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} | {tr} |")
+        v["code"] = common.code_of(starts.get(k, [None]))
+        lines.append(f"| {k}{common.code_mark(v['code'])} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} | {tr} |")
+    if any(common.code_mark(v["code"]) for v in table.values()):
+        lines += ["", common.CODE_NOTE]
     paired = paired_differences(records)
     if paired:
         lines += ["", "Paired by split (EV points, row minus reference, on the splits both ran; wins = splits "
@@ -514,7 +521,7 @@ def catalogue_mode(args) -> None:
     for m in methods:
         if m in done:
             continue
-        t0 = time.perf_counter()
+        t0, code = time.perf_counter(), common.code_state()  # the code this cell starts with
         try:
             over = dict(overrides)
             if m == "static":
@@ -527,7 +534,7 @@ def catalogue_mode(args) -> None:
                    "error": f"{type(e).__name__}: {str(e)[:600]}", "where": tb[-3:] if len(tb) > 2 else tb,
                    "wall_s": time.perf_counter() - t0}
         rec.pop("relation", None)
-        rec["overrides"], rec["split"] = overrides, args.split
+        rec["overrides"], rec["split"], rec["code"] = overrides, args.split, code
         records.append(rec)
         with path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -561,16 +568,18 @@ def catalogue_mode(args) -> None:
     if trained:
         lines += ["| rank | method | test EV % | loop s / step | wall s |", "|---|---|---|---|---|"]
         for i, r in enumerate(sorted(ran, key=lambda r: -r["test_ev"]), 1):
-            lines.append(f"| {i} | `{r['method']}` | {100 * r['test_ev']:.2f} | {r['s_per_step']:.3f} | {r['wall_s']:.1f} |")
+            lines.append(f"| {i} | `{r['method']}`{common.code_mark(common.code_of([r.get('code')]))} | {100 * r['test_ev']:.2f} | {r['s_per_step']:.3f} | {r['wall_s']:.1f} |")
     else:
         lines += ["| method | status | s / step | first interval s (compile + steps) | wall s | note |",
                   "|---|---|---|---|---|---|"]
         for r in ran:
             iv = r.get("train_time_per_eval_s") or [r["wall_s"]]
-            lines.append(f"| `{r['method']}` | ran | {r['s_per_step']:.3f} | {iv[0]:.1f} | {r['wall_s']:.1f} | |")
+            lines.append(f"| `{r['method']}`{common.code_mark(common.code_of([r.get('code')]))} | ran | {r['s_per_step']:.3f} | {iv[0]:.1f} | {r['wall_s']:.1f} | |")
     for r in records:
         if r["status"] != "ran":
-            lines.append(f"| `{r['method']}` | {r['status']} | — | — | {r['wall_s']:.1f} | {r['error'][:300].replace('|', '/')} |")
+            lines.append(f"| `{r['method']}`{common.code_mark(common.code_of([r.get('code')]))} | {r['status']} | — | — | {r['wall_s']:.1f} | {r['error'][:300].replace('|', '/')} |")
+    if any(common.code_mark(common.code_of([r.get("code")])) for r in records):
+        lines += ["", common.CODE_NOTE]
     prov = script_checks.write_results(OUT / args.name, {"runs": records, "overrides": overrides,
                                                          "variant": args.variant, "split": args.split}, lines,
                                        cells_of, args.allow_fewer_cells)

@@ -46,6 +46,26 @@ def script_runner():
     return run_script
 
 
+# Every (methods, problem) group that a test compares across 8 forced CPU devices
+# (tests/scripts/driver_agreement.py). They run in ONE subprocess: one interpreter start-up and jax
+# import for all of them instead of one per test.
+EIGHT_DEVICE_GROUPS = (
+    ("equal,mgda,mgda@rep", "lenet"),  # Multi-LeNet, 2 tasks, param and representation Jacobians
+    ("pcgrad,upgrad,nash_mtl", "mlp"),  # catalogue methods on 3 partly conflicting tasks
+    ("auto_lambda,forum", "mlp"),  # bilevel
+    ("mgda:c1,pcgrad:c2,mgda@rep:c2", "mlp"),  # Jacobian chunks (tests/test_jacobian_chunks.py)
+)
+
+
+@pytest.fixture(scope="session")
+def eight_device_agreement():
+    """``{(methods, problem): driver_agreement output}`` for :data:`EIGHT_DEVICE_GROUPS`, run once."""
+    # The time limit the separate subprocesses had together (600 s each).
+    out = run_script("driver_agreement.py", "--groups", *[f"{m}@@{p}" for m, p in EIGHT_DEVICE_GROUPS], devices=8,
+                     timeout=600 * len(EIGHT_DEVICE_GROUPS))
+    return {(m, p): out[f"{m}@@{p}"] for m, p in EIGHT_DEVICE_GROUPS}
+
+
 def toy_config(tmp_path, **overrides):
     """The gradnorm_toy experiment config with a per-test data cache, no progress bar, and
     ``overrides`` given as dotted field paths (``toy_config(tmp, **{"model.encoder": "mlp"})``)."""

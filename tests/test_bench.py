@@ -6,6 +6,8 @@ import json
 
 
 def test_bench_scaling_smoke(tmp_path):
+    """The scaling part end to end; its outputs also carry the recorded provenance (checked here on
+    the same run rather than compiling the Multi-LeNet steps a second time)."""
     from experiments.bench import parts as bench
 
     argv = ["--parts", "scaling", "--ks", "2", "--repeats", "1", "--warmup", "0", "--batch", "8",
@@ -23,6 +25,9 @@ def test_bench_scaling_smoke(tmp_path):
     if res["memory_check"] is not None:  # XLA's memory analysis: one chunk needs less than K at once
         assert res["memory_check"]["chunking_reduces_temp"]
     assert "## K = 2" in (tmp_path / "bench_scaling.md").read_text()
+    _assert_recorded_provenance(result["provenance"], "")
+    md = (tmp_path / "bench_scaling.md").read_text()
+    assert "## Provenance" in md and "- git commit:" in md and "- load average:" in md
 
 
 def test_bench_rows_smoke(tmp_path):
@@ -63,17 +68,6 @@ def _assert_recorded_provenance(prov, command_part):
     assert prov["machine"]["cores"] == os.cpu_count()
     assert len(prov["load_average_start"]) == len(prov["load_average_end"]) == 3
     assert prov["date"] >= prov["date_start"]  # ISO 8601 UTC strings sort by time
-
-
-def test_bench_outputs_carry_provenance(tmp_path):
-    from experiments.bench import parts
-
-    argv = ["--parts", "scaling", "--ks", "2", "--repeats", "1", "--warmup", "0", "--batch", "8",
-            "--chunks", "", "--methods", "", "--no-rep", "--no-torch", "--out-dir", str(tmp_path)]
-    parts.main(argv)
-    _assert_recorded_provenance(json.loads((tmp_path / "bench_scaling.json").read_text())["provenance"], "")
-    md = (tmp_path / "bench_scaling.md").read_text()
-    assert "## Provenance" in md and "- git commit:" in md and "- load average:" in md
 
 
 def test_write_outputs_and_markdown_mark_recovered_provenance(tmp_path):

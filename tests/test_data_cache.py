@@ -136,11 +136,24 @@ def test_recompressed_copy_with_published_content_passes(tmp_path,
   assert not fingerprint.matches_published(digest, other)
 
 
-@pytest.mark.skipif(
-    not (ROOT.parent / 'shared' / 'data' / 'mnist' / idx.TRAIN_IMAGES).is_file(),
-    reason='real MNIST files not available')
+def _real_data_root() -> pathlib.Path | None:
+  """Where the real MNIST and Fashion-MNIST files are: $JMTL_DATA_DIR (CI sets it,
+  .ci/run), else a shared/data folder beside the checkout. Read at import,
+  before the autouse fixture clears the variable."""
+  for root in (os.environ.get(idx.ENV_DATA_DIR), ROOT.parent / 'shared' / 'data'):
+    if root and all((pathlib.Path(root) / family / idx.TRAIN_IMAGES).is_file()
+                    for family in ('mnist', 'fashion_mnist')):
+      return pathlib.Path(root)
+  return None
+
+
+_REAL_DATA = _real_data_root()
+
+
+@pytest.mark.skipif(_REAL_DATA is None,
+                    reason='real MNIST files not available ($JMTL_DATA_DIR)')
 def test_real_mnist_files_refused_as_fashion(tmp_path):
-  real = ROOT.parent / 'shared' / 'data'
+  real = _REAL_DATA
   with pytest.raises(data.DataError, match=r'^Fashion-MNIST checksum mismatch '
                      r'in 4 file\(s\): these look like MNIST files'):
     data.load('multi_fashion', data_dir=real / 'mnist', cache_dir=tmp_path)

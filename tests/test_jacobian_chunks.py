@@ -112,11 +112,11 @@ def test_library_default_chunk_size_is_the_trainers():
 
 
 @pytest.mark.slow
-def test_chunked_jacobian_under_eight_devices(script_runner):
+def test_chunked_jacobian_under_eight_devices(eight_device_agreement):
     """shard_map (check_vma) and pmap with chunks (padded: 3 tasks in chunks of 2) match one device,
     and the chunked 1-device run matches the unchunked one."""
     methods = "mgda:c1,pcgrad:c2,mgda@rep:c2"
-    out = script_runner("driver_agreement.py", methods, "mlp", devices=8)
+    out = eight_device_agreement[(methods, "mlp")]  # one subprocess for every group (conftest)
     assert out["device_count"] == 8
     for method in methods.split(","):
         assert out[f"{method}/moved"] > 0.0

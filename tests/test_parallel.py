@@ -14,8 +14,8 @@ import pytest
         ("auto_lambda,forum", "mlp"),
     ],
 )
-def test_eight_devices_match_one_device(script_runner, methods, problem):
-    out = script_runner("driver_agreement.py", methods, problem, devices=8)
+def test_eight_devices_match_one_device(eight_device_agreement, methods, problem):
+    out = eight_device_agreement[(methods, problem)]  # one subprocess for every group (conftest)
     assert out["device_count"] == 8
     for method in methods.split(","):
         assert out[f"{method}/moved"] > 0.0

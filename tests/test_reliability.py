@@ -19,8 +19,16 @@ from jmtl.data import pipeline
 STEPS = 400
 
 
+def _xla_cache_env(cache) -> dict:
+    """A persistent XLA compilation cache shared by this module's training subprocesses (beside their
+    data cache): they all compile the same toy programs, so only the reference run pays for it.
+    The programs (and so the bitwise comparisons below) are the same with or without the cache."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(Path(cache).parent / "xla_cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
 def _start(workdir, cache, *overrides):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **_xla_cache_env(cache))
     return subprocess.Popen(
         [
             sys.executable,
@@ -71,6 +79,7 @@ def reference(tmp_path_factory):
         f"num_steps={STEPS}",
         "eval_every_steps=100",
         "checkpoint_every_steps=25",
+        env=_xla_cache_env(cache),
     )
     return out, cache
 
@@ -88,7 +97,8 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path, reference):
     stopped = _result(stdout)["summary"]["step"]
     assert 60 <= stopped < STEPS
     resumed = run_script("train_run.py", str(wd), f"dataset.cache_dir={cache}", f"num_steps={STEPS}",
-                         "eval_every_steps=100", "checkpoint_every_steps=25", "log_every_steps=1")
+                         "eval_every_steps=100", "checkpoint_every_steps=25", "log_every_steps=1",
+                         env=_xla_cache_env(cache))
     assert resumed["params"] == ref["params"]  # bitwise (JSON floats round-trip exactly)
     assert resumed["summary"]["final"] == ref["summary"]["final"]
 
@@ -111,7 +121,7 @@ def test_kill9_then_resume_is_bitwise_equal(tmp_path, reference, kill_after_step
     # ... and mid-run: a checkpoint was written, and it is not the last step.
     killed_at = _complete_checkpoint_steps(wd)[-1]
     assert 0 < (kill_after_step // 25) * 25 <= killed_at < STEPS, killed_at  # saves are synchronous
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **_xla_cache_env(cache))
     done = subprocess.run(
         [sys.executable, str(ROOT / "tests/scripts/train_run.py"), str(wd), f"dataset.cache_dir={cache}",
          f"num_steps={STEPS}", "eval_every_steps=100", "checkpoint_every_steps=25", "log_every_steps=1"],

@@ -134,21 +134,40 @@ def machine() -> dict:
     return info
 
 
-_STARTED = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "load_average": load_average()}
+def code_state() -> dict:
+    """The code a run executes, read now: ``{"git_commit", "git_dirty"}`` of this checkout.
+
+    Read when a run (or a grid's cell) *starts*: a commit read when the results are written names
+    whatever the tree holds by then, which for a grid trained over hours need not be the code that
+    trained it. ``git_dirty`` is True when tracked files differ from the commit (then the commit
+    alone cannot name the code); both are None outside a git checkout.
+    """
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status)}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+_STARTED = {"date": _now(), "load_average": load_average(), **code_state()}
 
 
 def provenance(command: str | None = None, started: Mapping | None = None) -> dict:
-    """Where a result came from, recorded as it is written.
+    """Where a result came from: the code and load when the run started, the date it was written.
 
     Args:
       command: the command line that produced it; default: ``python -m <main module> <argv>`` of
         this process (``python <script> <argv>`` when not run with ``-m``).
-      started: the date and load average at the start of the run (as :func:`started_now` gives);
-        default: when this module was first imported, which for a benchmark script is its start.
+      started: the date, load average and code (:func:`code_state`) at the start of the run, as
+        :func:`started_now` gives; default: when this module was first imported, which for a
+        benchmark script is its start.
 
     Returns:
       ``{"recorded": True, "command", "git_commit", "git_dirty", "date_start", "date",
       "machine": {...}, "load_average_start", "load_average_end"}`` (dates in UTC, ISO 8601).
+      ``git_commit`` / ``git_dirty`` are the start's; when the tree changed while the run went on,
+      ``git_commit_at_write`` / ``git_dirty_at_write`` say what it was when the file was written.
     """
     if command is None:
         main = sys.modules.get("__main__")
@@ -157,24 +176,87 @@ def provenance(command: str | None = None, started: Mapping | None = None) -> di
         head = f"python -m {name}" if spec is not None and spec.name else f"python {sys.argv[0]}"
         command = " ".join([head, *map(shlex.quote, sys.argv[1:])])
     started = started or _STARTED
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
+    now = code_state()
+    # A ``started`` from before code states were recorded (no git keys) cannot name its code.
+    start_code = {k: started.get(k) for k in ("git_commit", "git_dirty")}
+    out = {
         "recorded": True,
         "command": command,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        **start_code,
         "date_start": started["date"],
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _now(),
         "machine": machine(),
         "load_average_start": list(started["load_average"]),
         "load_average_end": load_average(),
     }
+    if now != start_code:
+        out.update(git_commit_at_write=now["git_commit"], git_dirty_at_write=now["git_dirty"])
+    return out
 
 
 def started_now() -> dict:
-    """The date and load average now: pass to :func:`provenance` as ``started`` for a run that
-    begins later than the module's import."""
-    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "load_average": load_average()}
+    """The date, load average and code (:func:`code_state`) now: pass to :func:`provenance` as
+    ``started`` for a run that begins later than the module's import."""
+    return {"date": _now(), "load_average": load_average(), **code_state()}
+
+
+# ----------------------------------------------------------------------------- per-cell code
+
+CODE_RECORD = "code.jsonl"
+
+
+def record_code_start(run_dir: Path | str) -> dict:
+    """Appends the code this cell starts with (:func:`code_state` and the date) to
+    ``run_dir/code.jsonl``; called before the cell trains, once per start, so a cell resumed under
+    other code lists every code that trained it. Returns the line written."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    entry = {**code_state(), "date": _now()}
+    with open(run_dir / CODE_RECORD, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    return entry
+
+
+def cell_code(*run_dirs: Path | str) -> dict:
+    """The code that trained a cell, from its programs' ``code.jsonl`` (:func:`record_code_start`).
+
+    Returns:
+      ``{"git_commit": str | None, "git_dirty": bool | None, "status": s}`` where ``s`` is
+      ``"clean"`` (one commit, no uncommitted changes: the commit names the code), ``"dirty"``
+      (uncommitted changes at some start), ``"mixed"`` (started or resumed under several commits)
+      or ``"unknown"`` (a program without a start record, e.g. trained before they were kept).
+    """
+    entries, missing = [], False
+    for d in run_dirs:
+        path = Path(d) / CODE_RECORD
+        if not path.exists():
+            missing = True
+            continue
+        entries += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return code_of([None] if missing else entries)
+
+
+def code_of(starts: Sequence[Mapping | None]) -> dict:
+    """What :func:`cell_code` returns, from the cell's start records (:func:`code_state` each; None
+    for a start that recorded none): one clean commit, dirty, mixed or unknown."""
+    commits = {None if e is None else e.get("git_commit") for e in starts}
+    if not starts or None in commits:
+        return {"git_commit": None, "git_dirty": None, "status": "unknown"}
+    dirty = any(e.get("git_dirty") for e in starts)
+    if len(commits) > 1:
+        return {"git_commit": None, "git_dirty": dirty, "status": "mixed"}
+    return {"git_commit": commits.pop(), "git_dirty": dirty, "status": "dirty" if dirty else "clean"}
+
+
+CODE_MARKS = {"clean": "", "dirty": "‡", "mixed": "§", "unknown": "†"}
+CODE_NOTE = ("† = the cell's code is unknown (no commit recorded when it started; trained before start records "
+             "were kept), ‡ = it started from a tree with uncommitted changes, § = it was started or resumed "
+             "under several commits: such a cell cannot name the code that produced it.")
+
+
+def code_mark(code: Mapping | None) -> str:
+    """The mark a table puts beside a cell whose code is not one clean commit (see :data:`CODE_NOTE`)."""
+    return CODE_MARKS["unknown" if not code else code.get("status", "unknown")]
 
 
 def provenance_markdown(prov: Mapping) -> list[str]:
@@ -198,6 +280,9 @@ def provenance_markdown(prov: Mapping) -> list[str]:
         + f"{', '.join(f'{x:.1f}' for x in load)} at the end (1, 5, 15 min)")
     commit = prov.get("git_commit") or "unknown"
     dirty = " (with uncommitted changes)" if prov.get("git_dirty") else ""
+    if "git_commit_at_write" in prov:  # the tree changed while the run went on
+        dirty += (f" at the start; `{prov['git_commit_at_write'] or 'unknown'}`"
+                  + (" (with uncommitted changes)" if prov.get("git_dirty_at_write") else "") + " when written")
     lines += [
         f"- command: `{prov.get('command') or 'not recorded'}`",
         f"- git commit: `{commit}`{dirty}",

@@ -1,9 +1,11 @@
 """Runs 20 steps with the single-device, shard_map and pmap drivers; prints relative param errors as JSON.
 
 Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N (the count must be fixed
-before jax starts). Argument: comma-separated weighting methods, each ``name[@rep][:cN]``
-(``@rep``: representation-level Jacobian; ``:cN``: ``jacobian_chunk_size=N``). A chunked method is also
-compared with the unchunked 1-device run (``<method>/vs_unchunked``).
+before jax starts). Arguments: comma-separated weighting methods, each ``name[@rep][:cN]``
+(``@rep``: representation-level Jacobian; ``:cN``: ``jacobian_chunk_size=N``), then the problem
+(``lenet`` or ``mlp``). A chunked method is also compared with the unchunked 1-device run
+(``<method>/vs_unchunked``). Several groups in one interpreter (the tests share one start-up):
+``--groups METHODS@@PROBLEM ...`` prints ``RESULT {"METHODS@@PROBLEM": {...}, ...}``.
 """
 
 import json
@@ -86,8 +88,14 @@ def mlp_problem():
 
 
 def main():
-    methods = sys.argv[1].split(",")
-    problem = sys.argv[2] if len(sys.argv) > 2 else "lenet"
+    if sys.argv[1] == "--groups":
+        groups = [g.split("@@") for g in sys.argv[2:]]
+        print("RESULT " + json.dumps({f"{m}@@{p}": agreement(m.split(","), p) for m, p in groups}))
+    else:
+        print("RESULT " + json.dumps(agreement(sys.argv[1].split(","), sys.argv[2] if len(sys.argv) > 2 else "lenet")))
+
+
+def agreement(methods, problem):
     tasks, model, batches, input_key, example = {"lenet": lenet_problem, "mlp": mlp_problem}[problem]()
     out = {"device_count": jax.device_count()}
     for method in methods:
@@ -103,7 +111,7 @@ def main():
             unchunked, _ = run(method.partition(":c")[0], "single", batches, tasks, model, input_key, example)
             rel = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)), ref, unchunked)
             out[f"{method}/vs_unchunked"] = max(jax.tree.leaves(rel))
-    print("RESULT " + json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ a notes file written by hand (what matches the paper, what does not and why).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 from experiments import script_checks
-from experiments.bench.common import CODE_NOTE, code_mark, write_outputs
+from experiments.bench.common import CODE_NOTE, code_mark
 
 # Where the paper's setup is quoted from (the MMoE paper's text; its Tables 1 and 2 are images there).
 PAPER_SOURCE = ("Ma et al., KDD 2018, Sec. 5.1, 6.2, 6.3 (text as quoted in github.com/anmingyu11/Gor-rok, "

@@ -501,6 +501,7 @@ def catalogue_mode(args) -> None:
     from jmtl import weighting
 
     from experiments import script_checks
+    from experiments.bench import common
 
     methods = args.methods.split(",") if args.methods else weighting.names()
     # Two evaluation intervals: the first holds the compilation, the second times the step.

@@ -1,11 +1,12 @@
-"""Renders the README's numeric tables from the results files they report.
+"""Renders the numeric tables of README.md and results/README.md from the results files they report.
 
-Each generated table sits in README.md between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``;
+Each generated table sits in results/README.md (the README's headline table in README.md too) between
+``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``;
 this script replaces what is between the markers with the table rendered from ``results/`` (the
 source file is named in the README text around it, and in :data:`SOURCES`). ``--check`` changes
 nothing and exits 1, printing a diff, when the README and the results disagree (a test runs it).
 
-    python -m experiments.readme_tables            # rewrite the tables in README.md
+    python -m experiments.readme_tables            # rewrite the tables in README.md and results/README.md
     python -m experiments.readme_tables --check    # exit 1 if any table differs from its results
 
 Paper numbers (Sener & Koltun 2018, Søgaard & Goldberg 2016, Hashimoto et al. 2017, Ma et al. 2018 as
@@ -31,7 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
-README = ROOT / "README.md"
+README = ROOT / "README.md"  # the front page: the headline table(s) only
+RESULTS_README = ROOT / "results" / "README.md"  # every table and checked sentence
 
 # Sener & Koltun (NeurIPS 2018), Table 1, MultiMNIST left / right accuracy (%), 100 epochs.
 PAPER_MULTIMNIST = {"single_task": "97.23 / 95.90", "equal": "96.46 / 94.99", "uncertainty": "96.47 / 95.29",
@@ -706,12 +708,8 @@ def marked(text: str) -> list[str]:
     return [m.group("name") for m in MARKER.finditer(text)]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 (and print a diff) if README.md differs")
-    parser.add_argument("--readme", default=str(README))
-    args = parser.parse_args(argv)
-    path = Path(args.readme)
+def _process(path: Path, check: bool, complete: bool) -> int:
+    """Renders (or with ``check`` compares) one document; ``complete``: it must mark every table."""
     try:
         text = path.read_text()
         new = render(text)
@@ -719,11 +717,11 @@ def main(argv=None) -> int:
         print(f"error: cannot read {path} ({e.strerror}). Fix: pass --readme PATH", file=sys.stderr)
         return 2
     except (TableError, UnknownTableError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {path.name}: {e}", file=sys.stderr)
         return 2
-    missing = sorted(set(TABLES) - set(marked(text)))
+    missing = sorted(set(TABLES) - set(marked(text))) if complete else []
     if missing:
-        print(f"tables not marked in {path.name}: {', '.join(missing)} (add <!-- table:NAME --> and "
+        print(f"tables not marked in {path}: {', '.join(missing)} (add <!-- table:NAME --> and "
               "<!-- /table:NAME --> where each goes)", file=sys.stderr)
     # A sentence's number that its results file no longer gives cannot be rewritten in place:
     # print the phrase the file gives, for a person to put in the sentence.
@@ -731,11 +729,11 @@ def main(argv=None) -> int:
     for line in lacking:
         print(f"{path.name} lacks the phrase {line!r} (computed from results/, see readme_tables.CLAIMS)",
               file=sys.stderr)
-    if args.check:
-        if missing and path.resolve() == README.resolve():
-            return 1  # a table the README should show is not checked at all
+    if check:
+        if missing:
+            return 1  # a table the results page should show is not checked at all
         if new != text:
-            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "README.md",
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), str(path),
                                                        "rendered from results/"))
             return 1
         return 1 if lacking else 0
@@ -744,6 +742,17 @@ def main(argv=None) -> int:
         print(f"updated {', '.join(marked(text))} in {path}")
     return 1 if lacking else 0
 
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 (and print a diff) if a document differs")
+    parser.add_argument("--readme", default="", help="one document to render (default: README.md and results/README.md)")
+    args = parser.parse_args(argv)
+    if args.readme:
+        path = Path(args.readme)
+        return _process(path, args.check, complete=path.resolve() == RESULTS_README.resolve())
+    codes = [_process(README, args.check, complete=False), _process(RESULTS_README, args.check, complete=True)]
+    return max(codes)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_readme_tables_match_results():
-    text = (ROOT / "README.md").read_text()
-    assert set(rt.marked(text)) == set(rt.TABLES), "every generated table is marked in README.md"
+    text = (ROOT / "results" / "README.md").read_text()
+    assert set(rt.marked(text)) == set(rt.TABLES), "every generated table is marked in results/README.md"
+    assert set(rt.marked((ROOT / "results" / "README.md").read_text())) <= set(rt.TABLES)
     assert rt.CLAIMS_MARK in text and not rt.check_claims(text), "a sentence's number differs from its results file"
     assert rt.main(["--check"]) == 0, "README and results/ disagree: run python -m experiments.readme_tables"
 
@@ -74,7 +75,7 @@ def test_every_results_file_has_provenance():
     ("0.9458 (FAMO) to 0.9472 (Nash-MTL)", "0.9458 (FAMO) to 0.9477 (Nash-MTL)"),  # the Census catalogue
 ])
 def test_an_edited_census_school_or_qm9_number_fails_the_check(tmp_path, original, edited):
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "results" / "README.md").read_text()
     assert text.count(original) == 1, f"the README no longer says {original!r}: update this test's example"
     readme = tmp_path / "README.md"
     readme.write_text(text.replace(original, edited))
@@ -88,7 +89,7 @@ def test_a_changed_result_fails_the_sentence_that_quotes_it(tmp_path, monkeypatc
     record["delta_m_percent"]["famo"] = 21.0  # FAMO now ranks fourth: the sentence's order changes too
     (results / "qm9" / "qm9_gnn_cpu_subset.json").write_text(json.dumps(record))
     monkeypatch.setattr(rt, "RESULTS", results)
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "results" / "README.md").read_text()
     assert [line.split(":")[0] for line in rt.check_claims(text)] == ["qm9"]
 
 
@@ -115,7 +116,7 @@ def test_pcgrad_cells_beyond_a_seed_std_counted_from_the_csv():
                 std = max(np.std(v, ddof=1) for v in vals.values())
                 moved += abs(np.mean(vals["pcgrad"]) - np.mean(vals["equal"])) > std
     assert f"PCGrad moves {moved} of the {total} multi-task cells" in " ".join(
-        (ROOT / "README.md").read_text().split())
+        (ROOT / "results" / "README.md").read_text().split())
 
 
 def _recorded_commands():

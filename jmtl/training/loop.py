@@ -131,8 +131,8 @@ class FitResult(tuple):
 
     @property
     def best_state(self) -> Any:
-        """``state`` with the best-validation params (``state.replace(params=best_params)``), or None."""
-        return None if self.best_params is None else self[1].replace(params=self.best_params)
+        """``state`` with the best-validation params (``state._replace(params=best_params)``), or None."""
+        return None if self.best_params is None else self[1]._replace(params=self.best_params)
 
 
 # ---------------------------------------------------------------------------- what the loop trains

@@ -16,14 +16,19 @@ A run, in order (each a function below):
 3. ``_Trainer.loop`` runs the steps: each step's finiteness is checked one step late
    (``_Trainer.check_finite``), train records every ``log_every_steps``, an evaluation every
    ``eval_every_steps`` (``_Trainer.evaluate``: per seed, best-validation selection on the
-   evaluator's score) and a checkpoint every ``checkpoint_every_steps``; SIGTERM / SIGINT save and
-   return;
+   evaluator's score; the best evaluation's params are kept) and a checkpoint every
+   ``checkpoint_every_steps`` or, by default, at most every ``checkpoint_every_minutes`` (and at the
+   end); SIGTERM / SIGINT save, then return (the command line) or raise :class:`FitInterrupted` /
+   :class:`FitTerminated` (``jmtl.fit``);
 4. ``_Trainer.summary`` writes ``summary.json`` and the plots.
 
 Workdir outputs: ``config.json``, ``train_log.jsonl`` (losses and task weights every
-``log_every_steps``), ``metrics.jsonl`` (one record per evaluation), ``summary.json``, ``plots/*.png``
-and orbax checkpoints under ``checkpoints/``. Re-running with the same workdir resumes from the
-latest checkpoint (data order included).
+``log_every_steps``), ``metrics.jsonl`` (one record per evaluation), ``summary.json``, ``plots/*.png``,
+orbax checkpoints under ``checkpoints/`` and the best-validation params under ``best/``. Re-running
+with the same workdir resumes from the latest checkpoint (data order included), after checking that
+it is the same run: each checkpoint carries its config and identity (data fingerprints, custom
+optimizer hyperparameters, tasks: :mod:`jmtl.training.identity`), so a removed or damaged
+``config.json`` cannot let a changed run through.
 """
 
 from __future__ import annotations
@@ -442,7 +447,6 @@ class _Trainer:
         self.exp, self.config, self.workdir = experiment, config, workdir
         self.is_main = jax.process_index() == 0
         self.logs = None
-        self.stop = _StopRequest()
         self.names = [t.name for t in experiment.tasks]
         spe = experiment.steps_per_epoch
         self.total_steps = config.num_steps if config.get("num_steps", -1) > 0 else config.num_epochs * spe
@@ -484,6 +488,7 @@ class _Trainer:
         self.best_ckpt = checkpoint.Checkpointer(workdir / "best")
         self.best_params, self.best_dirty, self.best_saved_step = None, False, None
         self.ckpt_time, self.ckpt_count = 0.0, 0
+        self.stop = _StopRequest()  # last: a failure above must not leave the handlers installed
         self.train_iter = self.seed_axis.stack_iterators([e.train_iterator(s) for s in self.seed_axis.seeds])
         self.bests = [{"score": -math.inf} for _ in self.seed_axis.seeds]  # best-validation record per seed
         self.start_step, self.wall_before = 0, 0.0
@@ -612,7 +617,8 @@ class _Trainer:
             raise
 
     def close(self) -> None:
-        self.stop.restore()
+        if hasattr(self, "stop"):
+            self.stop.restore()
         if self.logs is not None:
             self.logs, logs = None, self.logs
             logs.close()
@@ -623,7 +629,7 @@ class _Trainer:
             self.best_ckpt.save(step, self.best_params, {"signature": self.signature, "best": self.bests})
             self.best_saved_step, self.best_dirty = step, False
         meta = {"signature": self.signature, "data_iterator": self.train_iter.get_state(), "best": self.bests,
-                "wall_time": wall, "config": config_schema.as_dict(self.config), "identity": self.identity,
+                "wall_time": wall, "config": workdir_lib._plain(self.config), "identity": self.identity,
                 "best_params_step": self.best_saved_step}
         self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
         self.ckpt_time += time.time() - t0
@@ -819,7 +825,7 @@ class _Trainer:
                 if self.on_stop == "raise":
                     error = (FitInterrupted if self.stop.signal == "SIGINT" else FitTerminated)(
                         self.stop.signal, step, self.workdir)
-                    if self.is_main:
+                    if self.is_main and isinstance(error, SystemExit):  # uncaught, it prints nothing
                         print(f"\n{error.message}", file=sys.stderr, flush=True)
                     raise error
                 if self.is_main:

@@ -186,3 +186,17 @@ def test_a_finished_run_run_again_says_so(full, capsys):
     assert {p: p.stat().st_mtime_ns for p in (wd / "checkpoints").rglob("*") if p.is_file()} == files
     for a, b in zip(jax.tree.leaves(again.best_params), jax.tree.leaves(result.best_params)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_best_params_survive_a_fallback_to_an_older_checkpoint(full, tmp_path):
+    """The newest checkpoint lost a file: the resume falls back to the one before, whose best params
+    are restored from best/, and re-saving that step's best params does not collide with the old ones."""
+    wd = tmp_path / "wd"
+    _fit(wd, 4, checkpoint_every_steps=2)
+    assert (wd / "best" / "4").is_dir() and (wd / "checkpoints" / "2").is_dir()
+    (wd / "checkpoints" / "4" / "commit_success.txt").unlink()  # an incomplete copy: set aside on resume
+    result = _fit(wd, 8, checkpoint_every_steps=2)
+    for a, b in zip(jax.tree.leaves(result.best_params), jax.tree.leaves(full[1].best_params)):
+        np.testing.assert_array_equal(a, b)
+    assert result.summary["best_validation"]["step"] == full[1].summary["best_validation"]["step"]
+    assert [p.name for p in (wd / "best").iterdir() if p.name.startswith("4.stale-")]

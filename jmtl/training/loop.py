@@ -626,6 +626,10 @@ class _Trainer:
     def save(self, state, step: int, wall: float) -> None:
         t0 = time.time()
         if self.best_dirty and self.best_params is not None:  # first, so the checkpoint can name it
+            if step in self.best_ckpt.manager.all_steps():  # left by a checkpoint set aside as damaged
+                if self.is_main:
+                    workdir_lib.set_aside(self.best_ckpt.directory / str(step), "stale")
+                self.best_ckpt.manager.reload()
             self.best_ckpt.save(step, self.best_params, {"signature": self.signature, "best": self.bests})
             self.best_saved_step, self.best_dirty = step, False
         meta = {"signature": self.signature, "data_iterator": self.train_iter.get_state(), "best": self.bests,

@@ -69,6 +69,12 @@ def test_other_files_under_the_same_data_dir_are_refused(tmp_path):
                        match=r"the train split's examples differ .*the validation split's examples differ.*Fix:") as e:
         train(config, str(wd))
     assert len(e.value.differences) == 3 and "\n" not in str(e.value)
+    config.optimizer.learning_rate = 0.5  # and a config change with it: both are named
+    with pytest.raises(workdir_lib.ResumeIdentityError,
+                       match=r"the test split's examples differ .*; the config differs \(optimizer.learning_rate: "
+                             r"0.001 -> 0.5\) from what"):
+        train(config, str(wd))
+    config.optimizer.learning_rate = 0.001
     assert snapshot(wd) == before
     _write_data(data_dir, seed=0)  # the original files: resumes
     summary, _ = train(config, str(wd))

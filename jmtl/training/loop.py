@@ -510,14 +510,14 @@ class _Trainer:
                 latest_meta = self.ckpt.read_meta(latest)
             except Exception:  # noqa: BLE001  (a damaged checkpoint: restore falls back and says so)
                 latest_meta = None
-            self.check_identity(latest_meta, latest)
             saved = self.saved_config(latest_meta, file_config)
+            self.check_identity(latest_meta, latest, saved)
             if saved:
                 self.refuse_changed_config(saved)
             self.host_state, meta = self.ckpt.restore(self.host_state, self.signature)
             self.start_step = int(np.max(self.host_state.step))  # every seed is at the same step
-            self.check_identity(meta, self.start_step)
             saved = self.saved_config(meta, file_config)
+            self.check_identity(meta, self.start_step, saved)
             if saved is None and self.is_main:
                 print(f"warning: {self.workdir / workdir_lib.CONFIG_NAME} cannot be read ({problem}) and checkpoint "
                       f"{self.start_step} predates configs in checkpoints: the resume config check is skipped",
@@ -551,11 +551,20 @@ class _Trainer:
         saved = (meta or {}).get("config") or file_config
         return _with_new_defaults(saved, self.config) if saved else None
 
-    def check_identity(self, meta: Optional[dict], step: int) -> None:
-        """Refuses to resume on other data / optimizer / tasks than the checkpoint's, naming each."""
+    def check_identity(self, meta: Optional[dict], step: int, saved: Optional[dict] = None) -> None:
+        """Refuses to resume on other data / optimizer / tasks than the checkpoint's, naming each (and
+        the config fields that changed with them, e.g. the dataset's kwargs)."""
         if meta is None:
             return
         diffs = identity.differences(meta.get("identity"), self.identity)
+        if diffs and saved:
+            try:
+                workdir_lib.check_resume(saved, self.config)
+            except workdir_lib.ResumeConfigError as e:
+                fields = [f"{c.field}: {c.old!r} -> {c.new!r}" for c in e.changes
+                          if c.field != "dataset.kwargs.fingerprint"]  # fit's data hash: said in words above
+                if fields:
+                    diffs.append("the config differs (" + "; ".join(fields) + ")")
         if diffs:
             raise workdir_lib.ResumeIdentityError(
                 f"cannot resume {self.workdir}: " + "; ".join(diffs) + f" from what its checkpoint (step {step}) "

@@ -52,6 +52,9 @@ _ATTRIBUTES = {
     "ContractError": ("jmtl.training.contract", "ContractError"),
     "train": ("jmtl.training.loop", "train"),
     "fit": ("jmtl.training.fit", "fit"),
+    "FitResult": ("jmtl.training.loop", "FitResult"),
+    "FitInterrupted": ("jmtl.training.loop", "FitInterrupted"),
+    "FitTerminated": ("jmtl.training.loop", "FitTerminated"),
 }
 
 __all__ = ["__version__", *_SUBPACKAGES, *_ATTRIBUTES]

@@ -45,11 +45,11 @@ def _batch(n=16, seed=0):
     x = rng.normal(size=(n, 3)).astype(np.float32)
     # Two conflicting targets: b is minus a, so their encoder gradients point against each other.
     y = x @ np.array([1.0, -2.0, 0.5], np.float32)
-    return {"image": x, "a": y, "b": -y + 0.1}
+    return {"x": x, "a": y, "b": -y + 0.1}
 
 
 def _losses(params, batch):
-    h = batch["image"] @ params["encoder"]["proj"]["kernel"]
+    h = batch["x"] @ params["encoder"]["proj"]["kernel"]
     out_a = (h @ params["head_a"]["kernel"])[:, 0]
     out_b = (h @ params["head_b"]["kernel"])[:, 0]
     return jnp.stack([jnp.mean((out_a - batch["a"]) ** 2), jnp.mean((out_b - batch["b"]) ** 2)])
@@ -63,7 +63,7 @@ def _pcgrad_two(g1, g2):
 
 
 def _one_step(model, method, config, batch):
-    state = step_lib.init_state(model, weighting.get(method), optax.sgd(1.0), batch["image"], 2, 0,
+    state = step_lib.init_state(model, weighting.get(method), optax.sgd(1.0), batch["x"], 2, 0,
                                 shared=config.shared)
     step = jax.jit(step_lib.make_train_step(model, TASKS, weighting.get(method), optax.sgd(1.0), config))
     new, metrics = step(state, batch)
@@ -116,7 +116,7 @@ def test_functional_core_on_a_plain_function_matches_the_step():
 def test_functional_core_mgda_is_the_min_norm_point():
     """MGDA's combination of the two rows is their min-norm convex combination (closed form for K=2)."""
     batch = _batch(seed=5)
-    params = UserModel().init(jax.random.PRNGKey(0), batch["image"])["params"]
+    params = UserModel().init(jax.random.PRNGKey(0), batch["x"])["params"]
     vg = jmtl.mtl_value_and_grad(_losses, "mgda", shared="encoder")
     res = vg(params, vg.init(params, 2), batch)
     jac = jax.jacrev(_losses)(params, batch)
@@ -139,7 +139,7 @@ def test_missing_train_argument_is_named():
     with pytest.raises(TypeError, match="keyword argument `train`"):
         contract.check(NoTrainArg(), TASKS, _batch())
     with pytest.raises(TypeError, match="keyword argument `train`"):
-        step_lib.init_state(NoTrainArg(), weighting.get("equal"), optax.sgd(1.0), _batch()["image"], 2, 0)
+        step_lib.init_state(NoTrainArg(), weighting.get("equal"), optax.sgd(1.0), _batch()["x"], 2, 0)
 
 
 def test_representation_mode_without_encode_decode_is_named():
@@ -153,8 +153,8 @@ def test_representation_mode_without_encode_decode_is_named():
 
 def test_missing_batch_entries_are_named():
     batch = _batch()
-    with pytest.raises(contract.ContractError, match="input entry 'x'.*input_key"):
-        contract.check(UserModel(), TASKS, batch, config=step_lib.StepConfig(input_key="x"))
+    with pytest.raises(contract.ContractError, match="input entry 'image'.*input_key"):
+        contract.check(UserModel(), TASKS, batch, config=step_lib.StepConfig(input_key="image"))
     del batch["b"]
     with pytest.raises(contract.ContractError, match="no labels 'b' for task 'b'"):
         contract.check(UserModel(), TASKS, batch)
@@ -169,7 +169,7 @@ def test_label_dtype_shape_and_range_are_named():
             h = nn.Dense(4, name="shared")(x)
             return {"a": nn.Dense(3)(h), "b": nn.Dense(1)(h)[:, 0]}
 
-    good = {"image": np.zeros((4, 3), np.float32), "a": np.array([0, 1, 2, 0]), "b": np.zeros(4, np.float32)}
+    good = {"x": np.zeros((4, 3), np.float32), "a": np.array([0, 1, 2, 0]), "b": np.zeros(4, np.float32)}
     contract.check(M(), cls, good)
     with pytest.raises(contract.ContractError, match="integer class ids"):
         contract.check(M(), cls, {**good, "a": good["a"].astype(np.float32)})
@@ -188,7 +188,7 @@ def test_outputs_that_do_not_match_the_tasks_are_named():
     with pytest.raises(ValueError, match=r"output\(s\) \['b'\] belong to no declared task"):
         contract.check(UserModel(), TASKS[:1], _batch())
     # ... and the step refuses the same at trace time (a model with 3 outputs trained with 2 tasks)
-    state = step_lib.init_state(UserModel(), weighting.get("equal"), optax.sgd(1.0), _batch()["image"], 1, 0)
+    state = step_lib.init_state(UserModel(), weighting.get("equal"), optax.sgd(1.0), _batch()["x"], 1, 0)
     step = step_lib.make_train_step(UserModel(), TASKS[:1], weighting.get("equal"), optax.sgd(1.0))
     with pytest.raises(ValueError, match="belong to no declared task"):
         step(state, _batch())
@@ -229,7 +229,7 @@ def test_custom_loss_is_what_the_step_minimises():
     batch = _batch()
     w = weighting.get("equal")
     config = step_lib.StepConfig(shared="encoder")
-    state = step_lib.init_state(UserModel(), w, optax.sgd(1.0), batch["image"], 2, 0, shared="encoder")
+    state = step_lib.init_state(UserModel(), w, optax.sgd(1.0), batch["x"], 2, 0, shared="encoder")
     _, metrics = step_lib.make_train_step(UserModel(), tasks, w, optax.sgd(1.0), config)(state, batch)
-    out = UserModel().apply({"params": state.params}, batch["image"])
+    out = UserModel().apply({"params": state.params}, batch["x"])
     np.testing.assert_allclose(float(metrics["losses"][0]), float(jnp.mean(3.0 * (out["a"] - batch["a"]) ** 2)), rtol=1e-5)

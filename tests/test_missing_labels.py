@@ -51,7 +51,7 @@ def test_masked_losses_and_gradients_equal_the_labelled_subset():
     for method in ("equal", "mgda"):
         w = weighting.get(method)
         state = step_lib.init_state(Model(), w, optax.sgd(1.0), batch["image"], 2, 0)
-        step = jax.jit(step_lib.make_train_step(Model(), TASKS, w, optax.sgd(1.0), step_lib.StepConfig()))
+        step = jax.jit(step_lib.make_train_step(Model(), TASKS, w, optax.sgd(1.0), step_lib.StepConfig(input_key="image")))
         new, metrics = step(state, batch)
         assert bool(metrics["finite"]), method
         want_losses = _subset_losses(state.params, batch, full_reg)
@@ -73,7 +73,7 @@ def test_a_batch_without_labels_for_a_task_gives_a_zero_row_never_nan():
     for method in ("mgda", "pcgrad", "nash_mtl"):
         w = weighting.get(method)
         state = step_lib.init_state(Model(), w, optax.sgd(0.1), batch["image"], 2, 0)
-        step = jax.jit(step_lib.make_train_step(Model(), TASKS, w, optax.sgd(0.1), step_lib.StepConfig()))
+        step = jax.jit(step_lib.make_train_step(Model(), TASKS, w, optax.sgd(0.1), step_lib.StepConfig(input_key="image")))
         new, metrics = step(state, batch)
         assert bool(metrics["finite"]), method
         assert float(metrics["losses"][1]) == 0.0
@@ -89,8 +89,8 @@ def test_training_with_one_task_labelled_on_ten_percent_of_examples():
     w = weighting.get("equal")
     opt = optax.adam(3e-2)
     state = step_lib.init_state(Model(), w, opt, batch["image"], 2, 0)
-    step = jax.jit(step_lib.make_train_step(Model(), TASKS, w, opt, step_lib.StepConfig()))
-    eval_step = jax.jit(evaluate.make_eval_step(Model(), TASKS, step_lib.StepConfig()))
+    step = jax.jit(step_lib.make_train_step(Model(), TASKS, w, opt, step_lib.StepConfig(input_key="image")))
+    eval_step = jax.jit(evaluate.make_eval_step(Model(), TASKS, step_lib.StepConfig(input_key="image")))
     first = None
     for _ in range(150):
         state, metrics = step(state, batch)

@@ -49,7 +49,7 @@ def _losses(params, batch):
 def test_each_task_on_its_own_batch(method):
     batch = {"amazon": _domain(0, 12), "webcam": _domain(3, 7)}  # different sizes are fine
     w = weighting.get(method)
-    config = step_lib.StepConfig(per_task_inputs=True)
+    config = step_lib.StepConfig(input_key="image", per_task_inputs=True)
     state = step_lib.init_state(Model(), w, optax.sgd(1.0), batch["amazon"]["image"], 2, 0)
     new, metrics = jax.jit(step_lib.make_train_step(Model(), _tasks(), w, optax.sgd(1.0), config))(state, batch)
     np.testing.assert_allclose(np.asarray(metrics["losses"]), np.asarray(_losses(state.params, batch)), rtol=1e-5)
@@ -71,9 +71,9 @@ def test_missing_task_batch_and_representation_mode_are_refused():
     w = weighting.get("mgda")
     with pytest.raises(ValueError, match="per_task_inputs.*representation"):
         step_lib.make_train_step(Model(), _tasks(), w, optax.sgd(1.0),
-                                 step_lib.StepConfig(per_task_inputs=True, jacobian_mode="representation"))
+                                 step_lib.StepConfig(input_key="image", per_task_inputs=True, jacobian_mode="representation"))
     state = step_lib.init_state(Model(), w, optax.sgd(1.0), _domain(0, 4)["image"], 2, 0)
-    step = step_lib.make_train_step(Model(), _tasks(), w, optax.sgd(1.0), step_lib.StepConfig(per_task_inputs=True))
+    step = step_lib.make_train_step(Model(), _tasks(), w, optax.sgd(1.0), step_lib.StepConfig(input_key="image", per_task_inputs=True))
     with pytest.raises(KeyError, match=r"no sub-batch for task\(s\) \['webcam'\]"):
         step(state, {"amazon": _domain(0, 4)})
 

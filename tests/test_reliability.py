@@ -169,7 +169,9 @@ def _nan_after(step_to_poison: int, task_key: str):
 
 def _config(tmp_path, **kw):
     # log_every_steps=7: the NaN steps fall between logging steps, and every step is still checked.
-    return toy_config(tmp_path, **{"num_steps": 60, "eval_every_steps": 20, "log_every_steps": 7, **kw})
+    # checkpoint_every_steps=20: a checkpoint at each evaluation (the default cadence is by time).
+    return toy_config(tmp_path, **{"num_steps": 60, "eval_every_steps": 20, "log_every_steps": 7,
+                                   "checkpoint_every_steps": 20, **kw})
 
 
 def test_nan_loss_raises_naming_task_step_and_checkpoint(tmp_path, monkeypatch):

@@ -389,7 +389,7 @@ def lenet_step(method, batch_size: int, num_tasks: int = 2, mode: str = "params"
         batch.update({step_lib.META_PREFIX + key: jnp.roll(v, 1, axis=0) for key, v in batch.items()})
     opt = optax.adam(1e-3)
     state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), num_tasks, seed=0)
-    cfg = step_lib.StepConfig(jacobian_mode=mode, jacobian_chunk_size=chunk)
+    cfg = step_lib.StepConfig(input_key="image", jacobian_mode=mode, jacobian_chunk_size=chunk)
     t0 = time.perf_counter()
     compiled = jax.jit(step_lib.make_train_step(model, tasks, transform, opt, cfg), donate_argnums=0).lower(state, batch).compile()
     compile_s = time.perf_counter() - t0

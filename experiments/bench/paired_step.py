@@ -29,7 +29,7 @@ def main() -> None:
         model = mtl.build(tasks, encoder="multi_lenet")
         for name, method, mode in (("equal", "equal", "params"), ("mgda", "mgda", "params"), ("mgda_rep", "mgda", "representation")):
             w = weighting.get(method)
-            cfg = step_lib.StepConfig(jacobian_mode=mode, jacobian_chunk_size=1)
+            cfg = step_lib.StepConfig(input_key="image", jacobian_mode=mode, jacobian_chunk_size=1)
             state = step_lib.init_state(model, w, optax.adam(1e-3), x[:1], k, 0)
             step = jax.jit(step_lib.make_train_step(model, tasks, w, optax.adam(1e-3), cfg), donate_argnums=0)
             state, m = step(state, batch); jax.block_until_ready(m)

@@ -222,7 +222,8 @@ def compile_worker(args) -> None:
         tasks, model, batch = lenet_problem(args.compile_k, args.batch)
         transform, opt = weighting.get(method), optax.adam(1e-3)
         state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), len(tasks), seed=0)
-        fn = jax.jit(step_lib.make_train_step(model, tasks, transform, opt), donate_argnums=0)
+        fn = jax.jit(step_lib.make_train_step(model, tasks, transform, opt, step_lib.StepConfig(input_key="image")),
+                     donate_argnums=0)
         t0 = time.perf_counter()
         lowered = fn.lower(state, batch)
         t1 = time.perf_counter()

@@ -63,6 +63,17 @@ class LabelCheck:
             raise DataError(tasks_lib.unlabelled_task_message(empty, f"the {self.name} data's first epoch"))
 
 
+def refuse_table(source: Any, name: str) -> None:
+    """A pandas-like table (a DataFrame: ``columns`` and ``to_numpy``) is neither a dict of arrays nor an
+    iterable of batches (iterating one yields its column names): refused, naming the type and the fix."""
+    if isinstance(source, Mapping) or not hasattr(source, "columns") or not (
+            hasattr(source, "to_numpy") or hasattr(source, "iloc")):
+        return
+    kind = f"{type(source).__module__}.{type(source).__qualname__}"
+    raise TypeError(f"the {name} data is a table ({kind}); jmtl takes a dict of arrays or an iterable of batch dicts. "
+                    "Fix: pass {column: df[column].to_numpy() for column in df.columns}")
+
+
 def call_factory(factory: Callable[..., Iterable[Batch]], seed: int, epoch: int) -> Iterable[Batch]:
     """``factory(seed, epoch)`` when it takes two arguments, else ``factory(seed)``."""
     try:
@@ -88,6 +99,7 @@ class ReplayIterator:
 
     def __init__(self, source: Iterable[Batch] | Callable[..., Iterable[Batch]], seed: int = 0, name: str = "train",
                  check: Optional[LabelCheck] = None):
+        refuse_table(source, name)
         if not callable(source) and not isinstance(source, Iterable):
             raise TypeError(f"{name} data must be an iterable of batch dicts or a callable seed -> iterable, "
                             f"got {type(source).__name__}")
@@ -176,6 +188,7 @@ def concatenate_batches(source: Mapping[str, Any] | Iterable[Batch], name: str,
     """
     if isinstance(source, Mapping):
         return {k: np.asarray(v) for k, v in source.items()}
+    refuse_table(source, name)
     if callable(source):
         raise TypeError(f"the {name} split must be arrays or a finite iterable of batches, not a callable")
     batches = []

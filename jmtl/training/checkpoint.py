@@ -87,9 +87,10 @@ def _describe_difference(saved: dict, current: dict) -> str:
     if saved.get("weighting") != current.get("weighting"):
         parts.append(f"weighting {saved.get('weighting')!r} vs {current.get('weighting')!r}")
     sp, cp = saved.get("params", {}), current.get("params", {})
-    missing = sorted(set(sp) - set(cp))[:3]
-    extra = sorted(set(cp) - set(sp))[:3]
-    shape = [k for k in sorted(set(sp) & set(cp)) if sp[k] != cp[k]][:3]
+    # Every changed param is listed (not the first few): the message is the whole diff of the model.
+    missing = sorted(set(sp) - set(cp))
+    extra = sorted(set(cp) - set(sp))
+    shape = [k for k in sorted(set(sp) & set(cp)) if sp[k] != cp[k]]
     if missing:
         parts.append(f"params only in the checkpoint: {missing}")
     if extra:
@@ -361,6 +362,11 @@ class Checkpointer:
         """Waits for a pending asynchronous save; ``CheckpointSaveError`` if it failed or took over ``timeout`` s."""
         _call_with_timeout(self.manager.wait_until_finished, timeout, self.directory)
         self._write_pending_checksums()
+
+    def read_meta(self, step: int) -> dict:
+        """The meta JSON of checkpoint ``step`` (signature, data position, best records, the run's
+        config and identity), without reading its state."""
+        return self._read_meta(step)
 
     def _read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

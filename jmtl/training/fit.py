@@ -27,9 +27,9 @@ import optax
 from jmtl import data as data_lib
 from jmtl import tasks as tasks_lib
 from jmtl import weighting as weighting_lib
-from jmtl.data.iterables import LabelCheck, ReplayIterator, call_factory, concatenate_batches
+from jmtl.data.iterables import LabelCheck, ReplayIterator, call_factory, concatenate_batches, refuse_table
 from jmtl.tasks import Task
-from jmtl.training import builders, config_schema, contract, evaluate, loop, parallel
+from jmtl.training import builders, config_schema, contract, evaluate, identity, loop, parallel
 from jmtl.training import step as step_lib
 from jmtl.training import warm_start
 
@@ -58,8 +58,9 @@ def fit(
     name: str = "user_data",
     init_from: Any = None,
     **config_overrides: Any,
-) -> tuple[dict, step_lib.TrainState]:
-    """Trains ``model`` on ``tasks`` with jmtl's loop; returns the run summary and the final state.
+) -> loop.FitResult:
+    """Trains ``model`` on ``tasks`` with jmtl's loop; returns the run summary and the final state,
+    with the best-validation params beside them.
 
     Args:
       model: a Flax Linen module with ``__call__(x, *, train)`` returning ``{task name: output}``, its
@@ -77,13 +78,16 @@ def fit(
       weighting: a scheme name (``jmtl.weighting.names()``) or a transform (``jmtl.weighting.get(...)``).
       weighting_kwargs: the scheme's hyperparameters, with a name.
       optimizer: an optax transform, or ``{name, learning_rate, ...}`` as ``config.optimizer``
-        (default: Adam 1e-3).
+        (default: Adam 1e-3). A transform's hyperparameters (what its closures hold: the learning
+        rate, schedule settings, ...) are recorded in each checkpoint; a resume with other ones is
+        refused, naming them.
       batch_size: examples per step (global; per task with ``per_task_inputs``). Required for
         arrays; for iterables, the batches' own size is used (and this is only recorded).
       num_epochs: the run's length in epochs (give this or ``num_steps``). An epoch of an iterable
         is one pass; ``num_epochs`` needs a sized one (``len``).
       num_steps: the run's length in steps (give this or ``num_epochs``).
-      input_key: the batch entry holding the model input (default ``'x'``, or ``step_config``'s).
+      input_key: the batch entry holding the model input (default ``'x'``, as ``StepConfig``'s, or
+        ``step_config.input_key``). A missing entry is named with the argument that set the key.
       step_config: the step's settings (``jmtl.StepConfig``: shared-param selector, Jacobian mode,
         mixed precision, ...).
       per_task_inputs: each task has its own data (see ``train``).
@@ -95,12 +99,27 @@ def fit(
         run's shared params (or all the source has) start from the source's, new tasks' heads fresh;
         frozen params get no update.
       **config_overrides: any other field of ``config_schema.default_config()`` (``eval_every_steps``,
-        ``checkpoint_every_steps``, ``log_every_steps``, ``eval_batch_size``, ``parallel``,
-        ``progress_bar``, ``writers``, ``nonfinite={'policy': 'skip'}``, ...).
+        ``checkpoint_every_steps`` (default: by time, ``checkpoint_every_minutes=5``, and at the
+        end), ``log_every_steps``, ``eval_batch_size``, ``parallel``, ``progress_bar``, ``writers``,
+        ``nonfinite={'policy': 'skip'}``, ...).
 
     Returns:
-      ``(summary, state)``: the summary written to ``workdir/summary.json`` (best-validation and final
-      metrics per task) and the final host train state.
+      A ``jmtl.FitResult``, the pair ``(summary, state)`` (``summary, state = jmtl.fit(...)``) with
+      attributes ``summary``, ``state``, ``best_params`` and ``best_state``:
+
+      * ``summary``: what ``workdir/summary.json`` holds: final and best-validation metrics per task,
+        ``selection`` (how the best evaluation is picked: the highest mean over tasks of each task's
+        main validation metric, lower-is-better ones as ``-log``), ``checkpoint_time_s``, ...
+      * ``state``: the final host train state.
+      * ``best_params``: the params of the best-validation evaluation (also in
+        ``workdir/best/<step>/``); with ``num_seeds > 1`` each seed's own best, stacked.
+
+    Raises:
+      FitInterrupted: Ctrl-C (SIGINT) during training, after a checkpoint was saved (a
+        ``KeyboardInterrupt``; calling ``fit`` again with the same workdir resumes).
+      FitTerminated: SIGTERM, after a checkpoint was saved (a ``SystemExit`` with code 143).
+      jmtl.training.workdir.ResumeIdentityError: the workdir's checkpoint was trained on other data,
+        another optimizer or other tasks (each named).
     """
     if isinstance(model, type):
         raise TypeError(f"model is the class {model.__name__}; pass an instance: fit({model.__name__}(), ...)")
@@ -112,7 +131,13 @@ def fit(
     tasks = tuple(tasks)
     if not tasks or not all(isinstance(t, Task) for t in tasks):
         raise TypeError("tasks must be a non-empty sequence of jmtl.Task, e.g. [jmtl.Task('price', 'regression', 1)]")
+    for split, source in (("train", train), ("validation", validation), ("test", test)):
+        refuse_table(source, split)
+        if per_task_inputs and isinstance(source, Mapping):
+            for k, v in source.items():
+                refuse_table(v, f"{split} ({k})")
     step_cfg = _step_config(step_config, input_key, per_task_inputs)
+    key_source = _input_key_source(step_config, input_key)
     _check_layout(train, tasks, per_task_inputs)
     if (num_epochs is None) == (num_steps is None):
         raise ValueError("give exactly one of num_epochs and num_steps")
@@ -142,10 +167,14 @@ def fit(
     config.batch_size = int(batch_size) if batch_size is not None else config.batch_size
 
     eval_splits = _eval_arrays(validation, test, tasks, per_task_inputs)
-    for key, splits in eval_splits.items():  # label masks: the check every data path runs, before any file
+    for key, splits in eval_splits.items():  # label masks (the check every data path runs) and the input entry
         for split, arrays in splits.items():
             tasks_lib.check_masks([t for t in tasks if key is None or t.name == key], arrays,
                                   f"the {split} split{f' of task {key!r}' if key else ''}")
+            _check_input_key(arrays, step_cfg.input_key, key_source, f"the {split} data" + (f" of task {key!r}" if key else ""))
+    if arrays_train:
+        for key, src in sources.items():
+            _check_input_key(src, step_cfg.input_key, key_source, "the training data" + (f" of task {key!r}" if key else ""))
     datasets = {}
     if arrays_train:
         datasets = {key: _dataset(f"{name}/{key}" if key else name, src, eval_splits[key], tasks if key is None
@@ -157,6 +186,9 @@ def fit(
         first_batch = {k: jax.tree.map(lambda v: v[:1], d.arrays("train")) for k, d in datasets.items()}
     else:
         sources, first_batch, sizes = _peek(sources, seed)
+        for key, batch in first_batch.items():
+            _check_input_key(batch, step_cfg.input_key, key_source,
+                             "the first training batch" + (f" of task {key!r}" if key else ""))
         steps_per_epoch = _steps_per_epoch(sizes, num_epochs, num_steps)
         if batch_size is None:  # recorded (config.json) and checked against the device count
             first = next(iter(first_batch.values()))
@@ -190,6 +222,7 @@ def fit(
     config.model.encoder = f"user:{type(model).__module__}.{type(model).__qualname__}"
     config.model.arch = "user"
     config_schema.validate_config(config)
+    run_identity = _identity(sources if arrays_train else first_batch, arrays_train, eval_splits, optimizer, weighting)
 
     def train_iterator(s: int):
         if arrays_train and not per_task_inputs:
@@ -214,9 +247,9 @@ def fit(
     experiment = loop.Experiment(
         name=name, tasks=tasks, model=model, weighting=weighting_tx, optimizer=tx, step_config=step_cfg,
         example_input=example_input, steps_per_epoch=steps_per_epoch, train_iterator=train_iterator,
-        make_evaluator=make_evaluator,
+        make_evaluator=make_evaluator, identity=run_identity,
     )
-    return loop.run(experiment, config, workdir)
+    return loop.run(experiment, config, workdir, on_stop="raise")
 
 
 PerTaskEvaluator = loop.PerTaskEvaluator  # moved to loop (config runs use it too); the old name stays
@@ -235,6 +268,45 @@ def _step_config(step_config, input_key, per_task_inputs) -> step_lib.StepConfig
     if per_task_inputs and not cfg.per_task_inputs:
         cfg = dataclasses.replace(cfg, per_task_inputs=True)
     return cfg
+
+
+def _input_key_source(step_config, input_key) -> str:
+    """Which argument set the input key, for messages."""
+    if input_key is not None:
+        return f"input_key={input_key!r} given to fit"
+    if step_config is not None:
+        default = step_lib.StepConfig().input_key
+        how = " (StepConfig's default)" if step_config.input_key == default else ""
+        return f"step_config.input_key={step_config.input_key!r}{how}"
+    return f"fit's default input_key={step_lib.StepConfig().input_key!r}"
+
+
+def _check_input_key(arrays: Mapping, key: str, source: str, where: str) -> None:
+    if isinstance(arrays, Mapping) and key not in arrays:
+        raise ValueError(f"{where} has no entry {key!r} for the model input (the key set by {source}); its entries: "
+                         f"{sorted(map(str, arrays))}. Fix: pass input_key='<the entry holding the input>' to fit")
+
+
+def _identity(train_parts: Mapping, arrays_train: bool, eval_splits: Mapping, optimizer, weighting) -> dict:
+    """What the checkpoint must have been trained on (beyond the config), in words: the data (the
+    training arrays, or the first batch of an iterable: the rest cannot be read without consuming it),
+    the concatenated validation / test arrays, a custom optimizer's and weighting's hyperparameters."""
+    def fp(tree) -> str:
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return identity.array_fingerprint({jax.tree_util.keystr(p): v for p, v in leaves})
+
+    out = {}
+    for key, part in train_parts.items():
+        what = "the training arrays" if arrays_train else "the first training batch"
+        out[what + (f" of task {key!r}" if key else "")] = fp(part)
+    for key, splits in eval_splits.items():
+        for split, arrays in splits.items():
+            out[f"the {split} arrays" + (f" of task {key!r}" if key else "")] = fp(arrays)
+    if optimizer is not None and not isinstance(optimizer, Mapping):
+        out["the optimizer (a custom optax transform)"] = identity.describe_transform(optimizer)
+    if not isinstance(weighting, str):
+        out["the weighting transform"] = identity.describe_transform(weighting)
+    return out
 
 
 def _check_layout(train, tasks, per_task_inputs: bool) -> None:

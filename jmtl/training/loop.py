@@ -16,14 +16,19 @@ A run, in order (each a function below):
 3. ``_Trainer.loop`` runs the steps: each step's finiteness is checked one step late
    (``_Trainer.check_finite``), train records every ``log_every_steps``, an evaluation every
    ``eval_every_steps`` (``_Trainer.evaluate``: per seed, best-validation selection on the
-   evaluator's score) and a checkpoint every ``checkpoint_every_steps``; SIGTERM / SIGINT save and
-   return;
+   evaluator's score; the best evaluation's params are kept) and a checkpoint every
+   ``checkpoint_every_steps`` or, by default, at most every ``checkpoint_every_minutes`` (and at the
+   end); SIGTERM / SIGINT save, then return (the command line) or raise :class:`FitInterrupted` /
+   :class:`FitTerminated` (``jmtl.fit``);
 4. ``_Trainer.summary`` writes ``summary.json`` and the plots.
 
 Workdir outputs: ``config.json``, ``train_log.jsonl`` (losses and task weights every
-``log_every_steps``), ``metrics.jsonl`` (one record per evaluation), ``summary.json``, ``plots/*.png``
-and orbax checkpoints under ``checkpoints/``. Re-running with the same workdir resumes from the
-latest checkpoint (data order included).
+``log_every_steps``), ``metrics.jsonl`` (one record per evaluation), ``summary.json``, ``plots/*.png``,
+orbax checkpoints under ``checkpoints/`` and the best-validation params under ``best/``. Re-running
+with the same workdir resumes from the latest checkpoint (data order included), after checking that
+it is the same run: each checkpoint carries its config and identity (data fingerprints, custom
+optimizer hyperparameters, tasks: :mod:`jmtl.training.identity`), so a removed or damaged
+``config.json`` cannot let a changed run through.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -46,7 +52,7 @@ from tqdm import tqdm
 from jmtl import data as data_lib
 from jmtl import plotting, tasks as tasks_lib
 from jmtl.tasks import Task
-from jmtl.training import builders, checkpoint, config_schema, contract, evaluate, metric_writers, packing, parallel
+from jmtl.training import builders, checkpoint, config_schema, contract, evaluate, identity, metric_writers, packing, parallel
 from jmtl.training import workdir as workdir_lib
 from jmtl.training import seeds as seeds_lib
 from jmtl.training import warm_start
@@ -58,6 +64,78 @@ PyTree = Any
 VALIDATION, TEST = "validation", "test"
 
 
+
+
+# How the best validation evaluation is picked (InMemoryEvaluator.score = evaluate.selection_score).
+SELECTION_RULE = ("the evaluation with the highest validation score, the mean over tasks of each task's main "
+                  "metric, lower-is-better metrics (MSE, error) entered as -log(metric) so tasks on different "
+                  "scales count by relative change; picked per seed")
+
+
+class _Stopped:
+    """What the library exceptions of a stopped run carry."""
+
+    def _setup(self, signal_name: str, step: int, workdir: Path):
+        self.signal, self.step, self.workdir = signal_name, step, Path(workdir)
+        self.message = (f"jmtl.fit stopped by {signal_name} after step {step}: a checkpoint of that step is in "
+                        f"{self.workdir / 'checkpoints'}. Resume by calling jmtl.fit again with the same arguments "
+                        f"and workdir={str(self.workdir)!r}")
+
+
+class FitInterrupted(_Stopped, KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped ``jmtl.fit``; a checkpoint was saved first. A ``KeyboardInterrupt``, so a
+    script looping over several fits stops as at any Ctrl-C. Attributes: ``signal``, ``step``
+    (the step checkpointed), ``workdir``, ``message``."""
+
+    def __init__(self, signal_name: str, step: int, workdir: Path):
+        self._setup(signal_name, step, workdir)
+        super().__init__(self.message)
+
+
+class FitTerminated(_Stopped, SystemExit):
+    """SIGTERM (a scheduler's preemption) stopped ``jmtl.fit``; a checkpoint was saved first. A
+    ``SystemExit`` with code 143 (128 + SIGTERM, what the signal's default action gives), so
+    ``except Exception`` does not swallow it and an uncaught one ends the process as SIGTERM would
+    have, after the message is printed to stderr. Attributes as :class:`FitInterrupted`."""
+
+    def __init__(self, signal_name: str, step: int, workdir: Path):
+        self._setup(signal_name, step, workdir)
+        super().__init__(128 + signal.SIGTERM)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class FitResult(tuple):
+    """What ``loop.run`` / ``jmtl.fit`` return: the pair ``(summary, state)`` (so ``summary, state =
+    jmtl.fit(...)`` unpacks as before) with the best-validation params beside it.
+
+    Attributes:
+      summary: the run summary (``summary.json``).
+      state: the final host train state.
+      best_params: the params of the best validation evaluation (``summary['best_validation']``; a
+        leading seed axis with several seeds, each seed's own best), or None when unknown (a run
+        resumed from a checkpoint written before best params were kept, with no better evaluation
+        since). Also saved in ``<workdir>/best/<step>/`` (orbax; ``state`` item).
+    """
+
+    def __new__(cls, summary: dict, state: Any, best_params: Any = None):
+        self = super().__new__(cls, (summary, state))
+        self.best_params = best_params
+        return self
+
+    @property
+    def summary(self) -> dict:
+        return self[0]
+
+    @property
+    def state(self) -> Any:
+        return self[1]
+
+    @property
+    def best_state(self) -> Any:
+        """``state`` with the best-validation params (``state._replace(params=best_params)``), or None."""
+        return None if self.best_params is None else self[1]._replace(params=self.best_params)
 
 
 # ---------------------------------------------------------------------------- what the loop trains
@@ -96,6 +174,9 @@ class Experiment:
         records of the tagging experiments).
       on_eval: called with each metrics record (on the main process), e.g. to print a line.
       plots: draw ``plots/*.png`` at the end.
+      identity: what the run trains on that the config does not pin down, ``{what, in words: value}``
+        (data fingerprints, a custom optimizer's hyperparameters; :mod:`jmtl.training.identity`).
+        Stored in every checkpoint with the tasks; a resume with other values is refused, naming them.
     """
 
     name: str
@@ -112,6 +193,7 @@ class Experiment:
     interval_train_stats: bool = False
     on_eval: Optional[Callable[[dict], None]] = None
     plots: bool = True
+    identity: Optional[dict] = None
 
 
 class InMemoryEvaluator:
@@ -161,12 +243,16 @@ class InMemoryEvaluator:
                         res[split][task].update(metrics)
         return per_seed
 
+    selection = SELECTION_RULE
+
     def score(self, validation):
         return evaluate.selection_score(validation, self.tasks)
 
 
 class PerTaskEvaluator:
     """Each task scored on its own validation / test data (``per_task_inputs``); selection on all."""
+
+    selection = SELECTION_RULE
 
     def __init__(self, evaluators: Mapping[str, InMemoryEvaluator], tasks: Sequence[Task]):
         self.evaluators, self.tasks = dict(evaluators), tuple(tasks)
@@ -185,6 +271,17 @@ class PerTaskEvaluator:
 
     def score(self, validation):
         return evaluate.selection_score(validation, self.tasks)
+
+
+def dataset_identity(dataset) -> dict:
+    """Fingerprints of a dataset's three splits (``{"the train split's examples": sha, ...}``): the
+    raw arrays as read (before the input transform), so files changed under the same ``data_dir``
+    (MNIST swapped for Fashion-MNIST) are a different run. ~0.2 s for MultiMNIST's 70 MB of pixels."""
+    out = {}
+    for split in ("train", VALIDATION, TEST):
+        raw = dataset._raw_split(split) if hasattr(dataset, "_raw_split") else dataset.arrays(split)
+        out[f"the {split} split's examples"] = identity.array_fingerprint(raw)
+    return out
 
 
 def build_experiment(config) -> Experiment:
@@ -221,6 +318,7 @@ def build_experiment(config) -> Experiment:
         make_evaluator=lambda driver, axis: InMemoryEvaluator(
             {split: dataset.arrays(split) for split in (VALIDATION, TEST)}, tasks, step_cfg, model,
             config.eval_batch_size, driver, axis, name=config.dataset.name),
+        identity=dataset_identity(dataset),
     )
 
 
@@ -344,16 +442,29 @@ def check_workdir(workdir: str | Path) -> None:
             workdir_lib.prepare_workdir(workdir)  # raises WorkdirNotADirectoryError with the fix
 
 
-def run(experiment: Experiment, config, workdir: str | Path) -> tuple[dict, step_lib.TrainState]:
+def run(experiment: Experiment, config, workdir: str | Path, *, on_stop: str = "return") -> FitResult:
     """Trains ``experiment`` under ``config``'s schedule, evaluation, non-finite policy and
     checkpoints in ``workdir`` (resuming from its latest checkpoint; a workdir in use by another
-    live run is refused: ``workdir.workdir_lock``)."""
+    live run is refused: ``workdir.workdir_lock``).
+
+    Args:
+      experiment, config, workdir: what to train, how, and where.
+      on_stop: after SIGTERM / SIGINT and the checkpoint: ``'return'`` (the command line's
+        behaviour: print how to resume and return ``({'interrupted': True, 'step': s}, state)``) or
+        ``'raise'`` (library use: :class:`FitInterrupted` / :class:`FitTerminated`).
+
+    Returns:
+      A :class:`FitResult`: ``(summary, state)`` with ``.best_params``.
+    """
+    if on_stop not in ("return", "raise"):
+        raise ValueError(f"on_stop must be 'return' or 'raise', got {on_stop!r}")
     config_schema.validate_config(config)
     workdir = workdir_lib.prepare_workdir(workdir)
     is_main = jax.process_index() == 0
     with workdir_lib.workdir_lock(workdir) if is_main else contextlib.nullcontext() as lock:
         trainer = _Trainer(experiment, config, workdir)
         trainer.lock = lock
+        trainer.on_stop = on_stop
         try:
             trainer.resume()
             return trainer.loop()
@@ -365,7 +476,9 @@ def run(experiment: Experiment, config, workdir: str | Path) -> tuple[dict, step
 
 
 class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption-safe).
+    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (preemption-safe), while the
+    run lasts: ``restore`` puts back the handlers it replaced (a library call must not keep Ctrl-C
+    after it returns). Off the main thread (where Python allows no handlers) the signals keep theirs.
 
     A second signal gives up at once (``KeyboardInterrupt``) -- except during a checkpoint save
     (``saving()``): an exception raised inside orbax's save would print its whole traceback and may
@@ -376,8 +489,16 @@ class _StopRequest:
     def __init__(self):
         self.signal = None
         self.in_save = False
+        self.previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        previous, self.previous = self.previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     @contextlib.contextmanager
     def saving(self):
@@ -407,13 +528,16 @@ class _Trainer:
         self.is_main = jax.process_index() == 0
         self.lock: Optional[workdir_lib.WorkdirLock] = None  # set by run() on the main process
         self.logs = None
-        self.stop = _StopRequest()
         self.names = [t.name for t in experiment.tasks]
         spe = experiment.steps_per_epoch
         self.total_steps = config.num_steps if config.get("num_steps", -1) > 0 else config.num_epochs * spe
         self.eval_every = config.eval_every_steps if config.get("eval_every_steps", -1) > 0 else spe
         ckpt_every = config.get("checkpoint_every_steps", -1)
-        self.ckpt_every = ckpt_every if ckpt_every > 0 else self.eval_every
+        # <= 0: by time (at most every checkpoint_every_minutes, and at the end), except on several
+        # processes, which must agree on which steps save (their clocks differ): per evaluation there.
+        self.ckpt_every = ckpt_every if ckpt_every > 0 else (self.eval_every if jax.process_count() > 1 else 0)
+        self.ckpt_seconds = 60.0 * float(config.get("checkpoint_every_minutes", 5.0))
+        self.on_stop = "return"
         self.log_every = config.get("log_every_steps", 20)
         self.policy = config.nonfinite.policy
         if self.policy not in step_lib.NONFINITE_POLICIES:
@@ -447,7 +571,15 @@ class _Trainer:
             inits = [warm_start.warm_state(s, warm, e.optimizer) for s in inits]
         self.host_state = self.seed_axis.stack_states(inits)
         self.signature = checkpoint.model_signature(self.host_state, self.names, config.weighting.name)
+        self.identity = {"the tasks": identity.tasks_identity(e.tasks), **(e.identity or {})}
         self.ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+        # The best validation evaluation's params (per seed), kept on the host and written to
+        # best/<step>/ with the checkpoint after they changed; best_saved_step names that folder in
+        # the checkpoint's meta, so a resume restores the best of the same moment.
+        self.best_ckpt = checkpoint.Checkpointer(workdir / "best")
+        self.best_params, self.best_dirty, self.best_saved_step = None, False, None
+        self.ckpt_time, self.ckpt_count = 0.0, 0
+        self.stop = _StopRequest()  # last: a failure above must not leave the handlers installed
         self.train_iter = self.seed_axis.stack_iterators([e.train_iterator(s) for s in self.seed_axis.seeds])
         self.bests = [{"score": -math.inf} for _ in self.seed_axis.seeds]  # best-validation record per seed
         self.start_step, self.wall_before = 0, 0.0
@@ -460,27 +592,113 @@ class _Trainer:
         after the checkpoint are dropped (a fresh start moves old records aside): nothing is counted
         twice and no earlier record is overwritten."""
         resume_step = None
-        if self.ckpt.latest_step() is not None:
-            saved = _with_new_defaults(workdir_lib.load_saved_config(self.workdir), self.config)
+        latest = self.ckpt.latest_step()
+        if latest is not None:
+            # What the checkpoint was trained with is read from the checkpoint itself (config.json may
+            # be gone or damaged); config.json only for checkpoints written before they carried it.
+            file_config, problem = workdir_lib.read_saved_config(self.workdir)
+            try:
+                latest_meta = self.ckpt.read_meta(latest)
+            except Exception:  # noqa: BLE001  (a damaged checkpoint: restore falls back and says so)
+                latest_meta = None
+            saved = self.saved_config(latest_meta, file_config)
+            self.check_identity(latest_meta, latest, saved)
             if saved:
                 self.refuse_changed_config(saved)
             self.host_state, meta = self.ckpt.restore(self.host_state, self.signature)
             self.start_step = int(np.max(self.host_state.step))  # every seed is at the same step
+            saved = self.saved_config(meta, file_config)
+            self.check_identity(meta, self.start_step, saved)
+            if saved is None and self.is_main:
+                print(f"warning: {self.workdir / workdir_lib.CONFIG_NAME} cannot be read ({problem}) and checkpoint "
+                      f"{self.start_step} predates configs in checkpoints: the resume config check is skipped",
+                      file=sys.stderr, flush=True)
             changes = (workdir_lib.check_resume(saved, self.config, restored_step=self.start_step,
                                                 total_steps=self.total_steps) if saved else [])
             self.train_iter.set_state(meta["data_iterator"])
             self.bests = meta["best"]
             self.wall_before = meta.get("wall_time", 0.0)
+            self.restore_best(meta)
             resume_step = self.start_step
             if self.is_main:
+                if problem is not None and saved is not None:
+                    self.repair_config(problem)
                 workdir_lib.record_resume(self.workdir, self.start_step, changes, self.config)
                 print(f"Resuming from step {self.start_step} of {self.total_steps} in {self.workdir}", flush=True)
         elif self.is_main:
+            if self.best_ckpt.latest_step() is not None:  # left by an earlier run whose checkpoints are gone
+                self.best_ckpt.close()
+                aside = workdir_lib.set_aside(self.workdir / "best", "old")
+                print(f"note: moved the previous run's best/ to {aside.name} (no checkpoint to resume)", file=sys.stderr)
+                self.best_ckpt = checkpoint.Checkpointer(self.workdir / "best")
             workdir_lib.write_config(self.workdir, self.config)
         self.logs = metric_writers.make_writers(
             config_schema.writer_names(self.config), self.workdir, self.is_main, resume_step=resume_step,
             config=self.config, task_names=self.names,
         )
+
+    def saved_config(self, meta: Optional[dict], file_config: Optional[dict]) -> Optional[dict]:
+        """The config the checkpoint was trained with: its own record, else config.json (older checkpoints)."""
+        saved = (meta or {}).get("config") or file_config
+        return _with_new_defaults(saved, self.config) if saved else None
+
+    def check_identity(self, meta: Optional[dict], step: int, saved: Optional[dict] = None) -> None:
+        """Refuses to resume on other data / optimizer / tasks than the checkpoint's, naming each (and
+        the config fields that changed with them, e.g. the dataset's kwargs)."""
+        if meta is None:
+            return
+        diffs = identity.differences(meta.get("identity"), self.identity)
+        if diffs and saved:
+            try:
+                workdir_lib.check_resume(saved, self.config)
+            except workdir_lib.ResumeConfigError as e:
+                fields = [f"{c.field}: {c.old!r} -> {c.new!r}" for c in e.changes
+                          if c.field != "dataset.kwargs.fingerprint"]  # fit's data hash: said in words above
+                if fields:
+                    diffs.append("the config differs (" + "; ".join(fields) + ")")
+        if diffs:
+            raise workdir_lib.ResumeIdentityError(
+                f"cannot resume {self.workdir}: " + "; ".join(diffs) + f" from what its checkpoint (step {step}) "
+                "was trained on. Fix: resume with the same data, optimizer and tasks, or train the new setup in a "
+                "new workdir", diffs)
+
+    def repair_config(self, problem: str) -> None:
+        """Rewrites a missing or unreadable config.json (an unreadable one is kept aside)."""
+        path = self.workdir / workdir_lib.CONFIG_NAME
+        note = "was missing"
+        if path.exists():
+            note = f"could not be read ({problem}); kept as {workdir_lib.set_aside(path, 'unreadable').name}"
+        workdir_lib.write_config(self.workdir, self.config)
+        print(f"warning: {path} {note}; rewritten after checking this run against the config in the checkpoint",
+              file=sys.stderr, flush=True)
+
+    def restore_best(self, meta: dict) -> None:
+        """The best params of the restored checkpoint's moment (best/<best_params_step>/)."""
+        step = meta.get("best_params_step")
+        self.best_saved_step = step
+        if step is None:
+            if any(math.isfinite(b.get("score", -math.inf)) for b in self.bests) and self.is_main:
+                print("note: this checkpoint predates kept best-validation params: best_params stays None until "
+                      "an evaluation beats the recorded best", file=sys.stderr)
+            return
+        try:
+            self.best_params, _ = self.best_ckpt.restore(self.host_state.params, self.signature, step=step)
+        except Exception as e:  # noqa: BLE001  (the run itself resumes; only the best params are lost)
+            self.best_params = None
+            print(f"warning: the best-validation params in {self.workdir / 'best' / str(step)} do not restore "
+                  f"({type(e).__name__}); best_params stays None until an evaluation beats the recorded best",
+                  file=sys.stderr, flush=True)
+
+    def keep_best(self, params, improved: Sequence[int]) -> None:
+        """Host copies of the improved seeds' params (copies: the step donates the device buffers)."""
+        host = jax.tree.map(np.array, self.driver.unreplicate(params))
+        if self.best_params is None or not self.seed_axis.stacked:
+            self.best_params = host
+        else:
+            take = np.isin(np.arange(len(self.seed_axis.seeds)), improved)
+            self.best_params = jax.tree.map(
+                lambda b, h: np.where(take.reshape((-1,) + (1,) * (h.ndim - 1)), h, np.asarray(b)), self.best_params, host)
+        self.best_dirty = True
 
     def refuse_changed_config(self, saved: dict) -> None:
         """Refuses a config the checkpoint cannot resume under before its state is read (a changed
@@ -499,6 +717,8 @@ class _Trainer:
             raise
 
     def close(self) -> None:
+        if hasattr(self, "stop"):
+            self.stop.restore()
         if self.logs is not None:
             self.logs, logs = None, self.logs
             logs.close()
@@ -511,10 +731,22 @@ class _Trainer:
 
     def save(self, state, step: int, wall: float) -> None:
         self.check_lock()
-        meta = {"signature": self.signature, "data_iterator": self.train_iter.get_state(), "best": self.bests,
-                "wall_time": wall}
+        t0 = time.time()
         with self.stop.saving():
+            if self.best_dirty and self.best_params is not None:  # first, so the checkpoint can name it
+                if step in self.best_ckpt.manager.all_steps():  # left by a checkpoint set aside as damaged
+                    if self.is_main:
+                        workdir_lib.set_aside(self.best_ckpt.directory / str(step), "stale")
+                    self.best_ckpt.manager.reload()
+                self.best_ckpt.save(step, self.best_params, {"signature": self.signature, "best": self.bests})
+                self.best_saved_step, self.best_dirty = step, False
+            meta = {"signature": self.signature, "data_iterator": self.train_iter.get_state(), "best": self.bests,
+                    "wall_time": wall, "config": workdir_lib._plain(self.config), "identity": self.identity,
+                    "best_params_step": self.best_saved_step}
             self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
+        self.ckpt_time += time.time() - t0
+        self.ckpt_count += 1
+        self.last_save_time = time.time()
 
     # ---- non-finite policy ------------------------------------------------------------------------
     def check_finite(self, at_step: int, metrics) -> None:
@@ -590,10 +822,14 @@ class _Trainer:
                 tests = self.evaluator(params, (TEST,))
                 results = [{**r, **t} for r, t in zip(results, tests)]
         if step is not None:
+            improved = []
             for i, res in enumerate(results):  # model selection on the validation split, per seed
                 score = self.evaluator.score(res[VALIDATION])
                 if score > self.bests[i]["score"]:
                     self.bests[i] = {"score": score, "step": step, VALIDATION: res[VALIDATION], TEST: res[TEST]}
+                    improved.append(i)
+            if improved:
+                self.keep_best(params, improved)
         return results
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -641,6 +877,7 @@ class _Trainer:
         bar = tqdm(total=total_steps, initial=self.start_step, disable=not (self.is_main and config.get("progress_bar", False)),
                    unit="step")
         self.t0 = time.time()
+        self.last_save_time = self.t0
         self.last_good_step = self.ckpt.latest_step()
         self.consecutive_skips, self.total_skips = 0, 0
         self.eval_time, self.interval_times = 0.0, []
@@ -687,22 +924,32 @@ class _Trainer:
                     if self.exp.on_eval is not None:
                         self.exp.on_eval(rec)
                 interval_start = time.time()
-            if step % self.ckpt_every == 0 or step == total_steps or self.stop.signal:
+            due = (step % self.ckpt_every == 0 if self.ckpt_every > 0
+                   else time.time() - self.last_save_time >= self.ckpt_seconds)
+            if due or step == total_steps or self.stop.signal:
                 self.save(state, step, self.wall_before + time.time() - self.t0)
                 self.last_good_step = step
             bar.update(1)
             if self.stop.signal:
                 self.ckpt.close()
+                self.best_ckpt.close()
                 bar.close()
+                if self.on_stop == "raise":
+                    error = (FitInterrupted if self.stop.signal == "SIGINT" else FitTerminated)(
+                        self.stop.signal, step, self.workdir)
+                    if self.is_main and isinstance(error, SystemExit):  # uncaught, it prints nothing
+                        print(f"\n{error.message}", file=sys.stderr, flush=True)
+                    raise error
                 if self.is_main:
                     print(f"\nReceived {self.stop.signal}: saved a checkpoint at step {step}. Resume with the same "
                           f"command (--workdir {self.workdir}).", flush=True)
-                return {"interrupted": True, "step": step}, self.driver.unreplicate(state)
+                return FitResult({"interrupted": True, "step": step}, self.driver.unreplicate(state), self.best_params)
         bar.close()
         self.ckpt.close()
+        self.best_ckpt.close()
         self.close()  # summary.json and the plots read the records
         final = results if results is not None else self.evaluate(state, None)
-        return self.summary(state, final), self.driver.unreplicate(state)
+        return FitResult(self.summary(state, final), self.driver.unreplicate(state), self.best_params)
 
     # ---- summary and plots ------------------------------------------------------------------------
     def summary(self, state, final: list[dict]) -> dict:
@@ -723,8 +970,19 @@ class _Trainer:
                 "step": [b["step"] for b in bests],
             },
             "seeds": [{"seed": s, "final": f, "best_validation": b} for s, f, b in zip(seeds, final, bests)],
+            # How best_validation was picked; its params: FitResult.best_params and best/<step>/.
+            "selection": getattr(self.evaluator, "selection",
+                                 f"the highest {type(self.evaluator).__name__}.score of the validation split"),
+            "best_params_saved": (str(self.workdir / "best" / str(self.best_saved_step))
+                                  if self.best_saved_step is not None else None),
             "wall_time_s": wall,
-            "steps_per_s": (total_steps - self.start_step) / max(time.time() - self.t0, 1e-9),
+            # None when this session trained no step (a finished run run again).
+            "steps_this_session": total_steps - self.start_step,
+            "steps_per_s": ((total_steps - self.start_step) / max(time.time() - self.t0, 1e-9)
+                            if total_steps > self.start_step else None),
+            # This session's checkpoint saves (with best/ params) and their time: the cadence's cost.
+            "checkpoints_saved": self.ckpt_count,
+            "checkpoint_time_s": self.ckpt_time,
             "wall_time_per_epoch_s": wall / (total_steps / spe),
             # This session's (not counting earlier sessions of a resumed run): evaluation time, and the
             # training time of each interval between evaluations (the first includes compilation).
@@ -777,10 +1035,20 @@ SUMMARY_TASKS = 8  # tasks printed at the end of a run; the rest are in summary.
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"done: {s['steps']} steps ({s['epochs']:.1f} epochs) in {s['wall_time_s']:.1f}s, {s['steps_per_s']:.1f} steps/s"]
+    if s.get("steps_per_s") is None:
+        lines = [f"done: {s['steps']} steps ({s['epochs']:.1f} epochs); the run had already finished, nothing "
+                 "was trained in this session (the numbers below are its final state's)"]
+    else:
+        lines = [f"done: {s['steps']} steps ({s['epochs']:.1f} epochs) in {s['wall_time_s']:.1f}s, "
+                 f"{s['steps_per_s']:.1f} steps/s"
+                 + (f"; {s['checkpoints_saved']} checkpoint(s) took {s['checkpoint_time_s']:.1f}s"
+                    if s.get("checkpoints_saved") is not None else "")]
     for label, res in (("final test", s["final"].get("test", {})), ("best-val test", s["best_validation"].get("test", {}))):
         parts = [f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()) for t, m in list(res.items())[:SUMMARY_TASKS]]
         if len(res) > SUMMARY_TASKS:
             parts.append(f"... {len(res) - SUMMARY_TASKS} more tasks in summary.json")
         lines.append(f"{label}: " + " | ".join(parts))
+    best = s.get("best_validation", {})
+    if "step" in best:
+        lines.append(f"best-val = step {best['step']}: {s.get('selection', 'the best validation score')}")
     return "\n".join(lines)

@@ -57,7 +57,8 @@ class StepConfig:
     Args:
       relation_alpha: alpha of the ``alpha * |W|_F^2`` penalty on the task-relation matrix
         ``params['relation']`` (0: no penalty).
-      input_key: the batch entry holding the model input.
+      input_key: the batch entry holding the model input (default ``'x'``, as ``jmtl.fit``'s; the
+        built-in image datasets' configs pass ``'image'``).
       jacobian_mode: ``'params'``: per-task gradients of the shared params (exact).
         ``'representation'``: per-task gradients of the shared representation (MGDA-UB, Sener &
         Koltun 2018), then one weighted backward pass through the encoder; far cheaper for big
@@ -86,7 +87,7 @@ class StepConfig:
     """
 
     relation_alpha: float = 0.0
-    input_key: str = "image"
+    input_key: str = "x"
     jacobian_mode: str = "params"
     penalty: Optional[Callable[[PyTree], Array]] = None
     model_kwargs: Optional[Callable[[Array], dict]] = None

@@ -67,6 +67,15 @@ class ResumeConfigError(JmtlError, ValueError):
         self.changes = changes
 
 
+class ResumeIdentityError(ResumeConfigError):
+    """The resuming run trains on other data, another optimizer or other tasks than the checkpoint
+    (``jmtl.training.identity``); ``differences`` lists each in words."""
+
+    def __init__(self, message: str, differences: list[str]):
+        super().__init__(message, [])
+        self.differences = differences
+
+
 # Why an OS write error happened, and what to do about it, by errno.
 _REASONS = {
     errno.ENOSPC: ("the disk is full (No space left on device)", "free space on that disk, or use a --workdir on another disk"),
@@ -337,6 +346,7 @@ RESUMABLE_FIELDS = (
     "eval_batch_size",
     "log_every_steps",
     "checkpoint_every_steps",
+    "checkpoint_every_minutes",
     "progress_bar",
     "writers",
     "parallel",
@@ -421,15 +431,44 @@ def check_resume(saved_config: Any, new_config: Any, *, restored_step: int | Non
 
 
 def load_saved_config(workdir: str | Path) -> dict | None:
-    """``<workdir>/config.json`` as a dict, None if there is none (or it is unreadable, with a warning)."""
+    """``<workdir>/config.json`` as a dict, None if there is none (or it is unreadable, with a warning).
+
+    The training loop reads the config each checkpoint carries instead (``read_saved_config`` only
+    for checkpoints written before they carried one)."""
+    config, problem = read_saved_config(workdir)
+    if problem and problem != "missing":
+        print(f"warning: cannot read {Path(workdir) / CONFIG_NAME} ({problem})", file=sys.stderr)
+    return config
+
+
+def read_saved_config(workdir: str | Path) -> tuple[dict | None, str | None]:
+    """``(config, problem)``: ``<workdir>/config.json`` as a dict and None, or None and why not
+    (``"missing"``, or the read / parse error)."""
     path = Path(workdir) / CONFIG_NAME
     if not path.exists():
-        return None
+        return None, "missing"
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        print(f"warning: cannot read {path} ({e}); the resume config check is skipped", file=sys.stderr)
-        return None
+        return None, f"{type(e).__name__}: {e}"
+    if not isinstance(config, dict):
+        return None, f"it holds a JSON {type(config).__name__}, not an object"
+    return config, None
+
+
+def set_aside(path: str | Path, tag: str) -> Path:
+    """Renames ``path`` to ``<path>.<tag>-<time>`` (never deleting a file the user may want) and returns
+    the new path."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while aside.exists():
+        aside, n = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+    try:
+        os.replace(path, aside)
+    except OSError as e:
+        raise StorageError(f"moving {path.name} aside", path, e) from e
+    return aside
 
 
 def _config_text(config: Any) -> str:

@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import itertools
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -29,7 +29,7 @@ from jmtl import tasks as tasks_lib
 from jmtl import weighting as weighting_lib
 from jmtl.data.iterables import LabelCheck, ReplayIterator, call_factory, concatenate_batches, refuse_table
 from jmtl.tasks import Task
-from jmtl.training import builders, config_schema, contract, evaluate, identity, loop, parallel
+from jmtl.training import builders, config_schema, contract, identity, loop, parallel
 from jmtl.training import step as step_lib
 from jmtl.training import warm_start
 

@@ -23,6 +23,16 @@ PIXEL = (("segmentation", 13), ("depth", 1), ("normal", 3))
 MTAN_SINGLE_TASK_SEGNET = 24_981_069
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """Compiling SegNet's steps with XLA's optimisation passes costs minutes on a loaded CPU; these
+    tests check values, not speed (as tests/test_architectures.py). Restored afterwards."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 def _pixel_heads(style="segnet", upsample=1, names=PIXEL):
     return TaskHeads(names=tuple(n for n, _ in names),
                      heads=tuple(heads.PixelHead(c, style=style, upsample=upsample) for _, c in names))

@@ -118,7 +118,7 @@ def jmtl_step(method: str, batch: dict, *, mode: str = "params", chunk: int = -1
     x0 = jnp.zeros((1,) + batch["image"].shape[1:], jnp.float32)
     # Initialised under jit: eagerly, every one of SegNet's init ops compiles on its own (minutes on CPU).
     state = jax.jit(lambda x: step_lib.init_state(model, transform, opt, x, len(tasks), seed=0))(x0)
-    cfg = step_lib.StepConfig(jacobian_mode=mode, jacobian_chunk_size=chunk, compute_dtype=compute_dtype)
+    cfg = step_lib.StepConfig(input_key="image", jacobian_mode=mode, jacobian_chunk_size=chunk, compute_dtype=compute_dtype)
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
     step = step_lib.make_train_step(model, tasks, transform, opt, cfg)
     t0 = time.perf_counter()

@@ -313,7 +313,7 @@ def test_every_gradient_path_trains_pixel_tasks(method, separable, mode):
     batch = _train_batch()
     model, w, opt = TinyConv(separable=separable), weighting.get(method), optax.sgd(LR)
     state = step_lib.init_state(model, w, opt, batch["image"], 3, 0)
-    step = jax.jit(step_lib.make_train_step(model, TASKS, w, opt, step_lib.StepConfig(jacobian_mode=mode)))
+    step = jax.jit(step_lib.make_train_step(model, TASKS, w, opt, step_lib.StepConfig(input_key="image", jacobian_mode=mode)))
     new, metrics = step(state, batch)
     np.testing.assert_allclose(np.asarray(metrics["losses"]), np.asarray(reference_losses(model, state.params, batch)), rtol=1e-5)
     if mode == "params" and method != "pcgrad":
@@ -340,7 +340,7 @@ def test_missing_depth_labels_in_training_equal_the_labelled_slice():
     batch["depth"] = np.where(np.asarray(keep)[:, None, None, None], batch["depth"], np.nan).astype(np.float32)
     model, w, opt = TinyConv(separable=False), weighting.get("mgda"), optax.sgd(LR)
     state = step_lib.init_state(model, w, opt, batch["image"], 3, 0)
-    new, metrics = jax.jit(step_lib.make_train_step(model, TASKS, w, opt, step_lib.StepConfig()))(state, batch)
+    new, metrics = jax.jit(step_lib.make_train_step(model, TASKS, w, opt, step_lib.StepConfig(input_key="image")))(state, batch)
     assert bool(metrics["finite"])
     np.testing.assert_allclose(np.asarray(metrics["losses"]),
                                np.asarray(reference_losses(model, state.params, batch, np.asarray(keep))), rtol=1e-5)

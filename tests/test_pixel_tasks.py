@@ -169,7 +169,7 @@ def test_a_batch_without_valid_pixels_gives_zero_loss_and_finite_gradients():
 
 @functools.lru_cache(maxsize=None)
 def _eval_fn(num_devices):
-    step = evaluate.make_eval_step(Slices(), TASKS, axis_name="d")
+    step = evaluate.make_eval_step(Slices(), TASKS, step_lib.StepConfig(input_key="image"), axis_name="d")
     return jax.jit(jax.vmap(step, axis_name="d", in_axes=(None, 0)))
 
 

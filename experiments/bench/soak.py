@@ -32,7 +32,7 @@ import numpy as np
 
 from experiments.bench.common import RESULTS, provenance, write_outputs
 from experiments.configs import gradnorm_toy
-from experiments.train import train
+from jmtl.training.loop import train
 from jmtl.data import pipeline
 
 TARGET_GROWTH_PCT = 5.0
@@ -190,6 +190,8 @@ def main(argv=None):
     parser.add_argument("--workdir", default="/tmp/jmtl_soak")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default="bench_soak", help="output file name, without suffix")
+    parser.add_argument("--no_heap_trim", action="store_true",
+                        help="no malloc_trim after each save (checkpoint.TRIM_HEAP_AFTER_SAVE = False), to measure it")
     parser.add_argument("--per_array_checkpoints", action="store_true",
                         help="save the state leaf by leaf, as before checkpoint.pack_state (the 'before' of the "
                              "memory-per-save comparison)")
@@ -197,6 +199,7 @@ def main(argv=None):
     from jmtl.training import checkpoint
 
     checkpoint.Checkpointer.PACK = not args.per_array_checkpoints
+    checkpoint.TRIM_HEAP_AFTER_SAVE = not args.no_heap_trim
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance()  # the commit and dirty flag of the code that runs, recorded at the start
@@ -209,6 +212,7 @@ def main(argv=None):
     record = {
         "config": "experiments/configs/gradnorm_toy.py", "driver": "single", "steps": args.steps,
         "checkpoint_layout": "packed" if checkpoint.Checkpointer.PACK else "per_array",
+        "heap_trim_after_save": checkpoint.TRIM_HEAP_AFTER_SAVE,
         "eval_every": args.eval_every, "checkpoint_every": ckpt_every, "checkpoints_saved": args.steps // ckpt_every,
         # Per save only when saves dominate the run (a period of <= 100 steps); else not meaningful.
         "rss_slope_per_checkpoint_kib": (round(analysis["rss_slope_after_warm_mib_per_10k_steps"] * 1024 * ckpt_every

@@ -8,6 +8,7 @@ file system, ``FloatingPointError`` for non-finite training), so existing handle
     │   └── DataExhaustedError             a one-shot iterator ran out before the last step
     ├── ContractError (ValueError)          a model / tasks / batch that break the step's contract
     ├── ResumeConfigError (ValueError)      jmtl.training.workdir: a resume that would change the run
+    │   └── ResumeIdentityError             other data, optimizer or tasks than the run's
     ├── CheckpointMismatchError (ValueError) a checkpoint of another model / tasks / scheme
     ├── GridMismatchError (ValueError)      an ablation grid trained under another config
     ├── WarmStartError (ValueError)         jmtl.training.warm_start: params that cannot start this model
@@ -18,6 +19,10 @@ file system, ``FloatingPointError`` for non-finite training), so existing handle
     │   └── CheckpointSaveError             jmtl.training.checkpoint
     ├── CheckpointIntegrityError (OSError)  jmtl.training.checkpoint: files differ from their checksums
     └── CheckpointRestoreError (OSError)    jmtl.training.checkpoint: no checkpoint restores
+
+    (not JmtlError, on purpose: ``except Exception`` must not swallow them)
+    FitInterrupted (KeyboardInterrupt)      jmtl.training.loop: Ctrl-C in jmtl.fit, after its checkpoint
+    FitTerminated (SystemExit, code 143)    jmtl.training.loop: SIGTERM in jmtl.fit, after its checkpoint
 
 Catch ``jmtl.errors.JmtlError`` to tell jmtl's refusals from bugs.
 """

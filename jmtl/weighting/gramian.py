@@ -749,7 +749,9 @@ def _clip_weights(weights: Array, gram: Array, max_norm: float) -> Array:
 
 @register("ntkmtl")
 def ntkmtl(ntk_exp: float = 0.5, max_norm: float = 1.0) -> WeightingTransform:
-    """NTKMTL (Qin, Wang, Liao & Yan, NeurIPS 2025, "Mitigating Task Imbalance in MTL from an NTK Perspective").
+    """NTKMTL (Qin, Wang, Liao & Yan, NeurIPS 2025; arXiv:2510.18258).
+
+    "NTKMTL: Mitigating Task Imbalance in Multi-Task Learning from Neural Tangent Kernel Perspective".
 
     Task ``k``'s convergence speed under gradient flow is governed by the eigenvalues of its neural
     tangent kernel; NTKMTL reweights each task by the NTK ratio ``(sum_j lambda_j / lambda_k)^(1/2)``
@@ -818,7 +820,10 @@ def pcd_qp(gram: Array, taus: Array) -> tuple[Array, Array]:
 
 @register("pcd")
 def pcd(tau: float | Sequence[float] = 0.02, beta: float = 0.999, eps: float = 1e-8) -> WeightingTransform:
-    """PCD, priority-constrained descent (Varam et al., "Not All Objectives Are Born Equal", TMLR 2026).
+    """PCD, priority-constrained descent (TMLR 2026; arXiv:2606.29521), as torchjd's ``PCD``.
+
+    "Not All Objectives Are Born Equal: Priority-Constrained Descent for Hierarchical Multi-Objective
+    Optimization" (the title and arXiv number as torchjd cites them).
 
     Task 0 (the first task) is the primary objective; the others are secondary. With normalised
     gradients ``g~_i = s_i g_i``, ``s_i = 1 / sqrt(v^_i + eps)`` (``v^_i``: bias-corrected EMA of ``|g_i|^2``
@@ -829,8 +834,8 @@ def pcd(tau: float | Sequence[float] = 0.02, beta: float = 0.999, eps: float = 1
 
     and the update is ``d~`` rescaled to ``|g_1|``. The QP is solved exactly in-graph through its dual
     (:func:`pcd_qp`; ``d~ = g~_1 + sum_j mu_j g~_j``), so ``d`` is ``w @ J`` with
-    ``w = [1, mu] * s * |g_1| / |d~|``, all from the Gramian. Special cases as torchjd 0.18's ``PCD``
-    (which this follows; the paper's reference code enumerates working sets instead): ``g_1 = 0`` or
+    ``w = [1, mu] * s * |g_1| / |d~|``, all from the Gramian. Special cases as torchjd's ``PCD``
+    (SimplexLab/TorchJD source, which this follows; the paper's reference code enumerates working sets instead): ``g_1 = 0`` or
     ``d~ = 0`` (up to round-off) gives a zero update; infeasible constraints (needs K >= 3, e.g. two
     opposite secondary gradients) are dropped and the update is ``g_1``. Not symmetric in the tasks:
     the order of the tasks is the priority.
@@ -894,8 +899,12 @@ class CRMOGMState(NamedTuple):
 
 @register("cr_mogm")
 def cr_mogm(base: str = "mgda", alpha: float = 0.1, base_hparams: Optional[dict] = None) -> WeightingTransform:
-    """CR-MOGM's weight smoothing (Zhou et al., NeurIPS 2022, "On the Convergence of Stochastic
-    Multi-Objective Gradient Manipulation and Beyond"), as torchjd's ``CRMOGMWeighting`` wrapper.
+    """CR-MOGM weight smoothing (NeurIPS 2022), torchjd's ``CRMOGMWeighting`` wrapper.
+
+    The paper as torchjd cites it: NeurIPS 2022 proceedings, hash 4e91f0648fb6e09f0156a7eaf6c4dfdb
+    (torchjd's link text: "Conflict-Reduction Multi-Objective Gradient Methods"; the paper itself was not
+    among the stored sources). Lives with the Gramian schemes because its default base (MGDA) is one;
+    its ``requires`` is the base's.
 
     Wraps another weighting scheme and returns an exponential moving average of its weights:
     ``lambda_t = alpha lambda_{t-1} + (1 - alpha) lambda^_t`` with ``lambda_0 = 1/K`` (``lambda^_t``: the

@@ -472,7 +472,7 @@ class GO4AlignState(NamedTuple):
 
 @register("go4align")
 def go4align(num_groups: int = 2, robust_step_size: float = 1e-4) -> WeightingTransform:
-    """GO4Align (Shen et al., NeurIPS 2024, "Group Optimization for Multi-Task Alignment").
+    """GO4Align, "Group Optimization for Multi-Task Alignment" (NeurIPS 2024), as the official code.
 
     Adaptive group risk minimisation. Risk-guided indicators: a distribution over tasks is updated
     multiplicatively with the current losses, ``p <- p * exp(-eta L) / Z`` (``p_0 = 1/K``), and task ``k``'s

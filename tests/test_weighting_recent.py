@@ -229,3 +229,46 @@ def test_cr_mogm_refuses_what_it_cannot_smooth():
         W.get("cr_mogm", alpha=1.5)
     with pytest.raises(ValueError, match="unknown weighting method"):
         W.get("cr_mogm", base="nope")
+
+
+# ----------------------------------------------------------------------------- NTKMTL-SR
+
+
+def test_ntkmtl_sr_uses_the_largest_eigenvalue_of_each_tasks_representation_ntk(x64):
+    """A shared linear encoder z = x W and linear heads: the per-sample gradients d l_kn / d z are built
+    by hand, each task's NTK J_k J_k^T is diagonalised with eigvalsh (the official definition), and
+    the weights must match those the scheme reads from the batch-mean loss's representation rows."""
+    rng = np.random.default_rng(0)
+    n, h, k = 5, 3, 3
+    z = rng.normal(size=(n, h))
+    heads = rng.normal(size=(k, h)) * np.array([[0.1], [1.0], [4.0]])
+    y = rng.normal(size=(k, n))
+    resid = z @ heads.T - y.T  # [n, k]; l_kn = resid^2
+    per_sample = np.zeros((k, n, n * h))  # J_k: row m = d l_km / d z (all of z, flattened)
+    for t in range(k):
+        for m in range(n):
+            per_sample[t, m, m * h:(m + 1) * h] = 2 * resid[m, t] * heads[t]
+    lam = np.array([np.linalg.eigvalsh(per_sample[t] @ per_sample[t].T)[-1] for t in range(k)])
+    expected = (lam.sum() / lam) ** 0.5
+    rows = per_sample.mean(axis=1)  # d L_k / d z with L_k the batch mean
+    t = W.get("ntkmtl_sr")
+    out, _ = t.update(jnp.ones(k), t.init(k), jacobian=jnp.asarray(rows), layout=(("representation", (n, h)),))
+    np.testing.assert_allclose(np.asarray(out.weights), expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="jacobian_mode='representation'"):
+        t.update(jnp.ones(k), t.init(k), jacobian=jnp.asarray(rows))
+
+
+def test_ntkmtl_sr_is_refused_in_params_mode():
+    import optax
+
+    from jmtl.models import mtl
+    from jmtl.tasks import Task
+    from jmtl.training import step as step_lib
+
+    tasks = (Task("a", "regression", 1), Task("b", "regression", 1))
+    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(4,)), head_kwargs=dict(hidden=2))
+    t = W.get("ntkmtl_sr")
+    with pytest.raises(ValueError, match="jacobian_mode='representation'"):
+        fn = step_lib.make_train_step(model, tasks, t, optax.sgd(0.1), step_lib.StepConfig(input_key="x"))
+        state = step_lib.init_state(model, t, optax.sgd(0.1), jnp.zeros((1, 3)), 2, seed=0)
+        fn(state, {"x": jnp.ones((4, 3)), "a": jnp.ones((4, 1)), "b": jnp.ones((4, 1))})

@@ -2,7 +2,8 @@
 
 Every scheme here has ``requires='jacobian'``: its result is not a function of the Gramian alone,
 because it works per coordinate (GradDrop, the trimmed mean), per group of parameters (GradVac), or
-keeps per-parameter state (DB-MTL's and MoCo's gradient EMAs, ExcessMTL's squared-gradient sums).
+keeps per-parameter state (DB-MTL's and MoCo's gradient EMAs, ExcessMTL's squared-gradient sums), or
+reads per-sample blocks of the representation rows (NTKMTL-SR, ``jacobian_mode='representation'`` only).
 
 Schemes whose state holds a ``[K, d]`` array size it from ``init(num_tasks, layout=layout)``; with
 ``layout=None`` they start with a ``[K, 0]`` placeholder that the first ``update`` replaces by zeros

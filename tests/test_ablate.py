@@ -104,10 +104,12 @@ def test_unknown_method_lists_valid_ones():
 def test_rep_suffix_selects_the_representation_jacobian(tmp_path):
     assert ablate.parse_methods("mgda@rep,equal") == ["mgda@rep", "equal"]
     config = toy_config(tmp_path)
-    cells = dict(ablate.grid(config, ["mgda@rep", "mgda"], ["hps"], ["t0", "t1"], 2, single_task=False))
+    cells = dict(ablate.grid(config, ["mgda@rep", "mgda", "ntkmtl_sr"], ["hps"], ["t0", "t1"], 2, single_task=False))
     assert cells["hps__mgda@rep"].weighting.name == "mgda"
     assert cells["hps__mgda@rep"].weighting.jacobian_mode == "representation"
     assert cells["hps__mgda"].weighting.jacobian_mode == "params"
+    # A representation-only scheme gets the representation Jacobian without the suffix.
+    assert cells["hps__ntkmtl_sr"].weighting.jacobian_mode == "representation"
 
 
 def test_seeds_split_into_programs_match_one_program(tmp_path):

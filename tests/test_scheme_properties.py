@@ -27,15 +27,22 @@ NON_CONFLICTING = {"mgda", "upgrad", "dualproj", "nash_mtl", "fairgrad", "con_fi
 # relative (seen: -0.0015 at |d| = 0.25 on two opposed rows); the claim is exact without it.
 CLAIM_HPARAMS = {"dualproj": {"reg_eps": 0.0}}
 # Not permutation equivariant by design: random orders or draws, or an order-dependent rule.
-ORDER_DEPENDENT = {"pcgrad", "gradvac", "alternating", "rlw", "random", "sdmgrad"}
+# PCD: the first task is the primary objective (priority order by design).
+ORDER_DEPENDENT = {"pcgrad", "gradvac", "alternating", "rlw", "random", "sdmgrad", "pcd"}
 LINEAR_GRADIENT_SCHEMES = {"mgda", "upgrad", "dualproj", "pcgrad", "cagrad", "con_fig", "aligned_mtl", "imtl_g",
-                           "krum", "trimmed_mean", "graddrop", "gradvac", "imtl", "gradnorm", "db_mtl", "excess_mtl"}
+                           "krum", "trimmed_mean", "graddrop", "gradvac", "imtl", "gradnorm", "db_mtl", "excess_mtl",
+                           # PCD: rows normalised by their (first-call) norms, output rescaled to |g_1|;
+                           # CR-MOGM (default base MGDA): 1/K mixed with MGDA's scale-free convex weights.
+                           "pcd", "cr_mogm"}
 SCALE_INVARIANT = {"nash_mtl", "fairgrad"}
 K, D = 5, 16
 
 
 def _schemes():
-    return [n for n in weighting.names() if weighting.get(n).requires != weighting.BILEVEL]
+    # Rep-level-only schemes (NTKMTL-SR) need the representation's per-sample layout, which a bare
+    # [K, d] Jacobian does not have; tests/test_weighting_recent.py checks them.
+    return [n for n in weighting.names()
+            if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +59,9 @@ def problems():
 def test_every_scheme_has_its_scaling_behaviour_declared_here():
     """A new scheme must be classified (linear / scale-invariant / neither, with the reason)."""
     neither = {"moco", "modo", "sdmgrad"}  # stateful first steps that normalise or step a QP: neither form
+    # NTKMTL: scale-free weights times K, then clipped to max_norm: linear below the clip, scale
+    # invariant above it.
+    neither |= {"ntkmtl"}
     loss_level = {n for n in _schemes() if weighting.get(n).requires == weighting.LOSSES}
     classified = loss_level | LINEAR_GRADIENT_SCHEMES | SCALE_INVARIANT | neither
     assert set(_schemes()) == classified, sorted(set(_schemes()) ^ classified)

@@ -33,6 +33,8 @@ def test_scheme_trains_in_the_jitted_step(name):
     opt = optax.adam(1e-2)
     state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 6)), K, seed=0)
     modes = ["params"] + (["representation"] if transform.requires != "losses" and transform.rep_level_ok else [])
+    if transform.rep_level_only:  # defined on the representation's per-sample gradients only (NTKMTL-SR)
+        modes = ["representation"]
     for mode in modes:
         fn = jax.jit(step_lib.make_train_step(model, TASKS, transform, opt, step_lib.StepConfig(input_key="x", jacobian_mode=mode)))
         s = state
@@ -64,7 +66,10 @@ _SUM_LIKE = {"equal", "sum", "static", "mean", "dualproj"}
 _TOLERANCE = {"sdmgrad": 1e-2}
 
 
-@pytest.mark.parametrize("name", [n for n in weighting.names() if weighting.get(n).requires != weighting.BILEVEL])
+# Params mode only (rep-level-only schemes are checked in representation mode above and in
+# tests/test_weighting_recent.py).
+@pytest.mark.parametrize("name", [n for n in weighting.names()
+                                  if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only])
 def test_step_moves_shared_params_along_the_schemes_direction(name):
     """With SGD the shared params move by minus lr times the combined gradient: it must equal the scheme's
     own direction for the Jacobian ``jax.jacrev`` computes independently (same state, key and step),

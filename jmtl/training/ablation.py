@@ -89,6 +89,8 @@ def grid(config, methods: list[str], archs: list[str], task_names: list[str], se
             c = _copy(config)
             name, rep = (method[: -len(REP)], True) if method.endswith(REP) else (method, False)
             mode = "representation" if rep else (jacobian_mode or config.weighting.jacobian_mode)
+            if weighting.get(name).rep_level_only:  # defined on the representation only (NTKMTL-SR)
+                mode = "representation"
             c.weighting = config_schema.method_config(name)
             c.weighting.jacobian_mode = mode
             if name == config.weighting.name:  # keep hyperparameters set on the command line

@@ -348,7 +348,10 @@ class RepJacobian(_Representation, ParamJacobian):
         gram = rep_jac @ rep_jac.T
         if axis_name is not None:
             gram = jax.lax.psum(gram, axis_name)
-        kwargs = dict(gramian=gram)
+        # The representation's global shape ([global batch, ...]): schemes that read per-sample blocks of
+        # the rows (NTKMTL-SR) find them here; the name tells them the rows are representation gradients.
+        rep_shape = (fwd.rep.shape[0] * int(n_dev),) + tuple(fwd.rep.shape[1:])
+        kwargs = dict(gramian=gram, layout=(("representation", rep_shape),))
         if ctx.needs == weighting_lib.JACOBIAN:
             kwargs["jacobian"] = rep_jac if axis_name is None else jax.lax.all_gather(rep_jac, axis_name, axis=1, tiled=True)
         return TaskGradients(kwargs, rep_jac, head_grads)
@@ -419,6 +422,11 @@ def choose(ctx: StepContext, weighting, jacobian_mode: str, has_model_kwargs: bo
         return Bilevel(ctx, weighting.lookahead)
     if not needs_jacobian:
         return LossLevel(ctx)
+    if getattr(weighting, "rep_level_only", False) and jacobian_mode != "representation":
+        raise ValueError(
+            "this weighting scheme is defined on gradients w.r.t. the shared representation only (e.g. "
+            "ntkmtl_sr); set weighting.jacobian_mode='representation' (or pass jacobian_mode='representation')"
+        )
     if ctx.per_task_inputs:
         if jacobian_mode == "representation":
             raise ValueError(

@@ -151,6 +151,8 @@ class WeightingTransform(NamedTuple):
       ``key=None`` for such schemes instead of silently reusing one key).
     fixed_weights: whether the weights never depend on the losses or gradients (equal, sum, mean,
       static): a task without labels in a batch cannot distort them.
+    rep_level_only: whether the scheme is defined only on gradients w.r.t. the shared representation
+      (it reads per-sample blocks of the rows; NTKMTL-SR); the step refuses ``jacobian_mode='params'``.
     """
 
     init: InitFn
@@ -161,6 +163,7 @@ class WeightingTransform(NamedTuple):
     lookahead: Optional[Lookahead] = None
     needs_key: bool = False
     fixed_weights: bool = False
+    rep_level_only: bool = False
 
 
 class EmptyState(NamedTuple):

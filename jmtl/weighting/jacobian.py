@@ -2,7 +2,8 @@
 
 Every scheme here has ``requires='jacobian'``: its result is not a function of the Gramian alone,
 because it works per coordinate (GradDrop, the trimmed mean), per group of parameters (GradVac), or
-keeps per-parameter state (DB-MTL's and MoCo's gradient EMAs, ExcessMTL's squared-gradient sums).
+keeps per-parameter state (DB-MTL's and MoCo's gradient EMAs, ExcessMTL's squared-gradient sums), or
+reads per-sample blocks of the representation rows (NTKMTL-SR, ``jacobian_mode='representation'`` only).
 
 Schemes whose state holds a ``[K, d]`` array size it from ``init(num_tasks, layout=layout)``; with
 ``layout=None`` they start with a ``[K, 0]`` placeholder that the first ``update`` replaces by zeros
@@ -487,6 +488,54 @@ def _rows_init(num_tasks: int, layout: Optional[Layout]) -> Array:
     return jnp.zeros((num_tasks, layout_size(layout) or 0), default_float_dtype())
 
 
+@register("ntkmtl_sr")
+def ntkmtl_sr(ntk_exp: float = 0.5) -> WeightingTransform:
+    """NTKMTL-SR, the shared-representation variant of NTKMTL (Qin et al., NeurIPS 2025; arXiv:2510.18258).
+
+    Task ``k``'s NTK is approximated on the shared representation ``z``: with ``J_k`` the ``[n, dim z]``
+    matrix of per-sample gradients ``d l_kn / d z`` (``n`` = the batch), ``lambda_k`` is the largest
+    eigenvalue of ``J_k J_k^T``, and the objective is ``sum_k (sum_j lambda_j / lambda_k)^ntk_exp L_k``
+    (the official code's commented NTKMTL-SR branch: ``eigvalsh(J J^T)[-1]``, no factor K). Sample
+    ``n``'s loss reads only ``z_n``, so ``J_k J_k^T`` is diagonal and ``lambda_k = max_n |d l_kn / d z_n|^2``.
+    Those per-sample gradients are the blocks of the representation Jacobian's row ``k`` (the step's row
+    is ``d L_k / d z`` with ``L_k`` the batch mean, i.e. ``1/n`` times them; the common ``1/n^2`` cancels in
+    the ratio), so it needs ``requires='jacobian'`` with ``jacobian_mode='representation'`` only
+    (``rep_level_only``: the step refuses ``'params'``) and reads the batch size from the layout the
+    step passes (``('representation', (n, ...))``).
+
+    The returned weights multiply the representation rows (the shared update); the task heads get
+    their own unweighted gradients (jmtl's convention for every gradient scheme), where the official
+    code also scales head ``k`` by ``lambda'_k``. The official base class clips the shared gradient
+    before ``loss.backward()`` (a no-op), so no clip here. The README's default for the SR variant is
+    ``n = 4`` in the paper's notation; the code computes over the whole batch, as here. Tasks whose
+    loss is normalised by a per-task count (missing labels) scale ``lambda_k`` by that count's inverse
+    square.
+
+    Args:
+      ntk_exp: exponent on the NTK ratio (default 0.5, the paper's square root).
+    """
+    if ntk_exp < 0:
+        raise ValueError(f"ntkmtl_sr: ntk_exp must be non-negative, got {ntk_exp}")
+
+    def update(losses, state, *, jacobian=None, layout=None, **_):
+        jacobian = need_jacobian("ntkmtl_sr", jacobian)
+        if layout is None or len(layout) != 1 or layout[0][0] != "representation":
+            raise ValueError(
+                "ntkmtl_sr needs the per-sample gradients of the shared representation: run it with "
+                "jacobian_mode='representation' (the step then passes layout=(('representation', (batch, ...)),))"
+            )
+        k, d = jacobian.shape
+        n = int(layout[0][1][0])
+        if n < 1 or d % n:
+            raise ValueError(f"ntkmtl_sr: representation layout {layout[0][1]} does not divide the {d} Jacobian columns")
+        blocks = jacobian.reshape(k, n, d // n)
+        lam = jnp.max(jnp.sum(blocks * blocks, axis=2), axis=1)  # [K] largest eigenvalue of the diagonal NTK
+        lam = jnp.maximum(lam, jnp.finfo(jacobian.dtype).tiny)
+        return weights_output((jnp.sum(lam) / lam) ** ntk_exp), state
+
+    return WeightingTransform(stateless_init, update, JACOBIAN, rep_level_only=True)
+
+
 __all__ = [
     "DBMTLState",
     "ExcessMTLState",
@@ -499,5 +548,6 @@ __all__ = [
     "gradvac",
     "gradvac_groups",
     "moco",
+    "ntkmtl_sr",
     "trimmed_mean",
 ]

@@ -159,15 +159,21 @@ def stl_vector(stl_runs: Mapping[str, Path], specs: Sequence[Mapping], how: str)
     return values
 
 
-def report(benchmark: str, workdir: Path, how: str, table_id: str, average: str = "metrics",
+def report(benchmark: str, workdir: Path, how: str, table_id: Optional[str] = None, average: str = "metrics",
            stl_runs: Optional[Mapping[str, Path]] = None, published: Optional[Mapping] = None) -> dict[str, Any]:
+    """The run's metrics (in the tables' units) and its Δm% against the published STL row of
+    ``table_id`` (when that table has one) and against jmtl's single-task runs ``stl_runs``."""
     published = published or load_published()
     specs = metric_specs(benchmark, published)
-    tab = table(benchmark, table_id, published)
-    run = vector(select(Path(workdir), how), specs)
+    selected = select(Path(workdir), how)
+    if not specs:  # CelebA: one accuracy per attribute, named by the run (FAMO prints no per-attribute row)
+        specs = [{"task": t, "metric": "accuracy", "label": t, "higher_is_better": True, "unit": "%"} for t in selected]
+    tab = table(benchmark, table_id, published) if table_id else None
+    run = vector(selected, specs)
     out: dict[str, Any] = {"benchmark": benchmark, "workdir": str(workdir), "select": how, "average": average,
-                           "metrics": [s["label"] for s in specs], "run": run, "table": tab["source"]}
-    if "STL" in tab["rows"]:
+                           "metrics": [s["label"] for s in specs], "run": run,
+                           "table": tab["source"] if tab else None}
+    if tab is not None and "STL" in tab["rows"]:
         out["delta_m_vs_published_stl"] = delta_m(run, tab["rows"]["STL"]["values"], specs, average)
     if stl_runs:
         base = stl_vector(stl_runs, specs, how)
@@ -178,10 +184,10 @@ def report(benchmark: str, workdir: Path, how: str, table_id: str, average: str 
 
 def markdown(rep: Mapping[str, Any], published: Optional[Mapping] = None) -> list[str]:
     published = published or load_published()
-    tab = next(t for t in published[rep["benchmark"]]["tables"] if t["source"] == rep["table"])
+    tab = next((t for t in published[rep["benchmark"]]["tables"] if t["source"] == rep["table"]), None)
     head = "| row | " + " | ".join(rep["metrics"]) + " | Δm% (vs published STL) | Δm% (vs jmtl STL) |"
     lines = [f"# {rep['benchmark']}: {rep['workdir']} ({rep['select']})", "",
-             f"Published rows: {tab['source']}. Protocol: {tab['protocol']}.", "",
+             f"Published rows: {tab['source']}. Protocol: {tab['protocol']}." if tab else "No published table.", "",
              head, "|" + "---|" * (len(rep["metrics"]) + 3)]
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
     dm_pub = rep.get("delta_m_vs_published_stl")
@@ -190,8 +196,8 @@ def markdown(rep: Mapping[str, Any], published: Optional[Mapping] = None) -> lis
                  f" | {'—' if dm_pub is None else f'{dm_pub:+.2f}'} | {'—' if dm_own is None else f'{dm_own:+.2f}'} |")
     if "jmtl_stl" in rep:
         lines.append("| jmtl STL runs | " + " | ".join(fmt(v) for v in rep["jmtl_stl"]) + " | | |")
-    for name, row in tab["rows"].items():
-        if not row["values"]:
+    for name, row in (tab["rows"] if tab else {}).items():
+        if len(row["values"]) != len(rep["metrics"]):
             continue
         d = row.get("delta_m", -row["delta_p"] if "delta_p" in row else None)
         lines.append(f"| {name} (published) | " + " | ".join(fmt(v) for v in row["values"]) +

@@ -146,3 +146,21 @@ def test_published_markdown_is_in_published_md():
     for line in vr.published_markdown():
         if line.startswith("| "):
             assert line in text, line
+
+
+def test_celeba_report_uses_the_runs_attributes(tmp_path):
+    """CelebA has no published per-attribute row: the metrics are the run's attribute accuracies and
+    Δm% is against jmtl's single-attribute runs. Hand-worked: 0.8 vs 0.9 (+11.11 %), 0.5 vs 0.5 (0)."""
+    def run(name, accs):
+        d = tmp_path / name
+        d.mkdir()
+        summary = {"best_validation": {"test": {a: {"accuracy": v, "loss": 0.3} for a, v in accs.items()}}}
+        (d / "summary.json").write_text(json.dumps(summary))
+        return d
+
+    mtl = run("mtl", {"smiling": 0.8, "young": 0.5})
+    stl = {"smiling": run("s1", {"smiling": 0.9}), "young": run("s2", {"young": 0.5})}
+    rep = vr.report("celeba", mtl, "best_val", None, stl_runs=stl)
+    assert rep["run"] == pytest.approx([80.0, 50.0]) and rep["metrics"] == ["smiling", "young"]
+    assert rep["delta_m_vs_jmtl_stl"] == pytest.approx((100 / 9) / 2)
+    assert "delta_m_vs_published_stl" not in rep and "No published table." in "\n".join(vr.markdown(rep))

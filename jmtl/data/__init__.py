@@ -16,6 +16,11 @@ Your own data (in-memory numpy arrays), named in configs::
                         labels={'a': 'classification', 'b': 'regression'})
   data.register('mine', ds)   # config: dataset.name = 'mine'
 
+Vision benchmarks (issue 24), in the formats users have on disk: 'nyuv2' and
+'cityscapes' (MTAN's preprocessed .npy files, jmtl.data.vision), 'celeba'
+(jmtl.data.celeba), 'office31' / 'office_home' (LibMTL's split lists, per-task
+inputs: jmtl.data.office). Tiny fakes of each: jmtl.data.fake_vision.write.
+
 Datasets built from raw files are cached once in a tfds array_record cache
 (argument > $JMTL_CACHE_DIR > ~/.cache/jmtl/tfds), keyed by a fingerprint of
 the raw files (jmtl.data.fingerprint) and checked for damage before each use
@@ -36,6 +41,20 @@ from jmtl.data.pipeline import WithMetaBatches
 from jmtl.data.per_task import PerTaskBatches
 from jmtl.data.iterables import ReplayIterator
 from jmtl.data.iterables import DataExhaustedError
+from jmtl.data import pipeline as _pipeline
+from jmtl.data import celeba as _celeba
+from jmtl.data import office as _office
+from jmtl.data import vision as _vision
+from jmtl.data.office import PerTaskDataset
+
+# The vision benchmarks (issue 24): built-in names, like multi_mnist.
+_pipeline._REGISTRY.update({
+    'nyuv2': _vision.load_nyuv2,
+    'cityscapes': _vision.load_cityscapes,
+    'celeba': _celeba.load_celeba,
+    'office31': _office.load_office31,
+    'office_home': _office.load_office_home,
+})
 
 __all__ = [
     'DEFAULT_DATASET',
@@ -52,4 +71,5 @@ __all__ = [
     'PerTaskBatches',
     'ReplayIterator',
     'DataExhaustedError',
+    'PerTaskDataset',
 ]

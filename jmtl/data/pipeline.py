@@ -175,7 +175,8 @@ class MTLDataset:
 
   def __init__(self, spec: DatasetSpec, sources: Mapping[str, Any],
                transform: Callable[[Mapping[str, np.ndarray]], Batch],
-               builder: tfds.core.DatasetBuilder | None = None):
+               builder: tfds.core.DatasetBuilder | None = None,
+               augment: Callable[..., Batch] | None = None):
     """Wraps per-split tfds data sources.
 
     Args:
@@ -183,9 +184,15 @@ class MTLDataset:
       sources: split name -> tfds data source (random access, `__getitems__`).
       transform: raw gathered arrays -> batch (normalisation, dtypes).
       builder: the tfds builder behind `sources`, kept for `info`.
+      augment: `augment(batch, ids, seed, epoch) -> batch`, applied to training
+        batches only (`ids`: the examples' indices in the split). It must be
+        a function of its arguments alone (e.g. draws from
+        `default_rng([seed, epoch, id])`), which keeps the iterator exactly
+        resumable and independent of the process count.
     """
     self.spec = spec
     self.builder = builder
+    self._augment = augment
     self._sources = dict(sources)
     self._transform = transform
     self._raw: dict[str, dict[str, np.ndarray]] = {}
@@ -279,6 +286,7 @@ class MTLDataset:
     n = self.spec.split_sizes[split]
     permutation = _EpochPermutations(n, seed)
     transform = self._transform
+    augment = self._augment
     local = batch_size // process_count
 
     def make_batch(step: int, _) -> Batch:
@@ -288,7 +296,8 @@ class MTLDataset:
         ids = ids[process_index * local:(process_index + 1) * local]
       else:  # Last partial batch with drop_remainder=False.
         ids = np.array_split(ids, process_count)[process_index]
-      return transform({key: arr[ids] for key, arr in raw.items()})
+      batch = transform({key: arr[ids] for key, arr in raw.items()})
+      return batch if augment is None else augment(batch, ids, seed, epoch)
 
     ds = grain.MapDataset.range(steps).repeat(num_epochs)
     ds = ds.map_with_index(make_batch)

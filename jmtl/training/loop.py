@@ -176,6 +176,8 @@ def build_experiment(config) -> Experiment:
         cache_dir=config.dataset.cache_dir or None,
         **dict(config.dataset.kwargs),
     )
+    if getattr(dataset, "per_task_inputs", False):
+        return _per_task_experiment(config, dataset)
     spec = dataset.spec
     tasks = tasks_lib.tasks_from_config(config.tasks.to_dict(), spec)
     steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
@@ -198,6 +200,43 @@ def build_experiment(config) -> Experiment:
         make_evaluator=lambda driver, axis: InMemoryEvaluator(
             {split: dataset.arrays(split) for split in (VALIDATION, TEST)}, tasks, step_cfg, model,
             config.eval_batch_size, driver, axis, name=config.dataset.name),
+    )
+
+
+def _per_task_experiment(config, dataset) -> Experiment:
+    """The :class:`Experiment` of a per-task-input dataset (``dataset.tasks[label]``: each task's own
+    :class:`~jmtl.data.MTLDataset`, e.g. Office-31's domains): LibMTL's ``multi_input``, as
+    ``jmtl.fit(per_task_inputs=True)`` trains it. Each step takes one batch of ``config.batch_size``
+    from every task's data; an epoch is the longest task's batches (shorter tasks cycle through theirs,
+    each reshuffled per epoch); each task is scored on its own validation and test data."""
+    from jmtl.training.fit import PerTaskEvaluator  # fit imports this module
+
+    spec = dataset.spec
+    tasks = tasks_lib.tasks_from_config(config.tasks.to_dict(), spec)
+    per_task = {t.name: dataset.tasks[t.label_key] for t in tasks}
+    steps_per_epoch = max(d.steps_per_epoch(config.batch_size) for d in per_task.values())
+    model = builders.model(config, tasks)
+    weighting = builders.weighting_from_config(config, tasks, steps_per_epoch)
+    if builders.meta_split(config, weighting):
+        raise ValueError(f"the bilevel scheme {config.weighting.name!r} needs one input batch shared by all tasks "
+                         f"for its meta step; {config.dataset.name!r} has per-task inputs. Fix: another weighting")
+    optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
+    step_cfg = dataclasses.replace(builders.step_config(config, model, spec.input_key, spec.input_transform),
+                                   per_task_inputs=True)
+
+    def train_iterator(seed: int):
+        return data_lib.PerTaskBatches({name: dataset_batches(d, config.batch_size, seed)
+                                        for name, d in per_task.items()})
+
+    def make_evaluator(driver, axis):
+        return PerTaskEvaluator({t.name: InMemoryEvaluator(
+            {split: per_task[t.name].arrays(split) for split in (VALIDATION, TEST)}, (t,), step_cfg, model,
+            config.eval_batch_size, driver, axis, name=f"{config.dataset.name} ({t.name})") for t in tasks}, tasks)
+
+    return Experiment(
+        name=config.dataset.name, tasks=tasks, model=model, weighting=weighting, optimizer=optimizer,
+        step_config=step_cfg, example_input=np.zeros((1,) + tuple(spec.input_shape), np.float32),
+        steps_per_epoch=steps_per_epoch, train_iterator=train_iterator, make_evaluator=make_evaluator,
     )
 
 

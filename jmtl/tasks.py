@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmtl.metrics import pixel
 from jmtl.models import crf
 
 Array = jax.Array
@@ -20,7 +21,11 @@ CRF_TAGGING = "crf_tagging"
 BINARY = "binary"  # one logit, sigmoid cross-entropy; labels 0/1
 MULTILABEL = "multilabel"  # num_outputs independent 0/1 labels, one logit each
 CUSTOM = "custom"  # the user's loss_fn and metrics
-KINDS = (CLASSIFICATION, REGRESSION, TAGGING, CRF_TAGGING, BINARY, MULTILABEL, CUSTOM)
+SEGMENTATION = "segmentation"  # per-pixel classes: outputs [B, H, W, C] logits, labels [B, H, W] int (-1 ignore)
+DEPTH = "depth"  # outputs and labels [B, H, W, 1]; label 0 = no measurement
+NORMAL = "normal"  # surface normals: outputs and labels [B, H, W, 3]; zero label = no measurement
+KINDS = (CLASSIFICATION, REGRESSION, TAGGING, CRF_TAGGING, BINARY, MULTILABEL, CUSTOM, SEGMENTATION, DEPTH, NORMAL)
+PIXEL_KINDS = (SEGMENTATION, DEPTH, NORMAL)
 MASK_SUFFIX = "_mask"  # batch[label_key + MASK_SUFFIX]: 1 where the example has this task's label
 TOKEN_KINDS = (TAGGING, CRF_TAGGING)
 IGNORE_LABEL = -1  # tagging labels at padding positions
@@ -106,6 +111,46 @@ class SplitMetric:
     higher_is_better: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class AccumulatedMetric:
+    """Metrics of a whole split computed from per-batch sufficient statistics (e.g. a confusion
+    matrix, sums of errors and valid-pixel counts) that the jitted evaluation step sums over the
+    split's batches and over devices -- for metrics that are neither means of per-example values
+    nor affordable from gathered outputs (full-resolution dense predictions).
+
+    name: the statistics' name (a key of the evaluation sums).
+    stats: ``(outputs [B, ...], labels [B, ...], weights [B]) -> pytree of sums`` (jittable; examples
+      with weight 0 -- padding, missing labels -- must count nothing, whatever their labels hold).
+    finalize: ``pytree of sums (numpy, float64) -> {metric: value}``.
+    directions: ``((metric, higher_is_better), ...)`` for every metric ``finalize`` returns.
+    """
+
+    name: str
+    stats: Callable[[Array, Array, Array], Any]
+    finalize: Callable[[Any], Mapping[str, float]]
+    directions: tuple[tuple[str, bool], ...]
+
+
+_PIXEL_ACCUMULATED = {
+    SEGMENTATION: AccumulatedMetric("confusion", pixel.segmentation_stats, pixel.segmentation_finalize,
+                                    tuple(pixel.SEGMENTATION_METRICS.items())),
+    DEPTH: AccumulatedMetric("depth_errors", pixel.depth_stats, pixel.depth_finalize, tuple(pixel.DEPTH_METRICS.items())),
+    NORMAL: AccumulatedMetric("angles", pixel.normal_stats, pixel.normal_finalize, tuple(pixel.NORMAL_METRICS.items())),
+}
+# Per-batch forms of the pixel metrics (train-step statistics; the main metric first). Evaluation
+# reports the accumulated whole-split forms of the same names instead.
+_PIXEL_BATCH_METRICS = {
+    SEGMENTATION: (Metric("miou", pixel.batch_miou, True), Metric("pixel_accuracy", pixel.batch_pixel_accuracy, True),
+                   Metric("loss", pixel.segmentation_loss, False)),
+    DEPTH: (Metric("abs_err", pixel.depth_loss, False), Metric("rel_err", pixel.batch_rel_err, False),
+            Metric("loss", pixel.depth_loss, False)),
+    NORMAL: (Metric("mean_angle", pixel.batch_mean_angle, False), Metric("loss", pixel.normal_loss, False)),
+}
+_PIXEL_LOSSES = {SEGMENTATION: pixel.segmentation_loss, DEPTH: pixel.depth_loss, NORMAL: pixel.normal_loss}
+# What an unlabelled example's label entries become (missing-label masks): "no valid pixel".
+_PIXEL_FILL = {SEGMENTATION: pixel.IGNORE, DEPTH: 0, NORMAL: 0}
+
+
 def _split_auc(outputs: Any, labels: Any) -> float:
     from jmtl.metrics import scores  # numpy-only module; imported here to keep this one light
 
@@ -142,6 +187,16 @@ class Task:
       ``'multilabel'``: ``num_outputs`` independent 0/1 labels ``[B, num_outputs]``, one logit each,
       sigmoid cross-entropy averaged over labels; accuracy is the mean per-label accuracy.
       ``'custom'``: the user's ``loss_fn`` and ``custom_metrics``.
+      Dense (per-pixel) kinds, LibMTL's / MTAN's definitions (:mod:`jmtl.metrics.pixel`):
+      ``'segmentation'`` (outputs ``[B, H, W, C]`` logits, labels ``[B, H, W]`` int with -1 =
+      ignore; pixel cross-entropy; ``miou`` from the split's confusion matrix, ``pixel_accuracy``),
+      ``'depth'`` (outputs and labels ``[B, H, W, 1]``, label 0 = no measurement; L1 on valid
+      pixels; ``abs_err``, ``rel_err``), ``'normal'`` (outputs and labels ``[B, H, W, 3]``, the zero
+      vector = no measurement; predictions L2-normalised, ``1 - cosine`` on valid pixels;
+      ``mean_angle``, ``median_angle`` in degrees, ``within_11_25`` / ``within_22_5`` / ``within_30``
+      fractions of pixels). Their losses are pooled over the batch's valid pixels (the per-example
+      values, like tagging's, have the pixel mean as batch mean); their evaluation metrics
+      (``accumulated_metrics``) accumulate over the whole split and all devices.
     num_outputs: number of classes, or the regression output size (flattened).
     label_key: the batch entry holding this task's labels (default: ``name``).
     weight: static loss weight (used by the ``static`` weighting scheme).
@@ -172,6 +227,10 @@ class Task:
             raise ValueError(f"task name {self.name!r} must be a Python identifier (it names a params subtree)")
         if self.num_outputs < 1:
             raise ValueError(f"task {self.name!r}: num_outputs must be >= 1, got {self.num_outputs}")
+        if self.kind == DEPTH and self.num_outputs != 1:
+            raise ValueError(f"task {self.name!r}: a depth task predicts one channel (num_outputs=1), got {self.num_outputs}")
+        if self.kind == NORMAL and self.num_outputs != 3:
+            raise ValueError(f"task {self.name!r}: a normal task predicts 3 channels (num_outputs=3), got {self.num_outputs}")
         if self.kind == BINARY and self.num_outputs != 1:
             raise ValueError(f"task {self.name!r}: a binary task has one logit (num_outputs=1), got {self.num_outputs}")
         if self.kind == CUSTOM and (self.loss_fn is None or not self.custom_metrics):
@@ -207,6 +266,8 @@ class Task:
             return _crf_negative_log_likelihood(outputs, labels)
         if self.kind == BINARY:
             return _binary_cross_entropy(outputs, labels)
+        if self.kind in PIXEL_KINDS:
+            return _PIXEL_LOSSES[self.kind](outputs, labels)
         return _mse(outputs, labels.reshape(outputs.shape))
 
     @property
@@ -223,6 +284,8 @@ class Task:
             return (Metric("accuracy", _crf_accuracy, True), Metric("loss", _crf_negative_log_likelihood, False))
         if self.kind == BINARY:
             return (Metric("accuracy", _binary_accuracy, True), Metric("loss", _binary_cross_entropy, False))
+        if self.kind in PIXEL_KINDS:
+            return _PIXEL_BATCH_METRICS[self.kind]
         return (
             Metric("mse", lambda p, t: _mse(p, t.reshape(p.shape)), False),
             Metric("mae", lambda p, t: _mae(p, t.reshape(p.shape)), False),
@@ -236,9 +299,34 @@ class Task:
         return ()
 
     @property
+    def accumulated_metrics(self) -> tuple[AccumulatedMetric, ...]:
+        """Whole-split metrics from summed sufficient statistics (the pixel kinds; none when
+        ``custom_metrics`` replace the kind's metrics). Evaluation reports these instead of the
+        per-example ``metrics``, which for pixel kinds are per-batch train-step statistics."""
+        if self.kind in PIXEL_KINDS and not self.custom_metrics:
+            return (_PIXEL_ACCUMULATED[self.kind],)
+        return ()
+
+    @property
+    def metric_directions(self) -> dict[str, bool]:
+        """``{metric: higher_is_better}`` of every metric the evaluation reports for this task
+        (what Delta-m% and model selection read)."""
+        if self.accumulated_metrics:
+            return {n: hib for acc in self.accumulated_metrics for n, hib in acc.directions}
+        out = {m.name: m.higher_is_better for m in self.metrics}
+        out.update({m.name: m.higher_is_better for m in self.split_metrics})
+        return out
+
+    @property
     def main_metric(self) -> Metric:
-        """The metric used for model selection and Delta-m% (accuracy or MSE)."""
+        """The metric used for model selection and Delta-m% (accuracy, MSE; ``miou``, ``abs_err``,
+        ``mean_angle`` for the pixel kinds)."""
         return self.metrics[0]
+
+    def safe_labels(self, labels: Array, mask: Array | None) -> Array:
+        """:func:`safe_labels` with the kind's "nothing labelled" value: pixel kinds fill unlabelled
+        examples with invalid pixels (-1 / 0), so they add no pixel to the pooled loss."""
+        return safe_labels(labels, mask, _PIXEL_FILL.get(self.kind, 0) if not self.loss_fn else 0)
 
 
 def masked_mean(values: Array, mask: Array | None, total: Array | None = None) -> Array:
@@ -257,13 +345,13 @@ def masked_mean(values: Array, mask: Array | None, total: Array | None = None) -
     return jnp.sum(jnp.where(m, values, 0)) / jnp.maximum(total, 1)
 
 
-def safe_labels(labels: Array, mask: Array | None) -> Array:
-    """``labels`` with unlabelled examples' entries replaced by 0, so that a NaN or -1 placeholder
-    cannot reach the loss or its gradient (``where`` alone would still pass NaN gradients)."""
+def safe_labels(labels: Array, mask: Array | None, fill: float = 0) -> Array:
+    """``labels`` with unlabelled examples' entries replaced by ``fill`` (0), so that a NaN or -1
+    placeholder cannot reach the loss or its gradient (``where`` alone would still pass NaN gradients)."""
     if mask is None:
         return labels
     m = mask.astype(bool).reshape(labels.shape[:1] + (1,) * (labels.ndim - 1))
-    return jnp.where(m, labels, jnp.zeros((), labels.dtype))
+    return jnp.where(m, labels, jnp.asarray(fill, labels.dtype))
 
 
 def tasks_from_config(task_configs: Mapping[str, Mapping[str, Any]], dataset_spec: Any) -> tuple[Task, ...]:
@@ -286,8 +374,10 @@ def tasks_from_config(task_configs: Mapping[str, Mapping[str, Any]], dataset_spe
                 f"its labels: {', '.join(labels)}"
             )
         spec = labels[label_key]
-        if spec.kind in (CLASSIFICATION, TAGGING):
+        if spec.kind in (CLASSIFICATION, TAGGING, SEGMENTATION):
             num_outputs = int(spec.num_classes)
+        elif spec.kind in (DEPTH, NORMAL):
+            num_outputs = int(spec.shape[-1])  # channels per pixel (1 / 3)
         else:
             num_outputs = int(max(1, _prod(spec.shape)))
         tasks.append(Task(name=name, kind=spec.kind, num_outputs=num_outputs, label_key=label_key, weight=weight))
@@ -322,15 +412,25 @@ def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "
                     "Fix: map the positive class to 1 and the negative to 0 in the data"
                 )
             continue
-        if t.kind not in (CLASSIFICATION, *TOKEN_KINDS):
+        if t.kind in (DEPTH, NORMAL):
+            y = np.asarray(batch[t.label_key])
+            y = y if labelled is None else y[labelled]
+            if y.size and not np.all(np.isfinite(y)):
+                raise ValueError(
+                    f"{where}: {t.kind} labels of task {t.name!r} hold NaN or inf. Fix: write 0 "
+                    f"{'(the zero vector) ' if t.kind == NORMAL else ''}at pixels without a measurement"
+                )
+            continue
+        if t.kind not in (CLASSIFICATION, *TOKEN_KINDS, SEGMENTATION):
             continue
         y = np.asarray(batch[t.label_key])
         y = y if labelled is None else y[labelled]
-        low = IGNORE_LABEL if t.kind in TOKEN_KINDS else 0
+        ignorable = t.kind in TOKEN_KINDS or t.kind == SEGMENTATION
+        low = IGNORE_LABEL if ignorable else 0
         if y.size and (y.min() < low or y.max() >= t.num_outputs):
             raise ValueError(
                 f"{where}: labels of task {t.name!r} span [{y.min()}, {y.max()}] but its head has "
                 f"{t.num_outputs} classes (valid labels 0..{t.num_outputs - 1}"
-                f"{', and -1 for padding' if t.kind in TOKEN_KINDS else ''}). Fix: correct the labels in the data, or "
+                f"{', and -1 for padding / ignored pixels' if ignorable else ''}). Fix: correct the labels in the data, or "
                 f"the dataset's num_classes for {t.label_key!r} (the head size comes from it)"
             )

@@ -52,7 +52,7 @@ def _raises(config, workdir, exc, needle):
     "overrides,exc,needle",
     [
         ({"dataset.name": "mnsit"}, DataError,
-         "unknown dataset 'mnsit'; valid names: gradnorm_toy, multi_fashion, multi_mnist"),
+         "unknown dataset 'mnsit'; valid names: celeba, cityscapes, gradnorm_toy, multi_fashion, multi_mnist, nyuv2, office31, office_home"),
         ({"model.arch": "hsp"}, ValueError, "unknown arch 'hsp'; valid: hps, independent, soft_sharing"),
         ({"optimizer.name": "adamm"}, ValueError, "unknown optimizer 'adamm'; valid optimizers: adam, adamw, sgd"),
         ({"parallel": "dp"}, ValueError, "unknown parallel driver 'dp'; valid: shard_map, pmap, single"),

@@ -287,12 +287,15 @@ def test_env_data_dir_and_cache_dir(tmp_path, monkeypatch, fake_root):
 
 
 def test_unknown_name_and_kwarg(tmp_path):
-  with pytest.raises(data.DataError, match='valid names: gradnorm_toy, '
-                     'multi_fashion, multi_mnist'):
+  with pytest.raises(data.DataError, match='valid names: celeba, cityscapes, '
+                     'gradnorm_toy, multi_fashion, multi_mnist, nyuv2, '
+                     'office31, office_home'):
     data.load('multi_mnsit', cache_dir=tmp_path)
   with pytest.raises(data.DataError, match=r'unknown keyword\(s\) num_task;'):
     data.load('gradnorm_toy', cache_dir=tmp_path, num_task=3)
-  assert data.names() == ['gradnorm_toy', 'multi_fashion', 'multi_mnist']
+  assert data.names() == ['celeba', 'cityscapes', 'gradnorm_toy',
+                          'multi_fashion', 'multi_mnist', 'nyuv2', 'office31',
+                          'office_home']
 
 
 # ----------------------------------------------------------------------------

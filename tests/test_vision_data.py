@@ -103,6 +103,19 @@ def test_nyuv2_reads_the_files_exactly(fake_root, cache):
     np.testing.assert_allclose(seen, want, rtol=1e-6)
 
 
+def test_lazy_columns_feed_the_evaluator(fake_root, cache):
+    """``arrays(split)`` reads from disk batch by batch; the evaluator's padded batches hold the files."""
+    from jmtl.training import evaluate
+
+    ds = data_lib.load("nyuv2", data_dir=fake_root, cache_dir=cache)
+    cols = ds.arrays("test")
+    assert isinstance(cols["image"], vision.LazyColumn) and cols["image"].shape == (2, 288, 384, 3)
+    batches = list(evaluate.iterate_eval_batches(cols, 3, 1))
+    assert len(batches) == 1 and batches[0]["mask"].tolist() == [1, 1, 0]
+    np.testing.assert_array_equal(batches[0]["segmentation"][2], np.load(fake_root / "nyuv2/val/label/1.npy"))
+    np.testing.assert_array_equal(np.asarray(cols["depth"])[0], np.load(fake_root / "nyuv2/val/depth/0.npy"))
+
+
 def test_data_dir_from_environment(fake_root, cache, monkeypatch):
     monkeypatch.setenv("JMTL_DATA_DIR", str(fake_root))
     assert data_lib.load("cityscapes", cache_dir=cache).spec.split_sizes["train"] == 2
@@ -424,7 +437,6 @@ def test_office_config_run_trains_per_task(fake_root, cache, tmp_path):
     config.dataset.kwargs = {"image_size": 8}
     config.model.encoder = "mlp"
     config.model.encoder_kwargs = {"features": (8,)}
-    config.weighting = config_schema.method_config("pcgrad")
     config.batch_size = 2
     config.num_steps = 2
     config.eval_every_steps = 2
@@ -448,3 +460,15 @@ def test_office_config_run_trains_per_task(fake_root, cache, tmp_path):
     text = repr(final)
     assert all(d in text for d in ("amazon", "dslr", "webcam"))
     assert os.path.isfile(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_bench_vision_data_smoke(tmp_path):
+    """The batch-preparation benchmark runs end to end in its smallest configuration (timings unchecked)."""
+    import json
+
+    from experiments.bench import vision_data
+
+    vision_data.main(["--batch", "2", "--n", "2", "--repeats", "1", "--stream", "1", "--out", str(tmp_path / "vd")])
+    result = json.loads((tmp_path / "vd.json").read_text())
+    assert set(result["rows"]) == {"plain", "augment", "augment, threaded"} and result["provenance"]["recorded"]
+    assert "| augment, threaded |" in (tmp_path / "vd.md").read_text()

@@ -7,7 +7,9 @@ fingerprint covers the list files' sha256 and every image's name, size and modif
 modification time). The folder is built under a temporary name and renamed only when every image
 decoded and every check passed, so bad input leaves nothing cached; it carries the same
 ``jmtl_cache.json`` record as the tfds caches (``jmtl.data.cache``: sizes and sha256 of every cache
-file, checked before each use; a damaged folder is moved aside and rebuilt).
+file, checked before each use; a damaged folder is moved aside and rebuilt). That check is one sha256
+pass over the cache: ~6 s for CelebA's 2.5 GB of 64x64 pixels at ~400 MB/s, against minutes to
+decode the JPEGs again.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ def decode_resized(path: pathlib.Path, width: int, height: int, fix: str) -> np.
     """uint8 [height, width, 3]: ``PIL.Image.open(path).convert('RGB').resize((width, height), BILINEAR)``,
     what ``torchvision.transforms.Resize((height, width))`` does to a PIL image (PIL's bilinear filter
     widens with the scale, i.e. antialiases when shrinking)."""
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-
+    try:
+        from PIL import Image  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+        raise DataError("decoding the CelebA / Office JPEGs needs Pillow, which is not installed. Fix: "
+                        "pip install 'jmtl[vision]' (or pillow)") from e
     if not path.is_file():
         raise DataError(f"{path}: image not found. Fix: {fix}")
     try:

@@ -301,10 +301,13 @@ class MTLDataset:
 
     ds = grain.MapDataset.range(steps).repeat(num_epochs)
     ds = ds.map_with_index(make_batch)
-    # One thread is enough (a batch is a sub-millisecond gather) and leaves
-    # the other core to the train step.
-    options = grain.ReadOptions(num_threads=1 if prefetch else 0,
-                                prefetch_buffer_size=prefetch)
+    # One thread is enough for in-memory data (a batch is a sub-millisecond
+    # gather) and leaves the other core to the train step; datasets read from
+    # files set `read_threads` (jmtl.data.vision).
+    threads = getattr(self, 'read_threads', 1)
+    options = grain.ReadOptions(num_threads=threads if prefetch else 0,
+                                prefetch_buffer_size=max(prefetch, threads)
+                                if prefetch else 0)
     return iter(ds.to_iter_dataset(options))
 
 

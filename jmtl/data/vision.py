@@ -352,9 +352,9 @@ def resize_bilinear_align_corners(x: np.ndarray, out_h: int, out_w: int) -> np.n
     y0, y1, wy = axis(h, out_h)
     x0, x1, wx = axis(w, out_w)
     x = np.asarray(x, np.float32)
-    top = x[y0][:, x0] * (1 - wx)[None, :, None] + x[y0][:, x1] * wx[None, :, None]
-    bot = x[y1][:, x0] * (1 - wx)[None, :, None] + x[y1][:, x1] * wx[None, :, None]
-    return top * (1 - wy)[:, None, None] + bot * wy[:, None, None]
+    # Separable (rows, then columns): the same bilinear weights as the 2-D formula, half the gathers.
+    rows = x[y0] * (1 - wy)[:, None, None] + x[y1] * wy[:, None, None]
+    return rows[:, x0] * (1 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
 
 
 def nearest_indices_torch(n_in: int, n_out: int) -> np.ndarray:
@@ -445,6 +445,9 @@ class DenseDataset(MTLDataset):
 
     def __init__(self, spec: DatasetSpec, sources: Mapping[str, NpySource], augment: Callable | None = None):
         super().__init__(spec, sources, dict, augment=augment)
+        # Reading and augmenting a 288x384 batch is milliseconds per example (numpy releases the GIL in
+        # its loops), so several batches are prepared in parallel to keep an accelerator fed.
+        self.read_threads = max(1, min(8, (os.cpu_count() or 1) - 1))
 
     def _raw_split(self, split: str) -> dict[str, LazyColumn]:
         self._check_split(split)

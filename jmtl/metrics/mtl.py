@@ -29,6 +29,46 @@ def delta_m(method: Sequence[float], baseline: Sequence[float], higher_is_better
     return float(np.mean(sign * (m - b) / b) * 100.0)
 
 
+# Direction of every metric jmtl reports (True = higher is better), for Delta-m% over whole metric
+# tables. The dense-prediction metrics are those of LibMTL's / MTAN's NYUv2 and Cityscapes tables
+# (mIoU, pixel accuracy, absolute / relative depth error, mean / median normal angle error, % of
+# pixels within 11.25 / 22.5 / 30 degrees); jmtl.tasks.Task.metric_directions agrees (tested).
+METRIC_DIRECTIONS: dict[str, bool] = {
+    "accuracy": True, "loss": False, "mse": False, "mae": False, "auc": True,
+    "miou": True, "pixel_accuracy": True,
+    "abs_err": False, "rel_err": False,
+    "mean_angle": False, "median_angle": False, "within_11_25": True, "within_22_5": True, "within_30": True,
+}
+
+
+def delta_m_table(
+    method: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, float]],
+    directions: Mapping[str, bool] | None = None,
+) -> float:
+    """Δm% over every ``(task, metric)`` of ``baseline`` (e.g. NYUv2's nine: ``miou``,
+    ``pixel_accuracy``, ``abs_err``, ``rel_err``, ``mean_angle``, ``median_angle``, ``within_11_25``,
+    ``within_22_5``, ``within_30``), each metric's direction from ``directions`` or
+    :data:`METRIC_DIRECTIONS`; ``K`` is the number of metrics, as in the papers' NYUv2 Δm%.
+
+    Args:
+      method: ``{task: {metric: value}}`` of the method (may hold more metrics than the baseline).
+      baseline: ``{task: {metric: value}}`` of the single-task baselines: the metrics compared.
+      directions: ``{metric: higher_is_better}`` overriding / extending :data:`METRIC_DIRECTIONS`.
+    """
+    known = {**METRIC_DIRECTIONS, **dict(directions or {})}
+    m, b, hib = [], [], []
+    for task, metrics in baseline.items():
+        for name, value in metrics.items():
+            if name not in known:
+                raise ValueError(f"delta_m_table: no direction for metric {name!r} of task {task!r}. "
+                                 f"Fix: pass directions={{{name!r}: True or False}} (True = higher is better)")
+            if task not in method or name not in method[task]:
+                raise ValueError(f"delta_m_table: the method has no {task}.{name} to compare with the baseline's")
+            m.append(method[task][name]); b.append(value); hib.append(known[name])
+    return delta_m(m, b, hib)
+
+
 def mean_rank(table: Mapping[str, Sequence[float]], higher_is_better: Sequence[bool]) -> dict[str, float]:
     """``{method: [M_k]}`` -> ``{method: mean over k of its rank on metric k}`` (1 = best)."""
     names = list(table)

@@ -60,6 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
     # Where train_log / metrics records go: any of jsonl (always kept: resume reads it), tensorboard, wandb.
     c.writers = ("jsonl",)
+    # Warm start / transfer (jmtl/training/warm_start.py): path '' = from scratch; else a jmtl workdir,
+    # its checkpoints/ folder or a .msgpack / .npz params file; part 'shared' | 'all'; freeze: no
+    # updates to the loaded params; seed_index: which seed of a run that trained several.
+    c.init_from = ml_collections.ConfigDict(dict(path="", part="shared", freeze=False, seed_index=0))
     return c
 
 
@@ -126,6 +130,10 @@ _FIELDS = (
     ("optimizer.clip_norm", _NUM, 0),
     ("nonfinite.policy", _STR, None),
     ("nonfinite.max_consecutive_skips", _INT, 1),
+    ("init_from.path", _STR, None),
+    ("init_from.part", _STR, None),
+    ("init_from.freeze", _BOOL, None),
+    ("init_from.seed_index", _INT, 0),
 )
 _STRICTLY_POSITIVE = {"optimizer.learning_rate", "optimizer.decay_rate"}
 # Upper bounds: a decay factor above 1 grows the learning rate every period (a sign flip of intent).
@@ -198,6 +206,10 @@ def validate_config(config) -> None:
             f"config.num_epochs must be >= 1 when config.num_steps <= 0, got num_epochs={num_epochs!r}. "
             "Fix: e.g. --config.num_epochs=10, or --config.num_steps=N to train N steps"
         )
+    part = _lookup(config, "init_from.part")
+    if part is not _MISSING and part not in ("shared", "all"):
+        raise ValueError(f"config.init_from.part must be 'shared' or 'all', got {part!r}. "
+                         "Fix: --config.init_from.part=shared (the encoder only) or =all (every param the source has)")
     _validate_static_weights(config)
     _validate_writers(config)
 

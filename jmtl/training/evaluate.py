@@ -16,6 +16,7 @@ from jmtl.training.step import StepConfig, mixed_precision_apply
 
 PyTree = Any
 TASK_COUNT = "_labelled"  # per-task labelled-example count in the eval sums (tasks with missing labels)
+ACCUMULATED = "_accumulated"  # per-task sufficient statistics of Task.accumulated_metrics in the eval sums
 
 
 def iterate_eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, multiple: int):
@@ -68,15 +69,20 @@ def evaluate(
         sums = jax.tree.map(lambda x: np.asarray(x, np.float64), sums)
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     count = totals.pop("count")
-    means = {}
+    means, accumulated = {}, {}
     for t in tasks:
         sums = dict(totals[t.name])
+        accumulated[t.name] = sums.pop(ACCUMULATED, {})
         n = sums.pop(TASK_COUNT, count)  # a task with missing labels: its own labelled count
         means[t.name] = {m: v / np.maximum(n, 1) if TASK_COUNT in totals[t.name] else v / n for m, v in sums.items()}
-    if np.ndim(count) == 0:
-        return jax.tree.map(float, means)
-    # Seeds trained together (jmtl.training.seeds): sums carry a leading seed axis.
-    return [jax.tree.map(lambda v: float(v[s]), means) for s in range(len(count))]
+    stacked = np.ndim(count) != 0  # seeds trained together (jmtl.training.seeds): a leading seed axis
+    results = [jax.tree.map(lambda v: float(v[s]), means) for s in range(len(count))] if stacked else [jax.tree.map(float, means)]
+    for s, res in enumerate(results):
+        for t in tasks:
+            for acc in t.accumulated_metrics:
+                stats = accumulated[t.name][acc.name]
+                res[t.name].update(acc.finalize(jax.tree.map(lambda v: v[s], stats) if stacked else stats))
+    return results if stacked else results[0]
 
 
 def selection_score(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[Task]) -> float:
@@ -98,6 +104,9 @@ def make_eval_step(
     """Per-device ``(params, local_batch) -> {task: {metric: sum}, 'count': n}`` summed over devices.
 
     The batch may carry ``'mask'`` (1 for real examples, 0 for padding) so any split size works.
+    A task with ``accumulated_metrics`` (the pixel kinds) contributes, instead of per-example
+    metric sums, its sufficient statistics under ``ACCUMULATED`` (confusion matrix, error sums,
+    angle histogram), which :func:`evaluate` sums over the split and finalises once.
     """
     tasks = tuple(tasks)
     apply = mixed_precision_apply(model.apply, config.compute_dtype)
@@ -109,6 +118,13 @@ def make_eval_step(
             mask = jnp.ones((jax.tree.leaves(batch[config.input_key])[0].shape[0],), jnp.float32)
         sums = {}
         for t in tasks:
+            if t.accumulated_metrics:
+                weights, labels = mask, batch[t.label_key]
+                if t.mask_key in batch:
+                    weights = mask * batch[t.mask_key].astype(mask.dtype)
+                    labels = t.safe_labels(labels, batch[t.mask_key])
+                sums[t.name] = {ACCUMULATED: {a.name: a.stats(outputs[t.name], labels, weights) for a in t.accumulated_metrics}}
+                continue
             if t.mask_key in batch:  # missing labels: the task's means run over its labelled examples
                 task_mask = mask * batch[t.mask_key].astype(mask.dtype)
                 labels = tasks_lib.safe_labels(batch[t.label_key], batch[t.mask_key])

@@ -30,6 +30,7 @@ from jmtl.data.iterables import ReplayIterator, call_factory, concatenate_batche
 from jmtl.tasks import Task
 from jmtl.training import builders, config_schema, contract, evaluate, loop, parallel
 from jmtl.training import step as step_lib
+from jmtl.training import warm_start
 
 Data = Any  # Mapping of arrays | Iterable of batch dicts | Callable seed -> Iterable
 
@@ -54,6 +55,7 @@ def fit(
     seed: int = 0,
     num_seeds: int = 1,
     name: str = "user_data",
+    init_from: Any = None,
     **config_overrides: Any,
 ) -> tuple[dict, step_lib.TrainState]:
     """Trains ``model`` on ``tasks`` with jmtl's loop; returns the run summary and the final state.
@@ -85,6 +87,10 @@ def fit(
       per_task_inputs: each task has its own data (see ``train``).
       seed, num_seeds: seeds ``seed .. seed + num_seeds - 1`` train together in one program.
       name: the data's name in records and messages.
+      init_from: a warm start (:mod:`jmtl.training.warm_start`): a workdir / checkpoints folder /
+        params file path, or ``dict(path=..., part='shared' | 'all', freeze=False | True)``: the
+        run's shared params (or all the source has) start from the source's, new tasks' heads fresh;
+        frozen params get no update.
       **config_overrides: any other field of ``config_schema.default_config()`` (``eval_every_steps``,
         ``checkpoint_every_steps``, ``log_every_steps``, ``eval_batch_size``, ``parallel``,
         ``progress_bar``, ``writers``, ``nonfinite={'policy': 'skip'}``, ...).
@@ -116,6 +122,9 @@ def fit(
             _update_known(config[key], value, key)
         else:
             config[key] = value
+    spec = warm_start.InitFrom.parse(init_from)  # a bad field is named here, before any work
+    if spec is not None:
+        config.init_from.update(dataclasses.asdict(spec))
     config.seed, config.num_seeds = seed, num_seeds
     config.num_steps = int(num_steps) if num_steps is not None else -1
     config.num_epochs = int(num_epochs) if num_epochs is not None else 1

@@ -112,7 +112,13 @@ class StepContext:
                 losses.append(jnp.mean(t.loss(outputs[t.name], batch[t.label_key])))
                 mains.append(jnp.mean(t.main_metric.fn(outputs[t.name], batch[t.label_key])))
                 continue
-            labels = tasks_lib.safe_labels(batch[t.label_key], mask)
+            labels = t.safe_labels(batch[t.label_key], mask)
+            if t.kind in tasks_lib.PIXEL_KINDS and t.loss_fn is None:
+                # Unlabelled examples now hold no valid pixel, so the plain batch mean of the pooled
+                # per-example values is already the pixel mean over the labelled examples.
+                losses.append(jnp.mean(t.loss(outputs[t.name], labels)))
+                mains.append(jnp.mean(t.main_metric.fn(outputs[t.name], labels)))
+                continue
             count = jnp.sum(mask.astype(jnp.float32))
             scale = 1.0
             if self.axis_name is not None:

@@ -48,6 +48,7 @@ from jmtl.tasks import Task
 from jmtl.training import builders, checkpoint, config_schema, contract, evaluate, metric_writers, packing, parallel
 from jmtl.training import workdir as workdir_lib
 from jmtl.training import seeds as seeds_lib
+from jmtl.training import warm_start
 from jmtl.training import step as step_lib
 
 PyTree = Any
@@ -384,6 +385,14 @@ class _Trainer:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.driver.num_devices} devices")
         self.seed_axis = SeedAxis(config.seed, config.get("num_seeds", 1), config.get("seeds_mode", "vmap"))
         e = experiment
+        # A warm start (config.init_from): the plan is checked against the model's params before any
+        # compile; frozen params get a zero update through the optimizer the step is built with.
+        init_from = warm_start.InitFrom.parse(config.get("init_from"))
+        warm = warm_start.prepare(init_from, e.model, e.example_input, e.step_config.shared) if init_from else None
+        if warm is not None:
+            e = self.exp = dataclasses.replace(e, optimizer=warm.wrap_optimizer(e.optimizer))
+            if self.is_main:
+                print(warm.describe(), flush=True)
         make_step = lambda ax: step_lib.make_train_step(e.model, e.tasks, e.weighting, e.optimizer, e.step_config,
                                                         axis_name=ax)
         # Many label entries (one per task) travel as a few stacked arrays (jmtl/training/packing.py).
@@ -394,6 +403,8 @@ class _Trainer:
         inits = [step_lib.init_state(e.model, e.weighting, e.optimizer, e.example_input, len(e.tasks), s,
                                       shared=e.step_config.shared)
                  for s in self.seed_axis.seeds]
+        if warm is not None:  # every seed starts from the source's params (a resume restores over them)
+            inits = [warm_start.warm_state(s, warm, e.optimizer) for s in inits]
         self.host_state = self.seed_axis.stack_states(inits)
         self.signature = checkpoint.model_signature(self.host_state, self.names, config.weighting.name)
         self.ckpt = checkpoint.Checkpointer(workdir / "checkpoints")

@@ -59,7 +59,7 @@ def get_config(arg=None):
     if variant == "deeplab":
         c.model.encoder = "resnet50_dilated"
         c.model.encoder_kwargs = dict(output_stride=8, weights="")
-        c.model.head_kwargs = dict(aspp=True)
+        c.model.head_kwargs = dict(style="deeplab", upsample=8)  # ASPP heads, bilinear x8 to the input size
         c.optimizer.weight_decay = 1e-5
         c.batch_size = 64
     c.eval_every_steps = -1  # once per epoch (the last-10 average)

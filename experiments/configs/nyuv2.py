@@ -71,7 +71,7 @@ def get_config(arg=None):
     if variant == "deeplab":
         c.model.encoder = "resnet50_dilated"
         c.model.encoder_kwargs = dict(output_stride=8, weights="")  # weights: a converted torchvision .npz
-        c.model.head_kwargs = dict(aspp=True)
+        c.model.head_kwargs = dict(style="deeplab", upsample=8)  # ASPP heads, bilinear x8 to the input size
         c.optimizer.weight_decay = 1e-5  # torch Adam's L2 term (LibMTL's optim_param)
         c.batch_size = 8
     c.eval_every_steps = -1  # once per epoch: the last-10-epochs average needs every epoch's test record

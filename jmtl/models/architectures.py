@@ -19,6 +19,8 @@ independent         towers[task] = encoder copy; nothing shared (no ``'shared'``
 soft_sharing        as ``independent``; the penalty coupling the towers is in :mod:`regularizers`
 cross_stitch        shared = {towers: {task: {stage_i}}, stitch_i: {alpha [K, K]}}
 mtan                shared = {trunk: {stage_i}, extract: {stage_i}}; attention[task] = {stage_i: mask net}
+mtan_segnet         shared = {segnet, enc_att_j, dec_att_i}; attention[task] = {enc_j, dec_i} (SegNet only,
+                    :class:`jmtl.models.vision.MTANSegNet`)
 omoe                shared = {experts: {expert_i}, gate}: one gate for all tasks (:class:`OneGateMoE`)
 mmoe / dselect_k    shared = {level_0: {shared_experts}}; gates[task] = {level_0: gate}
 cgc / ple           see :mod:`jmtl.models.moe` (lower levels are shared, the last one task-specific)
@@ -46,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jmtl.models import moe, stages as stages_lib
+from jmtl.models import moe, stages as stages_lib, vision
 from jmtl.models.base import Bag, MultiTaskBase, TaskHeads, bag, mix_tasks, per_task
 
 Array = jax.Array
@@ -482,6 +484,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cgc": moe.build_cgc,
     "ple": moe.build_ple,
     "learning_to_branch": _build_l2b,
+    "mtan_segnet": vision.build_mtan_segnet,
 }
 NAMES = tuple(ARCHITECTURES)
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jmtl.models import layers
+from jmtl.models import layers, vision
 
 
 class MLP(nn.Module):
@@ -52,7 +52,15 @@ class MultiLeNet(nn.Module):
         return nn.relu(nn.Dense(50, name="fc")(x))
 
 
-ENCODERS = {"mlp": MLP, "multi_lenet": MultiLeNet}
+ENCODERS = {
+    "mlp": MLP,
+    "multi_lenet": MultiLeNet,
+    # The vision benchmarks' networks (jmtl.models.vision): NYUv2 / Cityscapes, Office, CelebA.
+    "segnet": vision.SegNet,
+    "resnet50_dilated": vision.resnet50_dilated,
+    "resnet18": vision.resnet18,
+    "celeba_cnn": vision.CelebACNN,
+}
 _BUILTIN = frozenset(ENCODERS)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 
-from jmtl.models import architectures, encoders, heads as heads_lib, regularizers
+from jmtl.models import architectures, encoders, heads as heads_lib, pretrained, regularizers
 from jmtl.models.architectures import MultiTaskModel
 from jmtl.models.base import RELATION, SHARED, TASKS, MultiTaskBase, TaskHeads
 from jmtl.tasks import Task
@@ -50,6 +50,7 @@ def build(
         keys (soft-sharing and MTRL penalties, :data:`jmtl.models.regularizers.REGULARIZER_KEYS`)
         are not model options and are ignored here.
     """
+    pretrained.check_weights_arch(encoder_kwargs, arch)
     enc = encoders.get(encoder, **dict(encoder_kwargs or {}))
     head_kwargs = dict(head_kwargs or {})
     accepted = set().union(*(set(c.__dataclass_fields__) for c in heads_lib.HEADS.values()))

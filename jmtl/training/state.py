@@ -60,6 +60,10 @@ def init_state(
             ) from e
         raise
     params = variables["params"]
+    # A ResNet encoder naming an ImageNet weights file (encoder_kwargs.weights) starts from it.
+    from jmtl.models import pretrained  # noqa: PLC0415 (models import nothing from training)
+
+    params = pretrained.apply_encoder_weights(model, params)
     wparams = weighting.init_params(num_tasks) if weighting.init_params is not None else {}
     opt_state = optimizer.init({"model": params, "weighting": wparams})
     shared_part = as_sharing(shared).split(params)[0] if isinstance(params, dict) or shared is not None else {}

@@ -20,8 +20,9 @@ prints no per-attribute STL numbers, results/published.md). FAMO's gamma here: 0
 JPEGs (``img_align_celeba/``), in the layout of ``jmtl/data/celeba.py`` (FAMO's ``Anno/``, ``Eval/``,
 ``Img/`` layout included).
 
-Expected GPU time (an ESTIMATE from FLOPs, not a measurement): the CNN is ~1.4 GFLOP per 64x64 image
-forward (~0.69 GMAC), ~4 GFLOP per training image; 15 epochs x 162,770 images is ~1e16 FLOP,
+Expected GPU time (an ESTIMATE from FLOPs, not a measurement): the CNN is 1.3 GFLOP per 64x64 image
+forward (XLA's cost analysis; 5.2 M params), ~4 GFLOP per training image; 15 epochs x 162,770
+images is ~1e16 FLOP,
 minutes of compute on an H100 (decoding the JPEGs once dominates: the builder caches the resized
 arrays). Per-task-gradient methods on the parameters need 40 backward passes a step (~40x the
 backward compute; use ``--config.weighting.jacobian_mode=representation`` for MGDA-UB style 512-wide

@@ -22,10 +22,10 @@ gamma on Cityscapes is 0.01 (FAMO Sec. 5.2), set by ``:mtan,famo``.
 ``/path/to/cityscapes`` holds MTAN's preprocessed ``train/`` and ``val/`` folders
 (``image/``, ``label_7/``, ``depth/``; LibMTL's copy names the 7-class folder ``label/``).
 
-Expected GPU time (an ESTIMATE from FLOPs, not a measurement): SegNet at 128x256 is ~0.3x the
-pixels of NYUv2 (~43 GFLOP per image forward, ~0.13 TFLOP per training image); 200 epochs x 2,975
-images + 200 x 500 test images is ~8e16 FLOP, about 0.5 h at 50 TFLOP/s and realistically 1-2 h on
-an H100; per-task-gradient methods roughly double the training part (two tasks).
+Expected GPU time (an ESTIMATE from FLOPs, not a measurement): SegNet at 128x256 is 32 GFLOP per
+image forward (XLA's cost analysis; heads excluded), ~0.1 TFLOP per training image; 200 epochs x
+2,975 images + 200 x 500 test images is ~6e16 FLOP, about 20 min at 50 TFLOP/s and realistically
+1-2 h on an H100; per-task-gradient methods roughly double the training part (two tasks).
 
 Compares to: Nash-MTL Table 3 and FAMO Table 3 (STL, LS, SI, RLW, DWA, UW, MGDA, PCGrad, GradDrop,
 CAGrad, IMTL-G, Nash-MTL, FAMO; Δm% over the 4 metrics; FAMO's LS row repeats SI's numbers, see

@@ -30,11 +30,12 @@ is the test split (``validation_percent=0``), as in those papers, which select n
 (the ``--stl`` runs: the same command with ``:stl_segmentation`` etc.). ``/path/to/nyuv2`` holds
 MTAN's preprocessed ``train/`` and ``val/`` folders (``{image,label,depth,normal}/{i}.npy``).
 
-Expected GPU time (an ESTIMATE from FLOPs, not a measurement): SegNet at 288x384 is about 0.16
-TFLOP per image forward (26 3x3 convs, ~68 GMAC, plus three 64-channel heads), ~0.5 TFLOP per
-training image with the backward pass; 200 epochs x 795 images + 200 test passes x 654 images is
-~1e17 FLOP, i.e. about 0.5 h at 50 TFLOP/s sustained on an H100 and realistically 1-2 h at batch 2
-(small kernels). MTAN adds its attention modules (more FLOPs); per-task-gradient methods (MGDA,
+Expected GPU time (an ESTIMATE from FLOPs, not a measurement): the SegNet encoder-decoder at
+288x384 is 0.11 TFLOP per image forward (XLA's cost analysis of ``encoders.get('segnet')``, 24.9 M
+params; heads excluded), ~0.33 TFLOP per training image with the backward pass; 200 epochs x 795
+images + 200 test passes x 654 images is ~7e16 FLOP, about 25 min at 50 TFLOP/s sustained on an
+H100 and realistically 1-2 h at batch 2 (small kernels). ``:deeplab``: the dilated ResNet-50 is
+0.08 TFLOP per image forward before its three ASPP heads. MTAN adds its attention modules (more FLOPs); per-task-gradient methods (MGDA,
 PCGrad, CAGrad, Nash-MTL, IMTL-G) add a backward pass per task, ~2x the training time of equal
 weighting; FAMO adds one forward pass per step.
 

@@ -22,9 +22,10 @@ so) + Linear(512)-BatchNorm-ReLU-Dropout(0.5), one Linear head per domain, 224x2
 ``/path/to/office31`` holds the domain folders (``amazon/images/<class>/*.jpg`` ...) and LibMTL's
 ``data_txt`` split lists, in the layout ``jmtl/data`` documents for ``office31`` / ``office_home``.
 
-Expected GPU time (an ESTIMATE from FLOPs, not a measurement): ResNet-18 at 224x224 is ~1.8 GFLOP
-per image forward, ~5.5 GFLOP per training image; Office-31's ~2,500 training images x 100 epochs is
-~1.4e15 FLOP and Office-Home's ~9,300 x 100 is ~5e15 FLOP: minutes of compute on an H100, the
+Expected GPU time (an ESTIMATE from FLOPs, not a measurement): ResNet-18 at 224x224 is 3.4 GFLOP
+per image forward (XLA's cost analysis, multiply-adds counted as 2), ~10 GFLOP per training image;
+Office-31's ~2,500 training images x 100 epochs is ~2.5e15 FLOP and Office-Home's ~9,300 x 100 is
+~1e16 FLOP: minutes of compute on an H100, the
 epochs bound by image decoding and per-epoch evaluation rather than FLOPs.
 
 Compares to: DB-MTL Table 4 (STL, EW, GLS, RLW, UW, DWA, IMTL-L, MGDA, GradNorm, PCGrad, GradDrop,

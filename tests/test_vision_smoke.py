@@ -61,7 +61,8 @@ def _train(config, tmp_path):
 SEGNET_SMALL = {"model.encoder_kwargs": {"filters": (4, 4, 4, 4, 4)}, "model.head_kwargs": {"hidden": 4}}
 
 
-@pytest.mark.parametrize("arg", ["mtan,nash_mtl", "segnet"])
+@pytest.mark.slow
+@pytest.mark.parametrize("arg", ["mtan", "segnet,pcgrad"])  # (MTAN + a per-task-Jacobian method: minutes to compile)
 def test_nyuv2(arg, fake_root, tmp_path):
     workdir, rec, _ = _train(_smoke_config("nyuv2", arg, fake_root, tmp_path, **SEGNET_SMALL), tmp_path)
     assert set(rec["test"]) == {"segmentation", "depth", "normal"}
@@ -69,18 +70,21 @@ def test_nyuv2(arg, fake_root, tmp_path):
     assert len(rep["run"]) == 9 and math.isfinite(rep["delta_m_vs_published_stl"])
 
 
-def test_cityscapes_and_its_single_task_baselines(fake_root, tmp_path):
+@pytest.mark.slow
+def test_cityscapes_and_a_single_task_baseline(fake_root, tmp_path):
     workdir, rec, _ = _train(_smoke_config("cityscapes", "segnet,famo", fake_root, tmp_path, **SEGNET_SMALL), tmp_path)
     assert set(rec["test"]) == {"segmentation", "depth"}
-    stl = {}
-    for task in ("segmentation", "depth"):
-        sub = tmp_path / task
-        sub.mkdir()
-        stl[task], _, _ = _train(_smoke_config("cityscapes", f"stl_{task}", fake_root, sub, **SEGNET_SMALL), sub)
-    rep = vision_report.report("cityscapes", workdir, "last:1", "famo_table3", stl_runs=stl)
+    sub = tmp_path / "stl_depth"
+    sub.mkdir()
+    stl_depth, rec_stl, _ = _train(_smoke_config("cityscapes", "stl_depth", fake_root, sub, **SEGNET_SMALL), sub)
+    assert set(rec_stl["test"]) == {"depth"}
+    # (the segmentation "baseline" here is the multi-task run itself: this checks the plumbing only)
+    rep = vision_report.report("cityscapes", workdir, "last:1", "famo_table3",
+                               stl_runs={"segmentation": workdir, "depth": stl_depth})
     assert math.isfinite(rep["delta_m_vs_published_stl"]) and math.isfinite(rep["delta_m_vs_jmtl_stl"])
 
 
+@pytest.mark.slow
 def test_celeba(fake_root, tmp_path):
     workdir, rec, _ = _train(_smoke_config("celeba", "cnn,famo", fake_root, tmp_path), tmp_path)
     assert len(rec["test"]) == 40 and "five_o_clock_shadow" in rec["test"]
@@ -88,7 +92,8 @@ def test_celeba(fake_root, tmp_path):
     assert len(rep["run"]) == 40
 
 
-@pytest.mark.parametrize("arg,domains", [("office31", 3), ("office_home,pcgrad", 4)])
+@pytest.mark.slow
+@pytest.mark.parametrize("arg,domains", [("office31", 3), ("office_home,famo", 4)])
 def test_office(arg, domains, fake_root, tmp_path):
     workdir, rec, _ = _train(_smoke_config("office", arg, fake_root, tmp_path), tmp_path)
     assert len(rec["test"]) == domains

@@ -275,6 +275,22 @@ def test_augmented_batches_deterministic_and_resumable(fake_root, cache):
     for a, b in zip(ref[2:], _batches(resumed, 3)):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+    # Several batches prepared in parallel (read_threads) and prefetched: the same batches, and the same
+    # resume point.
+    ds.read_threads = 3
+    threaded = ds.train_iterator(1, seed=7, prefetch=2)
+    first = _batches(threaded, 2)
+    state = threaded.get_state()
+    for a, b in zip(ref, first + _batches(threaded, 3)):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    resumed = ds.train_iterator(1, seed=7, prefetch=2)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["normal"], ref[2]["normal"])
+    # Other splits (a bilevel scheme's meta batches) are never augmented.
+    val_aug = next(ds.train_iterator(1, seed=7, split="validation", prefetch=0))
+    val_plain = next(plain.train_iterator(1, seed=7, split="validation", prefetch=0))
+    np.testing.assert_array_equal(val_aug["image"], val_plain["image"])
     # Two processes' halves of a global batch of 2 are the single process's batch.
     whole = next(ds.train_iterator(2, seed=7, prefetch=0))
     halves = [next(ds.train_iterator(2, seed=7, prefetch=0, process_index=p, process_count=2)) for p in (0, 1)]
@@ -304,6 +320,8 @@ def _assert_nothing_cached(cache):
     ("nan_depth", r"train/depth/0\.npy: depth holds NaN/inf.*Fix: x = np\.nan_to_num"),
     ("nan_normal", r"val/normal/0\.npy: normal holds NaN/inf.*Fix:"),
     ("not_npy", r"train/normal/1\.npy: not a readable \.npy file.*Fix:"),
+    ("missing_depth", r"train/depth: 1 files but train/image/ has 2; every example needs all of image, label, "
+                      r"depth, normal.*Fix:"),
 ])
 def test_nyuv2_bad_input_names_file_and_fix(tmp_path, cache, damage, pattern):
     import shutil
@@ -334,6 +352,8 @@ def test_nyuv2_bad_input_names_file_and_fix(tmp_path, cache, damage, pattern):
         n = np.load(root / "val/normal/0.npy")
         n[1, 2, 0] = np.nan
         np.save(root / "val/normal/0.npy", n)
+    elif damage == "missing_depth":
+        (root / "train/depth/1.npy").unlink()
     elif damage == "not_npy":
         (root / "train/normal/1.npy").write_bytes(b"not an array")
     with pytest.raises(DataError, match=pattern):
@@ -411,6 +431,15 @@ def test_office_bad_input(tmp_path, cache):
     with pytest.raises(DataError, match=r"dslr_test\.txt: split list not found.*Fix: put the Office-31 images"):
         data_lib.load("office31", data_dir=tmp_path, cache_dir=cache, image_size=8)
     _assert_nothing_cached(cache)
+
+
+def test_bad_keywords(fake_root, cache):
+    with pytest.raises(DataError, match=r"num_classes must be 7 or 19"):
+        data_lib.load("cityscapes", data_dir=fake_root, cache_dir=cache, num_classes=13)
+    with pytest.raises(DataError, match=r"validation_percent must be an int in 0\.\.50"):
+        data_lib.load("nyuv2", data_dir=fake_root, cache_dir=cache, validation_percent=60)
+    with pytest.raises(DataError, match=r"unknown keyword\(s\) augmentation; accepted: validation_percent, augment"):
+        data_lib.load("nyuv2", data_dir=fake_root, cache_dir=cache, augmentation=True)
 
 
 def test_missing_data_dir_names_the_fix(tmp_path, monkeypatch):

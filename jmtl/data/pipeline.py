@@ -184,8 +184,8 @@ class MTLDataset:
       sources: split name -> tfds data source (random access, `__getitems__`).
       transform: raw gathered arrays -> batch (normalisation, dtypes).
       builder: the tfds builder behind `sources`, kept for `info`.
-      augment: `augment(batch, ids, seed, epoch) -> batch`, applied to training
-        batches only (`ids`: the examples' indices in the split). It must be
+      augment: `augment(batch, ids, seed, epoch) -> batch`, applied to batches
+        of the 'train' split only (`ids`: the examples' indices in the split). It must be
         a function of its arguments alone (e.g. draws from
         `default_rng([seed, epoch, id])`), which keeps the iterator exactly
         resumable and independent of the process count.
@@ -286,7 +286,9 @@ class MTLDataset:
     n = self.spec.split_sizes[split]
     permutation = _EpochPermutations(n, seed)
     transform = self._transform
-    augment = self._augment
+    # Augmentation is for the training split only (a bilevel scheme's meta
+    # batches from 'validation' stay as stored).
+    augment = self._augment if split == 'train' else None
     local = batch_size // process_count
 
     def make_batch(step: int, _) -> Batch:

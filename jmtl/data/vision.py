@@ -22,9 +22,10 @@ On-disk formats (what users have; read, never converted in place):
 
 Splits: ``train`` = the ``train`` folder; ``test`` = the ``val`` folder (the only labelled held-out
 set; MTAN, LibMTL, Nash-MTL and FAMO all report on it). ``validation``: by default the ``val``
-folder too, since that is what those papers evaluate every epoch (LibMTL picks its best epoch on
-it; MTAN and FAMO average the last epochs) -- so a model selected on it is selected on the test
-set; ``validation_percent=p`` instead holds out the last p% of the train indices (the train split
+folder too, since that is what those papers evaluate every epoch (LibMTL's ``examples/nyu/main.py``
+passes the val/ loader as its test loader, ``NYUmodel.train(nyuv2_train_loader, nyuv2_test_loader,
+epochs)``, and reports the best epoch on it; MTAN and FAMO average the last epochs) -- so a model
+selected on it is selected on the test set; ``validation_percent=p`` instead holds out the last p% of the train indices (the train split
 then has the rest), for honest model selection.
 
 Storage: nothing is converted. Each split is read per example from the user's ``.npy`` files,

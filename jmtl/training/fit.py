@@ -209,26 +209,7 @@ def fit(
     return loop.run(experiment, config, workdir)
 
 
-class PerTaskEvaluator:
-    """Each task scored on its own validation / test data (``per_task_inputs``); selection on all."""
-
-    def __init__(self, evaluators: Mapping[str, loop.InMemoryEvaluator], tasks: Sequence[Task]):
-        self.evaluators, self.tasks = dict(evaluators), tuple(tasks)
-
-    def __call__(self, params, splits):
-        merged = None
-        for evaluator in self.evaluators.values():
-            per_seed = evaluator(params, splits)
-            if merged is None:
-                merged = per_seed
-            else:
-                for into, res in zip(merged, per_seed):
-                    for split in splits:
-                        into[split].update(res[split])
-        return merged
-
-    def score(self, validation):
-        return evaluate.selection_score(validation, self.tasks)
+PerTaskEvaluator = loop.PerTaskEvaluator  # moved to loop (config runs use it too); the old name stays
 
 
 # ---------------------------------------------------------------------------- helpers

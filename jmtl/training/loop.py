@@ -36,7 +36,7 @@ import signal
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 import jax
 import numpy as np
@@ -167,6 +167,28 @@ class InMemoryEvaluator:
         return evaluate.selection_score(validation, self.tasks)
 
 
+class PerTaskEvaluator:
+    """Each task scored on its own validation / test data (``per_task_inputs``); selection on all."""
+
+    def __init__(self, evaluators: Mapping[str, InMemoryEvaluator], tasks: Sequence[Task]):
+        self.evaluators, self.tasks = dict(evaluators), tuple(tasks)
+
+    def __call__(self, params, splits):
+        merged = None
+        for evaluator in self.evaluators.values():
+            per_seed = evaluator(params, splits)
+            if merged is None:
+                merged = per_seed
+            else:
+                for into, res in zip(merged, per_seed):
+                    for split in splits:
+                        into[split].update(res[split])
+        return merged
+
+    def score(self, validation):
+        return evaluate.selection_score(validation, self.tasks)
+
+
 def build_experiment(config) -> Experiment:
     """The :class:`Experiment` of an in-memory dataset config (``jmtl.data.load``): the path a config
     takes to the step is ``builders.model`` / ``builders.weighting_from_config`` (the weighting name
@@ -210,8 +232,6 @@ def _per_task_experiment(config, dataset) -> Experiment:
     ``jmtl.fit(per_task_inputs=True)`` trains it. Each step takes one batch of ``config.batch_size``
     from every task's data; an epoch is the longest task's batches (shorter tasks cycle through theirs,
     each reshuffled per epoch); each task is scored on its own validation and test data."""
-    from jmtl.training.fit import PerTaskEvaluator  # fit imports this module
-
     spec = dataset.spec
     tasks = tasks_lib.tasks_from_config(config.tasks.to_dict(), spec)
     per_task = {t.name: dataset.tasks[t.label_key] for t in tasks}

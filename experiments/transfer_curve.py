@@ -148,6 +148,11 @@ def _write(args, name: str, prov: dict, configs: dict, curves: dict, seconds: di
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     _plot(result, out / f"{name}.png")
     (out / f"{name}.md").write_text(_markdown(result))
+    # A PNG cannot carry its provenance: the folder's provenance.json lists it (experiments/recover_provenance.py).
+    index_path = out / "provenance.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    index[f"{name}.png"] = {**prov, "data": f"{name}.json"}
+    index_path.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
     print(f"wrote {out / name}.json / .md / .png ({', '.join(done)})", flush=True)
 
 
@@ -167,7 +172,7 @@ def _plot(result: dict, path: Path) -> None:
         ax.fill_between(c["step"], acc.min(1), acc.max(1), color=color, alpha=0.2)
     a = result["args"]
     ax.set(xlabel="training step (new task)", ylabel=f"test accuracy of '{a['target_task']}' (%)",
-           title=f"{result['name']}: source {a['source_steps']} steps on '{a['source_task']}'")
+           title=f"{result['name']}: source {a['source_steps']} steps on '{a['source_task']}'", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.text(0.01, 0.01, f"commit {(result['provenance'].get('git_commit') or '?')[:10]}"
@@ -201,7 +206,7 @@ def _markdown(result: dict) -> str:
     for level in LEVELS:
         cells = [", ".join("—" if x is None else str(x) for x in s[v]["steps_to"][str(level)]) for v in done]
         lines.append(f"| {100 * level:.0f}% | " + " | ".join(cells) + " |")
-    lines += ["", f"Wall time (s, this shared CPU): " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()),
+    lines += ["", "Wall time (s, this shared CPU): " + ", ".join(f"{k} {v:.0f}" for k, v in result["seconds"].items()),
               "", f"![curve]({result['name']}.png)"]
     lines += bench_common.provenance_markdown(result["provenance"])
     return "\n".join(lines) + "\n"

@@ -17,7 +17,6 @@ import jmtl
 from conftest import toy_config
 from jmtl.tasks import Task
 from jmtl.training import loop, warm_start
-from jmtl.training import step as step_lib
 
 
 class Shared(nn.Module):
@@ -108,8 +107,7 @@ def test_shape_mismatches_are_refused_naming_every_param(source_run):
     assert "3 param(s) differ" in msg and "l2']['bias']:" not in msg and "Fix:" in msg
 
 
-def test_missing_shared_params_and_bad_specs_are_refused(source_run, tmp_path):
-    wd, _ = source_run
+def test_missing_shared_params_and_bad_specs_are_refused(tmp_path):
     target = {"shared": {"l1": {"bias": np.zeros(6), "kernel": np.zeros((4, 6))}, "l3": {"bias": np.zeros(5)}},
               "b": {"bias": np.zeros(1)}}
     source = {"shared": {"l1": {"bias": np.ones(6), "kernel": np.ones((4, 6))}}, "a": {"bias": np.ones(1)}}

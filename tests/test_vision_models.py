@@ -23,6 +23,16 @@ PIXEL = (("segmentation", 13), ("depth", 1), ("normal", 3))
 MTAN_SINGLE_TASK_SEGNET = 24_981_069
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """Compiling SegNet's steps with XLA's optimisation passes costs minutes on a loaded CPU; these
+    tests check values, not speed (as tests/test_architectures.py). Restored afterwards."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 def _pixel_heads(style="segnet", upsample=1, names=PIXEL):
     return TaskHeads(names=tuple(n for n, _ in names),
                      heads=tuple(heads.PixelHead(c, style=style, upsample=upsample) for _, c in names))
@@ -402,3 +412,20 @@ def test_init_state_applies_the_encoder_weights(monkeypatch):
     state = init_state(model, weighting.get("equal"), optax.sgd(0.1), jnp.ones((1, 2)), 1, seed=0)
     assert seen == [model]
     assert all(np.all(np.asarray(v) == 0) for v in jax.tree.leaves(state.params["shared"]))
+
+
+def test_gpu_vision_script_runs_tiny_on_cpu(tmp_path):
+    """The prepared GPU benchmark's CPU smoke (equal weighting in bfloat16, the cheapest step to
+    compile); the full run is the same code at 288x384 on a GPU."""
+    import json
+
+    from experiments.bench import gpu_vision
+
+    out = tmp_path / "gpu_vision"
+    gpu_vision.main(["--tiny", "--methods", "equal", "--dtypes", "bfloat16", "--out", str(out)])
+    record = json.loads(out.with_name("gpu_vision.json").read_text())
+    (row,) = record["rows"]
+    assert (row["method"], row["dtype"], row["gradient_path"]) == ("equal", "bfloat16", "loss_level")
+    assert row["finite"] and row["images_per_s"] > 0 and all(np.isfinite(row["losses_last"]))
+    assert record["provenance"]["recorded"] and "32x32" in record["size"]
+    assert "images/s" in out.with_name("gpu_vision.md").read_text()

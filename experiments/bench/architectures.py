@@ -36,7 +36,8 @@ from jmtl.models import architectures, mtl, regularizers
 from jmtl.training import builders, parallel
 from jmtl.training import step as step_lib
 
-ARCHS = architectures.NAMES
+# Architectures built for one encoder (mtan_segnet: SegNet) do not run on Multi-LeNet.
+ARCHS = tuple(a for a in architectures.NAMES if a not in architectures.ENCODER_SPECIFIC)
 METHODS = ("equal", "mgda")
 # Options for these short runs (the library defaults otherwise).
 ARCH_KWARGS = {

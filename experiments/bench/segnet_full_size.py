@@ -29,7 +29,7 @@ import os
 import time
 
 from experiments.bench import vision_common as vc
-from experiments.bench.common import RESULTS, fmt, provenance, spread, started_now, time_round_robin, write_outputs
+from experiments.bench.common import RESULTS, _git, fmt, provenance, spread, started_now, time_round_robin, write_outputs
 
 ROWS = (
     # label, method, jacobian mode
@@ -77,6 +77,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = started_now()
     config = vars(args).copy()
+    # provenance() reads git when the file is written (after a long run): keep the commit it started at.
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    start_git = {"git_commit_start": _git("rev-parse", "HEAD"), "git_dirty_start": None if status is None else bool(status)}
 
     import jax
 
@@ -154,7 +157,9 @@ def main(argv=None):
     lines += ["", "## Goals", "", "| goal | value | met |", "|---|---|---|"]
     for k, v in goals.items():
         lines.append(f"| {k} | {fmt(v)} | {'—' if met[k] is None else ('yes' if met[k] else 'no')} |")
-    write_outputs(args.out, result, lines, provenance(started=started))
+    lines += ["", f"Run started at commit `{start_git['git_commit_start']}`"
+              + (" (with uncommitted changes)" if start_git["git_dirty_start"] else " (clean)") + "."]
+    write_outputs(args.out, result, lines, {**provenance(started=started), **start_git})
 
 
 if __name__ == "__main__":

@@ -82,24 +82,26 @@ def make_batch(batch_size: int, height: int, width: int, seed: int = 0) -> dict[
     return {"image": image, "segmentation": seg, "depth": depth, "normal": normal}
 
 
-def segnet_model(tasks, arch: str = "hps"):
+def segnet_model(tasks, arch: str = "hps", filters=None):
     """SegNet (``hps``: MTAN's split baseline, or ``mtan_segnet``) with MTAN's pixel heads. Built from
     the parts, so ``custom`` pixel tasks get :class:`jmtl.models.heads.PixelHead` too."""
     from jmtl.models import architectures, heads, vision
     from jmtl.models.base import TaskHeads
 
     th = TaskHeads(names=tuple(t.name for t in tasks), heads=tuple(heads.PixelHead(t.num_outputs) for t in tasks))
-    return architectures.build(arch, encoder=vision.SegNet(), heads=th)
+    encoder = vision.SegNet() if filters is None else vision.SegNet(filters=tuple(filters))
+    return architectures.build(arch, encoder=encoder, heads=th)
 
 
 def jmtl_step(method: str, batch: dict, *, mode: str = "params", chunk: int = -1, compute_dtype: Optional[str] = None,
-              arch: str = "hps", lr: float = 1e-4):
+              arch: str = "hps", lr: float = 1e-4, filters=None, batches: Optional[list] = None):
     """One compiled, donated jmtl train step of SegNet on ``batch`` (Adam, MTAN's lr 1e-4).
 
     Returns:
       ``(call, info)``: a zero-argument callable running one step and blocking on it; ``info`` has
       the gradient path, the chunk size used, compile seconds, XLA's memory analysis (MiB) and the
-      note on the tasks.
+      note on the tasks. With ``batches`` (several batches of ``batch``'s shapes) each call trains
+      on the next one, cycling (training rather than repeating one batch).
     """
     import jax
     import jax.numpy as jnp
@@ -110,11 +112,12 @@ def jmtl_step(method: str, batch: dict, *, mode: str = "params", chunk: int = -1
     from jmtl.training import step as step_lib
 
     tasks, note = pixel_tasks()
-    model = segnet_model(tasks, arch)
+    model = segnet_model(tasks, arch, filters)
     transform = weighting.get(method)
     opt = optax.adam(lr)
     x0 = jnp.zeros((1,) + batch["image"].shape[1:], jnp.float32)
-    state = step_lib.init_state(model, transform, opt, x0, len(tasks), seed=0)
+    # Initialised under jit: eagerly, every one of SegNet's init ops compiles on its own (minutes on CPU).
+    state = jax.jit(lambda x: step_lib.init_state(model, transform, opt, x, len(tasks), seed=0))(x0)
     cfg = step_lib.StepConfig(jacobian_mode=mode, jacobian_chunk_size=chunk, compute_dtype=compute_dtype)
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
     step = step_lib.make_train_step(model, tasks, transform, opt, cfg)
@@ -122,9 +125,13 @@ def jmtl_step(method: str, batch: dict, *, mode: str = "params", chunk: int = -1
     compiled = jax.jit(step, donate_argnums=0).lower(state, jbatch).compile()
     compile_s = time.perf_counter() - t0
     holder = [state]
+    feed = [jbatch] + [{k: jnp.asarray(v) for k, v in b.items()} for b in (batches or [])]
+    count = [0]
 
     def call():
-        holder[0], metrics = compiled(holder[0], jbatch)
+        b = feed[count[0] % len(feed)]
+        count[0] += 1
+        holder[0], metrics = compiled(holder[0], b)
         jax.block_until_ready(holder[0])
         return metrics
 

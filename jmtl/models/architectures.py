@@ -487,6 +487,8 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mtan_segnet": vision.build_mtan_segnet,
 }
 NAMES = tuple(ARCHITECTURES)
+# Architectures built for one encoder: {arch: the encoder name it needs}. The rest take any encoder.
+ENCODER_SPECIFIC = {"mtan_segnet": "segnet"}
 
 
 def _check_encoder(encoder: Any) -> None:

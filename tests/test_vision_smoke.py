@@ -19,6 +19,18 @@ from jmtl.data import fake_vision
 from jmtl.training import loop
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """Without XLA's optimisation passes the SegNet / ResNet steps compile several times faster on a
+    loaded CPU; these tests check that the configs run, not their speed (as tests/test_vision_models.py)."""
+    import jax
+
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 @pytest.fixture(scope="module")
 def fake_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("fake_vision")

@@ -94,13 +94,21 @@ def write_celeba(out: pathlib.Path, n: int = 6, seed: int = 0,
 
     ``list_attr_celeba.txt``: the count, the 40 names, then ``<file> v1 .. v40`` with v = 1 / -1
     (positives padded with a space, as in the released file). ``list_eval_partition.txt``: ``<file> p``
-    with p = 0 train / 1 val / 2 test; by default the examples cycle through 0, 1, 2.
+    with p = 0 train / 1 val / 2 test; by default the examples cycle through 0, 1, 2. Within a split,
+    examples pair up with opposite attributes, so with two or more per split both classes of every
+    attribute occur in it.
     """
     root = pathlib.Path(out) / "celeba"
     rng = np.random.default_rng([seed, 3])
     partition = list(partition) if partition is not None else [i % 3 for i in range(n)]
     names = [f"{i + 1:06d}.jpg" for i in range(n)]
     attrs = np.where(rng.random((n, len(CELEBA_ATTRIBUTES))) < 0.5, 1, -1)
+    # Each split's second example is the first's negation, so every split with two or more examples
+    # holds both classes of every attribute (the evaluator's split-level AUC is undefined otherwise).
+    for p in set(partition):
+        members = [i for i, q in enumerate(partition) if q == p]
+        for a, b in zip(members[::2], members[1::2]):
+            attrs[b] = -attrs[a]
     lines = [str(n), " ".join(CELEBA_ATTRIBUTES)]
     lines += [name + " " + " ".join(f"{v:2d}" for v in row) for name, row in zip(names, attrs)]
     (root / "Anno").mkdir(parents=True, exist_ok=True)

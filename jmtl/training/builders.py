@@ -23,7 +23,9 @@ def optimizer(cfg: Mapping[str, Any], steps_per_epoch: int) -> optax.GradientTra
 
     Args:
       cfg: ``config.optimizer``: ``name`` (adam), ``learning_rate`` (1e-3), ``decay_rate`` (1.0: none)
-        every ``decay_every_epochs`` (0: never), ``weight_decay`` (adamw), ``momentum`` (sgd) and
+        every ``decay_every_epochs`` (0: never), ``weight_decay`` (adamw: decoupled; adam: torch
+        ``Adam(weight_decay=...)``'s L2 term, ``wd * param`` added to the gradient before the moments,
+        as LibMTL trains; 0 = none), ``momentum`` (sgd) and
         ``clip_norm`` (0: no clipping; > 0: updates computed from gradients rescaled to at most that
         global norm, as the hierarchical taggers train).
       steps_per_epoch: steps of one epoch (the decay period's unit).
@@ -44,6 +46,9 @@ def _base_optimizer(cfg: Mapping[str, Any], steps_per_epoch: int) -> optax.Gradi
     else:
         schedule = lr
     if name == "adam":
+        l2 = float(cfg.get("weight_decay", 0.0) or 0.0)
+        if l2 > 0:
+            return optax.chain(optax.add_decayed_weights(l2), optax.adam(schedule))
         return optax.adam(schedule)
     if name == "adamw":
         return optax.adamw(schedule, weight_decay=float(cfg.get("weight_decay", 1e-4)))

@@ -23,7 +23,8 @@ _METHODS = flags.DEFINE_string(
 _ARCHS = flags.DEFINE_string("archs", "hps", "Comma-separated architectures (config.model.arch values).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell.")
 _SEEDS_PER_PROGRAM = flags.DEFINE_integer(
-    "seeds_per_program", 0, "Seeds trained together in one compiled program; 0 = all of a cell's seeds.")
+    "seeds_per_program", 0, "Seeds trained together in one compiled program; 0 = all of a cell's seeds."
+)
 _SINGLE_TASK = flags.DEFINE_bool("single_task", True, "Train the single-task baselines (needed for Δm%).")
 _JACOBIAN_MODE = flags.DEFINE_string("jacobian_mode", None, "params | representation (default: the config's).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild results.csv, table.md and plots.")
@@ -33,10 +34,17 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     with cli.one_line_errors():
-        ablation.run(_CONFIG.value, _WORKDIR.value, ablation.parse_methods(_METHODS.value),
-                     ablation.parse_archs(_ARCHS.value), _SEEDS.value, single_task=_SINGLE_TASK.value,
-                     jacobian_mode=_JACOBIAN_MODE.value, report_only=_REPORT_ONLY.value,
-                     seeds_per_program=_SEEDS_PER_PROGRAM.value)
+        ablation.run(
+            _CONFIG.value,
+            _WORKDIR.value,
+            ablation.parse_methods(_METHODS.value),
+            ablation.parse_archs(_ARCHS.value),
+            _SEEDS.value,
+            single_task=_SINGLE_TASK.value,
+            jacobian_mode=_JACOBIAN_MODE.value,
+            report_only=_REPORT_ONLY.value,
+            seeds_per_program=_SEEDS_PER_PROGRAM.value,
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,15 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from experiments import script_checks
-from experiments.bench.common import (CODE_NOTE, cell_code, code_mark, provenance, record_code_start, started_now,
-                                      write_outputs)
+from experiments.bench.common import (
+    CODE_NOTE,
+    cell_code,
+    code_mark,
+    provenance,
+    record_code_start,
+    started_now,
+    write_outputs,
+)
 from experiments.configs import census_common
 from jmtl.training import ablation, cli, config_schema, loop, parallel
 
@@ -51,14 +58,19 @@ _SINGLE_TASK = flags.DEFINE_bool("single_task", True, "Train the single-task bas
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the reports from the finished cells.")
 _OUT = flags.DEFINE_string("out", "", "Copy the reports (not the checkpoints) into this folder, with provenance.")
 _ALLOW_FEWER = flags.DEFINE_bool(
-    "allow_fewer_cells", False, "Let --out replace an auc.json that holds cells this grid lacks.")
+    "allow_fewer_cells", False, "Let --out replace an auc.json that holds cells this grid lacks."
+)
 _SELECT_ON = flags.DEFINE_string(
-    "select_on", "", "Pick each seed's best evaluation by this task's validation ROC AUC (the paper's main task, e.g. "
-    "income); a cell without the task uses the mean AUC of its tasks. '' = the loop's mean validation accuracy.")
+    "select_on",
+    "",
+    "Pick each seed's best evaluation by this task's validation ROC AUC (the paper's main task, e.g. "
+    "income); a cell without the task uses the mean AUC of its tasks. '' = the loop's mean validation accuracy.",
+)
 
 
-def cells_for(config, methods: list[str], archs: list[str], task_names: list[str], seeds: int,
-              single_task: bool) -> list[tuple[str, object]]:
+def cells_for(
+    config, methods: list[str], archs: list[str], task_names: list[str], seeds: int, single_task: bool
+) -> list[tuple[str, object]]:
     """``[(cell name, config)]``: the single-task baselines (shared-bottom encoder), then every
     (arch, method), each arch at its :data:`census_common.ARCH_SETTINGS` sizes."""
     cells = []
@@ -148,7 +160,13 @@ def auc_summary(rows: list[dict], task_names: list[str]) -> list[dict]:
     for cell in dict.fromkeys(r["cell"] for r in rows):
         rs = [r for r in rows if r["cell"] == cell and r.get("seed") not in (None, "")]
         err = next((r["error"] for r in rows if r["cell"] == cell and r.get("error")), "")
-        e = {"cell": cell, "arch": cell.split("__")[0], "method": cell.split("__", 1)[1], "seeds": len(rs), "error": err}
+        e = {
+            "cell": cell,
+            "arch": cell.split("__")[0],
+            "method": cell.split("__", 1)[1],
+            "seeds": len(rs),
+            "error": err,
+        }
         for t in task_names:
             for prefix in ("test", "final_test", "validation"):
                 key = f"{prefix}.{t}.auc"
@@ -176,19 +194,40 @@ def _pm(ms: tuple[float, float]) -> str:
 
 
 def auc_lines(summary: list[dict], task_names: list[str], title: str) -> list[str]:
-    head = ["arch", "method", *[f"{t} test AUC" for t in task_names], *[f"{t} final AUC" for t in task_names],
-            "seeds", "best-val step", "ms/step", "wall s"]
-    lines = [f"# {title}", "", "Test ROC AUC at each seed's best-validation evaluation (mean ± sample std over seeds); "
-             "'final' = at the last step.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [
+        "arch",
+        "method",
+        *[f"{t} test AUC" for t in task_names],
+        *[f"{t} final AUC" for t in task_names],
+        "seeds",
+        "best-val step",
+        "ms/step",
+        "wall s",
+    ]
+    lines = [
+        f"# {title}",
+        "",
+        "Test ROC AUC at each seed's best-validation evaluation (mean ± sample std over seeds); "
+        "'final' = at the last step.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for e in summary:
         if e["error"] and not e["seeds"]:
-            lines.append(f"| {e['arch']} | {e['method']} | " + " | ".join(["—"] * (2 * len(task_names)))
-                         + f" | 0 | {e['error'][:80]} | | |")
+            lines.append(
+                f"| {e['arch']} | {e['method']} | "
+                + " | ".join(["—"] * (2 * len(task_names)))
+                + f" | 0 | {e['error'][:80]} | | |"
+            )
             continue
         cells = [_pm(e[f"test.{t}.auc"]) for t in task_names] + [_pm(e[f"final_test.{t}.auc"]) for t in task_names]
-        lines.append(f"| {e['arch']} | {e['method']}{code_mark(e.get('code'))} | " + " | ".join(cells)
-                     + f" | {e['seeds']} | {', '.join(str(s) for s in e['best_step'])} | {e['ms_per_step']:.1f}"
-                     + f" | {e['wall_time_s']:.0f} |")
+        lines.append(
+            f"| {e['arch']} | {e['method']}{code_mark(e.get('code'))} | "
+            + " | ".join(cells)
+            + f" | {e['seeds']} | {', '.join(str(s) for s in e['best_step'])} | {e['ms_per_step']:.1f}"
+            + f" | {e['wall_time_s']:.0f} |"
+        )
     if any(code_mark(e.get("code")) for e in summary):
         lines += ["", CODE_NOTE]
     return lines
@@ -206,8 +245,15 @@ def auc_cells(record) -> set[str]:
     return {f"{e['cell']} seed {i}" for e in record["cells"] for i in range(int(e.get("seeds") or 0))}
 
 
-def check_options(config, methods: list[str], archs: list[str], seeds: int, seeds_per_program: int = 0,
-                  select_on: str = "", out: str = "") -> tuple[list[str], list[str]]:
+def check_options(
+    config,
+    methods: list[str],
+    archs: list[str],
+    seeds: int,
+    seeds_per_program: int = 0,
+    select_on: str = "",
+    out: str = "",
+) -> tuple[list[str], list[str]]:
     """Every option, before any data is read or anything trains; returns the parsed methods and archs."""
     methods, archs = ablation.parse_methods(",".join(methods)), ablation.parse_archs(archs)
     unknown = [a for a in archs if a not in census_common.ARCH_SETTINGS]
@@ -222,9 +268,20 @@ def check_options(config, methods: list[str], archs: list[str], seeds: int, seed
     return methods, archs
 
 
-def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int, *, single_task: bool = True,
-        seeds_per_program: int = 0, report_only: bool = False, out: str = "", select_on: str = "",
-        allow_fewer_cells: bool = False) -> list[dict]:
+def run(
+    config,
+    workdir: Path,
+    methods: list[str],
+    archs: list[str],
+    seeds: int,
+    *,
+    single_task: bool = True,
+    seeds_per_program: int = 0,
+    report_only: bool = False,
+    out: str = "",
+    select_on: str = "",
+    allow_fewer_cells: bool = False,
+) -> list[dict]:
     started = started_now()
     methods, archs = check_options(config, methods, archs, seeds, seeds_per_program, select_on, out)
     key = grid_key(config, seeds, archs, select_on)
@@ -239,12 +296,44 @@ def run(config, workdir: Path, methods: list[str], archs: list[str], seeds: int,
         script_checks.check_cells(Path(out) / "auc.json", planned, auc_cells, allow_fewer_cells)
     workdir.mkdir(parents=True, exist_ok=True)
     with ablation.grid_lock(workdir):  # held to the end (reports, --out): a second run is refused at once
-        return _run_locked(config, workdir, methods, archs, seeds, single_task, seeds_per_program, report_only,
-                           out, select_on, started, key, tasks, names, cells, allow_fewer_cells)
+        return _run_locked(
+            config,
+            workdir,
+            methods,
+            archs,
+            seeds,
+            single_task,
+            seeds_per_program,
+            report_only,
+            out,
+            select_on,
+            started,
+            key,
+            tasks,
+            names,
+            cells,
+            allow_fewer_cells,
+        )
 
 
-def _run_locked(config, workdir, methods, archs, seeds, single_task, seeds_per_program, report_only, out,
-                select_on, started, key, tasks, names, cells, allow_fewer_cells) -> list[dict]:
+def _run_locked(
+    config,
+    workdir,
+    methods,
+    archs,
+    seeds,
+    single_task,
+    seeds_per_program,
+    report_only,
+    out,
+    select_on,
+    started,
+    key,
+    tasks,
+    names,
+    cells,
+    allow_fewer_cells,
+) -> list[dict]:
     if not report_only:
         ablation.write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
         run_programs(cells, workdir, seeds_per_program, select_on)
@@ -265,8 +354,14 @@ def _run_locked(config, workdir, methods, archs, seeds, single_task, seeds_per_p
         script_checks.check_cells(dest / "auc.json", auc_cells({"cells": summary}), auc_cells, allow_fewer_cells)
         (dest / "plots").mkdir(parents=True, exist_ok=True)
         index = {}
-        for rel in ("results.csv", "table.md", "grid.json", "auc.md", "auc.json",
-                    *[f"plots/{p.name}" for p in sorted((workdir / "plots").glob("*.png"))]):
+        for rel in (
+            "results.csv",
+            "table.md",
+            "grid.json",
+            "auc.md",
+            "auc.json",
+            *[f"plots/{p.name}" for p in sorted((workdir / "plots").glob("*.png"))],
+        ):
             if (workdir / rel).exists():
                 shutil.copyfile(workdir / rel, dest / rel)
                 if rel not in ("auc.md", "auc.json"):  # those carry their own provenance
@@ -280,10 +375,19 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     with cli.one_line_errors():
-        run(_CONFIG.value, Path(_WORKDIR.value), _METHODS.value.split(","), _ARCHS.value.split(","), _SEEDS.value,
-            single_task=_SINGLE_TASK.value, seeds_per_program=_SEEDS_PER_PROGRAM.value,
-            report_only=_REPORT_ONLY.value, out=_OUT.value, select_on=_SELECT_ON.value,
-            allow_fewer_cells=_ALLOW_FEWER.value)
+        run(
+            _CONFIG.value,
+            Path(_WORKDIR.value),
+            _METHODS.value.split(","),
+            _ARCHS.value.split(","),
+            _SEEDS.value,
+            single_task=_SINGLE_TASK.value,
+            seeds_per_program=_SEEDS_PER_PROGRAM.value,
+            report_only=_REPORT_ONLY.value,
+            out=_OUT.value,
+            select_on=_SELECT_ON.value,
+            allow_fewer_cells=_ALLOW_FEWER.value,
+        )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ from experiments import script_checks
 from experiments.bench.common import CODE_NOTE, code_mark
 
 # Where the paper's setup is quoted from (the MMoE paper's text; its Tables 1 and 2 are images there).
-PAPER_SOURCE = ("Ma et al., KDD 2018, Sec. 5.1, 6.2, 6.3 (text as quoted in github.com/anmingyu11/Gor-rok, "
-                "Papers/multitask/MMOE/O.md, commit 58be4dde1a75c289d5b3be0b0c92e823ce8c2949)")
+PAPER_SOURCE = (
+    "Ma et al., KDD 2018, Sec. 5.1, 6.2, 6.3 (text as quoted in github.com/anmingyu11/Gor-rok, "
+    "Papers/multitask/MMOE/O.md, commit 58be4dde1a75c289d5b3be0b0c92e823ce8c2949)"
+)
 
 
 def _pm(v) -> str:
@@ -49,14 +51,20 @@ def rows_of(folder: Path) -> tuple[str, list[str], list[dict]]:
     try:
         return data["title"], data["tasks"], data["cells"]
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{path} lacks {e} (not an experiments.census_grid auc.json). Fix: pass folders written by "
-                         "experiments.census_grid --out") from None
+        raise ValueError(
+            f"{path} lacks {e} (not an experiments.census_grid auc.json). Fix: pass folders written by "
+            "experiments.census_grid --out"
+        ) from None
 
 
 def table_cells(record) -> set[str]:
     """The cells of a table.json: group / cell / seed."""
-    return {f"{g}/{e['cell']} seed {i}" for g, group in record["groups"].items() for e in group["cells"]
-            for i in range(int(e.get("seeds") or 0))}
+    return {
+        f"{g}/{e['cell']} seed {i}"
+        for g, group in record["groups"].items()
+        for e in group["cells"]
+        for i in range(int(e.get("seeds") or 0))
+    }
 
 
 def main(argv=None) -> int:
@@ -64,8 +72,9 @@ def main(argv=None) -> int:
     parser.add_argument("--groups", required=True, help="comma-separated result folders (each with auc.json)")
     parser.add_argument("--notes", default="", help="a markdown file appended after the tables")
     parser.add_argument("--out", required=True, help="output path without suffix")
-    parser.add_argument("--allow_fewer_cells", action="store_true",
-                        help="replace an output that holds cells the new table lacks")
+    parser.add_argument(
+        "--allow_fewer_cells", action="store_true", help="replace an output that holds cells the new table lacks"
+    )
     args = parser.parse_args(argv)
     from jmtl.training import cli
 
@@ -82,25 +91,49 @@ def _main(args) -> int:
     if args.notes and not Path(args.notes).is_file():
         raise ValueError(f"--notes: {args.notes} does not exist. Fix: pass the notes file, or leave --notes out")
     script_checks.output_path("--out", args.out)
-    lines = ["# Census-Income (KDD): test ROC AUC per architecture and weighting", "",
-             f"Paper setup quoted from: {PAPER_SOURCE}.", ""]
+    lines = [
+        "# Census-Income (KDD): test ROC AUC per architecture and weighting",
+        "",
+        f"Paper setup quoted from: {PAPER_SOURCE}.",
+        "",
+    ]
     record = {"paper_source": PAPER_SOURCE, "groups": {}}
     for folder in folders:
         title, tasks, cells = rows_of(folder)
         record["groups"][folder.name] = {"title": title, "tasks": tasks, "cells": cells}
-        base = {t: next((e[f"test.{t}.auc"][0] for e in cells if e["cell"] == f"single_task__{t}"), None) for t in tasks}
-        head = ["arch", "method", *[f"{t} AUC (best val)" for t in tasks], "Δm% (AUC) ↓",
-                *[f"{t} AUC (final)" for t in tasks], "seeds", "ms/step", "wall s"]
-        lines += [f"## {title}", "", f"From `{folder}/auc.md` (mean ± sample std over seeds).", "",
-                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        base = {
+            t: next((e[f"test.{t}.auc"][0] for e in cells if e["cell"] == f"single_task__{t}"), None) for t in tasks
+        }
+        head = [
+            "arch",
+            "method",
+            *[f"{t} AUC (best val)" for t in tasks],
+            "Δm% (AUC) ↓",
+            *[f"{t} AUC (final)" for t in tasks],
+            "seeds",
+            "ms/step",
+            "wall s",
+        ]
+        lines += [
+            f"## {title}",
+            "",
+            f"From `{folder}/auc.md` (mean ± sample std over seeds).",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
         for e in cells:
             e["delta_m_auc"] = delta_m(e, tasks, base)
             dm = "—" if e["delta_m_auc"] is None else f"{e['delta_m_auc']:+.3f}"
-            vals = ([_pm(e.get(f"test.{t}.auc")) for t in tasks] + [dm]
-                    + [_pm(e.get(f"final_test.{t}.auc")) for t in tasks])
+            vals = (
+                [_pm(e.get(f"test.{t}.auc")) for t in tasks] + [dm] + [_pm(e.get(f"final_test.{t}.auc")) for t in tasks]
+            )
             # A cell whose auc.json entry names no start commit (grids run before they were kept) is marked.
-            lines.append(f"| {e['arch']} | {e['method']}{code_mark(e.get('code'))} | " + " | ".join(vals)
-                         + f" | {e['seeds']} | {e['ms_per_step']:.1f} | {e['wall_time_s']:.0f} |")
+            lines.append(
+                f"| {e['arch']} | {e['method']}{code_mark(e.get('code'))} | "
+                + " | ".join(vals)
+                + f" | {e['seeds']} | {e['ms_per_step']:.1f} | {e['wall_time_s']:.0f} |"
+            )
         if any(code_mark(e.get("code")) for e in cells):
             lines += ["", CODE_NOTE]
         lines.append("")

@@ -50,8 +50,11 @@ def main(argv=None):
     parser.add_argument("--tasks", default="2,10")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--out", default=str(RESULTS / "gradnorm_toy"))
-    parser.add_argument("--allow_fewer_cells", action="store_true",
-                        help="replace an --out report that holds cells (T, method) this run lacks")
+    parser.add_argument(
+        "--allow_fewer_cells",
+        action="store_true",
+        help="replace an --out report that holds cells (T, method) this run lacks",
+    )
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
     from jmtl.training import cli
@@ -73,8 +76,9 @@ def check_options(args) -> list[int]:
     script_checks.at_least("--seeds", args.seeds, 1)
     script_checks.at_least("--epochs", args.epochs, 1)
     script_checks.output_path("--out", args.out, (".json", ".md", ".png"))
-    script_checks.check_cells(args.out + ".json", {f"T{t} {m}" for t in ts for m in METHODS}, study_cells,
-                              args.allow_fewer_cells)
+    script_checks.check_cells(
+        args.out + ".json", {f"T{t} {m}" for t in ts for m in METHODS}, study_cells, args.allow_fewer_cells
+    )
     return ts
 
 
@@ -92,7 +96,7 @@ def run(args) -> None:
         c.num_epochs, c.progress_bar, c.parallel = args.epochs, False, "single"
         c.eval_every_steps = 40
         wd = Path(args.workdir) / f"T{t}"
-        summary = ablate.run(c, wd, list(METHODS), ["hps"], args.seeds, single_task=False)
+        ablate.run(c, wd, list(METHODS), ["hps"], args.seeds, single_task=False)
         record["by_T"][t] = {}
         ax, axw = axes[0][col], axes[1][col]
         for method in METHODS:
@@ -106,16 +110,21 @@ def run(args) -> None:
             steps = [r["step"] for r in log]
             if method != "equal":
                 for i in range(t):
-                    axw.plot(steps, weights[:, i], color=COLORS[method], lw=1, alpha=0.8,
-                             label=method if i == 0 else None)
+                    axw.plot(
+                        steps, weights[:, i], color=COLORS[method], lw=1, alpha=0.8, label=method if i == 0 else None
+                    )
             final = norm[-1]
             record["by_T"][t][method] = {
                 "final_normalised_mse_mean": float(final.mean()),
                 "final_normalised_mse_per_task": final.tolist(),
                 "final_worst_over_best_task": float(final.max() / final.min()),
             }
-        ax.set(title=f"T = {t}: test error relative to each task's scale", xlabel="epoch",
-               ylabel="test mse_i / sigma_i^2", yscale="log")
+        ax.set(
+            title=f"T = {t}: test error relative to each task's scale",
+            xlabel="epoch",
+            ylabel="test mse_i / sigma_i^2",
+            yscale="log",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         axw.set(title=f"T = {t}: task weights (sigma_i = 1 ... 100)", xlabel="step", ylabel="weight", yscale="log")
@@ -125,13 +134,20 @@ def run(args) -> None:
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out + ".png", dpi=110)
-    lines = ["# GradNorm synthetic tasks: final test error relative to each task's scale", "",
-             f"{args.epochs} epochs, {args.seeds} seeds in one program per cell; mse_i / sigma_i^2 at the last step, "
-             "mean over seeds. Lower is better; *worst/best* is the spread between tasks (1 = balanced).", "",
-             "| T | method | mean over tasks | worst / best task |", "|---:|---|---:|---:|"]
+    lines = [
+        "# GradNorm synthetic tasks: final test error relative to each task's scale",
+        "",
+        f"{args.epochs} epochs, {args.seeds} seeds in one program per cell; mse_i / sigma_i^2 at the last step, "
+        "mean over seeds. Lower is better; *worst/best* is the spread between tasks (1 = balanced).",
+        "",
+        "| T | method | mean over tasks | worst / best task |",
+        "|---:|---|---:|---:|",
+    ]
     for t, by in record["by_T"].items():
         for m, r in by.items():
-            lines.append(f"| {t} | `{m}` | {r['final_normalised_mse_mean']:.4f} | {r['final_worst_over_best_task']:.1f} |")
+            lines.append(
+                f"| {t} | `{m}` | {r['final_normalised_mse_mean']:.4f} | {r['final_worst_over_best_task']:.1f} |"
+            )
     lines += ["", f"![GradNorm toy]({Path(args.out).name}.png)"]
     # .json and .md, each with its provenance
     script_checks.write_results(Path(args.out), record, lines, study_cells, args.allow_fewer_cells)

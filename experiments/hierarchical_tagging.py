@@ -36,11 +36,15 @@ _CONFIG, _WORKDIR = cli.define_config_and_workdir(
 )
 _VARIANTS = flags.DEFINE_list("variants", [], "Sweep these variants (default: config.variant); seeds outermost.")
 _SEEDS = flags.DEFINE_list("seeds", [], "Sweep these seeds (default: config.seed).")
-_RESULTS = flags.DEFINE_string("results", "", "Path prefix: add runs to PREFIX.json, write the table to PREFIX.table.md.")
+_RESULTS = flags.DEFINE_string(
+    "results", "", "Path prefix: add runs to PREFIX.json, write the table to PREFIX.table.md."
+)
 _TITLE = flags.DEFINE_string("title", "", "Heading of the .md table.")
 
 
-def sweep(config, workdir: str, variants: list[str], seeds: list[str], results: str = "", title: str = "") -> list[dict]:
+def sweep(
+    config, workdir: str, variants: list[str], seeds: list[str], results: str = "", title: str = ""
+) -> list[dict]:
     """Checks everything up front (config, variants, seeds), then trains each (seed, variant)."""
     config_schema.validate_config(config)
     variants = tagging.parse_variants(variants, config)
@@ -49,8 +53,9 @@ def sweep(config, workdir: str, variants: list[str], seeds: list[str], results: 
         tagging.read_results(results)
         for p in (Path(results).parent, *Path(results).parent.parents):
             if p.exists() and not p.is_dir():
-                raise ValueError(f"--results: {p} is a file, so {results}.json cannot be written. Fix: pass another "
-                                 "--results prefix")
+                raise ValueError(
+                    f"--results: {p} is a file, so {results}.json cannot be written. Fix: pass another --results prefix"
+                )
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
@@ -63,7 +68,9 @@ def sweep(config, workdir: str, variants: list[str], seeds: list[str], results: 
             record = tagging.train_run(run_config, workdir)
             if record.get("interrupted"):
                 return records
-            print(json.dumps({k: record[k] for k in ("variant", "seed", "best_epoch", "validation", "test")}), flush=True)
+            print(
+                json.dumps({k: record[k] for k in ("variant", "seed", "best_epoch", "validation", "test")}), flush=True
+            )
             if results:
                 action = tagging.append_result(results, record, title)
                 print(f"{action} the record of {variant} seed {seed} in {results}.json", flush=True)

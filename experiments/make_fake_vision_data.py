@@ -21,11 +21,18 @@ from jmtl.data import fake_vision
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="parent folder; each dataset goes to OUT/<name>/")
-    parser.add_argument("--dataset", choices=fake_vision.NAMES, action="append",
-                        help="which dataset(s); repeat the flag for several (default: all)")
-    parser.add_argument("--n", type=int, default=None,
-                        help="examples per split (NYUv2/Cityscapes per folder, Office per domain and split, "
-                             "CelebA in total)")
+    parser.add_argument(
+        "--dataset",
+        choices=fake_vision.NAMES,
+        action="append",
+        help="which dataset(s); repeat the flag for several (default: all)",
+    )
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="examples per split (NYUv2/Cityscapes per folder, Office per domain and split, CelebA in total)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.n is not None and args.n < 1:

@@ -80,6 +80,7 @@ def main(argv=None):
         "| epoch | " + " | ".join(data) + " |",
         "|---:|" + "---|" * len(data),
     ]
+
     def cell(arr, e):
         if e >= arr.shape[1]:
             return "–"

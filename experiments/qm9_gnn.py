@@ -27,9 +27,12 @@ import datetime
 import json
 import pathlib
 import time
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import ml_collections
 
 # Navon et al., ICML 2022 ("Multi-Task Learning as a Bargaining Game"): QM9 is their Table 1 (Delta-m%)
 # and Table 6 (per-target test MAE, App. D.1), 300 epochs, mean of 3 seeds; read in two independent
@@ -51,12 +54,22 @@ PUBLISHED_NOTE_MD = (
     "sources in `results/published.md`. Their protocol: all 110,831 training molecules, 300 epochs, 3-D "
     "geometry (inter-atomic distances on a fully connected graph), learning rate and early stopping on "
     "validation Δm%, 3 seeds. This run has none of these (2,400 molecules, 4 epochs, no coordinates), so "
-    "only the orderings can be set side by side, not the numbers.")
+    "only the orderings can be set side by side, not the numbers."
+)
 PUBLISHED_NOTE_JSON = (
     "Navon et al. 2022 Table 6 (per-target MAE) and Table 1 (Delta-m%); FAMO from Liu et al. 2023 Table 2; "
-    "sources in results/published.md. Different protocol (full data, 300 epochs, 3-D geometry).")
-LABELS = {"equal": "equal (LS)", "mgda": "MGDA", "pcgrad": "PCGrad", "nash_mtl": "Nash-MTL", "famo": "FAMO",
-          "mgda@rep": "MGDA-UB (rep.)", "pcgrad@rep": "PCGrad (rep.)", "nash_mtl@rep": "Nash-MTL (rep.)"}
+    "sources in results/published.md. Different protocol (full data, 300 epochs, 3-D geometry)."
+)
+LABELS = {
+    "equal": "equal (LS)",
+    "mgda": "MGDA",
+    "pcgrad": "PCGrad",
+    "nash_mtl": "Nash-MTL",
+    "famo": "FAMO",
+    "mgda@rep": "MGDA-UB (rep.)",
+    "pcgrad@rep": "PCGrad (rep.)",
+    "nash_mtl@rep": "Nash-MTL (rep.)",
+}
 SINGLE_TASK = "single-task"
 
 
@@ -122,11 +135,19 @@ def delta_m(row: Mapping[str, float], base: Mapping[str, float]) -> float | None
     return float(np.mean([(row[t] - base[t]) / base[t] for t in ks]) * 100) if ks else None
 
 
-def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods: Sequence[str],
-                 tasks: Sequence[str], units: Sequence[str], setup: Mapping, times: Mapping[str, float],
-                 reused: Sequence[str] = (), missing: Sequence[str] = (),
-                 finished: Mapping[str, str] | None = None, code: Mapping[str, Mapping] | None = None,
-                 notes: Sequence[str] = ()) -> tuple[dict, list[str]]:
+def build_report(
+    cells: Mapping[str, Mapping[int, Mapping[str, float]]],
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    units: Sequence[str],
+    setup: Mapping,
+    times: Mapping[str, float],
+    reused: Sequence[str] = (),
+    missing: Sequence[str] = (),
+    finished: Mapping[str, str] | None = None,
+    code: Mapping[str, Mapping] | None = None,
+    notes: Sequence[str] = (),
+) -> tuple[dict, list[str]]:
     """The JSON record and the markdown lines of a grid.
 
     Args:
@@ -149,6 +170,7 @@ def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods
     Returns:
       ``(result, lines)`` for ``bench_common.write_outputs``.
     """
+
     def mean_row(per_seed: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
         # Per target over the seeds that have it: single-task models are one run per target, and a
         # target's second seed may exist before another's.
@@ -166,8 +188,11 @@ def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods
         "test_mae_mean": rows,
         "seeds_per_row": seeds_of,
         "delta_m_percent": {name: delta_m(r, base) for name, r in rows.items() if name != SINGLE_TASK},
-        "delta_m_percent_per_seed": {name: {str(s): delta_m(r, base) for s, r in sorted(per_seed.items())}
-                                     for name, per_seed in cells.items() if name != SINGLE_TASK},
+        "delta_m_percent_per_seed": {
+            name: {str(s): delta_m(r, base) for s, r in sorted(per_seed.items())}
+            for name, per_seed in cells.items()
+            if name != SINGLE_TASK
+        },
         "delta_m_tasks": [t for t in tasks if t in base],
         "wall_time_s": dict(times),
         "cells_reused": list(reused),
@@ -184,19 +209,23 @@ def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods
     run_sep = "|---|---|" + "---:|" * (len(tasks) + 2)
     lines = [
         f"# QM9, MPNN, {setup['train_size']:,} training molecules, {setup['epochs']} epoch(s), "
-        f"seed(s) {', '.join(map(str, all_seeds)) or 'none'}", "",
+        f"seed(s) {', '.join(map(str, all_seeds)) or 'none'}",
+        "",
         "Test MAE of the best-validation evaluation (validation / test: the first "
         f"{setup['eval_size']:,} molecules of Nash-MTL-sized splits), in Nash-MTL's units, mean over the row's "
         f"seeds. Δm% against this run's single-task models (mean over their seeds) over "
-        f"{len(result['delta_m_tasks'])} target(s): {', '.join(result['delta_m_tasks']) or 'none'}.", "",
-        "## This run", "", run_head, run_sep,
+        f"{len(result['delta_m_tasks'])} target(s): {', '.join(result['delta_m_tasks']) or 'none'}.",
+        "",
+        "## This run",
+        "",
+        run_head,
+        run_sep,
     ]
     from experiments.bench import common as bench_common
 
     def row_mark(name: str) -> str:
         # A row is as well named as its least-named cell.
-        names = [n for n in times if (n.startswith("stl-") if name == SINGLE_TASK else
-                                      n.rsplit("-s", 1)[0] == name)]
+        names = [n for n in times if (n.startswith("stl-") if name == SINGLE_TASK else n.rsplit("-s", 1)[0] == name)]
         marks = {bench_common.code_mark((code or {}).get(n)) for n in names} - {""}
         return "".join(sorted(marks))
 
@@ -207,28 +236,44 @@ def build_report(cells: Mapping[str, Mapping[int, Mapping[str, float]]], methods
         d = 0.0 if name == SINGLE_TASK else result["delta_m_percent"].get(name)
         per_seed = result["delta_m_percent_per_seed"].get(name, {})
         per = ", ".join(fmt(v) for v in per_seed.values()) if len(per_seed) > 1 else ""
-        lines.append(f"| {LABELS.get(name, name)}{marks[name]} | {', '.join(map(str, seeds_of.get(name, []))) or '–'} | "
-                     + " | ".join(fmt(r.get(t)) for t in tasks) + f" | {fmt(d)} | {per} |")
+        lines.append(
+            f"| {LABELS.get(name, name)}{marks[name]} | {', '.join(map(str, seeds_of.get(name, []))) or '–'} | "
+            + " | ".join(fmt(r.get(t)) for t in tasks)
+            + f" | {fmt(d)} | {per} |"
+        )
     if any(marks.values()):
         lines += ["", bench_common.CODE_NOTE]
     if notes:
         lines += ["", *notes]
     head = f"| method | {cols} | Δm% ↓ |"
     sep = "|---|" + "---:|" * (len(tasks) + 1)
-    lines += ["", "## Published: Navon et al. 2022, Tables 1 and 6 (full data, 300 epochs, 3D geometry, 3 seeds)", "",
-              PUBLISHED_NOTE_MD, "", head, sep]
+    lines += [
+        "",
+        "## Published: Navon et al. 2022, Tables 1 and 6 (full data, 300 epochs, 3D geometry, 3 seeds)",
+        "",
+        PUBLISHED_NOTE_MD,
+        "",
+        head,
+        sep,
+    ]
     for name, (vals, d) in PUBLISHED.items():
         lines.append(f"| {name} | " + " | ".join(fmt(v) for v in vals) + f" | {fmt(d)} |")
     if times and set(times) <= set(reused):
         # Every cell read back: the provenance below dates this report, not the training.
         done = sorted((finished or {}).values())
         when = f", finished between {done[0]} and {done[-1]} (UTC)" if done else ""
-        lines += ["", f"Wall time per cell (s, this shared machine; all cells trained by earlier invocations into "
-                  f"the same workdir{when} and read back here): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())]
+        lines += [
+            "",
+            f"Wall time per cell (s, this shared machine; all cells trained by earlier invocations into "
+            f"the same workdir{when} and read back here): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()),
+        ]
     else:
-        lines += ["", "Wall time per cell (s, this shared machine; * = trained by an earlier invocation into the same "
-                  "workdir, read back here): " + ", ".join(f"{k}{'*' if k in reused else ''} {v:.0f}"
-                                                          for k, v in times.items())]
+        lines += [
+            "",
+            "Wall time per cell (s, this shared machine; * = trained by an earlier invocation into the same "
+            "workdir, read back here): "
+            + ", ".join(f"{k}{'*' if k in reused else ''} {v:.0f}" for k, v in times.items()),
+        ]
     if missing:
         lines += ["", "Cells without a finished run (left out of the means): " + ", ".join(missing)]
     return result, lines
@@ -238,22 +283,30 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True, help="results path without suffix (.json / .md are written)")
-    p.add_argument("--methods", default="equal,mgda,pcgrad,nash_mtl,famo",
-                   help="comma-separated; 'name@rep' = per-task gradients w.r.t. the shared representation")
+    p.add_argument(
+        "--methods",
+        default="equal,mgda,pcgrad,nash_mtl,famo",
+        help="comma-separated; 'name@rep' = per-task gradients w.r.t. the shared representation",
+    )
     p.add_argument("--single_task", default="all", help="'all', '' or comma-separated targets")
     p.add_argument("--seeds", default="0", help="comma-separated seeds of the methods")
-    p.add_argument("--single_task_seeds", default=None,
-                   help="comma-separated seeds of the single-task models (default: --seeds)")
-    p.add_argument("--only_finished", action="store_true",
-                   help="train nothing: report the cells that have a summary.json, list the others as missing")
+    p.add_argument(
+        "--single_task_seeds", default=None, help="comma-separated seeds of the single-task models (default: --seeds)"
+    )
+    p.add_argument(
+        "--only_finished",
+        action="store_true",
+        help="train nothing: report the cells that have a summary.json, list the others as missing",
+    )
     p.add_argument("--train_size", type=int, default=0)
     p.add_argument("--eval_size", type=int, default=0)
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--eval_batch_size", type=int, default=1000)
     p.add_argument("--data_dir", default="../shared/data")
     p.add_argument("--cache_dir", default="/tmp/jmtl_cache")
-    p.add_argument("--allow_fewer_cells", action="store_true",
-                   help="replace an --out report that holds cells this grid lacks")
+    p.add_argument(
+        "--allow_fewer_cells", action="store_true", help="replace an --out report that holds cells this grid lacks"
+    )
     args = p.parse_args(argv)
     from jmtl.training import cli
 
@@ -263,8 +316,12 @@ def main(argv=None):
 
 def result_cells(record) -> set[str]:
     """The cells of a report's JSON: row / seed / target of every test MAE."""
-    return {f"{name} s{seed} {task}" for name, per_seed in record["test_mae"].items()
-            for seed, row in per_seed.items() for task in row}
+    return {
+        f"{name} s{seed} {task}"
+        for name, per_seed in record["test_mae"].items()
+        for seed, row in per_seed.items()
+        for task in row
+    }
 
 
 def check_options(args) -> tuple[list[str], list[str], list[int], list[int]]:
@@ -277,8 +334,11 @@ def check_options(args) -> tuple[list[str], list[str], list[int], list[int]]:
     stl_tasks = list(qm9.TASKS) if args.single_task == "all" else [t for t in args.single_task.split(",") if t]
     script_checks.choices("--single_task", stl_tasks, list(qm9.TASKS), "mu,homo")
     seeds = script_checks.int_list("--seeds", args.seeds, 0, example="0,1,2")
-    stl_seeds = seeds if args.single_task_seeds is None else script_checks.int_list(
-        "--single_task_seeds", args.single_task_seeds, 0, example="0")
+    stl_seeds = (
+        seeds
+        if args.single_task_seeds is None
+        else script_checks.int_list("--single_task_seeds", args.single_task_seeds, 0, example="0")
+    )
     script_checks.at_least("--train_size", args.train_size, 0)
     script_checks.at_least("--eval_size", args.eval_size, 0)
     script_checks.at_least("--epochs", args.epochs, 1)
@@ -302,13 +362,15 @@ def run(args) -> None:
     started = bench_common.started_now()
     methods, stl_tasks, seeds, stl_seeds = check_options(args)
     planned = {f"{SINGLE_TASK} s{s} {t}" for s in stl_seeds for t in stl_tasks if stl_tasks} | {
-        f"{m} s{s} {t}" for m in methods for s in seeds for t in qm9.TASKS}
+        f"{m} s{s} {t}" for m in methods for s in seeds for t in qm9.TASKS
+    }
     out_json = pathlib.Path(args.out + ".json")
     if not args.only_finished:  # --only_finished reports what exists; the check at the write still holds
         script_checks.check_cells(out_json, planned, result_cells, args.allow_fewer_cells)
     # The standardisation statistics (the units of the MAE): the same data the runs load.
-    info = qm9.load_qm9(data_dir=args.data_dir, inputs="composition", train_size=args.train_size,
-                        eval_size=args.eval_size).qm9
+    info = qm9.load_qm9(
+        data_dir=args.data_dir, inputs="composition", train_size=args.train_size, eval_size=args.eval_size
+    ).qm9
     root = pathlib.Path(args.workdir)
     cells: dict[str, dict[int, dict[str, float]]] = {}
     times, reused, missing, finished = {}, [], [], {}
@@ -332,18 +394,30 @@ def run(args) -> None:
             cells.setdefault(method, {})[seed] = mae
         times[name] = s["wall_time_s"]
         finished[name] = datetime.datetime.fromtimestamp(
-            (workdir / "summary.json").stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
+            (workdir / "summary.json").stat().st_mtime, datetime.timezone.utc
+        ).isoformat(timespec="seconds")
         if was_reused:
             reused.append(name)
 
-    setup = dict(train_size=args.train_size or 110_831, eval_size=args.eval_size or 10_000, epochs=args.epochs,
-                 seeds=seeds, single_task_seeds=stl_seeds, methods=methods, single_task=stl_tasks, batch_size=120,
-                 lr=1e-3, model="MPNN hidden 64, 3 NNConv+GRU rounds, Set2Set; bond graph with explicit H, no geometry")
+    setup = dict(
+        train_size=args.train_size or 110_831,
+        eval_size=args.eval_size or 10_000,
+        epochs=args.epochs,
+        seeds=seeds,
+        single_task_seeds=stl_seeds,
+        methods=methods,
+        single_task=stl_tasks,
+        batch_size=120,
+        lr=1e-3,
+        model="MPNN hidden 64, 3 NNConv+GRU rounds, Set2Set; bond graph with explicit H, no geometry",
+    )
     code = {name: bench_common.cell_code(root / name.replace("@", "-")) for name in times}
-    result, lines = build_report(cells, methods, qm9.TASKS, qm9.REPORT_UNITS, setup, times, reused, missing,
-                                 finished, code)
-    script_checks.write_results(args.out, result, lines, result_cells, args.allow_fewer_cells,
-                                bench_common.provenance(started=started))
+    result, lines = build_report(
+        cells, methods, qm9.TASKS, qm9.REPORT_UNITS, setup, times, reused, missing, finished, code
+    )
+    script_checks.write_results(
+        args.out, result, lines, result_cells, args.allow_fewer_cells, bench_common.provenance(started=started)
+    )
 
 
 if __name__ == "__main__":

@@ -24,11 +24,22 @@ def rerender(record: dict, notes: list[str]) -> tuple[dict, list[str]]:
     """``(result, lines)`` of :func:`build_report` from a written record (its ``test_mae`` etc.)."""
     from jmtl.data import qm9
 
-    cells = {name: {int(seed): maes for seed, maes in per_seed.items()} for name, per_seed in record["test_mae"].items()}
+    cells = {
+        name: {int(seed): maes for seed, maes in per_seed.items()} for name, per_seed in record["test_mae"].items()
+    }
     result, lines = build_report(
-        cells, record["setup"]["methods"], qm9.TASKS, qm9.REPORT_UNITS, record["setup"], record["wall_time_s"],
-        record.get("cells_reused", ()), record.get("cells_missing", ()), record.get("cell_finished_utc"),
-        code=record.get("cell_code") or {}, notes=notes)
+        cells,
+        record["setup"]["methods"],
+        qm9.TASKS,
+        qm9.REPORT_UNITS,
+        record["setup"],
+        record["wall_time_s"],
+        record.get("cells_reused", ()),
+        record.get("cells_missing", ()),
+        record.get("cell_finished_utc"),
+        code=record.get("cell_code") or {},
+        notes=notes,
+    )
     result["training_provenance"] = record.get("training_provenance", record.get("provenance"))
     return result, lines
 
@@ -44,8 +55,11 @@ def main(argv=None) -> int:
         raise SystemExit(f"qm9_report: no record at {path}; pass qm9_gnn's <out>.json")
     result, lines = rerender(json.loads(path.read_text()), args.note)
     prov = bench_common.provenance()
-    lines += ["", f"Re-rendered from `{path}` by `experiments/qm9_report.py` (no training); the run that wrote "
-              "the record: `" + str((result["training_provenance"] or {}).get("command", "not recorded")) + "`."]
+    lines += [
+        "",
+        f"Re-rendered from `{path}` by `experiments/qm9_report.py` (no training); the run that wrote "
+        "the record: `" + str((result["training_provenance"] or {}).get("command", "not recorded")) + "`.",
+    ]
     bench_common.write_outputs(args.out, result, lines, prov)
     return 0
 

@@ -36,15 +36,34 @@ README = ROOT / "README.md"  # the front page: the headline table(s) only
 RESULTS_README = ROOT / "results" / "README.md"  # every table and checked sentence
 
 # Sener & Koltun (NeurIPS 2018), Table 1, MultiMNIST left / right accuracy (%), 100 epochs.
-PAPER_MULTIMNIST = {"single_task": "97.23 / 95.90", "equal": "96.46 / 94.99", "uncertainty": "96.47 / 95.29",
-                    "gradnorm": "96.27 / 94.84", "mgda": "97.26 / 95.90 (MGDA-UB)", "mgda@rep": "97.26 / 95.90"}
+PAPER_MULTIMNIST = {
+    "single_task": "97.23 / 95.90",
+    "equal": "96.46 / 94.99",
+    "uncertainty": "96.47 / 95.29",
+    "gradnorm": "96.27 / 94.84",
+    "mgda": "97.26 / 95.90 (MGDA-UB)",
+    "mgda@rep": "97.26 / 95.90",
+}
 
 DISPLAY = {
-    "equal": "equal", "uncertainty": "uncertainty", "gradnorm": "GradNorm", "mgda": "MGDA (param Jacobian)",
-    "mgda@rep": "MGDA-UB", "si": "SI", "stch": "STCH", "nash_mtl": "Nash-MTL", "fairgrad": "FairGrad",
-    "aligned_mtl": "Aligned-MTL", "db_mtl": "DB-MTL", "moco": "MoCo", "alternating": "alternating",
-    "auto_lambda": "Auto-Lambda", "moml": "MOML", "forum": "FORUM",
+    "equal": "equal",
+    "uncertainty": "uncertainty",
+    "gradnorm": "GradNorm",
+    "mgda": "MGDA (param Jacobian)",
+    "mgda@rep": "MGDA-UB",
+    "si": "SI",
+    "stch": "STCH",
+    "nash_mtl": "Nash-MTL",
+    "fairgrad": "FairGrad",
+    "aligned_mtl": "Aligned-MTL",
+    "db_mtl": "DB-MTL",
+    "moco": "MoCo",
+    "alternating": "alternating",
+    "auto_lambda": "Auto-Lambda",
+    "moml": "MOML",
+    "forum": "FORUM",
 }
+
 
 class TableError(ValueError):
     """A table cannot be rendered truthfully from its results files (one line: the table, the file,
@@ -153,17 +172,34 @@ class Ablation:
 
 @table("multimnist_100epochs", "runs/multimnist.json")
 def multimnist_100epochs() -> list[str]:
-    lines = ["| run | weighting | Jacobian | epochs | best-val epoch | test left | test right | final left | final right "
-             "| paper left / right | wall s / epoch |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "| run | weighting | Jacobian | epochs | best-val epoch | test left | test right | final left | final right "
+        "| paper left / right | wall s / epoch |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     data = _json("runs/multimnist.json")
     for r in data["runs"] if isinstance(data, dict) else data:
         jac = "—" if r["weighting"] == "equal" else r["jacobian_mode"]
-        paper = r["paper"] + (" (MGDA-UB)" if r["jacobian_mode"] == "representation" and "MGDA-UB" not in r["paper"] else "")
-        lines.append(_row([r["run"], r["weighting"], jac, f"{r['epochs']:.0f}", f"{r['best_val_epoch']:.0f}",
-                           _pct(r["best_val_test"]["left"]), _pct(r["best_val_test"]["right"]),
-                           _pct(r["final_test"]["left"]), _pct(r["final_test"]["right"]), paper,
-                           f"{r['wall_time_per_epoch_s']:.1f}"]))
+        paper = r["paper"] + (
+            " (MGDA-UB)" if r["jacobian_mode"] == "representation" and "MGDA-UB" not in r["paper"] else ""
+        )
+        lines.append(
+            _row(
+                [
+                    r["run"],
+                    r["weighting"],
+                    jac,
+                    f"{r['epochs']:.0f}",
+                    f"{r['best_val_epoch']:.0f}",
+                    _pct(r["best_val_test"]["left"]),
+                    _pct(r["best_val_test"]["right"]),
+                    _pct(r["final_test"]["left"]),
+                    _pct(r["final_test"]["right"]),
+                    paper,
+                    f"{r['wall_time_per_epoch_s']:.1f}",
+                ]
+            )
+        )
     return lines
 
 
@@ -172,15 +208,27 @@ def bench_step() -> list[str]:
     d = _json("bench/bench_step.json")
     m = d["meta"]
     load = ", ".join(f"{x:.1f}" for x in m["load_average"])
-    lines = [f"Batch {m['batch']}, {m['tasks']} tasks, Adam; {m['repeats']} round-robin repeats after warm-up; jax "
-             f"{m['jax']} on {m['backend']} ({m['cpu_count']} cores, load average at the end {load}); {m['torch']}.",
-             "",
-             "| step | median ms | p10 / p90 ms | vs PyTorch (a) | vs PyTorch (b) | compile s |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Batch {m['batch']}, {m['tasks']} tasks, Adam; {m['repeats']} round-robin repeats after warm-up; jax "
+        f"{m['jax']} on {m['backend']} ({m['cpu_count']} cores, load average at the end {load}); {m['torch']}.",
+        "",
+        "| step | median ms | p10 / p90 ms | vs PyTorch (a) | vs PyTorch (b) | compile s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     f2 = lambda x: "—" if x is None else f"{x:.2f}"
     for name, r in d["rows"].items():
-        lines.append(_row([name, f"{r['median_ms']:.2f}", f"{r['p10_ms']:.1f} / {r['p90_ms']:.1f}", f2(r["vs_torch_a"]),
-                           f2(r["vs_torch_b"]), f2(r["compile_s"])]))
+        lines.append(
+            _row(
+                [
+                    name,
+                    f"{r['median_ms']:.2f}",
+                    f"{r['p10_ms']:.1f} / {r['p90_ms']:.1f}",
+                    f2(r["vs_torch_a"]),
+                    f2(r["vs_torch_b"]),
+                    f2(r["compile_s"]),
+                ]
+            )
+        )
     return lines
 
 
@@ -189,8 +237,16 @@ def gradnorm_toy() -> list[str]:
     lines = ["| T | method | mean over tasks | worst / best task |", "|---:|---|---:|---:|"]
     for t, by_method in _json("toy/gradnorm_toy.json")["by_T"].items():
         for method, r in by_method.items():
-            lines.append(_row([t, DISPLAY.get(method, method), f"{r['final_normalised_mse_mean']:.2f}",
-                               f"{r['final_worst_over_best_task']:.1f}"]))
+            lines.append(
+                _row(
+                    [
+                        t,
+                        DISPLAY.get(method, method),
+                        f"{r['final_normalised_mse_mean']:.2f}",
+                        f"{r['final_worst_over_best_task']:.1f}",
+                    ]
+                )
+            )
     return lines
 
 
@@ -210,35 +266,58 @@ def _groups(ab: Ablation, methods: list[str]) -> list[list[str]]:
 def multimnist_1epoch() -> list[str]:
     ab = Ablation("multimnist_1epoch")
     n = ab.num_seeds()
-    lines = [f"| method | left / right test accuracy (%), 1 epoch, {'mean of ' + str(n) + ' seeds' if n > 1 else 'one seed'} "
-             "| Δm% vs single-task ↓ | paper, 100 epochs |",
-             "|---|---|---:|---|",
-             _row(["single-task", ab.single_left_right(), "0", PAPER_MULTIMNIST["single_task"]])]
+    lines = [
+        f"| method | left / right test accuracy (%), 1 epoch, {'mean of ' + str(n) + ' seeds' if n > 1 else 'one seed'} "
+        "| Δm% vs single-task ↓ | paper, 100 epochs |",
+        "|---|---|---:|---|",
+        _row(["single-task", ab.single_left_right(), "0", PAPER_MULTIMNIST["single_task"]]),
+    ]
     for m in ("equal", "uncertainty", "gradnorm", "mgda"):
         lines.append(_row([DISPLAY[m], ab.left_right(m), f"{ab.delta_m(m).mean():.2f}", PAPER_MULTIMNIST[m]]))
     # Identical rows (sum / static / equal, DualProj / TrimmedMean, SI / STCH) count as one entry.
     groups = _groups(ab, ab.by_delta_m())
     for label, chosen in (("best three", groups[:3]), ("worst three", groups[-3:])):
         names = ", ".join(" / ".join(DISPLAY.get(m, m) for m in g) for g in chosen)
-        lines.append(_row([f"{label}: {names}", ", ".join(ab.left_right(g[0]) for g in chosen),
-                           ", ".join(f"{ab.delta_m(g[0]).mean():.2f}" for g in chosen), "—"]))
+        lines.append(
+            _row(
+                [
+                    f"{label}: {names}",
+                    ", ".join(ab.left_right(g[0]) for g in chosen),
+                    ", ".join(f"{ab.delta_m(g[0]).mean():.2f}" for g in chosen),
+                    "—",
+                ]
+            )
+        )
     return lines
 
 
 @table("scaling", "bench/bench_scaling.json")
 def scaling() -> list[str]:
     d = _json("bench/bench_scaling.json")
-    lines = ["| K | equal | PyTorch (a) sum, 1 backward | bare Jacobian, one vmap | bare Jacobian, chunks of 1 | "
-             "PyTorch (b) K backwards | MGDA, chunks of 1 | representation mode | temp MiB: one vmap → chunks of 1 |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| K | equal | PyTorch (a) sum, 1 backward | bare Jacobian, one vmap | bare Jacobian, chunks of 1 | "
+        "PyTorch (b) K backwards | MGDA, chunks of 1 | representation mode | temp MiB: one vmap → chunks of 1 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for k, res in d["by_k"].items():
         rows = res["rows"]
         ms = lambda n: f"{rows[n]['median_ms']:.1f}"
         temp = lambda n: f"{rows[n]['memory']['temp_mib']:.0f}"
-        lines.append(_row([k, ms("equal"), ms("torch (a) equal: 1 backward"), ms("bare Jacobian, all K in one vmap"),
-                           ms("bare Jacobian, chunks of 1"), ms("torch (b) K backward passes"), ms("mgda, chunks of 1"),
-                           ms("bare Jacobian, representation"),
-                           f"{temp('bare Jacobian, all K in one vmap')} → {temp('bare Jacobian, chunks of 1')}"]))
+        lines.append(
+            _row(
+                [
+                    k,
+                    ms("equal"),
+                    ms("torch (a) equal: 1 backward"),
+                    ms("bare Jacobian, all K in one vmap"),
+                    ms("bare Jacobian, chunks of 1"),
+                    ms("torch (b) K backward passes"),
+                    ms("mgda, chunks of 1"),
+                    ms("bare Jacobian, representation"),
+                    f"{temp('bare Jacobian, all K in one vmap')} → {temp('bare Jacobian, chunks of 1')}",
+                ]
+            )
+        )
     return lines
 
 
@@ -247,10 +326,12 @@ def bilevel_1epoch() -> list[str]:
     ab = Ablation("multimnist_1epoch_bilevel")
     single_ms = np.mean([ab.ms("single_task:left"), ab.ms("single_task:right")])
     n = ab.num_seeds()
-    lines = [f"| method | left / right test accuracy (%) | Δm% ↓ | ms/step ({n} seed{'s' if n > 1 else ''} in one program, "
-             "under load) |",
-             "|---|---|---:|---:|",
-             _row(["single-task", ab.single_left_right(), "0", f"{single_ms:.0f}"])]
+    lines = [
+        f"| method | left / right test accuracy (%) | Δm% ↓ | ms/step ({n} seed{'s' if n > 1 else ''} in one program, "
+        "under load) |",
+        "|---|---|---:|---:|",
+        _row(["single-task", ab.single_left_right(), "0", f"{single_ms:.0f}"]),
+    ]
     for m in ab.by_delta_m():
         lines.append(_row([DISPLAY.get(m, m), ab.left_right(m), f"{ab.delta_m(m).mean():.2f}", f"{ab.ms(m):.0f}"]))
     return lines
@@ -259,8 +340,11 @@ def bilevel_1epoch() -> list[str]:
 @table("multifashion_1epoch", "ablation/multifashion_1epoch/results.csv")
 def multifashion_1epoch() -> list[str]:
     ab = Ablation("multifashion_1epoch")
-    lines = ["| method | left / right test accuracy (%) | Δm% ↓ |", "|---|---|---:|",
-             _row(["single-task", ab.single_left_right(), "0"])]
+    lines = [
+        "| method | left / right test accuracy (%) | Δm% ↓ |",
+        "|---|---|---:|",
+        _row(["single-task", ab.single_left_right(), "0"]),
+    ]
     for m in ab.by_delta_m():
         lines.append(_row([DISPLAY.get(m, m), ab.left_right(m), f"{ab.delta_m(m).mean():.2f}"]))
     return lines
@@ -269,14 +353,39 @@ def multifashion_1epoch() -> list[str]:
 @table("core_20epochs", "ablation/multimnist_20epochs/results.csv", "ablation/multifashion_20epochs/results.csv")
 def core_20epochs() -> list[str]:
     mm, mf = Ablation("multimnist_20epochs"), Ablation("multifashion_20epochs")
-    names = {"equal": "equal", "uncertainty": "uncertainty (UW)", "gradnorm": "GradNorm", "mgda@rep": "MGDA-UB (`mgda@rep`)"}
-    lines = ["| method | MultiMNIST left / right | Δm% ↓ | paper (MultiMNIST, 100 epochs) | MultiFashion left / right | Δm% ↓ |",
-             "|---|---|---:|---|---|---:|",
-             _row(["single-task", f"**{mm.single_left_right(std=True)}**", "0", PAPER_MULTIMNIST["single_task"],
-                   f"**{mf.single_left_right(std=True)}**", "0"])]
+    names = {
+        "equal": "equal",
+        "uncertainty": "uncertainty (UW)",
+        "gradnorm": "GradNorm",
+        "mgda@rep": "MGDA-UB (`mgda@rep`)",
+    }
+    lines = [
+        "| method | MultiMNIST left / right | Δm% ↓ | paper (MultiMNIST, 100 epochs) | MultiFashion left / right | Δm% ↓ |",
+        "|---|---|---:|---|---|---:|",
+        _row(
+            [
+                "single-task",
+                f"**{mm.single_left_right(std=True)}**",
+                "0",
+                PAPER_MULTIMNIST["single_task"],
+                f"**{mf.single_left_right(std=True)}**",
+                "0",
+            ]
+        ),
+    ]
     for m, label in names.items():
-        lines.append(_row([label, mm.left_right(m, std=True), _mean_std(mm.delta_m(m), 1.0), PAPER_MULTIMNIST[m],
-                           mf.left_right(m, std=True), _mean_std(mf.delta_m(m), 1.0)]))
+        lines.append(
+            _row(
+                [
+                    label,
+                    mm.left_right(m, std=True),
+                    _mean_std(mm.delta_m(m), 1.0),
+                    PAPER_MULTIMNIST[m],
+                    mf.left_right(m, std=True),
+                    _mean_std(mf.delta_m(m), 1.0),
+                ]
+            )
+        )
     return lines
 
 
@@ -286,15 +395,32 @@ def seeds() -> list[str]:
     toy = _json("bench/bench_seeds.json")
     for r in toy["rows"]:
         if r["config"] == "toy":
-            lines.append(_row([f"toy MLP, N = {r['steps']}", DISPLAY.get(r["method"], r["method"]).split(" (")[0],
-                               r.get("mode", "vmap"), f"{r['speedup_wall_2N']:.2f}×", f"{r['speedup_steady']:.2f}×"]))
+            lines.append(
+                _row(
+                    [
+                        f"toy MLP, N = {r['steps']}",
+                        DISPLAY.get(r["method"], r["method"]).split(" (")[0],
+                        r.get("mode", "vmap"),
+                        f"{r['speedup_wall_2N']:.2f}×",
+                        f"{r['speedup_steady']:.2f}×",
+                    ]
+                )
+            )
     by_method: dict[str, list[dict]] = defaultdict(list)
     for r in _json("bench/bench_seeds_multimnist.json")["rows"]:
         by_method[r["method"]].append(r)
     for method, rs in by_method.items():
-        lines.append(_row([f"Multi-LeNet, N = {rs[0]['steps']}", DISPLAY.get(method, method).split(" (")[0],
-                           " / ".join(r["mode"] for r in rs), " / ".join(f"{r['speedup_wall_2N']:.2f}×" for r in rs),
-                           " / ".join(f"{r['speedup_steady']:.2f}×" for r in rs)]))
+        lines.append(
+            _row(
+                [
+                    f"Multi-LeNet, N = {rs[0]['steps']}",
+                    DISPLAY.get(method, method).split(" (")[0],
+                    " / ".join(r["mode"] for r in rs),
+                    " / ".join(f"{r['speedup_wall_2N']:.2f}×" for r in rs),
+                    " / ".join(f"{r['speedup_steady']:.2f}×" for r in rs),
+                ]
+            )
+        )
     return lines
 
 
@@ -315,8 +441,9 @@ def _bold_best(cells: list[str], values: list[float]) -> list[str]:
     return [f"**{c}**" if i == best else c for i, c in enumerate(cells)]
 
 
-def _hierarchical(rel: str, task: str, labels: dict[str, str], paper: dict[str, str], aux: str | None,
-                  head: str) -> list[str]:
+def _hierarchical(
+    rel: str, task: str, labels: dict[str, str], paper: dict[str, str], aux: str | None, head: str
+) -> list[str]:
     runs = _variants(rel)
     order = list(labels)
     dev = [_mean_std(_score(runs[v], "validation", task)) for v in order]
@@ -326,8 +453,11 @@ def _hierarchical(rel: str, task: str, labels: dict[str, str], paper: dict[str, 
     lines = [head, "|---|---:|---:|---|---|"]
     for i, v in enumerate(order):
         rs = runs[v]
-        pos = "–" if aux not in rs[0]["depths"] else \
-            f"{_pct(_score(rs, 'validation', aux).mean())} / {_pct(_score(rs, 'test', aux).mean())}"
+        pos = (
+            "–"
+            if aux not in rs[0]["depths"]
+            else f"{_pct(_score(rs, 'validation', aux).mean())} / {_pct(_score(rs, 'test', aux).mean())}"
+        )
         lines.append(_row([labels[v], dev[i], test[i], pos, paper.get(v, "")]).replace(" |  |", " | |"))
     return lines
 
@@ -335,19 +465,31 @@ def _hierarchical(rel: str, task: str, labels: dict[str, str], paper: dict[str, 
 @table("hierarchical_sg", "hierarchical/sg.json")
 def hierarchical_sg() -> list[str]:
     return _hierarchical(
-        "hierarchical/sg.json", "chunk",
-        {"single": "chunking alone (layer 3)", "top": "POS and chunking both at layer 3",
-         "hier": "POS at layer 1, chunking at layer 3"},
-        {"single": "single-task (Hashimoto et al.): 95.02", "hier": "95.56 (S&G)"}, "pos",
-        "| variant | chunk F1 dev | chunk F1 test | POS acc dev / test | paper (test, pretrained embeddings) |")
+        "hierarchical/sg.json",
+        "chunk",
+        {
+            "single": "chunking alone (layer 3)",
+            "top": "POS and chunking both at layer 3",
+            "hier": "POS at layer 1, chunking at layer 3",
+        },
+        {"single": "single-task (Hashimoto et al.): 95.02", "hier": "95.56 (S&G)"},
+        "pos",
+        "| variant | chunk F1 dev | chunk F1 test | POS acc dev / test | paper (test, pretrained embeddings) |",
+    )
 
 
 @table("hierarchical_sg_30epochs", "hierarchical/sg_30epochs_seed0.json", "hierarchical/sg_crf_30epochs_seed0.json")
 def hierarchical_sg_30epochs() -> list[str]:
     soft, crf = _variants("hierarchical/sg_30epochs_seed0.json"), _variants("hierarchical/sg_crf_30epochs_seed0.json")
     labels = {"single": "chunking alone", "top": "both at layer 3", "hier": "POS at 1, chunking at 3"}
-    cells = {(v, i): f"{_pct(_score(runs[v], 'validation', 'chunk').mean())} / {_pct(_score(runs[v], 'test', 'chunk').mean())}"
-             for v in labels for i, runs in enumerate((soft, crf))}
+    cells = {
+        (
+            v,
+            i,
+        ): f"{_pct(_score(runs[v], 'validation', 'chunk').mean())} / {_pct(_score(runs[v], 'test', 'chunk').mean())}"
+        for v in labels
+        for i, runs in enumerate((soft, crf))
+    }
     best = max(cells, key=lambda c: _score((soft, crf)[c[1]][c[0]], "test", "chunk").mean())
     cells[best] = f"**{cells[best]}**"
     lines = ["| variant | softmax heads | CRF on chunking (`--config.crf_tasks=\"('chunk',)\"`) |", "|---|---|---|"]
@@ -358,11 +500,21 @@ def hierarchical_sg_30epochs() -> list[str]:
 @table("hierarchical_jmt", "hierarchical/jmt.json")
 def hierarchical_jmt() -> list[str]:
     return _hierarchical(
-        "hierarchical/jmt.json", "chunk",
-        {"single": "chunking alone (layer 2)", "top": "POS and chunking both at layer 2",
-         "hier": "POS at layer 1, chunking at 2, label embeddings (JMT)"},
-        {"single": "single-task chunking, test: 95.02", "top": "96.52 / 97.62 (all at the top)", "hier": "97.80 / 97.90"},
-        "pos", "| variant | chunk F1 dev | chunk F1 test | POS acc dev / test | paper (dev, pretrained embeddings) |")
+        "hierarchical/jmt.json",
+        "chunk",
+        {
+            "single": "chunking alone (layer 2)",
+            "top": "POS and chunking both at layer 2",
+            "hier": "POS at layer 1, chunking at 2, label embeddings (JMT)",
+        },
+        {
+            "single": "single-task chunking, test: 95.02",
+            "top": "96.52 / 97.62 (all at the top)",
+            "hier": "97.80 / 97.90",
+        },
+        "pos",
+        "| variant | chunk F1 dev | chunk F1 test | POS acc dev / test | paper (dev, pretrained embeddings) |",
+    )
 
 
 @table("hierarchical_conll03", "hierarchical/conll03.json")
@@ -370,10 +522,14 @@ def hierarchical_conll03() -> list[str]:
     runs = _variants("hierarchical/conll03.json")
     labels = {"single": "NER alone", "hier": "POS 1, chunk 2, NER 3", "top": "all three at layer 3"}
     order = list(labels)
-    dev = _bold_best([_mean_std(_score(runs[v], "validation", "ner")) for v in order],
-                     [_score(runs[v], "validation", "ner").mean() for v in order])
-    test = _bold_best([_mean_std(_score(runs[v], "test", "ner")) for v in order],
-                      [_score(runs[v], "test", "ner").mean() for v in order])
+    dev = _bold_best(
+        [_mean_std(_score(runs[v], "validation", "ner")) for v in order],
+        [_score(runs[v], "validation", "ner").mean() for v in order],
+    )
+    test = _bold_best(
+        [_mean_std(_score(runs[v], "test", "ner")) for v in order],
+        [_score(runs[v], "test", "ner").mean() for v in order],
+    )
     lines = ["| variant | NER F1 dev | NER F1 test | chunk F1 test | POS acc test |", "|---|---:|---:|---:|---:|"]
     for i, v in enumerate(order):
         rs = runs[v]
@@ -392,8 +548,14 @@ PAPER_CENSUS = {  # arch: (income mean, income best, marital mean g1, education 
     "omoe": (0.9319, 0.9387, 0.9928, 0.8813, 0.8852, 0.9915),
     "mmoe": (0.9359, 0.9410, 0.9926, 0.8826, 0.8860, 0.9932),
 }
-CENSUS_ARCHS = {"single_task": "single-task", "hps": "shared bottom", "omoe": "OMoE", "mmoe": "MMoE", "cgc": "CGC",
-                "ple": "PLE"}
+CENSUS_ARCHS = {
+    "single_task": "single-task",
+    "hps": "shared bottom",
+    "omoe": "OMoE",
+    "mmoe": "MMoE",
+    "cgc": "CGC",
+    "ple": "PLE",
+}
 
 
 class CensusGroup:
@@ -442,33 +604,58 @@ def _census() -> tuple[CensusGroup, CensusGroup]:
 @table("census_archs", "census/income_marital/auc.json", "census/education_marital/auc.json")
 def census_archs() -> list[str]:
     g1, g2 = _census()
-    lines = ["| arch (equal) | income AUC | marital AUC | education AUC (group 2) | marital AUC (group 2) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| arch (equal) | income AUC | marital AUC | education AUC (group 2) | marital AUC (group 2) |",
+        "|---|---|---|---|---|",
+    ]
     for arch, label in CENSUS_ARCHS.items():
-        lines.append(_row([_marked(label, g1.code(arch) + g2.code(arch)), _auc(g1.auc(arch, "income")), _auc(g1.auc(arch, "marital")),
-                           _auc(g2.auc(arch, "education")), _auc(g2.auc(arch, "marital"))]))
+        lines.append(
+            _row(
+                [
+                    _marked(label, g1.code(arch) + g2.code(arch)),
+                    _auc(g1.auc(arch, "income")),
+                    _auc(g1.auc(arch, "marital")),
+                    _auc(g2.auc(arch, "education")),
+                    _auc(g2.auc(arch, "marital")),
+                ]
+            )
+        )
     return _code_note(lines)
 
 
 @table("census_paper", "census/income_marital/auc.json", "census/education_marital/auc.json")
 def census_paper() -> list[str]:
     g1, g2 = _census()
-    lines = ["| model | income (group 1), paper | income, jmtl (3 seeds) | education (group 2), paper | education, jmtl |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| model | income (group 1), paper | income, jmtl (3 seeds) | education (group 2), paper | education, jmtl |",
+        "|---|---|---|---|---|",
+    ]
     for arch, p in PAPER_CENSUS.items():
-        lines.append(_row([_marked(CENSUS_ARCHS[arch], g1.code(arch) + g2.code(arch)), f"{p[0]:.4f} / {p[1]:.4f}", f"{g1.mean(arch, 'income'):.4f}",
-                           f"{p[3]:.4f} / {p[4]:.4f}", f"{g2.mean(arch, 'education'):.4f}"]))
+        lines.append(
+            _row(
+                [
+                    _marked(CENSUS_ARCHS[arch], g1.code(arch) + g2.code(arch)),
+                    f"{p[0]:.4f} / {p[1]:.4f}",
+                    f"{g1.mean(arch, 'income'):.4f}",
+                    f"{p[3]:.4f} / {p[4]:.4f}",
+                    f"{g2.mean(arch, 'education'):.4f}",
+                ]
+            )
+        )
     return _code_note(lines)
 
 
 SCHOOL_ROWS = {  # README label: (row of results/school/relations.json's table, or a pair of rows)
-    "single-task ridge (139 closed-form fits, λ on a validation carve)": ("single_task (closed-form ridge, all 75 % train)",),
+    "single-task ridge (139 closed-form fits, λ on a validation carve)": (
+        "single_task (closed-form ridge, all 75 % train)",
+    ),
     "pooled ridge (school ignored)": ("pooled (closed-form ridge, all 75 % train)",),
     "hard sharing: shared linear 28→16 + 139 affine heads": ("hard sharing, linear 28->16",),
     "MTRL (Zhang & Yeung 2010) on the [28, 139] head weights, `mtrl_eps` 10": ("MTRL (linear heads on x)",),
     "hard sharing, minibatch 512": ("hard sharing, linear 28->16, minibatch 512",),
-    "hard sharing + per-task ReLU-8 layers, no W (control of the W rows; minibatch 512)":
-        ("hard sharing + per-task ReLU 8 (no W)",),
+    "hard sharing + per-task ReLU-8 layers, no W (control of the W rows; minibatch 512)": (
+        "hard sharing + per-task ReLU 8 (no W)",
+    ),
     "the same + task-relation matrix W, α = 1 (minibatch 512)": ("W, alpha=1",),
     "the same + W, α = 10 / 100": ("W, alpha=10", "W, alpha=100"),
 }
@@ -482,8 +669,15 @@ def school_relations() -> list[str]:
         ns = {t[r]["n"] for r in rows}
         if len(ns) != 1:
             raise ValueError(f"school rows {rows} ran on different numbers of splits: {ns}")
-        lines.append(_row([_marked(label, [t[r].get("code") for r in rows]),
-                           " / ".join(f"{t[r]['mean']:.2f} ± {t[r]['std']:.2f}" for r in rows), ns.pop()]))
+        lines.append(
+            _row(
+                [
+                    _marked(label, [t[r].get("code") for r in rows]),
+                    " / ".join(f"{t[r]['mean']:.2f} ± {t[r]['std']:.2f}" for r in rows),
+                    ns.pop(),
+                ]
+            )
+        )
     return _code_note(lines)
 
 
@@ -527,9 +721,11 @@ def census_spread() -> list[str]:
                     moved.append(abs(p - e))
     total = 2 * (len(CENSUS_ARCHS) - 1) * 2
     marital = max(_span([g.mean(a, "marital") for a in CENSUS_ARCHS]) for g in (g1, g2))
-    return [f"spread {inc:.4f} AUC on income and {edu:.4f} on education (marital: ≤ {marital:.4f})",
-            f"PCGrad moves {len(moved)} of the {total} multi-task cells by more than the larger of the two cells' "
-            f"seed stds (by at most {max(moved):.4f} AUC"]
+    return [
+        f"spread {inc:.4f} AUC on income and {edu:.4f} on education (marital: ≤ {marital:.4f})",
+        f"PCGrad moves {len(moved)} of the {total} multi-task cells by more than the larger of the two cells' "
+        f"seed stds (by at most {max(moved):.4f} AUC",
+    ]
 
 
 @claim("census_paper_gaps", "census/income_marital/auc.json", "census/education_marital/auc.json")
@@ -541,11 +737,15 @@ def census_paper_gaps() -> list[str]:
     ours = _span([g1.mean(a, "income") for a in PAPER_CENSUS])
     paper_marital = [p[i] for p in PAPER_CENSUS.values() for i in (2, 5)]
     ours_marital = [g.mean(a, "marital") for g in (g1, g2) for a in PAPER_CENSUS]
-    return [f"jmtl's AUCs are {min(gaps):.3f}–{max(gaps):.3f} *above* the paper's mean on every row" if min(gaps) > 0
-            else "jmtl's AUCs are not above the paper's mean on every row",
-            f"bottom < MMoE by {paper_gap:.3f} on income", f"the gaps between these architectures are ≤ {ours:.4f}",
-            f"(paper {min(paper_marital):.4f}–{max(paper_marital):.4f}, jmtl "
-            f"{min(ours_marital):.4f}–{max(ours_marital):.4f})"]
+    return [
+        f"jmtl's AUCs are {min(gaps):.3f}–{max(gaps):.3f} *above* the paper's mean on every row"
+        if min(gaps) > 0
+        else "jmtl's AUCs are not above the paper's mean on every row",
+        f"bottom < MMoE by {paper_gap:.3f} on income",
+        f"the gaps between these architectures are ≤ {ours:.4f}",
+        f"(paper {min(paper_marital):.4f}–{max(paper_marital):.4f}, jmtl "
+        f"{min(ours_marital):.4f}–{max(ours_marital):.4f})",
+    ]
 
 
 @claim("census_catalogue", "census/catalogue_income_marital_hps_3seeds/auc.json")
@@ -559,11 +759,13 @@ def census_catalogue() -> list[str]:
     marital = [c["test.marital.auc"][0] for c in multi.values()]
     seeds = {c["seeds"] for c in d["cells"]}
     label = lambda m: {"famo": "FAMO"}.get(m, DISPLAY.get(m, m))
-    return [f"{len(multi)} methods × {seeds.pop()} seeds × {multi['equal']['epochs']:.0f} epochs",
-            f"income test AUC {inc[lo][0]:.4f} ({label(lo)}) to {inc[hi][0]:.4f} ({label(hi)}), every method within "
-            f"{inc[hi][0] - inc[lo][0]:.4f} of the others with seed stds of {min(stds):.4f}–{max(stds):.4f}, marital "
-            f"{min(marital):.4f}–{max(marital):.4f}; single-task income {_auc(cells['single_task__income']['test.income.auc'])}",
-            f"equal weighting ({_auc(inc['equal'])})"]
+    return [
+        f"{len(multi)} methods × {seeds.pop()} seeds × {multi['equal']['epochs']:.0f} epochs",
+        f"income test AUC {inc[lo][0]:.4f} ({label(lo)}) to {inc[hi][0]:.4f} ({label(hi)}), every method within "
+        f"{inc[hi][0] - inc[lo][0]:.4f} of the others with seed stds of {min(stds):.4f}–{max(stds):.4f}, marital "
+        f"{min(marital):.4f}–{max(marital):.4f}; single-task income {_auc(cells['single_task__income']['test.income.auc'])}",
+        f"equal weighting ({_auc(inc['equal'])})",
+    ]
 
 
 def _school_row(row: str) -> str:
@@ -613,15 +815,20 @@ def school_catalogue_ev() -> list[str]:
     ev = {r["method"]: 100 * r["test_ev"] for r in runs}
     eq = ev["equal"]
     near = sorted((m for m in ev if abs(ev[m] - eq) <= 0.3), key=lambda m: -ev[m])
-    full = {r["method"]: 100 * r["test_ev"] for r in _json("school/catalogue_300steps_fullbatch.json")["runs"]
-            if r["status"] == "ran"}
+    full = {
+        r["method"]: 100 * r["test_ev"]
+        for r in _json("school/catalogue_300steps_fullbatch.json")["runs"]
+        if r["status"] == "ran"
+    }
     label = lambda m: {"aligned_mtl": "Aligned-MTL", "db_mtl": "DB-MTL"}.get(m, DISPLAY.get(m, m))
-    return [f"{len(near)} of the {len(ev)} methods land within 0.3 points of equal weighting ({eq:.2f} %), from "
-            f"{label(near[0])} {ev[near[0]]:.2f} down to {label(near[-1])} {ev[near[-1]]:.2f}",
-            f"MoDo ({ev['modo']:.1f}), MGDA ({ev['mgda']:.1f}), alternating ({ev['alternating']:.0f}".replace("-", "−"),
-            f"FAMO ({ev['famo']:.0f})".replace("-", "−"),
-            f"MGDA reaches {full['mgda']:.2f}, FAMO {full['famo']:.2f}, SI {full['si']:.2f} and MoDo {full['modo']:.2f} "
-            f"(equal {full['equal']:.2f})"]
+    return [
+        f"{len(near)} of the {len(ev)} methods land within 0.3 points of equal weighting ({eq:.2f} %), from "
+        f"{label(near[0])} {ev[near[0]]:.2f} down to {label(near[-1])} {ev[near[-1]]:.2f}",
+        f"MoDo ({ev['modo']:.1f}), MGDA ({ev['mgda']:.1f}), alternating ({ev['alternating']:.0f}".replace("-", "−"),
+        f"FAMO ({ev['famo']:.0f})".replace("-", "−"),
+        f"MGDA reaches {full['mgda']:.2f}, FAMO {full['famo']:.2f}, SI {full['si']:.2f} and MoDo {full['modo']:.2f} "
+        f"(equal {full['equal']:.2f})",
+    ]
 
 
 QM9_LABELS = {"equal": "equal", "famo": "FAMO", "nash_mtl": "Nash-MTL", "mgda@rep": "MGDA-UB", "pcgrad": "PCGrad"}
@@ -636,22 +843,33 @@ def qm9_claims() -> list[str]:
     widest = max(spread, key=spread.get)
     pub = {k.split(" (")[0]: v["delta_m"] for k, v in d["published_navon2022"].items()}
     # The rerun that did not reproduce two cells (the report's note): the recorded values are the file's.
-    rerun = [re.search(r"Δm% ([\d.]+) vs the recorded ([\d.]+) \(equal, seed 0\) and ([\d.]+) vs ([\d.]+) "
-                       r"\(equal, seed 2\)", n) for n in d.get("notes", [])]
+    rerun = [
+        re.search(
+            r"Δm% ([\d.]+) vs the recorded ([\d.]+) \(equal, seed 0\) and ([\d.]+) vs ([\d.]+) "
+            r"\(equal, seed 2\)",
+            n,
+        )
+        for n in d.get("notes", [])
+    ]
     rerun = [m for m in rerun if m]
     if rerun:
         again0, rec0, again2, rec2 = rerun[0].groups()
         seeds = d["delta_m_percent_per_seed"]["equal"]
         if (rec0, rec2) != (f"{seeds['0']:.1f}", f"{seeds['2']:.1f}"):
-            raise ValueError(f"the QM9 report's rerun note quotes {rec0} / {rec2}, the file records "
-                             f"{seeds['0']:.1f} / {seeds['2']:.1f}")
-    return [f"{setup['train_size']:,} training molecules",
-            f"{len(d['wall_time_s'])} runs, {sum(d['wall_time_s'].values()) / 60:.0f} min of CPU in all",
-            "Δm% (mean of 3 seeds): " + ", ".join(f"{QM9_LABELS[m]} {dm[m]:.1f}" for m in order),
-            f"one method's seeds differ by up to {spread[widest]:.0f} points ({QM9_LABELS[widest]}: "
-            + ", ".join(f"{v:.1f}" for v in per_seed[widest].values()) + ")",
-            f"LS {pub['LS']}, MGDA {pub['MGDA']}, PCGrad {pub['PCGrad']}, Nash-MTL {pub['Nash-MTL']}; FAMO {pub['FAMO']}",
-            *([f"(equal, seeds 0 and 2: Δm% {again0} vs the recorded {rec0}, {again2} vs {rec2})"] if rerun else [])]
+            raise ValueError(
+                f"the QM9 report's rerun note quotes {rec0} / {rec2}, the file records "
+                f"{seeds['0']:.1f} / {seeds['2']:.1f}"
+            )
+    return [
+        f"{setup['train_size']:,} training molecules",
+        f"{len(d['wall_time_s'])} runs, {sum(d['wall_time_s'].values()) / 60:.0f} min of CPU in all",
+        "Δm% (mean of 3 seeds): " + ", ".join(f"{QM9_LABELS[m]} {dm[m]:.1f}" for m in order),
+        f"one method's seeds differ by up to {spread[widest]:.0f} points ({QM9_LABELS[widest]}: "
+        + ", ".join(f"{v:.1f}" for v in per_seed[widest].values())
+        + ")",
+        f"LS {pub['LS']}, MGDA {pub['MGDA']}, PCGrad {pub['PCGrad']}, Nash-MTL {pub['Nash-MTL']}; FAMO {pub['FAMO']}",
+        *([f"(equal, seeds 0 and 2: Δm% {again0} vs the recorded {rec0}, {again2} vs {rec2})"] if rerun else []),
+    ]
 
 
 def _normalised(text: str) -> str:
@@ -680,27 +898,39 @@ def render(text: str) -> str:
     def replace(m: re.Match) -> str:
         name = m.group("name")
         if name not in TABLES:
-            raise UnknownTableError(f"README marks a table {name!r} that readme_tables does not know; known: "
-                                    f"{', '.join(TABLES)}. Fix: correct the marker's name, or register the table")
+            raise UnknownTableError(
+                f"README marks a table {name!r} that readme_tables does not know; known: "
+                f"{', '.join(TABLES)}. Fix: correct the marker's name, or register the table"
+            )
         try:
             rows = TABLES[name]()
         except TableError as e:
             raise TableError(f"table {name!r}: {e}") from e
         except FileNotFoundError as e:
-            raise TableError(f"table {name!r}: its results file {e.filename} does not exist. Fix: run the experiment "
-                             f"that writes it, or restore it (git checkout {e.filename})") from e
+            raise TableError(
+                f"table {name!r}: its results file {e.filename} does not exist. Fix: run the experiment "
+                f"that writes it, or restore it (git checkout {e.filename})"
+            ) from e
         except (OSError, KeyError, IndexError, ValueError, TypeError) as e:
-            what = f"lacks the column or key {e}" if isinstance(e, KeyError) else f"cannot be read ({type(e).__name__}: {e})"
-            raise TableError(f"table {name!r}: its results file ({', '.join(SOURCES[name])}) {what}. Fix: regenerate it "
-                             "with the experiment that writes it, or restore it from git") from e
+            what = (
+                f"lacks the column or key {e}"
+                if isinstance(e, KeyError)
+                else f"cannot be read ({type(e).__name__}: {e})"
+            )
+            raise TableError(
+                f"table {name!r}: its results file ({', '.join(SOURCES[name])}) {what}. Fix: regenerate it "
+                "with the experiment that writes it, or restore it from git"
+            ) from e
         return m.group(1) + "\n".join(rows) + "\n" + m.group(4)
 
     opened = re.findall(r"<!-- table:([\w-]+) -->", text)
     closed = set(re.findall(r"<!-- /table:([\w-]+) -->", text))
     unclosed = [n for n in opened if n not in closed]
     if unclosed:
-        raise TableError(f"README has <!-- table:{unclosed[0]} --> without its closing <!-- /table:{unclosed[0]} -->, "
-                         "so the table would be left as it is. Fix: add the closing marker after the table")
+        raise TableError(
+            f"README has <!-- table:{unclosed[0]} --> without its closing <!-- /table:{unclosed[0]} -->, "
+            "so the table would be left as it is. Fix: add the closing marker after the table"
+        )
     return MARKER.sub(replace, text)
 
 
@@ -721,20 +951,25 @@ def _process(path: Path, check: bool, complete: bool) -> int:
         return 2
     missing = sorted(set(TABLES) - set(marked(text))) if complete else []
     if missing:
-        print(f"tables not marked in {path}: {', '.join(missing)} (add <!-- table:NAME --> and "
-              "<!-- /table:NAME --> where each goes)", file=sys.stderr)
+        print(
+            f"tables not marked in {path}: {', '.join(missing)} (add <!-- table:NAME --> and "
+            "<!-- /table:NAME --> where each goes)",
+            file=sys.stderr,
+        )
     # A sentence's number that its results file no longer gives cannot be rewritten in place:
     # print the phrase the file gives, for a person to put in the sentence.
     lacking = check_claims(new) if CLAIMS_MARK in new else []
     for line in lacking:
-        print(f"{path.name} lacks the phrase {line!r} (computed from results/, see readme_tables.CLAIMS)",
-              file=sys.stderr)
+        print(
+            f"{path.name} lacks the phrase {line!r} (computed from results/, see readme_tables.CLAIMS)", file=sys.stderr
+        )
     if check:
         if missing:
             return 1  # a table the results page should show is not checked at all
         if new != text:
-            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), str(path),
-                                                       "rendered from results/"))
+            sys.stdout.writelines(
+                difflib.unified_diff(text.splitlines(True), new.splitlines(True), str(path), "rendered from results/")
+            )
             return 1
         return 1 if lacking else 0
     if new != text:
@@ -746,13 +981,16 @@ def _process(path: Path, check: bool, complete: bool) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 (and print a diff) if a document differs")
-    parser.add_argument("--readme", default="", help="one document to render (default: README.md and results/README.md)")
+    parser.add_argument(
+        "--readme", default="", help="one document to render (default: README.md and results/README.md)"
+    )
     args = parser.parse_args(argv)
     if args.readme:
         path = Path(args.readme)
         return _process(path, args.check, complete=path.resolve() == RESULTS_README.resolve())
     codes = [_process(README, args.check, complete=False), _process(RESULTS_README, args.check, complete=True)]
     return max(codes)
+
 
 if __name__ == "__main__":
     sys.exit(main())

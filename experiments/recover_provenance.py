@@ -36,84 +36,132 @@ OLD_PATH = [("bench/", ""), ("ablation/", "ablation_"), ("hierarchical/", "hiera
 ABLATE = "python -m experiments.ablate"
 # file (relative to results/, without suffix where a .json and .md share it) -> (command, where it comes from)
 COMMANDS = {
-    "bench/bench_step": ("python -m experiments.bench.step --repeats 30",
-                         "module docstring; --repeats from the file's '30 round-robin repeats'"),
+    "bench/bench_step": (
+        "python -m experiments.bench.step --repeats 30",
+        "module docstring; --repeats from the file's '30 round-robin repeats'",
+    ),
     "bench/bench_scaling": ("python -m experiments.bench --parts scaling --repeats 9", "README"),
     "bench/bench_scaling_k20_40_recheck": (
         "python -m experiments.bench --parts scaling --ks 20,40 --repeats 9 --chunks 1 --method-chunks 1",
-        "README; the script writes bench_scaling.*, how the output got this name is not recorded"),
-    "bench/bench_rows": ("python -m experiments.bench --parts rows --repeats 9",
-                         "README; --repeats from the file's '9 round-robin repeats'"),
-    "bench/bench_compile": ("python -m experiments.bench --parts compile", "module docstring (3 repeats = the default)"),
-    "bench/bench_pipeline": ("python -m experiments.bench --parts pipeline --pipeline-repeats 11",
-                             "module docstring; --pipeline-repeats from the file's '11 alternating segments'"),
-    "bench/bench_weighting": ("python -m experiments.bench.weighting", "module docstring (K = 2, 10 and 15 repeats = the defaults)"),
+        "README; the script writes bench_scaling.*, how the output got this name is not recorded",
+    ),
+    "bench/bench_rows": (
+        "python -m experiments.bench --parts rows --repeats 9",
+        "README; --repeats from the file's '9 round-robin repeats'",
+    ),
+    "bench/bench_compile": (
+        "python -m experiments.bench --parts compile",
+        "module docstring (3 repeats = the default)",
+    ),
+    "bench/bench_pipeline": (
+        "python -m experiments.bench --parts pipeline --pipeline-repeats 11",
+        "module docstring; --pipeline-repeats from the file's '11 alternating segments'",
+    ),
+    "bench/bench_weighting": (
+        "python -m experiments.bench.weighting",
+        "module docstring (K = 2, 10 and 15 repeats = the defaults)",
+    ),
     "bench/bench_weighting_bilevel": (
         "python -m experiments.bench.weighting --methods equal,auto_lambda,moml,forum --repeats 10 --out results/bench/bench_weighting_bilevel",
-        "the methods, K and repeats recorded in the file"),
+        "the methods, K and repeats recorded in the file",
+    ),
     "bench/bench_weighting_k10_recheck": (
         "python -m experiments.bench.weighting --ks 10 --methods equal,famo,si,sum --repeats 40 --out results/bench/bench_weighting_k10_recheck",
-        "the methods, K and repeats recorded in the file and the commit message"),
-    "bench/bench_seeds": ("python -m experiments.bench.seeds", "README and module docstring (defaults: toy and multimnist, 8 seeds)"),
+        "the methods, K and repeats recorded in the file and the commit message",
+    ),
+    "bench/bench_seeds": (
+        "python -m experiments.bench.seeds",
+        "README and module docstring (defaults: toy and multimnist, 8 seeds)",
+    ),
     "bench/bench_seeds_multimnist": (
         "python -m experiments.bench.seeds --configs multimnist --modes vmap,map --out results/bench/bench_seeds_multimnist",
-        "the configs and seeds modes recorded in the file"),
+        "the configs and seeds modes recorded in the file",
+    ),
     "bench/bench_soak": ("python -m experiments.bench.soak", "the command the file itself names"),
     "bench/bench_soak_rss": ("python -m experiments.bench.soak", "the script that draws it"),
-    "bench/bench_lenet_ops": ("python -m experiments.bench.lenet_ops --xla-flags-sweep",
-                              "module docstring; the file holds the XLA_FLAGS table and 40 repeats (the default)"),
-    "bench/architectures": ("python -m experiments.bench.architectures --data-dir /work/shared/data --epochs 1 --retime-rounds 8",
-                            "module docstring; --retime-rounds from the file's 'round-robin ..., 8 rounds'"),
+    "bench/bench_lenet_ops": (
+        "python -m experiments.bench.lenet_ops --xla-flags-sweep",
+        "module docstring; the file holds the XLA_FLAGS table and 40 repeats (the default)",
+    ),
+    "bench/architectures": (
+        "python -m experiments.bench.architectures --data-dir /work/shared/data --epochs 1 --retime-rounds 8",
+        "module docstring; --retime-rounds from the file's 'round-robin ..., 8 rounds'",
+    ),
     "bench/architectures_mtrl_omega": ("python -m experiments.bench.architectures", "the script that draws it"),
     "ablation/multimnist_1epoch": (
-        f"{ABLATE} --config experiments/configs/multimnist.py --methods all --seeds 3 --config.num_epochs=1", "README"),
+        f"{ABLATE} --config experiments/configs/multimnist.py --methods all --seeds 3 --config.num_epochs=1",
+        "README",
+    ),
     "ablation/multimnist_1epoch_bilevel": (
         f"{ABLATE} --config experiments/configs/multimnist.py --methods equal,auto_lambda,moml,forum --seeds 3 --config.num_epochs=1",
-        "README"),
+        "README",
+    ),
     "ablation/multifashion_1epoch": (
         f"{ABLATE} --config experiments/configs/multifashion.py --methods equal,uncertainty,gradnorm,mgda@rep --seeds 3 --config.num_epochs=1",
-        "README"),
+        "README",
+    ),
     "ablation/multifashion_1epoch_all": (
         f"{ABLATE} --config experiments/configs/multifashion.py --methods all --seeds 3 --config.seeds_mode=map --config.num_epochs=1",
-        "README and the folder's grid.json"),
+        "README and the folder's grid.json",
+    ),
     "ablation/multimnist_20epochs": (
         f"{ABLATE} --config experiments/configs/multimnist.py --methods equal,uncertainty,gradnorm,mgda@rep --seeds 3 "
-        "--seeds_per_program 1 --config.num_epochs=20 --config.optimizer.decay_every_epochs=2", "README and grid.json"),
+        "--seeds_per_program 1 --config.num_epochs=20 --config.optimizer.decay_every_epochs=2",
+        "README and grid.json",
+    ),
     "ablation/multifashion_20epochs": (
         f"{ABLATE} --config experiments/configs/multifashion.py --methods equal,uncertainty,gradnorm,mgda@rep --seeds 3 "
-        "--seeds_per_program 1 --config.num_epochs=20 --config.optimizer.decay_every_epochs=2", "README and grid.json"),
+        "--seeds_per_program 1 --config.num_epochs=20 --config.optimizer.decay_every_epochs=2",
+        "README and grid.json",
+    ),
     "hierarchical/sg": (
         "python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py --workdir /tmp/hsg "
         "--variants=single,top,hier --seeds=0,1,2 --config.num_epochs=15 --config.dataset.data_dir=/work/shared/data "
         "--results=results/hierarchical_sg; python -m experiments.plot_hierarchical --workdir /tmp/hsg "
-        "--results results/hierarchical_sg --task chunk", "results/hierarchical/sg.md"),
+        "--results results/hierarchical_sg --task chunk",
+        "results/hierarchical/sg.md",
+    ),
     "hierarchical/sg_30epochs_seed0": (
         "python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py "
         "--variants=single,top,hier --seeds=0 --config.num_epochs=30 --results=results/hierarchical_sg_30epochs_seed0",
-        "inferred from results/hierarchical/sg.md and the file name"),
+        "inferred from results/hierarchical/sg.md and the file name",
+    ),
     "hierarchical/sg_crf_30epochs_seed0": (
         "python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py "
         "--variants=single,top,hier --seeds=0 --config.num_epochs=30 --config.crf_tasks=\"('chunk',)\" "
-        "--results=results/hierarchical_sg_crf_30epochs_seed0", "inferred from results/hierarchical/sg.md and the file name"),
-    "hierarchical/sg_4epochs_seed0": (None, "not recorded (session 2's 4-epoch sample, per results/hierarchical/sg.md)"),
+        "--results=results/hierarchical_sg_crf_30epochs_seed0",
+        "inferred from results/hierarchical/sg.md and the file name",
+    ),
+    "hierarchical/sg_4epochs_seed0": (
+        None,
+        "not recorded (session 2's 4-epoch sample, per results/hierarchical/sg.md)",
+    ),
     "hierarchical/jmt": (
         "python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_jmt.py --workdir /tmp/hjmt "
         "--variants=single,top,hier --seeds=0,1,2 --config.num_epochs=8 --config.dataset.data_dir=/work/shared/data "
         "--results=results/hierarchical_jmt; python -m experiments.plot_hierarchical --workdir /tmp/hjmt "
-        "--results results/hierarchical_jmt --task chunk", "results/hierarchical/jmt.md"),
+        "--results results/hierarchical_jmt --task chunk",
+        "results/hierarchical/jmt.md",
+    ),
     "hierarchical/conll03": (
         "python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_conll03.py --workdir /tmp/h03 "
         "--variants=hier,top,single --seeds=0,1,2 --config.num_epochs=4 --config.dataset.data_dir=/work/shared/data "
         "--results=results/hierarchical_conll03; python -m experiments.plot_hierarchical --workdir /tmp/h03 "
-        "--results results/hierarchical_conll03 --task ner", "results/hierarchical/conll03.md"),
+        "--results results/hierarchical_conll03 --task ner",
+        "results/hierarchical/conll03.md",
+    ),
     "hierarchical/jmt_smoke": (None, "not recorded (session 1's smoke run)"),
     "hierarchical/conll03_smoke": (None, "not recorded (session 1's smoke run)"),
-    "toy/gradnorm_toy": ("python -m experiments.gradnorm_toy_study --workdir workdirs/gradnorm_toy --seeds 3",
-                         "module docstring (3 seeds per the file)"),
+    "toy/gradnorm_toy": (
+        "python -m experiments.gradnorm_toy_study --workdir workdirs/gradnorm_toy --seeds 3",
+        "module docstring (3 seeds per the file)",
+    ),
     "runs/multimnist": (
-        "python -m experiments.report_runs --runs workdirs/mm_equal workdirs/mm_mgda_ub --paper \"equal=96.46/94.99\" "
-        "\"mgda=97.26/95.90\" --out results/multimnist (the two 100-epoch runs: python -m experiments.train --config "
-        "experiments/configs/multimnist.py[:mgda] ... --config.num_epochs=100, see the README)", "module docstring and README"),
+        'python -m experiments.report_runs --runs workdirs/mm_equal workdirs/mm_mgda_ub --paper "equal=96.46/94.99" '
+        '"mgda=97.26/95.90" --out results/multimnist (the two 100-epoch runs: python -m experiments.train --config '
+        "experiments/configs/multimnist.py[:mgda] ... --config.num_epochs=100, see the README)",
+        "module docstring and README",
+    ),
     "reliability": (None, "hand-written summary of the reliability tests it lists (no generating command)"),
 }
 
@@ -121,15 +169,25 @@ COMMANDS = {
 def old_path(rel: str) -> str:
     for new, old in OLD_PATH:
         if rel.startswith(new):
-            return old + rel[len(new):]
+            return old + rel[len(new) :]
     return rel
 
 
 def git_commits(old: str) -> tuple[dict | None, dict | None]:
     """(the commit that last changed results/<old>, the commit that added it): hash, date, subject."""
+
     def log(*extra):
-        out = subprocess.run(["git", "log", *extra, "--format=%H%x09%aI%x09%s", "--", f"results/{old}"],
-                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+        out = (
+            subprocess.run(
+                ["git", "log", *extra, "--format=%H%x09%aI%x09%s", "--", f"results/{old}"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()
+        )
         return out
 
     def parse(line):
@@ -172,7 +230,10 @@ def recorded_bits(rel: str) -> dict:
     bits = {}
     for key in ("load_average_end", "load_avg_end", "load_average", "loadavg_at_start"):
         if key in meta:
-            bits["load"] = ([round(x, 2) for x in meta[key]], "at the start" if key == "loadavg_at_start" else "at the end")
+            bits["load"] = (
+                [round(x, 2) for x in meta[key]],
+                "at the start" if key == "loadavg_at_start" else "at the end",
+            )
             break
     cores = meta.get("cpu_count", meta.get("cpus"))
     if cores:
@@ -191,18 +252,25 @@ def recover(rel: str) -> dict:
     facts = [f"{k} {bits[k]}" for k in ("cpu", "cores", "python", "jax") if k in bits]
     if facts:
         machine += "; recorded in the file: " + ", ".join(facts)
-    load = (f"{', '.join(f'{x:.1f}' for x in bits['load'][0])} {bits['load'][1]} (recorded by the run in the file's metadata)"
-            if "load" in bits else "not recorded")
+    load = (
+        f"{', '.join(f'{x:.1f}' for x in bits['load'][0])} {bits['load'][1]} (recorded by the run in the file's metadata)"
+        if "load" in bits
+        else "not recorded"
+    )
     if changed is None:  # not committed yet: e.g. a grid.json this script rebuilt
         import datetime as dt
 
         made_here = path_is_recovered_grid(rel)
         return {
             "recorded": False,
-            "note": ("written after the fact by experiments/recover_provenance.py from the folder's results.csv, "
-                     "not by the run; " if made_here else "the file was not committed yet; ")
-                    + (f"command from {source}" if command else f"no command: {source}")
-                    + "; date = when this provenance was recovered.",
+            "note": (
+                "written after the fact by experiments/recover_provenance.py from the folder's results.csv, "
+                "not by the run; "
+                if made_here
+                else "the file was not committed yet; "
+            )
+            + (f"command from {source}" if command else f"no command: {source}")
+            + "; date = when this provenance was recovered.",
             "command": command,
             "command_source": source,
             "git_commit": None,
@@ -213,7 +281,7 @@ def recover(rel: str) -> dict:
     return {
         "recorded": False,
         "note": "commit and date from git log of the path the file had then; "
-                + (f"command from {source}." if command else f"no command: {source}."),
+        + (f"command from {source}." if command else f"no command: {source}."),
         "command": command,
         "command_source": source,
         "git_commit": changed and changed["commit"],
@@ -245,11 +313,15 @@ def recover_grid(folder: Path) -> dict:
         "seeds_per_program": 0 if per_program == {len(seeds)} else sorted(per_program),
         "single_task": any(r["arch"] == "single_task" for r in rows),
         "cells": cells,
-        "config": {"dataset": {"name": title.lstrip("# ").split(":")[0]},
-                   "num_epochs": epochs[0] if len(epochs) == 1 else epochs},
-        "recovered": ("Rebuilt after the fact from results.csv (methods, archs, cells, seeds, epochs, seeds per "
-                      "program) and table.md's title (dataset); the run wrote no grid.json, so the rest of its "
-                      "config is not known. The command is in provenance.json."),
+        "config": {
+            "dataset": {"name": title.lstrip("# ").split(":")[0]},
+            "num_epochs": epochs[0] if len(epochs) == 1 else epochs,
+        },
+        "recovered": (
+            "Rebuilt after the fact from results.csv (methods, archs, cells, seeds, epochs, seeds per "
+            "program) and table.md's title (dataset); the run wrote no grid.json, so the rest of its "
+            "config is not known. The command is in provenance.json."
+        ),
     }
 
 

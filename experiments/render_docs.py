@@ -1,7 +1,7 @@
 """Rewrites the generated parts of the docs (the weighting catalogue in docs/schemes.md) from the library.
 
-    python -m experiments.render_docs            # rewrite
-    python -m experiments.render_docs --check    # exit 1 if a generated part is stale (the tests run this)
+python -m experiments.render_docs            # rewrite
+python -m experiments.render_docs --check    # exit 1 if a generated part is stale (the tests run this)
 """
 
 from __future__ import annotations

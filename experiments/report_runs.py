@@ -19,7 +19,9 @@ def main(argv=None):
     parser.add_argument("--paper", nargs="*", default=[], help="weighting=left/right accuracies in %%")
     parser.add_argument("--title", default="MultiMNIST, Multi-LeNet")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--allow_fewer_cells", action="store_true", help="replace an --out that holds runs this one lacks")
+    parser.add_argument(
+        "--allow_fewer_cells", action="store_true", help="replace an --out that holds runs this one lacks"
+    )
     args = parser.parse_args(argv)
     from jmtl.training import cli
 
@@ -39,8 +41,10 @@ def check_options(args) -> dict[str, str]:
     for run in map(Path, args.runs):
         for name in ("summary.json", "config.json"):
             if not (run / name).is_file():
-                raise ValueError(f"--runs: {run / name} does not exist (not a finished run's workdir). Fix: pass "
-                                 "workdirs of finished runs")
+                raise ValueError(
+                    f"--runs: {run / name} does not exist (not a finished run's workdir). Fix: pass "
+                    "workdirs of finished runs"
+                )
     names = [Path(r).name for r in args.runs]
     if len(set(names)) < len(names):
         raise ValueError(f"--runs: two runs share a folder name ({names}); the table names runs by it. Fix: rename one")
@@ -52,15 +56,18 @@ def check_options(args) -> dict[str, str]:
 def run(args) -> None:
     paper = check_options(args)
 
-    rows, lines = [], [
-        f"# {args.title}",
-        "",
-        "Test accuracy (%) of the checkpoint with the best validation accuracy (model selection on the "
-        "validation split only), and at the last step.",
-        "",
-        "| run | weighting | Jacobian | epochs | best-val epoch | test left | test right | final left | final right | paper left / right | wall s / epoch |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
-    ]
+    rows, lines = (
+        [],
+        [
+            f"# {args.title}",
+            "",
+            "Test accuracy (%) of the checkpoint with the best validation accuracy (model selection on the "
+            "validation split only), and at the last step.",
+            "",
+            "| run | weighting | Jacobian | epochs | best-val epoch | test left | test right | final left | final right | paper left / right | wall s / epoch |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        ],
+    )
     for run in args.runs:
         run = Path(run)
         s = json.loads((run / "summary.json").read_text())

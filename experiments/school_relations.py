@@ -89,16 +89,17 @@ def closed_forms(data_dir, split: int) -> dict:
 # ---------------------------------------------------------------------------- the loop
 
 
-def train_variant(variant: str, split: int, data_dir, method: str = "", overrides: dict | None = None,
-                  workdir: str | None = None) -> dict:
+def train_variant(
+    variant: str, split: int, data_dir, method: str = "", overrides: dict | None = None, workdir: str | None = None
+) -> dict:
     """Trains one config of experiments/configs/school_tasks.py in the built-in loop (plots off: at
     K = 139 they are 139-line legends and an 8000-pixel heatmap) and scores its final params."""
     import jax
+
+    from experiments.configs import school_tasks
     from jmtl import metrics
     from jmtl.models import regularizers
     from jmtl.training import loop
-
-    from experiments.configs import school_tasks
 
     config = school_tasks.get_config(f"{variant},{method}" if method else variant)
     config.dataset.data_dir = str(data_dir)
@@ -125,10 +126,15 @@ def train_variant(variant: str, split: int, data_dir, method: str = "", override
     train_out = exp.model.apply({"params": state.params}, train["x"], train=False)
     train_pred = school.own_task_predictions(jax.device_get(train_out), data.task_names, train["school"])
     rec = {
-        "variant": variant, "method": method or config.weighting.name, "split": split,
-        "overrides": overrides or {}, "test_ev": metrics.explained_variance(test["y"], pred),
+        "variant": variant,
+        "method": method or config.weighting.name,
+        "split": split,
+        "overrides": overrides or {},
+        "test_ev": metrics.explained_variance(test["y"], pred),
         "train_ev": metrics.explained_variance(train["y"], train_pred),
-        "wall_s": wall, "steps": summary["steps"], "steps_per_s": summary["steps_per_s"],
+        "wall_s": wall,
+        "steps": summary["steps"],
+        "steps_per_s": summary["steps_per_s"],
         "train_time_per_eval_s": summary["train_time_per_eval_s"],
     }
     if "relation" in state.params:
@@ -238,10 +244,14 @@ def relation_stats(w: np.ndarray) -> dict:
     the identity (W's initialisation) and the row sums (z_i's total weight on the h_j)."""
     w = np.asarray(w, float)
     off = w[~np.eye(len(w), dtype=bool)]
-    return {"diag_mean": float(np.diag(w).mean()), "offdiag_abs_mean": float(np.abs(off).mean()),
-            "offdiag_abs_max": float(np.abs(off).max()), "frobenius": float(np.linalg.norm(w)),
-            "dist_from_identity": float(np.linalg.norm(w - np.eye(len(w)))),
-            "row_sum_mean": float(w.sum(axis=1).mean())}
+    return {
+        "diag_mean": float(np.diag(w).mean()),
+        "offdiag_abs_mean": float(np.abs(off).mean()),
+        "offdiag_abs_max": float(np.abs(off).max()),
+        "frobenius": float(np.linalg.norm(w)),
+        "dist_from_identity": float(np.linalg.norm(w - np.eye(len(w)))),
+        "row_sum_mean": float(w.sum(axis=1).mean()),
+    }
 
 
 def mean_std(values) -> dict:
@@ -252,8 +262,11 @@ def mean_std(values) -> dict:
 def planned_runs(args, split: int, splits: list[int]) -> tuple:
     """(label, variant, overrides) of the rows ``main`` runs on ``split`` under ``args``."""
     alphas = tuple(script_float_list("--alphas", args.alphas)) if args.alphas else ALPHAS
-    return main_runs(alphas) + (full_batch_runs() if args.full_batch else ()) + (
-        CONTROL_RUNS if split == splits[0] and args.controls else ())
+    return (
+        main_runs(alphas)
+        + (full_batch_runs() if args.full_batch else ())
+        + (CONTROL_RUNS if split == splits[0] and args.controls else ())
+    )
 
 
 def script_float_list(flag: str, text: str) -> list[float]:
@@ -278,8 +291,11 @@ def main_mode(args) -> None:
     planned = {f"{label} / split {split}" for label, split in done}
     for split in splits:
         planned.add(f"closed / split {split}")
-        planned |= {f"{label} / split {split}" for label, variant, _ in planned_runs(args, split, splits)
-                    if not only or variant in only}
+        planned |= {
+            f"{label} / split {split}"
+            for label, variant, _ in planned_runs(args, split, splits)
+            if not only or variant in only
+        }
     script_checks.check_cells(OUT / "relations.json", planned, relation_cells, args.allow_fewer_cells)
     OUT.mkdir(parents=True, exist_ok=True)
     for split in splits:
@@ -290,7 +306,10 @@ def main_mode(args) -> None:
             records.append(rec)
             with partial_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
-            print(f"split {split} closed forms: " + ", ".join(f"{k} {100 * v['test_ev']:.2f}" for k, v in cf.items()), flush=True)
+            print(
+                f"split {split} closed forms: " + ", ".join(f"{k} {100 * v['test_ev']:.2f}" for k, v in cf.items()),
+                flush=True,
+            )
         for label, variant, overrides in planned_runs(args, split, splits):
             if (only and variant not in only) or (label, split) in done:
                 continue
@@ -344,8 +363,17 @@ def paired_differences(records: list[dict]) -> list[dict]:
         if len(common_splits) < 2:  # one split is no comparison
             continue
         d = np.array([ev[row][s] - ev[ref][s] for s in common_splits])
-        out.append({"row": row, "reference": ref, "mean": float(d.mean()), "std": float(d.std(ddof=1)),
-                    "wins": int((d > 0).sum()), "n": len(d), "splits": common_splits})
+        out.append(
+            {
+                "row": row,
+                "reference": ref,
+                "mean": float(d.mean()),
+                "std": float(d.std(ddof=1)),
+                "wins": int((d > 0).sum()),
+                "n": len(d),
+                "splits": common_splits,
+            }
+        )
     return out
 
 
@@ -353,11 +381,15 @@ def relation_summary(records: list[dict]) -> dict:
     """label -> (splits, mean of :func:`relation_stats` over them) for the W rows."""
     acc: dict[str, list[dict]] = {}
     for r in records:
-        st = r.get("relation_stats") or (relation_stats(np.asarray(r["relation"])) if r.get("relation") is not None else None)
+        st = r.get("relation_stats") or (
+            relation_stats(np.asarray(r["relation"])) if r.get("relation") is not None else None
+        )
         if st is not None:
             acc.setdefault(r["label"], []).append(st)
-    return {k: (len(v), {s: float(np.mean([x[s] for x in v])) for s in v[0]})
-            for k, v in sorted(acc.items(), key=lambda kv: row_order(kv[0]))}
+    return {
+        k: (len(v), {s: float(np.mean([x[s] for x in v])) for s in v[0]})
+        for k, v in sorted(acc.items(), key=lambda kv: row_order(kv[0]))
+    }
 
 
 def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> None:
@@ -373,12 +405,16 @@ def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> 
         if r["label"] == "closed":
             for name, v in (("single_task", r["single_task"]), ("pooled", r["pooled"])):
                 rows.setdefault(f"{name} (closed-form ridge, all 75 % train)", []).append(v["test_ev"])
-                rows.setdefault(f"{name} (closed-form ridge, train minus 10 % validation)", []).append(v["test_ev_train90"])
+                rows.setdefault(f"{name} (closed-form ridge, train minus 10 % validation)", []).append(
+                    v["test_ev_train90"]
+                )
         else:
             rows.setdefault(r["label"], []).append(r["test_ev"])
     times, row_splits, starts = {}, {}, {}
     for r in records:  # the code each row's cells started with (a closed-form record is both ridge rows')
-        for k in ([k for k in rows if k.startswith(("single_task (", "pooled ("))] if r["label"] == "closed" else [r["label"]]):
+        for k in (
+            [k for k in rows if k.startswith(("single_task (", "pooled ("))] if r["label"] == "closed" else [r["label"]]
+        ):
             starts.setdefault(k, []).append(r.get("code"))
     for r in records:
         if r["label"] != "closed":
@@ -423,28 +459,43 @@ def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> 
         n = f"{v['n']} ({', '.join(str(s + 1) for s in v['splits'])})" if "splits" in v else str(v["n"])
         tr = f"{v['train_ev_mean']:.2f} ({v['train_ev_n']})" if "train_ev_mean" in v else "—"
         v["code"] = common.code_of(starts.get(k, [None]))
-        lines.append(f"| {k}{common.code_mark(v['code'])} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} | {tr} |")
+        lines.append(
+            f"| {k}{common.code_mark(v['code'])} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} | {tr} |"
+        )
     if any(common.code_mark(v["code"]) for v in table.values()):
         lines += ["", common.CODE_NOTE]
     paired = paired_differences(records)
     if paired:
-        lines += ["", "Paired by split (EV points, row minus reference, on the splits both ran; wins = splits "
-                  "where the row is higher):", "",
-                  "| row | reference | mean difference ± s.d. | wins | splits |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Paired by split (EV points, row minus reference, on the splits both ran; wins = splits "
+            "where the row is higher):",
+            "",
+            "| row | reference | mean difference ± s.d. | wins | splits |",
+            "|---|---|---|---|---|",
+        ]
         for p in paired:
-            lines.append(f"| {p['row']} | {p['reference']} | {p['mean']:+.2f} ± {p['std']:.2f} | "
-                         f"{p['wins']} / {p['n']} | {p['n']} |")
+            lines.append(
+                f"| {p['row']} | {p['reference']} | {p['mean']:+.2f} ± {p['std']:.2f} | "
+                f"{p['wins']} / {p['n']} | {p['n']} |"
+            )
     w_stats = relation_summary(records)
     if w_stats:
-        lines += ["", "The learned W (mean over the row's splits; W starts at the identity, |I|_F = "
-                  f"{np.sqrt(139):.1f}): the diagonal, the off-diagonal |W_ij|, the Frobenius norm, the "
-                  "distance from I, and the mean row sum (the total weight of z_i on the h_j):", "",
-                  "| row | splits | diag mean | off-diag mean abs | off-diag max abs | norm F | norm F of W - I | row sum mean |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "The learned W (mean over the row's splits; W starts at the identity, |I|_F = "
+            f"{np.sqrt(139):.1f}): the diagonal, the off-diagonal |W_ij|, the Frobenius norm, the "
+            "distance from I, and the mean row sum (the total weight of z_i on the h_j):",
+            "",
+            "| row | splits | diag mean | off-diag mean abs | off-diag max abs | norm F | norm F of W - I | row sum mean |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for label, (n, st) in w_stats.items():
-            lines.append(f"| {label} | {n} | {st['diag_mean']:.3f} | {st['offdiag_abs_mean']:.3f} | "
-                         f"{st['offdiag_abs_max']:.3f} | {st['frobenius']:.2f} | {st['dist_from_identity']:.2f} | "
-                         f"{st['row_sum_mean']:.3f} |")
+            lines.append(
+                f"| {label} | {n} | {st['diag_mean']:.3f} | {st['offdiag_abs_mean']:.3f} | "
+                f"{st['offdiag_abs_max']:.3f} | {st['frobenius']:.2f} | {st['dist_from_identity']:.2f} | "
+                f"{st['row_sum_mean']:.3f} |"
+            )
     heat = []
     # Matrices of the first split only (a later invocation's first split keeps its own too).
     split0 = min((r["split"] for r in records), default=0)
@@ -453,30 +504,58 @@ def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> 
         a = r["overrides"].get("model.relation_alpha")
         batch = r["overrides"].get("batch_size")
         tag, note = (f"_batch{batch}", f", batch {batch}") if batch else ("", "")
-        p = heatmap(np.asarray(r["relation"]), OUT / f"relation_W_alpha{a:g}{tag}_split{r['split']}.png",
-                    f"learned W (alpha={a:g}{note}, split {r['split'] + 1}), clustered; colour scale: off-diagonal 99th pct")
+        p = heatmap(
+            np.asarray(r["relation"]),
+            OUT / f"relation_W_alpha{a:g}{tag}_split{r['split']}.png",
+            f"learned W (alpha={a:g}{note}, split {r['split'] + 1}), clustered; colour scale: off-diagonal 99th pct",
+        )
         heat.append(str(p.relative_to(ROOT)))
     for r in records:
         if r.get("mtrl_omega") is not None and r["split"] == split0:
-            p = heatmap(np.asarray(r["mtrl_omega"]), OUT / f"mtrl_omega_split{r['split']}.png",
-                        f"MTRL task covariance Omega (split {r['split'] + 1}), clustered")
+            p = heatmap(
+                np.asarray(r["mtrl_omega"]),
+                OUT / f"mtrl_omega_split{r['split']}.png",
+                f"MTRL task covariance Omega (split {r['split'] + 1}), clustered",
+            )
             heat.append(str(p.relative_to(ROOT)))
     if heat:
         lines += ["", "Heatmaps: " + ", ".join(f"`{h}`" for h in heat)]
-    lines += ["", "Runs: `python -m experiments.school_relations main --resume --splits S --only VARIANTS` (one "
-              "invocation per group of rows, each appending to `results/school/relations_partial.jsonl`), this "
-              "file rendered from that log by the command below. Per-run records (EV, wall time, steps / s): "
-              "`relations.json`; the 139 x 139 matrices of split 1: `relation_matrices.npz`."]
+    lines += [
+        "",
+        "Runs: `python -m experiments.school_relations main --resume --splits S --only VARIANTS` (one "
+        "invocation per group of rows, each appending to `results/school/relations_partial.jsonl`), this "
+        "file rendered from that log by the command below. Per-run records (EV, wall time, steps / s): "
+        "`relations.json`; the 139 x 139 matrices of split 1: `relation_matrices.npz`.",
+    ]
     slim = [{k: v for k, v in r.items() if k not in ("relation", "mtrl_omega")} for r in records]
-    prov = script_checks.write_results(OUT / "relations", {"table": table, "paired": paired, "runs": slim, "heatmaps": heat,
-                                                    "relation_stats": {k: {"n": n, **st} for k, (n, st) in w_stats.items()}}, lines,
-                                       relation_cells, allow_fewer_cells)
+    prov = script_checks.write_results(
+        OUT / "relations",
+        {
+            "table": table,
+            "paired": paired,
+            "runs": slim,
+            "heatmaps": heat,
+            "relation_stats": {k: {"n": n, **st} for k, (n, st) in w_stats.items()},
+        },
+        lines,
+        relation_cells,
+        allow_fewer_cells,
+    )
     # The full matrices (139 x 139) of the first split, for re-plotting.
     mats = {f"{r['label']}": r["relation"] for r in first}
-    mats.update({f"{r['label']} omega": r["mtrl_omega"] for r in records if r.get("mtrl_omega") is not None and r["split"] == split0})
+    mats.update(
+        {
+            f"{r['label']} omega": r["mtrl_omega"]
+            for r in records
+            if r.get("mtrl_omega") is not None and r["split"] == split0
+        }
+    )
     extra = [ROOT / h for h in heat]
     if mats:
-        np.savez_compressed(OUT / "relation_matrices.npz", **{k.replace(" ", "_").replace(",", ""): np.asarray(v) for k, v in mats.items()})
+        np.savez_compressed(
+            OUT / "relation_matrices.npz",
+            **{k.replace(" ", "_").replace(",", ""): np.asarray(v) for k, v in mats.items()},
+        )
         extra.append(OUT / "relation_matrices.npz")
     if (OUT / "relations_partial.jsonl").exists():
         extra.append(OUT / "relations_partial.jsonl")
@@ -498,24 +577,35 @@ def catalogue_mode(args) -> None:
     (on a real schedule) its test explained variance. ``--name`` names the outputs
     (``results/school/<name>.{json,md}``, records in ``<name>_partial.jsonl``); an existing record
     file is continued only with ``--resume``, and only under the same schedule."""
-    from jmtl import weighting
-
     from experiments import script_checks
     from experiments.bench import common
+    from jmtl import weighting
 
     methods = args.methods.split(",") if args.methods else weighting.names()
     # Two evaluation intervals: the first holds the compilation, the second times the step.
     half = max(1, args.steps // 2)
-    overrides = {"batch_size": args.batch_size, "num_steps": 2 * half, "eval_every_steps": half,
-                 "log_every_steps": half}
+    overrides = {
+        "batch_size": args.batch_size,
+        "num_steps": 2 * half,
+        "eval_every_steps": half,
+        "log_every_steps": half,
+    }
     path = OUT / f"{args.name}_partial.jsonl"
     OUT.mkdir(parents=True, exist_ok=True)
     if path.exists() and not args.resume:
-        raise SystemExit(f"{path} holds an earlier run's records: pass --resume to continue it, or --name for a new table")
+        raise SystemExit(
+            f"{path} holds an earlier run's records: pass --resume to continue it, or --name for a new table"
+        )
     records = [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
-    other = [r["method"] for r in records if r.get("overrides", overrides) != overrides or r.get("split", args.split) != args.split]
+    other = [
+        r["method"]
+        for r in records
+        if r.get("overrides", overrides) != overrides or r.get("split", args.split) != args.split
+    ]
     if other:
-        raise SystemExit(f"{path} was written under another schedule or split (methods {other[:5]}); use --name for a new table")
+        raise SystemExit(
+            f"{path} was written under another schedule or split (methods {other[:5]}); use --name for a new table"
+        )
     done = {r["method"] for r in records}
     cells_of = lambda rec: {r["method"] for r in (rec["runs"] if isinstance(rec, dict) else rec)}
     script_checks.check_cells(OUT / f"{args.name}.json", done | set(methods), cells_of, args.allow_fewer_cells)
@@ -531,59 +621,94 @@ def catalogue_mode(args) -> None:
             rec["status"] = "ran"
         except Exception as e:  # noqa: BLE001  (a refusal or a crash is the finding)
             tb = traceback.format_exc().strip().splitlines()
-            rec = {"method": m, "status": "refused" if isinstance(e, (ValueError, TypeError)) else "crashed",
-                   "error": f"{type(e).__name__}: {str(e)[:600]}", "where": tb[-3:] if len(tb) > 2 else tb,
-                   "wall_s": time.perf_counter() - t0}
+            rec = {
+                "method": m,
+                "status": "refused" if isinstance(e, (ValueError, TypeError)) else "crashed",
+                "error": f"{type(e).__name__}: {str(e)[:600]}",
+                "where": tb[-3:] if len(tb) > 2 else tb,
+                "wall_s": time.perf_counter() - t0,
+            }
         rec.pop("relation", None)
         rec["overrides"], rec["split"], rec["code"] = overrides, args.split, code
         records.append(rec)
         with path.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(f"{m}: {rec['status']} " + (f"EV {100 * rec['test_ev']:.2f} %, {rec['wall_s']:.1f} s, "
-                                         f"{rec['steps_per_s']:.2f} steps/s" if rec["status"] == "ran" else rec["error"][:200]), flush=True)
+        print(
+            f"{m}: {rec['status']} "
+            + (
+                f"EV {100 * rec['test_ev']:.2f} %, {rec['wall_s']:.1f} s, {rec['steps_per_s']:.2f} steps/s"
+                if rec["status"] == "ran"
+                else rec["error"][:200]
+            ),
+            flush=True,
+        )
     for r in records:
         if r["status"] == "ran":
             iv = r.get("train_time_per_eval_s") or []
             r["s_per_step"] = iv[-1] / (r["steps"] / len(iv)) if len(iv) > 1 else r["wall_s"] / r["steps"]
     trained = overrides["num_steps"] >= 100
-    title = [f"# School, K = 139: the weighting catalogue (variant `{args.variant}`, split {args.split + 1}, "
-             f"{overrides['num_steps']} steps of batch {args.batch_size})", ""]
-    lines = title + [
-        "Every registered weighting method trained in the built-in loop at K = 139 tasks (Adam, lr 1e-2, final "
-        "params, no selection), with its test explained variance (pooled over the test students, as in "
-        "`relations.md`) and the loop's time per step (the second evaluation interval's training time / its "
-        "steps; the first holds the compilation). The compiled steps alone, timed round-robin, are in "
-        "`k139_step_time.md`.", "",
-    ] if trained else title + [
-        "Whether each method builds, compiles and trains at K = 139 tasks in the built-in loop, and its step "
-        "time: the second evaluation interval's training time / its steps (the first interval holds the "
-        "compilation: 'first interval s'). The schedule is too short to train (the test EV after it, kept in "
-        "the .json, is that of a barely-trained model and ranks nothing).", "",
-        "Timing caveat: one 3-step interval per method, on 2 CPU cores shared with other jobs (load average "
-        "6-9 during these runs), so the s / step column carries noise of tens of % (e.g. `equal`, one backward "
-        "pass, timed slower than `mgda`, 139 chunked backward passes); it bounds the cost (every method under "
-        "~1.6 s / step at batch 512) but ranks nothing. The compiled steps timed round-robin are in "
-        "`k139_step_time.md`.", "",
+    title = [
+        f"# School, K = 139: the weighting catalogue (variant `{args.variant}`, split {args.split + 1}, "
+        f"{overrides['num_steps']} steps of batch {args.batch_size})",
+        "",
     ]
+    lines = (
+        title
+        + [
+            "Every registered weighting method trained in the built-in loop at K = 139 tasks (Adam, lr 1e-2, final "
+            "params, no selection), with its test explained variance (pooled over the test students, as in "
+            "`relations.md`) and the loop's time per step (the second evaluation interval's training time / its "
+            "steps; the first holds the compilation). The compiled steps alone, timed round-robin, are in "
+            "`k139_step_time.md`.",
+            "",
+        ]
+        if trained
+        else title
+        + [
+            "Whether each method builds, compiles and trains at K = 139 tasks in the built-in loop, and its step "
+            "time: the second evaluation interval's training time / its steps (the first interval holds the "
+            "compilation: 'first interval s'). The schedule is too short to train (the test EV after it, kept in "
+            "the .json, is that of a barely-trained model and ranks nothing).",
+            "",
+            "Timing caveat: one 3-step interval per method, on 2 CPU cores shared with other jobs (load average "
+            "6-9 during these runs), so the s / step column carries noise of tens of % (e.g. `equal`, one backward "
+            "pass, timed slower than `mgda`, 139 chunked backward passes); it bounds the cost (every method under "
+            "~1.6 s / step at batch 512) but ranks nothing. The compiled steps timed round-robin are in "
+            "`k139_step_time.md`.",
+            "",
+        ]
+    )
     ran = [r for r in records if r["status"] == "ran"]
     if trained:
         lines += ["| rank | method | test EV % | loop s / step | wall s |", "|---|---|---|---|---|"]
         for i, r in enumerate(sorted(ran, key=lambda r: -r["test_ev"]), 1):
-            lines.append(f"| {i} | `{r['method']}`{common.code_mark(common.code_of([r.get('code')]))} | {100 * r['test_ev']:.2f} | {r['s_per_step']:.3f} | {r['wall_s']:.1f} |")
+            lines.append(
+                f"| {i} | `{r['method']}`{common.code_mark(common.code_of([r.get('code')]))} | {100 * r['test_ev']:.2f} | {r['s_per_step']:.3f} | {r['wall_s']:.1f} |"
+            )
     else:
-        lines += ["| method | status | s / step | first interval s (compile + steps) | wall s | note |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "| method | status | s / step | first interval s (compile + steps) | wall s | note |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in ran:
             iv = r.get("train_time_per_eval_s") or [r["wall_s"]]
-            lines.append(f"| `{r['method']}`{common.code_mark(common.code_of([r.get('code')]))} | ran | {r['s_per_step']:.3f} | {iv[0]:.1f} | {r['wall_s']:.1f} | |")
+            lines.append(
+                f"| `{r['method']}`{common.code_mark(common.code_of([r.get('code')]))} | ran | {r['s_per_step']:.3f} | {iv[0]:.1f} | {r['wall_s']:.1f} | |"
+            )
     for r in records:
         if r["status"] != "ran":
-            lines.append(f"| `{r['method']}`{common.code_mark(common.code_of([r.get('code')]))} | {r['status']} | — | — | {r['wall_s']:.1f} | {r['error'][:300].replace('|', '/')} |")
+            lines.append(
+                f"| `{r['method']}`{common.code_mark(common.code_of([r.get('code')]))} | {r['status']} | — | — | {r['wall_s']:.1f} | {r['error'][:300].replace('|', '/')} |"
+            )
     if any(common.code_mark(common.code_of([r.get("code")])) for r in records):
         lines += ["", common.CODE_NOTE]
-    prov = script_checks.write_results(OUT / args.name, {"runs": records, "overrides": overrides,
-                                                         "variant": args.variant, "split": args.split}, lines,
-                                       cells_of, args.allow_fewer_cells)
+    prov = script_checks.write_results(
+        OUT / args.name,
+        {"runs": records, "overrides": overrides, "variant": args.variant, "split": args.split},
+        lines,
+        cells_of,
+        args.allow_fewer_cells,
+    )
     index_provenance([path], prov)
 
 
@@ -611,25 +736,34 @@ def steptime_mode(args) -> None:
     round robin in one process after compilation; the compiled step's XLA temporary memory."""
     import jax
 
+    from experiments import script_checks
+    from experiments.bench import common
+    from experiments.configs import school_tasks
     from jmtl.models import base
     from jmtl.training import loop
     from jmtl.training import step as step_lib
 
-    from experiments import script_checks
-    from experiments.bench import common
-    from experiments.configs import school_tasks
-
     cells_of = lambda rec: {f"{r['label']} @ {r['batch_size']}" for r in rec["rows"]}
     batch_sizes = script_checks.int_list("--batch-sizes", args.batch_sizes, 1, example="512,10321")
-    script_checks.check_cells(OUT / "relation_step_time.json", {f"{label} @ {b}" for b in batch_sizes
-                                                                for label, _, _ in STEPTIME_ROWS},
-                              cells_of, args.allow_fewer_cells)
+    script_checks.check_cells(
+        OUT / "relation_step_time.json",
+        {f"{label} @ {b}" for b in batch_sizes for label, _, _ in STEPTIME_ROWS},
+        cells_of,
+        args.allow_fewer_cells,
+    )
     rows, fns = [], {}
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         for label, variant, former in STEPTIME_ROWS:
             if former and batch_size > args.former_max_batch:
-                rows.append({"label": label, "variant": variant, "batch_size": batch_size, "former": former,
-                             "skipped": f"not timed above batch {args.former_max_batch} (before the fix: 10 steps unfinished after 7 min, 8 GB)"})
+                rows.append(
+                    {
+                        "label": label,
+                        "variant": variant,
+                        "batch_size": batch_size,
+                        "former": former,
+                        "skipped": f"not timed above batch {args.former_max_batch} (before the fix: 10 steps unfinished after 7 min, 8 GB)",
+                    }
+                )
                 continue
             config = school_tasks.get_config(variant)
             config.dataset.data_dir = str(args.data_dir)
@@ -650,10 +784,19 @@ def steptime_mode(args) -> None:
                 base.mix_tasks = saved
             analysis = compiled.memory_analysis()
             name = f"{label} @ {batch_size}"
-            rows.append({"label": label, "variant": variant, "batch_size": batch_size, "former": former,
-                         "gradient_path": step.gradient_path, "compile_s": compile_s,
-                         "temp_mib": None if analysis is None else analysis.temp_size_in_bytes / 2**20, "name": name})
-            fns[name] = (lambda c=compiled, s=state, b=batch: jax.block_until_ready(c(s, b)))
+            rows.append(
+                {
+                    "label": label,
+                    "variant": variant,
+                    "batch_size": batch_size,
+                    "former": former,
+                    "gradient_path": step.gradient_path,
+                    "compile_s": compile_s,
+                    "temp_mib": None if analysis is None else analysis.temp_size_in_bytes / 2**20,
+                    "name": name,
+                }
+            )
+            fns[name] = lambda c=compiled, s=state, b=batch: jax.block_until_ready(c(s, b))
             print(f"compiled {name}: {compile_s:.1f} s", flush=True)
     samples = common.time_round_robin(fns, repeats=args.repeats, warmup=2)
     for r in rows:
@@ -690,10 +833,17 @@ def steptime_mode(args) -> None:
             lines.append(f"| {r['label']} | {r['batch_size']} | {r['skipped']} | | | |")
             continue
         temp = f"{r['temp_mib']:.1f}" if r["temp_mib"] is not None else "—"
-        lines.append(f"| {r['label']} | {r['batch_size']} | {r['median_ms']:.1f} | "
-                     f"{r['median_ms'] / base_ms[r['batch_size']]:.1f} | {temp} | {r['compile_s']:.1f} |")
-    script_checks.write_results(OUT / "relation_step_time", {"rows": rows, "repeats": args.repeats, "split": args.split},
-                                lines, cells_of, args.allow_fewer_cells)
+        lines.append(
+            f"| {r['label']} | {r['batch_size']} | {r['median_ms']:.1f} | "
+            f"{r['median_ms'] / base_ms[r['batch_size']]:.1f} | {temp} | {r['compile_s']:.1f} |"
+        )
+    script_checks.write_results(
+        OUT / "relation_step_time",
+        {"rows": rows, "repeats": args.repeats, "split": args.split},
+        lines,
+        cells_of,
+        args.allow_fewer_cells,
+    )
 
 
 def enable_compilation_cache(folder: str) -> None:
@@ -723,12 +873,23 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--batch-sizes", default="512,10321", help="steptime: batch sizes")
     ap.add_argument("--repeats", type=int, default=10, help="steptime: timed rounds")
-    ap.add_argument("--former-max-batch", type=int, default=512,
-                    help="steptime: largest batch the former (quadratic) product is timed at")
-    ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "jmtl_school_xla_cache"),
-                    help="XLA persistent compilation cache ('' = off)")
-    ap.add_argument("--allow_fewer_cells", "--allow-fewer-cells", action="store_true",
-                    help="replace a results file even when the new one lacks some of its cells")
+    ap.add_argument(
+        "--former-max-batch",
+        type=int,
+        default=512,
+        help="steptime: largest batch the former (quadratic) product is timed at",
+    )
+    ap.add_argument(
+        "--cache-dir",
+        default=os.path.join(tempfile.gettempdir(), "jmtl_school_xla_cache"),
+        help="XLA persistent compilation cache ('' = off)",
+    )
+    ap.add_argument(
+        "--allow_fewer_cells",
+        "--allow-fewer-cells",
+        action="store_true",
+        help="replace a results file even when the new one lacks some of its cells",
+    )
     args = ap.parse_args(argv)
     from jmtl.training import cli
 
@@ -750,12 +911,18 @@ def check_args(args) -> None:
     if args.only:
         only = [v for v in args.only.split(",") if v]
         script_checks.choices("--only", only, school_tasks.VARIANTS, "hps_linear")
-        runs = {v for _, v, _ in main_runs() + (full_batch_runs() if args.full_batch else ())
-                + (CONTROL_RUNS if args.controls else ())}
+        runs = {
+            v
+            for _, v, _ in main_runs()
+            + (full_batch_runs() if args.full_batch else ())
+            + (CONTROL_RUNS if args.controls else ())
+        }
         idle = [v for v in only if v not in runs]
         if args.mode == "main" and idle:
-            raise ValueError(f"--only: no row of this command trains {', '.join(idle)} (the control rows need "
-                             f"--controls). Fix: e.g. --only={sorted(runs)[0]}, or add --controls")
+            raise ValueError(
+                f"--only: no row of this command trains {', '.join(idle)} (the control rows need "
+                f"--controls). Fix: e.g. --only={sorted(runs)[0]}, or add --controls"
+            )
     if args.methods:
         script_checks.weighting_methods("--methods", args.methods.split(","))
     if not args.name or "/" in args.name or args.name.startswith("."):
@@ -766,8 +933,9 @@ def check_args(args) -> None:
     script_checks.at_least("--repeats", args.repeats, 1)
     script_checks.at_least("--former-max-batch", args.former_max_batch, 1)
     if args.mode != "render" and args.data_dir and not Path(args.data_dir).expanduser().is_dir():
-        raise ValueError(f"--data-dir: {args.data_dir} is not a folder. Fix: pass the folder holding school/ "
-                         "(or set $JMTL_DATA_DIR)")
+        raise ValueError(
+            f"--data-dir: {args.data_dir} is not a folder. Fix: pass the folder holding school/ (or set $JMTL_DATA_DIR)"
+        )
 
 
 def run_mode(args) -> None:

@@ -44,7 +44,9 @@ def choices(flag: str, values: Iterable[str], valid: Sequence[str], example: str
     return values
 
 
-def int_list(flag: str, text: str, low: int | None = None, high: int | None = None, example: str = "0,1,2") -> list[int]:
+def int_list(
+    flag: str, text: str, low: int | None = None, high: int | None = None, example: str = "0,1,2"
+) -> list[int]:
     """``'0-2,5'`` -> ``[0, 1, 2, 5]`` (each once, in order), each in ``[low, high]``."""
     out: list[int] = []
     for part in str(text).split(","):
@@ -62,8 +64,10 @@ def int_list(flag: str, text: str, low: int | None = None, high: int | None = No
     bad = [i for i in out if (low is not None and i < low) or (high is not None and i > high)]
     if bad:
         bounds = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{flag}: {', '.join(map(str, bad))} {'is' if len(bad) == 1 else 'are'} out of range (valid: "
-                         f"{bounds}). Fix: e.g. {flag}={example}")
+        raise ValueError(
+            f"{flag}: {', '.join(map(str, bad))} {'is' if len(bad) == 1 else 'are'} out of range (valid: "
+            f"{bounds}). Fix: e.g. {flag}={example}"
+        )
     if not out:
         raise ValueError(f"{flag}: no value given. Fix: e.g. {flag}={example}")
     return out
@@ -78,8 +82,10 @@ def float_list(flag: str, text: str, low: float | None = None, example: str = "1
         except ValueError:
             raise ValueError(f"{flag}: {part!r} is not a number. Fix: e.g. {flag}={example}") from None
         if v != v or v in (float("inf"), float("-inf")) or (low is not None and v <= low):
-            raise ValueError(f"{flag}: {part!r} must be a finite number{f' > {low:g}' if low is not None else ''}. "
-                             f"Fix: e.g. {flag}={example}")
+            raise ValueError(
+                f"{flag}: {part!r} must be a finite number{f' > {low:g}' if low is not None else ''}. "
+                f"Fix: e.g. {flag}={example}"
+            )
         out.append(v)
     if not out:
         raise ValueError(f"{flag}: no value given. Fix: e.g. {flag}={example}")
@@ -134,8 +140,12 @@ def read_json_record(path: Path) -> object:
         ) from None
 
 
-def check_cells(json_path: str | Path, new_cells: Collection[str], cells_of: Callable[[object], Iterable[str]],
-                allow_fewer: bool = False) -> None:
+def check_cells(
+    json_path: str | Path,
+    new_cells: Collection[str],
+    cells_of: Callable[[object], Iterable[str]],
+    allow_fewer: bool = False,
+) -> None:
     """Refuses (``FewerCellsError``) to replace ``json_path`` when it holds cells that ``new_cells``
     lacks, unless ``allow_fewer``.
 
@@ -167,8 +177,15 @@ def check_cells(json_path: str | Path, new_cells: Collection[str], cells_of: Cal
         )
 
 
-def write_results(out: str | Path, result: Mapping, lines: Sequence[str], cells_of: Callable[[object], Iterable[str]],
-                  allow_fewer: bool = False, prov: Mapping | None = None, echo: bool = True) -> dict:
+def write_results(
+    out: str | Path,
+    result: Mapping,
+    lines: Sequence[str],
+    cells_of: Callable[[object], Iterable[str]],
+    allow_fewer: bool = False,
+    prov: Mapping | None = None,
+    echo: bool = True,
+) -> dict:
     """``experiments.bench.common.write_outputs`` (``<out>.json`` + ``<out>.md`` with provenance)
     after :func:`check_cells` on the cells of ``result``. Returns the provenance written."""
     from experiments.bench import common

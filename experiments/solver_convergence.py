@@ -60,8 +60,15 @@ def mgda_residual(gram: np.ndarray, alpha: np.ndarray) -> float:
     """Relative KKT residual of ``min_{alpha in simplex} alpha^T G alpha`` and excess over the exact norm."""
     t = alpha @ gram @ alpha
     ga = gram @ alpha
-    kkt = max(np.max(np.maximum(t - ga, 0.0)), np.max(alpha * np.abs(ga - t)), abs(alpha.sum() - 1) * t,
-              np.max(np.maximum(-alpha, 0)) * t) / t
+    kkt = (
+        max(
+            np.max(np.maximum(t - ga, 0.0)),
+            np.max(alpha * np.abs(ga - t)),
+            abs(alpha.sum() - 1) * t,
+            np.max(np.maximum(-alpha, 0)) * t,
+        )
+        / t
+    )
     exact = exact_min_norm(gram)
     excess = abs(t - exact @ gram @ exact) / (exact @ gram @ exact)
     return float(max(kkt, excess))
@@ -92,8 +99,13 @@ def dual_cone_residual(gram: np.ndarray, u: np.ndarray, v: np.ndarray) -> float:
     """KKT of ``min_{v >= u} v^T G v``: ``v >= u``, ``G v >= 0``, ``(v - u) . G v = 0``, relative to ``|G| |v|``."""
     gv = gram @ v
     scale = np.abs(gram).max() * np.abs(v).max()
-    return float(max(np.max(np.maximum(u - v, 0)) / np.abs(v).max(), np.max(np.maximum(-gv, 0)) / scale,
-                     np.max(np.abs((v - u) * gv)) / (scale * np.abs(v).max())))
+    return float(
+        max(
+            np.max(np.maximum(u - v, 0)) / np.abs(v).max(),
+            np.max(np.maximum(-gv, 0)) / scale,
+            np.max(np.abs((v - u) * gv)) / (scale * np.abs(v).max()),
+        )
+    )
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -122,7 +134,9 @@ def solve(method: str, grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     elif method == "cagrad":
         fn = lambda g: solvers.cagrad_solve(g, 0.5)
     elif method == "upgrad":
-        fn = lambda g: jax.vmap(lambda u: qp.dual_cone_solve(_normalised_gramian(g, 1e-4, 1e-4), u))(jnp.eye(k, dtype=g.dtype))
+        fn = lambda g: jax.vmap(lambda u: qp.dual_cone_solve(_normalised_gramian(g, 1e-4, 1e-4), u))(
+            jnp.eye(k, dtype=g.dtype)
+        )
     elif method == "dualproj":
         fn = lambda g: qp.dual_cone_solve(_normalised_gramian(g, 1e-4, 1e-4), jnp.full((k,), 1.0 / k, g.dtype))
     else:

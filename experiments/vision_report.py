@@ -53,8 +53,10 @@ def metric_specs(benchmark: str, published: Optional[Mapping] = None) -> list[di
     """The benchmark's metrics ``[{task, metric, label, higher_is_better, unit}]`` in the tables' order."""
     published = published or load_published()
     if benchmark not in published:
-        raise ValueError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}. "
-                         "Fix: --benchmark nyuv2 (or another of those)")
+        raise ValueError(
+            f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}. "
+            "Fix: --benchmark nyuv2 (or another of those)"
+        )
     return list(published[benchmark]["metrics"])
 
 
@@ -64,12 +66,15 @@ def table(benchmark: str, table_id: str, published: Optional[Mapping] = None) ->
     for t in tables:
         if t["id"] == table_id:
             return t
-    raise ValueError(f"{benchmark}: no published table {table_id!r}; valid: {', '.join(t['id'] for t in tables)}. "
-                     f"Fix: --table {tables[0]['id']}")
+    raise ValueError(
+        f"{benchmark}: no published table {table_id!r}; valid: {', '.join(t['id'] for t in tables)}. "
+        f"Fix: --table {tables[0]['id']}"
+    )
 
 
-def delta_m(method: Sequence[float], baseline: Sequence[float], specs: Sequence[Mapping],
-            average: str = "metrics") -> float:
+def delta_m(
+    method: Sequence[float], baseline: Sequence[float], specs: Sequence[Mapping], average: str = "metrics"
+) -> float:
     """Δm% of ``method`` against ``baseline`` (lower is better).
 
     Args:
@@ -96,8 +101,10 @@ def delta_m(method: Sequence[float], baseline: Sequence[float], specs: Sequence[
 def read_evals(workdir: Path) -> list[dict]:
     path = Path(workdir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl. Fix: pass the --workdir of a finished (or running) "
-                                "jmtl run (python -m experiments.train ... --workdir DIR)")
+        raise FileNotFoundError(
+            f"{path}: no metrics.jsonl. Fix: pass the --workdir of a finished (or running) "
+            "jmtl run (python -m experiments.train ... --workdir DIR)"
+        )
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -106,13 +113,17 @@ def average_last(evals: Sequence[Mapping], n: int, split: str = "test") -> dict[
     if n < 1:
         raise ValueError(f"--select last:N needs N >= 1, got {n}")
     if len(evals) < n:
-        raise ValueError(f"the run has {len(evals)} evaluations, fewer than the {n} to average. "
-                         f"Fix: --select last:{max(1, len(evals))}, or train longer")
+        raise ValueError(
+            f"the run has {len(evals)} evaluations, fewer than the {n} to average. "
+            f"Fix: --select last:{max(1, len(evals))}, or train longer"
+        )
     last = evals[-n:]
     missing = [int(r.get("step", -1)) for r in last if split not in r]
     if missing:
-        raise ValueError(f"evaluations at steps {missing} have no {split!r} metrics. Fix: score the test split at "
-                         "every evaluation (the in-memory loop's default, test_every_eval=True)")
+        raise ValueError(
+            f"evaluations at steps {missing} have no {split!r} metrics. Fix: score the test split at "
+            "every evaluation (the in-memory loop's default, test_every_eval=True)"
+        )
     tasks = last[-1][split].keys()
     return {t: {k: float(np.mean([r[split][t][k] for r in last])) for k in last[-1][split][t]} for t in tasks}
 
@@ -120,8 +131,10 @@ def average_last(evals: Sequence[Mapping], n: int, split: str = "test") -> dict[
 def best_validation_test(workdir: Path) -> dict[str, dict[str, float]]:
     path = Path(workdir) / "summary.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no summary.json (the run has not finished). Fix: wait for the run to end, "
-                                "or report --select last:N from its metrics.jsonl")
+        raise FileNotFoundError(
+            f"{path}: no summary.json (the run has not finished). Fix: wait for the run to end, "
+            "or report --select last:N from its metrics.jsonl"
+        )
     return json.loads(path.read_text())["best_validation"]["test"]
 
 
@@ -140,8 +153,10 @@ def vector(metrics: Mapping[str, Mapping[str, float]], specs: Sequence[Mapping],
         task, name = s["task"], s["metric"]
         if task not in metrics or name not in metrics[task]:
             have = {t: sorted(v) for t, v in metrics.items()}
-            raise KeyError(f"{where}: no metric {task}/{name} (it has {have}). Fix: report a run of this benchmark's "
-                           "config (experiments/configs/<benchmark>.py), whose tasks are named as in the tables")
+            raise KeyError(
+                f"{where}: no metric {task}/{name} (it has {have}). Fix: report a run of this benchmark's "
+                "config (experiments/configs/<benchmark>.py), whose tasks are named as in the tables"
+            )
         out.append(float(metrics[task][name]) * UNIT_SCALE[s["unit"]])
     return out
 
@@ -151,7 +166,9 @@ def stl_vector(stl_runs: Mapping[str, Path], specs: Sequence[Mapping], how: str)
     tasks = list(dict.fromkeys(s["task"] for s in specs))
     missing = [t for t in tasks if t not in stl_runs]
     if missing:
-        raise ValueError(f"--stl has no run for task(s) {missing}. Fix: --stl {' '.join(f'{t}=WORKDIR' for t in tasks)}")
+        raise ValueError(
+            f"--stl has no run for task(s) {missing}. Fix: --stl {' '.join(f'{t}=WORKDIR' for t in tasks)}"
+        )
     values = []
     for s in specs:
         run = select(Path(stl_runs[s["task"]]), how)
@@ -159,8 +176,15 @@ def stl_vector(stl_runs: Mapping[str, Path], specs: Sequence[Mapping], how: str)
     return values
 
 
-def report(benchmark: str, workdir: Path, how: str, table_id: Optional[str] = None, average: str = "metrics",
-           stl_runs: Optional[Mapping[str, Path]] = None, published: Optional[Mapping] = None) -> dict[str, Any]:
+def report(
+    benchmark: str,
+    workdir: Path,
+    how: str,
+    table_id: Optional[str] = None,
+    average: str = "metrics",
+    stl_runs: Optional[Mapping[str, Path]] = None,
+    published: Optional[Mapping] = None,
+) -> dict[str, Any]:
     """The run's metrics (in the tables' units) and its Δm% against the published STL row of
     ``table_id`` (when that table has one) and against jmtl's single-task runs ``stl_runs``."""
     published = published or load_published()
@@ -170,9 +194,15 @@ def report(benchmark: str, workdir: Path, how: str, table_id: Optional[str] = No
         specs = [{"task": t, "metric": "accuracy", "label": t, "higher_is_better": True, "unit": "%"} for t in selected]
     tab = table(benchmark, table_id, published) if table_id else None
     run = vector(selected, specs)
-    out: dict[str, Any] = {"benchmark": benchmark, "workdir": str(workdir), "select": how, "average": average,
-                           "metrics": [s["label"] for s in specs], "run": run,
-                           "table": tab["source"] if tab else None}
+    out: dict[str, Any] = {
+        "benchmark": benchmark,
+        "workdir": str(workdir),
+        "select": how,
+        "average": average,
+        "metrics": [s["label"] for s in specs],
+        "run": run,
+        "table": tab["source"] if tab else None,
+    }
     if tab is not None and "STL" in tab["rows"]:
         out["delta_m_vs_published_stl"] = delta_m(run, tab["rows"]["STL"]["values"], specs, average)
     if stl_runs:
@@ -186,24 +216,38 @@ def markdown(rep: Mapping[str, Any], published: Optional[Mapping] = None) -> lis
     published = published or load_published()
     tab = next((t for t in published[rep["benchmark"]]["tables"] if t["source"] == rep["table"]), None)
     head = "| row | " + " | ".join(rep["metrics"]) + " | Δm% (vs published STL) | Δm% (vs jmtl STL) |"
-    lines = [f"# {rep['benchmark']}: {rep['workdir']} ({rep['select']})", "",
-             f"Published rows: {tab['source']}. Protocol: {tab['protocol']}." if tab else "No published table.", "",
-             head, "|" + "---|" * (len(rep["metrics"]) + 3)]
+    lines = [
+        f"# {rep['benchmark']}: {rep['workdir']} ({rep['select']})",
+        "",
+        f"Published rows: {tab['source']}. Protocol: {tab['protocol']}." if tab else "No published table.",
+        "",
+        head,
+        "|" + "---|" * (len(rep["metrics"]) + 3),
+    ]
     fmt = lambda v: f"{v:.4g}"  # noqa: E731
     dm_pub = rep.get("delta_m_vs_published_stl")
     dm_own = rep.get("delta_m_vs_jmtl_stl")
-    lines.append(f"| **jmtl run** | " + " | ".join(fmt(v) for v in rep["run"]) +
-                 f" | {'—' if dm_pub is None else f'{dm_pub:+.2f}'} | {'—' if dm_own is None else f'{dm_own:+.2f}'} |")
+    lines.append(
+        "| **jmtl run** | "
+        + " | ".join(fmt(v) for v in rep["run"])
+        + f" | {'—' if dm_pub is None else f'{dm_pub:+.2f}'} | {'—' if dm_own is None else f'{dm_own:+.2f}'} |"
+    )
     if "jmtl_stl" in rep:
         lines.append("| jmtl STL runs | " + " | ".join(fmt(v) for v in rep["jmtl_stl"]) + " | | |")
     for name, row in (tab["rows"] if tab else {}).items():
         if len(row["values"]) != len(rep["metrics"]):
             continue
         d = row.get("delta_m", -row["delta_p"] if "delta_p" in row else None)
-        lines.append(f"| {name} (published) | " + " | ".join(fmt(v) for v in row["values"]) +
-                     f" | {'' if d is None else f'{d:+.2f}'} | |")
-    lines += ["", f"Δm% over {'all metrics' if rep['average'] == 'metrics' else 'tasks (LibMTL Δp, sign flipped)'}; "
-              "lower is better."]
+        lines.append(
+            f"| {name} (published) | "
+            + " | ".join(fmt(v) for v in row["values"])
+            + f" | {'' if d is None else f'{d:+.2f}'} | |"
+        )
+    lines += [
+        "",
+        f"Δm% over {'all metrics' if rep['average'] == 'metrics' else 'tasks (LibMTL Δp, sign flipped)'}; "
+        "lower is better.",
+    ]
     return lines
 
 
@@ -221,8 +265,10 @@ def published_markdown(published: Optional[Mapping] = None) -> list[str]:
             lines += [f"**{bench}: {tab['source']}.** {tab['protocol']}. Read from: {tab['read_from']}.", ""]
             if tab.get("note"):
                 lines += [f"Note: {tab['note']}.", ""]
-            lines += ["| method | " + " | ".join(labels + [names[k] for k in extra]) + " |",
-                      "|---|" + "---:|" * (len(labels) + len(extra))]
+            lines += [
+                "| method | " + " | ".join(labels + [names[k] for k in extra]) + " |",
+                "|---|" + "---:|" * (len(labels) + len(extra)),
+            ]
             notes = []
             for name, row in rows.items():
                 cells = [f"{v:g}" for v in row["values"]] if row["values"] else ["—"] * len(labels)
@@ -240,8 +286,9 @@ def published_markdown(published: Optional[Mapping] = None) -> list[str]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--benchmark", choices=BENCHMARKS)
-    parser.add_argument("--print_published", action="store_true",
-                        help="print results/published_vision.json as markdown tables and exit")
+    parser.add_argument(
+        "--print_published", action="store_true", help="print results/published_vision.json as markdown tables and exit"
+    )
     parser.add_argument("--workdir", help="the multi-task run's --workdir")
     parser.add_argument("--select", default="last:10", help="last:N (mean of the last N test evaluations) or best_val")
     parser.add_argument("--table", help="a table id of results/published_vision.json")

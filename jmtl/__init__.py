@@ -63,10 +63,19 @@ __all__ = ["__version__", *_SUBPACKAGES, *_ATTRIBUTES]
 # Modules of the optional extras (pyproject.toml) -> the extra that installs them. `pip install .` gives
 # the functional core and the step; the trainer (`fit`, `train`) and the datasets need more.
 _EXTRA_OF = {
-    "grain": "experiments", "tensorflow_datasets": "experiments", "array_record": "experiments",
-    "etils": "experiments", "importlib_resources": "experiments", "orbax": "experiments",
-    "ml_collections": "experiments", "tqdm": "experiments", "matplotlib": "experiments",
-    "tensorboardX": "tensorboard", "rdkit": "graphs", "scipy": "school", "PIL": "vision",
+    "grain": "experiments",
+    "tensorflow_datasets": "experiments",
+    "array_record": "experiments",
+    "etils": "experiments",
+    "importlib_resources": "experiments",
+    "orbax": "experiments",
+    "ml_collections": "experiments",
+    "tqdm": "experiments",
+    "matplotlib": "experiments",
+    "tensorboardX": "tensorboard",
+    "rdkit": "graphs",
+    "scipy": "school",
+    "PIL": "vision",
 }
 
 
@@ -79,7 +88,9 @@ def _import(module: str, name: str):
             raise
         raise ModuleNotFoundError(
             f"jmtl.{name} needs {e.name!r}, which `pip install jmtl` leaves out. Fix: pip install 'jmtl[{extra}]' "
-            f"(from a checkout: pip install '.[{extra}]')", name=e.name) from e
+            f"(from a checkout: pip install '.[{extra}]')",
+            name=e.name,
+        ) from e
 
 
 def __getattr__(name: str) -> Any:

@@ -59,6 +59,11 @@ class NonFiniteLossError(JmtlError, FloatingPointError):
 
 
 __all__ = [
-    "CheckpointMismatchError", "ContractError", "DataError", "DataExhaustedError", "GridMismatchError",
-    "JmtlError", "NonFiniteLossError",
+    "CheckpointMismatchError",
+    "ContractError",
+    "DataError",
+    "DataExhaustedError",
+    "GridMismatchError",
+    "JmtlError",
+    "NonFiniteLossError",
 ]

@@ -96,9 +96,17 @@ class MTLValueAndGrad:
         if self.weighting.requires == weighting_lib.BILEVEL:
             raise ValueError("bilevel schemes need a second (meta) batch: use the built-in train step for them")
         ctx = _FunctionContext(
-            model=None, tasks=(), apply=None, model_input=None, sharing=self.sharing, chunk_size=self.chunk_size,
-            needs=self.weighting.requires, weighting_name="", axis_name=self.axis_name,
-            loss_fn=self.loss_fn, num_tasks=int(shape.shape[0]),
+            model=None,
+            tasks=(),
+            apply=None,
+            model_input=None,
+            sharing=self.sharing,
+            chunk_size=self.chunk_size,
+            needs=self.weighting.requires,
+            weighting_name="",
+            axis_name=self.axis_name,
+            loss_fn=self.loss_fn,
+            num_tasks=int(shape.shape[0]),
         )
         needs_jacobian = self.weighting.requires in (weighting_lib.JACOBIAN, weighting_lib.GRAMIAN)
         path = gradient_paths.ParamJacobian(ctx) if needs_jacobian else gradient_paths.LossLevel(ctx)
@@ -112,10 +120,17 @@ class MTLValueAndGrad:
                 )
             key = jax.random.PRNGKey(0)  # never read: the scheme is deterministic and loss_fn takes no rng
         inputs = gradient_paths.StepInputs(
-            params=params, params_local=to_varying(params, self.axis_name), batch=args, meta_batch={},
-            dropout_rng=key, extra={}, weighting_state=weighting_state,
+            params=params,
+            params_local=to_varying(params, self.axis_name),
+            batch=args,
+            meta_batch={},
+            dropout_rng=key,
+            extra={},
+            weighting_state=weighting_state,
         )
-        state = _Losses(jnp.asarray(step, jnp.int32), {} if weighting_params is None else weighting_params, weighting_state)
+        state = _Losses(
+            jnp.asarray(step, jnp.int32), {} if weighting_params is None else weighting_params, weighting_state
+        )
         g = combined_gradients(path, self.weighting, inputs, state, key, self.axis_name)
         return MTLGradients(g.losses, g.grads, g.weighting_state, g.weights, g.weighting_grads)
 

@@ -11,10 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
 # One JSONL reader for the whole library: it skips (with a warning) the partial last line a killed run leaves.
 from jmtl.training.metric_writers import read_jsonl as _read_jsonl  # noqa: E402
-
 
 MAX_LEGEND = 12  # more tasks than this: no legend (139 School tasks would bury the curves)
 
@@ -69,7 +67,9 @@ def plot_training(workdir: str | Path, task_names: Sequence[str]) -> list[Path]:
     return written
 
 
-def plot_relation_matrix(matrix: np.ndarray, task_names: Sequence[str], path: str | Path, title: str = "task-relation matrix W") -> Path:
+def plot_relation_matrix(
+    matrix: np.ndarray, task_names: Sequence[str], path: str | Path, title: str = "task-relation matrix W"
+) -> Path:
     """Heatmap of a K x K task-relation matrix with task names on both axes."""
     matrix = np.asarray(matrix)
     k = matrix.shape[0]

@@ -93,7 +93,9 @@ def _binary_accuracy(logits: Array, labels: Array) -> Array:
 
 def _multilabel_cross_entropy(logits: Array, labels: Array) -> Array:
     logits = logits.astype(jnp.float32).reshape(labels.shape)
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)).reshape(labels.shape[0], -1), axis=-1)
+    return jnp.mean(
+        optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)).reshape(labels.shape[0], -1), axis=-1
+    )
 
 
 def _multilabel_accuracy(logits: Array, labels: Array) -> Array:
@@ -132,18 +134,27 @@ class AccumulatedMetric:
 
 
 _PIXEL_ACCUMULATED = {
-    SEGMENTATION: AccumulatedMetric("confusion", pixel.segmentation_stats, pixel.segmentation_finalize,
-                                    tuple(pixel.SEGMENTATION_METRICS.items())),
-    DEPTH: AccumulatedMetric("depth_errors", pixel.depth_stats, pixel.depth_finalize, tuple(pixel.DEPTH_METRICS.items())),
+    SEGMENTATION: AccumulatedMetric(
+        "confusion", pixel.segmentation_stats, pixel.segmentation_finalize, tuple(pixel.SEGMENTATION_METRICS.items())
+    ),
+    DEPTH: AccumulatedMetric(
+        "depth_errors", pixel.depth_stats, pixel.depth_finalize, tuple(pixel.DEPTH_METRICS.items())
+    ),
     NORMAL: AccumulatedMetric("angles", pixel.normal_stats, pixel.normal_finalize, tuple(pixel.NORMAL_METRICS.items())),
 }
 # Per-batch forms of the pixel metrics (train-step statistics; the main metric first). Evaluation
 # reports the accumulated whole-split forms of the same names instead.
 _PIXEL_BATCH_METRICS = {
-    SEGMENTATION: (Metric("miou", pixel.batch_miou, True), Metric("pixel_accuracy", pixel.batch_pixel_accuracy, True),
-                   Metric("loss", pixel.segmentation_loss, False)),
-    DEPTH: (Metric("abs_err", pixel.depth_loss, False), Metric("rel_err", pixel.batch_rel_err, False),
-            Metric("loss", pixel.depth_loss, False)),
+    SEGMENTATION: (
+        Metric("miou", pixel.batch_miou, True),
+        Metric("pixel_accuracy", pixel.batch_pixel_accuracy, True),
+        Metric("loss", pixel.segmentation_loss, False),
+    ),
+    DEPTH: (
+        Metric("abs_err", pixel.depth_loss, False),
+        Metric("rel_err", pixel.batch_rel_err, False),
+        Metric("loss", pixel.depth_loss, False),
+    ),
     NORMAL: (Metric("mean_angle", pixel.batch_mean_angle, False), Metric("loss", pixel.normal_loss, False)),
 }
 _PIXEL_LOSSES = {SEGMENTATION: pixel.segmentation_loss, DEPTH: pixel.depth_loss, NORMAL: pixel.normal_loss}
@@ -228,9 +239,13 @@ class Task:
         if self.num_outputs < 1:
             raise ValueError(f"task {self.name!r}: num_outputs must be >= 1, got {self.num_outputs}")
         if self.kind == DEPTH and self.num_outputs != 1:
-            raise ValueError(f"task {self.name!r}: a depth task predicts one channel (num_outputs=1), got {self.num_outputs}")
+            raise ValueError(
+                f"task {self.name!r}: a depth task predicts one channel (num_outputs=1), got {self.num_outputs}"
+            )
         if self.kind == NORMAL and self.num_outputs != 3:
-            raise ValueError(f"task {self.name!r}: a normal task predicts 3 channels (num_outputs=3), got {self.num_outputs}")
+            raise ValueError(
+                f"task {self.name!r}: a normal task predicts 3 channels (num_outputs=3), got {self.num_outputs}"
+            )
         if self.kind == BINARY and self.num_outputs != 1:
             raise ValueError(f"task {self.name!r}: a binary task has one logit (num_outputs=1), got {self.num_outputs}")
         if self.kind == CUSTOM and (self.loss_fn is None or not self.custom_metrics):
@@ -243,7 +258,9 @@ class Task:
         object.__setattr__(self, "custom_metrics", tuple(self.custom_metrics))
         for m in self.custom_metrics:
             if not isinstance(m, Metric):
-                raise TypeError(f"task {self.name!r}: custom_metrics must be jmtl.tasks.Metric(name, fn, higher_is_better), got {m!r}")
+                raise TypeError(
+                    f"task {self.name!r}: custom_metrics must be jmtl.tasks.Metric(name, fn, higher_is_better), got {m!r}"
+                )
         if not self.label_key:
             object.__setattr__(self, "label_key", self.name)
 
@@ -413,8 +430,10 @@ def check_mask_values(mask: Any, mask_key: str, where: str = "batch", error: typ
     if m.dtype == bool:
         return
     if not np.issubdtype(m.dtype, np.number):
-        raise error(f"{where}: label mask {mask_key!r} has dtype {m.dtype}; it must hold 0 (missing) and 1 (labelled). "
-                    "Fix: pass a numeric or bool 0/1 array")
+        raise error(
+            f"{where}: label mask {mask_key!r} has dtype {m.dtype}; it must hold 0 (missing) and 1 (labelled). "
+            "Fix: pass a numeric or bool 0/1 array"
+        )
     bad = ~((m == 0) | (m == 1))
     if bad.any():
         found = np.unique(m[bad])
@@ -443,9 +462,11 @@ def no_labelled_examples(tasks: Sequence[Task], split: Mapping[str, Any]) -> lis
 def unlabelled_task_message(names: Sequence[str], where: str) -> str:
     """The one-line refusal for tasks without a single labelled training example."""
     shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return (f"{where}: task(s) {shown} have no labelled example (their label mask is 0 on every training example): "
-            "such a task would train on nothing (loss 0), report an untrained head's test numbers and still count "
-            "in model selection. Fix: drop the task(s), or give them labelled training examples")
+    return (
+        f"{where}: task(s) {shown} have no labelled example (their label mask is 0 on every training example): "
+        "such a task would train on nothing (loss 0), report an untrained head's test numbers and still count "
+        "in model selection. Fix: drop the task(s), or give them labelled training examples"
+    )
 
 
 def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "batch") -> None:

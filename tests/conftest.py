@@ -61,8 +61,13 @@ EIGHT_DEVICE_GROUPS = (
 def eight_device_agreement():
     """``{(methods, problem): driver_agreement output}`` for :data:`EIGHT_DEVICE_GROUPS`, run once."""
     # The time limit the separate subprocesses had together (600 s each).
-    out = run_script("driver_agreement.py", "--groups", *[f"{m}@@{p}" for m, p in EIGHT_DEVICE_GROUPS], devices=8,
-                     timeout=600 * len(EIGHT_DEVICE_GROUPS))
+    out = run_script(
+        "driver_agreement.py",
+        "--groups",
+        *[f"{m}@@{p}" for m, p in EIGHT_DEVICE_GROUPS],
+        devices=8,
+        timeout=600 * len(EIGHT_DEVICE_GROUPS),
+    )
     return {(m, p): out[f"{m}@@{p}"] for m, p in EIGHT_DEVICE_GROUPS}
 
 

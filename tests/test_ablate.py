@@ -10,10 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, toy_config
-from jmtl.training import ablation as ablate
+
 from jmtl.metrics import mtl
+from jmtl.training import ablation as ablate
 
 
 def test_delta_m_closed_form():
@@ -36,8 +36,9 @@ def test_mean_rank_and_pareto():
 
 
 def test_grid_runs_resumes_and_reports(tmp_path):
-    config = toy_config(tmp_path, num_steps=20, eval_every_steps=10, log_every_steps=5, parallel="single",
-                        progress_bar=False)
+    config = toy_config(
+        tmp_path, num_steps=20, eval_every_steps=10, log_every_steps=5, parallel="single", progress_bar=False
+    )
     wd = tmp_path / "grid"
     summary = ablate.run(config, wd, ["equal", "mgda", "krum"], ["hps"], seeds=2)
     rows = list(csv.DictReader(open(wd / "results.csv")))
@@ -50,7 +51,9 @@ def test_grid_runs_resumes_and_reports(tmp_path):
         assert (wd / "plots" / name).stat().st_size > 0
 
     # Δm of a row recomputed by hand from the CSV (best-validation test MSEs, lower is better).
-    base = {t: np.mean([float(r[f"test.{t}.mse"]) for r in done if r["cell"] == f"single_task__{t}"]) for t in ("t0", "t1")}
+    base = {
+        t: np.mean([float(r[f"test.{t}.mse"]) for r in done if r["cell"] == f"single_task__{t}"]) for t in ("t0", "t1")
+    }
     r = next(r for r in done if r["cell"] == "hps__mgda")
     expected = np.mean([(float(r[f"test.{t}.mse"]) - base[t]) / base[t] * 100 for t in ("t0", "t1")])
     assert float(r["delta_m"]) == pytest.approx(expected)
@@ -65,18 +68,44 @@ def test_grid_runs_resumes_and_reports(tmp_path):
     # A rerun under another schedule would rank its cells beside these: refused, naming the
     # difference, before anything trains; every file of the grid stays as it was.
     before = _hashes(wd)
-    with pytest.raises(ablate.GridMismatchError, match=re.escape("holds a grid trained under another config "
-                                                                 "(num_steps: 20 -> 10)")):
-        ablate.run(toy_config(tmp_path, num_steps=10, eval_every_steps=10, log_every_steps=5, parallel="single",
-                              progress_bar=False), wd, ["equal", "mgda"], ["hps"], seeds=2)
+    with pytest.raises(
+        ablate.GridMismatchError, match=re.escape("holds a grid trained under another config (num_steps: 20 -> 10)")
+    ):
+        ablate.run(
+            toy_config(
+                tmp_path, num_steps=10, eval_every_steps=10, log_every_steps=5, parallel="single", progress_bar=False
+            ),
+            wd,
+            ["equal", "mgda"],
+            ["hps"],
+            seeds=2,
+        )
     with pytest.raises(ablate.GridMismatchError, match=re.escape("(seeds: 2 -> 3)")):
         ablate.run(config, wd, ["equal"], ["hps"], seeds=3)
     # The same from the command line: one line, exit 2.
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.ablate", "--config", "experiments/configs/gradnorm_toy.py",
-         "--workdir", str(wd), "--seeds", "2", "--methods", "equal", "--config.num_steps=10",
-         "--config.eval_every_steps=10", "--config.log_every_steps=5", "--config.parallel=single"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
+        [
+            sys.executable,
+            "-m",
+            "experiments.ablate",
+            "--config",
+            "experiments/configs/gradnorm_toy.py",
+            "--workdir",
+            str(wd),
+            "--seeds",
+            "2",
+            "--methods",
+            "equal",
+            "--config.num_steps=10",
+            "--config.eval_every_steps=10",
+            "--config.log_every_steps=5",
+            "--config.parallel=single",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
     )
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
@@ -85,13 +114,18 @@ def test_grid_runs_resumes_and_reports(tmp_path):
 
 
 def _hashes(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def test_unknown_architecture_fails_before_anything_trains(tmp_path):
     config = toy_config(tmp_path, num_steps=4, parallel="single", progress_bar=False)
-    with pytest.raises(ValueError, match=re.escape("unknown architecture(s) ['hsp'] (did you mean 'hps'?); valid: hps,")):
+    with pytest.raises(
+        ValueError, match=re.escape("unknown architecture(s) ['hsp'] (did you mean 'hps'?); valid: hps,")
+    ):
         ablate.run(config, tmp_path / "grid", ["equal"], ["hps", "hsp"], seeds=1)
     assert not (tmp_path / "grid").exists()
 
@@ -115,8 +149,9 @@ def test_rep_suffix_selects_the_representation_jacobian(tmp_path):
 def test_seeds_split_into_programs_match_one_program(tmp_path):
     # Seeds 0..2 as programs of 2 + 1 seeds give the same per-seed results as one program of 3: each
     # seed keeps its own PRNG key and data order whichever program it runs in.
-    config = toy_config(tmp_path, num_steps=12, eval_every_steps=6, log_every_steps=3, parallel="single",
-                        progress_bar=False)
+    config = toy_config(
+        tmp_path, num_steps=12, eval_every_steps=6, log_every_steps=3, parallel="single", progress_bar=False
+    )
     together = ablate.run(config, tmp_path / "one", ["mgda"], ["hps"], seeds=3)
     split = ablate.run(config, tmp_path / "split", ["mgda"], ["hps"], seeds=3, seeds_per_program=2)
     cell = tmp_path / "split" / "cells" / "hps__mgda"

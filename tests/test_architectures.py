@@ -17,7 +17,8 @@ import optax
 import pytest
 
 from jmtl import weighting
-from jmtl.models import architectures, encoders, heads as heads_lib, mtl, regularizers, stages
+from jmtl.models import architectures, encoders, mtl, regularizers, stages
+from jmtl.models import heads as heads_lib
 from jmtl.tasks import Task
 from jmtl.training import step as step_lib
 
@@ -83,7 +84,9 @@ def test_shapes_on_2_and_5_tasks_with_both_encoders(arch):
             ("mlp", dict(features=(16, 16)), jnp.zeros((3, 7))),
         ):
             tasks = _tasks(k, "classification")
-            model = mtl.build(tasks, encoder=enc, encoder_kwargs=kw, head_kwargs=dict(hidden=6), arch=arch, relation=True)
+            model = mtl.build(
+                tasks, encoder=enc, encoder_kwargs=kw, head_kwargs=dict(hidden=6), arch=arch, relation=True
+            )
             out, variables = jax.eval_shape(lambda: model.init_with_output(_rngs(), x, train=True))
             assert set(out) == {t.name for t in tasks}
             assert all(o.shape == (3, 10) for o in out.values()), (arch, k, enc)
@@ -116,7 +119,13 @@ def test_build_errors():
     with pytest.raises(ValueError, match="takes no arch_kwargs"):
         mtl.build(tasks, encoder="mlp", arch="hps", arch_kwargs=dict(num_experts=2))
     with pytest.raises(ValueError, match="end with the number of tasks"):
-        mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(4, 4)), arch="learning_to_branch", arch_kwargs=dict(widths=(1, 3)))
+        mtl.build(
+            tasks,
+            encoder="mlp",
+            encoder_kwargs=dict(features=(4, 4)),
+            arch="learning_to_branch",
+            arch_kwargs=dict(widths=(1, 3)),
+        )
     # Regularizer keys configure the step's penalty, not the model.
     m = mtl.build(tasks, encoder="mlp", arch="hps", arch_kwargs=dict(mtrl_weight=0.1))
     assert isinstance(m, mtl.MultiTaskModel)
@@ -141,7 +150,9 @@ CONTRACT_CASES = [(a, {}) for a in ARCHS] + [
 ]
 
 
-@pytest.mark.parametrize("arch,arch_kwargs", CONTRACT_CASES, ids=[a + "".join(f"-{k}{v}" for k, v in kw.items()) for a, kw in CONTRACT_CASES])
+@pytest.mark.parametrize(
+    "arch,arch_kwargs", CONTRACT_CASES, ids=[a + "".join(f"-{k}{v}" for k, v in kw.items()) for a, kw in CONTRACT_CASES]
+)
 def test_shared_subtree_is_exactly_what_several_tasks_reach(arch, arch_kwargs):
     """Per-task gradients (jacrev of the K losses): a leaf under 'shared' gets gradient from >= 2
     tasks; a leaf of a task-keyed subtree only from its own task; row i of W only from task i.
@@ -189,10 +200,13 @@ def test_shared_subtree_is_exactly_what_several_tasks_reach(arch, arch_kwargs):
 # ----------------------------------------------------------------------------- equivalences
 
 
-@pytest.mark.parametrize("enc,kw,x", [
-    ("mlp", dict(features=(6, 5, 4)), np.random.default_rng(0).normal(size=(4, 7))),
-    ("multi_lenet", dict(dropout_rate=0.5), np.random.default_rng(0).uniform(size=(4, 28, 28, 1))),
-])
+@pytest.mark.parametrize(
+    "enc,kw,x",
+    [
+        ("mlp", dict(features=(6, 5, 4)), np.random.default_rng(0).normal(size=(4, 7))),
+        ("multi_lenet", dict(dropout_rate=0.5), np.random.default_rng(0).uniform(size=(4, 28, 28, 1))),
+    ],
+)
 def test_stages_compose_to_the_encoder(enc, kw, x):
     encoder = encoders.get(enc, **kw)
     st = stages.stages_of(encoder)
@@ -200,7 +214,9 @@ def test_stages_compose_to_the_encoder(enc, kw, x):
     p = encoder.init(jax.random.PRNGKey(0), jnp.asarray(x, jnp.float32))["params"]
     sp = stages.split_params(p, st)
     np.testing.assert_allclose(
-        staged.apply({"params": sp}, jnp.asarray(x, jnp.float32)), encoder.apply({"params": p}, jnp.asarray(x, jnp.float32)), rtol=1e-6
+        staged.apply({"params": sp}, jnp.asarray(x, jnp.float32)),
+        encoder.apply({"params": p}, jnp.asarray(x, jnp.float32)),
+        rtol=1e-6,
     )
     assert jax.tree.structure(stages.merge_params(sp)) == jax.tree.structure(p)
 
@@ -221,7 +237,10 @@ def test_cross_stitch_at_identity_equals_independent_towers():
     np.testing.assert_array_equal(p_cs["shared"]["stitch_0"]["alpha"], np.eye(2))
     st = stages.stages_of(encoders.MultiLeNet())
     p_cs = {
-        "shared": {**p_cs["shared"], "towers": {n: stages.split_params(p_ind["towers"][n], st) for n in p_ind["towers"]}},
+        "shared": {
+            **p_cs["shared"],
+            "towers": {n: stages.split_params(p_ind["towers"][n], st) for n in p_ind["towers"]},
+        },
         "tasks": p_ind["tasks"],
     }
     a, b = ind.apply({"params": p_ind}, x), cs.apply({"params": p_cs}, x)
@@ -229,8 +248,18 @@ def test_cross_stitch_at_identity_equals_independent_towers():
         np.testing.assert_allclose(a[t.name], b[t.name], rtol=1e-5, atol=1e-6)
     # The paper's init (0.9 / 0.1) mixes: different outputs from the same towers.
     _, cs09 = _lenet("cross_stitch")
-    c = cs09.apply({"params": {**p_cs, "shared": {**p_cs["shared"], **{
-        f"stitch_{i}": {"alpha": jnp.array([[0.9, 0.1], [0.1, 0.9]])} for i in range(3)}}}}, x)
+    c = cs09.apply(
+        {
+            "params": {
+                **p_cs,
+                "shared": {
+                    **p_cs["shared"],
+                    **{f"stitch_{i}": {"alpha": jnp.array([[0.9, 0.1], [0.1, 0.9]])} for i in range(3)},
+                },
+            }
+        },
+        x,
+    )
     assert not np.allclose(a["left"], c["left"])
 
 
@@ -275,11 +304,15 @@ def test_dselect_gate_is_a_distribution_and_selects_at_most_k():
         assert np.all(w > 0)  # smooth region at init: every expert is reachable
         # Saturated z (|z| >= gamma/2): each selector is one-hot, so at most k experts are used.
         p = jax.tree.map(lambda a: a, p)
-        p["z"]["bias"] = jnp.asarray(np.random.default_rng(n).choice([-3.0, 3.0], size=p["z"]["bias"].shape), jnp.float32)
+        p["z"]["bias"] = jnp.asarray(
+            np.random.default_rng(n).choice([-3.0, 3.0], size=p["z"]["bias"].shape), jnp.float32
+        )
         w = gate.apply({"params": p}, x)
         np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
         assert np.all((w > 1e-6).sum(-1) <= 2)
-    np.testing.assert_allclose(moe.smooth_step(jnp.array([-1.0, -0.5, 0.0, 0.5, 1.0]), 1.0), [0, 0, 0.5, 1, 1], atol=1e-6)
+    np.testing.assert_allclose(
+        moe.smooth_step(jnp.array([-1.0, -0.5, 0.0, 0.5, 1.0]), 1.0), [0, 0, 0.5, 1, 1], atol=1e-6
+    )
 
 
 def test_learning_to_branch_temperature_and_derived_tree():
@@ -317,8 +350,14 @@ def test_learning_to_branch_evaluates_the_argmax_parents():
     composed by hand in float64 from the node params (3 stages: 2 roots, 2 middle nodes choosing
     among them, one leaf per task choosing among the middle nodes)."""
     tasks = _tasks(2)
-    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(6, 5, 4)), head_kwargs=dict(hidden=3),
-                      arch="learning_to_branch", arch_kwargs=dict(widths=(2, 2, 2)))
+    model = mtl.build(
+        tasks,
+        encoder="mlp",
+        encoder_kwargs=dict(features=(6, 5, 4)),
+        head_kwargs=dict(hidden=3),
+        arch="learning_to_branch",
+        arch_kwargs=dict(widths=(2, 2, 2)),
+    )
     x = np.asarray(_batch(tasks)["x"])
     params = model.init(_rngs(), jnp.asarray(x))["params"]
     assert "parent_logits" not in params["shared"]["stage_0"]  # the roots have one parent: the input
@@ -337,7 +376,9 @@ def test_learning_to_branch_evaluates_the_argmax_parents():
         np.testing.assert_allclose(out[n], _head(params["tasks"][n], leaf), rtol=1e-5, atol=1e-6)
     # The other parents do not matter in evaluation: perturbing the unchosen root changes nothing.
     moved = jax.tree.map(lambda a: a, params)
-    moved["shared"]["stage_0"]["node_0"]["Dense_0"]["bias"] = params["shared"]["stage_0"]["node_0"]["Dense_0"]["bias"] + 1.0
+    moved["shared"]["stage_0"]["node_0"]["Dense_0"]["bias"] = (
+        params["shared"]["stage_0"]["node_0"]["Dense_0"]["bias"] + 1.0
+    )
     out_moved = model.apply({"params": moved}, jnp.asarray(x), train=False)
     # t0 <- middle 0 <- root 1 (unchanged); t1 <- middle 1 <- root 0 (moved).
     np.testing.assert_array_equal(out_moved["t0"], out["t0"])
@@ -387,7 +428,9 @@ def test_cross_stitch_with_a_user_encoder(encoder):
     params = model.init(_rngs(), jnp.asarray(x))["params"]
     towers = params["shared"]["towers"]
     assert set(towers) == {"t0", "t1"} and set(towers["t0"]) == {"stage_0"}
-    assert not np.allclose(towers["t0"]["stage_0"]["encoder"]["proj"]["kernel"], towers["t1"]["stage_0"]["encoder"]["proj"]["kernel"])
+    assert not np.allclose(
+        towers["t0"]["stage_0"]["encoder"]["proj"]["kernel"], towers["t1"]["stage_0"]["encoder"]["proj"]["kernel"]
+    )
     alpha = np.array([[0.7, 0.3], [0.2, 0.8]], np.float32)
     params["shared"]["stitch_0"]["alpha"] = jnp.asarray(alpha)
     feats = [_enc(towers[n]["stage_0"]["encoder"], x) for n in ("t0", "t1")]
@@ -494,14 +537,26 @@ def test_soft_sharing_penalties():
         l2, g_l2 = jax.value_and_grad(lambda q: regularizers.soft_sharing(q, "l2"))(p)
         moved = jax.tree.map(lambda q, g: q - 0.01 * g, p, g_l2)
         g_same = jax.grad(lambda q: regularizers.soft_sharing(q, "trace_norm"))(same)
-        return (l2, regularizers.soft_sharing(p, "trace_norm"), regularizers.soft_sharing(moved, "l2"),
-                regularizers.soft_sharing(same, "l2"), g_same)
+        return (
+            l2,
+            regularizers.soft_sharing(p, "trace_norm"),
+            regularizers.soft_sharing(moved, "l2"),
+            regularizers.soft_sharing(same, "l2"),
+            g_same,
+        )
 
     l2, tn, l2_moved, l2_same, g_same = values(params, same)
     leaves = [jax.tree.leaves(t) for t in towers]
-    expected = sum(float(np.sum((np.asarray(a) - np.asarray(b)) ** 2)) for i in range(3) for j in range(i + 1, 3) for a, b in zip(leaves[i], leaves[j]))
+    expected = sum(
+        float(np.sum((np.asarray(a) - np.asarray(b)) ** 2))
+        for i in range(3)
+        for j in range(i + 1, 3)
+        for a, b in zip(leaves[i], leaves[j])
+    )
     np.testing.assert_allclose(l2, expected, rtol=1e-5)
-    nuclear = sum(np.linalg.svd(np.stack([np.ravel(l[i]) for l in leaves]), compute_uv=False).sum() for i in range(len(leaves[0])))
+    nuclear = sum(
+        np.linalg.svd(np.stack([np.ravel(l[i]) for l in leaves]), compute_uv=False).sum() for i in range(len(leaves[0]))
+    )
     np.testing.assert_allclose(tn, nuclear, rtol=1e-4)
     assert float(l2_moved) < float(l2)  # the gradient pulls the towers together
     assert abs(float(l2_same)) < 1e-9  # identical towers: no penalty ...
@@ -521,7 +576,9 @@ def test_mtrl_omega_and_penalty():
     root = (v * np.sqrt(lam)) @ v.T
     np.testing.assert_allclose(omega, root / np.trace(root), rtol=1e-4, atol=1e-6)
     # At the optimal Omega the penalty is (tr (Theta^T Theta)^(1/2))^2 and its gradient 2 Theta Omega^-1.
-    np.testing.assert_allclose(regularizers.mtrl(params, 1e-4), np.trace(root) ** 2 - 1e-4 * np.trace(np.linalg.inv(omega)), rtol=1e-3)
+    np.testing.assert_allclose(
+        regularizers.mtrl(params, 1e-4), np.trace(root) ** 2 - 1e-4 * np.trace(np.linalg.inv(omega)), rtol=1e-3
+    )
     g = jax.grad(lambda p: regularizers.mtrl(p, 1e-4))(params)
     g_theta = np.stack([np.ravel(g["tasks"][t.name]["out"]["kernel"]) for t in tasks], axis=1)
     np.testing.assert_allclose(g_theta, 2 * theta @ np.linalg.inv(omega), rtol=1e-3, atol=1e-5)
@@ -544,6 +601,7 @@ def test_penalty_from_config():
 
 
 # ----------------------------------------------------------------------------- the train step
+
 
 def _method(arch: str) -> str:
     # MGDA exercises the per-task Jacobian over params['shared']; with nothing shared, equal weighting.
@@ -570,8 +628,13 @@ def test_jitted_step_and_shard_map_step_for_every_architecture(script_runner):
 
     with ThreadPoolExecutor(1) as pool:
         # run_script resolves tests/scripts/<name>; this module is its own script.
-        sub = pool.submit(script_runner, "../test_architectures.py", devices=2, timeout=300,
-                          env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"})
+        sub = pool.submit(
+            script_runner,
+            "../test_architectures.py",
+            devices=2,
+            timeout=300,
+            env={"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"},
+        )
         single = {}
         for arch in ARCHS:
             init, state, metrics = _run_steps(arch, _method(arch), steps=1, k=2)
@@ -643,7 +706,10 @@ def test_mmoe_mgda_step_matches_the_update_computed_by_hand(mode):
         else:
             g_shared = jax.tree.map(lambda l: jnp.tensordot(w, l, axes=1), rows)
         g_rest = jax.grad(lambda r: jnp.sum(full_losses(shared, r)))(rest)  # each task-specific param: own task's
-    expected = {**jax.tree.map(lambda p, gi: p - lr * gi, rest, g_rest), "shared": jax.tree.map(lambda p, gi: p - lr * gi, shared, g_shared)}
+    expected = {
+        **jax.tree.map(lambda p, gi: p - lr * gi, rest, g_rest),
+        "shared": jax.tree.map(lambda p, gi: p - lr * gi, shared, g_shared),
+    }
 
     new, metrics = fn(state, batch)
     assert jax.tree.structure(new.params) == jax.tree.structure(expected)
@@ -653,8 +719,8 @@ def test_mmoe_mgda_step_matches_the_update_computed_by_hand(mode):
 
 
 def test_experiments_train_with_an_architecture(tmp_path):
-    from jmtl.training import loop as train_lib
     from experiments.configs import gradnorm_toy
+    from jmtl.training import loop as train_lib
 
     c = gradnorm_toy.get_config()
     c.model.arch = "cross_stitch"
@@ -678,7 +744,9 @@ def test_step_adds_the_soft_sharing_penalty():
 
     g = jax.grad(objective)(state.params)
     new, metrics = fn(state, batch)
-    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(jax.tree.map(lambda p, gi: p - 0.1 * gi, state.params, g))):
+    for a, b in zip(
+        jax.tree.leaves(new.params), jax.tree.leaves(jax.tree.map(lambda p, gi: p - 0.1 * gi, state.params, g))
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(metrics["objective"], objective(state.params), rtol=1e-5)
 
@@ -706,7 +774,9 @@ def test_step_passes_the_branching_temperature():
 
     g = jax.jit(jax.grad(objective))(state.params)
     new, _ = fn(state, batch)
-    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(jax.tree.map(lambda p, gi: p - 0.1 * gi, state.params, g))):
+    for a, b in zip(
+        jax.tree.leaves(new.params), jax.tree.leaves(jax.tree.map(lambda p, gi: p - 0.1 * gi, state.params, g))
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

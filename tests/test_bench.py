@@ -10,8 +10,25 @@ def test_bench_scaling_smoke(tmp_path):
     the same run rather than compiling the Multi-LeNet steps a second time)."""
     from experiments.bench import parts as bench
 
-    argv = ["--parts", "scaling", "--ks", "2", "--repeats", "1", "--warmup", "0", "--batch", "8",
-            "--chunks", "1", "--methods", "", "--no-rep", "--out-dir", str(tmp_path)]
+    argv = [
+        "--parts",
+        "scaling",
+        "--ks",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--batch",
+        "8",
+        "--chunks",
+        "1",
+        "--methods",
+        "",
+        "--no-rep",
+        "--out-dir",
+        str(tmp_path),
+    ]
     if importlib.util.find_spec("torch") is None:
         argv.append("--no-torch")
     bench.main(argv)
@@ -33,8 +50,20 @@ def test_bench_scaling_smoke(tmp_path):
 def test_bench_rows_smoke(tmp_path):
     from experiments.bench import parts as bench
 
-    argv = ["--parts", "rows", "--rows-k", "2", "--repeats", "1", "--warmup", "0", "--batch", "8",
-            "--out-dir", str(tmp_path)]
+    argv = [
+        "--parts",
+        "rows",
+        "--rows-k",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--batch",
+        "8",
+        "--out-dir",
+        str(tmp_path),
+    ]
     if importlib.util.find_spec("torch") is None:
         argv.append("--no-torch")
     bench.main(argv)
@@ -51,7 +80,7 @@ def test_round_robin_times_every_fn_each_round_in_varying_order():
     fns = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
     samples = time_round_robin(fns, repeats=6, warmup=1)
     assert {n: len(v) for n, v in samples.items()} == {n: 6 for n in "abcd"}
-    rounds = [tuple(calls[4 + 4 * r: 8 + 4 * r]) for r in range(6)]  # after the 4 warm-up calls
+    rounds = [tuple(calls[4 + 4 * r : 8 + 4 * r]) for r in range(6)]  # after the 4 warm-up calls
     assert all(sorted(r) == list("abcd") for r in rounds)
     assert len(set(rounds)) > 1  # no row always follows the same neighbour
 
@@ -62,8 +91,9 @@ def _assert_recorded_provenance(prov, command_part):
 
     assert prov["recorded"] is True
     assert command_part in prov["command"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(__file__))).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__))
+    ).stdout.strip()
     assert prov["git_commit"] == (head or None)  # None outside a git checkout
     assert prov["machine"]["cores"] == os.cpu_count()
     assert len(prov["load_average_start"]) == len(prov["load_average_end"]) == 3
@@ -80,8 +110,15 @@ def test_write_outputs_and_markdown_mark_recovered_provenance(tmp_path):
     md = (tmp_path / "sub" / "x.md").read_text()
     assert md.startswith("# title\n") and "`python -m experiments.bench.step --repeats 3`" in md
     assert "Recorded by the script" in md
-    recovered = common.provenance_markdown({"recorded": False, "note": "from git log", "git_commit": "abc",
-                                            "machine": "the shared 2-core CPU", "load_average": "not recorded"})
+    recovered = common.provenance_markdown(
+        {
+            "recorded": False,
+            "note": "from git log",
+            "git_commit": "abc",
+            "machine": "the shared 2-core CPU",
+            "load_average": "not recorded",
+        }
+    )
     text = "\n".join(recovered)
     assert "**Recovered after the fact**" in text and "not recorded" in text and "`abc`" in text
 

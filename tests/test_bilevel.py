@@ -171,7 +171,9 @@ def test_forum_dual_is_the_minimiser_of_the_joint_problem(seed):
     rho = 0.1
     rows = np.vstack([g, q_theta])
     gram = rows @ rows.T
-    lam = np.asarray(bilevel.forum_dual(jnp.asarray(gram, jnp.float32), jnp.asarray(q_alpha, jnp.float32), rho, num_iter=2000))
+    lam = np.asarray(
+        bilevel.forum_dual(jnp.asarray(gram, jnp.float32), jnp.asarray(q_alpha, jnp.float32), rho, num_iter=2000)
+    )
 
     q = np.concatenate([q_theta, q_alpha])  # grad q over (theta, alpha); g has no alpha part
     g_full = np.hstack([g, np.zeros((2, 2))])
@@ -231,6 +233,7 @@ def test_bilevel_schemes_are_registered(name):
 def test_train_loop_feeds_meta_batches_and_resumes_exactly(tmp_path):
     """experiments/train.py: the meta-batch iterator is part of the resumable state (FORUM, moml's split)."""
     from conftest import toy_config
+
     from experiments.configs import common
     from jmtl.training.loop import train
 

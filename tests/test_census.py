@@ -39,7 +39,11 @@ def make_rows(n: int, seed: int, extra_value: str | None = None) -> list[list[st
         row = []
         for name in census.COLUMNS:
             if name in census.CONTINUOUS:
-                v = str(int(rng.integers(0, 90))) if name != "wage_per_hour" else str(int(rng.choice([0, 0, 500, 1200])))
+                v = (
+                    str(int(rng.integers(0, 90)))
+                    if name != "wage_per_hour"
+                    else str(int(rng.choice([0, 0, 500, 1200])))
+                )
             elif name == "instance_weight":
                 v = f"{rng.uniform(100, 3000):.2f}"
             else:
@@ -71,7 +75,9 @@ def raw_dir(tmp_path):
 
 
 def parsed(folder):
-    return [census.parse(census.read_text(p), p) for p in (census.find_file(folder, r) for r in (census.TRAIN, census.TEST))]
+    return [
+        census.parse(census.read_text(p), p) for p in (census.find_file(folder, r) for r in (census.TRAIN, census.TEST))
+    ]
 
 
 def test_compression_forms_read_the_same(tmp_path):
@@ -223,12 +229,56 @@ def _real_dir():
 
 def test_real_files():
     d = _real_dir()
-    tables = [census.parse(census.read_text(p), p, raw) for raw in (census.TRAIN, census.TEST) for p in [census.find_file(d, raw)]]
+    tables = [
+        census.parse(census.read_text(p), p, raw)
+        for raw in (census.TRAIN, census.TEST)
+        for p in [census.find_file(d, raw)]
+    ]
     assert [len(t.codes) for t in tables] == [199_523, 99_762]
     # Distinct values per attribute in train, as census-income.names lists them (columns 0..39
     # without the instance weight).
-    published = [91, 9, 52, 47, 17, 1240, 3, 7, 24, 15, 5, 10, 2, 3, 6, 8, 132, 113, 1478, 6, 6, 51, 38, 8,
-                 10, 9, 10, 3, 4, 7, 5, 43, 43, 43, 5, 3, 3, 3, 53, 2]
+    published = [
+        91,
+        9,
+        52,
+        47,
+        17,
+        1240,
+        3,
+        7,
+        24,
+        15,
+        5,
+        10,
+        2,
+        3,
+        6,
+        8,
+        132,
+        113,
+        1478,
+        6,
+        6,
+        51,
+        38,
+        8,
+        10,
+        9,
+        10,
+        3,
+        4,
+        7,
+        5,
+        43,
+        43,
+        43,
+        5,
+        3,
+        3,
+        3,
+        53,
+        2,
+    ]
     attributes = [j for j in range(40 + 1) if census.COLUMNS[j] != "instance_weight"]
     assert [len(tables[0].values[j]) for j in attributes] == published
     (train, test), info = census.encode(tables[0], tables[1:])

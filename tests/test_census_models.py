@@ -14,6 +14,7 @@ from experiments.configs import census_common, census_income_marital
 from jmtl.models import architectures, mtl
 from jmtl.tasks import Task
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _fast_compile():
     """Tiny programs compiled once each: XLA's optimisation passes cost more than they save."""
@@ -28,8 +29,14 @@ TASKS = (Task("a", "binary", 1), Task("b", "binary", 1))
 
 
 def _model(arch: str, num_experts: int = E, expert_width: int = H):
-    return mtl.build(TASKS, encoder="mlp", encoder_kwargs=dict(features=(expert_width,)),
-                     head_kwargs=dict(hidden=T, dropout_rate=0.0), arch=arch, arch_kwargs=dict(num_experts=num_experts))
+    return mtl.build(
+        TASKS,
+        encoder="mlp",
+        encoder_kwargs=dict(features=(expert_width,)),
+        head_kwargs=dict(hidden=T, dropout_rate=0.0),
+        arch=arch,
+        arch_kwargs=dict(num_experts=num_experts),
+    )
 
 
 def _x(n: int = 7, seed: int = 0) -> jnp.ndarray:
@@ -112,20 +119,33 @@ def test_omoe_equals_mmoe_when_every_task_gate_is_the_omoe_gate():
     x = _x(9, seed=3)
     po = _perturb(omoe.init(jax.random.PRNGKey(0), x)["params"])
     pm = mmoe.init(jax.random.PRNGKey(0), x)["params"]
-    pm = {"shared": {"level_0": {"shared_experts": po["shared"]["experts"]}},
-          "gates": {t.name: {"level_0": po["shared"]["gate"]} for t in TASKS}, "tasks": po["tasks"]}
+    pm = {
+        "shared": {"level_0": {"shared_experts": po["shared"]["experts"]}},
+        "gates": {t.name: {"level_0": po["shared"]["gate"]} for t in TASKS},
+        "tasks": po["tasks"],
+    }
     a, b = omoe.apply({"params": po}, x), mmoe.apply({"params": pm}, x)
     for t in TASKS:
         np.testing.assert_allclose(np.asarray(a[t.name]), np.asarray(b[t.name]), rtol=1e-5, atol=1e-6)
-    pm["gates"]["b"] = {"level_0": {"logits": {"kernel": pm["gates"]["b"]["level_0"]["logits"]["kernel"] + 1.0 * _x(D_IN, 5)[:, :E]}}}
+    pm["gates"]["b"] = {
+        "level_0": {"logits": {"kernel": pm["gates"]["b"]["level_0"]["logits"]["kernel"] + 1.0 * _x(D_IN, 5)[:, :E]}}
+    }
     c = mmoe.apply({"params": pm}, x)
     np.testing.assert_allclose(np.asarray(c["a"]), np.asarray(a["a"]), rtol=1e-5, atol=1e-6)
     assert not np.allclose(np.asarray(c["b"]), np.asarray(a["b"]), atol=1e-4)
 
 
 def test_omoe_with_one_expert_is_hard_sharing():
-    omoe, hps = _model("omoe", num_experts=1), mtl.build(
-        TASKS, encoder="mlp", encoder_kwargs=dict(features=(H,)), head_kwargs=dict(hidden=T, dropout_rate=0.0), arch="hps")
+    omoe, hps = (
+        _model("omoe", num_experts=1),
+        mtl.build(
+            TASKS,
+            encoder="mlp",
+            encoder_kwargs=dict(features=(H,)),
+            head_kwargs=dict(hidden=T, dropout_rate=0.0),
+            arch="hps",
+        ),
+    )
     x = _x()
     po = _perturb(omoe.init(jax.random.PRNGKey(0), x)["params"])
     ph = {"shared": po["shared"]["experts"]["expert_0"], "tasks": po["tasks"]}
@@ -145,8 +165,14 @@ def test_omoe_refuses_no_experts():
 
 def _count(arch: str, d_in: int = 500) -> int:
     c = census_common.apply_arch(census_income_marital.get_config(), arch)
-    model = mtl.build(TASKS, encoder=c.model.encoder, encoder_kwargs=c.model.encoder_kwargs.to_dict(),
-                      head_kwargs=c.model.head_kwargs.to_dict(), arch=arch, arch_kwargs=c.model.arch_kwargs.to_dict())
+    model = mtl.build(
+        TASKS,
+        encoder=c.model.encoder,
+        encoder_kwargs=c.model.encoder_kwargs.to_dict(),
+        head_kwargs=c.model.head_kwargs.to_dict(),
+        arch=arch,
+        arch_kwargs=c.model.arch_kwargs.to_dict(),
+    )
     x = jnp.zeros((2, d_in), jnp.float32)
     return architectures.count_params(model.init(jax.random.PRNGKey(0), x)["params"])
 
@@ -164,9 +190,19 @@ def test_census_architectures_build_with_comparable_sizes():
 
 def test_census_grid_cells_carry_each_architectures_sizes():
     config = census_income_marital.get_config()
-    cells = dict(census_grid.cells_for(config, ["equal", "mgda"], ["hps", "omoe", "cgc"], ["income", "marital"], 3, True))
-    assert list(cells) == ["single_task__income", "single_task__marital", "hps__equal", "hps__mgda",
-                           "omoe__equal", "omoe__mgda", "cgc__equal", "cgc__mgda"]
+    cells = dict(
+        census_grid.cells_for(config, ["equal", "mgda"], ["hps", "omoe", "cgc"], ["income", "marital"], 3, True)
+    )
+    assert list(cells) == [
+        "single_task__income",
+        "single_task__marital",
+        "hps__equal",
+        "hps__mgda",
+        "omoe__equal",
+        "omoe__mgda",
+        "cgc__equal",
+        "cgc__mgda",
+    ]
     assert cells["single_task__income"].model.arch == "hps"
     assert tuple(cells["single_task__income"].model.encoder_kwargs.features) == (census_common.BOTTOM_UNITS,)
     assert dict(cells["single_task__income"].model.arch_kwargs) == {}
@@ -191,8 +227,15 @@ def test_loop_evaluator_gives_each_seeds_auc():
     arrays = {"x": np.asarray(x), **labels}
     seeds = [_perturb(model.init(jax.random.PRNGKey(s), x)["params"], seed=s + 1) for s in range(2)]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *seeds)
-    ev = loop.InMemoryEvaluator({"validation": arrays, "test": arrays}, TASKS, StepConfig(input_key="x"), model,
-                                16, parallel.Driver("single"), loop.SeedAxis(0, 2))  # several batches per split
+    ev = loop.InMemoryEvaluator(
+        {"validation": arrays, "test": arrays},
+        TASKS,
+        StepConfig(input_key="x"),
+        model,
+        16,
+        parallel.Driver("single"),
+        loop.SeedAxis(0, 2),
+    )  # several batches per split
     results = ev(stacked, ("test",))
     for i, p in enumerate(seeds):
         out = model.apply({"params": p}, x)
@@ -200,7 +243,9 @@ def test_loop_evaluator_gives_each_seeds_auc():
             score = np.asarray(out[t.name], np.float64).reshape(-1)
             y = labels[t.name]
             pos, neg = score[y == 1], score[y == 0]
-            brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+            brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+                len(pos) * len(neg)
+            )
             np.testing.assert_allclose(results[i]["test"][t.name]["auc"], brute, rtol=1e-6)
     assert results[0]["test"]["a"]["auc"] != results[1]["test"]["a"]["auc"]  # each seed its own params
 
@@ -215,8 +260,10 @@ def test_census_grid_selects_on_the_main_task_auc():
         def score(self, validation):
             return sum(v["accuracy"] for v in validation.values()) / len(validation)
 
-    evals = [{"income": {"auc": 0.90, "accuracy": 0.99}, "marital": {"auc": 0.99, "accuracy": 0.99}},
-             {"income": {"auc": 0.95, "accuracy": 0.90}, "marital": {"auc": 0.98, "accuracy": 0.90}}]
+    evals = [
+        {"income": {"auc": 0.90, "accuracy": 0.99}, "marital": {"auc": 0.99, "accuracy": 0.99}},
+        {"income": {"auc": 0.95, "accuracy": 0.90}, "marital": {"auc": 0.98, "accuracy": 0.90}},
+    ]
     tasks = [Task("income", "binary", 1), Task("marital", "binary", 1)]
     pick = lambda w: max(range(len(evals)), key=lambda i: w.score(evals[i]))
     assert pick(SelectOnAUC(Inner(), tasks, "income")) == 1 and pick(Inner()) == 0

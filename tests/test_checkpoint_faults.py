@@ -9,12 +9,11 @@ import textwrap
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from jmtl.training.checkpoint import (
     Checkpointer,
     CheckpointMismatchError,
@@ -29,7 +28,11 @@ SIG = {"params": {"w": [64, 128]}, "tasks": ["t0"], "weighting": "equal"}
 
 def _state(step):
     rng = np.random.default_rng(step)
-    return {"w": rng.standard_normal((64, 128)).astype(np.float32), "b": rng.standard_normal(7), "step": np.asarray(step, np.int32)}
+    return {
+        "w": rng.standard_normal((64, 128)).astype(np.float32),
+        "b": rng.standard_normal(7),
+        "step": np.asarray(step, np.int32),
+    }
 
 
 def _zeros():
@@ -49,9 +52,15 @@ def _other_threads(before=()):
 
     Idle ``asyncio_N`` executor workers are left out: concurrent.futures wakes and joins them at exit.
     Whether a process really exits is checked end to end by the subprocess tests below."""
-    return [t.name for t in threading.enumerate()
-            if t is not threading.current_thread() and not t.daemon and t.is_alive() and t not in before
-            and not t.name.startswith("asyncio_")]
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.current_thread()
+        and not t.daemon
+        and t.is_alive()
+        and t not in before
+        and not t.name.startswith("asyncio_")
+    ]
 
 
 # ---- failed saves ----------------------------------------------------------------------------------
@@ -59,7 +68,10 @@ def _chattr_works(tmp_path) -> bool:
     probe = tmp_path / f"probe-{uuid.uuid4().hex}"
     probe.mkdir()
     try:
-        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode:
+        if (
+            shutil.which("chattr") is None
+            or subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode
+        ):
             return False
         try:
             (probe / "x").write_text("x")
@@ -174,13 +186,19 @@ _ASYNC_FAILURE = textwrap.dedent(
 def test_failed_async_save_exits_promptly_through_exit_fatal(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", _ASYNC_FAILURE, str(tmp_path / "ck")], capture_output=True,
-                          text=True, timeout=120, env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", _ASYNC_FAILURE, str(tmp_path / "ck")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
     assert time.time() - t0 < 90  # orbax's stuck threads alone would hold the process for 300 s
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     stuck = int(proc.stdout.split("STUCK ")[1].split()[0])
     assert stuck > 0  # the threads that used to hang interpreter shutdown were there
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"CheckpointSaveError: saving checkpoint")
+    assert proc.stderr.strip().splitlines()[-1].startswith("CheckpointSaveError: saving checkpoint")
     assert str(tmp_path / "ck") in proc.stderr.strip().splitlines()[-1]
 
 
@@ -189,10 +207,20 @@ def test_training_run_ends_promptly_when_the_checkpoint_folder_breaks(tmp_path):
     wd = tmp_path / "wd"
     immutable = _chattr_works(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "experiments.train", "--config", "experiments/configs/gradnorm_toy.py",
-           "--workdir", str(wd), "--config.num_steps=100000", "--config.checkpoint_every_steps=20",
-           "--config.eval_every_steps=1000", "--config.progress_bar=False",
-           f"--config.dataset.cache_dir={tmp_path / 'cache'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config",
+        "experiments/configs/gradnorm_toy.py",
+        "--workdir",
+        str(wd),
+        "--config.num_steps=100000",
+        "--config.checkpoint_every_steps=20",
+        "--config.eval_every_steps=1000",
+        "--config.progress_bar=False",
+        f"--config.dataset.cache_dir={tmp_path / 'cache'}",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     ckpts = wd / "checkpoints"
     try:
@@ -259,7 +287,9 @@ def test_every_damaged_file_falls_back_or_restores_exactly(pristine, tmp_path, c
             assert len(aside) == 1, (rel, mode)
             assert (d / aside[0] / rel).exists() == (mode == "empty")  # moved, not deleted
     # The files every restore reads do fall back (the issue's raw tracebacks).
-    assert {("state/manifest.ocdbt", "delete"), ("state/manifest.ocdbt", "empty"), ("meta/metadata", "empty")} <= set(fell_back)
+    assert {("state/manifest.ocdbt", "delete"), ("state/manifest.ocdbt", "empty"), ("meta/metadata", "empty")} <= set(
+        fell_back
+    )
     capsys.readouterr()
 
 
@@ -272,9 +302,11 @@ def test_fallback_message_and_the_next_save_of_that_step(pristine, tmp_path, cap
     assert meta["step"] == 10
     out = capsys.readouterr().err
     # The checksum record catches the emptied file before orbax reads it (it would say DATA_LOSS).
-    assert (f"warning: resuming from step 10 instead of step 20: {d / '20'} is damaged (CheckpointIntegrityError: "
-            "checksum mismatch: state/manifest.ocdbt has 0 bytes") in out
-    (aside, reason), = ckpt.damaged
+    assert (
+        f"warning: resuming from step 10 instead of step 20: {d / '20'} is damaged (CheckpointIntegrityError: "
+        "checksum mismatch: state/manifest.ocdbt has 0 bytes"
+    ) in out
+    ((aside, reason),) = ckpt.damaged
     assert aside.parent == d and aside.name.startswith("20.damaged-") and "manifest" in reason
     assert ckpt.latest_step() == 10
     _save(ckpt, 20)  # the resumed run reaches step 20 again: no collision with the damaged folder

@@ -57,7 +57,12 @@ def c2000(tmp_path_factory):
     _write(root / "conll2000" / "train.txt.gz", TRAIN)
     _write(root / "conll2000" / "test.txt.gz", TEST)
     return conll.load_conll2000(
-        data_dir=root, cache_dir=tmp_path_factory.mktemp("cache"), verify_checksums=False, dev_sentences=1, buckets=(2, 4), max_word_length=4
+        data_dir=root,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        verify_checksums=False,
+        dev_sentences=1,
+        buckets=(2, 4),
+        max_word_length=4,
     )
 
 
@@ -149,5 +154,7 @@ def test_conll2003_skips_docstart_and_rewrites_iob1(tmp_path):
     assert ds.spec.split_sizes == {"train": 2, "validation": 2, "test": 2}
     assert ds.gold("train", "ner") == [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER", "B-PER"]]
     assert ds.gold("train", "chunk")[0] == ["B-NP", "B-VP", "B-NP", "I-NP"]
-    asis = conll.load_conll2003(data_dir=tmp_path, cache_dir=tmp_path / "cache", tag_scheme="asis", verify_checksums=False)
+    asis = conll.load_conll2003(
+        data_dir=tmp_path, cache_dir=tmp_path / "cache", tag_scheme="asis", verify_checksums=False
+    )
     assert asis.gold("train", "ner")[1] == ["I-PER", "I-PER", "B-PER"]

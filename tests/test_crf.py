@@ -89,8 +89,18 @@ def test_crf_task_loss_is_the_token_scaled_negative_log_likelihood():
 
 def test_tagger_with_a_crf_head_trains_and_owns_its_transitions():
     tasks = (Task("pos", "tagging", 5), Task("chunk", CRF_TAGGING, 4))
-    m = sequence.build(tasks, dict(pos=1, chunk=2), num_words=30, num_chars=12, num_layers=2, hidden=8,
-                       word_dim=8, char_dim=4, char_features=6, dropout_rate=0.0)
+    m = sequence.build(
+        tasks,
+        dict(pos=1, chunk=2),
+        num_words=30,
+        num_chars=12,
+        num_layers=2,
+        hidden=8,
+        word_dim=8,
+        char_dim=4,
+        char_features=6,
+        dropout_rate=0.0,
+    )
     rng = np.random.default_rng(0)
     lengths = (6, 4, 1)
     words = rng.integers(2, 30, (3, 6)).astype(np.int32)

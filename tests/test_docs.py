@@ -23,8 +23,14 @@ def blocks(path: Path, language: str) -> list[str]:
 
 def test_site_builds_with_warnings_as_errors(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "index.html").exists()
     assert "mtl_value_and_grad" in (tmp_path / "site" / "api" / "index.html").read_text()
@@ -35,7 +41,9 @@ def test_every_python_block_runs(page, tmp_path):
     """A page's blocks run in order in one fresh interpreter (a session), in an empty folder."""
     code = "\n\n".join(blocks(page, "python"))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT), "JMTL_CACHE_DIR": str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, f"{page.name}:\n{out.stderr[-4000:]}"
 
 

@@ -15,8 +15,18 @@ from jmtl.training import step as step_lib
 from jmtl.training import tagging
 
 WORDS = "the a cat dog sat ran fast home in it".split()
-POS = {"the": "DT", "a": "DT", "cat": "NN", "dog": "NN", "sat": "VBD", "ran": "VBD", "fast": "RB",
-       "home": "NN", "in": "IN", "it": "PRP"}
+POS = {
+    "the": "DT",
+    "a": "DT",
+    "cat": "NN",
+    "dog": "NN",
+    "sat": "VBD",
+    "ran": "VBD",
+    "fast": "RB",
+    "home": "NN",
+    "in": "IN",
+    "it": "PRP",
+}
 CHUNK = {"DT": "B-NP", "NN": "I-NP", "VBD": "B-VP", "RB": "B-ADVP", "IN": "B-PP", "PRP": "B-NP"}
 
 
@@ -33,8 +43,10 @@ def _write_text(path, table, header=False, opener=open):
     return str(path)
 
 
-@pytest.mark.parametrize("fmt,header,gz", [("glove", False, False), ("glove", False, True),
-                                            ("word2vec", True, False), ("word2vec", True, True)])
+@pytest.mark.parametrize(
+    "fmt,header,gz",
+    [("glove", False, False), ("glove", False, True), ("word2vec", True, False), ("word2vec", True, True)],
+)
 def test_text_formats_read_back_the_written_vectors(tmp_path, fmt, header, gz):
     table = _vectors(["the", "Paris", "1990", "x\u00a0y"], 5)  # a non-breaking space stays inside the word
     path = _write_text(tmp_path / ("v.txt" + (".gz" if gz else "")), table, header, gzip.open if gz else open)
@@ -52,15 +64,19 @@ def _senna(root, words, dim):
     (root / "hash" / "words.lst").write_text("".join(w + "\n" for w in words))
     table = _vectors(words, dim, seed=3)
     (root / "embeddings" / "embeddings.txt").write_text(
-        "".join(" ".join(repr(float(x)) for x in table[w]) + "\n" for w in words))
+        "".join(" ".join(repr(float(x)) for x in table[w]) + "\n" for w in words)
+    )
     return table
 
 
 def test_senna_folder_and_file_pair(tmp_path):
     words = ["PADDING", "UNKNOWN", "the", "cat", "0000"]
     table = _senna(tmp_path / "senna", words, 4)
-    for path, fmt in ((tmp_path / "senna", "auto"), (tmp_path / "senna", "senna"),
-                      (f"{tmp_path}/senna/hash/words.lst,{tmp_path}/senna/embeddings/embeddings.txt", "auto")):
+    for path, fmt in (
+        (tmp_path / "senna", "auto"),
+        (tmp_path / "senna", "senna"),
+        (f"{tmp_path}/senna/hash/words.lst,{tmp_path}/senna/embeddings/embeddings.txt", "auto"),
+    ):
         e = emb_lib.load_embeddings(path, fmt)
         assert e.format == "senna" and e.dim == 4 and e.num_lines == 5
         assert e.words == ("UNKNOWN", "the", "cat", "0000")  # PADDING is no word
@@ -80,16 +96,19 @@ def test_senna_files_of_different_lengths(tmp_path):
         emb_lib.load_embeddings(tmp_path / "s")
 
 
-@pytest.mark.parametrize("content,fmt,pattern", [
-    ("a 1 2 3\nb 1 2\n", "glove", r"v.txt:2: 2 vector entries, expected 3"),
-    ("a 1 2 3\nb 1 oops 3\n", "glove", r"v.txt:2: non-numeric vector entry 'oops'"),
-    ("a 1 2 nan\n", "glove", r"v.txt:1: non-finite"),
-    ("", "auto", r"v.txt: empty embeddings file"),
-    ("\n\n", "glove", r"v.txt: empty embeddings file"),
-    ("3 2\na 1 2\nb 3 4\n", "word2vec", r"header says 3 vectors, the file has 2"),
-    ("2 2\na 1 2\nb 3\n", "auto", r"v.txt:3: 1 vector entries, expected 2 \(as on the first header\)"),
-    ("a 1 2\n", "word2vec", r"v.txt:1: a word2vec text file starts with a 'count dim' header"),
-])
+@pytest.mark.parametrize(
+    "content,fmt,pattern",
+    [
+        ("a 1 2 3\nb 1 2\n", "glove", r"v.txt:2: 2 vector entries, expected 3"),
+        ("a 1 2 3\nb 1 oops 3\n", "glove", r"v.txt:2: non-numeric vector entry 'oops'"),
+        ("a 1 2 nan\n", "glove", r"v.txt:1: non-finite"),
+        ("", "auto", r"v.txt: empty embeddings file"),
+        ("\n\n", "glove", r"v.txt: empty embeddings file"),
+        ("3 2\na 1 2\nb 3 4\n", "word2vec", r"header says 3 vectors, the file has 2"),
+        ("2 2\na 1 2\nb 3\n", "auto", r"v.txt:3: 1 vector entries, expected 2 \(as on the first header\)"),
+        ("a 1 2\n", "word2vec", r"v.txt:1: a word2vec text file starts with a 'count dim' header"),
+    ],
+)
 def test_bad_files_name_the_file_and_line(tmp_path, content, fmt, pattern):
     (tmp_path / "v.txt").write_text(content)
     with pytest.raises(DataError, match=pattern):
@@ -154,17 +173,29 @@ def test_matrix_rows_lookup_fallback_random_rows_and_coverage(tmp_path):
 def _dataset():
     words = [[WORDS[(3 * s + i) % len(WORDS)] for i in range(4 + s % 3)] for s in range(8)]
     words[0][0] = "The"  # capitalised in the text: looked up as 'the'
-    cols = {"words": words, "pos": [[POS[w.lower()] for w in s] for s in words],
-            "chunk": [[CHUNK[POS[w.lower()]] for w in s] for s in words]}
-    return conll.TaggingDataset("toy", {"train": cols, "validation": cols}, tasks=("pos", "chunk"),
-                                buckets=(8,), max_word_length=4)
+    cols = {
+        "words": words,
+        "pos": [[POS[w.lower()] for w in s] for s in words],
+        "chunk": [[CHUNK[POS[w.lower()]] for w in s] for s in words],
+    }
+    return conll.TaggingDataset(
+        "toy", {"train": cols, "validation": cols}, tasks=("pos", "chunk"), buckets=(8,), max_word_length=4
+    )
 
 
 def _config(path="", freeze=False, word_dim=4):
     c = hierarchical_sg.get_config("hier")
     c.variants.hier = dict(pos=1, chunk=1)  # one layer: compiling dominates these tests' time
-    c.model.update(num_layers=1, hidden=4, word_dim=word_dim, char_dim=2, char_features=2, word_dropout=0.0,
-                   pretrained_embeddings=path, freeze_embeddings=freeze)
+    c.model.update(
+        num_layers=1,
+        hidden=4,
+        word_dim=word_dim,
+        char_dim=2,
+        char_features=2,
+        word_dropout=0.0,
+        pretrained_embeddings=path,
+        freeze_embeddings=freeze,
+    )
     c.weighting = common.method_config("equal")
     c.optimizer.name, c.optimizer.weight_decay = "adamw", 0.1  # decay would move a table the gradient does not
     c.batch_size, c.compilation_cache_dir = 4, ""

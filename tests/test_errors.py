@@ -20,8 +20,9 @@ def test_every_library_exception_derives_from_jmtl_error():
                 found[f"{obj.__module__}.{name}"] = obj
     assert len(found) >= 12
     control_flow = (KeyboardInterrupt, SystemExit)
-    strays = sorted(k for k, cls in found.items()
-                    if not issubclass(cls, errors.JmtlError) and not issubclass(cls, control_flow))
+    strays = sorted(
+        k for k, cls in found.items() if not issubclass(cls, errors.JmtlError) and not issubclass(cls, control_flow)
+    )
     assert {"jmtl.training.loop.FitInterrupted", "jmtl.training.loop.FitTerminated"} <= set(found)
     assert not any(issubclass(cls, control_flow) and issubclass(cls, Exception) for cls in found.values())
     assert not strays, f"exceptions outside the jmtl.errors hierarchy: {strays}"

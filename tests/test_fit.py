@@ -18,7 +18,8 @@ import pytest
 import jmtl
 from jmtl.data.iterables import DataExhaustedError, ReplayIterator
 from jmtl.tasks import Task
-from jmtl.training import contract, workdir as workdir_lib
+from jmtl.training import contract
+from jmtl.training import workdir as workdir_lib
 
 TASKS = (Task("kind", "classification", 3), Task("size", "regression", 1))
 
@@ -44,13 +45,16 @@ STEP = jmtl.StepConfig(input_key="x", shared="trunk")
 def _split(seed: int, n: int, shift: float = 0.0) -> dict:
     rng = np.random.default_rng(seed)
     x = rng.normal(loc=shift, size=(n, 4)).astype(np.float32)
-    return {"x": x, "kind": np.digitize(x[:, 0], [-0.5, 0.5]).astype(np.int32),
-            "size": (x[:, 1] - x[:, 2]).astype(np.float32)}
+    return {
+        "x": x,
+        "kind": np.digitize(x[:, 0], [-0.5, 0.5]).astype(np.int32),
+        "size": (x[:, 1] - x[:, 2]).astype(np.float32),
+    }
 
 
 def _batches(arrays: dict, size: int) -> list[dict]:
     n = len(arrays["x"]) // size
-    return [{k: v[i * size:(i + 1) * size] for k, v in arrays.items()} for i in range(n)]
+    return [{k: v[i * size : (i + 1) * size] for k, v in arrays.items()} for i in range(n)]
 
 
 def _summed_loss(params, batch):
@@ -62,8 +66,19 @@ def _summed_loss(params, batch):
 def _fit(workdir, train, num_steps, **kw):
     kw.setdefault("validation", _split(1, 40))
     kw.setdefault("test", _split(2, 40))
-    return jmtl.fit(Model(), TASKS, train, workdir=workdir, num_steps=num_steps, optimizer=optax.sgd(0.1),
-                    step_config=STEP, progress_bar=False, checkpoint_every_steps=3, eval_every_steps=3, **kw)
+    return jmtl.fit(
+        Model(),
+        TASKS,
+        train,
+        workdir=workdir,
+        num_steps=num_steps,
+        optimizer=optax.sgd(0.1),
+        step_config=STEP,
+        progress_bar=False,
+        checkpoint_every_steps=3,
+        eval_every_steps=3,
+        **kw,
+    )
 
 
 def test_trains_on_exactly_the_given_batches_in_order(tmp_path):
@@ -99,9 +114,21 @@ def test_per_task_inputs_each_task_scored_on_its_own_data(tmp_path):
     train = {"kind": _split(0, 90), "size": _split(1, 60, shift=2.0)}
     val = {"kind": _split(2, 30), "size": _split(3, 30, shift=2.0)}
     test = {"kind": _split(4, 50), "size": _split(5, 40, shift=2.0)}
-    summary, state = jmtl.fit(Model(), TASKS, train, validation=val, test=test, workdir=tmp_path / "run",
-                              per_task_inputs=True, batch_size=30, num_steps=4, num_seeds=2, weighting="pcgrad",
-                              step_config=STEP, progress_bar=False)
+    summary, state = jmtl.fit(
+        Model(),
+        TASKS,
+        train,
+        validation=val,
+        test=test,
+        workdir=tmp_path / "run",
+        per_task_inputs=True,
+        batch_size=30,
+        num_steps=4,
+        num_seeds=2,
+        weighting="pcgrad",
+        step_config=STEP,
+        progress_bar=False,
+    )
     for s in range(2):
         params = jax.tree.map(lambda v: v[s], state.params)
         got = summary["seeds"][s]["final"]["test"]
@@ -126,14 +153,36 @@ def test_mistakes_are_named(tmp_path):
     with pytest.raises(ValueError, match="needs a second .meta. batch"):
         _fit(tmp_path / "e", _batches(arrays, 30), num_steps=2, weighting="auto_lambda")
     with pytest.raises(contract.ContractError, match="shared"):
-        jmtl.fit(Model(), TASKS, arrays, validation=arrays, test=arrays, workdir=tmp_path / "f", batch_size=30,
-                 num_steps=2, weighting="pcgrad", input_key="x", progress_bar=False)  # no `shared` subtree
+        jmtl.fit(
+            Model(),
+            TASKS,
+            arrays,
+            validation=arrays,
+            test=arrays,
+            workdir=tmp_path / "f",
+            batch_size=30,
+            num_steps=2,
+            weighting="pcgrad",
+            input_key="x",
+            progress_bar=False,
+        )  # no `shared` subtree
     with pytest.raises(TypeError, match=r"pass an instance: fit\(Model\(\)"):
-        jmtl.fit(Model, TASKS, arrays, validation=arrays, test=arrays, workdir=tmp_path / "h", batch_size=30,
-                 num_steps=2)
+        jmtl.fit(
+            Model, TASKS, arrays, validation=arrays, test=arrays, workdir=tmp_path / "h", batch_size=30, num_steps=2
+        )
     with pytest.raises(ValueError, match="no field.*learnig_rate"):
-        jmtl.fit(Model(), TASKS, arrays, validation=arrays, test=arrays, workdir=tmp_path / "i", batch_size=30,
-                 num_steps=2, optimizer={"learnig_rate": 1e-2}, step_config=STEP)
+        jmtl.fit(
+            Model(),
+            TASKS,
+            arrays,
+            validation=arrays,
+            test=arrays,
+            workdir=tmp_path / "i",
+            batch_size=30,
+            num_steps=2,
+            optimizer={"learnig_rate": 1e-2},
+            step_config=STEP,
+        )
     bad = dict(arrays, kind=arrays["kind"] + 1)  # class id 3 with 3 classes
     with pytest.raises(Exception, match="class id 3|span"):
         _fit(tmp_path / "g", bad, num_steps=2, batch_size=30)

@@ -44,17 +44,21 @@ TRAIN, VAL, TEST = _data(0, 80), _data(1, 40), _data(2, 40)
 def _batches(signal_at: dict | None = None):
     """seed -> one epoch of 4 batches; ``signal_at={epoch_batch_index: signum}`` sends that signal to this
     process while the batch is handed out (the step on it still runs, then fit saves and stops)."""
+
     def factory(seed):
         for i in range(4):
             if signal_at and i in signal_at:
                 os.kill(os.getpid(), signal_at.pop(i))
-            yield {k: v[i * 20:(i + 1) * 20] for k, v in TRAIN.items()}
+            yield {k: v[i * 20 : (i + 1) * 20] for k, v in TRAIN.items()}
+
     return factory
 
 
 def _fit(wd, num_steps, train=None, **kw):
     kw = {"optimizer": optax.sgd(0.05), "eval_every_steps": 2, "progress_bar": False, **kw}
-    return jmtl.fit(Model(), TASKS, train or _batches(), validation=VAL, test=TEST, workdir=wd, num_steps=num_steps, **kw)
+    return jmtl.fit(
+        Model(), TASKS, train or _batches(), validation=VAL, test=TEST, workdir=wd, num_steps=num_steps, **kw
+    )
 
 
 def _mse(params, split, task):
@@ -140,8 +144,11 @@ def test_default_cadence_is_by_time_and_its_cost_is_reported(full, tmp_path):
 def test_step_config_default_input_key_agrees_with_fit(tmp_path):
     result = _fit(tmp_path / "wd", 2, step_config=jmtl.StepConfig(shared="shared"))
     assert result.summary["steps"] == 2
-    with pytest.raises(ValueError, match=r"the validation data has no entry 'image' .*set by "
-                                         r"step_config.input_key='image'.*Fix: pass input_key="):
+    with pytest.raises(
+        ValueError,
+        match=r"the validation data has no entry 'image' .*set by "
+        r"step_config.input_key='image'.*Fix: pass input_key=",
+    ):
         _fit(tmp_path / "other", 2, step_config=jmtl.StepConfig(input_key="image", shared="shared"))
     with pytest.raises(ValueError, match=r"set by input_key='pixels' given to fit"):
         _fit(tmp_path / "other", 2, input_key="pixels")
@@ -169,10 +176,20 @@ class FakeFrame:
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_a_table_as_data_names_the_type_and_the_fix(tmp_path, split):
     data = {"train": _batches(), "validation": VAL, "test": TEST, split: FakeFrame(dict(VAL))}
-    with pytest.raises(TypeError, match=rf"the {split} data is a table \(.*FakeFrame\).*Fix: pass "
-                                        r"\{column: df\[column\].to_numpy\(\) for column in df.columns\}"):
-        jmtl.fit(Model(), TASKS, data["train"], validation=data["validation"], test=data["test"],
-                 workdir=tmp_path / "wd", num_steps=2)
+    with pytest.raises(
+        TypeError,
+        match=rf"the {split} data is a table \(.*FakeFrame\).*Fix: pass "
+        r"\{column: df\[column\].to_numpy\(\) for column in df.columns\}",
+    ):
+        jmtl.fit(
+            Model(),
+            TASKS,
+            data["train"],
+            validation=data["validation"],
+            test=data["test"],
+            workdir=tmp_path / "wd",
+            num_steps=2,
+        )
     assert not (tmp_path / "wd").exists()
 
 

@@ -39,11 +39,13 @@ def test_nnconv_one_step_by_hand():
     }
     out = np.asarray(conv.apply({"params": params}, jnp.asarray(h), graph))
     theta = lambda x: x * a + b  # [d_in, d_out]: message = h_j @ Theta(e)
-    want = np.stack([
-        h[0] @ root + h[1] @ theta(1.0) + bias,  # from 1 (edge 1->0, e = 1)
-        h[1] @ root + (h[0] @ theta(1.0) + h[2] @ theta(2.0)) / 2 + bias,  # mean of two messages
-        h[2] @ root + h[1] @ theta(2.0) + bias,
-    ])
+    want = np.stack(
+        [
+            h[0] @ root + h[1] @ theta(1.0) + bias,  # from 1 (edge 1->0, e = 1)
+            h[1] @ root + (h[0] @ theta(1.0) + h[2] @ theta(2.0)) / 2 + bias,  # mean of two messages
+            h[2] @ root + h[1] @ theta(2.0) + bias,
+        ]
+    )
     np.testing.assert_allclose(out, want, rtol=1e-6)
 
 
@@ -80,7 +82,9 @@ def test_node_permutation_invariance():
     perm = rng.permutation(7)  # new node k is old node perm[k]
     inv = np.argsort(perm)
     edge_perm = rng.permutation(len(s))
-    permuted = gnn.pad_graphs([(x[perm], e[edge_perm], inv[s][edge_perm], inv[r][edge_perm])], max_nodes=7, max_edges=len(s))
+    permuted = gnn.pad_graphs(
+        [(x[perm], e[edge_perm], inv[s][edge_perm], inv[r][edge_perm])], max_nodes=7, max_edges=len(s)
+    )
     a, b = np.asarray(model.apply(params, batch)), np.asarray(model.apply(params, permuted))
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
     # The output does depend on the graph (an invariance a constant would satisfy is no test).
@@ -96,16 +100,21 @@ def test_unpack_matches_pad_graphs():
     rows = []
     for x, e, s, r in graphs:
         n, m = len(x), len(s)
-        node_mask = np.zeros(max_nodes); node_mask[:n] = 1
-        nodes = np.zeros((max_nodes, f)); nodes[:n] = x
-        edge_mask = np.zeros(max_edges); edge_mask[:m] = 1
+        node_mask = np.zeros(max_nodes)
+        node_mask[:n] = 1
+        nodes = np.zeros((max_nodes, f))
+        nodes[:n] = x
+        edge_mask = np.zeros(max_edges)
+        edge_mask[:m] = 1
         ss, rr = np.zeros(max_edges), np.zeros(max_edges)
         ss[:m], rr[:m] = s, r
-        edges = np.zeros((max_edges, fe)); edges[:m] = e
+        edges = np.zeros((max_edges, fe))
+        edges[:m] = e
         rows.append(np.concatenate([node_mask, nodes.ravel(), edge_mask, ss, rr, edges.ravel()]))
     packed = np.stack(rows).astype(np.float32)
-    model = gnn.MPNN(hidden=8, steps=2, edge_hidden=4, max_nodes=max_nodes, max_edges=max_edges, node_features=f,
-                     edge_features=fe)
+    model = gnn.MPNN(
+        hidden=8, steps=2, edge_hidden=4, max_nodes=max_nodes, max_edges=max_edges, node_features=f, edge_features=fe
+    )
     params = model.init(jax.random.PRNGKey(5), packed)
     out = np.asarray(model.apply(params, packed))
     tight = gnn.pad_graphs(graphs, max_nodes=8, max_edges=sum(len(g[2]) for g in graphs))

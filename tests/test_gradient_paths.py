@@ -49,14 +49,20 @@ def _batch():
 
 
 def _path(model, method="mgda", **cfg):
-    return step_lib.make_train_step(model, TASKS, weighting.get(method), optax.sgd(1.0), step_lib.StepConfig(**{"input_key": "image", **cfg})).gradient_path
+    return step_lib.make_train_step(
+        model, TASKS, weighting.get(method), optax.sgd(1.0), step_lib.StepConfig(**{"input_key": "image", **cfg})
+    ).gradient_path
 
 
 def test_paths_follow_the_declared_capabilities():
     hps = mtl.build(TASKS, encoder="mlp", encoder_kwargs={"features": (8,)})
     assert _path(hps) == "factored_jacobian"
-    assert _path(mtl.build(TASKS, encoder="mlp", encoder_kwargs={"features": (8,)}, relation=True,
-                           head_kwargs={"hidden": 4})) == "param_jacobian"
+    assert (
+        _path(
+            mtl.build(TASKS, encoder="mlp", encoder_kwargs={"features": (8,)}, relation=True, head_kwargs={"hidden": 4})
+        )
+        == "param_jacobian"
+    )
     assert _path(hps, jacobian_mode="representation") == "representation_jacobian"
     assert _path(hps, "equal") == "loss_level"
     assert _path(mtl.build(TASKS, encoder="mlp", arch="independent")) == "nothing_shared"
@@ -73,7 +79,9 @@ def test_factored_path_on_a_declared_model_equals_the_whole_model_path(method):
         model = Declared(separable=separable)
         w = weighting.get(method)
         state = step_lib.init_state(model, w, optax.sgd(1.0), batch["image"], 3, 0)
-        new, _ = jax.jit(step_lib.make_train_step(model, TASKS, w, optax.sgd(1.0), step_lib.StepConfig(input_key="image")))(state, batch)
+        new, _ = jax.jit(
+            step_lib.make_train_step(model, TASKS, w, optax.sgd(1.0), step_lib.StepConfig(input_key="image"))
+        )(state, batch)
         results.append(new.params)
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

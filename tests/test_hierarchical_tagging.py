@@ -9,15 +9,25 @@ import sys
 
 import numpy as np
 import pytest
-
-from jmtl.training import tagging as hierarchical_tagging
 from conftest import ROOT
+
 from experiments.configs import hierarchical_sg
 from jmtl.data import DataError, conll
+from jmtl.training import tagging as hierarchical_tagging
 
 WORDS = "the a cat dog sat ran fast home in it".split()
-POS = {"the": "DT", "a": "DT", "cat": "NN", "dog": "NN", "sat": "VBD", "ran": "VBD", "fast": "RB",
-       "home": "NN", "in": "IN", "it": "PRP"}
+POS = {
+    "the": "DT",
+    "a": "DT",
+    "cat": "NN",
+    "dog": "NN",
+    "sat": "VBD",
+    "ran": "VBD",
+    "fast": "RB",
+    "home": "NN",
+    "in": "IN",
+    "it": "PRP",
+}
 CHUNK = {"DT": "B-NP", "NN": "I-NP", "VBD": "B-VP", "RB": "B-ADVP", "IN": "B-PP", "PRP": "B-NP"}
 
 
@@ -44,11 +54,19 @@ def raw_dir(tmp_path_factory):
 def _dataset(lengths, buckets=(2, 4, 8)):
     def cols(ls):
         words = [[WORDS[i % len(WORDS)] for i in range(n)] for n in ls]
-        return {"words": words, "pos": [[POS[w] for w in s] for s in words],
-                "chunk": [[CHUNK[POS[w]] for w in s] for s in words]}
+        return {
+            "words": words,
+            "pos": [[POS[w] for w in s] for s in words],
+            "chunk": [[CHUNK[POS[w]] for w in s] for s in words],
+        }
 
-    return conll.TaggingDataset("toy", {"train": cols([3, 5]), "validation": cols(lengths)},
-                                tasks=("pos", "chunk"), buckets=buckets, max_word_length=4)
+    return conll.TaggingDataset(
+        "toy",
+        {"train": cols([3, 5]), "validation": cols(lengths)},
+        tasks=("pos", "chunk"),
+        buckets=buckets,
+        max_word_length=4,
+    )
 
 
 def test_length_matched_batches_cycle_through_the_sentences_that_fit():
@@ -159,16 +177,28 @@ def test_train_run_writes_per_epoch_logs_and_a_record(raw_dir, tmp_path, method,
         # A rerun with num_epochs=0 used to open metrics.jsonl for writing, then crash: refused up
         # front now (one line, exit 2), the finished run's files untouched.
         proc = subprocess.run(
-            [sys.executable, "-m", "experiments.hierarchical_tagging", "--config",
-             "experiments/configs/hierarchical_sg.py:hier", "--workdir", str(tmp_path / "runs"),
-             "--config.num_epochs=0", f"--config.dataset.data_dir={raw_dir}"],
-            capture_output=True, text=True, timeout=300, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "experiments.hierarchical_tagging",
+                "--config",
+                "experiments/configs/hierarchical_sg.py:hier",
+                "--workdir",
+                str(tmp_path / "runs"),
+                "--config.num_epochs=0",
+                f"--config.dataset.data_dir={raw_dir}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
             env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
         )
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
         assert proc.returncode == 2 and lines == [
             "ValueError: config.num_epochs must be >= 1 when config.num_steps <= 0, got num_epochs=0. "
-            "Fix: e.g. --config.num_epochs=10, or --config.num_steps=N to train N steps"], proc.stderr
+            "Fix: e.g. --config.num_epochs=10, or --config.num_steps=N to train N steps"
+        ], proc.stderr
         assert _hashes(tmp_path / "runs") == before
     with pytest.raises(ValueError, match="crf_tasks"):
         bad = config.copy_and_resolve_references()
@@ -188,24 +218,41 @@ def test_train_run_writes_per_epoch_logs_and_a_record(raw_dir, tmp_path, method,
 def _hashes(root):
     import hashlib
 
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def test_records_of_different_configs_are_kept_apart(tmp_path):
     """Two records of one variant and seed under different configs are two rows, never one row
     with a spread; the same run twice is one record."""
-    base = {"variant": "hier", "depths": {"pos": 1, "chunk": 2}, "seed": 0, "weighting": "equal", "epochs": 2,
-            "batch_size": 8, "best_epoch": 1, "epoch_time_s": 1.0, "wall_time_s": 60.0, "crf_tasks": [],
-            "dataset": "conll2000", "model": {}, "config": "a",
-            "validation": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.25}},
-            "test": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.25}}}
+    base = {
+        "variant": "hier",
+        "depths": {"pos": 1, "chunk": 2},
+        "seed": 0,
+        "weighting": "equal",
+        "epochs": 2,
+        "batch_size": 8,
+        "best_epoch": 1,
+        "epoch_time_s": 1.0,
+        "wall_time_s": 60.0,
+        "crf_tasks": [],
+        "dataset": "conll2000",
+        "model": {},
+        "config": "a",
+        "validation": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.25}},
+        "test": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.25}},
+    }
     prefix = str(tmp_path / "t")
     hierarchical_tagging.append_result(prefix, base, "")
-    hierarchical_tagging.append_result(prefix, {**base, "config": "b", "epochs": 3,
-                                                "test": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.75}}}, "")
-    hierarchical_tagging.append_result(prefix, {**base, "seed": 1,
-                                                "test": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.35}}}, "")
+    hierarchical_tagging.append_result(
+        prefix, {**base, "config": "b", "epochs": 3, "test": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.75}}}, ""
+    )
+    hierarchical_tagging.append_result(
+        prefix, {**base, "seed": 1, "test": {"pos": {"accuracy": 0.5}, "chunk": {"f1": 0.35}}}, ""
+    )
     rows = [l for l in open(prefix + ".table.md").read().splitlines() if l.startswith("| hier")]
     assert len(rows) == 2
     # Config a: seeds 0 and 1, test F1 25 and 35 -> 30.00 ± 7.07 (sample std); config b: one run, no ±.

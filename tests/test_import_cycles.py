@@ -134,9 +134,7 @@ def cycles(edges: dict[str, dict[str, int]]) -> list[tuple[list[str], list[str]]
 
 def describe(found: tuple[list[str], list[str]], edges, modules: dict[str, Path], root: Path) -> str:
     members, cycle = found
-    hops = [
-        f"  {a} ({modules[a].relative_to(root)}:{edges[a][b]}) imports {b}" for a, b in zip(cycle, cycle[1:])
-    ]
+    hops = [f"  {a} ({modules[a].relative_to(root)}:{edges[a][b]}) imports {b}" for a, b in zip(cycle, cycle[1:])]
     return f"cycle among {', '.join(members)}; e.g. " + " -> ".join(cycle) + "\n" + "\n".join(hops)
 
 
@@ -162,18 +160,21 @@ def test_detector_finds_function_level_and_relative_cycles(tmp_path):
     """The detector on a synthetic package with known cycles: one closed by an import inside a
     function, one by a relative import through a package ``__init__``; an acyclic chain and a
     package importing its own submodule are not reported."""
-    _write(tmp_path, {
-        "pkg/__init__.py": "from pkg import leaf\n",
-        "pkg/leaf.py": "import os\n",
-        "pkg/a.py": "from pkg import b\n",
-        "pkg/b.py": "def f():\n    from pkg.c import g\n    return g\n",
-        "pkg/c.py": "import pkg.a\ndef g():\n    pass\n",
-        "pkg/sub/__init__.py": "from .x import X\n",
-        "pkg/sub/x.py": "X = 1\ndef h():\n    from ..d import D\n",
-        "pkg/d.py": "from pkg.sub import X as D\n",
-        "pkg/chain1.py": "from pkg import chain2\n",
-        "pkg/chain2.py": "from pkg.leaf import os\n",
-    })
+    _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "from pkg import leaf\n",
+            "pkg/leaf.py": "import os\n",
+            "pkg/a.py": "from pkg import b\n",
+            "pkg/b.py": "def f():\n    from pkg.c import g\n    return g\n",
+            "pkg/c.py": "import pkg.a\ndef g():\n    pass\n",
+            "pkg/sub/__init__.py": "from .x import X\n",
+            "pkg/sub/x.py": "X = 1\ndef h():\n    from ..d import D\n",
+            "pkg/d.py": "from pkg.sub import X as D\n",
+            "pkg/chain1.py": "from pkg import chain2\n",
+            "pkg/chain2.py": "from pkg.leaf import os\n",
+        },
+    )
     modules = module_files(tmp_path, "pkg")
     edges = import_edges(modules, "pkg")
     assert edges["pkg.b"] == {"pkg.c": 2}  # found inside the function body

@@ -22,7 +22,10 @@ def _problem():
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(3):
-        b = {"x": jnp.asarray(rng.normal(size=(16, 5)), jnp.float32), "c": jnp.asarray(rng.integers(0, 3, 16), jnp.int32)}
+        b = {
+            "x": jnp.asarray(rng.normal(size=(16, 5)), jnp.float32),
+            "c": jnp.asarray(rng.integers(0, 3, 16), jnp.int32),
+        }
         for t in TASKS[:-1]:
             b[t.name] = jnp.asarray(rng.normal(size=(16, 2)), jnp.float32)
         batches.append(b)
@@ -61,7 +64,9 @@ def test_chunked_jacobian_equals_unchunked(method, mode):
             np.testing.assert_allclose(got_w, ref_w, rtol=1e-5, atol=1e-6, err_msg=f"chunk={chunk}")
         leaves = jax.tree_util.tree_flatten_with_path(got.params)[0]
         for (path, a), b in zip(leaves, jax.tree.leaves(ref.params), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=f"chunk={chunk} {jax.tree_util.keystr(path)}")
+            np.testing.assert_allclose(
+                a, b, rtol=1e-5, atol=1e-6, err_msg=f"chunk={chunk} {jax.tree_util.keystr(path)}"
+            )
 
 
 def test_per_task_gradients_rows_and_sums_match_jacrev():
@@ -87,7 +92,9 @@ def test_padded_chunk_with_nonfinite_loss_leaves_state_unchanged():
     model, batches = _problem()
     t, opt = weighting.get("mgda"), optax.sgd(0.05)
     state = step_lib.init_state(model, t, opt, jnp.zeros((1, 5)), K, seed=0)
-    fn = jax.jit(step_lib.make_train_step(model, TASKS, t, opt, step_lib.StepConfig(input_key="x", jacobian_chunk_size=3)))
+    fn = jax.jit(
+        step_lib.make_train_step(model, TASKS, t, opt, step_lib.StepConfig(input_key="x", jacobian_chunk_size=3))
+    )
     bad = dict(batches[0])
     bad["t1"] = bad["t1"].at[2, 0].set(jnp.nan)
     new, metrics = fn(state, bad)

@@ -63,8 +63,7 @@ def _pcgrad_two(g1, g2):
 
 
 def _one_step(model, method, config, batch):
-    state = step_lib.init_state(model, weighting.get(method), optax.sgd(1.0), batch["x"], 2, 0,
-                                shared=config.shared)
+    state = step_lib.init_state(model, weighting.get(method), optax.sgd(1.0), batch["x"], 2, 0, shared=config.shared)
     step = jax.jit(step_lib.make_train_step(model, TASKS, weighting.get(method), optax.sgd(1.0), config))
     new, metrics = step(state, batch)
     return state, new, metrics
@@ -92,8 +91,9 @@ def test_pcgrad_on_a_user_encoder_is_the_textbook_projection(selector):
     # heads: their own task's gradient
     for head, k in (("head_a", 0), ("head_b", 1)):
         own = np.asarray(jac[head]["kernel"][k])
-        np.testing.assert_allclose(-(np.asarray(new.params[head]["kernel"]) - np.asarray(p[head]["kernel"])), own,
-                                   rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            -(np.asarray(new.params[head]["kernel"]) - np.asarray(p[head]["kernel"])), own, rtol=2e-4, atol=1e-6
+        )
 
 
 def test_functional_core_on_a_plain_function_matches_the_step():
@@ -106,7 +106,8 @@ def test_functional_core_on_a_plain_function_matches_the_step():
         wstate = vg.init(state.params, 2)
         wparams = vg.init_weighting_params(2)
         res = jax.jit(lambda p, s, w, b: vg(p, s, b, key=jax.random.PRNGKey(7), step=0, weighting_params=w))(
-            state.params, wstate, wparams, batch)
+            state.params, wstate, wparams, batch
+        )
         np.testing.assert_allclose(np.asarray(res.losses), np.asarray(metrics["losses"]), rtol=1e-6)
         want = jax.tree.map(lambda a, b: a - b, state.params, new.params)  # SGD(1): the step's gradient
         for g, w in zip(jax.tree.leaves(res.grads), jax.tree.leaves(want)):
@@ -122,8 +123,9 @@ def test_functional_core_mgda_is_the_min_norm_point():
     jac = jax.jacrev(_losses)(params, batch)
     g1, g2 = (np.asarray(jac["encoder"]["proj"]["kernel"][k], np.float64).ravel() for k in range(2))
     gamma = np.clip((g2 - g1) @ g2 / ((g1 - g2) @ (g1 - g2)), 0, 1)
-    np.testing.assert_allclose(np.asarray(res.grads["encoder"]["proj"]["kernel"]).ravel(),
-                               gamma * g1 + (1 - gamma) * g2, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(res.grads["encoder"]["proj"]["kernel"]).ravel(), gamma * g1 + (1 - gamma) * g2, rtol=1e-4, atol=1e-7
+    )
 
 
 # ----------------------------------------------------------------------------- the contract, one mistake each
@@ -144,11 +146,21 @@ def test_missing_train_argument_is_named():
 
 def test_representation_mode_without_encode_decode_is_named():
     with pytest.raises(ValueError, match="encode.*decode"):
-        step_lib.make_train_step(UserModel(), TASKS, weighting.get("mgda"), optax.sgd(1.0),
-                                 step_lib.StepConfig(jacobian_mode="representation", shared="encoder"))
+        step_lib.make_train_step(
+            UserModel(),
+            TASKS,
+            weighting.get("mgda"),
+            optax.sgd(1.0),
+            step_lib.StepConfig(jacobian_mode="representation", shared="encoder"),
+        )
     with pytest.raises(contract.ContractError, match="encode"):
-        contract.check(UserModel(), TASKS, _batch(), weighting=weighting.get("mgda"),
-                       config=step_lib.StepConfig(jacobian_mode="representation", shared="encoder"))
+        contract.check(
+            UserModel(),
+            TASKS,
+            _batch(),
+            weighting=weighting.get("mgda"),
+            config=step_lib.StepConfig(jacobian_mode="representation", shared="encoder"),
+        )
 
 
 def test_missing_batch_entries_are_named():
@@ -207,12 +219,20 @@ def test_multilabel_and_custom_tasks_follow_their_definitions():
     p = 1 / (1 + np.exp(-logits.astype(np.float64)))
     want = -(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean(axis=1)
     np.testing.assert_allclose(np.asarray(ml.loss(jnp.asarray(logits), jnp.asarray(labels))), want, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(ml.main_metric.fn(jnp.asarray(logits), jnp.asarray(labels))),
-                               ((logits > 0) == (labels == 1)).mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(ml.main_metric.fn(jnp.asarray(logits), jnp.asarray(labels))),
+        ((logits > 0) == (labels == 1)).mean(axis=1),
+        rtol=1e-6,
+    )
 
     huber = lambda out, y: optax.huber_loss(out.reshape(y.shape), y)  # noqa: E731
-    custom = Task("depth", "custom", 1, loss_fn=huber,
-                  custom_metrics=(Metric("abs_err", lambda o, y: jnp.abs(o.reshape(y.shape) - y), False),))
+    custom = Task(
+        "depth",
+        "custom",
+        1,
+        loss_fn=huber,
+        custom_metrics=(Metric("abs_err", lambda o, y: jnp.abs(o.reshape(y.shape) - y), False),),
+    )
     out, y = jnp.array([[0.0], [3.0]]), jnp.array([0.5, 0.0])
     np.testing.assert_allclose(np.asarray(custom.loss(out, y)), [0.125, 2.5])
     assert custom.main_metric.name == "abs_err" and not custom.main_metric.higher_is_better
@@ -224,12 +244,16 @@ def test_custom_loss_is_what_the_step_minimises():
     from jmtl.tasks import Metric
 
     scale = lambda out, y: 3.0 * (out - y) ** 2  # noqa: E731
-    tasks = (Task("a", "custom", 1, loss_fn=scale, custom_metrics=(Metric("mse", lambda o, y: (o - y) ** 2, False),)),
-             Task("b", "regression", 1))
+    tasks = (
+        Task("a", "custom", 1, loss_fn=scale, custom_metrics=(Metric("mse", lambda o, y: (o - y) ** 2, False),)),
+        Task("b", "regression", 1),
+    )
     batch = _batch()
     w = weighting.get("equal")
     config = step_lib.StepConfig(shared="encoder")
     state = step_lib.init_state(UserModel(), w, optax.sgd(1.0), batch["x"], 2, 0, shared="encoder")
     _, metrics = step_lib.make_train_step(UserModel(), tasks, w, optax.sgd(1.0), config)(state, batch)
     out = UserModel().apply({"params": state.params}, batch["x"])
-    np.testing.assert_allclose(float(metrics["losses"][0]), float(jnp.mean(3.0 * (out["a"] - batch["a"]) ** 2)), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(metrics["losses"][0]), float(jnp.mean(3.0 * (out["a"] - batch["a"]) ** 2)), rtol=1e-5
+    )

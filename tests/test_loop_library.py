@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jmtl
-from jmtl.training import config_schema, contract
+from jmtl.training import config_schema
 
 
 def _splits(seed=0, sizes=(400, 200, 200), float_labels=False):
@@ -43,13 +43,16 @@ def _brute_force_auc(scores, labels):
 
 def test_binary_task_gets_split_level_auc(tmp_path):
     splits = _splits()
-    jmtl.data.register("auc_data", jmtl.data.from_arrays(
-        "auc_data", splits, input_key="x", labels={"flag": "binary", "amount": "regression"}), overwrite=True)
+    jmtl.data.register(
+        "auc_data",
+        jmtl.data.from_arrays("auc_data", splits, input_key="x", labels={"flag": "binary", "amount": "regression"}),
+        overwrite=True,
+    )
     config = _config("auc_data", num_epochs=4)
     config.optimizer.learning_rate = 1e-2
     summary, state = jmtl.train(config, tmp_path / "wd")
-    from jmtl.training import builders
     from jmtl import tasks as tasks_lib
+    from jmtl.training import builders
 
     tasks = tasks_lib.tasks_from_config({}, jmtl.data.load("auc_data").spec)
     model = builders.model(_config("auc_data"), tasks)
@@ -73,8 +76,13 @@ def test_a_user_encoder_without_train_argument_is_refused_before_training(tmp_pa
             return nn.Dense(4)(x)
 
     encoders.register("no_train_encoder", NoTrain, overwrite=True)
-    jmtl.data.register("contract_data", jmtl.data.from_arrays(
-        "contract_data", _splits(), input_key="x", labels={"flag": "binary", "amount": "regression"}), overwrite=True)
+    jmtl.data.register(
+        "contract_data",
+        jmtl.data.from_arrays(
+            "contract_data", _splits(), input_key="x", labels={"flag": "binary", "amount": "regression"}
+        ),
+        overwrite=True,
+    )
     config = _config("contract_data")
     config.model.encoder = "no_train_encoder"
     with pytest.raises((TypeError, ValueError), match="train"):

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import signal
-import warnings
 from pathlib import Path
 
 import flax.linen as nn
@@ -38,8 +37,12 @@ class Model(nn.Module):
 
 def _arrays(n=40, seed=0, b_mask=None):
     rng = np.random.default_rng(seed)
-    out = {"x": rng.normal(size=(n, 3)).astype(np.float32), "a": rng.normal(size=n).astype(np.float32),
-           "b": rng.normal(size=n).astype(np.float32), "b_mask": np.ones(n, np.float32)}
+    out = {
+        "x": rng.normal(size=(n, 3)).astype(np.float32),
+        "a": rng.normal(size=n).astype(np.float32),
+        "b": rng.normal(size=n).astype(np.float32),
+        "b_mask": np.ones(n, np.float32),
+    }
     if b_mask is not None:
         out["b_mask"] = np.asarray(b_mask, np.float32)
     return out
@@ -47,13 +50,16 @@ def _arrays(n=40, seed=0, b_mask=None):
 
 def _batches(arrays, size=10):
     n = len(arrays["x"])
-    return [{k: v[i:i + size] for k, v in arrays.items()} for i in range(0, n, size)]
+    return [{k: v[i : i + size] for k, v in arrays.items()} for i in range(0, n, size)]
 
 
 def _tree_digest(path: Path) -> dict:
     """{relative path: sha256} of every file under ``path`` (what 'no earlier file changed' compares)."""
-    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _one_line(message: str) -> None:
@@ -68,8 +74,9 @@ def test_a_mask_other_than_0_1_is_refused_by_every_data_path(bad):
     want = f"label mask 'b_mask' holds {bad:g} (1 of 40 entries) where only 0 (missing) and 1 (labelled)"
     # Arrays (jmtl.data.from_arrays, and fit's array path through it).
     with pytest.raises(DataError) as info:
-        pipeline.from_arrays("toy", {"train": arrays, "validation": _arrays(seed=1), "test": _arrays(seed=2)},
-                             input_key="x")
+        pipeline.from_arrays(
+            "toy", {"train": arrays, "validation": _arrays(seed=1), "test": _arrays(seed=2)}, input_key="x"
+        )
     assert want in str(info.value) and "split 'train'" in str(info.value)
     _one_line(str(info.value))
     # Evaluation splits and a first batch (check_labels: the evaluator and the model contract).
@@ -99,15 +106,33 @@ def test_fit_refuses_a_bad_mask_in_an_iterable_before_writing(tmp_path):
     arrays = _arrays()
     bad_val = {**arrays, "b_mask": np.where(np.arange(40) == 0, -1.0, 1.0).astype(np.float32)}
     with pytest.raises(ValueError, match=r"the validation split: label mask 'b_mask' holds -1 .* Fix:"):
-        jmtl.fit(Model(), TASKS, lambda seed: iter(_batches(arrays)), validation=iter(_batches(bad_val)),
-                 test=arrays, workdir=workdir, num_steps=2, input_key="x", progress_bar=False)
+        jmtl.fit(
+            Model(),
+            TASKS,
+            lambda seed: iter(_batches(arrays)),
+            validation=iter(_batches(bad_val)),
+            test=arrays,
+            workdir=workdir,
+            num_steps=2,
+            input_key="x",
+            progress_bar=False,
+        )
     assert not workdir.exists()
 
     train = _batches(arrays)
     train[2] = {**train[2], "b_mask": np.full(10, 0.5, np.float32)}
     with pytest.raises(ValueError, match=r"the train data's batch 3 of epoch 0: label mask 'b_mask' holds 0.5"):
-        jmtl.fit(Model(), TASKS, lambda seed: iter(train), validation=arrays, test=arrays, workdir=workdir,
-                 num_steps=4, input_key="x", progress_bar=False)
+        jmtl.fit(
+            Model(),
+            TASKS,
+            lambda seed: iter(train),
+            validation=arrays,
+            test=arrays,
+            workdir=workdir,
+            num_steps=4,
+            input_key="x",
+            progress_bar=False,
+        )
     steps = [json.loads(line)["step"] for line in (workdir / "train_log.jsonl").read_text().splitlines()]
     assert max(steps, default=0) <= 2  # it trained on the two good batches only
 
@@ -128,8 +153,18 @@ def test_a_task_never_labelled_in_training_is_refused():
 def test_fit_refuses_a_never_labelled_task_before_writing(tmp_path):
     arrays = _arrays(b_mask=np.zeros(40))
     with pytest.raises(ValueError, match="task\\(s\\) 'b' have no labelled example"):
-        jmtl.fit(Model(), TASKS, arrays, validation=_arrays(seed=1), test=_arrays(seed=2), workdir=tmp_path / "run",
-                 batch_size=10, num_steps=2, input_key="x", progress_bar=False)
+        jmtl.fit(
+            Model(),
+            TASKS,
+            arrays,
+            validation=_arrays(seed=1),
+            test=_arrays(seed=2),
+            workdir=tmp_path / "run",
+            batch_size=10,
+            num_steps=2,
+            input_key="x",
+            progress_bar=False,
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -163,8 +198,18 @@ def test_deleting_the_lock_file_does_not_let_a_second_run_in(tmp_path):
         (workdir / ".lock").unlink()
         before = _tree_digest(workdir)
         with pytest.raises(workdir_lib.WorkdirBusyError, match="is in use by another run"):
-            jmtl.fit(Model(), TASKS, _arrays(), validation=_arrays(), test=_arrays(), workdir=workdir, batch_size=10,
-                     num_steps=2, input_key="x", progress_bar=False)
+            jmtl.fit(
+                Model(),
+                TASKS,
+                _arrays(),
+                validation=_arrays(),
+                test=_arrays(),
+                workdir=workdir,
+                batch_size=10,
+                num_steps=2,
+                input_key="x",
+                progress_bar=False,
+            )
         assert _tree_digest(workdir) == before and inflight.exists()
         # The holder notices that its lock file is gone and stops loudly.
         with pytest.raises(workdir_lib.WorkdirLostError) as info:
@@ -223,8 +268,19 @@ def test_a_workdir_removed_mid_run_fails_loudly(tmp_path, capsys):
             yield batch
 
     with pytest.raises(workdir_lib.WorkdirLostError) as info:
-        jmtl.fit(Model(), TASKS, train, validation=arrays, test=arrays, workdir=workdir, num_steps=6,
-                 input_key="x", progress_bar=False, checkpoint_every_steps=2, eval_every_steps=2)
+        jmtl.fit(
+            Model(),
+            TASKS,
+            train,
+            validation=arrays,
+            test=arrays,
+            workdir=workdir,
+            num_steps=6,
+            input_key="x",
+            progress_bar=False,
+            checkpoint_every_steps=2,
+            eval_every_steps=2,
+        )
     assert f"the workdir {workdir} was deleted or replaced while this run" in str(info.value)
     assert not (moved / "checkpoints" / "4").exists() and (moved / "checkpoints" / "2").exists()
     with pytest.raises(SystemExit) as code:
@@ -279,8 +335,11 @@ def _flip(path: Path, offset: int, bit: int = 0) -> None:
 def test_every_save_records_checksums_of_every_file(two_steps):
     for step in (10, 20):
         record = json.loads((two_steps / str(step) / ckpt_lib.CHECKSUMS).read_text())
-        files = {str(p.relative_to(two_steps / str(step))) for p in (two_steps / str(step)).rglob("*")
-                 if p.is_file() and p.name != ckpt_lib.CHECKSUMS}
+        files = {
+            str(p.relative_to(two_steps / str(step)))
+            for p in (two_steps / str(step)).rglob("*")
+            if p.is_file() and p.name != ckpt_lib.CHECKSUMS
+        }
         assert set(record["files"]) == files and "state/manifest.ocdbt" in files
         for rel, entry in record["files"].items():
             data = (two_steps / str(step) / rel).read_bytes()
@@ -290,20 +349,30 @@ def test_every_save_records_checksums_of_every_file(two_steps):
 def test_single_bit_flips_fall_back_to_the_newest_intact_step(two_steps, tmp_path, capsys):
     """A bit flipped anywhere in step 20's data (the array chunks, the manifest, the meta JSON): never a
     'successful' restore of other values; step 10 restores exactly and step 20 is named and kept aside."""
-    data_files = sorted(str(p.relative_to(two_steps / "20")) for p in (two_steps / "20").rglob("*")
-                        if p.is_file() and p.name != ckpt_lib.CHECKSUMS)
+    data_files = sorted(
+        str(p.relative_to(two_steps / "20"))
+        for p in (two_steps / "20").rglob("*")
+        if p.is_file() and p.name != ckpt_lib.CHECKSUMS
+    )
     chunks = [f for f in data_files if f.startswith("state/d/")]
     assert chunks, data_files
-    cases = [(chunks[0], 7, 0), (chunks[0], -5, 6), (chunks[-1], 100, 3), ("state/manifest.ocdbt", 20, 1),
-             ("meta/metadata", 2, 5)]
+    cases = [
+        (chunks[0], 7, 0),
+        (chunks[0], -5, 6),
+        (chunks[-1], 100, 3),
+        ("state/manifest.ocdbt", 20, 1),
+        ("meta/metadata", 2, 5),
+    ]
     for i, (rel, offset, bit) in enumerate(cases):
         d = _copy(two_steps, tmp_path / str(i))
         _flip(d / "20" / rel, offset, bit)
         state, meta = ckpt_lib.Checkpointer(d).restore(_zeros(), SIG)
         assert meta["step"] == 10 and _same(state, _state(10)), rel
         err = capsys.readouterr().err
-        assert (f"warning: resuming from step 10 instead of step 20: {d / '20'} is damaged (CheckpointIntegrityError: "
-                f"checksum mismatch: {rel} sha256 differs from the save's)") in err, err
+        assert (
+            f"warning: resuming from step 10 instead of step 20: {d / '20'} is damaged (CheckpointIntegrityError: "
+            f"checksum mismatch: {rel} sha256 differs from the save's)"
+        ) in err, err
         aside = [p for p in d.iterdir() if p.name.startswith("20.damaged-")]
         assert len(aside) == 1 and (aside[0] / rel).exists()
 
@@ -317,7 +386,9 @@ def test_flipped_bits_in_every_step_are_an_error_not_a_restore(two_steps, tmp_pa
     with pytest.raises(ckpt_lib.CheckpointRestoreError) as info:
         ckpt_lib.Checkpointer(d).restore(_zeros(), SIG)
     msg = str(info.value)
-    assert "step 20 (CheckpointIntegrityError: checksum mismatch" in msg and "; step 10 (CheckpointIntegrityError" in msg
+    assert (
+        "step 20 (CheckpointIntegrityError: checksum mismatch" in msg and "; step 10 (CheckpointIntegrityError" in msg
+    )
     assert "Fix: copy an intact checkpoint folder back" in msg
     assert _tree_digest(d) == before  # nothing moved or rewritten when nothing restores
 
@@ -330,8 +401,12 @@ def test_a_missing_record_is_damage_only_for_saves_that_wrote_one(two_steps, tmp
     # A checkpoint of an earlier version (no record, no integrity flag in its meta) restores unverified.
     legacy = tmp_path / "legacy"
     ckpt = ckpt_lib.Checkpointer(legacy)
-    ckpt.manager.save(5, args=ckpt_lib.ocp.args.Composite(state=ckpt_lib.ocp.args.StandardSave(_state(5)),
-                                                          meta=ckpt_lib.ocp.args.JsonSave({"signature": SIG})))
+    ckpt.manager.save(
+        5,
+        args=ckpt_lib.ocp.args.Composite(
+            state=ckpt_lib.ocp.args.StandardSave(_state(5)), meta=ckpt_lib.ocp.args.JsonSave({"signature": SIG})
+        ),
+    )
     ckpt.close()
     state, _ = ckpt_lib.Checkpointer(legacy).restore(_zeros(), SIG)
     assert _same(state, _state(5))
@@ -362,8 +437,9 @@ def test_a_second_sigterm_during_a_save_lets_the_save_finish(tmp_path, capsys):
         ckpt.close()
         assert stop.signal == "SIGTERM"
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == ["Received SIGTERM again during a checkpoint save: finishing the save (a few seconds), then "
-                       "stopping."]
+        assert err == [
+            "Received SIGTERM again during a checkpoint save: finishing the save (a few seconds), then stopping."
+        ]
         state, _ = ckpt_lib.Checkpointer(tmp_path / "checkpoints").restore(_zeros(), SIG)
         assert _same(state, _state(7))
         with pytest.raises(KeyboardInterrupt):  # outside a save the second signal still stops at once ...
@@ -466,9 +542,14 @@ def test_packed_state_round_trips_every_dtype_and_shape():
     import jax.numpy as jnp
 
     rng = np.random.default_rng(0)
-    state = {"a": rng.standard_normal((3, 4)).astype(np.float32), "b": np.asarray(7, np.int32),
-             "c": [rng.standard_normal(5), np.zeros((0, 2), np.float32)], "d": np.array([True, False]),
-             "e": np.asarray(rng.standard_normal(4), jnp.bfloat16), "f": rng.integers(0, 9, (2, 2)).astype(np.uint32)}
+    state = {
+        "a": rng.standard_normal((3, 4)).astype(np.float32),
+        "b": np.asarray(7, np.int32),
+        "c": [rng.standard_normal(5), np.zeros((0, 2), np.float32)],
+        "d": np.array([True, False]),
+        "e": np.asarray(rng.standard_normal(4), jnp.bfloat16),
+        "f": rng.integers(0, 9, (2, 2)).astype(np.uint32),
+    }
     packed, layout = ckpt_lib.pack_state(state)
     assert sorted(packed) == ["bfloat16", "bool", "float32", "float64", "int32", "uint32"]
     assert packed["float32"].size == 12 and json.loads(json.dumps(layout)) == layout

@@ -17,8 +17,9 @@ TRAIN = [
     {"step": s, "losses": [1.0 / s, 2.5e-7 * s], "weights": [None, 0.5], "objective": 0.1 * s, "grad_norm": 3.0}
     for s in (10, 20, 30, 40)
 ]
-EVAL = [{"step": s, "epoch": s / 80, "validation": {"t0": {"mse": 0.3 / s}}, "test": {"t0": {"mse": 0.1}}}
-        for s in (20, 40)]
+EVAL = [
+    {"step": s, "epoch": s / 80, "validation": {"t0": {"mse": 0.3 / s}}, "test": {"t0": {"mse": 0.1}}} for s in (20, 40)
+]
 
 
 def _expected(records):
@@ -95,7 +96,9 @@ def test_fresh_start_rotates_old_logs_instead_of_appending(tmp_path, capsys):
 
 
 def test_make_writers_names_and_processes(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="unknown writer\\(s\\) 'csv' in config.writers; valid: jsonl, tensorboard, wandb"):
+    with pytest.raises(
+        ValueError, match="unknown writer\\(s\\) 'csv' in config.writers; valid: jsonl, tensorboard, wandb"
+    ):
         mw.make_writers(("jsonl", "csv"), tmp_path, True)
     w = mw.make_writers((), tmp_path / "x", False)  # not the main process: nothing, not even a folder
     _write_all(w)
@@ -123,8 +126,10 @@ def test_full_disk_while_logging_is_one_clear_line(tmp_path):
     with pytest.raises(StorageError) as info:
         w.write("train", TRAIN[0])
     msg = format_fatal(info.value)
-    assert msg == (f"StorageError: writing the train log failed ({tmp_path / 'train_log.jsonl'}): the disk is full "
-                   "(No space left on device). Fix: free space on that disk, or use a --workdir on another disk")
+    assert msg == (
+        f"StorageError: writing the train log failed ({tmp_path / 'train_log.jsonl'}): the disk is full "
+        "(No space left on device). Fix: free space on that disk, or use a --workdir on another disk"
+    )
     assert info.value.errno == errno.ENOSPC
 
 
@@ -138,8 +143,8 @@ def _read_events(logdir):
         data = path.read_bytes()
         pos = 0
         while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos: pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12: pos + 12 + length])
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
             pos += 12 + length + 4
             for v in event.summary.value:
                 out.append((v.tag, event.step, v.simple_value))
@@ -185,14 +190,23 @@ def test_wandb_logs_scalars_and_resumes_the_same_run(tmp_path, monkeypatch):
     fake = _FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     config = {"optimizer": {"learning_rate": 0.01}, "seed": 0}
-    _write_all(mw.make_writers(("jsonl", "wandb"), tmp_path, True, config=config, task_names=["t0", "t1"]),
-               TRAIN[:2], EVAL[:1])
+    _write_all(
+        mw.make_writers(("jsonl", "wandb"), tmp_path, True, config=config, task_names=["t0", "t1"]), TRAIN[:2], EVAL[:1]
+    )
     assert fake.finished == 1
     first = fake.inits[0]
     assert first["resume"] == "allow" and first["config"] == {"optimizer.learning_rate": 0.01, "seed": 0}
     r = TRAIN[0]
-    assert fake.logs[0] == (10, {"train/losses/t0": r["losses"][0], "train/losses/t1": r["losses"][1], "train/weights/t1": 0.5,
-                                 "train/objective": r["objective"], "train/grad_norm": 3.0})
+    assert fake.logs[0] == (
+        10,
+        {
+            "train/losses/t0": r["losses"][0],
+            "train/losses/t1": r["losses"][1],
+            "train/weights/t1": 0.5,
+            "train/objective": r["objective"],
+            "train/grad_norm": 3.0,
+        },
+    )
     assert [s for s, _ in fake.logs] == [10, 20, 20]
     assert fake.logs[2][1]["eval/validation/t0/mse"] == 0.3 / 20
     # A resume continues the same W&B run; a fresh start opens a new one.
@@ -212,12 +226,18 @@ def test_plots_and_grid_curves_survive_the_partial_line_a_killed_run_leaves(tmp_
     run = tmp_path / "cells" / "equal"
     run.mkdir(parents=True)
     (run / "config.json").write_text("{}")
-    full = {"step": 1, "epoch": 1, "losses": [1.0, 2.0], "weights": [1.0, 1.0],
-            "validation": {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.25}}}
+    full = {
+        "step": 1,
+        "epoch": 1,
+        "losses": [1.0, 2.0],
+        "weights": [1.0, 1.0],
+        "validation": {"a": {"accuracy": 0.5}, "b": {"accuracy": 0.25}},
+    }
     for name in ("train_log.jsonl", "metrics.jsonl"):
         (run / name).write_text(json.dumps(full) + "\n" + json.dumps(full)[:25])  # killed mid-write
     written = plotting.plot_training(run, ["a", "b"])
     assert [p.name for p in written] and all(p.exists() for p in written)
-    x, values = ablation._cell_series(tmp_path, "equal", "metrics.jsonl", "epoch",
-                                      lambda r: [r["validation"]["a"]["accuracy"]])
+    x, values = ablation._cell_series(
+        tmp_path, "equal", "metrics.jsonl", "epoch", lambda r: [r["validation"]["a"]["accuracy"]]
+    )
     assert list(x) == [1] and np.allclose(values, [[0.5]])

@@ -107,8 +107,12 @@ def test_mae_original_units():
     # The model sees standardised values; the score must be in the original units.
     got = metrics.mae_original_units((pred_original - mean) / std, (original - mean) / std, mean, std)
     np.testing.assert_allclose(got, np.abs(pred_original - original).mean(0), rtol=1e-10)
-    one = metrics.mae_original_units((pred_original[:, 0] - mean[0]) / std[0], (original[:, 0] - mean[0]) / std[0], mean[0], std[0])
-    assert isinstance(one, float) and one == pytest.approx(np.abs(pred_original[:, 0] - original[:, 0]).mean(), rel=1e-10)
+    one = metrics.mae_original_units(
+        (pred_original[:, 0] - mean[0]) / std[0], (original[:, 0] - mean[0]) / std[0], mean[0], std[0]
+    )
+    assert isinstance(one, float) and one == pytest.approx(
+        np.abs(pred_original[:, 0] - original[:, 0]).mean(), rel=1e-10
+    )
     with pytest.raises(ValueError, match="positive"):
         metrics.mae_original_units(np.zeros(3), np.zeros(3), 0.0, 0.0)
     with pytest.raises(ValueError, match="per column"):
@@ -126,7 +130,9 @@ def test_binary_task_loss_accuracy_auc():
     z, y = logits[:, 0].astype(np.float64), labels.astype(np.float64)
     p = 1 / (1 + np.exp(-z))
     ref_loss = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-    np.testing.assert_allclose(np.asarray(task.loss(jnp.asarray(logits), jnp.asarray(labels))), ref_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(task.loss(jnp.asarray(logits), jnp.asarray(labels))), ref_loss, rtol=1e-5, atol=1e-6
+    )
     acc = {m.name: m for m in task.metrics}["accuracy"]
     np.testing.assert_array_equal(np.asarray(acc.fn(jnp.asarray(logits), jnp.asarray(labels))), (z > 0) == (y == 1))
     assert task.main_metric.name == "accuracy" and task.main_metric.higher_is_better
@@ -138,7 +144,10 @@ def test_binary_task_loss_accuracy_auc():
 
 def test_binary_task_from_spec_and_label_check():
     spec = pipeline.DatasetSpec(
-        name="d", input_key="x", input_shape=(3,), labels={"a": pipeline.LabelSpec("a", "binary", None, ())},
+        name="d",
+        input_key="x",
+        input_shape=(3,),
+        labels={"a": pipeline.LabelSpec("a", "binary", None, ())},
         split_sizes={"train": 1},
     )
     (task,) = tasks.tasks_from_config({}, spec)
@@ -152,7 +161,11 @@ def test_binary_task_from_spec_and_label_check():
 
 def test_split_level_metrics_over_tasks():
     rng = np.random.default_rng(5)
-    ts = [tasks.Task("a", tasks.BINARY, 1), tasks.Task("r", tasks.REGRESSION, 1), tasks.Task("b", tasks.BINARY, 1, label_key="yb")]
+    ts = [
+        tasks.Task("a", tasks.BINARY, 1),
+        tasks.Task("r", tasks.REGRESSION, 1),
+        tasks.Task("b", tasks.BINARY, 1, label_key="yb"),
+    ]
     outputs = {"a": rng.normal(size=(30, 1)), "r": rng.normal(size=(30, 1)), "b": rng.normal(size=(30, 1))}
     batch = {"a": rng.integers(0, 2, 30), "r": rng.normal(size=30), "yb": rng.integers(0, 2, 30)}
     batch["a"][:2], batch["yb"][:2] = [0, 1], [0, 1]

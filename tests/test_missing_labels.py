@@ -51,7 +51,9 @@ def test_masked_losses_and_gradients_equal_the_labelled_subset():
     for method in ("equal", "mgda"):
         w = weighting.get(method)
         state = step_lib.init_state(Model(), w, optax.sgd(1.0), batch["image"], 2, 0)
-        step = jax.jit(step_lib.make_train_step(Model(), TASKS, w, optax.sgd(1.0), step_lib.StepConfig(input_key="image")))
+        step = jax.jit(
+            step_lib.make_train_step(Model(), TASKS, w, optax.sgd(1.0), step_lib.StepConfig(input_key="image"))
+        )
         new, metrics = step(state, batch)
         assert bool(metrics["finite"]), method
         want_losses = _subset_losses(state.params, batch, full_reg)
@@ -73,7 +75,9 @@ def test_a_batch_without_labels_for_a_task_gives_a_zero_row_never_nan():
     for method in ("mgda", "pcgrad", "nash_mtl"):
         w = weighting.get(method)
         state = step_lib.init_state(Model(), w, optax.sgd(0.1), batch["image"], 2, 0)
-        step = jax.jit(step_lib.make_train_step(Model(), TASKS, w, optax.sgd(0.1), step_lib.StepConfig(input_key="image")))
+        step = jax.jit(
+            step_lib.make_train_step(Model(), TASKS, w, optax.sgd(0.1), step_lib.StepConfig(input_key="image"))
+        )
         new, metrics = step(state, batch)
         assert bool(metrics["finite"]), method
         assert float(metrics["losses"][1]) == 0.0
@@ -103,8 +107,15 @@ def test_training_with_one_task_labelled_on_ten_percent_of_examples():
     want_mse = float(np.mean((np.asarray(out["reg"])[keep] - full_reg[keep]) ** 2))
     assert sums["reg"][evaluate.TASK_COUNT] == keep.sum() == 40
     np.testing.assert_allclose(sums["reg"]["mse"] / sums["reg"][evaluate.TASK_COUNT], want_mse, rtol=1e-4)
-    means = evaluate.evaluate(eval_step, state.params, {k: v for k, v in batch.items()}, TASKS,
-                              shard_batch=lambda b: b, batch_size=128, num_devices=1)
+    means = evaluate.evaluate(
+        eval_step,
+        state.params,
+        {k: v for k, v in batch.items()},
+        TASKS,
+        shard_batch=lambda b: b,
+        batch_size=128,
+        num_devices=1,
+    )
     np.testing.assert_allclose(means["reg"]["mse"], want_mse, rtol=1e-4)
     assert evaluate.TASK_COUNT not in means["reg"]
 
@@ -126,16 +137,30 @@ def test_a_task_without_labels_in_the_first_batch_is_warned_about(tmp_path):
 
     rng = np.random.default_rng(0)
     n = 40
-    arrays = {"x": rng.normal(size=(n, 3)).astype(np.float32), "a": rng.normal(size=n).astype(np.float32),
-              "b": rng.normal(size=n).astype(np.float32), "b_mask": np.zeros(n, np.float32)}
+    arrays = {
+        "x": rng.normal(size=(n, 3)).astype(np.float32),
+        "a": rng.normal(size=n).astype(np.float32),
+        "b": rng.normal(size=n).astype(np.float32),
+        "b_mask": np.zeros(n, np.float32),
+    }
     arrays["b_mask"][-2:] = 1  # b labelled on 2 of 40 examples: most batches of 10 have none
     tasks = [jmtl.Task("a", "regression", 1), jmtl.Task("b", "regression", 1)]
-    order = lambda seed: [{k: v[i:i + 10] for k, v in arrays.items()} for i in range(0, n, 10)]
+    order = lambda seed: [{k: v[i : i + 10] for k, v in arrays.items()} for i in range(0, n, 10)]
     for method, expect in (("mgda", True), ("equal", False)):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            jmtl.fit(Model(), tasks, order, validation=arrays, test=arrays, workdir=tmp_path / method, num_steps=2,
-                     weighting=method, input_key="x", progress_bar=False)
+            jmtl.fit(
+                Model(),
+                tasks,
+                order,
+                validation=arrays,
+                test=arrays,
+                workdir=tmp_path / method,
+                num_steps=2,
+                weighting=method,
+                input_key="x",
+                progress_bar=False,
+            )
         hits = [w for w in caught if "no labelled example in the first training batch" in str(w.message)]
         assert bool(hits) == expect, (method, [str(w.message)[:80] for w in caught])
         if expect:

@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import portpicker
-
 from conftest import ROOT, run_script
 
 

@@ -24,8 +24,22 @@ def test_pip_install_then_import_from_another_folder(tmp_path):
     target = tmp_path / "site"
     # --no-build-isolation: build with this venv's setuptools and wheel (requirements.txt), offline.
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(src)],
-        check=True, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert (target / "jmtl" / "py.typed").exists()
     elsewhere = tmp_path / "elsewhere"
@@ -39,7 +53,9 @@ def test_pip_install_then_import_from_another_folder(tmp_path):
     ) % str(target)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(target)
-    out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     version, n_methods, losses = out.stdout.split("\n")[:3]
     assert version == __import__("jmtl").__version__
@@ -48,7 +64,9 @@ def test_pip_install_then_import_from_another_folder(tmp_path):
 
     # The console commands work outside a checkout: the catalogue, and training from a user's own
     # config file (no `experiments` package there).
-    out = subprocess.run([str(target / "bin" / "jmtl-schemes")], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [str(target / "bin" / "jmtl-schemes")], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert "| `pcgrad` | gramian, key |" in out.stdout and out.stdout.count("\n| `") == int(n_methods)
     (elsewhere / "my_config.py").write_text(
@@ -62,7 +80,9 @@ def test_pip_install_then_import_from_another_folder(tmp_path):
     out = subprocess.run(args, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (elsewhere / "run" / "summary.json").exists()
-    out = subprocess.run([*args, "--config.num_step=4"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [*args, "--config.num_step=4"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 2 and "num_step" in out.stderr + out.stdout
 
 

@@ -63,10 +63,21 @@ def test_a_many_task_run_is_the_same_packed_or_not(tmp_path, monkeypatch):
     runs = {}
     for name, threshold in (("packed", 16), ("as_is", 10**9)):
         monkeypatch.setattr(packing, "MIN_LEAVES", threshold)
-        summary, state = jmtl.fit(Model(), tasks, data["train"], validation=data["validation"], test=data["test"],
-                                  workdir=tmp_path / name, weighting="pcgrad", batch_size=16, num_steps=6,
-                                  input_key="x", progress_bar=False)
+        summary, state = jmtl.fit(
+            Model(),
+            tasks,
+            data["train"],
+            validation=data["validation"],
+            test=data["test"],
+            workdir=tmp_path / name,
+            weighting="pcgrad",
+            batch_size=16,
+            num_steps=6,
+            input_key="x",
+            progress_bar=False,
+        )
         runs[name] = (state.params, (tmp_path / name / "train_log.jsonl").read_text())
     jax.tree.map(np.testing.assert_array_equal, runs["packed"][0], runs["as_is"][0])
-    assert [json.loads(l)["losses"] for l in runs["packed"][1].splitlines()] == \
-           [json.loads(l)["losses"] for l in runs["as_is"][1].splitlines()]
+    assert [json.loads(l)["losses"] for l in runs["packed"][1].splitlines()] == [
+        json.loads(l)["losses"] for l in runs["as_is"][1].splitlines()
+    ]

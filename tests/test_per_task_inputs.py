@@ -56,24 +56,34 @@ def test_each_task_on_its_own_batch(method):
     jac = jax.jacrev(_losses)(state.params, batch)
     rows = np.concatenate([np.asarray(x).reshape(2, -1) for x in jax.tree.leaves(jac["shared"])], axis=1)
     want_shared = np.asarray(weighting.aggregate(method, rows))
-    got = np.concatenate([
-        (np.asarray(a) - np.asarray(b)).ravel()
-        for a, b in zip(jax.tree.leaves(state.params["shared"]), jax.tree.leaves(new.params["shared"]))
-    ])
+    got = np.concatenate(
+        [
+            (np.asarray(a) - np.asarray(b)).ravel()
+            for a, b in zip(jax.tree.leaves(state.params["shared"]), jax.tree.leaves(new.params["shared"]))
+        ]
+    )
     np.testing.assert_allclose(got, want_shared, rtol=2e-4, atol=1e-6)
     for k, t in enumerate(TASKS):  # heads: their own task's gradient on their own data
-        for a, b, g in zip(jax.tree.leaves(state.params[t.name]), jax.tree.leaves(new.params[t.name]),
-                           jax.tree.leaves(jac[t.name])):
+        for a, b, g in zip(
+            jax.tree.leaves(state.params[t.name]), jax.tree.leaves(new.params[t.name]), jax.tree.leaves(jac[t.name])
+        ):
             np.testing.assert_allclose(np.asarray(a) - np.asarray(b), np.asarray(g)[k], rtol=2e-4, atol=1e-6)
 
 
 def test_missing_task_batch_and_representation_mode_are_refused():
     w = weighting.get("mgda")
     with pytest.raises(ValueError, match="per_task_inputs.*representation"):
-        step_lib.make_train_step(Model(), _tasks(), w, optax.sgd(1.0),
-                                 step_lib.StepConfig(input_key="image", per_task_inputs=True, jacobian_mode="representation"))
+        step_lib.make_train_step(
+            Model(),
+            _tasks(),
+            w,
+            optax.sgd(1.0),
+            step_lib.StepConfig(input_key="image", per_task_inputs=True, jacobian_mode="representation"),
+        )
     state = step_lib.init_state(Model(), w, optax.sgd(1.0), _domain(0, 4)["image"], 2, 0)
-    step = step_lib.make_train_step(Model(), _tasks(), w, optax.sgd(1.0), step_lib.StepConfig(input_key="image", per_task_inputs=True))
+    step = step_lib.make_train_step(
+        Model(), _tasks(), w, optax.sgd(1.0), step_lib.StepConfig(input_key="image", per_task_inputs=True)
+    )
     with pytest.raises(KeyError, match=r"no sub-batch for task\(s\) \['webcam'\]"):
         step(state, {"amazon": _domain(0, 4)})
 

@@ -44,8 +44,11 @@ def np_segmentation(logits, labels, num_classes=C):
     conf = np.zeros((num_classes, num_classes))
     for g, p in zip(labels[valid], pred[valid]):
         conf[g, p] += 1
-    ious = [conf[c, c] / (conf[c].sum() + conf[:, c].sum() - conf[c, c])
-            for c in range(num_classes) if conf[c].sum() + conf[:, c].sum() > 0]
+    ious = [
+        conf[c, c] / (conf[c].sum() + conf[:, c].sum() - conf[c, c])
+        for c in range(num_classes)
+        if conf[c].sum() + conf[:, c].sum() > 0
+    ]
     ce = -np.take_along_axis(np_log_softmax(logits), np.maximum(labels, 0)[..., None], -1)[..., 0]
     return {"miou": np.mean(ious), "pixel_accuracy": np.trace(conf) / conf.sum(), "loss": ce[valid].mean()}
 
@@ -63,8 +66,14 @@ def np_normal(pred, labels):
     n = pred[valid] / np.linalg.norm(pred[valid], axis=-1, keepdims=True)
     cos = np.sum(n * labels[valid], -1)
     angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
-    return {"mean_angle": angle.mean(), "median_angle": np.median(angle), "within_11_25": np.mean(angle < 11.25),
-            "within_22_5": np.mean(angle < 22.5), "within_30": np.mean(angle < 30), "loss": 1 - cos.mean()}
+    return {
+        "mean_angle": angle.mean(),
+        "median_angle": np.median(angle),
+        "within_11_25": np.mean(angle < 11.25),
+        "within_22_5": np.mean(angle < 22.5),
+        "within_30": np.mean(angle < 30),
+        "loss": 1 - cos.mean(),
+    }
 
 
 BRUTE = {"seg": np_segmentation, "depth": np_depth, "normal": np_normal}
@@ -86,8 +95,14 @@ def random_split(n=7, h=4, w=5, seed=0):
     # predictions: the input channels of the model below; normals near the label (small angles) and random
     seg_logits = rng.normal(size=(n, h, w, C)).astype(np.float32)
     depth_pred = (depth + rng.normal(scale=0.5, size=depth.shape)).astype(np.float32)
-    normal_pred = np.where(rng.random((n, h, w, 1)) < 0.5, normal + rng.normal(scale=0.2, size=normal.shape),
-                           rng.normal(size=normal.shape)).astype(np.float32) * 3.0
+    normal_pred = (
+        np.where(
+            rng.random((n, h, w, 1)) < 0.5,
+            normal + rng.normal(scale=0.2, size=normal.shape),
+            rng.normal(size=normal.shape),
+        ).astype(np.float32)
+        * 3.0
+    )
     image = np.concatenate([seg_logits, depth_pred, normal_pred], -1)
     return {"image": image, "seg": seg, "depth": depth, "normal": normal}
 
@@ -97,13 +112,13 @@ class Slices(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        return {"seg": x[..., :C], "depth": x[..., C:C + 1], "normal": x[..., C + 1:C + 4]}
+        return {"seg": x[..., :C], "depth": x[..., C : C + 1], "normal": x[..., C + 1 : C + 4]}
 
 
 def _brute_split(arrays, keep=None):
     keep = np.ones(len(arrays["image"]), bool) if keep is None else keep
     x = arrays["image"]
-    preds = {"seg": x[..., :C], "depth": x[..., C:C + 1], "normal": x[..., C + 1:C + 4]}
+    preds = {"seg": x[..., :C], "depth": x[..., C : C + 1], "normal": x[..., C + 1 : C + 4]}
     out = {}
     for t in TASKS:
         k = keep if t.name != "depth" else keep & (arrays.get("depth_mask", np.ones(len(x))) > 0)
@@ -132,7 +147,9 @@ def test_segmentation_metrics_on_a_hand_worked_image():
     ce = -np_log_softmax(logits)[0]
     want_loss = np.mean([ce[0, 0, 0], ce[0, 1, 0], ce[0, 2, 1], ce[1, 0, 1], ce[1, 1, 2]])
     assert got["loss"] == pytest.approx(want_loss, rel=1e-5)
-    np.testing.assert_allclose(np.mean(np.asarray(TASKS[0].loss(jnp.asarray(logits), jnp.asarray(labels)))), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.mean(np.asarray(TASKS[0].loss(jnp.asarray(logits), jnp.asarray(labels)))), want_loss, rtol=1e-5
+    )
 
 
 def test_depth_metrics_on_a_hand_worked_image():
@@ -141,7 +158,9 @@ def test_depth_metrics_on_a_hand_worked_image():
     got = _finalized(TASKS[1], pred, labels)
     # valid pixels 3 (the 0 is no measurement): |err| 1, 1, 0; relative 1/2, 1/4, 0
     assert got["abs_err"] == pytest.approx(2 / 3) and got["rel_err"] == pytest.approx(0.25)
-    np.testing.assert_allclose(np.mean(np.asarray(TASKS[1].loss(jnp.asarray(pred), jnp.asarray(labels)))), 2 / 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.mean(np.asarray(TASKS[1].loss(jnp.asarray(pred), jnp.asarray(labels)))), 2 / 3, rtol=1e-6
+    )
 
 
 def test_normal_metrics_on_a_hand_worked_image():
@@ -153,13 +172,17 @@ def test_normal_metrics_on_a_hand_worked_image():
     assert (got["within_11_25"], got["within_22_5"], got["within_30"]) == (0.5, 0.5, 0.5)
     want_loss = 1 - (1 + np.sqrt(0.5)) / 2
     assert got["loss"] == pytest.approx(want_loss, rel=1e-5)
-    np.testing.assert_allclose(np.mean(np.asarray(TASKS[2].loss(jnp.asarray(pred), jnp.asarray(labels)))), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(
+        np.mean(np.asarray(TASKS[2].loss(jnp.asarray(pred), jnp.asarray(labels)))), want_loss, rtol=1e-5
+    )
 
 
 def test_a_batch_without_valid_pixels_gives_zero_loss_and_finite_gradients():
-    for t, shape, labels in ((TASKS[0], (2, 3, 3, C), -np.ones((2, 3, 3), np.int32)),
-                             (TASKS[1], (2, 3, 3, 1), np.zeros((2, 3, 3, 1), np.float32)),
-                             (TASKS[2], (2, 3, 3, 3), np.zeros((2, 3, 3, 3), np.float32))):
+    for t, shape, labels in (
+        (TASKS[0], (2, 3, 3, C), -np.ones((2, 3, 3), np.int32)),
+        (TASKS[1], (2, 3, 3, 1), np.zeros((2, 3, 3, 1), np.float32)),
+        (TASKS[2], (2, 3, 3, 3), np.zeros((2, 3, 3, 3), np.float32)),
+    ):
         g = jax.grad(lambda p, t=t, labels=labels: jnp.mean(t.loss(p, labels)))(jnp.zeros(shape))
         assert np.all(np.isfinite(np.asarray(g))) and float(jnp.mean(t.loss(jnp.zeros(shape), labels))) == 0.0
 
@@ -175,8 +198,16 @@ def _eval_fn(num_devices):
 
 def _evaluate(arrays, batch_size, num_devices):
     shard = lambda b: jax.tree.map(lambda v: np.asarray(v).reshape((num_devices, -1) + np.shape(v)[1:]), b)
-    return evaluate.evaluate(_eval_fn(num_devices), {}, arrays, TASKS, shard_batch=shard, batch_size=batch_size,
-                             num_devices=num_devices, unreplicate=lambda s: jax.tree.map(lambda v: v[0], s))
+    return evaluate.evaluate(
+        _eval_fn(num_devices),
+        {},
+        arrays,
+        TASKS,
+        shard_batch=shard,
+        batch_size=batch_size,
+        num_devices=num_devices,
+        unreplicate=lambda s: jax.tree.map(lambda v: v[0], s),
+    )
 
 
 @pytest.mark.parametrize("num_devices", [1, 2])
@@ -193,7 +224,10 @@ def test_split_metrics_accumulate_over_batches_and_devices(num_devices):
     per_batch = [_brute_split({k: v[s] for k, v in arrays.items()}) for s in batches]
     for task, name in (("seg", "miou"), ("depth", "abs_err"), ("normal", "mean_angle"), ("normal", "median_angle")):
         batch_mean = np.mean([b[task][name] for b in per_batch])
-        assert abs(batch_mean - want[task][name]) > 10 * pixel.ANGLE_BIN_DEGREES * (name == "median_angle") + 1e-3, (task, name)
+        assert abs(batch_mean - want[task][name]) > 10 * pixel.ANGLE_BIN_DEGREES * (name == "median_angle") + 1e-3, (
+            task,
+            name,
+        )
 
 
 def test_missing_label_masks_in_evaluation_count_labelled_examples_only():
@@ -220,10 +254,16 @@ def test_directions_are_known_to_delta_m():
     for t in TASKS:
         for name, hib in t.metric_directions.items():
             assert mtl_metrics.METRIC_DIRECTIONS[name] == hib, (t.kind, name)
-    base = {"seg": {"miou": 0.4, "pixel_accuracy": 0.6}, "depth": {"abs_err": 0.5, "rel_err": 0.2},
-            "normal": {"mean_angle": 20.0, "within_11_25": 0.3}}
-    better = {"seg": {"miou": 0.44, "pixel_accuracy": 0.66}, "depth": {"abs_err": 0.45, "rel_err": 0.18},
-              "normal": {"mean_angle": 18.0, "within_11_25": 0.33}}
+    base = {
+        "seg": {"miou": 0.4, "pixel_accuracy": 0.6},
+        "depth": {"abs_err": 0.5, "rel_err": 0.2},
+        "normal": {"mean_angle": 20.0, "within_11_25": 0.3},
+    }
+    better = {
+        "seg": {"miou": 0.44, "pixel_accuracy": 0.66},
+        "depth": {"abs_err": 0.45, "rel_err": 0.18},
+        "normal": {"mean_angle": 18.0, "within_11_25": 0.33},
+    }
     assert mtl_metrics.delta_m_table(better, base) == pytest.approx(-10.0)
     with pytest.raises(ValueError, match="directions="):
         mtl_metrics.delta_m_table(better, {"seg": {"weird": 1.0}})
@@ -305,23 +345,40 @@ def _jacobian(separable, depth_keep=None):
 LR = 0.1
 
 
-@pytest.mark.parametrize("method,separable,mode", [
-    ("equal", True, "params"), ("mgda", True, "params"), ("mgda", False, "params"), ("pcgrad", False, "params"),
-    ("mgda", True, "representation"),
-])
+@pytest.mark.parametrize(
+    "method,separable,mode",
+    [
+        ("equal", True, "params"),
+        ("mgda", True, "params"),
+        ("mgda", False, "params"),
+        ("pcgrad", False, "params"),
+        ("mgda", True, "representation"),
+    ],
+)
 def test_every_gradient_path_trains_pixel_tasks(method, separable, mode):
     batch = _train_batch()
     model, w, opt = TinyConv(separable=separable), weighting.get(method), optax.sgd(LR)
     state = step_lib.init_state(model, w, opt, batch["image"], 3, 0)
-    step = jax.jit(step_lib.make_train_step(model, TASKS, w, opt, step_lib.StepConfig(input_key="image", jacobian_mode=mode)))
+    step = jax.jit(
+        step_lib.make_train_step(model, TASKS, w, opt, step_lib.StepConfig(input_key="image", jacobian_mode=mode))
+    )
     new, metrics = step(state, batch)
-    np.testing.assert_allclose(np.asarray(metrics["losses"]), np.asarray(reference_losses(model, state.params, batch)), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(metrics["losses"]), np.asarray(reference_losses(model, state.params, batch)), rtol=1e-5
+    )
     if mode == "params" and method != "pcgrad":
         # heads move by their own task's gradient, the shared conv by weights @ J (rows = jax.grad of each loss)
         jac = _jacobian(separable)(state.params, batch)
         wts = np.asarray(metrics["weights"])
-        for name, rows_w in (("heads_seg", [1, 0, 0]), ("heads_depth", [0, 1, 0]), ("heads_normal", [0, 0, 1]), ("shared", wts)):
-            want = jax.tree.map(lambda g: np.tensordot(np.asarray(rows_w, np.float32), np.asarray(g), axes=1), jac[name])
+        for name, rows_w in (
+            ("heads_seg", [1, 0, 0]),
+            ("heads_depth", [0, 1, 0]),
+            ("heads_normal", [0, 0, 1]),
+            ("shared", wts),
+        ):
+            want = jax.tree.map(
+                lambda g: np.tensordot(np.asarray(rows_w, np.float32), np.asarray(g), axes=1), jac[name]
+            )
             got = jax.tree.map(lambda a, b: (np.asarray(a) - np.asarray(b)) / LR, state.params[name], new.params[name])
             for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
                 np.testing.assert_allclose(g, e, rtol=2e-4, atol=1e-5, err_msg=f"{method} {name}")
@@ -340,10 +397,15 @@ def test_missing_depth_labels_in_training_equal_the_labelled_slice():
     batch["depth"] = np.where(np.asarray(keep)[:, None, None, None], batch["depth"], np.nan).astype(np.float32)
     model, w, opt = TinyConv(separable=False), weighting.get("mgda"), optax.sgd(LR)
     state = step_lib.init_state(model, w, opt, batch["image"], 3, 0)
-    new, metrics = jax.jit(step_lib.make_train_step(model, TASKS, w, opt, step_lib.StepConfig(input_key="image")))(state, batch)
+    new, metrics = jax.jit(step_lib.make_train_step(model, TASKS, w, opt, step_lib.StepConfig(input_key="image")))(
+        state, batch
+    )
     assert bool(metrics["finite"])
-    np.testing.assert_allclose(np.asarray(metrics["losses"]),
-                               np.asarray(reference_losses(model, state.params, batch, np.asarray(keep))), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(metrics["losses"]),
+        np.asarray(reference_losses(model, state.params, batch, np.asarray(keep))),
+        rtol=1e-5,
+    )
     jac = _jacobian(False, keep)(state.params, batch)
     want = jax.tree.map(lambda g: np.tensordot(np.asarray(metrics["weights"]), np.asarray(g), axes=1), jac["shared"])
     got = jax.tree.map(lambda a, b: (np.asarray(a) - np.asarray(b)) / LR, state.params["shared"], new.params["shared"])

@@ -69,8 +69,11 @@ def test_cell_code_clean_dirty_mixed_unknown(repo, tmp_path):
     cell = tmp_path / "cell"
     common.record_code_start(cell)
     common.record_code_start(cell)  # a resume under the same commit
-    assert common.cell_code(cell) == {"git_commit": _git(repo, "rev-parse", "HEAD"), "git_dirty": False,
-                                      "status": "clean"}
+    assert common.cell_code(cell) == {
+        "git_commit": _git(repo, "rev-parse", "HEAD"),
+        "git_dirty": False,
+        "status": "clean",
+    }
     assert common.code_mark(common.cell_code(cell)) == ""
     (repo / "code.py").write_text("a = 4\n")
     common.record_code_start(cell)  # resumed from a dirty tree
@@ -82,16 +85,30 @@ def test_cell_code_clean_dirty_mixed_unknown(repo, tmp_path):
     # A program folder without start records (trained before they were kept) makes the cell unknown.
     assert common.cell_code(cell, tmp_path / "older_program")["status"] == "unknown"
     assert common.cell_code(tmp_path / "nothing")["status"] == "unknown"
-    assert [json.loads(l)["git_dirty"] for l in (cell / common.CODE_RECORD).read_text().splitlines()] == \
-        [False, False, True, False]
+    assert [json.loads(l)["git_dirty"] for l in (cell / common.CODE_RECORD).read_text().splitlines()] == [
+        False,
+        False,
+        True,
+        False,
+    ]
     assert {common.code_mark({"status": s}) for s in ("dirty", "mixed", "unknown")} == {"‡", "§", "†"}
     assert common.code_mark(None) == "†"
 
 
 def test_census_auc_table_marks_cells_that_cannot_name_their_code():
-    entry = lambda cell, code: {"cell": cell, "arch": cell.split("__")[0], "method": cell.split("__")[1], "seeds": 1,
-                                "error": "", "test.t.auc": (0.9, np.nan), "final_test.t.auc": (0.9, np.nan),
-                                "best_step": [1], "ms_per_step": 1.0, "wall_time_s": 1.0, "code": code}
+    entry = lambda cell, code: {
+        "cell": cell,
+        "arch": cell.split("__")[0],
+        "method": cell.split("__")[1],
+        "seeds": 1,
+        "error": "",
+        "test.t.auc": (0.9, np.nan),
+        "final_test.t.auc": (0.9, np.nan),
+        "best_step": [1],
+        "ms_per_step": 1.0,
+        "wall_time_s": 1.0,
+        "code": code,
+    }
     clean = {"git_commit": "abc", "git_dirty": False, "status": "clean"}
     lines = census_grid.auc_lines([entry("hps__equal", clean), entry("hps__pcgrad", None)], ["t"], "title")
     rows = {l.split(" | ")[1]: l for l in lines if l.startswith("| hps")}
@@ -106,14 +123,22 @@ def test_qm9_report_marks_rows_with_a_cell_of_unknown_code():
     times = {"stl-a-s0": 1.0, "equal-s0": 1.0, "equal-s1": 1.0, "pcgrad-s0": 1.0}
     clean = {"git_commit": "abc", "git_dirty": False, "status": "clean"}
     code = {"stl-a-s0": clean, "equal-s0": clean, "equal-s1": {"status": "dirty"}, "pcgrad-s0": clean}
-    result, lines = qm9_gnn.build_report(cells, ["equal", "pcgrad"], ("a",), ("D",),
-                                         dict(train_size=10, eval_size=5, epochs=1), times, code=code,
-                                         notes=["a note"])
+    result, lines = qm9_gnn.build_report(
+        cells,
+        ["equal", "pcgrad"],
+        ("a",),
+        ("D",),
+        dict(train_size=10, eval_size=5, epochs=1),
+        times,
+        code=code,
+        notes=["a note"],
+    )
     firsts = [l.split(" | ")[0] for l in lines if l.startswith("| ") and "|---" not in l]
     assert "| single-task" in firsts and "| equal (LS)‡" in firsts and "| PCGrad" in firsts
     assert result["cell_code"]["equal-s1"] == {"status": "dirty"} and "a note" in lines
-    _, lines = qm9_gnn.build_report(cells, ["equal", "pcgrad"], ("a",), ("D",),
-                                    dict(train_size=10, eval_size=5, epochs=1), times)  # no records at all
+    _, lines = qm9_gnn.build_report(
+        cells, ["equal", "pcgrad"], ("a",), ("D",), dict(train_size=10, eval_size=5, epochs=1), times
+    )  # no records at all
     text = "\n".join(lines)
     assert all(f"| {row}† |" in text for row in ("single-task", "equal (LS)", "PCGrad"))
 

@@ -51,7 +51,9 @@ def test_units_and_atomization():
     assert t["U0"] == pytest.approx((-40.47893 - (-37.846772 + 4 * -0.500273)) * ev, rel=1e-12)
     assert t["G"] == pytest.approx((-40.498597 - (-37.861317 + 4 * -0.510927)) * ev, rel=1e-12)
     # NH3 and the zwitterion (6 H: 5 in the formula layer + 1 mobile proton).
-    assert raw.targets[1, qm9.TASKS.index("H")] == pytest.approx((-56.522082 - (-54.581501 + 3 * -0.497912)) * ev, rel=1e-12)
+    assert raw.targets[1, qm9.TASKS.index("H")] == pytest.approx(
+        (-56.522082 - (-54.581501 + 3 * -0.497912)) * ev, rel=1e-12
+    )
     zw = -378.6 - (5 * -37.846772 + 6 * -0.500273 + 2 * -54.583861 - 75.064579)
     assert raw.targets[2, qm9.TASKS.index("U0")] == pytest.approx(zw * ev, rel=1e-12)
     assert qm9.composition(ROWS[2].split('"')[1]) == {"C": 5, "H": 6, "N": 2, "O": 1}
@@ -84,8 +86,14 @@ def test_split_and_standardisation():
 @pytest.mark.parametrize(
     "row, match",
     [
-        ("9,C,InChI=1S/CH4/h1H4,6," + ",".join(["1"] * 15), r"the InChI formula gives .* \(5 atoms\), but N_atoms is 6"),
-        ("9,C,InChI=1S/CH4/h1H4,5," + ",".join(["1"] * 14) + ",x", r"line 3, column 19 \(Heatcapacity_Cv_cal_mol_K\): 'x'"),
+        (
+            "9,C,InChI=1S/CH4/h1H4,6," + ",".join(["1"] * 15),
+            r"the InChI formula gives .* \(5 atoms\), but N_atoms is 6",
+        ),
+        (
+            "9,C,InChI=1S/CH4/h1H4,5," + ",".join(["1"] * 14) + ",x",
+            r"line 3, column 19 \(Heatcapacity_Cv_cal_mol_K\): 'x'",
+        ),
         ("9,C,InChI=1S/CH4/h1H4,5," + ",".join(["1"] * 14), "line 3 has 18 fields"),
         ("9,[Si],InChI=1S/SiH4/h1H4,5," + ",".join(["1"] * 15), r"elements \['Si'\]"),
         ("1,C,InChI=1S/CH4/h1H4,5," + ",".join(["1"] * 15), "Index 1 does not increase"),
@@ -134,7 +142,10 @@ rdkit = pytest.importorskip("rdkit", reason="molecule graphs need rdkit (the 'gr
 
 def test_featurise_by_hand():
     """Methane, ammonia and formaldehyde / benzene features checked against chemistry by hand."""
-    g = qm9.featurise(["C", "N", "C=O", "c1ccccc1"], counts=np.array([[4, 1, 0, 0, 0], [3, 0, 1, 0, 0], [2, 1, 0, 1, 0], [6, 6, 0, 0, 0]]))
+    g = qm9.featurise(
+        ["C", "N", "C=O", "c1ccccc1"],
+        counts=np.array([[4, 1, 0, 0, 0], [3, 0, 1, 0, 0], [2, 1, 0, 1, 0], [6, 6, 0, 0, 0]]),
+    )
     nodes, edges, s, r = g.graph(0)  # CH4: C then 4 H (rdkit AddHs appends H), 4 bonds both ways
     np.testing.assert_array_equal(nodes[:, :5].sum(0), [4, 1, 0, 0, 0])
     c = nodes[nodes[:, 1] == 1][0]
@@ -192,7 +203,9 @@ def test_graph_input_from_packed_rows_matches_graphs():
     model = gnn.MPNN(hidden=8, steps=2, edge_hidden=4)
     params = model.init(jax.random.PRNGKey(0), packed)
     tight = gnn.pad_graphs([g.graph(i) for i in range(3)], max_nodes=40, max_edges=80)
-    np.testing.assert_allclose(np.asarray(model.apply(params, packed)), np.asarray(model.apply(params, tight)), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model.apply(params, packed)), np.asarray(model.apply(params, tight)), rtol=2e-5, atol=1e-6
+    )
 
 
 def _graph_file(tmp_path, rows, folder="raw"):
@@ -244,7 +257,9 @@ def test_graph_dataset_subset(tmp_path):
     np.testing.assert_array_equal(ds.qm9.index["train"], full.qm9.index["train"][:2])  # a prefix
     x = ds.arrays("train")["x"]
     node_mask = x[:, : qm9.MAX_NODES]
-    np.testing.assert_array_equal(node_mask.sum(1), [raw.counts[np.searchsorted(raw.index, i)].sum() for i in ds.qm9.index["train"]])
+    np.testing.assert_array_equal(
+        node_mask.sum(1), [raw.counts[np.searchsorted(raw.index, i)].sum() for i in ds.qm9.index["train"]]
+    )
     with pytest.raises(DataError, match="inputs"):
         qm9.dataset_from_raw(raw, seed=0, test_size=1, validation_size=1, inputs="xyz")
 

@@ -14,8 +14,11 @@ SETUP = dict(train_size=100, eval_size=10, epochs=1)
 def _cells(rng):
     base = {t: float(v) for t, v in zip(TASKS, rng.uniform(1.0, 5.0, len(TASKS)))}
     # A method's MAE = base x (1 + r): its Delta-m% is 100 x mean_k r_k, for any base.
-    rel = {("equal", 0): rng.uniform(-0.5, 1.0, 3), ("equal", 1): rng.uniform(-0.5, 1.0, 3),
-           ("pcgrad", 0): rng.uniform(-0.5, 1.0, 3)}
+    rel = {
+        ("equal", 0): rng.uniform(-0.5, 1.0, 3),
+        ("equal", 1): rng.uniform(-0.5, 1.0, 3),
+        ("pcgrad", 0): rng.uniform(-0.5, 1.0, 3),
+    }
     cells = {"single-task": {0: dict(base)}}
     for (m, seed), r in rel.items():
         cells.setdefault(m, {})[seed] = {t: base[t] * (1 + r[k]) for k, t in enumerate(TASKS)}
@@ -35,8 +38,9 @@ def test_delta_m_is_the_mean_relative_change_and_averages_seeds():
 
 def test_every_method_has_a_row_even_without_runs():
     cells, _ = _cells(np.random.default_rng(1))
-    _, lines = qm9_gnn.build_report(cells, ["equal", "pcgrad", "nash_mtl"], TASKS, UNITS, SETUP, {},
-                                    missing=["nash_mtl-s0"])
+    _, lines = qm9_gnn.build_report(
+        cells, ["equal", "pcgrad", "nash_mtl"], TASKS, UNITS, SETUP, {}, missing=["nash_mtl-s0"]
+    )
     for label in ("single-task", "equal (LS)", "PCGrad", "Nash-MTL"):
         assert sum(line.startswith(f"| {label} |") for line in lines) == 1, label
     nash = next(line for line in lines if line.startswith("| Nash-MTL |"))

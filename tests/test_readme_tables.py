@@ -68,12 +68,15 @@ def test_every_results_file_has_provenance():
     assert recover_provenance.main(["--check"]) == 0, "run python -m experiments.recover_provenance"
 
 
-@pytest.mark.parametrize("original, edited", [
-    ("PCGrad 17.7, FAMO 18.6", "PCGrad 16.7, FAMO 18.6"),  # a QM9 sentence
-    ("| OMoE† | 0.9443 ± 0.0004 |", "| OMoE† | 0.9453 ± 0.0004 |"),  # the Census table
-    ("−0.98 ± 1.86 at α 10", "−0.88 ± 1.86 at α 10"),  # a School sentence
-    ("0.9458 (FAMO) to 0.9472 (Nash-MTL)", "0.9458 (FAMO) to 0.9477 (Nash-MTL)"),  # the Census catalogue
-])
+@pytest.mark.parametrize(
+    "original, edited",
+    [
+        ("PCGrad 17.7, FAMO 18.6", "PCGrad 16.7, FAMO 18.6"),  # a QM9 sentence
+        ("| OMoE† | 0.9443 ± 0.0004 |", "| OMoE† | 0.9453 ± 0.0004 |"),  # the Census table
+        ("−0.98 ± 1.86 at α 10", "−0.88 ± 1.86 at α 10"),  # a School sentence
+        ("0.9458 (FAMO) to 0.9472 (Nash-MTL)", "0.9458 (FAMO) to 0.9477 (Nash-MTL)"),  # the Census catalogue
+    ],
+)
 def test_an_edited_census_school_or_qm9_number_fails_the_check(tmp_path, original, edited):
     text = (ROOT / "results" / "README.md").read_text()
     assert text.count(original) == 1, f"the README no longer says {original!r}: update this test's example"
@@ -110,13 +113,16 @@ def test_pcgrad_cells_beyond_a_seed_std_counted_from_the_csv():
         tasks = [k.split(".")[1] for k in rows[0] if k.startswith("test.") and k.endswith(".auc")]
         for arch in ("hps", "omoe", "mmoe", "cgc", "ple"):
             for task in tasks:
-                vals = {m: [float(r[f"test.{task}.auc"]) for r in rows if r["cell"] == f"{arch}__{m}"]
-                        for m in ("equal", "pcgrad")}
+                vals = {
+                    m: [float(r[f"test.{task}.auc"]) for r in rows if r["cell"] == f"{arch}__{m}"]
+                    for m in ("equal", "pcgrad")
+                }
                 total += 1
                 std = max(np.std(v, ddof=1) for v in vals.values())
                 moved += abs(np.mean(vals["pcgrad"]) - np.mean(vals["equal"])) > std
     assert f"PCGrad moves {moved} of the {total} multi-task cells" in " ".join(
-        (ROOT / "results" / "README.md").read_text().split())
+        (ROOT / "results" / "README.md").read_text().split()
+    )
 
 
 def _recorded_commands():
@@ -149,6 +155,12 @@ def test_every_recorded_command_names_a_module_that_exists():
 
     commands = _recorded_commands()
     assert len(commands) > 50  # the walk finds the records (a broken walk would pass vacuously)
-    missing = sorted({(mod, src) for src, cmd in commands for mod in re.findall(r"python -m ([\w.]+)", cmd)
-                      if importlib.util.find_spec(mod) is None})
+    missing = sorted(
+        {
+            (mod, src)
+            for src, cmd in commands
+            for mod in re.findall(r"python -m ([\w.]+)", cmd)
+            if importlib.util.find_spec(mod) is None
+        }
+    )
     assert not missing, f"provenance commands name modules that do not exist: {missing}"

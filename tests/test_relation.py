@@ -14,7 +14,9 @@ from jmtl.training import step as step_lib
 
 def test_relation_matrix_identity_init_and_layout():
     tasks = tuple(Task(f"t{i}", "regression", 1) for i in range(3))
-    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(4,)), head_kwargs=dict(hidden=5), relation=True)
+    model = mtl.build(
+        tasks, encoder="mlp", encoder_kwargs=dict(features=(4,)), head_kwargs=dict(hidden=5), relation=True
+    )
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 3)))["params"]
     assert set(params) == {"shared", "tasks", "relation"}
     assert set(params["tasks"]) == {"t0", "t1", "t2"}
@@ -71,10 +73,14 @@ def test_learned_relation_matrix_recovers_task_groups(seed):
             out[f"t{i}"] = (f[g] + 0.5 * rng.normal(size=n)).astype(np.float32)[:, None]
         return out
 
-    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(32,)), head_kwargs=dict(hidden=16), relation=True)
+    model = mtl.build(
+        tasks, encoder="mlp", encoder_kwargs=dict(features=(32,)), head_kwargs=dict(hidden=16), relation=True
+    )
     t, opt = weighting.get("equal"), optax.adam(3e-3)
     state = step_lib.init_state(model, t, opt, jnp.zeros((1, d)), k, seed=seed)
-    fn = jax.jit(step_lib.make_train_step(model, tasks, t, opt, step_lib.StepConfig(relation_alpha=1e-3, input_key="x")))
+    fn = jax.jit(
+        step_lib.make_train_step(model, tasks, t, opt, step_lib.StepConfig(relation_alpha=1e-3, input_key="x"))
+    )
     for _ in range(1500):
         state, _ = fn(state, batch())
     w = np.abs(np.asarray(state.params["relation"]))

@@ -65,7 +65,9 @@ def test_relation_model_outputs_and_gradients_equal_the_former_formulation(monke
     unstacking: equal to rounding)."""
     k = 20
     tasks = tuple(Task(f"t{i}", "regression", 1) for i in range(k))
-    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(6,)), head_kwargs=dict(hidden=4), relation=True)
+    model = mtl.build(
+        tasks, encoder="mlp", encoder_kwargs=dict(features=(6,)), head_kwargs=dict(hidden=4), relation=True
+    )
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(9, 5)), jnp.float32)
     y = jnp.asarray(rng.normal(size=(9, k)), jnp.float32)

@@ -11,10 +11,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from conftest import ROOT, run_script, toy_config
-from jmtl.training.loop import NonFiniteLossError, train
+
 from jmtl.data import pipeline
+from jmtl.training.loop import NonFiniteLossError, train
 
 STEPS = 400
 
@@ -23,8 +23,11 @@ def _xla_cache_env(cache) -> dict:
     """A persistent XLA compilation cache shared by this module's training subprocesses (beside their
     data cache): they all compile the same toy programs, so only the reference run pays for it.
     The programs (and so the bitwise comparisons below) are the same with or without the cache."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(Path(cache).parent / "xla_cache"),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(Path(cache).parent / "xla_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
 
 
 def _start(workdir, cache, *overrides):
@@ -96,9 +99,16 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(tmp_path, reference):
     assert "Resume with the same command" in stdout
     stopped = _result(stdout)["summary"]["step"]
     assert 60 <= stopped < STEPS
-    resumed = run_script("train_run.py", str(wd), f"dataset.cache_dir={cache}", f"num_steps={STEPS}",
-                         "eval_every_steps=100", "checkpoint_every_steps=25", "log_every_steps=1",
-                         env=_xla_cache_env(cache))
+    resumed = run_script(
+        "train_run.py",
+        str(wd),
+        f"dataset.cache_dir={cache}",
+        f"num_steps={STEPS}",
+        "eval_every_steps=100",
+        "checkpoint_every_steps=25",
+        "log_every_steps=1",
+        env=_xla_cache_env(cache),
+    )
     assert resumed["params"] == ref["params"]  # bitwise (JSON floats round-trip exactly)
     assert resumed["summary"]["final"] == ref["summary"]["final"]
 
@@ -123,9 +133,21 @@ def test_kill9_then_resume_is_bitwise_equal(tmp_path, reference, kill_after_step
     assert 0 < (kill_after_step // 25) * 25 <= killed_at < STEPS, killed_at  # saves are synchronous
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **_xla_cache_env(cache))
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests/scripts/train_run.py"), str(wd), f"dataset.cache_dir={cache}",
-         f"num_steps={STEPS}", "eval_every_steps=100", "checkpoint_every_steps=25", "log_every_steps=1"],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "tests/scripts/train_run.py"),
+            str(wd),
+            f"dataset.cache_dir={cache}",
+            f"num_steps={STEPS}",
+            "eval_every_steps=100",
+            "checkpoint_every_steps=25",
+            "log_every_steps=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     # The resumed run continued from the killed run's last checkpoint, not from scratch.
@@ -170,8 +192,9 @@ def _nan_after(step_to_poison: int, task_key: str):
 def _config(tmp_path, **kw):
     # log_every_steps=7: the NaN steps fall between logging steps, and every step is still checked.
     # checkpoint_every_steps=20: a checkpoint at each evaluation (the default cadence is by time).
-    return toy_config(tmp_path, **{"num_steps": 60, "eval_every_steps": 20, "log_every_steps": 7,
-                                   "checkpoint_every_steps": 20, **kw})
+    return toy_config(
+        tmp_path, **{"num_steps": 60, "eval_every_steps": 20, "log_every_steps": 7, "checkpoint_every_steps": 20, **kw}
+    )
 
 
 def test_nan_loss_raises_naming_task_step_and_checkpoint(tmp_path, monkeypatch):
@@ -186,7 +209,10 @@ def test_nan_loss_raises_naming_task_step_and_checkpoint(tmp_path, monkeypatch):
 def test_nan_skip_policy_skips_and_stops_after_m_consecutive(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline.MTLDataset, "train_iterator", _nan_after(41, "t0"))
     with pytest.raises(NonFiniteLossError, match="5 consecutive non-finite steps up to step 45"):
-        train(_config(tmp_path, **{"nonfinite.policy": "skip", "nonfinite.max_consecutive_skips": 5}), str(tmp_path / "wd"))
+        train(
+            _config(tmp_path, **{"nonfinite.policy": "skip", "nonfinite.max_consecutive_skips": 5}),
+            str(tmp_path / "wd"),
+        )
 
 
 # ---- determinism, and a crash in the middle of a checkpoint save ------------------------------------
@@ -311,7 +337,9 @@ def test_resume_drops_partial_log_lines_and_refuses_a_changed_config(uninterrupt
     with open(wd / "metrics.jsonl", "a") as f:
         f.write('{"step": 30, "epoch": 0.37, "valid')
     before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file() and p.name != ".lock"}
-    with pytest.raises(ResumeConfigError, match=r"optimizer.learning_rate: 0.001 -> 0.002.*Fix: restore the old values"):
+    with pytest.raises(
+        ResumeConfigError, match=r"optimizer.learning_rate: 0.001 -> 0.002.*Fix: restore the old values"
+    ):
         train(toy_config(tmp, **{**SHORT, "optimizer.learning_rate": 2e-3}), str(wd))
     assert {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file() and p.name in before} == before  # untouched
     _, resumed = train(toy_config(tmp, **SHORT), str(wd))  # num_steps 20 -> 40: extending is allowed

@@ -17,23 +17,32 @@ import flax.linen as nn
 import numpy as np
 import optax
 import pytest
+from conftest import toy_config
 
 import jmtl
-from conftest import toy_config
 from jmtl import data as data_lib
 from jmtl.tasks import Task
 from jmtl.training import workdir as workdir_lib
 from jmtl.training.checkpoint import CheckpointMismatchError
 from jmtl.training.loop import train
 
-FAST = {"num_steps": 2, "eval_every_steps": 2, "log_every_steps": 1, "checkpoint_every_steps": 2,
-        "model.encoder_kwargs": {"features": (8,)}, "batch_size": 20}
+FAST = {
+    "num_steps": 2,
+    "eval_every_steps": 2,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 2,
+    "model.encoder_kwargs": {"features": (8,)},
+    "batch_size": 20,
+}
 
 
 def snapshot(folder: Path) -> dict:
     """Every file under ``folder`` -> sha256 of its bytes (what "no earlier file changed" compares)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 # ---------------------------------------------------------------------------- a dataset read from files
@@ -65,14 +74,18 @@ def test_other_files_under_the_same_data_dir_are_refused(tmp_path):
     before = snapshot(wd)
     _write_data(data_dir, seed=1)  # the same path, other content (as MNIST files replaced by Fashion-MNIST)
     config.num_steps = 4
-    with pytest.raises(workdir_lib.ResumeIdentityError,
-                       match=r"the train split's examples differ .*the validation split's examples differ.*Fix:") as e:
+    with pytest.raises(
+        workdir_lib.ResumeIdentityError,
+        match=r"the train split's examples differ .*the validation split's examples differ.*Fix:",
+    ) as e:
         train(config, str(wd))
     assert len(e.value.differences) == 3 and "\n" not in str(e.value)
     config.optimizer.learning_rate = 0.5  # and a config change with it: both are named
-    with pytest.raises(workdir_lib.ResumeIdentityError,
-                       match=r"the test split's examples differ .*; the config differs \(optimizer.learning_rate: "
-                             r"0.001 -> 0.5\) from what"):
+    with pytest.raises(
+        workdir_lib.ResumeIdentityError,
+        match=r"the test split's examples differ .*; the config differs \(optimizer.learning_rate: "
+        r"0.001 -> 0.5\) from what",
+    ):
         train(config, str(wd))
     config.optimizer.learning_rate = 0.001
     assert snapshot(wd) == before
@@ -88,8 +101,16 @@ def _file_config(tmp_path, **overrides):
     _register_file_dataset()
     if not (tmp_path / "data").exists():
         _write_data(tmp_path / "data", seed=0)
-    return toy_config(tmp_path, **{**FAST, "dataset.name": "file_ds", "dataset.kwargs": {},
-                                   "dataset.data_dir": str(tmp_path / "data"), **overrides})
+    return toy_config(
+        tmp_path,
+        **{
+            **FAST,
+            "dataset.name": "file_ds",
+            "dataset.kwargs": {},
+            "dataset.data_dir": str(tmp_path / "data"),
+            **overrides,
+        },
+    )
 
 
 @pytest.mark.parametrize("damage", ["deleted", "garbled"])
@@ -142,13 +163,24 @@ def _data(seed: int, n: int) -> dict:
 def _gen(arrays: dict, size: int = 10):
     """A one-shot generator of batches (validation / test read through concatenate_batches)."""
     n = len(arrays["x"]) // size
-    return ({k: v[i * size:(i + 1) * size] for k, v in arrays.items()} for i in range(n))
+    return ({k: v[i * size : (i + 1) * size] for k, v in arrays.items()} for i in range(n))
 
 
 def _fit(wd, num_steps, *, model=None, tasks=TASKS, lr=0.1, validation=None, test=None, **kw):
-    return jmtl.fit(model or Model(), tasks, lambda seed: [_data(0, 40)], workdir=wd, num_steps=num_steps,
-                    validation=_gen(validation or _data(1, 20)), test=_gen(test or _data(2, 20)),
-                    optimizer=optax.sgd(lr), progress_bar=False, eval_every_steps=2, checkpoint_every_steps=2, **kw)
+    return jmtl.fit(
+        model or Model(),
+        tasks,
+        lambda seed: [_data(0, 40)],
+        workdir=wd,
+        num_steps=num_steps,
+        validation=_gen(validation or _data(1, 20)),
+        test=_gen(test or _data(2, 20)),
+        optimizer=optax.sgd(lr),
+        progress_bar=False,
+        eval_every_steps=2,
+        checkpoint_every_steps=2,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +190,18 @@ def fitted(tmp_path_factory):
     return wd
 
 
-@pytest.mark.parametrize("change, words", [
-    (dict(validation=_data(7, 20)), r"the validation arrays differ \(fingerprint [0-9a-f]+ -> [0-9a-f]+\)"),
-    (dict(test=_data(8, 20)), r"the test arrays differ"),
-    (dict(lr=0.05), r"the optimizer \(a custom optax transform\) differs \(\S*step_size -0.1 -> -0.05\)"),
-    (dict(tasks=(Task("a", "regression", 1), Task("b", "regression", 1))),
-     r"the tasks differ \(task 'b': binary, 1 output\(s\) -> regression, 1 output\(s\)\)"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(validation=_data(7, 20)), r"the validation arrays differ \(fingerprint [0-9a-f]+ -> [0-9a-f]+\)"),
+        (dict(test=_data(8, 20)), r"the test arrays differ"),
+        (dict(lr=0.05), r"the optimizer \(a custom optax transform\) differs \(\S*step_size -0.1 -> -0.05\)"),
+        (
+            dict(tasks=(Task("a", "regression", 1), Task("b", "regression", 1))),
+            r"the tasks differ \(task 'b': binary, 1 output\(s\) -> regression, 1 output\(s\)\)",
+        ),
+    ],
+)
 def test_fit_resume_with_other_data_optimizer_or_tasks_is_refused(fitted, change, words):
     before = snapshot(fitted)
     with pytest.raises(workdir_lib.ResumeIdentityError, match=words + r".*from what its checkpoint \(step 2\).*Fix:"):
@@ -186,7 +223,11 @@ def test_model_shape_mismatch_lists_every_changed_param(fitted):
     with pytest.raises(CheckpointMismatchError) as e:
         _fit(fitted, 4, model=Model(width=7))
     message = str(e.value)
-    for name in ("['shared']['kernel'] [4, 6] -> [4, 7]", "['shared']['bias'] [6] -> [7]",
-                 "['a_head']['kernel'] [6, 1] -> [7, 1]", "['b_head']['kernel'] [6, 1] -> [7, 1]"):
+    for name in (
+        "['shared']['kernel'] [4, 6] -> [4, 7]",
+        "['shared']['bias'] [6] -> [7]",
+        "['a_head']['kernel'] [6, 1] -> [7, 1]",
+        "['b_head']['kernel'] [6, 1] -> [7, 1]",
+    ):
         assert name in message, (name, message)
     assert snapshot(fitted) == before

@@ -33,8 +33,11 @@ def problem():
 def _schemes():
     # Rep-level-only schemes (NTKMTL-SR) need the representation's per-sample layout, which a bare
     # [K, d] Jacobian does not have; tests/test_weighting_recent.py checks them.
-    return [n for n in weighting.names()
-            if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only]
+    return [
+        n
+        for n in weighting.names()
+        if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only
+    ]
 
 
 def test_needs_key_is_declared_exactly_by_the_schemes_that_draw(problem):

@@ -29,11 +29,28 @@ CLAIM_HPARAMS = {"dualproj": {"reg_eps": 0.0}}
 # Not permutation equivariant by design: random orders or draws, or an order-dependent rule.
 # PCD: the first task is the primary objective (priority order by design).
 ORDER_DEPENDENT = {"pcgrad", "gradvac", "alternating", "rlw", "random", "sdmgrad", "pcd"}
-LINEAR_GRADIENT_SCHEMES = {"mgda", "upgrad", "dualproj", "pcgrad", "cagrad", "con_fig", "aligned_mtl", "imtl_g",
-                           "krum", "trimmed_mean", "graddrop", "gradvac", "imtl", "gradnorm", "db_mtl", "excess_mtl",
-                           # PCD: rows normalised by their (first-call) norms, output rescaled to |g_1|;
-                           # CR-MOGM (default base MGDA): 1/K mixed with MGDA's scale-free convex weights.
-                           "pcd", "cr_mogm"}
+LINEAR_GRADIENT_SCHEMES = {
+    "mgda",
+    "upgrad",
+    "dualproj",
+    "pcgrad",
+    "cagrad",
+    "con_fig",
+    "aligned_mtl",
+    "imtl_g",
+    "krum",
+    "trimmed_mean",
+    "graddrop",
+    "gradvac",
+    "imtl",
+    "gradnorm",
+    "db_mtl",
+    "excess_mtl",
+    # PCD: rows normalised by their (first-call) norms, output rescaled to |g_1|;
+    # CR-MOGM (default base MGDA): 1/K mixed with MGDA's scale-free convex weights.
+    "pcd",
+    "cr_mogm",
+}
 SCALE_INVARIANT = {"nash_mtl", "fairgrad"}
 K, D = 5, 16
 
@@ -41,8 +58,11 @@ K, D = 5, 16
 def _schemes():
     # Rep-level-only schemes (NTKMTL-SR) need the representation's per-sample layout, which a bare
     # [K, d] Jacobian does not have; tests/test_weighting_recent.py checks them.
-    return [n for n in weighting.names()
-            if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only]
+    return [
+        n
+        for n in weighting.names()
+        if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only
+    ]
 
 
 @pytest.fixture(scope="module")

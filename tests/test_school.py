@@ -45,7 +45,9 @@ def make_split(starts, seed):
         tr.extend(rows[k:] + 1)
         tst.extend(rows[:k] + 1)
     u16 = lambda v: np.asarray(v, np.uint16)
-    return dict(tr=u16(tr)[None], tst=u16(tst)[None], tr_indexes=u16(tr_idx)[:, None], tst_indexes=u16(tst_idx)[:, None])
+    return dict(
+        tr=u16(tr)[None], tst=u16(tst)[None], tr_indexes=u16(tr_idx)[:, None], tst_indexes=u16(tst_idx)[:, None]
+    )
 
 
 @pytest.fixture
@@ -90,7 +92,10 @@ def test_standardisation_uses_training_students_only(raw_dir):
         mean, std = train_x[:, col].mean(), train_x[:, col].std()
         for split in ("train", "test"):
             np.testing.assert_allclose(
-                data.pooled(split)["x"][:, col], (raw_data.pooled(split)["x"][:, col] - mean) / std, rtol=1e-5, atol=1e-6
+                data.pooled(split)["x"][:, col],
+                (raw_data.pooled(split)["x"][:, col] - mean) / std,
+                rtol=1e-5,
+                atol=1e-6,
             )
     others = [c for c in range(28) if c not in school.PERCENT_COLUMNS]
     np.testing.assert_array_equal(data.pooled("test")["x"][:, others], raw_data.pooled("test")["x"][:, others])
@@ -99,7 +104,9 @@ def test_standardisation_uses_training_students_only(raw_dir):
 
 def test_validation_carve(raw_dir):
     full = school.load_school(data_dir=raw_dir, split_index=0, verify_checksums=False, standardize=False)
-    data = school.load_school(data_dir=raw_dir, split_index=0, validation_percent=25, seed=4, verify_checksums=False, standardize=False)
+    data = school.load_school(
+        data_dir=raw_dir, split_index=0, validation_percent=25, seed=4, verify_checksums=False, standardize=False
+    )
     for t in data.task_names:
         n = len(full.splits["train"][t]["y"])
         k = max(1, round(n * 25 / 100))

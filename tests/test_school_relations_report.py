@@ -35,8 +35,24 @@ def test_paired_differences_are_per_split_and_on_common_splits_only():
 
 
 def test_row_order_puts_alphas_in_numeric_order():
-    labels = ["W, alpha=100", "W, alpha=1, full batch", "W, alpha=0.1", sr.NO_W, "MTRL (linear heads on x)", sr.HARD,
-              "W, alpha=10", "single_task (x)"]
+    labels = [
+        "W, alpha=100",
+        "W, alpha=1, full batch",
+        "W, alpha=0.1",
+        sr.NO_W,
+        "MTRL (linear heads on x)",
+        sr.HARD,
+        "W, alpha=10",
+        "single_task (x)",
+    ]
     ordered = sorted(labels, key=sr.row_order)
-    assert ordered == ["single_task (x)", sr.HARD, sr.NO_W, "W, alpha=0.1", "W, alpha=10", "W, alpha=100",
-                       "W, alpha=1, full batch", "MTRL (linear heads on x)"]
+    assert ordered == [
+        "single_task (x)",
+        sr.HARD,
+        sr.NO_W,
+        "W, alpha=0.1",
+        "W, alpha=10",
+        "W, alpha=100",
+        "W, alpha=1, full batch",
+        "MTRL (linear heads on x)",
+    ]

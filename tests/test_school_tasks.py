@@ -47,8 +47,10 @@ def raw_dir(tmp_path):
     folder.mkdir()
     u16 = lambda v: np.asarray(v, np.uint16)
     scipy.io.savemat(folder / school.DATA_FILE, dict(x=x, y=y, task_indexes=u16(starts + 1)[:, None]))
-    scipy.io.savemat(folder / school.split_file(0),
-                     dict(tr=u16(tr)[None], tst=u16(tst)[None], tr_indexes=u16(tr_idx)[:, None], tst_indexes=u16(tst_idx)[:, None]))
+    scipy.io.savemat(
+        folder / school.split_file(0),
+        dict(tr=u16(tr)[None], tst=u16(tst)[None], tr_indexes=u16(tr_idx)[:, None], tst_indexes=u16(tst_idx)[:, None]),
+    )
     return tmp_path
 
 
@@ -68,14 +70,18 @@ def test_one_label_per_student_its_own_school(raw_dir):
         np.testing.assert_array_equal(masks, np.eye(len(names))[pooled["school"]])  # one-hot of the school
         for k, name in enumerate(names):
             own = pooled["school"] == k
-            np.testing.assert_array_equal(arr[name][own], data.splits[split][name]["y"])  # the school's students, in order
+            np.testing.assert_array_equal(
+                arr[name][own], data.splits[split][name]["y"]
+            )  # the school's students, in order
             assert np.all(arr[name][~own] == 0)  # placeholders
 
 
 def _forward64(params, x, names):
     """The model (shared ReLU layer, affine heads) in float64 numpy from its params."""
     enc = params["shared"]["Dense_0"]
-    h = np.maximum(x.astype(np.float64) @ np.asarray(enc["kernel"], np.float64) + np.asarray(enc["bias"], np.float64), 0)
+    h = np.maximum(
+        x.astype(np.float64) @ np.asarray(enc["kernel"], np.float64) + np.asarray(enc["bias"], np.float64), 0
+    )
     out = {}
     for n in names:
         head = params["tasks"][n]["out"]
@@ -91,8 +97,9 @@ def test_step_loss_is_each_schools_mse_and_an_absent_school_a_zero_row(raw_dir, 
     train = ds.arrays("train")
     school_of = ds.school_data.pooled("train")["school"]
     # A batch with uneven counts per school (1, 2 and 5 students) and none of school 3 (index 2).
-    rows = np.concatenate([np.flatnonzero(school_of == 0)[:1], np.flatnonzero(school_of == 1)[:2],
-                           np.flatnonzero(school_of == 3)[:5]])
+    rows = np.concatenate(
+        [np.flatnonzero(school_of == 0)[:1], np.flatnonzero(school_of == 1)[:2], np.flatnonzero(school_of == 3)[:5]]
+    )
     batch = {k: np.asarray(v)[rows] for k, v in train.items()}
     model = mtl.build(tasks, encoder="mlp", encoder_kwargs={"features": (6,)}, head_kwargs={"hidden": None})
     w = weighting.get(method)
@@ -107,16 +114,24 @@ def test_step_loss_is_each_schools_mse_and_an_absent_school_a_zero_row(raw_dir, 
         want.append(np.mean((preds[n][own] - batch[n][own].astype(np.float64)) ** 2) if own.any() else 0.0)
     np.testing.assert_allclose(np.asarray(metrics["losses"]), want, rtol=2e-5, atol=1e-6)
     assert float(metrics["losses"][2]) == 0.0
-    for leaf_old, leaf_new in zip(jax.tree.leaves(state.params["tasks"][names[2]]), jax.tree.leaves(new.params["tasks"][names[2]])):
+    for leaf_old, leaf_new in zip(
+        jax.tree.leaves(state.params["tasks"][names[2]]), jax.tree.leaves(new.params["tasks"][names[2]])
+    ):
         np.testing.assert_array_equal(np.asarray(leaf_old), np.asarray(leaf_new))  # no gradient reached school 3's head
-    moved = [not np.array_equal(np.asarray(a), np.asarray(b))
-             for a, b in zip(jax.tree.leaves(state.params["tasks"][names[3]]), jax.tree.leaves(new.params["tasks"][names[3]]))]
+    moved = [
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(
+            jax.tree.leaves(state.params["tasks"][names[3]]), jax.tree.leaves(new.params["tasks"][names[3]])
+        )
+    ]
     assert any(moved)  # while a school with students in the batch did train
 
 
 def test_own_task_predictions_and_bad_ids():
     outputs = {"a": np.array([1.0, 2.0, 3.0]), "b": np.array([[10.0], [20.0], [30.0]])}
-    np.testing.assert_array_equal(school.own_task_predictions(outputs, ("a", "b"), np.array([1, 0, 1])), [10.0, 2.0, 30.0])
+    np.testing.assert_array_equal(
+        school.own_task_predictions(outputs, ("a", "b"), np.array([1, 0, 1])), [10.0, 2.0, 30.0]
+    )
     with pytest.raises(DataError, match="school ids must lie in 0..1"):
         school.masked_task_arrays({"x": np.zeros((2, 3)), "y": np.zeros(2), "school": np.array([0, 2])}, ("a", "b"))
 

@@ -5,13 +5,15 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from conftest import toy_config
+
 from jmtl.training.loop import train
 
 
 def _config(tmp_path, **kw):
-    return toy_config(tmp_path, **{"num_steps": 30, "eval_every_steps": 10, "log_every_steps": 5, "parallel": "single", **kw})
+    return toy_config(
+        tmp_path, **{"num_steps": 30, "eval_every_steps": 10, "log_every_steps": 5, "parallel": "single", **kw}
+    )
 
 
 @pytest.mark.parametrize("method,mode", [("equal", "vmap"), ("mgda", "vmap"), ("mgda", "map")])

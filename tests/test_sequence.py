@@ -75,7 +75,9 @@ def test_heads_at_layers_1_2_3_shapes_and_layout(three):
         _shapes(_model(dict(pos=1, chunk=4)), x)
     # Layer 2's input: layer 1 output, + word representation (shortcut), + POS label embedding.
     plain = _shapes(_model(dict(pos=1, chunk=2)), x)["shared"]["lstm_2"]["fwd"]["ii"]["kernel"]
-    jmt = _shapes(_model(dict(pos=1, chunk=2), label_dim=4, shortcut=True), x)["shared"]["lstm_2"]["fwd"]["ii"]["kernel"]
+    jmt = _shapes(_model(dict(pos=1, chunk=2), label_dim=4, shortcut=True), x)["shared"]["lstm_2"]["fwd"]["ii"][
+        "kernel"
+    ]
     assert plain.shape[0] == 2 * SMALL["hidden"]
     assert jmt.shape[0] == plain.shape[0] + (SMALL["word_dim"] + SMALL["char_features"]) + 4
 
@@ -105,7 +107,9 @@ def test_which_params_get_which_task_gradient(three):
     for name in ("words", "lstm_1", "lstm_2", "lstm_3"):
         assert _norm(sh[name], ner) > 0
     # Label tables: trained by the tasks above, never by their own task.
-    assert _norm(sh["labels_pos"], pos) == 0.0 and _norm(sh["labels_pos"], chunk) > 0 and _norm(sh["labels_pos"], ner) > 0
+    assert (
+        _norm(sh["labels_pos"], pos) == 0.0 and _norm(sh["labels_pos"], chunk) > 0 and _norm(sh["labels_pos"], ner) > 0
+    )
     assert _norm(sh["labels_chunk"], chunk) == 0.0 and _norm(sh["labels_chunk"], ner) > 0
     # The softmax passed up is stop_gradient-ed: each head is trained by its own task only.
     for i, name in enumerate(CLASSES):
@@ -120,7 +124,9 @@ def test_label_embeddings_feed_the_upper_layer(three):
     def moved(p):
         # A random change: a shift common to all classes would leave the softmax as it is.
         out = dict(p, tasks=dict(p["tasks"]))
-        out["tasks"]["pos"] = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(5), a.shape), p["tasks"]["pos"])
+        out["tasks"]["pos"] = jax.tree.map(
+            lambda a: a + jax.random.normal(jax.random.key(5), a.shape), p["tasks"]["pos"]
+        )
         return out
 
     a, b = apply({"params": params}, x)["chunk"], apply({"params": moved(params)}, x)["chunk"]

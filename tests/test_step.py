@@ -15,7 +15,13 @@ TASKS = (Task("a", "regression", 3), Task("b", "regression", 3), Task("c", "clas
 
 
 def _setup(method="equal", relation=False, alpha=0.0, **hp):
-    model = mtl.build(TASKS, encoder="mlp", encoder_kwargs=dict(features=(8, 8)), head_kwargs=dict(hidden=6, dropout_rate=0.0), relation=relation)
+    model = mtl.build(
+        TASKS,
+        encoder="mlp",
+        encoder_kwargs=dict(features=(8, 8)),
+        head_kwargs=dict(hidden=6, dropout_rate=0.0),
+        relation=relation,
+    )
     t = weighting.get(method, **hp)
     opt = optax.sgd(0.1)
     state = step_lib.init_state(model, t, opt, jnp.zeros((1, 5)), len(TASKS), seed=0)
@@ -166,8 +172,12 @@ def test_factored_jacobian_equals_the_backward_through_the_whole_model(method, c
     """On a hard-sharing model the step takes the K rows back through the encoder alone, after one
     backward pass through the heads; with dropout on, the update must equal the one whose rows each
     run back through the whole model (forced here by a model_kwargs hook, which disables the split)."""
-    model = mtl.build(TASKS, encoder="multi_lenet", encoder_kwargs=dict(dropout_rate=0.5),
-                      head_kwargs=dict(hidden=6, dropout_rate=0.3))
+    model = mtl.build(
+        TASKS,
+        encoder="multi_lenet",
+        encoder_kwargs=dict(dropout_rate=0.5),
+        head_kwargs=dict(hidden=6, dropout_rate=0.3),
+    )
     t = weighting.get(method)
     opt = optax.sgd(0.1)
     state = step_lib.init_state(model, t, opt, jnp.zeros((1, 28, 28, 1)), len(TASKS), seed=0)
@@ -185,5 +195,6 @@ def test_factored_jacobian_equals_the_backward_through_the_whole_model(method, c
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # and dropout really is on: another step's rng gives other losses
     other = jax.jit(step_lib.make_train_step(model, TASKS, t, opt, step_lib.StepConfig(input_key="x")))(
-        state._replace(step=state.step + 1), batch)[1]["losses"]
+        state._replace(step=state.step + 1), batch
+    )[1]["losses"]
     assert not np.allclose(other, m_split["losses"])

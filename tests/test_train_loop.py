@@ -5,11 +5,11 @@ import json
 import jax
 import numpy as np
 import pytest
-
 from conftest import toy_config
+
 from experiments.configs import gradnorm_toy
-from jmtl.training.loop import train
 from jmtl.training.checkpoint import CheckpointMismatchError
+from jmtl.training.loop import train
 
 
 def _config(tmp_path, **overrides):
@@ -19,7 +19,14 @@ def _config(tmp_path, **overrides):
 def test_outputs_and_exact_resume(tmp_path):
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"
     summary, full = train(_config(tmp_path), str(full_dir))
-    for name in ("config.json", "metrics.jsonl", "train_log.jsonl", "summary.json", "plots/losses_and_weights.png", "plots/eval_metrics.png"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "train_log.jsonl",
+        "summary.json",
+        "plots/losses_and_weights.png",
+        "plots/eval_metrics.png",
+    ):
         assert (full_dir / name).exists(), name
     evals = [json.loads(l) for l in (full_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [10, 20, 30, 40]

@@ -20,20 +20,19 @@ import importlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import ml_collections
 import pytest
 from absl import flags
+from conftest import ROOT, run_script
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl
 
-from conftest import ROOT, run_script
 from experiments import readme_tables as rt
 from experiments import script_checks
-from jmtl.training import config_schema, workdir as workdir_lib
+from jmtl.training import config_schema
+from jmtl.training import workdir as workdir_lib
 
 RESULTS = ROOT / "results"
 
@@ -139,8 +138,10 @@ def test_config_file_error_names_a_float_field_and_keeps_other_errors(tmp_path):
 
     def load(body: str):
         path = tmp_path / "c.py"
-        path.write_text("from experiments.configs import gradnorm_toy\n\n\ndef get_config(arg=None):\n"
-                        f"    c = gradnorm_toy.get_config(arg)\n    {body}\n    return c\n")
+        path.write_text(
+            "from experiments.configs import gradnorm_toy\n\n\ndef get_config(arg=None):\n"
+            f"    c = gradnorm_toy.get_config(arg)\n    {body}\n    return c\n"
+        )
         try:
             config_flags_impl.ConfigFileFlagParser("config").parse(str(path))
         except Exception as e:  # noqa: BLE001
@@ -175,8 +176,10 @@ def test_checksum_mismatch_reaches_the_user_whole_with_the_command_line_fix(tmp_
     assert workdir_lib.format_fatal(TypeError("first\nsecond")) == "TypeError: first"
 
 
-@pytest.mark.parametrize("config", ["multimnist.py", "multifashion.py", "hierarchical_sg.py",
-                                    "hierarchical_jmt.py", "hierarchical_conll03.py"])
+@pytest.mark.parametrize(
+    "config",
+    ["multimnist.py", "multifashion.py", "hierarchical_sg.py", "hierarchical_jmt.py", "hierarchical_conll03.py"],
+)
 def test_verify_checksums_is_settable_from_the_command_line(config):
     argv = ["prog", f"--config={CONFIG_DIR / config}", "--config.dataset.kwargs.verify_checksums=False"]
     fv = flags.FlagValues()
@@ -235,8 +238,12 @@ def test_write_results_refuses_fewer_cells_and_leaves_the_file(tmp_path):
 
 def test_option_parsers():
     assert script_checks.int_list("--splits", "0-2,5,1", 0, 9) == [0, 1, 2, 5]
-    for text, needle in (("0-12", r"10, 11, 12 are out of range \(valid: 0..9\)"), ("3-1", "is empty"), ("a", "not an integer"),
-                         ("", "no value")):
+    for text, needle in (
+        ("0-12", r"10, 11, 12 are out of range \(valid: 0..9\)"),
+        ("3-1", "is empty"),
+        ("a", "not an integer"),
+        ("", "no value"),
+    ):
         with pytest.raises(ValueError, match=needle):
             script_checks.int_list("--splits", text, 0, 9)
     with pytest.raises(ValueError, match=r"--methods: unknown 'equl' \(did you mean 'equal'\?\)"):
@@ -252,8 +259,17 @@ def test_option_parsers():
 
 
 def _qm9(tmp_path, *extra):
-    return ["--workdir", str(tmp_path / "qm9_wd"), "--out", str(RESULTS / "qm9" / "qm9_gnn_cpu_subset"),
-            "--data_dir", str(tmp_path), "--cache_dir", str(tmp_path / "cache"), *extra]
+    return [
+        "--workdir",
+        str(tmp_path / "qm9_wd"),
+        "--out",
+        str(RESULTS / "qm9" / "qm9_gnn_cpu_subset"),
+        "--data_dir",
+        str(tmp_path),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        *extra,
+    ]
 
 
 def test_scripts_refuse_typos_before_any_work_one_line_exit_2(tmp_path):
@@ -264,29 +280,58 @@ def test_scripts_refuse_typos_before_any_work_one_line_exit_2(tmp_path):
     readme.write_text("<!-- table:gradnorm_toyy -->\nx\n<!-- /table:gradnorm_toyy -->\n")
     # The command line's refusal, for the same mistakes made in a config file.
     typo = tmp_path / "typo.py"
-    typo.write_text("from experiments.configs import gradnorm_toy\n\n\ndef get_config(arg=None):\n"
-                    "    c = gradnorm_toy.get_config(arg)\n    c.num_epoch = 1\n    c.optimizer.learnig_rate = 0.5\n"
-                    "    return c\n")
+    typo.write_text(
+        "from experiments.configs import gradnorm_toy\n\n\ndef get_config(arg=None):\n"
+        "    c = gradnorm_toy.get_config(arg)\n    c.num_epoch = 1\n    c.optimizer.learnig_rate = 0.5\n"
+        "    return c\n"
+    )
     quoted = tmp_path / "quoted.py"
-    quoted.write_text("from experiments.configs import gradnorm_toy\n\n\ndef get_config(arg=None):\n"
-                      "    c = gradnorm_toy.get_config(arg)\n    c.batch_size = \"256\"\n    return c\n")
+    quoted.write_text(
+        "from experiments.configs import gradnorm_toy\n\n\ndef get_config(arg=None):\n"
+        '    c = gradnorm_toy.get_config(arg)\n    c.batch_size = "256"\n    return c\n'
+    )
     (tmp_path / "sg.json").write_text('{"variant": "hier"}')
     absl_cases = [
-        ("train", ["--config", str(typo), "--workdir", str(tmp_path / "wd")],
-         ["config.num_epoch (did you mean 'num_epochs'?)", "config.optimizer.learnig_rate (did you mean"]),
-        ("train", ["--config", str(quoted), "--workdir", str(tmp_path / "wd")],
-         [f"{quoted}, line 6: config.batch_size must be an int", "'256'",
-          "Fix: write 256 without quotes in the config file"]),
+        (
+            "train",
+            ["--config", str(typo), "--workdir", str(tmp_path / "wd")],
+            ["config.num_epoch (did you mean 'num_epochs'?)", "config.optimizer.learnig_rate (did you mean"],
+        ),
+        (
+            "train",
+            ["--config", str(quoted), "--workdir", str(tmp_path / "wd")],
+            [
+                f"{quoted}, line 6: config.batch_size must be an int",
+                "'256'",
+                "Fix: write 256 without quotes in the config file",
+            ],
+        ),
         # A malformed --results file stops the sweep before any data is read or any run starts.
-        ("hierarchical_tagging", ["--config", "experiments/configs/hierarchical_sg.py:hier", "--workdir",
-                                  str(tmp_path / "wd"), "--results", str(tmp_path / "sg")],
-         [f"{tmp_path / 'sg.json'} holds a dict, not a list of run records"]),
+        (
+            "hierarchical_tagging",
+            [
+                "--config",
+                "experiments/configs/hierarchical_sg.py:hier",
+                "--workdir",
+                str(tmp_path / "wd"),
+                "--results",
+                str(tmp_path / "sg"),
+            ],
+            [f"{tmp_path / 'sg.json'} holds a dict, not a list of run records"],
+        ),
     ]
     cases = [
-        ("school_relations", ["main", "--only", "hps_linaer"], ["--only: unknown 'hps_linaer'", "did you mean 'hps_linear'"]),
+        (
+            "school_relations",
+            ["main", "--only", "hps_linaer"],
+            ["--only: unknown 'hps_linaer'", "did you mean 'hps_linear'"],
+        ),
         ("school_relations", ["main", "--splits", "0-12"], ["--splits: 10, 11, 12 are out of range (valid: 0..9)"]),
-        ("school_relations", ["main", "--splits", "0", "--only", "hps_linear", "--data-dir", str(tmp_path)],
-         ["relations.json holds 93 cells", "--allow_fewer_cells"]),
+        (
+            "school_relations",
+            ["main", "--splits", "0", "--only", "hps_linear", "--data-dir", str(tmp_path)],
+            ["relations.json holds 93 cells", "--allow_fewer_cells"],
+        ),
         ("school_relations", ["main", "--alphas", "1,x"], ["--alphas: 'x' is not a number"]),
         ("school_relations", ["main", "--only", "independent"], ["--only: no row of this command trains independent"]),
         ("school_relations", ["catalogue", "--methods", "equl"], ["--methods: unknown 'equl'"]),
@@ -302,29 +347,63 @@ def test_scripts_refuse_typos_before_any_work_one_line_exit_2(tmp_path):
         ("qm9_gnn", _qm9(tmp_path, "--train_size", "-5"), ["--train_size: -5 must be >= 0"]),
         ("qm9_gnn", _qm9(tmp_path, "--eval_batch_size", "0"), ["--eval_batch_size: 0 must be >= 1"]),
         ("qm9_gnn", [*_qm9(tmp_path), "--data_dir", str(tmp_path / "nope")], ["--data_dir:", "is not a folder"]),
-        ("qm9_gnn", _qm9(tmp_path, "--methods", "equal", "--single_task", ""), ["qm9_gnn_cpu_subset.json holds",
-                                                                                "--allow_fewer_cells"]),
-        ("census_table", ["--groups", str(tmp_path / "nope"), "--out", str(tmp_path / "t")], ["auc.json does not exist"]),
-        ("census_table", ["--groups", str(RESULTS / "census" / "income_marital"), "--out",
-                          str(RESULTS / "census" / "table")], ["table.json holds 84 cells", "--allow_fewer_cells"]),
-        ("gradnorm_toy_study", ["--tasks", "2", "--workdir", str(tmp_path / "toy_wd")], ["gradnorm_toy.json holds 6 cells"]),
-        ("gradnorm_toy_study", ["--tasks", "2,x", "--workdir", str(tmp_path / "toy_wd")], ["--tasks: 'x' is not an integer"]),
-        ("report_runs", ["--runs", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], ["summary.json does not exist"]),
-        ("report_runs", ["--runs", str(tmp_path), "--paper", "equal:96", "--out", str(tmp_path / "r")],
-         ["--paper: 'equal:96' is not WEIGHTING=LEFT/RIGHT"]),
+        (
+            "qm9_gnn",
+            _qm9(tmp_path, "--methods", "equal", "--single_task", ""),
+            ["qm9_gnn_cpu_subset.json holds", "--allow_fewer_cells"],
+        ),
+        (
+            "census_table",
+            ["--groups", str(tmp_path / "nope"), "--out", str(tmp_path / "t")],
+            ["auc.json does not exist"],
+        ),
+        (
+            "census_table",
+            ["--groups", str(RESULTS / "census" / "income_marital"), "--out", str(RESULTS / "census" / "table")],
+            ["table.json holds 84 cells", "--allow_fewer_cells"],
+        ),
+        (
+            "gradnorm_toy_study",
+            ["--tasks", "2", "--workdir", str(tmp_path / "toy_wd")],
+            ["gradnorm_toy.json holds 6 cells"],
+        ),
+        (
+            "gradnorm_toy_study",
+            ["--tasks", "2,x", "--workdir", str(tmp_path / "toy_wd")],
+            ["--tasks: 'x' is not an integer"],
+        ),
+        (
+            "report_runs",
+            ["--runs", str(tmp_path / "nope"), "--out", str(tmp_path / "r")],
+            ["summary.json does not exist"],
+        ),
+        (
+            "report_runs",
+            ["--runs", str(tmp_path), "--paper", "equal:96", "--out", str(tmp_path / "r")],
+            ["--paper: 'equal:96' is not WEIGHTING=LEFT/RIGHT"],
+        ),
         ("readme_tables", ["--check", "--readme", str(readme)], ["'gradnorm_toyy'", "does not know", "Fix:"]),
         ("readme_tables", ["--readme", str(tmp_path / "no_readme.md")], ["cannot read", "Fix: pass --readme"]),
     ]
     spec = tmp_path / "cases.json"
-    spec.write_text(json.dumps([{"name": f"{m} {' '.join(a)}", "module": f"experiments.{m}", "argv": a, "absl": True}
-                                for m, a, _ in absl_cases]
-                               + [{"name": f"{m} {' '.join(a)}", "module": f"experiments.{m}", "argv": a}
-                                  for m, a, _ in cases]))
+    spec.write_text(
+        json.dumps(
+            [
+                {"name": f"{m} {' '.join(a)}", "module": f"experiments.{m}", "argv": a, "absl": True}
+                for m, a, _ in absl_cases
+            ]
+            + [{"name": f"{m} {' '.join(a)}", "module": f"experiments.{m}", "argv": a} for m, a, _ in cases]
+        )
+    )
     cases = absl_cases + cases
     before = _results_hash()
     # No data there: a check that came too late would fail fast rather than train.
-    got = run_script("script_typos.py", str(spec), timeout=600,
-                     env={"JMTL_DATA_DIR": str(tmp_path / "no_data"), "JMTL_CACHE_DIR": str(tmp_path / "no_cache")})
+    got = run_script(
+        "script_typos.py",
+        str(spec),
+        timeout=600,
+        env={"JMTL_DATA_DIR": str(tmp_path / "no_data"), "JMTL_CACHE_DIR": str(tmp_path / "no_cache")},
+    )
     assert _results_hash() == before
     for (module, args, needles), result in zip(cases, got):
         lines = [l for l in result["stderr"].splitlines() if l.strip()]
@@ -358,10 +437,16 @@ def test_census_grid_checks_select_on_and_out_before_any_data(tmp_path):
     from experiments.configs import census_income_marital
 
     config = census_income_marital.get_config()
-    with pytest.raises(ValueError, match=r"--select_on: unknown 'incme' \(did you mean 'income'\?\); valid: income, marital"):
+    with pytest.raises(
+        ValueError, match=r"--select_on: unknown 'incme' \(did you mean 'income'\?\); valid: income, marital"
+    ):
         census_grid.check_options(config, ["equal"], ["mmoe"], 3, select_on="incme")
-    for kwargs, needle in (({"seeds": 0}, "--seeds: 0 must be >= 1"), ({"seeds_per_program": -1}, "--seeds_per_program"),
-                           ({"methods": ["equl"]}, "unknown weighting method"), ({"archs": ["mmo"]}, "unknown architecture")):
+    for kwargs, needle in (
+        ({"seeds": 0}, "--seeds: 0 must be >= 1"),
+        ({"seeds_per_program": -1}, "--seeds_per_program"),
+        ({"methods": ["equl"]}, "unknown weighting method"),
+        ({"archs": ["mmo"]}, "unknown architecture"),
+    ):
         args = dict(methods=["equal"], archs=["mmoe"], seeds=3, seeds_per_program=0)
         args.update(kwargs)
         with pytest.raises(ValueError, match=needle):
@@ -371,22 +456,28 @@ def test_census_grid_checks_select_on_and_out_before_any_data(tmp_path):
     with pytest.raises(ValueError, match="--out .* lies under the file .*Fix: pass a folder path"):
         census_grid.check_options(config, ["equal"], ["mmoe"], 3, out=str(a_file / "sub"))
     assert census_grid.check_options(config, ["equal", "mgda@rep"], ["mmoe"], 3, select_on="income")[0] == [
-        "equal", "mgda@rep"]
+        "equal",
+        "mgda@rep",
+    ]
     # The committed grid's auc.json against a smaller grid: refused before training.
     record = json.loads((RESULTS / "census" / "income_marital" / "auc.json").read_text())
     cells = census_grid.auc_cells(record)
     assert cells and all(" seed " in c for c in cells)
     with pytest.raises(script_checks.FewerCellsError):
-        script_checks.check_cells(RESULTS / "census" / "income_marital" / "auc.json", set(list(cells)[:1]),
-                                  census_grid.auc_cells)
+        script_checks.check_cells(
+            RESULTS / "census" / "income_marital" / "auc.json", set(list(cells)[:1]), census_grid.auc_cells
+        )
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("{not json", "is not valid JSON"),
-    ('{"variant": "hier"}', "holds a dict, not a list of run records"),
-    ('[{"variant": "hier", "seed": 0}]', "record 0 of"),
-    ("[1]", "record 0 of"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"variant": "hier"}', "holds a dict, not a list of run records"),
+        ('[{"variant": "hier", "seed": 0}]', "record 0 of"),
+        ("[1]", "record 0 of"),
+    ],
+)
 def test_malformed_tagging_results_are_named_with_the_fix(tmp_path, content, needle):
     from jmtl.training import tagging
 
@@ -473,9 +564,11 @@ def test_school_render_counts_each_split_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sr, "OUT", tmp_path)
     monkeypatch.setattr(sr, "ROOT", tmp_path)
-    runs = [{"label": sr.HARD, "split": 0, "test_ev": 0.30, "wall_s": 1.0},
-            {"label": sr.HARD, "split": 1, "test_ev": 0.40, "wall_s": 1.0},
-            {"label": sr.HARD, "split": 0, "test_ev": 0.50, "wall_s": 1.0}]
+    runs = [
+        {"label": sr.HARD, "split": 0, "test_ev": 0.30, "wall_s": 1.0},
+        {"label": sr.HARD, "split": 1, "test_ev": 0.40, "wall_s": 1.0},
+        {"label": sr.HARD, "split": 0, "test_ev": 0.50, "wall_s": 1.0},
+    ]
     sr.write_main(runs, common)
     row = json.loads((tmp_path / "relations.json").read_text())["table"][sr.HARD]
     assert row["n"] == 2 and row["mean"] == pytest.approx(45.0)

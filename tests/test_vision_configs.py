@@ -17,11 +17,19 @@ def _cfg(name, arg=None):
     return importlib.import_module(f"experiments.configs.{name}").get_config(arg)
 
 
-@pytest.mark.parametrize("name,arg,batch,epochs,lr", [
-    ("nyuv2", None, 2, 200, 1e-4), ("nyuv2", "segnet", 2, 200, 1e-4), ("nyuv2", "deeplab", 8, 200, 1e-4),
-    ("cityscapes", None, 8, 200, 1e-4), ("cityscapes", "deeplab", 64, 200, 1e-4),
-    ("celeba", None, 256, 15, 3e-4), ("office", None, 64, 100, 1e-4), ("office", "office_home", 64, 100, 1e-4),
-])
+@pytest.mark.parametrize(
+    "name,arg,batch,epochs,lr",
+    [
+        ("nyuv2", None, 2, 200, 1e-4),
+        ("nyuv2", "segnet", 2, 200, 1e-4),
+        ("nyuv2", "deeplab", 8, 200, 1e-4),
+        ("cityscapes", None, 8, 200, 1e-4),
+        ("cityscapes", "deeplab", 64, 200, 1e-4),
+        ("celeba", None, 256, 15, 3e-4),
+        ("office", None, 64, 100, 1e-4),
+        ("office", "office_home", 64, 100, 1e-4),
+    ],
+)
 def test_protocol_settings(name, arg, batch, epochs, lr):
     c = _cfg(name, arg)
     common.validate_config(c)
@@ -49,14 +57,17 @@ def test_variants_tasks_and_methods():
     assert (o.dataset.name, list(o.tasks)) == ("office_home", ["clipart"])
 
 
-@pytest.mark.parametrize("name,arg,match", [
-    ("nyuv2", "resnet", "unknown variant 'resnet'"),
-    ("nyuv2", "stl_edges", "no task 'edges'"),
-    ("nyuv2", "stl_depth,famo", "single-task run has no weighting"),
-    ("cityscapes", "mtan,famo,x", "VARIANT\\[,METHOD\\]"),
-    ("celeba", "stl_5_o", "not a task name"),
-    ("nyuv2", "mtan,nosuch", "unknown weighting method"),
-])
+@pytest.mark.parametrize(
+    "name,arg,match",
+    [
+        ("nyuv2", "resnet", "unknown variant 'resnet'"),
+        ("nyuv2", "stl_edges", "no task 'edges'"),
+        ("nyuv2", "stl_depth,famo", "single-task run has no weighting"),
+        ("cityscapes", "mtan,famo,x", "VARIANT\\[,METHOD\\]"),
+        ("celeba", "stl_5_o", "not a task name"),
+        ("nyuv2", "mtan,nosuch", "unknown weighting method"),
+    ],
+)
 def test_bad_arguments_name_the_fix(name, arg, match):
     with pytest.raises(ValueError, match=match):
         _cfg(name, arg)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import pathlib
 
 import numpy as np
 import pytest
 
 import jmtl
 from jmtl import data as data_lib
-from jmtl.data import celeba, fake_vision, office, vision
+from jmtl.data import fake_vision, office, vision
 from jmtl.data.idx import DataError
 
 
@@ -38,8 +37,12 @@ def test_fake_writer_formats_are_the_references(fake_root):
     """The files are what MTAN's / LibMTL's / FAMO's readers open: names, HWC shapes, value conventions."""
     nyu = fake_root / "nyuv2"
     for split, n in (("train", 3), ("val", 2)):
-        for folder, shape in (("image", (288, 384, 3)), ("label", (288, 384)), ("depth", (288, 384, 1)),
-                              ("normal", (288, 384, 3))):
+        for folder, shape in (
+            ("image", (288, 384, 3)),
+            ("label", (288, 384)),
+            ("depth", (288, 384, 1)),
+            ("normal", (288, 384, 3)),
+        ):
             names = sorted(p.name for p in (nyu / split / folder).iterdir())
             assert names == [f"{i}.npy" for i in range(n)]
             x = np.load(nyu / split / folder / "0.npy")
@@ -88,7 +91,9 @@ def test_nyuv2_reads_the_files_exactly(fake_root, cache):
     test = ds.arrays("test")
     for i in range(2):
         np.testing.assert_array_equal(test["image"][i], np.load(fake_root / f"nyuv2/val/image/{i}.npy"))
-        np.testing.assert_array_equal(test["segmentation"][i], np.load(fake_root / f"nyuv2/val/label/{i}.npy").astype(np.int32))
+        np.testing.assert_array_equal(
+            test["segmentation"][i], np.load(fake_root / f"nyuv2/val/label/{i}.npy").astype(np.int32)
+        )
         np.testing.assert_array_equal(test["normal"][i], np.load(fake_root / f"nyuv2/val/normal/{i}.npy"))
     assert test["segmentation"][0:2].dtype == np.int32 and test["depth"][0:2].shape == (2, 288, 384, 1)
     np.testing.assert_array_equal(np.asarray(ds.arrays("validation")["depth"]), np.asarray(test["depth"]))
@@ -125,14 +130,16 @@ def test_cityscapes_label_folders(fake_root, cache, tmp_path):
     c7 = data_lib.load("cityscapes", data_dir=fake_root, cache_dir=cache)
     c19 = data_lib.load("cityscapes", data_dir=fake_root, cache_dir=cache, num_classes=19)
     assert c7.spec.labels["segmentation"].num_classes == 7 and c19.spec.labels["segmentation"].num_classes == 19
-    np.testing.assert_array_equal(c19.arrays("test")["segmentation"][0],
-                                  np.load(fake_root / "cityscapes/val/label_19/0.npy").astype(np.int32))
+    np.testing.assert_array_equal(
+        c19.arrays("test")["segmentation"][0], np.load(fake_root / "cityscapes/val/label_19/0.npy").astype(np.int32)
+    )
     assert c7.spec.input_shape == (128, 256, 3) and c7.spec.labels["depth"].shape == (128, 256, 1)
     # LibMTL's copy: the 7-class maps in label/, no 19-class ones.
     fake_vision.write_cityscapes(tmp_path, n=1, label_folders=("label",))
     lib = data_lib.load("cityscapes", data_dir=tmp_path, cache_dir=cache)
-    np.testing.assert_array_equal(lib.arrays("train")["segmentation"][0],
-                                  np.load(tmp_path / "cityscapes/train/label/0.npy").astype(np.int32))
+    np.testing.assert_array_equal(
+        lib.arrays("train")["segmentation"][0], np.load(tmp_path / "cityscapes/train/label/0.npy").astype(np.int32)
+    )
     with pytest.raises(DataError, match=r"label_19.*missing folder.*Fix: load num_classes=7"):
         data_lib.load("cityscapes", data_dir=tmp_path, cache_dir=cache, num_classes=19)
 
@@ -172,7 +179,9 @@ def test_office_per_task_datasets(fake_root, cache):
     assert all(s.num_classes == 31 and s.kind == "classification" for s in ds.spec.labels.values())
     for domain, task in (("dslr", "dslr"), ("webcam", "webcam")):
         for split, mode in (("train", "train"), ("validation", "val"), ("test", "test")):
-            rows = [ln.split(" ") for ln in (fake_root / f"office31/data_txt/{domain}_{mode}.txt").read_text().splitlines()]
+            rows = [
+                ln.split(" ") for ln in (fake_root / f"office31/data_txt/{domain}_{mode}.txt").read_text().splitlines()
+            ]
             arr = ds.tasks[task].arrays(split)
             assert set(arr) == {"image", task}
             np.testing.assert_array_equal(arr[task], [int(y) for _, y in rows])
@@ -182,8 +191,11 @@ def test_office_per_task_datasets(fake_root, cache):
     assert home.spec.labels["real_world"].num_classes == 65
     # LibMTL's normalisation: (x / 255 - mean) / std.
     x = home.tasks["art"].arrays("test")["image"][:1]
-    np.testing.assert_allclose(np.asarray(office.normalise(x)),
-                               (x / 255.0 - np.array(office.IMAGENET_MEAN)) / np.array(office.IMAGENET_STD), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(office.normalise(x)),
+        (x / 255.0 - np.array(office.IMAGENET_MEAN)) / np.array(office.IMAGENET_STD),
+        atol=1e-5,
+    )
 
 
 # ----------------------------------------------------------------------------------- augmentation
@@ -200,8 +212,9 @@ def test_resizes_match_brute_force():
             y0, x0 = int(np.floor(sy)), int(np.floor(sx))
             y1, x1 = min(y0 + 1, 2), min(x0 + 1, 4)
             fy, fx = sy - y0, sx - x0
-            want[i, j] = ((1 - fy) * ((1 - fx) * x[y0, x0] + fx * x[y0, x1])
-                          + fy * ((1 - fx) * x[y1, x0] + fx * x[y1, x1]))
+            want[i, j] = (1 - fy) * ((1 - fx) * x[y0, x0] + fx * x[y0, x1]) + fy * (
+                (1 - fx) * x[y1, x0] + fx * x[y1, x1]
+            )
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(vision.resize_bilinear_align_corners(x, 3, 5), x)  # identity
     # PyTorch 'nearest' = floor(d * in / out); for every crop the NYUv2 / Cityscapes scales make, float32
@@ -216,8 +229,12 @@ def _example(h=24, w=32):
     rng = np.random.default_rng(1)
     cols = np.broadcast_to(np.arange(w, dtype=np.float32), (h, w))
     n = rng.normal(size=(h, w, 3)).astype(np.float32)
-    return {"image": rng.random((h, w, 3)).astype(np.float32), "segmentation": cols.astype(np.int32),
-            "depth": np.full((h, w, 1), 6.0, np.float32), "normal": n / np.linalg.norm(n, axis=-1, keepdims=True)}
+    return {
+        "image": rng.random((h, w, 3)).astype(np.float32),
+        "segmentation": cols.astype(np.int32),
+        "depth": np.full((h, w, 1), 6.0, np.float32),
+        "normal": n / np.linalg.norm(n, axis=-1, keepdims=True),
+    }
 
 
 def test_augment_example_scale_crop_and_flip():
@@ -309,20 +326,29 @@ def _assert_nothing_cached(cache):
     assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*")), list(cache.rglob("*"))
 
 
-@pytest.mark.parametrize("damage, pattern", [
-    ("missing_split", r"nyuv2/val: missing split folder.*Fix: unpack MTAN"),
-    ("gap", r"train/image/1\.npy: missing: the indices must run 0\.\.1 without gaps.*Fix:"),
-    ("chw", r"train/image/0\.npy: shape \(3, 288, 384\) is channels-first \(CHW\).*Fix: convert with np\.save"),
-    ("shape", r"train/depth/1\.npy: shape \(288, 384\), expected \(288, 384, 1\).*Fix:"),
-    ("uint8", r"val/image/0\.npy: dtype uint8; image must be a float array in \[0, 1\].*Fix: np\.save\(path, x\.astype"),
-    ("range", r"train/image/1\.npy: image values span \[0, 255\].*Fix: divide 8-bit images by 255"),
-    ("label", r"train/label/0\.npy: label 13 is outside the 13 classes.*Fix: map unlabelled pixels to -1"),
-    ("nan_depth", r"train/depth/0\.npy: depth holds NaN/inf.*Fix: x = np\.nan_to_num"),
-    ("nan_normal", r"val/normal/0\.npy: normal holds NaN/inf.*Fix:"),
-    ("not_npy", r"train/normal/1\.npy: not a readable \.npy file.*Fix:"),
-    ("missing_depth", r"train/depth: 1 files but train/image/ has 2; every example needs all of image, label, "
-                      r"depth, normal.*Fix:"),
-])
+@pytest.mark.parametrize(
+    "damage, pattern",
+    [
+        ("missing_split", r"nyuv2/val: missing split folder.*Fix: unpack MTAN"),
+        ("gap", r"train/image/1\.npy: missing: the indices must run 0\.\.1 without gaps.*Fix:"),
+        ("chw", r"train/image/0\.npy: shape \(3, 288, 384\) is channels-first \(CHW\).*Fix: convert with np\.save"),
+        ("shape", r"train/depth/1\.npy: shape \(288, 384\), expected \(288, 384, 1\).*Fix:"),
+        (
+            "uint8",
+            r"val/image/0\.npy: dtype uint8; image must be a float array in \[0, 1\].*Fix: np\.save\(path, x\.astype",
+        ),
+        ("range", r"train/image/1\.npy: image values span \[0, 255\].*Fix: divide 8-bit images by 255"),
+        ("label", r"train/label/0\.npy: label 13 is outside the 13 classes.*Fix: map unlabelled pixels to -1"),
+        ("nan_depth", r"train/depth/0\.npy: depth holds NaN/inf.*Fix: x = np\.nan_to_num"),
+        ("nan_normal", r"val/normal/0\.npy: normal holds NaN/inf.*Fix:"),
+        ("not_npy", r"train/normal/1\.npy: not a readable \.npy file.*Fix:"),
+        (
+            "missing_depth",
+            r"train/depth: 1 files but train/image/ has 2; every example needs all of image, label, "
+            r"depth, normal.*Fix:",
+        ),
+    ],
+)
 def test_nyuv2_bad_input_names_file_and_fix(tmp_path, cache, damage, pattern):
     import shutil
 
@@ -385,14 +411,17 @@ def test_cityscapes_label_outside_classes(tmp_path, cache):
     assert data_lib.load("cityscapes", data_dir=tmp_path, cache_dir=cache, num_classes=19).spec.split_sizes["test"] == 1
 
 
-@pytest.mark.parametrize("damage, pattern", [
-    ("columns", r"list_attr_celeba\.txt: line 5 has 40 columns, expected 41.*Fix: re-extract"),
-    ("names", r"list_attr_celeba\.txt: line 2 names 39 attributes, CelebA has 40.*Fix:"),
-    ("value", r"list_attr_celeba\.txt: line 4 has value '0'; attribute values are 1 or -1.*Fix:"),
-    ("order", r"list_eval_partition\.txt: line 2 names 000003\.jpg.*same order.*Fix:"),
-    ("image", r"img_align_celeba/000004\.jpg: image listed in list_attr_celeba\.txt not found.*Fix:"),
-    ("jpeg", r"img_align_celeba/000002\.jpg: cannot decode the image.*Fix: re-copy"),
-])
+@pytest.mark.parametrize(
+    "damage, pattern",
+    [
+        ("columns", r"list_attr_celeba\.txt: line 5 has 40 columns, expected 41.*Fix: re-extract"),
+        ("names", r"list_attr_celeba\.txt: line 2 names 39 attributes, CelebA has 40.*Fix:"),
+        ("value", r"list_attr_celeba\.txt: line 4 has value '0'; attribute values are 1 or -1.*Fix:"),
+        ("order", r"list_eval_partition\.txt: line 2 names 000003\.jpg.*same order.*Fix:"),
+        ("image", r"img_align_celeba/000004\.jpg: image listed in list_attr_celeba\.txt not found.*Fix:"),
+        ("jpeg", r"img_align_celeba/000002\.jpg: cannot decode the image.*Fix: re-copy"),
+    ],
+)
 def test_celeba_bad_input(tmp_path, cache, damage, pattern):
     root = fake_vision.write_celeba(tmp_path, n=6)
     attr = root / "Anno/list_attr_celeba.txt"
@@ -480,8 +509,10 @@ def test_office_config_run_trains_per_task(fake_root, cache, tmp_path):
     assert set(batch) == {"amazon", "dslr", "webcam"}
     for domain in batch:
         assert set(batch[domain]) == {"image", domain} and batch[domain]["image"].shape == (2, 8, 8, 3)
-        classes = {int(ln.split(" ")[1]) for ln in (fake_root / f"office31/data_txt/{domain}_train.txt")
-                   .read_text().splitlines()}
+        classes = {
+            int(ln.split(" ")[1])
+            for ln in (fake_root / f"office31/data_txt/{domain}_train.txt").read_text().splitlines()
+        }
         assert set(batch[domain][domain].tolist()) <= classes
     summary, state = jmtl.train(config, tmp_path / "run")
     assert int(state.step) == 2

@@ -34,8 +34,10 @@ def _fast_compile():
 
 
 def _pixel_heads(style="segnet", upsample=1, names=PIXEL):
-    return TaskHeads(names=tuple(n for n, _ in names),
-                     heads=tuple(heads.PixelHead(c, style=style, upsample=upsample) for _, c in names))
+    return TaskHeads(
+        names=tuple(n for n, _ in names),
+        heads=tuple(heads.PixelHead(c, style=style, upsample=upsample) for _, c in names),
+    )
 
 
 def _shapes(module, x_shape, method=None):
@@ -69,12 +71,18 @@ def test_segnet_split_and_mtan_param_counts_and_shapes_at_nyuv2_resolution():
     assert shared == segnet_param_count_by_hand() == 24_943_296
     head13 = _conv_params(64, 64) + _conv_params(64, 13, k=1)
     assert shared + head13 == MTAN_SINGLE_TASK_SEGNET
-    assert {k: v.shape for k, v in out.items()} == {"segmentation": (1, *NYU, 13), "depth": (1, *NYU, 1),
-                                                     "normal": (1, *NYU, 3)}
+    assert {k: v.shape for k, v in out.items()} == {
+        "segmentation": (1, *NYU, 13),
+        "depth": (1, *NYU, 1),
+        "normal": (1, *NYU, 3),
+    }
     mtan = architectures.build("mtan_segnet", encoder=vision.SegNet(), heads=_pixel_heads())
     p_mtan, out = _shapes(mtan, (1, *NYU, 3))
-    assert {k: v.shape for k, v in out.items()} == {"segmentation": (1, *NYU, 13), "depth": (1, *NYU, 1),
-                                                     "normal": (1, *NYU, 3)}
+    assert {k: v.shape for k, v in out.items()} == {
+        "segmentation": (1, *NYU, 13),
+        "depth": (1, *NYU, 1),
+        "normal": (1, *NYU, 3),
+    }
     # MTAN (CVPR 2019) Table 2, column "#P.", in units of the single-task SegNet: Split (standard)
     # 1.00, MTAN 1.77.
     assert round(vision.count_params(p_split) / MTAN_SINGLE_TASK_SEGNET, 2) == 1.00
@@ -100,9 +108,19 @@ def _check_mtan_attention_shapes(params):
             assert att[f"dec_{i}"]["conv2"]["kernel"].shape == (1, 1, out, out)
     shared = params["shared"]
     assert [shared[f"enc_att_{j}"]["conv"]["kernel"].shape[2:] for j in range(5)] == [
-        (64, 128), (128, 256), (256, 512), (512, 512), (512, 512)]
+        (64, 128),
+        (128, 256),
+        (256, 512),
+        (512, 512),
+        (512, 512),
+    ]
     assert [shared[f"dec_att_{i}"]["conv"]["kernel"].shape[2:] for i in range(5)] == [
-        (64, 64), (128, 64), (256, 128), (512, 256), (512, 512)]
+        (64, 64),
+        (128, 64),
+        (256, 128),
+        (512, 256),
+        (512, 512),
+    ]
 
 
 def test_resnet_encoders_and_deeplab_heads_shapes_and_counts():
@@ -111,8 +129,11 @@ def test_resnet_encoders_and_deeplab_heads_shapes_and_counts():
     p, out = _shapes(deeplab, (1, *NYU, 3))
     assert vision.count_params(p["shared"]) == 25_557_032 - 2_049_000
     # Output stride 8: the heads' x8 upsampling gives back exactly the input resolution.
-    assert {k: v.shape for k, v in out.items()} == {"segmentation": (1, *NYU, 13), "depth": (1, *NYU, 1),
-                                                     "normal": (1, *NYU, 3)}
+    assert {k: v.shape for k, v in out.items()} == {
+        "segmentation": (1, *NYU, 13),
+        "depth": (1, *NYU, 1),
+        "normal": (1, *NYU, 3),
+    }
     p, out = _shapes(encoders.get("resnet18"), (2, 64, 64, 3))  # + LibMTL's Office hidden layer
     assert vision.count_params(p) == 11_689_512 - 513_000 + 512 * 512 + 512 + 2 * 512 and out.shape == (2, 512)
 
@@ -133,8 +154,9 @@ def test_celeba_cnn_matches_famo_network():
     # FAMO's heads: one dense layer per attribute (hidden=0).
     model = mtl.build([Task(f"a{i}", "binary", 1) for i in range(3)], encoder="celeba_cnn", head_kwargs={"hidden": 0})
     p, out = _shapes(model, (2, 64, 64, 3))
-    assert p["tasks"]["a0"] == {"out": {"kernel": jax.ShapeDtypeStruct((512, 1), jnp.float32),
-                                        "bias": jax.ShapeDtypeStruct((1,), jnp.float32)}}
+    assert p["tasks"]["a0"] == {
+        "out": {"kernel": jax.ShapeDtypeStruct((512, 1), jnp.float32), "bias": jax.ShapeDtypeStruct((1,), jnp.float32)}
+    }
     assert out["a2"].shape == (2, 1)
 
 
@@ -182,8 +204,9 @@ def test_max_pool_indices_and_unpool_match_numpy_brute_force():
     flat = (2 * ii[None, :, :, None] + k // 2) * 8 + 2 * jj[None, :, :, None] + k % 2
     np.testing.assert_array_equal(flat, ref_flat)
     vals = rng.normal(size=pooled.shape).astype(np.float32)
-    np.testing.assert_array_equal(np.asarray(vision.max_unpool_2x2(jnp.asarray(vals), idx)),
-                                  _numpy_unpool(vals, ref_flat, 6, 8))
+    np.testing.assert_array_equal(
+        np.asarray(vision.max_unpool_2x2(jnp.asarray(vals), idx)), _numpy_unpool(vals, ref_flat, 6, 8)
+    )
     # The pool's gradient sends each cotangent to its window's chosen element: unpooling it.
     xf = np.nan_to_num(x, nan=5.0)
     g = jax.grad(lambda z: jnp.sum(vision.max_pool_2x2_with_indices(z)[0] * vals))(jnp.asarray(xf))
@@ -209,8 +232,12 @@ def test_bilinear_align_corners_matches_numpy():
             y0, z0 = int(np.floor(y)), int(np.floor(z))
             y1, z1 = min(y0 + 1, 2), min(z0 + 1, 3)
             a, c = y - y0, z - z0
-            ref[0, i, j] = ((1 - a) * (1 - c) * x[0, y0, z0] + (1 - a) * c * x[0, y0, z1]
-                            + a * (1 - c) * x[0, y1, z0] + a * c * x[0, y1, z1])
+            ref[0, i, j] = (
+                (1 - a) * (1 - c) * x[0, y0, z0]
+                + (1 - a) * c * x[0, y0, z1]
+                + a * (1 - c) * x[0, y1, z0]
+                + a * c * x[0, y1, z1]
+            )
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -323,7 +350,9 @@ def test_weight_loader_round_trip_on_a_fake_state_dict(tmp_path):
     shared = pretrained.apply_encoder_weights(model, init, log=said.append)["shared"]
     assert len(said) == 1 and "loaded ImageNet weights" in said[0] and "hidden" in said[0]
     back = pretrained.flax_to_torchvision(shared, depth=18)
-    expected = {k: v for k, v in sd.items() if not k.startswith("fc.") and "running" not in k and "num_batches" not in k}
+    expected = {
+        k: v for k, v in sd.items() if not k.startswith("fc.") and "running" not in k and "num_batches" not in k
+    }
     assert set(back) == set(expected)
     for k, v in expected.items():
         np.testing.assert_array_equal(back[k], v, err_msg=k)
@@ -333,13 +362,14 @@ def test_weight_loader_round_trip_on_a_fake_state_dict(tmp_path):
     # OIHW weight (stride 2, padding 3).
     x = np.random.default_rng(3).normal(size=(1, 9, 9, 3)).astype(np.float32)
     y = nn.Conv(64, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False).apply(
-        {"params": {"kernel": jnp.asarray(shared["conv1"]["kernel"])}}, x)
+        {"params": {"kernel": jnp.asarray(shared["conv1"]["kernel"])}}, x
+    )
     xp = np.pad(x[0], ((3, 3), (3, 3), (0, 0)))
     w = sd["conv1.weight"]
     ref = np.zeros((5, 5, 64), np.float32)
     for i in range(5):
         for j in range(5):
-            ref[i, j] = np.einsum("hwc,ochw->o", xp[2 * i: 2 * i + 7, 2 * j: 2 * j + 7], w)
+            ref[i, j] = np.einsum("hwc,ochw->o", xp[2 * i : 2 * i + 7, 2 * j : 2 * j + 7], w)
     np.testing.assert_allclose(np.asarray(y[0]), ref, rtol=1e-4, atol=1e-3)
 
 
@@ -365,14 +395,19 @@ def test_weight_loader_errors_name_the_problem(tmp_path):
     wrong = dict(sd)
     wrong["conv1.weight"] = np.zeros((64, 3, 5, 5), np.float32)
     np.savez(tmp_path / "wrong.npz", **wrong)
-    model = mtl.build([Task("a", "classification", 3)], encoder="resnet18",
-                      encoder_kwargs={"weights": str(tmp_path / "wrong.npz")})
+    model = mtl.build(
+        [Task("a", "classification", 3)], encoder="resnet18", encoder_kwargs={"weights": str(tmp_path / "wrong.npz")}
+    )
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))["params"]
     with pytest.raises(ValueError, match="conv1/kernel has shape"):
         pretrained.apply_encoder_weights(model, params, log=lambda s: None)
     with pytest.raises(ValueError, match="arch='hps'"):
-        mtl.build([Task("a", "classification", 3)], encoder="resnet18", encoder_kwargs={"weights": "x.npz"},
-                  arch="cross_stitch")
+        mtl.build(
+            [Task("a", "classification", 3)],
+            encoder="resnet18",
+            encoder_kwargs={"weights": "x.npz"},
+            arch="cross_stitch",
+        )
 
 
 def test_without_weights_the_run_says_it_starts_from_scratch():
@@ -382,7 +417,9 @@ def test_without_weights_the_run_says_it_starts_from_scratch():
     assert pretrained.apply_encoder_weights(model, params, log=said.append) is params
     assert len(said) == 1 and "starting from scratch" in said[0]
     quiet = []
-    pretrained.apply_encoder_weights(mtl.build([Task("a", "classification", 3)], encoder="mlp"), params, log=quiet.append)
+    pretrained.apply_encoder_weights(
+        mtl.build([Task("a", "classification", 3)], encoder="mlp"), params, log=quiet.append
+    )
     assert quiet == []
 
 
@@ -391,8 +428,12 @@ def test_classification_head_hidden_zero_is_one_dense_layer():
     p = head.init(jax.random.PRNGKey(0), jnp.zeros((2, 7)))["params"]
     assert jax.tree.map(np.shape, p) == {"out": {"kernel": (7, 5), "bias": (5,)}}
     x = np.random.default_rng(5).normal(size=(2, 7)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(head.apply({"params": p}, x)),
-                               x @ np.asarray(p["out"]["kernel"]) + np.asarray(p["out"]["bias"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(head.apply({"params": p}, x)),
+        x @ np.asarray(p["out"]["kernel"]) + np.asarray(p["out"]["bias"]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_init_state_applies_the_encoder_weights(monkeypatch):

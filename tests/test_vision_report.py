@@ -47,8 +47,11 @@ def test_delta_m_refuses_bad_input():
 def _write_run(tmp_path, n_evals=12, with_test=True):
     lines = []
     for e in range(1, n_evals + 1):
-        rec = {"step": e * 10, "epoch": float(e), "validation": {"seg": {"miou": 0.1, "pixel_accuracy": 0.2},
-                                                                  "depth": {"abs_err": 9.0}}}
+        rec = {
+            "step": e * 10,
+            "epoch": float(e),
+            "validation": {"seg": {"miou": 0.1, "pixel_accuracy": 0.2}, "depth": {"abs_err": 9.0}},
+        }
         if with_test:
             rec["test"] = {"seg": {"miou": 0.01 * e, "pixel_accuracy": 0.5, "loss": 1.0}, "depth": {"abs_err": 1.0 / e}}
         lines.append(json.dumps(rec))
@@ -89,7 +92,9 @@ def test_report_against_published_and_own_stl(tmp_path):
     run = tmp_path / "mtl"
     run.mkdir()
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
-    rep = vr.report("nyuv2", run, "last:10", "nash_mtl_table2", stl_runs={t: run for t in ("segmentation", "depth", "normal")})
+    rep = vr.report(
+        "nyuv2", run, "last:10", "nash_mtl_table2", stl_runs={t: run for t in ("segmentation", "depth", "normal")}
+    )
     assert rep["delta_m_vs_published_stl"] == pytest.approx(-4.04, abs=0.05)
     assert rep["delta_m_vs_jmtl_stl"] == pytest.approx(0.0, abs=1e-9)
     assert "| **jmtl run** |" in "\n".join(vr.markdown(rep, pub))
@@ -113,10 +118,17 @@ def _check_rows(bench, tab, specs):
         # Δm is affine in the metrics, so the mean over seeds of Δm is Δm of the printed means, up to the
         # rounding of the printed means (Cityscapes' 3-significant-digit Abs Err: up to ~0.1).
         if "delta_m" in row:
-            assert vr.delta_m(row["values"], base, specs) == pytest.approx(row["delta_m"], abs=0.12), (bench, tab["id"], name)
+            assert vr.delta_m(row["values"], base, specs) == pytest.approx(row["delta_m"], abs=0.12), (
+                bench,
+                tab["id"],
+                name,
+            )
         if "delta_p" in row:
             assert -vr.delta_m(row["values"], base, specs, "tasks") == pytest.approx(row["delta_p"], abs=0.1), (
-                bench, tab["id"], name)
+                bench,
+                tab["id"],
+                name,
+            )
         checked += 1
     return checked
 
@@ -151,6 +163,7 @@ def test_published_markdown_is_in_published_md():
 def test_celeba_report_uses_the_runs_attributes(tmp_path):
     """CelebA has no published per-attribute row: the metrics are the run's attribute accuracies and
     Δm% is against jmtl's single-attribute runs. Hand-worked: 0.8 vs 0.9 (+11.11 %), 0.5 vs 0.5 (0)."""
+
     def run(name, accs):
         d = tmp_path / name
         d.mkdir()

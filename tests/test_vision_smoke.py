@@ -91,8 +91,9 @@ def test_cityscapes_and_a_single_task_baseline(fake_root, tmp_path):
     stl_depth, rec_stl, _ = _train(_smoke_config("cityscapes", "stl_depth", fake_root, sub, **SEGNET_SMALL), sub)
     assert set(rec_stl["test"]) == {"depth"}
     # (the segmentation "baseline" here is the multi-task run itself: this checks the plumbing only)
-    rep = vision_report.report("cityscapes", workdir, "last:1", "famo_table3",
-                               stl_runs={"segmentation": workdir, "depth": stl_depth})
+    rep = vision_report.report(
+        "cityscapes", workdir, "last:1", "famo_table3", stl_runs={"segmentation": workdir, "depth": stl_depth}
+    )
     assert math.isfinite(rep["delta_m_vs_published_stl"]) and math.isfinite(rep["delta_m_vs_jmtl_stl"])
 
 
@@ -114,10 +115,13 @@ def test_office(arg, domains, fake_root, tmp_path):
     assert len(rep["run"]) == domains and math.isfinite(rep["delta_m_vs_published_stl"])
 
 
-@pytest.mark.parametrize("name,shapes", [
-    ("nyuv2", {"segmentation": (1, 288, 384, 13), "depth": (1, 288, 384, 1), "normal": (1, 288, 384, 3)}),
-    ("cityscapes", {"segmentation": (1, 128, 256, 7), "depth": (1, 128, 256, 1)}),
-])
+@pytest.mark.parametrize(
+    "name,shapes",
+    [
+        ("nyuv2", {"segmentation": (1, 288, 384, 13), "depth": (1, 288, 384, 1), "normal": (1, 288, 384, 3)}),
+        ("cityscapes", {"segmentation": (1, 128, 256, 7), "depth": (1, 128, 256, 1)}),
+    ],
+)
 def test_deeplab_variants_wire_up(name, shapes, fake_root, tmp_path):
     """LibMTL's ResNet-50-dilated + ASPP variant is too heavy to train in CI: its experiment is built
     from the config on the fake files and the model is initialised and applied abstractly

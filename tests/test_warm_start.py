@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import optax
 import pytest
+from conftest import toy_config
 
 import jmtl
-from conftest import toy_config
 from jmtl.tasks import Task
 from jmtl.training import loop, warm_start
 
@@ -46,9 +46,21 @@ def _data(seed, n=48):
 
 
 def _fit(model, tasks, workdir, steps=4, **kw):
-    return jmtl.fit(model, [Task(t, "regression", 1) for t in tasks], _data(0), validation=_data(1, 16),
-                    test=_data(2, 16), workdir=workdir, batch_size=16, num_steps=steps, optimizer=optax.adam(1e-2),
-                    input_key="x", progress_bar=False, eval_every_steps=steps, **kw)
+    return jmtl.fit(
+        model,
+        [Task(t, "regression", 1) for t in tasks],
+        _data(0),
+        validation=_data(1, 16),
+        test=_data(2, 16),
+        workdir=workdir,
+        batch_size=16,
+        num_steps=steps,
+        optimizer=optax.adam(1e-2),
+        input_key="x",
+        progress_bar=False,
+        eval_every_steps=steps,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +77,9 @@ def test_frozen_shared_params_stay_bitwise_and_new_head_trains(source_run, tmp_p
     for got, want in zip(jax.tree.leaves(state.params["shared"]), jax.tree.leaves(source["shared"])):
         np.testing.assert_array_equal(np.asarray(got), want)
     fresh = jmtl.init_state(TwoPart(("b",)), jmtl.weighting.get("equal"), optax.adam(1e-2), _data(0)["x"][:1], 1, 0)
-    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params["b"]), jax.tree.leaves(fresh.params["b"]))]
+    moved = [
+        not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params["b"]), jax.tree.leaves(fresh.params["b"]))
+    ]
     assert all(moved)  # the new task's head trained
 
 
@@ -101,17 +115,24 @@ def test_shape_mismatches_are_refused_naming_every_param(source_run):
         warm_start.prepare(warm_start.InitFrom(str(wd)), TwoPart(("b",), width=7), _data(0)["x"][:1])
     msg = str(e.value)
     # l1's kernel [4, 7] and bias [7], and l2's kernel [7, 5]: three mismatches; l2's bias matches
-    for name in ("['shared']['l1']['kernel']: run (4, 7) vs source (4, 6)", "['shared']['l1']['bias']: run (7,) vs source (6,)",
-                 "['shared']['l2']['kernel']: run (7, 5) vs source (6, 5)"):
+    for name in (
+        "['shared']['l1']['kernel']: run (4, 7) vs source (4, 6)",
+        "['shared']['l1']['bias']: run (7,) vs source (6,)",
+        "['shared']['l2']['kernel']: run (7, 5) vs source (6, 5)",
+    ):
         assert name in msg
     assert "3 param(s) differ" in msg and "l2']['bias']:" not in msg and "Fix:" in msg
 
 
 def test_missing_shared_params_and_bad_specs_are_refused(tmp_path):
-    target = {"shared": {"l1": {"bias": np.zeros(6), "kernel": np.zeros((4, 6))}, "l3": {"bias": np.zeros(5)}},
-              "b": {"bias": np.zeros(1)}}
+    target = {
+        "shared": {"l1": {"bias": np.zeros(6), "kernel": np.zeros((4, 6))}, "l3": {"bias": np.zeros(5)}},
+        "b": {"bias": np.zeros(1)},
+    }
     source = {"shared": {"l1": {"bias": np.ones(6), "kernel": np.ones((4, 6))}}, "a": {"bias": np.ones(1)}}
-    with pytest.raises(warm_start.WarmStartError, match=r"no param at 1 shared path.*\['shared'\]\['l3'\]\['bias'\].*Fix"):
+    with pytest.raises(
+        warm_start.WarmStartError, match=r"no param at 1 shared path.*\['shared'\]\['l3'\]\['bias'\].*Fix"
+    ):
         warm_start.plan(warm_start.InitFrom("src"), target, source_params=source)
     with pytest.raises(warm_start.WarmStartError, match="no param of this run is in the source"):
         warm_start.plan(warm_start.InitFrom("src", part="all"), {"b": {"bias": np.zeros(1)}}, source_params=source)
@@ -131,7 +152,9 @@ def test_a_config_run_warm_starts_from_a_params_file_with_a_new_task(tmp_path):
     params = jax.device_get(src.params)
     path = warm_start.save_params(tmp_path / "src.npz", params)
     c2 = toy_config(tmp_path, num_steps=4, eval_every_steps=4)
-    first_label = list(jmtl.data.load(c2.dataset.name, cache_dir=c2.dataset.cache_dir, **c2.dataset.kwargs).spec.labels)[0]
+    first_label = list(
+        jmtl.data.load(c2.dataset.name, cache_dir=c2.dataset.cache_dir, **c2.dataset.kwargs).spec.labels
+    )[0]
     c2.tasks = {"new_task": {"label": first_label}}
     c2.init_from = dict(path=str(path), part="all", freeze=True)
     _, state = loop.train(c2, str(tmp_path / "dst"))

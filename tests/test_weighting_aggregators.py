@@ -15,12 +15,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from optax.projections import projection_simplex
 
 import jmtl.weighting as W
-from optax.projections import projection_simplex
 from jmtl.weighting import qp
 
-OWN = sorted(["mean", "sum", "random", "trimmed_mean", "krum", "upgrad", "dualproj", "fairgrad", "moco", "excess_mtl", "sdmgrad", "modo"])
+OWN = sorted(
+    [
+        "mean",
+        "sum",
+        "random",
+        "trimmed_mean",
+        "krum",
+        "upgrad",
+        "dualproj",
+        "fairgrad",
+        "moco",
+        "excess_mtl",
+        "sdmgrad",
+        "modo",
+    ]
+)
 STATEFUL = ("moco", "excess_mtl", "sdmgrad", "modo")
 
 
@@ -119,16 +134,32 @@ def _simplex_np(v):
 
 def test_registry_names_and_defaults():
     assert set(OWN) == {
-        "mean", "sum", "random", "trimmed_mean", "krum", "upgrad", "dualproj",
-        "fairgrad", "moco", "excess_mtl", "sdmgrad", "modo",
+        "mean",
+        "sum",
+        "random",
+        "trimmed_mean",
+        "krum",
+        "upgrad",
+        "dualproj",
+        "fairgrad",
+        "moco",
+        "excess_mtl",
+        "sdmgrad",
+        "modo",
     }
     assert set(OWN) <= set(W.names())
     hp = W.hyperparameters
     assert hp("upgrad") == {"norm_eps": 1e-4, "reg_eps": 1e-4, "max_iter": None}
     assert hp("dualproj") == {"norm_eps": 1e-4, "reg_eps": 1e-4, "max_iter": None}
     assert hp("fairgrad")["alpha"] == 1.0
-    assert hp("moco") == {"beta": 0.5, "beta_sigma": 0.5, "gamma": 0.1, "gamma_sigma": 0.5, "rho": 0.0,
-                          "normalize_grads": True}
+    assert hp("moco") == {
+        "beta": 0.5,
+        "beta_sigma": 0.5,
+        "gamma": 0.1,
+        "gamma_sigma": 0.5,
+        "rho": 0.0,
+        "normalize_grads": True,
+    }
     assert hp("excess_mtl")["robust_step_size"] == 1e-2
     assert hp("sdmgrad") == {"lam": 0.3, "niter": 20, "lr": 5.0, "momentum": 0.5}
     assert hp("modo") == {"gamma": 1e-3, "rho": 0.1}
@@ -495,8 +526,16 @@ def test_stateful_three_jitted_steps_match_numpy(x64, name, hp):
     t = W.get(name, **hp)
     full = {**W.hyperparameters(name), **hp}
     if name == "moco":
-        want, final = _moco_np(jacs, losses, full["beta"], full["beta_sigma"], full["gamma"],
-                               full["gamma_sigma"], full["rho"], full["normalize_grads"])
+        want, final = _moco_np(
+            jacs,
+            losses,
+            full["beta"],
+            full["beta_sigma"],
+            full["gamma"],
+            full["gamma_sigma"],
+            full["rho"],
+            full["normalize_grads"],
+        )
     elif name == "excess_mtl":
         want, final = _excess_np(jacs, full["robust_step_size"])
     elif name == "sdmgrad":

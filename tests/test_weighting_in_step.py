@@ -36,7 +36,11 @@ def test_scheme_trains_in_the_jitted_step(name):
     if transform.rep_level_only:  # defined on the representation's per-sample gradients only (NTKMTL-SR)
         modes = ["representation"]
     for mode in modes:
-        fn = jax.jit(step_lib.make_train_step(model, TASKS, transform, opt, step_lib.StepConfig(input_key="x", jacobian_mode=mode)))
+        fn = jax.jit(
+            step_lib.make_train_step(
+                model, TASKS, transform, opt, step_lib.StepConfig(input_key="x", jacobian_mode=mode)
+            )
+        )
         s = state
         first = None
         for i in range(12):
@@ -68,14 +72,22 @@ _TOLERANCE = {"sdmgrad": 1e-2}
 
 # Params mode only (rep-level-only schemes are checked in representation mode above and in
 # tests/test_weighting_recent.py).
-@pytest.mark.parametrize("name", [n for n in weighting.names()
-                                  if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in weighting.names()
+        if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only
+    ],
+)
 def test_step_moves_shared_params_along_the_schemes_direction(name):
     """With SGD the shared params move by minus lr times the combined gradient: it must equal the scheme's
     own direction for the Jacobian ``jax.jacrev`` computes independently (same state, key and step),
     so a scheme that silently fell back to equal weights inside the step would fail here."""
     tasks = TASKS
-    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=4, dropout_rate=0.0))
+    model = mtl.build(
+        tasks, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=4, dropout_rate=0.0)
+    )
     transform = weighting.get(name, **_FAST.get(name, {}))
     lr = 0.05  # small enough that no ReLU dies over the three steps
     opt = optax.sgd(lr)
@@ -96,18 +108,31 @@ def test_step_moves_shared_params_along_the_schemes_direction(name):
         jac = jnp.concatenate([leaf.reshape(K, -1) for leaf in leaves], axis=1)
         key = jax.random.split(jax.random.fold_in(state.rng, state.step))[0]  # the step's scheme key
         out, _ = transform.update(
-            losses, state.weighting_state, jacobian=jac, gramian=jac @ jac.T,
-            params=state.weighting_params or None, key=key, step=state.step,
+            losses,
+            state.weighting_state,
+            jacobian=jac,
+            gramian=jac @ jac.T,
+            params=state.weighting_params or None,
+            key=key,
+            step=state.step,
         )
         expected = weighting.combine(out, jac)
         new, metrics = fn(state, batch)
         assert bool(metrics["finite"]), (name, i)
-        moved = jnp.concatenate(
-            [(a - b).reshape(-1) for a, b in zip(jax.tree.leaves(params["shared"]), jax.tree.leaves(new.params["shared"]))]
-        ) / lr
+        moved = (
+            jnp.concatenate(
+                [
+                    (a - b).reshape(-1)
+                    for a, b in zip(jax.tree.leaves(params["shared"]), jax.tree.leaves(new.params["shared"]))
+                ]
+            )
+            / lr
+        )
         scale = float(jnp.max(jnp.abs(expected)))
         tol = _TOLERANCE.get(name, 2e-3)
-        np.testing.assert_allclose(np.asarray(moved), np.asarray(expected), rtol=tol, atol=tol * scale, err_msg=f"{name} step {i}")
+        np.testing.assert_allclose(
+            np.asarray(moved), np.asarray(expected), rtol=tol, atol=tol * scale, err_msg=f"{name} step {i}"
+        )
         total = jac.sum(0)
         off_sum = expected - (expected @ total) / (total @ total) * total
         distinct = max(distinct, float(jnp.linalg.norm(off_sum) / jnp.linalg.norm(expected)))

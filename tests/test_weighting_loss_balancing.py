@@ -12,7 +12,6 @@ import pytest
 
 import jmtl.weighting as W
 
-
 SCHEMES = sorted(["si", "dwa", "rlw", "gls", "imtl_l", "famo", "stch", "db_mtl", "gradnorm"])
 K, D = 3, 12
 LAYOUT = (("['enc']['dense']['kernel']", (3, 3)), ("['enc']['dense']['bias']", (3,)))  # d = 12
@@ -178,10 +177,14 @@ def test_rlw_distribution():
 def test_dwa_epoch_averages(x64):
     spe, temp = 2, 2.0
     seq = [
-        [1.0, 2.0, 3.0], [1.2, 1.8, 2.6],  # epoch 0
-        [0.9, 1.9, 2.0], [0.7, 1.5, 2.2],  # epoch 1
-        [0.6, 1.0, 1.9], [0.5, 1.1, 1.7],  # epoch 2
-        [0.4, 0.9, 1.5], [0.3, 0.8, 1.5],  # epoch 3
+        [1.0, 2.0, 3.0],
+        [1.2, 1.8, 2.6],  # epoch 0
+        [0.9, 1.9, 2.0],
+        [0.7, 1.5, 2.2],  # epoch 1
+        [0.6, 1.0, 1.9],
+        [0.5, 1.1, 1.7],  # epoch 2
+        [0.4, 0.9, 1.5],
+        [0.3, 0.8, 1.5],  # epoch 3
     ]
     ws, _ = _weights("dwa", seq, temperature=temp, steps_per_epoch=spe)
     avg = np.array(seq).reshape(4, spe, 3).mean(axis=1)
@@ -238,9 +241,12 @@ def test_famo_steps_by_hand(x64):
 def test_stch_warmup_nadir_and_weights(x64):
     mu, spe = 0.5, 2
     seq = [
-        [1.0, 2.0, 3.0], [0.9, 1.8, 2.5],  # warm-up epoch 0: sum of logs
-        [0.8, 1.6, 2.0], [0.6, 1.4, 2.2],  # epoch 1: sum of logs, nadir = mean of these
-        [0.5, 1.5, 1.0], [0.4, 0.7, 1.9],  # STCH
+        [1.0, 2.0, 3.0],
+        [0.9, 1.8, 2.5],  # warm-up epoch 0: sum of logs
+        [0.8, 1.6, 2.0],
+        [0.6, 1.4, 2.2],  # epoch 1: sum of logs, nadir = mean of these
+        [0.5, 1.5, 1.0],
+        [0.4, 0.7, 1.9],  # STCH
     ]
     ws, _ = _weights("stch", seq, mu=mu, warmup_epochs=1, steps_per_epoch=spe)
     for i in range(4):

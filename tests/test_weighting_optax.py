@@ -17,7 +17,10 @@ def _params():
     rng = np.random.default_rng(0)
     return {
         "shared": jnp.asarray(rng.normal(size=(4, 4)) * 0.5, jnp.float32),
-        "heads": {"w": jnp.asarray(rng.normal(size=(4, 2 * K)) * 0.5, jnp.float32), "b": jnp.zeros((2 * K,), jnp.float32)},
+        "heads": {
+            "w": jnp.asarray(rng.normal(size=(4, 2 * K)) * 0.5, jnp.float32),
+            "b": jnp.zeros((2 * K,), jnp.float32),
+        },
     }
 
 

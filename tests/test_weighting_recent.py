@@ -247,7 +247,7 @@ def test_ntkmtl_sr_uses_the_largest_eigenvalue_of_each_tasks_representation_ntk(
     per_sample = np.zeros((k, n, n * h))  # J_k: row m = d l_km / d z (all of z, flattened)
     for t in range(k):
         for m in range(n):
-            per_sample[t, m, m * h:(m + 1) * h] = 2 * resid[m, t] * heads[t]
+            per_sample[t, m, m * h : (m + 1) * h] = 2 * resid[m, t] * heads[t]
     lam = np.array([np.linalg.eigvalsh(per_sample[t] @ per_sample[t].T)[-1] for t in range(k)])
     expected = (lam.sum() / lam) ** 0.5
     rows = per_sample.mean(axis=1)  # d L_k / d z with L_k the batch mean

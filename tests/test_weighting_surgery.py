@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import jmtl.weighting as W
-from jmtl.weighting import gramian as gs, jacobian as jac_schemes
+from jmtl.weighting import gramian as gs
+from jmtl.weighting import jacobian as jac_schemes
 
 SCHEMES = sorted(["pcgrad", "gradvac", "graddrop", "imtl_g", "imtl", "cagrad", "nash_mtl", "aligned_mtl", "con_fig"])
 K, D = 3, 12
@@ -86,8 +87,12 @@ def test_registered_with_defaults():
     }
     for name, hp in expected.items():
         assert W.hyperparameters(name) == hp
-    for name, bad in (("gradvac", {"granularity": "enc_dec"}), ("cagrad", {"rescale": 3}),
-                      ("aligned_mtl", {"scale_mode": "max"}), ("graddrop", {"leak": 2.0})):
+    for name, bad in (
+        ("gradvac", {"granularity": "enc_dec"}),
+        ("cagrad", {"rescale": 3}),
+        ("aligned_mtl", {"scale_mode": "max"}),
+        ("graddrop", {"leak": 2.0}),
+    ):
         with pytest.raises(ValueError):
             W.get(name, **bad)
 
@@ -213,8 +218,9 @@ def test_gradvac_two_tasks_by_hand(x64):
     g2, phi21 = _vaccine(j2[1], j2[0], 0.3)
     np.testing.assert_allclose(g1 @ j2[1] / np.linalg.norm(g1) / np.linalg.norm(j2[1]), 0.3, rtol=1e-10)
     np.testing.assert_allclose(out.direction, g1 + g2, rtol=1e-8)
-    np.testing.assert_allclose(state.targets[0], [[0.0, 0.5 * 0.3 + 0.5 * phi12], [0.5 * 0.3 + 0.5 * phi21, 0.0]],
-                               rtol=1e-8)
+    np.testing.assert_allclose(
+        state.targets[0], [[0.0, 0.5 * 0.3 + 0.5 * phi12], [0.5 * 0.3 + 0.5 * phi21, 0.0]], rtol=1e-8
+    )
 
 
 def test_gradvac_first_step_equals_pcgrad_per_group(x64):
@@ -322,14 +328,24 @@ def test_cagrad_matches_slsqp(x64):
         def f(w):
             return w @ gram @ b + phi_sqrt * np.sqrt(w @ gram @ w)
 
-        res = minimize(f, b, bounds=[(0, 1)] * k, constraints=({"type": "eq", "fun": lambda w: 1 - w.sum()},),
-                       tol=1e-14, options={"maxiter": 1000})
+        res = minimize(
+            f,
+            b,
+            bounds=[(0, 1)] * k,
+            constraints=({"type": "eq", "fun": lambda w: 1 - w.sum()},),
+            tol=1e-14,
+            options={"maxiter": 1000},
+        )
         gw = res.x @ jac
         expected = g0 + phi_sqrt / np.linalg.norm(gw) * gw
         # |g_w| can be small, making d sensitive to w: 1e-6 relative is that conditioning, not the solver
         for rescale, factor in ((0, 1.0), (1, 1 + c**2), (2, 1 + c))[: 3 if trial == 3 else 1]:
-            np.testing.assert_allclose(_agg("cagrad", jac, c=c, rescale=rescale), expected / factor, rtol=1e-6,
-                                       atol=1e-6 * np.linalg.norm(expected))
+            np.testing.assert_allclose(
+                _agg("cagrad", jac, c=c, rescale=rescale),
+                expected / factor,
+                rtol=1e-6,
+                atol=1e-6 * np.linalg.norm(expected),
+            )
         # CAGrad's guarantee: min_i g_i . d >= that of the mean gradient
         d = _agg("cagrad", jac, c=c, rescale=0)
         assert np.min(jac @ d) >= np.min(jac @ g0) - 1e-9
@@ -389,7 +405,7 @@ def test_nash_mtl_solves_only_on_refresh_steps():
         for eqn in jaxpr.eqns:
             out.append((eqn.primitive.name, top))
             for v in eqn.params.values():
-                for b in (v if isinstance(v, (list, tuple)) else [v]):
+                for b in v if isinstance(v, (list, tuple)) else [v]:
                     inner = getattr(b, "jaxpr", None)
                     if inner is not None and hasattr(inner, "eqns"):
                         out += primitives(inner, False)
@@ -422,7 +438,9 @@ def test_aligned_mtl_condition_number_one(x64):
         np.testing.assert_allclose(svm.max() / svm.min(), 1.0, rtol=1e-8)
     np.testing.assert_allclose(
         np.linalg.svd(np.asarray(gs.aligned_balance(jnp.asarray(gram), "rmse")) @ jac, compute_uv=False),
-        np.sqrt(np.linalg.eigvalsh(gram).mean()), rtol=1e-8)
+        np.sqrt(np.linalg.eigvalsh(gram).mean()),
+        rtol=1e-8,
+    )
     # Rank-deficient (two identical gradients): condition number 1 on the range.
     jac[3] = jac[2]
     b = np.asarray(gs.aligned_balance(jnp.asarray(jac @ jac.T), "min"))

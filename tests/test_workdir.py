@@ -10,8 +10,8 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import ROOT, toy_config
+
 from jmtl.training import workdir as wd_lib
 from jmtl.training.workdir import (
     Change,
@@ -72,8 +72,15 @@ _TRY = textwrap.dedent(
 
 def _python(code, *args, **kw):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        **kw,
+    )
 
 
 def test_second_run_fails_fast_and_a_killed_holder_leaves_no_stuck_lock(tmp_path):
@@ -124,8 +131,14 @@ def test_flatten_config_gives_dotted_leaves(tmp_path):
 
 def test_resume_allows_cadence_paths_and_longer_runs(tmp_path):
     old = toy_config(tmp_path)
-    new = toy_config(tmp_path, num_epochs=30, log_every_steps=5, eval_every_steps=7, progress_bar=True,
-                     **{"dataset.cache_dir": "/elsewhere", "nonfinite.policy": "skip"})
+    new = toy_config(
+        tmp_path,
+        num_epochs=30,
+        log_every_steps=5,
+        eval_every_steps=7,
+        progress_bar=True,
+        **{"dataset.cache_dir": "/elsewhere", "nonfinite.policy": "skip"},
+    )
     changes = check_resume(json.loads(old.to_json_best_effort()), new, restored_step=160, total_steps=2400)
     assert changes == sorted(changes)
     assert {c.field: (c.old, c.new) for c in changes} == {
@@ -141,13 +154,23 @@ def test_resume_allows_cadence_paths_and_longer_runs(tmp_path):
 
 def test_resume_refuses_every_other_change_listing_all_of_them(tmp_path):
     old = toy_config(tmp_path)
-    new = toy_config(tmp_path, batch_size=50, seed=3, log_every_steps=5,
-                     **{"optimizer.learning_rate": 0.01, "weighting.name": "mgda", "dataset.kwargs.num_tasks": 3})
+    new = toy_config(
+        tmp_path,
+        batch_size=50,
+        seed=3,
+        log_every_steps=5,
+        **{"optimizer.learning_rate": 0.01, "weighting.name": "mgda", "dataset.kwargs.num_tasks": 3},
+    )
     with pytest.raises(ResumeConfigError) as info:
         check_resume(old, new)
     msg = str(info.value)
-    for part in ("batch_size: 100 -> 50", "seed: 0 -> 3", "optimizer.learning_rate: 0.001 -> 0.01",
-                 "weighting.name: 'equal' -> 'mgda'", "dataset.kwargs.num_tasks: 2 -> 3"):
+    for part in (
+        "batch_size: 100 -> 50",
+        "seed: 0 -> 3",
+        "optimizer.learning_rate: 0.001 -> 0.01",
+        "weighting.name: 'equal' -> 'mgda'",
+        "dataset.kwargs.num_tasks: 2 -> 3",
+    ):
         assert part in msg, part
     assert "log_every_steps" not in msg.split("Fix:")[0]  # allowed changes are not listed as problems
     assert "Fix: restore the old values to resume, or use a new --workdir" in msg
@@ -220,7 +243,7 @@ def test_full_disk_is_one_line_naming_the_path_and_the_fix(tmp_path):
         assert "\n" not in msg and str(path) in msg, msg
         assert "the disk is full" in msg and "Fix: free space on that disk, or use a --workdir on another disk" in msg
     # tensorstore reports ENOSPC only in its message text
-    wrapped = ValueError("DATA_LOSS: Error writing local file \"/x/ocdbt/d/1\": No space left on device [errno 28]")
+    wrapped = ValueError('DATA_LOSS: Error writing local file "/x/ocdbt/d/1": No space left on device [errno 28]')
     assert StorageError("saving checkpoint 3", "/x", wrapped).reason.startswith("the disk is full")
     assert not wd_lib.is_expected_failure(ValueError("a bug"))
 

@@ -27,13 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jmtl.training import loop as train_lib
 from experiments.bench.common import RESULTS, cpu_model, provenance, provenance_markdown, time_round_robin
 from experiments.configs import multimnist
 from jmtl import data as data_lib
-from jmtl import plotting, tasks as tasks_lib
+from jmtl import plotting
+from jmtl import tasks as tasks_lib
 from jmtl.models import architectures, mtl, regularizers
 from jmtl.training import builders, parallel
+from jmtl.training import loop as train_lib
 from jmtl.training import step as step_lib
 
 # Architectures built for one encoder (mtan_segnet: SegNet) do not run on Multi-LeNet.
@@ -114,7 +115,9 @@ def retime(result: dict, data_dir: str, rounds: int) -> None:
         times = 1e3 * np.asarray(samples[f"{r['arch']}/{r['method']}"])
         r["ms_per_step"] = float(np.median(times))
         r["ms_per_step_iqr"] = [float(np.percentile(times, 25)), float(np.percentile(times, 75))]
-    result["timing"] = f"round-robin over all configurations in a shuffled order, {rounds} rounds, median (IQR in the JSON)"
+    result["timing"] = (
+        f"round-robin over all configurations in a shuffled order, {rounds} rounds, median (IQR in the JSON)"
+    )
 
 
 def run_one(arch: str, method: str, epochs: float, data_dir: str, timing_steps: int) -> dict:
@@ -143,7 +146,11 @@ def run_one(arch: str, method: str, epochs: float, data_dir: str, timing_steps: 
     if arch == "learning_to_branch":
         row["derived_tree"] = architectures.derived_tree(state.params, ["left", "right"])
     if arch == "cross_stitch":
-        row["stitch"] = {k: np.asarray(v["alpha"], np.float64).round(3).tolist() for k, v in state.params["shared"].items() if k.startswith("stitch")}
+        row["stitch"] = {
+            k: np.asarray(v["alpha"], np.float64).round(3).tolist()
+            for k, v in state.params["shared"].items()
+            if k.startswith("stitch")
+        }
     return row
 
 
@@ -180,9 +187,17 @@ def mtrl_demo(out_png: Path, steps: int = 1500, weight: float = 1e-2, seed: int 
         ys = np.stack([f[:, g] for g in groups], axis=1) + 0.3 * rng.normal(size=(64, k))
         params, opt_state = update(params, opt_state, x, ys.astype(np.float32))
     omega = np.asarray(regularizers.mtrl_omega(params), np.float64)
-    plotting.plot_relation_matrix(omega, [f"t{i} (g{g})" for i, g in enumerate(groups)], out_png, title="MTRL task covariance Omega")
+    plotting.plot_relation_matrix(
+        omega, [f"t{i} (g{g})" for i, g in enumerate(groups)], out_png, title="MTRL task covariance Omega"
+    )
     corr = omega / np.sqrt(np.outer(np.diag(omega), np.diag(omega)))
-    return {"omega": omega.round(4).tolist(), "correlation": corr.round(3).tolist(), "groups": list(groups), "steps": steps, "weight": weight}
+    return {
+        "omega": omega.round(4).tolist(),
+        "correlation": corr.round(3).tolist(),
+        "groups": list(groups),
+        "steps": steps,
+        "weight": weight,
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -212,7 +227,12 @@ def write_markdown(result: dict, path: Path) -> None:
             f"| {r['arch']} | {r['method']} | {acc['left']:.4f} | {acc['right']:.4f} | {r['params']:,} | "
             f"{r['ms_per_step']:.1f} | {r['run_wall_s']:.0f} |"
         )
-    missing = [f"{a}/{m}" for a in result["archs"] for m in result["methods"] if not any(r["arch"] == a and r["method"] == m for r in rows)]
+    missing = [
+        f"{a}/{m}"
+        for a in result["archs"]
+        for m in result["methods"]
+        if not any(r["arch"] == a and r["method"] == m for r in rows)
+    ]
     if missing:
         lines += ["", "Not measured: " + ", ".join(missing) + "."]
     notes = result.get("notes", [])
@@ -283,14 +303,20 @@ def main(argv=None) -> None:
     # temperature schedule to the step; check that it still does.
     train_src = inspect.getsource(builders)
     if "regularizers.from_config" not in train_src:
-        result["notes"].append("train() passes no penalty to the step: soft_sharing ran WITHOUT its penalty (= independent)")
+        result["notes"].append(
+            "train() passes no penalty to the step: soft_sharing ran WITHOUT its penalty (= independent)"
+        )
     if "model_kwargs_fn" not in train_src:
-        result["notes"].append("train() passes no model_kwargs: learning_to_branch ran at its fixed initial temperature")
+        result["notes"].append(
+            "train() passes no model_kwargs: learning_to_branch ran at its fixed initial temperature"
+        )
     result["notes"].append(
         "independent / soft_sharing with MGDA: nothing is shared, so the step takes the plain sum of the task "
         "gradients (the same update as equal weighting)"
     )
-    result["notes"].append("soft_sharing: L2 penalty between corresponding tower weights, weight 1e-2 (library default)")
+    result["notes"].append(
+        "soft_sharing: L2 penalty between corresponding tower weights, weight 1e-2 (library default)"
+    )
     result["notes"].append(f"learning_to_branch: {ARCH_KWARGS['learning_to_branch']}")
     for method in methods:  # every architecture with one method first: a cut-short bench stays comparable
         for arch in archs:

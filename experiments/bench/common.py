@@ -32,8 +32,9 @@ PROVENANCE_MARK = "<!-- provenance -->"
 # ----------------------------------------------------------------------------- timing
 
 
-def time_round_robin(fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 3,
-                     seed: int = 0) -> dict[str, list[float]]:
+def time_round_robin(
+    fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 3, seed: int = 0
+) -> dict[str, list[float]]:
     """Seconds per call of each fn, ``repeats`` rounds, every fn once per round in a fresh random order.
 
     Interleaving makes a shared machine's slow drifts hit every row alike. The order is shuffled
@@ -73,15 +74,21 @@ def time_round_robin(fns: Mapping[str, Callable[[], object]], repeats: int, warm
 def spread(seconds: Sequence[float]) -> dict:
     """Median, 10th and 90th percentile of timings given in seconds, in ms."""
     ms = np.asarray(seconds, float) * 1e3
-    return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
-            "p90_ms": float(np.percentile(ms, 90))}
+    return {
+        "median_ms": float(np.median(ms)),
+        "p10_ms": float(np.percentile(ms, 10)),
+        "p90_ms": float(np.percentile(ms, 90)),
+    }
 
 
 def spread_of(values: Sequence[float], key: str = "") -> dict:
     """Median, p10 and p90 of any values, keys suffixed with ``key`` (e.g. ``"_s"``)."""
     v = np.asarray(values, float)
-    return {f"median{key}": float(np.median(v)), f"p10{key}": float(np.percentile(v, 10)),
-            f"p90{key}": float(np.percentile(v, 90))}
+    return {
+        f"median{key}": float(np.median(v)),
+        f"p10{key}": float(np.percentile(v, 10)),
+        f"p90{key}": float(np.percentile(v, 90)),
+    }
 
 
 def fmt(x, spec: str = ".2f") -> str:
@@ -117,8 +124,12 @@ def _git(*args: str) -> str | None:
 
 def machine() -> dict:
     """CPU model, cores and the versions the numbers depend on (torch only if already imported)."""
-    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
+    info = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
     try:
         import jax
 
@@ -249,9 +260,11 @@ def code_of(starts: Sequence[Mapping | None]) -> dict:
 
 
 CODE_MARKS = {"clean": "", "dirty": "‡", "mixed": "§", "unknown": "†"}
-CODE_NOTE = ("† = the cell's code is unknown (no commit recorded when it started; trained before start records "
-             "were kept), ‡ = it started from a tree with uncommitted changes, § = it was started or resumed "
-             "under several commits: such a cell cannot name the code that produced it.")
+CODE_NOTE = (
+    "† = the cell's code is unknown (no commit recorded when it started; trained before start records "
+    "were kept), ‡ = it started from a tree with uncommitted changes, § = it was started or resumed "
+    "under several commits: such a cell cannot name the code that produced it."
+)
 
 
 def code_mark(code: Mapping | None) -> str:
@@ -268,25 +281,46 @@ def provenance_markdown(prov: Mapping) -> list[str]:
         lines.append(f"**Recovered after the fact**, not recorded by the run: {prov.get('note', '')}".rstrip())
     lines.append("")
     m = prov.get("machine")
-    machine_text = m if isinstance(m, str) else (
-        f"{m.get('cpu')}, {m.get('cores')} cores; python {m.get('python')}"
-        + "".join(f", {k} {m[k]}" for k in ("jax", "flax", "torch") if m.get(k))
-        + (f"; backend {m['backend']}" if m.get("backend") else "")
-        + (f"; XLA_FLAGS `{m['XLA_FLAGS']}`" if m.get("XLA_FLAGS") else "")) if m else "not recorded"
+    machine_text = (
+        m
+        if isinstance(m, str)
+        else (
+            f"{m.get('cpu')}, {m.get('cores')} cores; python {m.get('python')}"
+            + "".join(f", {k} {m[k]}" for k in ("jax", "flax", "torch") if m.get(k))
+            + (f"; backend {m['backend']}" if m.get("backend") else "")
+            + (f"; XLA_FLAGS `{m['XLA_FLAGS']}`" if m.get("XLA_FLAGS") else "")
+        )
+        if m
+        else "not recorded"
+    )
     load = prov.get("load_average_end", prov.get("load_average"))
-    load_text = load if isinstance(load, str) else (
-        "not recorded" if load is None else
-        (f"{', '.join(f'{x:.1f}' for x in prov['load_average_start'])} at the start, " if prov.get("load_average_start") else "")
-        + f"{', '.join(f'{x:.1f}' for x in load)} at the end (1, 5, 15 min)")
+    load_text = (
+        load
+        if isinstance(load, str)
+        else (
+            "not recorded"
+            if load is None
+            else (
+                f"{', '.join(f'{x:.1f}' for x in prov['load_average_start'])} at the start, "
+                if prov.get("load_average_start")
+                else ""
+            )
+            + f"{', '.join(f'{x:.1f}' for x in load)} at the end (1, 5, 15 min)"
+        )
+    )
     commit = prov.get("git_commit") or "unknown"
     dirty = " (with uncommitted changes)" if prov.get("git_dirty") else ""
     if "git_commit_at_write" in prov:  # the tree changed while the run went on
-        dirty += (f" at the start; `{prov['git_commit_at_write'] or 'unknown'}`"
-                  + (" (with uncommitted changes)" if prov.get("git_dirty_at_write") else "") + " when written")
+        dirty += (
+            f" at the start; `{prov['git_commit_at_write'] or 'unknown'}`"
+            + (" (with uncommitted changes)" if prov.get("git_dirty_at_write") else "")
+            + " when written"
+        )
     lines += [
         f"- command: `{prov.get('command') or 'not recorded'}`",
         f"- git commit: `{commit}`{dirty}",
-        f"- date: {prov.get('date') or 'not recorded'}" + (f" (started {prov['date_start']})" if prov.get("date_start") else ""),
+        f"- date: {prov.get('date') or 'not recorded'}"
+        + (f" (started {prov['date_start']})" if prov.get("date_start") else ""),
         f"- machine: {machine_text}",
         f"- load average: {load_text}",
     ]
@@ -302,8 +336,9 @@ def provenance_markdown(prov: Mapping) -> list[str]:
 # ----------------------------------------------------------------------------- output
 
 
-def write_outputs(out: Path | str, result: dict, lines: Sequence[str], prov: Mapping | None = None,
-                  echo: bool = True) -> dict:
+def write_outputs(
+    out: Path | str, result: dict, lines: Sequence[str], prov: Mapping | None = None, echo: bool = True
+) -> dict:
     """Writes ``<out>.json`` (``result`` plus a ``"provenance"`` entry) and ``<out>.md`` (``lines``
     plus the provenance block); creates the folder.
 
@@ -391,7 +426,11 @@ def lenet_step(method, batch_size: int, num_tasks: int = 2, mode: str = "params"
     state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), num_tasks, seed=0)
     cfg = step_lib.StepConfig(input_key="image", jacobian_mode=mode, jacobian_chunk_size=chunk)
     t0 = time.perf_counter()
-    compiled = jax.jit(step_lib.make_train_step(model, tasks, transform, opt, cfg), donate_argnums=0).lower(state, batch).compile()
+    compiled = (
+        jax.jit(step_lib.make_train_step(model, tasks, transform, opt, cfg), donate_argnums=0)
+        .lower(state, batch)
+        .compile()
+    )
     compile_s = time.perf_counter() - t0
     holder = [state]
 

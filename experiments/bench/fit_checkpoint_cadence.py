@@ -59,11 +59,25 @@ def run_once(cadence: str, epochs: int, data, workdir: Path) -> dict:
     tasks = [jmtl.Task(f"t{k}", "regression", 1) for k in range(TASKS)]
     extra = {"checkpoint_every_steps": N_TRAIN // BATCH} if cadence == "per_epoch" else {}
     t0 = time.perf_counter()
-    summary, _ = jmtl.fit(make_model(), tasks, train, validation=val, test=test, workdir=workdir,
-                          batch_size=BATCH, num_epochs=epochs, progress_bar=False, **extra)
+    summary, _ = jmtl.fit(
+        make_model(),
+        tasks,
+        train,
+        validation=val,
+        test=test,
+        workdir=workdir,
+        batch_size=BATCH,
+        num_epochs=epochs,
+        progress_bar=False,
+        **extra,
+    )
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "checkpoint_time_s": summary["checkpoint_time_s"],
-            "checkpoints_saved": summary["checkpoints_saved"], "steps": summary["steps"]}
+    return {
+        "wall_s": wall,
+        "checkpoint_time_s": summary["checkpoint_time_s"],
+        "checkpoints_saved": summary["checkpoints_saved"],
+        "steps": summary["steps"],
+    }
 
 
 def main(argv=None) -> None:
@@ -90,13 +104,29 @@ def main(argv=None) -> None:
                 shutil.rmtree(wd, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    med = {c: {k: float(np.median([x[k] for x in runs[c]])) for k in ("wall_s", "checkpoint_time_s", "checkpoints_saved")}
-           for c in cadences}
+    med = {
+        c: {k: float(np.median([x[k] for x in runs[c]])) for k in ("wall_s", "checkpoint_time_s", "checkpoints_saved")}
+        for c in cadences
+    }
     ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(runs["per_epoch"], runs["by_time"])]
     steps = runs["by_time"][0]["steps"]
-    result = {"problem": {"tasks": TASKS, "n_train": N_TRAIN, "n_eval": N_EVAL, "dim": DIM, "batch_size": BATCH,
-                          "epochs": args.epochs, "steps": steps, "model": "MLP 64-64, linear heads", "optimizer": "adam 1e-3"},
-              "repeats": args.repeats, "runs": runs, "median": med, "paired_ratio_per_epoch_over_by_time": ratios}
+    result = {
+        "problem": {
+            "tasks": TASKS,
+            "n_train": N_TRAIN,
+            "n_eval": N_EVAL,
+            "dim": DIM,
+            "batch_size": BATCH,
+            "epochs": args.epochs,
+            "steps": steps,
+            "model": "MLP 64-64, linear heads",
+            "optimizer": "adam 1e-3",
+        },
+        "repeats": args.repeats,
+        "runs": runs,
+        "median": med,
+        "paired_ratio_per_epoch_over_by_time": ratios,
+    }
     lines = [
         "# jmtl.fit: checkpoint cadence on small data",
         "",

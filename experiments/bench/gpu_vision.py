@@ -77,8 +77,9 @@ def main(argv=None) -> dict:
             if time.perf_counter() - t_start > args.budget_s:
                 skipped.append(f"{label} {dtype}")
                 continue
-            call, info = vc.jmtl_step(method, batches[0], mode=mode, compute_dtype=dtype, filters=filters,
-                                      batches=batches[1:])
+            call, info = vc.jmtl_step(
+                method, batches[0], mode=mode, compute_dtype=dtype, filters=filters, batches=batches[1:]
+            )
             for _ in range(warmup):
                 first = call()
             t0 = time.perf_counter()
@@ -86,19 +87,38 @@ def main(argv=None) -> dict:
                 metrics = call()
             seconds = time.perf_counter() - t0
             losses = [float(x) for x in jax.device_get(metrics["losses"])]
-            rows.append({
-                "method": label, "dtype": dtype, "gradient_path": info["gradient_path"], "chunk_size": info["chunk_size"],
-                "compile_s": info["compile_s"], "images_per_s": batch * steps / seconds, "step_ms": 1e3 * seconds / steps,
-                "compiled_peak_mib": (info["memory_mib"] or {}).get("peak_mib"), "device_peak_mib_so_far": device_peak_mib(),
-                "losses_after_warmup": [float(x) for x in jax.device_get(first["losses"])], "losses_last": losses,
-                "finite": bool(jax.device_get(metrics["finite"])),
-            })
-            print(f"{label} {dtype}: {rows[-1]['images_per_s']:.1f} images/s, compiled peak "
-                  f"{fmt(rows[-1]['compiled_peak_mib'], '.0f')} MiB", flush=True)
+            rows.append(
+                {
+                    "method": label,
+                    "dtype": dtype,
+                    "gradient_path": info["gradient_path"],
+                    "chunk_size": info["chunk_size"],
+                    "compile_s": info["compile_s"],
+                    "images_per_s": batch * steps / seconds,
+                    "step_ms": 1e3 * seconds / steps,
+                    "compiled_peak_mib": (info["memory_mib"] or {}).get("peak_mib"),
+                    "device_peak_mib_so_far": device_peak_mib(),
+                    "losses_after_warmup": [float(x) for x in jax.device_get(first["losses"])],
+                    "losses_last": losses,
+                    "finite": bool(jax.device_get(metrics["finite"])),
+                }
+            )
+            print(
+                f"{label} {dtype}: {rows[-1]['images_per_s']:.1f} images/s, compiled peak "
+                f"{fmt(rows[-1]['compiled_peak_mib'], '.0f')} MiB",
+                flush=True,
+            )
     device = str(jax.devices()[0].device_kind) if jax.devices() else "?"
     size = f"{height}x{width}, batch {batch}" + (", SegNet widths " + "-".join(map(str, filters)) if filters else "")
-    result = {"config": vars(args), "size": size, "device": device, "tasks": vc.pixel_tasks()[1], "rows": rows,
-              "skipped": skipped, "total_s": time.perf_counter() - t_start}
+    result = {
+        "config": vars(args),
+        "size": size,
+        "device": device,
+        "tasks": vc.pixel_tasks()[1],
+        "rows": rows,
+        "skipped": skipped,
+        "total_s": time.perf_counter() - t_start,
+    }
     lines = [
         f"# SegNet training throughput on {device} ({size})",
         "",
@@ -110,8 +130,10 @@ def main(argv=None) -> dict:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['dtype']} | {r['gradient_path']} | {r['images_per_s']:.1f} | {r['step_ms']:.1f} | "
-                     f"{fmt(r['compiled_peak_mib'], '.0f')} | {fmt(r['device_peak_mib_so_far'], '.0f')} | {r['compile_s']:.0f} |")
+        lines.append(
+            f"| {r['method']} | {r['dtype']} | {r['gradient_path']} | {r['images_per_s']:.1f} | {r['step_ms']:.1f} | "
+            f"{fmt(r['compiled_peak_mib'], '.0f')} | {fmt(r['device_peak_mib_so_far'], '.0f')} | {r['compile_s']:.0f} |"
+        )
     if skipped:
         lines += ["", f"Skipped (past --budget_s {args.budget_s:.0f}): {', '.join(skipped)}."]
     write_outputs(Path(args.out), result, lines, provenance(started=started))

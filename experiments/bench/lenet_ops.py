@@ -57,17 +57,13 @@ Timed = Tuple[Callable[..., Any], Tuple[Any, ...]]  # (function, its arguments)
 def conv_patches(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """VALID conv as ``conv_general_dilated_patches`` (im2col, feature order (cin, kh, kw)) + dot."""
     kh, kw, cin, cout = kernel.shape
-    p = lax.conv_general_dilated_patches(
-        x, (kh, kw), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    p = lax.conv_general_dilated_patches(x, (kh, kw), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jnp.dot(p, kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout))
 
 
 def conv_nchw(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """VALID ``lax`` conv with NCHW activations (the PyTorch layout)."""
-    return lax.conv_general_dilated(
-        x, kernel, (1, 1), "VALID", dimension_numbers=("NCHW", "HWIO", "NCHW")
-    )
+    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NCHW", "HWIO", "NCHW"))
 
 
 class FnConv(nn.Module):
@@ -81,9 +77,7 @@ class FnConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cin = x.shape[1] if self.nchw else x.shape[-1]
-        k = self.param(
-            "kernel", nn.initializers.lecun_normal(), (self.kernel_size,) * 2 + (cin, self.features)
-        )
+        k = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel_size,) * 2 + (cin, self.features))
         b = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         y = self.fn(x, k)
         return y + (b[:, None, None] if self.nchw else b)
@@ -174,9 +168,7 @@ class MultiLeNet(nn.Module):
 def task_losses(model: MultiLeNet, params, x, ys, key) -> jax.Array:
     """[K] mean softmax cross-entropies."""
     logits = model.apply(params, x, rngs={"dropout": key})
-    return jnp.stack(
-        [optax.softmax_cross_entropy_with_integer_labels(l, y).mean() for l, y in zip(logits, ys)]
-    )
+    return jnp.stack([optax.softmax_cross_entropy_with_integer_labels(l, y).mean() for l, y in zip(logits, ys)])
 
 
 def fwd_bwd_fn(model: MultiLeNet) -> Callable:
@@ -357,8 +349,11 @@ def _block(out: Any) -> None:
 def round_robin(cases: Dict[str, Timed], repeats: int, warmup: int = 3) -> Dict[str, List[float]]:
     """Seconds per call of every case (``common.time_round_robin``: each round calls every case once,
     in a shuffled order), waiting for JAX results."""
-    return time_round_robin({name: (lambda fn=fn, args=args: _block(fn(*args))) for name, (fn, args) in cases.items()},
-                            repeats, warmup=warmup)
+    return time_round_robin(
+        {name: (lambda fn=fn, args=args: _block(fn(*args))) for name, (fn, args) in cases.items()},
+        repeats,
+        warmup=warmup,
+    )
 
 
 def summarize(samples: Dict[str, List[float]], reference: Optional[str]) -> Dict[str, Dict[str, float]]:
@@ -414,8 +409,15 @@ def xla_flags_sweep(repeats: int) -> List[Dict[str, Any]]:
     rows = []
     for flags in FLAG_SETS:
         env = dict(os.environ, XLA_FLAGS=flags)
-        cmd = [sys.executable, "-m", "experiments.bench.lenet_ops", "--quick", "--json-stdout",
-               "--repeats", str(repeats)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "experiments.bench.lenet_ops",
+            "--quick",
+            "--json-stdout",
+            "--repeats",
+            str(repeats),
+        ]
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         if res.returncode != 0:
             rows.append({"XLA_FLAGS": flags, "error": res.stderr[-2000:]})
@@ -464,8 +466,7 @@ def report_lines(result: Dict[str, Any]) -> List[str]:
         "the softmax cross-entropies; jit(value_and_grad), warm-up, block_until_ready; "
         f"{result['repeats']} round-robin repeats of every row; torch {result['torch_threads_note']}.",
         "",
-        "Formulations (all NHWC except the NCHW row; all share one params tree, checked by the "
-        "last column):",
+        "Formulations (all NHWC except the NCHW row; all share one params tree, checked by the last column):",
         "",
         "* **nn.Conv**: `flax.linen.Conv` (`lax.conv_general_dilated`, NHWC/HWIO).",
         "* **NCHW lax.conv**: the same conv with NCHW activations (PyTorch's layout).",
@@ -518,8 +519,11 @@ def report_lines(result: Dict[str, Any]) -> List[str]:
 
 def _pick_threads(samples: Dict[str, List[float]], threads: Sequence[int]) -> Optional[int]:
     """The project rule: as many threads as cores unless fewer are faster (lower median)."""
-    medians = {n: statistics.median(samples[f"torch fwd+bwd ({n} thr)"]) for n in threads
-               if f"torch fwd+bwd ({n} thr)" in samples}
+    medians = {
+        n: statistics.median(samples[f"torch fwd+bwd ({n} thr)"])
+        for n in threads
+        if f"torch fwd+bwd ({n} thr)" in samples
+    }
     if not medians:
         return None
     return min(medians, key=lambda n: (medians[n], -n))
@@ -530,8 +534,11 @@ def run(repeats: int, quick: bool, threads: Sequence[int], steps: bool) -> Dict[
     names = QUICK if quick else list(FORMULATIONS)
     cases, errors = jax_fwd_bwd_cases(names)
     if torch is None:
-        print("torch not installed: skipping the PyTorch reference rows "
-              "(pip install -r experiments/bench/requirements.txt)", file=sys.stderr)
+        print(
+            "torch not installed: skipping the PyTorch reference rows "
+            "(pip install -r experiments/bench/requirements.txt)",
+            file=sys.stderr,
+        )
     samples = round_robin({**cases, **torch_cases(threads)}, repeats)
     best = _pick_threads(samples, threads)
     reference = f"torch fwd+bwd ({best} thr)" if best is not None else None
@@ -544,7 +551,8 @@ def run(repeats: int, quick: bool, threads: Sequence[int], steps: bool) -> Dict[
         "torch_threads": best,
         "torch_threads_note": (
             f"threads tried {list(threads)} in the same round-robin, chose {best} (fastest median)"
-            if best is not None else "not installed"
+            if best is not None
+            else "not installed"
         ),
         "fwd_bwd": summarize(samples, reference),
         "grad_check": errors,

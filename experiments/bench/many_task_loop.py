@@ -25,9 +25,8 @@ OUT = common.ROOT / "results" / "bench" / "many_task_loop"
 
 def run_once(packed: bool, steps: int, data_dir: str, parallel: str) -> float:
     """Seconds per step after the first interval, one loop run."""
-    from jmtl.training import loop, packing
-
     from experiments.configs import school_tasks
+    from jmtl.training import loop, packing
 
     c = school_tasks.get_config("hps_linear,equal")
     c.dataset.data_dir = data_dir
@@ -47,7 +46,9 @@ def run_once(packed: bool, steps: int, data_dir: str, parallel: str) -> float:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("JMTL_DATA_DIR", str(common.ROOT.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("JMTL_DATA_DIR", str(common.ROOT.parent / "shared" / "data"))
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--parallel", default="shard_map")
@@ -55,21 +56,26 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     runs = {"as is": [], "packed": []}
     for r in range(args.rounds):
-        for name in (("as is", "packed") if r % 2 == 0 else ("packed", "as is")):
+        for name in ("as is", "packed") if r % 2 == 0 else ("packed", "as is"):
             runs[name].append(run_once(name == "packed", args.steps, args.data_dir, args.parallel))
             print(f"round {r}: {name} {1e3 * runs[name][-1]:.1f} ms/step", flush=True)
     med = {k: float(np.median(v)) for k, v in runs.items()}
     lines = [
-        "# The loop at K = 139: label entries sent as they are vs packed", "",
+        "# The loop at K = 139: label entries sent as they are vs packed",
+        "",
         f"School, hard sharing, equal weighting, batch 512, driver `{args.parallel}` on one CPU device; "
         f"{args.rounds} alternating rounds of a {args.steps}-step run each; ms per step after the first "
-        "evaluation interval (compilation excluded), median over rounds.", "",
-        "| batch entries | ms / step (median) | each round |", "|---|---:|---|",
+        "evaluation interval (compilation excluded), median over rounds.",
+        "",
+        "| batch entries | ms / step (median) | each round |",
+        "|---|---:|---|",
         *[f"| {k} | {1e3 * med[k]:.1f} | {', '.join(f'{1e3 * x:.1f}' for x in v)} |" for k, v in runs.items()],
-        "", f"Packed / as is: {med['packed'] / med['as is']:.2f}.",
+        "",
+        f"Packed / as is: {med['packed'] / med['as is']:.2f}.",
     ]
-    common.write_outputs(args.out, {"seconds_per_step": runs, "median": med, "steps": args.steps,
-                                    "parallel": args.parallel}, lines)
+    common.write_outputs(
+        args.out, {"seconds_per_step": runs, "median": med, "steps": args.steps, "parallel": args.parallel}, lines
+    )
     return med
 
 

@@ -54,8 +54,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.bench.common import RESULTS, ROOT, fmt as _fmt, lenet_step, provenance, spread, spread_of, time_round_robin, \
-    torch_setup, write_outputs
+from experiments.bench.common import (
+    RESULTS,
+    ROOT,
+    lenet_step,
+    provenance,
+    spread,
+    spread_of,
+    time_round_robin,
+    torch_setup,
+    write_outputs,
+)
+from experiments.bench.common import (
+    fmt as _fmt,
+)
 from experiments.bench.weighting import bare_jacobian
 from jmtl import weighting
 from jmtl.models import mtl
@@ -74,8 +86,13 @@ DEFAULT_METHODS = "mgda,pcgrad,upgrad,nash_mtl,cagrad"
 
 def meta_info(args) -> dict:
     """The settings recorded with every part's results (the machine is in the provenance)."""
-    return {"batch": args.batch, "repeats": args.repeats, "jax": jax.__version__, "backend": jax.default_backend(),
-            "cpu_count": os.cpu_count()}
+    return {
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def lenet_problem(num_tasks: int, batch_size: int, seed: int = 0):
@@ -121,8 +138,12 @@ def run_scaling(args) -> dict:
         for c in chunks:
             add(bare_label(c), lambda c=c: lenet_step(bare_jacobian(), args.batch, k, chunk=c), kind="bare", chunk=c)
         if not args.no_rep:
-            add(bare_label(0, "representation"), lambda: lenet_step(bare_jacobian(), args.batch, k, "representation"),
-                kind="bare_rep", chunk=0)
+            add(
+                bare_label(0, "representation"),
+                lambda: lenet_step(bare_jacobian(), args.batch, k, "representation"),
+                kind="bare_rep",
+                chunk=0,
+            )
         for m in methods:
             for c in [c for c in args.method_chunks if c == 0 or c < k]:
                 label = m if c == 0 else f"{m}, chunks of {c}"
@@ -173,9 +194,14 @@ def scaling_report(result) -> list[str]:
         "Jacobian of the shared params with unit weights (the floor of every gradient method). Memory: XLA's "
         "memory analysis of the compiled step (peak = arguments + outputs - donated + temp).",
     ]
-    summary = ["", "## Summary", "", "| K | equal ms | bare, one vmap ms | fastest bare chunking | its ms | "
-               "temp MiB by chunk (0 = one vmap) | chunking cuts temp | torch (a) ms | torch (b) ms |",
-               "|---:|---:|---:|---|---:|---|---|---:|---:|"]
+    summary = [
+        "",
+        "## Summary",
+        "",
+        "| K | equal ms | bare, one vmap ms | fastest bare chunking | its ms | "
+        "temp MiB by chunk (0 = one vmap) | chunking cuts temp | torch (a) ms | torch (b) ms |",
+        "|---:|---:|---:|---|---:|---|---|---:|---:|",
+    ]
     for k, res in result["by_k"].items():
         rows = res["rows"]
         get = lambda n: rows[n]["median_ms"] if n in rows else None
@@ -191,10 +217,14 @@ def scaling_report(result) -> list[str]:
         )
     lines += summary
     for k, res in result["by_k"].items():
-        lines += ["", f"## K = {k}", "",
-                  "| step | median ms | p10 / p90 | vs equal | vs bare (one vmap) | vs bare (same chunking) | "
-                  "vs torch (a) | vs torch (b) | temp MiB | peak MiB | compile s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## K = {k}",
+            "",
+            "| step | median ms | p10 / p90 | vs equal | vs bare (one vmap) | vs bare (same chunking) | "
+            "vs torch (a) | vs torch (b) | temp MiB | peak MiB | compile s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for n, r in res["rows"].items():
             mem = r.get("memory")
             lines.append(
@@ -222,8 +252,10 @@ def compile_worker(args) -> None:
         tasks, model, batch = lenet_problem(args.compile_k, args.batch)
         transform, opt = weighting.get(method), optax.adam(1e-3)
         state = step_lib.init_state(model, transform, opt, jnp.zeros((1, 28, 28, 1)), len(tasks), seed=0)
-        fn = jax.jit(step_lib.make_train_step(model, tasks, transform, opt, step_lib.StepConfig(input_key="image")),
-                     donate_argnums=0)
+        fn = jax.jit(
+            step_lib.make_train_step(model, tasks, transform, opt, step_lib.StepConfig(input_key="image")),
+            donate_argnums=0,
+        )
         t0 = time.perf_counter()
         lowered = fn.lower(state, batch)
         t1 = time.perf_counter()
@@ -235,8 +267,16 @@ def compile_worker(args) -> None:
 
 
 def _run_worker(args, cache_dir: str | None) -> dict:
-    cmd = [sys.executable, "-m", "experiments.bench.parts", "compile-worker", "--batch", str(args.batch),
-           "--compile-k", str(args.compile_k)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.bench.parts",
+        "compile-worker",
+        "--batch",
+        str(args.batch),
+        "--compile-k",
+        str(args.compile_k),
+    ]
     if cache_dir:
         cmd += ["--cache-dir", cache_dir]
     env = dict(os.environ)
@@ -246,8 +286,10 @@ def _run_worker(args, cache_dir: str | None) -> dict:
     wall = time.perf_counter() - t0
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not lines:
-        raise RuntimeError(f"compile worker failed (rc={proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    res = json.loads(lines[-1][len("RESULT "):])
+        raise RuntimeError(
+            f"compile worker failed (rc={proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
+    res = json.loads(lines[-1][len("RESULT ") :])
     res["process_wall_s"] = wall
     return res
 
@@ -279,8 +321,16 @@ def run_compile(args) -> dict:
     for method in ("equal", "mgda"):
         cold, warm = rows[f"{method} / cache cold"], rows[f"{method} / cache warm"]
         warm["total_vs_cold"] = warm["total_s"]["median_s"] / cold["total_s"]["median_s"]
-    return {"meta": {**meta_info(args), "repeats": args.compile_repeats, "tasks": args.compile_k,
-                     "cache_entries": entries, "load_average_end": os.getloadavg()}, "rows": rows}
+    return {
+        "meta": {
+            **meta_info(args),
+            "repeats": args.compile_repeats,
+            "tasks": args.compile_k,
+            "cache_entries": entries,
+            "load_average_end": os.getloadavg(),
+        },
+        "rows": rows,
+    }
 
 
 def compile_report(result) -> list[str]:
@@ -300,8 +350,10 @@ def compile_report(result) -> list[str]:
     ]
     f = lambda d: f"{d['median_s']:.2f} ({d['p10_s']:.2f} / {d['p90_s']:.2f})"
     for name, r in result["rows"].items():
-        lines.append(f"| {name} | {f(r['lower_s'])} | {f(r['compile_s'])} | {f(r['total_s'])} | "
-                     f"{_fmt(r.get('total_vs_cold'))} | {f(r['process_wall'])} |")
+        lines.append(
+            f"| {name} | {f(r['lower_s'])} | {f(r['compile_s'])} | {f(r['total_s'])} | "
+            f"{_fmt(r.get('total_vs_cold'))} | {f(r['process_wall'])} |"
+        )
     return lines
 
 
@@ -355,8 +407,14 @@ def run_pipeline(args) -> dict:
     ratios = np.asarray(secs["in-memory device batches"]) / np.asarray(secs["pipeline"])  # throughput ratio
     ratio = spread_of(ratios)
     return {
-        "meta": {**meta_info(args), "repeats": args.pipeline_repeats, "steps_per_segment": args.pipeline_steps,
-                 "dataset": ds.spec.name, "data_dir": data_dir, "load_average_end": os.getloadavg()},
+        "meta": {
+            **meta_info(args),
+            "repeats": args.pipeline_repeats,
+            "steps_per_segment": args.pipeline_steps,
+            "dataset": ds.spec.name,
+            "data_dir": data_dir,
+            "load_average_end": os.getloadavg(),
+        },
         "rows": rows,
         "throughput_ratio": ratio,  # pipeline / in-memory, per alternating pair of segments
         "goal_met": ratio["median"] >= 0.95,
@@ -376,10 +434,15 @@ def pipeline_report(result) -> list[str]:
         "|---|---:|---:|---:|",
     ]
     for name, row in result["rows"].items():
-        lines.append(f"| {name} | {row['median_steps_per_s']:.1f} | {row['p10_steps_per_s']:.1f} / "
-                     f"{row['p90_steps_per_s']:.1f} | {row['median_ms']:.1f} |")
-    lines += ["", f"Pipeline / in-memory throughput: **{100 * r['median']:.1f} %** (p10 {100 * r['p10']:.1f} %, "
-              f"p90 {100 * r['p90']:.1f} %); goal >= 95 %: {'met' if result['goal_met'] else 'NOT met'}."]
+        lines.append(
+            f"| {name} | {row['median_steps_per_s']:.1f} | {row['p10_steps_per_s']:.1f} / "
+            f"{row['p90_steps_per_s']:.1f} | {row['median_ms']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Pipeline / in-memory throughput: **{100 * r['median']:.1f} %** (p10 {100 * r['p10']:.1f} %, "
+        f"p90 {100 * r['p90']:.1f} %); goal >= 95 %: {'met' if result['goal_met'] else 'NOT met'}.",
+    ]
     return lines
 
 
@@ -429,7 +492,6 @@ def _jmtl_rows(k: int, batch_size: int, wanted: tuple[str, ...]):
 
 def _torch_rows(torch_ref, k: int, batch_size: int, wanted: tuple[str, ...]):
     """PyTorch's forward + K ``backward(retain_graph=True)`` with only ``wanted`` requiring grad."""
-    import torch
 
     model = torch_ref.MultiLeNet(k)
     model.train()
@@ -469,9 +531,12 @@ def run_rows(args) -> dict:
             fns[f"torch {label}"] = _torch_rows(torch_ref, k, args.batch, wanted)
     samples = time_round_robin(fns, args.repeats, warmup=args.warmup)
     med = {n: float(np.median(v) * 1e3) for n, v in samples.items()}
-    result = {"meta": {**meta_info(args), "torch": torch_note, "k": k,
-                       "load_average_end": list(os.getloadavg())},
-              "median_ms": med, "samples_ms": {n: [x * 1e3 for x in v] for n, v in samples.items()}, "rows": {}}
+    result = {
+        "meta": {**meta_info(args), "torch": torch_note, "k": k, "load_average_end": list(os.getloadavg())},
+        "median_ms": med,
+        "samples_ms": {n: [x * 1e3 for x in v] for n, v in samples.items()},
+        "rows": {},
+    }
     for lib in ("jmtl", "torch"):
         if f"{lib} forward" not in med:
             continue
@@ -500,7 +565,8 @@ def rows_report(result: dict) -> list[str]:
         "through the pool/ReLU of stage 2 and conv2's weight gradient; `+ conv1 bias` conv2's input gradient "
         "and the backward through pool/ReLU of stage 1; `+ conv1 kernel` conv1's weight gradient.",
         "",
-        "| rows w.r.t. | jmtl ms / row | added | " + ("PyTorch ms / row | added | jmtl / PyTorch |" if has_torch else ""),
+        "| rows w.r.t. | jmtl ms / row | added | "
+        + ("PyTorch ms / row | added | jmtl / PyTorch |" if has_torch else ""),
         "|---|---:|---:|" + ("---:|---:|---:|" if has_torch else ""),
     ]
     for label, r in result["rows"].items():
@@ -509,15 +575,23 @@ def rows_report(result: dict) -> list[str]:
             ratio = r["jmtl"]["per_row_ms"] / r["torch"]["per_row_ms"] if r["torch"]["per_row_ms"] > 0 else float("nan")
             row += f" {r['torch']['per_row_ms']:.2f} | {r['torch']['added_ms']:.2f} | {ratio:.2f} |"
         lines.append(row)
-    lines += ["", "Forward alone: " + ", ".join(f"{n} {v:.1f} ms" for n, v in result["median_ms"].items() if "forward" in n)
-              + "."]
+    lines += [
+        "",
+        "Forward alone: "
+        + ", ".join(f"{n} {v:.1f} ms" for n, v in result["median_ms"].items() if "forward" in n)
+        + ".",
+    ]
     return lines
 
 
 # ----------------------------------------------------------------------------- main
 
-PARTS = {"scaling": (run_scaling, scaling_report), "compile": (run_compile, compile_report),
-         "pipeline": (run_pipeline, pipeline_report), "rows": (run_rows, rows_report)}
+PARTS = {
+    "scaling": (run_scaling, scaling_report),
+    "compile": (run_compile, compile_report),
+    "pipeline": (run_pipeline, pipeline_report),
+    "rows": (run_rows, rows_report),
+}
 
 
 def _ints(s: str) -> list[int]:
@@ -532,7 +606,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=15, help="round-robin repeats per scaling row")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--chunks", type=_ints, default=[1, 4], help="chunk sizes of the bare Jacobian rows (0 is always run)")
+    p.add_argument(
+        "--chunks", type=_ints, default=[1, 4], help="chunk sizes of the bare Jacobian rows (0 is always run)"
+    )
     p.add_argument("--methods", default=DEFAULT_METHODS)
     p.add_argument("--method-chunks", type=_ints, default=[0, 1], help="chunk sizes the methods run with")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch rows")

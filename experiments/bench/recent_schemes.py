@@ -34,8 +34,15 @@ def _step_fn(name: str, k: int):
 
     @jax.jit
     def run(state):
-        out, state = t.update(losses, state, jacobian=jac, gramian=gram, key=jax.random.key(0),
-                              step=jnp.zeros((), jnp.int32), layout=layout)
+        out, state = t.update(
+            losses,
+            state,
+            jacobian=jac,
+            gramian=gram,
+            key=jax.random.key(0),
+            step=jnp.zeros((), jnp.int32),
+            layout=layout,
+        )
         return out.weights, state
 
     box = {"state": t.init(k)}
@@ -59,16 +66,25 @@ def main(argv=None):
         fns = {name: _step_fn(name, k) for name in SCHEMES}
         times = time_round_robin(fns, args.repeats)
         rows[k] = {name: spread(times[name]) for name in SCHEMES}
-    lines = ["# Recent schemes: cost of the scheme's own update", "",
-             "Median ms per jitted `update` on a fixed [K, 4096] Jacobian (its Gramian given), round-robin "
-             "within each K; in brackets the ratio to MGDA's median in the same run.", "",
-             "| K | " + " | ".join(SCHEMES) + " |", "|---|" + "---|" * len(SCHEMES)]
+    lines = [
+        "# Recent schemes: cost of the scheme's own update",
+        "",
+        "Median ms per jitted `update` on a fixed [K, 4096] Jacobian (its Gramian given), round-robin "
+        "within each K; in brackets the ratio to MGDA's median in the same run.",
+        "",
+        "| K | " + " | ".join(SCHEMES) + " |",
+        "|---|" + "---|" * len(SCHEMES),
+    ]
     for k, r in rows.items():
         base = r["mgda"]["median_ms"]
         cells = [f"{r[n]['median_ms']:.3f} ({r[n]['median_ms'] / base:.1f}x)" for n in SCHEMES]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    write_outputs(args.out, {"d": D, "repeats": args.repeats, "rows": {str(k): v for k, v in rows.items()}}, lines,
-                  provenance(started=started))
+    write_outputs(
+        args.out,
+        {"d": D, "repeats": args.repeats, "rows": {str(k): v for k, v in rows.items()}},
+        lines,
+        provenance(started=started),
+    )
 
 
 if __name__ == "__main__":

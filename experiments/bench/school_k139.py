@@ -21,7 +21,6 @@ import traceback
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from experiments.bench import common
 
@@ -30,10 +29,9 @@ OUT = common.ROOT / "results" / "school" / "k139_step_time"
 
 def build(method: str, data_dir: str, batch_size: int):
     """(compiled step, state, batch, record) for one method, as the loop builds it."""
+    from experiments.configs import school_tasks
     from jmtl.training import loop
     from jmtl.training import step as step_lib
-
-    from experiments.configs import school_tasks
 
     config = school_tasks.get_config(f"hps_linear,{method}")
     config.dataset.data_dir = data_dir
@@ -48,14 +46,23 @@ def build(method: str, data_dir: str, batch_size: int):
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    record = {"method": method, "status": "ran", "path": type(path).__name__, "requires": exp.weighting.requires,
-              "compile_s": compile_s, "memory": common.memory_mib(compiled), "num_tasks": len(exp.tasks)}
+    record = {
+        "method": method,
+        "status": "ran",
+        "path": type(path).__name__,
+        "requires": exp.weighting.requires,
+        "compile_s": compile_s,
+        "memory": common.memory_mib(compiled),
+        "num_tasks": len(exp.tasks),
+    }
     return compiled, state, batch, record
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("JMTL_DATA_DIR", str(common.ROOT.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("JMTL_DATA_DIR", str(common.ROOT.parent / "shared" / "data"))
+    )
     parser.add_argument("--methods", default="", help="comma-separated; default: every registered method")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=512)
@@ -69,11 +76,15 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         try:
             compiled, state, batch, rec = build(m, args.data_dir, args.batch_size)
-            fns[m] = (lambda c=compiled, s=state, b=batch: jax.block_until_ready(c(s, b)))
+            fns[m] = lambda c=compiled, s=state, b=batch: jax.block_until_ready(c(s, b))
         except Exception as e:  # noqa: BLE001  (a refusal or a failure is the finding)
-            rec = {"method": m, "status": "refused" if isinstance(e, (ValueError, TypeError)) else "failed",
-                   "error": f"{type(e).__name__}: {str(e)[:400]}",
-                   "where": traceback.format_exc().strip().splitlines()[-3:], "compile_s": time.perf_counter() - t0}
+            rec = {
+                "method": m,
+                "status": "refused" if isinstance(e, (ValueError, TypeError)) else "failed",
+                "error": f"{type(e).__name__}: {str(e)[:400]}",
+                "where": traceback.format_exc().strip().splitlines()[-3:],
+                "compile_s": time.perf_counter() - t0,
+            }
         records[m] = rec
         print(f"{m}: {rec['status']} ({rec['compile_s']:.1f} s)", flush=True)
     times = common.time_round_robin(fns, repeats=args.repeats, warmup=1) if fns else {}
@@ -82,7 +93,8 @@ def main(argv=None) -> dict:
     ran = [r for r in records.values() if r["status"] == "ran"]
     equal_ms = records.get("equal", {}).get("median_ms")
     lines = [
-        f"# School, K = 139: every weighting method's train step (hard sharing, batch {args.batch_size})", "",
+        f"# School, K = 139: every weighting method's train step (hard sharing, batch {args.batch_size})",
+        "",
         f"Step time of each method's compiled train step on one batch, {args.repeats} round-robin rounds "
         "(every step once per round, fresh random order; median and 10th-90th percentile), one process, "
         "one CPU device; XLA's memory estimate of the compiled step (temporaries, and the peak = arguments + "
@@ -90,8 +102,12 @@ def main(argv=None) -> dict:
         "need one backward pass; Jacobian / Gramian ones the 139 per-task rows, in chunks of one task on CPU).",
         "",
         f"{len(ran)} of {len(records)} methods ran; "
-        + (", ".join(f"`{m}` {r['status']}" for m, r in records.items() if r["status"] != "ran") or "none refused or failed")
-        + ".", "",
+        + (
+            ", ".join(f"`{m}` {r['status']}" for m, r in records.items() if r["status"] != "ran")
+            or "none refused or failed"
+        )
+        + ".",
+        "",
         "| method | path | ms / step (median) | p10-p90 | × equal | XLA temp MiB | peak MiB | compile s |",
         "|---|---|---:|---|---:|---:|---:|---:|",
     ]
@@ -101,14 +117,17 @@ def main(argv=None) -> dict:
             continue
         mem = r.get("memory") or {}
         ratio = r["median_ms"] / equal_ms if equal_ms else None
-        lines.append(f"| `{m}` | {r['path']} | {r['median_ms']:.1f} | {r['p10_ms']:.1f}-{r['p90_ms']:.1f} | "
-                     f"{common.fmt(ratio)} | {common.fmt(mem.get('temp_mib'), '.1f')} | "
-                     f"{common.fmt(mem.get('peak_mib'), '.1f')} | {r['compile_s']:.1f} |")
+        lines.append(
+            f"| `{m}` | {r['path']} | {r['median_ms']:.1f} | {r['p10_ms']:.1f}-{r['p90_ms']:.1f} | "
+            f"{common.fmt(ratio)} | {common.fmt(mem.get('temp_mib'), '.1f')} | "
+            f"{common.fmt(mem.get('peak_mib'), '.1f')} | {r['compile_s']:.1f} |"
+        )
     for m, r in records.items():
         if r["status"] != "ran":
             lines.append(f"\n`{m}`: {r['error']}")
-    common.write_outputs(Path(args.out), {"records": records, "batch_size": args.batch_size,
-                                          "repeats": args.repeats}, lines)
+    common.write_outputs(
+        Path(args.out), {"records": records, "batch_size": args.batch_size, "repeats": args.repeats}, lines
+    )
     return records
 
 

@@ -64,8 +64,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
     steps = {k: int(v) for k, v in (x.split(":") for x in args.steps.split(","))}
-    out = {"meta": {"seeds": args.seeds, "jax": jax.__version__, "backend": jax.default_backend(),
-                    "cpu_count": os.cpu_count(), "steps": steps}, "rows": []}
+    out = {
+        "meta": {
+            "seeds": args.seeds,
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "cpu_count": os.cpu_count(),
+            "steps": steps,
+        },
+        "rows": [],
+    }
     for name in args.configs.split(","):
         # Dataset caches built and read once before timing: the first load of a split is not a per-run cost
         # of either side.
@@ -79,28 +87,44 @@ def main(argv=None):
             for label, separate, mode in sides:
                 t1 = _wall(name, n, args.seeds, method, separate, mode)
                 t2 = _wall(name, 2 * n, args.seeds, method, separate, mode)
-                row[label] = {"wall_s_N": t1, "wall_s_2N": t2, "ms_per_step_all_seeds": (t2 - t1) / n * 1000,
-                              "fixed_s": 2 * t1 - t2}
+                row[label] = {
+                    "wall_s_N": t1,
+                    "wall_s_2N": t2,
+                    "ms_per_step_all_seeds": (t2 - t1) / n * 1000,
+                    "fixed_s": 2 * t1 - t2,
+                }
                 print(name, method, label, json.dumps(row[label]), flush=True)
             for m in modes:
                 one, sep = row[f"one_program_{m}"], row["separate_runs"]
-                out["rows"].append({**row, "mode": m, "one_program": one,
-                                    "speedup_wall_N": sep["wall_s_N"] / one["wall_s_N"],
-                                    "speedup_wall_2N": sep["wall_s_2N"] / one["wall_s_2N"],
-                                    "speedup_steady": sep["ms_per_step_all_seeds"] / one["ms_per_step_all_seeds"]})
+                out["rows"].append(
+                    {
+                        **row,
+                        "mode": m,
+                        "one_program": one,
+                        "speedup_wall_N": sep["wall_s_N"] / one["wall_s_N"],
+                        "speedup_wall_2N": sep["wall_s_2N"] / one["wall_s_2N"],
+                        "speedup_steady": sep["ms_per_step_all_seeds"] / one["ms_per_step_all_seeds"],
+                    }
+                )
     prov = provenance()
     out["meta"]["load_avg_end"] = prov["load_average_end"]
-    lines = [f"# {args.seeds} seeds in one program vs {args.seeds} separate runs", "",
-             f"jax {jax.__version__}, {jax.default_backend()}, {os.cpu_count()} cores; load average at the end "
-             f"{', '.join(f'{x:.1f}' for x in out['meta']['load_avg_end'])}. Each side runs `experiments.train.train` "
-             "end to end (data, compile, steps, one evaluation); steady-state ms/step = (T(2N) - T(N)) / N for all seeds.",
-             "", "| config | method | seeds mode | N | one program: wall N / 2N (s) | separate: wall N / 2N (s) | steady ms/step one / separate | speedup wall (2N) | speedup steady |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# {args.seeds} seeds in one program vs {args.seeds} separate runs",
+        "",
+        f"jax {jax.__version__}, {jax.default_backend()}, {os.cpu_count()} cores; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in out['meta']['load_avg_end'])}. Each side runs `experiments.train.train` "
+        "end to end (data, compile, steps, one evaluation); steady-state ms/step = (T(2N) - T(N)) / N for all seeds.",
+        "",
+        "| config | method | seeds mode | N | one program: wall N / 2N (s) | separate: wall N / 2N (s) | steady ms/step one / separate | speedup wall (2N) | speedup steady |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in out["rows"]:
         a, b = r["one_program"], r["separate_runs"]
-        lines.append(f"| {r['config']} | `{r['method']}` | {r['mode']} | {r['steps']} | {a['wall_s_N']:.1f} / {a['wall_s_2N']:.1f} | "
-                     f"{b['wall_s_N']:.1f} / {b['wall_s_2N']:.1f} | {a['ms_per_step_all_seeds']:.1f} / {b['ms_per_step_all_seeds']:.1f} | "
-                     f"{r['speedup_wall_2N']:.2f}× | {r['speedup_steady']:.2f}× |")
+        lines.append(
+            f"| {r['config']} | `{r['method']}` | {r['mode']} | {r['steps']} | {a['wall_s_N']:.1f} / {a['wall_s_2N']:.1f} | "
+            f"{b['wall_s_N']:.1f} / {b['wall_s_2N']:.1f} | {a['ms_per_step_all_seeds']:.1f} / {b['ms_per_step_all_seeds']:.1f} | "
+            f"{r['speedup_wall_2N']:.2f}× | {r['speedup_steady']:.2f}× |"
+        )
     write_outputs(Path(args.out), out, lines, prov)
 
 

@@ -29,7 +29,16 @@ import os
 import time
 
 from experiments.bench import vision_common as vc
-from experiments.bench.common import RESULTS, _git, fmt, provenance, spread, started_now, time_round_robin, write_outputs
+from experiments.bench.common import (
+    RESULTS,
+    _git,
+    fmt,
+    provenance,
+    spread,
+    started_now,
+    time_round_robin,
+    write_outputs,
+)
 
 ROWS = (
     # label, method, jacobian mode
@@ -79,7 +88,10 @@ def main(argv=None):
     config = vars(args).copy()
     # provenance() reads git when the file is written (after a long run): keep the commit it started at.
     status = _git("status", "--porcelain", "--untracked-files=no")
-    start_git = {"git_commit_start": _git("rev-parse", "HEAD"), "git_dirty_start": None if status is None else bool(status)}
+    start_git = {
+        "git_commit_start": _git("rev-parse", "HEAD"),
+        "git_dirty_start": None if status is None else bool(status),
+    }
 
     import jax
 
@@ -90,8 +102,11 @@ def main(argv=None):
     for label, method, mode in ROWS:
         t0 = time.perf_counter()
         fns[label], infos[label] = vc.jmtl_step(method, batch, mode=mode, chunk=args.chunk)
-        print(f"{label}: compiled in {infos[label]['compile_s']:.0f} s ({infos[label]['gradient_path']}, "
-              f"chunk {infos[label]['chunk_size']}), {time.perf_counter() - t0:.0f} s with init", flush=True)
+        print(
+            f"{label}: compiled in {infos[label]['compile_s']:.0f} s ({infos[label]['gradient_path']}, "
+            f"chunk {infos[label]['chunk_size']}), {time.perf_counter() - t0:.0f} s with init",
+            flush=True,
+        )
     tasks, task_note = vc.pixel_tasks()
     model = vc.segnet_model(tasks)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 64, 64, 3))))["params"]
@@ -103,8 +118,17 @@ def main(argv=None):
         fns.update(tfns)
 
     samples = time_round_robin(fns, args.repeats, warmup=args.warmup)
-    rows = {name: {**spread(s), **({k: infos[name][k] for k in ("gradient_path", "chunk_size", "compile_s", "memory_mib")}
-                                    if name in infos else {})} for name, s in samples.items()}
+    rows = {
+        name: {
+            **spread(s),
+            **(
+                {k: infos[name][k] for k in ("gradient_path", "chunk_size", "compile_s", "memory_mib")}
+                if name in infos
+                else {}
+            ),
+        }
+        for name, s in samples.items()
+    }
 
     def paired(a: str, b: str):
         if a not in samples or b not in samples:
@@ -130,10 +154,13 @@ def main(argv=None):
     met = {k: (None if v is None else bool(v <= limits[k])) for k, v in goals.items()}
 
     result = {
-        "config": config, "tasks": task_note, "params": {"jmtl_total": jmtl_params, "jmtl_shared": shared_params,
-                                                           "torch_total": torch_params},
-        "torch": torch_version, "torch_threads": None if args.no_torch else args.threads,
-        "rows": rows, "goals": {k: {"value": goals[k], "limit": limits[k], "met": met[k]} for k in goals},
+        "config": config,
+        "tasks": task_note,
+        "params": {"jmtl_total": jmtl_params, "jmtl_shared": shared_params, "torch_total": torch_params},
+        "torch": torch_version,
+        "torch_threads": None if args.no_torch else args.threads,
+        "rows": rows,
+        "goals": {k: {"value": goals[k], "limit": limits[k], "met": met[k]} for k in goals},
         "samples_s": samples,
     }
     size = f"{args.height}x{args.width}, batch {args.batch}"
@@ -153,12 +180,17 @@ def main(argv=None):
         lines.append(
             f"| {name} | {r.get('gradient_path', 'torch')} | {r.get('chunk_size', '—')} | {r['median_ms'] / 1e3:.2f} | "
             f"{fmt(r['vs_torch_equal'])}x | {fmt(r['vs_torch_k_backward'])}x | {fmt(r['vs_jmtl_equal'])}x | "
-            f"{fmt(mem, '.0f')} | {fmt(r['memory_vs_equal'])}x |")
+            f"{fmt(mem, '.0f')} | {fmt(r['memory_vs_equal'])}x |"
+        )
     lines += ["", "## Goals", "", "| goal | value | met |", "|---|---|---|"]
     for k, v in goals.items():
         lines.append(f"| {k} | {fmt(v)} | {'—' if met[k] is None else ('yes' if met[k] else 'no')} |")
-    lines += ["", f"Run started at commit `{start_git['git_commit_start']}`"
-              + (" (with uncommitted changes)" if start_git["git_dirty_start"] else " (clean)") + "."]
+    lines += [
+        "",
+        f"Run started at commit `{start_git['git_commit_start']}`"
+        + (" (with uncommitted changes)" if start_git["git_dirty_start"] else " (clean)")
+        + ".",
+    ]
     write_outputs(args.out, result, lines, {**provenance(started=started), **start_git})
 
 

@@ -32,8 +32,8 @@ import numpy as np
 
 from experiments.bench.common import RESULTS, provenance, write_outputs
 from experiments.configs import gradnorm_toy
-from jmtl.training.loop import train
 from jmtl.data import pipeline
+from jmtl.training.loop import train
 
 TARGET_GROWTH_PCT = 5.0
 
@@ -166,12 +166,19 @@ def plot(samples, analysis, steps: int, warm_step: int, path: Path) -> None:
     marks = analysis["per_500_steps"]
     ax.plot([m["step"] for m in marks], [m["rss_mib"] for m in marks], "o-", ms=3, label="every 500 steps")
     ax.axvline(warm_step, ls=":", color="k", lw=0.8)
-    ax.axhline(analysis["rss_warm_mib"] * (1 + TARGET_GROWTH_PCT / 100), ls="--", color="r", lw=0.8,
-               label=f"warm-up RSS + {TARGET_GROWTH_PCT:g} %")
+    ax.axhline(
+        analysis["rss_warm_mib"] * (1 + TARGET_GROWTH_PCT / 100),
+        ls="--",
+        color="r",
+        lw=0.8,
+        label=f"warm-up RSS + {TARGET_GROWTH_PCT:g} %",
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("RSS (MiB)")
-    ax.set_title(f"gradnorm_toy, {steps} steps: RSS {analysis['rss_warm_mib']:.0f} -> {analysis['rss_end_mib']:.0f} MiB "
-                 f"({analysis['growth_pct']:+.2f} %)")
+    ax.set_title(
+        f"gradnorm_toy, {steps} steps: RSS {analysis['rss_warm_mib']:.0f} -> {analysis['rss_end_mib']:.0f} MiB "
+        f"({analysis['growth_pct']:+.2f} %)"
+    )
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -185,16 +192,26 @@ def main(argv=None):
     parser.add_argument("--warm_step", type=int, default=2_000, help="RSS reference: the 500 steps after this one")
     parser.add_argument("--every", type=int, default=500, help="report RSS every this many steps")
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between RSS samples")
-    parser.add_argument("--checkpoint_every", type=int, default=0,
-                        help="checkpoint period (0: with each evaluation); a short one isolates the saves' memory")
+    parser.add_argument(
+        "--checkpoint_every",
+        type=int,
+        default=0,
+        help="checkpoint period (0: with each evaluation); a short one isolates the saves' memory",
+    )
     parser.add_argument("--workdir", default="/tmp/jmtl_soak")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default="bench_soak", help="output file name, without suffix")
-    parser.add_argument("--no_heap_trim", action="store_true",
-                        help="no malloc_trim after each save (checkpoint.TRIM_HEAP_AFTER_SAVE = False), to measure it")
-    parser.add_argument("--per_array_checkpoints", action="store_true",
-                        help="save the state leaf by leaf, as before checkpoint.pack_state (the 'before' of the "
-                             "memory-per-save comparison)")
+    parser.add_argument(
+        "--no_heap_trim",
+        action="store_true",
+        help="no malloc_trim after each save (checkpoint.TRIM_HEAP_AFTER_SAVE = False), to measure it",
+    )
+    parser.add_argument(
+        "--per_array_checkpoints",
+        action="store_true",
+        help="save the state leaf by leaf, as before checkpoint.pack_state (the 'before' of the "
+        "memory-per-save comparison)",
+    )
     args = parser.parse_args(argv)
     from jmtl.training import checkpoint
 
@@ -210,21 +227,34 @@ def main(argv=None):
     summary = run["summary"]
     loop_s = max(t for t, s, _, _ in run["samples"] if s < args.steps)
     record = {
-        "config": "experiments/configs/gradnorm_toy.py", "driver": "single", "steps": args.steps,
+        "config": "experiments/configs/gradnorm_toy.py",
+        "driver": "single",
+        "steps": args.steps,
         "checkpoint_layout": "packed" if checkpoint.Checkpointer.PACK else "per_array",
         "heap_trim_after_save": checkpoint.TRIM_HEAP_AFTER_SAVE,
-        "eval_every": args.eval_every, "checkpoint_every": ckpt_every, "checkpoints_saved": args.steps // ckpt_every,
+        "eval_every": args.eval_every,
+        "checkpoint_every": ckpt_every,
+        "checkpoints_saved": args.steps // ckpt_every,
         # Per save only when saves dominate the run (a period of <= 100 steps); else not meaningful.
-        "rss_slope_per_checkpoint_kib": (round(analysis["rss_slope_after_warm_mib_per_10k_steps"] * 1024 * ckpt_every
-                                               / 10_000, 2) if ckpt_every <= 100 else None),
-        "log_every_steps": 10, "warm_step": args.warm_step,
-        "target_growth_pct": TARGET_GROWTH_PCT, "passed": analysis["growth_pct"] < TARGET_GROWTH_PCT,
+        "rss_slope_per_checkpoint_kib": (
+            round(analysis["rss_slope_after_warm_mib_per_10k_steps"] * 1024 * ckpt_every / 10_000, 2)
+            if ckpt_every <= 100
+            else None
+        ),
+        "log_every_steps": 10,
+        "warm_step": args.warm_step,
+        "target_growth_pct": TARGET_GROWTH_PCT,
+        "passed": analysis["growth_pct"] < TARGET_GROWTH_PCT,
         **analysis,
         "rss_before_train_mib": round(run["rss_before_train_mib"], 2),
         "rss_after_train_mib": round(run["rss_after_train_mib"], 2),
-        "steps_per_s": round(summary["steps_per_s"], 1), "wall_time_s": round(summary["wall_time_s"], 1),
-        "loop_seconds_sampled": round(loop_s, 1), "num_samples": len(run["samples"]),
-        "jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count(),
+        "steps_per_s": round(summary["steps_per_s"], 1),
+        "wall_time_s": round(summary["wall_time_s"], 1),
+        "loop_seconds_sampled": round(loop_s, 1),
+        "num_samples": len(run["samples"]),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "cpus": os.cpu_count(),
     }
     end = provenance()
     prov.update(date=end["date"], load_average_end=end["load_average_end"])
@@ -233,28 +263,31 @@ def main(argv=None):
 
     rows = "\n".join(f"| {m['step']} | {m['rss_mib']:.1f} | {m['open_fds']} |" for m in analysis["per_500_steps"])
     verdict = "PASS" if record["passed"] else "FAIL"
-    per_save = (f" ({record['rss_slope_per_checkpoint_kib']:+.1f} KiB per checkpoint save)"
-                if record["rss_slope_per_checkpoint_kib"] is not None else "")
+    per_save = (
+        f" ({record['rss_slope_per_checkpoint_kib']:+.1f} KiB per checkpoint save)"
+        if record["rss_slope_per_checkpoint_kib"] is not None
+        else ""
+    )
     report = f"""# Soak: RSS of the training loop over {args.steps:,} steps
 
 `{prov["command"]}` — `experiments.train.train` on the GradNorm toy
 (`gradnorm_toy.py`, equal weighting, driver `single`, batch 100), evaluation every {args.eval_every:,} steps,
-orbax checkpoint every {ckpt_every:,} steps ({args.steps // ckpt_every} saves, {record['checkpoint_layout'].replace('_', '-')}
+orbax checkpoint every {ckpt_every:,} steps ({args.steps // ckpt_every} saves, {record["checkpoint_layout"].replace("_", "-")}
 layout), train log every 10 steps. A background thread reads `VmRSS` from
-`/proc/self/status` every {args.interval:g} s ({len(run['samples'])} samples); a sample's step is the
+`/proc/self/status` every {args.interval:g} s ({len(run["samples"])} samples); a sample's step is the
 number of batches the loop has taken. jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cores,
-shared; load average at the end {', '.join(f'{x:.1f}' for x in record['load_average_end'])}).
+shared; load average at the end {", ".join(f"{x:.1f}" for x in record["load_average_end"])}).
 
 | | value |
 |---|---:|
-| RSS after warm-up (median, steps {args.warm_step:,}-{args.warm_step + args.every:,}) | {analysis['rss_warm_mib']:.1f} MiB |
-| RSS at the end (median, last {args.every} steps) | {analysis['rss_end_mib']:.1f} MiB |
-| growth | **{analysis['growth_pct']:+.2f} %** (target < {TARGET_GROWTH_PCT:g} %: {verdict}) |
-| max RSS after warm-up | {analysis['rss_max_after_warm_mib']:.1f} MiB |
-| linear trend after warm-up | {analysis['rss_slope_after_warm_mib_per_10k_steps']:+.2f} MiB / 10k steps{per_save} |
-| open file descriptors, warm-up -> end | {analysis['open_fds_warm']} -> {analysis['open_fds_end']} |
-| RSS before `train()` (imports only) / after it returned (final eval, summary, plots) | {run['rss_before_train_mib']:.1f} / {run['rss_after_train_mib']:.1f} MiB |
-| throughput | {summary['steps_per_s']:.0f} steps/s ({summary['wall_time_s']:.0f} s wall, evals and checkpoints included) |
+| RSS after warm-up (median, steps {args.warm_step:,}-{args.warm_step + args.every:,}) | {analysis["rss_warm_mib"]:.1f} MiB |
+| RSS at the end (median, last {args.every} steps) | {analysis["rss_end_mib"]:.1f} MiB |
+| growth | **{analysis["growth_pct"]:+.2f} %** (target < {TARGET_GROWTH_PCT:g} %: {verdict}) |
+| max RSS after warm-up | {analysis["rss_max_after_warm_mib"]:.1f} MiB |
+| linear trend after warm-up | {analysis["rss_slope_after_warm_mib_per_10k_steps"]:+.2f} MiB / 10k steps{per_save} |
+| open file descriptors, warm-up -> end | {analysis["open_fds_warm"]} -> {analysis["open_fds_end"]} |
+| RSS before `train()` (imports only) / after it returned (final eval, summary, plots) | {run["rss_before_train_mib"]:.1f} / {run["rss_after_train_mib"]:.1f} MiB |
+| throughput | {summary["steps_per_s"]:.0f} steps/s ({summary["wall_time_s"]:.0f} s wall, evals and checkpoints included) |
 
 ![RSS over steps]({args.name}_rss.png)
 

@@ -23,7 +23,16 @@ from pathlib import Path
 
 import jax
 
-from experiments.bench.common import RESULTS, fmt, lenet_step, provenance, spread, time_round_robin, torch_setup, write_outputs
+from experiments.bench.common import (
+    RESULTS,
+    fmt,
+    lenet_step,
+    provenance,
+    spread,
+    time_round_robin,
+    torch_setup,
+    write_outputs,
+)
 
 TORCH_A = "PyTorch (a) equal: sum, 1 backward"
 TORCH_B = "PyTorch (b) K backward passes"
@@ -61,8 +70,16 @@ def main(argv=None):
         r["vs_torch_b"] = r["median_ms"] / ref_b if ref_b else None
 
     prov = provenance()
-    meta = {"batch": args.batch, "repeats": args.repeats, "jax": jax.__version__, "backend": jax.default_backend(),
-            "cpu_count": os.cpu_count(), "tasks": 2, "load_average": prov["load_average_end"], "torch": torch_note}
+    meta = {
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "tasks": 2,
+        "load_average": prov["load_average_end"],
+        "torch": torch_note,
+    }
     lines = [
         "# Train-step time: jmtl vs plain PyTorch (Multi-LeNet, MultiMNIST shapes)",
         "",

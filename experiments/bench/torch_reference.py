@@ -152,16 +152,20 @@ def choose_num_threads(candidates: Sequence[int], batch_size: int = 256, repeats
     x, ys = make_batch(batch_size)
     fns = {}
     for n in candidates:
+
         def fn(n: int = n) -> None:
             torch.set_num_threads(n)
             fwd_bwd(model, x, ys)
+
         fns[n] = fn
     # set_num_threads is inside the timed call, but it is a no-op-cheap setter (microseconds).
     samples = time_round_robin(fns, repeats, warmup=5)
     return {n: statistics.median(s) for n, s in samples.items()}
 
 
-def reference_timers(num_tasks: int = 2, batch_size: int = 256, optimizer: str = "adam") -> Dict[str, Callable[[], object]]:
+def reference_timers(
+    num_tasks: int = 2, batch_size: int = 256, optimizer: str = "adam"
+) -> Dict[str, Callable[[], object]]:
     """Zero-argument callables for the torch fwd+bwd, step (a) and step (b), on one fixed batch."""
     torch.manual_seed(0)
     model = MultiLeNet(num_tasks).train()

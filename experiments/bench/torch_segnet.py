@@ -40,8 +40,14 @@ class SegNetSplit(nn.Module):
         self.dec = nn.ModuleList()
         for i in range(5):
             n = 2 if i < 2 else 3
-            self.enc.append(nn.Sequential(*[conv_bn_relu(3 if (i == 0 and r == 0) else (f[i - 1] if r == 0 else f[i]), f[i])
-                                            for r in range(n)]))
+            self.enc.append(
+                nn.Sequential(
+                    *[
+                        conv_bn_relu(3 if (i == 0 and r == 0) else (f[i - 1] if r == 0 else f[i]), f[i])
+                        for r in range(n)
+                    ]
+                )
+            )
             out = f[max(i - 1, 0)]
             self.dec.append(nn.Sequential(*[conv_bn_relu(f[i] if r == 0 else out, out) for r in range(n)]))
         self.heads = nn.ModuleList(
@@ -111,13 +117,13 @@ def k_backward_step(model: SegNetSplit, opt: torch.optim.Optimizer, batch) -> to
         head = list(model.heads[k].parameters())
         grads = torch.autograd.grad(loss, shared + head, retain_graph=k < len(losses) - 1)
         rows.append(torch.cat([g.reshape(-1) for g in grads[: len(shared)]]))
-        for p, g in zip(head, grads[len(shared):]):  # head k's gradient comes from task k alone
+        for p, g in zip(head, grads[len(shared) :]):  # head k's gradient comes from task k alone
             p.grad = g
     jac = torch.stack(rows)
     total = jac.sum(0)
     offset = 0
     for p in shared:
-        p.grad = total[offset: offset + p.numel()].view_as(p)
+        p.grad = total[offset : offset + p.numel()].view_as(p)
         offset += p.numel()
     opt.step()
     return jac

@@ -54,7 +54,11 @@ def pixel_tasks() -> tuple[tuple, str]:
     from jmtl.tasks import Metric, Task
 
     if all(k in tasks_lib.KINDS for k in TASK_NAMES):
-        tasks = (Task("segmentation", "segmentation", NYU_CLASSES), Task("depth", "depth", 1), Task("normal", "normal", 3))
+        tasks = (
+            Task("segmentation", "segmentation", NYU_CLASSES),
+            Task("depth", "depth", 1),
+            Task("normal", "normal", 3),
+        )
         return tasks, "jmtl's pixel task kinds (segmentation, depth, normal)"
     losses = {"segmentation": _seg_loss, "depth": _depth_loss, "normal": _normal_loss}
     outs = {"segmentation": NYU_CLASSES, "depth": 1, "normal": 3}
@@ -62,8 +66,10 @@ def pixel_tasks() -> tuple[tuple, str]:
         Task(n, "custom", outs[n], loss_fn=losses[n], custom_metrics=(Metric("loss", losses[n], False),))
         for n in TASK_NAMES
     )
-    return tasks, ("custom tasks with MTAN's pixel losses (jmtl's segmentation/depth/normal kinds were not "
-                   "merged into this branch when it ran)")
+    return tasks, (
+        "custom tasks with MTAN's pixel losses (jmtl's segmentation/depth/normal kinds were not "
+        "merged into this branch when it ran)"
+    )
 
 
 def make_batch(batch_size: int, height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -93,8 +99,18 @@ def segnet_model(tasks, arch: str = "hps", filters=None):
     return architectures.build(arch, encoder=encoder, heads=th)
 
 
-def jmtl_step(method: str, batch: dict, *, mode: str = "params", chunk: int = -1, compute_dtype: Optional[str] = None,
-              arch: str = "hps", lr: float = 1e-4, filters=None, batches: Optional[list] = None):
+def jmtl_step(
+    method: str,
+    batch: dict,
+    *,
+    mode: str = "params",
+    chunk: int = -1,
+    compute_dtype: Optional[str] = None,
+    arch: str = "hps",
+    lr: float = 1e-4,
+    filters=None,
+    batches: Optional[list] = None,
+):
     """One compiled, donated jmtl train step of SegNet on ``batch`` (Adam, MTAN's lr 1e-4).
 
     Returns:
@@ -118,7 +134,9 @@ def jmtl_step(method: str, batch: dict, *, mode: str = "params", chunk: int = -1
     x0 = jnp.zeros((1,) + batch["image"].shape[1:], jnp.float32)
     # Initialised under jit: eagerly, every one of SegNet's init ops compiles on its own (minutes on CPU).
     state = jax.jit(lambda x: step_lib.init_state(model, transform, opt, x, len(tasks), seed=0))(x0)
-    cfg = step_lib.StepConfig(input_key="image", jacobian_mode=mode, jacobian_chunk_size=chunk, compute_dtype=compute_dtype)
+    cfg = step_lib.StepConfig(
+        input_key="image", jacobian_mode=mode, jacobian_chunk_size=chunk, compute_dtype=compute_dtype
+    )
     jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
     step = step_lib.make_train_step(model, tasks, transform, opt, cfg)
     t0 = time.perf_counter()
@@ -135,6 +153,13 @@ def jmtl_step(method: str, batch: dict, *, mode: str = "params", chunk: int = -1
         jax.block_until_ready(holder[0])
         return metrics
 
-    info = {"gradient_path": step.gradient_path, "chunk_size": cfg.resolved_chunk_size, "compile_s": compile_s,
-            "memory_mib": memory_mib(compiled), "tasks": note, "method": method, "jacobian_mode": mode}
+    info = {
+        "gradient_path": step.gradient_path,
+        "chunk_size": cfg.resolved_chunk_size,
+        "compile_s": compile_s,
+        "memory_mib": memory_mib(compiled),
+        "tasks": note,
+        "method": method,
+        "jacobian_mode": mode,
+    }
     return call, info

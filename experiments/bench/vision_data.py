@@ -41,8 +41,10 @@ def main(argv=None) -> dict:
         cache = Path(tmp) / "cache"
         plain = data_lib.load("nyuv2", data_dir=tmp, cache_dir=cache)
         aug = data_lib.load("nyuv2", data_dir=tmp, cache_dir=cache, augment=True)
-        its = {"plain": plain.train_iterator(args.batch, 0, prefetch=0),
-               "augment": aug.train_iterator(args.batch, 0, prefetch=0)}
+        its = {
+            "plain": plain.train_iterator(args.batch, 0, prefetch=0),
+            "augment": aug.train_iterator(args.batch, 0, prefetch=0),
+        }
         samples = time_round_robin({k: (lambda it=it: next(it)) for k, it in its.items()}, args.repeats, warmup=1)
         threaded = aug.train_iterator(args.batch, 0)
         for _ in range(2):
@@ -53,12 +55,24 @@ def main(argv=None) -> dict:
         stream_s = (time.perf_counter() - t0) / args.stream
     rows = {k: spread(v) for k, v in samples.items()}
     rows["augment, threaded"] = {"median_ms": stream_s * 1e3}
-    result = {"batch": args.batch, "n": args.n, "repeats": args.repeats, "stream": args.stream,
-              "read_threads": aug.read_threads, "cpu_count": os.cpu_count(), "rows": rows}
-    lines = [f"# NYUv2 batch preparation (288x384, batch {args.batch}, files memory-mapped)", "",
-             f"{args.repeats} interleaved rounds; threaded: {aug.read_threads} read threads, "
-             f"{args.stream} consecutive batches.", "",
-             "| pipeline | ms per batch (median) | ms per example |", "|---|---|---|"]
+    result = {
+        "batch": args.batch,
+        "n": args.n,
+        "repeats": args.repeats,
+        "stream": args.stream,
+        "read_threads": aug.read_threads,
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+    }
+    lines = [
+        f"# NYUv2 batch preparation (288x384, batch {args.batch}, files memory-mapped)",
+        "",
+        f"{args.repeats} interleaved rounds; threaded: {aug.read_threads} read threads, "
+        f"{args.stream} consecutive batches.",
+        "",
+        "| pipeline | ms per batch (median) | ms per example |",
+        "|---|---|---|",
+    ]
     for k, r in rows.items():
         lines.append(f"| {k} | {r['median_ms']:.1f} | {r['median_ms'] / args.batch:.2f} |")
     write_outputs(args.out, result, lines)

@@ -46,15 +46,25 @@ def main(argv=None):
     methods = weighting.names() if args.methods == "all" else args.methods.split(",")
     chunk = builders.jacobian_chunk_size(args.chunk)
 
-    results = {"meta": {"batch": args.batch, "repeats": args.repeats, "jax": jax.__version__,
-                        "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
-                        "jacobian_chunk_size": chunk}, "by_k": {}}
+    results = {
+        "meta": {
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "cpu_count": os.cpu_count(),
+            "jacobian_chunk_size": chunk,
+        },
+        "by_k": {},
+    }
     for k in [int(x) for x in args.ks.split(",")]:
         fns, compile_s, requires, errors = {}, {}, {}, {}
         for name in [BARE, *methods]:
             try:
                 # Auto-Lambda's look-ahead learning rate defaults to the optimizer's (Adam 1e-3 here).
-                extra = {"lookahead_lr": 1e-3} if name != BARE and "lookahead_lr" in weighting.hyperparameters(name) else {}
+                extra = (
+                    {"lookahead_lr": 1e-3} if name != BARE and "lookahead_lr" in weighting.hyperparameters(name) else {}
+                )
                 t = bare_jacobian() if name == BARE else weighting.get(name, **extra)
                 if name == "krum" and k < 5:
                     raise ValueError("krum needs K >= 2f+3")
@@ -87,8 +97,13 @@ def main(argv=None):
         "Bilevel schemes (look-ahead step, meta batch) have no goal; their cost is shown against equal weighting.",
     ]
     for k, res in results["by_k"].items():
-        lines += ["", f"## K = {k}", "", "| method | needs | median ms | p10 / p90 | vs equal | vs bare Jacobian | goal met |",
-                  "|---|---|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            f"## K = {k}",
+            "",
+            "| method | needs | median ms | p10 / p90 | vs equal | vs bare Jacobian | goal met |",
+            "|---|---|---:|---:|---:|---:|---|",
+        ]
         for n, r in sorted(res["rows"].items(), key=lambda kv: kv[1]["median_ms"]):
             if n == BARE or r["requires"] == "bilevel":  # bilevel schemes have no target (extra passes by design)
                 goal = ""
@@ -97,8 +112,10 @@ def main(argv=None):
             else:
                 goal = "yes" if r["vs_bare_jacobian"] <= 1.25 else "no"
             ve = "—" if r["vs_equal"] is None else f"{r['vs_equal']:.2f}"
-            lines.append(f"| `{n}` | {r['requires']} | {r['median_ms']:.1f} | {r['p10_ms']:.0f} / {r['p90_ms']:.0f} | "
-                         f"{ve} | {r['vs_bare_jacobian']:.2f} | {goal} |")
+            lines.append(
+                f"| `{n}` | {r['requires']} | {r['median_ms']:.1f} | {r['p10_ms']:.0f} / {r['p90_ms']:.0f} | "
+                f"{ve} | {r['vs_bare_jacobian']:.2f} | {goal} |"
+            )
         for n, e in res["errors"].items():
             lines.append(f"| `{n}` | — | failed: {e} | | | | |")
     write_outputs(Path(args.out), results, lines, prov)

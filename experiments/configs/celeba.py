@@ -36,6 +36,7 @@ results/published.md, results/published_vision.json. No jmtl number on real Cele
 
 from experiments.configs import common, vision_common
 
+
 def get_config(arg=None):
     _, method, stl_task = vision_common.parse_arg(arg, ("cnn",), None, default="cnn")
     c = common.base_config()

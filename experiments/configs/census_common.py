@@ -34,8 +34,7 @@ ARCH_SETTINGS = {
     "mmoe": ((EXPERT_UNITS,), dict(num_experts=NUM_EXPERTS)),
     # CGC / PLE: 2 shared + 3 per task = 8 experts per level, as PaddleRec's census PLE config.
     "cgc": ((EXPERT_UNITS,), dict(num_shared_experts=2, num_task_experts=3)),
-    "ple": ((EXPERT_UNITS,), dict(num_levels=2, num_shared_experts=2, num_task_experts=3,
-                                  level_features=EXPERT_UNITS)),
+    "ple": ((EXPERT_UNITS,), dict(num_levels=2, num_shared_experts=2, num_task_experts=3, level_features=EXPERT_UNITS)),
 }
 
 

@@ -25,8 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
             data_dir="",  # '' = $JMTL_DATA_DIR
             cache_dir="",  # '' = $JMTL_CACHE_DIR or ~/.cache/jmtl/tfds
             # verify_checksums=False: accept raw files that differ from the published ones.
-            kwargs=dict(lowercase=True, max_word_length=16, buckets=(16, 32, 48, 80), tag_scheme="iob2",
-                        verify_checksums=True),
+            kwargs=dict(
+                lowercase=True, max_word_length=16, buckets=(16, 32, 48, 80), tag_scheme="iob2", verify_checksums=True
+            ),
         )
     )
     c.variants = ml_collections.ConfigDict()
@@ -85,7 +86,9 @@ def apply_arg(c: ml_collections.ConfigDict, arg: str | None, default_variant: st
     variant, _, method = (arg or "").partition(",")
     c.variant = variant or default_variant
     if c.variant not in c.variants:
-        raise ValueError(f"unknown variant {c.variant!r}{suggest(c.variant, list(c.variants))}; valid: {', '.join(c.variants)}")
+        raise ValueError(
+            f"unknown variant {c.variant!r}{suggest(c.variant, list(c.variants))}; valid: {', '.join(c.variants)}"
+        )
     if method:
         c.weighting = common.method_config(method)
     return c

@@ -33,9 +33,15 @@ def get_config(arg=None):
     c.dataset.kwargs = dict(seed=0, verify_checksums=True, inputs="graph", train_size=0, eval_size=0)  # 0: whole split
     c.tasks = {t: dict(label=t, weight=1.0) for t in qm9.TASKS}
     c.model.encoder = "mpnn"
-    c.model.encoder_kwargs = dict(hidden=64, steps=3, readout="set2set", max_nodes=qm9.MAX_NODES,
-                                  max_edges=qm9.MAX_EDGES, node_features=len(qm9.NODE_FEATURES),
-                                  edge_features=len(qm9.BOND_TYPES))
+    c.model.encoder_kwargs = dict(
+        hidden=64,
+        steps=3,
+        readout="set2set",
+        max_nodes=qm9.MAX_NODES,
+        max_edges=qm9.MAX_EDGES,
+        node_features=len(qm9.NODE_FEATURES),
+        edge_features=len(qm9.BOND_TYPES),
+    )
     c.model.head_kwargs = dict(hidden=None)  # one linear layer per target, as Nash-MTL
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3

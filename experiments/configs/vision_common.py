@@ -16,7 +16,9 @@ import ml_collections
 from experiments.configs import common
 
 
-def parse_arg(arg: str | None, variants: Sequence[str], tasks: Sequence[str] | None, default: str) -> tuple[str, str | None, str | None]:
+def parse_arg(
+    arg: str | None, variants: Sequence[str], tasks: Sequence[str] | None, default: str
+) -> tuple[str, str | None, str | None]:
     """``'mtan,famo'`` -> ``('mtan', 'famo', None)``; ``'stl_depth'`` -> ``('stl', None, 'depth')``.
 
     ``tasks=None`` accepts any single-task name (CelebA: the loader names the valid attributes)."""
@@ -27,19 +29,23 @@ def parse_arg(arg: str | None, variants: Sequence[str], tasks: Sequence[str] | N
         raise ValueError(f"config argument {arg!r}: expected VARIANT[,METHOD], e.g. {default},nash_mtl")
     stl_task = None
     if variant.startswith("stl_"):
-        stl_task = variant[len("stl_"):]
+        stl_task = variant[len("stl_") :]
         if tasks is not None and stl_task not in tasks:
-            raise ValueError(f"config argument {arg!r}: no task {stl_task!r}; single-task variants: "
-                             f"{', '.join('stl_' + t for t in tasks)}")
+            raise ValueError(
+                f"config argument {arg!r}: no task {stl_task!r}; single-task variants: "
+                f"{', '.join('stl_' + t for t in tasks)}"
+            )
         if not stl_task.isidentifier():
             raise ValueError(f"config argument {arg!r}: {stl_task!r} is not a task name (e.g. stl_smiling)")
         variant = "stl"
         if method not in (None, "equal"):
             raise ValueError(f"config argument {arg!r}: a single-task run has no weighting method; drop ',{method}'")
     elif variant not in variants:
-        raise ValueError(f"config argument {arg!r}: unknown variant {variant!r}; valid: {', '.join(variants)}, "
-                         f"or stl_<task>{'' if tasks is None else ' with <task> one of ' + ', '.join(tasks)} "
-                         f"(e.g. :{default},famo)")
+        raise ValueError(
+            f"config argument {arg!r}: unknown variant {variant!r}; valid: {', '.join(variants)}, "
+            f"or stl_<task>{'' if tasks is None else ' with <task> one of ' + ', '.join(tasks)} "
+            f"(e.g. :{default},famo)"
+        )
     return variant, method, stl_task
 
 

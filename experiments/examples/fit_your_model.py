@@ -33,17 +33,19 @@ class HousePrices(nn.Module):
         }
 
 
-TASKS = [jmtl.Task("kind", "classification", 4), jmtl.Task("price", "regression", 1),
-         jmtl.Task("sold", "binary", 1)]
+TASKS = [jmtl.Task("kind", "classification", 4), jmtl.Task("price", "regression", 1), jmtl.Task("sold", "binary", 1)]
 
 
 def make_split(rng: np.random.Generator, n: int, shift: float = 0.0) -> dict:
     """Eight features; the three labels are functions of three directions of them."""
     x = rng.normal(loc=shift, size=(n, 8)).astype(np.float32)
     z = x @ np.linspace(-1, 1, 24).reshape(8, 3)
-    return {"x": x, "kind": np.digitize(z[:, 0], [-1.0, 0.0, 1.0]).astype(np.int32),
-            "price": (z[:, 1] + 0.1 * rng.normal(size=n)).astype(np.float32),
-            "sold": (z[:, 2] > 0).astype(np.int32)}
+    return {
+        "x": x,
+        "kind": np.digitize(z[:, 0], [-1.0, 0.0, 1.0]).astype(np.int32),
+        "price": (z[:, 1] + 0.1 * rng.normal(size=n)).astype(np.float32),
+        "sold": (z[:, 2] > 0).astype(np.int32),
+    }
 
 
 def main(argv=None) -> dict:
@@ -60,9 +62,19 @@ def main(argv=None) -> dict:
         split = lambda n: make_split(rng, n)
     train, validation, test = split(2000), split(500), split(500)
     summary, _ = jmtl.fit(
-        HousePrices(), TASKS, train, validation=validation, test=test, workdir=args.workdir,
-        weighting=args.method, optimizer={"name": "adam", "learning_rate": 1e-2}, batch_size=100, num_epochs=args.num_epochs, per_task_inputs=args.per_task,
-        step_config=jmtl.StepConfig(input_key="x", shared="trunk"), progress_bar=False,
+        HousePrices(),
+        TASKS,
+        train,
+        validation=validation,
+        test=test,
+        workdir=args.workdir,
+        weighting=args.method,
+        optimizer={"name": "adam", "learning_rate": 1e-2},
+        batch_size=100,
+        num_epochs=args.num_epochs,
+        per_task_inputs=args.per_task,
+        step_config=jmtl.StepConfig(input_key="x", shared="trunk"),
+        progress_bar=False,
     )
     return summary
 

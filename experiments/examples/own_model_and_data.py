@@ -54,8 +54,12 @@ def get_config(method: str = "pcgrad", num_epochs: int = 5):
     encoders.register("my_encoder", MyEncoder, overwrite=True)
     jmtl.data.register(
         "my_data",
-        jmtl.data.from_arrays("my_data", make_splits(), input_key="x",
-                              labels={"kind": "classification", "size": "regression", "rare": "classification"}),
+        jmtl.data.from_arrays(
+            "my_data",
+            make_splits(),
+            input_key="x",
+            labels={"kind": "classification", "size": "regression", "rare": "classification"},
+        ),
         overwrite=True,
     )
     config = config_schema.default_config()

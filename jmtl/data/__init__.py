@@ -27,49 +27,52 @@ the raw files (jmtl.data.fingerprint) and checked for damage before each use
 (jmtl.data.cache); they are read back without TensorFlow.
 """
 
-from jmtl.data.idx import DataError
-from jmtl.data.pipeline import DEFAULT_DATASET
-from jmtl.data.pipeline import DatasetSpec
-from jmtl.data.pipeline import from_arrays
-from jmtl.data.pipeline import LabelSpec
-from jmtl.data.pipeline import load
-from jmtl.data.pipeline import MTLDataset
-from jmtl.data.pipeline import names
-from jmtl.data.pipeline import register
-from jmtl.data.pipeline import unregister
-from jmtl.data.pipeline import WithMetaBatches
-from jmtl.data.per_task import PerTaskBatches
-from jmtl.data.iterables import ReplayIterator
-from jmtl.data.iterables import DataExhaustedError
-from jmtl.data import pipeline as _pipeline
 from jmtl.data import celeba as _celeba
 from jmtl.data import office as _office
+from jmtl.data import pipeline as _pipeline
 from jmtl.data import vision as _vision
+from jmtl.data.idx import DataError
+from jmtl.data.iterables import DataExhaustedError, ReplayIterator
 from jmtl.data.office import PerTaskDataset
+from jmtl.data.per_task import PerTaskBatches
+from jmtl.data.pipeline import (
+    DEFAULT_DATASET,
+    DatasetSpec,
+    LabelSpec,
+    MTLDataset,
+    WithMetaBatches,
+    from_arrays,
+    load,
+    names,
+    register,
+    unregister,
+)
 
 # The vision benchmarks (issue 24): built-in names, like multi_mnist.
-_pipeline._REGISTRY.update({
-    'nyuv2': _vision.load_nyuv2,
-    'cityscapes': _vision.load_cityscapes,
-    'celeba': _celeba.load_celeba,
-    'office31': _office.load_office31,
-    'office_home': _office.load_office_home,
-})
+_pipeline._REGISTRY.update(
+    {
+        "nyuv2": _vision.load_nyuv2,
+        "cityscapes": _vision.load_cityscapes,
+        "celeba": _celeba.load_celeba,
+        "office31": _office.load_office31,
+        "office_home": _office.load_office_home,
+    }
+)
 
 __all__ = [
-    'DEFAULT_DATASET',
-    'DataError',
-    'DatasetSpec',
-    'LabelSpec',
-    'MTLDataset',
-    'from_arrays',
-    'load',
-    'names',
-    'register',
-    'unregister',
-    'WithMetaBatches',
-    'PerTaskBatches',
-    'ReplayIterator',
-    'DataExhaustedError',
-    'PerTaskDataset',
+    "DEFAULT_DATASET",
+    "DataError",
+    "DatasetSpec",
+    "LabelSpec",
+    "MTLDataset",
+    "from_arrays",
+    "load",
+    "names",
+    "register",
+    "unregister",
+    "WithMetaBatches",
+    "PerTaskBatches",
+    "ReplayIterator",
+    "DataExhaustedError",
+    "PerTaskDataset",
 ]

@@ -36,9 +36,11 @@ ENV_DATA_DIR = "JMTL_DATA_DIR"
 NUM_ATTRIBUTES = 40
 VERSION = "1.0.0"
 SPLITS = {0: "train", 1: "validation", 2: "test"}
-FIX = ("put the official CelebA files unchanged in one folder -- Anno/list_attr_celeba.txt, "
-       "Eval/list_eval_partition.txt and Img/img_align_celeba/*.jpg (or the three flat) -- and point "
-       "--config.dataset.data_dir / $JMTL_DATA_DIR at it or at a parent holding celeba/")
+FIX = (
+    "put the official CelebA files unchanged in one folder -- Anno/list_attr_celeba.txt, "
+    "Eval/list_eval_partition.txt and Img/img_align_celeba/*.jpg (or the three flat) -- and point "
+    "--config.dataset.data_dir / $JMTL_DATA_DIR at it or at a parent holding celeba/"
+)
 _DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -67,8 +69,9 @@ def find_files(data_dir) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
     if data_dir is None:
         data_dir = os.environ.get(ENV_DATA_DIR) or None
     if data_dir is None:
-        raise DataError(f"celeba: no data dir (neither data_dir / --config.dataset.data_dir nor ${ENV_DATA_DIR}). "
-                        f"Fix: {FIX}")
+        raise DataError(
+            f"celeba: no data dir (neither data_dir / --config.dataset.data_dir nor ${ENV_DATA_DIR}). Fix: {FIX}"
+        )
     base = pathlib.Path(data_dir).expanduser()
     for root in (base / "celeba", base / "CelebA", base):
         attr = _first(root / "Anno" / "list_attr_celeba.txt", root / "list_attr_celeba.txt")
@@ -76,8 +79,10 @@ def find_files(data_dir) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
             continue
         part = _first(root / "Eval" / "list_eval_partition.txt", root / "list_eval_partition.txt")
         if part is None:
-            raise DataError(f"{root}: list_attr_celeba.txt is here but list_eval_partition.txt is not (in Eval/ "
-                            f"or here). Fix: {FIX}")
+            raise DataError(
+                f"{root}: list_attr_celeba.txt is here but list_eval_partition.txt is not (in Eval/ "
+                f"or here). Fix: {FIX}"
+            )
         images = _first(root / "Img" / "img_align_celeba", root / "img_align_celeba")
         if images is None:
             raise DataError(f"{root}: no image folder Img/img_align_celeba/ or img_align_celeba/. Fix: {FIX}")
@@ -89,8 +94,9 @@ def read_attributes(path: pathlib.Path) -> tuple[list[str], list[str], np.ndarra
     """(attribute names, image names, int8 [N, 40] labels in {0, 1}) from ``list_attr_celeba.txt``."""
     lines = path.read_text().splitlines()
     if len(lines) < 2:
-        raise DataError(f"{path}: {len(lines)} line(s); the file starts with the image count and the attribute "
-                        f"names. Fix: {FIX}")
+        raise DataError(
+            f"{path}: {len(lines)} line(s); the file starts with the image count and the attribute names. Fix: {FIX}"
+        )
     try:
         count = int(lines[0].split()[0])
     except (ValueError, IndexError):
@@ -100,14 +106,15 @@ def read_attributes(path: pathlib.Path) -> tuple[list[str], list[str], np.ndarra
         raise DataError(f"{path}: line 2 names {len(attrs)} attributes, CelebA has {NUM_ATTRIBUTES}. Fix: {FIX}")
     rows = [ln.split() for ln in lines[2:] if ln.strip()]
     if len(rows) != count:
-        raise DataError(f"{path}: line 1 says {count} images but {len(rows)} rows follow (truncated file?). "
-                        f"Fix: {FIX}")
+        raise DataError(f"{path}: line 1 says {count} images but {len(rows)} rows follow (truncated file?). Fix: {FIX}")
     names, labels = [], np.empty((len(rows), NUM_ATTRIBUTES), np.int8)
     for i, row in enumerate(rows):
         if len(row) != NUM_ATTRIBUTES + 1:
-            raise DataError(f"{path}: line {i + 3} has {len(row)} columns, expected {NUM_ATTRIBUTES + 1} (the image "
-                            f"name and {NUM_ATTRIBUTES} values 1 / -1). Fix: re-extract the file from the official "
-                            "archive (an edited or wrapped line?)")
+            raise DataError(
+                f"{path}: line {i + 3} has {len(row)} columns, expected {NUM_ATTRIBUTES + 1} (the image "
+                f"name and {NUM_ATTRIBUTES} values 1 / -1). Fix: re-extract the file from the official "
+                "archive (an edited or wrapped line?)"
+            )
         if any(v not in ("1", "-1") for v in row[1:]):
             bad = next(v for v in row[1:] if v not in ("1", "-1"))
             raise DataError(f"{path}: line {i + 3} has value {bad!r}; attribute values are 1 or -1. Fix: {FIX}")
@@ -126,8 +133,10 @@ def read_partition(path: pathlib.Path, names: list[str]) -> np.ndarray:
         if len(row) != 2 or row[1] not in ("0", "1", "2"):
             raise DataError(f"{path}: line {i + 1} is {' '.join(row)!r}; expected '<image> 0|1|2'. Fix: {FIX}")
         if row[0] != names[i]:
-            raise DataError(f"{path}: line {i + 1} names {row[0]}, the attribute file's row {i + 1} names {names[i]}; "
-                            f"both files list the images in the same order. Fix: {FIX}")
+            raise DataError(
+                f"{path}: line {i + 1} names {row[0]}, the attribute file's row {i + 1} names {names[i]}; "
+                f"both files list the images in the same order. Fix: {FIX}"
+            )
         out[i] = int(row[1])
     return out
 
@@ -161,13 +170,22 @@ def load_celeba(*, data_dir=None, cache_dir=None, image_size: int = 64) -> _Arra
             raise DataError(f"{missing}: image listed in {attr_file.name} not found. Fix: {FIX}")
         out = {}
         for k, s in SPLITS.items():  # split by split: one copy of the pixels in memory (2.5 GB at full size)
-            out[f"{s}_image"] = image_cache.decode_all([p for p, q in zip(images, part) if q == k],
-                                                       image_size, image_size, FIX)
+            out[f"{s}_image"] = image_cache.decode_all(
+                [p for p, q in zip(images, part) if q == k], image_size, image_size, FIX
+            )
             out[f"{s}_labels"] = labels[part == k]
         return out
 
-    arrays = image_cache.cached_arrays("celeba", VERSION, resolve_cache_dir(cache_dir), [attr_file, part_file],
-                                       images, image_dir, f"size={image_size}", build)
+    arrays = image_cache.cached_arrays(
+        "celeba",
+        VERSION,
+        resolve_cache_dir(cache_dir),
+        [attr_file, part_file],
+        images,
+        image_dir,
+        f"size={image_size}",
+        build,
+    )
     sources = {}
     for s in SPLITS.values():
         if len(arrays[f"{s}_labels"]) == 0:
@@ -176,9 +194,14 @@ def load_celeba(*, data_dir=None, cache_dir=None, image_size: int = 64) -> _Arra
         cols = {"image": arrays[f"{s}_image"]}
         cols.update({t: np.ascontiguousarray(lab[:, j], np.int32) for j, t in enumerate(tasks)})
         sources[s] = _ArraySource(cols)
-    spec = DatasetSpec(name="celeba", input_key="image", input_shape=(image_size, image_size, 3),
-                       labels={t: LabelSpec(t, "binary", None, ()) for t in tasks},
-                       split_sizes={s: len(src) for s, src in sources.items()}, input_transform=to_float)
+    spec = DatasetSpec(
+        name="celeba",
+        input_key="image",
+        input_shape=(image_size, image_size, 3),
+        labels={t: LabelSpec(t, "binary", None, ()) for t in tasks},
+        split_sizes={s: len(src) for s, src in sources.items()},
+        input_transform=to_float,
+    )
     dataset = _ArrayDataset(spec, sources, dict)
     dataset.attributes = tuple(attrs)
     return dataset

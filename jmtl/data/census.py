@@ -79,8 +79,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jmtl.data import cache
-from jmtl.data import fingerprint
+from jmtl.data import cache, fingerprint
 from jmtl.data.idx import DataError
 from jmtl.data.pipeline import DatasetSpec, LabelSpec, MTLDataset, resolve_cache_dir
 
@@ -90,22 +89,59 @@ SEPARATOR = ", "
 
 # Column names in file order (census-income.names; index 24 is the instance weight, 41 the label).
 COLUMNS = (
-    "age", "class_of_worker", "detailed_industry_recode", "detailed_occupation_recode", "education",
-    "wage_per_hour", "enroll_in_edu_inst_last_wk", "marital_stat", "major_industry_code",
-    "major_occupation_code", "race", "hispanic_origin", "sex", "member_of_a_labor_union",
-    "reason_for_unemployment", "full_or_part_time_employment_stat", "capital_gains", "capital_losses",
-    "dividends_from_stocks", "tax_filer_stat", "region_of_previous_residence",
-    "state_of_previous_residence", "detailed_household_and_family_stat",
-    "detailed_household_summary_in_household", "instance_weight", "migration_code_change_in_msa",
-    "migration_code_change_in_reg", "migration_code_move_within_reg", "live_in_this_house_1_year_ago",
-    "migration_prev_res_in_sunbelt", "num_persons_worked_for_employer", "family_members_under_18",
-    "country_of_birth_father", "country_of_birth_mother", "country_of_birth_self", "citizenship",
-    "own_business_or_self_employed", "fill_inc_questionnaire_for_veterans_admin", "veterans_benefits",
-    "weeks_worked_in_year", "year", "income",
+    "age",
+    "class_of_worker",
+    "detailed_industry_recode",
+    "detailed_occupation_recode",
+    "education",
+    "wage_per_hour",
+    "enroll_in_edu_inst_last_wk",
+    "marital_stat",
+    "major_industry_code",
+    "major_occupation_code",
+    "race",
+    "hispanic_origin",
+    "sex",
+    "member_of_a_labor_union",
+    "reason_for_unemployment",
+    "full_or_part_time_employment_stat",
+    "capital_gains",
+    "capital_losses",
+    "dividends_from_stocks",
+    "tax_filer_stat",
+    "region_of_previous_residence",
+    "state_of_previous_residence",
+    "detailed_household_and_family_stat",
+    "detailed_household_summary_in_household",
+    "instance_weight",
+    "migration_code_change_in_msa",
+    "migration_code_change_in_reg",
+    "migration_code_move_within_reg",
+    "live_in_this_house_1_year_ago",
+    "migration_prev_res_in_sunbelt",
+    "num_persons_worked_for_employer",
+    "family_members_under_18",
+    "country_of_birth_father",
+    "country_of_birth_mother",
+    "country_of_birth_self",
+    "citizenship",
+    "own_business_or_self_employed",
+    "fill_inc_questionnaire_for_veterans_admin",
+    "veterans_benefits",
+    "weeks_worked_in_year",
+    "year",
+    "income",
 )
 NUM_FIELDS = len(COLUMNS)  # 42
-CONTINUOUS = ("age", "wage_per_hour", "capital_gains", "capital_losses", "dividends_from_stocks",
-              "num_persons_worked_for_employer", "weeks_worked_in_year")
+CONTINUOUS = (
+    "age",
+    "wage_per_hour",
+    "capital_gains",
+    "capital_losses",
+    "dividends_from_stocks",
+    "num_persons_worked_for_employer",
+    "weeks_worked_in_year",
+)
 LABEL_COLUMNS = ("income", "marital_stat", "education")
 IGNORED = ("instance_weight",)
 CATEGORICAL = tuple(c for c in COLUMNS if c not in CONTINUOUS + LABEL_COLUMNS + IGNORED)
@@ -124,8 +160,16 @@ BACHELORS_OR_HIGHER = (
 COLLEGE_EDUCATION = ("Associates degree-occup /vocational", "Associates degree-academic program") + BACHELORS_OR_HIGHER
 EDUCATION_SPLITS = {"associates": COLLEGE_EDUCATION, "bachelors": BACHELORS_OR_HIGHER}
 ALL_EDUCATION = (
-    "Children", "Less than 1st grade", "1st 2nd 3rd or 4th grade", "5th or 6th grade", "7th and 8th grade",
-    "9th grade", "10th grade", "11th grade", "12th grade no diploma", "High school graduate",
+    "Children",
+    "Less than 1st grade",
+    "1st 2nd 3rd or 4th grade",
+    "5th or 6th grade",
+    "7th and 8th grade",
+    "9th grade",
+    "10th grade",
+    "11th grade",
+    "12th grade no diploma",
+    "High school graduate",
     "Some college but no degree",
 ) + COLLEGE_EDUCATION
 
@@ -546,7 +590,11 @@ def one_hot_transform(vocab_sizes: Sequence[int]) -> Callable[[Any], Any]:
 
 def _batch_fn(task_labels: Sequence[str]) -> Callable[[Mapping[str, np.ndarray]], dict]:
     def to_batch(raw: Mapping[str, np.ndarray]) -> dict:
-        batch = {"x": np.concatenate([raw["categorical"].astype(np.float32), np.asarray(raw["continuous"], np.float32)], axis=1)}
+        batch = {
+            "x": np.concatenate(
+                [raw["categorical"].astype(np.float32), np.asarray(raw["continuous"], np.float32)], axis=1
+            )
+        }
         for k in task_labels:
             batch[k] = np.asarray(raw[k], np.int32)
         return batch
@@ -571,7 +619,8 @@ def _config_and_sources(bare: CensusConfig, data_dir, cache_root: str, verify: b
         if len(built) > 1:
             raise DataError(
                 f"census: no data dir given and the cache holds {len(built)} builds from different raw files: "
-                + ", ".join(map(str, built)) + f". Fix: {_FIX} (it picks the matching build)."
+                + ", ".join(map(str, built))
+                + f". Fix: {_FIX} (it picks the matching build)."
             )
         if built:
             record = cache.read_record(built[0]) or {}
@@ -586,9 +635,7 @@ def _config_and_sources(bare: CensusConfig, data_dir, cache_root: str, verify: b
             config = census_config(bare.seed, bare.education_split, fp)
             return config, dict(fingerprint=fp, can_rebuild=False, rebuild_fix=_FIX)
     paths = {raw.name: find_file(data_dir, raw) for raw in (TRAIN, TEST)}
-    digests = fingerprint.check_family_files(
-        "census_income_kdd", {p.name: p for p in paths.values()}, verify=verify
-    )
+    digests = fingerprint.check_family_files("census_income_kdd", {p.name: p for p in paths.values()}, verify=verify)
     fp = fingerprint.source_fingerprint(CensusIncome.name, str(CensusIncome.VERSION), digests)
     config = census_config(bare.seed, bare.education_split, fp)
     return config, dict(fingerprint=fp, sources=digests, raw_paths=paths)

@@ -169,7 +169,9 @@ def build_vocab(sequences: Iterable[Iterable[str]], specials: Sequence[str], *, 
     """Specials first, then tokens with ``count >= min_count`` by decreasing count (ties by string,
     so the ids do not depend on the order of the sentences)."""
     counts = collections.Counter(t for seq in sequences for t in seq)
-    tokens = sorted((t for t, c in counts.items() if c >= min_count and t not in specials), key=lambda t: (-counts[t], t))
+    tokens = sorted(
+        (t for t, c in counts.items() if c >= min_count and t not in specials), key=lambda t: (-counts[t], t)
+    )
     return Vocab(tuple(specials) + tuple(tokens), unk_id=specials.index(UNK))
 
 
@@ -257,8 +259,9 @@ class _ConllBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _split_generators(self, dl_manager):
         del dl_manager  # Files come from the local data dir.
         if self._raw_folder is None:
-            raise DataError(f"{self.name}: no raw files to build the cache from. Fix: pass data_dir= or set "
-                            f"${ENV_DATA_DIR}")
+            raise DataError(
+                f"{self.name}: no raw files to build the cache from. Fix: pass data_dir= or set ${ENV_DATA_DIR}"
+            )
         folder = self._raw_folder
         # Parse (and so validate) every file before writing anything.
         data = {s: read_conll(_find(folder, f), len(self.COLUMNS)) for s, f in self.FILES.items()}
@@ -364,9 +367,7 @@ class TaggingDataset:
                 for t in self.span_tasks:
                     cols[t] = [spans_lib.to_iob2(seq) for seq in cols[t]]
         train = splits["train"]
-        self.word_vocab = build_vocab(
-            ([normalize_word(w, lowercase) for w in s] for s in train["words"]), (PAD, UNK)
-        )
+        self.word_vocab = build_vocab(([normalize_word(w, lowercase) for w in s] for s in train["words"]), (PAD, UNK))
         self.char_vocab = build_vocab(("".join(s) for s in train["words"]), (PAD, UNK))
         self.tag_vocabs = {t: build_vocab(train[t], (UNK,)) for t in self.task_names}
         self._splits = {s: self._encode(cols) for s, cols in splits.items()}
@@ -395,8 +396,14 @@ class TaggingDataset:
             chars.append(c)
         tags = {t: [self.tag_vocabs[t].encode(seq) for seq in cols[t]] for t in self.task_names}
         gold = {t: [list(seq) for seq in cols[t]] for t in self.task_names}
-        return _Split(words, chars, tags, gold, [list(s) for s in cols["words"]],
-                      np.asarray([len(s) for s in cols["words"]], np.int64))
+        return _Split(
+            words,
+            chars,
+            tags,
+            gold,
+            [list(s) for s in cols["words"]],
+            np.asarray([len(s) for s in cols["words"]], np.int64),
+        )
 
     def split(self, split: str) -> _Split:
         if split not in self._splits:
@@ -526,7 +533,10 @@ class TaggingDataset:
     def example_input(self, length: int | None = None) -> dict:
         """A one-row zero input (for ``model.init``)."""
         length = length or self.buckets[0]
-        return {"words": np.zeros((1, length), np.int32), "chars": np.zeros((1, length, self.max_word_length), np.int32)}
+        return {
+            "words": np.zeros((1, length), np.int32),
+            "chars": np.zeros((1, length, self.max_word_length), np.int32),
+        }
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -563,15 +573,26 @@ def _prepare(builder_cls: type[_ConllBuilder], data_dir, cache_dir, verify_check
             record = cache_lib.read_record(built[0]) or {}
             fp = record.get("fingerprint") or ""
             paths = ", ".join(d.get("path", "?") for d in record.get("sources", []))
-            print(f"jmtl.data: no data dir given; using the cached {builder_cls.name} in {built[0]}, built from "
-                  f"{paths or 'unrecorded files'} (fingerprint {fp}).", file=sys.stderr, flush=True)
-            return cache_lib.prepare(builder_cls, ConllConfig(name=f"src{fp}", source_fingerprint=fp), cache_root,
-                                     fingerprint=fp, can_rebuild=False,
-                                     rebuild_fix=f"pass data_dir= or set ${ENV_DATA_DIR}")
+            print(
+                f"jmtl.data: no data dir given; using the cached {builder_cls.name} in {built[0]}, built from "
+                f"{paths or 'unrecorded files'} (fingerprint {fp}).",
+                file=sys.stderr,
+                flush=True,
+            )
+            return cache_lib.prepare(
+                builder_cls,
+                ConllConfig(name=f"src{fp}", source_fingerprint=fp),
+                cache_root,
+                fingerprint=fp,
+                can_rebuild=False,
+                rebuild_fix=f"pass data_dir= or set ${ENV_DATA_DIR}",
+            )
         if len(built) > 1:
-            raise DataError(f"{builder_cls.name}: no data dir given and the cache holds {len(built)} builds from "
-                            f"different raw files ({', '.join(map(str, built))}). Fix: pass data_dir= or set "
-                            f"${ENV_DATA_DIR}")
+            raise DataError(
+                f"{builder_cls.name}: no data dir given and the cache holds {len(built)} builds from "
+                f"different raw files ({', '.join(map(str, built))}). Fix: pass data_dir= or set "
+                f"${ENV_DATA_DIR}"
+            )
     folder = builder_cls.locate(data_dir)
     files = {f: _find(folder, f) for f in builder_cls.FILES.values()}
     # Published checksums are for the .gz files; a plain copy is checked by its text's sha256.
@@ -579,8 +600,14 @@ def _prepare(builder_cls: type[_ConllBuilder], data_dir, cache_dir, verify_check
     if verify_checksums:
         _check_conll_checksums(builder_cls.SUBDIR, digests)
     fp = fingerprint.source_fingerprint(builder_cls.name, str(builder_cls.VERSION), digests)
-    return cache_lib.prepare(builder_cls, ConllConfig(name=f"src{fp}", source_fingerprint=fp), cache_root,
-                             fingerprint=fp, sources=digests, raw_folder=folder)
+    return cache_lib.prepare(
+        builder_cls,
+        ConllConfig(name=f"src{fp}", source_fingerprint=fp),
+        cache_root,
+        fingerprint=fp,
+        sources=digests,
+        raw_folder=folder,
+    )
 
 
 def _check_conll_checksums(family: str, digests: list) -> None:
@@ -620,8 +647,13 @@ def load_conll2000(
     cut = n - dev_sentences
     raw = _read_builder(builder, {"train": f"train[:{cut}]", "validation": f"train[{cut}:]", "test": "test"})
     return TaggingDataset(
-        "conll2000", raw, tasks=("pos", "chunk"), lowercase=lowercase, max_word_length=max_word_length,
-        buckets=buckets, tag_scheme=tag_scheme,
+        "conll2000",
+        raw,
+        tasks=("pos", "chunk"),
+        lowercase=lowercase,
+        max_word_length=max_word_length,
+        buckets=buckets,
+        tag_scheme=tag_scheme,
     )
 
 
@@ -640,8 +672,13 @@ def load_conll2003(
     builder = _prepare(Conll2003, data_dir, cache_dir, verify_checksums)
     raw = _read_builder(builder, {"train": "train", "validation": "validation", "test": "test"})
     return TaggingDataset(
-        "conll2003", raw, tasks=("pos", "chunk", "ner"), lowercase=lowercase, max_word_length=max_word_length,
-        buckets=buckets, tag_scheme=tag_scheme,
+        "conll2003",
+        raw,
+        tasks=("pos", "chunk", "ner"),
+        lowercase=lowercase,
+        max_word_length=max_word_length,
+        buckets=buckets,
+        tag_scheme=tag_scheme,
     )
 
 

@@ -89,8 +89,10 @@ class Embeddings:
 def _lines(path: str) -> Iterator[tuple[int, str]]:
     """``(1-based line number, text without the line end)``, gzip or not, UTF-8 checked per line."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: embeddings file not found. Fix: pass an existing file to "
-                        "--config.model.pretrained_embeddings (nothing is downloaded)")
+        raise DataError(
+            f"{path}: embeddings file not found. Fix: pass an existing file to "
+            "--config.model.pretrained_embeddings (nothing is downloaded)"
+        )
     opener = gzip.open if path.endswith(".gz") else open
     lineno = 0
     try:
@@ -99,9 +101,11 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at column {e.start + 1}). "
-                                    "Fix: convert the file to UTF-8 (binary word2vec files are not read: "
-                                    "convert them to the text format)") from None
+                    raise DataError(
+                        f"{path}:{lineno}: not valid UTF-8 ({e.reason} at column {e.start + 1}). "
+                        "Fix: convert the file to UTF-8 (binary word2vec files are not read: "
+                        "convert them to the text format)"
+                    ) from None
                 yield lineno, line.rstrip()
     except (EOFError, OSError, zlib.error) as e:
         raise DataError(f"{path}: truncated or corrupt file after line {lineno} ({type(e).__name__}: {e})") from e
@@ -132,8 +136,9 @@ def _wanted(keep: Optional[Collection[str]], normalize: Callable[[str], str]) ->
     return lambda w: w in keep or normalize(w) in keep or w in FILE_UNKNOWN_WORDS
 
 
-def _finish(words: list[str], vectors: list[np.ndarray], dim: int, path: str, fmt: str, num_lines: int,
-            duplicates: int) -> Embeddings:
+def _finish(
+    words: list[str], vectors: list[np.ndarray], dim: int, path: str, fmt: str, num_lines: int, duplicates: int
+) -> Embeddings:
     if duplicates:
         warnings.warn(f"{path}: {duplicates} repeated word(s); the first vector of each was kept", stacklevel=3)
     matrix = np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)
@@ -158,8 +163,10 @@ def _read_text(path: str, fmt: str, keep, normalize) -> Embeddings:
             looks_like_header = len(fields) == 2 and all(f.isdigit() for f in fields)
             if fmt == "word2vec" or (fmt == "auto" and looks_like_header):
                 if not looks_like_header:
-                    raise DataError(f"{path}:{lineno}: a word2vec text file starts with a 'count dim' header, got "
-                                    f"{line[:80]!r}. Fix: pass embeddings_format='glove' for a file without it")
+                    raise DataError(
+                        f"{path}:{lineno}: a word2vec text file starts with a 'count dim' header, got "
+                        f"{line[:80]!r}. Fix: pass embeddings_format='glove' for a file without it"
+                    )
                 header_count, dim = int(fields[0]), int(fields[1])
                 if dim < 1:
                     raise DataError(f"{path}:{lineno}: header gives dimension {dim}")
@@ -170,8 +177,10 @@ def _read_text(path: str, fmt: str, keep, normalize) -> Embeddings:
             if dim < 1:
                 raise DataError(f"{path}:{lineno}: a word with no vector: {line[:80]!r}")
         if len(fields) != dim + 1:
-            raise DataError(f"{path}:{lineno}: {len(fields) - 1} vector entries, expected {dim} (as on the first "
-                            f"{'header' if header_count is not None else 'line'}). Fix: repair or delete that line")
+            raise DataError(
+                f"{path}:{lineno}: {len(fields) - 1} vector entries, expected {dim} (as on the first "
+                f"{'header' if header_count is not None else 'line'}). Fix: repair or delete that line"
+            )
         num_lines += 1
         word = fields[0]
         if word in seen:
@@ -184,8 +193,10 @@ def _read_text(path: str, fmt: str, keep, normalize) -> Embeddings:
     if dim is None or num_lines == 0:
         raise DataError(f"{path}: empty embeddings file (no vectors). Fix: pass a GloVe, word2vec-text or Senna file")
     if header_count is not None and header_count != num_lines:
-        raise DataError(f"{path}: the header says {header_count} vectors, the file has {num_lines}. "
-                        "Fix: the file is truncated, or correct its first line")
+        raise DataError(
+            f"{path}: the header says {header_count} vectors, the file has {num_lines}. "
+            "Fix: the file is truncated, or correct its first line"
+        )
     return _finish(words, vectors, dim, path, fmt, num_lines, duplicates)
 
 
@@ -195,16 +206,20 @@ def senna_files(path: str) -> tuple[str, str]:
         words, vectors = (p.strip() for p in path.split(",", 1))
         return words, vectors
     if not os.path.isdir(path):
-        raise DataError(f"{path}: Senna embeddings need a folder (SENNA's, holding hash/words.lst and "
-                        "embeddings/embeddings.txt) or two paths 'WORDS,VECTORS'")
+        raise DataError(
+            f"{path}: Senna embeddings need a folder (SENNA's, holding hash/words.lst and "
+            "embeddings/embeddings.txt) or two paths 'WORDS,VECTORS'"
+        )
 
     def find(names):
         for name in names:
             for candidate in (name, name + ".gz"):
                 if os.path.isfile(os.path.join(path, candidate)):
                     return os.path.join(path, candidate)
-        raise DataError(f"{path}: none of {', '.join(names)} (or .gz) in this folder; a Senna folder holds "
-                        "hash/words.lst and embeddings/embeddings.txt")
+        raise DataError(
+            f"{path}: none of {', '.join(names)} (or .gz) in this folder; a Senna folder holds "
+            "hash/words.lst and embeddings/embeddings.txt"
+        )
 
     return find(SENNA_WORDS), find(SENNA_VECTORS)
 
@@ -226,11 +241,15 @@ def _read_senna(path: str, keep, normalize) -> Embeddings:
         if dim is None:
             dim = len(fields)
         if len(fields) != dim:
-            raise DataError(f"{vectors_path}:{lineno}: {len(fields)} vector entries, expected {dim} (as on the "
-                            "first line). Fix: repair or delete that line")
+            raise DataError(
+                f"{vectors_path}:{lineno}: {len(fields)} vector entries, expected {dim} (as on the "
+                "first line). Fix: repair or delete that line"
+            )
         if count >= len(word_lines):
-            raise DataError(f"{vectors_path}:{lineno}: more vectors than the {len(word_lines)} words of "
-                            f"{words_path}. Fix: pass the matching words.lst")
+            raise DataError(
+                f"{vectors_path}:{lineno}: more vectors than the {len(word_lines)} words of "
+                f"{words_path}. Fix: pass the matching words.lst"
+            )
         word_lineno, word = word_lines[count]
         count += 1
         if word in seen:
@@ -244,14 +263,20 @@ def _read_senna(path: str, keep, normalize) -> Embeddings:
     if dim is None:
         raise DataError(f"{vectors_path}: empty embeddings file (no vectors)")
     if count != len(word_lines):
-        raise DataError(f"{words_path}: {len(word_lines)} words but {vectors_path} has {count} vectors. "
-                        "Fix: pass the matching pair of files")
+        raise DataError(
+            f"{words_path}: {len(word_lines)} words but {vectors_path} has {count} vectors. "
+            "Fix: pass the matching pair of files"
+        )
     return _finish(words, vectors, dim, f"{words_path},{vectors_path}", "senna", count, duplicates)
 
 
-def load_embeddings(path: os.PathLike[str] | str, format: str = "auto", *,  # noqa: A002 (the config's word)
-                    keep: Optional[Collection[str]] = None,
-                    normalize: Optional[Callable[[str], str]] = None) -> Embeddings:
+def load_embeddings(
+    path: os.PathLike[str] | str,
+    format: str = "auto",
+    *,  # noqa: A002 (the config's word)
+    keep: Optional[Collection[str]] = None,
+    normalize: Optional[Callable[[str], str]] = None,
+) -> Embeddings:
     """Reads pretrained vectors from a local file (see the module docstring for the formats).
 
     Args:

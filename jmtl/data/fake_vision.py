@@ -19,12 +19,46 @@ NAMES = ("nyuv2", "cityscapes", "celeba", "office31", "office_home")
 
 # The 40 attribute names of CelebA's list_attr_celeba.txt, in the file's order.
 CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
-    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
-    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
-    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
-    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
 )
 CELEBA_SIZE = (178, 218)  # (width, height) of the aligned-and-cropped JPEGs
 
@@ -32,8 +66,9 @@ OFFICE31_DOMAINS = ("amazon", "dslr", "webcam")
 OFFICE_HOME_DOMAINS = ("Art", "Clipart", "Product", "Real_World")
 
 
-def _dense(path: pathlib.Path, n: int, h: int, w: int, label_folders: dict[str, int], normals: bool,
-           rng: np.random.Generator) -> None:
+def _dense(
+    path: pathlib.Path, n: int, h: int, w: int, label_folders: dict[str, int], normals: bool, rng: np.random.Generator
+) -> None:
     for i in range(n):
         image = rng.random((h, w, 3), dtype=np.float32)
         gray = image.mean(-1)
@@ -64,8 +99,13 @@ def write_nyuv2(out: pathlib.Path, n: int = 3, n_val: int | None = None, seed: i
     return root
 
 
-def write_cityscapes(out: pathlib.Path, n: int = 3, n_val: int | None = None, seed: int = 0,
-                     label_folders: Sequence[str] = ("label_7", "label_19")) -> pathlib.Path:
+def write_cityscapes(
+    out: pathlib.Path,
+    n: int = 3,
+    n_val: int | None = None,
+    seed: int = 0,
+    label_folders: Sequence[str] = ("label_7", "label_19"),
+) -> pathlib.Path:
     """``out/cityscapes/{train,val}/{image,label_7,label_19,depth}/{i}.npy`` at 128x256 (MTAN's names;
     ``label_folders=('label',)`` writes LibMTL's copy, 7 classes in ``label/``)."""
     root = pathlib.Path(out) / "cityscapes"
@@ -87,8 +127,7 @@ def _jpeg(path: pathlib.Path, size: tuple[int, int], rng: np.random.Generator) -
     Image.fromarray(pix, "RGB").save(path, format="JPEG", quality=90)
 
 
-def write_celeba(out: pathlib.Path, n: int = 6, seed: int = 0,
-                 partition: Sequence[int] | None = None) -> pathlib.Path:
+def write_celeba(out: pathlib.Path, n: int = 6, seed: int = 0, partition: Sequence[int] | None = None) -> pathlib.Path:
     """FAMO's layout: ``out/celeba/Anno/list_attr_celeba.txt``, ``out/celeba/Eval/list_eval_partition.txt``,
     ``out/celeba/Img/img_align_celeba/000001.jpg ...`` (178x218 JPEGs).
 
@@ -115,14 +154,16 @@ def write_celeba(out: pathlib.Path, n: int = 6, seed: int = 0,
     (root / "Anno" / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
     (root / "Eval").mkdir(parents=True, exist_ok=True)
     (root / "Eval" / "list_eval_partition.txt").write_text(
-        "".join(f"{name} {p}\n" for name, p in zip(names, partition)))
+        "".join(f"{name} {p}\n" for name, p in zip(names, partition))
+    )
     for name in names:
         _jpeg(root / "Img" / "img_align_celeba" / name, CELEBA_SIZE, rng)
     return root
 
 
-def write_office(out: pathlib.Path, name: str = "office31", n: int = 3, seed: int = 0,
-                 num_classes: int | None = None) -> pathlib.Path:
+def write_office(
+    out: pathlib.Path, name: str = "office31", n: int = 3, seed: int = 0, num_classes: int | None = None
+) -> pathlib.Path:
     """LibMTL's Office layout: images ``out/<name>/<Domain>/...jpg`` and the split lists
     ``out/<name>/data_txt/<Domain>_{train,val,test}.txt``, lines ``<path relative to out/<name>> <class>``.
 
@@ -142,8 +183,11 @@ def write_office(out: pathlib.Path, name: str = "office31", n: int = 3, seed: in
             rows = []
             for i in range(n):
                 c = (k + i) % classes
-                rel = (f"{domain}/images/class_{c:02d}/frame_{k + i:04d}.jpg" if name == "office31"
-                       else f"{domain}/Class_{c:02d}/{k + i:05d}.jpg")
+                rel = (
+                    f"{domain}/images/class_{c:02d}/frame_{k + i:04d}.jpg"
+                    if name == "office31"
+                    else f"{domain}/Class_{c:02d}/{k + i:05d}.jpg"
+                )
                 # Real Office images vary in size (amazon 300x300, webcam 640x480, ...).
                 _jpeg(root / rel, (40 + 8 * d, 30 + 6 * (i % 3)), rng)
                 rows.append(f"{rel} {c}\n")

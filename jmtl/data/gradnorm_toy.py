@@ -42,104 +42,95 @@ B_STD = 10.0
 EPS_STD = 3.5
 X_STD = 0.01
 
-_SPLIT_IDS = {'train': 1, 'validation': 2, 'test': 3}
+_SPLIT_IDS = {"train": 1, "validation": 2, "test": 3}
 
 
 def task_scales(num_tasks: int) -> np.ndarray:
-  """sigma_i: 1 .. 100 log-spaced; (1, 100) for two tasks as in the paper."""
-  if num_tasks == 1:
-    return np.ones(1)
-  return np.logspace(0.0, 2.0, num_tasks)
+    """sigma_i: 1 .. 100 log-spaced; (1, 100) for two tasks as in the paper."""
+    if num_tasks == 1:
+        return np.ones(1)
+    return np.logspace(0.0, 2.0, num_tasks)
 
 
 def task_matrices(num_tasks: int, seed: int) -> np.ndarray:
-  """Returns B + eps_i for every task, float64 [T, 100, 250]."""
-  rng = np.random.default_rng([seed, 0])
-  b = rng.normal(0.0, B_STD, (OUTPUT_DIM, INPUT_DIM))
-  eps = rng.normal(0.0, EPS_STD, (num_tasks, OUTPUT_DIM, INPUT_DIM))
-  return b[None] + eps
+    """Returns B + eps_i for every task, float64 [T, 100, 250]."""
+    rng = np.random.default_rng([seed, 0])
+    b = rng.normal(0.0, B_STD, (OUTPUT_DIM, INPUT_DIM))
+    eps = rng.normal(0.0, EPS_STD, (num_tasks, OUTPUT_DIM, INPUT_DIM))
+    return b[None] + eps
 
 
-def make_toy(num_tasks: int, seed: int, n: int,
-             split: str = 'train') -> dict[str, np.ndarray]:
-  """Generates `n` examples of one split.
+def make_toy(num_tasks: int, seed: int, n: int, split: str = "train") -> dict[str, np.ndarray]:
+    """Generates `n` examples of one split.
 
-  The task matrices depend on `seed` only, and each split draws its inputs
-  from its own stream, so e.g. changing n_train leaves the test set unchanged.
+    The task matrices depend on `seed` only, and each split draws its inputs
+    from its own stream, so e.g. changing n_train leaves the test set unchanged.
 
-  Returns:
-    {'x': float32 [n, 250], 't0': float32 [n, 100], ..., 't{T-1}': ...}.
-  """
-  mats = task_matrices(num_tasks, seed)
-  sigmas = task_scales(num_tasks)
-  rng = np.random.default_rng([seed, _SPLIT_IDS[split]])
-  x = rng.normal(0.0, X_STD, (n, INPUT_DIM))
-  out = {'x': (x / X_STD).astype(np.float32)}
-  for i in range(num_tasks):
-    out[f't{i}'] = (sigmas[i] * np.tanh(x @ mats[i].T)).astype(np.float32)
-  return out
+    Returns:
+      {'x': float32 [n, 250], 't0': float32 [n, 100], ..., 't{T-1}': ...}.
+    """
+    mats = task_matrices(num_tasks, seed)
+    sigmas = task_scales(num_tasks)
+    rng = np.random.default_rng([seed, _SPLIT_IDS[split]])
+    x = rng.normal(0.0, X_STD, (n, INPUT_DIM))
+    out = {"x": (x / X_STD).astype(np.float32)}
+    for i in range(num_tasks):
+        out[f"t{i}"] = (sigmas[i] * np.tanh(x @ mats[i].T)).astype(np.float32)
+    return out
 
 
 @dataclasses.dataclass(eq=False)
 class ToyConfig(tfds.core.BuilderConfig):
-  """Config; its name encodes every field, so caches never collide."""
-  num_tasks: int = 2
-  seed: int = 0
-  n_train: int = 8000
-  n_validation: int = 1000
-  n_test: int = 1000
+    """Config; its name encodes every field, so caches never collide."""
+
+    num_tasks: int = 2
+    seed: int = 0
+    n_train: int = 8000
+    n_validation: int = 1000
+    n_test: int = 1000
 
 
-def toy_config(num_tasks: int = 2, seed: int = 0, n_train: int = 8000,
-               n_validation: int = 1000, n_test: int = 1000) -> ToyConfig:
-  """Validates the arguments and returns the matching config."""
-  values = dict(num_tasks=num_tasks, seed=seed, n_train=n_train,
-                n_validation=n_validation, n_test=n_test)
-  for k, v in values.items():
-    low = 0 if k == 'seed' else 1
-    if (not isinstance(v, (int, np.integer)) or isinstance(v, bool)
-        or v < low):
-      raise idx.DataError(f'gradnorm_toy: {k} must be an int >= {low}, '
-                          f'got {v!r}')
-  values = {k: int(v) for k, v in values.items()}
-  name = ('t{num_tasks}_seed{seed}_n{n_train}-{n_validation}-{n_test}'
-          .format(**values))
-  return ToyConfig(name=name, description=f'GradNorm toy, {values}',
-                   **values)
+def toy_config(
+    num_tasks: int = 2, seed: int = 0, n_train: int = 8000, n_validation: int = 1000, n_test: int = 1000
+) -> ToyConfig:
+    """Validates the arguments and returns the matching config."""
+    values = dict(num_tasks=num_tasks, seed=seed, n_train=n_train, n_validation=n_validation, n_test=n_test)
+    for k, v in values.items():
+        low = 0 if k == "seed" else 1
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+            raise idx.DataError(f"gradnorm_toy: {k} must be an int >= {low}, got {v!r}")
+    values = {k: int(v) for k, v in values.items()}
+    name = "t{num_tasks}_seed{seed}_n{n_train}-{n_validation}-{n_test}".format(**values)
+    return ToyConfig(name=name, description=f"GradNorm toy, {values}", **values)
 
 
 class GradnormToy(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """tfds builder for the GradNorm synthetic regression."""
+    """tfds builder for the GradNorm synthetic regression."""
 
-  name = 'gradnorm_toy'
-  VERSION = tfds.core.Version('1.1.0')
-  RELEASE_NOTES = {'1.1.0': 'Inputs stored standardised (x / 0.01).'}
-  BUILDER_CONFIGS = [toy_config()]
+    name = "gradnorm_toy"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "Inputs stored standardised (x / 0.01)."}
+    BUILDER_CONFIGS = [toy_config()]
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    features = {'x': tfds.features.Tensor(shape=(INPUT_DIM,),
-                                          dtype=np.float32)}
-    for i in range(cfg.num_tasks):
-      features[f't{i}'] = tfds.features.Tensor(shape=(OUTPUT_DIM,),
-                                               dtype=np.float32)
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict(features),
-        disable_shuffling=True,
-        citation='Chen et al., GradNorm, ICML 2018.',
-    )
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        features = {"x": tfds.features.Tensor(shape=(INPUT_DIM,), dtype=np.float32)}
+        for i in range(cfg.num_tasks):
+            features[f"t{i}"] = tfds.features.Tensor(shape=(OUTPUT_DIM,), dtype=np.float32)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(features),
+            disable_shuffling=True,
+            citation="Chen et al., GradNorm, ICML 2018.",
+        )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    cfg = self.builder_config
-    sizes = {'train': cfg.n_train, 'validation': cfg.n_validation,
-             'test': cfg.n_test}
-    return {s: self._generate_examples(make_toy(cfg.num_tasks, cfg.seed, n, s))
-            for s, n in sizes.items()}
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        cfg = self.builder_config
+        sizes = {"train": cfg.n_train, "validation": cfg.n_validation, "test": cfg.n_test}
+        return {s: self._generate_examples(make_toy(cfg.num_tasks, cfg.seed, n, s)) for s, n in sizes.items()}
 
-  def _generate_examples(self, data: dict[str, np.ndarray]
-                         ) -> Iterator[tuple[int, dict]]:
-    for i in range(len(data['x'])):
-      yield i, {k: v[i] for k, v in data.items()}
+    def _generate_examples(self, data: dict[str, np.ndarray]) -> Iterator[tuple[int, dict]]:
+        for i in range(len(data["x"])):
+            yield i, {k: v[i] for k, v in data.items()}

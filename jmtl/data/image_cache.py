@@ -36,16 +36,20 @@ def decode_resized(path: pathlib.Path, width: int, height: int, fix: str) -> np.
     try:
         from PIL import Image  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-        raise DataError("decoding the CelebA / Office JPEGs needs Pillow, which is not installed. Fix: "
-                        "pip install 'jmtl[vision]' (or pillow)") from e
+        raise DataError(
+            "decoding the CelebA / Office JPEGs needs Pillow, which is not installed. Fix: "
+            "pip install 'jmtl[vision]' (or pillow)"
+        ) from e
     if not path.is_file():
         raise DataError(f"{path}: image not found. Fix: {fix}")
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB").resize((width, height), Image.BILINEAR), np.uint8)
     except Exception as e:  # PIL.UnidentifiedImageError, OSError on a truncated file
-        raise DataError(f"{path}: cannot decode the image ({type(e).__name__}: {e}). Fix: re-copy it from the "
-                        f"original archive; {fix}") from e
+        raise DataError(
+            f"{path}: cannot decode the image ({type(e).__name__}: {e}). Fix: re-copy it from the "
+            f"original archive; {fix}"
+        ) from e
 
 
 def decode_all(paths: Sequence[pathlib.Path], width: int, height: int, fix: str) -> np.ndarray:
@@ -71,9 +75,16 @@ def listing_key(files: Sequence[pathlib.Path], root: pathlib.Path) -> str:
     return h.hexdigest()
 
 
-def cached_arrays(name: str, version: str, cache_root: str, list_files: Sequence[pathlib.Path],
-                  images: Sequence[pathlib.Path], images_root: pathlib.Path, settings: str,
-                  build: Callable[[], Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def cached_arrays(
+    name: str,
+    version: str,
+    cache_root: str,
+    list_files: Sequence[pathlib.Path],
+    images: Sequence[pathlib.Path],
+    images_root: pathlib.Path,
+    settings: str,
+    build: Callable[[], Mapping[str, np.ndarray]],
+) -> dict[str, np.ndarray]:
     """The arrays ``build()`` returns, from (or into) the cache folder of these sources.
 
     Args:
@@ -89,17 +100,26 @@ def cached_arrays(name: str, version: str, cache_root: str, list_files: Sequence
       ``{stem: read-only memory-mapped array}``.
     """
     digests = [fp_lib.digest_file(p) for p in list_files]
-    key = fp_lib.source_fingerprint(name, version, digests + [
-        fp_lib.FileDigest("images", str(images_root), len(images), listing_key(images, images_root)),
-        fp_lib.FileDigest("settings", "", 0, hashlib.sha256(settings.encode()).hexdigest())])
+    key = fp_lib.source_fingerprint(
+        name,
+        version,
+        digests
+        + [
+            fp_lib.FileDigest("images", str(images_root), len(images), listing_key(images, images_root)),
+            fp_lib.FileDigest("settings", "", 0, hashlib.sha256(settings.encode()).hexdigest()),
+        ],
+    )
     folder = pathlib.Path(cache_root, name, key)
     if folder.is_dir():
         problem = cache_lib.damage(folder, key)
         if problem is None:
             return {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
         moved = cache_lib.move_aside(folder, cache_root)
-        print(f"jmtl.data: damaged {name} cache {folder}: {problem}. Moved it to {moved} and rebuilding.",
-              file=sys.stderr, flush=True)
+        print(
+            f"jmtl.data: damaged {name} cache {folder}: {problem}. Moved it to {moved} and rebuilding.",
+            file=sys.stderr,
+            flush=True,
+        )
     arrays = build()  # raises before anything is written
     tmp = folder.with_name(f"{key}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

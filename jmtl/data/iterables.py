@@ -66,19 +66,27 @@ class LabelCheck:
 def refuse_table(source: Any, name: str) -> None:
     """A pandas-like table (a DataFrame: ``columns`` and ``to_numpy``) is neither a dict of arrays nor an
     iterable of batches (iterating one yields its column names): refused, naming the type and the fix."""
-    if isinstance(source, Mapping) or not hasattr(source, "columns") or not (
-            hasattr(source, "to_numpy") or hasattr(source, "iloc")):
+    if (
+        isinstance(source, Mapping)
+        or not hasattr(source, "columns")
+        or not (hasattr(source, "to_numpy") or hasattr(source, "iloc"))
+    ):
         return
     kind = f"{type(source).__module__}.{type(source).__qualname__}"
-    raise TypeError(f"the {name} data is a table ({kind}); jmtl takes a dict of arrays or an iterable of batch dicts. "
-                    "Fix: pass {column: df[column].to_numpy() for column in df.columns}")
+    raise TypeError(
+        f"the {name} data is a table ({kind}); jmtl takes a dict of arrays or an iterable of batch dicts. "
+        "Fix: pass {column: df[column].to_numpy() for column in df.columns}"
+    )
 
 
 def call_factory(factory: Callable[..., Iterable[Batch]], seed: int, epoch: int) -> Iterable[Batch]:
     """``factory(seed, epoch)`` when it takes two arguments, else ``factory(seed)``."""
     try:
-        params = [p for p in inspect.signature(factory).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        params = [
+            p
+            for p in inspect.signature(factory).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        ]
     except (TypeError, ValueError):  # builtins without a signature
         params = []
     takes_epoch = len(params) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
@@ -97,12 +105,19 @@ class ReplayIterator:
       name: how messages name the data (e.g. ``'train'``).
     """
 
-    def __init__(self, source: Iterable[Batch] | Callable[..., Iterable[Batch]], seed: int = 0, name: str = "train",
-                 check: Optional[LabelCheck] = None):
+    def __init__(
+        self,
+        source: Iterable[Batch] | Callable[..., Iterable[Batch]],
+        seed: int = 0,
+        name: str = "train",
+        check: Optional[LabelCheck] = None,
+    ):
         refuse_table(source, name)
         if not callable(source) and not isinstance(source, Iterable):
-            raise TypeError(f"{name} data must be an iterable of batch dicts or a callable seed -> iterable, "
-                            f"got {type(source).__name__}")
+            raise TypeError(
+                f"{name} data must be an iterable of batch dicts or a callable seed -> iterable, "
+                f"got {type(source).__name__}"
+            )
         self.source, self.seed, self.name, self.check = source, int(seed), name, check
         self.one_shot = not callable(source) and iter(source) is source
         self.epoch, self.position, self.total = 0, 0, 0
@@ -133,8 +148,10 @@ class ReplayIterator:
             self._iterator = self._start_epoch()
             return next(self)
         if not isinstance(batch, Mapping):
-            raise TypeError(f"the {self.name} data yielded a {type(batch).__name__}; each batch must be a dict "
-                            "{entry name: array} (the input and the labels)")
+            raise TypeError(
+                f"the {self.name} data yielded a {type(batch).__name__}; each batch must be a dict "
+                "{entry name: array} (the input and the labels)"
+            )
         if self.check is not None:
             self.check(batch, self.epoch, self.position)
         self.position += 1
@@ -151,8 +168,10 @@ class ReplayIterator:
         """Moves to a saved position: the saved iterator state when there is one, else re-creating that
         epoch and skipping the batches already consumed."""
         if not isinstance(state, Mapping) or not {"epoch", "position"} <= set(state):
-            raise ValueError(f"the saved {self.name} data state {state!r} was not written by a ReplayIterator: "
-                             "the checkpoint comes from a run fed other data")
+            raise ValueError(
+                f"the saved {self.name} data state {state!r} was not written by a ReplayIterator: "
+                "the checkpoint comes from a run fed other data"
+            )
         self.epoch, self.total = int(state["epoch"]), int(state.get("total", 0))
         if self.check is not None and (self.epoch, int(state["position"])) != (0, 0):
             self.check.counting = False  # a part of the first epoch only: its counts would prove nothing
@@ -176,8 +195,9 @@ class ReplayIterator:
         self.position = int(state["position"]) if not self.one_shot else skip
 
 
-def concatenate_batches(source: Mapping[str, Any] | Iterable[Batch], name: str,
-                        limit: Optional[int] = 1_000_000) -> dict[str, np.ndarray]:
+def concatenate_batches(
+    source: Mapping[str, Any] | Iterable[Batch], name: str, limit: Optional[int] = 1_000_000
+) -> dict[str, np.ndarray]:
     """A split as one dict of host arrays: a mapping of arrays as is; a finite iterable of batch dicts
     concatenated along the example axis.
 
@@ -198,7 +218,9 @@ def concatenate_batches(source: Mapping[str, Any] | Iterable[Batch], name: str,
         if not isinstance(batch, Mapping):
             raise TypeError(f"the {name} split yielded a {type(batch).__name__}; each batch must be a dict")
         if batches and set(batch) != set(batches[0]):
-            raise ValueError(f"the {name} split's batches have different entries: {sorted(batches[0])} vs {sorted(batch)}")
+            raise ValueError(
+                f"the {name} split's batches have different entries: {sorted(batches[0])} vs {sorted(batch)}"
+            )
         batches.append(jax.tree.map(np.asarray, dict(batch)))
     if not batches:
         raise ValueError(f"the {name} split is empty")

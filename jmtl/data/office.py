@@ -55,17 +55,31 @@ class OfficeFormat:
 
 
 FORMATS = {
-    "office31": OfficeFormat("office31", "Office-31", ("amazon", "dslr", "webcam"), 31,
-                             ("office31", "office-31", "Office31", "Office-31"), "office-31"),
-    "office_home": OfficeFormat("office_home", "Office-Home", ("Art", "Clipart", "Product", "Real_World"), 65,
-                                ("office_home", "office-home", "OfficeHome", "Office-Home"), "office-home"),
+    "office31": OfficeFormat(
+        "office31",
+        "Office-31",
+        ("amazon", "dslr", "webcam"),
+        31,
+        ("office31", "office-31", "Office31", "Office-31"),
+        "office-31",
+    ),
+    "office_home": OfficeFormat(
+        "office_home",
+        "Office-Home",
+        ("Art", "Clipart", "Product", "Real_World"),
+        65,
+        ("office_home", "office-home", "OfficeHome", "Office-Home"),
+        "office-home",
+    ),
 }
 
 
 def _fix(fmt: OfficeFormat) -> str:
-    return (f"put the {fmt.title} images in one folder and LibMTL's split lists (examples/office/data_txt/"
-            f"{fmt.list_folder}/<Domain>_{{train,val,test}}.txt) in its data_txt/, and point "
-            f"--config.dataset.data_dir / $JMTL_DATA_DIR at that folder or at a parent holding {fmt.name}/")
+    return (
+        f"put the {fmt.title} images in one folder and LibMTL's split lists (examples/office/data_txt/"
+        f"{fmt.list_folder}/<Domain>_{{train,val,test}}.txt) in its data_txt/, and point "
+        f"--config.dataset.data_dir / $JMTL_DATA_DIR at that folder or at a parent holding {fmt.name}/"
+    )
 
 
 def normalise(x):
@@ -86,19 +100,26 @@ def find_folders(fmt: OfficeFormat, data_dir, lists_dir=None) -> tuple[pathlib.P
     if data_dir is None:
         data_dir = os.environ.get(ENV_DATA_DIR) or None
     if data_dir is None:
-        raise DataError(f"{fmt.name}: no data dir (neither data_dir / --config.dataset.data_dir nor "
-                        f"${ENV_DATA_DIR}). Fix: {_fix(fmt)}")
+        raise DataError(
+            f"{fmt.name}: no data dir (neither data_dir / --config.dataset.data_dir nor "
+            f"${ENV_DATA_DIR}). Fix: {_fix(fmt)}"
+        )
     base = pathlib.Path(data_dir).expanduser()
     first = f"{fmt.domains[0]}_train.txt"
     roots = [base / a for a in fmt.aliases if (base / a).is_dir()] + [base]
     for root in roots:
-        candidates = ([pathlib.Path(lists_dir).expanduser()] if lists_dir else
-                      [root / "data_txt" / fmt.list_folder, root / "data_txt", root])
+        candidates = (
+            [pathlib.Path(lists_dir).expanduser()]
+            if lists_dir
+            else [root / "data_txt" / fmt.list_folder, root / "data_txt", root]
+        )
         for lists in candidates:
             if (lists / first).is_file():
                 return root, lists
-    raise DataError(f"{base}: no {fmt.title} split list {first} (looked in {', '.join(str(r) for r in roots)} "
-                    f"and their data_txt/{fmt.list_folder}/, data_txt/). Fix: {_fix(fmt)}")
+    raise DataError(
+        f"{base}: no {fmt.title} split list {first} (looked in {', '.join(str(r) for r in roots)} "
+        f"and their data_txt/{fmt.list_folder}/, data_txt/). Fix: {_fix(fmt)}"
+    )
 
 
 def read_list(path: pathlib.Path, num_classes: int, fix: str) -> tuple[list[str], np.ndarray]:
@@ -114,8 +135,10 @@ def read_list(path: pathlib.Path, num_classes: int, fix: str) -> tuple[list[str]
             raise DataError(f"{path}: line {i + 1} is {line[:60]!r}; expected '<image path> <class id>'. Fix: {fix}")
         y = int(parts[1])
         if not 0 <= y < num_classes:
-            raise DataError(f"{path}: line {i + 1} has class {y}, outside 0..{num_classes - 1}. Fix: correct the "
-                            f"list (LibMTL's lists number the {num_classes} classes 0..{num_classes - 1})")
+            raise DataError(
+                f"{path}: line {i + 1} has class {y}, outside 0..{num_classes - 1}. Fix: correct the "
+                f"list (LibMTL's lists number the {num_classes} classes 0..{num_classes - 1})"
+            )
         paths.append(parts[0])
         ys.append(y)
     if not paths:
@@ -172,27 +195,42 @@ def load_office(name: str, *, data_dir=None, cache_dir=None, lists_dir=None, ima
         out = {}
         for (domain, split), (paths, ys) in table.items():
             out[f"{task_name(domain)}_{split}_image"] = image_cache.decode_all(
-                [root / p for p in paths], image_size, image_size, fix)
+                [root / p for p in paths], image_size, image_size, fix
+            )
             out[f"{task_name(domain)}_{split}_labels"] = ys
         return out
 
-    arrays = image_cache.cached_arrays(name, VERSION, resolve_cache_dir(cache_dir), list_files, images, root,
-                                       f"size={image_size}", build)
+    arrays = image_cache.cached_arrays(
+        name, VERSION, resolve_cache_dir(cache_dir), list_files, images, root, f"size={image_size}", build
+    )
     per_task, labels, totals = {}, {}, dict.fromkeys(MODES, 0)
     for domain in fmt.domains:
         t = task_name(domain)
-        sources = {s: _ArraySource({"image": arrays[f"{t}_{s}_image"],
-                                    t: np.asarray(arrays[f"{t}_{s}_labels"], np.int32)}) for s in MODES}
+        sources = {
+            s: _ArraySource({"image": arrays[f"{t}_{s}_image"], t: np.asarray(arrays[f"{t}_{s}_labels"], np.int32)})
+            for s in MODES
+        }
         label = LabelSpec(t, "classification", fmt.num_classes, ())
-        spec = DatasetSpec(name=f"{name}/{t}", input_key="image", input_shape=(image_size, image_size, 3),
-                           labels={t: label}, split_sizes={s: len(src) for s, src in sources.items()},
-                           input_transform=normalise)
+        spec = DatasetSpec(
+            name=f"{name}/{t}",
+            input_key="image",
+            input_shape=(image_size, image_size, 3),
+            labels={t: label},
+            split_sizes={s: len(src) for s, src in sources.items()},
+            input_transform=normalise,
+        )
         per_task[t] = _ArrayDataset(spec, sources, dict)
         labels[t] = label
         for s in MODES:
             totals[s] += spec.split_sizes[s]
-    spec = DatasetSpec(name=name, input_key="image", input_shape=(image_size, image_size, 3), labels=labels,
-                       split_sizes=totals, input_transform=normalise)
+    spec = DatasetSpec(
+        name=name,
+        input_key="image",
+        input_shape=(image_size, image_size, 3),
+        labels=labels,
+        split_sizes=totals,
+        input_transform=normalise,
+    )
     return PerTaskDataset(spec, per_task)
 
 
@@ -203,5 +241,6 @@ def load_office31(*, data_dir=None, cache_dir=None, lists_dir=None, image_size: 
 
 def load_office_home(*, data_dir=None, cache_dir=None, lists_dir=None, image_size: int = 224) -> PerTaskDataset:
     """Office-Home: tasks ``art``, ``clipart``, ``product``, ``real_world`` (65 classes); see :func:`load_office`."""
-    return load_office("office_home", data_dir=data_dir, cache_dir=cache_dir, lists_dir=lists_dir,
-                       image_size=image_size)
+    return load_office(
+        "office_home", data_dir=data_dir, cache_dir=cache_dir, lists_dir=lists_dir, image_size=image_size
+    )

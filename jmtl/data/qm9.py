@@ -76,9 +76,24 @@ SUBFOLDER = "qm9"
 FILE = "qm9_qm9pack_scalar.csv.gz"
 NUM_MOLECULES = 130_831
 HEADER = (
-    "Index", "SMILES", "InChi", "N_atoms", "RotA_GHz", "RotB_GHz", "RotC_GHz", "Dipole_debye",
-    "Polarizability_bohr3", "HOMO_au", "LUMO_au", "HOMO_LUMO_gap_au", "R2_bohr2", "ZPVE_au",
-    "InternalEnergy_0K_au", "InternalEnergy_298K_au", "Enthalphy_298K_au", "GibbsFreeEnergy_298K_au",
+    "Index",
+    "SMILES",
+    "InChi",
+    "N_atoms",
+    "RotA_GHz",
+    "RotB_GHz",
+    "RotC_GHz",
+    "Dipole_debye",
+    "Polarizability_bohr3",
+    "HOMO_au",
+    "LUMO_au",
+    "HOMO_LUMO_gap_au",
+    "R2_bohr2",
+    "ZPVE_au",
+    "InternalEnergy_0K_au",
+    "InternalEnergy_298K_au",
+    "Enthalphy_298K_au",
+    "GibbsFreeEnergy_298K_au",
     "Heatcapacity_Cv_cal_mol_K",
 )
 HARTREE_TO_EV = 27.211386246  # torch_geometric.datasets.qm9.HAR2EV
@@ -191,7 +206,10 @@ def parse(text: str, path: Any = FILE, expected_rows: int | None = NUM_MOLECULES
             except ValueError:
                 v = float("nan")
             if not np.isfinite(v):
-                raise _error(path, f"line {line}, column {columns[column] + 1} ({column}): {row[columns[column]]!r} is not a finite number")
+                raise _error(
+                    path,
+                    f"line {line}, column {columns[column] + 1} ({column}): {row[columns[column]]!r} is not a finite number",
+                )
             if ref is not None:
                 v -= sum(n * ATOM_REF[e][ref] for e, n in comp.items())
             values.append(v * HARTREE_TO_EV if to_ev else v)
@@ -207,15 +225,25 @@ def parse(text: str, path: Any = FILE, expected_rows: int | None = NUM_MOLECULES
     if np.any(np.diff(index) <= 0):
         bad = int(np.flatnonzero(np.diff(index) <= 0)[0])
         raise _error(path, f"line {bad + 3}: Index {index[bad + 1]} does not increase (after {index[bad]})")
-    return RawQM9(index, np.asarray(smiles, dtype=object), np.asarray(counts, np.int64), np.asarray(targets, np.float64))
+    return RawQM9(
+        index, np.asarray(smiles, dtype=object), np.asarray(counts, np.int64), np.asarray(targets, np.float64)
+    )
 
 
-def split_ids(n: int, seed: int, test_size: int = NASH_MTL_SIZES["test"], validation_size: int = NASH_MTL_SIZES["validation"]) -> dict[str, np.ndarray]:
+def split_ids(
+    n: int, seed: int, test_size: int = NASH_MTL_SIZES["test"], validation_size: int = NASH_MTL_SIZES["validation"]
+) -> dict[str, np.ndarray]:
     """Nash-MTL's cut of a seeded permutation: test first, then validation, then train."""
     if test_size + validation_size >= n:
-        raise DataError(f"qm9: test_size + validation_size ({test_size} + {validation_size}) must be below {n} molecules")
+        raise DataError(
+            f"qm9: test_size + validation_size ({test_size} + {validation_size}) must be below {n} molecules"
+        )
     perm = np.random.default_rng(seed).permutation(n)
-    return {"test": perm[:test_size], "validation": perm[test_size : test_size + validation_size], "train": perm[test_size + validation_size :]}
+    return {
+        "test": perm[:test_size],
+        "validation": perm[test_size : test_size + validation_size],
+        "train": perm[test_size + validation_size :],
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,10 +318,17 @@ def load_qm9(
 INPUTS = ("composition", "graph")
 
 
-def dataset_from_raw(raw: RawQM9, seed: int = 0, test_size: int = NASH_MTL_SIZES["test"],
-                     validation_size: int = NASH_MTL_SIZES["validation"], *, inputs: str = "composition",
-                     graphs: "MoleculeGraphs | None" = None, train_size: int | None = None,
-                     eval_size: int | None = None) -> MTLDataset:
+def dataset_from_raw(
+    raw: RawQM9,
+    seed: int = 0,
+    test_size: int = NASH_MTL_SIZES["test"],
+    validation_size: int = NASH_MTL_SIZES["validation"],
+    *,
+    inputs: str = "composition",
+    graphs: "MoleculeGraphs | None" = None,
+    train_size: int | None = None,
+    eval_size: int | None = None,
+) -> MTLDataset:
     """Splits, standardises on train and wraps ``raw`` (see ``load_qm9``).
 
     ``graphs``: ``featurise(raw.smiles)`` of every molecule (e.g. from the cache) for
@@ -323,11 +358,20 @@ def dataset_from_raw(raw: RawQM9, seed: int = 0, test_size: int = NASH_MTL_SIZES
             arrays = {"x": raw.counts[rows].astype(np.float32)}
         arrays.update({t: z[:, k] for k, t in enumerate(TASKS)})
         splits[split] = arrays
-    dataset = from_arrays("qm9", {s: splits[s] for s in ("train", "validation", "test")}, input_key="x",
-                          labels={t: "regression" for t in TASKS})
+    dataset = from_arrays(
+        "qm9",
+        {s: splits[s] for s in ("train", "validation", "test")},
+        input_key="x",
+        labels={t: "regression" for t in TASKS},
+    )
     dataset.qm9 = QM9Data(
-        tasks=TASKS, mean=mean, std=std, report_scale=REPORT_SCALE, report_units=REPORT_UNITS,
-        smiles={s: raw.smiles[r] for s, r in ids.items()}, index={s: raw.index[r] for s, r in ids.items()},
+        tasks=TASKS,
+        mean=mean,
+        std=std,
+        report_scale=REPORT_SCALE,
+        report_units=REPORT_UNITS,
+        smiles={s: raw.smiles[r] for s, r in ids.items()},
+        index={s: raw.index[r] for s, r in ids.items()},
     )
     return dataset
 
@@ -394,8 +438,12 @@ class MoleculeGraphs:
         n0, n1 = self.node_offsets[i], self.node_offsets[i + 1]
         e0, e1 = self.edge_offsets[i], self.edge_offsets[i + 1]
         edges = np.eye(len(BOND_TYPES), dtype=np.float32)[self.bonds[e0:e1]]
-        return (self.nodes[n0:n1].astype(np.float32), edges, self.senders[e0:e1].astype(np.int32),
-                self.receivers[e0:e1].astype(np.int32))
+        return (
+            self.nodes[n0:n1].astype(np.float32),
+            edges,
+            self.senders[e0:e1].astype(np.int32),
+            self.receivers[e0:e1].astype(np.int32),
+        )
 
     def take(self, rows: np.ndarray) -> "MoleculeGraphs":
         """The graphs of molecules ``rows``, in that order."""
@@ -404,8 +452,11 @@ class MoleculeGraphs:
         node_idx = _ranges(self.node_offsets[rows], n_len)
         edge_idx = _ranges(self.edge_offsets[rows], e_len)
         return MoleculeGraphs(
-            np.concatenate([[0], np.cumsum(n_len)]), self.nodes[node_idx],
-            np.concatenate([[0], np.cumsum(e_len)]), self.senders[edge_idx], self.receivers[edge_idx],
+            np.concatenate([[0], np.cumsum(n_len)]),
+            self.nodes[node_idx],
+            np.concatenate([[0], np.cumsum(e_len)]),
+            self.senders[edge_idx],
+            self.receivers[edge_idx],
             self.bonds[edge_idx],
         )
 
@@ -444,7 +495,9 @@ def featurise(smiles: Any, counts: np.ndarray | None = None) -> MoleculeGraphs:
         mol = Chem.AddHs(mol)
         n = mol.GetNumAtoms()
         if n > MAX_NODES:
-            raise DataError(f"qm9 graphs: molecule {i} ({s!r}) has {n} atoms with hydrogens, above MAX_NODES={MAX_NODES}")
+            raise DataError(
+                f"qm9 graphs: molecule {i} ({s!r}) has {n} atoms with hydrogens, above MAX_NODES={MAX_NODES}"
+            )
         x = np.zeros((n, len(NODE_FEATURES)), np.int8)
         for atom in mol.GetAtoms():
             k, symbol = atom.GetIdx(), atom.GetSymbol()
@@ -464,11 +517,15 @@ def featurise(smiles: Any, counts: np.ndarray | None = None) -> MoleculeGraphs:
         edges = []
         for bond in mol.GetBonds():
             if bond.GetBondType() not in bond_index:
-                raise DataError(f"qm9 graphs: molecule {i} ({s!r}) has a {bond.GetBondType()} bond, not one of {BOND_TYPES}")
+                raise DataError(
+                    f"qm9 graphs: molecule {i} ({s!r}) has a {bond.GetBondType()} bond, not one of {BOND_TYPES}"
+                )
             a, b, t = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx(), bond_index[bond.GetBondType()]
             edges += [(a, b, t), (b, a, t)]
         if len(edges) > MAX_EDGES:
-            raise DataError(f"qm9 graphs: molecule {i} ({s!r}) has {len(edges)} directed edges, above MAX_EDGES={MAX_EDGES}")
+            raise DataError(
+                f"qm9 graphs: molecule {i} ({s!r}) has {len(edges)} directed edges, above MAX_EDGES={MAX_EDGES}"
+            )
         edges.sort()
         e = np.asarray(edges, np.int8).reshape(-1, 3)
         node_len.append(n)
@@ -479,8 +536,11 @@ def featurise(smiles: Any, counts: np.ndarray | None = None) -> MoleculeGraphs:
         bonds.append(e[:, 2])
     cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape, np.int8)
     return MoleculeGraphs(
-        np.concatenate([[0], np.cumsum(node_len, dtype=np.int64)]), cat(nodes, (0, len(NODE_FEATURES))),
-        np.concatenate([[0], np.cumsum(edge_len, dtype=np.int64)]), cat(senders, (0,)), cat(receivers, (0,)),
+        np.concatenate([[0], np.cumsum(node_len, dtype=np.int64)]),
+        cat(nodes, (0, len(NODE_FEATURES))),
+        np.concatenate([[0], np.cumsum(edge_len, dtype=np.int64)]),
+        cat(senders, (0,)),
+        cat(receivers, (0,)),
         cat(bonds, (0,)),
     )
 
@@ -546,8 +606,10 @@ def pack(graphs: MoleculeGraphs, max_nodes: int = MAX_NODES, max_edges: int = MA
     m, f, fe = len(graphs), len(NODE_FEATURES), len(BOND_TYPES)
     n_len, e_len = np.diff(graphs.node_offsets), np.diff(graphs.edge_offsets)
     if m and (n_len.max() > max_nodes or e_len.max() > max_edges):
-        raise DataError(f"qm9 graphs: a molecule has {n_len.max()} nodes / {e_len.max()} edges, above the budget "
-                        f"max_nodes={max_nodes} / max_edges={max_edges}")
+        raise DataError(
+            f"qm9 graphs: a molecule has {n_len.max()} nodes / {e_len.max()} edges, above the budget "
+            f"max_nodes={max_nodes} / max_edges={max_edges}"
+        )
     node_slot = np.arange(len(graphs.nodes)) - np.repeat(graphs.node_offsets[:-1], n_len)
     edge_slot = np.arange(len(graphs.bonds)) - np.repeat(graphs.edge_offsets[:-1], e_len)
     node_mol, edge_mol = np.repeat(np.arange(m), n_len), np.repeat(np.arange(m), e_len)
@@ -563,4 +625,6 @@ def pack(graphs: MoleculeGraphs, max_nodes: int = MAX_NODES, max_edges: int = MA
     senders[edge_mol, edge_slot] = graphs.senders
     receivers[edge_mol, edge_slot] = graphs.receivers
     edges[edge_mol, edge_slot, graphs.bonds.astype(np.int64)] = 1
-    return np.concatenate([node_mask, nodes.reshape(m, -1), edge_mask, senders, receivers, edges.reshape(m, -1)], axis=1)
+    return np.concatenate(
+        [node_mask, nodes.reshape(m, -1), edge_mask, senders, receivers, edges.reshape(m, -1)], axis=1
+    )

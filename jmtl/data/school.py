@@ -116,7 +116,9 @@ def _loadmat(path: pathlib.Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
         raise _error(path, f"not a readable MATLAB file ({type(e).__name__}: {e})") from e
     missing = [k for k in keys if k not in mat]
     if missing:
-        raise _error(path, f"variable(s) {missing} missing; it holds {sorted(k for k in mat if not k.startswith('__'))}")
+        raise _error(
+            path, f"variable(s) {missing} missing; it holds {sorted(k for k in mat if not k.startswith('__'))}"
+        )
     return {k: np.asarray(mat[k]) for k in keys}
 
 
@@ -126,7 +128,9 @@ def _starts(values: np.ndarray, total: int, path, name: str, verify: bool) -> np
     if verify and len(starts) != NUM_TASKS:
         raise _error(path, f"{name} has {len(starts)} task starts, the School data has {NUM_TASKS} schools")
     if len(starts) == 0 or starts[0] != 0 or np.any(np.diff(starts) <= 0) or starts[-1] >= total:
-        raise _error(path, f"{name} must increase strictly from 1 and stay below {total + 1}, got {values.reshape(-1)[:5]}...")
+        raise _error(
+            path, f"{name} must increase strictly from 1 and stay below {total + 1}, got {values.reshape(-1)[:5]}..."
+        )
     return np.concatenate([starts, [total]])
 
 
@@ -149,7 +153,11 @@ class RawSchool:
 
 def read_raw(folder: os.PathLike[str] | str, split_index: int, verify: bool = True) -> RawSchool:
     """Reads and checks ``school_b.mat`` and the split file ``split_index`` (0..9)."""
-    if not isinstance(split_index, (int, np.integer)) or isinstance(split_index, bool) or not 0 <= split_index < NUM_SPLITS:
+    if (
+        not isinstance(split_index, (int, np.integer))
+        or isinstance(split_index, bool)
+        or not 0 <= split_index < NUM_SPLITS
+    ):
         raise DataError(f"school: split_index must be an int in 0..{NUM_SPLITS - 1}, got {split_index!r}")
     folder = pathlib.Path(folder)
     path = folder / DATA_FILE
@@ -187,7 +195,10 @@ def read_raw(folder: os.PathLike[str] | str, split_index: int, verify: bool = Tr
         for t, r in enumerate(per_task):
             wrong = r[task[r] != t]
             if len(wrong):
-                raise _error(spath, f"{key} block of school {t + 1} holds row {wrong[0] + 1}, a student of school {task[wrong[0]] + 1}")
+                raise _error(
+                    spath,
+                    f"{key} block of school {t + 1} holds row {wrong[0] + 1}, a student of school {task[wrong[0]] + 1}",
+                )
         np.add.at(seen, idx, 1)
         rows[split] = per_task
     if np.any(seen != 1):
@@ -285,8 +296,7 @@ def load_school(
     y = raw.y.astype(np.float32)
     names = TASK_NAMES[: len(rows["train"])]
     splits = {
-        split: {names[t]: {"x": x[r], "y": y[r]} for t, r in enumerate(per_task)}
-        for split, per_task in rows.items()
+        split: {names[t]: {"x": x[r], "y": y[r]} for t, r in enumerate(per_task)} for split, per_task in rows.items()
     }
     return SchoolData(split_index=int(split_index), task_names=names, splits=splits, feature_mean=mean, feature_std=std)
 
@@ -320,10 +330,16 @@ def load_school_pooled(
     """
     del cache_dir
     if not validation_percent:
-        raise DataError("school (pooled): validation_percent must be 1..50; the training loop evaluates a validation split")
+        raise DataError(
+            "school (pooled): validation_percent must be 1..50; the training loop evaluates a validation split"
+        )
     data = load_school(
-        data_dir=data_dir, split_index=split_index, validation_percent=validation_percent, seed=seed,
-        standardize=standardize, verify_checksums=verify_checksums,
+        data_dir=data_dir,
+        split_index=split_index,
+        validation_percent=validation_percent,
+        seed=seed,
+        standardize=standardize,
+        verify_checksums=verify_checksums,
     )
     splits = {}
     for split in ("train", "validation", "test"):
@@ -390,12 +406,20 @@ def load_school_tasks(
     """
     del cache_dir
     if not validation_percent:
-        raise DataError("school (tasks): validation_percent must be 1..50; the training loop evaluates a validation split")
+        raise DataError(
+            "school (tasks): validation_percent must be 1..50; the training loop evaluates a validation split"
+        )
     data = load_school(
-        data_dir=data_dir, split_index=split_index, validation_percent=validation_percent, seed=seed,
-        standardize=standardize, verify_checksums=verify_checksums,
+        data_dir=data_dir,
+        split_index=split_index,
+        validation_percent=validation_percent,
+        seed=seed,
+        standardize=standardize,
+        verify_checksums=verify_checksums,
     )
-    splits = {split: masked_task_arrays(data.pooled(split), data.task_names) for split in ("train", "validation", "test")}
+    splits = {
+        split: masked_task_arrays(data.pooled(split), data.task_names) for split in ("train", "validation", "test")
+    }
     labels = {name: "regression" for name in data.task_names}
     dataset = from_arrays("school_tasks", splits, input_key="x", labels=labels)
     dataset.school_data = data

@@ -61,7 +61,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -111,29 +111,43 @@ class DenseFormat:
 def nyuv2_format() -> DenseFormat:
     h, w = 288, 384
     return DenseFormat(
-        name="nyuv2", title="NYUv2", height=h, width=w,
-        fields=(Field("image", "image", (h, w, 3), "image"),
-                Field("segmentation", "label", (h, w), "label", 13),
-                Field("depth", "depth", (h, w, 1), "depth"),
-                Field("normal", "normal", (h, w, 3), "normal")),
+        name="nyuv2",
+        title="NYUv2",
+        height=h,
+        width=w,
+        fields=(
+            Field("image", "image", (h, w, 3), "image"),
+            Field("segmentation", "label", (h, w), "label", 13),
+            Field("depth", "depth", (h, w, 1), "depth"),
+            Field("normal", "normal", (h, w, 3), "normal"),
+        ),
         split_sizes={"train": 795, "val": 654},
-        fix=("unpack MTAN's preprocessed NYUv2 (nyuv2.zip: train/ and val/, each with image/, label/, depth/, "
-             "normal/ holding 0.npy, 1.npy, ...) unchanged and point --config.dataset.data_dir / $JMTL_DATA_DIR "
-             "at its folder or at a parent holding nyuv2/"),
+        fix=(
+            "unpack MTAN's preprocessed NYUv2 (nyuv2.zip: train/ and val/, each with image/, label/, depth/, "
+            "normal/ holding 0.npy, 1.npy, ...) unchanged and point --config.dataset.data_dir / $JMTL_DATA_DIR "
+            "at its folder or at a parent holding nyuv2/"
+        ),
     )
 
 
 def cityscapes_format(num_classes: int = 7, label_folder: str = "label_7") -> DenseFormat:
     h, w = 128, 256
     return DenseFormat(
-        name="cityscapes", title="Cityscapes", height=h, width=w,
-        fields=(Field("image", "image", (h, w, 3), "image"),
-                Field("segmentation", label_folder, (h, w), "label", num_classes),
-                Field("depth", "depth", (h, w, 1), "depth")),
+        name="cityscapes",
+        title="Cityscapes",
+        height=h,
+        width=w,
+        fields=(
+            Field("image", "image", (h, w, 3), "image"),
+            Field("segmentation", label_folder, (h, w), "label", num_classes),
+            Field("depth", "depth", (h, w, 1), "depth"),
+        ),
         split_sizes={"train": 2975, "val": 500},
-        fix=("unpack MTAN's preprocessed 128x256 Cityscapes (cityscapes2.zip: train/ and val/, each with image/, "
-             "depth/, label_7/ (or LibMTL's label/), label_19/ holding 0.npy, 1.npy, ...) unchanged and point "
-             "--config.dataset.data_dir / $JMTL_DATA_DIR at its folder or at a parent holding cityscapes/"),
+        fix=(
+            "unpack MTAN's preprocessed 128x256 Cityscapes (cityscapes2.zip: train/ and val/, each with image/, "
+            "depth/, label_7/ (or LibMTL's label/), label_19/ holding 0.npy, 1.npy, ...) unchanged and point "
+            "--config.dataset.data_dir / $JMTL_DATA_DIR at its folder or at a parent holding cityscapes/"
+        ),
     )
 
 
@@ -146,8 +160,9 @@ def find_root(data_dir, name: str, aliases: Sequence[str], fix: str, must_have: 
     if data_dir is None:
         data_dir = os.environ.get(ENV_DATA_DIR) or None
     if data_dir is None:
-        raise DataError(f"{name}: no data dir (neither data_dir / --config.dataset.data_dir nor ${ENV_DATA_DIR}). "
-                        f"Fix: {fix}")
+        raise DataError(
+            f"{name}: no data dir (neither data_dir / --config.dataset.data_dir nor ${ENV_DATA_DIR}). Fix: {fix}"
+        )
     root = pathlib.Path(data_dir).expanduser()
     for folder in [root / a for a in aliases] + [root]:
         if (folder / must_have).exists():
@@ -175,8 +190,11 @@ def _list_indices(folder: pathlib.Path, fix: str) -> list[int]:
     if ids != list(range(n)):
         present = set(ids)
         gap = next(i for i in range(n + 1) if i not in present)
-        raise _error(folder / f"{gap}.npy", f"missing: the indices must run 0..{n - 1} without gaps (found {n} "
-                     f"files, up to {ids[-1]}.npy)", fix + " (re-copy the missing file)")
+        raise _error(
+            folder / f"{gap}.npy",
+            f"missing: the indices must run 0..{n - 1} without gaps (found {n} files, up to {ids[-1]}.npy)",
+            fix + " (re-copy the missing file)",
+        )
     return ids
 
 
@@ -185,11 +203,15 @@ def _check_array(x: np.ndarray, path: pathlib.Path, field: Field, fix: str) -> N
     shape = tuple(x.shape)
     if shape != field.shape:
         if len(shape) == len(field.shape) and shape[0] == field.shape[-1] and shape[1:] == field.shape[:-1]:
-            raise _error(path, f"shape {shape} is channels-first (CHW); this format is HWC {field.shape}",
-                         "convert with np.save(path, np.moveaxis(x, 0, -1)), or use the unmodified MTAN/LibMTL files")
+            raise _error(
+                path,
+                f"shape {shape} is channels-first (CHW); this format is HWC {field.shape}",
+                "convert with np.save(path, np.moveaxis(x, 0, -1)), or use the unmodified MTAN/LibMTL files",
+            )
         if field.kind == "label" and shape == field.shape + (1,):
-            raise _error(path, f"shape {shape}, a label map must be {field.shape} (no channel axis)",
-                         "np.save(path, x[..., 0])")
+            raise _error(
+                path, f"shape {shape}, a label map must be {field.shape} (no channel axis)", "np.save(path, x[..., 0])"
+            )
         raise _error(path, f"shape {shape}, expected {field.shape} ({field.key}, HWC)", fix)
     if field.kind == "label":
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
@@ -197,31 +219,47 @@ def _check_array(x: np.ndarray, path: pathlib.Path, field: Field, fix: str) -> N
         v = np.asarray(x)
         if np.issubdtype(v.dtype, np.floating):
             if not np.all(np.isfinite(v)) or np.any(v != np.round(v)):
-                raise _error(path, "label values are not whole numbers (NaN or fractions); class ids must be "
-                             "integers", "regenerate the file from the integer label map")
+                raise _error(
+                    path,
+                    "label values are not whole numbers (NaN or fractions); class ids must be integers",
+                    "regenerate the file from the integer label map",
+                )
         lo, hi = float(v.min()), float(v.max())
         if lo < -1 or hi > field.num_classes - 1:
             bad = lo if lo < -1 else hi
-            raise _error(path, f"label {bad:g} is outside the {field.num_classes} classes (valid 0..{field.num_classes - 1},"
-                         " and -1 = ignore)", "map unlabelled pixels to -1 and the classes to 0.."
-                         f"{field.num_classes - 1}, or load the matching class count (e.g. num_classes=19)")
+            raise _error(
+                path,
+                f"label {bad:g} is outside the {field.num_classes} classes (valid 0..{field.num_classes - 1},"
+                " and -1 = ignore)",
+                "map unlabelled pixels to -1 and the classes to 0.."
+                f"{field.num_classes - 1}, or load the matching class count (e.g. num_classes=19)",
+            )
         return
     if not np.issubdtype(x.dtype, np.floating):
-        raise _error(path, f"dtype {x.dtype}; {field.key} must be a float array" +
-                     (" in [0, 1] (an 8-bit image?)" if field.kind == "image" else ""),
-                     "np.save(path, x.astype(np.float32) / 255)" if field.kind == "image" else fix)
+        raise _error(
+            path,
+            f"dtype {x.dtype}; {field.key} must be a float array"
+            + (" in [0, 1] (an 8-bit image?)" if field.kind == "image" else ""),
+            "np.save(path, x.astype(np.float32) / 255)" if field.kind == "image" else fix,
+        )
     v = np.asarray(x)
     finite = np.isfinite(v)
     if not finite.all():
         where = np.argwhere(~finite)[0]
-        raise _error(path, f"{field.key} holds NaN/inf (first at pixel {tuple(int(i) for i in where[:2])}); "
-                     f"invalid {field.key} pixels must be 0, not NaN",
-                     f"x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) before saving")
+        raise _error(
+            path,
+            f"{field.key} holds NaN/inf (first at pixel {tuple(int(i) for i in where[:2])}); "
+            f"invalid {field.key} pixels must be 0, not NaN",
+            "x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) before saving",
+        )
     if field.kind == "image":
         lo, hi = float(v.min()), float(v.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
-            raise _error(path, f"image values span [{lo:g}, {hi:g}], this format stores [0, 1]",
-                         "divide 8-bit images by 255" if hi > 1.5 else fix)
+            raise _error(
+                path,
+                f"image values span [{lo:g}, {hi:g}], this format stores [0, 1]",
+                "divide 8-bit images by 255" if hi > 1.5 else fix,
+            )
 
 
 def _fingerprint(files: Sequence[pathlib.Path], root: pathlib.Path, extra: str) -> str:
@@ -250,9 +288,12 @@ def verify_dense(root: pathlib.Path, fmt: DenseFormat, cache_root: str) -> dict[
         for f in fmt.fields:
             got = _list_indices(root / split / f.folder, fmt.fix)
             if ids is not None and len(got) != len(ids):
-                raise _error(root / split / f.folder, f"{len(got)} files but {split}/{fmt.fields[0].folder}/ has "
-                             f"{len(ids)}; every example needs all of {', '.join(x.folder for x in fmt.fields)}",
-                             fmt.fix)
+                raise _error(
+                    root / split / f.folder,
+                    f"{len(got)} files but {split}/{fmt.fields[0].folder}/ has "
+                    f"{len(ids)}; every example needs all of {', '.join(x.folder for x in fmt.fields)}",
+                    fmt.fix,
+                )
             ids = got
             files += [root / split / f.folder / f"{i}.npy" for i in got]
         sizes[split] = len(ids)
@@ -382,8 +423,9 @@ class AugmentDraw:
     flip: bool
 
 
-def draw_augmentation(rng: np.random.Generator, height: int, width: int,
-                      scales: Sequence[float] = SCALES) -> AugmentDraw:
+def draw_augmentation(
+    rng: np.random.Generator, height: int, width: int, scales: Sequence[float] = SCALES
+) -> AugmentDraw:
     """LibMTL's ``RandomScaleCrop`` draws (scale uniform over ``scales``; crop ``int(H / s) x int(W / s)``
     at offsets uniform in 0..H-h and 0..W-w inclusive) and its flip with probability 1/2."""
     s = float(scales[int(rng.integers(len(scales)))])
@@ -430,7 +472,9 @@ def make_augmenter(scales: Sequence[float] = SCALES) -> Callable:
         out = {k: np.empty_like(batch[k]) for k in keys}
         for j, i in enumerate(np.asarray(ids)):
             rng = np.random.default_rng([seed, epoch, int(i), _AUG_STREAM])
-            ex = augment_example({k: batch[k][j] for k in keys}, draw_augmentation(rng, *batch["image"].shape[1:3], scales))
+            ex = augment_example(
+                {k: batch[k][j] for k in keys}, draw_augmentation(rng, *batch["image"].shape[1:3], scales)
+            )
             for k in keys:
                 out[k][j] = ex[k]
         return {**batch, **out}
@@ -460,12 +504,18 @@ class DenseDataset(MTLDataset):
         return self._raw_split(split)
 
 
-def _dense_dataset(fmt: DenseFormat, root: pathlib.Path, cache_dir, validation_percent: int,
-                   augment: bool) -> DenseDataset:
-    if not isinstance(validation_percent, (int, np.integer)) or isinstance(validation_percent, bool) or not (
-            0 <= validation_percent <= 50):
-        raise DataError(f"{fmt.name}: validation_percent must be an int in 0..50 (0 = validate on the val folder, "
-                        f"as the papers do), got {validation_percent!r}")
+def _dense_dataset(
+    fmt: DenseFormat, root: pathlib.Path, cache_dir, validation_percent: int, augment: bool
+) -> DenseDataset:
+    if (
+        not isinstance(validation_percent, (int, np.integer))
+        or isinstance(validation_percent, bool)
+        or not (0 <= validation_percent <= 50)
+    ):
+        raise DataError(
+            f"{fmt.name}: validation_percent must be an int in 0..50 (0 = validate on the val folder, "
+            f"as the papers do), got {validation_percent!r}"
+        )
     if not isinstance(augment, bool):
         raise DataError(f"{fmt.name}: augment must be True or False, got {augment!r}")
     sizes = verify_dense(root, fmt, resolve_cache_dir(cache_dir))
@@ -474,20 +524,32 @@ def _dense_dataset(fmt: DenseFormat, root: pathlib.Path, cache_dir, validation_p
     if validation_percent:
         cut = sizes["train"] - max(1, int(round(sizes["train"] * validation_percent / 100)))
         if cut < 1:
-            raise DataError(f"{fmt.name}: train/ has {sizes['train']} examples, too few to hold out "
-                            f"{validation_percent}%")
-        splits = {"train": (root / "train", train_ids[:cut]), "validation": (root / "train", train_ids[cut:]),
-                  "test": (root / "val", val_ids)}
+            raise DataError(
+                f"{fmt.name}: train/ has {sizes['train']} examples, too few to hold out {validation_percent}%"
+            )
+        splits = {
+            "train": (root / "train", train_ids[:cut]),
+            "validation": (root / "train", train_ids[cut:]),
+            "test": (root / "val", val_ids),
+        }
     else:
-        splits = {"train": (root / "train", train_ids), "validation": (root / "val", val_ids),
-                  "test": (root / "val", val_ids)}
+        splits = {
+            "train": (root / "train", train_ids),
+            "validation": (root / "val", val_ids),
+            "test": (root / "val", val_ids),
+        }
     sources = {s: NpySource(folder, fmt.fields, ids) for s, (folder, ids) in splits.items()}
     labels = {}
     for f in fmt.fields[1:]:
         kind = "segmentation" if f.kind == "label" else f.kind
         labels[f.key] = LabelSpec(f.key, kind, f.num_classes if f.kind == "label" else None, f.shape)
-    spec = DatasetSpec(name=fmt.name, input_key="image", input_shape=fmt.fields[0].shape, labels=labels,
-                       split_sizes={s: len(src) for s, src in sources.items()})
+    spec = DatasetSpec(
+        name=fmt.name,
+        input_key="image",
+        input_shape=fmt.fields[0].shape,
+        labels=labels,
+        split_sizes={s: len(src) for s, src in sources.items()},
+    )
     dataset = DenseDataset(spec, sources, make_augmenter() if augment else None)
     dataset.root = root
     return dataset
@@ -514,8 +576,9 @@ def load_nyuv2(*, data_dir=None, cache_dir=None, validation_percent: int = 0, au
     return _dense_dataset(fmt, root, cache_dir, validation_percent, augment)
 
 
-def load_cityscapes(*, data_dir=None, cache_dir=None, num_classes: int = 7, validation_percent: int = 0,
-                    augment: bool = False) -> DenseDataset:
+def load_cityscapes(
+    *, data_dir=None, cache_dir=None, num_classes: int = 7, validation_percent: int = 0, augment: bool = False
+) -> DenseDataset:
     """Cityscapes 128x256 (segmentation, depth) from MTAN's preprocessed ``.npy`` files.
 
     Args:
@@ -533,8 +596,15 @@ def load_cityscapes(*, data_dir=None, cache_dir=None, num_classes: int = 7, vali
     if num_classes == 7 and not (root / "train" / folder).is_dir() and (root / "train" / "label").is_dir():
         folder = "label"  # LibMTL's copy names the 7-class folder label/
     elif not (root / "train" / folder).is_dir() and (root / "train").is_dir():
-        raise _error(root / "train" / folder, f"missing folder: no {num_classes}-class labels here" +
-                     (" (MTAN's release has label_19/; LibMTL's copy has only the 7-class label/)" if num_classes == 19
-                      else ""), "load num_classes=7, or " + fmt.fix)
+        raise _error(
+            root / "train" / folder,
+            f"missing folder: no {num_classes}-class labels here"
+            + (
+                " (MTAN's release has label_19/; LibMTL's copy has only the 7-class label/)"
+                if num_classes == 19
+                else ""
+            ),
+            "load num_classes=7, or " + fmt.fix,
+        )
     fmt = cityscapes_format(num_classes, folder)
     return _dense_dataset(fmt, root, cache_dir, validation_percent, augment)

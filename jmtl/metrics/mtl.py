@@ -34,10 +34,20 @@ def delta_m(method: Sequence[float], baseline: Sequence[float], higher_is_better
 # (mIoU, pixel accuracy, absolute / relative depth error, mean / median normal angle error, % of
 # pixels within 11.25 / 22.5 / 30 degrees); jmtl.tasks.Task.metric_directions agrees (tested).
 METRIC_DIRECTIONS: dict[str, bool] = {
-    "accuracy": True, "loss": False, "mse": False, "mae": False, "auc": True,
-    "miou": True, "pixel_accuracy": True,
-    "abs_err": False, "rel_err": False,
-    "mean_angle": False, "median_angle": False, "within_11_25": True, "within_22_5": True, "within_30": True,
+    "accuracy": True,
+    "loss": False,
+    "mse": False,
+    "mae": False,
+    "auc": True,
+    "miou": True,
+    "pixel_accuracy": True,
+    "abs_err": False,
+    "rel_err": False,
+    "mean_angle": False,
+    "median_angle": False,
+    "within_11_25": True,
+    "within_22_5": True,
+    "within_30": True,
 }
 
 
@@ -61,11 +71,15 @@ def delta_m_table(
     for task, metrics in baseline.items():
         for name, value in metrics.items():
             if name not in known:
-                raise ValueError(f"delta_m_table: no direction for metric {name!r} of task {task!r}. "
-                                 f"Fix: pass directions={{{name!r}: True or False}} (True = higher is better)")
+                raise ValueError(
+                    f"delta_m_table: no direction for metric {name!r} of task {task!r}. "
+                    f"Fix: pass directions={{{name!r}: True or False}} (True = higher is better)"
+                )
             if task not in method or name not in method[task]:
                 raise ValueError(f"delta_m_table: the method has no {task}.{name} to compare with the baseline's")
-            m.append(method[task][name]); b.append(value); hib.append(known[name])
+            m.append(method[task][name])
+            b.append(value)
+            hib.append(known[name])
     return delta_m(m, b, hib)
 
 

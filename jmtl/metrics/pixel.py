@@ -56,8 +56,14 @@ THRESHOLD_NAMES = ("within_11_25", "within_22_5", "within_30")
 # Metric -> higher is better, per task kind (also what Delta-m% reads, see jmtl.metrics.mtl).
 SEGMENTATION_METRICS = {"miou": True, "pixel_accuracy": True, "loss": False}
 DEPTH_METRICS = {"abs_err": False, "rel_err": False, "loss": False}
-NORMAL_METRICS = {"mean_angle": False, "median_angle": False, "within_11_25": True, "within_22_5": True,
-                  "within_30": True, "loss": False}
+NORMAL_METRICS = {
+    "mean_angle": False,
+    "median_angle": False,
+    "within_11_25": True,
+    "within_22_5": True,
+    "within_30": True,
+    "loss": False,
+}
 
 
 # --------------------------------------------------------------------------- validity masks
@@ -232,14 +238,20 @@ def segmentation_finalize(stats: Mapping[str, np.ndarray]) -> dict[str, float]:
     union = conf.sum(0) + conf.sum(1) - tp
     present = union > 0
     miou = float(np.mean(tp[present] / union[present])) if present.any() else math.nan
-    return {"miou": miou, "pixel_accuracy": _ratio(tp.sum(), conf.sum()),
-            "loss": _ratio(stats["loss_sum"], stats["count"])}
+    return {
+        "miou": miou,
+        "pixel_accuracy": _ratio(tp.sum(), conf.sum()),
+        "loss": _ratio(stats["loss_sum"], stats["count"]),
+    }
 
 
 def depth_finalize(stats: Mapping[str, np.ndarray]) -> dict[str, float]:
     n = stats["count"]
-    return {"abs_err": _ratio(stats["abs_sum"], n), "rel_err": _ratio(stats["rel_sum"], n),
-            "loss": _ratio(stats["abs_sum"], n)}
+    return {
+        "abs_err": _ratio(stats["abs_sum"], n),
+        "rel_err": _ratio(stats["rel_sum"], n),
+        "loss": _ratio(stats["abs_sum"], n),
+    }
 
 
 def histogram_median(hist: np.ndarray, bin_width: float = ANGLE_BIN_DEGREES) -> float:

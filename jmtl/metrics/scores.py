@@ -133,12 +133,19 @@ def destandardize(values: ArrayLike, mean: ArrayLike, std: ArrayLike) -> np.ndar
     s = np.asarray(std, np.float64)
     if np.any(s <= 0) or not np.all(np.isfinite(s)):
         raise ValueError(f"destandardize: std must be positive and finite, got {s}")
-    if m.ndim > 1 or s.ndim > 1 or (m.ndim == 1 and v.shape[-1:] != m.shape) or (s.ndim == 1 and v.shape[-1:] != s.shape):
+    if (
+        m.ndim > 1
+        or s.ndim > 1
+        or (m.ndim == 1 and v.shape[-1:] != m.shape)
+        or (s.ndim == 1 and v.shape[-1:] != s.shape)
+    ):
         raise ValueError(f"destandardize: values {v.shape} do not match mean {m.shape} / std {s.shape} per column")
     return v * s + m
 
 
-def mae_original_units(predictions: ArrayLike, targets: ArrayLike, mean: ArrayLike, std: ArrayLike) -> np.ndarray | float:
+def mae_original_units(
+    predictions: ArrayLike, targets: ArrayLike, mean: ArrayLike, std: ArrayLike
+) -> np.ndarray | float:
     """Mean absolute error in the targets' original units, from standardised predictions and targets.
 
     Both are mapped back with ``x * std + mean`` (``destandardize``) before the absolute difference,
@@ -157,12 +164,16 @@ def mae_original_units(predictions: ArrayLike, targets: ArrayLike, mean: ArrayLi
     p = np.asarray(predictions, np.float64)
     t = np.asarray(targets, np.float64)
     if p.shape != t.shape or p.ndim not in (1, 2) or p.shape[0] == 0:
-        raise ValueError(f"mae_original_units: predictions {p.shape} and targets {t.shape} must be equal [N] or [N, K], N > 0")
+        raise ValueError(
+            f"mae_original_units: predictions {p.shape} and targets {t.shape} must be equal [N] or [N, K], N > 0"
+        )
     err = np.abs(destandardize(p, mean, std) - destandardize(t, mean, std)).mean(axis=0)
     return float(err) if p.ndim == 1 else err
 
 
-def split_level_metrics(tasks: Sequence, outputs: Mapping[str, ArrayLike], batch: Mapping[str, ArrayLike]) -> dict[str, dict[str, float]]:
+def split_level_metrics(
+    tasks: Sequence, outputs: Mapping[str, ArrayLike], batch: Mapping[str, ArrayLike]
+) -> dict[str, dict[str, float]]:
     """Every task's split-level metrics (``Task.split_metrics``, e.g. the binary tasks' AUC).
 
     Args:
@@ -179,7 +190,9 @@ def split_level_metrics(tasks: Sequence, outputs: Mapping[str, ArrayLike], batch
             y = np.asarray(batch[t.label_key])
             f = np.asarray(outputs[t.name])
             if len(f) != len(y):
-                raise ValueError(f"split_level_metrics: task {t.name!r} has {len(f)} outputs for {len(y)} labels "
-                                 "(drop the eval padding rows before calling)")
+                raise ValueError(
+                    f"split_level_metrics: task {t.name!r} has {len(f)} outputs for {len(y)} labels "
+                    "(drop the eval padding rows before calling)"
+                )
             out[t.name] = {m.name: float(m.fn(f, y)) for m in t.split_metrics}
     return out

@@ -48,7 +48,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jmtl.models import moe, stages as stages_lib, vision
+from jmtl.models import moe, vision
+from jmtl.models import stages as stages_lib
 from jmtl.models.base import Bag, MultiTaskBase, TaskHeads, bag, mix_tasks, per_task
 
 Array = jax.Array
@@ -258,7 +259,9 @@ class MTAN(MultiTaskBase):
 # ----------------------------------------------------------------------------- learning to branch
 
 
-def branch_weights(logits: Array, *, train: bool, temperature: Array | float, hard: bool, rng: Optional[Array]) -> Array:
+def branch_weights(
+    logits: Array, *, train: bool, temperature: Array | float, hard: bool, rng: Optional[Array]
+) -> Array:
     """Parent weights ``[children, parents]``: a Gumbel-softmax sample in training, the argmax
     parent (the derived tree) in evaluation. ``hard`` uses the straight-through estimator."""
     if not train:
@@ -397,7 +400,9 @@ def _build_hps(encoder, heads, relation):
 
 def _build_omoe(encoder, heads, relation, *, num_experts: int = 4):
     """OMoE: ``num_experts`` copies of the encoder mixed by one softmax gate shared by all tasks."""
-    return OneGateMoE(shared=moe.OneGateMixture(template=encoder, num_experts=num_experts), tasks=heads, relation=relation)
+    return OneGateMoE(
+        shared=moe.OneGateMixture(template=encoder, num_experts=num_experts), tasks=heads, relation=relation
+    )
 
 
 def _towers(encoder, heads, relation, arch):
@@ -500,9 +505,14 @@ def _check_encoder(encoder: Any) -> None:
         params = inspect.signature(type(encoder).__call__).parameters
     except (TypeError, ValueError):  # no signature to read: let the call decide
         return
-    takes_train = "train" in params and params["train"].kind in (params["train"].KEYWORD_ONLY, params["train"].POSITIONAL_OR_KEYWORD)
+    takes_train = "train" in params and params["train"].kind in (
+        params["train"].KEYWORD_ONLY,
+        params["train"].POSITIONAL_OR_KEYWORD,
+    )
     if not takes_train and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        raise ValueError(f"{need}; {type(encoder).__name__}.__call__ has no `train` argument (add `*, train: bool = False`)")
+        raise ValueError(
+            f"{need}; {type(encoder).__name__}.__call__ has no `train` argument (add `*, train: bool = False`)"
+        )
 
 
 def build(arch: str, *, encoder: nn.Module, heads: TaskHeads, relation: bool = False, **kwargs) -> nn.Module:

@@ -249,4 +249,6 @@ class MultiTaskBase(nn.Module):
         if not self.separable_heads:
             raise self._not_separable()
         if len(reps) != len(self.tasks.names):
-            raise ValueError(f"decode_split needs {len(self.tasks.names)} representations (one per task), got {len(reps)}")
+            raise ValueError(
+                f"decode_split needs {len(self.tasks.names)} representations (one per task), got {len(reps)}"
+            )

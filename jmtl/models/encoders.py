@@ -6,7 +6,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jmtl.models import layers, vision
 
@@ -96,5 +95,9 @@ def get(name: str, **kwargs) -> nn.Module:
         import dataclasses
 
         cls = ENCODERS[name]
-        valid = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")] if dataclasses.is_dataclass(cls) else ["(see its signature)"]
+        valid = (
+            [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+            if dataclasses.is_dataclass(cls)
+            else ["(see its signature)"]
+        )
         raise ValueError(f"bad arguments {kwargs} for encoder {name!r}; valid: {', '.join(valid)} ({e})") from None

@@ -84,8 +84,10 @@ def pad_graphs(graphs, max_nodes: int, max_edges: int, max_graphs: int | None = 
     n_tot = sum(len(g[0]) for g in graphs)
     e_tot = sum(len(g[2]) for g in graphs)
     if n_tot > max_nodes or e_tot > max_edges:
-        raise ValueError(f"the graphs have {n_tot} nodes / {e_tot} edges; budgets are max_nodes={max_nodes}, "
-                         f"max_edges={max_edges}. Fix: raise the budgets or batch fewer graphs")
+        raise ValueError(
+            f"the graphs have {n_tot} nodes / {e_tot} edges; budgets are max_nodes={max_nodes}, "
+            f"max_edges={max_edges}. Fix: raise the budgets or batch fewer graphs"
+        )
     if not graphs:
         raise ValueError("no graphs to pad (feature sizes unknown)")
     f, fe = np.shape(graphs[0][0])[1], np.shape(graphs[0][1])[1]
@@ -185,8 +187,11 @@ class NNConv(nn.Module):
         total = jax.ops.segment_sum(messages, graph.receivers, n)
         count = jax.ops.segment_sum(graph.edge_mask.astype(h.dtype), graph.receivers, n)
         mean = total / jnp.maximum(count, 1.0)[:, None]
-        return nn.Dense(self.features, use_bias=False, name="root")(h) + mean + self.param(
-            "bias", nn.initializers.zeros, (self.features,))
+        return (
+            nn.Dense(self.features, use_bias=False, name="root")(h)
+            + mean
+            + self.param("bias", nn.initializers.zeros, (self.features,))
+        )
 
 
 class Set2Set(nn.Module):
@@ -241,8 +246,11 @@ class MPNN(nn.Module):
     @nn.compact
     def __call__(self, x: Any, *, train: bool = False) -> jax.Array:
         del train
-        graph = x if isinstance(x, GraphBatch) else unpack(
-            x, self.max_nodes, self.max_edges, self.node_features, self.edge_features)
+        graph = (
+            x
+            if isinstance(x, GraphBatch)
+            else unpack(x, self.max_nodes, self.max_edges, self.node_features, self.edge_features)
+        )
         h = nn.relu(nn.Dense(self.hidden, name="embed")(graph.nodes))
         conv = NNConv(self.hidden, self.edge_hidden, name="conv")
         gru = nn.GRUCell(self.hidden, name="gru")

@@ -74,8 +74,6 @@ class RegressionHead(nn.Module):
         return self.output(self.represent(x, train=train))
 
 
-
-
 PIXEL_HEAD_STYLES = ("segnet", "deeplab")
 
 
@@ -94,8 +92,14 @@ class ASPP(nn.Module):
         from jmtl.models.vision import Norm
 
         def branch(y, k, d, name):
-            y = nn.Conv(self.features, (k, k), padding=((d * (k // 2),) * 2,) * 2, kernel_dilation=(d, d),
-                        use_bias=False, name=f"{name}_conv")(y)
+            y = nn.Conv(
+                self.features,
+                (k, k),
+                padding=((d * (k // 2),) * 2,) * 2,
+                kernel_dilation=(d, d),
+                use_bias=False,
+                name=f"{name}_conv",
+            )(y)
             return nn.relu(Norm(self.norm, name=f"{name}_bn")(y))
 
         outs = [branch(x, 1, 1, "b0")] + [branch(x, 3, r, f"b{i + 1}") for i, r in enumerate(self.rates)]

@@ -113,9 +113,7 @@ def toeplitz_kernel(kernel: Array, block_width: int) -> Array:
     """
     kh, kw, cin, cout = kernel.shape
     win = block_width + kw - 1
-    shifted = [
-        jnp.pad(kernel, ((0, 0), (w, win - kw - w), (0, 0), (0, 0))) for w in range(block_width)
-    ]
+    shifted = [jnp.pad(kernel, ((0, 0), (w, win - kw - w), (0, 0), (0, 0))) for w in range(block_width)]
     t = jnp.stack(shifted, axis=3)  # [kh, win, cin, block_width, cout]
     return t.reshape(kh * win * cin, block_width * cout)
 
@@ -229,14 +227,8 @@ class Conv(nn.Module):
             raise ValueError(f"Conv here is 2-D only; got kernel_size {self.kernel_size}")
         batch_shape = inputs.shape[:-3]
         x = inputs.reshape((-1,) + inputs.shape[-3:])
-        kernel = self.param(
-            "kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features), self.param_dtype
-        )
-        bias = (
-            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias
-            else None
-        )
+        kernel = self.param("kernel", self.kernel_init, kernel_size + (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
 
         pads = _explicit_padding(self.padding, kernel_size)

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jmtl.models import encoders, stages as stages_lib
+from jmtl.models import encoders
+from jmtl.models import stages as stages_lib
 from jmtl.models.base import Bag, MultiTaskBase, TaskHeads, bag, no_shared_representation
 
 Array = jax.Array
@@ -348,10 +349,14 @@ def _build(
 
 def build_mmoe(encoder, heads, relation, *, num_experts: int = 4) -> MixtureOfExperts:
     """MMoE: ``num_experts`` shared experts, a softmax gate per task."""
-    return _build(encoder, heads, relation, arch="mmoe", num_levels=1, num_shared_experts=num_experts, num_task_experts=0)
+    return _build(
+        encoder, heads, relation, arch="mmoe", num_levels=1, num_shared_experts=num_experts, num_task_experts=0
+    )
 
 
-def build_dselect_k(encoder, heads, relation, *, num_experts: int = 4, k: int = 2, gamma: float = 1.0) -> MixtureOfExperts:
+def build_dselect_k(
+    encoder, heads, relation, *, num_experts: int = 4, k: int = 2, gamma: float = 1.0
+) -> MixtureOfExperts:
     """MMoE with per-task DSelect-k gates (k selectors, smooth-step width gamma)."""
     return _build(
         encoder,
@@ -369,8 +374,13 @@ def build_dselect_k(encoder, heads, relation, *, num_experts: int = 4, k: int = 
 def build_cgc(encoder, heads, relation, *, num_shared_experts: int = 1, num_task_experts: int = 1) -> MixtureOfExperts:
     """CGC: one level of shared and task-specific experts."""
     return _build(
-        encoder, heads, relation, arch="cgc", num_levels=1,
-        num_shared_experts=num_shared_experts, num_task_experts=num_task_experts,
+        encoder,
+        heads,
+        relation,
+        arch="cgc",
+        num_levels=1,
+        num_shared_experts=num_shared_experts,
+        num_task_experts=num_task_experts,
     )
 
 
@@ -386,6 +396,12 @@ def build_ple(
 ) -> MixtureOfExperts:
     """PLE: ``num_levels`` stacked extraction levels (encoder experts first, MLP experts after)."""
     return _build(
-        encoder, heads, relation, arch="ple", num_levels=num_levels,
-        num_shared_experts=num_shared_experts, num_task_experts=num_task_experts, level_features=level_features,
+        encoder,
+        heads,
+        relation,
+        arch="ple",
+        num_levels=num_levels,
+        num_shared_experts=num_shared_experts,
+        num_task_experts=num_task_experts,
+        level_features=level_features,
     )

@@ -16,7 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 
-from jmtl.models import architectures, encoders, heads as heads_lib, pretrained, regularizers
+from jmtl.models import architectures, encoders, pretrained, regularizers
+from jmtl.models import heads as heads_lib
 from jmtl.models.architectures import MultiTaskModel
 from jmtl.models.base import RELATION, SHARED, TASKS, MultiTaskBase, TaskHeads
 from jmtl.tasks import Task

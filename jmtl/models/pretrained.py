@@ -62,8 +62,9 @@ def _is_conv(flax_path: tuple[str, ...]) -> bool:
     return flax_path[-1].startswith("conv") or flax_path[-1] == "downsample_conv"
 
 
-def torchvision_to_flax(state: Mapping[str, np.ndarray], *, depth: int, norm: str = "batch",
-                        source: str = "the state_dict") -> dict:
+def torchvision_to_flax(
+    state: Mapping[str, np.ndarray], *, depth: int, norm: str = "batch", source: str = "the state_dict"
+) -> dict:
     """torchvision ResNet state_dict -> :class:`jmtl.models.vision.ResNet` params (module docstring).
 
     Raises:
@@ -99,8 +100,11 @@ def torchvision_to_flax(state: Mapping[str, np.ndarray], *, depth: int, norm: st
                 node["scale"], node["bias"] = scale, bias - mean * scale
             else:
                 node["scale"], node["bias"] = weight, bias
-    unexpected = sorted(k for k in state if k not in expected and not k.endswith(_IGNORED_SUFFIXES)
-                        and not k.startswith(_IGNORED_PREFIXES))
+    unexpected = sorted(
+        k
+        for k in state
+        if k not in expected and not k.endswith(_IGNORED_SUFFIXES) and not k.startswith(_IGNORED_PREFIXES)
+    )
     if unexpected:
         problems.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
     if problems:
@@ -157,7 +161,9 @@ def _merge(init: Mapping[str, Any], loaded: Mapping[str, Any], where: str, kept:
     return out
 
 
-def apply_encoder_weights(model: Any, params: Mapping[str, Any], log: Callable[[str], None] = print) -> Mapping[str, Any]:
+def apply_encoder_weights(
+    model: Any, params: Mapping[str, Any], log: Callable[[str], None] = print
+) -> Mapping[str, Any]:
     """``params`` with the encoder's part replaced by its ``weights`` file, when it names one.
 
     Reads ``model.shared``, the encoder of hard sharing (``arch='hps'``). A model without a
@@ -168,13 +174,17 @@ def apply_encoder_weights(model: Any, params: Mapping[str, Any], log: Callable[[
     if not isinstance(enc, vision.ResNet):
         return params
     if not enc.weights:
-        log(f"encoder resnet{enc.depth}: no ImageNet weights file given (encoder_kwargs.weights), starting from scratch")
+        log(
+            f"encoder resnet{enc.depth}: no ImageNet weights file given (encoder_kwargs.weights), starting from scratch"
+        )
         return params
     loaded = torchvision_to_flax(load_npz(enc.weights), depth=enc.depth, norm=enc.norm, source=repr(enc.weights))
     kept: list = []
     shared = _merge(params["shared"], loaded, "", kept)
-    log(f"encoder resnet{enc.depth}: loaded ImageNet weights from {enc.weights} (norm={enc.norm})"
-        + (f"; initialised, not in the file: {', '.join(kept)}" if kept else ""))
+    log(
+        f"encoder resnet{enc.depth}: loaded ImageNet weights from {enc.weights} (norm={enc.norm})"
+        + (f"; initialised, not in the file: {', '.join(kept)}" if kept else "")
+    )
     return {**params, "shared": shared}
 
 

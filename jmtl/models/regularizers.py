@@ -76,7 +76,9 @@ def soft_sharing(params: Mapping[str, PyTree], kind: str = "l2", subtree: str = 
     if kind not in SOFT_KINDS:
         raise ValueError(f"unknown soft-sharing penalty {kind!r}; valid: {', '.join(SOFT_KINDS)}")
     if subtree not in params:
-        raise ValueError(f"soft sharing needs per-task towers under params[{subtree!r}]; top-level keys: {list(params)}")
+        raise ValueError(
+            f"soft sharing needs per-task towers under params[{subtree!r}]; top-level keys: {list(params)}"
+        )
     rows = _stacked_leaves(params[subtree])
     if kind == "l2":
         return sum(m.shape[0] * jnp.sum((m - m.mean(axis=0)) ** 2) for m in rows)

@@ -144,8 +144,15 @@ class SharedStack(nn.Module):
 
     def setup(self):
         self.words = WordRepresentation(
-            self.num_words, self.num_chars, self.word_dim, self.char_dim, self.char_features, self.char_width,
-            self.word_dropout, self.word_embedding_init, self.freeze_word_embeddings,
+            self.num_words,
+            self.num_chars,
+            self.word_dim,
+            self.char_dim,
+            self.char_features,
+            self.char_width,
+            self.word_dropout,
+            self.word_embedding_init,
+            self.freeze_word_embeddings,
         )
         self.layers = [BiLSTM(self.hidden, name=f"lstm_{i + 1}") for i in range(self.num_layers)]
         if self.label_dim:
@@ -337,8 +344,10 @@ def pretrained_init(matrix: np.ndarray, source: str = "the pretrained matrix") -
     def init(key, shape, dtype=jnp.float32):
         del key  # deterministic: the random rows were drawn when the matrix was built
         if tuple(shape) != matrix.shape:
-            raise ValueError(f"word embedding table of shape {tuple(shape)} (num_words, config.model.word_dim) "
-                             f"cannot start from {source} of shape {matrix.shape}")
+            raise ValueError(
+                f"word embedding table of shape {tuple(shape)} (num_words, config.model.word_dim) "
+                f"cannot start from {source} of shape {matrix.shape}"
+            )
         return jnp.asarray(matrix, dtype)
 
     return init

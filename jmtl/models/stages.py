@@ -159,7 +159,9 @@ def split_params(encoder_params: Mapping[str, PyTree], stages: Sequence[nn.Modul
     out = {}
     for i, s in enumerate(stages):
         names = s.layer_names
-        out[f"stage_{i}"] = {"encoder": dict(encoder_params)} if names is None else {n: encoder_params[n] for n in names}
+        out[f"stage_{i}"] = (
+            {"encoder": dict(encoder_params)} if names is None else {n: encoder_params[n] for n in names}
+        )
     return out
 
 

@@ -381,9 +381,18 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         conv = lambda f, k, s, p, d, name: nn.Conv(  # noqa: E731
-            f, (k, k), (s, s), padding=_pad(p), kernel_dilation=(d, d), use_bias=False, kernel_init=kaiming_fan_out, name=name
+            f,
+            (k, k),
+            (s, s),
+            padding=_pad(p),
+            kernel_dilation=(d, d),
+            use_bias=False,
+            kernel_init=kaiming_fan_out,
+            name=name,
         )
-        out = nn.relu(Norm(self.norm, name="bn1")(conv(self.planes, 3, self.stride, self.dilation, self.dilation, "conv1")(x)))
+        out = nn.relu(
+            Norm(self.norm, name="bn1")(conv(self.planes, 3, self.stride, self.dilation, self.dilation, "conv1")(x))
+        )
         out = Norm(self.norm, name="bn2")(conv(self.planes, 3, 1, self.dilation, self.dilation, "conv2")(out))
         if self.downsample:
             x = Norm(self.norm, name="downsample_bn")(conv(self.planes, 1, self.stride, 0, 1, "downsample_conv")(x))
@@ -403,10 +412,19 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         conv = lambda f, k, s, p, d, name: nn.Conv(  # noqa: E731
-            f, (k, k), (s, s), padding=_pad(p), kernel_dilation=(d, d), use_bias=False, kernel_init=kaiming_fan_out, name=name
+            f,
+            (k, k),
+            (s, s),
+            padding=_pad(p),
+            kernel_dilation=(d, d),
+            use_bias=False,
+            kernel_init=kaiming_fan_out,
+            name=name,
         )
         out = nn.relu(Norm(self.norm, name="bn1")(conv(self.planes, 1, 1, 0, 1, "conv1")(x)))
-        out = nn.relu(Norm(self.norm, name="bn2")(conv(self.planes, 3, self.stride, self.dilation, self.dilation, "conv2")(out)))
+        out = nn.relu(
+            Norm(self.norm, name="bn2")(conv(self.planes, 3, self.stride, self.dilation, self.dilation, "conv2")(out))
+        )
         out = Norm(self.norm, name="bn3")(conv(self.planes * 4, 1, 1, 0, 1, "conv3")(out))
         if self.downsample:
             x = Norm(self.norm, name="downsample_bn")(conv(self.planes * 4, 1, self.stride, 0, 1, "downsample_conv")(x))
@@ -437,7 +455,14 @@ def resnet_block_settings(depth: int, output_stride: int) -> list[list[dict]]:
             if dilate[li] > 1:
                 d = dilate[li] // 2 if (b == 0 and s == 2) else dilate[li]
                 s = 1
-            blocks.append(dict(planes=planes, stride=s, dilation=d, downsample=b == 0 and (stride != 1 or inplanes != planes * block.expansion)))
+            blocks.append(
+                dict(
+                    planes=planes,
+                    stride=s,
+                    dilation=d,
+                    downsample=b == 0 and (stride != 1 or inplanes != planes * block.expansion),
+                )
+            )
         inplanes = planes * block.expansion
         layers.append(blocks)
     return layers
@@ -485,8 +510,12 @@ class ResNet(nn.Module):
             return x
         x = jnp.mean(x, axis=(1, 2))
         if self.hidden:
-            x = nn.Dense(self.hidden, kernel_init=nn.initializers.normal(0.005),
-                         bias_init=nn.initializers.constant(0.1), name="hidden")(x)
+            x = nn.Dense(
+                self.hidden,
+                kernel_init=nn.initializers.normal(0.005),
+                bias_init=nn.initializers.constant(0.1),
+                name="hidden",
+            )(x)
             x = nn.relu(Norm(self.norm, name="hidden_bn")(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return x

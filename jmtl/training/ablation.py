@@ -43,17 +43,14 @@ from tqdm import tqdm  # noqa: E402
 from jmtl import data as data_lib  # noqa: E402
 from jmtl import tasks as tasks_lib  # noqa: E402
 from jmtl import weighting  # noqa: E402
+from jmtl.errors import GridMismatchError
 from jmtl.metrics import mtl as mtl_metrics  # noqa: E402
 from jmtl.models import architectures  # noqa: E402
 from jmtl.training import config_schema  # noqa: E402
-from jmtl.training.cli import suggest  # noqa: E402
 from jmtl.training import workdir as workdir_lib  # noqa: E402
+from jmtl.training.cli import suggest  # noqa: E402
 from jmtl.training.loop import train  # noqa: E402
 from jmtl.training.metric_writers import read_jsonl as _read_jsonl  # noqa: E402  (survives a partial last line)
-from jmtl.errors import GridMismatchError
-
-
-
 
 SINGLE = "single_task"
 # "mgda@rep": the method on the Jacobian of the shared representation (MGDA-UB for mgda).
@@ -63,18 +60,37 @@ REP = "@rep"
 # ----------------------------------------------------------------------------- the grid
 
 
-def write_grid_record(workdir: Path, config, methods, archs, seeds: int, seeds_per_program: int,
-                      single_task: bool, cells, key) -> None:
+def write_grid_record(
+    workdir: Path, config, methods, archs, seeds: int, seeds_per_program: int, single_task: bool, cells, key
+) -> None:
     """``grid.json``: what the grid trains and the config its cells are compared under (``key`` is
     what :func:`check_grid` compares on a rerun)."""
-    (workdir / "grid.json").write_text(json.dumps(
-        {"methods": methods, "archs": archs, "seeds": seeds, "seeds_per_program": seeds_per_program,
-         "single_task": single_task, "cells": [n for n, _ in cells], "key": key,
-         "config": json.loads(config.to_json_best_effort())}, indent=2))
+    (workdir / "grid.json").write_text(
+        json.dumps(
+            {
+                "methods": methods,
+                "archs": archs,
+                "seeds": seeds,
+                "seeds_per_program": seeds_per_program,
+                "single_task": single_task,
+                "cells": [n for n, _ in cells],
+                "key": key,
+                "config": json.loads(config.to_json_best_effort()),
+            },
+            indent=2,
+        )
+    )
 
 
-def grid(config, methods: list[str], archs: list[str], task_names: list[str], seeds: int, single_task: bool,
-         jacobian_mode: str | None = None) -> list[tuple[str, object]]:
+def grid(
+    config,
+    methods: list[str],
+    archs: list[str],
+    task_names: list[str],
+    seeds: int,
+    single_task: bool,
+    jacobian_mode: str | None = None,
+) -> list[tuple[str, object]]:
     """``[(cell name, config)]``: single-task baselines first, then every (arch, method)."""
     cells = []
     if single_task:
@@ -173,10 +189,15 @@ def collect(cells, workdir: Path, tasks) -> list[dict]:
     for name, c in cells:
         cell_dir = workdir / "cells" / name
         arch, method = name.split("__", 1)
-        summaries = [json.loads((d / "summary.json").read_text()) for d in program_dirs(workdir, name)
-                     if (d / "summary.json").exists()]
+        summaries = [
+            json.loads((d / "summary.json").read_text())
+            for d in program_dirs(workdir, name)
+            if (d / "summary.json").exists()
+        ]
         if sum(len(s["seeds"]) for s in summaries) < c.num_seeds:  # failed, or some seeds not run yet
-            err = (cell_dir / "error.txt").read_text().splitlines()[0] if (cell_dir / "error.txt").exists() else "not run"
+            err = (
+                (cell_dir / "error.txt").read_text().splitlines()[0] if (cell_dir / "error.txt").exists() else "not run"
+            )
             if summaries:
                 err = f"{sum(len(s['seeds']) for s in summaries)} of {c.num_seeds} seeds done; {err}"
             rows.append({"cell": name, "arch": arch, "method": method, "seed": None, "error": err})
@@ -185,12 +206,23 @@ def collect(cells, workdir: Path, tasks) -> list[dict]:
         wall = sum(s["wall_time_s"] for s in summaries)
         for s in summaries:
             for entry in s["seeds"]:
-                row = {"cell": name, "arch": arch, "method": method, "seed": entry["seed"], "error": "",
-                       "epochs": s["epochs"], "best_step": entry["best_validation"].get("step"),
-                       "ms_per_step": ms, "num_seeds_in_program": len(s["seeds"]), "wall_time_s": wall}
-                for prefix, res in (("test", entry["best_validation"].get("test", {})),
-                                    ("validation", entry["best_validation"].get("validation", {})),
-                                    ("final_test", entry["final"]["test"])):
+                row = {
+                    "cell": name,
+                    "arch": arch,
+                    "method": method,
+                    "seed": entry["seed"],
+                    "error": "",
+                    "epochs": s["epochs"],
+                    "best_step": entry["best_validation"].get("step"),
+                    "ms_per_step": ms,
+                    "num_seeds_in_program": len(s["seeds"]),
+                    "wall_time_s": wall,
+                }
+                for prefix, res in (
+                    ("test", entry["best_validation"].get("test", {})),
+                    ("validation", entry["best_validation"].get("validation", {})),
+                    ("final_test", entry["final"]["test"]),
+                ):
                     for task, metrics in res.items():
                         for metric, value in metrics.items():
                             row[f"{prefix}.{task}.{metric}"] = value
@@ -272,14 +304,28 @@ def _pm(v, scale=1.0, digits=2) -> str:
 def write_table(summary: list[dict], rows: list[dict], tasks, path: Path, title: str) -> None:
     pct = lambda t: 100.0 if t.main_metric.name == "accuracy" else 1.0
     unit = lambda t: " (%)" if t.main_metric.name == "accuracy" else ""
-    head = ["arch", "method", *[f"{t.name} {t.main_metric.name}{unit(t)}" for t in tasks], "Δm% ↓", "MR ↓",
-            *[f"{t.name} final" for t in tasks], "Δm% final", "ms/step", "seeds"]
-    lines = [f"# {title}", "",
-             "Test metrics at each seed's best-validation evaluation (mean ± sample std over seeds); *final* = last step. "
-             "Δm% against the single-task models (Navon et al. 2022; lower is better); MR = mean rank over tasks. "
-             "ms/step: wall time per step for all the cell's seeds (summed over its programs when the seeds were "
-             "split), evaluation included.",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [
+        "arch",
+        "method",
+        *[f"{t.name} {t.main_metric.name}{unit(t)}" for t in tasks],
+        "Δm% ↓",
+        "MR ↓",
+        *[f"{t.name} final" for t in tasks],
+        "Δm% final",
+        "ms/step",
+        "seeds",
+    ]
+    lines = [
+        f"# {title}",
+        "",
+        "Test metrics at each seed's best-validation evaluation (mean ± sample std over seeds); *final* = last step. "
+        "Δm% against the single-task models (Navon et al. 2022; lower is better); MR = mean rank over tasks. "
+        "ms/step: wall time per step for all the cell's seeds (summed over its programs when the seeds were "
+        "split), evaluation included.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for e in summary:
         cells = [e["arch"], f"`{e['method']}`"]
         cells += [_pm(e[f"test.{t.name}.{t.main_metric.name}"], pct(t)) for t in tasks]
@@ -325,14 +371,26 @@ def plot_pareto(summary: list[dict], tasks, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 6))
     for e, (x, y), on in zip(pts, xy, front):
         marker = "*" if e["arch"] == SINGLE else "o"
-        ax.errorbar(x, y, xerr=e[c1][1], yerr=e[c2][1], fmt=marker, ms=9 if marker == "*" else 5,
-                    color="tab:red" if on else "tab:blue", alpha=0.8, capsize=2)
+        ax.errorbar(
+            x,
+            y,
+            xerr=e[c1][1],
+            yerr=e[c2][1],
+            fmt=marker,
+            ms=9 if marker == "*" else 5,
+            color="tab:red" if on else "tab:blue",
+            alpha=0.8,
+            capsize=2,
+        )
         label = e["method"] if e["arch"] in ("hps", SINGLE) else f"{e['arch']}/{e['method']}"
         ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     order = np.argsort(xy[front, 0])
     ax.plot(xy[front][order, 0], xy[front][order, 1], "--", color="tab:red", lw=1, label="Pareto front")
-    ax.set(xlabel=f"{t1.name} {t1.main_metric.name} (test)", ylabel=f"{t2.name} {t2.main_metric.name} (test)",
-           title="methods on the two tasks (best-validation checkpoints)")
+    ax.set(
+        xlabel=f"{t1.name} {t1.main_metric.name} (test)",
+        ylabel=f"{t2.name} {t2.main_metric.name} (test)",
+        title="methods on the two tasks (best-validation checkpoints)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -344,8 +402,13 @@ def plot_learning_curves(cells, workdir: Path, tasks, path: Path, split: str = "
     """Per task, the seed-mean validation main metric of every cell over epochs."""
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for name, _ in cells:
-        series = _cell_series(workdir, name, "metrics.jsonl", "epoch",
-                              lambda r: [r.get(split, {}).get(t.name, {}).get(t.main_metric.name) for t in tasks])
+        series = _cell_series(
+            workdir,
+            name,
+            "metrics.jsonl",
+            "epoch",
+            lambda r: [r.get(split, {}).get(t.name, {}).get(t.main_metric.name) for t in tasks],
+        )
         if series is None:
             continue
         epochs, vals = series
@@ -353,7 +416,9 @@ def plot_learning_curves(cells, workdir: Path, tasks, path: Path, split: str = "
             if np.isnan(vals[:, k]).all():
                 continue
             single = name.startswith(SINGLE)  # one black curve per panel: that task's own model
-            style = dict(color="black", lw=2, label="single-task") if single else dict(lw=1, label=name.split("__", 1)[1])
+            style = (
+                dict(color="black", lw=2, label="single-task") if single else dict(lw=1, label=name.split("__", 1)[1])
+            )
             ax.plot(epochs, vals[:, k], **style)
     for ax, t in zip(axes[0], tasks):
         ax.set(title=f"{t.name}: {t.main_metric.name} ({split}, mean over seeds)", xlabel="epoch")
@@ -372,7 +437,11 @@ def plot_weights(cells, workdir: Path, tasks, path: Path) -> None:
     """Task weights over training (seed mean), one panel per method that produces weights."""
     series = []
     for name, _ in cells:
-        found = None if name.startswith(SINGLE) else _cell_series(workdir, name, "train_log.jsonl", "step", lambda r: r["weights"])
+        found = (
+            None
+            if name.startswith(SINGLE)
+            else _cell_series(workdir, name, "train_log.jsonl", "step", lambda r: r["weights"])
+        )
         if found is None or np.isnan(found[1]).all():
             continue
         series.append((name, found))
@@ -387,7 +456,7 @@ def plot_weights(cells, workdir: Path, tasks, path: Path) -> None:
         ax.set_title(name.split("__", 1)[1], fontsize=8)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(series):]:
+    for ax in list(axes.flat)[len(series) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6)
     fig.suptitle("task weights over training steps (mean over seeds)", fontsize=10)
@@ -467,7 +536,9 @@ def check_grid(workdir: Path, key: dict) -> None:
         saved["key"] = {**legacy, "jacobian_mode": key["jacobian_mode"]}
     diff = config_schema.differences(saved["key"], key)
     if diff:
-        shown = "; ".join(d.removeprefix("config.") for d in diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+        shown = "; ".join(d.removeprefix("config.") for d in diff[:5]) + (
+            f"; and {len(diff) - 5} more" if len(diff) > 5 else ""
+        )
         raise GridMismatchError(
             f"{workdir} holds a grid trained under another config ({shown}); its cells would be compared with "
             "this run's. Fix: use a new --workdir for this config, or rerun with the grid's settings"
@@ -490,19 +561,34 @@ def check_out_folder(out: str | Path, flag: str = "--out") -> None:
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():
             where = "is a file" if p == path else f"lies under the file {p}"
-            raise ValueError(f"{flag} {out} {where}; it names a folder for the reports. Fix: pass a folder path "
-                             f"(new or existing), or move that file away")
+            raise ValueError(
+                f"{flag} {out} {where}; it names a folder for the reports. Fix: pass a folder path "
+                f"(new or existing), or move that file away"
+            )
 
 
 def task_list(config):
-    spec = data_lib.load(config.dataset.name, data_dir=config.dataset.data_dir or None,
-                         cache_dir=config.dataset.cache_dir or None, **dict(config.dataset.kwargs)).spec
+    spec = data_lib.load(
+        config.dataset.name,
+        data_dir=config.dataset.data_dir or None,
+        cache_dir=config.dataset.cache_dir or None,
+        **dict(config.dataset.kwargs),
+    ).spec
     return tasks_lib.tasks_from_config(config.tasks.to_dict(), spec)
 
 
-def run(config, workdir: str | Path, methods: list[str], archs: list[str], seeds: int, *,
-        single_task: bool = True, jacobian_mode: str | None = None, report_only: bool = False,
-        seeds_per_program: int = 0) -> list[dict]:
+def run(
+    config,
+    workdir: str | Path,
+    methods: list[str],
+    archs: list[str],
+    seeds: int,
+    *,
+    single_task: bool = True,
+    jacobian_mode: str | None = None,
+    report_only: bool = False,
+    seeds_per_program: int = 0,
+) -> list[dict]:
     workdir = Path(workdir)
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")

@@ -28,7 +28,7 @@ META_PREFIX = "meta/"
 def split_meta(batch: dict) -> tuple[dict, dict]:
     """``batch -> (train entries, meta entries with the prefix removed)``."""
     train = {k: v for k, v in batch.items() if not k.startswith(META_PREFIX)}
-    meta = {k[len(META_PREFIX):]: v for k, v in batch.items() if k.startswith(META_PREFIX)}
+    meta = {k[len(META_PREFIX) :]: v for k, v in batch.items() if k.startswith(META_PREFIX)}
     return train, meta
 
 
@@ -91,14 +91,18 @@ def bilevel_terms(
         stepped = jax.tree.map(lambda a, b: a - spec.lr * b, p, d)
         return keep(p, prev), keep(stepped, prev), going
 
-    prev_t, theta_t, _ = jax.lax.fori_loop(0, spec.inner_steps, inner_step, (params_local, params_local, jnp.asarray(True)))
+    prev_t, theta_t, _ = jax.lax.fori_loop(
+        0, spec.inner_steps, inner_step, (params_local, params_local, jnp.asarray(True))
+    )
     last = pmean(train_losses(theta_t), axis_name)  # the final iterate is checked too
     # Usually it is fine and its losses are the inner losses; else fall back to the previous iterate.
     inner_losses = jax.lax.cond(f_ok(jnp.vdot(lam, last)), lambda: last, lambda: pmean(train_losses(prev_t), axis_name))
     val_local, val_vjp = jax.vjp(val_losses, params_local)
     (val_grads,) = map_rows(val_vjp, to_varying(jnp.eye(k, dtype=dtype), axis_name), chunk_size)
     val_grads = pmean(val_grads, axis_name)  # K trees, leading axis K
-    rows = jnp.concatenate([flatten_rows(val_grads), flatten_rows(jax.tree.map(lambda x: x[None], g))], axis=0)  # [K + 1, P]
+    rows = jnp.concatenate(
+        [flatten_rows(val_grads), flatten_rows(jax.tree.map(lambda x: x[None], g))], axis=0
+    )  # [K + 1, P]
     gram = jnp.matmul(rows, rows.T, precision=jax.lax.Precision.HIGHEST)
     kwargs = dict(val_losses=pmean(val_local, axis_name), inner_losses=inner_losses, meta_gram=gram)
     return kwargs, val_grads

@@ -11,8 +11,8 @@ import optax
 
 from jmtl import weighting as weighting_lib
 from jmtl.models import architectures, mtl, regularizers
-from jmtl.training import step as step_lib
 from jmtl.tasks import Task
+from jmtl.training import step as step_lib
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -42,7 +42,9 @@ def _base_optimizer(cfg: Mapping[str, Any], steps_per_epoch: int) -> optax.Gradi
     every = int(cfg.get("decay_every_epochs", 0) or 0)
     rate = float(cfg.get("decay_rate", 1.0))
     if every > 0 and rate != 1.0:
-        schedule = optax.exponential_decay(lr, transition_steps=every * steps_per_epoch, decay_rate=rate, staircase=True)
+        schedule = optax.exponential_decay(
+            lr, transition_steps=every * steps_per_epoch, decay_rate=rate, staircase=True
+        )
     else:
         schedule = lr
     if name == "adam":

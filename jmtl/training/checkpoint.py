@@ -51,12 +51,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from jmtl.training.workdir import StorageError
 from jmtl.errors import CheckpointMismatchError, JmtlError
+from jmtl.training.workdir import StorageError
 
 PyTree = Any
-
-
 
 
 class CheckpointSaveError(StorageError):
@@ -139,15 +137,17 @@ def unpack_state(packed: dict, layout: list, like: PyTree) -> PyTree:
     want = [[np.asarray(x).dtype.name, list(np.shape(x))] for x in leaves]
     if want != layout:
         first = next((i for i, (a, b) in enumerate(zip(layout, want)) if a != b), min(len(layout), len(want)))
-        raise ValueError(f"the checkpoint's state has {len(layout)} arrays, this run's {len(want)}; the first that "
-                         f"differs is #{first}: {layout[first] if first < len(layout) else None} vs "
-                         f"{want[first] if first < len(want) else None}")
+        raise ValueError(
+            f"the checkpoint's state has {len(layout)} arrays, this run's {len(want)}; the first that "
+            f"differs is #{first}: {layout[first] if first < len(layout) else None} vs "
+            f"{want[first] if first < len(want) else None}"
+        )
     offsets: dict[str, int] = {}
     out = []
     for name, shape in layout:
         size = int(np.prod(shape, dtype=np.int64))
         start = offsets.get(name, 0)
-        out.append(np.asarray(packed[name][start:start + size]).reshape(shape))
+        out.append(np.asarray(packed[name][start : start + size]).reshape(shape))
         offsets[name] = start + size
     return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -170,8 +170,11 @@ def _sha256(path: Path) -> str:
 
 def step_files(step_dir: Path) -> dict[str, dict]:
     """``{relative path: {"bytes", "sha256"}}`` of every file under ``step_dir`` but the record itself."""
-    return {str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+    return {
+        str(p.relative_to(step_dir)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(step_dir.rglob("*"))
+        if p.is_file() and p.name != CHECKSUMS
+    }
 
 
 def write_checksums(step_dir: Path) -> None:
@@ -210,8 +213,9 @@ def verify_checksums(step_dir: Path) -> Optional[bool]:
         elif _sha256(p) != want["sha256"]:
             bad.append(f"{rel} sha256 differs from the save's")
     if bad:
-        raise CheckpointIntegrityError("checksum mismatch: " + "; ".join(bad[:3])
-                                       + (f"; and {len(bad) - 3} more" if len(bad) > 3 else ""))
+        raise CheckpointIntegrityError(
+            "checksum mismatch: " + "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        )
     return True
 
 
@@ -221,8 +225,11 @@ def incomplete_step_dirs(directory: str | Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(
-        (p for p in directory.iterdir()
-         if p.is_dir() and _STEP_DIR.match(p.name) and not all((p / f).exists() for f in _COMPLETE_FILES)),
+        (
+            p
+            for p in directory.iterdir()
+            if p.is_dir() and _STEP_DIR.match(p.name) and not all((p / f).exists() for f in _COMPLETE_FILES)
+        ),
         key=lambda p: int(p.name),
     )
 
@@ -236,7 +243,9 @@ def _set_aside_incomplete(directory: Path) -> None:
             logging.warning(
                 "checkpoint %s is incomplete (missing %s: its save was interrupted, or files were deleted later); moved it to %s and "
                 "resuming from the latest complete checkpoint instead",
-                path, ", ".join(missing), aside.name,
+                path,
+                ", ".join(missing),
+                aside.name,
             )
     if jax.process_count() > 1:  # every process must see the same steps
         from jax.experimental import multihost_utils
@@ -322,8 +331,9 @@ class Checkpointer:
 
     PACK = True
 
-    def __init__(self, directory: str | Path, *, max_to_keep: int = 2, asynchronous: bool = False,
-                 pack: Optional[bool] = None):
+    def __init__(
+        self, directory: str | Path, *, max_to_keep: int = 2, asynchronous: bool = False, pack: Optional[bool] = None
+    ):
         self.directory = Path(directory).absolute()
         self.damaged: list[tuple[Path, str]] = []  # (moved-to folder, reason) of steps restore set aside
         self.asynchronous = asynchronous
@@ -335,7 +345,9 @@ class Checkpointer:
             self.manager = ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(
-                    max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+                    max_to_keep=max_to_keep,
+                    create=True,
+                    cleanup_tmp_directories=True,
                     enable_async_checkpointing=asynchronous,
                 ),
             )
@@ -417,13 +429,14 @@ class Checkpointer:
             names = sorted({name for name, _ in meta["layout"]})
             sizes = {n: sum(int(np.prod(sh, dtype=np.int64)) for d, sh in meta["layout"] if d == n) for n in names}
             target = {PACKED: {n: np.zeros((sizes[n],), jax.numpy.dtype(n)) for n in names}}
-            packed = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"][PACKED]
+            packed = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
+                "state"
+            ][PACKED]
             return unpack_state(packed, meta["layout"], abstract_state), meta
         self._check_signature(meta, signature)
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        )["state"]
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
+            "state"
+        ]
         return restored, meta
 
     def restore(self, abstract_state: PyTree, signature: dict, step: Optional[int] = None) -> tuple[PyTree, dict]:
@@ -458,9 +471,12 @@ class Checkpointer:
             # (and not a caller's error, which would fail every step): set them aside.
             moved = [(f, self._set_aside_damaged(f, r), r) for f, r, _ in failures]
             if moved:
-                print(f"warning: resuming from step {s} instead of step {moved[0][0]}: "
-                      + "; ".join(f"{self.directory / str(f)} is damaged ({r}), moved to {a.name}" for f, a, r in moved),
-                      file=sys.stderr, flush=True)
+                print(
+                    f"warning: resuming from step {s} instead of step {moved[0][0]}: "
+                    + "; ".join(f"{self.directory / str(f)} is damaged ({r}), moved to {a.name}" for f, a, r in moved),
+                    file=sys.stderr,
+                    flush=True,
+                )
             return result
         raise CheckpointRestoreError(
             f"no checkpoint in {self.directory} restores: "
@@ -494,7 +510,7 @@ def _short(e: BaseException, limit: int = 300) -> str:
     """The first ``limit`` characters of ``e``'s message, one line, without tensorstore's long spec dump."""
     text = " ".join(str(e).split()).split(" [tensorstore_spec")[0]
     # tensorstore nests "Error opening X driver: ..." prefixes; the cause (file, decode error) is at the end.
-    return text if len(text) <= limit else text[:60] + " ... " + text[-(limit - 65):]
+    return text if len(text) <= limit else text[:60] + " ... " + text[-(limit - 65) :]
 
 
 def _call_with_timeout(fn, timeout: Optional[float], directory: Path) -> None:
@@ -519,7 +535,9 @@ def _call_with_timeout(fn, timeout: Optional[float], directory: Path) -> None:
     t.start()
     t.join(timeout)
     if t.is_alive():
-        raise CheckpointSaveError(None, directory, TimeoutError(f"the checkpoint save did not finish within {timeout} s"))
+        raise CheckpointSaveError(
+            None, directory, TimeoutError(f"the checkpoint save did not finish within {timeout} s")
+        )
     if "error" in box:
         e = box["error"]
         if isinstance(e, CheckpointSaveError):

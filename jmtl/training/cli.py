@@ -54,7 +54,7 @@ def _unknown_config_field(argv: Sequence[str], error: Exception) -> str:
     key = re.match(r"^\\?'?([^'\\\n]+)", text)
     key = key.group(1) if key else text
     arg = next((a for a in argv if a.startswith("--config.") and re.search(rf"[.]{re.escape(key)}(=|$|\.)", a)), None)
-    dotted = arg.split("=", 1)[0][len("--config."):] if arg else key
+    dotted = arg.split("=", 1)[0][len("--config.") :] if arg else key
     parent_path = dotted.split(".")[:-1] if dotted.endswith(key) else dotted.split(key)[0].strip(".").split(".")
     valid: list[str] = []
     try:
@@ -66,13 +66,18 @@ def _unknown_config_field(argv: Sequence[str], error: Exception) -> str:
         hint = re.search(r'Did you mean "([^"]+)"', text)
         valid = [hint.group(1)] if hint else []
     where = ".".join(p for p in parent_path if p)
-    field_list = f" (fields of config{'.' + where if where else ''}: {', '.join(valid)})" if valid and len(valid) <= 12 else ""
+    field_list = (
+        f" (fields of config{'.' + where if where else ''}: {', '.join(valid)})" if valid and len(valid) <= 12 else ""
+    )
     did_you_mean = suggest(key, valid)
     return f"error: unknown config field --config.{dotted}{did_you_mean or field_list}"
 
 
-_CAST = re.compile(r"Could not override field '([^']+)' \(reference\)\. (.*) is of original type <class '(\w+)'> "
-                   r"and cannot be casted to type <class '(\w+)'>", re.S)
+_CAST = re.compile(
+    r"Could not override field '([^']+)' \(reference\)\. (.*) is of original type <class '(\w+)'> "
+    r"and cannot be casted to type <class '(\w+)'>",
+    re.S,
+)
 _TYPE_WORDS = {"int": "an int", "float": "a number", "str": "a string", "bool": "True or False", "tuple": "a tuple"}
 
 
@@ -113,8 +118,10 @@ def config_file_error(error: BaseException) -> str | None:
         fix = f"write {value} without quotes" if got == "str" else f"write {_TYPE_WORDS.get(want, want)}"
     except (KeyError, ValueError):
         fix = f"give config.{dotted} {_TYPE_WORDS.get(want, 'a ' + want)}"
-    return (f"error: {where}: config.{dotted} must be {_TYPE_WORDS.get(want, 'a ' + want)}, the config file "
-            f"sets the {got} {value!r}{f' ({source})' if source else ''}. Fix: {fix} in the config file")
+    return (
+        f"error: {where}: config.{dotted} must be {_TYPE_WORDS.get(want, 'a ' + want)}, the config file "
+        f"sets the {got} {value!r}{f' ({source})' if source else ''}. Fix: {fix} in the config file"
+    )
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -153,8 +160,12 @@ def one_line_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         # A second SIGINT / SIGTERM stops a run at once (the first one saves and stops cleanly): one line,
         # not the traceback of wherever the signal landed. 130 = 128 + SIGINT, the shell's convention.
-        print("KeyboardInterrupt: stopped at once by a second interrupt, without a final checkpoint. Fix: rerun the "
-              "same command to resume from the last checkpoint", file=sys.stderr, flush=True)
+        print(
+            "KeyboardInterrupt: stopped at once by a second interrupt, without a final checkpoint. Fix: rerun the "
+            "same command to resume from the last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         workdir_lib.exit_process(130)
     except Exception as e:  # noqa: BLE001  (re-raised unless it is one of the kinds above)
         usage = isinstance(e, (ValueError, TypeError, FileNotFoundError, workdir_lib.WorkdirError))

@@ -39,15 +39,28 @@ def default_config() -> ml_collections.ConfigDict:
     # a cast of the float32 master params; losses, Jacobians and weighting stay float32.
     c.model = ml_collections.ConfigDict(
         dict(
-            encoder="mlp", encoder_kwargs={}, head_kwargs={}, relation=False, relation_alpha=0.0,
-            arch="hps", arch_kwargs={}, compute_dtype="",
+            encoder="mlp",
+            encoder_kwargs={},
+            head_kwargs={},
+            relation=False,
+            relation_alpha=0.0,
+            arch="hps",
+            arch_kwargs={},
+            compute_dtype="",
         )
     )
     c.weighting = method_config("equal")
     # clip_norm > 0: gradients clipped to that global norm before the optimizer (0: no clipping).
     c.optimizer = ml_collections.ConfigDict(
-        dict(name="adam", learning_rate=1e-3, momentum=0.9, weight_decay=0.0, decay_rate=1.0, decay_every_epochs=0,
-             clip_norm=0.0)
+        dict(
+            name="adam",
+            learning_rate=1e-3,
+            momentum=0.9,
+            weight_decay=0.0,
+            decay_rate=1.0,
+            decay_every_epochs=0,
+            clip_norm=0.0,
+        )
     )
     c.batch_size = 256  # global batch, split over all devices
     c.num_epochs = 10
@@ -174,7 +187,12 @@ def _has_type(value, kind: str) -> bool:
 # encoder's, the heads', the architecture's, the weighting method's) or names the user chooses (the
 # tasks): the component that receives them refuses a name it does not know, listing the valid ones.
 FREE_FORM = (
-    "dataset.kwargs", "tasks", "model.encoder_kwargs", "model.head_kwargs", "model.arch_kwargs", "weighting.hparams",
+    "dataset.kwargs",
+    "tasks",
+    "model.encoder_kwargs",
+    "model.head_kwargs",
+    "model.arch_kwargs",
+    "weighting.hparams",
 )
 # A config that adds fields on purpose declares them here (dotted names; a declared field's subtree
 # is free): ``c.extra_fields = ("notes",)``. Absent from ``default_config()`` so that configs which
@@ -184,13 +202,32 @@ EXTRA_FIELDS = "extra_fields"
 # reads beyond default_config()'s; a config with ``variants`` is a tagging config. (Its model
 # fields are HierarchicalTagger's, so an unknown one is refused here rather than by a TypeError.)
 TAGGING_FIELDS = (
-    "variants", "variant", "select_on", "crf_tasks", "eval_test_every_epoch", "max_steps_per_epoch",
+    "variants",
+    "variant",
+    "select_on",
+    "crf_tasks",
+    "eval_test_every_epoch",
+    "max_steps_per_epoch",
     "compilation_cache_dir",
-    *(f"model.{f}" for f in (
-        "num_layers", "hidden", "word_dim", "char_dim", "char_features", "char_width", "label_dim", "shortcut",
-        "head_hidden", "dropout_rate", "word_dropout", "pretrained_embeddings", "embeddings_format",
-        "freeze_embeddings",
-    )),
+    *(
+        f"model.{f}"
+        for f in (
+            "num_layers",
+            "hidden",
+            "word_dim",
+            "char_dim",
+            "char_features",
+            "char_width",
+            "label_dim",
+            "shortcut",
+            "head_hidden",
+            "dropout_rate",
+            "word_dropout",
+            "pretrained_embeddings",
+            "embeddings_format",
+            "freeze_embeddings",
+        )
+    ),
 )
 
 
@@ -222,7 +259,7 @@ def unknown_fields(config, extra_fields: Sequence[str] = ()) -> list[tuple[str, 
                     walk(sub, None, dotted + ".")
                     continue
                 siblings = list(schema.keys()) if schema is not None and hasattr(schema, "keys") else []
-                siblings += [d[len(prefix):] for d in declared if d.startswith(prefix) and "." not in d[len(prefix):]]
+                siblings += [d[len(prefix) :] for d in declared if d.startswith(prefix) and "." not in d[len(prefix) :]]
                 out.append((dotted, siblings))
             elif hasattr(sub, "keys"):
                 walk(sub, schema[key], dotted + ".")
@@ -297,8 +334,10 @@ def validate_config(config, extra_fields: Sequence[str] = ()) -> None:
         )
     part = _lookup(config, "init_from.part")
     if part is not _MISSING and part not in ("shared", "all"):
-        raise ValueError(f"config.init_from.part must be 'shared' or 'all', got {part!r}. "
-                         "Fix: --config.init_from.part=shared (the encoder only) or =all (every param the source has)")
+        raise ValueError(
+            f"config.init_from.part must be 'shared' or 'all', got {part!r}. "
+            "Fix: --config.init_from.part=shared (the encoder only) or =all (every param the source has)"
+        )
     _validate_static_weights(config)
     _validate_writers(config)
 

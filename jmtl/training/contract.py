@@ -24,13 +24,11 @@ import numpy as np
 
 from jmtl import tasks as tasks_lib
 from jmtl import weighting as weighting_lib
+from jmtl.errors import ContractError
 from jmtl.tasks import Task
 from jmtl.training import gradient_paths
 from jmtl.training.sharing import as_sharing, require_shared
 from jmtl.training.step import StepConfig
-from jmtl.errors import ContractError
-
-
 
 
 def check_batch(tasks: Sequence[Task], batch: Mapping[str, Any], *, input_key: str, where: str = "the batch") -> None:
@@ -59,7 +57,9 @@ def check_batch(tasks: Sequence[Task], batch: Mapping[str, Any], *, input_key: s
         if t.mask_key in batch:
             m = np.asarray(batch[t.mask_key])
             if m.shape != (n,):
-                raise ContractError(f"{where}: the label mask {t.mask_key!r} of task {t.name!r} has shape {m.shape}; expected [{n}] (1 = labelled)")
+                raise ContractError(
+                    f"{where}: the label mask {t.mask_key!r} of task {t.name!r} has shape {m.shape}; expected [{n}] (1 = labelled)"
+                )
         if y.shape[:1] != (n,):
             raise ContractError(
                 f"{where}: labels of task {t.name!r} have shape {y.shape} but the input has {n} examples; "
@@ -155,7 +155,9 @@ def check(
                     f"`def __call__(self, x, *, train: bool = False)`. Flax said: {e}"
                 ) from e
             raise
-    outputs = jax.eval_shape(lambda p: model.apply({"params": p}, x1, train=True, rngs={"dropout": rngs["dropout"]}), params)
+    outputs = jax.eval_shape(
+        lambda p: model.apply({"params": p}, x1, train=True, rngs={"dropout": rngs["dropout"]}), params
+    )
     gradient_paths.check_outputs(outputs, tasks)
     for t in tasks:
         out = outputs[t.name]

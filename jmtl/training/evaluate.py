@@ -76,7 +76,11 @@ def evaluate(
         n = sums.pop(TASK_COUNT, count)  # a task with missing labels: its own labelled count
         means[t.name] = {m: v / np.maximum(n, 1) if TASK_COUNT in totals[t.name] else v / n for m, v in sums.items()}
     stacked = np.ndim(count) != 0  # seeds trained together (jmtl.training.seeds): a leading seed axis
-    results = [jax.tree.map(lambda v: float(v[s]), means) for s in range(len(count))] if stacked else [jax.tree.map(float, means)]
+    results = (
+        [jax.tree.map(lambda v: float(v[s]), means) for s in range(len(count))]
+        if stacked
+        else [jax.tree.map(float, means)]
+    )
     for s, res in enumerate(results):
         for t in tasks:
             for acc in t.accumulated_metrics:
@@ -123,12 +127,16 @@ def make_eval_step(
                 if t.mask_key in batch:
                     weights = mask * batch[t.mask_key].astype(mask.dtype)
                     labels = t.safe_labels(labels, batch[t.mask_key])
-                sums[t.name] = {ACCUMULATED: {a.name: a.stats(outputs[t.name], labels, weights) for a in t.accumulated_metrics}}
+                sums[t.name] = {
+                    ACCUMULATED: {a.name: a.stats(outputs[t.name], labels, weights) for a in t.accumulated_metrics}
+                }
                 continue
             if t.mask_key in batch:  # missing labels: the task's means run over its labelled examples
                 task_mask = mask * batch[t.mask_key].astype(mask.dtype)
                 labels = tasks_lib.safe_labels(batch[t.label_key], batch[t.mask_key])
-                sums[t.name] = {m.name: jnp.sum(jnp.where(task_mask > 0, m.fn(outputs[t.name], labels), 0)) for m in t.metrics}
+                sums[t.name] = {
+                    m.name: jnp.sum(jnp.where(task_mask > 0, m.fn(outputs[t.name], labels), 0)) for m in t.metrics
+                }
                 sums[t.name][TASK_COUNT] = jnp.sum(task_mask)
             else:
                 sums[t.name] = {m.name: jnp.sum(m.fn(outputs[t.name], batch[t.label_key]) * mask) for m in t.metrics}

@@ -29,9 +29,8 @@ from jmtl import tasks as tasks_lib
 from jmtl import weighting as weighting_lib
 from jmtl.data.iterables import LabelCheck, ReplayIterator, call_factory, concatenate_batches, refuse_table
 from jmtl.tasks import Task
-from jmtl.training import builders, config_schema, contract, identity, loop, parallel
+from jmtl.training import builders, config_schema, contract, identity, loop, parallel, warm_start
 from jmtl.training import step as step_lib
-from jmtl.training import warm_start
 
 Data = Any  # Mapping of arrays | Iterable of batch dicts | Callable seed -> Iterable
 
@@ -124,8 +123,10 @@ def fit(
     if isinstance(model, type):
         raise TypeError(f"model is the class {model.__name__}; pass an instance: fit({model.__name__}(), ...)")
     if not hasattr(model, "init") or not hasattr(model, "apply"):
-        raise TypeError(f"model must be a Flax Linen module (with init/apply), got {type(model).__name__}; for "
-                        "other JAX models write your own step around jmtl.mtl_value_and_grad")
+        raise TypeError(
+            f"model must be a Flax Linen module (with init/apply), got {type(model).__name__}; for "
+            "other JAX models write your own step around jmtl.mtl_value_and_grad"
+        )
     loop.check_workdir(workdir)  # before any work, as loop.train
     parallel.maybe_initialize_distributed()  # before anything touches a JAX backend (multi-host)
     tasks = tuple(tasks)
@@ -157,8 +158,10 @@ def fit(
     config.num_steps = int(num_steps) if num_steps is not None else -1
     config.num_epochs = int(num_epochs) if num_epochs is not None else 1
     if num_seeds > 1 and _is_one_shot(train, tasks, per_task_inputs):
-        raise ValueError("num_seeds > 1 needs data each seed can read: arrays, a re-iterable, or a callable seed -> "
-                         "iterable; a one-shot iterator can feed one seed only")
+        raise ValueError(
+            "num_seeds > 1 needs data each seed can read: arrays, a re-iterable, or a callable seed -> "
+            "iterable; a one-shot iterator can feed one seed only"
+        )
 
     sources = {t.name: train[t.name] for t in tasks} if per_task_inputs else {None: train}
     arrays_train = all(isinstance(s, Mapping) for s in sources.values())
@@ -169,17 +172,31 @@ def fit(
     eval_splits = _eval_arrays(validation, test, tasks, per_task_inputs)
     for key, splits in eval_splits.items():  # label masks (the check every data path runs) and the input entry
         for split, arrays in splits.items():
-            tasks_lib.check_masks([t for t in tasks if key is None or t.name == key], arrays,
-                                  f"the {split} split{f' of task {key!r}' if key else ''}")
-            _check_input_key(arrays, step_cfg.input_key, key_source, f"the {split} data" + (f" of task {key!r}" if key else ""))
+            tasks_lib.check_masks(
+                [t for t in tasks if key is None or t.name == key],
+                arrays,
+                f"the {split} split{f' of task {key!r}' if key else ''}",
+            )
+            _check_input_key(
+                arrays, step_cfg.input_key, key_source, f"the {split} data" + (f" of task {key!r}" if key else "")
+            )
     if arrays_train:
         for key, src in sources.items():
-            _check_input_key(src, step_cfg.input_key, key_source, "the training data" + (f" of task {key!r}" if key else ""))
+            _check_input_key(
+                src, step_cfg.input_key, key_source, "the training data" + (f" of task {key!r}" if key else "")
+            )
     datasets = {}
     if arrays_train:
-        datasets = {key: _dataset(f"{name}/{key}" if key else name, src, eval_splits[key], tasks if key is None
-                                  else [t for t in tasks if t.name == key], step_cfg.input_key)
-                    for key, src in sources.items()}
+        datasets = {
+            key: _dataset(
+                f"{name}/{key}" if key else name,
+                src,
+                eval_splits[key],
+                tasks if key is None else [t for t in tasks if t.name == key],
+                step_cfg.input_key,
+            )
+            for key, src in sources.items()
+        }
         steps_per_epoch = max(d.steps_per_epoch(config.batch_size) for d in datasets.values())
         if steps_per_epoch == 0:
             raise ValueError(f"batch_size {config.batch_size} is larger than the training set: no full batch per epoch")
@@ -187,15 +204,20 @@ def fit(
     else:
         sources, first_batch, sizes = _peek(sources, seed)
         for key, batch in first_batch.items():
-            _check_input_key(batch, step_cfg.input_key, key_source,
-                             "the first training batch" + (f" of task {key!r}" if key else ""))
+            _check_input_key(
+                batch, step_cfg.input_key, key_source, "the first training batch" + (f" of task {key!r}" if key else "")
+            )
         steps_per_epoch = _steps_per_epoch(sizes, num_epochs, num_steps)
         if batch_size is None:  # recorded (config.json) and checked against the device count
             first = next(iter(first_batch.values()))
             config.batch_size = len(jax.tree.leaves(first.get(step_cfg.input_key, first))[0])
-    weighting_tx = (builders.weighting(weighting, dict(weighting_kwargs or {}), tasks, steps_per_epoch,
-                                       learning_rate=_learning_rate(optimizer))
-                    if isinstance(weighting, str) else weighting)
+    weighting_tx = (
+        builders.weighting(
+            weighting, dict(weighting_kwargs or {}), tasks, steps_per_epoch, learning_rate=_learning_rate(optimizer)
+        )
+        if isinstance(weighting, str)
+        else weighting
+    )
     if weighting_kwargs and not isinstance(weighting, str):
         raise ValueError("weighting_kwargs go with a weighting name; a transform already has its hyperparameters")
     if isinstance(weighting, str):
@@ -207,8 +229,10 @@ def fit(
     tx = _optimizer(optimizer, config, steps_per_epoch)
     meta_split = builders.meta_split(config, weighting_tx)
     if weighting_tx.requires == weighting_lib.BILEVEL and (not arrays_train or per_task_inputs):
-        raise ValueError(f"the bilevel scheme {weighting!r} needs a second (meta) batch each step, which fit() draws "
-                         "from array data only: pass train/validation as arrays (one input for all tasks)")
+        raise ValueError(
+            f"the bilevel scheme {weighting!r} needs a second (meta) batch each step, which fit() draws "
+            "from array data only: pass train/validation as arrays (one input for all tasks)"
+        )
 
     # The contract (batch entries, label dtypes and ranges, outputs vs tasks, shared params) before
     # anything is built: a mistake is named here, not as a traceback from init.
@@ -230,24 +254,51 @@ def fit(
         if arrays_train:
             its = {k: loop.dataset_batches(d, config.batch_size, s) for k, d in datasets.items()}
         else:
-            its = {k: ReplayIterator(src, s, name=f"train{f' ({k})' if k else ''}",
-                                     check=LabelCheck([t for t in tasks if k is None or t.name == k],
-                                                      f"train{f' ({k})' if k else ''}"))
-                   for k, src in sources.items()}
+            its = {
+                k: ReplayIterator(
+                    src,
+                    s,
+                    name=f"train{f' ({k})' if k else ''}",
+                    check=LabelCheck([t for t in tasks if k is None or t.name == k], f"train{f' ({k})' if k else ''}"),
+                )
+                for k, src in sources.items()
+            }
         return data_lib.PerTaskBatches(its) if per_task_inputs else its[None]
 
     def make_evaluator(driver: parallel.Driver, seed_axis: loop.SeedAxis):
         if not per_task_inputs:
-            return loop.InMemoryEvaluator(eval_splits[None], tasks, step_cfg, model, config.eval_batch_size,
-                                          driver, seed_axis, name=name)
-        return PerTaskEvaluator({t.name: loop.InMemoryEvaluator(eval_splits[t.name], (t,), step_cfg, model,
-                                                                config.eval_batch_size, driver, seed_axis,
-                                                                name=f"{name} ({t.name})") for t in tasks}, tasks)
+            return loop.InMemoryEvaluator(
+                eval_splits[None], tasks, step_cfg, model, config.eval_batch_size, driver, seed_axis, name=name
+            )
+        return PerTaskEvaluator(
+            {
+                t.name: loop.InMemoryEvaluator(
+                    eval_splits[t.name],
+                    (t,),
+                    step_cfg,
+                    model,
+                    config.eval_batch_size,
+                    driver,
+                    seed_axis,
+                    name=f"{name} ({t.name})",
+                )
+                for t in tasks
+            },
+            tasks,
+        )
 
     experiment = loop.Experiment(
-        name=name, tasks=tasks, model=model, weighting=weighting_tx, optimizer=tx, step_config=step_cfg,
-        example_input=example_input, steps_per_epoch=steps_per_epoch, train_iterator=train_iterator,
-        make_evaluator=make_evaluator, identity=run_identity,
+        name=name,
+        tasks=tasks,
+        model=model,
+        weighting=weighting_tx,
+        optimizer=tx,
+        step_config=step_cfg,
+        example_input=example_input,
+        steps_per_epoch=steps_per_epoch,
+        train_iterator=train_iterator,
+        make_evaluator=make_evaluator,
+        identity=run_identity,
     )
     return loop.run(experiment, config, workdir, on_stop="raise")
 
@@ -263,8 +314,10 @@ def _step_config(step_config, input_key, per_task_inputs) -> step_lib.StepConfig
     if step_config is not None and input_key is not None and input_key != step_config.input_key:
         raise ValueError(f"input_key={input_key!r} but step_config.input_key={step_config.input_key!r}; give one")
     if step_config is not None and step_config.per_task_inputs and not per_task_inputs:
-        raise ValueError("step_config has per_task_inputs=True: pass per_task_inputs=True to fit() too (the data "
-                         "is then {task name: data})")
+        raise ValueError(
+            "step_config has per_task_inputs=True: pass per_task_inputs=True to fit() too (the data "
+            "is then {task name: data})"
+        )
     if per_task_inputs and not cfg.per_task_inputs:
         cfg = dataclasses.replace(cfg, per_task_inputs=True)
     return cfg
@@ -283,14 +336,17 @@ def _input_key_source(step_config, input_key) -> str:
 
 def _check_input_key(arrays: Mapping, key: str, source: str, where: str) -> None:
     if isinstance(arrays, Mapping) and key not in arrays:
-        raise ValueError(f"{where} has no entry {key!r} for the model input (the key set by {source}); its entries: "
-                         f"{sorted(map(str, arrays))}. Fix: pass input_key='<the entry holding the input>' to fit")
+        raise ValueError(
+            f"{where} has no entry {key!r} for the model input (the key set by {source}); its entries: "
+            f"{sorted(map(str, arrays))}. Fix: pass input_key='<the entry holding the input>' to fit"
+        )
 
 
 def _identity(train_parts: Mapping, arrays_train: bool, eval_splits: Mapping, optimizer, weighting) -> dict:
     """What the checkpoint must have been trained on (beyond the config), in words: the data (the
     training arrays, or the first batch of an iterable: the rest cannot be read without consuming it),
     the concatenated validation / test arrays, a custom optimizer's and weighting's hyperparameters."""
+
     def fp(tree) -> str:
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
         return identity.array_fingerprint({jax.tree_util.keystr(p): v for p, v in leaves})
@@ -312,15 +368,19 @@ def _identity(train_parts: Mapping, arrays_train: bool, eval_splits: Mapping, op
 def _check_layout(train, tasks, per_task_inputs: bool) -> None:
     """Per-task data must be said (``per_task_inputs=True``), never guessed from the keys."""
     names = {t.name for t in tasks}
-    keyed_by_task = isinstance(train, Mapping) and set(train) == names and all(
-        not hasattr(v, "shape") for v in train.values())
+    keyed_by_task = (
+        isinstance(train, Mapping) and set(train) == names and all(not hasattr(v, "shape") for v in train.values())
+    )
     if per_task_inputs and not (isinstance(train, Mapping) and set(train) == names):
         got = sorted(train) if isinstance(train, Mapping) else type(train).__name__
-        raise ValueError(f"per_task_inputs=True: train must be {{task name: that task's data}} for tasks "
-                         f"{sorted(names)}, got {got}")
+        raise ValueError(
+            f"per_task_inputs=True: train must be {{task name: that task's data}} for tasks {sorted(names)}, got {got}"
+        )
     if not per_task_inputs and keyed_by_task:
-        raise ValueError(f"train is keyed by the task names {sorted(names)}: if each task has its own data, pass "
-                         "per_task_inputs=True; else give one dict {input key: array, label key: array, ...}")
+        raise ValueError(
+            f"train is keyed by the task names {sorted(names)}: if each task has its own data, pass "
+            "per_task_inputs=True; else give one dict {input key: array, label key: array, ...}"
+        )
 
 
 def _is_one_shot(train, tasks, per_task_inputs: bool) -> bool:
@@ -368,8 +428,10 @@ def _peek(sources: Mapping, seed: int) -> tuple[dict, dict, list[int]]:
         else:
             first[key], out[key] = next(iter(probe)), src
         if not isinstance(first[key], Mapping):
-            raise TypeError(f"the training data yielded a {type(first[key]).__name__}; each batch must be a dict "
-                            "{entry name: array}")
+            raise TypeError(
+                f"the training data yielded a {type(first[key]).__name__}; each batch must be a dict "
+                "{entry name: array}"
+            )
     return out, first, sizes
 
 
@@ -413,8 +475,10 @@ def _fingerprint(sources: Mapping, eval_splits: Mapping) -> str:
     h = hashlib.sha256()
     trees = [sources, {str(k): v for k, v in eval_splits.items()}]
     for tree in trees:
-        for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(
-                {str(k): v for k, v in tree.items()})[0], key=lambda pl: jax.tree_util.keystr(pl[0])):
+        for path, leaf in sorted(
+            jax.tree_util.tree_flatten_with_path({str(k): v for k, v in tree.items()})[0],
+            key=lambda pl: jax.tree_util.keystr(pl[0]),
+        ):
             a = np.ascontiguousarray(np.asarray(leaf))
             h.update(jax.tree_util.keystr(path).encode())
             h.update(str((a.dtype.str, a.shape)).encode())

@@ -40,11 +40,19 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from jmtl import weighting as weighting_lib
 from jmtl import tasks as tasks_lib
+from jmtl import weighting as weighting_lib
 from jmtl.tasks import Task
 from jmtl.training import bilevel_terms as bilevel_lib
-from jmtl.training.jacobian import flatten_rows, map_rows, per_task_gradients, pmean, shared_layout, to_varying, unflatten_like
+from jmtl.training.jacobian import (
+    flatten_rows,
+    map_rows,
+    per_task_gradients,
+    pmean,
+    shared_layout,
+    to_varying,
+    unflatten_like,
+)
 from jmtl.training.sharing import Sharing, require_shared
 
 Array = jax.Array
@@ -148,8 +156,13 @@ class StepContext:
         losses, mains = [], []
         for i, t in enumerate(self.tasks):
             sub = batch[t.name]
-            outputs = self.apply({"params": params}, self.model_input(sub), train=True,
-                                 rngs={"dropout": jax.random.fold_in(rng, i)}, **extra)
+            outputs = self.apply(
+                {"params": params},
+                self.model_input(sub),
+                train=True,
+                rngs={"dropout": jax.random.fold_in(rng, i)},
+                **extra,
+            )
             loss, main = StepContext.task_losses(dataclasses.replace(self, tasks=(t,)), {t.name: outputs[t.name]}, sub)
             losses.append(loss[0])
             mains.append(main[0])
@@ -273,8 +286,11 @@ class _Representation:
         rng = inputs.dropout_rng
         rep, encoder_vjp = jax.vjp(
             lambda s: ctx.apply(
-                {"params": ctx.sharing.merge(s, rest)}, ctx.model_input(inputs.batch), train=True,
-                rngs={"dropout": rng}, method=model.encode,
+                {"params": ctx.sharing.merge(s, rest)},
+                ctx.model_input(inputs.batch),
+                train=True,
+                rngs={"dropout": rng},
+                method=model.encode,
             ),
             shared,
         )
@@ -283,15 +299,22 @@ class _Representation:
             # gives all K rows of the representation Jacobian (instead of K backward passes through
             # all K heads: K^2 head backward passes, which dominated at K = 40).
             def heads(reps, r):
-                outputs = ctx.apply({"params": ctx.sharing.merge(shared, r)}, reps, train=True,
-                                    rngs={"dropout": rng}, method=model.decode_split)
+                outputs = ctx.apply(
+                    {"params": ctx.sharing.merge(shared, r)},
+                    reps,
+                    train=True,
+                    rngs={"dropout": rng},
+                    method=model.decode_split,
+                )
                 return ctx.task_losses(outputs, inputs.batch)
 
             local, vjp_fn, main = jax.vjp(heads, (rep,) * ctx.k, rest, has_aux=True)
         else:
+
             def heads(r_, r):
-                outputs = ctx.apply({"params": ctx.sharing.merge(shared, r)}, r_, train=True,
-                                    rngs={"dropout": rng}, method=model.decode)
+                outputs = ctx.apply(
+                    {"params": ctx.sharing.merge(shared, r)}, r_, train=True, rngs={"dropout": rng}, method=model.decode
+                )
                 return ctx.task_losses(outputs, inputs.batch)
 
             local, vjp_fn, main = jax.vjp(heads, rep, rest, has_aux=True)
@@ -353,7 +376,9 @@ class RepJacobian(_Representation, ParamJacobian):
         rep_shape = (fwd.rep.shape[0] * int(n_dev),) + tuple(fwd.rep.shape[1:])
         kwargs = dict(gramian=gram, layout=(("representation", rep_shape),))
         if ctx.needs == weighting_lib.JACOBIAN:
-            kwargs["jacobian"] = rep_jac if axis_name is None else jax.lax.all_gather(rep_jac, axis_name, axis=1, tiled=True)
+            kwargs["jacobian"] = (
+                rep_jac if axis_name is None else jax.lax.all_gather(rep_jac, axis_name, axis=1, tiled=True)
+            )
         return TaskGradients(kwargs, rep_jac, head_grads)
 
     def assemble(self, fwd: Forward, tg: TaskGradients, out, weights, inputs: StepInputs) -> PyTree:

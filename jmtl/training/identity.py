@@ -60,7 +60,11 @@ def describe_transform(obj: Any, max_depth: int = 12) -> dict[str, str]:
         if isinstance(x, _SCALARS):
             out[path] = repr(x)
             return
-        if isinstance(x, (np.ndarray, np.generic)) or type(x).__module__.startswith(("jax", "jaxlib")) and hasattr(x, "shape"):
+        if (
+            isinstance(x, (np.ndarray, np.generic))
+            or type(x).__module__.startswith(("jax", "jaxlib"))
+            and hasattr(x, "shape")
+        ):
             a = np.asarray(x)
             out[path] = repr(a.item()) if a.size == 1 else f"array{a.shape}:{array_fingerprint({'a': a})}"
             return
@@ -150,8 +154,11 @@ def differences(saved: Optional[Mapping[str, Any]], current: Mapping[str, Any]) 
     skipped: a checkpoint written before a part was recorded cannot be compared on it)."""
     if not saved:
         return []
-    return [describe_difference(k, saved[k], current[k]) for k in current
-            if k in saved and _normal(saved[k]) != _normal(current[k])]
+    return [
+        describe_difference(k, saved[k], current[k])
+        for k in current
+        if k in saved and _normal(saved[k]) != _normal(current[k])
+    ]
 
 
 def _normal(x: Any) -> Any:

@@ -50,26 +50,37 @@ import numpy as np
 from tqdm import tqdm
 
 from jmtl import data as data_lib
-from jmtl import plotting, tasks as tasks_lib
-from jmtl.tasks import Task
-from jmtl.training import builders, checkpoint, config_schema, contract, evaluate, identity, metric_writers, packing, parallel
-from jmtl.training import workdir as workdir_lib
-from jmtl.training import seeds as seeds_lib
-from jmtl.training import warm_start
-from jmtl.training import step as step_lib
+from jmtl import plotting
+from jmtl import tasks as tasks_lib
 from jmtl.errors import NonFiniteLossError
+from jmtl.tasks import Task
+from jmtl.training import (
+    builders,
+    checkpoint,
+    config_schema,
+    contract,
+    evaluate,
+    identity,
+    metric_writers,
+    packing,
+    parallel,
+    warm_start,
+)
+from jmtl.training import seeds as seeds_lib
+from jmtl.training import step as step_lib
+from jmtl.training import workdir as workdir_lib
 
 PyTree = Any
 # A run's splits: model selection looks at the first, the reported numbers come from the second.
 VALIDATION, TEST = "validation", "test"
 
 
-
-
 # How the best validation evaluation is picked (InMemoryEvaluator.score = evaluate.selection_score).
-SELECTION_RULE = ("the evaluation with the highest validation score, the mean over tasks of each task's main "
-                  "metric, lower-is-better metrics (MSE, error) entered as -log(metric) so tasks on different "
-                  "scales count by relative change; picked per seed")
+SELECTION_RULE = (
+    "the evaluation with the highest validation score, the mean over tasks of each task's main "
+    "metric, lower-is-better metrics (MSE, error) entered as -log(metric) so tasks on different "
+    "scales count by relative change; picked per seed"
+)
 
 
 class _Stopped:
@@ -77,9 +88,11 @@ class _Stopped:
 
     def _setup(self, signal_name: str, step: int, workdir: Path):
         self.signal, self.step, self.workdir = signal_name, step, Path(workdir)
-        self.message = (f"jmtl.fit stopped by {signal_name} after step {step}: a checkpoint of that step is in "
-                        f"{self.workdir / 'checkpoints'}. Resume by calling jmtl.fit again with the same arguments "
-                        f"and workdir={str(self.workdir)!r}")
+        self.message = (
+            f"jmtl.fit stopped by {signal_name} after step {step}: a checkpoint of that step is in "
+            f"{self.workdir / 'checkpoints'}. Resume by calling jmtl.fit again with the same arguments "
+            f"and workdir={str(self.workdir)!r}"
+        )
 
 
 class FitInterrupted(_Stopped, KeyboardInterrupt):
@@ -209,8 +222,17 @@ class InMemoryEvaluator:
       name: the data's name (messages).
     """
 
-    def __init__(self, arrays: dict, tasks: Sequence[Task], step_config, model, eval_batch_size: int,
-                 driver: parallel.Driver, seed_axis: "SeedAxis", name: str = "dataset"):
+    def __init__(
+        self,
+        arrays: dict,
+        tasks: Sequence[Task],
+        step_config,
+        model,
+        eval_batch_size: int,
+        driver: parallel.Driver,
+        seed_axis: "SeedAxis",
+        name: str = "dataset",
+    ):
         self.tasks, self.driver, self.batch_size = tasks, driver, eval_batch_size
         self.arrays = {split: arrays[split] for split in (VALIDATION, TEST)}
         for split, split_arrays in self.arrays.items():
@@ -223,10 +245,16 @@ class InMemoryEvaluator:
     def __call__(self, params, splits):
         results = {
             split: evaluate.evaluate(
-                self.eval_step, params, self.arrays[split], self.tasks,
-                shard_batch=self.driver.shard_batch, batch_size=self.batch_size,
-                num_devices=self.driver.num_devices, process_index=jax.process_index(),
-                process_count=jax.process_count(), unreplicate=self.driver.unreplicate,
+                self.eval_step,
+                params,
+                self.arrays[split],
+                self.tasks,
+                shard_batch=self.driver.shard_batch,
+                batch_size=self.batch_size,
+                num_devices=self.driver.num_devices,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                unreplicate=self.driver.unreplicate,
             )
             for split in splits
         }
@@ -237,8 +265,9 @@ class InMemoryEvaluator:
             for i, res in enumerate(per_seed):
                 seed_params = jax.tree.map(lambda x: x[i], host) if self.seed_axis.stacked else host
                 for split in splits:
-                    extra = evaluate.split_level_metrics(self.predict, seed_params, self.arrays[split], self.tasks,
-                                                         batch_size=self.batch_size)
+                    extra = evaluate.split_level_metrics(
+                        self.predict, seed_params, self.arrays[split], self.tasks, batch_size=self.batch_size
+                    )
                     for task, metrics in extra.items():
                         res[split][task].update(metrics)
         return per_seed
@@ -316,8 +345,15 @@ def build_experiment(config) -> Experiment:
         steps_per_epoch=steps_per_epoch,
         train_iterator=lambda seed: dataset_batches(dataset, config.batch_size, seed, meta_split),
         make_evaluator=lambda driver, axis: InMemoryEvaluator(
-            {split: dataset.arrays(split) for split in (VALIDATION, TEST)}, tasks, step_cfg, model,
-            config.eval_batch_size, driver, axis, name=config.dataset.name),
+            {split: dataset.arrays(split) for split in (VALIDATION, TEST)},
+            tasks,
+            step_cfg,
+            model,
+            config.eval_batch_size,
+            driver,
+            axis,
+            name=config.dataset.name,
+        ),
         identity=dataset_identity(dataset),
     )
 
@@ -335,25 +371,49 @@ def _per_task_experiment(config, dataset) -> Experiment:
     model = builders.model(config, tasks)
     weighting = builders.weighting_from_config(config, tasks, steps_per_epoch)
     if builders.meta_split(config, weighting):
-        raise ValueError(f"the bilevel scheme {config.weighting.name!r} needs one input batch shared by all tasks "
-                         f"for its meta step; {config.dataset.name!r} has per-task inputs. Fix: another weighting")
+        raise ValueError(
+            f"the bilevel scheme {config.weighting.name!r} needs one input batch shared by all tasks "
+            f"for its meta step; {config.dataset.name!r} has per-task inputs. Fix: another weighting"
+        )
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
-    step_cfg = dataclasses.replace(builders.step_config(config, model, spec.input_key, spec.input_transform),
-                                   per_task_inputs=True)
+    step_cfg = dataclasses.replace(
+        builders.step_config(config, model, spec.input_key, spec.input_transform), per_task_inputs=True
+    )
 
     def train_iterator(seed: int):
-        return data_lib.PerTaskBatches({name: dataset_batches(d, config.batch_size, seed)
-                                        for name, d in per_task.items()})
+        return data_lib.PerTaskBatches(
+            {name: dataset_batches(d, config.batch_size, seed) for name, d in per_task.items()}
+        )
 
     def make_evaluator(driver, axis):
-        return PerTaskEvaluator({t.name: InMemoryEvaluator(
-            {split: per_task[t.name].arrays(split) for split in (VALIDATION, TEST)}, (t,), step_cfg, model,
-            config.eval_batch_size, driver, axis, name=f"{config.dataset.name} ({t.name})") for t in tasks}, tasks)
+        return PerTaskEvaluator(
+            {
+                t.name: InMemoryEvaluator(
+                    {split: per_task[t.name].arrays(split) for split in (VALIDATION, TEST)},
+                    (t,),
+                    step_cfg,
+                    model,
+                    config.eval_batch_size,
+                    driver,
+                    axis,
+                    name=f"{config.dataset.name} ({t.name})",
+                )
+                for t in tasks
+            },
+            tasks,
+        )
 
     return Experiment(
-        name=config.dataset.name, tasks=tasks, model=model, weighting=weighting, optimizer=optimizer,
-        step_config=step_cfg, example_input=np.zeros((1,) + tuple(spec.input_shape), np.float32),
-        steps_per_epoch=steps_per_epoch, train_iterator=train_iterator, make_evaluator=make_evaluator,
+        name=config.dataset.name,
+        tasks=tasks,
+        model=model,
+        weighting=weighting,
+        optimizer=optimizer,
+        step_config=step_cfg,
+        example_input=np.zeros((1,) + tuple(spec.input_shape), np.float32),
+        steps_per_epoch=steps_per_epoch,
+        train_iterator=train_iterator,
+        make_evaluator=make_evaluator,
     )
 
 
@@ -364,8 +424,9 @@ def dataset_batches(dataset, batch_size: int, seed: int, meta_split: Optional[st
     pid, nproc = jax.process_index(), jax.process_count()
     it = dataset.train_iterator(batch_size, seed, process_index=pid, process_count=nproc)
     if meta_split:
-        meta = dataset.train_iterator(batch_size, seed + builders.META_SEED_OFFSET, split=meta_split,
-                                      process_index=pid, process_count=nproc)
+        meta = dataset.train_iterator(
+            batch_size, seed + builders.META_SEED_OFFSET, split=meta_split, process_index=pid, process_count=nproc
+        )
         it = data_lib.WithMetaBatches(it, meta, prefix=step_lib.META_PREFIX)
     return it
 
@@ -511,8 +572,11 @@ class _StopRequest:
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
         if self.signal is not None and self.in_save:
-            print(f"\nReceived {name} again during a checkpoint save: finishing the save (a few seconds), then "
-                  "stopping.", file=sys.stderr, flush=True)
+            print(
+                f"\nReceived {name} again during a checkpoint save: finishing the save (a few seconds), then stopping.",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         if self.signal is not None:  # second signal: give up immediately
             raise KeyboardInterrupt
@@ -546,7 +610,9 @@ class _Trainer:
             )
         self.driver = parallel.Driver(config.parallel)
         if config.batch_size % self.driver.num_devices:
-            raise ValueError(f"batch_size {config.batch_size} is not divisible by the {self.driver.num_devices} devices")
+            raise ValueError(
+                f"batch_size {config.batch_size} is not divisible by the {self.driver.num_devices} devices"
+            )
         self.seed_axis = SeedAxis(config.seed, config.get("num_seeds", 1), config.get("seeds_mode", "vmap"))
         e = experiment
         # A warm start (config.init_from): the plan is checked against the model's params before any
@@ -557,16 +623,20 @@ class _Trainer:
             e = self.exp = dataclasses.replace(e, optimizer=warm.wrap_optimizer(e.optimizer))
             if self.is_main:
                 print(warm.describe(), flush=True)
-        make_step = lambda ax: step_lib.make_train_step(e.model, e.tasks, e.weighting, e.optimizer, e.step_config,
-                                                        axis_name=ax)
+        make_step = lambda ax: step_lib.make_train_step(
+            e.model, e.tasks, e.weighting, e.optimizer, e.step_config, axis_name=ax
+        )
         # Many label entries (one per task) travel as a few stacked arrays (jmtl/training/packing.py).
         self.packer = packing.LeafPacker()
         seeded_step = self.seed_axis.wrap_step(make_step)
         self.train_step = self.driver.compile_step(lambda ax: self.packer.wrap(seeded_step(ax)))
         self.evaluator = experiment.make_evaluator(self.driver, self.seed_axis)
-        inits = [step_lib.init_state(e.model, e.weighting, e.optimizer, e.example_input, len(e.tasks), s,
-                                      shared=e.step_config.shared)
-                 for s in self.seed_axis.seeds]
+        inits = [
+            step_lib.init_state(
+                e.model, e.weighting, e.optimizer, e.example_input, len(e.tasks), s, shared=e.step_config.shared
+            )
+            for s in self.seed_axis.seeds
+        ]
         if warm is not None:  # every seed starts from the source's params (a resume restores over them)
             inits = [warm_start.warm_state(s, warm, e.optimizer) for s in inits]
         self.host_state = self.seed_axis.stack_states(inits)
@@ -610,11 +680,19 @@ class _Trainer:
             saved = self.saved_config(meta, file_config)
             self.check_identity(meta, self.start_step, saved)
             if saved is None and self.is_main:
-                print(f"warning: {self.workdir / workdir_lib.CONFIG_NAME} cannot be read ({problem}) and checkpoint "
-                      f"{self.start_step} predates configs in checkpoints: the resume config check is skipped",
-                      file=sys.stderr, flush=True)
-            changes = (workdir_lib.check_resume(saved, self.config, restored_step=self.start_step,
-                                                total_steps=self.total_steps) if saved else [])
+                print(
+                    f"warning: {self.workdir / workdir_lib.CONFIG_NAME} cannot be read ({problem}) and checkpoint "
+                    f"{self.start_step} predates configs in checkpoints: the resume config check is skipped",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            changes = (
+                workdir_lib.check_resume(
+                    saved, self.config, restored_step=self.start_step, total_steps=self.total_steps
+                )
+                if saved
+                else []
+            )
             self.train_iter.set_state(meta["data_iterator"])
             self.bests = meta["best"]
             self.wall_before = meta.get("wall_time", 0.0)
@@ -629,12 +707,18 @@ class _Trainer:
             if self.best_ckpt.latest_step() is not None:  # left by an earlier run whose checkpoints are gone
                 self.best_ckpt.close()
                 aside = workdir_lib.set_aside(self.workdir / "best", "old")
-                print(f"note: moved the previous run's best/ to {aside.name} (no checkpoint to resume)", file=sys.stderr)
+                print(
+                    f"note: moved the previous run's best/ to {aside.name} (no checkpoint to resume)", file=sys.stderr
+                )
                 self.best_ckpt = checkpoint.Checkpointer(self.workdir / "best")
             workdir_lib.write_config(self.workdir, self.config)
         self.logs = metric_writers.make_writers(
-            config_schema.writer_names(self.config), self.workdir, self.is_main, resume_step=resume_step,
-            config=self.config, task_names=self.names,
+            config_schema.writer_names(self.config),
+            self.workdir,
+            self.is_main,
+            resume_step=resume_step,
+            config=self.config,
+            task_names=self.names,
         )
 
     def saved_config(self, meta: Optional[dict], file_config: Optional[dict]) -> Optional[dict]:
@@ -652,15 +736,18 @@ class _Trainer:
             try:
                 workdir_lib.check_resume(saved, self.config)
             except workdir_lib.ResumeConfigError as e:
-                fields = [f"{c.field}: {c.old!r} -> {c.new!r}" for c in e.changes
-                          if c.field != "dataset.kwargs.fingerprint"]  # fit's data hash: said in words above
+                fields = [
+                    f"{c.field}: {c.old!r} -> {c.new!r}" for c in e.changes if c.field != "dataset.kwargs.fingerprint"
+                ]  # fit's data hash: said in words above
                 if fields:
                     diffs.append("the config differs (" + "; ".join(fields) + ")")
         if diffs:
             raise workdir_lib.ResumeIdentityError(
                 f"cannot resume {self.workdir}: " + "; ".join(diffs) + f" from what its checkpoint (step {step}) "
                 "was trained on. Fix: resume with the same data, optimizer and tasks, or train the new setup in a "
-                "new workdir", diffs)
+                "new workdir",
+                diffs,
+            )
 
     def repair_config(self, problem: str) -> None:
         """Rewrites a missing or unreadable config.json (an unreadable one is kept aside)."""
@@ -669,8 +756,11 @@ class _Trainer:
         if path.exists():
             note = f"could not be read ({problem}); kept as {workdir_lib.set_aside(path, 'unreadable').name}"
         workdir_lib.write_config(self.workdir, self.config)
-        print(f"warning: {path} {note}; rewritten after checking this run against the config in the checkpoint",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: {path} {note}; rewritten after checking this run against the config in the checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def restore_best(self, meta: dict) -> None:
         """The best params of the restored checkpoint's moment (best/<best_params_step>/)."""
@@ -678,16 +768,22 @@ class _Trainer:
         self.best_saved_step = step
         if step is None:
             if any(math.isfinite(b.get("score", -math.inf)) for b in self.bests) and self.is_main:
-                print("note: this checkpoint predates kept best-validation params: best_params stays None until "
-                      "an evaluation beats the recorded best", file=sys.stderr)
+                print(
+                    "note: this checkpoint predates kept best-validation params: best_params stays None until "
+                    "an evaluation beats the recorded best",
+                    file=sys.stderr,
+                )
             return
         try:
             self.best_params, _ = self.best_ckpt.restore(self.host_state.params, self.signature, step=step)
         except Exception as e:  # noqa: BLE001  (the run itself resumes; only the best params are lost)
             self.best_params = None
-            print(f"warning: the best-validation params in {self.workdir / 'best' / str(step)} do not restore "
-                  f"({type(e).__name__}); best_params stays None until an evaluation beats the recorded best",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: the best-validation params in {self.workdir / 'best' / str(step)} do not restore "
+                f"({type(e).__name__}); best_params stays None until an evaluation beats the recorded best",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def keep_best(self, params, improved: Sequence[int]) -> None:
         """Host copies of the improved seeds' params (copies: the step donates the device buffers)."""
@@ -697,7 +793,10 @@ class _Trainer:
         else:
             take = np.isin(np.arange(len(self.seed_axis.seeds)), improved)
             self.best_params = jax.tree.map(
-                lambda b, h: np.where(take.reshape((-1,) + (1,) * (h.ndim - 1)), h, np.asarray(b)), self.best_params, host)
+                lambda b, h: np.where(take.reshape((-1,) + (1,) * (h.ndim - 1)), h, np.asarray(b)),
+                self.best_params,
+                host,
+            )
         self.best_dirty = True
 
     def refuse_changed_config(self, saved: dict) -> None:
@@ -740,9 +839,15 @@ class _Trainer:
                     self.best_ckpt.manager.reload()
                 self.best_ckpt.save(step, self.best_params, {"signature": self.signature, "best": self.bests})
                 self.best_saved_step, self.best_dirty = step, False
-            meta = {"signature": self.signature, "data_iterator": self.train_iter.get_state(), "best": self.bests,
-                    "wall_time": wall, "config": workdir_lib._plain(self.config), "identity": self.identity,
-                    "best_params_step": self.best_saved_step}
+            meta = {
+                "signature": self.signature,
+                "data_iterator": self.train_iter.get_state(),
+                "best": self.bests,
+                "wall_time": wall,
+                "config": workdir_lib._plain(self.config),
+                "identity": self.identity,
+                "best_params_step": self.best_saved_step,
+            }
             self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
         self.ckpt_time += time.time() - t0
         self.ckpt_count += 1
@@ -766,8 +871,11 @@ class _Trainer:
             self.ckpt.wait()
             raise NonFiniteLossError(
                 f"non-finite loss at step {at_step} in task(s) {', '.join(bad)}; the step was not applied. "
-                + (f"Last good checkpoint: {self.ckpt.directory}/{last} (step {last}). " if last is not None
-                   else "No checkpoint was written yet. ")
+                + (
+                    f"Last good checkpoint: {self.ckpt.directory}/{last} (step {last}). "
+                    if last is not None
+                    else "No checkpoint was written yet. "
+                )
                 + "Lower the learning rate, or set --config.nonfinite.policy=skip."
             )
         self.consecutive_skips += 1
@@ -806,8 +914,11 @@ class _Trainer:
         host = self.driver.host_metrics(pending)
         losses = np.sum([np.asarray(l).reshape(-1, k).mean(axis=0) for l, _ in host], axis=0) / len(host)
         drawn = np.sum([np.nan_to_num(np.asarray(w).reshape(-1, k).mean(axis=0)) for _, w in host], axis=0)
-        return {"train_loss": dict(zip(self.names, losses.tolist())),
-                "task_weight_sum": dict(zip(self.names, drawn.tolist())), "train_time_s": seconds}
+        return {
+            "train_loss": dict(zip(self.names, losses.tolist())),
+            "task_weight_sum": dict(zip(self.names, drawn.tolist())),
+            "train_time_s": seconds,
+        }
 
     # ---- evaluation -------------------------------------------------------------------------------
     def evaluate(self, state, step: Optional[int]) -> list[dict]:
@@ -846,8 +957,14 @@ class _Trainer:
                 tasks_lib.check_labels(self.exp.tasks, batch, where=where)
             return
         train_entries, _ = step_lib.split_meta(batch)
-        contract.check(self.exp.model, self.exp.tasks, train_entries, config=self.exp.step_config,
-                       weighting=self.exp.weighting, params=self.host_state.params)
+        contract.check(
+            self.exp.model,
+            self.exp.tasks,
+            train_entries,
+            config=self.exp.step_config,
+            weighting=self.exp.weighting,
+            params=self.host_state.params,
+        )
 
     def warn_unlabelled_tasks(self, batch: dict) -> None:
         """Warns when a task has no labelled example in the first batch (missing labels, small batches):
@@ -858,8 +975,12 @@ class _Trainer:
         if self.exp.weighting.fixed_weights or self.exp.step_config.per_task_inputs:
             return
         train_entries, _ = step_lib.split_meta(batch)
-        empty = [t.name for t in self.exp.tasks if t.mask_key in train_entries
-                 and np.any(np.asarray(train_entries[t.mask_key]).reshape(len(train_entries[t.mask_key]), -1).sum(0) == 0)]
+        empty = [
+            t.name
+            for t in self.exp.tasks
+            if t.mask_key in train_entries
+            and np.any(np.asarray(train_entries[t.mask_key]).reshape(len(train_entries[t.mask_key]), -1).sum(0) == 0)
+        ]
         if empty and self.is_main:
             shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
             warnings.warn(
@@ -874,8 +995,12 @@ class _Trainer:
         config, total_steps, spe = self.config, self.total_steps, self.exp.steps_per_epoch
         state = self.driver.replicate(self.host_state)
         logs = self.logs
-        bar = tqdm(total=total_steps, initial=self.start_step, disable=not (self.is_main and config.get("progress_bar", False)),
-                   unit="step")
+        bar = tqdm(
+            total=total_steps,
+            initial=self.start_step,
+            disable=not (self.is_main and config.get("progress_bar", False)),
+            unit="step",
+        )
         self.t0 = time.time()
         self.last_save_time = self.t0
         self.last_good_step = self.ckpt.latest_step()
@@ -924,8 +1049,11 @@ class _Trainer:
                     if self.exp.on_eval is not None:
                         self.exp.on_eval(rec)
                 interval_start = time.time()
-            due = (step % self.ckpt_every == 0 if self.ckpt_every > 0
-                   else time.time() - self.last_save_time >= self.ckpt_seconds)
+            due = (
+                step % self.ckpt_every == 0
+                if self.ckpt_every > 0
+                else time.time() - self.last_save_time >= self.ckpt_seconds
+            )
             if due or step == total_steps or self.stop.signal:
                 self.save(state, step, self.wall_before + time.time() - self.t0)
                 self.last_good_step = step
@@ -936,13 +1064,17 @@ class _Trainer:
                 bar.close()
                 if self.on_stop == "raise":
                     error = (FitInterrupted if self.stop.signal == "SIGINT" else FitTerminated)(
-                        self.stop.signal, step, self.workdir)
+                        self.stop.signal, step, self.workdir
+                    )
                     if self.is_main and isinstance(error, SystemExit):  # uncaught, it prints nothing
                         print(f"\n{error.message}", file=sys.stderr, flush=True)
                     raise error
                 if self.is_main:
-                    print(f"\nReceived {self.stop.signal}: saved a checkpoint at step {step}. Resume with the same "
-                          f"command (--workdir {self.workdir}).", flush=True)
+                    print(
+                        f"\nReceived {self.stop.signal}: saved a checkpoint at step {step}. Resume with the same "
+                        f"command (--workdir {self.workdir}).",
+                        flush=True,
+                    )
                 return FitResult({"interrupted": True, "step": step}, self.driver.unreplicate(state), self.best_params)
         bar.close()
         self.ckpt.close()
@@ -964,22 +1096,31 @@ class _Trainer:
             "epochs": total_steps / spe,
             # One seed: its numbers. Several: the mean over seeds; each seed's numbers under "seeds".
             "final": mean_over_seeds(final),
-            "best_validation": bests[0] if not self.seed_axis.stacked else {
+            "best_validation": bests[0]
+            if not self.seed_axis.stacked
+            else {
                 "test": mean_over_seeds([b["test"] for b in bests]),
                 "validation": mean_over_seeds([b["validation"] for b in bests]),
                 "step": [b["step"] for b in bests],
             },
             "seeds": [{"seed": s, "final": f, "best_validation": b} for s, f, b in zip(seeds, final, bests)],
             # How best_validation was picked; its params: FitResult.best_params and best/<step>/.
-            "selection": getattr(self.evaluator, "selection",
-                                 f"the highest {type(self.evaluator).__name__}.score of the validation split"),
-            "best_params_saved": (str(self.workdir / "best" / str(self.best_saved_step))
-                                  if self.best_saved_step is not None else None),
+            "selection": getattr(
+                self.evaluator,
+                "selection",
+                f"the highest {type(self.evaluator).__name__}.score of the validation split",
+            ),
+            "best_params_saved": (
+                str(self.workdir / "best" / str(self.best_saved_step)) if self.best_saved_step is not None else None
+            ),
             "wall_time_s": wall,
             # None when this session trained no step (a finished run run again).
             "steps_this_session": total_steps - self.start_step,
-            "steps_per_s": ((total_steps - self.start_step) / max(time.time() - self.t0, 1e-9)
-                            if total_steps > self.start_step else None),
+            "steps_per_s": (
+                (total_steps - self.start_step) / max(time.time() - self.t0, 1e-9)
+                if total_steps > self.start_step
+                else None
+            ),
             # This session's checkpoint saves (with best/ params) and their time: the cadence's cost.
             "checkpoints_saved": self.ckpt_count,
             "checkpoint_time_s": self.ckpt_time,
@@ -1036,15 +1177,27 @@ SUMMARY_TASKS = 8  # tasks printed at the end of a run; the rest are in summary.
 
 def format_summary(s: dict) -> str:
     if s.get("steps_per_s") is None:
-        lines = [f"done: {s['steps']} steps ({s['epochs']:.1f} epochs); the run had already finished, nothing "
-                 "was trained in this session (the numbers below are its final state's)"]
+        lines = [
+            f"done: {s['steps']} steps ({s['epochs']:.1f} epochs); the run had already finished, nothing "
+            "was trained in this session (the numbers below are its final state's)"
+        ]
     else:
-        lines = [f"done: {s['steps']} steps ({s['epochs']:.1f} epochs) in {s['wall_time_s']:.1f}s, "
-                 f"{s['steps_per_s']:.1f} steps/s"
-                 + (f"; {s['checkpoints_saved']} checkpoint(s) took {s['checkpoint_time_s']:.1f}s"
-                    if s.get("checkpoints_saved") is not None else "")]
-    for label, res in (("final test", s["final"].get("test", {})), ("best-val test", s["best_validation"].get("test", {}))):
-        parts = [f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()) for t, m in list(res.items())[:SUMMARY_TASKS]]
+        lines = [
+            f"done: {s['steps']} steps ({s['epochs']:.1f} epochs) in {s['wall_time_s']:.1f}s, "
+            f"{s['steps_per_s']:.1f} steps/s"
+            + (
+                f"; {s['checkpoints_saved']} checkpoint(s) took {s['checkpoint_time_s']:.1f}s"
+                if s.get("checkpoints_saved") is not None
+                else ""
+            )
+        ]
+    for label, res in (
+        ("final test", s["final"].get("test", {})),
+        ("best-val test", s["best_validation"].get("test", {})),
+    ):
+        parts = [
+            f"{t}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items()) for t, m in list(res.items())[:SUMMARY_TASKS]
+        ]
         if len(res) > SUMMARY_TASKS:
             parts.append(f"... {len(res) - SUMMARY_TASKS} more tasks in summary.json")
         lines.append(f"{label}: " + " | ".join(parts))

@@ -233,8 +233,9 @@ class TensorBoardWriter:
       task_names: labels for per-task lists (``losses``, ``weights``).
     """
 
-    def __init__(self, workdir: str | Path, *, resume_step: Optional[int] = None,
-                 task_names: Optional[Sequence[str]] = None):
+    def __init__(
+        self, workdir: str | Path, *, resume_step: Optional[int] = None, task_names: Optional[Sequence[str]] = None
+    ):
         try:
             from tensorboardX import SummaryWriter
         except ImportError as e:
@@ -277,8 +278,14 @@ class WandbWriter:
       task_names: labels for per-task lists.
     """
 
-    def __init__(self, workdir: str | Path, *, resume_step: Optional[int] = None, config: Any = None,
-                 task_names: Optional[Sequence[str]] = None):
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        resume_step: Optional[int] = None,
+        config: Any = None,
+        task_names: Optional[Sequence[str]] = None,
+    ):
         try:
             import wandb
         except ImportError as e:
@@ -294,8 +301,12 @@ class WandbWriter:
             id_file.write_text(run_id + "\n")
         self.task_names = list(task_names) if task_names is not None else None
         self._run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT", "jmtl"), dir=str(self.workdir), id=run_id, resume="allow",
-            name=self.workdir.name, config=flatten_config(config) if config is not None else None,
+            project=os.environ.get("WANDB_PROJECT", "jmtl"),
+            dir=str(self.workdir),
+            id=run_id,
+            resume="allow",
+            name=self.workdir.name,
+            config=flatten_config(config) if config is not None else None,
         )
 
     def write(self, stream: str, record: dict) -> None:
@@ -329,8 +340,15 @@ class MultiWriter:
             w.close()
 
 
-def make_writers(names: Sequence[str], workdir: str | Path, is_main: bool, *, resume_step: Optional[int] = None,
-                 config: Any = None, task_names: Optional[Sequence[str]] = None) -> MultiWriter:
+def make_writers(
+    names: Sequence[str],
+    workdir: str | Path,
+    is_main: bool,
+    *,
+    resume_step: Optional[int] = None,
+    config: Any = None,
+    task_names: Optional[Sequence[str]] = None,
+) -> MultiWriter:
     """The writers named in ``names`` (``config.writers``, e.g. ``("jsonl", "tensorboard")``).
 
     Args:
@@ -348,8 +366,9 @@ def make_writers(names: Sequence[str], workdir: str | Path, is_main: bool, *, re
         names = (names,)
     unknown = [n for n in names if n not in WRITER_NAMES]
     if unknown:
-        raise ValueError(f"unknown writer(s) {', '.join(map(repr, unknown))} in config.writers; valid: "
-                         f"{', '.join(WRITER_NAMES)}")
+        raise ValueError(
+            f"unknown writer(s) {', '.join(map(repr, unknown))} in config.writers; valid: {', '.join(WRITER_NAMES)}"
+        )
     if not is_main:
         return MultiWriter([])
     wanted = ["jsonl"] + [n for n in dict.fromkeys(names) if n != "jsonl"]

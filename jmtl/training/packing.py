@@ -61,8 +61,10 @@ class LeafPacker:
             return batch
         signature = [(np.asarray(x).dtype.str, np.shape(x)) for x in leaves]
         if treedef != self.treedef or signature != self.signature:
-            raise ValueError("a training batch changed its entries, dtypes or shapes after the first batch; every "
-                             "batch must have the layout of the first (the step was compiled for it)")
+            raise ValueError(
+                "a training batch changed its entries, dtypes or shapes after the first batch; every "
+                "batch must have the layout of the first (the step was compiled for it)"
+            )
         stacked = [np.stack([np.asarray(leaves[i]) for i in idx], axis=-1) for idx in self.groups]
         return stacked, [leaves[i] for i in self.singles]
 

@@ -17,7 +17,6 @@ import os
 from typing import Any, Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -95,7 +94,10 @@ class Driver:
 
             return jax.tree.map(put, tree)
         if self.kind == "pmap":
-            return jax.tree.map(lambda x: _put_sharded(np.broadcast_to(np.asarray(x), (self.num_devices,) + np.shape(x)), self.devices), tree)
+            return jax.tree.map(
+                lambda x: _put_sharded(np.broadcast_to(np.asarray(x), (self.num_devices,) + np.shape(x)), self.devices),
+                tree,
+            )
         # np.array copies: leaves that alias one buffer must not be donated twice.
         return jax.tree.map(lambda x: jax.device_put(np.array(x), self.devices[0]), tree)
 

@@ -33,7 +33,9 @@ def take(tree: PyTree, seed_index: int) -> PyTree:
 SEED_MODES = ("vmap", "map")
 
 
-def over_seeds(make_per_device: Callable[[Optional[str]], Callable], mode: str = "vmap") -> Callable[[Optional[str]], Callable]:
+def over_seeds(
+    make_per_device: Callable[[Optional[str]], Callable], mode: str = "vmap"
+) -> Callable[[Optional[str]], Callable]:
     """``(state, batch) -> (state, metrics)`` per device -> the same over stacked seeds.
 
     State and metrics gain a leading seed axis; the batch has it at axis 1. ``mode='vmap'`` batches

@@ -196,11 +196,17 @@ def make_train_step(
         grads, objective = _add_penalties(grads, objective, state.params, config)
         # 5. optimizer update; a non-finite step keeps the old state
         all_params = {"model": state.params, "weighting": state.weighting_params}
-        updates, opt_state = optimizer.update({"model": grads, "weighting": g.weighting_grads}, state.opt_state, all_params)
+        updates, opt_state = optimizer.update(
+            {"model": grads, "weighting": g.weighting_grads}, state.opt_state, all_params
+        )
         new_all = optax.apply_updates(all_params, updates)
         finite = jnp.all(jnp.isfinite(losses)) & _tree_finite(updates)
-        new_state = TrainState(state.step + 1, new_all["model"], new_all["weighting"], opt_state, g.weighting_state, state.rng)
-        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)._replace(step=state.step + 1)
+        new_state = TrainState(
+            state.step + 1, new_all["model"], new_all["weighting"], opt_state, g.weighting_state, state.rng
+        )
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)._replace(
+            step=state.step + 1
+        )
         # 6. metrics
         metrics = {
             "losses": losses,
@@ -229,7 +235,9 @@ class CombinedGradients(NamedTuple):
     weighting_grads: PyTree  # gradients of the scheme's own params ({} if none)
 
 
-def combined_gradients(path, weighting, inputs: gradient_paths.StepInputs, state, key: Array, axis_name) -> CombinedGradients:
+def combined_gradients(
+    path, weighting, inputs: gradient_paths.StepInputs, state, key: Array, axis_name
+) -> CombinedGradients:
     """Forward -> per-task gradients by ``path`` -> weighting -> the combined gradient.
 
     The core of the train step, also behind :func:`jmtl.mtl_value_and_grad`. ``state`` needs the
@@ -261,7 +269,9 @@ def _weigh(weighting, path, losses: Array, state: TrainState, scheme_inputs: dic
         return out, state.weighting_state, jax.tree.map(jnp.zeros_like, state.weighting_params)
 
     def run(wparams):
-        return weighting.update(losses, state.weighting_state, params=wparams, key=key, step=state.step, **scheme_inputs)
+        return weighting.update(
+            losses, state.weighting_state, params=wparams, key=key, step=state.step, **scheme_inputs
+        )
 
     if weighting.init_params is None:
         out, new_wstate = run(state.weighting_params)

@@ -49,8 +49,10 @@ RECORD = "record.json"  # a finished run's record, in its run folder
 def load_dataset(config) -> conll.TaggingDataset:
     """The config's dataset, loaded once per process."""
     if config.dataset.name not in LOADERS:
-        raise ValueError(f"unknown tagging dataset {config.dataset.name!r}{suggest(config.dataset.name, LOADERS)}; "
-                         f"valid: {', '.join(LOADERS)}")
+        raise ValueError(
+            f"unknown tagging dataset {config.dataset.name!r}{suggest(config.dataset.name, LOADERS)}; "
+            f"valid: {', '.join(LOADERS)}"
+        )
     kwargs = dict(config.dataset.kwargs)
     kwargs["buckets"] = tuple(kwargs["buckets"])
     key = json.dumps([config.dataset.name, config.dataset.data_dir, config.dataset.cache_dir, kwargs], sort_keys=True)
@@ -89,8 +91,10 @@ def pretrained_words(config, ds: conll.TaggingDataset) -> Optional[tuple[np.ndar
     path = config.model.get("pretrained_embeddings", "")
     if not path:
         if config.model.get("freeze_embeddings", False):
-            raise ValueError("config.model.freeze_embeddings=True needs a file: pass "
-                             "--config.model.pretrained_embeddings=/path/glove.6B.100d.txt (or freeze nothing)")
+            raise ValueError(
+                "config.model.freeze_embeddings=True needs a file: pass "
+                "--config.model.pretrained_embeddings=/path/glove.6B.100d.txt (or freeze nothing)"
+            )
         return None
     fmt = config.model.get("embeddings_format", "auto")
     tokens = ds.word_vocab.tokens
@@ -101,16 +105,28 @@ def pretrained_words(config, ds: conll.TaggingDataset) -> Optional[tuple[np.ndar
         _EMBEDDINGS[key] = embeddings_lib.load_embeddings(path, fmt, keep=keep)
     emb = _EMBEDDINGS[key]
     if emb.dim != config.model.word_dim:
-        raise ValueError(f"{emb.path}: the vectors have dimension {emb.dim} but config.model.word_dim is "
-                         f"{config.model.word_dim}. Fix: --config.model.word_dim={emb.dim}, or a file of "
-                         f"dimension {config.model.word_dim}")
+        raise ValueError(
+            f"{emb.path}: the vectors have dimension {emb.dim} but config.model.word_dim is "
+            f"{config.model.word_dim}. Fix: --config.model.word_dim={emb.dim}, or a file of "
+            f"dimension {config.model.word_dim}"
+        )
     matrix, found, coverage = embeddings_lib.embedding_matrix(
-        emb, tokens, seed=config.seed, pad_id=conll.PAD_ID, unk_id=conll.UNK_ID, token_counts=ds.word_counts("train"))
-    summary = {"path": emb.path, "format": emb.format, "dim": emb.dim, "file_vectors": emb.num_lines,
-               "duplicates": emb.duplicates, "frozen": bool(config.model.get("freeze_embeddings", False)),
-               "found_words": int(found.sum()), "vocab_words": len(tokens) - 2,
-               "coverage_types": coverage.types, "coverage_train_tokens": coverage.tokens,
-               "found_by_normalized_key": coverage.normalized, "unk_from_file": coverage.unk_from_file}
+        emb, tokens, seed=config.seed, pad_id=conll.PAD_ID, unk_id=conll.UNK_ID, token_counts=ds.word_counts("train")
+    )
+    summary = {
+        "path": emb.path,
+        "format": emb.format,
+        "dim": emb.dim,
+        "file_vectors": emb.num_lines,
+        "duplicates": emb.duplicates,
+        "frozen": bool(config.model.get("freeze_embeddings", False)),
+        "found_words": int(found.sum()),
+        "vocab_words": len(tokens) - 2,
+        "coverage_types": coverage.types,
+        "coverage_train_tokens": coverage.tokens,
+        "found_by_normalized_key": coverage.normalized,
+        "unk_from_file": coverage.unk_from_file,
+    }
     return matrix, summary
 
 
@@ -122,7 +138,8 @@ def _freeze_word_table(optimizer: optax.GradientTransformation) -> optax.Gradien
     def zero(updates, params=None):
         del params
         return jax.tree_util.tree_map_with_path(
-            lambda p, u: jnp.zeros_like(u) if [getattr(k, "key", None) for k in p][-3:] == suffix else u, updates)
+            lambda p, u: jnp.zeros_like(u) if [getattr(k, "key", None) for k in p][-3:] == suffix else u, updates
+        )
 
     return optax.chain(optimizer, optax.stateless(zero))
 
@@ -146,8 +163,15 @@ class TaggingIterator:
     the meta draws so the meta order continues exactly.
     """
 
-    def __init__(self, ds: conll.TaggingDataset, batch_size: int, seed: int, task_names: Sequence[str],
-                 steps_per_epoch: int, meta_split: Optional[str] = None):
+    def __init__(
+        self,
+        ds: conll.TaggingDataset,
+        batch_size: int,
+        seed: int,
+        task_names: Sequence[str],
+        steps_per_epoch: int,
+        meta_split: Optional[str] = None,
+    ):
         self.ds, self.batch_size, self.seed = ds, batch_size, seed
         self.names, self.steps_per_epoch, self.meta_split = list(task_names), steps_per_epoch, meta_split
         self.epoch, self.position = 0, 0
@@ -155,9 +179,11 @@ class TaggingIterator:
         self._reset_meta()
 
     def _reset_meta(self) -> None:
-        self.meta = (self.ds.length_matched_batches(self.meta_split, self.batch_size,
-                                                    self.seed + builders.META_SEED_OFFSET)
-                     if self.meta_split else None)
+        self.meta = (
+            self.ds.length_matched_batches(self.meta_split, self.batch_size, self.seed + builders.META_SEED_OFFSET)
+            if self.meta_split
+            else None
+        )
 
     def _plan(self, epoch: int) -> list:
         if epoch not in self._plans:
@@ -199,8 +225,15 @@ class TaggingIterator:
 class TaggingEvaluator:
     """Corpus-level scores of decoded predictions: ``{task: {accuracy[, precision, recall, f1]}}``."""
 
-    def __init__(self, model, ds: conll.TaggingDataset, tasks: Sequence[Task], select_on: str, batch_size: int,
-                 driver: parallel.Driver):
+    def __init__(
+        self,
+        model,
+        ds: conll.TaggingDataset,
+        tasks: Sequence[Task],
+        select_on: str,
+        batch_size: int,
+        driver: parallel.Driver,
+    ):
         self.ds, self.tasks, self.select_on, self.batch_size, self.driver = ds, tasks, select_on, batch_size, driver
 
         @jax.jit
@@ -208,7 +241,9 @@ class TaggingEvaluator:
             outputs = model.apply({"params": params}, inputs, train=False)
             mask = inputs["words"] > 0
             return {
-                name: (crf.viterbi(v, mask) if isinstance(v, crf.CRFOutput) else jnp.argmax(v, axis=-1)).astype(jnp.int32)
+                name: (crf.viterbi(v, mask) if isinstance(v, crf.CRFOutput) else jnp.argmax(v, axis=-1)).astype(
+                    jnp.int32
+                )
                 for name, v in outputs.items()
             }
 
@@ -252,15 +287,19 @@ class TaggingEvaluator:
 def _layout(config, ds: conll.TaggingDataset) -> tuple[dict, tuple, tuple[Task, ...]]:
     """The variant's ``{task: depth}``, its CRF tasks and its :class:`Task` list (checked)."""
     if config.variant not in config.variants:
-        raise ValueError(f"unknown variant {config.variant!r}{suggest(config.variant, list(config.variants))}; "
-                         f"valid: {', '.join(config.variants)}")
+        raise ValueError(
+            f"unknown variant {config.variant!r}{suggest(config.variant, list(config.variants))}; "
+            f"valid: {', '.join(config.variants)}"
+        )
     depths = dict(config.variants[config.variant])
     if config.select_on not in depths:
         raise ValueError(f"variant {config.variant!r} has no task {config.select_on!r} (config.select_on)")
     crf_tasks = tuple(config.get("crf_tasks", ()))
     unknown_crf = sorted(set(crf_tasks) - set(depths))
     if unknown_crf:
-        raise ValueError(f"config.crf_tasks {unknown_crf} are not tasks of variant {config.variant!r} ({', '.join(depths)})")
+        raise ValueError(
+            f"config.crf_tasks {unknown_crf} are not tasks of variant {config.variant!r} ({', '.join(depths)})"
+        )
     unknown = sorted(set(depths) - set(ds.task_names))
     if unknown:
         raise ValueError(f"{ds.name} has no task(s) {', '.join(unknown)}; its tasks: {', '.join(ds.task_names)}")
@@ -270,13 +309,16 @@ def _layout(config, ds: conll.TaggingDataset) -> tuple[dict, tuple, tuple[Task, 
     return depths, crf_tasks, tasks
 
 
-def build_experiment(config, ds: conll.TaggingDataset, on_eval: Optional[Callable[[dict], None]] = None
-                     ) -> tuple[loop.Experiment, dict, tuple]:
+def build_experiment(
+    config, ds: conll.TaggingDataset, on_eval: Optional[Callable[[dict], None]] = None
+) -> tuple[loop.Experiment, dict, tuple]:
     """The loop's :class:`~jmtl.training.loop.Experiment` for ``config.variant``, its depths and CRF tasks."""
     depths, crf_tasks, tasks = _layout(config, ds)
     if config.get("num_seeds", 1) != 1:
-        raise ValueError("config.num_seeds must be 1 for the taggers (seeds' bucketed batches differ in length); "
-                         "sweep seeds with --seeds=0,1,2")
+        raise ValueError(
+            "config.num_seeds must be 1 for the taggers (seeds' bucketed batches differ in length); "
+            "sweep seeds with --seeds=0,1,2"
+        )
     full_epoch = ds.steps_per_epoch(config.batch_size)
     cut = config.get("max_steps_per_epoch", 0)
     steps_per_epoch = min(full_epoch, cut) if cut > 0 else full_epoch
@@ -284,14 +326,18 @@ def build_experiment(config, ds: conll.TaggingDataset, on_eval: Optional[Callabl
     pretrained = pretrained_words(config, ds)
     if pretrained is not None:
         matrix, summary = pretrained
-        print(f"[{config.variant} seed {config.seed}] pretrained word vectors {summary['path']} ({summary['format']}, "
-              f"dim {summary['dim']}{', frozen' if summary['frozen'] else ''}): {summary['found_words']}/"
-              f"{summary['vocab_words']} vocabulary words ({100 * summary['coverage_types']:.1f}%), "
-              f"{100 * summary['coverage_train_tokens']:.1f}% of train tokens", flush=True)
-        model_kwargs.update(word_embedding_init=sequence.pretrained_init(matrix, summary["path"]),
-                            freeze_word_embeddings=summary["frozen"])
-    model = sequence.build(tasks, depths, num_words=len(ds.word_vocab), num_chars=len(ds.char_vocab),
-                           **model_kwargs)
+        print(
+            f"[{config.variant} seed {config.seed}] pretrained word vectors {summary['path']} ({summary['format']}, "
+            f"dim {summary['dim']}{', frozen' if summary['frozen'] else ''}): {summary['found_words']}/"
+            f"{summary['vocab_words']} vocabulary words ({100 * summary['coverage_types']:.1f}%), "
+            f"{100 * summary['coverage_train_tokens']:.1f}% of train tokens",
+            flush=True,
+        )
+        model_kwargs.update(
+            word_embedding_init=sequence.pretrained_init(matrix, summary["path"]),
+            freeze_word_embeddings=summary["frozen"],
+        )
+    model = sequence.build(tasks, depths, num_words=len(ds.word_vocab), num_chars=len(ds.char_vocab), **model_kwargs)
     weighting = builders.weighting_from_config(config, tasks, steps_per_epoch)
     optimizer = builders.optimizer(config.optimizer, steps_per_epoch)
     if pretrained is not None and pretrained[1]["frozen"]:
@@ -315,8 +361,9 @@ def build_experiment(config, ds: conll.TaggingDataset, on_eval: Optional[Callabl
         example_input=ds.example_input(),
         steps_per_epoch=steps_per_epoch,
         train_iterator=lambda seed: TaggingIterator(ds, config.batch_size, seed, names, steps_per_epoch, meta_split),
-        make_evaluator=lambda driver, axis: TaggingEvaluator(model, ds, tasks, config.select_on,
-                                                              config.eval_batch_size, driver),
+        make_evaluator=lambda driver, axis: TaggingEvaluator(
+            model, ds, tasks, config.select_on, config.eval_batch_size, driver
+        ),
         test_every_eval=bool(config.get("eval_test_every_epoch", False)),
         interval_train_stats=True,
         on_eval=on_eval,
@@ -333,8 +380,11 @@ def _epoch_line(config, names: Sequence[str]) -> Callable[[dict], None]:
             for n in names
         )
         losses = np.round(list(rec["train_loss"].values()), 3).tolist()
-        print(f"[{config.variant} seed {config.seed}] epoch {round(rec['epoch'])}/{config.num_epochs} "
-              f"({rec['train_time_s']:.0f}s train) loss {losses} | {scores}", flush=True)
+        print(
+            f"[{config.variant} seed {config.seed}] epoch {round(rec['epoch'])}/{config.num_epochs} "
+            f"({rec['train_time_s']:.0f}s train) loss {losses} | {scores}",
+            flush=True,
+        )
 
     return show
 
@@ -356,8 +406,10 @@ def train_run(config, workdir: str | Path) -> dict[str, Any]:
     if done.exists():
         record = json.loads(done.read_text())
         if record.get("config") == fingerprint(config):
-            print(f"[{config.variant} seed {config.seed}] already finished in {directory}; its record is reused",
-                  flush=True)
+            print(
+                f"[{config.variant} seed {config.seed}] already finished in {directory}; its record is reused",
+                flush=True,
+            )
             return record
     experiment, depths, crf_tasks = build_experiment(config, ds, _epoch_line(config, [t.name for t in tasks]))
     summary, state = loop.run(experiment, config, directory)
@@ -426,8 +478,10 @@ def parse_variants(values: Sequence[str], config) -> list[str]:
     """``--variants`` checked against the config's variants (a typo lists the valid ones)."""
     unknown = [v for v in values if v not in config.variants]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}{suggest(unknown[0], list(config.variants))}; "
-                         f"valid: {', '.join(config.variants)}")
+        raise ValueError(
+            f"unknown variant(s) {unknown}{suggest(unknown[0], list(config.variants))}; "
+            f"valid: {', '.join(config.variants)}"
+        )
     return list(values) or [config.variant]
 
 
@@ -450,7 +504,8 @@ def _key(record: dict) -> tuple:
     """(variant, seed, config): a record older than the ``config`` field stands for its settings."""
     config = record.get("config") or json.dumps(
         [record.get(k) for k in ("dataset", "depths", "weighting", "epochs", "batch_size", "model", "crf_tasks")],
-        sort_keys=True)
+        sort_keys=True,
+    )
     return record["variant"], record["seed"], config
 
 
@@ -467,8 +522,14 @@ def results_table(records: list[dict], title: str = "") -> str:
     best-validation epoch's scores (one record per seed: see :func:`append_result`)."""
     groups: dict[tuple, list] = {}
     for r in records:
-        key = (r["dataset"], r["variant"], r["weighting"], json.dumps(r["depths"]), ",".join(r.get("crf_tasks", [])),
-               _key(r)[2])
+        key = (
+            r["dataset"],
+            r["variant"],
+            r["weighting"],
+            json.dumps(r["depths"]),
+            ",".join(r.get("crf_tasks", [])),
+            _key(r)[2],
+        )
         groups.setdefault(key, []).append(r)
     tasks = []
     for r in records:
@@ -482,24 +543,42 @@ def results_table(records: list[dict], title: str = "") -> str:
     head += ["best epoch", "train s/epoch", "wall min/run"]
     lines = ([f"## {title}", ""] if title else []) + ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, variant, weighting, depths, crf_tasks, _), rs in groups.items():
-        row = [variant + (f" (CRF: {crf_tasks})" if crf_tasks else ""), ", ".join(f"{k}@{v}" for k, v in json.loads(depths).items()), weighting,
-               ",".join(str(r["seed"]) for r in rs), ",".join(sorted({str(r["epochs"]) for r in rs}))]
+        row = [
+            variant + (f" (CRF: {crf_tasks})" if crf_tasks else ""),
+            ", ".join(f"{k}@{v}" for k, v in json.loads(depths).items()),
+            weighting,
+            ",".join(str(r["seed"]) for r in rs),
+            ",".join(sorted({str(r["epochs"]) for r in rs})),
+        ]
         for t in tasks:
             if t not in rs[0]["depths"]:
                 row += ["–", "–"]
                 continue
             key = "f1" if "f1" in rs[0]["test"][t] else "accuracy"
             row += [_mean_std([r["validation"][t][key] for r in rs]), _mean_std([r["test"][t][key] for r in rs])]
-        row += [",".join(str(r["best_epoch"]) for r in rs),
-                f"{np.mean([r['epoch_time_s'] for r in rs]):.0f}",
-                f"{np.mean([r['wall_time_s'] for r in rs]) / 60:.1f}"]
+        row += [
+            ",".join(str(r["best_epoch"]) for r in rs),
+            f"{np.mean([r['epoch_time_s'] for r in rs]):.0f}",
+            f"{np.mean([r['wall_time_s'] for r in rs]) / 60:.1f}",
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
 
 # What results_table and the record key read of every record.
-_RECORD_KEYS = ("variant", "seed", "dataset", "weighting", "depths", "validation", "test", "epochs", "best_epoch",
-                "epoch_time_s", "wall_time_s")
+_RECORD_KEYS = (
+    "variant",
+    "seed",
+    "dataset",
+    "weighting",
+    "depths",
+    "validation",
+    "test",
+    "epochs",
+    "best_epoch",
+    "epoch_time_s",
+    "wall_time_s",
+)
 
 
 def read_results(prefix: str) -> list[dict]:
@@ -509,8 +588,7 @@ def read_results(prefix: str) -> list[dict]:
     path = Path(prefix + ".json")
     if not path.exists():
         return []
-    fix = (f"Fix: restore it (git checkout {path}), move it away, or pass another --results prefix; nothing "
-           "was written")
+    fix = f"Fix: restore it (git checkout {path}), move it away, or pass another --results prefix; nothing was written"
     if path.is_dir():
         raise ValueError(f"--results: {path} is a folder, not a results file. {fix}")
     try:

@@ -59,8 +59,10 @@ class InitFrom:
 
     def __post_init__(self):
         if not self.path:
-            raise ValueError("init_from needs a path: a jmtl workdir, its checkpoints/ folder, or a .msgpack / .npz "
-                             "params file (jmtl.training.warm_start.save_params)")
+            raise ValueError(
+                "init_from needs a path: a jmtl workdir, its checkpoints/ folder, or a .msgpack / .npz "
+                "params file (jmtl.training.warm_start.save_params)"
+            )
         if self.part not in PARTS:
             raise ValueError(f"init_from.part must be one of {PARTS}, got {self.part!r}")
 
@@ -97,8 +99,10 @@ def save_params(path: str | Path, params: PyTree) -> Path:
     if path.suffix == ".msgpack":
         path.write_bytes(serialization.msgpack_serialize(jax.tree.map(np.asarray, params)))
     elif path.suffix == ".npz":
-        flat = {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)
-                for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+        flat = {
+            "/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+        }
         np.savez(path, **flat)
     else:
         raise ValueError(f"save_params: {path} must end in .msgpack or .npz")
@@ -120,8 +124,10 @@ def load_params(path: str | Path, seed_index: int = 0) -> PyTree:
     """The params of a workdir's latest checkpoint, a ``checkpoints/`` folder, or a params file."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"init_from.path {path} does not exist. Fix: give a jmtl workdir, its checkpoints/ "
-                                "folder, or a .msgpack / .npz params file")
+        raise FileNotFoundError(
+            f"init_from.path {path} does not exist. Fix: give a jmtl workdir, its checkpoints/ "
+            "folder, or a .msgpack / .npz params file"
+        )
     if path.is_file():
         if path.suffix == ".msgpack":
             from flax import serialization
@@ -130,15 +136,19 @@ def load_params(path: str | Path, seed_index: int = 0) -> PyTree:
         if path.suffix == ".npz":
             with np.load(path) as f:
                 return _unflatten_npz(dict(f))
-        raise ValueError(f"init_from.path {path}: unknown params file type {path.suffix!r}. Fix: a .msgpack or .npz "
-                         "file (jmtl.training.warm_start.save_params), or a jmtl workdir")
+        raise ValueError(
+            f"init_from.path {path}: unknown params file type {path.suffix!r}. Fix: a .msgpack or .npz "
+            "file (jmtl.training.warm_start.save_params), or a jmtl workdir"
+        )
     ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     params = _checkpoint_params(ckpt_dir)
     workdir = ckpt_dir.parent
     num_seeds = _saved_num_seeds(workdir)
     if num_seeds > 1:  # seeds trained together: every leaf has a leading seed axis
         if not 0 <= seed_index < num_seeds:
-            raise ValueError(f"init_from.seed_index {seed_index}: the run in {workdir} trained seeds 0..{num_seeds - 1}")
+            raise ValueError(
+                f"init_from.seed_index {seed_index}: the run in {workdir} trained seeds 0..{num_seeds - 1}"
+            )
         params = jax.tree.map(lambda v: np.asarray(v)[seed_index], params)
     return params
 
@@ -161,8 +171,10 @@ def _checkpoint_params(ckpt_dir: Path) -> PyTree:
     with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(create=False)) as manager:
         step = manager.latest_step()
         if step is None:
-            raise FileNotFoundError(f"init_from.path {ckpt_dir} holds no checkpoint. Fix: point it at a jmtl workdir "
-                                    "that saved one (or its checkpoints/ folder), or at a params file")
+            raise FileNotFoundError(
+                f"init_from.path {ckpt_dir} holds no checkpoint. Fix: point it at a jmtl workdir "
+                "that saved one (or its checkpoints/ folder), or at a params file"
+            )
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     # The TrainState is stored as its fields; without a target orbax gives them back as a dict (or a list).
     params = state["params"] if isinstance(state, Mapping) else state[1]
@@ -182,6 +194,7 @@ class WarmStart:
 
     def apply(self, params: PyTree) -> PyTree:
         """``params`` with every loaded param replaced by the source's value (same dtype)."""
+
         def put(path, leaf):
             key = jax.tree_util.keystr(path)
             return jnp.asarray(self.loaded[key], dtype=leaf.dtype) if key in self.loaded else leaf
@@ -192,7 +205,8 @@ class WarmStart:
         """``FROZEN`` / ``TRAINED`` per param leaf (all ``TRAINED`` unless ``freeze``)."""
         frozen = self.spec.freeze
         return jax.tree_util.tree_map_with_path(
-            lambda p, _: FROZEN if frozen and jax.tree_util.keystr(p) in self.loaded else TRAINED, params)
+            lambda p, _: FROZEN if frozen and jax.tree_util.keystr(p) in self.loaded else TRAINED, params
+        )
 
     def wrap_optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
         """``tx`` on the trained params, ``set_to_zero`` on the frozen ones; the optimizer updates
@@ -201,19 +215,27 @@ class WarmStart:
             return tx
 
         def labels(tree):
-            return {"model": self.labels(tree["model"]), "weighting": jax.tree.map(lambda _: TRAINED, tree["weighting"])}
+            return {
+                "model": self.labels(tree["model"]),
+                "weighting": jax.tree.map(lambda _: TRAINED, tree["weighting"]),
+            }
 
         return optax.multi_transform({TRAINED: tx, FROZEN: optax.set_to_zero()}, labels)
 
     def describe(self) -> str:
         what = "frozen" if self.spec.freeze else "fine-tuned"
         fresh = f"; fresh: {', '.join(self.fresh)}" if self.fresh else ""
-        return (f"init_from {self.spec.path} (part={self.spec.part!r}): {len(self.loaded)} param(s) loaded, {what}"
-                f"{fresh}")
+        return (
+            f"init_from {self.spec.path} (part={self.spec.part!r}): {len(self.loaded)} param(s) loaded, {what}{fresh}"
+        )
 
 
-def plan(spec: InitFrom, target_params: PyTree, shared: Optional[Selector | Sharing] = None,
-         source_params: Optional[PyTree] = None) -> WarmStart:
+def plan(
+    spec: InitFrom,
+    target_params: PyTree,
+    shared: Optional[Selector | Sharing] = None,
+    source_params: Optional[PyTree] = None,
+) -> WarmStart:
     """Matches the source's params to the run's by path and shape.
 
     Args:
@@ -236,18 +258,26 @@ def plan(spec: InitFrom, target_params: PyTree, shared: Optional[Selector | Shar
             raise WarmStartError(
                 f"init_from {spec.path}: the source has no param at {len(missing)} shared path(s) of this run: "
                 f"{', '.join(missing)}. Fix: the run's shared encoder must be the source's (same module names), or use "
-                f"part='all' to load what matches")
+                f"part='all' to load what matches"
+            )
     else:
         wanted = [k for k in target if k in source]
-    mismatched = [f"{k}: run {tuple(np.shape(target[k]))} vs source {tuple(np.shape(source[k]))}"
-                  for k in wanted if tuple(np.shape(target[k])) != tuple(np.shape(source[k]))]
+    mismatched = [
+        f"{k}: run {tuple(np.shape(target[k]))} vs source {tuple(np.shape(source[k]))}"
+        for k in wanted
+        if tuple(np.shape(target[k])) != tuple(np.shape(source[k]))
+    ]
     if mismatched:
         raise WarmStartError(
-            f"init_from {spec.path}: {len(mismatched)} param(s) differ in shape: " + "; ".join(mismatched)
-            + ". Fix: build the run's encoder with the source's sizes, or load only matching parts (part='shared')")
+            f"init_from {spec.path}: {len(mismatched)} param(s) differ in shape: "
+            + "; ".join(mismatched)
+            + ". Fix: build the run's encoder with the source's sizes, or load only matching parts (part='shared')"
+        )
     if not wanted:
-        raise WarmStartError(f"init_from {spec.path}: no param of this run is in the source (source paths: "
-                             f"{', '.join(list(source)[:8])}...). Fix: check that path is this model's run")
+        raise WarmStartError(
+            f"init_from {spec.path}: no param of this run is in the source (source paths: "
+            f"{', '.join(list(source)[:8])}...). Fix: check that path is this model's run"
+        )
     loaded = {k: np.asarray(source[k]) for k in wanted}
     return WarmStart(spec, loaded, tuple(k for k in target if k not in loaded))
 

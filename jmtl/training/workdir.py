@@ -34,6 +34,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, NoReturn
+
 from jmtl.errors import JmtlError
 
 LOCK_NAME = ".lock"
@@ -78,7 +79,10 @@ class ResumeIdentityError(ResumeConfigError):
 
 # Why an OS write error happened, and what to do about it, by errno.
 _REASONS = {
-    errno.ENOSPC: ("the disk is full (No space left on device)", "free space on that disk, or use a --workdir on another disk"),
+    errno.ENOSPC: (
+        "the disk is full (No space left on device)",
+        "free space on that disk, or use a --workdir on another disk",
+    ),
     errno.EDQUOT: ("the disk quota is exceeded", "free space within your quota, or use a --workdir on another disk"),
     errno.EROFS: ("the file system is read-only", "use a --workdir on a writable disk"),
     errno.EACCES: ("permission denied", "make the folder writable (chmod / chown) or use another --workdir"),
@@ -88,8 +92,14 @@ _REASONS = {
     ),
     errno.ENOTDIR: ("a file stands where a folder is expected", "remove or rename that file, or use another --workdir"),
     errno.EEXIST: ("a file stands where a folder is expected", "remove or rename that file, or use another --workdir"),
-    errno.EISDIR: ("a folder stands where a file is expected", "remove or rename that folder, or use another --workdir"),
-    errno.EIO: ("an I/O error (failing disk or lost network mount)", "check the disk / mount, then resume with the same command"),
+    errno.EISDIR: (
+        "a folder stands where a file is expected",
+        "remove or rename that folder, or use another --workdir",
+    ),
+    errno.EIO: (
+        "an I/O error (failing disk or lost network mount)",
+        "check the disk / mount, then resume with the same command",
+    ),
 }
 _EXPECTED_ERRNOS = frozenset(_REASONS) - {errno.EEXIST, errno.EISDIR}
 
@@ -115,9 +125,13 @@ def storage_reason(exc: BaseException) -> tuple[str, str] | None:
     if os_error is not None and os_error.errno in _REASONS:
         return _REASONS[os_error.errno]
     text = str(exc)
-    for code, marker in ((errno.ENOSPC, "No space left"), (errno.EDQUOT, "quota exceeded"),
-                         (errno.EROFS, "Read-only file system"), (errno.EPERM, "Operation not permitted"),
-                         (errno.EACCES, "Permission denied")):
+    for code, marker in (
+        (errno.ENOSPC, "No space left"),
+        (errno.EDQUOT, "quota exceeded"),
+        (errno.EROFS, "Read-only file system"),
+        (errno.EPERM, "Operation not permitted"),
+        (errno.EACCES, "Permission denied"),
+    ):
         if marker.lower() in text.lower():
             return _REASONS[code]
     return None
@@ -179,7 +193,9 @@ def prepare_workdir(path: str | Path) -> Path:
     except OSError as e:
         raise StorageError("creating the workdir", path, e) from e
     if not os.access(path, os.W_OK | os.X_OK):
-        raise StorageError("writing to the workdir", path, PermissionError(errno.EACCES, "Permission denied", str(path)))
+        raise StorageError(
+            "writing to the workdir", path, PermissionError(errno.EACCES, "Permission denied", str(path))
+        )
     return path
 
 
@@ -209,8 +225,10 @@ class WorkdirLock(dict):
     def check(self) -> None:
         """Raises ``WorkdirLostError`` when the workdir or its ``.lock`` is no longer what this run locked."""
         lock_path = self.path / LOCK_NAME
-        for what, where, fd, stat in (("the workdir", self.path, self._dir_fd, os.stat),
-                                      (f"its lock file {LOCK_NAME}", lock_path, self._lock_fd, os.lstat)):
+        for what, where, fd, stat in (
+            ("the workdir", self.path, self._dir_fd, os.stat),
+            (f"its lock file {LOCK_NAME}", lock_path, self._lock_fd, os.lstat),
+        ):
             held = os.fstat(fd)
             try:
                 now = stat(where)
@@ -246,8 +264,9 @@ def _open_lock_file(lock_path: Path) -> int:
 
     if not stat_lib.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise WorkdirError(f"the workdir lock {lock_path} is not a regular file. Fix: remove it, then rerun",
-                           lock_path.parent)
+        raise WorkdirError(
+            f"the workdir lock {lock_path} is not a regular file. Fix: remove it, then rerun", lock_path.parent
+        )
     return fd
 
 
@@ -261,10 +280,14 @@ def _busy(path: Path, lock_path: Path) -> WorkdirBusyError:
             os.close(fd)
     except OSError:
         pass
-    who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
-           if holder else "holder unknown")
+    who = (
+        f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+        if holder
+        else "holder unknown"
+    )
     return WorkdirBusyError(
-        f"the workdir {path} is in use by another run ({who}); wait for it to finish or use another --workdir", path)
+        f"the workdir {path} is in use by another run ({who}); wait for it to finish or use another --workdir", path
+    )
 
 
 @contextlib.contextmanager
@@ -386,8 +409,14 @@ def flatten_config(config: Any) -> dict[str, Any]:
     return out
 
 
-def check_resume(saved_config: Any, new_config: Any, *, restored_step: int | None = None,
-                 total_steps: int | None = None, defaults: Any = None) -> list[Change]:
+def check_resume(
+    saved_config: Any,
+    new_config: Any,
+    *,
+    restored_step: int | None = None,
+    total_steps: int | None = None,
+    defaults: Any = None,
+) -> list[Change]:
     """The allowed differences between the checkpoint's config and the resuming run's.
 
     Args:
@@ -411,20 +440,31 @@ def check_resume(saved_config: Any, new_config: Any, *, restored_step: int | Non
     for k, v in new.items():
         if k not in old and k in default and default[k] == v:
             old[k] = v
-    changes = [Change(k, old.get(k, _MISSING), new.get(k, _MISSING))
-               for k in sorted(set(old) | set(new)) if old.get(k, _MISSING) != new.get(k, _MISSING)]
+    changes = [
+        Change(k, old.get(k, _MISSING), new.get(k, _MISSING))
+        for k in sorted(set(old) | set(new))
+        if old.get(k, _MISSING) != new.get(k, _MISSING)
+    ]
     refused = [c for c in changes if c.field not in RESUMABLE_FIELDS]
     problems, fixes = [], []
     if refused:
-        problems.append("the config differs from the one this workdir was started with (config.json) in "
-                        + "; ".join(f"{c.field}: {c.old!r} -> {c.new!r}" for c in refused))
-        fixes.append("restore the old values to resume, or use a new --workdir for the new config (fields that "
-                     "may change on resume: " + ", ".join(RESUMABLE_FIELDS) + ")")
+        problems.append(
+            "the config differs from the one this workdir was started with (config.json) in "
+            + "; ".join(f"{c.field}: {c.old!r} -> {c.new!r}" for c in refused)
+        )
+        fixes.append(
+            "restore the old values to resume, or use a new --workdir for the new config (fields that "
+            "may change on resume: " + ", ".join(RESUMABLE_FIELDS) + ")"
+        )
     if restored_step is not None and total_steps is not None and total_steps < restored_step:
-        problems.append(f"the checkpoint is at step {restored_step} but the new run would stop at {total_steps} "
-                        "(num_epochs / num_steps may only grow on resume)")
-        fixes.append(f"train to step {restored_step} or beyond (--config.num_steps / --config.num_epochs), or use "
-                     "a new --workdir")
+        problems.append(
+            f"the checkpoint is at step {restored_step} but the new run would stop at {total_steps} "
+            "(num_epochs / num_steps may only grow on resume)"
+        )
+        fixes.append(
+            f"train to step {restored_step} or beyond (--config.num_steps / --config.num_epochs), or use "
+            "a new --workdir"
+        )
     if problems:
         raise ResumeConfigError("cannot resume: " + "; and ".join(problems) + ". Fix: " + "; ".join(fixes), refused)
     return changes
@@ -505,8 +545,13 @@ def record_resume(workdir: str | Path, step: int, changes: list[Change], new_con
       new_config: the resuming run's config (written to ``config.json``).
     """
     workdir = Path(workdir)
-    record = {"time": _now(), "step": int(step), "changes": {c.field: [c.old, c.new] for c in changes},
-              "host": socket.gethostname(), "pid": os.getpid()}
+    record = {
+        "time": _now(),
+        "step": int(step),
+        "changes": {c.field: [c.old, c.new] for c in changes},
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
     path = workdir / RESUMES_NAME
     try:
         with open(path, "a") as f:
@@ -582,8 +627,11 @@ def exit_process(code: int, *, join_timeout_s: float = 5.0) -> NoReturn:
     try:
         # Polled, not joined: orbax's thread classes override join() (and raise TimeoutError from it).
         while True:
-            lingering = [t for t in threading.enumerate()
-                         if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+            lingering = [
+                t
+                for t in threading.enumerate()
+                if t is not threading.current_thread() and not t.daemon and t.is_alive()
+            ]
             if not lingering or time.time() >= deadline:
                 break
             time.sleep(0.05)

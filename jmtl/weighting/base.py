@@ -264,4 +264,3 @@ def check_nonneg(name: str, **values: float) -> None:
     for k, v in values.items():
         if v < 0:
             raise ValueError(f"{name}: {k} must be non-negative, got {v}")
-

@@ -26,7 +26,6 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import optax
-
 from optax.projections import projection_simplex
 
 from jmtl.weighting.base import BILEVEL, Layout, Lookahead, WeightingOutput, WeightingTransform, weights_output
@@ -61,7 +60,9 @@ class AutoLambdaState(NamedTuple):
 
 
 @register("auto_lambda")
-def auto_lambda(init_weight: float = 0.1, meta_lr: float = 1e-4, lookahead_lr: Optional[float] = None) -> WeightingTransform:
+def auto_lambda(
+    init_weight: float = 0.1, meta_lr: float = 1e-4, lookahead_lr: Optional[float] = None
+) -> WeightingTransform:
     """Auto-Lambda (Liu, James, Davison & Johns, TMLR 2022).
 
     With every task primary (multi-task learning), one step is
@@ -117,7 +118,9 @@ def _softmax_init(meta_opt):
 
 
 @register("moml")
-def moml(meta_lr: float = 1e-3, lookahead_lr: float = 0.1, max_iter: int = 250, tol: float = 1e-5) -> WeightingTransform:
+def moml(
+    meta_lr: float = 1e-3, lookahead_lr: float = 0.1, max_iter: int = 250, tol: float = 1e-5
+) -> WeightingTransform:
     """MOML, multi-objective meta learning (Ye, Lin, Yue, Guo, Xiao & Zhang, NeurIPS 2021).
 
     Task weights ``w = softmax(alpha)``. The upper level is multi-objective (every validation loss):

@@ -291,6 +291,7 @@ def nash_mtl(
     def update(losses, state: NashState, *, gramian=None, jacobian=None, **_):
         gram = require_gramian("nash_mtl", gramian, jacobian)
         dtype = gram.dtype
+
         def solve(_):
             res = solvers.nash_solve(gram, state.beta.astype(dtype), max_iter=int(optim_niter), tol=tol)
             return res.x[0], res.x[1], res.iterations.astype(jnp.int32)
@@ -508,9 +509,7 @@ def krum(n_byzantine: int = 1, n_selected: int = 1) -> WeightingTransform:
         k = gram.shape[0]
         f = n_byzantine
         if k < 2 * f + 3:
-            raise ValueError(
-                f"krum: n_byzantine={f} needs at least 2*{f}+3={2 * f + 3} tasks (rows), got {k}"
-            )
+            raise ValueError(f"krum: n_byzantine={f} needs at least 2*{f}+3={2 * f + 3} tasks (rows), got {k}")
         if n_selected > k:
             raise ValueError(f"krum: n_selected={n_selected} exceeds the number of tasks {k}")
         w = _krum_weights(gram, f, n_selected)
@@ -724,7 +723,6 @@ def modo(gamma: float = 1e-3, rho: float = 0.1) -> WeightingTransform:
     return WeightingTransform(_simplex_init, update, GRAMIAN, rep_level_ok=False)
 
 
-
 # ----------------------------------------------------------------------------- NTKMTL
 
 
@@ -867,8 +865,10 @@ def pcd(tau: float | Sequence[float] = 0.02, beta: float = 0.999, eps: float = 1
         k = gram.shape[0]
         dtype = gram.dtype
         if per_task and len(tau_arr) != k - 1:
-            raise ValueError(f"pcd: tau has {len(tau_arr)} values, need one per secondary task ({k - 1}); "
-                             "pass one float or a sequence of K - 1 values")
+            raise ValueError(
+                f"pcd: tau has {len(tau_arr)} values, need one per secondary task ({k - 1}); "
+                "pass one float or a sequence of K - 1 values"
+            )
         taus = jnp.asarray(tau_arr if per_task else tau_arr * (k - 1), dtype)
         sq = jnp.maximum(jnp.diagonal(gram), 0.0)
         count = state.count + 1
@@ -932,8 +932,10 @@ def cr_mogm(base: str = "mgda", alpha: float = 0.1, base_hparams: Optional[dict]
     if inner.requires == BILEVEL:
         raise ValueError(f"cr_mogm: base={base!r} is a bilevel scheme; wrap a losses/gramian/jacobian scheme")
     if inner.init_params is not None:
-        raise ValueError(f"cr_mogm: base={base!r} has learnable params; the EMA of its weights would cut their "
-                         "gradient. Wrap a scheme without init_params")
+        raise ValueError(
+            f"cr_mogm: base={base!r} has learnable params; the EMA of its weights would cut their "
+            "gradient. Wrap a scheme without init_params"
+        )
 
     def init(num_tasks: int, *, layout: Optional[Layout] = None) -> CRMOGMState:
         lam = jnp.full((num_tasks,), 1.0 / num_tasks, default_float_dtype())
@@ -948,7 +950,11 @@ def cr_mogm(base: str = "mgda", alpha: float = 0.1, base_hparams: Optional[dict]
         return weights_output(lam), CRMOGMState(lam.astype(state.lam.dtype), base_state)
 
     return WeightingTransform(
-        init, update, inner.requires, rep_level_ok=inner.rep_level_ok, needs_key=inner.needs_key,
+        init,
+        update,
+        inner.requires,
+        rep_level_ok=inner.rep_level_ok,
+        needs_key=inner.needs_key,
         fixed_weights=inner.fixed_weights,
     )
 

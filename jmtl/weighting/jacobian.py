@@ -187,8 +187,10 @@ def gradvac(beta: float = 0.5, granularity: str = "whole_model") -> WeightingTra
         if targets.shape[0] == 0:
             targets = jnp.zeros((n, k, k), targets.dtype)
         elif targets.shape != (n, k, k):
-            raise ValueError(f"gradvac state has {targets.shape[0]} groups for {targets.shape[1]} tasks, "
-                             f"the call has {n} groups for {k} tasks")
+            raise ValueError(
+                f"gradvac state has {targets.shape[0]} groups for {targets.shape[1]} tasks, "
+                f"the call has {n} groups for {k} tasks"
+            )
         dtype = jacobian.dtype
         offsets = [0]
         for s in sizes:
@@ -386,8 +388,15 @@ def moco(
         dtype = jac.dtype
         state = state._replace(y=_lazy_rows(state.y, jac, "moco"))
         direction, new_state = _moco_step(
-            jac, losses.astype(dtype), cast_like(state, MoCoState(jac, jac[:, 0], state.count)),
-            beta, beta_sigma, gamma, gamma_sigma, rho, normalize_grads,
+            jac,
+            losses.astype(dtype),
+            cast_like(state, MoCoState(jac, jac[:, 0], state.count)),
+            beta,
+            beta_sigma,
+            gamma,
+            gamma_sigma,
+            rho,
+            normalize_grads,
         )
         return direction_output(direction), cast_like(new_state, state)
 
@@ -463,7 +472,6 @@ def excess_mtl(robust_step_size: float = 1e-2, eps: float = 1e-7) -> WeightingTr
 
     def update(losses, state, *, jacobian=None, **_):
         jac = need_jacobian("excess_mtl", jacobian)
-        dtype = jac.dtype
         state = state._replace(sq_sum=_lazy_rows(state.sq_sum, jac, "excess_mtl"))
         as_jac = ExcessMTLState(jac, jac[:, 0], jac[:, 0], state.count)
         weights, new_state = _excess_step(jac, cast_like(state, as_jac), robust_step_size, eps)
@@ -478,9 +486,7 @@ def _lazy_rows(buf: Array, jacobian: Array, name: str) -> Array:
         return buf
     if buf.shape == (jacobian.shape[0], 0):
         return jnp.zeros(jacobian.shape, buf.dtype)
-    raise ValueError(
-        f"{name}: state was initialised for shape {buf.shape}, got a Jacobian of shape {jacobian.shape}"
-    )
+    raise ValueError(f"{name}: state was initialised for shape {buf.shape}, got a Jacobian of shape {jacobian.shape}")
 
 
 def _rows_init(num_tasks: int, layout: Optional[Layout]) -> Array:
@@ -527,7 +533,9 @@ def ntkmtl_sr(ntk_exp: float = 0.5) -> WeightingTransform:
         k, d = jacobian.shape
         n = int(layout[0][1][0])
         if n < 1 or d % n:
-            raise ValueError(f"ntkmtl_sr: representation layout {layout[0][1]} does not divide the {d} Jacobian columns")
+            raise ValueError(
+                f"ntkmtl_sr: representation layout {layout[0][1]} does not divide the {d} Jacobian columns"
+            )
         blocks = jacobian.reshape(k, n, d // n)
         lam = jnp.max(jnp.sum(blocks * blocks, axis=2), axis=1)  # [K] largest eigenvalue of the diagonal NTK
         lam = jnp.maximum(lam, jnp.finfo(jacobian.dtype).tiny)

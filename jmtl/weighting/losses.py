@@ -63,9 +63,7 @@ def static(weights: Sequence[float] | None = None) -> WeightingTransform:
             w = jnp.ones_like(losses)
         else:
             if len(weights) != losses.shape[0]:
-                raise ValueError(
-                    f"static weighting got {len(weights)} weights for {losses.shape[0]} tasks"
-                )
+                raise ValueError(f"static weighting got {len(weights)} weights for {losses.shape[0]} tasks")
             w = jnp.asarray(weights, losses.dtype)
         return weights_output(w), state
 
@@ -110,7 +108,9 @@ def alternating(probabilities: Optional[Sequence[float]] = None, scale: bool = F
     """
     if probabilities is not None:
         if any(p < 0 for p in probabilities) or not sum(probabilities) > 0:
-            raise ValueError(f"alternating: probabilities must be non-negative with a positive sum, got {probabilities}")
+            raise ValueError(
+                f"alternating: probabilities must be non-negative with a positive sum, got {probabilities}"
+            )
 
     def update(losses, state, *, key=None, **_):
         if key is None:
@@ -503,7 +503,9 @@ def go4align(num_groups: int = 2, robust_step_size: float = 1e-4) -> WeightingTr
     def update(losses, state: GO4AlignState, **_):
         k = losses.shape[0]
         if num_groups > k:
-            raise ValueError(f"go4align: num_groups={num_groups} exceeds the number of tasks {k}; use num_groups <= {k}")
+            raise ValueError(
+                f"go4align: num_groups={num_groups} exceeds the number of tasks {k}; use num_groups <= {k}"
+            )
         losses = jax.lax.stop_gradient(losses)
         dtype = jnp.result_type(losses.dtype, state.probs.dtype)
         l = jnp.maximum(losses.astype(dtype), EPS)

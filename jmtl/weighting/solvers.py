@@ -80,9 +80,7 @@ def _frank_wolfe(gram: Array, max_iter: int, tol: float) -> tuple[Array, Array]:
     k = gram.shape[0]
     ii, jj = jnp.triu_indices(k, 1)
     gammas = min_norm_two(gram[ii, ii], gram[ii, jj], gram[jj, jj])
-    pair_norms = (
-        gammas**2 * gram[ii, ii] + 2 * gammas * (1 - gammas) * gram[ii, jj] + (1 - gammas) ** 2 * gram[jj, jj]
-    )
+    pair_norms = gammas**2 * gram[ii, ii] + 2 * gammas * (1 - gammas) * gram[ii, jj] + (1 - gammas) ** 2 * gram[jj, jj]
     best = jnp.argmin(pair_norms)
     alpha0 = jnp.zeros((k,), gram.dtype)
     alpha0 = alpha0.at[ii[best]].add(gammas[best]).at[jj[best]].add(1.0 - gammas[best])
@@ -164,8 +162,9 @@ def min_norm_weights(gram: Array, *, max_iter: int = 250, tol: float = 1e-5) -> 
 NASH_RIDGE = 1e-6  # added to the unit-diagonal Gramian: bounds the solution where G is singular
 
 
-def nash_solve(gram: Array, beta0: Optional[Array] = None, *, max_iter: int = 100, tol: float = 1e-7,
-               ridge: float = NASH_RIDGE) -> SolverResult:
+def nash_solve(
+    gram: Array, beta0: Optional[Array] = None, *, max_iter: int = 100, tol: float = 1e-7, ridge: float = NASH_RIDGE
+) -> SolverResult:
     """``alpha > 0`` with ``(G alpha)_k alpha_k = 1`` for every ``k`` (Navon et al. 2022, Eq. 5), by damped Newton.
 
     The equation is invariant under a diagonal rescaling of the gradients: with ``n_k = |g_k|``,
@@ -224,8 +223,9 @@ def nash_solve(gram: Array, beta0: Optional[Array] = None, *, max_iter: int = 10
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
-def alpha_fair_solve(gram: Array, alpha: float | Array, *, ridge: float = 1e-8, max_iter: int = 100,
-                     tol: float = 1e-9) -> SolverResult:
+def alpha_fair_solve(
+    gram: Array, alpha: float | Array, *, ridge: float = 1e-8, max_iter: int = 100, tol: float = 1e-9
+) -> SolverResult:
     """The positive solution ``w`` of ``G w = w^{−1/α}`` (elementwise power), FairGrad's weights.
 
     ``w`` is the unique minimiser over ``w > 0`` of the strictly convex
@@ -315,8 +315,9 @@ def alpha_fair_solve(gram: Array, alpha: float | Array, *, ridge: float = 1e-8, 
     return SolverResult(w, it, res <= tol)
 
 
-def alpha_fair_weights(gram: Array, alpha: float | Array, *, ridge: float = 1e-8, max_iter: int = 100,
-                       tol: float = 1e-9) -> Array:
+def alpha_fair_weights(
+    gram: Array, alpha: float | Array, *, ridge: float = 1e-8, max_iter: int = 100, tol: float = 1e-9
+) -> Array:
     """The weights of :func:`alpha_fair_solve` alone."""
     return alpha_fair_solve(gram, alpha, ridge=ridge, max_iter=max_iter, tol=tol).x
 
@@ -324,7 +325,9 @@ def alpha_fair_weights(gram: Array, alpha: float | Array, *, ridge: float = 1e-8
 # ----------------------------------------------------------------------------- CAGrad
 
 
-def cagrad_solve(gram: Array, c: float, *, max_iter: int = 100, tol: float = 1e-10, num_steps: int = 20) -> SolverResult:
+def cagrad_solve(
+    gram: Array, c: float, *, max_iter: int = 100, tol: float = 1e-10, num_steps: int = 20
+) -> SolverResult:
     """``argmin_{w in simplex} w^T G b + c |g_0| sqrt(w^T G w)``, ``b = 1/K`` (CAGrad's inner problem, Eq. 7's dual).
 
     ``G`` is first divided by its largest diagonal entry (same minimiser). A safeguarded projected

@@ -226,7 +226,13 @@ def as_optax(
         if key is None:
             key = jax.random.fold_in(jax.random.key(0), state.count)
         direction, wstate = _run(
-            transform, losses.astype(jacobian.dtype), wstate, jacobian, params=None, key=key, step=state.count,
+            transform,
+            losses.astype(jacobian.dtype),
+            wstate,
+            jacobian,
+            params=None,
+            key=key,
+            step=state.count,
             layout=layout,
         )
         pieces, start = [], 0

@@ -76,7 +76,9 @@ def lenet_problem():
 def mlp_problem():
     """Three regression tasks with partly conflicting targets on a small MLP (cheap to compile)."""
     tasks = tuple(Task(f"t{i}", "regression", 2) for i in range(3))
-    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(32, 32)), head_kwargs=dict(hidden=16), relation=True)
+    model = mtl.build(
+        tasks, encoder="mlp", encoder_kwargs=dict(features=(32, 32)), head_kwargs=dict(hidden=16), relation=True
+    )
     rng = np.random.default_rng(0)
     ws = rng.normal(size=(3, 8, 2))
     ws[1] = -0.5 * ws[0] + 0.5 * ws[1]

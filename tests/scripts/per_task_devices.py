@@ -7,11 +7,10 @@ import json
 import sys
 import tempfile
 
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
-
-import flax.linen as nn
 
 import jmtl
 from experiments.examples.fit_your_model import TASKS, make_split
@@ -23,18 +22,34 @@ class Model(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         h = nn.relu(nn.Dense(32, name="trunk")(x))
-        return {"kind": nn.Dense(4, name="kind_head")(h), "price": nn.Dense(1, name="price_head")(h)[:, 0],
-                "sold": nn.Dense(1, name="sold_head")(h)[:, 0]}
+        return {
+            "kind": nn.Dense(4, name="kind_head")(h),
+            "price": nn.Dense(1, name="price_head")(h)[:, 0],
+            "sold": nn.Dense(1, name="sold_head")(h)[:, 0],
+        }
 
 
 def run(method: str, parallel: str, workdir: str):
     rng = np.random.default_rng(0)
     split = lambda n: {t.name: make_split(rng, n, shift=0.3 * i) for i, t in enumerate(TASKS)}
     train, val, test = split(256), split(64), split(64)
-    _, state = jmtl.fit(Model(), TASKS, train, validation=val, test=test, workdir=workdir, weighting=method,
-                        optimizer=optax.sgd(0.05), batch_size=64, num_steps=4, per_task_inputs=True,
-                        step_config=jmtl.StepConfig(input_key="x", shared="trunk"), parallel=parallel,
-                        progress_bar=False, eval_every_steps=4)
+    _, state = jmtl.fit(
+        Model(),
+        TASKS,
+        train,
+        validation=val,
+        test=test,
+        workdir=workdir,
+        weighting=method,
+        optimizer=optax.sgd(0.05),
+        batch_size=64,
+        num_steps=4,
+        per_task_inputs=True,
+        step_config=jmtl.StepConfig(input_key="x", shared="trunk"),
+        parallel=parallel,
+        progress_bar=False,
+        eval_every_steps=4,
+    )
     return state.params
 
 
@@ -45,7 +60,9 @@ if __name__ == "__main__":
             ref = run(method, "single", d + "/single")
             for driver in ("shard_map", "pmap"):
                 got = run(method, driver, d + "/" + driver)
-                diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                           for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)))
+                diff = max(
+                    float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got))
+                )
                 out.setdefault(driver, {})[method] = diff
     print("RESULT " + json.dumps({"max_abs_diff": out, "devices": jax.device_count()}))

@@ -28,7 +28,10 @@ def main():
             node = node[p]
         node[last] = type(node[last])(value) if node[last] is not None else value
     summary, state = train(config, workdir)
-    leaves = {jax.tree_util.keystr(p): np.asarray(v).ravel()[:50].tolist() for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+    leaves = {
+        jax.tree_util.keystr(p): np.asarray(v).ravel()[:50].tolist()
+        for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0]
+    }
     print("RESULT " + json.dumps({"summary": summary, "params": leaves, "process": jax.process_index()}))
 
 

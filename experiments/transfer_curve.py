@@ -189,11 +189,7 @@ def _write(args, name: str, prov: dict, configs: dict, curves: dict, seconds: di
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     _plot(result, out / f"{name}.png")
     (out / f"{name}.md").write_text(_markdown(result))
-    # A PNG cannot carry its provenance: the folder's provenance.json lists it (experiments/recover_provenance.py).
-    index_path = out / "provenance.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {}
-    index[f"{name}.png"] = {**prov, "data": f"{name}.json"}
-    index_path.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+    bench_common.index_figure(out / f"{name}.png", prov, data=f"{name}.json")
     print(f"wrote {out / name}.json / .md / .png ({', '.join(done)})", flush=True)
 
 

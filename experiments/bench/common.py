@@ -336,6 +336,16 @@ def provenance_markdown(prov: Mapping) -> list[str]:
 # ----------------------------------------------------------------------------- output
 
 
+def index_figure(path: Path | str, prov: Mapping, data: str | None = None) -> None:
+    """Records a figure's provenance in its folder's ``provenance.json`` (a PNG cannot carry its own;
+    ``experiments/recover_provenance.py --check`` reads the index). ``data``: the file it plots."""
+    path = Path(path)
+    index_path = path.parent / "provenance.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    index[path.name] = {**prov, **({"data": data} if data else {})}
+    index_path.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
+
+
 def write_outputs(
     out: Path | str, result: dict, lines: Sequence[str], prov: Mapping | None = None, echo: bool = True
 ) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.bench.common import RESULTS, provenance, write_outputs
+from experiments.bench.common import RESULTS, index_figure, provenance, write_outputs
 from experiments.configs import gradnorm_toy
 from jmtl.data import pipeline
 from jmtl.training.loop import train
@@ -260,6 +260,7 @@ def main(argv=None):
     prov.update(date=end["date"], load_average_end=end["load_average_end"])
     record["load_average_end"] = prov["load_average_end"]
     plot(run["samples"], analysis, args.steps, args.warm_step, out / f"{args.name}_rss.png")
+    index_figure(out / f"{args.name}_rss.png", prov, data=f"{args.name}.json")
 
     rows = "\n".join(f"| {m['step']} | {m['rss_mib']:.1f} | {m['open_fds']} |" for m in analysis["per_500_steps"])
     verdict = "PASS" if record["passed"] else "FAIL"

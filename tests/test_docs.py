@@ -94,3 +94,11 @@ def test_readme_code_is_taken_from_the_executed_quickstarts():
 
 def test_readme_stays_short():
     assert len((ROOT / "README.md").read_bytes()) <= 12 * 1024, "README.md over 12 KB: move detail into docs/"
+
+
+def test_readme_counts_are_the_registry_counts():
+    from jmtl import weighting
+
+    text = (ROOT / "README.md").read_text()
+    n = len(weighting.names())
+    assert f"and {n} loss- and gradient-balancing schemes" in text and f"| weighting schemes | {n}," in text

@@ -296,79 +296,43 @@ def run(
         script_checks.check_cells(Path(out) / "auc.json", planned, auc_cells, allow_fewer_cells)
     workdir.mkdir(parents=True, exist_ok=True)
     with ablation.grid_lock(workdir):  # held to the end (reports, --out): a second run is refused at once
-        return _run_locked(
-            config,
-            workdir,
-            methods,
-            archs,
-            seeds,
-            single_task,
-            seeds_per_program,
-            report_only,
-            out,
-            select_on,
-            started,
-            key,
-            tasks,
-            names,
-            cells,
-            allow_fewer_cells,
-        )
-
-
-def _run_locked(
-    config,
-    workdir,
-    methods,
-    archs,
-    seeds,
-    single_task,
-    seeds_per_program,
-    report_only,
-    out,
-    select_on,
-    started,
-    key,
-    tasks,
-    names,
-    cells,
-    allow_fewer_cells,
-) -> list[dict]:
-    if not report_only:
-        ablation.write_grid_record(workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key)
-        run_programs(cells, workdir, seeds_per_program, select_on)
-    title = f"{config.dataset.name} ({dict(config.dataset.kwargs).get('group')}): {len(methods)} method(s) × {len(archs)} arch(s) × {seeds} seed(s)"
-    if select_on:
-        title += f", selected on {select_on} validation AUC"
-    ablation.report(cells, workdir, tasks, title)
-    with open(workdir / "results.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    summary = auc_summary(rows, names)
-    for e in summary:  # which code trained each cell, from its programs' start records
-        e["code"] = cell_code(*ablation.program_dirs(workdir, e["cell"]))
-    lines = auc_lines(summary, names, title)
-    prov = provenance(started=started)
-    write_outputs(workdir / "auc", {"title": title, "tasks": names, "cells": summary}, lines, prov)
-    if out:
-        dest = Path(out)
-        script_checks.check_cells(dest / "auc.json", auc_cells({"cells": summary}), auc_cells, allow_fewer_cells)
-        (dest / "plots").mkdir(parents=True, exist_ok=True)
-        index = {}
-        for rel in (
-            "results.csv",
-            "table.md",
-            "grid.json",
-            "auc.md",
-            "auc.json",
-            *[f"plots/{p.name}" for p in sorted((workdir / "plots").glob("*.png"))],
-        ):
-            if (workdir / rel).exists():
-                shutil.copyfile(workdir / rel, dest / rel)
-                if rel not in ("auc.md", "auc.json"):  # those carry their own provenance
-                    index.setdefault(str(Path(rel).parent), {})[Path(rel).name] = prov
-        for folder, entries in index.items():
-            (dest / folder / "provenance.json").write_text(json.dumps(entries, indent=2) + "\n")
-    return summary
+        if not report_only:
+            ablation.write_grid_record(
+                workdir, config, methods, archs, seeds, seeds_per_program, single_task, cells, key
+            )
+            run_programs(cells, workdir, seeds_per_program, select_on)
+        title = f"{config.dataset.name} ({dict(config.dataset.kwargs).get('group')}): {len(methods)} method(s) × {len(archs)} arch(s) × {seeds} seed(s)"
+        if select_on:
+            title += f", selected on {select_on} validation AUC"
+        ablation.report(cells, workdir, tasks, title)
+        with open(workdir / "results.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        summary = auc_summary(rows, names)
+        for e in summary:  # which code trained each cell, from its programs' start records
+            e["code"] = cell_code(*ablation.program_dirs(workdir, e["cell"]))
+        lines = auc_lines(summary, names, title)
+        prov = provenance(started=started)
+        write_outputs(workdir / "auc", {"title": title, "tasks": names, "cells": summary}, lines, prov)
+        if out:
+            dest = Path(out)
+            script_checks.check_cells(dest / "auc.json", auc_cells({"cells": summary}), auc_cells, allow_fewer_cells)
+            (dest / "plots").mkdir(parents=True, exist_ok=True)
+            index = {}
+            for rel in (
+                "results.csv",
+                "table.md",
+                "grid.json",
+                "auc.md",
+                "auc.json",
+                *[f"plots/{p.name}" for p in sorted((workdir / "plots").glob("*.png"))],
+            ):
+                if (workdir / rel).exists():
+                    shutil.copyfile(workdir / rel, dest / rel)
+                    if rel not in ("auc.md", "auc.json"):  # those carry their own provenance
+                        index.setdefault(str(Path(rel).parent), {})[Path(rel).name] = prov
+            for folder, entries in index.items():
+                (dest / folder / "provenance.json").write_text(json.dumps(entries, indent=2) + "\n")
+        return summary
 
 
 def main(argv):

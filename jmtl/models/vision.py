@@ -368,6 +368,20 @@ def build_mtan_segnet(encoder: nn.Module, heads: TaskHeads, relation: bool) -> M
 # ----------------------------------------------------------------------------- ResNet
 
 
+def _conv(features: int, k: int, stride: int, pad: int, dilation: int, name: str) -> nn.Conv:
+    """torchvision's bias-free k x k conv (called inside a block's compact ``__call__``, it registers there)."""
+    return nn.Conv(
+        features,
+        (k, k),
+        (stride, stride),
+        padding=_pad(pad),
+        kernel_dilation=(dilation, dilation),
+        use_bias=False,
+        kernel_init=kaiming_fan_out,
+        name=name,
+    )
+
+
 class BasicBlock(nn.Module):
     """torchvision's ResNet-18/34 block: two 3x3 convs (stride on the first), identity or 1x1 shortcut."""
 
@@ -380,22 +394,12 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        conv = lambda f, k, s, p, d, name: nn.Conv(  # noqa: E731
-            f,
-            (k, k),
-            (s, s),
-            padding=_pad(p),
-            kernel_dilation=(d, d),
-            use_bias=False,
-            kernel_init=kaiming_fan_out,
-            name=name,
-        )
         out = nn.relu(
-            Norm(self.norm, name="bn1")(conv(self.planes, 3, self.stride, self.dilation, self.dilation, "conv1")(x))
+            Norm(self.norm, name="bn1")(_conv(self.planes, 3, self.stride, self.dilation, self.dilation, "conv1")(x))
         )
-        out = Norm(self.norm, name="bn2")(conv(self.planes, 3, 1, self.dilation, self.dilation, "conv2")(out))
+        out = Norm(self.norm, name="bn2")(_conv(self.planes, 3, 1, self.dilation, self.dilation, "conv2")(out))
         if self.downsample:
-            x = Norm(self.norm, name="downsample_bn")(conv(self.planes, 1, self.stride, 0, 1, "downsample_conv")(x))
+            x = Norm(self.norm, name="downsample_bn")(_conv(self.planes, 1, self.stride, 0, 1, "downsample_conv")(x))
         return nn.relu(out + x)
 
 
@@ -411,23 +415,15 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        conv = lambda f, k, s, p, d, name: nn.Conv(  # noqa: E731
-            f,
-            (k, k),
-            (s, s),
-            padding=_pad(p),
-            kernel_dilation=(d, d),
-            use_bias=False,
-            kernel_init=kaiming_fan_out,
-            name=name,
-        )
-        out = nn.relu(Norm(self.norm, name="bn1")(conv(self.planes, 1, 1, 0, 1, "conv1")(x)))
+        out = nn.relu(Norm(self.norm, name="bn1")(_conv(self.planes, 1, 1, 0, 1, "conv1")(x)))
         out = nn.relu(
-            Norm(self.norm, name="bn2")(conv(self.planes, 3, self.stride, self.dilation, self.dilation, "conv2")(out))
+            Norm(self.norm, name="bn2")(_conv(self.planes, 3, self.stride, self.dilation, self.dilation, "conv2")(out))
         )
-        out = Norm(self.norm, name="bn3")(conv(self.planes * 4, 1, 1, 0, 1, "conv3")(out))
+        out = Norm(self.norm, name="bn3")(_conv(self.planes * 4, 1, 1, 0, 1, "conv3")(out))
         if self.downsample:
-            x = Norm(self.norm, name="downsample_bn")(conv(self.planes * 4, 1, self.stride, 0, 1, "downsample_conv")(x))
+            x = Norm(self.norm, name="downsample_bn")(
+                _conv(self.planes * 4, 1, self.stride, 0, 1, "downsample_conv")(x)
+            )
         return nn.relu(out + x)
 
 

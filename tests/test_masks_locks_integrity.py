@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -33,6 +34,19 @@ class Model(nn.Module):
     def __call__(self, x, *, train: bool = False):
         h = nn.Dense(4, name="shared")(x)
         return {"a": nn.Dense(1, name="head_a")(h)[:, 0], "b": nn.Dense(1, name="head_b")(h)[:, 0]}
+
+
+@pytest.fixture(autouse=True)
+def _exit_through_system_exit(monkeypatch):
+    """``cli.one_line_errors`` ends the process with ``os._exit`` when non-daemon threads linger (orbax
+    workers left by earlier tests of this pytest process would make it kill pytest itself); these tests
+    check the message and the code, so the exit goes through ``SystemExit``."""
+    import threading
+
+    lingering = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    if lingering:
+        print("lingering non-daemon threads:", lingering)
+    monkeypatch.setattr(workdir_lib, "exit_process", lambda code, **_: sys.exit(code))
 
 
 def _arrays(n=40, seed=0, b_mask=None):

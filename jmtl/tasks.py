@@ -502,11 +502,12 @@ def check_labels(tasks: Sequence[Task], batch: Mapping[str, Any], where: str = "
         y = np.asarray(batch[t.label_key])
         y = y if labelled is None else y[labelled]
         ignorable = t.kind in TOKEN_KINDS or t.kind == SEGMENTATION
+        ignored = "ignored pixels" if t.kind == SEGMENTATION else "padding"
         low = IGNORE_LABEL if ignorable else 0
         if y.size and (y.min() < low or y.max() >= t.num_outputs):
             raise ValueError(
                 f"{where}: labels of task {t.name!r} span [{y.min()}, {y.max()}] but its head has "
                 f"{t.num_outputs} classes (valid labels 0..{t.num_outputs - 1}"
-                f"{', and -1 for padding / ignored pixels' if ignorable else ''}). Fix: correct the labels in the data, or "
+                f"{f', and -1 for {ignored}' if ignorable else ''}). Fix: correct the labels in the data, or "
                 f"the dataset's num_classes for {t.label_key!r} (the head size comes from it)"
             )

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from jmtl.training.contract import ContractError
     from jmtl.training.contract import check as check_contract
     from jmtl.training.fit import fit
-    from jmtl.training.loop import train
+    from jmtl.training.loop import FitInterrupted, FitResult, FitTerminated, train
     from jmtl.training.sharing import Sharing
     from jmtl.training.state import TrainState, init_state
     from jmtl.training.step import StepConfig, make_train_step

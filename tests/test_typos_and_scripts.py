@@ -57,6 +57,15 @@ def _env():
 CONFIG_DIR = ROOT / "experiments" / "configs"
 
 
+# The vision protocols' configs take ``:VARIANT[,METHOD]`` (experiments/configs/vision_common.py).
+VISION_VARIANTS = {
+    "nyuv2": ("mtan", "segnet", "deeplab", "stl_depth"),
+    "cityscapes": ("mtan", "segnet", "deeplab", "stl_segmentation"),
+    "celeba": ("cnn", "stl_smiling"),
+    "office": ("office31", "office_home", "stl_amazon"),
+}
+
+
 def _shipped_configs() -> list[str]:
     """``path:arg`` of every shipped config and every variant / weighting argument it takes."""
     from experiments.configs import census_common, school_tasks
@@ -73,6 +82,9 @@ def _shipped_configs() -> list[str]:
             specs += [f"{path}:{v}" for v in school_tasks.VARIANTS] + [f"{path}:hps_linear,pcgrad"]
         elif name.startswith("hierarchical_"):
             specs += [f"{path}:{v}" for v in module.get_config().variants] + [f"{path}:hier,mgda"]
+        elif name in VISION_VARIANTS:  # `:VARIANT[,METHOD]`, and the single-task baselines
+            variants = VISION_VARIANTS[name]
+            specs += [f"{path}:{v}" for v in variants] + [f"{path}:{variants[0]},{m}" for m in weighting.names()]
         else:
             specs += [f"{path}:{m}" for m in weighting.names()]
     assert census_common.GROUPS and len(specs) > 100

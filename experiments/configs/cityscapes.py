@@ -46,25 +46,7 @@ def get_config(arg=None):
     c.dataset.kwargs = dict(num_classes=7, validation_percent=0, augment=True)
     tasks = (stl_task,) if stl_task else TASKS
     c.tasks = {t: dict(label=t, weight=1.0) for t in tasks}
-    c.model.encoder = "segnet"
-    c.model.encoder_kwargs = dict()
-    c.model.head_kwargs = dict()
-    c.model.arch = "mtan_segnet" if variant == "mtan" else "hps"
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-4
-    c.optimizer.decay_rate = 0.5  # StepLR(step_size=100, gamma=0.5)
-    c.optimizer.decay_every_epochs = 100
-    c.batch_size = 8
-    c.num_epochs = 200
-    if variant == "deeplab":
-        c.model.encoder = "resnet50_dilated"
-        c.model.encoder_kwargs = dict(output_stride=8, weights="")
-        c.model.head_kwargs = dict(style="deeplab", upsample=8)  # ASPP heads, bilinear x8 to the input size
-        c.optimizer.weight_decay = 1e-5
-        c.batch_size = 64
-    c.eval_every_steps = -1  # once per epoch (the last-10 average)
-    c.eval_batch_size = 32
-    c.log_every_steps = 100
+    vision_common.dense_protocol(c, variant, batch_size=8, deeplab_batch_size=64, eval_batch_size=32)
     vision_common.set_method(c, method)
     if method == "famo":
         c.weighting.hparams.gamma = 1e-2  # FAMO Sec. 5.2: gamma 0.01 for CityScapes

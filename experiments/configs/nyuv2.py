@@ -59,25 +59,7 @@ def get_config(arg=None):
     c.dataset.kwargs = dict(validation_percent=0, augment=True)
     tasks = (stl_task,) if stl_task else TASKS
     c.tasks = {t: dict(label=t, weight=1.0) for t in tasks}
-    c.model.encoder = "segnet"
-    c.model.encoder_kwargs = dict()
-    c.model.head_kwargs = dict()
-    c.model.arch = "mtan_segnet" if variant == "mtan" else "hps"
-    c.optimizer.name = "adam"
-    c.optimizer.learning_rate = 1e-4
-    c.optimizer.decay_rate = 0.5  # StepLR(step_size=100, gamma=0.5)
-    c.optimizer.decay_every_epochs = 100
-    c.batch_size = 2
-    c.num_epochs = 200
-    if variant == "deeplab":
-        c.model.encoder = "resnet50_dilated"
-        c.model.encoder_kwargs = dict(output_stride=8, weights="")  # weights: a converted torchvision .npz
-        c.model.head_kwargs = dict(style="deeplab", upsample=8)  # ASPP heads, bilinear x8 to the input size
-        c.optimizer.weight_decay = 1e-5  # torch Adam's L2 term (LibMTL's optim_param)
-        c.batch_size = 8
-    c.eval_every_steps = -1  # once per epoch: the last-10-epochs average needs every epoch's test record
-    c.eval_batch_size = 8
-    c.log_every_steps = 100
+    vision_common.dense_protocol(c, variant, batch_size=2, deeplab_batch_size=8, eval_batch_size=8)
     if method == "famo":
         c.weighting = common.method_config("famo")
         c.weighting.hparams.gamma = 1e-3  # FAMO Sec. 5.2: gamma 0.001 on NYU-v2

@@ -53,3 +53,32 @@ def set_method(c: ml_collections.ConfigDict, method: str | None) -> ml_collectio
     if method:
         c.weighting = common.method_config(method)
     return c
+
+
+def dense_protocol(
+    c: ml_collections.ConfigDict, variant: str, *, batch_size: int, deeplab_batch_size: int, eval_batch_size: int
+) -> ml_collections.ConfigDict:
+    """The NYUv2 / Cityscapes protocol both configs share: SegNet (``hps``) or MTAN-SegNet, Adam 1e-4
+    halved after 100 of 200 epochs (MTAN / Nash-MTL / FAMO), an evaluation every epoch (the last-10
+    average needs each epoch's test record); ``deeplab``: LibMTL's ResNet-50-dilated with ASPP heads and
+    torch Adam's L2 term 1e-5. The batch sizes are each benchmark's own."""
+    c.model.encoder = "segnet"
+    c.model.encoder_kwargs = dict()
+    c.model.head_kwargs = dict()
+    c.model.arch = "mtan_segnet" if variant == "mtan" else "hps"
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-4
+    c.optimizer.decay_rate = 0.5  # StepLR(step_size=100, gamma=0.5)
+    c.optimizer.decay_every_epochs = 100
+    c.batch_size = batch_size
+    c.num_epochs = 200
+    if variant == "deeplab":
+        c.model.encoder = "resnet50_dilated"
+        c.model.encoder_kwargs = dict(output_stride=8, weights="")  # weights: a converted torchvision .npz
+        c.model.head_kwargs = dict(style="deeplab", upsample=8)  # ASPP heads, bilinear x8 to the input size
+        c.optimizer.weight_decay = 1e-5  # torch Adam's L2 term (LibMTL's optim_param)
+        c.batch_size = deeplab_batch_size
+    c.eval_every_steps = -1  # once per epoch: the last-10-epochs average needs every epoch's test record
+    c.eval_batch_size = eval_batch_size
+    c.log_every_steps = 100
+    return c

@@ -8,7 +8,7 @@ per-task curves thin, and the task weights each method assigns.
 
     python -m experiments.gradnorm_toy_study --workdir workdirs/gradnorm_toy [--seeds 3]
 
-Runs the grid through experiments/ablate.py (resumable; one cell per method and T) and writes
+Runs the grid through jmtl.training.ablation.run (as experiments/ablate.py does) (resumable; one cell per method and T) and writes
 ``results/toy/gradnorm_toy.{png,md,json}``.
 """
 
@@ -25,9 +25,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import logging  # noqa: E402
 
-from experiments import ablate  # noqa: E402
 from experiments.configs import gradnorm_toy  # noqa: E402
 from jmtl.data import gradnorm_toy as toy_data  # noqa: E402
+from jmtl.training import ablation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "toy"
 METHODS = ("equal", "uncertainty", "gradnorm")
@@ -96,7 +96,7 @@ def run(args) -> None:
         c.num_epochs, c.progress_bar, c.parallel = args.epochs, False, "single"
         c.eval_every_steps = 40
         wd = Path(args.workdir) / f"T{t}"
-        ablate.run(c, wd, list(METHODS), ["hps"], args.seeds, single_task=False)
+        ablation.run(c, wd, list(METHODS), ["hps"], args.seeds, single_task=False)
         record["by_T"][t] = {}
         ax, axw = axes[0][col], axes[1][col]
         for method in METHODS:

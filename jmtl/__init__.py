@@ -27,27 +27,27 @@ __version__ = "0.7.0"
 # Rule: the names below and in ``__all__`` (and the subpackages' ``__all__``) are public; modules or
 # names with a leading underscore are private and may change without notice.
 if TYPE_CHECKING:  # pragma: no cover
-    from jmtl import data, metrics, models, plotting, tasks, training, weighting
-    from jmtl.functional import MTLGradients, mtl_value_and_grad
+    from jmtl import core, data, metrics, models, plotting, tasks, training, weighting
+    from jmtl.core.sharing import Sharing
+    from jmtl.core.value_and_grad import MTLGradients, mtl_value_and_grad
     from jmtl.tasks import Task
     from jmtl.training.contract import ContractError
     from jmtl.training.contract import check as check_contract
     from jmtl.training.fit import fit
     from jmtl.training.loop import FitInterrupted, FitResult, FitTerminated, train
-    from jmtl.training.sharing import Sharing
     from jmtl.training.state import TrainState, init_state
     from jmtl.training.step import StepConfig, make_train_step
 
-_SUBPACKAGES = ("data", "metrics", "models", "plotting", "tasks", "training", "weighting")
+_SUBPACKAGES = ("core", "data", "metrics", "models", "plotting", "tasks", "training", "weighting")
 _ATTRIBUTES = {
     "Task": ("jmtl.tasks", "Task"),
-    "mtl_value_and_grad": ("jmtl.functional", "mtl_value_and_grad"),
-    "MTLGradients": ("jmtl.functional", "MTLGradients"),
+    "mtl_value_and_grad": ("jmtl.core.value_and_grad", "mtl_value_and_grad"),
+    "MTLGradients": ("jmtl.core.value_and_grad", "MTLGradients"),
     "StepConfig": ("jmtl.training.step", "StepConfig"),
     "TrainState": ("jmtl.training.state", "TrainState"),
     "make_train_step": ("jmtl.training.step", "make_train_step"),
     "init_state": ("jmtl.training.state", "init_state"),
-    "Sharing": ("jmtl.training.sharing", "Sharing"),
+    "Sharing": ("jmtl.core.sharing", "Sharing"),
     "check_contract": ("jmtl.training.contract", "check"),
     "ContractError": ("jmtl.training.contract", "ContractError"),
     "train": ("jmtl.training.loop", "train"),

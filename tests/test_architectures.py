@@ -735,7 +735,7 @@ def test_step_adds_the_soft_sharing_penalty():
     t, opt = weighting.get("equal"), optax.sgd(0.1)
     state = step_lib.init_state(model, t, opt, jnp.zeros((1, D_IN)), 2, seed=0)
     pen = regularizers.from_config("soft_sharing", dict(penalty_weight=0.3))
-    fn = jax.jit(step_lib.make_train_step(model, tasks, t, opt, step_lib.StepConfig(input_key="x", penalty=pen)))
+    fn = jax.jit(step_lib.make_train_step(model, tasks, t, opt, step_lib.StepConfig(input_key="x", penalties=(pen,))))
     batch = _batch(tasks)
 
     def objective(p):

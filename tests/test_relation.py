@@ -79,7 +79,9 @@ def test_learned_relation_matrix_recovers_task_groups(seed):
     t, opt = weighting.get("equal"), optax.adam(3e-3)
     state = step_lib.init_state(model, t, opt, jnp.zeros((1, d)), k, seed=seed)
     fn = jax.jit(
-        step_lib.make_train_step(model, tasks, t, opt, step_lib.StepConfig(relation_alpha=1e-3, input_key="x"))
+        step_lib.make_train_step(
+            model, tasks, t, opt, step_lib.StepConfig(penalties=(mtl.relation_penalty(1e-3),), input_key="x")
+        )
     )
     for _ in range(1500):
         state, _ = fn(state, batch())

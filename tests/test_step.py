@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from jmtl import weighting
+from jmtl.core import jacobian as jacobian_lib
 from jmtl.models import mtl
 from jmtl.tasks import Task
 from jmtl.training import step as step_lib
@@ -32,7 +33,7 @@ def _setup(method="equal", relation=False, alpha=0.0, **hp):
         b=jnp.asarray(rng.normal(size=(16, 3)), jnp.float32),
         c=jnp.asarray(rng.integers(0, 4, 16), jnp.int32),
     )
-    cfg = step_lib.StepConfig(relation_alpha=alpha, input_key="x")
+    cfg = step_lib.StepConfig(penalties=(mtl.relation_penalty(alpha),) if alpha else (), input_key="x")
     fn = jax.jit(step_lib.make_train_step(model, TASKS, t, opt, cfg))
     return model, state, batch, fn
 
@@ -64,10 +65,10 @@ def test_gradient_method_uses_the_batched_jacobian():
     model, state, batch, fn = _setup("mgda")
     new, metrics = fn(state, batch)
     jac_tree = jax.jacrev(lambda p: _losses(model, p, batch))(state.params)  # leaves [K, ...]
-    jac = step_lib.flatten_rows(jac_tree["shared"])
+    jac = jacobian_lib.flatten_rows(jac_tree["shared"])
     d = weighting.aggregate("mgda", jac)
     expected_shared = jax.tree.map(
-        lambda p, g: p - 0.1 * g, state.params["shared"], step_lib.unflatten_like(d, state.params["shared"])
+        lambda p, g: p - 0.1 * g, state.params["shared"], jacobian_lib.unflatten_like(d, state.params["shared"])
     )
     for a, b in zip(jax.tree.leaves(new.params["shared"]), jax.tree.leaves(expected_shared)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

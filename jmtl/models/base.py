@@ -133,6 +133,27 @@ def relation_param(module: nn.Module, num_tasks: int) -> Array:
     return module.param(RELATION, nn.initializers.constant(jnp.eye(num_tasks)), (num_tasks, num_tasks))
 
 
+def relation_penalty(alpha: float):
+    """``params -> alpha * |W|_F^2`` on the task-relation matrix ``params['relation']`` (a penalty for
+    :class:`jmtl.training.step.StepConfig`'s ``penalties``; its gradient ``2 alpha W`` joins the update
+    outside the weighting scheme)."""
+
+    def penalty(params) -> Array:
+        if not isinstance(params, dict) or RELATION not in params:
+            raise ValueError(
+                f"the relation penalty needs the task-relation matrix params[{RELATION!r}]; the model has none "
+                "(build it with relation=True, or set relation_alpha=0)"
+            )
+        return alpha * jnp.sum(params[RELATION] ** 2)
+
+    return penalty
+
+
+def relation_matrix(params) -> Optional[Array]:
+    """The task-relation matrix W of a model's params, or None when the model has none."""
+    return params.get(RELATION) if isinstance(params, dict) else None
+
+
 def mix_tasks(weights: Array, xs: Sequence[Array]) -> list[Array]:
     """``y_i = sum_j weights_ij x_j`` over the K tasks' arrays (all of one shape).
 

@@ -19,10 +19,20 @@ import flax.linen as nn
 from jmtl.models import architectures, encoders, pretrained, regularizers
 from jmtl.models import heads as heads_lib
 from jmtl.models.architectures import MultiTaskModel
-from jmtl.models.base import RELATION, SHARED, TASKS, MultiTaskBase, TaskHeads
+from jmtl.models.base import RELATION, SHARED, TASKS, MultiTaskBase, TaskHeads, relation_matrix, relation_penalty
 from jmtl.tasks import Task
 
-__all__ = ["RELATION", "SHARED", "TASKS", "MultiTaskBase", "MultiTaskModel", "TaskHeads", "build"]
+__all__ = [
+    "RELATION",
+    "SHARED",
+    "TASKS",
+    "MultiTaskBase",
+    "MultiTaskModel",
+    "TaskHeads",
+    "build",
+    "relation_matrix",
+    "relation_penalty",
+]
 
 
 def build(

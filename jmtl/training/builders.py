@@ -138,13 +138,22 @@ def step_config(config, built_model, input_key: str, input_transform=None) -> st
     """The train step's static settings: relation penalty, Jacobian mode and chunking, the
     architecture's regulariser and its step-dependent model arguments, and the dataset's on-device
     input transform (``DatasetSpec.input_transform``)."""
+    alpha = config.model.relation_alpha
+    if alpha and not config.model.relation:
+        raise ValueError(
+            f"model.relation_alpha={alpha} penalises the task-relation matrix, but model.relation is False "
+            "(no matrix): set model.relation=True or model.relation_alpha=0"
+        )
+    penalties = [mtl.relation_penalty(alpha)] if alpha else []
+    regulariser = regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict())
+    if regulariser is not None:
+        penalties.append(regulariser)
     return step_lib.StepConfig(
-        relation_alpha=config.model.relation_alpha,
         input_key=input_key,
         input_transform=input_transform,
         compute_dtype=config.model.get("compute_dtype", "") or None,
         jacobian_mode=config.weighting.jacobian_mode,
         jacobian_chunk_size=jacobian_chunk_size(config.weighting.jacobian_chunk_size),
-        penalty=regularizers.from_config(config.model.arch, config.model.arch_kwargs.to_dict()),
+        penalties=tuple(penalties),
         model_kwargs=architectures.model_kwargs_fn(built_model),
     )

@@ -24,11 +24,11 @@ import numpy as np
 
 from jmtl import tasks as tasks_lib
 from jmtl import weighting as weighting_lib
+from jmtl.core.sharing import as_sharing, require_shared
 from jmtl.errors import ContractError
 from jmtl.tasks import Task
-from jmtl.training import gradient_paths
-from jmtl.training.sharing import as_sharing, require_shared
 from jmtl.training.step import StepConfig
+from jmtl.training.task_losses import check_outputs
 
 
 def check_batch(tasks: Sequence[Task], batch: Mapping[str, Any], *, input_key: str, where: str = "the batch") -> None:
@@ -158,7 +158,7 @@ def check(
     outputs = jax.eval_shape(
         lambda p: model.apply({"params": p}, x1, train=True, rngs={"dropout": rngs["dropout"]}), params
     )
-    gradient_paths.check_outputs(outputs, tasks)
+    check_outputs(outputs, tasks)
     for t in tasks:
         out = outputs[t.name]
         shape = getattr(out, "shape", None)

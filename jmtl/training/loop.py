@@ -69,6 +69,7 @@ from jmtl.training import (
 from jmtl.training import seeds as seeds_lib
 from jmtl.training import step as step_lib
 from jmtl.training import workdir as workdir_lib
+from jmtl.training.state import TrainState
 
 PyTree = Any
 # A run's splits: model selection looks at the first, the reported numbers come from the second.
@@ -481,7 +482,7 @@ def mean_over_seeds(results: list):
 # ---------------------------------------------------------------------------- entry points
 
 
-def train(config, workdir: str | Path) -> tuple[dict, step_lib.TrainState]:
+def train(config, workdir: str | Path) -> tuple[dict, TrainState]:
     """Runs (or resumes) the experiment of an in-memory dataset config; returns the summary and the
     final host train state.
 
@@ -991,7 +992,7 @@ class _Trainer:
                 stacklevel=2,
             )
 
-    def loop(self) -> tuple[dict, step_lib.TrainState]:
+    def loop(self) -> tuple[dict, TrainState]:
         config, total_steps, spe = self.config, self.total_steps, self.exp.steps_per_epoch
         state = self.driver.replicate(self.host_state)
         logs = self.logs

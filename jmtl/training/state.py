@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import optax
 
 from jmtl import weighting as weighting_lib
-from jmtl.training.jacobian import shared_layout
-from jmtl.training.sharing import Selector, Sharing, as_sharing
+from jmtl.core.jacobian import shared_layout
+from jmtl.core.sharing import Selector, Sharing, as_sharing
 
 Array = jax.Array
 PyTree = Any
@@ -44,7 +44,7 @@ def init_state(
       example_input: an input batch (any batch size) to initialise the params with.
       num_tasks: K.
       seed: the PRNG seed of the params, dropout and the scheme.
-      shared: which params are shared (see :mod:`jmtl.training.sharing`; default ``params['shared']``);
+      shared: which params are shared (see :mod:`jmtl.core.sharing`; default ``params['shared']``);
         it fixes the layout per-layer schemes see.
     """
     rng = jax.random.PRNGKey(seed)

@@ -1,53 +1,63 @@
-"""The joint train step, written once per device with collectives on a named axis.
+"""The Flax train step: one per-device step with collectives on a named axis.
 
-    forward -> per-task gradients by the chosen path -> weighting -> optimizer update -> metrics
+    loss function from model.apply and the tasks -> the core's combined gradient -> penalties ->
+    optimizer update -> non-finite guard -> metrics
 
-The gradient path (:mod:`jmtl.training.gradient_paths`) is chosen once, when the step is built, from
-the scheme's requirement (losses, Gramian, Jacobian, bilevel), ``StepConfig.jacobian_mode`` and what
-the model declares it can do. Loss-level schemes get their weights from the (device-averaged) losses
-and need one backward pass ``vjp(w)``; gradient schemes get the K x d Jacobian of the shared params
-as one batched ``vmap(vjp)(I_K)`` (or an in-graph loop over chunks of rows: on CPU chunks of 1 are
-faster, ``experiments/bench``), averaged across devices *before* the scheme combines the rows, so the
-result equals the 1-device large-batch result.
-
-Gradients are taken of the *local* (per-device) losses w.r.t. a device-varying copy of the params and
-then averaged with an explicit ``pmean`` (:mod:`jmtl.training.jacobian`): the same computation under
-``shard_map``, ``pmap`` and on one device (``axis_name=None``). Tests compare the three.
+The gradient path (:mod:`jmtl.core.paths`) is chosen once, when the step is built, from the scheme's
+requirement (losses, Gramian, Jacobian, bilevel), ``StepConfig.jacobian_mode`` and what the model
+declares it can do (``encode``/``decode``, separable heads, nothing shared). Everything between the
+losses and the combined gradient is the functional core's (:func:`jmtl.core.combined_gradients`),
+the same code :func:`jmtl.mtl_value_and_grad` runs; the same step runs under ``shard_map``,
+``pmap`` and on one device (``axis_name=None``), which tests compare.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from jmtl import weighting as weighting_lib
-from jmtl.models.mtl import RELATION
+from jmtl.core import paths
+from jmtl.core.jacobian import to_varying
+from jmtl.core.sharing import Selector, Sharing, as_sharing
+from jmtl.core.value_and_grad import AUTO_CHUNK, combined_gradients, resolve_chunk_size
 from jmtl.tasks import Task
-from jmtl.training import gradient_paths
-from jmtl.training.bilevel_terms import INNER_LOSS_LIMIT, META_PREFIX, split_meta  # noqa: F401 (re-exported)
-from jmtl.training.jacobian import flatten_rows, per_task_gradients, pmean, shared_layout, to_varying, unflatten_like  # noqa: F401
-from jmtl.training.sharing import Selector, Sharing, as_sharing
-from jmtl.training.state import TrainState, init_state  # noqa: F401 (re-exported)
+from jmtl.training.state import TrainState, init_state
+from jmtl.training.task_losses import FlaxObjective
+
+__all__ = [
+    "META_PREFIX",
+    "NONFINITE_POLICIES",
+    "StepConfig",
+    "TrainState",
+    "init_state",
+    "make_gradient_path",
+    "make_train_step",
+    "mixed_precision_apply",
+    "split_meta",
+]
 
 Array = jax.Array
 PyTree = Any
 
 NONFINITE_POLICIES = ("raise", "skip")
-JACOBIAN_MODES = ("params", "representation")
+JACOBIAN_MODES = paths.JACOBIAN_MODES
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
-AUTO_CHUNK = -1
+
+# Batch entries "meta/<name>" hold the second ("meta", validation) batch of bilevel schemes.
+META_PREFIX = "meta/"
 
 
-def auto_chunk_size() -> int:
-    """Rows per in-graph Jacobian chunk for this backend: on CPU chunks of one task (a loop of single
-    vjps inside the step) beat one vmap over all K cotangents at every K measured (about 1.8x at K=10,
-    and 7x less temporary memory: results/bench/bench_scaling.md); accelerators favour the single vmap."""
-    return 1 if jax.default_backend() == "cpu" else 0
+def split_meta(batch: dict) -> tuple[dict, dict]:
+    """``batch -> (train entries, meta entries with the prefix removed)``."""
+    train = {k: v for k, v in batch.items() if not k.startswith(META_PREFIX)}
+    meta = {k[len(META_PREFIX) :]: v for k, v in batch.items() if k.startswith(META_PREFIX)}
+    return train, meta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +65,16 @@ class StepConfig:
     """Static settings of the train step.
 
     Args:
-      relation_alpha: alpha of the ``alpha * |W|_F^2`` penalty on the task-relation matrix
-        ``params['relation']`` (0: no penalty).
       input_key: the batch entry holding the model input (default ``'x'``, as ``jmtl.fit``'s; the
         built-in image datasets' configs pass ``'image'``).
       jacobian_mode: ``'params'``: per-task gradients of the shared params (exact).
         ``'representation'``: per-task gradients of the shared representation (MGDA-UB, Sener &
         Koltun 2018), then one weighted backward pass through the encoder; far cheaper for big
         encoders; the model needs ``encode``/``decode``. Ignored by loss-level schemes.
-      penalty: ``penalty(params) -> scalar`` added to the objective; its gradient joins the update
-        outside the weighting scheme, like the relation penalty (soft sharing, MTRL:
-        :mod:`jmtl.models.regularizers`).
+      penalties: ``penalty(params) -> scalar`` functions added to the objective; their gradients
+        join the update outside the weighting scheme: the task-relation matrix's
+        ``alpha |W|_F^2`` (:func:`jmtl.models.mtl.relation_penalty`), soft sharing and MTRL
+        (:mod:`jmtl.models.regularizers`), your own.
       model_kwargs: ``step -> extra keyword arguments of model.apply`` in training (the Gumbel
         temperature schedule of learning to branch: ``jmtl.models.architectures.model_kwargs_fn``).
       jacobian_chunk_size: per-task gradients of gradient schemes. 0: all K rows in one
@@ -86,10 +95,9 @@ class StepConfig:
         through the shared encoder; same Jacobian semantics and device averaging.
     """
 
-    relation_alpha: float = 0.0
     input_key: str = "x"
     jacobian_mode: str = "params"
-    penalty: Optional[Callable[[PyTree], Array]] = None
+    penalties: Sequence[Callable[[PyTree], Array]] = ()
     model_kwargs: Optional[Callable[[Array], dict]] = None
     jacobian_chunk_size: int = AUTO_CHUNK
     input_transform: Optional[Callable[[Array], Array]] = None
@@ -109,9 +117,15 @@ class StepConfig:
     @property
     def resolved_chunk_size(self) -> int:
         c = self.jacobian_chunk_size
-        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < AUTO_CHUNK:
-            raise ValueError(f"jacobian_chunk_size must be an int >= 0, or -1 for the backend's default; got {c!r}")
-        return auto_chunk_size() if c == AUTO_CHUNK else int(c)
+        return resolve_chunk_size(int(c) if isinstance(c, numbers.Integral) and not isinstance(c, bool) else c)
+
+    def __post_init__(self):
+        if callable(self.penalties) or not all(callable(p) for p in self.penalties):
+            raise TypeError(
+                f"StepConfig.penalties must be a tuple of functions params -> scalar; got {self.penalties!r} "
+                "(one penalty: penalties=(fn,))"
+            )
+        object.__setattr__(self, "penalties", tuple(self.penalties))
 
 
 def mixed_precision_apply(apply_fn: Callable, compute_dtype: Optional[str]) -> Callable:
@@ -133,22 +147,59 @@ def mixed_precision_apply(apply_fn: Callable, compute_dtype: Optional[str]) -> C
 
 
 def make_gradient_path(model, tasks: Sequence[Task], weighting, config: StepConfig, axis_name: Optional[str]):
-    """The gradient path of this model, scheme and config (see :mod:`jmtl.training.gradient_paths`)."""
+    """The gradient path of this model, scheme and config (see :mod:`jmtl.core.paths`)."""
     if config.jacobian_mode not in JACOBIAN_MODES:
         raise ValueError(f"unknown jacobian_mode {config.jacobian_mode!r}; valid: {', '.join(JACOBIAN_MODES)}")
-    ctx = gradient_paths.StepContext(
+    flax_objective = FlaxObjective(
         model=model,
         tasks=tuple(tasks),
         apply=mixed_precision_apply(model.apply, config.compute_dtype),
         model_input=config.model_input,
-        sharing=as_sharing(config.shared),
-        chunk_size=config.resolved_chunk_size,
-        needs=weighting.requires,
-        weighting_name=getattr(weighting, "name", None) or "",
         axis_name=axis_name,
         per_task_inputs=config.per_task_inputs,
     )
-    return gradient_paths.choose(ctx, weighting, config.jacobian_mode, config.model_kwargs is not None)
+    name = getattr(weighting, "name", None) or ""
+    sharing = as_sharing(config.shared)
+    ctx = paths.PathContext(
+        objective=flax_objective.objective(),
+        sharing=sharing,
+        chunk_size=config.resolved_chunk_size,
+        needs=weighting.requires,
+        axis_name=axis_name,
+        scheme_label=f"weighting scheme {name!r}" if name else "the weighting scheme",
+    )
+    if (
+        weighting.requires in (weighting_lib.JACOBIAN, weighting_lib.GRAMIAN)
+        and config.jacobian_mode == "representation"
+    ):
+        if config.per_task_inputs:
+            raise ValueError(
+                "per_task_inputs: jacobian_mode='representation' would need one representation per task's batch; "
+                "use jacobian_mode='params'"
+            )
+        missing = [m for m in ("encode", "decode") if not hasattr(model, m)]
+        if missing and weighting.rep_level_ok and not getattr(model, "no_shared_params", False):
+            raise ValueError(
+                f"jacobian_mode='representation' needs the model to split at its shared representation, but "
+                f"{type(model).__name__} has no method(s) {', '.join(missing)}. Fix: give it `encode(x, *, train)` "
+                "(input -> shared representation, using only the shared params) and `decode(rep, *, train)` "
+                "(representation -> {task: output}), or use jacobian_mode='params'."
+            )
+    # The factored rows need the encoder to hold exactly the shared params (the default sharing by
+    # key) and no step-dependent model arguments (those go through __call__ only).
+    factored = (
+        flax_objective.has_representation
+        and flax_objective.split_heads
+        and sharing.by_key
+        and config.model_kwargs is None
+    )
+    return paths.choose(
+        ctx,
+        weighting,
+        config.jacobian_mode,
+        nothing_shared=bool(getattr(model, "no_shared_params", False)),
+        factored=factored,
+    )
 
 
 def make_train_step(
@@ -173,27 +224,29 @@ def make_train_step(
     Every output is identical on all devices. A step whose losses or update are non-finite leaves the
     state unchanged and reports ``metrics['finite'] == False`` (the loop applies the configured policy).
     """
-    tasks = tuple(tasks)
     k = len(tasks)
     path = make_gradient_path(model, tasks, weighting, config, axis_name)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         batch, meta_batch = split_meta(batch)
         weighting_rng, dropout_rng = _step_rngs(state, axis_name)
-        inputs = gradient_paths.StepInputs(
+        inputs = paths.StepInputs(
             params=state.params,
             params_local=to_varying(state.params, axis_name),
             batch=batch,
-            meta_batch=meta_batch,
-            dropout_rng=dropout_rng,
+            meta_batch=meta_batch or None,
+            rng=dropout_rng,
             extra=config.model_kwargs(state.step) if config.model_kwargs is not None else {},
             weighting_state=state.weighting_state,
         )
-        # 1-4. forward, per-task gradients by the chosen path, weighting, the update's gradients
-        g = combined_gradients(path, weighting, inputs, state, weighting_rng, axis_name)
-        losses, weights, grads, out = g.losses, g.weights, g.grads, g.output
-        objective = (jnp.vdot(weights, losses) if weights is not None else jnp.sum(losses)) + out.extra_loss
-        grads, objective = _add_penalties(grads, objective, state.params, config)
+        # 1-4. forward, per-task gradients by the chosen path, weighting, the combined gradient
+        g = combined_gradients(path, weighting, inputs, state, weighting_rng)
+        losses, weights, grads = g.losses, g.weights, g.grads
+        objective = (jnp.vdot(weights, losses) if weights is not None else jnp.sum(losses)) + g.output.extra_loss
+        for penalty in config.penalties:  # outside the scheme: their gradients are not balanced
+            value, penalty_grads = jax.value_and_grad(penalty)(state.params)
+            grads = jax.tree.map(jnp.add, grads, penalty_grads)
+            objective = objective + value
         # 5. optimizer update; a non-finite step keeps the old state
         all_params = {"model": state.params, "weighting": state.weighting_params}
         updates, opt_state = optimizer.update(
@@ -211,7 +264,6 @@ def make_train_step(
         metrics = {
             "losses": losses,
             "weights": weights if weights is not None else jnp.full((k,), jnp.nan, losses.dtype),
-            "train_metric": g.train_metric,
             "objective": objective,
             "grad_norm": optax.tree.norm(grads),
             "finite": finite,
@@ -223,36 +275,6 @@ def make_train_step(
     return step
 
 
-class CombinedGradients(NamedTuple):
-    """One step's gradients before the optimizer (what :func:`combined_gradients` returns)."""
-
-    losses: Array  # [K] device-averaged task losses
-    train_metric: Array  # [K] device-averaged main metric of every task
-    output: Any  # the scheme's WeightingOutput
-    weights: Optional[Array]  # [K] task weights (stop_gradient), or None for direction schemes
-    grads: PyTree  # gradient of the model params (shared: the scheme's combination; the rest: own task's)
-    weighting_state: PyTree  # the scheme's new state
-    weighting_grads: PyTree  # gradients of the scheme's own params ({} if none)
-
-
-def combined_gradients(
-    path, weighting, inputs: gradient_paths.StepInputs, state, key: Array, axis_name
-) -> CombinedGradients:
-    """Forward -> per-task gradients by ``path`` -> weighting -> the combined gradient.
-
-    The core of the train step, also behind :func:`jmtl.mtl_value_and_grad`. ``state`` needs the
-    fields ``step``, ``weighting_params`` and ``weighting_state``.
-    """
-    fwd = path.forward(inputs)
-    losses = pmean(fwd.local, axis_name)
-    train_metric = pmean(fwd.main, axis_name)
-    task_grads = path.task_gradients(fwd, inputs)
-    out, new_wstate, wgrads = _weigh(weighting, path, losses, state, task_grads.scheme_inputs, key)
-    weights = None if out.weights is None else jax.lax.stop_gradient(out.weights)
-    grads = path.assemble(fwd, task_grads, out, weights, inputs)
-    return CombinedGradients(losses, train_metric, out, weights, grads, new_wstate, wgrads)
-
-
 def _step_rngs(state: TrainState, axis_name: Optional[str]) -> tuple[Array, Array]:
     """The scheme's key (identical on every device) and this device's dropout key."""
     rng = jax.random.fold_in(state.rng, state.step)
@@ -260,46 +282,6 @@ def _step_rngs(state: TrainState, axis_name: Optional[str]) -> tuple[Array, Arra
     if axis_name is not None:
         dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
     return weighting_rng, dropout_rng
-
-
-def _weigh(weighting, path, losses: Array, state: TrainState, scheme_inputs: dict, key: Array):
-    """``(output, new scheme state, gradients of the scheme's own params)``."""
-    if not path.consults_weighting:
-        out = weighting_lib.base.weights_output(jnp.ones_like(losses))
-        return out, state.weighting_state, jax.tree.map(jnp.zeros_like, state.weighting_params)
-
-    def run(wparams):
-        return weighting.update(
-            losses, state.weighting_state, params=wparams, key=key, step=state.step, **scheme_inputs
-        )
-
-    if weighting.init_params is None:
-        out, new_wstate = run(state.weighting_params)
-        return out, new_wstate, {}
-
-    def objective(wparams):
-        out, new_ws = run(wparams)
-        value = out.extra_loss
-        if out.weights is not None:
-            value = value + jnp.vdot(out.weights, jax.lax.stop_gradient(losses))
-        return value, (out, new_ws)
-
-    wgrads, (out, new_wstate) = jax.grad(objective, has_aux=True)(state.weighting_params)
-    return out, new_wstate, wgrads
-
-
-def _add_penalties(grads: PyTree, objective: Array, params: PyTree, config: StepConfig) -> tuple[PyTree, Array]:
-    """The relation matrix's ``alpha |W|_F^2`` and the config's penalty, outside the weighting scheme."""
-    if isinstance(params, dict) and RELATION in params and config.relation_alpha:
-        w_rel = params[RELATION]
-        grads = dict(grads)
-        grads[RELATION] = grads[RELATION] + 2.0 * config.relation_alpha * w_rel
-        objective = objective + config.relation_alpha * jnp.sum(w_rel**2)
-    if config.penalty is not None:
-        penalty, penalty_grads = jax.value_and_grad(config.penalty)(params)
-        grads = jax.tree.map(jnp.add, grads, penalty_grads)
-        objective = objective + penalty
-    return grads, objective
 
 
 def _tree_finite(tree: PyTree) -> Array:

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jmtl.core.sharing import Selector, Sharing, as_sharing
 from jmtl.errors import JmtlError
-from jmtl.training.sharing import Selector, Sharing, as_sharing
 
 PyTree = Any
 PARTS = ("shared", "all")

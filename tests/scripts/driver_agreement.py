@@ -40,7 +40,7 @@ def run(method: str, kind: str, batches, tasks, model, input_key="image", exampl
     example = jnp.zeros((1, 28, 28, 1)) if example is None else example
     state = driver.replicate(step_lib.init_state(model, transform, opt, example, len(tasks), seed=0))
     cfg = step_lib.StepConfig(
-        relation_alpha=1e-3,
+        penalties=(mtl.relation_penalty(1e-3),),
         input_key=input_key,
         jacobian_mode="representation" if mode == "rep" else "params",
         jacobian_chunk_size=int(chunk or 0),

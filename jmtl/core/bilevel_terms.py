@@ -13,23 +13,13 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from jmtl.training.jacobian import flatten_rows, map_rows, pmean, to_varying
+from jmtl.core.jacobian import flatten_rows, map_rows, pmean, to_varying
 
 Array = jax.Array
 PyTree = Any
 
 # FORUM's inner loop stops when the lower-level loss exceeds this (the authors' code uses 1e5).
 INNER_LOSS_LIMIT = 1e5
-
-# Batch entries "meta/<name>" hold the second ("meta", validation) batch of bilevel schemes.
-META_PREFIX = "meta/"
-
-
-def split_meta(batch: dict) -> tuple[dict, dict]:
-    """``batch -> (train entries, meta entries with the prefix removed)``."""
-    train = {k: v for k, v in batch.items() if not k.startswith(META_PREFIX)}
-    meta = {k[len(META_PREFIX) :]: v for k, v in batch.items() if k.startswith(META_PREFIX)}
-    return train, meta
 
 
 def bilevel_terms(

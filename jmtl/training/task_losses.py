@@ -1,0 +1,146 @@
+"""A Flax model and its declared tasks as the core's :class:`jmtl.core.Objective`.
+
+``model.apply`` gives ``{task: output}``; each :class:`jmtl.tasks.Task` turns its output and labels
+into a batch-mean loss (over its labelled examples when the batch carries the task's mask). The
+representation split (``encode``/``decode``, or ``decode_split`` for separable heads) is offered
+to the core when the model declares it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jmtl import tasks as tasks_lib
+from jmtl.core.paths import Objective
+from jmtl.tasks import Task
+
+Array = jax.Array
+
+
+def check_outputs(outputs: Any, tasks: Sequence[Task]) -> None:
+    """The model's outputs must be a dict with exactly one entry per declared task (checked at trace time)."""
+    if not isinstance(outputs, dict):
+        raise TypeError(
+            f"the model returned {type(outputs).__name__}; a multi-task model's __call__ must return a dict "
+            f"{{task name: output}} with the tasks {[t.name for t in tasks]}"
+        )
+    names = [t.name for t in tasks]
+    missing = [n for n in names if n not in outputs]
+    extra = [n for n in outputs if n not in names]
+    if missing or extra:
+        raise ValueError(
+            "the model's outputs do not match the declared tasks: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing output(s) for task(s) {missing}" if missing else "",
+                    f"output(s) {extra} belong to no declared task" if extra else "",
+                )
+                if part
+            )
+            + f". Declared tasks: {names}; model outputs: {list(outputs)}. Build the model for the same task list."
+        )
+
+
+def task_losses(tasks: Sequence[Task], outputs: dict, batch: dict, axis_name: Optional[str]) -> Array:
+    """Batch-mean loss ``[K]`` of every task (over its labelled examples where the batch has the
+    task's mask entry, see :class:`jmtl.tasks.Task`)."""
+    check_outputs(outputs, tasks)
+    losses = []
+    for t in tasks:
+        mask = batch.get(t.mask_key)
+        if mask is None:
+            losses.append(jnp.mean(t.loss(outputs[t.name], batch[t.label_key])))
+            continue
+        labels = t.safe_labels(batch[t.label_key], mask)
+        if t.kind in tasks_lib.PIXEL_KINDS and t.loss_fn is None:
+            # Unlabelled examples now hold no valid pixel, so the plain batch mean of the pooled
+            # per-example values is already the pixel mean over the labelled examples.
+            losses.append(jnp.mean(t.loss(outputs[t.name], labels)))
+            continue
+        count = jnp.sum(mask.astype(jnp.float32))
+        scale = 1.0
+        if axis_name is not None:
+            # The device mean of the local losses must be the global masked mean: divide the local
+            # sum by the global count and multiply by the device count.
+            count = jax.lax.psum(count, axis_name)
+            scale = jax.lax.axis_size(axis_name)
+        losses.append(scale * tasks_lib.masked_mean(t.loss(outputs[t.name], labels), mask, count))
+    return jnp.stack(losses)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaxObjective:
+    """The pieces a Flax model's objective is made of (static, fixed when the step is built)."""
+
+    model: Any
+    tasks: tuple[Task, ...]
+    apply: Callable  # model.apply, possibly in mixed precision
+    model_input: Callable[[dict], Any]
+    axis_name: Optional[str]
+    per_task_inputs: bool = False  # batch = {task name: that task's own batch} (LibMTL's multi_input)
+
+    def losses(self, params, batch: dict, rng: Array, extra: dict) -> Array:
+        if self.per_task_inputs:
+            return self._per_task_input_losses(params, batch, rng, extra)
+        outputs = self.apply({"params": params}, self.model_input(batch), train=True, rngs={"dropout": rng}, **extra)
+        return task_losses(self.tasks, outputs, batch, self.axis_name)
+
+    def _per_task_input_losses(self, params, batch: dict, rng: Array, extra: dict) -> Array:
+        """Each task's loss on its own batch through the shared encoder: ``batch[task.name]`` holds the
+        task's input and labels. The model runs once per task (its other heads' outputs are unused)."""
+        missing = [t.name for t in self.tasks if t.name not in batch]
+        if missing:
+            raise KeyError(
+                f"per_task_inputs: the batch has no sub-batch for task(s) {missing} (entries: {list(batch)}); "
+                "it must be {task name: {input, labels}} (see jmtl.data.PerTaskBatches)"
+            )
+        losses = []
+        for i, t in enumerate(self.tasks):
+            sub = batch[t.name]
+            outputs = self.apply(
+                {"params": params},
+                self.model_input(sub),
+                train=True,
+                rngs={"dropout": jax.random.fold_in(rng, i)},
+                **extra,
+            )
+            losses.append(task_losses((t,), {t.name: outputs[t.name]}, sub, self.axis_name)[0])
+        return jnp.stack(losses)
+
+    def encode(self, params, batch: dict, rng: Array, extra: dict):
+        return self.apply(
+            {"params": params}, self.model_input(batch), train=True, rngs={"dropout": rng}, method=self.model.encode
+        )
+
+    def heads(self, params, rep, batch: dict, rng: Array, extra: dict) -> Array:
+        method = self.model.decode_split if self.split_heads else self.model.decode
+        outputs = self.apply({"params": params}, rep, train=True, rngs={"dropout": rng}, method=method)
+        return task_losses(self.tasks, outputs, batch, self.axis_name)
+
+    @property
+    def has_representation(self) -> bool:
+        return (
+            not self.per_task_inputs
+            and hasattr(self.model, "encode")
+            and (hasattr(self.model, "decode") or self.split_heads)
+        )
+
+    @property
+    def split_heads(self) -> bool:
+        """Task k's output depends on the representation only through head k (declared by the model)."""
+        return bool(getattr(self.model, "separable_heads", False)) and hasattr(self.model, "decode_split")
+
+    def objective(self) -> Objective:
+        split = self.has_representation
+        return Objective(
+            num_tasks=len(self.tasks),
+            losses=self.losses,
+            encode=self.encode if split else None,
+            heads=self.heads if split else None,
+            split_heads=split and self.split_heads,
+        )

@@ -20,7 +20,7 @@ shared helpers), :mod:`~jmtl.weighting.registry` (the one registry), the in-grap
 from __future__ import annotations
 
 # Importing the scheme modules registers their schemes.
-from jmtl.weighting import base, bilevel, gramian, jacobian, losses, qp, registry, solvers, transforms  # noqa: F401
+from jmtl.weighting import base, bilevel, gramian, grouping, jacobian, losses, qp, registry, solvers, transforms  # noqa: F401
 from jmtl.weighting.base import (
     BILEVEL,
     GRAMIAN,
@@ -30,6 +30,7 @@ from jmtl.weighting.base import (
     WeightingTransform,
     combine,
 )
+from jmtl.weighting.grouping import per_group
 from jmtl.weighting.registry import _factory, factory, get, hyperparameters, names, register  # noqa: F401
 from jmtl.weighting.transforms import WeightingOptaxState, aggregate, as_optax
 
@@ -52,5 +53,6 @@ __all__ = [
     "get",
     "hyperparameters",
     "names",
+    "per_group",
     "register",
 ]

@@ -37,7 +37,8 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from experiments import script_checks
-from experiments.bench.common import (
+from experiments.configs import census_common
+from experiments.results_io import (
     CODE_NOTE,
     cell_code,
     code_mark,
@@ -46,7 +47,6 @@ from experiments.bench.common import (
     started_now,
     write_outputs,
 )
-from experiments.configs import census_common
 from jmtl.training import ablation, cli, config_schema, loop, parallel
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir("A census config file (path[:method]).", "The grid's folder.")

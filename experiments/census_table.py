@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from experiments import script_checks
-from experiments.bench.common import CODE_NOTE, code_mark
+from experiments.results_io import CODE_NOTE, code_mark
 
 # Where the paper's setup is quoted from (the MMoE paper's text; its Tables 1 and 2 are images there).
 PAPER_SOURCE = (

@@ -580,14 +580,14 @@ class CensusGroup:
 
 
 def _marked(label: str, codes) -> str:
-    """``label`` with the marks of its cells that cannot name their code (``bench.common.CODE_NOTE``)."""
-    from experiments.bench.common import code_mark
+    """``label`` with the marks of its cells that cannot name their code (``results_io.CODE_NOTE``)."""
+    from experiments.results_io import code_mark
 
     return label + "".join(sorted({code_mark(c) for c in codes} - {""}))
 
 
 def _code_note(lines: list[str]) -> list[str]:
-    from experiments.bench.common import CODE_MARKS, CODE_NOTE
+    from experiments.results_io import CODE_MARKS, CODE_NOTE
 
     marks = set(CODE_MARKS.values()) - {""}
     return lines + ["", CODE_NOTE] if any(m in line.split(" | ")[0] for line in lines for m in marks) else lines

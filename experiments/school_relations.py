@@ -276,8 +276,8 @@ def script_float_list(flag: str, text: str) -> list[float]:
 
 
 def main_mode(args) -> None:
+    from experiments import results_io as common
     from experiments import script_checks
-    from experiments.bench import common
 
     splits = parse_splits(args.splits)
     only = set(args.only.split(",")) if args.only else None
@@ -577,8 +577,8 @@ def catalogue_mode(args) -> None:
     (on a real schedule) its test explained variance. ``--name`` names the outputs
     (``results/school/<name>.{json,md}``, records in ``<name>_partial.jsonl``); an existing record
     file is continued only with ``--resume``, and only under the same schedule."""
+    from experiments import results_io as common
     from experiments import script_checks
-    from experiments.bench import common
     from jmtl import weighting
 
     methods = args.methods.split(",") if args.methods else weighting.names()
@@ -736,8 +736,7 @@ def steptime_mode(args) -> None:
     round robin in one process after compilation; the compiled step's XLA temporary memory."""
     import jax
 
-    from experiments import script_checks
-    from experiments.bench import common
+    from experiments import script_checks, timing
     from experiments.configs import school_tasks
     from jmtl.models import base
     from jmtl.training import loop
@@ -798,7 +797,7 @@ def steptime_mode(args) -> None:
             )
             fns[name] = lambda c=compiled, s=state, b=batch: jax.block_until_ready(c(s, b))
             print(f"compiled {name}: {compile_s:.1f} s", flush=True)
-    samples = common.time_round_robin(fns, repeats=args.repeats, warmup=2)
+    samples = timing.time_round_robin(fns, repeats=args.repeats, warmup=2)
     for r in rows:
         if "name" in r:
             r["step_ms"] = [1000 * t for t in samples[r["name"]]]
@@ -808,7 +807,7 @@ def steptime_mode(args) -> None:
         "",
         f"One train step (equal weighting: one backward pass, path `loss_level`; Adam; "
         f"`experiments/configs/school_tasks.py`, split {args.split + 1}), median of {args.repeats} calls "
-        "timed round robin in one process after compilation (`experiments.bench.common.time_round_robin`). "
+        "timed round robin in one process after compilation (`experiments.timing.time_round_robin`). "
         "'before' traces the same model with `jmtl.models.base.mix_tasks` replaced by its former body "
         "(`experiments.school_relations.indexed_mix`: `list(W @ stacked)`), 'now' with the current one "
         "(`jnp.unstack`). Temp MiB: XLA's temporary buffer of the compiled step (`memory_analysis`).",
@@ -948,7 +947,7 @@ def run_mode(args) -> None:
     elif args.mode == "steptime":
         steptime_mode(args)
     else:
-        from experiments.bench import common
+        from experiments import results_io as common
 
         path = OUT / "relations_partial.jsonl"
         write_main([json.loads(l) for l in path.read_text().splitlines() if l.strip()], common, args.allow_fewer_cells)

@@ -306,7 +306,7 @@ def main(argv=None):
     lines = markdown(rep)
     print("\n".join(lines))
     if args.out:
-        from experiments.bench.common import write_outputs
+        from experiments.results_io import write_outputs
 
         write_outputs(Path(args.out), rep, lines)
 

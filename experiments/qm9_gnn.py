@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from jmtl.metrics import mtl as mtl_metrics
+
 if TYPE_CHECKING:
     import ml_collections
 
@@ -130,9 +132,9 @@ def test_mae(summary: dict, info) -> dict[str, float]:
 
 
 def delta_m(row: Mapping[str, float], base: Mapping[str, float]) -> float | None:
-    """Navon et al.'s Delta-m% of ``row`` against ``base`` over the targets both have (None: none)."""
-    ks = [t for t in base if t in row]
-    return float(np.mean([(row[t] - base[t]) / base[t] for t in ks]) * 100) if ks else None
+    """Navon et al.'s Delta-m% of ``row``'s MAEs (lower is better) against ``base`` over the targets
+    both have (None: none): :func:`jmtl.metrics.mtl.delta_m_of`."""
+    return mtl_metrics.delta_m_of(row, base, higher_is_better=False, skip_missing=True)
 
 
 def build_report(

@@ -29,7 +29,6 @@ import csv
 import json
 import math
 import shutil
-import statistics
 import sys
 import traceback
 from pathlib import Path
@@ -47,6 +46,7 @@ from experiments.results_io import (
     started_now,
     write_outputs,
 )
+from jmtl.metrics import summary as summary_lib
 from jmtl.training import ablation, cli, config_schema, loop, parallel
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir("A census config file (path[:method]).", "The grid's folder.")
@@ -147,10 +147,8 @@ def grid_key(config, seeds: int, archs: list[str], select_on: str = "") -> dict:
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float]:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
+    # exact: correctly rounded (statistics.fmean / stdev), as the committed auc.json were computed.
+    return summary_lib.mean_sd(vals, single=math.nan, drop_missing=True, exact=True)
 
 
 def auc_summary(rows: list[dict], task_names: list[str]) -> list[dict]:
@@ -187,10 +185,7 @@ def _float(v) -> float:
 
 
 def _pm(ms: tuple[float, float]) -> str:
-    m, s = ms
-    if math.isnan(m):
-        return "—"
-    return f"{m:.4f} ± {s:.4f}" if not math.isnan(s) else f"{m:.4f}"
+    return summary_lib.format_mean_sd(*ms, spec=".4f")
 
 
 def auc_lines(summary: list[dict], task_names: list[str], title: str) -> list[str]:

@@ -9,12 +9,12 @@ a notes file written by hand (what matches the paper, what does not and why).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from experiments import script_checks
 from experiments.results_io import CODE_NOTE, code_mark
 from jmtl.metrics import mtl as mtl_metrics
+from jmtl.metrics import summary as summary_lib
 
 # Where the paper's setup is quoted from (the MMoE paper's text; its Tables 1 and 2 are images there).
 PAPER_SOURCE = (
@@ -24,12 +24,7 @@ PAPER_SOURCE = (
 
 
 def _pm(v) -> str:
-    if v is None:
-        return "—"
-    m, s = v
-    if m is None or (isinstance(m, float) and math.isnan(m)):
-        return "—"
-    return f"{m:.4f} ± {s:.4f}" if s is not None and not math.isnan(s) else f"{m:.4f}"
+    return "—" if v is None else summary_lib.format_mean_sd(*v, spec=".4f")
 
 
 def delta_m(e: dict, tasks: list[str], base: dict) -> float | None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jmtl.metrics import summary as summary_lib
 from jmtl.training.metric_writers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,8 +256,10 @@ def relation_stats(w: np.ndarray) -> dict:
 
 
 def mean_std(values) -> dict:
+    """Mean and sample s.d. of fractions, in % (s.d. 0 for one split)."""
     v = 100.0 * np.asarray(values, float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+    mean, sd = summary_lib.mean_sd(v)
+    return {"mean": mean, "std": sd, "n": len(v)}
 
 
 def planned_runs(args, split: int, splits: list[int]) -> tuple:
@@ -363,12 +366,13 @@ def paired_differences(records: list[dict]) -> list[dict]:
         if len(common_splits) < 2:  # one split is no comparison
             continue
         d = np.array([ev[row][s] - ev[ref][s] for s in common_splits])
+        mean, sd = summary_lib.mean_sd(d)
         out.append(
             {
                 "row": row,
                 "reference": ref,
-                "mean": float(d.mean()),
-                "std": float(d.std(ddof=1)),
+                "mean": mean,
+                "std": sd,
                 "wins": int((d > 0).sum()),
                 "n": len(d),
                 "splits": common_splits,
@@ -460,7 +464,7 @@ def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> 
         tr = f"{v['train_ev_mean']:.2f} ({v['train_ev_n']})" if "train_ev_mean" in v else "—"
         v["code"] = common.code_of(starts.get(k, [None]))
         lines.append(
-            f"| {k}{common.code_mark(v['code'])} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} | {tr} |"
+            f"| {k}{common.code_mark(v['code'])} | {summary_lib.format_mean_sd(v['mean'], v['std'])} | {n} | {same} | {t} | {tr} |"
         )
     if any(common.code_mark(v["code"]) for v in table.values()):
         lines += ["", common.CODE_NOTE]
@@ -476,7 +480,7 @@ def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> 
         ]
         for p in paired:
             lines.append(
-                f"| {p['row']} | {p['reference']} | {p['mean']:+.2f} ± {p['std']:.2f} | "
+                f"| {p['row']} | {p['reference']} | {summary_lib.format_mean_sd(p['mean'], p['std'], signed=True)} | "
                 f"{p['wins']} / {p['n']} | {p['n']} |"
             )
     w_stats = relation_summary(records)

@@ -40,6 +40,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from jmtl.metrics import mtl as mtl_metrics
+from jmtl.metrics import summary as mtl_summary
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published_vision.json"
 # jmtl reports fractions where the papers print percentages; angles and errors are in the papers' units.
@@ -271,7 +272,7 @@ def published_markdown(published: Optional[Mapping] = None) -> list[str]:
                 for k in extra:
                     v = row.get(k)
                     err = row.get(f"{k}_stderr")
-                    cells.append("" if v is None else f"{v:g}" + (f" ± {err:g}" if err is not None else ""))
+                    cells.append("" if v is None else mtl_summary.format_mean_sd(v, err, spec="g"))
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
                 if row.get("note"):
                     notes.append(f"- {name}: {row['note']}.")

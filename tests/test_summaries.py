@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jmtl.metrics import mtl
+from jmtl.metrics import mtl, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -78,3 +78,95 @@ def test_qm9_report_rerenders_the_committed_record_unchanged():
         assert result[key] == record[key], key  # exact floats
     md = (RESULTS / "qm9" / "qm9_gnn_cpu_subset.md").read_text()
     assert md.startswith("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- mean ± s.d.
+
+
+def test_mean_sd_is_numpys_sample_sd():
+    x = np.random.default_rng(0).normal(size=7)
+    assert summary.mean_sd(x) == (np.mean(x), np.std(x, ddof=1))  # bitwise: the same computation
+    assert summary.mean_sd(x, ddof=0) == (np.mean(x), np.std(x))
+    m, s = summary.mean_sd(x, exact=True)  # correctly rounded: equal to float64 precision
+    assert m == pytest.approx(np.mean(x), rel=1e-14) and s == pytest.approx(np.std(x, ddof=1), rel=1e-13)
+    # A hand-worked case: 1, 2, 3, 4 -> mean 2.5, sample variance (2.25 + 0.25 + 0.25 + 2.25) / 3.
+    assert summary.mean_sd([1.0, 2.0, 3.0, 4.0]) == (2.5, math.sqrt(5.0 / 3.0))
+    assert summary.mean_sd([0.3]) == (0.3, 0.0)
+    assert math.isnan(summary.mean_sd([0.3], single=math.nan)[1])
+    assert summary.mean_sd([1.0, None, math.nan, 3.0], drop_missing=True) == (2.0, math.sqrt(2.0))
+    assert all(math.isnan(v) for v in summary.mean_sd([None], drop_missing=True))
+    with pytest.raises(ValueError, match="ddof 0 or 1"):
+        summary.mean_sd(x, ddof=2, exact=True)
+
+
+def test_format_mean_sd():
+    assert summary.format_mean_sd(0.12345, 0.0123, scale=100) == "12.35 ± 1.23"
+    assert summary.format_mean_sd(-1.234, 0.5, signed=True) == "-1.23 ± 0.50"
+    assert summary.format_mean_sd(1.234, 0.5, spec=".4f", signed=True) == "+1.2340 ± 0.5000"
+    assert summary.format_mean_sd(0.5, math.nan, spec=".4f") == "0.5000" == summary.format_mean_sd(0.5, None, ".4f")
+    assert summary.format_mean_sd(None, 0.1) == "—" == summary.format_mean_sd(math.nan, 0.1)
+    assert summary.format_mean_sd(12.5, 0.25, spec="g") == "12.5 ± 0.25"
+    assert summary.mean_sd_text([0.5]) == "0.50"
+    assert summary.mean_sd_text([0.1, 0.2, 0.3], scale=100) == f"20.00 ± {np.std([10.0, 20.0, 30.0], ddof=1):.2f}"
+
+
+def test_school_render_reproduces_the_committed_relations_file(tmp_path, monkeypatch):
+    """results/school/relations.{json,md} re-rendered from the committed run log (``render`` mode's
+    write_main) with the shared mean ± s.d. equal the committed ones (exact floats, same text)."""
+    from experiments import results_io
+    from experiments import school_relations as sr
+
+    committed_dir = ROOT / "results" / "school"
+    out = tmp_path / "results" / "school"
+    out.mkdir(parents=True)
+    (out / "relation_matrices.npz").write_bytes((committed_dir / "relation_matrices.npz").read_bytes())
+    monkeypatch.setattr(sr, "OUT", out)
+    monkeypatch.setattr(sr, "ROOT", tmp_path)
+    log = (committed_dir / "relations_partial.jsonl").read_text().splitlines()
+    sr.write_main([json.loads(line) for line in log if line.strip()], results_io)
+    committed = json.loads((committed_dir / "relations.json").read_text())
+    new = json.loads((out / "relations.json").read_text())
+    assert {k: v for k, v in new.items() if k != "provenance"} == {
+        k: v for k, v in committed.items() if k != "provenance"
+    }
+    assert _before_provenance((out / "relations.md").read_text()) == _before_provenance(
+        (committed_dir / "relations.md").read_text()
+    )
+
+
+def test_census_grid_summary_reproduces_the_committed_auc_records():
+    """Each committed census group's auc.json statistics, recomputed from its results.csv with the
+    shared mean ± s.d. (exact=True, as they were computed), are the committed floats, and the auc.md
+    rows render the same."""
+    import csv
+
+    from experiments import census_grid
+
+    groups = [d for d in sorted((RESULTS / "census").iterdir()) if (d / "results.csv").is_file()]
+    assert len(groups) >= 3
+    for d in groups:
+        record = json.loads((d / "auc.json").read_text())
+        with open(d / "results.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        new = census_grid.auc_summary(rows, record["tasks"])
+        for e, old in zip(new, record["cells"], strict=True):
+            for key, value in e.items():
+                if key.endswith(".auc"):
+                    assert np.array_equal(value, old[key], equal_nan=True), (d.name, e["cell"], key)
+        table = lambda text: [l for l in text.splitlines() if l.startswith("| ")]  # the code marks aside
+        lines = census_grid.auc_lines(new, record["tasks"], record["title"])
+        assert table((d / "auc.md").read_text().translate({ord(c): None for c in "†‡§"})) == table(
+            "\n".join(lines).translate({ord(c): None for c in "†‡§"})
+        ), d.name
+
+
+def test_tagging_tables_reproduce_the_committed_hierarchical_tables():
+    from jmtl.training import tagging
+
+    tables = sorted((RESULTS / "hierarchical").glob("*.table.md"))
+    assert len(tables) >= 5
+    for t in tables:
+        text = _before_provenance(t.read_text())
+        title = text.splitlines()[0][3:] if text.startswith("## ") else ""
+        records = json.loads(t.with_name(t.name.replace(".table.md", ".json")).read_text())
+        assert tagging.results_table(records, title).rstrip("\n") == text.rstrip("\n"), t.name

@@ -14,7 +14,7 @@ ablation's (:mod:`jmtl.training.ablation`: the same cells, programs, resumption,
 another config or other sizes in the same workdir is refused.
 
 Every evaluation record carries each binary task's split-level ROC AUC (the loop's evaluator computes
-it over the whole split, ``evaluate.split_level_metrics``). Model selection
+it over the whole split, ``jmtl.metrics.split_level_metrics``). Model selection
 is the loop's (mean validation accuracy over the tasks) unless ``--select_on=income`` picks each
 seed's best evaluation by that task's validation AUC, as the paper selects on its main task.
 

@@ -30,7 +30,7 @@ from jmtl.weighting.base import (
     WeightingTransform,
     combine,
 )
-from jmtl.weighting.registry import _factory, factory, get, hyperparameters, names, register  # noqa: F401
+from jmtl.weighting.registry import factory, get, hyperparameters, names, register  # noqa: F401
 from jmtl.weighting.transforms import WeightingOptaxState, aggregate, as_optax
 
 # Which module holds the schemes of each ``requires`` (the package's organising principle).

@@ -122,6 +122,8 @@ def test_school_render_reproduces_the_committed_relations_file(tmp_path, monkeyp
     (out / "relation_matrices.npz").write_bytes((committed_dir / "relation_matrices.npz").read_bytes())
     monkeypatch.setattr(sr, "OUT", out)
     monkeypatch.setattr(sr, "ROOT", tmp_path)
+    drawn = []  # the heatmaps (matplotlib, ~10 s) are not what this test checks: named, not drawn
+    monkeypatch.setattr(sr, "heatmap", lambda matrix, path, *a, **k: drawn.append(path) or Path(path))
     log = (committed_dir / "relations_partial.jsonl").read_text().splitlines()
     sr.write_main([json.loads(line) for line in log if line.strip()], results_io)
     committed = json.loads((committed_dir / "relations.json").read_text())
@@ -132,6 +134,7 @@ def test_school_render_reproduces_the_committed_relations_file(tmp_path, monkeyp
     assert _before_provenance((out / "relations.md").read_text()) == _before_provenance(
         (committed_dir / "relations.md").read_text()
     )
+    assert drawn  # the heatmaps the table names were asked for
 
 
 def test_census_grid_summary_reproduces_the_committed_auc_records():
@@ -170,3 +173,38 @@ def test_tagging_tables_reproduce_the_committed_hierarchical_tables():
         title = text.splitlines()[0][3:] if text.startswith("## ") else ""
         records = json.loads(t.with_name(t.name.replace(".table.md", ".json")).read_text())
         assert tagging.results_table(records, title).rstrip("\n") == text.rstrip("\n"), t.name
+
+
+def test_ablation_tables_reproduce_the_committed_ablation_tables(tmp_path):
+    """results/ablation/*/table.md re-rendered from their results.csv (jmtl.training.ablation's
+    summarise + write_table, with the shared mean ± s.d.) equal the committed tables (one folder has
+    a note added under its table: the rendered part is its prefix)."""
+    import csv
+
+    from jmtl import tasks as tasks_lib
+    from jmtl.training import ablation
+
+    def value(v: str):
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+        return v
+
+    folders = sorted(d for d in (RESULTS / "ablation").iterdir() if (d / "table.md").is_file())
+    assert len(folders) >= 5
+    for d in folders:
+        with open(d / "results.csv", newline="") as f:
+            raw = list(csv.DictReader(f))
+        # What ablation.collect wrote: absent metrics as missing keys, a failed cell's seed as None.
+        rows = [{k: value(v) for k, v in r.items() if v != "" or k in ("error",)} for r in raw]
+        for r in rows:
+            r.setdefault("seed", None)
+        names = [k.split(".")[1] for k in raw[0] if k.startswith("test.") and k.endswith(".accuracy")]
+        tasks = [tasks_lib.Task(n, "classification", 10) for n in names]
+        committed = _before_provenance((d / "table.md").read_text())
+        ablation.write_table(
+            ablation.summarise(rows, tasks), rows, tasks, tmp_path / "t.md", committed.splitlines()[0][2:]
+        )
+        assert committed.startswith((tmp_path / "t.md").read_text().rstrip("\n")), d.name

@@ -18,13 +18,20 @@ from typing import Generic, Iterable, Mapping, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "did_you_mean"]
+__all__ = ["Registry", "closest", "did_you_mean"]
+
+
+def closest(name: str, valid: Iterable[str]) -> str | None:
+    """The closest of ``valid`` to ``name`` (``difflib``, ratio >= 0.6), or None: the one "did you
+    mean" rule of jmtl (the registries' errors and the command lines' one-line errors)."""
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """``" Did you mean 'x'?"`` for the closest of ``valid`` (empty when none is close)."""
-    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    close = closest(name, valid)
+    return f" Did you mean {close!r}?" if close else ""
 
 
 class Registry(dict, Generic[T]):

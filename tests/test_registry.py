@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jmtl.errors import DataError
-from jmtl.registry import Registry
+from jmtl.registry import Registry, closest
 
 
 def test_registry_register_lookup_names():
@@ -42,6 +42,14 @@ def test_registry_register_lookup_names():
         fixed.register("x", 2)
     with pytest.raises(ValueError, match="cannot be replaced"):
         fixed.register("x", 2, overwrite=True)
+
+
+def test_one_did_you_mean_rule():
+    from jmtl.training import cli
+
+    assert closest("pcgard", ["pcgrad", "mgda"]) == "pcgrad" and closest("zzz", ["pcgrad"]) is None
+    assert cli.suggest("incme", ["income", "marital"]) == " (did you mean 'income'?)"  # the command lines' form
+    assert cli.suggest("zzz", ["income"]) == ""
 
 
 def test_the_four_registries_use_it():

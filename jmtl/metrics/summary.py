@@ -73,7 +73,8 @@ def format_mean_sd(
     """``"mean ± sd"`` with ``format(·, spec)``; the mean alone where ``sd`` is None or NaN.
 
     Args:
-      mean, sd: the statistics (e.g. from :func:`mean_sd`).
+      mean: the mean (e.g. from :func:`mean_sd`).
+      sd: the spread (e.g. from :func:`mean_sd`); None or NaN shows the mean alone.
       spec: the format spec of both numbers (default ``".2f"``; e.g. ``".4f"``, ``"g"``).
       scale: multiplies both before formatting (e.g. 100 for a fraction shown in %).
       signed: write the mean with its sign (``+1.20 ± 0.30``).

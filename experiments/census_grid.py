@@ -14,7 +14,7 @@ ablation's (:mod:`jmtl.training.ablation`: the same cells, programs, resumption,
 another config or other sizes in the same workdir is refused.
 
 Every evaluation record carries each binary task's split-level ROC AUC (the loop's evaluator computes
-it over the whole split, ``evaluate.split_level_metrics``). Model selection
+it over the whole split, ``jmtl.metrics.split_level_metrics``). Model selection
 is the loop's (mean validation accuracy over the tasks) unless ``--select_on=income`` picks each
 seed's best evaluation by that task's validation AUC, as the paper selects on its main task.
 
@@ -29,7 +29,6 @@ import csv
 import json
 import math
 import shutil
-import statistics
 import sys
 import traceback
 from pathlib import Path
@@ -37,7 +36,8 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from experiments import script_checks
-from experiments.bench.common import (
+from experiments.configs import census_common
+from experiments.results_io import (
     CODE_NOTE,
     cell_code,
     code_mark,
@@ -46,7 +46,7 @@ from experiments.bench.common import (
     started_now,
     write_outputs,
 )
-from experiments.configs import census_common
+from jmtl.metrics import summary as summary_lib
 from jmtl.training import ablation, cli, config_schema, loop, parallel
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir("A census config file (path[:method]).", "The grid's folder.")
@@ -147,10 +147,8 @@ def grid_key(config, seeds: int, archs: list[str], select_on: str = "") -> dict:
 
 
 def _mean_std(vals: list[float]) -> tuple[float, float]:
-    vals = [v for v in vals if v is not None and not math.isnan(v)]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
+    # exact: correctly rounded (statistics.fmean / stdev), as the committed auc.json were computed.
+    return summary_lib.mean_sd(vals, single=math.nan, drop_missing=True, exact=True)
 
 
 def auc_summary(rows: list[dict], task_names: list[str]) -> list[dict]:
@@ -187,10 +185,7 @@ def _float(v) -> float:
 
 
 def _pm(ms: tuple[float, float]) -> str:
-    m, s = ms
-    if math.isnan(m):
-        return "—"
-    return f"{m:.4f} ± {s:.4f}" if not math.isnan(s) else f"{m:.4f}"
+    return summary_lib.format_mean_sd(*ms, spec=".4f")
 
 
 def auc_lines(summary: list[dict], task_names: list[str], title: str) -> list[str]:

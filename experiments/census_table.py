@@ -9,11 +9,12 @@ a notes file written by hand (what matches the paper, what does not and why).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from experiments import script_checks
-from experiments.bench.common import CODE_NOTE, code_mark
+from experiments.results_io import CODE_NOTE, code_mark
+from jmtl.metrics import mtl as mtl_metrics
+from jmtl.metrics import summary as summary_lib
 
 # Where the paper's setup is quoted from (the MMoE paper's text; its Tables 1 and 2 are images there).
 PAPER_SOURCE = (
@@ -23,24 +24,17 @@ PAPER_SOURCE = (
 
 
 def _pm(v) -> str:
-    if v is None:
-        return "—"
-    m, s = v
-    if m is None or (isinstance(m, float) and math.isnan(m)):
-        return "—"
-    return f"{m:.4f} ± {s:.4f}" if s is not None and not math.isnan(s) else f"{m:.4f}"
+    return "—" if v is None else summary_lib.format_mean_sd(*v, spec=".4f")
 
 
 def delta_m(e: dict, tasks: list[str], base: dict) -> float | None:
     """Δm% on the test AUC (Navon et al. 2022's definition, higher-is-better metrics): the mean over
     tasks of 100 (single-task AUC - this AUC) / single-task AUC; None for the single-task rows or
     when a baseline is missing."""
-    if e["arch"] == "single_task" or any(base[t] is None for t in tasks):
+    if e["arch"] == "single_task":
         return None
-    vals = [e.get(f"test.{t}.auc") for t in tasks]
-    if any(v is None or v[0] is None or math.isnan(v[0]) for v in vals):
-        return None
-    return 100.0 * sum((base[t] - v[0]) / base[t] for t, v in zip(tasks, vals)) / len(tasks)
+    vals = {t: (e.get(f"test.{t}.auc") or (None,))[0] for t in tasks}
+    return mtl_metrics.delta_m_of(vals, base, higher_is_better=True, tasks=tasks)
 
 
 def rows_of(folder: Path) -> tuple[str, list[str], list[dict]]:

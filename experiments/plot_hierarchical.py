@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jmtl.metrics.summary import mean_sd_text
 from jmtl.training.metric_writers import read_jsonl
 
 
@@ -84,8 +85,7 @@ def main(argv=None):
     def cell(arr, e):
         if e >= arr.shape[1]:
             return "–"
-        col = arr[:, e]
-        return f"{col.mean():.2f}" if len(col) == 1 else f"{col.mean():.2f} ± {col.std(ddof=1):.2f}"  # sample std
+        return mean_sd_text(arr[:, e])  # sample std
 
     for e in range(epochs):
         cells = [cell(arr, e) for arr in data.values()]

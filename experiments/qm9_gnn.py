@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from jmtl.metrics import mtl as mtl_metrics
+
 if TYPE_CHECKING:
     import ml_collections
 
@@ -110,9 +112,9 @@ def run_cell(name: str, config, workdir: pathlib.Path, only_finished: bool = Fal
     if only_finished:
         print(f"[qm9_gnn] {name}: not finished ({workdir}), left out", flush=True)
         return None, False
-    from experiments.bench import common as bench_common
+    from experiments import results_io
 
-    bench_common.record_code_start(workdir)  # the code this cell starts (or resumes) with
+    results_io.record_code_start(workdir)  # the code this cell starts (or resumes) with
     t0 = time.time()
     summary, _ = loop.train(config, workdir)
     print(f"[qm9_gnn] {name}: {time.time() - t0:.0f} s", flush=True)
@@ -130,9 +132,9 @@ def test_mae(summary: dict, info) -> dict[str, float]:
 
 
 def delta_m(row: Mapping[str, float], base: Mapping[str, float]) -> float | None:
-    """Navon et al.'s Delta-m% of ``row`` against ``base`` over the targets both have (None: none)."""
-    ks = [t for t in base if t in row]
-    return float(np.mean([(row[t] - base[t]) / base[t] for t in ks]) * 100) if ks else None
+    """Navon et al.'s Delta-m% of ``row``'s MAEs (lower is better) against ``base`` over the targets
+    both have (None: none): :func:`jmtl.metrics.mtl.delta_m_of`."""
+    return mtl_metrics.delta_m_of(row, base, higher_is_better=False, skip_missing=True)
 
 
 def build_report(
@@ -163,12 +165,12 @@ def build_report(
       missing: cell names that have no finished run (listed in the report).
       finished: when each cell's ``summary.json`` was written (UTC, ISO 8601; recorded in the JSON:
         a grid grown over several invocations has cells older than the provenance's start date).
-      code: cell name -> the code that trained it (``bench_common.cell_code``); a row with a cell
-        that is absent here or not one clean commit is marked (``bench_common.CODE_NOTE``).
+      code: cell name -> the code that trained it (``results_io.cell_code``); a row with a cell
+        that is absent here or not one clean commit is marked (``results_io.CODE_NOTE``).
       notes: markdown lines added under the run's table (e.g. what a rerun found).
 
     Returns:
-      ``(result, lines)`` for ``bench_common.write_outputs``.
+      ``(result, lines)`` for ``results_io.write_outputs``.
     """
 
     def mean_row(per_seed: Mapping[int, Mapping[str, float]]) -> dict[str, float]:
@@ -221,12 +223,12 @@ def build_report(
         run_head,
         run_sep,
     ]
-    from experiments.bench import common as bench_common
+    from experiments import results_io
 
     def row_mark(name: str) -> str:
         # A row is as well named as its least-named cell.
         names = [n for n in times if (n.startswith("stl-") if name == SINGLE_TASK else n.rsplit("-s", 1)[0] == name)]
-        marks = {bench_common.code_mark((code or {}).get(n)) for n in names} - {""}
+        marks = {results_io.code_mark((code or {}).get(n)) for n in names} - {""}
         return "".join(sorted(marks))
 
     marks = {}
@@ -242,7 +244,7 @@ def build_report(
             + f" | {fmt(d)} | {per} |"
         )
     if any(marks.values()):
-        lines += ["", bench_common.CODE_NOTE]
+        lines += ["", results_io.CODE_NOTE]
     if notes:
         lines += ["", *notes]
     head = f"| method | {cols} | Δm% ↓ |"
@@ -355,11 +357,10 @@ def check_options(args) -> tuple[list[str], list[str], list[int], list[int]]:
 
 
 def run(args) -> None:
-    from experiments import script_checks
-    from experiments.bench import common as bench_common
+    from experiments import results_io, script_checks
     from jmtl.data import qm9
 
-    started = bench_common.started_now()
+    started = results_io.started_now()
     methods, stl_tasks, seeds, stl_seeds = check_options(args)
     planned = {f"{SINGLE_TASK} s{s} {t}" for s in stl_seeds for t in stl_tasks if stl_tasks} | {
         f"{m} s{s} {t}" for m in methods for s in seeds for t in qm9.TASKS
@@ -411,12 +412,12 @@ def run(args) -> None:
         lr=1e-3,
         model="MPNN hidden 64, 3 NNConv+GRU rounds, Set2Set; bond graph with explicit H, no geometry",
     )
-    code = {name: bench_common.cell_code(root / name.replace("@", "-")) for name in times}
+    code = {name: results_io.cell_code(root / name.replace("@", "-")) for name in times}
     result, lines = build_report(
         cells, methods, qm9.TASKS, qm9.REPORT_UNITS, setup, times, reused, missing, finished, code
     )
     script_checks.write_results(
-        args.out, result, lines, result_cells, args.allow_fewer_cells, bench_common.provenance(started=started)
+        args.out, result, lines, result_cells, args.allow_fewer_cells, results_io.provenance(started=started)
     )
 
 

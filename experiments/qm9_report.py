@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from experiments.bench import common as bench_common
+from experiments import results_io
 from experiments.qm9_gnn import build_report
 
 
@@ -54,13 +54,13 @@ def main(argv=None) -> int:
     if not path.is_file():
         raise SystemExit(f"qm9_report: no record at {path}; pass qm9_gnn's <out>.json")
     result, lines = rerender(json.loads(path.read_text()), args.note)
-    prov = bench_common.provenance()
+    prov = results_io.provenance()
     lines += [
         "",
         f"Re-rendered from `{path}` by `experiments/qm9_report.py` (no training); the run that wrote "
         "the record: `" + str((result["training_provenance"] or {}).get("command", "not recorded")) + "`.",
     ]
-    bench_common.write_outputs(args.out, result, lines, prov)
+    results_io.write_outputs(args.out, result, lines, prov)
     return 0
 
 

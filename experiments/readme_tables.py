@@ -30,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 
+from jmtl.metrics.summary import format_mean_sd, mean_sd_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 README = ROOT / "README.md"  # the front page: the headline table(s) only
@@ -103,8 +105,7 @@ def _pct(x: float) -> str:
 
 
 def _mean_std(values, scale: float = 100.0) -> str:
-    v = scale * np.asarray(values, float)
-    return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+    return mean_sd_text(values, scale=scale)
 
 
 def _row(cells) -> str:
@@ -580,21 +581,21 @@ class CensusGroup:
 
 
 def _marked(label: str, codes) -> str:
-    """``label`` with the marks of its cells that cannot name their code (``bench.common.CODE_NOTE``)."""
-    from experiments.bench.common import code_mark
+    """``label`` with the marks of its cells that cannot name their code (``results_io.CODE_NOTE``)."""
+    from experiments.results_io import code_mark
 
     return label + "".join(sorted({code_mark(c) for c in codes} - {""}))
 
 
 def _code_note(lines: list[str]) -> list[str]:
-    from experiments.bench.common import CODE_MARKS, CODE_NOTE
+    from experiments.results_io import CODE_MARKS, CODE_NOTE
 
     marks = set(CODE_MARKS.values()) - {""}
     return lines + ["", CODE_NOTE] if any(m in line.split(" | ")[0] for line in lines for m in marks) else lines
 
 
 def _auc(ms) -> str:
-    return f"{ms[0]:.4f} ± {ms[1]:.4f}"
+    return format_mean_sd(*ms, spec=".4f")
 
 
 def _census() -> tuple[CensusGroup, CensusGroup]:
@@ -673,7 +674,7 @@ def school_relations() -> list[str]:
             _row(
                 [
                     _marked(label, [t[r].get("code") for r in rows]),
-                    " / ".join(f"{t[r]['mean']:.2f} ± {t[r]['std']:.2f}" for r in rows),
+                    " / ".join(format_mean_sd(t[r]["mean"], t[r]["std"]) for r in rows),
                     ns.pop(),
                 ]
             )
@@ -770,7 +771,7 @@ def census_catalogue() -> list[str]:
 
 def _school_row(row: str) -> str:
     r = _json("school/relations.json")["table"][row]
-    return f"{r['mean']:.2f} ± {r['std']:.2f}"
+    return format_mean_sd(r["mean"], r["std"])
 
 
 @claim("school_relations", "school/relations.json")
@@ -786,6 +787,7 @@ def school_relations_claims() -> list[str]:
     paired = {(p["row"], p["reference"]): p for p in d["paired"]}
     no_w = "hard sharing + per-task ReLU 8 (no W)"
     pair = lambda a: paired[(f"W, alpha={a}", no_w)]
+    pm = lambda r: format_mean_sd(r["mean"], r["std"])
     small = [t[f"W, alpha={a}"]["mean"] for a in ("0.0001", "0.001", "0.01", "0.1")]
     stats = d["relation_stats"]
     small_f = [stats[f"W, alpha={a}"]["frobenius"] for a in ("0.0001", "0.001", "0.01", "0.1")]
@@ -797,14 +799,13 @@ def school_relations_claims() -> list[str]:
         f"α 1e-4…1e-1 all {min(small):.1f}–{max(small):.1f} %, ‖W‖_F {min(small_f):.1f}–{max(small_f):.1f}",
         f"(‖W‖_F {stats['W, alpha=1']['frobenius']:.1f}, {stats['W, alpha=10']['frobenius']:.1f}, "
         f"{stats['W, alpha=100']['frobenius']:.1f})",
-        f"{pair('1')['mean']:.2f} ± {pair('1')['std']:.2f} points at α 1 (W higher on {pair('1')['wins']} of "
-        f"{pair('1')['n']} splits), {pair('10')['mean']:.2f} ± {pair('10')['std']:.2f} at α 10 "
-        f"({pair('10')['wins']}/{pair('10')['n']}), {pair('100')['mean']:.2f} ± {pair('100')['std']:.2f} at α 100 "
+        f"{pm(pair('1'))} points at α 1 (W higher on {pair('1')['wins']} of "
+        f"{pair('1')['n']} splits), {pm(pair('10'))} at α 10 "
+        f"({pair('10')['wins']}/{pair('10')['n']}), {pm(pair('100'))} at α 100 "
         f"({pair('100')['wins']}/{pair('100')['n']})".replace("-", "−"),
         f"Both sit ~{under:.1f} points under hard sharing",
         f"(hard sharing at batch 512: {_school_row('hard sharing, linear 28->16, minibatch 512')})",
-        f"(α 1, splits 1–{full_w['n']}: {full_w['mean']:.2f} ± {full_w['std']:.2f} vs {full_no['mean']:.2f} ± "
-        f"{full_no['std']:.2f} without W; split {train_split['W, alpha=1, full batch'] + 1} train EV {full_w['train_ev_mean']:.0f} % vs "
+        f"(α 1, splits 1–{full_w['n']}: {pm(full_w)} vs {pm(full_no)} without W; split {train_split['W, alpha=1, full batch'] + 1} train EV {full_w['train_ev_mean']:.0f} % vs "
         f"{full_no['train_ev_mean']:.0f} %",
     ]
 

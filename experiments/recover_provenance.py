@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments.bench.common import PROVENANCE_MARK, ROOT, provenance_markdown
+from experiments.results_io import PROVENANCE_MARK, ROOT, provenance_markdown
 
 RESULTS = ROOT / "results"
 MACHINE = "the shared 2-core CPU of the project's sessions (as the README and commit messages record it; CPU model not recorded)"

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jmtl.metrics import summary as summary_lib
 from jmtl.training.metric_writers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,8 +256,10 @@ def relation_stats(w: np.ndarray) -> dict:
 
 
 def mean_std(values) -> dict:
+    """Mean and sample s.d. of fractions, in % (s.d. 0 for one split)."""
     v = 100.0 * np.asarray(values, float)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+    mean, sd = summary_lib.mean_sd(v)
+    return {"mean": mean, "std": sd, "n": len(v)}
 
 
 def planned_runs(args, split: int, splits: list[int]) -> tuple:
@@ -276,8 +279,8 @@ def script_float_list(flag: str, text: str) -> list[float]:
 
 
 def main_mode(args) -> None:
+    from experiments import results_io as common
     from experiments import script_checks
-    from experiments.bench import common
 
     splits = parse_splits(args.splits)
     only = set(args.only.split(",")) if args.only else None
@@ -363,12 +366,13 @@ def paired_differences(records: list[dict]) -> list[dict]:
         if len(common_splits) < 2:  # one split is no comparison
             continue
         d = np.array([ev[row][s] - ev[ref][s] for s in common_splits])
+        mean, sd = summary_lib.mean_sd(d)
         out.append(
             {
                 "row": row,
                 "reference": ref,
-                "mean": float(d.mean()),
-                "std": float(d.std(ddof=1)),
+                "mean": mean,
+                "std": sd,
                 "wins": int((d > 0).sum()),
                 "n": len(d),
                 "splits": common_splits,
@@ -460,7 +464,7 @@ def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> 
         tr = f"{v['train_ev_mean']:.2f} ({v['train_ev_n']})" if "train_ev_mean" in v else "—"
         v["code"] = common.code_of(starts.get(k, [None]))
         lines.append(
-            f"| {k}{common.code_mark(v['code'])} | {v['mean']:.2f} ± {v['std']:.2f} | {n} | {same} | {t} | {tr} |"
+            f"| {k}{common.code_mark(v['code'])} | {summary_lib.format_mean_sd(v['mean'], v['std'])} | {n} | {same} | {t} | {tr} |"
         )
     if any(common.code_mark(v["code"]) for v in table.values()):
         lines += ["", common.CODE_NOTE]
@@ -476,7 +480,7 @@ def write_main(records: list[dict], common, allow_fewer_cells: bool = False) -> 
         ]
         for p in paired:
             lines.append(
-                f"| {p['row']} | {p['reference']} | {p['mean']:+.2f} ± {p['std']:.2f} | "
+                f"| {p['row']} | {p['reference']} | {summary_lib.format_mean_sd(p['mean'], p['std'], signed=True)} | "
                 f"{p['wins']} / {p['n']} | {p['n']} |"
             )
     w_stats = relation_summary(records)
@@ -577,8 +581,8 @@ def catalogue_mode(args) -> None:
     (on a real schedule) its test explained variance. ``--name`` names the outputs
     (``results/school/<name>.{json,md}``, records in ``<name>_partial.jsonl``); an existing record
     file is continued only with ``--resume``, and only under the same schedule."""
+    from experiments import results_io as common
     from experiments import script_checks
-    from experiments.bench import common
     from jmtl import weighting
 
     methods = args.methods.split(",") if args.methods else weighting.names()
@@ -736,8 +740,7 @@ def steptime_mode(args) -> None:
     round robin in one process after compilation; the compiled step's XLA temporary memory."""
     import jax
 
-    from experiments import script_checks
-    from experiments.bench import common
+    from experiments import script_checks, timing
     from experiments.configs import school_tasks
     from jmtl.models import base
     from jmtl.training import loop
@@ -798,7 +801,7 @@ def steptime_mode(args) -> None:
             )
             fns[name] = lambda c=compiled, s=state, b=batch: jax.block_until_ready(c(s, b))
             print(f"compiled {name}: {compile_s:.1f} s", flush=True)
-    samples = common.time_round_robin(fns, repeats=args.repeats, warmup=2)
+    samples = timing.time_round_robin(fns, repeats=args.repeats, warmup=2)
     for r in rows:
         if "name" in r:
             r["step_ms"] = [1000 * t for t in samples[r["name"]]]
@@ -808,7 +811,7 @@ def steptime_mode(args) -> None:
         "",
         f"One train step (equal weighting: one backward pass, path `loss_level`; Adam; "
         f"`experiments/configs/school_tasks.py`, split {args.split + 1}), median of {args.repeats} calls "
-        "timed round robin in one process after compilation (`experiments.bench.common.time_round_robin`). "
+        "timed round robin in one process after compilation (`experiments.timing.time_round_robin`). "
         "'before' traces the same model with `jmtl.models.base.mix_tasks` replaced by its former body "
         "(`experiments.school_relations.indexed_mix`: `list(W @ stacked)`), 'now' with the current one "
         "(`jnp.unstack`). Temp MiB: XLA's temporary buffer of the compiled step (`memory_analysis`).",
@@ -948,7 +951,7 @@ def run_mode(args) -> None:
     elif args.mode == "steptime":
         steptime_mode(args)
     else:
-        from experiments.bench import common
+        from experiments import results_io as common
 
         path = OUT / "relations_partial.jsonl"
         write_main([json.loads(l) for l in path.read_text().splitlines() if l.strip()], common, args.allow_fewer_cells)

@@ -4,7 +4,7 @@
   ``ValueError`` naming the option, what is wrong and the fix, so a script checks all of its options
   before any work and :func:`jmtl.training.cli.one_line_errors` prints that one line (exit 2).
 * :func:`write_results`: the one writer of a script's ``<out>.json`` / ``<out>.md``
-  (``experiments.bench.common.write_outputs``), which refuses to replace a results file holding cells
+  (``experiments.results_io.write_outputs``), which refuses to replace a results file holding cells
   the new one lacks (``FewerCellsError``) unless ``--allow_fewer_cells`` is given;
   :func:`check_cells` is the same check before any work, on the cells a run plans to write.
 
@@ -186,9 +186,9 @@ def write_results(
     prov: Mapping | None = None,
     echo: bool = True,
 ) -> dict:
-    """``experiments.bench.common.write_outputs`` (``<out>.json`` + ``<out>.md`` with provenance)
+    """``experiments.results_io.write_outputs`` (``<out>.json`` + ``<out>.md`` with provenance)
     after :func:`check_cells` on the cells of ``result``. Returns the provenance written."""
-    from experiments.bench import common
+    from experiments import results_io as common
 
     out = Path(out)
     check_cells(out.with_name(out.name + ".json"), set(cells_of(result)), cells_of, allow_fewer)

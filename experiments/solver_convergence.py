@@ -211,7 +211,7 @@ def main() -> None:
         script_checks.at_least("--seeds", args.seeds, 1)
         script_checks.output_path("--out", str(Path(args.out).with_suffix("")), (Path(args.out).suffix,))
     jax.config.update("jax_enable_x64", True)
-    from experiments.bench.common import provenance, provenance_markdown
+    from experiments.results_io import provenance, provenance_markdown
 
     text = table(args.seeds) + "\n".join(provenance_markdown(provenance())) + "\n"
     Path(args.out).write_text(text)

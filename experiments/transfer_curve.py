@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.bench import common as bench_common
+from experiments import results_io
 from experiments.configs import multimnist
 
 VARIANTS = ("scratch", "frozen", "fine_tuned")
@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
 
     from jmtl.training import loop  # after argument parsing: --help stays fast
 
-    prov = bench_common.provenance()  # commit, dirty flag and date at the START
+    prov = results_io.provenance()  # commit, dirty flag and date at the START
     target_dataset = args.target_dataset or args.dataset
     name = args.name or f"{args.dataset}_{args.source_task.replace(',', '_')}_to_{target_dataset}_{args.target_task}"
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="jmtl_transfer_"))
@@ -171,7 +171,7 @@ def _write(args, name: str, prov: dict, configs: dict, curves: dict, seconds: di
         }
         for v in done
     }
-    end = bench_common.provenance(command=prov["command"])
+    end = results_io.provenance(command=prov["command"])
     prov = {**prov, "date": end["date"], "load_average_end": end["load_average_end"]}
     result = {
         "name": name,
@@ -189,7 +189,7 @@ def _write(args, name: str, prov: dict, configs: dict, curves: dict, seconds: di
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     _plot(result, out / f"{name}.png")
     (out / f"{name}.md").write_text(_markdown(result))
-    bench_common.index_figure(out / f"{name}.png", prov, data=f"{name}.json")
+    results_io.index_figure(out / f"{name}.png", prov, data=f"{name}.json")
     print(f"wrote {out / name}.json / .md / .png ({', '.join(done)})", flush=True)
 
 
@@ -266,7 +266,7 @@ def _markdown(result: dict) -> str:
         "",
         f"![curve]({result['name']}.png)",
     ]
-    lines += bench_common.provenance_markdown(result["provenance"])
+    lines += results_io.provenance_markdown(result["provenance"])
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from jmtl.metrics import mtl as mtl_metrics
+from jmtl.metrics import summary as mtl_summary
+
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published_vision.json"
 # jmtl reports fractions where the papers print percentages; angles and errors are in the papers' units.
 UNIT_SCALE = {"%": 100.0, "": 1.0, "deg": 1.0}
@@ -86,16 +89,10 @@ def delta_m(
     m, b = np.asarray(method, np.float64), np.asarray(baseline, np.float64)
     if m.shape != b.shape or m.shape != (len(specs),) or len(specs) == 0:
         raise ValueError(f"delta_m needs {len(specs)} metrics of each, got {m.shape} and {b.shape}")
-    if np.any(b == 0):
-        raise ValueError("delta_m: a baseline metric is 0, so its relative change is undefined")
-    sign = np.array([-1.0 if s["higher_is_better"] else 1.0 for s in specs])
-    rel = sign * (m - b) / b * 100.0
-    if average == "metrics":
-        return float(rel.mean())
-    if average == "tasks":
-        tasks = list(dict.fromkeys(s["task"] for s in specs))
-        return float(np.mean([rel[[i for i, s in enumerate(specs) if s["task"] == t]].mean() for t in tasks]))
-    raise ValueError(f"average must be 'metrics' or 'tasks', got {average!r}")
+    if average not in ("metrics", "tasks"):
+        raise ValueError(f"average must be 'metrics' or 'tasks', got {average!r}")
+    groups = [s["task"] for s in specs] if average == "tasks" else None
+    return mtl_metrics.delta_m(m, b, [s["higher_is_better"] for s in specs], groups=groups)
 
 
 def read_evals(workdir: Path) -> list[dict]:
@@ -275,7 +272,7 @@ def published_markdown(published: Optional[Mapping] = None) -> list[str]:
                 for k in extra:
                     v = row.get(k)
                     err = row.get(f"{k}_stderr")
-                    cells.append("" if v is None else f"{v:g}" + (f" ± {err:g}" if err is not None else ""))
+                    cells.append("" if v is None else mtl_summary.format_mean_sd(v, err, spec="g"))
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
                 if row.get("note"):
                     notes.append(f"- {name}: {row['note']}.")
@@ -306,7 +303,7 @@ def main(argv=None):
     lines = markdown(rep)
     print("\n".join(lines))
     if args.out:
-        from experiments.bench.common import write_outputs
+        from experiments.results_io import write_outputs
 
         write_outputs(Path(args.out), rep, lines)
 

@@ -175,3 +175,18 @@ def test_split_level_metrics_over_tasks():
     assert got["b"]["auc"] == pytest.approx(brute_auc(outputs["b"][:, 0], batch["yb"] == 1), abs=1e-12)
     with pytest.raises(ValueError, match="padding"):
         metrics.split_level_metrics(ts, {**outputs, "a": outputs["a"][:29]}, batch)
+
+
+def test_split_level_metrics_leave_masked_rows_out():
+    """The loop's evaluator (``evaluate.predict_split_metrics``) scores through this one function, so
+    a task's ``<label>_mask`` must be honoured here: the AUC is that of the labelled rows only."""
+    rng = np.random.default_rng(6)
+    t = tasks.Task("a", tasks.BINARY, 1)
+    f, y = rng.normal(size=(40, 1)), rng.integers(0, 2, 40)
+    y[:2] = [0, 1]
+    mask = (rng.random(40) > 0.3).astype(np.float32)
+    mask[:2] = 1
+    got = metrics.split_level_metrics([t], {"a": f}, {"a": y, t.mask_key: mask})
+    keep = mask > 0
+    assert got["a"]["auc"] == pytest.approx(brute_auc(f[keep, 0], y[keep] == 1), abs=1e-12)
+    assert got["a"]["auc"] != pytest.approx(brute_auc(f[:, 0], y == 1), abs=1e-9)  # the mask matters here

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import census_grid, qm9_gnn
-from experiments.bench import common
+from experiments import results_io as common
 
 
 def _git(repo, *args):
@@ -20,7 +20,7 @@ def _git(repo, *args):
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
-    """A throwaway git checkout standing in for the project's (common reads git at its ROOT)."""
+    """A throwaway git checkout standing in for the project's (results_io reads git at its ROOT)."""
     r = tmp_path / "repo"
     r.mkdir()
     _git(r, "init", "-q")

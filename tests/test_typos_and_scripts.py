@@ -571,8 +571,8 @@ def test_missing_file_column_and_marker_are_one_line(ablation_copy, capsys, tmp_
 def test_school_render_counts_each_split_once(tmp_path, monkeypatch):
     """A rerun without --resume appends a second record of a cell to the log; the table keeps the
     latest, so no split counts twice in a row's mean and n."""
+    from experiments import results_io as common
     from experiments import school_relations as sr
-    from experiments.bench import common
 
     monkeypatch.setattr(sr, "OUT", tmp_path)
     monkeypatch.setattr(sr, "ROOT", tmp_path)

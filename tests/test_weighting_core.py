@@ -166,7 +166,7 @@ def test_one_registry_uniform_init_and_modules_by_requirement():
         assert params["layout"].kind is inspect.Parameter.KEYWORD_ONLY and params["layout"].default is None, name
         assert weighting.factory(name).__module__ == weighting.MODULE_OF_REQUIREMENT[t.requires].__name__, name
         assert weighting.base.init_state(t, 3, None) is not None
-    assert weighting._factory is weighting.factory
+    assert not hasattr(weighting, "_factory")  # the former private alias is gone (issue 22 §4)
     with pytest.raises(ValueError, match="already registered"):
         weighting.register("equal", lambda: None)
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.bench.common import time_round_robin
+from experiments.timing import time_round_robin
 
 IMAGE_SHAPE = (1, 28, 28)  # NCHW without the batch axis
 NUM_CLASSES = 10

@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 
 from jmtl import tasks as tasks_lib
 from jmtl.data import cache, fingerprint, gradnorm_toy, idx, multi_mnist
+from jmtl.registry import Registry
 from jmtl.tasks import MASK_SUFFIX
 
 DataError = idx.DataError
@@ -491,18 +492,23 @@ def _load_toy(
     return MTLDataset(spec, sources, _as_float32, builder)
 
 
-_REGISTRY: dict[str, Callable[..., MTLDataset]] = {
-    "gradnorm_toy": _load_toy,
-    "multi_mnist": functools.partial(_load_multi, multi_mnist.MultiMnist),
-    "multi_fashion": functools.partial(_load_multi, multi_mnist.MultiFashion),
-}
+_REGISTRY: Registry[Callable[..., MTLDataset]] = Registry(
+    "dataset",
+    {
+        "gradnorm_toy": _load_toy,
+        "multi_mnist": functools.partial(_load_multi, multi_mnist.MultiMnist),
+        "multi_fashion": functools.partial(_load_multi, multi_mnist.MultiFashion),
+    },
+    valid_label="valid names",
+    error=DataError,
+)
 
 DEFAULT_DATASET = "gradnorm_toy"  # Needs no files at all.
 
 
 def names() -> list[str]:
     """Names accepted by `load` (built-in and `register`-ed)."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def _takes(fn: Callable[..., Any]) -> tuple[list[str], bool]:
@@ -538,9 +544,7 @@ def load(
     Raises:
       DataError: unknown name or keyword, missing or corrupt raw data.
     """
-    if name not in _REGISTRY:
-        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(names())}")
-    load_fn = _REGISTRY[name]
+    load_fn = _REGISTRY.lookup(name)
     named, var_kw = _takes(load_fn)
     accepted = [p for p in named if p not in ("data_dir", "cache_dir")]
     unknown = sorted(set(builder_kwargs) - set(accepted))
@@ -585,12 +589,7 @@ def register(name: str, loader: Callable[..., Any] | MTLDataset, *, overwrite: b
     Raises:
       DataError: `name` is taken or empty, or `loader` is neither.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise DataError(f"dataset name must be a non-empty string, got {name!r}")
-    if name in _REGISTRY and not overwrite:
-        raise DataError(
-            f"dataset {name!r} is already registered. Fix: choose another name, or pass overwrite=True to replace it"
-        )
+    _REGISTRY.check_new(name, overwrite=overwrite)  # before the loader is read
     if all(hasattr(loader, a) for a in ("spec", "train_iterator", "arrays", "steps_per_epoch")):
         dataset = loader
 
@@ -602,7 +601,7 @@ def register(name: str, loader: Callable[..., Any] | MTLDataset, *, overwrite: b
             "train_iterator, arrays, steps_per_epoch) or a function "
             f"returning one, got {type(loader).__name__}"
         )
-    _REGISTRY[name] = loader
+    _REGISTRY.register(name, loader, overwrite=overwrite)
 
 
 def unregister(name: str) -> None:

@@ -12,21 +12,83 @@
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
 
 
-def delta_m(method: Sequence[float], baseline: Sequence[float], higher_is_better: Sequence[bool]) -> float:
-    """Δm% of one method's metrics ``M_m,k`` against the baselines ``M_b,k`` (lower is better)."""
+def delta_m(
+    method: Sequence[float],
+    baseline: Sequence[float],
+    higher_is_better: Sequence[bool],
+    groups: Sequence[str] | None = None,
+) -> float:
+    """Δm% of one method's metrics ``M_m,k`` against the baselines ``M_b,k`` (lower is better).
+
+    The one Δm% of jmtl (Maninis et al. 2019; Liu et al. 2019, MTAN; Navon et al. 2022, Sec. 6):
+    ``100/K Σ_k (-1)^{l_k} (M_m,k - M_b,k) / M_b,k``, ``l_k = 1`` if higher is better. Every
+    table and script computes it here (the dict adapter :func:`delta_m_of`, the metric-table one
+    :func:`delta_m_table`).
+
+    Args:
+      method: the method's K metric values.
+      baseline: the baselines' K values, in the same order and units (none may be 0).
+      higher_is_better: per metric, True where a larger value is better.
+      groups: optional label per metric (e.g. its task): then the mean is over the groups of each
+        group's mean (LibMTL's Δp averaging, with Δm's sign); default: the mean over the K metrics.
+    """
     m, b = np.asarray(method, np.float64), np.asarray(baseline, np.float64)
     hib = np.asarray(higher_is_better, bool)
     if not (m.shape == b.shape == hib.shape) or m.ndim != 1 or len(m) == 0:
         raise ValueError(f"delta_m needs K metrics of each: got {m.shape}, {b.shape}, {hib.shape}")
     if np.any(b == 0):
-        raise ValueError("delta_m: a baseline metric is 0; the relative change is undefined")
+        raise ValueError(
+            "delta_m: a baseline metric is 0; the relative change is undefined. "
+            "Fix: leave that metric out of the comparison (or report it in other units)"
+        )
     sign = np.where(hib, -1.0, 1.0)
-    return float(np.mean(sign * (m - b) / b) * 100.0)
+    rel = sign * (m - b) / b
+    if groups is None:
+        return float(np.mean(rel) * 100.0)
+    if len(groups) != len(m):
+        raise ValueError(f"delta_m: {len(groups)} group labels for {len(m)} metrics. Fix: one label per metric")
+    labels = list(dict.fromkeys(groups))
+    g = np.asarray(groups, object)
+    return float(np.mean([np.mean(rel[g == label]) for label in labels]) * 100.0)
+
+
+def _missing(v) -> bool:
+    return v is None or math.isnan(float(v))
+
+
+def delta_m_of(
+    method: Mapping[str, float | None],
+    baseline: Mapping[str, float | None],
+    higher_is_better: bool | Mapping[str, bool],
+    tasks: Sequence[str] | None = None,
+    skip_missing: bool = False,
+) -> float | None:
+    """:func:`delta_m` of ``{task: value}`` rows (the results scripts' tables).
+
+    Args:
+      method: ``{task: M_m,k}``.
+      baseline: ``{task: M_b,k}`` (the single-task models).
+      higher_is_better: one direction for every task, or ``{task: direction}``.
+      tasks: the tasks compared, in this order; default: the baseline's keys.
+      skip_missing: a task whose value is missing (absent, None or NaN) in either row is left out
+        (True) or makes the result None (False, the default).
+
+    Returns:
+      Δm% over the tasks compared, or None when a task is missing (``skip_missing=False``) or no
+      task is left.
+    """
+    names = list(baseline if tasks is None else tasks)
+    kept = [t for t in names if not (_missing(method.get(t)) or _missing(baseline.get(t)))]
+    if (len(kept) != len(names) and not skip_missing) or not kept:
+        return None
+    hib = [higher_is_better if isinstance(higher_is_better, bool) else higher_is_better[t] for t in kept]
+    return delta_m([method[t] for t in kept], [baseline[t] for t in kept], hib)
 
 
 # Direction of every metric jmtl reports (True = higher is better), for Delta-m% over whole metric

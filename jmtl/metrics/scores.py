@@ -179,7 +179,8 @@ def split_level_metrics(
     Args:
       tasks: ``jmtl.tasks.Task`` objects (anything with ``name``, ``label_key``, ``split_metrics``).
       outputs: task name -> the model's outputs over the WHOLE split, padding rows removed.
-      batch: the split's arrays (``MTLDataset.arrays(split)``), holding each task's labels.
+      batch: the split's arrays (``MTLDataset.arrays(split)``), holding each task's labels and,
+        where a task has one, its ``<label>_mask`` (rows with mask 0 are left out).
 
     Returns:
       ``{task: {metric: value}}`` for the tasks that have split-level metrics.
@@ -194,5 +195,9 @@ def split_level_metrics(
                     f"split_level_metrics: task {t.name!r} has {len(f)} outputs for {len(y)} labels "
                     "(drop the eval padding rows before calling)"
                 )
+            mask_key = getattr(t, "mask_key", None)
+            if mask_key is not None and mask_key in batch:  # unlabelled rows score nothing
+                keep = np.asarray(batch[mask_key]) > 0
+                f, y = f[keep], y[keep]
             out[t.name] = {m.name: float(m.fn(f, y)) for m in t.split_metrics}
     return out

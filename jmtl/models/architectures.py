@@ -51,6 +51,7 @@ import optax
 from jmtl.models import moe, vision
 from jmtl.models import stages as stages_lib
 from jmtl.models.base import Bag, MultiTaskBase, TaskHeads, bag, mix_tasks, per_task
+from jmtl.registry import Registry
 
 Array = jax.Array
 
@@ -476,21 +477,27 @@ def _build_l2b(
     )
 
 
-# The registry: arch name -> builder(encoder, heads, relation, **arch options). hps first.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "hps": _build_hps,
-    "independent": _build_independent,
-    "soft_sharing": _build_soft,
-    "cross_stitch": _build_cross_stitch,
-    "mtan": _build_mtan,
-    "omoe": _build_omoe,
-    "mmoe": moe.build_mmoe,
-    "dselect_k": moe.build_dselect_k,
-    "cgc": moe.build_cgc,
-    "ple": moe.build_ple,
-    "learning_to_branch": _build_l2b,
-    "mtan_segnet": vision.build_mtan_segnet,
-}
+# The registry: arch name -> builder(encoder, heads, relation, **arch options). hps first (names in
+# this order in the errors too).
+ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry(
+    "arch",
+    {
+        "hps": _build_hps,
+        "independent": _build_independent,
+        "soft_sharing": _build_soft,
+        "cross_stitch": _build_cross_stitch,
+        "mtan": _build_mtan,
+        "omoe": _build_omoe,
+        "mmoe": moe.build_mmoe,
+        "dselect_k": moe.build_dselect_k,
+        "cgc": moe.build_cgc,
+        "ple": moe.build_ple,
+        "learning_to_branch": _build_l2b,
+        "mtan_segnet": vision.build_mtan_segnet,
+    },
+    valid_label="valid",
+    sort_names=False,
+)
 NAMES = tuple(ARCHITECTURES)
 # Architectures built for one encoder: {arch: the encoder name it needs}. The rest take any encoder.
 ENCODER_SPECIFIC = {"mtan_segnet": "segnet"}
@@ -527,10 +534,8 @@ def build(arch: str, *, encoder: nn.Module, heads: TaskHeads, relation: bool = F
       **kwargs: the architecture's options (``config.model.arch_kwargs`` minus the regularizer
         keys); the keyword-only arguments of its builder.
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(NAMES)}")
+    fn = ARCHITECTURES.lookup(arch)
     _check_encoder(encoder)
-    fn = ARCHITECTURES[arch]
     accepted = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
     unknown = set(kwargs) - set(accepted)
     if unknown and not accepted:

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 
 from jmtl.models import layers, vision
+from jmtl.registry import Registry
 
 
 class MLP(nn.Module):
@@ -51,15 +52,18 @@ class MultiLeNet(nn.Module):
         return nn.relu(nn.Dense(50, name="fc")(x))
 
 
-ENCODERS = {
-    "mlp": MLP,
-    "multi_lenet": MultiLeNet,
-    # The vision benchmarks' networks (jmtl.models.vision): NYUv2 / Cityscapes, Office, CelebA.
-    "segnet": vision.SegNet,
-    "resnet50_dilated": vision.resnet50_dilated,
-    "resnet18": vision.resnet18,
-    "celeba_cnn": vision.CelebACNN,
-}
+ENCODERS: Registry = Registry(
+    "encoder",
+    {
+        "mlp": MLP,
+        "multi_lenet": MultiLeNet,
+        # The vision benchmarks' networks (jmtl.models.vision): NYUv2 / Cityscapes, Office, CelebA.
+        "segnet": vision.SegNet,
+        "resnet50_dilated": vision.resnet50_dilated,
+        "resnet18": vision.resnet18,
+        "celeba_cnn": vision.CelebACNN,
+    },
+)
 _BUILTIN = frozenset(ENCODERS)
 
 
@@ -76,25 +80,22 @@ def register(name: str, factory, *, overwrite: bool = False) -> None:
         raise TypeError(f"encoder factory for {name!r} must be callable (a Linen module class), got {factory!r}")
     if name in _BUILTIN:
         raise ValueError(f"{name!r} is a built-in encoder; register yours under another name")
-    if name in ENCODERS and not overwrite:
-        raise ValueError(f"encoder {name!r} is already registered; pass overwrite=True to replace it")
-    ENCODERS[name] = factory
+    ENCODERS.register(name, factory, overwrite=overwrite)
 
 
 def names() -> list[str]:
     """The encoder names configs may use."""
-    return sorted(ENCODERS)
+    return ENCODERS.names()
 
 
 def get(name: str, **kwargs) -> nn.Module:
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; valid encoders: {', '.join(sorted(ENCODERS))}")
+    factory = ENCODERS.lookup(name)
     try:
-        return ENCODERS[name](**kwargs)
+        return factory(**kwargs)
     except TypeError as e:
         import dataclasses
 
-        cls = ENCODERS[name]
+        cls = factory
         valid = (
             [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
             if dataclasses.is_dataclass(cls)

@@ -45,6 +45,7 @@ from jmtl import tasks as tasks_lib  # noqa: E402
 from jmtl import weighting  # noqa: E402
 from jmtl.errors import GridMismatchError
 from jmtl.metrics import mtl as mtl_metrics  # noqa: E402
+from jmtl.metrics import summary as summary_lib  # noqa: E402
 from jmtl.models import architectures  # noqa: E402
 from jmtl.training import config_schema  # noqa: E402
 from jmtl.training import workdir as workdir_lib  # noqa: E402
@@ -294,11 +295,11 @@ def summarise(rows: list[dict], tasks) -> list[dict]:
 
 def _mean_std(vals) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1; 0 for a single seed)."""
-    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0)
+    return summary_lib.mean_sd(vals)
 
 
 def _pm(v, scale=1.0, digits=2) -> str:
-    return "—" if v is None else f"{v[0] * scale:.{digits}f} ± {v[1] * scale:.{digits}f}"
+    return "—" if v is None else summary_lib.format_mean_sd(*v, spec=f".{digits}f", scale=scale)
 
 
 def write_table(summary: list[dict], rows: list[dict], tasks, path: Path, title: str) -> None:

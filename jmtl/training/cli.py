@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import re
 import sys
 import textwrap
@@ -21,6 +20,7 @@ from typing import Iterator, Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from jmtl.registry import closest
 from jmtl.training import workdir as workdir_lib
 
 USAGE_ERROR = 2  # bad command line or config, as argparse and absl use
@@ -44,8 +44,8 @@ def define_config_and_workdir(config_help: str, workdir_help: str) -> tuple[flag
 
 def suggest(name: str, valid: Sequence[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest of ``valid`` (empty when none is close)."""
-    close = difflib.get_close_matches(name, [str(v) for v in valid], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest(name, valid)
+    return f" (did you mean {close!r}?)" if close else ""
 
 
 def _unknown_config_field(argv: Sequence[str], error: Exception) -> str:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jmtl import metrics as metrics_lib
 from jmtl import tasks as tasks_lib
 from jmtl.tasks import Task
 from jmtl.training.step import StepConfig, mixed_precision_apply
@@ -154,7 +155,7 @@ def make_predict(model: nn.Module, config: StepConfig = StepConfig()) -> Callabl
     return jax.jit(lambda params, batch: apply({"params": params}, config.model_input(batch), train=False))
 
 
-def split_level_metrics(
+def predict_split_metrics(
     predict: Callable[[PyTree, Any], dict],
     params: PyTree,
     arrays: Mapping[str, np.ndarray],
@@ -162,8 +163,9 @@ def split_level_metrics(
     *,
     batch_size: int,
 ) -> dict[str, dict[str, float]]:
-    """Metrics that are not means of per-example values (``Task.split_metrics``, e.g. ROC AUC),
-    computed once over the whole split from the gathered outputs: ``{task: {metric: value}}``.
+    """Metrics that are not means of per-example values (``Task.split_metrics``, e.g. ROC AUC): the
+    outputs gathered over the whole split, then :func:`jmtl.metrics.split_level_metrics` (masked rows
+    left out): ``{task: {metric: value}}``.
 
     Args:
       predict: ``(params, batch) -> {task: output}`` (see :func:`make_predict`).
@@ -182,11 +184,4 @@ def split_level_metrics(
         out = jax.device_get(predict(params, batch))
         for t in wanted:
             outputs[t.name].append(np.asarray(out[t.name]))
-    result = {}
-    for t in wanted:
-        scores, labels = np.concatenate(outputs[t.name]), np.asarray(arrays[t.label_key])
-        if t.mask_key in arrays:
-            keep = np.asarray(arrays[t.mask_key]) > 0
-            scores, labels = scores[keep], labels[keep]
-        result[t.name] = {m.name: float(m.fn(scores, labels)) for m in t.split_metrics}
-    return result
+    return metrics_lib.split_level_metrics(wanted, {k: np.concatenate(v) for k, v in outputs.items()}, arrays)

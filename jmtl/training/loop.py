@@ -266,7 +266,7 @@ class InMemoryEvaluator:
             for i, res in enumerate(per_seed):
                 seed_params = jax.tree.map(lambda x: x[i], host) if self.seed_axis.stacked else host
                 for split in splits:
-                    extra = evaluate.split_level_metrics(
+                    extra = evaluate.predict_split_metrics(
                         self.predict, seed_params, self.arrays[split], self.tasks, batch_size=self.batch_size
                     )
                     for task, metrics in extra.items():

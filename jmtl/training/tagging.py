@@ -35,6 +35,7 @@ import optax
 from jmtl import metrics as metrics_lib
 from jmtl.data import conll
 from jmtl.data import embeddings as embeddings_lib
+from jmtl.metrics import summary as summary_lib
 from jmtl.models import crf, sequence
 from jmtl.tasks import CRF_TAGGING, TAGGING, Task
 from jmtl.training import builders, config_schema, loop, metric_writers, parallel
@@ -511,10 +512,7 @@ def _key(record: dict) -> tuple:
 
 def _mean_std(values: list[float]) -> str:
     """Mean ± sample std (in %); one value has no spread to show."""
-    v = 100 * np.asarray(values)
-    if len(v) == 1:
-        return f"{v[0]:.2f}"
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+    return summary_lib.mean_sd_text(values, scale=100.0)
 
 
 def results_table(records: list[dict], title: str = "") -> str:

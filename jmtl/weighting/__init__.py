@@ -31,7 +31,7 @@ from jmtl.weighting.base import (
     combine,
 )
 from jmtl.weighting.grouping import per_group
-from jmtl.weighting.registry import _factory, factory, get, hyperparameters, names, register  # noqa: F401
+from jmtl.weighting.registry import factory, get, hyperparameters, names, register  # noqa: F401
 from jmtl.weighting.transforms import WeightingOptaxState, aggregate, as_optax
 
 # Which module holds the schemes of each ``requires`` (the package's organising principle).

@@ -14,11 +14,13 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Optional
 
+from jmtl.registry import Registry
 from jmtl.weighting.base import WeightingTransform
 
 Factory = Callable[..., WeightingTransform]
 
-_REGISTRY: dict[str, Factory] = {}
+# A scheme's name is never reused: no overwrite (a config names one algorithm for good).
+_REGISTRY: Registry[Factory] = Registry("weighting method", valid_label="valid methods", allow_overwrite=False)
 
 # Former names -> current names; asking for a former name says where the scheme went.
 RENAMED: dict[str, str] = {
@@ -42,30 +44,21 @@ def register(name: str, factory: Optional[Factory] = None):
         raise ValueError(f"weighting scheme name {name!r} is reserved (the scheme was renamed to {RENAMED[name]!r})")
 
     def add(fn: Factory) -> Factory:
-        if name in _REGISTRY:
-            raise ValueError(f"weighting scheme {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
+        return _REGISTRY.register(name, fn)
 
     return add if factory is None else add(factory)
 
 
 def names() -> list[str]:
     """All registered scheme names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def factory(name: str) -> Factory:
     """The factory registered under ``name``; a ``ValueError`` listing the valid names otherwise."""
     if name in RENAMED:
         raise ValueError(f"weighting method {name!r} was renamed to {RENAMED[name]!r}; use {RENAMED[name]!r}")
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown weighting method {name!r}; valid methods: {', '.join(names())}")
-    return _REGISTRY[name]
-
-
-# Former private name, still read by jmtl/training/builders.py.
-_factory = factory
+    return _REGISTRY.lookup(name)
 
 
 def hyperparameters(name: str) -> dict[str, object]:

@@ -196,3 +196,32 @@ def test_the_flax_step_and_the_core_choose_the_same_paths():
             model, tasks, weighting.get(scheme), step_lib.StepConfig(jacobian_mode=mode), None
         )
         assert isinstance(path.ctx.objective, paths.Objective) and path.name == expected
+
+
+@pytest.mark.parametrize("scheme", ["upgrad", "mgda"])
+def test_per_example_objectives_balance_each_examples_gradient(x64, scheme):
+    """Instance-wise risk minimisation (K = B): the rows are the examples' gradients, each from
+    jax.grad of that example's loss alone; the update is the scheme's combination of them."""
+    params, (x, ys) = _params(), _data(n=6)
+    y = ys[0]
+
+    def per_example_losses(p, x, y):
+        return (encode(p, x, None) @ p["heads"]["a"] - y) ** 2  # [B]
+
+    vg = jmtl.mtl_value_and_grad(per_example_losses, scheme, per_example=True)
+    assert vg.path(6).name == "per_example_jacobian"
+    res = vg(params, vg.init(params, 6), x, y)
+    rows, head_rows = [], []
+    for b in range(6):
+        g = jax.grad(lambda p: per_example_losses(p, x[b : b + 1], y[b : b + 1])[0])(params)
+        rows.append(_flat_shared(g))
+        head_rows.append(np.asarray(g["heads"]["a"]))
+    rows = np.stack(rows)
+    expected = np.asarray(weighting.aggregate(scheme, jnp.asarray(rows)))
+    np.testing.assert_allclose(_flat_shared(res.grads), expected, rtol=1e-7, atol=1e-10)
+    # Unshared params: the sum of the examples' gradients.
+    np.testing.assert_allclose(res.grads["heads"]["a"], np.sum(head_rows, axis=0), rtol=1e-9)
+    with pytest.raises(ValueError, match="example axis first"):
+        vg(params, vg.init(params, 6), x, y[:1])
+    with pytest.raises(ValueError, match="per_example"):
+        jmtl.mtl_value_and_grad(None, scheme, encode=encode, heads=heads, per_example=True)

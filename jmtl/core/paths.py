@@ -205,6 +205,36 @@ class ParamJacobian(LossLevel):
         return self.ctx.sharing.merge(unflatten_like(direction, shared), tg.head_grads)
 
 
+class PerExampleJacobian(ParamJacobian):
+    """Every example's loss is one objective (instance-wise risk minimisation, K = B): the rows are the
+    per-example gradients of the shared params, all in one ``vmap`` of ``grad`` over the examples
+    (every leaf of the batch carries the example axis first)."""
+
+    name = "per_example_jacobian"
+
+    def task_gradients(self, fwd: Forward, inputs: StepInputs) -> TaskGradients:
+        ctx, obj = self.ctx, self.ctx.objective
+        shared = ctx.sharing.split(inputs.params_local)[0]
+        self._check_shared(shared, inputs.params)
+        n = fwd.local.shape[0]
+        bad = [x.shape for x in jax.tree.leaves(inputs.batch) if not x.shape or x.shape[0] != n]
+        if bad:
+            raise ValueError(
+                f"per_example: the loss function returned {n} per-example losses, so every batch argument needs "
+                f"the example axis first with {n} entries; got leaves of shapes {bad}"
+            )
+
+        def one(p, example):
+            single = jax.tree.map(lambda x: x[None], example)
+            return obj.losses(p, single, inputs.rng, inputs.extra)[0]
+
+        grads = jax.vmap(jax.grad(one), in_axes=(None, 0))(inputs.params_local, inputs.batch)
+        rowed, summed = ctx.sharing.split(grads)
+        jac = flatten_rows(rowed)
+        head_grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), summed)
+        return TaskGradients(self._scheme_inputs(jac, ctx.sharing.split(inputs.params)[0]), jac, head_grads)
+
+
 class _Representation:
     """The forward pass split at the shared representation: ``encode`` with its vjp, then the heads."""
 
@@ -353,6 +383,7 @@ def choose(
     *,
     nothing_shared: bool = False,
     factored: Optional[bool] = None,
+    per_example: bool = False,
 ):
     """The gradient path for this objective, scheme and mode (decided once, before tracing).
 
@@ -364,6 +395,8 @@ def choose(
       nothing_shared: the caller knows no param is shared (independent towers).
       factored: in ``'params'`` mode, take the rows through the representation split; default:
         whenever the objective has one.
+      per_example: the objective's losses are per-example losses, each its own objective (K = B);
+        gradient schemes get the per-example gradients (:class:`PerExampleJacobian`).
     """
     if jacobian_mode not in JACOBIAN_MODES:
         raise ValueError(f"unknown jacobian_mode {jacobian_mode!r}; valid: {', '.join(JACOBIAN_MODES)}")
@@ -381,6 +414,13 @@ def choose(
         )
     if nothing_shared:
         return NothingShared(ctx)
+    if per_example:
+        if jacobian_mode != "params" or ctx.axis_name is not None:
+            raise ValueError(
+                "per_example objectives support jacobian_mode='params' on one device (axis_name=None) for now; "
+                "use per_example=False for the other modes"
+            )
+        return PerExampleJacobian(ctx)
     if jacobian_mode == "representation":
         if not weighting.rep_level_ok:
             raise ValueError(

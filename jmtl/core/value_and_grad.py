@@ -138,6 +138,7 @@ class MTLValueAndGrad:
     encode: Optional[Callable] = None
     heads: Optional[Callable] = None
     jacobian_mode: str = "params"
+    per_example: bool = False
 
     def init(self, params: PyTree, num_tasks: Optional[int] = None, *args) -> PyTree:
         """The scheme's initial state for ``params`` (K from ``num_tasks``, or from ``loss_fn(params, *args)``)."""
@@ -157,7 +158,7 @@ class MTLValueAndGrad:
             heads=None if self.heads is None else (lambda p, rep, args, rng, extra: self.heads(p, rep, *args)),
         )
         ctx = paths.PathContext(objective, self.sharing, self.chunk_size, self.weighting.requires, self.axis_name)
-        return paths.choose(ctx, self.weighting, self.jacobian_mode)
+        return paths.choose(ctx, self.weighting, self.jacobian_mode, per_example=self.per_example)
 
     def __call__(
         self, params, weighting_state, *args, key=None, step=0, weighting_params=None, meta_args=None
@@ -208,6 +209,7 @@ def mtl_value_and_grad(
     jacobian_mode: str = "params",
     jacobian_chunk_size: int = AUTO_CHUNK,
     axis_name: Optional[str] = None,
+    per_example: bool = False,
 ) -> MTLValueAndGrad:
     """Multi-task losses and the weighting scheme's combined gradient of any params pytree.
 
@@ -230,6 +232,10 @@ def mtl_value_and_grad(
         backend's default, 1 on CPU).
       axis_name: the data-parallel axis inside ``shard_map``/``pmap`` (losses and gradients are
         averaged over it before the scheme combines them), or None.
+      per_example: ``loss_fn`` returns one loss per example and each is its own objective (K = B,
+        instance-wise risk minimisation, torchjd's IWRM): gradient schemes balance the per-example
+        gradients (one ``vmap`` of ``grad`` over the examples; every leaf of ``*args`` must carry the
+        example axis first). One device, ``jacobian_mode='params'``, no representation split.
 
     Returns:
       An :class:`MTLValueAndGrad`: call it as ``vg(params, weighting_state, *args, key=, step=)``.
@@ -251,6 +257,10 @@ def mtl_value_and_grad(
 
     if jacobian_mode not in paths.JACOBIAN_MODES:
         raise ValueError(f"unknown jacobian_mode {jacobian_mode!r}; valid: {', '.join(paths.JACOBIAN_MODES)}")
+    if per_example and encode is not None:
+        raise ValueError(
+            "per_example=True takes the per-example gradients through the whole loss_fn: drop encode/heads"
+        )
     return MTLValueAndGrad(
         loss_fn,
         weighting,
@@ -260,4 +270,5 @@ def mtl_value_and_grad(
         encode,
         heads,
         jacobian_mode,
+        bool(per_example),
     )

@@ -9,7 +9,10 @@ Which numbers of a run are reported (``--select``):
   repository's ``experiments/nyuv2/README.md``). The averaging is done here, from the records, not
   in the train loop: a run keeps every epoch's record and any ``N`` can be reported afterwards.
 * ``best_val`` (Office, CelebA: LibMTL's and FAMO's CelebA protocol): the test metrics of the
-  evaluation with the best validation score (``summary.json``'s ``best_validation``).
+  evaluation with the best validation score (``summary.json``'s ``best_validation``). CelebA's
+  metrics are the 40 attributes' split-level F1s (``experiments/configs/celeba.py`` selects on their
+  mean validation F1, as FAMO's ``experiments/celeba/trainer.py``); FAMO prints no per-attribute
+  single-task F1s, so its Δm% is against jmtl's own single-attribute runs (``--stl``) only.
 
 Δm% (Maninis et al. 2019, in the form of Navon et al. 2022, Sec. 6, and Liu et al. 2021):
 
@@ -187,8 +190,8 @@ def report(
     published = published or load_published()
     specs = metric_specs(benchmark, published)
     selected = select(Path(workdir), how)
-    if not specs:  # CelebA: one accuracy per attribute, named by the run (FAMO prints no per-attribute row)
-        specs = [{"task": t, "metric": "accuracy", "label": t, "higher_is_better": True, "unit": "%"} for t in selected]
+    if not specs:  # CelebA: one F1 per attribute (FAMO's metric), named by the run (FAMO prints no such row)
+        specs = [{"task": t, "metric": "f1", "label": t, "higher_is_better": True, "unit": "%"} for t in selected]
     tab = table(benchmark, table_id, published) if table_id else None
     run = vector(selected, specs)
     out: dict[str, Any] = {

@@ -28,6 +28,7 @@ KINDS = (CLASSIFICATION, REGRESSION, TAGGING, CRF_TAGGING, BINARY, MULTILABEL, C
 PIXEL_KINDS = (SEGMENTATION, DEPTH, NORMAL)
 MASK_SUFFIX = "_mask"  # batch[label_key + MASK_SUFFIX]: 1 where the example has this task's label
 TOKEN_KINDS = (TAGGING, CRF_TAGGING)
+TASK_DEFAULTS = "*"  # config.tasks['*']: fields every task gets unless its own entry sets them
 IGNORE_LABEL = -1  # tagging labels at padding positions
 
 
@@ -168,6 +169,16 @@ def _split_auc(outputs: Any, labels: Any) -> float:
     return scores.binary_auc(outputs, labels)
 
 
+def _split_f1(outputs: Any, labels: Any) -> float:
+    from jmtl.metrics import scores
+
+    return scores.binary_f1(outputs, labels)  # prediction logit > 0; 0 when nothing predicted or present
+
+
+# Split-level metrics a task adds when its ``metric`` names them (per kind): FAMO's CelebA F1.
+_OPTIONAL_SPLIT_METRICS = {BINARY: {"f1": SplitMetric("f1", _split_f1, True)}}
+
+
 def _mse(pred: Array, target: Array) -> Array:
     err = (pred.astype(jnp.float32) - target) ** 2
     return jnp.mean(err.reshape(err.shape[0], -1), axis=-1)
@@ -216,6 +227,12 @@ class Task:
     custom_metrics: per-example :class:`Metric` s (name, fn, higher_is_better); the first is the
       main metric (model selection, Delta-m%). Required for ``'custom'``; for other kinds they
       replace the kind's metrics.
+    metric: the metric that model selection and Delta-m% read (``main_metric``); ``''`` = the kind's
+      first metric (accuracy, MSE, mIoU, ...). Any per-example or split-level metric the task reports
+      may be named (a binary task: ``accuracy``, ``loss``, ``auc``), and ``'f1'`` on a binary task
+      also adds the split-level F1 of the positive class (prediction logit > 0, counts over the whole
+      split, F1 = 2 TP / (2 TP + FP + FN), 0 when nothing is predicted or present:
+      :func:`jmtl.metrics.binary_f1`), the metric FAMO reports per CelebA attribute.
 
     Missing labels: a batch entry ``label_key + '_mask'`` (1 = labelled, 0 = missing, shape ``[B]``)
     makes the task's loss and metrics means over its labelled examples only; a batch with none of
@@ -230,6 +247,7 @@ class Task:
     weight: float = 1.0
     loss_fn: Callable[[Array, Array], Array] | None = None
     custom_metrics: tuple[Metric, ...] = ()
+    metric: str = ""
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -263,6 +281,15 @@ class Task:
                 )
         if not self.label_key:
             object.__setattr__(self, "label_key", self.name)
+        if self.metric:
+            reported = self.metric_directions  # what evaluation reports (pixel kinds: the accumulated forms)
+            valid = [m.name for m in self.metrics + self.split_metrics if m.name in reported]
+            valid += [n for n in _OPTIONAL_SPLIT_METRICS.get(self.kind, {}) if n not in valid]
+            if self.metric not in valid:
+                raise ValueError(
+                    f"task {self.name!r} ({self.kind}): metric {self.metric!r} is not one it reports; valid: "
+                    f"{', '.join(valid)}. Fix: metric='{valid[0]}' (or leave it empty for the kind's first metric)"
+                )
 
     @property
     def mask_key(self) -> str:
@@ -310,9 +337,13 @@ class Task:
 
     @property
     def split_metrics(self) -> tuple[SplitMetric, ...]:
-        """Metrics computed once over a whole split (``binary``: ROC AUC with ties counted 1/2)."""
+        """Metrics computed once over a whole split (``binary``: ROC AUC with ties counted 1/2, and
+        the F1 when ``metric='f1'``)."""
         if self.kind == BINARY:
-            return (SplitMetric("auc", _split_auc, True),)
+            optional = _OPTIONAL_SPLIT_METRICS[BINARY]
+            return (SplitMetric("auc", _split_auc, True),) + (
+                (optional[self.metric],) if self.metric in optional else ()
+            )
         return ()
 
     @property
@@ -335,9 +366,12 @@ class Task:
         return out
 
     @property
-    def main_metric(self) -> Metric:
-        """The metric used for model selection and Delta-m% (accuracy, MSE; ``miou``, ``abs_err``,
-        ``mean_angle`` for the pixel kinds)."""
+    def main_metric(self) -> Metric | SplitMetric:
+        """The metric used for model selection and Delta-m%: the one ``metric`` names, else the kind's
+        first (accuracy, MSE; ``miou``, ``abs_err``, ``mean_angle`` for the pixel kinds). Callers read
+        its ``name`` and ``higher_is_better``."""
+        if self.metric:
+            return next(m for m in self.metrics + self.split_metrics if m.name == self.metric)
         return self.metrics[0]
 
     def safe_labels(self, labels: Array, mask: Array | None) -> Array:
@@ -372,19 +406,30 @@ def safe_labels(labels: Array, mask: Array | None, fill: float = 0) -> Array:
 
 
 def tasks_from_config(task_configs: Mapping[str, Mapping[str, Any]], dataset_spec: Any) -> tuple[Task, ...]:
-    """Builds the task tuple from ``config.tasks`` (``{name: {label, weight, ...}}``) checked against
+    """Builds the task tuple from ``config.tasks`` (``{name: {label, weight, metric}}``) checked against
     the dataset's label specs. An empty mapping means one task per dataset label.
+
+    An entry ``'*'`` holds fields every task gets unless its own entry sets them (``{'*': {'metric':
+    'f1'}}``: one task per dataset label, each selected and reported by its F1).
     """
     labels = dataset_spec.labels
+    task_configs = dict(task_configs)
+    defaults = dict(task_configs.pop(TASK_DEFAULTS, None) or {})
+    if "label" in defaults:
+        raise ValueError(
+            f"config.tasks[{TASK_DEFAULTS!r}] sets 'label': every task would read that one label. "
+            "Fix: give the label in each task's own entry"
+        )
     if not task_configs:
         task_configs = {name: {} for name in labels}
     tasks = []
     for name, cfg in task_configs.items():
-        cfg = dict(cfg)
+        cfg = {**defaults, **dict(cfg)}
         label_key = cfg.pop("label", name)
         weight = float(cfg.pop("weight", 1.0))
+        metric = str(cfg.pop("metric", ""))
         if cfg:
-            raise ValueError(f"task {name!r}: unknown field(s) {', '.join(sorted(cfg))}; valid: label, weight")
+            raise ValueError(f"task {name!r}: unknown field(s) {', '.join(sorted(cfg))}; valid: label, weight, metric")
         if label_key not in labels:
             raise ValueError(
                 f"task {name!r} asks for label {label_key!r}, which dataset {dataset_spec.name!r} does not have; "
@@ -397,7 +442,9 @@ def tasks_from_config(task_configs: Mapping[str, Mapping[str, Any]], dataset_spe
             num_outputs = int(spec.shape[-1])  # channels per pixel (1 / 3)
         else:
             num_outputs = int(max(1, _prod(spec.shape)))
-        tasks.append(Task(name=name, kind=spec.kind, num_outputs=num_outputs, label_key=label_key, weight=weight))
+        tasks.append(
+            Task(name=name, kind=spec.kind, num_outputs=num_outputs, label_key=label_key, weight=weight, metric=metric)
+        )
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate task names in {names}")

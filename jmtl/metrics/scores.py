@@ -1,5 +1,5 @@
-"""Split-level scores that are not means of per-example values: binary ROC AUC, explained variance,
-and mean absolute error in original units after a standardisation.
+"""Split-level scores that are not means of per-example values: binary ROC AUC, binary F1, explained
+variance, and mean absolute error in original units after a standardisation.
 
 All functions take the whole split at once (numpy or anything ``np.asarray`` accepts), compute in
 float64 and return Python floats (or float64 arrays, one value per target column). They are meant
@@ -69,6 +69,93 @@ def binary_auc(scores: ArrayLike, labels: ArrayLike) -> float:
     rank_sum = float(np.sum(mid_rank[inverse][y]))
     u = rank_sum - n_pos * (n_pos + 1) / 2.0
     return u / (float(n_pos) * float(n_neg))
+
+
+def _check_binary_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """``y`` as bool, refusing anything but 0/1."""
+    if y.dtype == bool:
+        return y
+    if not np.all((y == 0) | (y == 1)):
+        bad = np.flatnonzero(((y != 0) & (y != 1)).reshape(-1))[0]
+        raise ValueError(f"{where}: label {y.reshape(-1)[bad]!r} (flat index {bad}); labels must be 0 or 1")
+    return y == 1
+
+
+def binary_f1_counts(scores: ArrayLike, labels: ArrayLike, threshold: float = 0.0) -> np.ndarray:
+    """True positives, false positives and false negatives of thresholded scores, per column.
+
+    The prediction is ``score > threshold`` (the default 0 on logits is FAMO's ``sigmoid(logit) > 0.5``,
+    Liu et al. 2023, ``experiments/celeba/trainer.py``). Counts add up: the counts of a split are the
+    sums of its batches' counts, which is how a split-level F1 is accumulated (never a mean of batch F1s).
+
+    Args:
+      scores: [N] or [N, K] real scores (logits by default), higher = more likely positive.
+      labels: the same shape, labels in {0, 1} (bool or numbers).
+      threshold: the decision threshold on the scores (0.0 for logits, 0.5 for probabilities).
+
+    Returns:
+      int64 ``[3]`` (``[tp, fp, fn]``) for [N] inputs, ``[K, 3]`` for [N, K] inputs.
+
+    Raises:
+      ValueError: shapes differ, a score is NaN/inf, or a label is not 0/1.
+    """
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels)
+    if s.ndim == 2 and s.shape[1] == 1 and y.ndim == 1:
+        s = s[:, 0]  # a [N, 1] head output is one score per example
+    if s.shape != y.shape or s.ndim not in (1, 2):
+        raise ValueError(f"binary_f1_counts: scores {s.shape} and labels {y.shape} must be equal [N] or [N, K]")
+    if not np.all(np.isfinite(s)):
+        bad = int(np.flatnonzero(~np.isfinite(s.reshape(-1)))[0])
+        raise ValueError(f"binary_f1_counts: score {bad} (flat index) is {s.reshape(-1)[bad]}; scores must be finite")
+    y = _check_binary_labels(y, "binary_f1_counts")
+    pred = s > threshold
+    tp = np.sum(pred & y, axis=0, dtype=np.int64)
+    fp = np.sum(pred & ~y, axis=0, dtype=np.int64)
+    fn = np.sum(~pred & y, axis=0, dtype=np.int64)
+    return np.stack([tp, fp, fn], axis=-1)
+
+
+def f1_from_counts(counts: ArrayLike) -> np.ndarray | float:
+    """F1 = 2 TP / (2 TP + FP + FN) from ``[..., 3]`` counts ``[tp, fp, fn]``.
+
+    This is the harmonic mean of precision TP / (TP + FP) and recall TP / (TP + FN) written without
+    the two ratios, so it is defined whenever anything was predicted or present. When nothing was
+    (2 TP + FP + FN = 0: no positive predicted and none labelled) the F1 is **0**: scikit-learn's
+    ``zero_division`` default (which also warns) and what FAMO's CelebA code returns (its
+    ``2 P R / (P + R + 1e-8)`` with P = R = 0). No warning here: the value is a convention stated
+    once, not an error, and a split with no positive of an attribute is a property of the data.
+    (FAMO's ``1e-8`` terms change a nonzero F1 by less than 1e-7 relative.)
+
+    Args:
+      counts: ``[3]`` or ``[K, 3]`` non-negative counts (e.g. :func:`binary_f1_counts`' sums).
+
+    Returns:
+      A float for ``[3]`` counts, a float64 ``[K]`` array for ``[K, 3]``.
+    """
+    c = np.asarray(counts, np.float64)
+    if c.shape[-1:] != (3,) or c.ndim not in (1, 2) or np.any(c < 0):
+        raise ValueError(f"f1_from_counts: counts must be non-negative [3] or [K, 3] (tp, fp, fn), got {c.shape}")
+    tp, fp, fn = c[..., 0], c[..., 1], c[..., 2]
+    denominator = 2 * tp + fp + fn
+    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+    return float(f1) if c.ndim == 1 else f1
+
+
+def binary_f1(scores: ArrayLike, labels: ArrayLike, threshold: float = 0.0) -> float:
+    """F1 of the positive class over a whole split: ``f1_from_counts(binary_f1_counts(...))``.
+
+    The metric FAMO reports per CelebA attribute (Liu et al., NeurIPS 2023, Table 3): prediction
+    ``logit > 0``, counts over the whole split, F1 = 2 TP / (2 TP + FP + FN); 0 when the split has
+    no positive and none is predicted (see :func:`f1_from_counts`).
+
+    Args:
+      scores: [N] (or [N, 1]) real scores, logits by default.
+      labels: [N] labels in {0, 1}.
+      threshold: the decision threshold on the scores.
+    """
+    s = _as_1d(scores, "scores")
+    return f1_from_counts(binary_f1_counts(s, _as_1d(labels, "labels"), threshold))
 
 
 def _concat(x: ArrayLike | Sequence[ArrayLike], name: str) -> np.ndarray:

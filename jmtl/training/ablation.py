@@ -98,6 +98,8 @@ def grid(
         for name in task_names:
             c = _copy(config)
             c.tasks = {name: config.tasks[name].to_dict()} if name in config.tasks else {name: {"label": name}}
+            if tasks_lib.TASK_DEFAULTS in config.tasks:  # the fields every task gets (e.g. metric='f1')
+                c.tasks[tasks_lib.TASK_DEFAULTS] = config.tasks[tasks_lib.TASK_DEFAULTS].to_dict()
             c.weighting = config_schema.method_config("equal")
             c.model.arch, c.num_seeds = "hps", seeds
             cells.append((f"{SINGLE}__{name}", c))

@@ -230,9 +230,9 @@ class Task:
     metric: the metric that model selection and Delta-m% read (``main_metric``); ``''`` = the kind's
       first metric (accuracy, MSE, mIoU, ...). Any per-example or split-level metric the task reports
       may be named (a binary task: ``accuracy``, ``loss``, ``auc``), and ``'f1'`` on a binary task
-      also adds the split-level F1 of the positive class (prediction logit > 0, counts over the whole
-      split, F1 = 2 TP / (2 TP + FP + FN), 0 when nothing is predicted or present:
-      :func:`jmtl.metrics.binary_f1`), the metric FAMO reports per CelebA attribute.
+      reports the split-level F1 of the positive class instead of the AUC (prediction logit > 0,
+      counts over the whole split, F1 = 2 TP / (2 TP + FP + FN), 0 when nothing is predicted or
+      present: :func:`jmtl.metrics.binary_f1`), the metric FAMO reports per CelebA attribute.
 
     Missing labels: a batch entry ``label_key + '_mask'`` (1 = labelled, 0 = missing, shape ``[B]``)
     makes the task's loss and metrics means over its labelled examples only; a batch with none of
@@ -337,13 +337,13 @@ class Task:
 
     @property
     def split_metrics(self) -> tuple[SplitMetric, ...]:
-        """Metrics computed once over a whole split (``binary``: ROC AUC with ties counted 1/2, and
-        the F1 when ``metric='f1'``)."""
+        """Metrics computed once over a whole split (``binary``: ROC AUC with ties counted 1/2, or
+        the F1 instead when ``metric='f1'``)."""
         if self.kind == BINARY:
             optional = _OPTIONAL_SPLIT_METRICS[BINARY]
-            return (SplitMetric("auc", _split_auc, True),) + (
-                (optional[self.metric],) if self.metric in optional else ()
-            )
+            # F1 replaces the AUC: FAMO's protocol reports F1 alone, and the AUC is undefined (an
+            # error) on a split where the task has one class, where the F1 is defined.
+            return (optional[self.metric],) if self.metric in optional else (SplitMetric("auc", _split_auc, True),)
         return ()
 
     @property

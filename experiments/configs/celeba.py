@@ -11,11 +11,11 @@ Metric (FAMO's code): per-attribute F1 of the positive class, prediction ``sigmo
 > 0), TP / FP / FN counted over the whole split, F1 = 2 TP / (2 TP + FP + FN) (0 when an attribute
 is neither present nor predicted in the split, as FAMO's ``2PR / (P + R + 1e-8)`` gives). Every task
 here has ``metric='f1'`` (``config.tasks['*']``): each attribute reports its split-level ``f1``
-(beside accuracy, loss and AUC), model selection keeps the evaluation with the best mean validation
-F1 (the mean over the 40 attributes, FAMO's ``val_f1.mean()``), and ``experiments/vision_report.py
---select best_val`` reports the test F1s of that evaluation, with Δm% over the 40 F1s against
-jmtl's own single-attribute runs (``--stl``; FAMO prints no per-attribute STL F1s,
-results/published.md). FAMO's gamma here: 0.001 (the default).
+beside accuracy and loss (instead of the AUC, which FAMO does not report), model selection keeps
+the evaluation with the best mean validation F1 (the mean over the 40 attributes, FAMO's
+``val_f1.mean()``), and ``experiments/vision_report.py --select best_val`` reports the test F1s of
+that evaluation, with Δm% over the 40 F1s against jmtl's own single-attribute runs (``--stl``;
+FAMO prints no per-attribute STL F1s, results/published.md). FAMO's gamma here: 0.001 (the default).
 
     python -m experiments.train --config experiments/configs/celeba.py:cnn,famo \
         --workdir /tmp/celeba_famo --config.dataset.data_dir=/path/to/celeba

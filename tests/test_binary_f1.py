@@ -157,3 +157,12 @@ def test_task_metric_field_and_config_defaults():
     with pytest.raises(ValueError, match="metric 'f1' is not one it reports; valid: mse, mae"):
         tasks.Task("r", tasks.REGRESSION, 1, metric="f1")
     assert tasks.Task("s", tasks.SEGMENTATION, 3, metric="pixel_accuracy").main_metric.name == "pixel_accuracy"
+
+
+def test_ablation_single_task_cells_keep_the_task_defaults():
+    """An ablation's single-task baselines of a '*' config (CelebA) are reported by the same metric."""
+    from experiments.configs import celeba
+    from jmtl.training import ablation
+
+    cells = dict(ablation.grid(celeba.get_config(None), ["equal"], ["hps"], ["smiling"], 1, True))
+    assert cells["single_task__smiling"].tasks.to_dict() == {"smiling": {"label": "smiling"}, "*": {"metric": "f1"}}

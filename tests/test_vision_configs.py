@@ -51,7 +51,11 @@ def test_variants_tasks_and_methods():
     assert _cfg("nyuv2", "mtan,nash_mtl").weighting.name == "nash_mtl"
     assert _cfg("nyuv2", "mtan,famo").weighting.hparams.gamma == 1e-3  # FAMO Sec. 5.2
     assert _cfg("cityscapes", "mtan,famo").weighting.hparams.gamma == 1e-2
-    assert len(_cfg("celeba").tasks) == 0 and list(_cfg("celeba", "stl_smiling").tasks) == ["smiling"]
+    # CelebA: one task per attribute ('*' alone), each reported and selected by its F1 (FAMO's metric).
+    assert _cfg("celeba").tasks.to_dict() == {"*": {"metric": "f1"}}
+    assert _cfg("celeba", "stl_smiling").tasks.to_dict() == {
+        "smiling": {"label": "smiling", "weight": 1.0, "metric": "f1"}
+    }
     assert set(_cfg("office", "office_home").tasks) == {"art", "clipart", "product", "real_world"}
     o = _cfg("office", "stl_clipart")
     assert (o.dataset.name, list(o.tasks)) == ("office_home", ["clipart"])

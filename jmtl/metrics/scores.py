@@ -77,7 +77,10 @@ def _check_binary_labels(y: np.ndarray, where: str) -> np.ndarray:
         return y
     if not np.all((y == 0) | (y == 1)):
         bad = np.flatnonzero(((y != 0) & (y != 1)).reshape(-1))[0]
-        raise ValueError(f"{where}: label {y.reshape(-1)[bad]!r} (flat index {bad}); labels must be 0 or 1")
+        raise ValueError(
+            f"{where}: label {y.reshape(-1)[bad].item()!r} (flat index {bad}); labels must be 0 or 1. "
+            "Fix: map the positive class to 1 and the negative to 0"
+        )
     return y == 1
 
 
@@ -107,7 +110,10 @@ def binary_f1_counts(scores: ArrayLike, labels: ArrayLike, threshold: float = 0.
         raise ValueError(f"binary_f1_counts: scores {s.shape} and labels {y.shape} must be equal [N] or [N, K]")
     if not np.all(np.isfinite(s)):
         bad = int(np.flatnonzero(~np.isfinite(s.reshape(-1)))[0])
-        raise ValueError(f"binary_f1_counts: score {bad} (flat index) is {s.reshape(-1)[bad]}; scores must be finite")
+        raise ValueError(
+            f"binary_f1_counts: score {bad} (flat index) is {s.reshape(-1)[bad]}; scores must be finite. "
+            "Fix: check the model's outputs (a diverged run gives NaN)"
+        )
     y = _check_binary_labels(y, "binary_f1_counts")
     pred = s > threshold
     tp = np.sum(pred & y, axis=0, dtype=np.int64)

@@ -6,6 +6,7 @@ Truth: the same losses and gradients computed on the labelled examples alone (sl
 from __future__ import annotations
 
 import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

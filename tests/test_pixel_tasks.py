@@ -8,8 +8,8 @@ explicit loops for the confusion matrix, ``np.median`` on all angles where jmtl 
 
 from __future__ import annotations
 
-import types
 import functools
+import types
 
 import flax.linen as nn
 import jax

@@ -18,7 +18,9 @@ from jmtl.training import step as step_lib
 OPTIMIZERS = settings_lib.OPTIMIZERS
 
 
-def optimizer(cfg: Mapping[str, Any] | settings_lib.OptimizerSettings, steps_per_epoch: int) -> optax.GradientTransformation:
+def optimizer(
+    cfg: Mapping[str, Any] | settings_lib.OptimizerSettings, steps_per_epoch: int
+) -> optax.GradientTransformation:
     """Adam / AdamW / SGD(momentum) with an optional staircase decay every ``decay_every_epochs``
     (Sener & Koltun: x0.85 every 10 epochs) and optional global-norm gradient clipping.
 

@@ -949,7 +949,9 @@ class _Trainer:
                 "identity": self.identity,
                 "best_params_step": self.best_saved_step,
             }
-            self.ckpt.save(step, self.driver.unreplicate(state) if self.settings.parallel != "shard_map" else state, meta)
+            self.ckpt.save(
+                step, self.driver.unreplicate(state) if self.settings.parallel != "shard_map" else state, meta
+            )
         self.ckpt_time += time.time() - t0
         self.ckpt_count += 1
         self.last_save_time = time.time()

@@ -7,20 +7,23 @@ non-finite policy, checkpoints and metric records.
 
 A run, in order (each a function below):
 
-1. :func:`train` validates the config (``config_schema.validate_config``: nothing is written on a
-   bad field) and builds the :class:`Experiment` (data, tasks, model, weighting, optimizer, step
-   settings, evaluator) with :func:`build_experiment`;
+1. :func:`train` builds the loop's settings from the config once
+   (:class:`~jmtl.training.settings.LoopSettings`: validated, nothing is written on a bad field; the
+   trainer reads them, not the config) and the :class:`Experiment` (data, tasks, model, weighting,
+   optimizer, step settings, evaluator) with :func:`build_experiment`;
 2. :func:`run` sets up the compiled step and the seed axis (:class:`SeedAxis`), the workdir, the
    checkpointer and the data iterators, then resumes from the latest checkpoint if there is one
    (``_Trainer.resume``);
-3. ``_Trainer.loop`` runs the steps: each step's finiteness is checked one step late
-   (``_Trainer.check_finite``), train records every ``log_every_steps``, an evaluation every
+3. ``_Trainer.loop`` runs the steps and, after each, the periodic actions due
+   (:func:`cadence_actions`): each step's finiteness is checked one step late
+   (``_Trainer.check_finite``), train records every ``log_every_steps`` (with the task-relation
+   matrix of a model that has one, ``mtl.relation_matrix``), an evaluation every
    ``eval_every_steps`` (``_Trainer.evaluate``: per seed, best-validation selection on the
    evaluator's score; the best evaluation's params are kept) and a checkpoint every
    ``checkpoint_every_steps`` or, by default, at most every ``checkpoint_every_minutes`` (and at the
    end); SIGTERM / SIGINT save, then return (the command line) or raise :class:`FitInterrupted` /
    :class:`FitTerminated` (``jmtl.fit``);
-4. ``_Trainer.summary`` writes ``summary.json`` and the plots.
+4. ``_Trainer.summary`` writes ``summary.json``; then the end-of-run action draws the plots.
 
 Workdir outputs: ``config.json``, ``train_log.jsonl`` (losses and task weights every
 ``log_every_steps``), ``metrics.jsonl`` (one record per evaluation), ``summary.json``, ``plots/*.png``,

@@ -152,7 +152,6 @@ class LoopSettings:
         config_schema.validate_config(config, extra_fields)
         defaults = config_schema.default_config()
         get = lambda dotted: _field(config, dotted, defaults)  # noqa: E731
-        writers = config_schema.writer_names(config) if "writers" in config else list(defaults.writers)
         return cls(
             dataset=str(get("dataset.name")),
             weighting=str(get("weighting.name")),
@@ -169,7 +168,7 @@ class LoopSettings:
             checkpoint_every_minutes=float(get("checkpoint_every_minutes")),
             parallel=_choice("parallel driver", get("parallel"), DRIVERS, "--config.parallel=shard_map"),
             progress_bar=bool(get("progress_bar")),
-            writers=tuple(writers),
+            writers=tuple(config_schema.writer_names(config)),
             nonfinite=NonfiniteSettings(
                 policy=_choice(
                     "nonfinite.policy",

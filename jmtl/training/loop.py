@@ -957,7 +957,6 @@ class _Trainer:
             )
         self.ckpt_time += time.time() - t0
         self.ckpt_count += 1
-        self.last_save_time = time.time()
 
     # ---- non-finite policy ------------------------------------------------------------------------
     def check_finite(self, at_step: int, metrics) -> None:

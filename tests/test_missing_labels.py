@@ -5,6 +5,8 @@ Truth: the same losses and gradients computed on the labelled examples alone (sl
 
 from __future__ import annotations
 
+import types
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -112,9 +114,10 @@ def test_training_with_one_task_labelled_on_ten_percent_of_examples():
         state.params,
         {k: v for k, v in batch.items()},
         TASKS,
-        shard_batch=lambda b: b,
+        driver=types.SimpleNamespace(
+            shard_batch=lambda b: b, num_devices=1, process_index=0, process_count=1, unreplicate=lambda x: x
+        ),
         batch_size=128,
-        num_devices=1,
     )
     np.testing.assert_allclose(means["reg"]["mse"], want_mse, rtol=1e-4)
     assert evaluate.TASK_COUNT not in means["reg"]

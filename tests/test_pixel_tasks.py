@@ -9,6 +9,7 @@ explicit loops for the confusion matrix, ``np.median`` on all angles where jmtl 
 from __future__ import annotations
 
 import functools
+import types
 
 import flax.linen as nn
 import jax
@@ -203,10 +204,14 @@ def _evaluate(arrays, batch_size, num_devices):
         {},
         arrays,
         TASKS,
-        shard_batch=shard,
+        driver=types.SimpleNamespace(
+            shard_batch=shard,
+            num_devices=num_devices,
+            process_index=0,
+            process_count=1,
+            unreplicate=lambda s: jax.tree.map(lambda v: v[0], s),
+        ),
         batch_size=batch_size,
-        num_devices=num_devices,
-        unreplicate=lambda s: jax.tree.map(lambda v: v[0], s),
     )
 
 

@@ -17,18 +17,14 @@ from jmtl.training.cli import suggest
 
 
 def base_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.dataset = ml_collections.ConfigDict(
-        dict(
-            name="conll2000",
-            data_dir="",  # '' = $JMTL_DATA_DIR
-            cache_dir="",  # '' = $JMTL_CACHE_DIR or ~/.cache/jmtl/tfds
-            # verify_checksums=False: accept raw files that differ from the published ones.
-            kwargs=dict(
-                lowercase=True, max_word_length=16, buckets=(16, 32, 48, 80), tag_scheme="iob2", verify_checksums=True
-            ),
-        )
+    """The default config (``common.base_config()``: every field the loop reads) with the taggers'
+    values, their own fields (``config_schema.TAGGING_FIELDS``) and their model: ``HierarchicalTagger``'s
+    fields replace the in-memory models' (encoder, heads, architecture), which the taggers do not read."""
+    c = common.base_config()
+    c.dataset.name = "conll2000"
+    # verify_checksums=False: accept raw files that differ from the published ones.
+    c.dataset.kwargs = dict(
+        lowercase=True, max_word_length=16, buckets=(16, 32, 48, 80), tag_scheme="iob2", verify_checksums=True
     )
     c.variants = ml_collections.ConfigDict()
     c.variant = ""
@@ -58,24 +54,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.crf_tasks = ()
     c.weighting = common.method_config("alternating")
     # Adam after global-norm clipping; lr x decay_rate after every epoch (jmtl.training.builders.optimizer).
-    c.optimizer = ml_collections.ConfigDict(
-        dict(name="adam", learning_rate=2e-3, decay_rate=0.9, decay_every_epochs=1, clip_norm=5.0)
-    )
+    c.optimizer.update(dict(name="adam", learning_rate=2e-3, decay_rate=0.9, decay_every_epochs=1, clip_norm=5.0))
     c.batch_size = 32
     c.eval_batch_size = 256
     c.num_epochs = 10
     c.max_steps_per_epoch = 0  # > 0: cut every epoch short (smoke runs)
     c.eval_test_every_epoch = False  # False: test only when validation improves (what gets reported)
     c.parallel = "single"  # shard_map | pmap | single
-    # The train loop's schedule (jmtl/training/loop.py): evaluate and checkpoint once per epoch.
-    c.num_seeds = 1  # sweep seeds with --seeds (bucketed batches of different seeds differ in length)
-    c.num_steps = -1
-    c.eval_every_steps = -1
-    c.checkpoint_every_steps = -1
+    # The train loop's schedule (jmtl/training/loop.py) is the default's: an evaluation once per epoch,
+    # checkpoints by time. num_seeds stays 1: sweep seeds with --seeds (bucketed batches of different
+    # seeds differ in length).
     c.log_every_steps = 50
-    c.nonfinite = ml_collections.ConfigDict(dict(policy="raise", max_consecutive_skips=10))
     c.progress_bar = False  # one line per epoch instead
-    c.writers = ("jsonl",)
     # XLA's persistent compilation cache ('' = off): seeds of one variant share every compiled shape.
     c.compilation_cache_dir = "~/.cache/jmtl/xla"
     return c

@@ -149,11 +149,6 @@ def relation_penalty(alpha: float):
     return penalty
 
 
-def relation_matrix(params) -> Optional[Array]:
-    """The task-relation matrix W of a model's params, or None when the model has none."""
-    return params.get(RELATION) if isinstance(params, dict) else None
-
-
 def mix_tasks(weights: Array, xs: Sequence[Array]) -> list[Array]:
     """``y_i = sum_j weights_ij x_j`` over the K tasks' arrays (all of one shape).
 

@@ -12,14 +12,14 @@ they are re-exported here. Params layout of the default (``arch='hps'``)::
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 
 from jmtl.models import architectures, encoders, pretrained, regularizers
 from jmtl.models import heads as heads_lib
 from jmtl.models.architectures import MultiTaskModel
-from jmtl.models.base import RELATION, SHARED, TASKS, MultiTaskBase, TaskHeads, relation_matrix, relation_penalty
+from jmtl.models.base import RELATION, SHARED, TASKS, MultiTaskBase, TaskHeads, relation_penalty
 from jmtl.tasks import Task
 
 __all__ = [
@@ -78,3 +78,13 @@ def build(
     heads = TaskHeads(names=tuple(t.name for t in tasks), heads=tuple(built))
     model_kwargs = {k: v for k, v in dict(arch_kwargs or {}).items() if k not in regularizers.REGULARIZER_KEYS}
     return architectures.build(arch, encoder=enc, heads=heads, relation=relation, **model_kwargs)
+
+
+def relation_matrix(params: Mapping[str, Any]) -> Optional[Any]:
+    """The learnable K x K task-relation matrix W of a model built with ``relation=True``, as stored
+    in its params (a leading seed or device axis kept), or None when the model has none.
+
+    The trainer logs and plots W through this function, so it does not depend on where the model
+    keeps it.
+    """
+    return params[RELATION] if hasattr(params, "keys") and RELATION in params else None

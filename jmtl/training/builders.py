@@ -12,51 +12,52 @@ import optax
 from jmtl import weighting as weighting_lib
 from jmtl.models import architectures, mtl, regularizers
 from jmtl.tasks import Task
+from jmtl.training import settings as settings_lib
 from jmtl.training import step as step_lib
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = settings_lib.OPTIMIZERS
 
 
-def optimizer(cfg: Mapping[str, Any], steps_per_epoch: int) -> optax.GradientTransformation:
+def optimizer(
+    cfg: Mapping[str, Any] | settings_lib.OptimizerSettings, steps_per_epoch: int
+) -> optax.GradientTransformation:
     """Adam / AdamW / SGD(momentum) with an optional staircase decay every ``decay_every_epochs``
     (Sener & Koltun: x0.85 every 10 epochs) and optional global-norm gradient clipping.
 
     Args:
-      cfg: ``config.optimizer``: ``name`` (adam), ``learning_rate`` (1e-3), ``decay_rate`` (1.0: none)
-        every ``decay_every_epochs`` (0: never), ``weight_decay`` (adamw: decoupled; adam: torch
+      cfg: ``config.optimizer`` (or a mapping, or ``LoopSettings.optimizer``); absent fields take
+        ``config_schema.default_config()``'s values (:class:`~jmtl.training.settings.OptimizerSettings`):
+        ``name`` (adam), ``learning_rate`` (1e-3), ``decay_rate`` (1.0: none) every
+        ``decay_every_epochs`` (0: never), ``weight_decay`` (adamw: decoupled; adam: torch
         ``Adam(weight_decay=...)``'s L2 term, ``wd * param`` added to the gradient before the moments,
         as LibMTL trains; 0 = none), ``momentum`` (sgd) and
         ``clip_norm`` (0: no clipping; > 0: updates computed from gradients rescaled to at most that
         global norm, as the hierarchical taggers train).
       steps_per_epoch: steps of one epoch (the decay period's unit).
     """
-    clip = float(cfg.get("clip_norm", 0.0) or 0.0)
-    base = _base_optimizer(cfg, steps_per_epoch)
+    opt = settings_lib.OptimizerSettings.from_config(cfg)
+    base = _base_optimizer(opt, steps_per_epoch)
     # No chain without clipping: the optimizer state keeps its structure (and old checkpoints load).
-    return optax.chain(optax.clip_by_global_norm(clip), base) if clip > 0 else base
+    return optax.chain(optax.clip_by_global_norm(opt.clip_norm), base) if opt.clip_norm > 0 else base
 
 
-def _base_optimizer(cfg: Mapping[str, Any], steps_per_epoch: int) -> optax.GradientTransformation:
-    name = cfg.get("name", "adam")
-    lr = float(cfg.get("learning_rate", 1e-3))
-    every = int(cfg.get("decay_every_epochs", 0) or 0)
-    rate = float(cfg.get("decay_rate", 1.0))
+def _base_optimizer(opt: settings_lib.OptimizerSettings, steps_per_epoch: int) -> optax.GradientTransformation:
+    lr, every, rate = opt.learning_rate, opt.decay_every_epochs, opt.decay_rate
     if every > 0 and rate != 1.0:
         schedule = optax.exponential_decay(
             lr, transition_steps=every * steps_per_epoch, decay_rate=rate, staircase=True
         )
     else:
         schedule = lr
-    if name == "adam":
-        l2 = float(cfg.get("weight_decay", 0.0) or 0.0)
-        if l2 > 0:
-            return optax.chain(optax.add_decayed_weights(l2), optax.adam(schedule))
+    if opt.name == "adam":
+        if opt.weight_decay > 0:
+            return optax.chain(optax.add_decayed_weights(opt.weight_decay), optax.adam(schedule))
         return optax.adam(schedule)
-    if name == "adamw":
-        return optax.adamw(schedule, weight_decay=float(cfg.get("weight_decay", 1e-4)))
-    if name == "sgd":
-        return optax.sgd(schedule, momentum=float(cfg.get("momentum", 0.9)) or None)
-    raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+    if opt.name == "adamw":
+        return optax.adamw(schedule, weight_decay=opt.weight_decay)
+    if opt.name == "sgd":
+        return optax.sgd(schedule, momentum=opt.momentum or None)
+    raise ValueError(f"unknown optimizer {opt.name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
 
 
 def weighting(
@@ -103,7 +104,7 @@ def meta_split(config, weighting_transform) -> Optional[str]:
     or the scheme's own default when that is empty; ``None`` for every other scheme."""
     if weighting_transform.requires != weighting_lib.BILEVEL:
         return None
-    split = config.weighting.get("meta_split", "") or weighting_transform.lookahead.meta_split
+    split = config.weighting.meta_split or weighting_transform.lookahead.meta_split
     if split not in META_SPLITS:
         raise ValueError(f"unknown weighting.meta_split {split!r}; valid: validation, train, '' (the scheme's)")
     return split
@@ -151,7 +152,7 @@ def step_config(config, built_model, input_key: str, input_transform=None) -> st
     return step_lib.StepConfig(
         input_key=input_key,
         input_transform=input_transform,
-        compute_dtype=config.model.get("compute_dtype", "") or None,
+        compute_dtype=config.model.compute_dtype or None,
         jacobian_mode=config.weighting.jacobian_mode,
         jacobian_chunk_size=jacobian_chunk_size(config.weighting.jacobian_chunk_size),
         penalties=tuple(penalties),

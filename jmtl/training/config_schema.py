@@ -357,8 +357,8 @@ def _validate_static_weights(config) -> None:
 
 def writer_names(config) -> list[str]:
     """``config.writers`` as a list of names; ``--config.writers=jsonl,tensorboard`` arrives as the
-    one-element tuple ``('jsonl,tensorboard',)``, so comma lists are split."""
-    writers = config.get("writers", ("jsonl",))
+    one-element tuple ``('jsonl,tensorboard',)``, so comma lists are split. Absent: the default's."""
+    writers = config.writers if "writers" in config else default_config().writers
     items = [writers] if isinstance(writers, str) else list(writers)
     return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
 

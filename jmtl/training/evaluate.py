@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,32 +41,48 @@ def iterate_eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, mult
         yield batch
 
 
+class Placement(Protocol):
+    """What :func:`evaluate` needs of the run's device driver (:class:`jmtl.training.parallel.Driver`)."""
+
+    num_devices: int  # global devices: every eval batch is a multiple of this
+    process_index: int  # this process's part of each global batch ...
+    process_count: int  # ... of this many
+
+    def shard_batch(self, local_batch: dict) -> dict: ...  # this process's part -> the placed global batch
+
+    def unreplicate(self, tree: PyTree) -> PyTree: ...  # device results -> host numpy
+
+
 def evaluate(
     eval_fn: Callable,
     params,
     arrays: Mapping[str, np.ndarray],
     tasks: Sequence[Task],
     *,
-    shard_batch: Callable[[dict], dict],
+    driver: Placement,
     batch_size: int,
-    num_devices: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    unreplicate: Callable = lambda x: x,
 ) -> dict[str, dict[str, float]]:
     """Mean of every task metric over the split: ``{task: {metric: value}}``.
 
     With stacked seeds' params (an ``eval_fn`` vmapped over seeds) the result is a list, one such
     dict per seed.
 
-    With several processes each feeds its contiguous part of every global eval batch.
+    Args:
+      eval_fn: ``(params, placed batch) -> summed metrics`` (``driver.compile_eval`` of :func:`make_eval_step`).
+      params: the params as the driver placed them.
+      arrays: the split, ``{entry: array}``.
+      tasks: the tasks to score.
+      driver: the run's device driver (:class:`Placement`): the batch size is rounded up to a
+        multiple of its devices, each process feeds its contiguous part of every global batch.
+      batch_size: examples per evaluation batch.
     """
+    process_index, process_count = driver.process_index, driver.process_count
     totals = None
-    for batch in iterate_eval_batches(arrays, batch_size, num_devices):
+    for batch in iterate_eval_batches(arrays, batch_size, driver.num_devices):
         if process_count > 1:
             per = len(batch["mask"]) // process_count
             batch = jax.tree.map(lambda v: v[process_index * per : (process_index + 1) * per], batch)
-        sums = unreplicate(eval_fn(params, shard_batch(batch)))
+        sums = driver.unreplicate(eval_fn(params, driver.shard_batch(batch)))
         sums = jax.tree.map(lambda x: np.asarray(x, np.float64), sums)
         totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     count = totals.pop("count")

@@ -15,12 +15,14 @@ is in-memory arrays, any iterable of batch dicts, a factory ``seed -> iterable``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 
@@ -30,6 +32,7 @@ from jmtl import weighting as weighting_lib
 from jmtl.data.iterables import LabelCheck, ReplayIterator, call_factory, concatenate_batches, refuse_table
 from jmtl.tasks import Task
 from jmtl.training import builders, config_schema, contract, identity, loop, parallel, warm_start
+from jmtl.training import settings as settings_lib
 from jmtl.training import step as step_lib
 
 Data = Any  # Mapping of arrays | Iterable of batch dicts | Callable seed -> Iterable
@@ -120,15 +123,94 @@ def fit(
       jmtl.training.workdir.ResumeIdentityError: the workdir's checkpoint was trained on other data,
         another optimizer or other tasks (each named).
     """
-    if isinstance(model, type):
-        raise TypeError(f"model is the class {model.__name__}; pass an instance: fit({model.__name__}(), ...)")
-    if not hasattr(model, "init") or not hasattr(model, "apply"):
-        raise TypeError(
-            f"model must be a Flax Linen module (with init/apply), got {type(model).__name__}; for "
-            "other JAX models write your own step around jmtl.mtl_value_and_grad"
-        )
+    _check_model(model)
     loop.check_workdir(workdir)  # before any work, as loop.train
     parallel.maybe_initialize_distributed()  # before anything touches a JAX backend (multi-host)
+    run = experiment_from_data(
+        model,
+        tasks,
+        train,
+        validation=validation,
+        test=test,
+        weighting=weighting,
+        weighting_kwargs=weighting_kwargs,
+        optimizer=optimizer,
+        batch_size=batch_size,
+        num_epochs=num_epochs,
+        num_steps=num_steps,
+        input_key=input_key,
+        step_config=step_config,
+        per_task_inputs=per_task_inputs,
+        seed=seed,
+        num_seeds=num_seeds,
+        name=name,
+        init_from=init_from,
+        **config_overrides,
+    )
+    return loop.run(run.experiment, run.config, workdir, on_stop="raise", settings=run.settings)
+
+
+PerTaskEvaluator = loop.PerTaskEvaluator  # moved to loop (config runs use it too); the old name stays
+
+
+# ---------------------------------------------------------------------------- the builder
+
+
+@dataclasses.dataclass(frozen=True)
+class UserExperiment:
+    """What ``fit`` trains, as the config-driven trainer takes it (:func:`jmtl.training.loop.run`).
+
+    Attributes:
+      experiment: the model, tasks, weighting, optimizer, step settings, data iterators and evaluator.
+      config: the run's config (``config_schema.default_config()`` with fit's arguments), saved in the
+        workdir and compared on resume.
+      settings: the loop's settings, built and checked once from ``config``.
+    """
+
+    experiment: loop.Experiment
+    config: ml_collections.ConfigDict
+    settings: settings_lib.LoopSettings
+
+
+@dataclasses.dataclass
+class _UserData:
+    """fit's data, checked, in the loop's terms."""
+
+    sources: dict  # {None | task name: training source} (a peeked one-shot iterator put back together)
+    arrays_train: bool  # training data given as arrays (else iterables / factories)
+    eval_splits: dict  # {None | task name: {split: arrays}}
+    datasets: dict  # {None | task name: in-memory dataset} (arrays only)
+    steps_per_epoch: int
+    first_batch: dict  # {None | task name: first training batch}
+
+
+def experiment_from_data(
+    model,
+    tasks: Sequence[Task],
+    train: Data,
+    *,
+    validation: Data,
+    test: Data,
+    weighting: str | weighting_lib.WeightingTransform = "equal",
+    weighting_kwargs: Optional[Mapping[str, Any]] = None,
+    optimizer: optax.GradientTransformation | Mapping[str, Any] | None = None,
+    batch_size: Optional[int] = None,
+    num_epochs: Optional[int] = None,
+    num_steps: Optional[int] = None,
+    input_key: Optional[str] = None,
+    step_config: Optional[step_lib.StepConfig] = None,
+    per_task_inputs: bool = False,
+    seed: int = 0,
+    num_seeds: int = 1,
+    name: str = "user_data",
+    init_from: Any = None,
+    **config_overrides: Any,
+) -> UserExperiment:
+    """Turns :func:`fit`'s arguments (see there) into what the config-driven trainer takes: the
+    :class:`~jmtl.training.loop.Experiment` (model, tasks, data iterators, evaluator), the run's
+    config and its :class:`~jmtl.training.settings.LoopSettings`. Every check runs here, before
+    anything is built or written: a mistake is named with its fix, not raised from inside a step."""
+    _check_model(model)
     tasks = tuple(tasks)
     if not tasks or not all(isinstance(t, Task) for t in tasks):
         raise TypeError("tasks must be a non-empty sequence of jmtl.Task, e.g. [jmtl.Task('price', 'regression', 1)]")
@@ -142,6 +224,109 @@ def fit(
     _check_layout(train, tasks, per_task_inputs)
     if (num_epochs is None) == (num_steps is None):
         raise ValueError("give exactly one of num_epochs and num_steps")
+    config = _config(config_overrides, init_from, seed, num_seeds, num_epochs, num_steps)
+    if num_seeds > 1 and _is_one_shot(train, tasks, per_task_inputs):
+        raise ValueError(
+            "num_seeds > 1 needs data each seed can read: arrays, a re-iterable, or a callable seed -> "
+            "iterable; a one-shot iterator can feed one seed only"
+        )
+    data = _user_data(
+        train,
+        validation,
+        test,
+        tasks,
+        config,
+        input_key=step_cfg.input_key,
+        key_source=key_source,
+        per_task_inputs=per_task_inputs,
+        batch_size=batch_size,
+        name=name,
+        num_epochs=num_epochs,
+        num_steps=num_steps,
+        seed=seed,
+    )
+
+    weighting_tx = (
+        builders.weighting(
+            weighting,
+            dict(weighting_kwargs or {}),
+            tasks,
+            data.steps_per_epoch,
+            learning_rate=_learning_rate(optimizer),
+        )
+        if isinstance(weighting, str)
+        else weighting
+    )
+    if weighting_kwargs and not isinstance(weighting, str):
+        raise ValueError("weighting_kwargs go with a weighting name; a transform already has its hyperparameters")
+    if isinstance(weighting, str):
+        config.weighting = config_schema.method_config(weighting)
+        config.weighting.hparams.update(dict(weighting_kwargs or {}))
+    else:
+        config.weighting.name = f"custom:{getattr(weighting, 'name', type(weighting).__name__)}"
+    config.weighting.jacobian_mode = step_cfg.jacobian_mode
+    tx = _optimizer(optimizer, config, data.steps_per_epoch)
+    meta_split = builders.meta_split(config, weighting_tx)
+    if weighting_tx.requires == weighting_lib.BILEVEL and (not data.arrays_train or per_task_inputs):
+        raise ValueError(
+            f"the bilevel scheme {weighting!r} needs a second (meta) batch each step, which fit() draws "
+            "from array data only: pass train/validation as arrays (one input for all tasks)"
+        )
+
+    # The contract (batch entries, label dtypes and ranges, outputs vs tasks, shared params) before
+    # anything is built: a mistake is named here, not as a traceback from init.
+    first_batch = data.first_batch
+    probe = {t.name: first_batch[t.name] for t in tasks} if per_task_inputs else first_batch[None]
+    contract.check(model, tasks, probe, config=step_cfg, weighting=weighting_tx)
+    example = first_batch[tasks[0].name] if per_task_inputs else first_batch[None]
+    example_input = jax.tree.map(lambda v: np.asarray(v)[:1], example[step_cfg.input_key])
+
+    config.dataset.name = name
+    config.dataset.kwargs = {
+        "fingerprint": _fingerprint(data.sources, data.eval_splits) if data.arrays_train else "iterable"
+    }
+    config.model.encoder = f"user:{type(model).__module__}.{type(model).__qualname__}"
+    config.model.arch = "user"
+    settings = settings_lib.LoopSettings.from_config(config)  # validates the whole config
+    run_identity = _identity(
+        data.sources if data.arrays_train else first_batch,
+        data.arrays_train,
+        data.eval_splits,
+        optimizer,
+        weighting,
+    )
+    experiment = loop.Experiment(
+        name=name,
+        tasks=tasks,
+        model=model,
+        weighting=weighting_tx,
+        optimizer=tx,
+        step_config=step_cfg,
+        example_input=example_input,
+        steps_per_epoch=data.steps_per_epoch,
+        train_iterator=functools.partial(
+            _train_iterator, data, tasks, per_task_inputs, settings.batch_size, meta_split
+        ),
+        make_evaluator=functools.partial(
+            _make_evaluator, data.eval_splits, tasks, step_cfg, model, settings.eval_batch_size, per_task_inputs, name
+        ),
+        identity=run_identity,
+    )
+    return UserExperiment(experiment, config, settings)
+
+
+def _check_model(model) -> None:
+    if isinstance(model, type):
+        raise TypeError(f"model is the class {model.__name__}; pass an instance: fit({model.__name__}(), ...)")
+    if not hasattr(model, "init") or not hasattr(model, "apply"):
+        raise TypeError(
+            f"model must be a Flax Linen module (with init/apply), got {type(model).__name__}; for "
+            "other JAX models write your own step around jmtl.mtl_value_and_grad"
+        )
+
+
+def _config(config_overrides: Mapping, init_from, seed: int, num_seeds: int, num_epochs, num_steps):
+    """``default_config()`` with fit's config-field arguments."""
     config = config_schema.default_config()
     unknown = sorted(set(config_overrides) - set(config))
     if unknown:
@@ -157,12 +342,27 @@ def fit(
     config.seed, config.num_seeds = seed, num_seeds
     config.num_steps = int(num_steps) if num_steps is not None else -1
     config.num_epochs = int(num_epochs) if num_epochs is not None else 1
-    if num_seeds > 1 and _is_one_shot(train, tasks, per_task_inputs):
-        raise ValueError(
-            "num_seeds > 1 needs data each seed can read: arrays, a re-iterable, or a callable seed -> "
-            "iterable; a one-shot iterator can feed one seed only"
-        )
+    return config
 
+
+def _user_data(
+    train: Data,
+    validation: Data,
+    test: Data,
+    tasks: Sequence[Task],
+    config: ml_collections.ConfigDict,
+    *,
+    input_key: str,
+    key_source: str,
+    per_task_inputs: bool,
+    batch_size: Optional[int],
+    name: str,
+    num_epochs: Optional[int],
+    num_steps: Optional[int],
+    seed: int,
+) -> _UserData:
+    """The training sources, the evaluation arrays and the epoch length, checked (label masks, the
+    input entry); sets ``config.batch_size`` (an iterable's batches' own size when not given)."""
     sources = {t.name: train[t.name] for t in tasks} if per_task_inputs else {None: train}
     arrays_train = all(isinstance(s, Mapping) for s in sources.values())
     if arrays_train and batch_size is None:
@@ -177,14 +377,10 @@ def fit(
                 arrays,
                 f"the {split} split{f' of task {key!r}' if key else ''}",
             )
-            _check_input_key(
-                arrays, step_cfg.input_key, key_source, f"the {split} data" + (f" of task {key!r}" if key else "")
-            )
+            _check_input_key(arrays, input_key, key_source, f"the {split} data" + (f" of task {key!r}" if key else ""))
     if arrays_train:
         for key, src in sources.items():
-            _check_input_key(
-                src, step_cfg.input_key, key_source, "the training data" + (f" of task {key!r}" if key else "")
-            )
+            _check_input_key(src, input_key, key_source, "the training data" + (f" of task {key!r}" if key else ""))
     datasets = {}
     if arrays_train:
         datasets = {
@@ -193,7 +389,7 @@ def fit(
                 src,
                 eval_splits[key],
                 tasks if key is None else [t for t in tasks if t.name == key],
-                step_cfg.input_key,
+                input_key,
             )
             for key, src in sources.items()
         }
@@ -205,105 +401,59 @@ def fit(
         sources, first_batch, sizes = _peek(sources, seed)
         for key, batch in first_batch.items():
             _check_input_key(
-                batch, step_cfg.input_key, key_source, "the first training batch" + (f" of task {key!r}" if key else "")
+                batch, input_key, key_source, "the first training batch" + (f" of task {key!r}" if key else "")
             )
         steps_per_epoch = _steps_per_epoch(sizes, num_epochs, num_steps)
         if batch_size is None:  # recorded (config.json) and checked against the device count
             first = next(iter(first_batch.values()))
-            config.batch_size = len(jax.tree.leaves(first.get(step_cfg.input_key, first))[0])
-    weighting_tx = (
-        builders.weighting(
-            weighting, dict(weighting_kwargs or {}), tasks, steps_per_epoch, learning_rate=_learning_rate(optimizer)
-        )
-        if isinstance(weighting, str)
-        else weighting
-    )
-    if weighting_kwargs and not isinstance(weighting, str):
-        raise ValueError("weighting_kwargs go with a weighting name; a transform already has its hyperparameters")
-    if isinstance(weighting, str):
-        config.weighting = config_schema.method_config(weighting)
-        config.weighting.hparams.update(dict(weighting_kwargs or {}))
+            config.batch_size = len(jax.tree.leaves(first.get(input_key, first))[0])
+    return _UserData(sources, arrays_train, eval_splits, datasets, steps_per_epoch, first_batch)
+
+
+def _train_iterator(data: _UserData, tasks, per_task_inputs: bool, batch_size: int, meta_split, seed: int):
+    """Seed ``seed``'s resumable training batches (the loop's ``Experiment.train_iterator``)."""
+    if data.arrays_train and not per_task_inputs:
+        return loop.dataset_batches(data.datasets[None], batch_size, seed, meta_split)
+    if data.arrays_train:
+        its = {k: loop.dataset_batches(d, batch_size, seed) for k, d in data.datasets.items()}
     else:
-        config.weighting.name = f"custom:{getattr(weighting, 'name', type(weighting).__name__)}"
-    config.weighting.jacobian_mode = step_cfg.jacobian_mode
-    tx = _optimizer(optimizer, config, steps_per_epoch)
-    meta_split = builders.meta_split(config, weighting_tx)
-    if weighting_tx.requires == weighting_lib.BILEVEL and (not arrays_train or per_task_inputs):
-        raise ValueError(
-            f"the bilevel scheme {weighting!r} needs a second (meta) batch each step, which fit() draws "
-            "from array data only: pass train/validation as arrays (one input for all tasks)"
-        )
-
-    # The contract (batch entries, label dtypes and ranges, outputs vs tasks, shared params) before
-    # anything is built: a mistake is named here, not as a traceback from init.
-    probe = {t.name: first_batch[t.name] for t in tasks} if per_task_inputs else first_batch[None]
-    contract.check(model, tasks, probe, config=step_cfg, weighting=weighting_tx)
-    example = first_batch[tasks[0].name] if per_task_inputs else first_batch[None]
-    example_input = jax.tree.map(lambda v: np.asarray(v)[:1], example[step_cfg.input_key])
-
-    config.dataset.name = name
-    config.dataset.kwargs = {"fingerprint": _fingerprint(sources, eval_splits) if arrays_train else "iterable"}
-    config.model.encoder = f"user:{type(model).__module__}.{type(model).__qualname__}"
-    config.model.arch = "user"
-    config_schema.validate_config(config)
-    run_identity = _identity(sources if arrays_train else first_batch, arrays_train, eval_splits, optimizer, weighting)
-
-    def train_iterator(s: int):
-        if arrays_train and not per_task_inputs:
-            return loop.dataset_batches(datasets[None], config.batch_size, s, meta_split)
-        if arrays_train:
-            its = {k: loop.dataset_batches(d, config.batch_size, s) for k, d in datasets.items()}
-        else:
-            its = {
-                k: ReplayIterator(
-                    src,
-                    s,
-                    name=f"train{f' ({k})' if k else ''}",
-                    check=LabelCheck([t for t in tasks if k is None or t.name == k], f"train{f' ({k})' if k else ''}"),
-                )
-                for k, src in sources.items()
-            }
-        return data_lib.PerTaskBatches(its) if per_task_inputs else its[None]
-
-    def make_evaluator(driver: parallel.Driver, seed_axis: loop.SeedAxis):
-        if not per_task_inputs:
-            return loop.InMemoryEvaluator(
-                eval_splits[None], tasks, step_cfg, model, config.eval_batch_size, driver, seed_axis, name=name
+        its = {
+            k: ReplayIterator(
+                src,
+                seed,
+                name=f"train{f' ({k})' if k else ''}",
+                check=LabelCheck([t for t in tasks if k is None or t.name == k], f"train{f' ({k})' if k else ''}"),
             )
-        return PerTaskEvaluator(
-            {
-                t.name: loop.InMemoryEvaluator(
-                    eval_splits[t.name],
-                    (t,),
-                    step_cfg,
-                    model,
-                    config.eval_batch_size,
-                    driver,
-                    seed_axis,
-                    name=f"{name} ({t.name})",
-                )
-                for t in tasks
-            },
-            tasks,
+            for k, src in data.sources.items()
+        }
+    return data_lib.PerTaskBatches(its) if per_task_inputs else its[None]
+
+
+def _make_evaluator(
+    eval_splits, tasks, step_cfg, model, eval_batch_size: int, per_task_inputs: bool, name: str, driver, seed_axis
+):
+    """The loop's ``Experiment.make_evaluator``: in-memory evaluation (each task on its own data with
+    per-task inputs)."""
+    if not per_task_inputs:
+        return loop.InMemoryEvaluator(
+            eval_splits[None], tasks, step_cfg, model, eval_batch_size, driver, seed_axis, name=name
         )
-
-    experiment = loop.Experiment(
-        name=name,
-        tasks=tasks,
-        model=model,
-        weighting=weighting_tx,
-        optimizer=tx,
-        step_config=step_cfg,
-        example_input=example_input,
-        steps_per_epoch=steps_per_epoch,
-        train_iterator=train_iterator,
-        make_evaluator=make_evaluator,
-        identity=run_identity,
+    return PerTaskEvaluator(
+        {
+            t.name: loop.InMemoryEvaluator(
+                eval_splits[t.name],
+                (t,),
+                step_cfg,
+                model,
+                eval_batch_size,
+                driver,
+                seed_axis,
+                name=f"{name} ({t.name})",
+            )
+            for t in tasks
+        },
+        tasks,
     )
-    return loop.run(experiment, config, workdir, on_stop="raise")
-
-
-PerTaskEvaluator = loop.PerTaskEvaluator  # moved to loop (config runs use it too); the old name stays
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -444,11 +594,15 @@ def _steps_per_epoch(sizes: Sequence[int], num_epochs, num_steps) -> int:
     return max(1, int(num_steps))
 
 
+def _default_learning_rate() -> float:
+    return float(config_schema.default_config().optimizer.learning_rate)
+
+
 def _learning_rate(optimizer) -> Optional[float]:
     if optimizer is None:
-        return 1e-3
-    if isinstance(optimizer, Mapping):
-        return float(optimizer.get("learning_rate", 1e-3))
+        return _default_learning_rate()
+    if isinstance(optimizer, Mapping):  # the field left out: the schema's default
+        return float(optimizer["learning_rate"] if "learning_rate" in optimizer else _default_learning_rate())
     return None
 
 

@@ -7,20 +7,23 @@ non-finite policy, checkpoints and metric records.
 
 A run, in order (each a function below):
 
-1. :func:`train` validates the config (``config_schema.validate_config``: nothing is written on a
-   bad field) and builds the :class:`Experiment` (data, tasks, model, weighting, optimizer, step
-   settings, evaluator) with :func:`build_experiment`;
+1. :func:`train` builds the loop's settings from the config once
+   (:class:`~jmtl.training.settings.LoopSettings`: validated, nothing is written on a bad field; the
+   trainer reads them, not the config) and the :class:`Experiment` (data, tasks, model, weighting,
+   optimizer, step settings, evaluator) with :func:`build_experiment`;
 2. :func:`run` sets up the compiled step and the seed axis (:class:`SeedAxis`), the workdir, the
    checkpointer and the data iterators, then resumes from the latest checkpoint if there is one
    (``_Trainer.resume``);
-3. ``_Trainer.loop`` runs the steps: each step's finiteness is checked one step late
-   (``_Trainer.check_finite``), train records every ``log_every_steps``, an evaluation every
+3. ``_Trainer.loop`` runs the steps and, after each, the periodic actions due
+   (:func:`cadence_actions`): each step's finiteness is checked one step late
+   (``_Trainer.check_finite``), train records every ``log_every_steps`` (with the task-relation
+   matrix of a model that has one, ``mtl.relation_matrix``), an evaluation every
    ``eval_every_steps`` (``_Trainer.evaluate``: per seed, best-validation selection on the
    evaluator's score; the best evaluation's params are kept) and a checkpoint every
    ``checkpoint_every_steps`` or, by default, at most every ``checkpoint_every_minutes`` (and at the
    end); SIGTERM / SIGINT save, then return (the command line) or raise :class:`FitInterrupted` /
    :class:`FitTerminated` (``jmtl.fit``);
-4. ``_Trainer.summary`` writes ``summary.json`` and the plots.
+4. ``_Trainer.summary`` writes ``summary.json``; then the end-of-run action draws the plots.
 
 Workdir outputs: ``config.json``, ``train_log.jsonl`` (losses and task weights every
 ``log_every_steps``), ``metrics.jsonl`` (one record per evaluation), ``summary.json``, ``plots/*.png``,
@@ -53,6 +56,7 @@ from jmtl import data as data_lib
 from jmtl import plotting
 from jmtl import tasks as tasks_lib
 from jmtl.errors import NonFiniteLossError
+from jmtl.models import mtl
 from jmtl.tasks import Task
 from jmtl.training import (
     builders,
@@ -67,6 +71,7 @@ from jmtl.training import (
     warm_start,
 )
 from jmtl.training import seeds as seeds_lib
+from jmtl.training import settings as settings_lib
 from jmtl.training import step as step_lib
 from jmtl.training import workdir as workdir_lib
 from jmtl.training.state import TrainState
@@ -250,12 +255,8 @@ class InMemoryEvaluator:
                 params,
                 self.arrays[split],
                 self.tasks,
-                shard_batch=self.driver.shard_batch,
+                driver=self.driver,
                 batch_size=self.batch_size,
-                num_devices=self.driver.num_devices,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-                unreplicate=self.driver.unreplicate,
             )
             for split in splits
         }
@@ -490,10 +491,10 @@ def train(config, workdir: str | Path) -> tuple[dict, TrainState]:
       config: an experiment config (``config_schema.default_config()`` and overrides).
       workdir: where the run writes (created; a workdir with a checkpoint is resumed).
     """
-    config_schema.validate_config(config)  # wrong types / ranges fail here, before any work
+    settings = settings_lib.LoopSettings.from_config(config)  # wrong types / ranges fail here, before any work
     check_workdir(workdir)
     parallel.maybe_initialize_distributed()
-    return run(build_experiment(config), config, workdir)
+    return run(build_experiment(config), config, workdir, settings=settings)
 
 
 def check_workdir(workdir: str | Path) -> None:
@@ -504,13 +505,22 @@ def check_workdir(workdir: str | Path) -> None:
             workdir_lib.prepare_workdir(workdir)  # raises WorkdirNotADirectoryError with the fix
 
 
-def run(experiment: Experiment, config, workdir: str | Path, *, on_stop: str = "return") -> FitResult:
+def run(
+    experiment: Experiment,
+    config,
+    workdir: str | Path,
+    *,
+    on_stop: str = "return",
+    settings: Optional[settings_lib.LoopSettings] = None,
+) -> FitResult:
     """Trains ``experiment`` under ``config``'s schedule, evaluation, non-finite policy and
     checkpoints in ``workdir`` (resuming from its latest checkpoint; a workdir in use by another
     live run is refused: ``workdir.workdir_lock``).
 
     Args:
-      experiment, config, workdir: what to train, how, and where.
+      experiment, config, workdir: what to train, how, and where (``config`` is saved in the workdir
+        and checked on resume).
+      settings: the loop's settings, ``LoopSettings.from_config(config)`` (built here when None).
       on_stop: after SIGTERM / SIGINT and the checkpoint: ``'return'`` (the command line's
         behaviour: print how to resume and return ``({'interrupted': True, 'step': s}, state)``) or
         ``'raise'`` (library use: :class:`FitInterrupted` / :class:`FitTerminated`).
@@ -520,11 +530,12 @@ def run(experiment: Experiment, config, workdir: str | Path, *, on_stop: str = "
     """
     if on_stop not in ("return", "raise"):
         raise ValueError(f"on_stop must be 'return' or 'raise', got {on_stop!r}")
-    config_schema.validate_config(config)
+    if settings is None:
+        settings = settings_lib.LoopSettings.from_config(config)
     workdir = workdir_lib.prepare_workdir(workdir)
     is_main = jax.process_index() == 0
     with workdir_lib.workdir_lock(workdir) if is_main else contextlib.nullcontext() as lock:
-        trainer = _Trainer(experiment, config, workdir)
+        trainer = _Trainer(experiment, config, settings, workdir)
         trainer.lock = lock
         trainer.on_stop = on_stop
         try:
@@ -532,6 +543,110 @@ def run(experiment: Experiment, config, workdir: str | Path, *, on_stop: str = "
             return trainer.loop()
         finally:
             trainer.close()
+
+
+# ---------------------------------------------------------------------------- periodic actions
+
+
+class PeriodicAction:
+    """``fn(step, state, out)`` on the steps its triggers name (clu's ``periodic_actions`` is the
+    model): every ``every_steps`` steps, once ``every_seconds`` have passed since it last ran (or
+    since ``started``), at ``last_step``, or when ``when()`` says so. ``out`` is a dict the actions
+    of one step share, in list order (the relation matrix joins that step's train record).
+
+    ``at_end``: not run per step, but once after a run's last step, after its records are closed
+    (the plots read them).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[int, Any, dict], None],
+        *,
+        every_steps: int = 0,
+        every_seconds: Optional[float] = None,
+        last_step: Optional[int] = None,
+        when: Optional[Callable[[int], bool]] = None,
+        at_end: bool = False,
+        started: Optional[float] = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.name, self.fn, self.every_steps, self.every_seconds = name, fn, every_steps, every_seconds
+        self.last_step, self.when, self.at_end, self.clock = last_step, when, at_end, clock
+        self.last_run = clock() if started is None else started
+
+    def due(self, step: int) -> bool:
+        return (
+            (self.every_steps > 0 and step % self.every_steps == 0)
+            or (self.every_seconds is not None and self.clock() - self.last_run >= self.every_seconds)
+            or step == self.last_step
+            or (self.when is not None and self.when(step))
+        )
+
+    def __call__(self, step: int, state: Any, out: dict) -> None:
+        self.fn(step, state, out)
+        self.last_run = self.clock()
+
+    def __repr__(self) -> str:
+        return f"PeriodicAction({self.name!r}, every_steps={self.every_steps}, every_seconds={self.every_seconds})"
+
+
+Fn = Callable[[int, Any, dict], None]
+
+
+def cadence_actions(
+    *,
+    total_steps: int,
+    log_every: int,
+    eval_every: int,
+    checkpoint_every: int,
+    checkpoint_seconds: float,
+    stop_requested: Callable[[], bool],
+    log: Fn,
+    evaluate: Fn,
+    checkpoint: Fn,
+    relation: Optional[Fn] = None,
+    plots: Optional[Fn] = None,
+    started: Optional[float] = None,
+    clock: Callable[[], float] = time.time,
+) -> list[PeriodicAction]:
+    """The train loop's cadences, in the order they run within a step.
+
+    * relation (a model with a task-relation matrix W): on the train-record steps, adding W to it;
+    * log: the train record every ``log_every`` steps, at every evaluation, at the last step and on a
+      stop request (its finiteness check comes first);
+    * evaluate: every ``eval_every`` steps and at the last step;
+    * checkpoint: every ``checkpoint_every`` steps, or with ``checkpoint_every <= 0`` once
+      ``checkpoint_seconds`` have passed since the last save (or the loop's start); at the last step
+      and on a stop request;
+    * plots: once, when the run ends (``at_end``).
+
+    Resuming at step s runs the same rules from s + 1, so a resumed run fires where an uninterrupted
+    one does (the time-based checkpoints excepted: they follow the clock).
+    """
+    record_step = lambda step: step % eval_every == 0 or stop_requested()  # noqa: E731
+    kw = dict(started=started, clock=clock)
+    actions = []
+    if relation is not None:
+        actions.append(
+            PeriodicAction("relation", relation, every_steps=log_every, last_step=total_steps, when=record_step, **kw)
+        )
+    actions += [
+        PeriodicAction("log", log, every_steps=log_every, last_step=total_steps, when=record_step, **kw),
+        PeriodicAction("evaluate", evaluate, every_steps=eval_every, last_step=total_steps, **kw),
+        PeriodicAction(
+            "checkpoint",
+            checkpoint,
+            every_steps=max(checkpoint_every, 0),
+            every_seconds=None if checkpoint_every > 0 else checkpoint_seconds,
+            last_step=total_steps,
+            when=lambda step: stop_requested(),
+            **kw,
+        ),
+    ]
+    if plots is not None:
+        actions.append(PeriodicAction("plots", plots, last_step=total_steps, at_end=True, **kw))
+    return actions
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -588,37 +703,26 @@ class _Trainer:
     """One run: built by ``__init__`` (setup), then ``resume``, ``loop`` (which ends in ``summary``)."""
 
     # ---- setup ------------------------------------------------------------------------------------
-    def __init__(self, experiment: Experiment, config, workdir: Path):
-        self.exp, self.config, self.workdir = experiment, config, workdir
+    def __init__(self, experiment: Experiment, config, settings: settings_lib.LoopSettings, workdir: Path):
+        # config: saved in the workdir and compared on resume; settings: what the loop reads.
+        self.exp, self.config, self.settings, self.workdir = experiment, config, settings, workdir
         self.is_main = jax.process_index() == 0
         self.lock: Optional[workdir_lib.WorkdirLock] = None  # set by run() on the main process
         self.logs = None
         self.names = [t.name for t in experiment.tasks]
         spe = experiment.steps_per_epoch
-        self.total_steps = config.num_steps if config.get("num_steps", -1) > 0 else config.num_epochs * spe
-        self.eval_every = config.eval_every_steps if config.get("eval_every_steps", -1) > 0 else spe
-        ckpt_every = config.get("checkpoint_every_steps", -1)
-        # <= 0: by time (at most every checkpoint_every_minutes, and at the end), except on several
-        # processes, which must agree on which steps save (their clocks differ): per evaluation there.
-        self.ckpt_every = ckpt_every if ckpt_every > 0 else (self.eval_every if jax.process_count() > 1 else 0)
-        self.ckpt_seconds = 60.0 * float(config.get("checkpoint_every_minutes", 5.0))
+        self.total_steps = settings.total_steps(spe)
         self.on_stop = "return"
-        self.log_every = config.get("log_every_steps", 20)
-        self.policy = config.nonfinite.policy
-        if self.policy not in step_lib.NONFINITE_POLICIES:
+        self.driver = parallel.Driver(settings.parallel)
+        if settings.batch_size % self.driver.num_devices:
             raise ValueError(
-                f"unknown nonfinite.policy {self.policy!r}; valid: {', '.join(step_lib.NONFINITE_POLICIES)}"
+                f"batch_size {settings.batch_size} is not divisible by the {self.driver.num_devices} devices"
             )
-        self.driver = parallel.Driver(config.parallel)
-        if config.batch_size % self.driver.num_devices:
-            raise ValueError(
-                f"batch_size {config.batch_size} is not divisible by the {self.driver.num_devices} devices"
-            )
-        self.seed_axis = SeedAxis(config.seed, config.get("num_seeds", 1), config.get("seeds_mode", "vmap"))
+        self.seed_axis = SeedAxis(settings.seed, settings.num_seeds, settings.seeds_mode)
         e = experiment
         # A warm start (config.init_from): the plan is checked against the model's params before any
         # compile; frozen params get a zero update through the optimizer the step is built with.
-        init_from = warm_start.InitFrom.parse(config.get("init_from"))
+        init_from = settings.init_from
         warm = warm_start.prepare(init_from, e.model, e.example_input, e.step_config.shared) if init_from else None
         if warm is not None:
             e = self.exp = dataclasses.replace(e, optimizer=warm.wrap_optimizer(e.optimizer))
@@ -641,7 +745,7 @@ class _Trainer:
         if warm is not None:  # every seed starts from the source's params (a resume restores over them)
             inits = [warm_start.warm_state(s, warm, e.optimizer) for s in inits]
         self.host_state = self.seed_axis.stack_states(inits)
-        self.signature = checkpoint.model_signature(self.host_state, self.names, config.weighting.name)
+        self.signature = checkpoint.model_signature(self.host_state, self.names, settings.weighting)
         self.identity = {"the tasks": identity.tasks_identity(e.tasks), **(e.identity or {})}
         self.ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
         # The best validation evaluation's params (per seed), kept on the host and written to
@@ -714,7 +818,7 @@ class _Trainer:
                 self.best_ckpt = checkpoint.Checkpointer(self.workdir / "best")
             workdir_lib.write_config(self.workdir, self.config)
         self.logs = metric_writers.make_writers(
-            config_schema.writer_names(self.config),
+            list(self.settings.writers),
             self.workdir,
             self.is_main,
             resume_step=resume_step,
@@ -849,10 +953,11 @@ class _Trainer:
                 "identity": self.identity,
                 "best_params_step": self.best_saved_step,
             }
-            self.ckpt.save(step, self.driver.unreplicate(state) if self.config.parallel != "shard_map" else state, meta)
+            self.ckpt.save(
+                step, self.driver.unreplicate(state) if self.settings.parallel != "shard_map" else state, meta
+            )
         self.ckpt_time += time.time() - t0
         self.ckpt_count += 1
-        self.last_save_time = time.time()
 
     # ---- non-finite policy ------------------------------------------------------------------------
     def check_finite(self, at_step: int, metrics) -> None:
@@ -868,7 +973,7 @@ class _Trainer:
             bad_seeds = [s for s, ok in zip(self.seed_axis.seeds, np.atleast_1d(flags["finite"])) if not ok]
             bad[-1] += f" (seed(s) {', '.join(map(str, bad_seeds))})"
         last = self.last_good_step
-        if self.policy == "raise":
+        if self.settings.nonfinite.policy == "raise":
             self.ckpt.wait()
             raise NonFiniteLossError(
                 f"non-finite loss at step {at_step} in task(s) {', '.join(bad)}; the step was not applied. "
@@ -881,7 +986,7 @@ class _Trainer:
             )
         self.consecutive_skips += 1
         self.total_skips += 1
-        if self.consecutive_skips >= self.config.nonfinite.max_consecutive_skips:
+        if self.consecutive_skips >= self.settings.nonfinite.max_consecutive_skips:
             self.ckpt.wait()
             raise NonFiniteLossError(
                 f"{self.consecutive_skips} consecutive non-finite steps up to step {at_step} "
@@ -904,9 +1009,6 @@ class _Trainer:
         if self.seed_axis.stacked:
             rec["losses_per_seed"] = losses.tolist()
             rec["weights_per_seed"] = [[None if np.isnan(w) else float(w) for w in row] for row in weights]
-        if "relation" in self.host_state.params:
-            relation = np.asarray(self.driver.unreplicate(state.params["relation"]))
-            rec["relation"] = self.seed_axis.first(relation).tolist()
         return rec
 
     def interval_stats(self, pending: list, seconds: float) -> dict:
@@ -986,29 +1088,30 @@ class _Trainer:
             shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
             warnings.warn(
                 f"{len(empty)} task(s) ({shown}) have no labelled example in the first training batch: such a "
-                f"batch gives them loss 0 and a zero Jacobian row, which {self.config.weighting.name!r} reads as a "
+                f"batch gives them loss 0 and a zero Jacobian row, which {self.settings.weighting!r} reads as a "
                 "solved task (min-norm schemes such as MGDA stop updating, log-loss schemes such as FAMO diverge). "
                 "Fix: batches that label every task (a larger batch_size, or per-task inputs), or equal weighting.",
                 stacklevel=2,
             )
 
     def loop(self) -> tuple[dict, TrainState]:
-        config, total_steps, spe = self.config, self.total_steps, self.exp.steps_per_epoch
+        total_steps = self.total_steps
         state = self.driver.replicate(self.host_state)
-        logs = self.logs
         bar = tqdm(
             total=total_steps,
             initial=self.start_step,
-            disable=not (self.is_main and config.get("progress_bar", False)),
+            disable=not (self.is_main and self.settings.progress_bar),
             unit="step",
         )
+        self.bar = bar
         self.t0 = time.time()
-        self.last_save_time = self.t0
         self.last_good_step = self.ckpt.latest_step()
         self.consecutive_skips, self.total_skips = 0, 0
         self.eval_time, self.interval_times = 0.0, []
-        step, results, pending, interval = self.start_step, None, None, []
-        interval_start = time.time()
+        self.results, self.pending, self.interval = None, None, []
+        self.interval_start = time.time()
+        actions = self.periodic_actions()
+        step = self.start_step
         first_batch_checked = False
         while step < total_steps:
             batch = next(self.train_iter)
@@ -1018,46 +1121,16 @@ class _Trainer:
             state, metrics = self.train_step(state, self.driver.shard_batch(self.packer.pack(batch)))
             step += 1
             if self.exp.interval_train_stats:  # device arrays, fetched once per evaluation
-                interval.append((metrics["losses"], metrics["weights"]))
+                self.interval.append((metrics["losses"], metrics["weights"]))
             # Every step's finiteness is checked, one step late, so the host never waits for the step
             # it just dispatched.
-            if pending is not None:
-                self.check_finite(*pending)
-            pending = (step, metrics)
-
-            if step % self.log_every == 0 or step == total_steps or step % self.eval_every == 0 or self.stop.signal:
-                self.check_finite(*pending)
-                pending = None
-                rec = self.train_record(step, metrics, state)
-                if self.is_main:
-                    logs.write("train", rec)
-                    bar.set_postfix({n: f"{l:.3g}" for n, l in zip(self.names, rec["losses"])})
-
-            if step % self.eval_every == 0 or step == total_steps:
-                train_seconds = time.time() - interval_start
-                self.interval_times.append(train_seconds)
-                t_eval = time.time()
-                results = self.evaluate(state, step)
-                self.eval_time += time.time() - t_eval
-                rec = {"step": step, "epoch": step / spe, **mean_over_seeds(results)}
-                if self.seed_axis.stacked:
-                    rec["seeds"] = results
-                if self.exp.interval_train_stats:
-                    rec.update(self.interval_stats(interval, train_seconds))
-                    interval = []
-                if self.is_main:
-                    logs.write("eval", rec)
-                    if self.exp.on_eval is not None:
-                        self.exp.on_eval(rec)
-                interval_start = time.time()
-            due = (
-                step % self.ckpt_every == 0
-                if self.ckpt_every > 0
-                else time.time() - self.last_save_time >= self.ckpt_seconds
-            )
-            if due or step == total_steps or self.stop.signal:
-                self.save(state, step, self.wall_before + time.time() - self.t0)
-                self.last_good_step = step
+            if self.pending is not None:
+                self.check_finite(*self.pending)
+            self.pending = (step, metrics)
+            out: dict = {}  # what this step's actions hand on (the relation matrix to the train record)
+            for action in actions:
+                if not action.at_end and action.due(step):
+                    action(step, state, out)
             bar.update(1)
             if self.stop.signal:
                 self.ckpt.close()
@@ -1081,17 +1154,90 @@ class _Trainer:
         self.ckpt.close()
         self.best_ckpt.close()
         self.close()  # summary.json and the plots read the records
-        final = results if results is not None else self.evaluate(state, None)
-        return FitResult(self.summary(state, final), self.driver.unreplicate(state), self.best_params)
+        final = self.results if self.results is not None else self.evaluate(state, None)
+        summary = self.summary(final)
+        for action in actions:  # the end-of-run actions (plots), after summary.json
+            if action.at_end:
+                action(total_steps, state, {})
+        if self.is_main:
+            print(format_summary(summary), flush=True)
+        return FitResult(summary, self.driver.unreplicate(state), self.best_params)
+
+    # ---- the periodic actions ---------------------------------------------------------------------
+    def periodic_actions(self) -> list[PeriodicAction]:
+        """The run's five cadences (:func:`cadence_actions`) bound to this trainer."""
+        s, spe = self.settings, self.exp.steps_per_epoch
+        has_relation = mtl.relation_matrix(self.host_state.params) is not None
+        return cadence_actions(
+            total_steps=self.total_steps,
+            log_every=s.log_every_steps,
+            eval_every=s.eval_every(spe),
+            checkpoint_every=s.checkpoint_every(spe, jax.process_count()),
+            checkpoint_seconds=60.0 * s.checkpoint_every_minutes,
+            stop_requested=lambda: bool(self.stop.signal),
+            started=self.t0,
+            log=self.log_action,
+            relation=self.relation_action if has_relation else None,
+            evaluate=self.eval_action,
+            checkpoint=self.checkpoint_action,
+            plots=self.plots_action if (self.exp.plots and self.is_main) else None,
+        )
+
+    def relation_action(self, step: int, state, out: dict) -> None:
+        """The task-relation matrix W into this step's train record."""
+        w = np.asarray(self.driver.unreplicate(mtl.relation_matrix(state.params)))
+        out.setdefault("train", {})["relation"] = self.seed_axis.first(w).tolist()
+
+    def log_action(self, step: int, state, out: dict) -> None:
+        """The train record (losses, weights, what other actions added), after this step's finiteness check."""
+        _, metrics = self.pending  # this step's
+        self.check_finite(*self.pending)
+        self.pending = None
+        rec = {**self.train_record(step, metrics, state), **out.get("train", {})}
+        if self.is_main:
+            self.logs.write("train", rec)
+            self.bar.set_postfix({n: f"{l:.3g}" for n, l in zip(self.names, rec["losses"])})
+
+    def eval_action(self, step: int, state, out: dict) -> None:
+        """An evaluation (per-seed best-validation selection) and its metrics record."""
+        train_seconds = time.time() - self.interval_start
+        self.interval_times.append(train_seconds)
+        t_eval = time.time()
+        results = self.results = self.evaluate(state, step)
+        self.eval_time += time.time() - t_eval
+        rec = {"step": step, "epoch": step / self.exp.steps_per_epoch, **mean_over_seeds(results)}
+        if self.seed_axis.stacked:
+            rec["seeds"] = results
+        if self.exp.interval_train_stats:
+            rec.update(self.interval_stats(self.interval, train_seconds))
+            self.interval = []
+        if self.is_main:
+            self.logs.write("eval", rec)
+            if self.exp.on_eval is not None:
+                self.exp.on_eval(rec)
+        self.interval_start = time.time()
+
+    def checkpoint_action(self, step: int, state, out: dict) -> None:
+        self.save(state, step, self.wall_before + time.time() - self.t0)
+        self.last_good_step = step
+
+    def plots_action(self, step: int, state, out: dict) -> None:
+        """``plots/*.png`` from the records (and W's heat map) at the end of the run."""
+        plotting.plot_training(self.workdir, self.names)
+        w = mtl.relation_matrix(state.params)
+        if w is not None:
+            w = self.seed_axis.first(np.asarray(self.driver.unreplicate(w)))
+            plotting.plot_relation_matrix(w, self.names, self.workdir / "plots" / "relation_matrix.png")
 
     # ---- summary and plots ------------------------------------------------------------------------
-    def summary(self, state, final: list[dict]) -> dict:
-        config, total_steps, spe = self.config, self.total_steps, self.exp.steps_per_epoch
+    def summary(self, final: list[dict]) -> dict:
+        """``summary.json`` (written on the main process) of a finished run."""
+        total_steps, spe = self.total_steps, self.exp.steps_per_epoch
         wall = self.wall_before + time.time() - self.t0
         bests, seeds = self.bests, self.seed_axis.seeds
         summary = {
-            "dataset": config.dataset.name,
-            "weighting": config.weighting.name,
+            "dataset": self.settings.dataset,
+            "weighting": self.settings.weighting,
             "tasks": self.names,
             "steps": total_steps,
             "epochs": total_steps / spe,
@@ -1137,12 +1283,6 @@ class _Trainer:
         if self.is_main:
             self.check_lock()
             (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-            if self.exp.plots:
-                plotting.plot_training(self.workdir, self.names)
-                if "relation" in self.host_state.params:
-                    w = self.seed_axis.first(np.asarray(self.driver.unreplicate(state.params["relation"])))
-                    plotting.plot_relation_matrix(w, self.names, self.workdir / "plots" / "relation_matrix.png")
-            print(format_summary(summary), flush=True)
         return summary
 
 

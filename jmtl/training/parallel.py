@@ -78,6 +78,15 @@ class Driver:
         self.mesh = data_mesh(self.devices) if kind == "shard_map" else None
 
     @property
+    def process_index(self) -> int:
+        """This process's index (each feeds its own part of every global batch)."""
+        return jax.process_index()
+
+    @property
+    def process_count(self) -> int:
+        return jax.process_count()
+
+    @property
     def axis_name(self) -> Optional[str]:
         return None if self.kind == "single" else DATA_AXIS
 

@@ -315,7 +315,7 @@ def build_experiment(
 ) -> tuple[loop.Experiment, dict, tuple]:
     """The loop's :class:`~jmtl.training.loop.Experiment` for ``config.variant``, its depths and CRF tasks."""
     depths, crf_tasks, tasks = _layout(config, ds)
-    if config.get("num_seeds", 1) != 1:
+    if config.num_seeds != 1:
         raise ValueError(
             "config.num_seeds must be 1 for the taggers (seeds' bucketed batches differ in length); "
             "sweep seeds with --seeds=0,1,2"
@@ -346,7 +346,7 @@ def build_experiment(
     step_cfg = step_lib.StepConfig(
         input_key=ds.spec.input_key,
         jacobian_mode=config.weighting.jacobian_mode,
-        jacobian_chunk_size=builders.jacobian_chunk_size(config.weighting.get("jacobian_chunk_size", -1)),
+        jacobian_chunk_size=builders.jacobian_chunk_size(config.weighting.jacobian_chunk_size),
     )
     # Bilevel schemes (auto_lambda, moml, forum) take a second batch each step, at the training
     # batch's length (see TaggingDataset.length_matched_batches).
@@ -454,7 +454,10 @@ def train_run(config, workdir: str | Path) -> dict[str, Any]:
 
 
 # Fields that do not change a run's numbers (where files are, how progress shows, output writers).
-_NOT_RESULTS = ("compilation_cache_dir", "progress_bar", "writers", "variant", "seed")
+_NOT_RESULTS = ("compilation_cache_dir", "progress_bar", "writers", "variant", "seed", "checkpoint_every_minutes")
+# Fields the tagging configs gained when they came to derive from config_schema.default_config()
+# (experiments/configs/hierarchical_common.py); none is read by the taggers at its default.
+_FROM_SCHEMA = ("seeds_mode", "tasks", "init_from", "optimizer.momentum", "optimizer.weight_decay")
 
 
 def fingerprint(config) -> str:
@@ -464,6 +467,14 @@ def fingerprint(config) -> str:
     c = config_schema.as_dict(config)
     for key in _NOT_RESULTS:
         c.pop(key, None)
+    defaults = config_schema.as_dict(config_schema.default_config())
+    for dotted in _FROM_SCHEMA:  # at their defaults: records written before the fields existed keep their id
+        *parents, leaf = dotted.split(".")
+        node, default = c, defaults
+        for part in parents:
+            node, default = node.get(part, {}), default[part]
+        if leaf in node and node[leaf] == default[leaf]:
+            del node[leaf]
     if "model" in c and not c["model"].get("pretrained_embeddings"):
         for key in EMBEDDING_FIELDS:  # unset: the fingerprint of every earlier run stays valid
             c["model"].pop(key, None)

@@ -37,6 +37,7 @@ from flax.core import tracers as flax_tracers
 from jax.extend import core as jex_core
 
 from jmtl.core import autogram as core
+from jmtl.models import layers as jmtl_layers
 from jmtl.training.sharing import Selector, Sharing, as_sharing
 
 Array = jax.Array
@@ -49,8 +50,6 @@ VJP = "vjp"  # the layer's own rows
 
 
 def _generic_types() -> tuple[type, ...]:
-    from jmtl.models import layers as jmtl_layers  # the fast Conv; imported late (models import training)
-
     return (nn.Conv, nn.ConvTranspose, jmtl_layers.Conv)
 
 

@@ -49,7 +49,9 @@ def test_closed_forms_match_numpy_brute_force():
     rows = np.einsum("bi,kbo->kio", x, delta).reshape(k, -1)  # task k's kernel gradient
     want = rows @ rows.T
     for method in ("gram", "rows", "auto"):
-        np.testing.assert_allclose(core.dense_kernel_gramian(jnp.asarray(x), jnp.asarray(delta), method), want, rtol=1e-12)
+        np.testing.assert_allclose(
+            core.dense_kernel_gramian(jnp.asarray(x), jnp.asarray(delta), method), want, rtol=1e-12
+        )
     s = delta.sum(axis=1)
     np.testing.assert_allclose(core.bias_gramian(jnp.asarray(delta)), s @ s.T, rtol=1e-12)
     # Embedding: repeated ids, a negative id (counts from the end), an out-of-range id (reads nothing).
@@ -88,8 +90,10 @@ class Heads(nn.Module):
 
 def _losses(model, xs, y, mutable=False):
     def loss_fn(params):
-        out = model.apply({"params": params}, *xs, mutable=["batch_stats"]) if mutable else model.apply(
-            {"params": params}, *xs
+        out = (
+            model.apply({"params": params}, *xs, mutable=["batch_stats"])
+            if mutable
+            else model.apply({"params": params}, *xs)
         )
         if mutable:
             out = out[0]
@@ -309,3 +313,18 @@ def test_bad_weights_and_chunk_size_are_refused():
         jax.eval_shape(bad, params)
     with pytest.raises(ValueError, match="chunk_size must be >= 0"):
         jax.eval_shape(lambda p: ag.losses_and_gramian(loss_fn, p, shared="encoder", chunk_size=-1)[1], params)
+
+
+def test_benchmark_quick_smoke(tmp_path):
+    """experiments/bench/autogram.py --quick end to end (timings are not checked; G is)."""
+    import json
+
+    from experiments.bench import autogram as bench
+
+    bench.main(["--quick", "--out-dir", str(tmp_path)])
+    record = json.loads((tmp_path / "autogram.json").read_text())
+    assert record["provenance"]["recorded"]
+    for cell in record["results"]["mlp_small"].values():
+        assert {m: r["status"] for m, r in cell["methods"].items()} == dict.fromkeys(bench.METHODS, "ran")
+        assert cell["max_rel_diff"] < 1e-5
+    assert "| mlp_small |" in (tmp_path / "autogram.md").read_text()

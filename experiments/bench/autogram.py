@@ -99,7 +99,8 @@ def problem(name: str, k: int, quick: bool = False):
 
     def loss_fn(p):
         out = model.apply({"params": p}, x)
-        return jnp.stack([jnp.mean((o - t) ** 2) for o, t in zip(out, y)])
+        # Indexed with Python ints: iterating a >100-row array under jit goes through traced chunks.
+        return jnp.stack([jnp.mean((out[i] - y[i]) ** 2) for i in range(k)])
 
     d = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params["encoder"]))
     return loss_fn, params, d

@@ -1,7 +1,8 @@
 r"""The task Gramian without the Jacobian (``jmtl.training.autogram_flax``) against today's rows
 (``jmtl.training.jacobian.per_task_gradients`` in chunks of 1 and in one vmap), in one run.
 
-    python -m experiments.bench.autogram                 # the full grid (~10 min on 2 busy cores)
+    python -m experiments.bench.autogram --repeats 3 --segnet-ks 2,10   # what results/bench/autogram.md ran (~17 min, 2 busy cores)
+    python -m experiments.bench.autogram                 # the full grid (SegNet at K = 40, 139 too: much longer on CPU)
     python -m experiments.bench.autogram --quick --out-dir /tmp/x   # CI smoke: seconds
 
 For each model and K, three jitted functions ``params -> G [K, K]`` (the Gramian of the shared
@@ -14,9 +15,9 @@ function (arguments + outputs + temporaries). A function whose predicted peak ex
 rows' G in the same run (``max_rel_diff``).
 
 Models (all: per-task Dense heads on the shared encoder's output, squared error on generated data):
-``mlp_small`` (Dense 32-64-64, batch 64, d ~ 6.3e3), ``mlp_wide`` (Dense 1024-1024-1024, batch 16,
+``mlp_small`` (Dense 32-64-64, batch 64, d = 6.8e3), ``mlp_wide`` (Dense 1024-1024-1024, batch 16,
 d ~ 3.1e6: where the Gram form wins) and ``segnet`` (MTAN's SegNet encoder-decoder,
-``experiments.bench.vision_common``'s widths, 2.9e7 params, 32x32 images, batch 2, a 1x1 conv
+``jmtl.models.vision.SEGNET_FILTERS`` widths, 2.5e7 shared params, 32x32 images, batch 2, a 1x1 conv
 head per task: conv layers take the per-layer rows).
 
 Note what G alone does not show: with G, the engine still needs one weighted backward pass for the

@@ -1,5 +1,5 @@
 r"""The task Gramian without the Jacobian (``jmtl.training.autogram_flax``) against today's rows
-(``jmtl.training.jacobian.per_task_gradients`` in chunks of 1 and in one vmap), in one run.
+(``jmtl.core.jacobian.per_task_gradients`` in chunks of 1 and in one vmap), in one run.
 
     python -m experiments.bench.autogram --repeats 3 --segnet-ks 2,10   # what results/bench/autogram.md ran (~17 min, 2 busy cores)
     python -m experiments.bench.autogram                 # the full grid (SegNet at K = 40, 139 too: much longer on CPU)
@@ -108,9 +108,9 @@ def problem(name: str, k: int, quick: bool = False):
 
 
 def gramian_fn(method: str, loss_fn, k: int):
+    from jmtl.core.jacobian import per_task_gradients
+    from jmtl.core.sharing import Sharing
     from jmtl.training import autogram_flax
-    from jmtl.training.jacobian import per_task_gradients
-    from jmtl.training.sharing import Sharing
 
     sharing = Sharing("encoder")
     if method == "autogram":

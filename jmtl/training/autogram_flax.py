@@ -27,7 +27,7 @@ params) gets ordinary Jacobian rows, which are exact too.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -37,8 +37,10 @@ from flax.core import tracers as flax_tracers
 from jax.extend import core as jex_core
 
 from jmtl.core import autogram as core
+from jmtl.core.jacobian import shared_layout
+from jmtl.core.paths import TaskGradients
+from jmtl.core.sharing import Selector, Sharing, as_sharing, require_shared
 from jmtl.models import layers as jmtl_layers
-from jmtl.training.sharing import Selector, Sharing, as_sharing
 
 Array = jax.Array
 PyTree = Any
@@ -258,7 +260,7 @@ class Autogram:
 
     Args:
       loss_fn: the task losses as a function of the params pytree (it calls ``model.apply``).
-      shared: which params are shared (a :class:`jmtl.training.sharing.Sharing`, a top-level key,
+      shared: which params are shared (a :class:`jmtl.core.sharing.Sharing`, a top-level key,
         a predicate on the leaf path, or None: every param). G is over the shared params only.
       has_aux: ``loss_fn`` returns ``(losses, aux)``.
       chunk_size: 0: one ``vmap`` over the K cotangents (and over K in each per-layer vjp); c >= 1:
@@ -406,3 +408,45 @@ def losses_and_gramian(
 ) -> tuple[Array, Array, Callable[[Array], PyTree], Any]:
     """``Autogram(loss_fn, shared, has_aux, chunk_size, method).losses_and_gramian(params)``."""
     return Autogram(loss_fn, shared, has_aux, chunk_size, method).losses_and_gramian(params)
+
+
+class AutogramForward(NamedTuple):
+    local: Array  # [K] this device's task losses
+    vjp: Callable  # weights [K] -> the combined gradient (one weighted backward pass)
+    gramian: Array  # [K, K] over the shared params
+
+
+class AutogramPath:
+    """A gradient path of the Flax step for Gramian schemes: G from the engine (no K x d Jacobian
+    held), then the scheme's weights, then one weighted backward pass ``backward(w) = w^T J``
+    (``StepConfig(gramian='autogram')``; one device)."""
+
+    name = "autogram"
+    consults_weighting = True
+
+    def __init__(self, ctx, method: str = core.AUTO):
+        self.ctx, self.method = ctx, method
+
+    def forward(self, inputs) -> AutogramForward:
+        ctx = self.ctx
+        engine = Autogram(
+            lambda p: ctx.objective.losses(p, inputs.batch, inputs.rng, inputs.extra),
+            shared=ctx.sharing,
+            chunk_size=ctx.chunk_size,
+            method=self.method,
+        )
+        losses, gram, backward, _ = engine.losses_and_gramian(inputs.params_local)
+        return AutogramForward(losses, backward, gram)
+
+    def task_gradients(self, fwd: AutogramForward, inputs):
+        shared = self.ctx.sharing.split(inputs.params)[0]
+        require_shared(shared, inputs.params, self.ctx.sharing, self.ctx.scheme_label)
+        return TaskGradients(dict(gramian=fwd.gramian, layout=shared_layout(shared)))
+
+    def assemble(self, fwd: AutogramForward, tg, out, weights, inputs) -> PyTree:
+        if weights is None:
+            raise ValueError(
+                f"gramian='autogram' forms the update as one weighted backward pass, but {self.ctx.scheme_label} "
+                "returned a direction, not task weights: use gramian='rows' for it"
+            )
+        return fwd.vjp(weights)

@@ -155,6 +155,7 @@ def step_config(config, built_model, input_key: str, input_transform=None) -> st
         compute_dtype=config.model.compute_dtype or None,
         jacobian_mode=config.weighting.jacobian_mode,
         jacobian_chunk_size=jacobian_chunk_size(config.weighting.jacobian_chunk_size),
+        gramian=config.weighting.gramian,
         penalties=tuple(penalties),
         model_kwargs=architectures.model_kwargs_fn(built_model),
     )

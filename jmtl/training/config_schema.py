@@ -106,8 +106,10 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     # losses each step: 'validation' (held out, as MOML does), 'train' (a second, independently
     # shuffled training batch, as the Auto-Lambda and FORUM code do) or '' (the scheme's own choice).
     # Other schemes ignore it.
+    # gramian: 'rows' (G from the Jacobian's rows) or 'autogram' (G from per-layer terms without the
+    # Jacobian, then one weighted backward pass; Gramian schemes on one device: results/bench/autogram.md).
     return ml_collections.ConfigDict(
-        dict(name=name, hparams=hp, jacobian_mode="params", jacobian_chunk_size=-1, meta_split="")
+        dict(name=name, hparams=hp, jacobian_mode="params", jacobian_chunk_size=-1, meta_split="", gramian="rows")
     )
 
 
@@ -140,6 +142,7 @@ _FIELDS = (
     ("weighting.jacobian_mode", _STR, None),
     ("weighting.jacobian_chunk_size", _INT, -1),  # 0: all K per-task gradients in one vmap, -1: auto
     ("weighting.meta_split", _STR, None),
+    ("weighting.gramian", _STR, None),
     ("optimizer.name", _STR, None),
     ("optimizer.learning_rate", _NUM, 0),
     ("optimizer.momentum", _NUM, 0),

@@ -48,6 +48,7 @@ PyTree = Any
 NONFINITE_POLICIES = ("raise", "skip")
 JACOBIAN_MODES = paths.JACOBIAN_MODES
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
+GRAMIAN_SOURCES = ("rows", "autogram")
 
 # Batch entries "meta/<name>" hold the second ("meta", validation) batch of bilevel schemes.
 META_PREFIX = "meta/"
@@ -90,6 +91,11 @@ class StepConfig:
       shared: which params are shared (the ones whose per-task gradients the scheme balances): a
         top-level params key (default ``'shared'``) or a predicate on each leaf's path
         (:mod:`jmtl.training.sharing`).
+      gramian: how Gramian schemes (MGDA, UPGrad, PCGrad, Nash-MTL, CAGrad, …) get G = J J^T:
+        ``'rows'`` (default): from the rows of the K x d Jacobian; ``'autogram'``: from per-layer
+        terms without holding J (:mod:`jmtl.training.autogram_flax`; dense layers in closed form,
+        others by per-layer rows), then one weighted backward pass. One device only;
+        ``results/bench/autogram.md`` says where it pays.
       per_task_inputs: each task has its own data (LibMTL's ``multi_input``): the batch is
         ``{task name: {input_key: x, label_key: y}}`` and task k's loss is taken on its own batch
         through the shared encoder; same Jacobian semantics and device averaging.
@@ -104,6 +110,7 @@ class StepConfig:
     compute_dtype: Optional[str] = None
     shared: Selector | Sharing | None = None
     per_task_inputs: bool = False
+    gramian: str = "rows"
 
     def model_input(self, batch: dict) -> Any:
         if self.input_key not in batch:
@@ -126,6 +133,8 @@ class StepConfig:
                 "(one penalty: penalties=(fn,))"
             )
         object.__setattr__(self, "penalties", tuple(self.penalties))
+        if self.gramian not in GRAMIAN_SOURCES:
+            raise ValueError(f"unknown StepConfig.gramian {self.gramian!r}; valid: {', '.join(GRAMIAN_SOURCES)}")
 
 
 def mixed_precision_apply(apply_fn: Callable, compute_dtype: Optional[str]) -> Callable:
@@ -185,6 +194,15 @@ def make_gradient_path(model, tasks: Sequence[Task], weighting, config: StepConf
                 "(input -> shared representation, using only the shared params) and `decode(rep, *, train)` "
                 "(representation -> {task: output}), or use jacobian_mode='params'."
             )
+    if config.gramian == "autogram" and weighting.requires == weighting_lib.GRAMIAN:
+        if axis_name is not None or config.jacobian_mode != "params" or getattr(model, "no_shared_params", False):
+            raise ValueError(
+                "gramian='autogram' runs on one device with jacobian_mode='params' and shared params (the Gramian "
+                "of the device-mean Jacobian is not the sum of per-device Gramians); use gramian='rows' here"
+            )
+        from jmtl.training.autogram_flax import AutogramPath  # noqa: PLC0415 (Flax taps: only when asked for)
+
+        return AutogramPath(ctx)
     # The factored rows need the encoder to hold exactly the shared params (the default sharing by
     # key) and no step-dependent model arguments (those go through __call__ only).
     factored = (

@@ -136,7 +136,15 @@ def analyse(samples, steps: int, warm_step: int, every: int) -> dict:
     end_rss, end_fds = window(steps - every, steps)
     warm, end = float(np.median(warm_rss)), float(np.median(end_rss))
     after = in_loop & (step > warm_step)
-    slope = float(np.polyfit(step[after], rss[after], 1)[0]) * 10_000 if after.sum() > 2 else float("nan")
+    slope, slope_ci = float("nan"), float("nan")
+    if after.sum() > 2:
+        x, y = step[after], rss[after]
+        coef = np.polyfit(x, y, 1)
+        resid = y - np.polyval(coef, x)
+        # 95 % interval of the slope (ordinary least squares; the samples are autocorrelated, so this
+        # is a lower bound on the real uncertainty).
+        se = np.sqrt(resid.var(ddof=2) / ((x - x.mean()) ** 2).sum())
+        slope, slope_ci = float(coef[0]) * 10_000, 1.96 * float(se) * 10_000
     per_mark = []
     for mark in range(every, steps + 1, every):  # the first sample once step `mark` is done
         sel = np.nonzero(in_loop & (step > mark))[0]
@@ -148,6 +156,7 @@ def analyse(samples, steps: int, warm_step: int, every: int) -> dict:
         "growth_pct": round(100 * (end - warm) / warm, 3),
         "rss_max_after_warm_mib": round(float(rss[after].max()), 2),
         "rss_slope_after_warm_mib_per_10k_steps": round(slope, 3),
+        "rss_slope_ci95_mib_per_10k_steps": round(slope_ci, 3),
         "open_fds_warm": int(np.median(warm_fds)),
         "open_fds_end": int(np.median(end_fds)),
         "per_500_steps": per_mark,
@@ -207,6 +216,12 @@ def main(argv=None):
         help="no malloc_trim after each save (checkpoint.TRIM_HEAP_AFTER_SAVE = False), to measure it",
     )
     parser.add_argument(
+        "--no_spec_json_fix",
+        action="store_true",
+        help="let orbax call tensorstore's leaking KvStore.Spec.to_json (checkpoint.AVOID_SPEC_JSON_LEAK = "
+        "False), to measure the fix",
+    )
+    parser.add_argument(
         "--per_array_checkpoints",
         action="store_true",
         help="save the state leaf by leaf, as before checkpoint.pack_state (the 'before' of the "
@@ -217,6 +232,7 @@ def main(argv=None):
 
     checkpoint.Checkpointer.PACK = not args.per_array_checkpoints
     checkpoint.TRIM_HEAP_AFTER_SAVE = not args.no_heap_trim
+    checkpoint.AVOID_SPEC_JSON_LEAK = not args.no_spec_json_fix
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance()  # the commit and dirty flag of the code that runs, recorded at the start
@@ -232,12 +248,18 @@ def main(argv=None):
         "steps": args.steps,
         "checkpoint_layout": "packed" if checkpoint.Checkpointer.PACK else "per_array",
         "heap_trim_after_save": checkpoint.TRIM_HEAP_AFTER_SAVE,
+        "avoid_spec_json_leak": checkpoint.AVOID_SPEC_JSON_LEAK,
         "eval_every": args.eval_every,
         "checkpoint_every": ckpt_every,
         "checkpoints_saved": args.steps // ckpt_every,
         # Per save only when saves dominate the run (a period of <= 100 steps); else not meaningful.
         "rss_slope_per_checkpoint_kib": (
             round(analysis["rss_slope_after_warm_mib_per_10k_steps"] * 1024 * ckpt_every / 10_000, 2)
+            if ckpt_every <= 100
+            else None
+        ),
+        "rss_slope_per_checkpoint_ci95_kib": (
+            round(analysis["rss_slope_ci95_mib_per_10k_steps"] * 1024 * ckpt_every / 10_000, 2)
             if ckpt_every <= 100
             else None
         ),
@@ -265,7 +287,8 @@ def main(argv=None):
     rows = "\n".join(f"| {m['step']} | {m['rss_mib']:.1f} | {m['open_fds']} |" for m in analysis["per_500_steps"])
     verdict = "PASS" if record["passed"] else "FAIL"
     per_save = (
-        f" ({record['rss_slope_per_checkpoint_kib']:+.1f} KiB per checkpoint save)"
+        f" ({record['rss_slope_per_checkpoint_kib']:+.1f} ± {record['rss_slope_per_checkpoint_ci95_kib']:.1f} KiB "
+        "per checkpoint save, 95 % OLS interval)"
         if record["rss_slope_per_checkpoint_kib"] is not None
         else ""
     )
@@ -274,7 +297,7 @@ def main(argv=None):
 `{prov["command"]}` — `experiments.train.train` on the GradNorm toy
 (`gradnorm_toy.py`, equal weighting, driver `single`, batch 100), evaluation every {args.eval_every:,} steps,
 orbax checkpoint every {ckpt_every:,} steps ({args.steps // ckpt_every} saves, {record["checkpoint_layout"].replace("_", "-")}
-layout), train log every 10 steps. A background thread reads `VmRSS` from
+layout; tensorstore's leaking `KvStore.Spec.to_json` {"avoided" if record["avoid_spec_json_leak"] else "called, as orbax does"}; heap trim after each save {"on" if record["heap_trim_after_save"] else "off"}), train log every 10 steps. A background thread reads `VmRSS` from
 `/proc/self/status` every {args.interval:g} s ({len(run["samples"])} samples); a sample's step is the
 number of batches the loop has taken. jax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cores,
 shared; load average at the end {", ".join(f"{x:.1f}" for x in record["load_average_end"])}).
@@ -285,7 +308,7 @@ shared; load average at the end {", ".join(f"{x:.1f}" for x in record["load_aver
 | RSS at the end (median, last {args.every} steps) | {analysis["rss_end_mib"]:.1f} MiB |
 | growth | **{analysis["growth_pct"]:+.2f} %** (target < {TARGET_GROWTH_PCT:g} %: {verdict}) |
 | max RSS after warm-up | {analysis["rss_max_after_warm_mib"]:.1f} MiB |
-| linear trend after warm-up | {analysis["rss_slope_after_warm_mib_per_10k_steps"]:+.2f} MiB / 10k steps{per_save} |
+| linear trend after warm-up | {analysis["rss_slope_after_warm_mib_per_10k_steps"]:+.2f} ± {analysis["rss_slope_ci95_mib_per_10k_steps"]:.2f} MiB / 10k steps{per_save} |
 | open file descriptors, warm-up -> end | {analysis["open_fds_warm"]} -> {analysis["open_fds_end"]} |
 | RSS before `train()` (imports only) / after it returned (final eval, summary, plots) | {run["rss_before_train_mib"]:.1f} / {run["rss_after_train_mib"]:.1f} MiB |
 | throughput | {summary["steps_per_s"]:.0f} steps/s ({summary["wall_time_s"]:.0f} s wall, evals and checkpoints included) |

@@ -5,7 +5,7 @@ r"""Ablation grid: weighting methods × architectures × seeds, with single-task
 
 Flags only; the grid, its cells (each :func:`jmtl.training.loop.train`), the checks (unknown
 methods / architectures, a grid trained under another config: refused before anything trains) and
-the reports (``results.csv``, ``table.md``, ``plots/``) are :mod:`jmtl.training.ablation`.
+the reports (``results.csv``, ``table.md``, ``plots/``) are :mod:`jmtl.drivers.ablation`.
 ``--seeds_per_program=P`` splits a cell's seeds into programs of P seeds; ``--report_only`` rebuilds
 the reports from the finished cells.
 """
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from jmtl.training import ablation, cli
+from jmtl.drivers import ablation
+from jmtl.training import cli
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir("Experiment config file (path[:arg]).", "The grid's folder.")
 _METHODS = flags.DEFINE_string(

@@ -9,7 +9,7 @@ methods × seeds, each architecture at its own sizes (``experiments/configs/cens
 ``experiments/ablate.py`` runs one config for every architecture, so its architectures share
 ``model.arch_kwargs`` and the encoder; here each architecture gets its own (8 experts of 16 units
 for the MoE models, a 128-unit shared bottom for hard sharing), and otherwise the grid is the
-ablation's (:mod:`jmtl.training.ablation`: the same cells, programs, resumption, ``results.csv``,
+ablation's (:mod:`jmtl.drivers.ablation`: the same cells, programs, resumption, ``results.csv``,
 ``table.md`` and plots; the single-task baselines use the shared-bottom encoder). A rerun under
 another config or other sizes in the same workdir is refused.
 
@@ -46,8 +46,9 @@ from experiments.results_io import (
     started_now,
     write_outputs,
 )
+from jmtl.drivers import ablation
 from jmtl.metrics import summary as summary_lib
-from jmtl.training import ablation, cli, config_schema, loop, parallel
+from jmtl.training import cli, config_schema, loop, parallel
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir("A census config file (path[:method]).", "The grid's folder.")
 _METHODS = flags.DEFINE_string("methods", "equal", "Comma-separated weighting methods ('name@rep' allowed).")
@@ -112,7 +113,7 @@ def train(config, workdir, select_on: str = ""):
 
 
 def run_programs(cells, workdir: Path, seeds_per_program: int = 0, select_on: str = "") -> dict[str, str]:
-    """:func:`jmtl.training.ablation.run_grid` (same folders, skipping and error files) with
+    """:func:`jmtl.drivers.ablation.run_grid` (same folders, skipping and error files) with
     :func:`train`; returns ``{cell: error}``."""
     errors = {}
     for name, rel, c in ablation.programs(cells, seeds_per_program):

@@ -8,7 +8,7 @@ per-task curves thin, and the task weights each method assigns.
 
     python -m experiments.gradnorm_toy_study --workdir workdirs/gradnorm_toy [--seeds 3]
 
-Runs the grid through jmtl.training.ablation.run (as experiments/ablate.py does) (resumable; one cell per method and T) and writes
+Runs the grid through jmtl.drivers.ablation.run (as experiments/ablate.py does) (resumable; one cell per method and T) and writes
 ``results/toy/gradnorm_toy.{png,md,json}``.
 """
 
@@ -27,7 +27,7 @@ from absl import logging  # noqa: E402
 
 from experiments.configs import gradnorm_toy  # noqa: E402
 from jmtl.data import gradnorm_toy as toy_data  # noqa: E402
-from jmtl.training import ablation  # noqa: E402
+from jmtl.drivers import ablation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "toy"
 METHODS = ("equal", "uncertainty", "gradnorm")

@@ -10,7 +10,7 @@ keep what they finished.
     python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py \
         --workdir /tmp/sg --variants=single,top,hier --seeds=0,1,2 --results=results/hierarchical/sg
 
-Flags only: each run is :func:`jmtl.training.tagging.train_run`, i.e. the library train loop
+Flags only: each run is :func:`jmtl.drivers.tagging.train_run`, i.e. the library train loop
 (:mod:`jmtl.training.loop`) with the taggers' data and corpus-level evaluation. Per run,
 ``WORKDIR/VARIANT_seedS/`` holds ``metrics.jsonl`` (one line per epoch: validation and test scores,
 train loss, task-weight sums, times), ``train_log.jsonl``, checkpoints (an interrupted run
@@ -29,7 +29,8 @@ from pathlib import Path
 import jax
 from absl import app, flags, logging
 
-from jmtl.training import cli, config_schema, tagging
+from jmtl.drivers import tagging
+from jmtl.training import cli, config_schema
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir(
     "Experiment config (path[:VARIANT[,WEIGHTING]]).", "Per-run logs go to WORKDIR/VARIANT_seedS/."

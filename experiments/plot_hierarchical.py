@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from jmtl.metrics.summary import mean_sd_text
-from jmtl.training.metric_writers import read_jsonl
+from jmtl.runs.metric_writers import read_jsonl
 
 
 def score(scores: dict, task: str) -> float:

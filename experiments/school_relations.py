@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from jmtl.metrics import summary as summary_lib
-from jmtl.training.metric_writers import read_jsonl
+from jmtl.runs.metric_writers import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "school"

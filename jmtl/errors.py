@@ -7,18 +7,18 @@ file system, ``FloatingPointError`` for non-finite training), so existing handle
     ├── DataError (ValueError)              data missing or failing verification
     │   └── DataExhaustedError             a one-shot iterator ran out before the last step
     ├── ContractError (ValueError)          a model / tasks / batch that break the step's contract
-    ├── ResumeConfigError (ValueError)      jmtl.training.workdir: a resume that would change the run
+    ├── ResumeConfigError (ValueError)      jmtl.runs.workdir: a resume that would change the run
     │   └── ResumeIdentityError             other data, optimizer or tasks than the run's
     ├── CheckpointMismatchError (ValueError) a checkpoint of another model / tasks / scheme
     ├── GridMismatchError (ValueError)      an ablation grid trained under another config
     ├── WarmStartError (ValueError)         jmtl.training.warm_start: params that cannot start this model
     ├── NonFiniteLossError (FloatingPointError)
-    ├── WorkdirError (OSError)              jmtl.training.workdir: the workdir cannot be used
+    ├── WorkdirError (OSError)              jmtl.runs.workdir: the workdir cannot be used
     │   └── WorkdirLostError                 the workdir or its lock was deleted or replaced mid-run
-    ├── StorageError (OSError)              jmtl.training.workdir: a write failed (disk full, ...)
-    │   └── CheckpointSaveError             jmtl.training.checkpoint
-    ├── CheckpointIntegrityError (OSError)  jmtl.training.checkpoint: files differ from their checksums
-    └── CheckpointRestoreError (OSError)    jmtl.training.checkpoint: no checkpoint restores
+    ├── StorageError (OSError)              jmtl.runs.workdir: a write failed (disk full, ...)
+    │   └── CheckpointSaveError             jmtl.runs.checkpoint
+    ├── CheckpointIntegrityError (OSError)  jmtl.runs.checkpoint: files differ from their checksums
+    └── CheckpointRestoreError (OSError)    jmtl.runs.checkpoint: no checkpoint restores
 
     (not JmtlError, on purpose: ``except Exception`` must not swallow them)
     FitInterrupted (KeyboardInterrupt)      jmtl.training.loop: Ctrl-C in jmtl.fit, after its checkpoint

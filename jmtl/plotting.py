@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 # One JSONL reader for the whole library: it skips (with a warning) the partial last line a killed run leaves.
-from jmtl.training.metric_writers import read_jsonl as _read_jsonl  # noqa: E402
+from jmtl.runs.metric_writers import read_jsonl as _read_jsonl  # noqa: E402
 
 MAX_LEGEND = 12  # more tasks than this: no legend (139 School tasks would bury the curves)
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, toy_config
 
+from jmtl.drivers import ablation as ablate
 from jmtl.metrics import mtl
-from jmtl.training import ablation as ablate
 
 
 def test_delta_m_closed_form():

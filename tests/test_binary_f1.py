@@ -162,7 +162,7 @@ def test_task_metric_field_and_config_defaults():
 def test_ablation_single_task_cells_keep_the_task_defaults():
     """An ablation's single-task baselines of a '*' config (CelebA) are reported by the same metric."""
     from experiments.configs import celeba
-    from jmtl.training import ablation
+    from jmtl.drivers import ablation
 
     cells = dict(ablation.grid(celeba.get_config(None), ["equal"], ["hps"], ["smiling"], 1, True))
     assert cells["single_task__smiling"].tasks.to_dict() == {"smiling": {"label": "smiling"}, "*": {"metric": "f1"}}

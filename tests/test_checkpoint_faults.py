@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from jmtl.training.checkpoint import (
+from jmtl.runs.checkpoint import (
     Checkpointer,
     CheckpointMismatchError,
     CheckpointRestoreError,
     CheckpointSaveError,
 )
-from jmtl.training.metric_writers import JsonlWriter
-from jmtl.training.workdir import StorageError, format_fatal
+from jmtl.runs.metric_writers import JsonlWriter
+from jmtl.runs.workdir import StorageError, format_fatal
 
 SIG = {"params": {"w": [64, 128]}, "tasks": ["t0"], "weighting": "equal"}
 
@@ -161,8 +161,8 @@ def test_full_disk_checkpoint_and_log_writes_fail_with_one_line(tiny_disk):
 _ASYNC_FAILURE = textwrap.dedent(
     """
     import sys, threading, numpy as np
-    from jmtl.training.checkpoint import Checkpointer
-    from jmtl.training.workdir import exit_fatal
+    from jmtl.runs.checkpoint import Checkpointer
+    from jmtl.runs.workdir import exit_fatal
     from pathlib import Path
     d = Path(sys.argv[1])
     ckpt = Checkpointer(d, asynchronous=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from jmtl.training import checkpoint
+from jmtl.runs import checkpoint
 
 
 def test_stand_in_returns_what_tensorstore_returns(tmp_path):

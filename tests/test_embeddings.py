@@ -10,9 +10,9 @@ import pytest
 from experiments.configs import common, hierarchical_sg
 from jmtl.data import DataError, conll
 from jmtl.data import embeddings as emb_lib
+from jmtl.drivers import tagging
 from jmtl.models import sequence
 from jmtl.training import step as step_lib
-from jmtl.training import tagging
 
 WORDS = "the a cat dog sat ran fast home in it".split()
 POS = {

@@ -27,6 +27,6 @@ def test_every_library_exception_derives_from_jmtl_error():
     assert not any(issubclass(cls, control_flow) and issubclass(cls, Exception) for cls in found.values())
     assert not strays, f"exceptions outside the jmtl.errors hierarchy: {strays}"
     assert issubclass(errors.DataError, ValueError) and issubclass(errors.NonFiniteLossError, FloatingPointError)
-    from jmtl.training.workdir import StorageError
+    from jmtl.runs.workdir import StorageError
 
     assert issubclass(StorageError, OSError)

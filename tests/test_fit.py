@@ -17,9 +17,9 @@ import pytest
 
 import jmtl
 from jmtl.data.iterables import DataExhaustedError, ReplayIterator
+from jmtl.runs import workdir as workdir_lib
 from jmtl.tasks import Task
 from jmtl.training import contract
-from jmtl.training import workdir as workdir_lib
 
 TASKS = (Task("kind", "classification", 3), Task("size", "regression", 1))
 

@@ -13,7 +13,7 @@ from conftest import ROOT
 
 from experiments.configs import hierarchical_sg
 from jmtl.data import DataError, conll
-from jmtl.training import tagging as hierarchical_tagging
+from jmtl.drivers import tagging as hierarchical_tagging
 
 WORDS = "the a cat dog sat ran fast home in it".split()
 POS = {

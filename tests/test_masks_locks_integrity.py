@@ -22,9 +22,9 @@ import jmtl
 from jmtl import tasks as tasks_lib
 from jmtl.data import iterables, pipeline
 from jmtl.data.idx import DataError
-from jmtl.training import checkpoint as ckpt_lib
+from jmtl.runs import checkpoint as ckpt_lib
+from jmtl.runs import workdir as workdir_lib
 from jmtl.training import cli
-from jmtl.training import workdir as workdir_lib
 
 TASKS = [jmtl.Task("a", "regression", 1), jmtl.Task("b", "regression", 1)]
 
@@ -501,7 +501,7 @@ def test_a_full_disk_during_a_cache_build_is_one_line(tmp_path, monkeypatch, cap
 
 # ---- grids ------------------------------------------------------------------------------------------
 def test_a_second_grid_run_on_one_folder_is_refused_at_once(tmp_path, monkeypatch):
-    from jmtl.training import ablation
+    from jmtl.drivers import ablation
 
     monkeypatch.setattr(ablation, "train", lambda *a, **k: pytest.fail("a cell trained"))
     grid = tmp_path / "grid"
@@ -514,7 +514,7 @@ def test_a_second_grid_run_on_one_folder_is_refused_at_once(tmp_path, monkeypatc
 
 
 def test_a_disk_or_folder_failure_stops_the_grid_instead_of_a_failed_cell(tmp_path, monkeypatch):
-    from jmtl.training import ablation
+    from jmtl.drivers import ablation
 
     def lost(config, workdir):
         raise workdir_lib.WorkdirLostError(f"the workdir {workdir} was deleted or replaced. Fix: rerun", workdir)
@@ -528,7 +528,7 @@ def test_a_disk_or_folder_failure_stops_the_grid_instead_of_a_failed_cell(tmp_pa
 
 def test_census_grid_out_that_is_a_file_is_refused_before_training(tmp_path, monkeypatch):
     from experiments import census_grid
-    from jmtl.training import ablation
+    from jmtl.drivers import ablation
 
     monkeypatch.setattr(ablation, "task_list", lambda *a: pytest.fail("data was loaded"))
     monkeypatch.setattr(census_grid, "train", lambda *a, **k: pytest.fail("a cell trained"))

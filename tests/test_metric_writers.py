@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from jmtl.training import metric_writers as mw
-from jmtl.training.workdir import StorageError, format_fatal
+from jmtl.runs import metric_writers as mw
+from jmtl.runs.workdir import StorageError, format_fatal
 
 TRAIN = [
     {"step": s, "losses": [1.0 / s, 2.5e-7 * s], "weights": [None, 0.5], "objective": 0.1 * s, "grad_norm": 3.0}
@@ -221,7 +221,7 @@ def test_plots_and_grid_curves_survive_the_partial_line_a_killed_run_leaves(tmp_
     """Plotting and the ablation grid's curves read logs through the one JSONL reader: the partial last
     line a killed run leaves is skipped (they used to crash on exactly that line)."""
     from jmtl import plotting
-    from jmtl.training import ablation
+    from jmtl.drivers import ablation
 
     run = tmp_path / "cells" / "equal"
     run.mkdir(parents=True)

@@ -281,7 +281,7 @@ def test_half_written_checkpoint_is_never_the_latest(uninterrupted, stopped_at_2
 
     import orbax.checkpoint as ocp
 
-    from jmtl.training.checkpoint import Checkpointer
+    from jmtl.runs.checkpoint import Checkpointer
 
     tmp, full_state, snapshots = uninterrupted
     wd = tmp_path / "wd"
@@ -325,7 +325,7 @@ def test_half_written_checkpoint_is_never_the_latest(uninterrupted, stopped_at_2
 def test_resume_drops_partial_log_lines_and_refuses_a_changed_config(uninterrupted, stopped_at_20, tmp_path):
     import shutil
 
-    from jmtl.training.workdir import ResumeConfigError
+    from jmtl.runs.workdir import ResumeConfigError
 
     tmp, full_state, _ = uninterrupted
     wd = tmp_path / "wd"
@@ -364,7 +364,7 @@ def test_fresh_start_moves_old_logs_aside(uninterrupted, tmp_path):
 
 
 def test_second_run_into_a_busy_workdir_is_refused(tmp_path):
-    from jmtl.training.workdir import WorkdirBusyError, workdir_lock
+    from jmtl.runs.workdir import WorkdirBusyError, workdir_lock
 
     wd = tmp_path / "wd"
     wd.mkdir()

@@ -21,9 +21,9 @@ from conftest import toy_config
 
 import jmtl
 from jmtl import data as data_lib
+from jmtl.runs import workdir as workdir_lib
+from jmtl.runs.checkpoint import CheckpointMismatchError
 from jmtl.tasks import Task
-from jmtl.training import workdir as workdir_lib
-from jmtl.training.checkpoint import CheckpointMismatchError
 from jmtl.training.loop import train
 
 FAST = {

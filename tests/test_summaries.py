@@ -164,7 +164,7 @@ def test_census_grid_summary_reproduces_the_committed_auc_records():
 
 
 def test_tagging_tables_reproduce_the_committed_hierarchical_tables():
-    from jmtl.training import tagging
+    from jmtl.drivers import tagging
 
     tables = sorted((RESULTS / "hierarchical").glob("*.table.md"))
     assert len(tables) >= 5
@@ -176,13 +176,13 @@ def test_tagging_tables_reproduce_the_committed_hierarchical_tables():
 
 
 def test_ablation_tables_reproduce_the_committed_ablation_tables(tmp_path):
-    """results/ablation/*/table.md re-rendered from their results.csv (jmtl.training.ablation's
+    """results/ablation/*/table.md re-rendered from their results.csv (jmtl.drivers.ablation's
     summarise + write_table, with the shared mean ± s.d.) equal the committed tables (one folder has
     a note added under its table: the rendered part is its prefix)."""
     import csv
 
     from jmtl import tasks as tasks_lib
-    from jmtl.training import ablation
+    from jmtl.drivers import ablation
 
     def value(v: str):
         for cast in (int, float):

@@ -8,7 +8,7 @@ import pytest
 from conftest import toy_config
 
 from experiments.configs import gradnorm_toy
-from jmtl.training.checkpoint import CheckpointMismatchError
+from jmtl.runs.checkpoint import CheckpointMismatchError
 from jmtl.training.loop import train
 
 

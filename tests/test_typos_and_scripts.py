@@ -31,8 +31,8 @@ from ml_collections.config_flags import config_flags as config_flags_impl
 
 from experiments import readme_tables as rt
 from experiments import script_checks
+from jmtl.runs import workdir as workdir_lib
 from jmtl.training import config_schema
-from jmtl.training import workdir as workdir_lib
 
 RESULTS = ROOT / "results"
 
@@ -205,7 +205,8 @@ def test_verify_checksums_keeps_tagging_records_and_resumes():
     """The new kwarg changes no tagging record id (it changes no number), and a workdir saved before
     it existed resumes (its loader verified by default)."""
     from experiments.configs import hierarchical_sg
-    from jmtl.training import loop, tagging
+    from jmtl.drivers import tagging
+    from jmtl.training import loop
 
     c = hierarchical_sg.get_config()
     old = c.copy_and_resolve_references()
@@ -491,7 +492,7 @@ def test_census_grid_checks_select_on_and_out_before_any_data(tmp_path):
     ],
 )
 def test_malformed_tagging_results_are_named_with_the_fix(tmp_path, content, needle):
-    from jmtl.training import tagging
+    from jmtl.drivers import tagging
 
     (tmp_path / "sg.json").write_text(content)
     with pytest.raises(ValueError) as info:

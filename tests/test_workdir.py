@@ -12,8 +12,8 @@ import time
 import pytest
 from conftest import ROOT, toy_config
 
-from jmtl.training import workdir as wd_lib
-from jmtl.training.workdir import (
+from jmtl.runs import workdir as wd_lib
+from jmtl.runs.workdir import (
     Change,
     ResumeConfigError,
     StorageError,
@@ -50,7 +50,7 @@ def test_workdir_that_is_a_file_is_a_clear_error(tmp_path, where):
 _HOLD = textwrap.dedent(
     """
     import sys, time
-    from jmtl.training.workdir import workdir_lock
+    from jmtl.runs.workdir import workdir_lock
     with workdir_lock(sys.argv[1]) as info:
         print("LOCKED", info["pid"], flush=True)
         time.sleep(120)
@@ -59,7 +59,7 @@ _HOLD = textwrap.dedent(
 _TRY = textwrap.dedent(
     """
     import sys
-    from jmtl.training.workdir import WorkdirBusyError, workdir_lock, format_fatal
+    from jmtl.runs.workdir import WorkdirBusyError, workdir_lock, format_fatal
     try:
         with workdir_lock(sys.argv[1]):
             print("GOT IT", flush=True)
@@ -252,7 +252,7 @@ def test_exit_fatal_does_not_wait_for_stuck_threads(tmp_path):
     code = textwrap.dedent(
         """
         import threading, time
-        from jmtl.training.workdir import StorageError, exit_fatal
+        from jmtl.runs.workdir import StorageError, exit_fatal
         threading.Thread(target=time.sleep, args=(300,), name="stuck-orbax-like").start()  # non-daemon
         print("partial output", end="", flush=False)
         exit_fatal(StorageError("saving checkpoint 7", "/w/checkpoints", PermissionError(1, "Operation not permitted")),

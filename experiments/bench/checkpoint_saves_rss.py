@@ -40,7 +40,7 @@ def _rss_kib() -> int:
 
 
 def child(variant: str, saves: int) -> dict:
-    from jmtl.training import checkpoint
+    from jmtl.runs import checkpoint
 
     checkpoint.AVOID_SPEC_JSON_LEAK = variant == "fix"
     directory = Path(tempfile.mkdtemp(prefix="jmtl_ckpt_rss_"))

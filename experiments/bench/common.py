@@ -19,6 +19,7 @@ from experiments.results_io import (  # noqa: F401  (re-exported for the benchma
     CODE_NOTE,
     CODE_RECORD,
     PROVENANCE_MARK,
+    _git,
     cell_code,
     code_mark,
     code_of,

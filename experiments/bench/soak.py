@@ -228,7 +228,7 @@ def main(argv=None):
         "memory-per-save comparison)",
     )
     args = parser.parse_args(argv)
-    from jmtl.training import checkpoint
+    from jmtl.runs import checkpoint
 
     checkpoint.Checkpointer.PACK = not args.per_array_checkpoints
     checkpoint.TRIM_HEAP_AFTER_SAVE = not args.no_heap_trim

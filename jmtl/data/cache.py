@@ -224,7 +224,7 @@ def _storage_error(exc: BaseException, folder: pathlib.Path, cache_root: str) ->
     read-only, quota, permissions), else None. tfds raises such failures in
     several wrappings (its writers' own exception types, the `OSError` chained
     or only its text); each is recognised here, as for a workdir write."""
-    from jmtl.training import workdir as workdir_lib  # no jax; no jmtl import
+    from jmtl.runs import workdir as workdir_lib  # no jax; no jmtl import
 
     if workdir_lib.storage_reason(exc) is None:
         return None  # not a disk refusal: the original error, with its traceback

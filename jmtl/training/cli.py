@@ -21,7 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jmtl.registry import closest
-from jmtl.training import workdir as workdir_lib
+from jmtl.runs import workdir as workdir_lib
 
 USAGE_ERROR = 2  # bad command line or config, as argparse and absl use
 RUN_ERROR = 1

@@ -30,8 +30,9 @@ from jmtl import data as data_lib
 from jmtl import tasks as tasks_lib
 from jmtl import weighting as weighting_lib
 from jmtl.data.iterables import LabelCheck, ReplayIterator, call_factory, concatenate_batches, refuse_table
+from jmtl.runs import identity
 from jmtl.tasks import Task
-from jmtl.training import builders, config_schema, contract, identity, loop, parallel, warm_start
+from jmtl.training import builders, config_schema, contract, loop, parallel, warm_start
 from jmtl.training import settings as settings_lib
 from jmtl.training import step as step_lib
 
@@ -120,7 +121,7 @@ def fit(
       FitInterrupted: Ctrl-C (SIGINT) during training, after a checkpoint was saved (a
         ``KeyboardInterrupt``; calling ``fit`` again with the same workdir resumes).
       FitTerminated: SIGTERM, after a checkpoint was saved (a ``SystemExit`` with code 143).
-      jmtl.training.workdir.ResumeIdentityError: the workdir's checkpoint was trained on other data,
+      jmtl.runs.workdir.ResumeIdentityError: the workdir's checkpoint was trained on other data,
         another optimizer or other tasks (each named).
     """
     _check_model(model)

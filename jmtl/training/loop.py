@@ -30,7 +30,7 @@ Workdir outputs: ``config.json``, ``train_log.jsonl`` (losses and task weights e
 orbax checkpoints under ``checkpoints/`` and the best-validation params under ``best/``. Re-running
 with the same workdir resumes from the latest checkpoint (data order included), after checking that
 it is the same run: each checkpoint carries its config and identity (data fingerprints, custom
-optimizer hyperparameters, tasks: :mod:`jmtl.training.identity`), so a removed or damaged
+optimizer hyperparameters, tasks: :mod:`jmtl.runs.identity`), so a removed or damaged
 ``config.json`` cannot let a changed run through.
 """
 
@@ -57,15 +57,14 @@ from jmtl import plotting
 from jmtl import tasks as tasks_lib
 from jmtl.errors import NonFiniteLossError
 from jmtl.models import mtl
+from jmtl.runs import checkpoint, identity, metric_writers
+from jmtl.runs import workdir as workdir_lib
 from jmtl.tasks import Task
 from jmtl.training import (
     builders,
-    checkpoint,
     config_schema,
     contract,
     evaluate,
-    identity,
-    metric_writers,
     packing,
     parallel,
     warm_start,
@@ -73,7 +72,6 @@ from jmtl.training import (
 from jmtl.training import seeds as seeds_lib
 from jmtl.training import settings as settings_lib
 from jmtl.training import step as step_lib
-from jmtl.training import workdir as workdir_lib
 from jmtl.training.state import TrainState
 
 PyTree = Any
@@ -194,7 +192,7 @@ class Experiment:
       on_eval: called with each metrics record (on the main process), e.g. to print a line.
       plots: draw ``plots/*.png`` at the end.
       identity: what the run trains on that the config does not pin down, ``{what, in words: value}``
-        (data fingerprints, a custom optimizer's hyperparameters; :mod:`jmtl.training.identity`).
+        (data fingerprints, a custom optimizer's hyperparameters; :mod:`jmtl.runs.identity`).
         Stored in every checkpoint with the tasks; a resume with other values is refused, naming them.
     """
 

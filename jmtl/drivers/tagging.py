@@ -37,8 +37,9 @@ from jmtl.data import conll
 from jmtl.data import embeddings as embeddings_lib
 from jmtl.metrics import summary as summary_lib
 from jmtl.models import crf, sequence
+from jmtl.runs import metric_writers
 from jmtl.tasks import CRF_TAGGING, TAGGING, Task
-from jmtl.training import builders, config_schema, loop, metric_writers, parallel
+from jmtl.training import builders, config_schema, loop, parallel
 from jmtl.training import step as step_lib
 from jmtl.training.cli import suggest
 

@@ -70,7 +70,7 @@ class ResumeConfigError(JmtlError, ValueError):
 
 class ResumeIdentityError(ResumeConfigError):
     """The resuming run trains on other data, another optimizer or other tasks than the checkpoint
-    (``jmtl.training.identity``); ``differences`` lists each in words."""
+    (``jmtl.runs.identity``); ``differences`` lists each in words."""
 
     def __init__(self, message: str, differences: list[str]):
         super().__init__(message, [])

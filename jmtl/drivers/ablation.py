@@ -47,11 +47,11 @@ from jmtl.errors import GridMismatchError
 from jmtl.metrics import mtl as mtl_metrics  # noqa: E402
 from jmtl.metrics import summary as summary_lib  # noqa: E402
 from jmtl.models import architectures  # noqa: E402
+from jmtl.runs import workdir as workdir_lib  # noqa: E402
+from jmtl.runs.metric_writers import read_jsonl as _read_jsonl  # noqa: E402  (survives a partial last line)
 from jmtl.training import config_schema  # noqa: E402
-from jmtl.training import workdir as workdir_lib  # noqa: E402
 from jmtl.training.cli import suggest  # noqa: E402
 from jmtl.training.loop import train  # noqa: E402
-from jmtl.training.metric_writers import read_jsonl as _read_jsonl  # noqa: E402  (survives a partial last line)
 
 SINGLE = "single_task"
 # "mgda@rep": the method on the Jacobian of the shared representation (MGDA-UB for mgda).

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional, Protocol, Sequence
 
-from jmtl.training.workdir import StorageError
+from jmtl.runs.workdir import StorageError
 
 STREAMS = {"train": "train_log.jsonl", "eval": "metrics.jsonl"}
 _WHAT = {"train": "writing the train log", "eval": "writing the eval metrics"}
@@ -290,7 +290,7 @@ class WandbWriter:
             import wandb
         except ImportError as e:
             raise ValueError("the 'wandb' writer needs the wandb package: pip install wandb") from e
-        from jmtl.training.workdir import flatten_config
+        from jmtl.runs.workdir import flatten_config
 
         self.workdir = Path(workdir)
         id_file = self.workdir / "wandb_run_id.txt"

@@ -52,7 +52,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jmtl.errors import CheckpointMismatchError, JmtlError
-from jmtl.training.workdir import StorageError
+from jmtl.runs.workdir import StorageError
 
 PyTree = Any
 

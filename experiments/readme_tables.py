@@ -233,6 +233,45 @@ def bench_step() -> list[str]:
     return lines
 
 
+@table("segnet_full_size", "bench/segnet_full_size.json")
+def segnet_full_size() -> list[str]:
+    d = _json("bench/segnet_full_size.json")
+    c, p = d["config"], d["params"]
+    load = d["provenance"].get("load_average_end") or d["provenance"].get("load_average")
+    f2 = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = [
+        f"SegNet ({p['jmtl_total']:,} params, {p['jmtl_shared']:,} shared), {c['height']}×{c['width']}, batch "
+        f"{c['batch']}, 3 pixel tasks, Adam; {c['repeats']} interleaved rounds after {c['warmup']} warm-up call(s), "
+        f"ratios = medians of per-round ratios; PyTorch {d['torch']} with {d['torch_threads']} threads; peak memory "
+        "from XLA's analysis of the compiled step (PyTorch's not measured)"
+        + (f"; load average at the end {', '.join(f'{x:.1f}' for x in load)}" if load else "")
+        + ".",
+        "",
+        "| step | path | chunk | median s | vs PyTorch equal | vs PyTorch K backward passes | peak MiB | memory vs equal |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in d["rows"].items():
+        mem = (r.get("memory_mib") or {}).get("peak_mib")
+        lines.append(
+            _row(
+                [
+                    name,
+                    r.get("gradient_path", "torch"),
+                    r.get("chunk_size", "—"),
+                    f"{r['median_ms'] / 1e3:.2f}",
+                    f2(r["vs_torch_equal"]),
+                    f2(r["vs_torch_k_backward"]),
+                    "—" if mem is None else f"{mem:.0f}",
+                    f2(r["memory_vs_equal"]),
+                ]
+            )
+        )
+    lines += ["", "| goal (issue 24 §5) | value | met |", "|---|---:|---|"]
+    for goal, g in d["goals"].items():
+        lines.append(_row([goal, f2(g["value"]), "—" if g["met"] is None else ("yes" if g["met"] else "no")]))
+    return lines
+
+
 @table("gradnorm_toy", "toy/gradnorm_toy.json")
 def gradnorm_toy() -> list[str]:
     lines = ["| T | method | mean over tasks | worst / best task |", "|---:|---|---:|---:|"]

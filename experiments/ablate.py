@@ -1,4 +1,4 @@
-r"""Ablation grid: weighting methods × architectures × seeds, with single-task baselines, Δm% and MR.
+r"""Ablation grid: weighting schemes × architectures × seeds, with single-task baselines, Δm% and MR.
 
     python -m experiments.ablate --config experiments/configs/multimnist.py --methods all \
         --archs hps --seeds 3 --workdir /tmp/abl --config.num_epochs=2
@@ -19,7 +19,7 @@ from jmtl.training import cli
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir("Experiment config file (path[:arg]).", "The grid's folder.")
 _METHODS = flags.DEFINE_string(
-    "methods", "equal", "'all' or comma-separated weighting methods; 'name@rep' runs it on the representation Jacobian."
+    "methods", "equal", "'all' or comma-separated weighting schemes; 'name@rep' runs it on the representation Jacobian."
 )
 _ARCHS = flags.DEFINE_string("archs", "hps", "Comma-separated architectures (config.model.arch values).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell.")

@@ -51,7 +51,7 @@ from jmtl.metrics import summary as summary_lib
 from jmtl.training import cli, config_schema, loop, parallel
 
 _CONFIG, _WORKDIR = cli.define_config_and_workdir("A census config file (path[:method]).", "The grid's folder.")
-_METHODS = flags.DEFINE_string("methods", "equal", "Comma-separated weighting methods ('name@rep' allowed).")
+_METHODS = flags.DEFINE_string("methods", "equal", "Comma-separated weighting schemes ('name@rep' allowed).")
 _ARCHS = flags.DEFINE_string("archs", ",".join(census_common.ARCH_SETTINGS), "Comma-separated architectures.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell.")
 _SEEDS_PER_PROGRAM = flags.DEFINE_integer("seeds_per_program", 0, "Seeds per compiled program; 0 = all of a cell's.")

@@ -1,4 +1,4 @@
-r"""QM9 with the MPNN (experiments/configs/qm9_gnn.py): weighting methods and single-task baselines,
+r"""QM9 with the MPNN (experiments/configs/qm9_gnn.py): weighting schemes and single-task baselines,
 per-target test MAE in Nash-MTL's units and Delta-m%, beside Navon et al. 2022's published numbers.
 
     python -m experiments.qm9_gnn --workdir /tmp/qm9_grid --out results/qm9/qm9_gnn_cpu_subset \

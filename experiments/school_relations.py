@@ -4,7 +4,7 @@ Yeung (UAI 2010) report it; a heatmap of the learned W; and the weighting catalo
 
     # rows (a)-(e) over the 10 splits -> results/school/relations.{json,md}, heatmaps
     python -m experiments.school_relations main --data-dir ../shared/data --splits 0-9
-    # every weighting method on split 0, short schedule -> results/school/catalogue.{json,md}
+    # every weighting scheme on split 0, short schedule -> results/school/catalogue.{json,md}
     python -m experiments.school_relations catalogue --data-dir ../shared/data --split 0
     # step time of W before / after the mix_tasks fix -> results/school/relation_step_time.{json,md}
     python -m experiments.school_relations steptime --data-dir ../shared/data
@@ -577,7 +577,7 @@ def index_provenance(paths, prov: dict) -> None:
 
 
 def catalogue_mode(args) -> None:
-    """Every weighting method at K = 139 in the loop on one split: whether it runs, its step time, and
+    """Every weighting scheme at K = 139 in the loop on one split: whether it runs, its step time, and
     (on a real schedule) its test explained variance. ``--name`` names the outputs
     (``results/school/<name>.{json,md}``, records in ``<name>_partial.jsonl``); an existing record
     file is continued only with ``--resume``, and only under the same schedule."""
@@ -659,7 +659,7 @@ def catalogue_mode(args) -> None:
     lines = (
         title
         + [
-            "Every registered weighting method trained in the built-in loop at K = 139 tasks (Adam, lr 1e-2, final "
+            "Every registered weighting scheme trained in the built-in loop at K = 139 tasks (Adam, lr 1e-2, final "
             "params, no selection), with its test explained variance (pooled over the test students, as in "
             "`relations.md`) and the loop's time per step (the second evaluation interval's training time / its "
             "steps; the first holds the compilation). The compiled steps alone, timed round-robin, are in "

@@ -99,7 +99,7 @@ def at_least(flag: str, value: int, low: int) -> int:
 
 
 def weighting_methods(flag: str, names: Iterable[str]) -> list[str]:
-    """Weighting method names, ``'name@rep'`` allowed (per-task gradients of the representation)."""
+    """Weighting scheme names, ``'name@rep'`` allowed (per-task gradients of the representation)."""
     from jmtl import weighting
 
     names = [n.strip() for n in names if n.strip()]

@@ -38,7 +38,7 @@ class Registry(dict, Generic[T]):
     """``name -> object`` with duplicate-name refusal and unknown-name errors that list the valid names.
 
     Args:
-      kind: what the entries are, for the messages (``"encoder"``, ``"weighting method"``, ...).
+      kind: what the entries are, for the messages (``"encoder"``, ``"weighting scheme"``, ...).
       entries: the built-in entries, in order.
       valid_label: how the list of names is introduced in an unknown-name error (default
         ``"valid <kind>s"``).

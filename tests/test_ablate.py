@@ -131,7 +131,7 @@ def test_unknown_architecture_fails_before_anything_trains(tmp_path):
 
 
 def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown weighting method.*nash.*valid methods"):
+    with pytest.raises(ValueError, match="unknown weighting scheme.*nash.*valid schemes"):
         ablate.parse_methods("equal,nash")
 
 

@@ -1,7 +1,7 @@
 """Bad inputs fail early with a message that names the problem and the fix.
 
 Table of every case (and where its test lives, some are elsewhere): results/reliability.md.
-Already covered elsewhere: unknown weighting method / encoder / task label
+Already covered elsewhere: unknown weighting scheme / encoder / task label
 (test_train_loop.py::test_bad_config_errors), a checkpoint of a different model
 (test_train_loop.py::test_refuses_checkpoint_of_a_different_model), missing / truncated / corrupt
 .gz, wrong IDX magic or counts, label range in IDX files, unknown dataset or dataset keyword
@@ -111,7 +111,7 @@ def test_unknown_weighting_hyperparameter_lists_the_valid_ones(shared, tmp_path)
         c,
         tmp_path / "wd",
         ValueError,
-        "unknown hyperparameter(s) normalisation for weighting method 'mgda'; valid: normalization, max_iter, tol",
+        "unknown hyperparameter(s) normalisation for weighting scheme 'mgda'; valid: normalization, max_iter, tol",
     )
 
 
@@ -300,7 +300,7 @@ def _cli(module: str, *args: str, cwd=ROOT):
         (
             "ablate",
             ["--config", "experiments/configs/gradnorm_toy.py", "--methods", "equal,mdga"],
-            "ValueError: unknown weighting method(s) ['mdga'] (did you mean 'mgda'?); valid methods:",
+            "ValueError: unknown weighting scheme(s) ['mdga'] (did you mean 'mgda'?); valid schemes:",
         ),
     ],
     ids=[

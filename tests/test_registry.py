@@ -61,7 +61,7 @@ def test_the_four_registries_use_it():
     assert isinstance(encoders.ENCODERS, Registry) and isinstance(architectures.ARCHITECTURES, Registry)
     assert isinstance(pipeline._REGISTRY, Registry)
     with pytest.raises(
-        ValueError, match=r"unknown weighting method 'pcgard'; valid methods: .*Did you mean 'pcgrad'\?"
+        ValueError, match=r"unknown weighting scheme 'pcgard'; valid schemes: .*Did you mean 'pcgrad'\?"
     ):
         weighting.get("pcgard")
     with pytest.raises(ValueError, match=r"unknown encoder 'mpl'; valid encoders: .*Did you mean 'mlp'\?"):

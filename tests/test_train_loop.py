@@ -58,7 +58,7 @@ def test_refuses_checkpoint_of_a_different_model(tmp_path):
 
 
 def test_bad_config_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown weighting method 'nash'.*valid methods"):
+    with pytest.raises(ValueError, match="unknown weighting scheme 'nash'.*valid schemes"):
         c = _config(tmp_path)
         c.weighting.name = "nash"
         train(c, str(tmp_path / "a"))

@@ -457,7 +457,7 @@ def test_census_grid_checks_select_on_and_out_before_any_data(tmp_path):
     for kwargs, needle in (
         ({"seeds": 0}, "--seeds: 0 must be >= 1"),
         ({"seeds_per_program": -1}, "--seeds_per_program"),
-        ({"methods": ["equl"]}, "unknown weighting method"),
+        ({"methods": ["equl"]}, "unknown weighting scheme"),
         ({"archs": ["mmo"]}, "unknown architecture"),
     ):
         args = dict(methods=["equal"], archs=["mmoe"], seeds=3, seeds_per_program=0)

@@ -69,7 +69,7 @@ def test_variants_tasks_and_methods():
         ("nyuv2", "stl_depth,famo", "single-task run has no weighting"),
         ("cityscapes", "mtan,famo,x", "VARIANT\\[,METHOD\\]"),
         ("celeba", "stl_5_o", "not a task name"),
-        ("nyuv2", "mtan,nosuch", "unknown weighting method"),
+        ("nyuv2", "mtan,nosuch", "unknown weighting scheme"),
     ],
 )
 def test_bad_arguments_name_the_fix(name, arg, match):

@@ -15,7 +15,7 @@ def test_registry_lists_and_rejects_unknown():
     names = weighting.names()
     for n in ("equal", "static", "uncertainty", "mgda"):
         assert n in names
-    with pytest.raises(ValueError, match="unknown weighting method 'nope'.*valid methods:.*mgda"):
+    with pytest.raises(ValueError, match="unknown weighting scheme 'nope'.*valid schemes:.*mgda"):
         weighting.get("nope")
     with pytest.raises(ValueError, match="unknown hyperparameter.*bogus.*valid: normalization"):
         weighting.get("mgda", bogus=1)

@@ -227,7 +227,7 @@ def test_cr_mogm_refuses_what_it_cannot_smooth():
         W.get("cr_mogm", base="uncertainty")
     with pytest.raises(ValueError, match="alpha must be in"):
         W.get("cr_mogm", alpha=1.5)
-    with pytest.raises(ValueError, match="unknown weighting method"):
+    with pytest.raises(ValueError, match="unknown weighting scheme"):
         W.get("cr_mogm", base="nope")
 
 

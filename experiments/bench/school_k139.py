@@ -1,4 +1,4 @@
-r"""Every weighting method's train step at K = 139 tasks (School, hard sharing, minibatch 512):
+r"""Every weighting scheme's train step at K = 139 tasks (School, hard sharing, minibatch 512):
 its gradient path, XLA's memory estimate and its step time, timed round-robin in one process.
 
     python -m experiments.bench.school_k139 --data-dir ../shared/data            # all methods
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     ran = [r for r in records.values() if r["status"] == "ran"]
     equal_ms = records.get("equal", {}).get("median_ms")
     lines = [
-        f"# School, K = 139: every weighting method's train step (hard sharing, batch {args.batch_size})",
+        f"# School, K = 139: every weighting scheme's train step (hard sharing, batch {args.batch_size})",
         "",
         f"Step time of each method's compiled train step on one batch, {args.repeats} round-robin rounds "
         "(every step once per round, fresh random order; median and 10th-90th percentile), one process, "

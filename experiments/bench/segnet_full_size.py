@@ -1,5 +1,5 @@
 """SegNet on NYUv2 shapes (288x384, batch 2, 3 pixel tasks): step time and peak memory of jmtl's
-weighting methods beside the same step in plain PyTorch, in one interleaved run.
+weighting schemes beside the same step in plain PyTorch, in one interleaved run.
 
 Rows (Adam, lr 1e-4, generated NYUv2-shaped data: ``experiments.bench.vision_common``):
 

@@ -7,7 +7,7 @@ benchmark compares one architecture in two frameworks. Two steps:
 
 * :func:`equal_step`: forward, the sum of the three losses, one backward pass, Adam.
 * :func:`k_backward_step`: forward, then one backward pass per task (``retain_graph``) collecting
-  the shared params' K gradient rows, as LibMTL does for gradient-weighting methods, then Adam on
+  the shared params' K gradient rows, as LibMTL does for gradient-weighting schemes, then Adam on
   their sum: "the time of K backward passes" the issue's goal compares jmtl's parameter-level
   methods with.
 

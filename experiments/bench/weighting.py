@@ -1,4 +1,4 @@
-"""Median ms per train step of every weighting method, vs equal weighting and the bare Jacobian step.
+"""Median ms per train step of every weighting scheme, vs equal weighting and the bare Jacobian step.
 
 Multi-LeNet, batch 256, MultiMNIST shapes; K = 2 and K = 10 (ten heads on the same encoder). The
 *bare Jacobian step* computes the per-task Jacobian (one vjp + vmap) and applies unit weights: it is
@@ -89,7 +89,7 @@ def main(argv=None):
     prov = provenance()
     results["meta"]["load_average_end"] = prov["load_average_end"]
     lines = [
-        "# Train-step time of every weighting method (Multi-LeNet, batch 256)",
+        "# Train-step time of every weighting scheme (Multi-LeNet, batch 256)",
         "",
         f"jax {jax.__version__}, {results['meta']['backend']}, {os.cpu_count()} cores; {args.repeats} round-robin "
         f"repeats per row; per-task gradients in chunks of {chunk or 'K (one vmap)'}; load average at the end {', '.join(f'{x:.1f}' for x in results['meta']['load_average_end'])}. "

@@ -16,7 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def apply_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """``--config=experiments/configs/x.py:mgda`` picks the weighting method."""
+    """``--config=experiments/configs/x.py:mgda`` picks the weighting scheme."""
     if arg:
         c.weighting = method_config(arg)
     return c

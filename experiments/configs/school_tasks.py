@@ -6,7 +6,7 @@ students in the batch, the per-task-inputs objective of Argyriou et al. (MLJ 200
 Yeung (UAI 2010). The score is the explained variance over the pooled test students
 (``experiments/school_relations.py`` computes it from the trained params and runs the 10 splits).
 
-The config argument picks the model, optionally followed by a weighting method
+The config argument picks the model, optionally followed by a weighting scheme
 (``--config=experiments/configs/school_tasks.py:hps_linear,pcgrad``):
 
 ``independent``   no shared params: 139 affine heads on the 28 features (independent least squares

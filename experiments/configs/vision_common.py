@@ -39,7 +39,7 @@ def parse_arg(
             raise ValueError(f"config argument {arg!r}: {stl_task!r} is not a task name (e.g. stl_smiling)")
         variant = "stl"
         if method not in (None, "equal"):
-            raise ValueError(f"config argument {arg!r}: a single-task run has no weighting method; drop ',{method}'")
+            raise ValueError(f"config argument {arg!r}: a single-task run has no weighting scheme; drop ',{method}'")
     elif variant not in variants:
         raise ValueError(
             f"config argument {arg!r}: unknown variant {variant!r}; valid: {', '.join(variants)}, "

@@ -1,4 +1,4 @@
-r"""Ablation grid: weighting methods × architectures × seeds, with single-task baselines, Δm% and MR
+r"""Ablation grid: weighting schemes × architectures × seeds, with single-task baselines, Δm% and MR
 (the library side of ``experiments/ablate.py``, which only defines the flags).
 
 Each cell (one method on one architecture) trains its S seeds together in one compiled program
@@ -491,7 +491,7 @@ def parse_methods(spec: str) -> list[str]:
     unknown = [m for m in methods if m.removesuffix(REP) not in weighting.names()]
     if unknown:
         hint = suggest(unknown[0].removesuffix(REP), weighting.names())
-        raise ValueError(f"unknown weighting method(s) {unknown}{hint}; valid methods: {', '.join(weighting.names())}")
+        raise ValueError(f"unknown weighting scheme(s) {unknown}{hint}; valid schemes: {', '.join(weighting.names())}")
     return methods
 
 

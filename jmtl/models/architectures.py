@@ -5,7 +5,7 @@ output}``, ``encode`` / ``decode`` / ``decode_split`` and the ``separable_heads`
 :mod:`jmtl.models.base`) with one head per task from :class:`TaskHeads` (``params['tasks'][task]``),
 optionally mixed by the task-relation matrix W (``relation=True``: ``z_i = sum_j W_ij h_j`` before
 the output layers, ``params['relation']``). ``params['shared']`` holds exactly the parameters that
-receive gradients from several tasks (the weighting methods take per-task Jacobians over it); every
+receive gradients from several tasks (the weighting schemes take per-task Jacobians over it); every
 other top-level subtree is keyed by task.
 
 :data:`ARCHITECTURES` is the registry (every ``arch`` name, ``hps`` included) and :func:`build` its

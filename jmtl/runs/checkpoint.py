@@ -2,7 +2,7 @@
 
 A checkpoint holds params, optimizer and weighting state, step and PRNG key (the ``TrainState``) and
 a JSON record: the data iterator's state, the best-validation record, and a *model signature* (the
-params tree's paths and shapes, the task names, the weighting method). Restoring into a workdir whose
+params tree's paths and shapes, the task names, the weighting scheme). Restoring into a workdir whose
 checkpoint has a different signature is refused (nothing is overwritten). Orbax writes each
 checkpoint to a temporary directory and renames it when complete, so a half-written checkpoint is
 never picked up as the latest: orbax 0.12.8 on a local disk writes ``<step>.orbax-checkpoint-tmp/``,

@@ -187,7 +187,7 @@ def _has_type(value, kind: str) -> bool:
 
 
 # Subtrees whose keys are another component's keyword arguments (the dataset loader's, the
-# encoder's, the heads', the architecture's, the weighting method's) or names the user chooses (the
+# encoder's, the heads', the architecture's, the weighting scheme's) or names the user chooses (the
 # tasks): the component that receives them refuses a name it does not know, listing the valid ones.
 FREE_FORM = (
     "dataset.kwargs",
@@ -294,7 +294,7 @@ def validate_config(config, extra_fields: Sequence[str] = ()) -> None:
     """Raises ``ValueError`` naming the first field of the wrong type or out of range, the expected
     type and the fix (``Fix: ... --config.batch_size=256``), or every field no code reads
     (:func:`check_fields`; ``extra_fields``: fields a caller's loop reads beyond
-    :func:`default_config`, e.g. the tagging loop's). Names (dataset, encoder, weighting method, ...)
+    :func:`default_config`, e.g. the tagging loop's). Names (dataset, encoder, weighting scheme, ...)
     are checked by the code that uses them, which lists the valid ones; the output writers and static
     weights are checked here."""
     check_fields(config, extra_fields)

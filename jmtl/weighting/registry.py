@@ -20,7 +20,7 @@ from jmtl.weighting.base import WeightingTransform
 Factory = Callable[..., WeightingTransform]
 
 # A scheme's name is never reused: no overwrite (a config names one algorithm for good).
-_REGISTRY: Registry[Factory] = Registry("weighting method", valid_label="valid methods", allow_overwrite=False)
+_REGISTRY: Registry[Factory] = Registry("weighting scheme", valid_label="valid schemes", allow_overwrite=False)
 
 # Former names -> current names; asking for a former name says where the scheme went.
 RENAMED: dict[str, str] = {
@@ -37,7 +37,7 @@ def register(name: str, factory: Optional[Factory] = None):
     defaults) and returns a :class:`~jmtl.weighting.base.WeightingTransform`.
 
     Args:
-      name: the scheme's name (``weighting.method`` in configs); must be new.
+      name: the scheme's name (``weighting.name`` in configs); must be new.
       factory: the factory; ``None`` (default) returns a decorator.
     """
     if name in RENAMED:
@@ -57,7 +57,7 @@ def names() -> list[str]:
 def factory(name: str) -> Factory:
     """The factory registered under ``name``; a ``ValueError`` listing the valid names otherwise."""
     if name in RENAMED:
-        raise ValueError(f"weighting method {name!r} was renamed to {RENAMED[name]!r}; use {RENAMED[name]!r}")
+        raise ValueError(f"weighting scheme {name!r} was renamed to {RENAMED[name]!r}; use {RENAMED[name]!r}")
     return _REGISTRY.lookup(name)
 
 
@@ -79,7 +79,7 @@ def get(name: str, **hparams) -> WeightingTransform:
     unknown = sorted(set(hparams) - set(valid))
     if unknown:
         raise ValueError(
-            f"unknown hyperparameter(s) {', '.join(unknown)} for weighting method {name!r}; "
+            f"unknown hyperparameter(s) {', '.join(unknown)} for weighting scheme {name!r}; "
             f"valid: {', '.join(valid) or '(none)'}"
         )
     return fn(**hparams)

@@ -1,7 +1,7 @@
 """Runs 20 steps with the single-device, shard_map and pmap drivers; prints relative param errors as JSON.
 
 Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N (the count must be fixed
-before jax starts). Arguments: comma-separated weighting methods, each ``name[@rep][:cN]``
+before jax starts). Arguments: comma-separated weighting schemes, each ``name[@rep][:cN]``
 (``@rep``: representation-level Jacobian; ``:cN``: ``jacobian_chunk_size=N``), then the problem
 (``lenet`` or ``mlp``). A chunked method is also compared with the unchunked 1-device run
 (``<method>/vs_unchunked``). Several groups in one interpreter (the tests share one start-up):

@@ -367,3 +367,14 @@ def test_the_flax_step_with_gramian_autogram_equals_rows():
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6, err_msg=name)
     with pytest.raises(ValueError, match="gramian"):
         step_lib.StepConfig(gramian="autogramm")
+
+
+def test_gpu_script_smokes_on_cpu(tmp_path):
+    """experiments/bench/gpu_autogram.py --tiny: every cell runs and the engine's G equals the rows'."""
+    from experiments.bench import gpu_autogram
+
+    with jax.enable_x64(False):
+        result = gpu_autogram.main(["--tiny", "--out", str(tmp_path / "gpu_autogram")])
+    assert {c["status"] for c in result["gramian"] + result["per_example"]} == {"ran"}
+    assert max(c["max_rel_diff"] for c in result["gramian"] if c["dtype"] == "float32") < 1e-5
+    assert (tmp_path / "gpu_autogram.md").exists()

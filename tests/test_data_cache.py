@@ -286,6 +286,35 @@ def test_toy_cache_damage_rebuilds_identical_data(tmp_path, capsys):
         np.testing.assert_array_equal(ds.arrays("train")[k], want[k])
 
 
+def test_a_cache_build_waits_for_another_process_building_it(tmp_path):
+    """Two runs started together on one cache folder would both build it and race on tfds' final
+    rename: a build takes the folder's lock. Holding that lock here, a second process that loads the
+    dataset must not build it until the lock is released, then build it once."""
+    import subprocess
+    import sys
+    import time
+
+    folder = cache.dataset_folder(str(tmp_path), gradnorm_toy.GradnormToy, gradnorm_toy.toy_config(2, 0, 40, 8, 8))
+    code = (
+        "from jmtl import data; print('loading', flush=True); "
+        f"ds = data.load('gradnorm_toy', cache_dir={str(tmp_path)!r}, n_train=40, n_validation=8, n_test=8); "
+        "print('rows', len(ds.arrays('train')['t0']), flush=True)"
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+    with cache._build_lock(folder, str(tmp_path)):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        assert proc.stdout.readline().strip() == "loading"
+        time.sleep(8)  # unlocked, the 40-example build takes ~2 s
+        assert proc.poll() is None and not folder.exists(), "the second process built the cache through the lock"
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == "rows 40"
+    assert (folder / cache.RECORD).is_file()
+
+
 # ----------------------------------------------------------------------------
 # CoNLL.
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import logging
 import os
@@ -181,6 +182,38 @@ def prepare(
     sources = list(sources)
     cache_root = os.path.abspath(cache_root)
     folder = dataset_folder(cache_root, builder_cls, config)
+    # Two processes preparing the same cache at once (two runs started together, parallel test
+    # workers) would both build it and race on tfds' final rename, or one would adopt the other's
+    # half-recorded folder: one at a time per dataset folder.
+    with _build_lock(folder, cache_root):
+        return _prepare_locked(
+            builder_cls, config, cache_root, folder, fingerprint, sources, can_rebuild, rebuild_fix, init_kwargs
+        )
+
+
+@contextlib.contextmanager
+def _build_lock(folder: pathlib.Path, cache_root: str):
+    """An exclusive advisory lock (``flock``) of one dataset folder, in ``<cache root>/.locks/`` (out
+    of the dataset folders, which other code lists), released when the block ends or the process
+    dies; a read-only cache is used without one."""
+    rel = folder.relative_to(cache_root)
+    lock_path = pathlib.Path(cache_root, ".locks", "__".join(rel.parts) + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a")  # noqa: SIM115  (held for the block)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()
+
+
+def _prepare_locked(
+    builder_cls, config, cache_root, folder, fingerprint, sources, can_rebuild, rebuild_fix, init_kwargs
+):
     if folder.exists():
         has_info = (folder / "dataset_info.json").is_file()
         if not (folder / RECORD).exists() and has_info:

@@ -225,3 +225,15 @@ def test_per_example_objectives_balance_each_examples_gradient(x64, scheme):
         vg(params, vg.init(params, 6), x, y[:1])
     with pytest.raises(ValueError, match="per_example"):
         jmtl.mtl_value_and_grad(None, scheme, encode=encode, heads=heads, per_example=True)
+
+
+def test_step_penalties_must_be_a_tuple_and_relation_alpha_needs_the_matrix():
+    from jmtl.training import builders, config_schema
+    from jmtl.training import step as step_lib
+
+    with pytest.raises(TypeError, match=r"penalties=\(fn,\)"):
+        step_lib.StepConfig(penalties=lambda p: 0.0)
+    config = config_schema.default_config()
+    config.model.relation, config.model.relation_alpha = False, 1e-3
+    with pytest.raises(ValueError, match="model.relation is False"):
+        builders.step_config(config, None, "x")

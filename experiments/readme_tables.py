@@ -272,6 +272,45 @@ def segnet_full_size() -> list[str]:
     return lines
 
 
+@table("autogram", "bench/autogram.json")
+def autogram() -> list[str]:
+    d = _json("bench/autogram.json")
+    lines = [
+        "| model | d (shared) | K | engine ms | rows, chunks of 1: time / memory vs engine | rows, one vmap: time / "
+        "memory vs engine | max rel. diff of G |",
+        "|---|---:|---:|---:|---|---|---:|",
+    ]
+    for model, cells in d["results"].items():
+        for k, cell in cells.items():
+            m = cell["methods"]
+            eng = m.get("autogram", {})
+            if eng.get("status") != "ran":
+                continue
+
+            def vs(name, m=m, eng=eng):
+                r = m.get(name, {})
+                if r.get("status") != "ran":
+                    return r.get("status", "—")
+                mem = (r.get("memory") or {}).get("peak_mib", 0) / eng["memory"]["peak_mib"]
+                return f"{r['median_ms'] / eng['median_ms']:.2f}× / {mem:.2f}×"
+
+            diff = cell.get("max_rel_diff")
+            lines.append(
+                _row(
+                    [
+                        model,
+                        f"{cell['d_shared']:,}",
+                        k,
+                        f"{eng['median_ms']:.1f}",
+                        vs("rows_c1"),
+                        vs("rows_c0"),
+                        "—" if diff is None else f"{diff:.1e}",
+                    ]
+                )
+            )
+    return lines
+
+
 @table("gradnorm_toy", "toy/gradnorm_toy.json")
 def gradnorm_toy() -> list[str]:
     lines = ["| T | method | mean over tasks | worst / best task |", "|---:|---|---:|---:|"]

@@ -247,8 +247,9 @@ def segnet_full_size() -> list[str]:
         + (f"; load average at the end {', '.join(f'{x:.1f}' for x in load)}" if load else "")
         + ".",
         "",
-        "| step | path | chunk | median s | vs PyTorch equal | vs PyTorch K backward passes | peak MiB | memory vs equal |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| step | path | chunk | median s | each round s | vs PyTorch equal | vs PyTorch K backward passes | peak MiB "
+        "| memory vs equal |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name, r in d["rows"].items():
         mem = (r.get("memory_mib") or {}).get("peak_mib")
@@ -259,6 +260,7 @@ def segnet_full_size() -> list[str]:
                     r.get("gradient_path", "torch"),
                     r.get("chunk_size", "—"),
                     f"{r['median_ms'] / 1e3:.2f}",
+                    " / ".join(f"{x:.1f}" for x in d["samples_s"][name]),
                     f2(r["vs_torch_equal"]),
                     f2(r["vs_torch_k_backward"]),
                     "—" if mem is None else f"{mem:.0f}",

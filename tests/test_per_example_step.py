@@ -123,3 +123,26 @@ def test_config_driven_per_example_run(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     log = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
     assert len(log) >= 3
+
+
+def test_per_example_benchmark_quick_smoke(tmp_path):
+    """experiments/bench/per_example.py --quick end to end (timings are not checked). Without torch /
+    torchjd (CI's environment) the torch rows are skipped and the output says so."""
+    import importlib.util
+    import json
+
+    from experiments.bench import per_example as bench
+
+    bench.main(["--quick", "--out-dir", str(tmp_path)])
+    record = json.loads((tmp_path / "per_example.json").read_text())
+    assert record["provenance"]["recorded"]
+    has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchjd"))
+    for cell in record["results"]["mlp_sarcos"].values():
+        rows = cell["rows"]
+        assert {r["status"] for r in rows.values()} == {"ran"}
+        assert set(rows) == set(bench.JMTL_ROWS) | (set(bench.TORCH_ROWS) if has_torch else set())
+        if has_torch:  # the same weights and batch: jmtl's per-example UPGrad update is torchjd's
+            assert cell["max_rel_diff"] < 1e-4
+    text = (tmp_path / "per_example.md").read_text()
+    assert "| 8 | jmtl_per_example |" in text
+    assert has_torch or "torch rows skipped" in text

@@ -418,7 +418,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="tiny MLP, random data, B = 8, 16, 2 repeats (CI)")
+    parser.add_argument("--quick", action="store_true", help="tiny MLP, random data, B = 8, 2 repeats (CI)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--out-dir", default=str(OUT_DIR))
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
@@ -431,7 +431,7 @@ def main(argv=None) -> dict:
         return {}
     prov_start = common.started_now()
     models = ["mlp_sarcos"] if args.quick else args.models.split(",")
-    batches = [8, 16] if args.quick else [int(b) for b in args.batches.split(",")]
+    batches = [8] if args.quick else [int(b) for b in args.batches.split(",")]
     repeats = 2 if args.quick else args.repeats
     torch_ok, threads, torch_note = False, 1, "skipped (--no-torch)"
     if not args.no_torch:

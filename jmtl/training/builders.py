@@ -156,6 +156,7 @@ def step_config(config, built_model, input_key: str, input_transform=None) -> st
         jacobian_mode=config.weighting.jacobian_mode,
         jacobian_chunk_size=jacobian_chunk_size(config.weighting.jacobian_chunk_size),
         gramian=config.weighting.gramian,
+        per_example=bool(config.weighting.get("per_example", False)),
         penalties=tuple(penalties),
         model_kwargs=architectures.model_kwargs_fn(built_model),
     )

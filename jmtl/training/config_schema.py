@@ -108,8 +108,18 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     # Other schemes ignore it.
     # gramian: 'rows' (G from the Jacobian's rows) or 'autogram' (G from per-layer terms without the
     # Jacobian, then one weighted backward pass; Gramian schemes on one device: results/bench/autogram.md).
+    # per_example: every example's loss (summed over the tasks) is its own objective, K = batch_size
+    # (instance-wise risk minimisation; Gramian/Jacobian schemes, one device: StepConfig.per_example).
     return ml_collections.ConfigDict(
-        dict(name=name, hparams=hp, jacobian_mode="params", jacobian_chunk_size=-1, meta_split="", gramian="rows")
+        dict(
+            name=name,
+            hparams=hp,
+            jacobian_mode="params",
+            jacobian_chunk_size=-1,
+            meta_split="",
+            gramian="rows",
+            per_example=False,
+        )
     )
 
 
@@ -143,6 +153,7 @@ _FIELDS = (
     ("weighting.jacobian_chunk_size", _INT, -1),  # 0: all K per-task gradients in one vmap, -1: auto
     ("weighting.meta_split", _STR, None),
     ("weighting.gramian", _STR, None),
+    ("weighting.per_example", _BOOL, None),
     ("optimizer.name", _STR, None),
     ("optimizer.learning_rate", _NUM, 0),
     ("optimizer.momentum", _NUM, 0),

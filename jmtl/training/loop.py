@@ -712,6 +712,14 @@ class _Trainer:
         self.total_steps = settings.total_steps(spe)
         self.on_stop = "return"
         self.driver = parallel.Driver(settings.parallel)
+        if experiment.step_config.per_example and self.driver.kind != "single":
+            # Per-example objectives run on one device; with one device the single driver computes the same step.
+            if self.driver.num_devices > 1:
+                raise ValueError(
+                    f"weighting.per_example=True runs on one device, but parallel={settings.parallel!r} spans "
+                    f"{self.driver.num_devices}: set --config.parallel=single"
+                )
+            self.driver = parallel.Driver("single")
         if settings.batch_size % self.driver.num_devices:
             raise ValueError(
                 f"batch_size {settings.batch_size} is not divisible by the {self.driver.num_devices} devices"
@@ -734,9 +742,11 @@ class _Trainer:
         seeded_step = self.seed_axis.wrap_step(make_step)
         self.train_step = self.driver.compile_step(lambda ax: self.packer.wrap(seeded_step(ax)))
         self.evaluator = experiment.make_evaluator(self.driver, self.seed_axis)
+        # Per-example objectives: the scheme balances one objective per example of the (one-device) batch.
+        num_objectives = settings.batch_size if e.step_config.per_example else len(e.tasks)
         inits = [
             step_lib.init_state(
-                e.model, e.weighting, e.optimizer, e.example_input, len(e.tasks), s, shared=e.step_config.shared
+                e.model, e.weighting, e.optimizer, e.example_input, num_objectives, s, shared=e.step_config.shared
             )
             for s in self.seed_axis.seeds
         ]

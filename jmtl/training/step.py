@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jmtl import tasks as tasks_lib
 from jmtl import weighting as weighting_lib
 from jmtl.core import paths
-from jmtl.core.jacobian import to_varying
+from jmtl.core.jacobian import shared_layout, to_varying
 from jmtl.core.sharing import Selector, Sharing, as_sharing
 from jmtl.core.value_and_grad import AUTO_CHUNK, combined_gradients, resolve_chunk_size
 from jmtl.tasks import Task
@@ -99,6 +100,15 @@ class StepConfig:
       per_task_inputs: each task has its own data (LibMTL's ``multi_input``): the batch is
         ``{task name: {input_key: x, label_key: y}}`` and task k's loss is taken on its own batch
         through the shared encoder; same Jacobian semantics and device averaging.
+      per_example: every example's loss (the sum of its task losses) is one objective, K = B
+        (instance-wise risk minimisation, torchjd's IWRM): a Gramian or Jacobian scheme balances the
+        B per-example gradients of the shared params (:class:`jmtl.core.paths.PerExampleJacobian`);
+        every other param (the heads, read by every example) gets the sum of its per-example
+        gradients. The scheme's state is sized for K = B (``init_state(num_tasks=batch size)``, as
+        the training loop does), so every batch must have that size. One device, ``jacobian_mode=
+        'params'``, ``gramian='rows'``, no label masks, no per-task inputs, no task whose loss pools
+        over the batch (tagging, pixel tasks). The logged ``losses`` stay the K task batch means (of
+        the same per-example values); the logged ``weights`` are NaN (there are B of them).
     """
 
     input_key: str = "x"
@@ -111,6 +121,7 @@ class StepConfig:
     shared: Selector | Sharing | None = None
     per_task_inputs: bool = False
     gramian: str = "rows"
+    per_example: bool = False
 
     def model_input(self, batch: dict) -> Any:
         if self.input_key not in batch:
@@ -155,10 +166,35 @@ def mixed_precision_apply(apply_fn: Callable, compute_dtype: Optional[str]) -> C
     return apply
 
 
+def check_per_example(tasks: Sequence[Task], weighting, config: StepConfig, axis_name: Optional[str]) -> None:
+    """Refuses the settings ``StepConfig(per_example=True)`` does not support, one line each."""
+    name = getattr(weighting, "name", None) or "this scheme"
+    problems = {
+        axis_name is not None: "runs on one device (the per-example rows are not averaged over devices); "
+        "set parallel to a single device",
+        config.jacobian_mode != "params": "needs jacobian_mode='params'",
+        config.gramian != "rows": "takes the Gramian from the per-example rows: set gramian='rows'",
+        config.per_task_inputs: "needs one batch shared by every task, not per_task_inputs",
+        weighting.requires not in (weighting_lib.JACOBIAN, weighting_lib.GRAMIAN): f"balances per-example "
+        f"gradients, but {name!r} is not a Gramian or Jacobian scheme: use e.g. upgrad, mgda or dualproj",
+    }
+    for bad, why in problems.items():
+        if bad:
+            raise ValueError(f"per_example=True {why} (or per_example=False)")
+    pooled = [t.name for t in tasks if t.kind in tasks_lib.PIXEL_KINDS + tasks_lib.TOKEN_KINDS and t.loss_fn is None]
+    if pooled:
+        raise ValueError(
+            f"per_example=True needs one loss per example, but task(s) {pooled} pool their loss over the batch's "
+            "pixels/tokens: use per_example=False for them"
+        )
+
+
 def make_gradient_path(model, tasks: Sequence[Task], weighting, config: StepConfig, axis_name: Optional[str]):
     """The gradient path of this model, scheme and config (see :mod:`jmtl.core.paths`)."""
     if config.jacobian_mode not in JACOBIAN_MODES:
         raise ValueError(f"unknown jacobian_mode {config.jacobian_mode!r}; valid: {', '.join(JACOBIAN_MODES)}")
+    if config.per_example:
+        check_per_example(tasks, weighting, config, axis_name)
     flax_objective = FlaxObjective(
         model=model,
         tasks=tuple(tasks),
@@ -166,6 +202,7 @@ def make_gradient_path(model, tasks: Sequence[Task], weighting, config: StepConf
         model_input=config.model_input,
         axis_name=axis_name,
         per_task_inputs=config.per_task_inputs,
+        per_example=config.per_example,
     )
     name = getattr(weighting, "name", None) or ""
     sharing = as_sharing(config.shared)
@@ -177,6 +214,10 @@ def make_gradient_path(model, tasks: Sequence[Task], weighting, config: StepConf
         axis_name=axis_name,
         scheme_label=f"weighting scheme {name!r}" if name else "the weighting scheme",
     )
+    if config.per_example:
+        path = paths.choose(ctx, weighting, "params", per_example=True)
+        path.example_losses = flax_objective.example_losses  # the step logs task means from these
+        return path
     if (
         weighting.requires in (weighting_lib.JACOBIAN, weighting_lib.GRAMIAN)
         and config.jacobian_mode == "representation"
@@ -247,6 +288,8 @@ def make_train_step(
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         batch, meta_batch = split_meta(batch)
+        if config.per_example:
+            _check_per_example_state(weighting, config, state, batch)
         weighting_rng, dropout_rng = _step_rngs(state, axis_name)
         inputs = paths.StepInputs(
             params=state.params,
@@ -278,6 +321,13 @@ def make_train_step(
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)._replace(
             step=state.step + 1
         )
+        if config.per_example:
+            # The scheme saw B per-example objectives; the log keeps the K task batch means (the same
+            # forward as the core's: XLA computes it once) and NaN weights (B of them, not K).
+            losses = jnp.mean(
+                jax.lax.stop_gradient(path.example_losses(state.params, batch, dropout_rng, inputs.extra)), 1
+            )
+            weights = None
         # 6. metrics
         metrics = {
             "losses": losses,
@@ -291,6 +341,24 @@ def make_train_step(
 
     step.gradient_path = path.name  # for logs and tests: which path the step took
     return step
+
+
+def _check_per_example_state(weighting, config: StepConfig, state: TrainState, batch: dict) -> None:
+    """At trace time: the scheme's state must be sized for this batch's B objectives."""
+    sizes = {x.shape[0] for x in jax.tree.leaves(batch) if x.ndim}
+    if len(sizes) != 1:
+        raise ValueError(f"per_example=True: every batch entry needs the example axis first; got sizes {sorted(sizes)}")
+    (b,) = sizes
+    shared = as_sharing(config.shared).split(state.params)[0]
+    want = jax.eval_shape(lambda: weighting_lib.base.init_state(weighting, b, shared_layout(shared)))
+    have = jax.eval_shape(lambda: state.weighting_state)
+    if jax.tree.structure(want) != jax.tree.structure(have) or any(
+        a.shape != h.shape for a, h in zip(jax.tree.leaves(want), jax.tree.leaves(have))
+    ):
+        raise ValueError(
+            f"per_example=True: the weighting scheme's state was not initialised for this batch's {b} objectives "
+            f"(one per example): init_state(..., num_tasks={b}) and batches of a fixed size {b}"
+        )
 
 
 def _step_rngs(state: TrainState, axis_name: Optional[str]) -> tuple[Array, Array]:

@@ -83,12 +83,28 @@ class FlaxObjective:
     model_input: Callable[[dict], Any]
     axis_name: Optional[str]
     per_task_inputs: bool = False  # batch = {task name: that task's own batch} (LibMTL's multi_input)
+    per_example: bool = False  # losses() gives one objective per example: the sum of its task losses
 
     def losses(self, params, batch: dict, rng: Array, extra: dict) -> Array:
+        if self.per_example:
+            return jnp.sum(self.example_losses(params, batch, rng, extra), axis=0)
         if self.per_task_inputs:
             return self._per_task_input_losses(params, batch, rng, extra)
         outputs = self.apply({"params": params}, self.model_input(batch), train=True, rngs={"dropout": rng}, **extra)
         return task_losses(self.tasks, outputs, batch, self.axis_name)
+
+    def example_losses(self, params, batch: dict, rng: Array, extra: dict) -> Array:
+        """``[K, B]``: task k's loss on example b (``Task.loss`` before the batch mean); per-example
+        objectives only (no label masks, no losses pooled over the batch)."""
+        masked = [t.mask_key for t in self.tasks if t.mask_key in batch]
+        if masked:
+            raise ValueError(
+                f"per_example objectives take every task's loss on every example, but the batch has label masks "
+                f"{masked}: use per_example=False for partially labelled data"
+            )
+        outputs = self.apply({"params": params}, self.model_input(batch), train=True, rngs={"dropout": rng}, **extra)
+        check_outputs(outputs, self.tasks)
+        return jnp.stack([t.loss(outputs[t.name], batch[t.label_key]) for t in self.tasks])
 
     def _per_task_input_losses(self, params, batch: dict, rng: Array, extra: dict) -> Array:
         """Each task's loss on its own batch through the shared encoder: ``batch[task.name]`` holds the
@@ -136,7 +152,7 @@ class FlaxObjective:
         return bool(getattr(self.model, "separable_heads", False)) and hasattr(self.model, "decode_split")
 
     def objective(self) -> Objective:
-        split = self.has_representation
+        split = self.has_representation and not self.per_example
         return Objective(
             num_tasks=len(self.tasks),
             losses=self.losses,

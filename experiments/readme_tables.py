@@ -313,6 +313,38 @@ def autogram() -> list[str]:
     return lines
 
 
+@table("per_example", "bench/per_example.json")
+def per_example() -> list[str]:
+    d = _json("bench/per_example.json")
+    lines = [
+        "| model | B | jmtl per-example UPGrad ms | torchjd autogram UPGrad ms | jmtl / torchjd | jmtl mean-loss step ms "
+        "| max rel. diff of the updates |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, by_b in d["results"].items():
+        for b, cell in by_b.items():
+            rows = cell["rows"]
+            jm, tj, mean = rows.get("jmtl_per_example", {}), rows.get("torchjd_autogram", {}), rows.get("jmtl_mean", {})
+            if jm.get("status") != "ran":
+                continue
+            ratio = jm["median_ms"] / tj["median_ms"] if tj.get("status") == "ran" else None
+            diff = cell.get("max_rel_diff")
+            lines.append(
+                _row(
+                    [
+                        model,
+                        b,
+                        f"{jm['median_ms']:.1f}",
+                        f"{tj['median_ms']:.1f}" if tj.get("status") == "ran" else "—",
+                        "—" if ratio is None else f"{ratio:.2f}",
+                        f"{mean['median_ms']:.2f}" if mean.get("status") == "ran" else "—",
+                        "—" if diff is None else f"{diff:.1e}",
+                    ]
+                )
+            )
+    return lines
+
+
 @table("gradnorm_toy", "toy/gradnorm_toy.json")
 def gradnorm_toy() -> list[str]:
     lines = ["| T | method | mean over tasks | worst / best task |", "|---:|---|---:|---:|"]

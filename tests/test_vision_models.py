@@ -470,3 +470,19 @@ def test_gpu_vision_script_runs_tiny_on_cpu(tmp_path):
     assert row["finite"] and row["images_per_s"] > 0 and all(np.isfinite(row["losses_last"]))
     assert record["provenance"]["recorded"] and "32x32" in record["size"]
     assert "images/s" in out.with_name("gpu_vision.md").read_text()
+
+
+def test_segnet_full_size_benchmark_smokes_tiny(tmp_path):
+    """experiments/bench/segnet_full_size.py --tiny: the benchmark's code path on a narrow SegNet at
+    32x32 (the equal row: the other rows' steps are compiled by the gpu_vision smoke above; the
+    full-size run is results/bench/segnet_full_size.md)."""
+    import json
+
+    from experiments.bench import segnet_full_size
+
+    out = tmp_path / "segnet"
+    segnet_full_size.main(["--tiny", "--rows", "equal", "--out", str(out)])
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert set(result["rows"]) == {"jmtl equal"} and result["config"]["height"] == 32
+    assert result["rows"]["jmtl equal"]["gradient_path"] == "loss_level"
+    assert result["rows"]["jmtl equal"]["memory_vs_equal"] == 1.0

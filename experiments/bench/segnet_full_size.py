@@ -82,6 +82,7 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=-1, help="jacobian_chunk_size (-1: the backend's default)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch threads (default: all cores)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke: 32x32, SegNet widths 4-8, one round, no torch")
     parser.add_argument(
         "--rows",
         default="",
@@ -89,6 +90,10 @@ def main(argv=None):
     )
     parser.add_argument("--out", default=str(RESULTS / "segnet_full_size"))
     args = parser.parse_args(argv)
+    filters = None
+    if args.tiny:
+        args.height, args.width, args.repeats, args.warmup, args.no_torch = 32, 32, 1, 0, True
+        filters = (4, 8, 8, 8, 8)
     started = started_now()
     config = vars(args).copy()
     # provenance() reads git when the file is written (after a long run): keep the commit it started at.
@@ -113,14 +118,14 @@ def main(argv=None):
     fns, infos = {}, {}
     for label, method, mode in rows_run:
         t0 = time.perf_counter()
-        fns[label], infos[label] = vc.jmtl_step(method, batch, mode=mode, chunk=args.chunk)
+        fns[label], infos[label] = vc.jmtl_step(method, batch, mode=mode, chunk=args.chunk, filters=filters)
         print(
             f"{label}: compiled in {infos[label]['compile_s']:.0f} s ({infos[label]['gradient_path']}, "
             f"chunk {infos[label]['chunk_size']}), {time.perf_counter() - t0:.0f} s with init",
             flush=True,
         )
     tasks, task_note = vc.pixel_tasks()
-    model = vc.segnet_model(tasks)
+    model = vc.segnet_model(tasks, filters=filters)
     params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 64, 64, 3))))["params"]
     jmtl_params = vision.count_params(params)
     shared_params = vision.count_params(params["shared"])

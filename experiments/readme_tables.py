@@ -235,7 +235,16 @@ def bench_step() -> list[str]:
 
 @table("segnet_full_size", "bench/segnet_full_size.json")
 def segnet_full_size() -> list[str]:
-    d = _json("bench/segnet_full_size.json")
+    return _segnet("bench/segnet_full_size.json")
+
+
+@table("segnet_full_size_focused", "bench/segnet_full_size_focused.json")
+def segnet_full_size_focused() -> list[str]:
+    return _segnet("bench/segnet_full_size_focused.json")
+
+
+def _segnet(rel: str) -> list[str]:
+    d = _json(rel)
     c, p = d["config"], d["params"]
     load = d["provenance"].get("load_average_end") or d["provenance"].get("load_average")
     f2 = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731

@@ -104,15 +104,18 @@ def test_per_example_step_refuses_what_it_cannot_do():
         step(state, {**batch, "a_mask": np.ones(B, np.float32)})
 
 
-def test_config_driven_per_example_run(tmp_path):
-    """python -m experiments.train with weighting.per_example=True trains a few steps (GradNorm's toy)."""
+@pytest.mark.parametrize("option", ["--config.weighting.per_example=True", "--config.weighting.gramian=autogram"])
+def test_config_driven_per_example_run(tmp_path, option):
+    """python -m experiments.train with weighting.per_example=True, or the Gramian engine, trains a few
+    steps of GradNorm's toy with the default (shard_map) driver on one device: both run on the single
+    driver, which computes the same step."""
     cmd = [
         sys.executable,
         "-m",
         "experiments.train",
         "--config",
         "experiments/configs/gradnorm_toy.py:upgrad",
-        "--config.weighting.per_example=True",
+        option,
         "--config.batch_size=16",
         "--config.num_steps=3",
         "--config.eval_every_steps=3",

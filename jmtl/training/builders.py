@@ -139,6 +139,10 @@ def step_config(config, built_model, input_key: str, input_transform=None) -> st
     """The train step's static settings: relation penalty, Jacobian mode and chunking, the
     architecture's regulariser and its step-dependent model arguments, and the dataset's on-device
     input transform (``DatasetSpec.input_transform``)."""
+    if config.weighting.gramian not in step_lib.GRAMIAN_SOURCES:
+        raise ValueError(
+            f"unknown weighting.gramian {config.weighting.gramian!r}; valid: {', '.join(step_lib.GRAMIAN_SOURCES)}"
+        )
     alpha = config.model.relation_alpha
     if alpha and not config.model.relation:
         raise ValueError(

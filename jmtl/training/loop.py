@@ -712,11 +712,18 @@ class _Trainer:
         self.total_steps = settings.total_steps(spe)
         self.on_stop = "return"
         self.driver = parallel.Driver(settings.parallel)
-        if experiment.step_config.per_example and self.driver.kind != "single":
-            # Per-example objectives run on one device; with one device the single driver computes the same step.
+        one_device_only = (
+            "weighting.per_example=True"
+            if experiment.step_config.per_example
+            else "weighting.gramian='autogram'"
+            if experiment.step_config.gramian == "autogram"
+            else None
+        )
+        if one_device_only and self.driver.kind != "single":
+            # These run on one device; with one device the single driver computes the same step.
             if self.driver.num_devices > 1:
                 raise ValueError(
-                    f"weighting.per_example=True runs on one device, but parallel={settings.parallel!r} spans "
+                    f"{one_device_only} runs on one device, but parallel={settings.parallel!r} spans "
                     f"{self.driver.num_devices}: set --config.parallel=single"
                 )
             self.driver = parallel.Driver("single")

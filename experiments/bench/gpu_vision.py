@@ -33,7 +33,7 @@ METHODS = (
     ("mgda_ub", "mgda", "representation"),
 )
 DTYPES = ("float32", "bfloat16")
-TINY_FILTERS = (4, 8, 8, 8, 8)
+TINY_FILTERS = vc.TINY_FILTERS
 
 
 def device_peak_mib():

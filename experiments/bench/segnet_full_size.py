@@ -93,7 +93,7 @@ def main(argv=None):
     filters = None
     if args.tiny:
         args.height, args.width, args.repeats, args.warmup, args.no_torch = 32, 32, 1, 0, True
-        filters = (4, 8, 8, 8, 8)
+        filters = vc.TINY_FILTERS
     started = started_now()
     config = vars(args).copy()
     # provenance() reads git when the file is written (after a long run): keep the commit it started at.

@@ -88,6 +88,10 @@ def make_batch(batch_size: int, height: int, width: int, seed: int = 0) -> dict[
     return {"image": image, "segmentation": seg, "depth": depth, "normal": normal}
 
 
+# SegNet widths of the CPU smoke runs (gpu_vision --tiny, segnet_full_size --tiny).
+TINY_FILTERS = (4, 8, 8, 8, 8)
+
+
 def segnet_model(tasks, arch: str = "hps", filters=None):
     """SegNet (``hps``: MTAN's split baseline, or ``mtan_segnet``) with MTAN's pixel heads. Built from
     the parts, so ``custom`` pixel tasks get :class:`jmtl.models.heads.PixelHead` too."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 import inspect
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
 import optax
 
 from jmtl import weighting as weighting_lib
+from jmtl.core.value_and_grad import auto_chunk_size
 from jmtl.models import architectures, mtl, regularizers
 from jmtl.tasks import Task
 from jmtl.training import settings as settings_lib
@@ -111,15 +111,8 @@ def meta_split(config, weighting_transform) -> Optional[str]:
 
 
 def jacobian_chunk_size(value: int) -> int:
-    """The config's chunk size, with -1 (auto) resolved for the backend.
-
-    On CPU, chunks of one task (a loop of single vjps inside the step) beat one vmap over all K
-    cotangents at every K measured (about 1.8x at K=10, and 7x less temporary memory:
-    results/bench/bench_scaling.md); accelerators favour the single batched vmap.
-    """
-    if value == -1:
-        return 1 if jax.default_backend() == "cpu" else 0
-    return value
+    """The config's chunk size, with -1 (auto) resolved for the backend (:func:`jmtl.core.auto_chunk_size`)."""
+    return auto_chunk_size() if value == -1 else value
 
 
 def model(config, tasks: Sequence[Task]):

@@ -138,3 +138,13 @@ def memory_mib(compiled) -> dict | None:
     }
     out["peak_mib"] = out["argument_mib"] + out["output_mib"] - out["alias_mib"] + out["temp_mib"]
     return out
+
+
+def output_path(parser, args, default) -> str:
+    """``--out``, or the committed results file ``default``; a smoke run (``--tiny``) must name its
+    own ``--out``, so it never replaces the real result with a tiny one."""
+    if args.out is not None:
+        return str(args.out)
+    if getattr(args, "tiny", False):
+        parser.error(f"--tiny writes a smoke result: pass --out (the default {default} holds the real run's result)")
+    return str(default)

@@ -185,8 +185,9 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget_s", type=float, default=420.0, help="skip cells that would start after this")
-    parser.add_argument("--out", default=str(common.ROOT / "results" / "gpu" / "gpu_autogram"))
+    parser.add_argument("--out", default=None, help="output path without suffix (default: the committed results file)")
     args = parser.parse_args(argv)
+    args.out = common.output_path(parser, args, common.ROOT / "results" / "gpu" / "gpu_autogram")
     started = common.started_now()
     deadline = time.perf_counter() + args.budget_s
     models = ("mlp_wide",) if args.tiny else ("mlp_wide", "segnet")

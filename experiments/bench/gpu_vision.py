@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from experiments.bench import vision_common as vc
-from experiments.bench.common import ROOT, fmt, provenance, started_now, write_outputs
+from experiments.bench.common import ROOT, fmt, output_path, provenance, started_now, write_outputs
 
 METHODS = (
     # label, method, jacobian mode
@@ -56,8 +56,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--methods", default=",".join(m for m, _, _ in METHODS))
     parser.add_argument("--dtypes", default=",".join(DTYPES))
     parser.add_argument("--budget_s", type=float, default=420.0, help="start no configuration after this many seconds")
-    parser.add_argument("--out", default=str(ROOT / "results" / "gpu" / "gpu_vision"))
+    parser.add_argument("--out", default=None, help="output path without suffix (default: the committed results file)")
     args = parser.parse_args(argv)
+    args.out = output_path(parser, args, ROOT / "results" / "gpu" / "gpu_vision")
     started = started_now()
     t_start = time.perf_counter()
 

@@ -33,6 +33,7 @@ from experiments.bench.common import (
     RESULTS,
     _git,
     fmt,
+    output_path,
     provenance,
     spread,
     started_now,
@@ -88,8 +89,9 @@ def main(argv=None):
         default="",
         help="comma-separated jmtl rows to run (method names: equal,mgda,pcgrad,nash_mtl,famo,upgrad; default all)",
     )
-    parser.add_argument("--out", default=str(RESULTS / "segnet_full_size"))
+    parser.add_argument("--out", default=None, help="output path without suffix (default: the committed results file)")
     args = parser.parse_args(argv)
+    args.out = output_path(parser, args, RESULTS / "segnet_full_size")
     filters = None
     if args.tiny:
         args.height, args.width, args.repeats, args.warmup, args.no_torch = 32, 32, 1, 0, True

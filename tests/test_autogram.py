@@ -289,7 +289,7 @@ def test_jit_and_scheme_round_trip():
     @jax.jit
     def step(p):
         losses, gram, backward, _ = ag.losses_and_gramian(loss_fn, p, shared="encoder")
-        out, _ = scheme.update(losses, state, gramian=gram)
+        out, _ = scheme.apply(losses, state, gramian=gram)
         return gram, out.weights, backward(out.weights)
 
     gram, w, grads = step(params)

@@ -12,7 +12,7 @@ from jmtl.models import mtl
 from jmtl.tasks import Task
 from jmtl.training import step as step_lib
 from jmtl.weighting import bilevel
-from jmtl.weighting.base import BILEVEL, Lookahead, WeightingOutput, WeightingTransform
+from jmtl.weighting.base import BILEVEL, BilevelInputs, Lookahead, WeightingOutput, WeightingTransform
 
 K = 3
 TASKS = tuple(Task(f"t{i}", "regression", 2) for i in range(K))
@@ -45,13 +45,14 @@ def _recorder(per_task=False, inner_steps=0, meta_weights=None):
         z = jnp.zeros((num_tasks if per_task else 1, num_tasks))
         return dict(h=z, val=jnp.zeros(num_tasks), inner=jnp.zeros(num_tasks), gram=jnp.zeros((num_tasks + 1,) * 2))
 
-    def update(losses, state, *, hypergradient=None, val_losses=None, inner_losses=None, meta_gram=None, **_):
-        new = dict(state, val=val_losses)
-        if hypergradient is not None:
-            new["h"] = hypergradient
-        if inner_losses is not None:
-            new.update(inner=inner_losses, gram=meta_gram)
-        mw = None if meta_weights is None else jnp.asarray(meta_weights, losses.dtype)
+    def update(inputs: BilevelInputs, state):
+        assert type(inputs) is BilevelInputs  # typed per requirement by the step
+        new = dict(state, val=inputs.val_losses)
+        if inputs.hypergradient is not None:
+            new["h"] = inputs.hypergradient
+        if inputs.inner_losses is not None:
+            new.update(inner=inputs.inner_losses, gram=inputs.meta_gram)
+        mw = None if meta_weights is None else jnp.asarray(meta_weights, inputs.losses.dtype)
         return WeightingOutput(weights=jnp.asarray(W), extra_loss=0.0, meta_weights=mw), new
 
     look = Lookahead(weights=lambda s: jnp.asarray(W), lr=LR, per_task=per_task, inner_steps=inner_steps)
@@ -138,7 +139,7 @@ def test_auto_lambda_first_update_is_an_adam_step_on_the_summed_hypergradient():
     t = weighting.get("auto_lambda", init_weight=0.1, meta_lr=1e-3, lookahead_lr=0.1)
     s = t.init(3)
     h = jnp.array([[0.5, -2.0, 1e-3], [0.25, 1.0, 2e-3]])
-    out, s1 = t.update(jnp.ones(3), s, hypergradient=h)
+    out, s1 = t.apply(jnp.ones(3), s, hypergradient=h)
     # Adam's first step is lr * g / (|g| + eps) ~ lr * sign(g), g = column sums of h.
     np.testing.assert_allclose(out.weights, 0.1 - 1e-3 * np.sign([0.75, -1.0, 3e-3]), rtol=1e-4)
     np.testing.assert_allclose(s1.weights, out.weights)
@@ -148,7 +149,7 @@ def test_moml_moves_alpha_along_the_min_norm_combination_of_alpha_hypergradients
     t = weighting.get("moml", meta_lr=1e-3)
     s = t.init(2)
     h = jnp.array([[1.0, -0.2], [0.6, 0.3]])  # d L_j^val / d w, rows j (both favour task 2: no stalemate)
-    out, s1 = t.update(jnp.ones(2), s, hypergradient=h)
+    out, s1 = t.apply(jnp.ones(2), s, hypergradient=h)
     p = np.full(2, 0.5)
     jac = np.diag(p) - np.outer(p, p)
     h_alpha = np.asarray(h) @ jac
@@ -209,7 +210,7 @@ def test_forum_update_reads_like_the_paper():
     rows = np.vstack([vg, fg])
     gram = jnp.asarray(rows @ rows.T, jnp.float32)
     losses, inner = jnp.array([1.0, 2.0]), jnp.array([0.7, 1.9])
-    out, s1 = t.update(losses, s, meta_gram=gram, inner_losses=inner)
+    out, s1 = t.apply(losses, s, meta_gram=gram, inner_losses=inner)
 
     p = np.full(2, 0.5)
     q_alpha = (np.diag(p) - np.outer(p, p)) @ np.array([0.3, 0.1])

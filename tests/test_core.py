@@ -116,7 +116,7 @@ def test_factored_path_equals_explicit_per_task_gradients(x64, scheme):
     r_split = split(params, state, x, ys, key=key)
 
     rows = _explicit_rows(params, x, ys)
-    out, _ = t.update(jnp.asarray(loss_fn(params, x, ys)), state, key=key, gramian=jnp.asarray(rows @ rows.T))
+    out, _ = t.apply(jnp.asarray(loss_fn(params, x, ys)), state, key=key, gramian=jnp.asarray(rows @ rows.T))
     expected = np.asarray(out.direction) if out.weights is None else np.asarray(out.weights) @ rows
     for r in (r_plain, r_split):
         np.testing.assert_allclose(_flat_shared(r.grads), expected, rtol=1e-9, atol=1e-12)

@@ -46,14 +46,15 @@ def test_per_layer_equals_the_scheme_on_each_layers_columns(scheme):
     jac, losses, key = _jacobian(), jnp.array([1.0, 2.0, 0.5]), jax.random.PRNGKey(4)
     inner = weighting.get(scheme)
     t = weighting.per_group(inner, "layer")
-    out, state = t.update(losses, t.init(3, layout=LAYOUT), jacobian=jac, layout=LAYOUT, key=key, step=jnp.int32(0))
+    out, state = t.apply(losses, t.init(3, layout=LAYOUT), jacobian=jac, layout=LAYOUT, key=key, step=jnp.int32(0))
     assert out.weights is None and len(state.states) == 2
     expected = np.zeros(jac.shape[1], np.float32)
     for g, (_, leaves) in enumerate(parameter_groups(LAYOUT, "layer")):
         cols = _cols(leaves)
         rows = jac[:, cols]
         sub = tuple(LAYOUT[i] for i in leaves)
-        o, _ = inner.update(
+        o, _ = weighting.update_from(
+            inner,
             losses,
             inner.init(3, layout=sub),
             jacobian=rows,
@@ -69,7 +70,7 @@ def test_per_layer_equals_the_scheme_on_each_layers_columns(scheme):
 def test_one_group_is_the_scheme_itself():
     jac = _jacobian()
     t = weighting.per_group(weighting.get("upgrad"), "all")
-    out, _ = t.update(jnp.ones(3), t.init(3, layout=LAYOUT), jacobian=jac, layout=LAYOUT)
+    out, _ = t.apply(jnp.ones(3), t.init(3, layout=LAYOUT), jacobian=jac, layout=LAYOUT)
     np.testing.assert_allclose(out.direction, weighting.aggregate("upgrad", jac), rtol=1e-5, atol=1e-6)
 
 
@@ -109,4 +110,4 @@ def test_bad_uses_are_named():
         t.init(3)
     state = t.init(3, layout=LAYOUT)
     with pytest.raises(ValueError, match="groups"):
-        t.update(jnp.ones(3), state, jacobian=_jacobian()[:, :6], layout=LAYOUT[:1])
+        t.apply(jnp.ones(3), state, jacobian=_jacobian()[:, :6], layout=LAYOUT[:1])

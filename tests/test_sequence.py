@@ -166,7 +166,7 @@ def test_tagging_task_means_over_real_tokens():
 
 
 def _draw(transform, keys, k=3):
-    return np.asarray(jax.jit(jax.vmap(lambda key: transform.update(jnp.ones((k,)), (), key=key)[0].weights))(keys))
+    return np.asarray(jax.jit(jax.vmap(lambda key: transform.apply(jnp.ones((k,)), (), key=key)[0].weights))(keys))
 
 
 def test_alternating_weights_are_one_hot_and_reproducible():

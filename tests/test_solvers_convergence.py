@@ -92,8 +92,8 @@ def test_solvers_handle_zero_and_duplicated_rows(x64, k):
 def test_nash_state_reports_iterations(x64):
     t = weighting.get("nash_mtl")
     jac = jnp.asarray(sc.random_jacobian(4, 1))
-    out, state = t.update(jnp.ones(4), t.init(4), jacobian=jac, gramian=jac @ jac.T)
+    out, state = weighting.update_from(t, jnp.ones(4), t.init(4), jacobian=jac, gramian=jac @ jac.T)
     assert 0 < int(state.iterations) < 100
     # Warm-started from the solution, the next solve needs (almost) no iterations.
-    _, state2 = t.update(jnp.ones(4), state, jacobian=jac, gramian=jac @ jac.T)
+    _, state2 = weighting.update_from(t, jnp.ones(4), state, jacobian=jac, gramian=jac @ jac.T)
     assert int(state2.iterations) <= 1

@@ -111,7 +111,7 @@ def test_representation_mode_with_equal_weights_is_the_plain_gradient():
     t, opt = weighting.get("mgda"), optax.sgd(0.1)
     ones = weighting.WeightingTransform(
         init=t.init,
-        update=lambda losses, st, **_: (weighting.WeightingOutput(weights=jnp.ones_like(losses), extra_loss=0.0), st),
+        update=lambda inp, st: (weighting.WeightingOutput(weights=jnp.ones_like(inp.losses), extra_loss=0.0), st),
         requires=weighting.GRAMIAN,
     )
     cfg = step_lib.StepConfig(input_key="x", jacobian_mode="representation")

@@ -51,7 +51,8 @@ def x64():
 
 def _update(t, losses, state, jac, key=None, step=0):
     jac = jnp.asarray(jac)
-    return t.update(
+    return W.update_from(
+        t,
         jnp.asarray(losses, jac.dtype),
         state,
         jacobian=jac,
@@ -340,9 +341,9 @@ def test_mean_sum(x64):
 def test_random_weights():
     t = W.get("random")
     losses = jnp.ones(5)
-    w1 = np.asarray(t.update(losses, t.init(5), key=jax.random.key(3))[0].weights)
-    w2 = np.asarray(t.update(losses, t.init(5), key=jax.random.key(3))[0].weights)
-    w3 = np.asarray(t.update(losses, t.init(5), key=jax.random.key(4))[0].weights)
+    w1 = np.asarray(t.apply(losses, t.init(5), key=jax.random.key(3))[0].weights)
+    w2 = np.asarray(t.apply(losses, t.init(5), key=jax.random.key(3))[0].weights)
+    w3 = np.asarray(t.apply(losses, t.init(5), key=jax.random.key(4))[0].weights)
     assert np.all(w1 > 0) and abs(w1.sum() - 1) < 1e-6
     np.testing.assert_array_equal(w1, w2)
     assert not np.allclose(w1, w3)

@@ -107,7 +107,8 @@ def test_step_moves_shared_params_along_the_schemes_direction(name):
         leaves, treedef = jax.tree.flatten(jac_tree)
         jac = jnp.concatenate([leaf.reshape(K, -1) for leaf in leaves], axis=1)
         key = jax.random.split(jax.random.fold_in(state.rng, state.step))[0]  # the step's scheme key
-        out, _ = transform.update(
+        out, _ = weighting.update_from(
+            transform,
             losses,
             state.weighting_state,
             jacobian=jac,

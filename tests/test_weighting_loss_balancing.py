@@ -34,7 +34,8 @@ def _init(t, k, layout=None):
 def _call(t, losses, state, jac, key, step=0, params=None, layout=None):
     if params is None and t.init_params is not None:
         params = t.init_params(losses.shape[0])
-    return t.update(
+    return W.update_from(
+        t,
         losses,
         state,
         jacobian=jac,
@@ -144,12 +145,12 @@ def test_imtl_l(x64):
     assert t.init_params(3)["s"].shape == (3,)
     losses = jnp.array([0.5, 2.0, 4.0])
     s = jnp.array([0.1, -0.3, 0.7])
-    out, _ = t.update(losses, t.init(3), params={"s": s})
+    out, _ = t.apply(losses, t.init(3), params={"s": s})
     np.testing.assert_allclose(out.weights, np.exp(s), rtol=1e-12)
     np.testing.assert_allclose(out.extra_loss, -np.sum(s), rtol=1e-12)
 
     def objective(p):  # what the train step differentiates
-        o, _ = t.update(losses, t.init(3), params=p)
+        o, _ = t.apply(losses, t.init(3), params=p)
         return jnp.vdot(o.weights, losses) + o.extra_loss
 
     np.testing.assert_allclose(jax.grad(objective)({"s": s})["s"], np.exp(s) * losses - 1.0, rtol=1e-12)
@@ -158,7 +159,7 @@ def test_imtl_l(x64):
 def test_rlw_distribution():
     t = W.get("rlw")
     losses = jnp.ones((4,))
-    draw = jax.jit(lambda k: t.update(losses, t.init(4), key=k)[0].weights)
+    draw = jax.jit(lambda k: t.apply(losses, t.init(4), key=k)[0].weights)
     w1, w2 = draw(jax.random.key(1)), draw(jax.random.key(1))
     np.testing.assert_array_equal(w1, w2)  # reproducible by key
     assert not np.allclose(w1, draw(jax.random.key(2)))
@@ -283,8 +284,8 @@ def test_db_mtl_two_steps_by_hand(x64):
     l1, l2 = np.array([0.5, 2.0, 1.0]), np.array([0.4, 1.5, 1.1])
     t = W.get("db_mtl")
     state = t.init(3, layout=(("w", (7,)),))
-    out1, state = t.update(jnp.asarray(l1), state, jacobian=jnp.asarray(j1))
-    out2, state = t.update(jnp.asarray(l2), state, jacobian=jnp.asarray(j2))
+    out1, state = t.apply(jnp.asarray(l1), state, jacobian=jnp.asarray(j1))
+    out2, state = t.apply(jnp.asarray(l2), state, jacobian=jnp.asarray(j2))
     h1 = (1 - beta) * j1 / (l1 + 1e-8)[:, None]
     h2 = beta * h1 + (1 - beta) * j2 / (l2 + 1e-8)[:, None]
     for h, out in ((h1, out1), (h2, out2)):
@@ -300,12 +301,12 @@ def test_db_mtl_beta_sigma_and_lazy_state(x64):
     j = jnp.ones((2, 3))
     state = t.init(2)  # no layout: [K, 0] until the first call
     assert state.buffer.shape == (2, 0)
-    _, state = t.update(jnp.ones(2), state, jacobian=j)
-    _, state = t.update(jnp.ones(2), state, jacobian=2 * j)
+    _, state = t.apply(jnp.ones(2), state, jacobian=j)
+    _, state = t.apply(jnp.ones(2), state, jacobian=2 * j)
     # beta_1 = 0.5 / 1, beta_2 = 0.5 / 2: h1 = 0.5 * 1, h2 = 0.25 h1 + 0.75 * 2
     np.testing.assert_allclose(state.buffer, np.full((2, 3), 0.25 * 0.5 + 0.75 * 2.0), rtol=1e-6)
     with pytest.raises(ValueError):
-        t.update(jnp.ones(2), state, jacobian=jnp.ones((2, 4)))
+        t.apply(jnp.ones(2), state, jacobian=jnp.ones((2, 4)))
 
 
 # ----------------------------------------------------------------------------- GradNorm
@@ -321,7 +322,7 @@ def test_gradnorm_weight_updates_by_hand(x64):
     l1 = np.array([1.0, 2.0, 0.3])  # chosen so that r^alpha (not r) decides task 1's sign below
     t = W.get("gradnorm", alpha=alpha, lr=lr)
     state = t.init(3)
-    out0, state = t.update(jnp.asarray(l0), state, gramian=jnp.asarray(gram))
+    out0, state = t.apply(jnp.asarray(l0), state, gramian=jnp.asarray(gram))
     np.testing.assert_allclose(out0.weights, np.ones(3))  # w(0) = 1
     np.testing.assert_allclose(state.initial_losses, l0)
 
@@ -331,7 +332,7 @@ def test_gradnorm_weight_updates_by_hand(x64):
     w1 = 3 * w / w.sum()
     np.testing.assert_allclose(state.weights, w1, rtol=1e-10)
 
-    out1, state = t.update(jnp.asarray(l1), state, gramian=jnp.asarray(gram))
+    out1, state = t.apply(jnp.asarray(l1), state, gramian=jnp.asarray(gram))
     np.testing.assert_allclose(out1.weights, w1, rtol=1e-10)
     # Update 2 by hand: inverse training rates and the second Adam step.
     ratio = l1 / l0

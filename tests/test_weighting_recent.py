@@ -39,7 +39,7 @@ def _run(name, jacs, losses=None, **hp):
     for i, jac in enumerate(jacs):
         j = jnp.asarray(jac, jnp.float64)
         l = jnp.ones((k,), jnp.float64) if losses is None else jnp.asarray(losses[i], jnp.float64)
-        o, state = t.update(l, state, jacobian=j, gramian=j @ j.T, key=jax.random.key(i), step=jnp.asarray(i))
+        o, state = W.update_from(t, l, state, jacobian=j, gramian=j @ j.T, key=jax.random.key(i), step=jnp.asarray(i))
         out.append(np.asarray(W.combine(o, j)))
     return out
 
@@ -252,10 +252,10 @@ def test_ntkmtl_sr_uses_the_largest_eigenvalue_of_each_tasks_representation_ntk(
     expected = (lam.sum() / lam) ** 0.5
     rows = per_sample.mean(axis=1)  # d L_k / d z with L_k the batch mean
     t = W.get("ntkmtl_sr")
-    out, _ = t.update(jnp.ones(k), t.init(k), jacobian=jnp.asarray(rows), layout=(("representation", (n, h)),))
+    out, _ = t.apply(jnp.ones(k), t.init(k), jacobian=jnp.asarray(rows), layout=(("representation", (n, h)),))
     np.testing.assert_allclose(np.asarray(out.weights), expected, rtol=1e-10)
     with pytest.raises(ValueError, match="jacobian_mode='representation'"):
-        t.update(jnp.ones(k), t.init(k), jacobian=jnp.asarray(rows))
+        t.apply(jnp.ones(k), t.init(k), jacobian=jnp.asarray(rows))
 
 
 def test_ntkmtl_sr_is_refused_in_params_mode():

@@ -40,7 +40,8 @@ def _init(t, k, layout=None):
 def _call(t, losses, state, jac, key, params=None, layout=None):
     if params is None and t.init_params is not None:
         params = t.init_params(losses.shape[0])
-    return t.update(
+    return W.update_from(
+        t,
         losses,
         state,
         jacobian=jac,
@@ -204,7 +205,7 @@ def _vaccine(gi, gj, phi_hat):
 def test_gradvac_two_tasks_by_hand(x64):
     beta = 0.5
     t = W.get("gradvac", beta=beta)
-    update = jax.jit(lambda s, j, k: t.update(jnp.ones(2), s, jacobian=j, key=k))
+    update = jax.jit(lambda s, j, k: t.apply(jnp.ones(2), s, jacobian=j, key=k))
     state = t.init(2)
     # Step 1: cos = 0.6 >= phi_hat = 0, nothing to edit; phi_hat <- beta * 0.6.
     j1 = np.array([[1.0, 0.0], [0.6, 0.8]])
@@ -232,7 +233,7 @@ def test_gradvac_first_step_equals_pcgrad_per_group(x64):
     t = W.get("gradvac", granularity="all_layer")
     state = t.init(2, layout=LAYOUT)
     assert state.targets.shape == (2, 2, 2)
-    update = jax.jit(lambda s, j, k: t.update(jnp.ones(2), s, jacobian=j, key=k, layout=LAYOUT))
+    update = jax.jit(lambda s, j, k: t.apply(jnp.ones(2), s, jacobian=j, key=k, layout=LAYOUT))
     out, state = update(state, jnp.asarray(jac), jax.random.key(0))
     np.testing.assert_allclose(out.direction[:9], _agg("pcgrad", jac[:, :9]), rtol=1e-8)
     np.testing.assert_allclose(out.direction[9:], jac[:, 9:].sum(axis=0), rtol=1e-8)
@@ -286,7 +287,7 @@ def test_imtl_hybrid(x64):
     s0 = t.init_params(3)
     np.testing.assert_allclose(_agg("imtl", jac), _agg("imtl_g", jac), rtol=1e-10)  # s = 0: IMTL-G
     s = {"s": jnp.array([0.3, -0.5, 0.2])}
-    out, _ = t.update(losses, t.init(3), gramian=gram, params=s)
+    out, _ = t.apply(losses, t.init(3), gramian=gram, params=s)
     e = np.exp(np.asarray(s["s"]))
     scaled = np.asarray(jac) * e[:, None]
     d = np.asarray(out.weights @ jac)
@@ -295,7 +296,7 @@ def test_imtl_hybrid(x64):
     np.testing.assert_allclose(units @ d, (units @ d)[0], rtol=1e-8)
 
     def objective(p):  # what the train step differentiates for the scheme's params
-        o, _ = t.update(losses, t.init(3), gramian=gram, params=p)
+        o, _ = t.apply(losses, t.init(3), gramian=gram, params=p)
         return jnp.vdot(o.weights, losses) + o.extra_loss
 
     np.testing.assert_allclose(jax.grad(objective)(s)["s"], e * np.asarray(losses) - 1.0, rtol=1e-10)
@@ -361,8 +362,8 @@ def test_nash_mtl_bargaining_solution(x64):
     @jax.jit
     def solve(gram):
         k = gram.shape[0]
-        out, state = raw.update(jnp.ones(k), raw.init(k), gramian=gram)
-        return out.weights, state.alpha, clip.update(jnp.ones(k), clip.init(k), gramian=gram)[0].weights
+        out, state = raw.apply(jnp.ones(k), raw.init(k), gramian=gram)
+        return out.weights, state.alpha, clip.apply(jnp.ones(k), clip.init(k), gramian=gram)[0].weights
 
     for k in (2, 4):
         q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
@@ -384,7 +385,7 @@ def test_nash_mtl_update_every_and_warm_start(x64):
     rng = np.random.default_rng(5)
     j1, j2 = rng.normal(size=(3, 8)), rng.normal(size=(3, 8))
     t = W.get("nash_mtl", max_norm=0.0, update_weights_every=2)
-    update = jax.jit(lambda s, j: t.update(jnp.ones(3), s, jacobian=j))
+    update = jax.jit(lambda s, j: t.apply(jnp.ones(3), s, jacobian=j))
     state = t.init(3)
     o1, state = update(state, jnp.asarray(j1))
     o2, state = update(state, jnp.asarray(j2))
@@ -414,7 +415,7 @@ def test_nash_mtl_solves_only_on_refresh_steps():
     gram = jnp.eye(3)
     for every, solve_at_top in ((1, True), (4, False)):
         t = W.get("nash_mtl", update_weights_every=every)
-        jaxpr = jax.make_jaxpr(lambda s: t.update(jnp.ones(3), s, gramian=gram))(t.init(3))
+        jaxpr = jax.make_jaxpr(lambda s: t.apply(jnp.ones(3), s, gramian=gram))(t.init(3))
         found = primitives(jaxpr.jaxpr)
         assert ("while", True) in found if solve_at_top else ("while", True) not in found, every
         assert any(name == "while" for name, _ in found)

@@ -34,7 +34,8 @@ def _step_fn(name: str, k: int):
 
     @jax.jit
     def run(state):
-        out, state = t.update(
+        out, state = weighting.update_from(
+            t,
             losses,
             state,
             jacobian=jac,

@@ -28,8 +28,8 @@ BARE = "(bare Jacobian step)"
 def bare_jacobian() -> weighting.WeightingTransform:
     """Requests the Jacobian and returns unit weights: the Jacobian step without a combination."""
 
-    def update(losses, state, **_):
-        return weighting.WeightingOutput(weights=jnp.ones_like(losses), extra_loss=0.0), state
+    def update(inputs: weighting.JacobianInputs, state):
+        return weighting.WeightingOutput(weights=jnp.ones_like(inputs.losses), extra_loss=0.0), state
 
     return weighting.WeightingTransform(lambda num_tasks, **_: (), update, weighting.JACOBIAN)
 

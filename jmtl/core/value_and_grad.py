@@ -93,9 +93,8 @@ def _weigh(weighting, path, losses: Array, carry, scheme_inputs: dict, key: Arra
         return out, carry.weighting_state, jax.tree.map(jnp.zeros_like, carry.weighting_params)
 
     def run(wparams):
-        return weighting.update(
-            losses, carry.weighting_state, params=wparams, key=key, step=carry.step, **scheme_inputs
-        )
+        available = dict(scheme_inputs, params=wparams, key=key, step=carry.step)
+        return weighting.update(weighting_lib.inputs_from(weighting.requires, losses, available), carry.weighting_state)
 
     if weighting.init_params is None:
         out, new_wstate = run(carry.weighting_params)

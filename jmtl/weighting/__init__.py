@@ -26,9 +26,16 @@ from jmtl.weighting.base import (
     GRAMIAN,
     JACOBIAN,
     LOSSES,
+    BilevelInputs,
+    GramianInputs,
+    JacobianInputs,
+    LossInputs,
     WeightingOutput,
     WeightingTransform,
     combine,
+    inputs_from,
+    make_inputs,
+    update_from,
 )
 from jmtl.weighting.grouping import per_group
 from jmtl.weighting.registry import factory, get, hyperparameters, names, register  # noqa: F401
@@ -39,9 +46,13 @@ MODULE_OF_REQUIREMENT = {LOSSES: losses, GRAMIAN: gramian, JACOBIAN: jacobian, B
 
 __all__ = [
     "BILEVEL",
+    "BilevelInputs",
     "GRAMIAN",
+    "GramianInputs",
     "JACOBIAN",
+    "JacobianInputs",
     "LOSSES",
+    "LossInputs",
     "MODULE_OF_REQUIREMENT",
     "WeightingOptaxState",
     "WeightingOutput",
@@ -52,6 +63,9 @@ __all__ = [
     "factory",
     "get",
     "hyperparameters",
+    "inputs_from",
+    "make_inputs",
+    "update_from",
     "names",
     "per_group",
     "register",

@@ -3,9 +3,15 @@
 A scheme is a :class:`WeightingTransform`, a pair of pure functions::
 
     state = transform.init(num_tasks, layout=layout)
-    out, state = transform.update(losses, state, jacobian=J, params=p, key=k, step=s)
+    out, state = transform.update(inputs, state)
 
-``losses`` is the ``[K]`` vector of (device-averaged) task losses. What the scheme returns
+``inputs`` is a NamedTuple typed by what the scheme ``requires``: :class:`LossInputs`,
+:class:`GramianInputs`, :class:`JacobianInputs` or :class:`BilevelInputs`. Each carries
+``losses``, the ``[K]`` vector of (device-averaged) task losses, and what that requirement adds
+(the Gramian, the Jacobian and its layout, the bilevel terms). A scheme reads the fields it needs;
+it never receives a field its requirement does not provide, and no keyword is silently dropped.
+``transform.apply(losses, state, jacobian=J, key=k, ...)`` builds the inputs from keywords and
+refuses one the requirement does not have (a typo such as ``jacobain=`` is an error). What the scheme returns
 (:class:`WeightingOutput`) is either
 
 * ``weights`` ``[K]``: the update of the shared parameters is ``weights @ J`` (for loss-level
@@ -24,14 +30,13 @@ output is treated as a constant (``stop_gradient``) by the step.
 
 The transform is pure: randomness comes from ``key`` (the step's PRNG key, identical on every
 device), so runs are reproducible and every device computes the same combination. ``step`` is the
-global step (int32 scalar). The train step passes every keyword it has; a scheme ignores those it
-does not use (``**_``).
+global step (int32 scalar).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 
 import jax
 import jax.numpy as jnp
@@ -118,23 +123,140 @@ class InitFn(Protocol):
     def __call__(self, num_tasks: int, *, layout: Optional[Layout] = None) -> Any: ...
 
 
+class LossInputs(NamedTuple):
+    """What a loss-level scheme (``requires='losses'``) receives each step.
+
+    losses: ``[K]`` task losses (device-averaged).
+    step: the global step (int32 scalar), ``None`` outside a train step.
+    key: the step's PRNG key (identical on every device); ``None`` when the caller has none.
+    params: the scheme's own learnable params (``init_params``), else ``None``.
+    """
+
+    losses: Array
+    step: Optional[Array] = None
+    key: Optional[Array] = None
+    params: Optional[PyTree] = None
+
+
+class GramianInputs(NamedTuple):
+    """What a Gramian scheme (``requires='gramian'``) receives: the fields of :class:`LossInputs` and
+
+    gramian: ``[K, K]`` Gram matrix ``G = J J^T`` of the task gradients (shared parameters, or the
+      shared representation under ``jacobian_mode='representation'``).
+    """
+
+    losses: Array
+    gramian: Array
+    step: Optional[Array] = None
+    key: Optional[Array] = None
+    params: Optional[PyTree] = None
+
+
+class JacobianInputs(NamedTuple):
+    """What a Jacobian scheme (``requires='jacobian'``) receives: the fields of :class:`LossInputs` and
+
+    jacobian: ``[K, d]`` Jacobian of the task losses w.r.t. the flattened shared parameters (or the
+      shared representation).
+    layout: ``(path, shape)`` of the leaves along ``d`` (see ``Layout``); ``None`` when unknown.
+    gramian: ``J J^T`` when the step has already formed it (saves the scheme a ``[K, d]`` product),
+      else ``None``.
+    """
+
+    losses: Array
+    jacobian: Array
+    layout: Optional[Layout] = None
+    gramian: Optional[Array] = None
+    step: Optional[Array] = None
+    key: Optional[Array] = None
+    params: Optional[PyTree] = None
+
+
+class BilevelInputs(NamedTuple):
+    """What a bilevel scheme (``requires='bilevel'``) receives (see :class:`Lookahead`): the fields of
+    :class:`LossInputs` and
+
+    hypergradient: ``[R, K]`` one-step hypergradients (``inner_steps == 0``), else ``None``.
+    val_losses: ``[K]`` upper-level task losses.
+    inner_losses: ``[K]`` training losses after the inner steps (``inner_steps > 0``), else ``None``.
+    meta_gram: ``[K+1, K+1]`` Gram matrix of the upper-level gradients and the lower-level one
+      (``inner_steps > 0``), else ``None``.
+    """
+
+    losses: Array
+    hypergradient: Optional[Array] = None
+    val_losses: Optional[Array] = None
+    inner_losses: Optional[Array] = None
+    meta_gram: Optional[Array] = None
+    step: Optional[Array] = None
+    key: Optional[Array] = None
+    params: Optional[PyTree] = None
+
+
+SchemeInputs = Union[LossInputs, GramianInputs, JacobianInputs, BilevelInputs]
+INPUTS_BY_REQUIREMENT: dict[str, type] = {
+    LOSSES: LossInputs,
+    GRAMIAN: GramianInputs,
+    JACOBIAN: JacobianInputs,
+    BILEVEL: BilevelInputs,
+}
+
+
+ALL_INPUT_FIELDS = frozenset(f for cls in INPUTS_BY_REQUIREMENT.values() for f in cls._fields)
+
+
+def inputs_from(requires: str, losses: Array, available: dict) -> SchemeInputs:
+    """The typed inputs of a ``requires`` scheme, taking its fields from ``available``.
+
+    ``available`` is what a caller computed for any scheme (a gradient path's Gramian, Jacobian and
+    layout; the key and step): the scheme gets the fields of its requirement and nothing else. A key
+    that is no scheme input at all (a typo such as ``jacobain``) is refused.
+    """
+    unknown = sorted(set(available) - ALL_INPUT_FIELDS)
+    if unknown:
+        raise TypeError(
+            f"no weighting scheme takes {', '.join(map(repr, unknown))}; scheme inputs are "
+            f"{', '.join(sorted(ALL_INPUT_FIELDS))}"
+        )
+    cls = INPUTS_BY_REQUIREMENT[requires]
+    return cls(losses=losses, **{f: available[f] for f in cls._fields if f != "losses" and f in available})
+
+
+def update_from(
+    transform: "WeightingTransform", losses: Array, state: Any, **available
+) -> tuple["WeightingOutput", Any]:
+    """``transform.update`` with its inputs chosen from ``available`` (see :func:`inputs_from`): the
+    form for code that drives any scheme alike, like the train step."""
+    return transform.update(inputs_from(transform.requires, losses, available), state)
+
+
+def make_inputs(requires: str, losses: Array, **fields) -> SchemeInputs:
+    """The typed inputs of a ``requires`` scheme from keywords, refusing any the requirement lacks.
+
+    A Gramian scheme may be given ``jacobian=`` instead of ``gramian=``: ``G = J J^T`` is formed here.
+    """
+    if requires not in INPUTS_BY_REQUIREMENT:
+        raise ValueError(f"unknown requirement {requires!r}; expected one of {REQUIREMENTS}")
+    cls = INPUTS_BY_REQUIREMENT[requires]
+    if requires == GRAMIAN and "gramian" not in fields and fields.get("jacobian") is not None:
+        jac = fields.pop("jacobian")
+        fields["gramian"] = jnp.matmul(jac, jac.T, precision=jax.lax.Precision.HIGHEST)
+    unknown = sorted(set(fields) - set(cls._fields))
+    if unknown:
+        raise TypeError(
+            f"a requires={requires!r} scheme takes no {', '.join(map(repr, unknown))}; its inputs are "
+            f"{cls.__name__}{cls._fields}"
+        )
+    needed = {GRAMIAN: "gramian", JACOBIAN: "jacobian"}.get(requires)
+    if needed is not None and fields.get(needed) is None:
+        also = " (or jacobian=)" if requires == GRAMIAN else ""
+        raise TypeError(f"a requires={requires!r} scheme needs {needed}={also}")
+    return cls(losses=losses, **fields)
+
+
 class UpdateFn(Protocol):
-    def __call__(
-        self,
-        losses: Array,
-        state: Any,
-        *,
-        jacobian: Optional[Array] = None,
-        gramian: Optional[Array] = None,
-        params: Optional[PyTree] = None,
-        key: Optional[Array] = None,
-        step: Optional[Array] = None,
-        layout: Optional[Layout] = None,
-        hypergradient: Optional[Array] = None,
-        val_losses: Optional[Array] = None,
-        inner_losses: Optional[Array] = None,
-        meta_gram: Optional[Array] = None,
-    ) -> tuple[WeightingOutput, Any]: ...
+    """``update(inputs, state) -> (WeightingOutput, new state)``; ``inputs`` typed by the requirement."""
+
+    def __call__(self, inputs: Any, state: Any) -> tuple["WeightingOutput", Any]: ...
 
 
 class WeightingTransform(NamedTuple):
@@ -165,6 +287,16 @@ class WeightingTransform(NamedTuple):
     fixed_weights: bool = False
     rep_level_only: bool = False
 
+    @property
+    def inputs_type(self) -> type:
+        """The NamedTuple ``update`` takes (:class:`LossInputs`, :class:`GramianInputs`, ...)."""
+        return INPUTS_BY_REQUIREMENT[self.requires]
+
+    def apply(self, losses: Array, state: Any, **fields) -> tuple["WeightingOutput", Any]:
+        """``update`` with the inputs built from keywords (``jacobian=``, ``key=``, ``step=``, ...);
+        a keyword this scheme's requirement does not provide is refused, naming the valid ones."""
+        return self.update(make_inputs(self.requires, losses, **fields), state)
+
 
 class EmptyState(NamedTuple):
     """State of a stateless scheme."""
@@ -189,15 +321,6 @@ def combine(out: WeightingOutput, jacobian: Array) -> Array:
     if out.direction is not None:
         return out.direction
     return out.weights @ jacobian
-
-
-def require_gramian(name: str, gramian: Optional[Array], jacobian: Optional[Array]) -> Array:
-    """The ``[K, K]`` Gramian passed by the step, else ``J J^T`` of the Jacobian; error if neither."""
-    if gramian is not None:
-        return gramian
-    if jacobian is None:
-        raise ValueError(f"{name} needs the Gramian or the Jacobian of the task losses")
-    return jnp.matmul(jacobian, jacobian.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def default_float_dtype():

@@ -28,7 +28,15 @@ import jax.numpy as jnp
 import optax
 from optax.projections import projection_simplex
 
-from jmtl.weighting.base import BILEVEL, Layout, Lookahead, WeightingOutput, WeightingTransform, weights_output
+from jmtl.weighting.base import (
+    BILEVEL,
+    BilevelInputs,
+    Layout,
+    Lookahead,
+    WeightingOutput,
+    WeightingTransform,
+    weights_output,
+)
 from jmtl.weighting.registry import register
 from jmtl.weighting.solvers import min_norm_weights
 
@@ -90,7 +98,9 @@ def auto_lambda(
         w = jnp.full((num_tasks,), init_weight, jnp.float32)
         return AutoLambdaState(w, meta_opt.init(w))
 
-    def update(losses, state: AutoLambdaState, *, hypergradient=None, **_) -> tuple[WeightingOutput, AutoLambdaState]:
+    def update(inputs: BilevelInputs, state: AutoLambdaState) -> tuple[WeightingOutput, AutoLambdaState]:
+        losses = inputs.losses
+        hypergradient = inputs.hypergradient
         h = _require(hypergradient, "the hypergradient", "auto_lambda")
         grad = jnp.sum(h, axis=0).astype(state.weights.dtype)  # of sum_j L_j^val
         updates, opt_state = meta_opt.update(grad, state.opt_state, state.weights)
@@ -145,7 +155,9 @@ def moml(
     _check_positive(lookahead_lr, "moml lookahead_lr")
     meta_opt = optax.adam(meta_lr)
 
-    def update(losses, state: SoftmaxWeightsState, *, hypergradient=None, **_):
+    def update(inputs: BilevelInputs, state: SoftmaxWeightsState):
+        losses = inputs.losses
+        hypergradient = inputs.hypergradient
         h = _require(hypergradient, "the per-task hypergradients", "moml")  # [K_val, K]
         p = jax.nn.softmax(state.logits)
         h_alpha = h.astype(p.dtype) @ _softmax_jacobian(p)  # rows: grad_alpha L_j^val
@@ -271,7 +283,10 @@ def forum(
         a = jnp.full((num_tasks,), 1.0 / num_tasks, jnp.float32)
         return FORUMState(a, meta_opt.init(a), jnp.zeros((num_tasks,), jnp.float32), jnp.zeros((), jnp.int32))
 
-    def update(losses, state: FORUMState, *, meta_gram=None, inner_losses=None, **_):
+    def update(inputs: BilevelInputs, state: FORUMState):
+        losses = inputs.losses
+        meta_gram = inputs.meta_gram
+        inner_losses = inputs.inner_losses
         gram = _require(meta_gram, "the meta Gramian", "forum").astype(jnp.float32)
         inner = _require(inner_losses, "the inner-loop losses", "forum").astype(jnp.float32)
         k = losses.shape[0]

@@ -25,6 +25,7 @@ from jmtl.weighting.base import (
     BILEVEL,
     EPS,
     GRAMIAN,
+    GramianInputs,
     Layout,
     WeightingOutput,
     WeightingTransform,
@@ -33,7 +34,6 @@ from jmtl.weighting.base import (
     default_float_dtype,
     gram_norms,
     need_key,
-    require_gramian,
     safe_div,
     stateless_init,
     weights_output,
@@ -84,8 +84,9 @@ def mgda(normalization: str = "none", max_iter: int = 250, tol: float = 1e-5) ->
     if normalization not in MGDA_NORMALIZATIONS:
         raise ValueError(f"unknown MGDA normalization {normalization!r}; valid: {', '.join(MGDA_NORMALIZATIONS)}")
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gramian = require_gramian("mgda", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        losses = inputs.losses
+        gramian = inputs.gramian
         n = jax.lax.stop_gradient(_gradient_norm_factors(gramian, losses, normalization))
         scaled = gramian / (n[:, None] * n[None, :])
         alpha = solvers.min_norm_weights(scaled, max_iter=max_iter, tol=tol)
@@ -105,8 +106,9 @@ def pcgrad() -> WeightingTransform:
     (coefficients in the span of the task gradients), returned as weights.
     """
 
-    def update(losses, state, *, gramian=None, jacobian=None, key=None, **_):
-        gram = require_gramian("pcgrad", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        key = inputs.key
+        gram = inputs.gramian
         key = need_key(key, "pcgrad")
         k = gram.shape[0]
         eye = jnp.eye(k, dtype=gram.dtype)
@@ -163,8 +165,8 @@ def imtl_g() -> WeightingTransform:
     parameter Jacobian it is the same formula.
     """
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("imtl_g", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         return weights_output(imtl_g_weights(gram)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN, rep_level_ok=True)
@@ -188,10 +190,12 @@ def imtl(init_scale: float = 0.0) -> WeightingTransform:
     def init_params(num_tasks: int):
         return {"s": jnp.full((num_tasks,), init_scale, default_float_dtype())}
 
-    def update(losses, state, *, gramian=None, jacobian=None, params=None, **_):
+    def update(inputs: GramianInputs, state):
+        losses = inputs.losses
+        params = inputs.params
         if params is None:
             raise ValueError("imtl needs its params (init_params) in the train state")
-        gram = require_gramian("imtl", gramian, jacobian)
+        gram = inputs.gramian
         s = params["s"].astype(gram.dtype)
         scale = jnp.exp(s)
         fixed = jax.lax.stop_gradient(scale)
@@ -230,8 +234,8 @@ def cagrad(c: float = 0.5, rescale: int = 1, num_iters: int = 100, tol: float = 
     if c < 0:
         raise ValueError(f"c must be >= 0, got {c}")
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("cagrad", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         k = gram.shape[0]
         w = solvers.cagrad_solve(gram, c, max_iter=int(num_iters), tol=tol).x
         g0_norm = jnp.sqrt(jnp.maximum(jnp.mean(gram), 0.0))
@@ -288,8 +292,8 @@ def nash_mtl(
         zero = jnp.zeros((), jnp.int32)
         return NashState(alpha=ones, beta=ones, count=zero, iterations=zero)
 
-    def update(losses, state: NashState, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("nash_mtl", gramian, jacobian)
+    def update(inputs: GramianInputs, state: NashState):
+        gram = inputs.gramian
         dtype = gram.dtype
 
         def solve(_):
@@ -371,8 +375,8 @@ def aligned_mtl(scale_mode: str = "min") -> WeightingTransform:
     if scale_mode not in ALIGNED_SCALE_MODES:
         raise ValueError(f"unknown Aligned-MTL scale_mode {scale_mode!r}; valid: {', '.join(ALIGNED_SCALE_MODES)}")
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("aligned_mtl", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         return weights_output(jnp.sum(aligned_balance(gram, scale_mode), axis=1)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN, rep_level_ok=True)
@@ -400,8 +404,8 @@ def con_fig() -> WeightingTransform:
     (the length model "sum of projections"). A zero task gradient drops out; identical ones count once.
     """
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("con_fig", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         k = gram.shape[0]
         n = gram_norms(gram)
         inv = safe_div(jnp.ones_like(n), n)
@@ -449,8 +453,9 @@ def gradnorm(alpha: float = 1.5, lr: float = 0.025) -> WeightingTransform:
             weights=w, initial_losses=jnp.ones_like(w), started=jnp.zeros((), bool), opt_state=tx.init(w)
         )
 
-    def update(losses, state: GradNormState, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("gradnorm", gramian, jacobian)
+    def update(inputs: GramianInputs, state: GradNormState):
+        losses = inputs.losses
+        gram = inputs.gramian
         dtype = gram.dtype
         k = losses.shape[0]
         losses = losses.astype(dtype)
@@ -504,8 +509,8 @@ def krum(n_byzantine: int = 1, n_selected: int = 1) -> WeightingTransform:
     if n_selected < 1:
         raise ValueError(f"krum: n_selected must be at least 1, got {n_selected}")
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("krum", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         k = gram.shape[0]
         f = n_byzantine
         if k < 2 * f + 3:
@@ -569,8 +574,8 @@ def upgrad(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[int
     """
     check_nonneg("upgrad", norm_eps=norm_eps, reg_eps=reg_eps)
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("upgrad", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         return weights_output(_upgrad_weights(gram, norm_eps, reg_eps, max_iter)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN)
@@ -590,8 +595,8 @@ def dualproj(norm_eps: float = 1e-4, reg_eps: float = 1e-4, max_iter: Optional[i
     """
     check_nonneg("dualproj", norm_eps=norm_eps, reg_eps=reg_eps)
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("dualproj", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         return weights_output(_dualproj_weights(gram, norm_eps, reg_eps, max_iter)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN)
@@ -623,8 +628,8 @@ def fairgrad(alpha: float = 1.0, ridge: float = 1e-8, max_iter: int = 100, tol: 
     check_nonneg("fairgrad", ridge=ridge)
     alpha = float(alpha)
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("fairgrad", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         return weights_output(solvers.alpha_fair_weights(gram, alpha, ridge=ridge, max_iter=max_iter, tol=tol)), state
 
     return WeightingTransform(stateless_init, update, GRAMIAN, rep_level_ok=False)
@@ -687,8 +692,8 @@ def sdmgrad(lam: float = 0.3, niter: int = 20, lr: float = 5.0, momentum: float 
     if niter < 0:
         raise ValueError(f"sdmgrad: niter must be non-negative, got {niter}")
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("sdmgrad", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         k = gram.shape[0]
         w = _sdmgrad_inner(gram, state.w.astype(gram.dtype), lam, niter, lr, momentum)
         weights = (w + lam / k) / (1.0 + lam)
@@ -713,8 +718,8 @@ def modo(gamma: float = 1e-3, rho: float = 0.1) -> WeightingTransform:
     """
     check_nonneg("modo", gamma=gamma, rho=rho)
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("modo", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         lam = state.w.astype(gram.dtype)
         step = jnp.matmul(gram, lam, precision=_HIGHEST) + rho * lam
         lam = projection_simplex(lam - gamma * step)
@@ -771,8 +776,8 @@ def ntkmtl(ntk_exp: float = 0.5, max_norm: float = 1.0) -> WeightingTransform:
     if ntk_exp < 0:
         raise ValueError(f"ntkmtl: ntk_exp must be non-negative, got {ntk_exp}")
 
-    def update(losses, state, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("ntkmtl", gramian, jacobian)
+    def update(inputs: GramianInputs, state):
+        gram = inputs.gramian
         k = gram.shape[0]
         weights = k * ntk_weights(gram, ntk_exp)
         return weights_output(_clip_weights(weights, gram, max_norm)), state
@@ -859,8 +864,8 @@ def pcd(tau: float | Sequence[float] = 0.02, beta: float = 0.999, eps: float = 1
     def init(num_tasks: int, *, layout: Optional[Layout] = None) -> PCDState:
         return PCDState(jnp.zeros((num_tasks,), default_float_dtype()), jnp.zeros((), jnp.int32))
 
-    def update(losses, state: PCDState, *, gramian=None, jacobian=None, **_):
-        gram = require_gramian("pcd", gramian, jacobian)
+    def update(inputs: GramianInputs, state: PCDState):
+        gram = inputs.gramian
         gram = 0.5 * (gram + gram.T)
         k = gram.shape[0]
         dtype = gram.dtype
@@ -941,8 +946,8 @@ def cr_mogm(base: str = "mgda", alpha: float = 0.1, base_hparams: Optional[dict]
         lam = jnp.full((num_tasks,), 1.0 / num_tasks, default_float_dtype())
         return CRMOGMState(lam, inner.init(num_tasks, layout=layout))
 
-    def update(losses, state: CRMOGMState, **kwargs):
-        out, base_state = inner.update(losses, state.base, **kwargs)
+    def update(inputs, state: CRMOGMState):  # the inner scheme's inputs type: this wraps its requirement
+        out, base_state = inner.update(inputs, state.base)
         if out.weights is None:
             raise ValueError(f"cr_mogm: base={base!r} returns a direction, not weights; wrap a weighted scheme")
         w = jax.lax.stop_gradient(out.weights)

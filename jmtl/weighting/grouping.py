@@ -19,7 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jmtl.weighting.base import GRAMIAN, JACOBIAN, Layout, WeightingOutput, WeightingTransform, combine
+from jmtl.weighting.base import (
+    GRAMIAN,
+    JACOBIAN,
+    GramianInputs,
+    JacobianInputs,
+    Layout,
+    WeightingOutput,
+    WeightingTransform,
+    combine,
+)
 from jmtl.weighting.jacobian import _parent
 
 Array = jax.Array
@@ -102,11 +111,11 @@ def per_group(inner: WeightingTransform, group_by: GroupBy = "layer") -> Weighti
             )
         )
 
-    def update(losses, state: PerGroupState, *, jacobian=None, layout=None, key=None, **kwargs):
-        layout = _need_layout(layout, "update")
+    def update(inputs: JacobianInputs, state: PerGroupState):
+        layout = _need_layout(inputs.layout, "update")
+        jacobian, key = inputs.jacobian, inputs.key
         if jacobian is None:
             raise ValueError("per_group needs the Jacobian (its rows are sliced per group)")
-        kwargs.pop("gramian", None)
         groups = parameter_groups(layout, group_by)
         if len(groups) != len(state.states):
             raise ValueError(
@@ -119,15 +128,14 @@ def per_group(inner: WeightingTransform, group_by: GroupBy = "layer") -> Weighti
         for g, ((_, leaves), s) in enumerate(zip(groups, state.states)):
             cols = _columns(layout, leaves)
             rows = jacobian[:, cols]
-            out, s = inner.update(
-                losses,
-                s,
-                jacobian=rows,
-                gramian=rows @ rows.T,
-                layout=tuple(layout[i] for i in leaves),
-                key=None if key is None else jax.random.fold_in(key, g),
-                **kwargs,
-            )
+            group_key = None if key is None else jax.random.fold_in(key, g)
+            if inner.requires == GRAMIAN:
+                group_inputs = GramianInputs(inputs.losses, rows @ rows.T, inputs.step, group_key, inputs.params)
+            else:
+                group_inputs = inputs._replace(
+                    jacobian=rows, gramian=rows @ rows.T, layout=tuple(layout[i] for i in leaves), key=group_key
+                )
+            out, s = inner.update(group_inputs, s)
             direction = direction.at[cols].set(combine(out, rows).astype(jacobian.dtype))
             extra = extra + out.extra_loss
             new_states.append(s)

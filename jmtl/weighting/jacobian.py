@@ -25,6 +25,7 @@ from optax.projections import projection_simplex
 from jmtl.weighting.base import (
     EPS,
     JACOBIAN,
+    JacobianInputs,
     Layout,
     WeightingOutput,
     WeightingTransform,
@@ -76,7 +77,9 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> WeightingTransform:
         d = layout_size(layout) or 0
         return DBMTLState(count=jnp.zeros((), jnp.int32), buffer=jnp.zeros((num_tasks, d), default_float_dtype()))
 
-    def update(losses, state: DBMTLState, *, jacobian=None, **_):
+    def update(inputs: JacobianInputs, state: DBMTLState):
+        losses = inputs.losses
+        jacobian = inputs.jacobian
         if jacobian is None:
             raise ValueError("db_mtl needs the Jacobian of the task losses")
         k, d = jacobian.shape
@@ -177,7 +180,10 @@ def gradvac(beta: float = 0.5, granularity: str = "whole_model") -> WeightingTra
             n = gradvac_groups(layout, d, granularity)[2]
         return GradVacState(targets=jnp.zeros((n, num_tasks, num_tasks), default_float_dtype()))
 
-    def update(losses, state: GradVacState, *, jacobian=None, key=None, layout=None, **_):
+    def update(inputs: JacobianInputs, state: GradVacState):
+        jacobian = inputs.jacobian
+        key = inputs.key
+        layout = inputs.layout
         if jacobian is None:
             raise ValueError("gradvac needs the Jacobian of the task losses")
         key = need_key(key, "gradvac")
@@ -260,7 +266,9 @@ def graddrop(leak: float = 0.0) -> WeightingTransform:
     if not 0.0 <= leak <= 1.0:
         raise ValueError(f"leak must be in [0, 1], got {leak}")
 
-    def update(losses, state, *, jacobian=None, key=None, **_):
+    def update(inputs: JacobianInputs, state):
+        jacobian = inputs.jacobian
+        key = inputs.key
         if jacobian is None:
             raise ValueError("graddrop needs the Jacobian of the task losses")
         key = need_key(key, "graddrop")
@@ -290,7 +298,8 @@ def trimmed_mean(trim: Optional[int] = None) -> WeightingTransform:
     if trim is not None and trim < 0:
         raise ValueError(f"trimmed_mean: trim must be non-negative, got {trim}")
 
-    def update(losses, state, *, jacobian=None, **_):
+    def update(inputs: JacobianInputs, state):
+        jacobian = inputs.jacobian
         jac = need_jacobian("trimmed_mean", jacobian)
         k = jac.shape[0]
         t = (1 if k >= 3 else 0) if trim is None else trim
@@ -383,7 +392,9 @@ def moco(
             count=jnp.zeros((), jnp.int32),
         )
 
-    def update(losses, state, *, jacobian=None, **_):
+    def update(inputs: JacobianInputs, state):
+        losses = inputs.losses
+        jacobian = inputs.jacobian
         jac = need_jacobian("moco", jacobian)
         dtype = jac.dtype
         state = state._replace(y=_lazy_rows(state.y, jac, "moco"))
@@ -470,7 +481,8 @@ def excess_mtl(robust_step_size: float = 1e-2, eps: float = 1e-7) -> WeightingTr
             count=jnp.zeros((), jnp.int32),
         )
 
-    def update(losses, state, *, jacobian=None, **_):
+    def update(inputs: JacobianInputs, state):
+        jacobian = inputs.jacobian
         jac = need_jacobian("excess_mtl", jacobian)
         state = state._replace(sq_sum=_lazy_rows(state.sq_sum, jac, "excess_mtl"))
         as_jac = ExcessMTLState(jac, jac[:, 0], jac[:, 0], state.count)
@@ -523,7 +535,9 @@ def ntkmtl_sr(ntk_exp: float = 0.5) -> WeightingTransform:
     if ntk_exp < 0:
         raise ValueError(f"ntkmtl_sr: ntk_exp must be non-negative, got {ntk_exp}")
 
-    def update(losses, state, *, jacobian=None, layout=None, **_):
+    def update(inputs: JacobianInputs, state):
+        jacobian = inputs.jacobian
+        layout = inputs.layout
         jacobian = need_jacobian("ntkmtl_sr", jacobian)
         if layout is None or len(layout) != 1 or layout[0][0] != "representation":
             raise ValueError(

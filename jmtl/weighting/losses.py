@@ -25,6 +25,7 @@ from jmtl.weighting.base import (
     LOSSES,
     EmptyState,
     Layout,
+    LossInputs,
     WeightingOutput,
     WeightingTransform,
     cast_like,
@@ -42,7 +43,8 @@ Array = jax.Array
 def equal() -> WeightingTransform:
     """Equal weighting (EW / linear scalarisation): ``L = sum_k L_k``, i.e. ``lambda_k = 1``."""
 
-    def update(losses, state, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
         return weights_output(jnp.ones_like(losses)), state
 
     return WeightingTransform(stateless_init, update, LOSSES, fixed_weights=True)
@@ -58,7 +60,8 @@ def static(weights: Sequence[float] | None = None) -> WeightingTransform:
       weights: ``[K]`` fixed weights ``lambda`` (default ``None``: all ones).
     """
 
-    def update(losses, state, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
         if weights is None:
             w = jnp.ones_like(losses)
         else:
@@ -88,7 +91,8 @@ def uncertainty(init_log_var: float = -0.5) -> WeightingTransform:
     def init_params(num_tasks: int):
         return {"log_var": jnp.full((num_tasks,), init_log_var, jnp.float32)}
 
-    def update(losses, state, *, params=None, **_):
+    def update(inputs: LossInputs, state):
+        params = inputs.params
         if params is None:
             raise ValueError("uncertainty weighting needs its params (init_params) in the train state")
         s = params["log_var"]
@@ -112,7 +116,9 @@ def alternating(probabilities: Optional[Sequence[float]] = None, scale: bool = F
                 f"alternating: probabilities must be non-negative with a positive sum, got {probabilities}"
             )
 
-    def update(losses, state, *, key=None, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
+        key = inputs.key
         if key is None:
             raise ValueError("alternating weighting needs the step's PRNG key")
         k = losses.shape[0]
@@ -140,7 +146,8 @@ def si() -> WeightingTransform:
     rescaling any task's loss by a constant.
     """
 
-    def update(losses, state, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
         return weights_output(1.0 / (losses + EPS)), state
 
     return WeightingTransform(stateless_init, update, LOSSES)
@@ -179,7 +186,8 @@ def dwa(temperature: float = 2.0, steps_per_epoch: int = 100) -> WeightingTransf
         i0 = jnp.zeros((), jnp.int32)
         return DWAState(count=i0, epochs=i0, epoch_sum=z, last=z, before_last=z)
 
-    def update(losses, state: DWAState, **_):
+    def update(inputs: LossInputs, state: DWAState):
+        losses = inputs.losses
         dtype = losses.dtype
         k = losses.shape[0]
         last = state.last.astype(dtype)
@@ -213,7 +221,9 @@ def rlw() -> WeightingTransform:
     equal weighting's, they sum to ``K`` (the same update up to the learning rate).
     """
 
-    def update(losses, state, *, key=None, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
+        key = inputs.key
         if key is None:
             raise ValueError("rlw needs the step's PRNG key")
         z = jax.random.normal(key, losses.shape, losses.dtype)
@@ -230,7 +240,8 @@ def gls() -> WeightingTransform:
     (computed in log space, with ``eps = 1e-8`` added to each loss).
     """
 
-    def update(losses, state, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
         shifted = losses + EPS
         geo = jnp.exp(jnp.mean(jnp.log(shifted)))
         return weights_output(geo / (losses.shape[0] * shifted)), state
@@ -253,7 +264,9 @@ def imtl_l(init_scale: float = 0.0) -> WeightingTransform:
     def init_params(num_tasks: int):
         return {"s": jnp.full((num_tasks,), init_scale, default_float_dtype())}
 
-    def update(losses, state, *, params=None, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
+        params = inputs.params
         if params is None:
             raise ValueError("imtl_l needs its params (init_params) in the train state")
         s = params["s"].astype(losses.dtype)
@@ -301,7 +314,8 @@ def famo(w_lr: float = 0.025, gamma: float = 1e-3) -> WeightingTransform:
             has_prev=jnp.zeros((), bool),
         )
 
-    def update(losses, state: FAMOState, **_):
+    def update(inputs: LossInputs, state: FAMOState):
+        losses = inputs.losses
         dtype = losses.dtype
         logits = state.logits
         d_now = losses + EPS
@@ -362,7 +376,8 @@ def stch(mu: float = 1.0, warmup_epochs: int = 4, steps_per_epoch: int = 100) ->
     def init(num_tasks: int, *, layout: Optional[Layout] = None) -> STCHState:
         return STCHState(count=jnp.zeros((), jnp.int32), loss_sum=jnp.zeros((num_tasks,), default_float_dtype()))
 
-    def update(losses, state: STCHState, **_):
+    def update(inputs: LossInputs, state: STCHState):
+        losses = inputs.losses
         k = losses.shape[0]
         loss_sum = state.loss_sum.astype(losses.dtype)
         log_weights = 1.0 / (losses + EPS)
@@ -385,7 +400,8 @@ def stch(mu: float = 1.0, warmup_epochs: int = 4, steps_per_epoch: int = 100) ->
 def mean() -> WeightingTransform:
     """Mean: ``d = (1/K) Σ_k g_k``, i.e. ``w_k = 1/K`` (torchjd's ``Mean``)."""
 
-    def update(losses, state, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
         k = losses.shape[0]
         return weights_output(jnp.full((k,), 1.0 / k, losses.dtype)), state
 
@@ -396,7 +412,8 @@ def mean() -> WeightingTransform:
 def sum_() -> WeightingTransform:
     """Sum: ``d = Σ_k g_k``, i.e. ``w_k = 1`` (torchjd's ``Sum``; same update as ``equal``)."""
 
-    def update(losses, state, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
         return weights_output(jnp.ones_like(losses)), state
 
     return WeightingTransform(stateless_init, update, LOSSES, fixed_weights=True)
@@ -410,7 +427,9 @@ def random() -> WeightingTransform:
     weighting, Lin et al. 2022). The draw comes from ``key`` only, so every device agrees.
     """
 
-    def update(losses, state, *, key=None, **_):
+    def update(inputs: LossInputs, state):
+        losses = inputs.losses
+        key = inputs.key
         if key is None:
             raise ValueError("random weighting needs the step's PRNG key")
         z = jax.random.normal(key, losses.shape, losses.dtype)
@@ -500,7 +519,8 @@ def go4align(num_groups: int = 2, robust_step_size: float = 1e-4) -> WeightingTr
     def init(num_tasks: int, *, layout: Optional[Layout] = None) -> GO4AlignState:
         return GO4AlignState(jnp.full((num_tasks,), 1.0 / num_tasks, default_float_dtype()))
 
-    def update(losses, state: GO4AlignState, **_):
+    def update(inputs: LossInputs, state: GO4AlignState):
+        losses = inputs.losses
         k = losses.shape[0]
         if num_groups > k:
             raise ValueError(

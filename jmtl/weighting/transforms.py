@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jmtl.weighting.base import BILEVEL, LOSSES, Layout, WeightingTransform, combine, init_state
+from jmtl.weighting.base import BILEVEL, LOSSES, Layout, WeightingTransform, combine, init_state, inputs_from
 from jmtl.weighting.registry import get
 
 Array = jax.Array
@@ -44,16 +44,8 @@ def _run(
     layout: Optional[Layout],
 ) -> tuple[Array, Any]:
     """The ``[d]`` direction of ``transform`` for ``jacobian`` (and its new state)."""
-    out, state = transform.update(
-        losses,
-        state,
-        jacobian=jacobian,
-        gramian=jacobian @ jacobian.T,
-        params=params,
-        key=key,
-        step=step,
-        layout=layout,
-    )
+    available = dict(jacobian=jacobian, gramian=jacobian @ jacobian.T, params=params, key=key, step=step, layout=layout)
+    out, state = transform.update(inputs_from(transform.requires, losses, available), state)
     return combine(out, jacobian), state
 
 

@@ -15,6 +15,34 @@ if str(ROOT) not in sys.path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~30 s (still part of CI)")
+    _session_compilation_cache(config)
+
+
+def _session_compilation_cache(config):
+    """One persistent XLA compilation cache for this pytest session (and the subprocesses its tests
+    start), in a fresh temporary folder removed at the end: many tests compile the same programs
+    again (a resumed run, the same config trained twice, the same step in several tests), and a
+    compiled program is looked up by a hash of its HLO and compile options, so the programs, and
+    every number the tests compare, are the same with or without it. A cache the user configured
+    (``JAX_COMPILATION_CACHE_DIR``) is left alone."""
+    import shutil
+    import tempfile
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    folder = tempfile.mkdtemp(prefix="jmtl_tests_xla_cache_")
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=folder,
+        # Every program is cached, not only those that took over a second (the default) to compile.
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
+    import jax  # after the environment: jax reads these variables when it is imported
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 def run_script(script: str, *args: str, devices: int = 1, timeout: int = 600, env: dict | None = None) -> dict:

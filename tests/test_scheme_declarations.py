@@ -19,7 +19,10 @@ K, D = 5, 12  # krum needs at least 2f+3 = 5 rows
 
 
 def _directions(name, jac, losses, keys):
-    return [np.asarray(aggregate(name, jac, losses, key=k)) for k in keys]
+    # One compiled program per scheme, called with each key (op-by-op, each call re-traced and
+    # re-compiled the schemes' solver loops: minutes for the registry).
+    fn = jax.jit(lambda j, l, k: aggregate(name, j, l, key=k))
+    return [np.asarray(fn(jac, losses, k)) for k in keys]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ The claims come from the papers (cited in each scheme's docstring):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,6 +67,13 @@ def _schemes():
     ]
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled(name):
+    """``aggregate(name, jac, losses, key=key)`` compiled once per scheme and shared by the tests
+    below (op by op, every call re-traced and re-compiled the schemes' solver loops)."""
+    return jax.jit(lambda jac, losses, key: aggregate(name, jac, losses, key=key))
+
+
 @pytest.fixture(scope="module")
 def problems():
     rng = np.random.default_rng(0)
@@ -113,8 +122,8 @@ def test_permutation_equivariance(problems):
             continue
         for jac, losses in problems[1:]:  # the unequal scales: the harder case, one is enough for CI time
             key = jax.random.key(0)
-            a = np.asarray(aggregate(name, jac, losses, key=key))
-            b = np.asarray(aggregate(name, jac[perm], losses[perm], key=key))
+            a = np.asarray(_compiled(name)(jac, losses, key))
+            b = np.asarray(_compiled(name)(jac[perm], losses[perm], key))
             if not np.allclose(a, b, rtol=2e-3, atol=1e-5 * np.abs(a).max()):
                 broken.append(name)
                 break
@@ -130,8 +139,8 @@ def test_scaling_behaviour(problems):
             continue
         for jac, losses in problems[1:]:
             key = jax.random.key(0)
-            a = np.asarray(aggregate(name, jac, losses, key=key))
-            b = np.asarray(aggregate(name, 3.0 * jac, losses, key=key))
+            a = np.asarray(_compiled(name)(jac, losses, key))
+            b = np.asarray(_compiled(name)(3.0 * jac, losses, key))
             if not np.allclose(b, expect * a, rtol=2e-3, atol=1e-5 * np.abs(a).max()):
                 wrong.append(name)
                 break

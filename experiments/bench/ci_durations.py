@@ -16,8 +16,8 @@ Writes results/bench/<name>.json and .md (``--name``, default ci_time). Not part
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,29 +32,35 @@ from experiments.bench.common import RESULTS, ROOT, provenance, write_outputs
 
 
 def run_pytest(tree: Path, tests: list[str], extra: list[str]) -> dict:
-    """One pytest run in ``tree``: ``{"wall_s", "cpu_s", "exit", "tests": {nodeid: seconds}}``."""
+    """One pytest run in ``tree``: ``{"wall_s", "cpu_s", "exit", "tests": {nodeid: seconds}}``.
+
+    The CPU time is that process tree's own (``os.wait4`` on the pytest process), so two runs may go
+    on at the same time (``--concurrent``) without counting each other's time."""
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        log = Path(tmp) / "stdout.txt"
         t0 = time.time()
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *extra, *tests],
-            cwd=tree,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *extra, *tests],
+                cwd=tree,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.time() - t0
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        stdout = log.read_text()
         durations = {}
         if xml.exists():
             for case in ET.parse(xml).getroot().iter("testcase"):
                 nodeid = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
                 durations[nodeid] = float(case.get("time", 0.0))
-    tail = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else [""]
+    tail = stdout.strip().splitlines()[-1:] if stdout.strip() else [""]
     return {
         "wall_s": round(wall, 2),
-        "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "exit": proc.returncode,
         "summary": tail[0],
         "tests": durations,
@@ -71,6 +77,11 @@ def main(argv=None):
     parser.add_argument("tests", nargs="*", default=["tests"], help="pytest paths / node ids (default: tests)")
     parser.add_argument("--before", default=None, help="a commit to pair against (run alternately)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per side (alternating before / after)")
+    parser.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="run before and after at the same time (both under the same load; CPU times stay per run)",
+    )
     parser.add_argument("--top", type=int, default=40, help="rows of the slowest tests in the table")
     parser.add_argument("--pytest_args", default="", help="extra pytest arguments, one string")
     parser.add_argument("--out", default=str(RESULTS))
@@ -87,6 +98,13 @@ def main(argv=None):
     runs = {"after": [], "before": []}
     try:
         for _ in range(args.rounds):
+            if worktree is not None and args.concurrent:
+                with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                    b = pool.submit(run_pytest, worktree, args.tests, extra)
+                    a = pool.submit(run_pytest, ROOT, args.tests, extra)
+                    runs["before"].append(b.result())
+                    runs["after"].append(a.result())
+                continue
             if worktree is not None:
                 runs["before"].append(run_pytest(worktree, args.tests, extra))
             runs["after"].append(run_pytest(ROOT, args.tests, extra))
@@ -101,6 +119,7 @@ def main(argv=None):
         "tests": args.tests,
         "before_commit": args.before,
         "rounds": args.rounds,
+        "concurrent": args.concurrent,
         "runs": runs,
         "median_seconds_after": after,
         "median_seconds_before": before,
@@ -116,7 +135,12 @@ def main(argv=None):
         "# CI time: per-test durations",
         "",
         f"`{prov['command']}`: pytest on `{' '.join(args.tests)}`, {args.rounds} run(s) per side"
-        + (f", alternating with commit `{args.before}` (a temporary git worktree)" if args.before else "")
+        + (
+            f", {'at the same time as' if args.concurrent else 'alternating with'} commit `{args.before}`"
+            " (a temporary git worktree)"
+            if args.before
+            else ""
+        )
         + f". Medians over the runs; a test's time is setup + call + teardown (JUnit XML). {os.cpu_count()} cores,"
         " shared with other jobs: wall times swing with the load; user+sys (CPU time of pytest and its"
         " subprocesses) is steadier.",

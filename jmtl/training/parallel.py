@@ -176,4 +176,6 @@ def _put_sharded(stacked: np.ndarray, devices) -> jax.Array:
 
 @functools.lru_cache(maxsize=None)
 def _identity_pmap(devices: tuple) -> Callable:
-    return jax.pmap(lambda x: x, devices=list(devices))
+    # Named like the steps' pmap axis: jax places pmap's values on a mesh named by the axis, and
+    # inputs on a differently named mesh make the step compile a second time at its second call.
+    return jax.pmap(lambda x: x, axis_name=DATA_AXIS, devices=list(devices))

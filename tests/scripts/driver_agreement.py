@@ -25,7 +25,8 @@ from jmtl.training import step as step_lib
 
 def run(method: str, kind: str, batches, tasks, model, input_key="image", example=None):
     """``method`` is a scheme name, optionally ``name@rep`` for the representation-level mode and
-    ``:cN`` for Jacobian chunks of N tasks."""
+    ``:cN`` for Jacobian chunks of N tasks. Returns the final params, the device count and the
+    initial params (host copies)."""
     method, _, chunk = method.partition(":c")
     method, _, mode = method.partition("@")
     # auto_lambda's look-ahead step defaults to the optimizer's learning rate (filled in by builders).
@@ -39,6 +40,7 @@ def run(method: str, kind: str, batches, tasks, model, input_key="image", exampl
     driver = parallel.Driver(kind)
     example = jnp.zeros((1, 28, 28, 1)) if example is None else example
     state = driver.replicate(step_lib.init_state(model, transform, opt, example, len(tasks), seed=0))
+    init = jax.tree.map(np.array, driver.unreplicate(state.params))  # copied before the steps donate them
     cfg = step_lib.StepConfig(
         penalties=(mtl.relation_penalty(1e-3),),
         input_key=input_key,
@@ -48,7 +50,7 @@ def run(method: str, kind: str, batches, tasks, model, input_key="image", exampl
     fn = driver.compile_step(lambda ax: step_lib.make_train_step(model, tasks, transform, opt, cfg, axis_name=ax))
     for b in batches:
         state, _ = fn(state, driver.shard_batch(b))
-    return driver.unreplicate(state.params), driver.num_devices
+    return driver.unreplicate(state.params), driver.num_devices, init
 
 
 def lenet_problem():
@@ -101,16 +103,15 @@ def agreement(methods, problem):
     tasks, model, batches, input_key, example = {"lenet": lenet_problem, "mlp": mlp_problem}[problem]()
     out = {"device_count": jax.device_count()}
     for method in methods:
-        ref, _ = run(method, "single", batches, tasks, model, input_key, example)
-        init, _ = run(method, "single", [], tasks, model, input_key, example)
+        ref, _, init = run(method, "single", batches, tasks, model, input_key, example)
         for kind in ("shard_map", "pmap"):
-            params, n = run(method, kind, batches, tasks, model, input_key, example)
+            params, n, _ = run(method, kind, batches, tasks, model, input_key, example)
             rel = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)), params, ref)
             moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, init)
             out[f"{method}/{kind}"] = {"max_rel_err": max(jax.tree.leaves(rel)), "devices": n}
         out[f"{method}/moved"] = max(jax.tree.leaves(moved))
         if ":c" in method:
-            unchunked, _ = run(method.partition(":c")[0], "single", batches, tasks, model, input_key, example)
+            unchunked, _, _ = run(method.partition(":c")[0], "single", batches, tasks, model, input_key, example)
             rel = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12)), ref, unchunked)
             out[f"{method}/vs_unchunked"] = max(jax.tree.leaves(rel))
     return out

@@ -73,6 +73,8 @@ class Objective:
         ``split_heads``, ``rep`` is a tuple of K copies of the representation and task k's loss
         reads only copy k: one backward pass then gives all K representation gradients.
       split_heads: see ``heads``.
+      targets: ``batch -> [B, K]`` task labels, or ``(labels, [B, K] mask)``; read only by last-layer
+        schemes (``requires='last_layer'``, :mod:`.bayesagg`).
     """
 
     num_tasks: int
@@ -80,6 +82,8 @@ class Objective:
     encode: Optional[Callable[..., Any]] = None
     heads: Optional[Callable[..., Array]] = None
     split_heads: bool = False
+    # Last-layer schemes (BayesAgg-MTL, :mod:`.bayesagg`): ``batch -> [B, K]`` labels, or ``(labels, mask)``.
+    targets: Optional[Callable[..., Any]] = None
 
     @property
     def has_representation(self) -> bool:
@@ -405,6 +409,10 @@ def choose(
         if weighting.lookahead is None:
             raise ValueError("a bilevel weighting scheme must declare its lookahead (WeightingTransform.lookahead)")
         return Bilevel(ctx, weighting.lookahead)
+    if ctx.needs == weighting_lib.LAST_LAYER:
+        from jmtl.core import bayesagg  # noqa: PLC0415 (it builds on this module's classes)
+
+        return bayesagg.choose(ctx, jacobian_mode, nothing_shared=nothing_shared, per_example=per_example)
     if not needs_jacobian:
         return LossLevel(ctx)
     if weighting.rep_level_only and jacobian_mode != "representation":

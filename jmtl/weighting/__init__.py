@@ -20,11 +20,24 @@ shared helpers), :mod:`~jmtl.weighting.registry` (the one registry), the in-grap
 from __future__ import annotations
 
 # Importing the scheme modules registers their schemes.
-from jmtl.weighting import base, bilevel, gramian, grouping, jacobian, losses, qp, registry, solvers, transforms  # noqa: F401
+from jmtl.weighting import (  # noqa: F401
+    base,
+    bilevel,
+    gramian,
+    grouping,
+    jacobian,
+    last_layer,
+    losses,
+    qp,
+    registry,
+    solvers,
+    transforms,
+)
 from jmtl.weighting.base import (
     BILEVEL,
     GRAMIAN,
     JACOBIAN,
+    LAST_LAYER,
     LOSSES,
     WeightingOutput,
     WeightingTransform,
@@ -35,12 +48,19 @@ from jmtl.weighting.registry import factory, get, hyperparameters, names, regist
 from jmtl.weighting.transforms import WeightingOptaxState, aggregate, as_optax
 
 # Which module holds the schemes of each ``requires`` (the package's organising principle).
-MODULE_OF_REQUIREMENT = {LOSSES: losses, GRAMIAN: gramian, JACOBIAN: jacobian, BILEVEL: bilevel}
+MODULE_OF_REQUIREMENT = {
+    LOSSES: losses,
+    GRAMIAN: gramian,
+    JACOBIAN: jacobian,
+    BILEVEL: bilevel,
+    LAST_LAYER: last_layer,
+}
 
 __all__ = [
     "BILEVEL",
     "GRAMIAN",
     "JACOBIAN",
+    "LAST_LAYER",
     "LOSSES",
     "MODULE_OF_REQUIREMENT",
     "WeightingOptaxState",

@@ -44,7 +44,10 @@ JACOBIAN = "jacobian"  # the scheme sees the [K, d] Jacobian of the shared param
 GRAMIAN = "gramian"  # the scheme sees only G = J J^T ([K, K]) and returns weights
 # The scheme sees hypergradients of validation losses through a look-ahead step (see ``Lookahead``).
 BILEVEL = "bilevel"
-REQUIREMENTS = (LOSSES, JACOBIAN, GRAMIAN, BILEVEL)
+# The scheme sees the shared representation, the task labels and their masks (BayesAgg-MTL; see
+# ``jmtl.weighting.last_layer``) and returns the representation's cotangent as a ``direction``.
+LAST_LAYER = "last_layer"
+REQUIREMENTS = (LOSSES, JACOBIAN, GRAMIAN, BILEVEL, LAST_LAYER)
 
 # Static description of the flattened shared parameters: ``(path, shape)`` of each leaf in the order
 # its entries appear along the ``d`` axis of the Jacobian (for per-layer / per-matrix schemes).

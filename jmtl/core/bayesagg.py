@@ -66,10 +66,10 @@ def choose(ctx: paths.PathContext, jacobian_mode: str, *, nothing_shared: bool, 
         )
     if ctx.axis_name is not None:
         raise ValueError(f"{label} runs on one device (axis_name=None): its posterior statistics are per batch")
-    if not ctx.objective.has_representation or ctx.objective.split_heads:
+    if not ctx.objective.has_representation:
         raise ValueError(
-            f"{label} needs the objective split at the input of the heads' last affine layer: pass encode= "
-            "(input -> representation h, shared params only) and heads= (h -> [K] losses)"
+            f"{label} needs the objective split at the input of the heads' last affine layer: a model with "
+            "encode/decode methods (trainer), or encode= and heads= (mtl_value_and_grad)"
         )
     if ctx.objective.targets is None:
         raise ValueError(

@@ -108,25 +108,29 @@ def gradient_moments(h1: Array, y: Array, mean: Array, cov: Array) -> tuple[Arra
 
 
 def aggregate_gradients(expected: Array, variance: Array, mask: Array, *, sqrt_power: float) -> Array:
-    """The inverse-variance combination of the task gradients per example and coordinate:
+    """The inverse-variance combination of the task gradients per example and coordinate (the
+    official code's ``GaussianAgg``):
 
-        dL/dh_bd = (1 / B) sum_k lambda_bkd E[g_bkd] / sum_k lambda_bkd,
-        lambda_bkd = m_bk / max(Var[g_bkd], 1e-8) ** sqrt_power
+        dL/dh_bd = sum_k lambda_bkd G_bkd / sum_k lambda_bkd,
+        G_bkd = E[g_bkd] / n_k,   lambda_bkd = m_bk / (max(Var[g_bkd], 1e-8) / n_k^2) ** sqrt_power,
 
-    (the official code's ``GaussianAgg``; ``1 / B`` because the task losses are batch means). An
-    example with no labelled task gets 0.
+    where ``n_k`` is the number of examples labelled for task k (``B`` without a mask): task k's
+    loss is the mean over them, so ``G_bk`` is the expected gradient of ``L_k`` w.r.t. ``h_b``.
+    Without a mask every ``n_k = B`` and this is the official ``sum / B`` form exactly. An example
+    with no labelled task gets 0.
 
     Args:
-      expected: ``[B, K, D]``.
-      variance: ``[B, K, D]``.
+      expected: ``[B, K, D]`` ``E[g]`` of each example's squared error.
+      variance: ``[B, K, D]`` ``Var[g]``.
       mask: ``[B, K]`` 1 where example b has task k's label.
       sqrt_power: the power on the variance (``sqrt_power`` in the official code).
     """
-    precision = mask[..., None] / jnp.maximum(variance, VARIANCE_FLOOR) ** sqrt_power
+    inv_n = 1.0 / jnp.maximum(jnp.sum(mask, axis=0), 1.0)[None, :, None]  # [1, K, 1]
+    precision = mask[..., None] / (jnp.maximum(variance, VARIANCE_FLOOR) * inv_n**2) ** sqrt_power
     total = jnp.sum(precision, axis=1)
-    num = jnp.sum(precision * expected, axis=1)
+    num = jnp.sum(precision * expected * inv_n, axis=1)
     ok = total > 0
-    return jnp.where(ok, num / jnp.where(ok, total, 1.0), 0.0) / expected.shape[0]
+    return jnp.where(ok, num / jnp.where(ok, total, 1.0), 0.0)
 
 
 @register("bayesagg_mtl")

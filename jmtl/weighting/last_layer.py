@@ -140,8 +140,9 @@ def bayesagg_mtl(
     sqrt_power: float = 0.3,
     decay: float = 0.9,
 ) -> WeightingTransform:
-    """BayesAgg-MTL, "Bayesian Uncertainty for Gradient Aggregation in Multi-Task Learning"
-    (Achituve et al., ICML 2024), regression tasks (closed-form moments).
+    """BayesAgg-MTL, "Bayesian Uncertainty for Gradient Aggregation in Multi-Task Learning" (Achituve et al., ICML 2024)
+
+    Regression tasks (closed-form moments).
 
     Each task's last layer ``w~_k = [w_k, b_k]`` gets a Gaussian posterior (Bayesian linear
     regression of the task's targets on ``h~ = [h, 1]``, :func:`posterior`); the gradient of the

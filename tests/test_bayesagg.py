@@ -295,3 +295,12 @@ def test_trainer_refuses_classification_tasks():
         ValueError, match=r"regression tasks with the built-in squared error only; task\(s\) \['c \(classification\)'\]"
     ):
         fn(state, batch)
+
+
+def test_data_parallel_matches_one_device(script_runner):
+    """Two forced CPU devices, the batch split between them: the scheme sees the gathered global batch,
+    so the gradients and the posterior statistics equal the one-device step's (with and without masks)."""
+    out = script_runner("bayesagg_devices.py", devices=2, timeout=300)
+    for case in ("no_mask", "mask"):
+        assert out[case]["scale"] > 1e-3, out  # nothing vanished
+        assert out[case]["diff"] < 1e-4, out

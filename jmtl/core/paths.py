@@ -17,6 +17,8 @@ path                   what it computes
 ``Bilevel``            bilevel schemes: upper-level terms through a look-ahead step (:mod:`.bilevel_terms`)
 ``NothingShared``      nothing is shared (independent towers): every param has one task's gradient, so the
                        plain sum is exact and the scheme is not consulted
+``LastLayer``          last-layer schemes (BayesAgg-MTL, :mod:`.bayesagg`): the representation and the labels to the
+                       scheme, its cotangent of the representation back through the encoder
 =====================  =====================================================================================
 
 Every path provides three stages, which :func:`jmtl.core.value_and_grad.combined_gradients` calls in order:

@@ -11,7 +11,8 @@ The modules are split by one principle: **what the train step must compute for t
 ``requires``). :mod:`~jmtl.weighting.losses`: only the ``K`` task losses;
 :mod:`~jmtl.weighting.gramian`: the ``[K, K]`` Gramian ``G = J J^T``;
 :mod:`~jmtl.weighting.jacobian`: the full ``[K, d]`` Jacobian; :mod:`~jmtl.weighting.bilevel`: a
-look-ahead on a second (meta) batch. Beside them: :mod:`~jmtl.weighting.base` (the protocol and
+look-ahead on a second (meta) batch; :mod:`~jmtl.weighting.last_layer`: the shared representation and
+the task labels (BayesAgg-MTL). Beside them: :mod:`~jmtl.weighting.base` (the protocol and
 shared helpers), :mod:`~jmtl.weighting.registry` (the one registry), the in-graph solvers
 (:mod:`~jmtl.weighting.solvers`, :mod:`~jmtl.weighting.qp`) and :mod:`~jmtl.weighting.transforms`
 (:func:`aggregate`, :func:`as_optax`).

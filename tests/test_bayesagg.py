@@ -250,6 +250,8 @@ def test_refusals_name_the_fix():
     )
     with pytest.raises(ValueError, match=r"needs each task's labels: pass targets="):
         vg(params, vg.init(params, None, x, y), x, y)
+    with pytest.raises(ValueError, match=r"sized by the representation: .*vg.init\(params, None, \*batch\)"):
+        vg.init(params, 2)
     with pytest.raises(ValueError, match="per-task .not per-example. losses"):
         jmtl.mtl_value_and_grad(loss_fn, t, per_example=True)(params, t.init(2), x, y)
 

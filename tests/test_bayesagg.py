@@ -286,7 +286,7 @@ def test_trains_in_the_jitted_step_with_label_masks():
     assert float(jnp.sum(m["losses"])) < 0.5 * float(jnp.sum(first))
 
 
-def test_trainer_refuses_classification_tasks():
+def test_trainer_refuses_classification_tasks_and_hidden_heads():
     tasks = (Task("r", "regression", 1), Task("c", "classification", 3))
     model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=0))
     t = weighting.get("bayesagg_mtl")
@@ -298,6 +298,13 @@ def test_trainer_refuses_classification_tasks():
         ValueError, match=r"regression tasks with the built-in squared error only; task\(s\) \['c \(classification\)'\]"
     ):
         fn(state, batch)
+    model = mtl.build(TASKS, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=4))
+    state = step_lib.init_state(model, t, opt, jnp.zeros((1, 6)), 3, seed=0)
+    fn = jax.jit(step_lib.make_train_step(model, TASKS, t, opt, step_lib.StepConfig(input_key="x")))
+    with pytest.raises(
+        ValueError, match=r"task\(s\) \['t0', 't1', 't2'\] have a hidden layer: set model.head_kwargs.hidden=None"
+    ):
+        fn(state, _batch(0))
 
 
 def test_data_parallel_matches_one_device(script_runner):

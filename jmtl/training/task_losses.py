@@ -147,6 +147,16 @@ class FlaxObjective:
                 f"bayesagg_mtl implements regression tasks with the built-in squared error only; task(s) {wrong} are "
                 "not: use another scheme (classification, the paper's Monte-Carlo moments, is not implemented)"
             )
+        # The posterior is over the heads' last affine layer on the representation: a hidden layer
+        # (or the relation mixing) between them would make it a posterior of some other model.
+        heads = getattr(getattr(self.model, "tasks", None), "heads", ())
+        hidden = [n for n, h in zip(self.model.tasks.names, heads) if getattr(h, "rep_size", None)] if heads else []
+        if hidden or getattr(self.model, "relation", False):
+            raise ValueError(
+                f"bayesagg_mtl needs every head to be one affine layer on the shared representation; "
+                f"{f'task(s) {hidden} have a hidden layer' if hidden else 'the relation matrix mixes them'}: "
+                "set model.head_kwargs.hidden=None (and model.relation=False)"
+            )
         ys, masks = [], []
         for t in self.tasks:
             y = batch[t.label_key]

@@ -163,9 +163,9 @@ def bayesagg_mtl(
     time it was seen. No pass over the training set, and it works from the first step (the paper
     pre-trains a few epochs with the plain sum first; do that with another scheme and ``init_from``).
 
-    Contract (the built-in trainer checks it; with ``mtl_value_and_grad`` it is the caller's): the representation is the input of every head's *last affine layer*
-    (``head_k(h) = w_k . h + b_k``, one output per task) and each task's loss is its batch-mean
-    squared error. Classification tasks (the paper's Monte-Carlo moments under a Laplace posterior)
+    Contract (the built-in trainer checks it; with ``mtl_value_and_grad`` it is the caller's): the
+    representation is the input of every head's *last affine layer* (``head_k(h) = w_k . h + b_k``,
+    one output per task) and each task's loss is its batch-mean squared error. Classification tasks (the paper's Monte-Carlo moments under a Laplace posterior)
     are not implemented: integer targets are refused.
 
     Args:

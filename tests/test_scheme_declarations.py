@@ -35,11 +35,14 @@ def problem():
 
 def _schemes():
     # Rep-level-only schemes (NTKMTL-SR) need the representation's per-sample layout, which a bare
-    # [K, d] Jacobian does not have; tests/test_weighting_recent.py checks them.
+    # [K, d] Jacobian does not have; tests/test_weighting_recent.py checks them. Last-layer schemes
+    # (BayesAgg-MTL) read the representation and the labels, not a Jacobian (deterministic, not fixed
+    # weights; tests/test_bayesagg.py).
     return [
         n
         for n in weighting.names()
-        if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only
+        if weighting.get(n).requires not in (weighting.BILEVEL, weighting.LAST_LAYER)
+        and not weighting.get(n).rep_level_only
     ]
 
 

@@ -32,6 +32,7 @@ def test_each_requirement_has_its_own_inputs_type():
         weighting.GRAMIAN: weighting.GramianInputs,
         weighting.JACOBIAN: weighting.JacobianInputs,
         weighting.BILEVEL: weighting.BilevelInputs,
+        weighting.LAST_LAYER: weighting.LastLayerInputs,
     }
     assert "jacobian" not in weighting.GramianInputs._fields  # a Gramian scheme never sees J
     assert "gramian" not in weighting.LossInputs._fields

@@ -54,16 +54,23 @@ LINEAR_GRADIENT_SCHEMES = {
     "cr_mogm",
 }
 SCALE_INVARIANT = {"nash_mtl", "fairgrad"}
+# Not functions of a [K, d] Jacobian: BayesAgg-MTL combines the tasks' gradients w.r.t. the
+# representation from a posterior over the heads' last layer, built from the representation and the
+# labels. None of the classes above applies (scaling J has no meaning; scaling the targets changes the
+# posterior, not only the scale); tests/test_bayesagg.py checks its task-order equivariance.
+LAST_LAYER_SCHEMES = {"bayesagg_mtl"}
 K, D = 5, 16
 
 
 def _schemes():
     # Rep-level-only schemes (NTKMTL-SR) need the representation's per-sample layout, which a bare
-    # [K, d] Jacobian does not have; tests/test_weighting_recent.py checks them.
+    # [K, d] Jacobian does not have; tests/test_weighting_recent.py checks them. Last-layer schemes
+    # (LAST_LAYER_SCHEMES) are not functions of a Jacobian at all.
     return [
         n
         for n in weighting.names()
-        if weighting.get(n).requires != weighting.BILEVEL and not weighting.get(n).rep_level_only
+        if weighting.get(n).requires not in (weighting.BILEVEL, weighting.LAST_LAYER)
+        and not weighting.get(n).rep_level_only
     ]
 
 
@@ -87,6 +94,8 @@ def problems():
 
 def test_every_scheme_has_its_scaling_behaviour_declared_here():
     """A new scheme must be classified (linear / scale-invariant / neither, with the reason)."""
+    last_layer = {n for n in weighting.names() if weighting.get(n).requires == weighting.LAST_LAYER}
+    assert last_layer == LAST_LAYER_SCHEMES, last_layer ^ LAST_LAYER_SCHEMES
     neither = {"moco", "modo", "sdmgrad"}  # stateful first steps that normalise or step a QP: neither form
     # NTKMTL: scale-free weights times K, then clipped to max_norm: linear below the clip, scale
     # invariant above it.

@@ -10,7 +10,8 @@ top of it.
   representation, representation Jacobian, bilevel, nothing shared) over an :class:`Objective`;
 * :mod:`.jacobian` — per-task gradients as rows, chunked in-graph, and the device collectives;
 * :mod:`.sharing` — which params are shared;
-* :mod:`.bilevel_terms` — the upper-level terms of bilevel schemes.
+* :mod:`.bilevel_terms` — the upper-level terms of bilevel schemes;
+* :mod:`.bayesagg` — the last-layer path (BayesAgg-MTL: representation and labels to the scheme).
 """
 
 from jmtl.core.paths import Objective, PathContext, choose

@@ -17,6 +17,8 @@ path                   what it computes
 ``Bilevel``            bilevel schemes: upper-level terms through a look-ahead step (:mod:`.bilevel_terms`)
 ``NothingShared``      nothing is shared (independent towers): every param has one task's gradient, so the
                        plain sum is exact and the scheme is not consulted
+``LastLayer``          last-layer schemes (BayesAgg-MTL, :mod:`.bayesagg`): the representation and the labels to the
+                       scheme, its cotangent of the representation back through the encoder
 =====================  =====================================================================================
 
 Every path provides three stages, which :func:`jmtl.core.value_and_grad.combined_gradients` calls in order:
@@ -73,6 +75,8 @@ class Objective:
         ``split_heads``, ``rep`` is a tuple of K copies of the representation and task k's loss
         reads only copy k: one backward pass then gives all K representation gradients.
       split_heads: see ``heads``.
+      targets: ``batch -> [B, K]`` task labels, or ``(labels, [B, K] mask)``; read only by last-layer
+        schemes (``requires='last_layer'``, :mod:`.bayesagg`).
     """
 
     num_tasks: int
@@ -80,6 +84,8 @@ class Objective:
     encode: Optional[Callable[..., Any]] = None
     heads: Optional[Callable[..., Array]] = None
     split_heads: bool = False
+    # Last-layer schemes (BayesAgg-MTL, :mod:`.bayesagg`): ``batch -> [B, K]`` labels, or ``(labels, mask)``.
+    targets: Optional[Callable[..., Any]] = None
 
     @property
     def has_representation(self) -> bool:
@@ -405,6 +411,10 @@ def choose(
         if weighting.lookahead is None:
             raise ValueError("a bilevel weighting scheme must declare its lookahead (WeightingTransform.lookahead)")
         return Bilevel(ctx, weighting.lookahead)
+    if ctx.needs == weighting_lib.LAST_LAYER:
+        from jmtl.core import bayesagg  # noqa: PLC0415 (it builds on this module's classes)
+
+        return bayesagg.choose(ctx, jacobian_mode, nothing_shared=nothing_shared, per_example=per_example)
     if not needs_jacobian:
         return LossLevel(ctx)
     if weighting.rep_level_only and jacobian_mode != "representation":

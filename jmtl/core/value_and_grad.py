@@ -138,12 +138,24 @@ class MTLValueAndGrad:
     heads: Optional[Callable] = None
     jacobian_mode: str = "params"
     per_example: bool = False
+    targets: Optional[Callable] = None
 
     def init(self, params: PyTree, num_tasks: Optional[int] = None, *args) -> PyTree:
-        """The scheme's initial state for ``params`` (K from ``num_tasks``, or from ``loss_fn(params, *args)``)."""
+        """The scheme's initial state for ``params`` (K from ``num_tasks``, or from ``loss_fn(params, *args)``).
+
+        Last-layer schemes (``bayesagg_mtl``) size their state by the representation: pass a batch's
+        ``*args``."""
         if num_tasks is None:
             num_tasks = int(jax.eval_shape(self.loss_fn, params, *args).shape[0])
-        return weighting_lib.base.init_state(self.weighting, num_tasks, shared_layout(self.sharing.split(params)[0]))
+        layout = shared_layout(self.sharing.split(params)[0])
+        if self.weighting.requires == weighting_lib.LAST_LAYER:
+            if self.encode is None or not args:
+                raise ValueError(
+                    "this scheme's state is sized by the representation: build with encode=/heads=/targets= and "
+                    "call vg.init(params, None, *batch)"
+                )
+            layout = (("representation", tuple(jax.eval_shape(self.encode, params, *args).shape)),)
+        return weighting_lib.base.init_state(self.weighting, num_tasks, layout)
 
     def init_weighting_params(self, num_tasks: int) -> PyTree:
         return self.weighting.init_params(num_tasks) if self.weighting.init_params is not None else {}
@@ -155,6 +167,7 @@ class MTLValueAndGrad:
             losses=lambda p, args, rng, extra: self.loss_fn(p, *args),
             encode=None if self.encode is None else (lambda p, args, rng, extra: self.encode(p, *args)),
             heads=None if self.heads is None else (lambda p, rep, args, rng, extra: self.heads(p, rep, *args)),
+            targets=None if self.targets is None else (lambda args: self.targets(*args)),
         )
         ctx = paths.PathContext(objective, self.sharing, self.chunk_size, self.weighting.requires, self.axis_name)
         return paths.choose(ctx, self.weighting, self.jacobian_mode, per_example=self.per_example)
@@ -209,6 +222,7 @@ def mtl_value_and_grad(
     jacobian_chunk_size: int = AUTO_CHUNK,
     axis_name: Optional[str] = None,
     per_example: bool = False,
+    targets: Optional[Callable[..., Any]] = None,
 ) -> MTLValueAndGrad:
     """Multi-task losses and the weighting scheme's combined gradient of any params pytree.
 
@@ -235,6 +249,9 @@ def mtl_value_and_grad(
         instance-wise risk minimisation, torchjd's IWRM): gradient schemes balance the per-example
         gradients (one ``vmap`` of ``grad`` over the examples; every leaf of ``*args`` must carry the
         example axis first). One device, ``jacobian_mode='params'``, no representation split.
+      targets: ``(*args) -> [B, K]`` task labels, or ``(labels, [B, K] 0/1 mask)``: read by last-layer
+        schemes only (``bayesagg_mtl``, which also needs ``encode`` at the input of the heads' last
+        affine layer; its state is ``vg.init(params, None, *args)``).
 
     Returns:
       An :class:`MTLValueAndGrad`: call it as ``vg(params, weighting_state, *args, key=, step=)``.
@@ -270,4 +287,5 @@ def mtl_value_and_grad(
         heads,
         jacobian_mode,
         bool(per_example),
+        targets,
     )

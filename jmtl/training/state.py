@@ -67,12 +67,17 @@ def init_state(
     wparams = weighting.init_params(num_tasks) if weighting.init_params is not None else {}
     opt_state = optimizer.init({"model": params, "weighting": wparams})
     shared_part = as_sharing(shared).split(params)[0] if isinstance(params, dict) or shared is not None else {}
+    layout = shared_layout(shared_part)
+    if weighting.requires == weighting_lib.LAST_LAYER and hasattr(model, "encode"):
+        # Last-layer schemes (bayesagg_mtl) size their state by the representation's width.
+        rep = jax.eval_shape(lambda: model.apply({"params": params}, example_input, train=False, method=model.encode))
+        layout = (("representation", tuple(rep.shape)),)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         weighting_params=wparams,
         opt_state=opt_state,
-        weighting_state=weighting_lib.base.init_state(weighting, num_tasks, shared_layout(shared_part)),
+        weighting_state=weighting_lib.base.init_state(weighting, num_tasks, layout),
         rng=rng,
     )
     # One buffer per leaf: initial states may alias an array in two leaves (optax and scheme states

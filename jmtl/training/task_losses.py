@@ -138,6 +138,35 @@ class FlaxObjective:
         outputs = self.apply({"params": params}, rep, train=True, rngs={"dropout": rng}, method=method)
         return task_losses(self.tasks, outputs, batch, self.axis_name)
 
+    def targets(self, batch: dict) -> tuple[Array, Array]:
+        """``([B, K] labels, [B, K] mask)`` of the regression tasks, for last-layer schemes
+        (``bayesagg_mtl``); the mask is 1 where a task has no mask entry."""
+        wrong = [f"{t.name} ({t.kind})" for t in self.tasks if t.kind != tasks_lib.REGRESSION or t.loss_fn is not None]
+        if wrong:
+            raise ValueError(
+                f"bayesagg_mtl implements regression tasks with the built-in squared error only; task(s) {wrong} are "
+                "not: use another scheme (classification, the paper's Monte-Carlo moments, is not implemented)"
+            )
+        # The posterior is over the heads' last affine layer on the representation: a hidden layer
+        # (or the relation mixing) between them would make it a posterior of some other model.
+        heads = getattr(getattr(self.model, "tasks", None), "heads", ())
+        hidden = [n for n, h in zip(self.model.tasks.names, heads) if getattr(h, "rep_size", None)] if heads else []
+        if hidden or getattr(self.model, "relation", False):
+            raise ValueError(
+                f"bayesagg_mtl needs every head to be one affine layer on the shared representation; "
+                f"{f'task(s) {hidden} have a hidden layer' if hidden else 'the relation matrix mixes them'}: "
+                "set model.head_kwargs.hidden=None (and model.relation=False)"
+            )
+        ys, masks = [], []
+        for t in self.tasks:
+            y = batch[t.label_key]
+            if y.size != y.shape[0]:
+                raise ValueError(f"bayesagg_mtl: task {t.name!r} has {y.size // y.shape[0]} outputs; one per task only")
+            ys.append(y.reshape(-1))
+            mask = batch.get(t.mask_key)
+            masks.append(jnp.ones_like(ys[-1]) if mask is None else mask.reshape(-1).astype(ys[-1].dtype))
+        return jnp.stack(ys, axis=1), jnp.stack(masks, axis=1)
+
     @property
     def has_representation(self) -> bool:
         return (
@@ -159,4 +188,5 @@ class FlaxObjective:
             encode=self.encode if split else None,
             heads=self.heads if split else None,
             split_heads=split and self.split_heads,
+            targets=self.targets if split else None,
         )

@@ -11,7 +11,8 @@ The modules are split by one principle: **what the train step must compute for t
 ``requires``). :mod:`~jmtl.weighting.losses`: only the ``K`` task losses;
 :mod:`~jmtl.weighting.gramian`: the ``[K, K]`` Gramian ``G = J J^T``;
 :mod:`~jmtl.weighting.jacobian`: the full ``[K, d]`` Jacobian; :mod:`~jmtl.weighting.bilevel`: a
-look-ahead on a second (meta) batch. Beside them: :mod:`~jmtl.weighting.base` (the protocol and
+look-ahead on a second (meta) batch; :mod:`~jmtl.weighting.last_layer`: the shared representation and
+the task labels (BayesAgg-MTL). Beside them: :mod:`~jmtl.weighting.base` (the protocol and
 shared helpers), :mod:`~jmtl.weighting.registry` (the one registry), the in-graph solvers
 (:mod:`~jmtl.weighting.solvers`, :mod:`~jmtl.weighting.qp`) and :mod:`~jmtl.weighting.transforms`
 (:func:`aggregate`, :func:`as_optax`).
@@ -20,15 +21,29 @@ shared helpers), :mod:`~jmtl.weighting.registry` (the one registry), the in-grap
 from __future__ import annotations
 
 # Importing the scheme modules registers their schemes.
-from jmtl.weighting import base, bilevel, gramian, grouping, jacobian, losses, qp, registry, solvers, transforms  # noqa: F401
+from jmtl.weighting import (  # noqa: F401
+    base,
+    bilevel,
+    gramian,
+    grouping,
+    jacobian,
+    last_layer,
+    losses,
+    qp,
+    registry,
+    solvers,
+    transforms,
+)
 from jmtl.weighting.base import (
     BILEVEL,
     GRAMIAN,
     JACOBIAN,
+    LAST_LAYER,
     LOSSES,
     BilevelInputs,
     GramianInputs,
     JacobianInputs,
+    LastLayerInputs,
     LossInputs,
     WeightingOutput,
     WeightingTransform,
@@ -42,7 +57,13 @@ from jmtl.weighting.registry import factory, get, hyperparameters, names, regist
 from jmtl.weighting.transforms import WeightingOptaxState, aggregate, as_optax
 
 # Which module holds the schemes of each ``requires`` (the package's organising principle).
-MODULE_OF_REQUIREMENT = {LOSSES: losses, GRAMIAN: gramian, JACOBIAN: jacobian, BILEVEL: bilevel}
+MODULE_OF_REQUIREMENT = {
+    LOSSES: losses,
+    GRAMIAN: gramian,
+    JACOBIAN: jacobian,
+    BILEVEL: bilevel,
+    LAST_LAYER: last_layer,
+}
 
 __all__ = [
     "BILEVEL",
@@ -51,6 +72,8 @@ __all__ = [
     "GramianInputs",
     "JACOBIAN",
     "JacobianInputs",
+    "LAST_LAYER",
+    "LastLayerInputs",
     "LOSSES",
     "LossInputs",
     "MODULE_OF_REQUIREMENT",

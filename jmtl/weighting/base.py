@@ -49,7 +49,10 @@ JACOBIAN = "jacobian"  # the scheme sees the [K, d] Jacobian of the shared param
 GRAMIAN = "gramian"  # the scheme sees only G = J J^T ([K, K]) and returns weights
 # The scheme sees hypergradients of validation losses through a look-ahead step (see ``Lookahead``).
 BILEVEL = "bilevel"
-REQUIREMENTS = (LOSSES, JACOBIAN, GRAMIAN, BILEVEL)
+# The scheme sees the shared representation, the task labels and their masks (BayesAgg-MTL; see
+# ``jmtl.weighting.last_layer``) and returns the representation's cotangent as a ``direction``.
+LAST_LAYER = "last_layer"
+REQUIREMENTS = (LOSSES, JACOBIAN, GRAMIAN, BILEVEL, LAST_LAYER)
 
 # Static description of the flattened shared parameters: ``(path, shape)`` of each leaf in the order
 # its entries appear along the ``d`` axis of the Jacobian (for per-layer / per-matrix schemes).
@@ -192,12 +195,32 @@ class BilevelInputs(NamedTuple):
     params: Optional[PyTree] = None
 
 
-SchemeInputs = Union[LossInputs, GramianInputs, JacobianInputs, BilevelInputs]
+class LastLayerInputs(NamedTuple):
+    """What a last-layer scheme (``requires='last_layer'``, BayesAgg-MTL) receives: the fields of
+    :class:`LossInputs` and
+
+    representation: ``[B, D]`` the shared representation (the heads' last affine layers' input).
+    targets: ``[B, K]`` the regression targets.
+    target_mask: ``[B, K]`` 1 where a task is labelled, else 0 (``None``: all labelled).
+    """
+
+    losses: Array
+    # Optional so that the scheme itself says what is missing and how to get it (the path to use).
+    representation: Optional[Array] = None
+    targets: Optional[Array] = None
+    target_mask: Optional[Array] = None
+    step: Optional[Array] = None
+    key: Optional[Array] = None
+    params: Optional[PyTree] = None
+
+
+SchemeInputs = Union[LossInputs, GramianInputs, JacobianInputs, BilevelInputs, LastLayerInputs]
 INPUTS_BY_REQUIREMENT: dict[str, type] = {
     LOSSES: LossInputs,
     GRAMIAN: GramianInputs,
     JACOBIAN: JacobianInputs,
     BILEVEL: BilevelInputs,
+    LAST_LAYER: LastLayerInputs,
 }
 
 

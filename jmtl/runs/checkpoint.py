@@ -382,6 +382,52 @@ def _avoid_spec_json_leak() -> None:
         tensorstore_utils.ts = _TensorstoreWithoutSpecJsonLeak(tensorstore)
 
 
+# What is left after the two fixes above is not a leak: over 1,000 saves the heap memory in use
+# (glibc ``mallinfo2().uordblks``) is flat (+0.002 KiB/save) and heaptrack finds the same leaked
+# allocations after 100 and 400 saves, yet RSS grows ~1.5-3.5 KiB/save. glibc gives each new thread
+# its own malloc arena (up to 8 per core), and orbax does each save's work on fresh threads (a commit
+# thread, thread pools), so the save's transient buffers land in up to 16 arenas here, and each
+# arena's heap creeps up with fragmentation. With one or two arenas it is flat (issue 23;
+# results/bench/checkpoint_saves_rss.md). glibc fixes its arena limit the first time it needs a
+# ninth arena, so this must run before the program starts its threads: at import (``jmtl.training``
+# imports this module). A ``MALLOC_ARENA_MAX`` in the environment wins (glibc read it at start);
+# ``JMTL_MALLOC_ARENAS=0`` leaves glibc's default. The cap is process-wide (every library's malloc):
+# heavy multi-threaded host allocation may wait on the arena locks; set ``JMTL_MALLOC_ARENAS`` higher.
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
+    """Caps glibc's malloc arenas at ``n`` (``mallopt(M_ARENA_MAX, n)``); True if set.
+
+    Not set (False): ``n <= 0``, ``MALLOC_ARENA_MAX`` is in the environment (the user's choice), or the
+    C library is not glibc. Arenas that already exist stay; no new one is made past ``n``.
+    """
+    if n <= 0 or "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, n))
+
+
+def _arenas_from_env() -> int:
+    text = os.environ.get("JMTL_MALLOC_ARENAS", str(MALLOC_ARENAS))
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"JMTL_MALLOC_ARENAS={text!r} is not an integer; set it to a number of malloc arenas "
+            f"(default {MALLOC_ARENAS}; 0 leaves glibc's default)"
+        ) from None
+
+
+MALLOC_ARENAS_LIMITED = limit_malloc_arenas(_arenas_from_env())
+
+
 # glibc keeps the buffers orbax / tensorstore free after a save in its per-thread arenas instead of
 # returning them to the OS, so without a trim the process RSS grows by a few KiB per save (issue 23:
 # results/bench/soak_checkpoints_*.md). Set to False to measure without it.

@@ -425,7 +425,45 @@ def _arenas_from_env() -> int:
         ) from None
 
 
+def malloc_arena_count() -> Optional[int]:
+    """How many malloc arenas glibc has made so far (``malloc_info``); None where that is unknown."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.open_memstream.restype = ctypes.c_void_p
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+        stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+        if not stream:
+            return None
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        text = ctypes.string_at(buf, size.value).decode()
+        libc.free(buf)
+    except (OSError, AttributeError, UnicodeDecodeError):
+        return None
+    return len(re.findall(r"<heap nr=", text)) or None
+
+
 MALLOC_ARENAS_LIMITED = limit_malloc_arenas(_arenas_from_env())
+# glibc fixes its arena limit when it first needs a 9th arena (64-bit ``arena_test``): a cap set after
+# that changes nothing, and ``Checkpointer`` says so once (with the fix: the environment variable).
+_ARENAS_AT_CAP = malloc_arena_count() if MALLOC_ARENAS_LIMITED else None
+_ARENA_TEST = 8
+
+
+def _warn_if_arena_cap_came_late() -> None:
+    global _ARENAS_AT_CAP
+    if _ARENAS_AT_CAP is not None and _ARENAS_AT_CAP > _ARENA_TEST:
+        logging.warning(
+            "jmtl.runs.checkpoint was imported after this process made %d malloc arenas, too late to cap "
+            "them: RSS may grow a few KiB per checkpoint save (allocator fragmentation, not a leak). Fix: "
+            "start the program with MALLOC_ARENA_MAX=2 in the environment, or import jmtl.training first",
+            _ARENAS_AT_CAP,
+        )
+        _ARENAS_AT_CAP = None  # once
 
 
 # glibc keeps the buffers orbax / tensorstore free after a save in its per-thread arenas instead of
@@ -479,6 +517,7 @@ class Checkpointer:
         self._pending_checksums: list[int] = []  # saved steps whose checksum record is still to write
         _quiet_orbax_noise()
         _avoid_spec_json_leak()
+        _warn_if_arena_cap_came_late()
         _set_aside_incomplete(self.directory)
         try:
             self.manager = ocp.CheckpointManager(

@@ -382,17 +382,18 @@ def _avoid_spec_json_leak() -> None:
         tensorstore_utils.ts = _TensorstoreWithoutSpecJsonLeak(tensorstore)
 
 
-# What is left after the two fixes above is not a leak: over 1,000 saves the heap memory in use
-# (glibc ``mallinfo2().uordblks``) is flat (+0.002 KiB/save) and heaptrack finds the same leaked
-# allocations after 100 and 400 saves, yet RSS grows ~1.5-3.5 KiB/save. glibc gives each new thread
-# its own malloc arena (up to 8 per core), and orbax does each save's work on fresh threads (a commit
-# thread, thread pools), so the save's transient buffers land in up to 16 arenas here, and each
-# arena's heap creeps up with fragmentation. With one or two arenas it is flat (issue 23;
-# results/bench/checkpoint_saves_rss.md). glibc fixes its arena limit the first time it needs a
-# ninth arena, so this must run before the program starts its threads: at import (``jmtl.training``
-# imports this module). A ``MALLOC_ARENA_MAX`` in the environment wins (glibc read it at start);
-# ``JMTL_MALLOC_ARENAS=0`` leaves glibc's default. The cap is process-wide (every library's malloc):
-# heavy multi-threaded host allocation may wait on the arena locks; set ``JMTL_MALLOC_ARENAS`` higher.
+# Most of what was left after the two fixes above is not a leak but the allocator. orbax does each
+# save's work on fresh threads (a commit thread, thread pools), and glibc gives each new thread its own
+# malloc arena (up to 8 per core), so a save's transient buffers spread over many heaps that each
+# creep up with fragmentation (issue 23: orbax saves alone, after a full gc and malloc_trim, grew RSS
+# with the heap in use, ``mallinfo2().uordblks``, flat; with one arena RSS was flat too). Capped at 2:
+# results/bench/checkpoint_saves_rss.md (``fix`` vs ``spec_only``; its ``heap in use`` column is the
+# rest, which orbax's state save shows without jmtl too). glibc fixes its arena limit the first time
+# it needs a ninth arena, so this must run before the program starts its threads: at import
+# (``jmtl.training.loop`` imports this module). A ``MALLOC_ARENA_MAX`` in the environment wins (glibc
+# read it at start); ``JMTL_MALLOC_ARENAS=0`` leaves glibc's default. The cap is process-wide (every
+# library's malloc): heavy multi-threaded host allocation may wait on the arena locks; set
+# ``JMTL_MALLOC_ARENAS`` higher then.
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 MALLOC_ARENAS = 2
 

@@ -20,6 +20,7 @@ Writes results/bench/checkpoint_saves_rss.json and .md. Not part of the test sui
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -71,11 +72,14 @@ def _heap_in_use_kib() -> float:
 
 
 VARIANTS = ("no_fix", "spec_only", "fix")
+# ``fix_gc``: ``fix`` with a full ``gc.collect()`` before each sample (``--variants fix,fix_gc``): what
+# of the rest is cyclic garbage that CPython's next full collection would free.
+ALL_VARIANTS = (*VARIANTS, "fix_gc")
 
 
 def child(variant: str, saves: int) -> dict:
     # Before anything starts a thread: the arena cap is set when jmtl.runs.checkpoint is imported.
-    os.environ["JMTL_MALLOC_ARENAS"] = "2" if variant == "fix" else "0"
+    os.environ["JMTL_MALLOC_ARENAS"] = "2" if variant in ("fix", "fix_gc") else "0"
     from jmtl.runs import checkpoint
 
     checkpoint.AVOID_SPEC_JSON_LEAK = variant != "no_fix"
@@ -93,6 +97,8 @@ def child(variant: str, saves: int) -> dict:
         xs, ys, heap = [], [], []
         for i in range(50, 50 + saves):
             ck.save(i, state, {**meta, "i": i})
+            if variant == "fix_gc":
+                gc.collect()
             xs.append(i)
             ys.append(_rss_kib())
             heap.append(_heap_in_use_kib())
@@ -127,6 +133,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saves", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {ALL_VARIANTS}")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default="checkpoint_saves_rss")
@@ -134,6 +141,9 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(args.child, args.saves)))
         return 0
+    variants = tuple(args.variants.split(","))
+    if not set(variants) <= set(ALL_VARIANTS):
+        parser.error(f"--variants {args.variants!r}: each must be one of {', '.join(ALL_VARIANTS)}")
     prov = provenance()
     runs = []
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}  # the variants set the arenas
@@ -155,40 +165,41 @@ def main(argv=None):
                 stderr=subprocess.DEVNULL,
                 text=True,
             )
-            for v in VARIANTS
+            for v in variants
         ]
-        for v, p in zip(VARIANTS, procs):
+        for v, p in zip(variants, procs):
             out, _ = p.communicate()
             if p.returncode:
                 raise RuntimeError(f"variant {v} failed (exit {p.returncode})")
             runs.append(json.loads(out.strip().splitlines()[-1]))
             print(runs[-1], flush=True)
-    med = {v: float(np.median([r["kib_per_save"] for r in runs if r["variant"] == v])) for v in VARIANTS}
+    med = {v: float(np.median([r["kib_per_save"] for r in runs if r["variant"] == v])) for v in variants}
     end = provenance()
     prov.update(date=end["date"], load_average_end=end["load_average_end"])
     lines = [
         "# RSS per checkpoint save (``Checkpointer.save`` alone)",
         "",
         f"`{prov['command']}`: {args.saves} saves after 50 warm-up saves, each variant in a fresh interpreter, "
-        f"the {len(VARIANTS)} variants of a round at the same time, {args.rounds} round(s); a packed state of 12 "
+        f"the {len(variants)} variants of a round at the same time, {args.rounds} round(s); a packed state of 12 "
         "arrays and a ~30 KB meta JSON; RSS and glibc's heap in use (`mallinfo2().uordblks`, all arenas) after "
         "each save; slope by least squares with its 95 % interval (OLS; successive samples are correlated, so "
         "the interval is a lower bound).",
         "",
         "Variants: `no_fix` (orbax 0.12.8 / tensorstore as they are), `spec_only` (the tensorstore spec-json "
         "leak avoided; glibc's default malloc arenas, 8 per core), `fix` (as shipped: that and the arenas "
-        "capped at 2, `checkpoint.limit_malloc_arenas`).",
+        "capped at 2, `checkpoint.limit_malloc_arenas`), `fix_gc` (`fix` with a full `gc.collect()` before "
+        "each sample).",
         "",
         "| round | variant | RSS KiB / save | 95 % interval | heap in use KiB / save | RSS first -> last (KiB) |",
         "|---:|---|---:|---:|---:|---|",
     ]
     for i, r in enumerate(runs):
         lines.append(
-            f"| {i // len(VARIANTS) + 1} | {r['variant']} | {r['kib_per_save']:+.3f} | ± {r['ci95_kib_per_save']:.3f} | "
+            f"| {i // len(variants) + 1} | {r['variant']} | {r['kib_per_save']:+.3f} | ± {r['ci95_kib_per_save']:.3f} | "
             f"{r['heap_in_use_kib_per_save']:+.3f} ± {r['heap_ci95_kib_per_save']:.3f} | "
             f"{r['rss_first_kib']} -> {r['rss_last_kib']} |"
         )
-    lines += ["", "Median RSS slope: " + ", ".join(f"{v} {med[v]:+.3f} KiB/save" for v in VARIANTS) + "."]
+    lines += ["", "Median RSS slope: " + ", ".join(f"{v} {med[v]:+.3f} KiB/save" for v in variants) + "."]
     write_outputs(Path(args.out) / args.name, {"runs": runs, "median_kib_per_save": med}, lines, prov)
     return 0
 

@@ -66,3 +66,101 @@ def test_saves_leak_no_python_objects_through_spec_json(tmp_path):
         tracemalloc.stop()
     assert grown < 300 * 20, f"{grown} bytes kept over 300 spec builds"
     ck.close()
+
+
+# Counts glibc's malloc arenas (``malloc_info``'s ``<heap nr=...>`` entries), then starts 8 threads that
+# allocate while all alive: glibc gives each new thread an arena of its own until its cap.
+_ARENAS_AFTER_THREADS = """
+import ctypes, re, threading
+libc = ctypes.CDLL("libc.so.6")
+libc.open_memstream.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+def arenas():
+    buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+    f = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+    libc.malloc_info(0, f)
+    libc.fclose(f)
+    return len(re.findall(r"<heap nr=", ctypes.string_at(buf, size.value).decode()))
+barrier = threading.Barrier(9)
+def work():
+    keep = [bytearray(1 << 12) for _ in range(50)]
+    barrier.wait()
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+barrier.wait()
+n = arenas()
+barrier.wait()
+for t in threads:
+    t.join()
+print("ARENAS", n)
+"""
+
+
+def _arenas_in_subprocess(prelude: str, tmp_path) -> int:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "JMTL_MALLOC_ARENAS")}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-c", prelude + _ARENAS_AFTER_THREADS],
+        env={**env, "JAX_PLATFORMS": "cpu"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.split("ARENAS")[-1])
+
+
+def test_checkpointer_caps_malloc_arenas(tmp_path):
+    """RSS per save came from orbax's per-save threads spreading buffers over glibc's up to 8 arenas
+    per core (heap in use stayed flat): importing the checkpoint module caps them at 2. Undo the cap
+    and the 8 allocating threads (and orbax's save threads) get arenas of their own."""
+    with_jmtl = _arenas_in_subprocess(
+        "import numpy as np\n"
+        "from jmtl.runs import checkpoint\n"
+        "assert checkpoint.MALLOC_ARENAS_LIMITED\n"
+        "ck = checkpoint.Checkpointer('ck')\n"
+        "for i in range(2):\n"
+        "    ck.save(i, {'w': np.arange(6, dtype=np.float32)}, {'i': i})\n"
+        "ck.close()\n",
+        tmp_path,
+    )
+    assert with_jmtl <= checkpoint.MALLOC_ARENAS, with_jmtl
+    # The count sees arenas: a plain interpreter's 8 threads make more than 2.
+    assert _arenas_in_subprocess("", tmp_path) > checkpoint.MALLOC_ARENAS
+
+
+def test_malloc_arenas_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("JMTL_MALLOC_ARENAS", "two")
+    with pytest.raises(ValueError, match="JMTL_MALLOC_ARENAS='two' is not an integer; set it"):
+        checkpoint._arenas_from_env()
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's own glibc setting wins
+    assert checkpoint.limit_malloc_arenas(2) is False
+    assert checkpoint.limit_malloc_arenas(0) is False
+
+
+def test_a_cap_that_came_too_late_is_named_with_its_fix(monkeypatch, tmp_path):
+    from absl import logging as absl_logging
+
+    seen = []
+    monkeypatch.setattr(absl_logging, "warning", lambda msg, *args: seen.append(msg % args))
+    monkeypatch.setattr(checkpoint, "_ARENAS_AT_CAP", 12)  # glibc had fixed its limit before the cap
+    checkpoint.Checkpointer(tmp_path / "a")
+    checkpoint.Checkpointer(tmp_path / "b")
+    assert len(seen) == 1, seen  # once per process
+    assert (
+        "made 12 malloc arenas, too late to cap" in seen[0]
+        and "Fix: start the program with MALLOC_ARENA_MAX=2" in seen[0]
+    )
+    monkeypatch.setattr(checkpoint, "_ARENAS_AT_CAP", 3)  # in time: later arenas are capped, no warning
+    checkpoint.Checkpointer(tmp_path / "c")
+    assert len(seen) == 1

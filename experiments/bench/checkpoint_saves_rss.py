@@ -2,15 +2,17 @@
 
 Each variant runs in its own fresh interpreter (``--child``): a packed state of 12 arrays (as
 ``Checkpointer`` saves a host train state) and a meta JSON of ~30 KB (the loop's meta carries the whole
-config), ``max_to_keep=2``; 50 warm-up saves, then N saves, RSS (``VmRSS``) read after each. Reported:
-the least-squares slope of RSS over the N saves in KiB per save and its 95 % interval. Variants
-alternate (``--rounds``) so both see the same machine load:
+config), ``max_to_keep=2``; 50 warm-up saves, then N saves, RSS (``VmRSS``) and glibc's heap in use
+(``mallinfo2().uordblks``) read after each. Reported: the least-squares slope over the N saves in KiB
+per save and its 95 % interval. The variants of a round run at the same time (``--rounds`` of them) so
+all see the same machine load:
 
-- ``fix``: as shipped (``checkpoint.AVOID_SPEC_JSON_LEAK = True``);
-- ``no_fix``: orbax calls tensorstore's leaking ``KvStore.Spec.to_json`` for every array and twice
-  per save.
+- ``fix``: as shipped (``AVOID_SPEC_JSON_LEAK`` and the malloc arena cap, ``limit_malloc_arenas``);
+- ``spec_only``: the spec-json fix alone (``JMTL_MALLOC_ARENAS=0``: glibc's default arenas);
+- ``no_fix``: neither (orbax calls tensorstore's leaking ``KvStore.Spec.to_json`` for every array and
+  twice per save).
 
-    python -m experiments.bench.checkpoint_saves_rss [--saves 300] [--rounds 2]
+    python -m experiments.bench.checkpoint_saves_rss [--saves 1000] [--rounds 2]
 
 Writes results/bench/checkpoint_saves_rss.json and .md. Not part of the test suite.
 """
@@ -18,6 +20,7 @@ Writes results/bench/checkpoint_saves_rss.json and .md. Not part of the test sui
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -39,10 +42,47 @@ def _rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def _heap_in_use_kib() -> float:
+    """glibc's bytes in use over all arenas (``mallinfo2().uordblks``), KiB; NaN elsewhere."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (n, ctypes.c_size_t)
+            for n in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return float("nan")
+    fn.restype = MallInfo2
+    return fn().uordblks / 1024
+
+
+VARIANTS = ("no_fix", "spec_only", "fix")
+# ``fix_gc``: ``fix`` with a full ``gc.collect()`` before each sample (``--variants fix,fix_gc``): what
+# of the rest is cyclic garbage that CPython's next full collection would free.
+ALL_VARIANTS = (*VARIANTS, "fix_gc")
+
+
 def child(variant: str, saves: int) -> dict:
+    # Before anything starts a thread: the arena cap is set when jmtl.runs.checkpoint is imported.
+    os.environ["JMTL_MALLOC_ARENAS"] = "2" if variant in ("fix", "fix_gc") else "0"
     from jmtl.runs import checkpoint
 
-    checkpoint.AVOID_SPEC_JSON_LEAK = variant == "fix"
+    checkpoint.AVOID_SPEC_JSON_LEAK = variant != "no_fix"
     directory = Path(tempfile.mkdtemp(prefix="jmtl_ckpt_rss_"))
     try:
         ck = checkpoint.Checkpointer(directory / "ck")
@@ -54,32 +94,46 @@ def child(variant: str, saves: int) -> dict:
         meta = {"config": {f"k{j}": {"a": list(range(20)), "s": "x" * 30} for j in range(300)}}
         for i in range(50):
             ck.save(i, state, {**meta, "i": i})
-        xs, ys = [], []
+        xs, ys, heap = [], [], []
         for i in range(50, 50 + saves):
             ck.save(i, state, {**meta, "i": i})
+            if variant == "fix_gc":
+                gc.collect()
             xs.append(i)
             ys.append(_rss_kib())
+            heap.append(_heap_in_use_kib())
         ck.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     x, y = np.asarray(xs, float), np.asarray(ys, float)
-    coef = np.polyfit(x, y, 1)
-    resid = y - np.polyval(coef, x)
-    se = float(np.sqrt(resid.var(ddof=2) / ((x - x.mean()) ** 2).sum()))
+    slope, ci = _slope(x, y)
+    heap_slope, heap_ci = _slope(x, np.asarray(heap, float))
     return {
         "variant": variant,
         "saves": saves,
-        "kib_per_save": round(float(coef[0]), 3),
-        "ci95_kib_per_save": round(1.96 * se, 3),
+        "malloc_arenas_limited": checkpoint.MALLOC_ARENAS_LIMITED,
+        "kib_per_save": round(slope, 3),
+        "ci95_kib_per_save": round(ci, 3),
+        "heap_in_use_kib_per_save": round(heap_slope, 3),
+        "heap_ci95_kib_per_save": round(heap_ci, 3),
         "rss_first_kib": int(y[0]),
         "rss_last_kib": int(y[-1]),
     }
 
 
+def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope of ``y`` over ``x`` and the half-width of its 95 % interval (OLS)."""
+    coef = np.polyfit(x, y, 1)
+    resid = y - np.polyval(coef, x)
+    se = float(np.sqrt(resid.var(ddof=2) / ((x - x.mean()) ** 2).sum()))
+    return float(coef[0]), 1.96 * se
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--saves", type=int, default=300)
+    parser.add_argument("--saves", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {ALL_VARIANTS}")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default="checkpoint_saves_rss")
@@ -87,53 +141,65 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(args.child, args.saves)))
         return 0
+    variants = tuple(args.variants.split(","))
+    if not set(variants) <= set(ALL_VARIANTS):
+        parser.error(f"--variants {args.variants!r}: each must be one of {', '.join(ALL_VARIANTS)}")
     prov = provenance()
     runs = []
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}  # the variants set the arenas
     for _ in range(args.rounds):
-        for variant in ("no_fix", "fix"):
-            out = subprocess.run(
+        procs = [
+            subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
                     "experiments.bench.checkpoint_saves_rss",
                     "--child",
-                    variant,
+                    v,
                     "--saves",
                     str(args.saves),
                 ],
                 cwd=ROOT,
-                env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                env={**env, "JAX_PLATFORMS": "cpu"},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
-                check=True,
             )
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            for v in variants
+        ]
+        for v, p in zip(variants, procs):
+            out, _ = p.communicate()
+            if p.returncode:
+                raise RuntimeError(f"variant {v} failed (exit {p.returncode})")
+            runs.append(json.loads(out.strip().splitlines()[-1]))
             print(runs[-1], flush=True)
-    med = {v: float(np.median([r["kib_per_save"] for r in runs if r["variant"] == v])) for v in ("no_fix", "fix")}
+    med = {v: float(np.median([r["kib_per_save"] for r in runs if r["variant"] == v])) for v in variants}
     end = provenance()
     prov.update(date=end["date"], load_average_end=end["load_average_end"])
     lines = [
         "# RSS per checkpoint save (``Checkpointer.save`` alone)",
         "",
         f"`{prov['command']}`: {args.saves} saves after 50 warm-up saves, each variant in a fresh interpreter, "
-        f"alternating, {args.rounds} round(s); a packed state of 12 arrays and a ~30 KB meta JSON; RSS after "
+        f"the {len(variants)} variants of a round at the same time, {args.rounds} round(s); a packed state of 12 "
+        "arrays and a ~30 KB meta JSON; RSS and glibc's heap in use (`mallinfo2().uordblks`, all arenas) after "
         "each save; slope by least squares with its 95 % interval (OLS; successive samples are correlated, so "
         "the interval is a lower bound).",
         "",
-        "| round | variant | KiB / save | 95 % interval | RSS first -> last (KiB) |",
-        "|---:|---|---:|---:|---|",
+        "Variants: `no_fix` (orbax 0.12.8 / tensorstore as they are), `spec_only` (the tensorstore spec-json "
+        "leak avoided; glibc's default malloc arenas, 8 per core), `fix` (as shipped: that and the arenas "
+        "capped at 2, `checkpoint.limit_malloc_arenas`), `fix_gc` (`fix` with a full `gc.collect()` before "
+        "each sample).",
+        "",
+        "| round | variant | RSS KiB / save | 95 % interval | heap in use KiB / save | RSS first -> last (KiB) |",
+        "|---:|---|---:|---:|---:|---|",
     ]
     for i, r in enumerate(runs):
         lines.append(
-            f"| {i // 2 + 1} | {r['variant']} | {r['kib_per_save']:+.2f} | ± {r['ci95_kib_per_save']:.2f} | "
+            f"| {i // len(variants) + 1} | {r['variant']} | {r['kib_per_save']:+.3f} | ± {r['ci95_kib_per_save']:.3f} | "
+            f"{r['heap_in_use_kib_per_save']:+.3f} ± {r['heap_ci95_kib_per_save']:.3f} | "
             f"{r['rss_first_kib']} -> {r['rss_last_kib']} |"
         )
-    lines += [
-        "",
-        f"Median slope: no_fix {med['no_fix']:+.2f} KiB/save, fix {med['fix']:+.2f} KiB/save "
-        f"(difference {med['no_fix'] - med['fix']:+.2f} KiB/save).",
-    ]
+    lines += ["", "Median RSS slope: " + ", ".join(f"{v} {med[v]:+.3f} KiB/save" for v in variants) + "."]
     write_outputs(Path(args.out) / args.name, {"runs": runs, "median_kib_per_save": med}, lines, prov)
     return 0
 

@@ -382,6 +382,91 @@ def _avoid_spec_json_leak() -> None:
         tensorstore_utils.ts = _TensorstoreWithoutSpecJsonLeak(tensorstore)
 
 
+# Most of what was left after the two fixes above is not a leak but the allocator. orbax does each
+# save's work on fresh threads (a commit thread, thread pools), and glibc gives each new thread its own
+# malloc arena (up to 8 per core), so a save's transient buffers spread over many heaps that each
+# creep up with fragmentation (issue 23: orbax saves alone, after a full gc and malloc_trim, grew RSS
+# with the heap in use, ``mallinfo2().uordblks``, flat; with one arena RSS was flat too). Capped at 2:
+# results/bench/checkpoint_saves_rss.md (``fix`` vs ``spec_only``; its ``heap in use`` column is the
+# rest, which orbax's state save shows without jmtl too). glibc fixes its arena limit the first time
+# it needs a ninth arena, so this must run before the program starts its threads: at import
+# (``jmtl.training.loop`` imports this module). A ``MALLOC_ARENA_MAX`` in the environment wins (glibc
+# read it at start); ``JMTL_MALLOC_ARENAS=0`` leaves glibc's default. The cap is process-wide (every
+# library's malloc): heavy multi-threaded host allocation may wait on the arena locks; set
+# ``JMTL_MALLOC_ARENAS`` higher then.
+M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
+    """Caps glibc's malloc arenas at ``n`` (``mallopt(M_ARENA_MAX, n)``); True if set.
+
+    Not set (False): ``n <= 0``, ``MALLOC_ARENA_MAX`` is in the environment (the user's choice), or the
+    C library is not glibc. Arenas that already exist stay; no new one is made past ``n``.
+    """
+    if n <= 0 or "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, n))
+
+
+def _arenas_from_env() -> int:
+    text = os.environ.get("JMTL_MALLOC_ARENAS", str(MALLOC_ARENAS))
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"JMTL_MALLOC_ARENAS={text!r} is not an integer; set it to a number of malloc arenas "
+            f"(default {MALLOC_ARENAS}; 0 leaves glibc's default)"
+        ) from None
+
+
+def malloc_arena_count() -> Optional[int]:
+    """How many malloc arenas glibc has made so far (``malloc_info``); None where that is unknown."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.open_memstream.restype = ctypes.c_void_p
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+        stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+        if not stream:
+            return None
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        text = ctypes.string_at(buf, size.value).decode()
+        libc.free(buf)
+    except (OSError, AttributeError, UnicodeDecodeError):
+        return None
+    return len(re.findall(r"<heap nr=", text)) or None
+
+
+MALLOC_ARENAS_LIMITED = limit_malloc_arenas(_arenas_from_env())
+# glibc fixes its arena limit when it first needs a 9th arena (64-bit ``arena_test``): a cap set after
+# that changes nothing, and ``Checkpointer`` says so once (with the fix: the environment variable).
+_ARENAS_AT_CAP = malloc_arena_count() if MALLOC_ARENAS_LIMITED else None
+_ARENA_TEST = 8
+
+
+def _warn_if_arena_cap_came_late() -> None:
+    global _ARENAS_AT_CAP
+    if _ARENAS_AT_CAP is not None and _ARENAS_AT_CAP > _ARENA_TEST:
+        logging.warning(
+            "jmtl.runs.checkpoint was imported after this process made %d malloc arenas, too late to cap "
+            "them: RSS may grow a few KiB per checkpoint save (allocator fragmentation, not a leak). Fix: "
+            "start the program with MALLOC_ARENA_MAX=2 in the environment, or import jmtl.training first",
+            _ARENAS_AT_CAP,
+        )
+        _ARENAS_AT_CAP = None  # once
+
+
 # glibc keeps the buffers orbax / tensorstore free after a save in its per-thread arenas instead of
 # returning them to the OS, so without a trim the process RSS grows by a few KiB per save (issue 23:
 # results/bench/soak_checkpoints_*.md). Set to False to measure without it.
@@ -433,6 +518,7 @@ class Checkpointer:
         self._pending_checksums: list[int] = []  # saved steps whose checksum record is still to write
         _quiet_orbax_noise()
         _avoid_spec_json_leak()
+        _warn_if_arena_cap_came_late()
         _set_aside_incomplete(self.directory)
         try:
             self.manager = ocp.CheckpointManager(

@@ -65,7 +65,7 @@ def test_state_accumulates_the_batches_with_decay():
     k, d, decay = 2, 3, 0.5
     t = weighting.get("bayesagg_mtl", gamma=GAMMA, obs_noise=NOISE, decay=decay)
     state = t.init(k, layout=(("representation", (5, d)),))
-    update = jax.jit(t.update)
+    update = jax.jit(t.apply)
     batches = [_problem(seed) for seed in range(3)]
     for h, y, mask in batches[:2]:
         _, state = update(
@@ -140,7 +140,7 @@ def test_aggregation_of_a_hand_worked_k2_example():
 def test_update_is_equivariant_to_the_task_order():
     h, y, mask = _problem(2, k=3)
     t = weighting.get("bayesagg_mtl")
-    update = jax.jit(t.update)
+    update = jax.jit(t.apply)
     perm = np.array([2, 0, 1])
     outs = []
     for p in (np.arange(3), perm):

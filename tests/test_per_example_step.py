@@ -61,7 +61,7 @@ def test_per_example_step_equals_a_hand_computation():
     grad = jax.jit(jax.grad(lambda p, i: jnp.sum(example_losses(p, i))))  # one compile, B calls
     rows = [grad(params, i) for i in range(B)]
     jac = jnp.stack([flatten_rows(jax.tree.map(lambda x: x[None], g["shared"]))[0] for g in rows])
-    out, _ = jax.jit(upgrad.update)(jnp.zeros(B), upgrad.init(B), gramian=jac @ jac.T)
+    out, _ = jax.jit(upgrad.apply)(jnp.zeros(B), upgrad.init(B), gramian=jac @ jac.T)
     shared_dir = unflatten_like(out.weights @ jac, params["shared"])
     heads = jax.tree.map(lambda *g: sum(g), *[g["tasks"] for g in rows])
     want = {"shared": jax.tree.map(lambda p, g: p - lr * g, params["shared"], shared_dir)}

@@ -84,25 +84,108 @@ def compare(geometry: dict, graph: dict) -> tuple[dict, list[str]]:
     return out, lines
 
 
+def compare_epochs(geometry_cell: pathlib.Path, graph_cell: pathlib.Path) -> tuple[dict, list[str]]:
+    """Per-epoch test MAE of two cells (``<workdir>/<cell>``, e.g. ``equal-s0``) read from their
+    ``metrics.jsonl``, for the epochs both have evaluated: a cell that has not finished can still be
+    set beside the other at equal epochs. The MAE is of the standardised targets; the ratio
+    geometry / graph is the same in the papers' units (both cells share the train split's s.d.).
+    This is the test MAE at each epoch, not the best-validation selection of ``compare``."""
+
+    def read(cell):
+        config = json.loads((cell / "config.json").read_text())
+        rows = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return config, {r["epoch"]: r["test"] for r in rows if "test" in r}
+
+    (g_config, g_rows), (b_config, b_rows) = read(geometry_cell), read(graph_cell)
+    g_kw, b_kw = g_config["dataset"]["kwargs"], b_config["dataset"]["kwargs"]
+    if g_kw.get("inputs") != "geometry" or b_kw.get("inputs") != "graph":
+        raise ValueError(
+            f"{geometry_cell} has inputs {g_kw.get('inputs')!r}, {graph_cell} {b_kw.get('inputs')!r}. "
+            "Fix: pass a geometry cell and a graph cell"
+        )
+    keys = ("train_size", "eval_size", "seed")
+    differ = [k for k in keys if g_kw.get(k) != b_kw.get(k)]
+    differ += [k for k in ("seed", "batch_size") if g_config.get(k) != b_config.get(k)]
+    if differ:
+        raise ValueError(f"the cells differ in {', '.join(differ)}. Fix: compare cells of the same grid options")
+    epochs = sorted(set(g_rows) & set(b_rows))
+    tasks = sorted(g_rows[epochs[0]]) if epochs else []
+    out = {
+        "geometry_cell": str(geometry_cell),
+        "graph_cell": str(graph_cell),
+        "epochs": {
+            str(e): {
+                t: {
+                    "geometry_mae_std_units": g_rows[e][t]["mae"],
+                    "graph_mae_std_units": b_rows[e][t]["mae"],
+                    "ratio": g_rows[e][t]["mae"] / b_rows[e][t]["mae"],
+                }
+                for t in tasks
+            }
+            for e in epochs
+        },
+        "epochs_geometry": sorted(g_rows),
+        "epochs_graph": sorted(b_rows),
+    }
+    lines = [
+        "",
+        f"## Per epoch: {geometry_cell.name}, test MAE (standardised targets) at each evaluated epoch",
+        "",
+        f"Cells `{geometry_cell}` (geometry, epochs evaluated: {', '.join(f'{e:g}' for e in sorted(g_rows))}) and "
+        f"`{graph_cell}` (bond graph, epochs {', '.join(f'{e:g}' for e in sorted(b_rows))}), read from their "
+        "metrics.jsonl; ratio = geometry / graph (< 1: geometry helps).",
+        "",
+        "| epoch | input | " + " | ".join(tasks) + " | mean ratio |",
+        "|---|---|" + "---:|" * (len(tasks) + 1),
+    ]
+    for e in epochs:
+        ratios = [out["epochs"][str(e)][t]["ratio"] for t in tasks]
+        lines.append(f"| {e:g} | bond graph | " + " | ".join(f"{b_rows[e][t]['mae']:.3f}" for t in tasks) + " | |")
+        lines.append(f"| {e:g} | geometry | " + " | ".join(f"{g_rows[e][t]['mae']:.3f}" for t in tasks) + " | |")
+        lines.append(
+            f"| {e:g} | ratio | " + " | ".join(f"{r:.2f}" for r in ratios) + f" | {float(np.mean(ratios)):.2f} |"
+        )
+    return out, lines
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--geometry", required=True, help="the --inputs geometry record (.json)")
     p.add_argument("--graph", required=True, help="the --inputs graph record (.json)")
     p.add_argument("--out", required=True, help="results path without suffix")
+    p.add_argument(
+        "--cells",
+        default=None,
+        help="GEOMETRY_CELL_DIR,GRAPH_CELL_DIR: also set two cells side by side per epoch (metrics.jsonl)",
+    )
     args = p.parse_args(argv)
     from experiments import results_io
 
     started = results_io.started_now()
-    records = []
+    records, lines, result = [], [], {}
     for path in (args.geometry, args.graph):
-        record = json.loads(pathlib.Path(path).read_text())
-        record["_path"] = path
-        records.append(record)
-    result, lines = compare(*records)
+        if pathlib.Path(path).is_file():
+            record = json.loads(pathlib.Path(path).read_text())
+            record["_path"] = path
+            records.append(record)
+    if len(records) == 2:
+        result, lines = compare(*records)
+    else:
+        lines = [
+            "# QM9 with and without 3-D geometry (CPU subset)",
+            "",
+            f"No best-validation comparison: {args.geometry if not pathlib.Path(args.geometry).is_file() else args.graph} "
+            "does not exist (its grid did not finish).",
+        ]
     result["sources"] = {
-        "geometry": {"path": args.geometry, "provenance": records[0].get("provenance")},
-        "graph": {"path": args.graph, "provenance": records[1].get("provenance")},
+        "geometry": {"path": args.geometry, "provenance": records[0].get("provenance") if records else None},
+        "graph": {"path": args.graph, "provenance": records[-1].get("provenance") if len(records) == 2 else None},
     }
+    if args.cells:
+        geo_cell, graph_cell = (pathlib.Path(c) for c in args.cells.split(","))
+        per_epoch, epoch_lines = compare_epochs(geo_cell, graph_cell)
+        result["per_epoch"] = per_epoch
+        lines += epoch_lines
     results_io.write_outputs(args.out, result, lines, results_io.provenance(started=started))
 
 

@@ -98,3 +98,25 @@ def test_geometry_comparison_pairs_seeds_and_refuses_other_setups():
         qm9_geometry_compare.compare({**geometry, "setup": {**geometry["setup"], "epochs": 2}}, graph)
     with pytest.raises(ValueError, match="pass a --inputs geometry record"):
         qm9_geometry_compare.compare(graph, graph)
+
+
+def test_geometry_comparison_per_epoch_from_the_cells_metrics(tmp_path):
+    import json
+
+    from experiments import qm9_geometry_compare
+
+    def cell(name, inputs, maes):
+        d = tmp_path / name
+        d.mkdir()
+        kwargs = dict(inputs=inputs, train_size=100, eval_size=10, seed=0)
+        (d / "config.json").write_text(json.dumps(dict(dataset=dict(kwargs=kwargs), seed=0, batch_size=120)))
+        rows = [dict(step=10 * e, epoch=float(e), test={"a": {"mae": m}}) for e, m in enumerate(maes, 1)]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        return d
+
+    geo, graph = cell("geo", "geometry", [0.5]), cell("graph", "graph", [0.4, 0.2])
+    result, lines = qm9_geometry_compare.compare_epochs(geo, graph)
+    assert list(result["epochs"]) == ["1.0"] and result["epochs"]["1.0"]["a"]["ratio"] == 0.5 / 0.4
+    assert result["epochs_graph"] == [1.0, 2.0] and "| 1 | ratio | 1.25 | 1.25 |" in lines
+    with pytest.raises(ValueError, match="pass a geometry cell and a graph cell"):
+        qm9_geometry_compare.compare_epochs(graph, graph)

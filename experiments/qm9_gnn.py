@@ -94,6 +94,8 @@ def cell_config(method: str | None, task: str | None, seed: int, args) -> "ml_co
     c.num_epochs = args.epochs
     c.eval_batch_size = args.eval_batch_size
     c.progress_bar = False
+    if args.inputs == "geometry":
+        qm9_gnn.use_geometry(c, args.package_dir)
     return c
 
 
@@ -210,7 +212,8 @@ def build_report(
     run_head = f"| method | seeds | {cols} | Δm% ↓ | Δm% per seed |"
     run_sep = "|---|---|" + "---:|" * (len(tasks) + 2)
     lines = [
-        f"# QM9, MPNN, {setup['train_size']:,} training molecules, {setup['epochs']} epoch(s), "
+        f"# QM9, MPNN{' with 3-D geometry' if setup.get('inputs') == 'geometry' else ''}, "
+        f"{setup['train_size']:,} training molecules, {setup['epochs']} epoch(s), "
         f"seed(s) {', '.join(map(str, all_seeds)) or 'none'}",
         "",
         "Test MAE of the best-validation evaluation (validation / test: the first "
@@ -253,7 +256,9 @@ def build_report(
         "",
         "## Published: Navon et al. 2022, Tables 1 and 6 (full data, 300 epochs, 3D geometry, 3 seeds)",
         "",
-        PUBLISHED_NOTE_MD,
+        PUBLISHED_NOTE_MD
+        if setup.get("inputs", "graph") != "geometry"
+        else PUBLISHED_NOTE_MD.replace("no coordinates", "the same 3-D geometry input"),
         "",
         head,
         sep,
@@ -300,6 +305,14 @@ def main(argv=None):
         action="store_true",
         help="train nothing: report the cells that have a summary.json, list the others as missing",
     )
+    p.add_argument(
+        "--inputs",
+        default="graph",
+        choices=("graph", "geometry"),
+        help="'graph': bond graphs from the SMILES (no coordinates); 'geometry': complete graphs with "
+        "interatomic distances from qm9pack (pip install 'jmtl[qm9]')",
+    )
+    p.add_argument("--package_dir", default=None, help="qm9pack folder for --inputs geometry (default: installed)")
     p.add_argument("--train_size", type=int, default=0)
     p.add_argument("--eval_size", type=int, default=0)
     p.add_argument("--epochs", type=int, default=300)
@@ -356,6 +369,31 @@ def check_options(args) -> tuple[list[str], list[str], list[int], list[int]]:
     return methods, stl_tasks, seeds, stl_seeds
 
 
+INPUTS_MARK = "qm9_inputs.txt"
+
+
+def check_workdir_inputs(root: pathlib.Path, inputs: str) -> None:
+    """A grid workdir holds cells of one input kind: finished cells are reused, so cells trained
+    on bond graphs must never be read back as geometry cells (or the reverse). The first run writes
+    ``<workdir>/qm9_inputs.txt``; a later one with other inputs is refused (``ValueError``)."""
+    mark = root / INPUTS_MARK
+    if mark.is_file():
+        was = mark.read_text().strip()
+        if was != inputs:
+            raise ValueError(
+                f"--workdir {root} holds cells trained with --inputs {was}, not {inputs}. Fix: pass another --workdir"
+            )
+        return
+    if root.is_dir() and any(root.iterdir()):
+        if inputs != "graph":  # cells from before the mark existed were all trained on bond graphs
+            raise ValueError(
+                f"--workdir {root} holds cells without an inputs record (trained on bond graphs). Fix: pass another "
+                "--workdir for --inputs geometry"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    mark.write_text(inputs + "\n")
+
+
 def run(args) -> None:
     from experiments import results_io, script_checks
     from jmtl.data import qm9
@@ -368,11 +406,16 @@ def run(args) -> None:
     out_json = pathlib.Path(args.out + ".json")
     if not args.only_finished:  # --only_finished reports what exists; the check at the write still holds
         script_checks.check_cells(out_json, planned, result_cells, args.allow_fewer_cells)
-    # The standardisation statistics (the units of the MAE): the same data the runs load.
-    info = qm9.load_qm9(
-        data_dir=args.data_dir, inputs="composition", train_size=args.train_size, eval_size=args.eval_size
-    ).qm9
     root = pathlib.Path(args.workdir)
+    check_workdir_inputs(root, args.inputs)
+    # The standardisation statistics (the units of the MAE): the same data the runs load.
+    if args.inputs == "geometry":
+        raw, _, _ = qm9.load_qm9pack(args.package_dir)
+        info = qm9.dataset_from_raw(raw, seed=0, train_size=args.train_size, eval_size=args.eval_size).qm9
+    else:
+        info = qm9.load_qm9(
+            data_dir=args.data_dir, inputs="composition", train_size=args.train_size, eval_size=args.eval_size
+        ).qm9
     cells: dict[str, dict[int, dict[str, float]]] = {}
     times, reused, missing, finished = {}, [], [], {}
     plan = []  # seed-major, single-task models first in each seed (as the grid has always run)
@@ -410,7 +453,15 @@ def run(args) -> None:
         single_task=stl_tasks,
         batch_size=120,
         lr=1e-3,
-        model="MPNN hidden 64, 3 NNConv+GRU rounds, Set2Set; bond graph with explicit H, no geometry",
+        inputs=args.inputs,
+        model=(
+            "MPNN hidden 64, 3 NNConv+GRU rounds, Set2Set; "
+            + (
+                "complete graph with explicit H, edge features = bond one-hot + interatomic distance (qm9pack xyz)"
+                if args.inputs == "geometry"
+                else "bond graph with explicit H, no geometry"
+            )
+        ),
     )
     code = {name: results_io.cell_code(root / name.replace("@", "-")) for name in times}
     result, lines = build_report(

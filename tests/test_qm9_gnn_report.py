@@ -57,3 +57,66 @@ def test_delta_m_only_over_targets_with_a_single_task_model():
     assert result["test_mae_mean"]["single-task"] == {"a": 3.0, "c": 1.0}
     assert result["delta_m_tasks"] == ["a", "c"]
     assert result["delta_m_percent"]["equal"] == pytest.approx(100 * ((4.5 - 3) / 3 + (0.5 - 1) / 1) / 2)
+
+
+def test_a_workdir_holds_one_input_kind(tmp_path):
+    """Finished cells are reused: cells trained on bond graphs must never be read back as geometry
+    cells, or the reverse."""
+    qm9_gnn.check_workdir_inputs(tmp_path / "geo", "geometry")
+    qm9_gnn.check_workdir_inputs(tmp_path / "geo", "geometry")  # the same kind again: fine
+    with pytest.raises(ValueError, match="trained with --inputs geometry, not graph. Fix: pass another --workdir"):
+        qm9_gnn.check_workdir_inputs(tmp_path / "geo", "graph")
+    old = tmp_path / "old"  # a grid from before the record existed (bond graphs)
+    (old / "equal-s0").mkdir(parents=True)
+    with pytest.raises(ValueError, match="without an inputs record"):
+        qm9_gnn.check_workdir_inputs(old, "geometry")
+    qm9_gnn.check_workdir_inputs(old, "graph")
+
+
+def test_geometry_comparison_pairs_seeds_and_refuses_other_setups():
+    from experiments import qm9_geometry_compare
+
+    setup = dict(train_size=100, eval_size=10, epochs=1, batch_size=120, lr=1e-3)
+    units = {"a": "D", "b": "meV"}
+    graph = {
+        "setup": {**setup, "inputs": "graph"},
+        "units": units,
+        "test_mae": {"equal": {"0": {"a": 2.0, "b": 10.0}, "1": {"a": 4.0, "b": 10.0}}},
+    }
+    geometry = {
+        "setup": {**setup, "inputs": "geometry"},
+        "units": units,
+        "test_mae": {"equal": {"0": {"a": 1.0, "b": 5.0}, "1": {"a": 1.0, "b": 20.0}, "2": {"a": 9.0, "b": 9.0}}},
+    }
+    result, lines = qm9_geometry_compare.compare(geometry, graph)
+    row = result["rows"]["equal"]
+    assert row["seeds"] == [0, 1]  # seed 2 has no graph run: left out of the pairs
+    assert row["tasks"]["a"]["ratio_per_seed"] == [0.5, 0.25] and row["tasks"]["a"]["ratio_median"] == 0.375
+    assert row["tasks"]["b"]["ratio_per_seed"] == [0.5, 2.0] and row["tasks"]["b"]["geometry_mean"] == 12.5
+    assert any("| ratio | 0.38 | 1.25 |" in line for line in lines)
+    with pytest.raises(ValueError, match=r"differ in epochs \(2 vs 1\)"):
+        qm9_geometry_compare.compare({**geometry, "setup": {**geometry["setup"], "epochs": 2}}, graph)
+    with pytest.raises(ValueError, match="pass a --inputs geometry record"):
+        qm9_geometry_compare.compare(graph, graph)
+
+
+def test_geometry_comparison_per_epoch_from_the_cells_metrics(tmp_path):
+    import json
+
+    from experiments import qm9_geometry_compare
+
+    def cell(name, inputs, maes):
+        d = tmp_path / name
+        d.mkdir()
+        kwargs = dict(inputs=inputs, train_size=100, eval_size=10, seed=0)
+        (d / "config.json").write_text(json.dumps(dict(dataset=dict(kwargs=kwargs), seed=0, batch_size=120)))
+        rows = [dict(step=10 * e, epoch=float(e), test={"a": {"mae": m}}) for e, m in enumerate(maes, 1)]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        return d
+
+    geo, graph = cell("geo", "geometry", [0.5]), cell("graph", "graph", [0.4, 0.2])
+    result, lines = qm9_geometry_compare.compare_epochs(geo, graph)
+    assert list(result["epochs"]) == ["1.0"] and result["epochs"]["1.0"]["a"]["ratio"] == 0.5 / 0.4
+    assert result["epochs_graph"] == [1.0, 2.0] and "| 1 | ratio | 1.25 | 1.25 |" in lines
+    with pytest.raises(ValueError, match="pass a geometry cell and a graph cell"):
+        qm9_geometry_compare.compare_epochs(graph, graph)

@@ -5,8 +5,11 @@ Inputs: graphs from the SMILES with explicit hydrogens and PyG's QM9 atom / bond
 network is PyG's QM9 NNConv example as Nash-MTL uses it (``jmtl/models/gnn.py``: hidden 64, 3
 message-passing rounds with a GRU, Set2Set readout), shared by all tasks; each task has one linear
 head. Nash-MTL's training: Adam 1e-3, batch 120, 300 epochs, ReduceLROnPlateau (not reproduced:
-a constant rate here), model selection on validation. Unlike Nash-MTL's network this one sees no
-3D geometry (the data file has none).
+a constant rate here), model selection on validation. With ``inputs='graph'`` (the default) the
+network sees no 3D geometry (the shared data file has none); ``use_geometry(c)`` switches to
+``inputs='geometry'`` (qm9pack's coordinates: complete graphs with interatomic distances, Nash-MTL's
+input; ``pip install 'jmtl[qm9]'``), and ``experiments/configs/qm9_geometry.py`` holds the two
+published protocols on it.
 
 Full protocol (GPU; all 110,831 training molecules, 10,000 / 10,000 validation / test):
 
@@ -50,3 +53,19 @@ def get_config(arg=None):
     c.eval_batch_size = 1000
     c.log_every_steps = 100
     return common.apply_arg(c, arg)
+
+
+def use_geometry(c, package_dir: str | None = None):
+    """Switches ``c`` to QM9 with 3-D geometry: ``inputs='geometry'`` (qm9pack's xyz coordinates;
+    complete graphs whose edge features are the bond one-hot and the interatomic distance, as
+    Nash-MTL's ``Complete()`` + ``T.Distance(norm=False)``) and the MPNN's dense complete-graph path.
+
+    Args:
+      c: a ``get_config`` config.
+      package_dir: the qm9pack package folder; None = $JMTL_QM9PACK_DIR or the installed qm9pack.
+    """
+    c.dataset.kwargs.inputs = "geometry"
+    if package_dir:
+        c.dataset.kwargs.package_dir = package_dir
+    c.model.encoder_kwargs.geometry = True
+    return c

@@ -14,6 +14,11 @@ Two ways to get a batch:
   flat float32 vector, so QM9 stays an ordinary ``from_arrays`` dataset): a batch of B examples
   becomes B * max_nodes nodes and B * max_edges edges. :class:`MPNN` calls it when its input is
   an array.
+* :func:`unpack_complete` reads ``jmtl.data.qm9.pack_geometry`` 's layout (3-D geometry): each
+  molecule a complete graph whose edge features are the bond one-hot and the interatomic distance
+  (Nash-MTL's ``Complete()`` + ``T.Distance(norm=False)``), kept dense ([B, n, n, 5]); the
+  convolution is then :class:`DenseNNConv`, the same NNConv computed without materialising the
+  per-edge [d, d] matrices. :class:`MPNN` with ``geometry=True`` takes it.
 
 :class:`MPNN` is the network of PyG's ``examples/qm9_nn_conv.py``, which Nash-MTL (Navon et al.
 2022) and LibMTL use for QM9 (hidden 64): ``h0 = relu(W0 x)``; three rounds of the
@@ -150,6 +155,60 @@ def unpack(x: jax.Array, max_nodes: int, max_edges: int, node_features: int, edg
     )
 
 
+class CompleteBatch(NamedTuple):
+    """B molecules as dense complete graphs (``unpack_complete``).
+
+    Attributes:
+      nodes: float [B, n, F].
+      edges: float [B, n, n, Fe]: ``edges[b, i, j]`` are the features of the pair (i, j): the bond
+        one-hot (zeros when not bonded) and the distance |pos_i - pos_j| (symmetric in i, j).
+      node_mask: bool [B, n] real atoms.
+      edge_mask: bool [B, n, n] real pairs of distinct atoms.
+    """
+
+    nodes: jax.Array
+    edges: jax.Array
+    node_mask: jax.Array
+    edge_mask: jax.Array
+
+
+def unpack_complete(x: jax.Array, max_nodes: int, node_features: int, bond_types: int) -> CompleteBatch:
+    """The :class:`CompleteBatch` of B examples in ``jmtl.data.qm9.pack_geometry`` 's layout.
+
+    Args:
+      x: float [B, P], P = max_nodes * (1 + node_features + 3) + max_nodes**2: node mask, node
+        features, positions, bond matrix (0 = none, 1 + bond type index).
+      max_nodes: n; node_features: F; bond_types: the one-hot size (edge features = bond_types + 1).
+    """
+    b, p = x.shape
+    want = max_nodes * (1 + node_features + 3) + max_nodes * max_nodes
+    if p != want:
+        raise ValueError(
+            f"packed geometry input has {p} values per example; max_nodes={max_nodes}, node_features={node_features} "
+            f"give {want}. Fix: set the encoder's layout to the one the data was packed with "
+            "(jmtl.data.qm9.MAX_NODES, NODE_FEATURES; geometry=True only for inputs='geometry')"
+        )
+    n = max_nodes
+    sizes = [n, n * node_features, n * 3]
+    node_mask, nodes, pos, bond = jnp.split(x, np.cumsum(sizes), axis=1)
+    node_mask = node_mask > 0.5
+    pos = pos.reshape(b, n, 3)
+    diff = pos[:, :, None, :] - pos[:, None, :, :]
+    sq = jnp.sum(diff * diff, axis=-1)
+    # sqrt(0) on the diagonal and on padding has an infinite derivative; those pairs are masked and
+    # positions are data, but keep any gradient finite.
+    dist = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+    bond = jnp.round(bond.reshape(b, n, n)).astype(jnp.int32)
+    one_hot = jax.nn.one_hot(bond - 1, bond_types, dtype=x.dtype)  # bond 0 (none) -> all zeros
+    edge_mask = node_mask[:, :, None] & node_mask[:, None, :] & ~jnp.eye(n, dtype=bool)[None]
+    return CompleteBatch(
+        nodes=nodes.reshape(b, n, node_features),
+        edges=jnp.concatenate([one_hot, dist[..., None]], axis=-1),
+        node_mask=node_mask,
+        edge_mask=edge_mask,
+    )
+
+
 def segment_softmax(logits: jax.Array, segment_ids: jax.Array, num_segments: int, mask: jax.Array) -> jax.Array:
     """Softmax of ``logits`` [N] within each segment, over the entries where ``mask``; 0 elsewhere."""
     masked = jnp.where(mask, logits, -jnp.inf)
@@ -187,6 +246,51 @@ class NNConv(nn.Module):
         total = jax.ops.segment_sum(messages, graph.receivers, n)
         count = jax.ops.segment_sum(graph.edge_mask.astype(h.dtype), graph.receivers, n)
         mean = total / jnp.maximum(count, 1.0)[:, None]
+        return (
+            nn.Dense(self.features, use_bias=False, name="root")(h)
+            + mean
+            + self.param("bias", nn.initializers.zeros, (self.features,))
+        )
+
+
+class _DenseParams(nn.Module):
+    """A ``nn.Dense`` 's kernel and bias without applying it (same names and initialisers)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features))
+        return kernel, self.param("bias", nn.initializers.zeros, (self.features,))
+
+
+class DenseNNConv(nn.Module):
+    """:class:`NNConv` on dense complete graphs (:class:`CompleteBatch`), with NNConv's parameters.
+
+    With Theta(e) = reshape(W2^T z(e) + b2, [d_in, f]) and z(e) = relu(W1^T e + b1) (k = edge_hidden
+    entries), the message h_j^T Theta(e_ij) = sum_k z_k(e_ij) (h_j^T W2_k) + h_j^T B2, where W2_k is
+    row k of W2 as [d_in, f]. Computing h_j^T W2_k once per atom ([B, n, k, f]) and contracting with
+    z over j costs O(B n^2 k f) instead of O(B n^2 k d_in f) for the per-edge matrices (PyG's way,
+    which ``NNConv`` follows); the result is the same (tests/test_qm9_geometry.py checks it).
+
+    ``out_i = W_root h_i + mean_{j != i, real} h_j^T Theta(e_ij) + b`` (PyG ``NNConv``, aggr 'mean').
+    """
+
+    features: int
+    edge_hidden: int = 128
+
+    @nn.compact
+    def __call__(self, h: jax.Array, graph: CompleteBatch) -> jax.Array:
+        b, n, d_in = h.shape
+        z = nn.relu(nn.Dense(self.edge_hidden, name="edge_hidden")(graph.edges))  # [B, n, n, k]
+        w2, b2 = _DenseParams(d_in * self.features, name="edge_out")(self.edge_hidden)
+        w2 = w2.reshape(self.edge_hidden, d_in, self.features)
+        mask = graph.edge_mask.astype(h.dtype)
+        per_atom = jnp.einsum("bjd,kdf->bjkf", h, w2)
+        total = jnp.einsum("bijk,bjkf->bif", z * mask[..., None], per_atom)
+        total = total + jnp.einsum("bij,bjd,df->bif", mask, h, b2.reshape(d_in, self.features))
+        count = jnp.sum(mask, axis=2)
+        mean = total / jnp.maximum(count, 1.0)[..., None]
         return (
             nn.Dense(self.features, use_bias=False, name="root")(h)
             + mean
@@ -232,6 +336,10 @@ class MPNN(nn.Module):
       readout: 'set2set' (Nash-MTL's; 3 processing steps) or 'mean' (masked mean of node states,
         cheaper).
       max_nodes, max_edges, node_features, edge_features: the packed layout (defaults: QM9's).
+      geometry: the input is ``jmtl.data.qm9.pack_geometry`` 's layout (complete graphs with the
+        interatomic distance as an edge feature, Nash-MTL's input; ``edge_features`` is then the
+        bond one-hot size, 4, and the edge network reads 5 features); the convolution is
+        :class:`DenseNNConv`, with the same parameters as :class:`NNConv`.
     """
 
     hidden: int = 64
@@ -242,10 +350,13 @@ class MPNN(nn.Module):
     max_edges: int = 56
     node_features: int = 11
     edge_features: int = 4
+    geometry: bool = False
 
     @nn.compact
     def __call__(self, x: Any, *, train: bool = False) -> jax.Array:
         del train
+        if self.geometry:
+            return self._complete(x)
         graph = (
             x
             if isinstance(x, GraphBatch)
@@ -257,6 +368,37 @@ class MPNN(nn.Module):
         for _ in range(self.steps):
             m = nn.relu(conv(h, graph))
             h, _ = gru(h, m)
+        return self._readout(h, graph)
+
+    def _complete(self, x: Any) -> jax.Array:
+        """The same network on dense complete graphs (``geometry=True``)."""
+        dense = (
+            x
+            if isinstance(x, CompleteBatch)
+            else unpack_complete(x, self.max_nodes, self.node_features, self.edge_features)
+        )
+        b, n, _ = dense.nodes.shape
+        h = nn.relu(nn.Dense(self.hidden, name="embed")(dense.nodes))
+        conv = DenseNNConv(self.hidden, self.edge_hidden, name="conv")
+        gru = nn.GRUCell(self.hidden, name="gru")
+        for _ in range(self.steps):
+            m = nn.relu(conv(h, dense))
+            h, _ = gru(h.reshape(b * n, -1), m.reshape(b * n, -1))
+            h = h.reshape(b, n, -1)
+        # The readout reads only nodes, their graph and mask.
+        graph = GraphBatch(
+            nodes=None,
+            edges=None,
+            senders=None,
+            receivers=None,
+            node_graph=jnp.repeat(jnp.arange(b, dtype=jnp.int32), n),
+            node_mask=dense.node_mask.reshape(-1),
+            edge_mask=None,
+            graph_mask=jnp.ones((b,), bool),
+        )
+        return self._readout(h.reshape(b * n, -1), graph)
+
+    def _readout(self, h: jax.Array, graph: GraphBatch) -> jax.Array:
         if self.readout == "set2set":
             out = Set2Set(3, name="set2set")(h, graph)
         elif self.readout == "mean":

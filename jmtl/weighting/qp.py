@@ -22,6 +22,9 @@ Array = jax.Array
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _REFINE_STEPS = 1
+# Below this K a masked K×K Cholesky solve costs no more than the rank-one updates' matrix-vector
+# products (measured at K = 2..10 on CPU: results/bench/upgrad_solver.md), so "auto" solves with it.
+_UPDATES_MIN_K = 16
 
 
 class QPResult(NamedTuple):
@@ -220,8 +223,10 @@ def _exact_phase(h, c, rtol, max_iter, it0, x0, passive0, done0):
     return it, x, done & jnp.logical_not(broken)
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter",))
-def nonneg_qp_solve(h: Array, c: Array, *, max_iter: Optional[int] = None, rtol: float | Array = 0.0) -> QPResult:
+@functools.partial(jax.jit, static_argnames=("max_iter", "method"))
+def nonneg_qp_solve(
+    h: Array, c: Array, *, max_iter: Optional[int] = None, rtol: float | Array = 0.0, method: str = "auto"
+) -> QPResult:
     """``min_x ½ xᵀ H x + cᵀ x  subject to  x ≥ 0`` with ``H`` (``[K, K]``) symmetric positive definite.
 
     Primal active-set method of Lawson & Hanson (*Solving Least Squares Problems*, 1974, ch. 23),
@@ -257,7 +262,12 @@ def nonneg_qp_solve(h: Array, c: Array, *, max_iter: Optional[int] = None, rtol:
       c: ``[K]`` linear term.
       max_iter: iteration cap (static); ``None`` = :func:`default_max_iter`.
       rtol: relative KKT tolerance (default 0: round-off level).
+      method: ``"updates"`` (rank-one updates of ``H_PP⁻¹``, the Cholesky loop as fallback),
+        ``"cholesky"`` (the Cholesky loop alone) or ``"auto"`` (default: ``"updates"`` from
+        ``K = 16``, where it is faster).
     """
+    if method not in ("auto", "updates", "cholesky"):
+        raise ValueError(f"method must be 'auto', 'updates' or 'cholesky', got {method!r}: pick one of those")
     k = h.shape[0]
     dtype = jnp.result_type(h.dtype, c.dtype)
     h = jnp.asarray(h, dtype)
@@ -265,7 +275,11 @@ def nonneg_qp_solve(h: Array, c: Array, *, max_iter: Optional[int] = None, rtol:
     h = 0.5 * (h + h.T)
     if max_iter is None:
         max_iter = default_max_iter(k)
-    it, x, passive, clean = _inverse_phase(h, c, rtol, max_iter)
+    if method == "cholesky" or (method == "auto" and k < _UPDATES_MIN_K):
+        zero = jnp.zeros((k,), dtype)
+        it, x, passive, clean = jnp.zeros((), jnp.int32), zero, zero > 0, jnp.asarray(False)
+    else:
+        it, x, passive, clean = _inverse_phase(h, c, rtol, max_iter)
     it, x, converged = _exact_phase(h, c, rtol, max_iter, it, x, passive, clean)
     return QPResult(jnp.maximum(x, 0.0), it, converged)
 
@@ -275,8 +289,8 @@ def nonneg_qp(h: Array, c: Array, *, max_iter: Optional[int] = None) -> Array:
     return nonneg_qp_solve(h, c, max_iter=max_iter).x
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter",))
-def dual_cone_solve(gram: Array, u: Array, *, max_iter: Optional[int] = None) -> QPResult:
+@functools.partial(jax.jit, static_argnames=("max_iter", "method"))
+def dual_cone_solve(gram: Array, u: Array, *, max_iter: Optional[int] = None, method: str = "auto") -> QPResult:
     """Weights ``v`` with ``π_J(Jᵀu) = Jᵀv``: the projection of ``Jᵀu`` onto ``{x : Jx ≥ 0}``.
 
     Quinton & Rey 2024, Proposition 1: ``v = argmin_{v ≥ u} vᵀ G v`` with ``G = JJᵀ`` (``[K, K]``,
@@ -289,9 +303,10 @@ def dual_cone_solve(gram: Array, u: Array, *, max_iter: Optional[int] = None) ->
       gram: ``[K, K]`` positive definite Gramian.
       u: ``[K]`` weights of the vector to project.
       max_iter: iteration cap of the active-set method (static); ``None`` = :func:`default_max_iter`.
+      method: the :func:`nonneg_qp_solve` method (default ``"auto"``).
     """
     gram = 0.5 * (gram + gram.T)
-    res = nonneg_qp_solve(gram, jnp.matmul(gram, u, precision=_HIGHEST), max_iter=max_iter)
+    res = nonneg_qp_solve(gram, jnp.matmul(gram, u, precision=_HIGHEST), max_iter=max_iter, method=method)
     return res._replace(x=u + res.x)
 
 

@@ -210,6 +210,81 @@ def test_nonneg_qp_float32_accuracy():
     np.testing.assert_allclose(x, _nnqp_scipy(h, c), atol=2e-3)
 
 
+# Whether the rank-one-update loop alone met the KKT test (the Cholesky fallback unused); compiled once.
+_updates_clean = jax.jit(lambda h, c: qp._inverse_phase(h, c, 0.0, 100)[3])
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_nonneg_qp_rank_one_updates_match_enumeration(x64, k):
+    """The O(K²)-a-step path (forced at small K) is exact: enumeration, and no Cholesky fallback used."""
+    rng = np.random.default_rng(40 + k)
+    for _ in range(4):
+        a = rng.normal(size=(k, k + 1))
+        h, c = a @ a.T + 1e-3 * np.eye(k), rng.normal(size=k)
+        res = qp.nonneg_qp_solve(jnp.asarray(h), jnp.asarray(c), method="updates")
+        assert bool(res.converged)
+        np.testing.assert_allclose(np.asarray(res.x), _nnqp_enum(h, c), atol=1e-9)
+        assert bool(_updates_clean(jnp.asarray(h), jnp.asarray(c)))
+
+
+def test_dual_cone_updates_vs_cholesky_per_example_k(x64):
+    """K = 48 UPGrad-like QPs (half the pairs conflicting): the rank-one updates agree with NNLS, in
+    float64 to 1e-9 and in float32 to round-off of cond(G') · eps."""
+    rng = np.random.default_rng(5)
+    k = 48
+    jac = rng.normal(size=(k, 2 * k))
+    g = jac @ jac.T
+    g = g / np.trace(g) + 1e-4 * np.eye(k)
+    solve = jax.jit(
+        lambda g, u, method: jax.vmap(lambda ui: qp.dual_cone_solve(g, ui, method=method))(u), static_argnames="method"
+    )
+    u = np.eye(k)[:6]
+    want = np.stack([ui + _nnqp_scipy(g, g @ ui) for ui in u])
+    res = solve(jnp.asarray(g), jnp.asarray(u), method="updates")  # (the Cholesky loop: tests above)
+    assert bool(jnp.all(res.converged))
+    np.testing.assert_allclose(np.asarray(res.x), want, atol=1e-9)
+    res32 = solve(jnp.asarray(g, jnp.float32), jnp.asarray(u, jnp.float32), method="updates")
+    assert res32.x.dtype == jnp.float32 and bool(jnp.all(res32.converged))
+    np.testing.assert_allclose(np.asarray(res32.x), want, atol=2e-4 * np.abs(want).max())
+
+
+def test_nonneg_qp_updates_singular_falls_back(x64):
+    """Unregularised rank-deficient H (K = 20 rows in R^4): the rank-one updates meet a zero pivot and the
+    Cholesky loop finishes; the result is feasible, finite and as good as the Cholesky loop's."""
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(20, 4))
+    h = a @ a.T
+    c = h @ np.eye(20)[0] + 0.1 * rng.normal(size=20)
+    obj = lambda x: 0.5 * x @ h @ x + c @ x
+    got = qp.nonneg_qp_solve(jnp.asarray(h), jnp.asarray(c), method="updates")
+    ref = qp.nonneg_qp_solve(jnp.asarray(h), jnp.asarray(c), method="cholesky")
+    x = np.asarray(got.x)
+    assert np.all(np.isfinite(x)) and np.all(x >= 0)
+    assert obj(x) <= obj(np.asarray(ref.x)) + 1e-9 * (1 + abs(obj(np.asarray(ref.x))))
+
+
+def test_nonneg_qp_method_is_checked():
+    with pytest.raises(ValueError, match="method must be"):
+        qp.nonneg_qp_solve(jnp.eye(2), jnp.ones(2), method="newton")
+
+
+def test_upgrad_qp_batches_give_the_same_weights(monkeypatch):
+    """UPGrad's K QPs in lax.map batches (as at per-example K) give the weights of one vmap."""
+    from jmtl.weighting import gramian
+
+    rng = np.random.default_rng(7)
+    k = 23  # a K no other test compiles, so the patched batch size is traced
+    jac = rng.normal(size=(k, 30)).astype(np.float32)
+    gram = jnp.asarray(jac @ jac.T)
+    assert gramian._qp_batch_size(k, jnp.float32) == k
+    assert gramian._qp_batch_size(256, jnp.float32) == 8
+    whole = np.asarray(gramian._upgrad_weights(gram, 1e-4, 1e-4, None))
+    monkeypatch.setattr(gramian, "_QP_BATCH_BYTES", 5 * k * k * 4)
+    assert gramian._qp_batch_size(k, jnp.float32) == 5
+    batched = np.asarray(gramian._upgrad_weights(gram, 1e-4, 1e-4, 100))  # new static arg: retraced
+    np.testing.assert_allclose(batched, whole, rtol=1e-6, atol=1e-7)
+
+
 def test_project_simplex(x64):
     rng = np.random.default_rng(2)
     for k in (1, 2, 3, 7):

@@ -163,6 +163,10 @@ COMMANDS = {
         "module docstring and README",
     ),
     "reliability": (None, "hand-written summary of the reliability tests it lists (no generating command)"),
+    "qm9/published_protocols": (
+        None,
+        "transcribed by hand from the papers' code and tables (sources named in the file; no generating command)",
+    ),
 }
 
 

@@ -82,6 +82,9 @@ def main(argv):
                     f"{b['todo_s'] / 3600:.2f} CPU h to run, {b['done_s'] / 3600:.2f} done"
                 )
                 for k, v in b["pilots"].items():
+                    if "cell_s" in v:
+                        print(f"    {k}: {v['cell_s']:.0f} CPU s per cell (median of the finished cells)")
+                        continue
                     print(
                         f"    pilot {k} ({v['method']}): {v['s_per_step']:.3f} CPU s/step, {v['fixed_s']:.0f} CPU s fixed"
                     )

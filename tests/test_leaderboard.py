@@ -100,6 +100,14 @@ def test_board_resumes_refuses_other_protocols_and_typos(tmp_path, data_cache, m
     assert again["benchmarks"]["toy"]["entries"]["mean"]["per_seed"] == mg["per_seed"]
     assert (wd / "toy" / "cells" / "hps__mean" / "summary.json").stat().st_mtime_ns == stamp
 
+    # The plan counts the finished cells' recorded cost and estimates the unfinished pcgrad cell
+    # (gramian) by a pilot, the losses class by the finished cells' median: no pilot for it.
+    pilots = []
+    fake = lambda b, m, s: pilots.append(m) or {"method": m, "s_per_step": 0.0, "fixed_s": 5.0, "cpu_per_wall": 1.0}
+    p = lb.plan(wd, [reg["toy"]], ["equal", "mean", "pcgrad"], seeds=2, measure=fake)["benchmarks"]["toy"]
+    assert pilots == ["pcgrad"] and [r["done"] for r in p["cells"]] == [True, True, True, False]
+    assert p["todo_s"] == 5.0 and p["done_s"] == pytest.approx(sum(c["cpu_s"] for c in toy["cells"]))
+
     # A changed protocol is refused before any work, naming what changed.
     with pytest.raises(GridMismatchError, match=re.escape("num_steps: 4 -> 9")):
         lb.run(wd, ["toy"], ["equal", "mean"], seeds=2, registry=_registry(data_cache, num_steps=9))

@@ -122,6 +122,10 @@ def test_board_resumes_refuses_other_protocols_and_typos(tmp_path, data_cache, m
     partial = lb.run(wd, ["toy"], ["equal", "mean", "pcgrad"], seeds=2, registry=reg, report_only=True)
     assert partial["benchmarks"]["toy"]["missing"] == ["hps__pcgrad"]
     assert "Missing cells (1)" in "\n".join(lb.markdown(partial))
+    # A registered benchmark left off the board is named as such.
+    other = lb.run(wd, ["toy"], ["equal"], seeds=2, registry={**reg, "more": reg["toy"]}, report_only=True)
+    assert other["not_on_board"] == {"more": "the gradnorm toy, a few steps"}
+    assert "Registered benchmarks not on this board" in "\n".join(lb.markdown(other))
     json.dumps(partial)  # the record is JSON as written
 
 

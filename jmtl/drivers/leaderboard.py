@@ -512,7 +512,9 @@ def run(
                     if deadline is not None and time.time() > deadline and not finished(bench_dir, name):
                         break
                     train_cell(bench_dir, name, c)
-    return board(workdir, benchmarks, methods, seeds)
+    record = board(workdir, benchmarks, methods, seeds)
+    record["not_on_board"] = {n: registry[n].description for n in registry if n not in record["benchmarks"]}
+    return record
 
 
 def check_options(seeds: int) -> None:
@@ -568,6 +570,12 @@ def markdown(record: Mapping) -> list[str]:
         f"({record['wall_hours']:.2f} wall hours, this process's user+system time while each cell trained).",
         "",
     ]
+    if record.get("not_on_board"):
+        lines += [
+            "**Registered benchmarks not on this board** (not run yet; every cell of each is missing): "
+            + "; ".join(f"`{n}` ({d})" for n, d in record["not_on_board"].items()),
+            "",
+        ]
     for name, r in record["benchmarks"].items():
         p = r["protocol"]
         lines += [

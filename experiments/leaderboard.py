@@ -92,7 +92,13 @@ def main(argv):
             (workdir / "plan.json").write_text(json.dumps(p, indent=2))
             return
         record = leaderboard.run(
-            workdir, names, methods, _SEEDS.value, report_only=_REPORT_ONLY.value, deadline=deadline
+            workdir,
+            names,
+            methods,
+            _SEEDS.value,
+            report_only=_REPORT_ONLY.value,
+            deadline=deadline,
+            on_cell_start=results_io.record_code_start,
         )
         json_path, png = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
         script_checks.check_cells(

@@ -78,7 +78,8 @@ def _registry(cache, num_steps=4):
 def test_board_resumes_refuses_other_protocols_and_typos(tmp_path, data_cache, monkeypatch):
     wd = tmp_path / "board"
     reg = _registry(data_cache)
-    record = lb.run(wd, ["toy"], ["equal", "mean"], seeds=2, registry=reg)
+    started = lambda d: (d / "code.jsonl").write_text(json.dumps({"git_commit": "c0ffee", "git_dirty": False}) + "\n")
+    record = lb.run(wd, ["toy"], ["equal", "mean"], seeds=2, registry=reg, on_cell_start=started)
     toy = record["benchmarks"]["toy"]
     assert set(toy["entries"]) == {"equal", "mean"} and toy["missing"] == []
     eq, mg = toy["entries"]["equal"], toy["entries"]["mean"]
@@ -90,6 +91,7 @@ def test_board_resumes_refuses_other_protocols_and_typos(tmp_path, data_cache, m
     # weighting) has the equal cell's config, so the same fingerprint; mean's differs.
     fp = {c["cell"]: c["fingerprint"] for c in toy["cells"]}
     assert fp["baseline__reference"] == fp["hps__equal"] != fp["hps__mean"]
+    assert {c["git_commit"] for c in toy["cells"]} == {"c0ffee"}  # the code each cell started from
     lines = "\n".join(lb.markdown(record))
     assert "Tie rule" in lines and "one learning rate for all schemes" in lines and "`mean`" in lines
 

@@ -194,12 +194,15 @@ def finished(bench_dir: Path, name: str) -> bool:
     return bool(dirs) and all((d / "summary.json").exists() for d in dirs)
 
 
-def train_cell(bench_dir: Path, name: str, config) -> dict | None:
+def train_cell(bench_dir: Path, name: str, config, on_start: Callable[[Path], object] | None = None) -> dict | None:
     """Trains one cell (resuming it if interrupted; nothing if finished); records its wall and CPU
-    seconds (this process's user + system time) in ``cost.json``. Returns the error, if any."""
+    seconds (this process's user + system time) in ``cost.json``. ``on_start(cell_dir)`` runs first
+    (the script records the code the cell starts from: ``code.jsonl``). Returns the error, if any."""
     if finished(bench_dir, name):
         return None
     write_protocol(bench_dir, name, config)
+    if on_start is not None:
+        on_start(bench_dir / "cells" / name)
     wall0, cpu0 = time.perf_counter(), _cpu_s()
     errors = ablation.run_grid([(name, config)], bench_dir)
     cost_path = bench_dir / "cells" / name / COST_FILE
@@ -490,10 +493,12 @@ def run(
     registry: Mapping[str, Benchmark] | None = None,
     report_only: bool = False,
     deadline: float | None = None,
+    on_cell_start: Callable[[Path], object] | None = None,
 ) -> dict:
     """Trains every unfinished cell (benchmarks in the given order, cells in ``methods`` order,
     baselines first), then returns the board's record. Everything checkable is checked before the
-    first cell trains. ``deadline`` (a ``time.time()``): start no cell after it."""
+    first cell trains. ``deadline`` (a ``time.time()``): start no cell after it. ``on_cell_start``:
+    see :func:`train_cell`."""
     registry = BENCHMARKS if registry is None else registry
     workdir = Path(workdir)
     check_options(seeds)
@@ -511,7 +516,7 @@ def run(
                 for name, c in cells:
                     if deadline is not None and time.time() > deadline and not finished(bench_dir, name):
                         break
-                    train_cell(bench_dir, name, c)
+                    train_cell(bench_dir, name, c, on_cell_start)
     record = board(workdir, benchmarks, methods, seeds)
     record["not_on_board"] = {n: registry[n].description for n in registry if n not in record["benchmarks"]}
     return record
@@ -630,8 +635,9 @@ def markdown(record: Mapping) -> list[str]:
         ]
         for c in r["cells"]:
             commit = (c.get("git_commit") or "unknown")[:10] + (" (dirty)" if c.get("git_dirty") else "")
+            cpu = f"{c['cpu_s']:.0f}" if "cpu_s" in c else "—"
             lines.append(
-                f"| `{c['cell']}` | `{c.get('fingerprint', '—')}` | {commit} | {c.get('cpu_s', float('nan')):.0f} | {c.get('steps', '—')} |"
+                f"| `{c['cell']}` | `{c.get('fingerprint', '—')}` | {commit} | {cpu} | {c.get('steps', '—')} |"
                 + (f" error: {c['error'][:120]}" if c.get("error") else "")
             )
         lines += ["", "</details>", ""]

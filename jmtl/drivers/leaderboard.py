@@ -572,7 +572,8 @@ def markdown(record: Mapping) -> list[str]:
         "protocol fingerprint is listed under *Cells*; cells of different protocols are refused, never mixed.",
         "",
         f"Total CPU time of the cells on the board: {record['cpu_hours']:.2f} CPU hours "
-        f"({record['wall_hours']:.2f} wall hours, this process's user+system time while each cell trained).",
+        f"({record['wall_hours']:.2f} wall hours): the training process's user+system time while each cell trained "
+        "(a run killed mid-cell does not add the part it ran; wall ≫ CPU on a shared, loaded machine).",
         "",
     ]
     if record.get("not_on_board"):
@@ -651,7 +652,10 @@ def plot(record: Mapping, path: Path) -> None:
     if not names:
         return
     fig, axes = plt.subplots(
-        1, len(names), figsize=(5 * len(names), 0.28 * max(len(record["methods"]), 8) + 1.5), squeeze=False
+        1,
+        len(names),
+        figsize=(5 * len(names), 0.3 * max(max(len(record["benchmarks"][n]["entries"]) for n in names), 4) + 1.5),
+        squeeze=False,
     )
     for ax, name in zip(axes[0], names):
         entries = sorted(record["benchmarks"][name]["entries"].items(), key=lambda kv: kv[1]["delta_m"])

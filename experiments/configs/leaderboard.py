@@ -1,0 +1,95 @@
+"""The leaderboard's benchmarks (``experiments/leaderboard.py``): one protocol each.
+
+Each entry is a config factory with a fixed short budget that this 2-core CPU can run for every
+scheme × 5 seeds, evaluation often enough for model selection on validation, and the config's one
+learning rate for every scheme. Adding a benchmark (e.g. QM9 with geometry once its loader lands)
+is one :func:`jmtl.drivers.leaderboard.register` call here.
+"""
+
+from __future__ import annotations
+
+from experiments.configs import census_common, multifashion, multimnist, qm9_gnn, school_tasks
+from jmtl.drivers import leaderboard
+from jmtl.drivers.leaderboard import Benchmark
+
+SCHOOL_SPLITS = (0, 1, 2)
+
+
+def census1():
+    c = census_common.apply_arch(census_common.census_config("income_marital"), "hps")
+    # 200 steps of batch 1024 (~1 epoch of the 199,523 training rows), evaluated every 50 steps.
+    c.num_steps, c.eval_every_steps, c.log_every_steps = 200, 50, 50
+    c.progress_bar = False
+    return c
+
+
+def school(split: int):
+    def make():
+        c = school_tasks.get_config("hps_linear")
+        c.dataset.kwargs.split_index = split
+        # 100 full-batch Adam steps (lr 1e-2), evaluated every 25 steps.
+        c.num_steps, c.eval_every_steps, c.log_every_steps = 100, 25, 25
+        return c
+
+    return make
+
+
+def school_independent(split: int):
+    """School's single-task references: 139 affine heads on the features, no shared parameter, so
+    each task trains on its own loss alone (Adam is per-parameter); its own lr 1e-1 (school_tasks)."""
+
+    def make():
+        c = school_tasks.get_config("independent")
+        c.dataset.kwargs.split_index = split
+        c.num_steps, c.eval_every_steps, c.log_every_steps = 100, 25, 25
+        return c
+
+    return make
+
+
+def vision(module):
+    def make():
+        c = module.get_config()
+        # A fixed short budget: 500 steps of batch 256 (~2 epochs), evaluated every 125 steps.
+        c.num_steps, c.eval_every_steps, c.log_every_steps = 500, 125, 125
+        c.progress_bar = False
+        return c
+
+    return make
+
+
+def qm9_subset():
+    c = qm9_gnn.get_config()
+    c.dataset.kwargs.train_size, c.dataset.kwargs.eval_size = 10_000, 2_000
+    c.num_steps, c.eval_every_steps, c.log_every_steps = 250, 125, 125  # 3 epochs of batch 120
+    c.progress_bar = False
+    return c
+
+
+def register_all() -> None:
+    reg = lambda b: leaderboard.register(b, overwrite=True)
+    reg(
+        Benchmark(
+            "census1", census1, "Census-Income (KDD) group 1 (income, marital), HPS 128 units, 200 steps of batch 1024."
+        )
+    )
+    for s in SCHOOL_SPLITS:
+        reg(
+            Benchmark(
+                f"school_s{s}",
+                school(s),
+                f"School (139 regression tasks, split {s + 1} of 10), shared linear 28→16 + affine heads, 100 full-batch steps.",
+                baseline="config",
+                baseline_config=school_independent(s),
+                baseline_name="independent",
+            )
+        )
+    reg(Benchmark("multimnist", vision(multimnist), "MultiMNIST, Multi-LeNet, 500 steps of batch 256."))
+    reg(Benchmark("multifashion", vision(multifashion), "MultiFashion, Multi-LeNet, 500 steps of batch 256."))
+    reg(
+        Benchmark(
+            "qm9_subset",
+            qm9_subset,
+            "QM9 CPU subset (10k train / 2k val / 2k test molecules), MPNN without geometry, 250 steps of batch 120.",
+        )
+    )

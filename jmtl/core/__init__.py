@@ -14,6 +14,7 @@ top of it.
 * :mod:`.bayesagg` — the last-layer path (BayesAgg-MTL: representation and labels to the scheme).
 """
 
+from jmtl.core import bayesagg  # noqa: F401  (registers the last-layer path with paths.choose)
 from jmtl.core.paths import Objective, PathContext, choose
 from jmtl.core.sharing import Selector, Sharing, as_sharing
 from jmtl.core.value_and_grad import (

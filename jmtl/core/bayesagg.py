@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from jmtl.core import paths
 from jmtl.core.jacobian import pmean, to_varying
+from jmtl.weighting.base import LAST_LAYER
 
 PyTree = Any
 
@@ -98,3 +99,6 @@ def choose(ctx: paths.PathContext, jacobian_mode: str, *, nothing_shared: bool, 
         )
     del jacobian_mode  # the scheme is defined on the representation; no per-task Jacobian is formed
     return LastLayer(ctx)
+
+
+paths.PATH_OF_REQUIREMENT[LAST_LAYER] = choose

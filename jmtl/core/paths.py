@@ -382,6 +382,12 @@ class Bilevel(LossLevel):
 JACOBIAN_MODES = ("params", "representation")
 
 
+# Requirements whose path lives in a module that builds on this one's classes (so this module cannot
+# import it without a cycle): that module registers its ``choose`` here when it loads (``jmtl.core``
+# loads it). ``requires -> choose(ctx, jacobian_mode, *, nothing_shared, per_example)``.
+PATH_OF_REQUIREMENT: dict[str, Callable] = {}
+
+
 def choose(
     ctx: PathContext,
     weighting: weighting_lib.WeightingTransform,
@@ -411,10 +417,12 @@ def choose(
         if weighting.lookahead is None:
             raise ValueError("a bilevel weighting scheme must declare its lookahead (WeightingTransform.lookahead)")
         return Bilevel(ctx, weighting.lookahead)
+    if ctx.needs in PATH_OF_REQUIREMENT:  # paths defined in modules built on this one (last_layer)
+        return PATH_OF_REQUIREMENT[ctx.needs](
+            ctx, jacobian_mode, nothing_shared=nothing_shared, per_example=per_example
+        )
     if ctx.needs == weighting_lib.LAST_LAYER:
-        from jmtl.core import bayesagg  # noqa: PLC0415 (it builds on this module's classes)
-
-        return bayesagg.choose(ctx, jacobian_mode, nothing_shared=nothing_shared, per_example=per_example)
+        raise ValueError(f"{ctx.scheme_label}: its path (jmtl.core.bayesagg) is not loaded; import jmtl.core first")
     if not needs_jacobian:
         return LossLevel(ctx)
     if weighting.rep_level_only and jacobian_mode != "representation":

@@ -23,28 +23,26 @@ def census1():
     return c
 
 
-def school(split: int):
+def _school(variant: str, split: int):
     def make():
-        c = school_tasks.get_config("hps_linear")
+        c = school_tasks.get_config(variant)
         c.dataset.kwargs.split_index = split
-        # 100 full-batch Adam steps (lr 1e-2), evaluated every 25 steps.
+        # 100 full-batch Adam steps (the variant's lr), evaluated every 25 steps.
         c.num_steps, c.eval_every_steps, c.log_every_steps = 100, 25, 25
         return c
 
     return make
+
+
+def school(split: int):
+    """School split ``split`` (hps_linear: a shared linear layer and affine heads, lr 1e-2)."""
+    return _school("hps_linear", split)
 
 
 def school_independent(split: int):
     """School's single-task references: 139 affine heads on the features, no shared parameter, so
     each task trains on its own loss alone (Adam is per-parameter); its own lr 1e-1 (school_tasks)."""
-
-    def make():
-        c = school_tasks.get_config("independent")
-        c.dataset.kwargs.split_index = split
-        c.num_steps, c.eval_every_steps, c.log_every_steps = 100, 25, 25
-        return c
-
-    return make
+    return _school("independent", split)
 
 
 def vision(module):

@@ -23,6 +23,7 @@ from jmtl.weighting.base import (
     WeightingOutput,
     WeightingTransform,
     direction_output,
+    safe_div,
 )
 from jmtl.weighting.registry import register
 
@@ -136,8 +137,7 @@ def aggregate_gradients(expected: Array, variance: Array, mask: Array, *, sqrt_p
     precision = mask[..., None] / (jnp.maximum(variance, VARIANCE_FLOOR) * inv_n**2) ** sqrt_power
     total = jnp.sum(precision, axis=1)
     num = jnp.sum(precision * expected * inv_n, axis=1)
-    ok = total > 0
-    return jnp.where(ok, num / jnp.where(ok, total, 1.0), 0.0)
+    return safe_div(num, total)
 
 
 @register("bayesagg_mtl")

@@ -61,6 +61,23 @@ def _ratio_step(x, s, passive):
     return x + step * (s - x), b, blocking
 
 
+def _check_and_choose(h, c, x, s, passive, rtol, eps, h_scale, c_scale):
+    """One Lawson-Hanson step's checks on the subspace solution ``s`` (both solvers share them).
+
+    Returns ``(s, broken, feasible, j, add)``: ``s`` with a non-finite solve replaced by the current
+    ``x`` (``broken``), whether ``s`` is positive on the passive set, the most violated KKT
+    constraint ``j`` outside it and whether its violation exceeds the tolerance.
+    """
+    broken = jnp.logical_not(jnp.all(jnp.isfinite(s)))
+    s = jnp.where(broken, x, s)
+    feasible = jnp.all(jnp.where(passive, s > 0, True))
+    neg_grad = -(jnp.matmul(h, s, precision=_HIGHEST) + c)
+    tol = _tolerance(rtol, eps, h_scale, c_scale, s)
+    cand = jnp.where(passive, -jnp.inf, neg_grad)
+    j = jnp.argmax(cand)
+    return s, broken, feasible, j, cand[j] > tol
+
+
 def _inverse_phase(h, c, rtol, max_iter):
     """Lawson-Hanson on an explicitly maintained ``H_PP⁻¹`` (O(K²) a step; see :func:`nonneg_qp_solve`).
 
@@ -90,16 +107,8 @@ def _inverse_phase(h, c, rtol, max_iter):
     def body(carry):
         it, x, passive, just_added, _, _, minv, s_next = carry
         s = solve(minv, passive, s_next)
-        broken = jnp.logical_not(jnp.all(jnp.isfinite(s)))
-        s = jnp.where(broken, x, s)
-        feasible = jnp.all(jnp.where(passive, s > 0, True))
-
-        # --- s feasible: accept it, add the most violated constraint (or stop).
-        neg_grad = -(jnp.matmul(h, s, precision=_HIGHEST) + c)
-        tol = _tolerance(rtol, eps, h_scale, c_scale, s)
-        cand = jnp.where(passive, -jnp.inf, neg_grad)
-        j = jnp.argmax(cand)
-        add = cand[j] > tol
+        s, broken, feasible, j, add = _check_and_choose(h, c, x, s, passive, rtol, eps, h_scale, c_scale)
+        # --- s feasible: accept it, add the most violated constraint j (or stop).
         # H_{P+j}⁻¹ by bordering: w = H_PP⁻¹ h_Pj, σ = h_jj - h_Pjᵀ w, and with e = w - e_j the new
         # inverse is H_PP⁻¹ + e eᵀ / σ (zero outside P + j).
         hj = jnp.where(passive, h[:, j], 0.0)
@@ -184,16 +193,8 @@ def _exact_phase(h, c, rtol, max_iter, it0, x0, passive0, done0):
         s = solve_on(passive)
         # A failed factorisation (H_PP numerically singular: only possible without regularisation)
         # ends the loop at the current feasible x.
-        broken = jnp.logical_not(jnp.all(jnp.isfinite(s)))
-        s = jnp.where(broken, x, s)
-        feasible = jnp.all(jnp.where(passive, s > 0, True))
-
-        # --- s feasible: accept it, then add the most violated constraint (or stop).
-        neg_grad = -(jnp.matmul(h, s, precision=_HIGHEST) + c)
-        tol = _tolerance(rtol, eps, h_scale, c_scale, s)
-        cand = jnp.where(passive, -jnp.inf, neg_grad)
-        j = jnp.argmax(cand)
-        add = cand[j] > tol
+        s, broken, feasible, j, add = _check_and_choose(h, c, x, s, passive, rtol, eps, h_scale, c_scale)
+        # --- s feasible: accept it, then add the most violated constraint j (or stop).
         passive_f = passive | ((idx == j) & add)
         added_f = jnp.where(add, j, -1).astype(jnp.int32)
         done_f = jnp.logical_not(add)

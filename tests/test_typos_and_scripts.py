@@ -585,3 +585,19 @@ def test_school_render_counts_each_split_once(tmp_path, monkeypatch):
     sr.write_main(runs, common)
     row = json.loads((tmp_path / "relations.json").read_text())["table"][sr.HARD]
     assert row["n"] == 2 and row["mean"] == pytest.approx(45.0)
+
+
+def test_upgrad_solver_bench_checks_its_options_and_keeps_the_committed_table(capsys):
+    """A typo in --ks, or a run over fewer K values than the committed table, is one line (exit 2)
+    before any work, and the results file is not touched."""
+    from experiments.bench import upgrad_solver
+
+    table = Path(upgrad_solver.common.RESULTS) / "upgrad_solver.json"
+    before = table.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        upgrad_solver.main(["--ks", "2,x"])
+    assert e.value.code == 2 and "--ks: 'x' is not an integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        upgrad_solver.main(["--ks", "2,3"])
+    assert e.value.code == 2 and "nothing was written" in capsys.readouterr().err
+    assert table.read_bytes() == before

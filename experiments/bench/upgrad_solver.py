@@ -25,6 +25,7 @@ import argparse
 
 import numpy as np
 
+from experiments import script_checks
 from experiments.bench import common
 
 KS = (2, 3, 5, 10, 32, 64, 128, 256)
@@ -129,14 +130,33 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--before-max-k", type=int, default=BEFORE_MAX_K)
     parser.add_argument("--out", default=None, help="path without suffix (default results/bench/upgrad_solver)")
+    parser.add_argument(
+        script_checks.ALLOW_FEWER_FLAG,
+        action="store_true",
+        help="let --out replace a file with K values this run lacks",
+    )
     args = parser.parse_args(argv)
+    try:  # every option checked before any work: one line naming the fix, exit 2
+        ks = script_checks.int_list("--ks", args.ks, low=2, example="2,3,128")
+    except ValueError as e:
+        parser.error(str(e))
+    out = args.out or str(common.RESULTS / "upgrad_solver")
+    # A run over fewer K values never replaces the committed table (refused here, before any work).
+    cells_of = lambda record: record["results"].keys()  # noqa: E731
+    try:
+        script_checks.check_cells(out + ".json", {str(k) for k in ks}, cells_of, args.allow_fewer_cells)
+    except (script_checks.FewerCellsError, ValueError) as e:
+        parser.error(str(e))
     prov_start = common.started_now()
-    ks = [int(k) for k in args.ks.split(",")]
     meta = {"repeats": args.repeats, "ks": ks, "before_max_k": args.before_max_k}
     results = run(ks, args.repeats, args.before_max_k)
-    out = args.out or str(common.RESULTS / "upgrad_solver")
-    common.write_outputs(
-        out, {"meta": meta, "results": results}, markdown(results, meta), common.provenance(started=prov_start)
+    script_checks.write_results(
+        out,
+        {"meta": meta, "results": results},
+        markdown(results, meta),
+        cells_of,
+        args.allow_fewer_cells,
+        common.provenance(started=prov_start),
     )
     return results
 

@@ -1,5 +1,6 @@
 """Data parallelism: 8 forced CPU devices (shard_map and pmap) reproduce the 1-device run."""
 
+import numpy as np
 import pytest
 
 
@@ -55,3 +56,59 @@ def test_a_driver_compiles_its_step_once(kind):
     # The global batch sums are 0, 4n and 8n (n devices); every device adds them all.
     assert out["n"] == 3 and np.allclose(out["w"], 12.0 * driver.num_devices)
     assert len(traces) == 1, f"{kind}: the step was traced {len(traces)} times in 3 calls"
+
+
+def test_every_representation_level_scheme_traces_under_shard_map():
+    """Every scheme that runs on the representation Jacobian traces under the shard_map driver's
+    replication check (``check_vma=True``): its weights, state and metrics leave the step replicated.
+    NTKMTL-SR reads the gathered [K, global batch × dim] rows; ``all_gather`` typed them device-varying,
+    so the step failed to trace (the leaderboard's census1 cell). Traced only (``eval_shape``: no
+    compile), on one device: the check is the same on one device as on eight."""
+    import jax
+    import optax
+
+    from jmtl import weighting
+    from jmtl.models import mtl
+    from jmtl.tasks import Task
+    from jmtl.training import parallel
+    from jmtl.training import step as step_lib
+
+    tasks = (Task("a", "regression", 2), Task("b", "classification", 3))
+    model = mtl.build(
+        tasks, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=4, dropout_rate=0.0)
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "x": rng.normal(size=(4, 5)).astype(np.float32),
+        "a": rng.normal(size=(4, 2)).astype(np.float32),
+        "b": rng.integers(0, 3, 4).astype(np.int32),
+    }
+    driver = parallel.Driver("shard_map")
+    opt = optax.sgd(0.1)
+    names = [
+        n
+        for n in weighting.names()
+        if weighting.get(n).requires == weighting.JACOBIAN and weighting.get(n).rep_level_ok
+    ]
+    assert "ntkmtl_sr" in names
+    for name in names:
+        scheme = weighting.get(name)
+        cfg = step_lib.StepConfig(jacobian_mode="representation", input_key="x")
+        fn = driver.compile_step(lambda axis: step_lib.make_train_step(model, tasks, scheme, opt, cfg, axis_name=axis))
+        state = driver.replicate(step_lib.init_state(model, scheme, opt, batch["x"][:1], len(tasks), seed=0))
+        jax.eval_shape(fn, state, driver.shard_batch(batch))  # raises if an output is not replicated
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gather_invariant_concatenates_every_devices_block(axis):
+    """``gather_invariant`` = the blocks of devices 0..n-1 concatenated along ``axis`` (device-major),
+    the same on every device; checked with vmap's named axis (3 "devices") against numpy."""
+    import jax
+
+    from jmtl.core.jacobian import gather_invariant
+
+    blocks = np.arange(3 * 2 * 4, dtype=np.float32).reshape(3, 2, 4)  # device i holds blocks[i]
+    out = jax.vmap(lambda a: gather_invariant(a, "i", axis=axis), axis_name="i")(blocks)
+    want = np.concatenate(list(blocks), axis=axis)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(out[i]), want)

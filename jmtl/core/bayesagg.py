@@ -24,20 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from jmtl.core import paths
-from jmtl.core.jacobian import pmean, to_varying
+from jmtl.core.jacobian import gather_invariant, pmean, to_varying
 from jmtl.weighting.base import LAST_LAYER
 
 PyTree = Any
-
-
-def _gather(a: jax.Array, axis_name: str) -> jax.Array:
-    """Every device's ``a`` stacked along the batch axis, the same (device-invariant) on all devices:
-    each device writes its block into zeros and a ``psum`` adds them (``all_gather``'s result is
-    typed device-varying under ``shard_map(check_vma=True)``, so the scheme's state could not be
-    replicated)."""
-    n, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
-    blocks = jnp.zeros((n,) + a.shape, a.dtype).at[i].set(a)
-    return jax.lax.psum(blocks, axis_name).reshape((n * a.shape[0],) + a.shape[1:])
 
 
 class LastLayer(paths._Representation, paths.ParamJacobian):
@@ -63,7 +53,7 @@ class LastLayer(paths._Representation, paths.ParamJacobian):
         if axis_name is not None:
             # The posterior is over the global batch: every device sees all devices' features and labels
             # (the losses are global means), and keeps its own rows of the cotangent (assemble).
-            rep, y, mask = (_gather(jax.lax.stop_gradient(a), axis_name) for a in (rep, y, mask))
+            rep, y, mask = (gather_invariant(jax.lax.stop_gradient(a), axis_name) for a in (rep, y, mask))
         scheme_inputs = dict(representation=rep, targets=y, target_mask=mask)
         return paths.TaskGradients(scheme_inputs, head_grads=pmean(head_grads, axis_name))
 

@@ -34,6 +34,20 @@ def pmean(tree: PyTree, axis_name: Optional[str]) -> PyTree:
     return jax.lax.pmean(tree, axis_name)
 
 
+def gather_invariant(a: Array, axis_name: str, axis: int = 0) -> Array:
+    """Every device's ``a`` concatenated along ``axis``, the same (device-invariant) value on all devices.
+
+    Each device writes its block into zeros and a ``psum`` adds them. ``jax.lax.all_gather`` would be
+    shorter, but its result is typed device-*varying* under ``shard_map(check_vma=True)``, so anything
+    computed from it (a scheme's weights, its state, the step's metrics) could not leave the step
+    replicated (``out_specs=P()``): the step fails to trace.
+    """
+    n, i = jax.lax.axis_size(axis_name), jax.lax.axis_index(axis_name)
+    blocks = jnp.zeros((n,) + a.shape, a.dtype).at[i].set(a)
+    blocks = jnp.moveaxis(jax.lax.psum(blocks, axis_name), 0, axis)  # device blocks next to `axis`
+    return blocks.reshape(a.shape[:axis] + (n * a.shape[axis],) + a.shape[axis + 1 :])
+
+
 def shared_layout(shared: PyTree) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """``(path, shape)`` of each shared leaf, in the order they are laid out along the Jacobian's d axis."""
     leaves = jax.tree_util.tree_flatten_with_path(shared)[0]

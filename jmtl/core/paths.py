@@ -46,6 +46,7 @@ from jmtl import weighting as weighting_lib
 from jmtl.core import bilevel_terms as bilevel_lib
 from jmtl.core.jacobian import (
     flatten_rows,
+    gather_invariant,
     map_rows,
     per_task_gradients,
     pmean,
@@ -317,9 +318,7 @@ class RepJacobian(_Representation, ParamJacobian):
         rep_shape = (fwd.rep.shape[0] * int(n_dev),) + tuple(fwd.rep.shape[1:])
         kwargs = dict(gramian=gram, layout=(("representation", rep_shape),))
         if ctx.needs == weighting_lib.JACOBIAN:
-            kwargs["jacobian"] = (
-                rep_jac if axis_name is None else jax.lax.all_gather(rep_jac, axis_name, axis=1, tiled=True)
-            )
+            kwargs["jacobian"] = rep_jac if axis_name is None else gather_invariant(rep_jac, axis_name, axis=1)
         return TaskGradients(kwargs, rep_jac, head_grads)
 
     def assemble(self, fwd: Forward, tg: TaskGradients, out, weights, inputs: StepInputs) -> PyTree:

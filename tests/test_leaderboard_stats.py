@@ -181,6 +181,11 @@ def test_a_failed_cell_is_retried_from_scratch_and_an_interrupted_one_resumes(tm
     (cell / "cost.json").write_text(json.dumps({"wall_s": 9.0, "cpu_s": 9.0, "sessions": 1}))
     (cell / "error.txt").write_text("ValueError: solver failed under shard_map\n\ntraceback")
 
+    # Its protocol record differs from this run's (say the fix changed a setting): a failed cell holds no
+    # result, so it is not refused; it is retried under this run's protocol.
+    other_protocol = toy_config(tmp_path, num_steps=9, eval_every_steps=2, parallel="single")
+    lb.write_protocol(bench, "hps__x", other_protocol)
+    lb.check_protocols(bench, [("hps__x", config)])
     fail = [True]
     assert lb.train_cell(bench, "hps__x", config) == "ValueError: still broken"  # the retry fails too
     fail[0] = False
@@ -193,6 +198,9 @@ def test_a_failed_cell_is_retried_from_scratch_and_an_interrupted_one_resumes(tm
     assert (attempts / "attempt_1" / "checkpoints" / "ckpt_50").exists()
     assert (attempts / "attempt_2" / "error.txt").read_text().startswith("ValueError: still broken")
     assert lb.finished(bench, "hps__x") and not (cell / "error.txt").exists()
+    assert json.loads((cell / lb.PROTOCOL_FILE).read_text())["key"]["num_steps"] == 4
+    with pytest.raises(lb.GridMismatchError, match="num_steps: 4 -> 9"):  # a finished cell is protected again
+        lb.check_protocols(bench, [("hps__x", other_protocol)])
     rec = lb.cell_record(bench, "hps__x")
     assert rec["sessions"] == 1 and "error" not in rec  # the fresh attempt's cost only
     assert rec["failed_attempts"] == ["ValueError: solver failed under shard_map", "ValueError: still broken"]

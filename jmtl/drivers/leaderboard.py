@@ -177,10 +177,14 @@ def fingerprint(key: Mapping) -> str:
 
 def check_protocols(bench_dir: Path, cells: Sequence[tuple[str, object]]) -> None:
     """Refuses (``GridMismatchError``) when a cell already started in ``bench_dir`` under another
-    protocol, naming the cell and what changed; a started cell without a protocol record is refused too."""
+    protocol, naming the cell and what changed; a started cell without a protocol record is refused too.
+    A cell whose last attempt failed is not checked: it holds no result, and :func:`train_cell`
+    retries it from scratch under this run's protocol."""
     for name, config in cells:
         cell_dir = bench_dir / "cells" / name
         path = cell_dir / PROTOCOL_FILE
+        if failed(bench_dir, name):
+            continue  # no result to protect: its attempt is set aside and the cell retried under this protocol
         if not path.exists():
             if cell_dir.exists() and any(cell_dir.iterdir()):
                 raise GridMismatchError(

@@ -846,8 +846,9 @@ def leaderboard_headline() -> list[str]:
             )
         tied = sum(1 for e in entries.values() if e["rank"] == 1)
         missing = f"; {len(r['missing'])} cells missing" if r["missing"] else ""
-        extra = f" ({len(entries)} schemes on the board, {tied} share rank 1{missing})" if entries else ""
-        notes.append(f"- {r['summary']['headline']}{extra}")
+        share = "shares" if tied == 1 else "share"
+        extra = f" ({len(entries)} schemes on the board, {tied} {share} rank 1{missing})" if entries else ""
+        notes.append(f"- {r['summary']['headline'].removesuffix('.')}{extra}.")
     return lines + ["", *notes, "", f"**{board['overall']}**"]
 
 

@@ -948,9 +948,12 @@ def markdown(record: Mapping) -> list[str]:
     return lines
 
 
+VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "tie": "tab:blue"}
+
+
 def plot(record: Mapping, path: Path) -> None:
-    """One panel per benchmark: each scheme's Δm% with its main (Student-t) 95 % interval, equal
-    weighting's interval shaded."""
+    """One panel per benchmark: each scheme's Δm% with its main (Student-t) 95 % interval, coloured
+    by its paired verdict against equal weighting (whose interval is shaded)."""
     plt = ablation.plt
     names = [n for n, r in record["benchmarks"].items() if r["entries"]]
     if not names:
@@ -965,7 +968,7 @@ def plot(record: Mapping, path: Path) -> None:
         entries = sorted(record["benchmarks"][name]["entries"].items(), key=lambda kv: kv[1]["delta_m"])
         y = np.arange(len(entries))
         for i, (m, e) in enumerate(entries):
-            color = "black" if m == EQUAL else "tab:blue"
+            color = "black" if m == EQUAL else VERDICT_COLORS[e.get("vs_equal_verdict", "tie")]
             ax.errorbar(
                 e["delta_m"],
                 i,
@@ -979,7 +982,11 @@ def plot(record: Mapping, path: Path) -> None:
             eq = dict(entries)[EQUAL]
             ax.axvspan(eq["ci"][0], eq["ci"][1], color="grey", alpha=0.2, lw=0)
         ax.set_yticks(y, [m for m, _ in entries], fontsize=7)
-        ax.set(title=name, xlabel="Δm% (lower is better), 95 % Student-t CI over seeds")
+        ax.set(
+            title=name,
+            xlabel="Δm% (lower is better), 95 % Student-t CI over seeds\n"
+            "paired vs equal (black): green better, red worse, blue no different",
+        )
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

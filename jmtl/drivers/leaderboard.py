@@ -985,7 +985,7 @@ def plot(record: Mapping, path: Path) -> None:
         ax.set(
             title=name,
             xlabel="Δm% (lower is better), 95 % Student-t CI over seeds\n"
-            "paired vs equal (black): green better, red worse, blue no different",
+            "paired vs equal (black): green better, red worse, blue tie",
         )
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()

@@ -943,6 +943,11 @@ def markdown(record: Mapping) -> list[str]:
             lines.append(
                 f"| `{c['cell']}` | `{c.get('fingerprint', '—')}` | {commit} | {cpu} | {c.get('steps', '—')} |"
                 + (f" error: {c['error'][:120]}" if c.get("error") else "")
+                + (
+                    f" earlier failed attempt(s), retried from scratch: {len(c['failed_attempts'])}"
+                    if c.get("failed_attempts")
+                    else ""
+                )
             )
         lines += ["", "</details>", ""]
     return lines

@@ -24,7 +24,7 @@ Statistics (all over seeds; S seeds per cell, paired by seed value):
   (:func:`bootstrap_ci`: ``B`` resamples of the S values with replacement, the 2.5 and 97.5
   percentiles of the resampled means), which with S = 5 seeds is about ``mean ± 1.75·s/√5`` against
   the t interval's ``± 2.78·s/√5`` and covers the true mean about 85 % of the time, not 95 %
-  (tests/test_leaderboard.py simulates both). Ranks, ties and verdicts use the main interval only.
+  (tests/test_leaderboard_stats.py simulates both). Ranks, ties and verdicts use the main interval only.
 * Paired difference from equal weighting: ``d_s = Δm(scheme, s) - Δm(equal, s)`` over the seeds
   both cells have, with the same two intervals (:func:`paired_difference`); its verdict
   (:func:`verdict`) is *better* / *worse* when the main interval lies wholly below / above 0.
@@ -68,7 +68,7 @@ INTERVAL_RULE = (
     "the S seeds (s: the seeds' standard deviation; t(0.975, 4) = 2.78 for 5 seeds): it covers the true mean 95 % of "
     "the time when the seed values are normal. The 95 % percentile bootstrap interval is shown beside it: with 5 "
     "seeds it is about mean ± 1.75·s/√5 and covers only about 85 % of the time (a simulation in "
-    "tests/test_leaderboard.py checks both), so it is not used for any verdict."
+    "tests/test_leaderboard_stats.py checks both), so it is not used for any verdict."
 )
 TIE_RULE = (
     "rank = 1 + the number of schemes whose whole 95 % Student-t interval of Δm% lies below (is better than) this "
@@ -343,7 +343,7 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
     The board's main interval. Exact coverage when the per-seed values are normal, and close to it
     for the mildly skewed values of a seed spread; the percentile bootstrap (:func:`bootstrap_ci`)
     is about :math:`\bar x \pm 1.96\, s\sqrt{(n-1)/n}/\sqrt{n}` and so covers well under ``c`` at
-    n = 5 (about 88 % for a nominal 95 %: tests/test_leaderboard.py simulates both).
+    n = 5 (about 85 % for a nominal 95 %: tests/test_leaderboard_stats.py simulates both).
 
     Args:
       values: the per-seed values (at least 2, finite).

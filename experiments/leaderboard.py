@@ -6,10 +6,13 @@ r"""The leaderboard: every weighting scheme × seeds × benchmarks, one protocol
     python -m experiments.leaderboard --report_only --workdir /tmp/leaderboard    # render only
 
 Flags only; the benchmarks are :mod:`experiments.configs.leaderboard`, the cells, protocol checks,
-statistics (bootstrap intervals, paired differences from equal weighting, ranks with ties) and
-rendering are :mod:`jmtl.drivers.leaderboard`. Writes ``--out``.md/.json (default
+statistics (Student-t intervals over seeds with the percentile bootstrap beside them, paired
+differences from equal weighting and their verdicts, ranks with ties, the computed "what the board
+shows" sentences) and rendering are :mod:`jmtl.drivers.leaderboard`. Writes ``--out``.md/.json (default
 ``results/leaderboard``) with provenance, and ``--out``.png. A board with fewer finished entries than
-the file it would replace is refused unless ``--allow_fewer_cells``.
+the file it would replace is refused unless ``--allow_fewer_cells``. A cell whose last attempt ended
+in an error is retried from scratch (the log says ``retried``; the attempt is kept under
+``WORKDIR/<benchmark>/failed_attempts``).
 """
 
 from __future__ import annotations

@@ -803,6 +803,55 @@ def school_relations() -> list[str]:
     return _code_note(lines)
 
 
+LEADERBOARD_TOP = 3  # schemes per benchmark in the README's headline table (plus equal weighting)
+
+
+def _signed_ci(mean: float, ci) -> str:
+    return f"{mean:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+@table("leaderboard_headline", "leaderboard.json")
+def leaderboard_headline() -> list[str]:
+    """The README's headline leaderboard, from ``results/leaderboard.json``: per benchmark on the
+    board, the best :data:`LEADERBOARD_TOP` schemes by rank (ties in rank ordered by mean Δm%) and
+    equal weighting, each with its Δm% and 95 % Student-t interval over seeds, the paired difference
+    from equal weighting with its interval and verdict, and the seeds; then the board's computed
+    summary sentence per benchmark and overall (``jmtl.drivers.leaderboard.summarize``)."""
+    board = _json("leaderboard.json")
+    if board.get("interval") != "student_t" or "overall" not in board:
+        raise TableError(
+            "results/leaderboard.json predates the board's Student-t intervals and summaries. Fix: re-render it "
+            "from its cells: python -m experiments.leaderboard --report_only --workdir CELLS_FOLDER --benchmarks ..."
+        )
+    lines = [
+        "| benchmark | rank | scheme | Δm% [95 % CI] | vs equal [95 % CI] | verdict | seeds |",
+        "|---|---:|---|---|---|---|---:|",
+    ]
+    notes = []
+    for name, r in board["benchmarks"].items():
+        entries = r["entries"]
+        order = sorted(entries, key=lambda m: (entries[m]["rank"], entries[m]["delta_m"]))
+        shown = order[:LEADERBOARD_TOP] + (
+            ["equal"] if "equal" in entries and "equal" not in order[:LEADERBOARD_TOP] else []
+        )
+        for m in shown:
+            e = entries[m]
+            vs = (
+                ("—", "—")
+                if "vs_equal" not in e
+                else (_signed_ci(e["vs_equal"], e["vs_equal_ci"]), e["vs_equal_verdict"])
+            )
+            lines.append(
+                _row([name, e["rank"], f"`{m}`", _signed_ci(e["delta_m"], e["ci"]), vs[0], vs[1], len(e["seeds"])])
+            )
+        tied = sum(1 for e in entries.values() if e["rank"] == 1)
+        missing = f"; {len(r['missing'])} cells missing" if r["missing"] else ""
+        share = "shares" if tied == 1 else "share"
+        extra = f" ({len(entries)} schemes on the board, {tied} {share} rank 1{missing})" if entries else ""
+        notes.append(f"- {r['summary']['headline'].removesuffix('.')}{extra}.")
+    return lines + ["", *notes, "", f"**{board['overall']}**"]
+
+
 # ----------------------------------------------------------------------------- claims in the prose
 #
 # Numbers inside sentences cannot be re-rendered in place, so each sentence's numeric phrase is

@@ -94,6 +94,9 @@ def test_board_resumes_refuses_other_protocols_and_typos(tmp_path, data_cache, m
     assert {c["git_commit"] for c in toy["cells"]} == {"c0ffee"}  # the code each cell started from
     lines = "\n".join(lb.markdown(record))
     assert "Tie rule" in lines and "one learning rate for all schemes" in lines and "`mean`" in lines
+    # The main interval is the t interval of the per-seed values; the summary is on the board.
+    assert mg["ci"] == pytest.approx(list(lb.t_interval([mg["per_seed"][s] for s in ("0", "1")])[1:]))
+    assert record["overall"] in lines and toy["summary"]["headline"] in lines
 
     # A rerun trains nothing: the train loop is never entered and the summaries are untouched.
     stamp = (wd / "toy" / "cells" / "hps__mean" / "summary.json").stat().st_mtime_ns

@@ -19,20 +19,30 @@ naming what changed, so cells of two protocols are never ranked side by side.
 Statistics (all over seeds; S seeds per cell, paired by seed value):
 
 * Δm% per seed against the seed-mean baseline (:func:`jmtl.metrics.mtl.delta_m`).
-* 95 % percentile bootstrap interval of the seed mean (:func:`bootstrap_ci`): ``B`` resamples of
-  the S values with replacement, the 2.5 and 97.5 percentiles of the resampled means.
+* The main interval: 95 % Student-t interval of the seed mean (:func:`t_interval`),
+  ``mean ± t(0.975, S-1)·s/√S``. Beside it, the 95 % percentile bootstrap interval
+  (:func:`bootstrap_ci`: ``B`` resamples of the S values with replacement, the 2.5 and 97.5
+  percentiles of the resampled means), which with S = 5 seeds is about ``mean ± 1.75·s/√5`` against
+  the t interval's ``± 2.78·s/√5`` and covers the true mean about 85 % of the time, not 95 %
+  (tests/test_leaderboard_stats.py simulates both). Ranks, ties and verdicts use the main interval only.
 * Paired difference from equal weighting: ``d_s = Δm(scheme, s) - Δm(equal, s)`` over the seeds
-  both cells have, with the same bootstrap interval (:func:`paired_difference`).
+  both cells have, with the same two intervals (:func:`paired_difference`); its verdict
+  (:func:`verdict`) is *better* / *worse* when the main interval lies wholly below / above 0.
 * Rank with ties (:func:`rank_with_ties`): ``rank = 1 + #{schemes whose whole interval lies below
   this scheme's interval}`` (lower Δm% is better). Two schemes whose intervals overlap never order
   each other, so they tie unless a third scheme separates from one of them and not the other.
+* What the board shows (:func:`summarize`, :func:`overall_summary`): counts of better / worse /
+  no different from equal weighting, the best and worst means, the means' spread against the
+  typical interval width, and the separations chance alone would give; computed, never written by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import resource
 import time
 from pathlib import Path
@@ -52,8 +62,16 @@ CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
 PROTOCOL_FILE = "protocol.json"
 COST_FILE = "cost.json"
+FAILED_DIR = "failed_attempts"
+INTERVAL_RULE = (
+    "The main interval (ranks, ties and verdicts use it) is the Student-t interval mean ± t(0.975, S−1)·s/√S over "
+    "the S seeds (s: the seeds' standard deviation; t(0.975, 4) = 2.78 for 5 seeds): it covers the true mean 95 % of "
+    "the time when the seed values are normal. The 95 % percentile bootstrap interval is shown beside it: with 5 "
+    "seeds it is about mean ± 1.75·s/√5 and covers only about 85 % of the time (a simulation in "
+    "tests/test_leaderboard_stats.py checks both), so it is not used for any verdict."
+)
 TIE_RULE = (
-    "rank = 1 + the number of schemes whose whole 95 % interval of Δm% lies below (is better than) this "
+    "rank = 1 + the number of schemes whose whole 95 % Student-t interval of Δm% lies below (is better than) this "
     "scheme's interval; schemes whose intervals overlap never order each other, so they share a rank unless "
     "a third scheme separates from one of them and not the other."
 )
@@ -159,10 +177,14 @@ def fingerprint(key: Mapping) -> str:
 
 def check_protocols(bench_dir: Path, cells: Sequence[tuple[str, object]]) -> None:
     """Refuses (``GridMismatchError``) when a cell already started in ``bench_dir`` under another
-    protocol, naming the cell and what changed; a started cell without a protocol record is refused too."""
+    protocol, naming the cell and what changed; a started cell without a protocol record is refused too.
+    A cell whose last attempt failed is not checked: it holds no result, and :func:`train_cell`
+    retries it from scratch under this run's protocol."""
     for name, config in cells:
         cell_dir = bench_dir / "cells" / name
         path = cell_dir / PROTOCOL_FILE
+        if failed(bench_dir, name):
+            continue  # no result to protect: its attempt is set aside and the cell retried under this protocol
         if not path.exists():
             if cell_dir.exists() and any(cell_dir.iterdir()):
                 raise GridMismatchError(
@@ -194,12 +216,40 @@ def finished(bench_dir: Path, name: str) -> bool:
     return bool(dirs) and all((d / "summary.json").exists() for d in dirs)
 
 
+def _first_line(path: Path) -> str:
+    return (path.read_text().splitlines() or ["(empty error.txt)"])[0]
+
+
+def failed(bench_dir: Path, name: str) -> bool:
+    """Whether the cell's last attempt ended in an error (``error.txt``) and it is not finished."""
+    return (bench_dir / "cells" / name / "error.txt").exists() and not finished(bench_dir, name)
+
+
+def set_aside_failed(bench_dir: Path, name: str) -> Path:
+    """Moves a failed cell's folder (its error, partial logs, checkpoints, cost and code record) to
+    ``BENCH/failed_attempts/<cell>/attempt_<k>`` so that its retry starts from scratch: resuming
+    the failed attempt's checkpoint would mix steps trained by the code that failed with the fixed
+    code's, and its logs and cost with the retry's. Returns the new folder."""
+    dest_root = bench_dir / FAILED_DIR / name
+    k = 1 + sum(1 for d in dest_root.glob("attempt_*") if d.is_dir()) if dest_root.exists() else 1
+    dest = dest_root / f"attempt_{k}"
+    dest_root.mkdir(parents=True, exist_ok=True)
+    (bench_dir / "cells" / name).rename(dest)
+    return dest
+
+
 def train_cell(bench_dir: Path, name: str, config, on_start: Callable[[Path], object] | None = None) -> dict | None:
     """Trains one cell (resuming it if interrupted; nothing if finished); records its wall and CPU
     seconds (this process's user + system time) in ``cost.json``. ``on_start(cell_dir)`` runs first
-    (the script records the code the cell starts from: ``code.jsonl``). Returns the error, if any."""
+    (the script records the code the cell starts from: ``code.jsonl``). A cell whose last attempt
+    ended in an error is retried from scratch (:func:`set_aside_failed`; printed as ``retried``).
+    Returns the error, if any."""
     if finished(bench_dir, name):
         return None
+    if failed(bench_dir, name):
+        error = _first_line(bench_dir / "cells" / name / "error.txt")
+        dest = set_aside_failed(bench_dir, name)
+        print(f"retried {bench_dir.name}/{name} from scratch: its last attempt failed ({error[:200]}); kept in {dest}")
     write_protocol(bench_dir, name, config)
     if on_start is not None:
         on_start(bench_dir / "cells" / name)
@@ -249,18 +299,81 @@ def bootstrap_ci(
     return float(x.mean()), float(low), float(high)
 
 
+@functools.lru_cache(maxsize=256)  # the board asks for the same few (p, df) hundreds of times
+def t_quantile(p: float, df: int) -> float:
+    r"""The ``p`` quantile of Student's t distribution with ``df`` degrees of freedom, in float64
+    without scipy (a core-library dependency the board does not need).
+
+    With :math:`x = \sqrt{\nu}\tan\theta` the t density becomes a power of the cosine:
+
+    .. math:: F(x) = \tfrac12 + \frac{\Gamma(\frac{\nu+1}{2})}{\sqrt{\pi}\,\Gamma(\frac{\nu}{2})}
+              \int_0^{\arctan(x/\sqrt{\nu})} \cos^{\nu-1}\theta \, d\theta ,
+
+    a smooth integrand on a bounded interval, which 64-point Gauss-Legendre integrates to float64
+    precision; the quantile is found by bisection on the angle. (ν = 1: F = ½ + θ/π, the Cauchy
+    distribution; ν = 2: F = ½ + ½ sin θ: the closed forms the tests check it against.)
+
+    Args:
+      p: the probability, in (0, 1).
+      df: the degrees of freedom ν (an integer >= 1; n - 1 for an interval over n seeds).
+    """
+    if not 0.0 < p < 1.0 or int(df) != df or df < 1:
+        raise ValueError(f"t_quantile needs 0 < p < 1 and an integer df >= 1, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    nu = float(df)
+    const = math.exp(math.lgamma((nu + 1) / 2) - math.lgamma(nu / 2)) / math.sqrt(math.pi)
+    nodes, weights = np.polynomial.legendre.leggauss(64)
+
+    def half_cdf(phi: float) -> float:  # F(sqrt(nu) tan(phi)) - 1/2
+        theta = 0.5 * phi * (nodes + 1.0)
+        return const * 0.5 * phi * float(np.sum(weights * np.cos(theta) ** (nu - 1)))
+
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(80):  # the angle's bracket halves each step: 2^-80 of pi/2 is below float64 spacing
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if half_cdf(mid) < p - 0.5 else (lo, mid)
+    return math.sqrt(nu) * math.tan(0.5 * (lo + hi))
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    r"""``(mean, low, high)``: the sample mean and its Student-t interval
+    :math:`\bar x \pm t_{(1+c)/2,\,n-1}\, s/\sqrt{n}` (``s`` the sample standard deviation, ddof 1).
+
+    The board's main interval. Exact coverage when the per-seed values are normal, and close to it
+    for the mildly skewed values of a seed spread; the percentile bootstrap (:func:`bootstrap_ci`)
+    is about :math:`\bar x \pm 1.96\, s\sqrt{(n-1)/n}/\sqrt{n}` and so covers well under ``c`` at
+    n = 5 (about 85 % for a nominal 95 %: tests/test_leaderboard_stats.py simulates both).
+
+    Args:
+      values: the per-seed values (at least 2, finite).
+      confidence: the interval's coverage (default 0.95).
+    """
+    x = np.asarray(values, np.float64)
+    if x.ndim != 1 or len(x) < 2 or not np.all(np.isfinite(x)):
+        raise ValueError(f"t_interval needs >= 2 finite values, got {x.tolist()}. Fix: run more seeds (--seeds)")
+    mean = float(x.mean())
+    half = t_quantile((1.0 + confidence) / 2.0, len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return mean, mean - half, mean + half
+
+
 def paired_difference(
-    scheme: Mapping[int, float], reference: Mapping[int, float], **kwargs
+    scheme: Mapping[int, float],
+    reference: Mapping[int, float],
+    interval: Callable[..., tuple[float, float, float]] | None = None,
+    **kwargs,
 ) -> tuple[float, float, float, int]:
     """``(mean, low, high, n)`` of ``scheme[s] - reference[s]`` over the seeds ``s`` both have (a
-    paired comparison: each seed's shared randomness cancels), with :func:`bootstrap_ci`'s interval."""
+    paired comparison: each seed's shared randomness cancels), with ``interval``'s interval
+    (default :func:`t_interval`, the board's main one: a paired t interval; pass
+    :func:`bootstrap_ci` for the percentile bootstrap). ``kwargs`` go to ``interval``."""
     common = sorted(set(scheme) & set(reference))
     if len(common) < 2:
         raise ValueError(
             f"paired_difference needs >= 2 seeds present in both cells, got {common}. Fix: finish both cells' seeds"
         )
     d = [scheme[s] - reference[s] for s in common]
-    return (*bootstrap_ci(d, **kwargs), len(common))
+    return (*(interval or t_interval)(d, **kwargs), len(common))
 
 
 def rank_with_ties(intervals: Mapping[str, tuple[float, float]]) -> dict[str, int]:
@@ -308,7 +421,12 @@ def cell_record(bench_dir: Path, name: str) -> dict:
             s = json.loads((d / "summary.json").read_text())
             rec.update(steps=s.get("steps"), train_wall_s=s.get("wall_time_s"))
     if (cell_dir / "error.txt").exists():
-        rec["error"] = (cell_dir / "error.txt").read_text().splitlines()[0]
+        rec["error"] = _first_line(cell_dir / "error.txt")
+    attempts = sorted(
+        (bench_dir / FAILED_DIR / name).glob("attempt_*/error.txt"), key=lambda a: int(a.parent.name.split("_")[1])
+    )
+    if attempts:  # earlier attempts that failed and were retried: their errors stay on record
+        rec["failed_attempts"] = [_first_line(a) for a in attempts]
     return rec
 
 
@@ -338,27 +456,193 @@ def benchmark_results(bench_dir: Path, benchmark: Benchmark, methods: Sequence[s
         if any(b is None for b in baseline):
             continue
         per_seed[name.split("__", 1)[1]] = {s: mtl_metrics.delta_m(v, baseline, hib) for s, v in m.items()}
-    entries = {}
-    for method, vals in per_seed.items():
-        mean, lo, hi = bootstrap_ci(list(vals.values()))
-        e = {"delta_m": mean, "ci": [lo, hi], "seeds": sorted(vals), "per_seed": {str(s): v for s, v in vals.items()}}
-        if EQUAL in per_seed:
-            dm, dlo, dhi, n = paired_difference(vals, per_seed[EQUAL])
-            e.update(vs_equal=dm, vs_equal_ci=[dlo, dhi], vs_equal_seeds=n)
-        entries[method] = e
+    entries = {method: entry(vals, per_seed.get(EQUAL)) for method, vals in per_seed.items()}
     ranks = rank_with_ties({m: tuple(e["ci"]) for m, e in entries.items()})
     for m, e in entries.items():
         e["rank"] = ranks[m]
     cells = [cell_record(bench_dir, n) for n, _ in base_cells + scheme_cells if (bench_dir / "cells" / n).exists()]
-    return {
+    failed = [c["cell"] for c in cells if c.get("error") and c["cell"] in missing]
+    result = {
         "description": benchmark.description,
         "protocol": protocol_summary(config, seeds),
         "tasks": [{"name": t.name, "metric": t.main_metric.name, "higher_is_better": h} for t, h in zip(tasks, hib)],
         "baseline": benchmark.baseline,
         "entries": entries,
         "missing": missing,
+        "failed": failed,
         "cells": cells,
     }
+    result["summary"] = summarize(benchmark.name, result)
+    return result
+
+
+def entry(values: Mapping[int, float], equal: Mapping[int, float] | None) -> dict:
+    """One scheme's board entry from its per-seed Δm% (``{seed: value}``) and equal weighting's:
+    the seed mean with its main (Student-t) and percentile-bootstrap intervals, and the paired
+    difference from equal weighting with both intervals."""
+    mean, lo, hi = t_interval(list(values.values()))
+    _, blo, bhi = bootstrap_ci(list(values.values()))
+    e = {
+        "delta_m": mean,
+        "ci": [lo, hi],
+        "ci_bootstrap": [blo, bhi],
+        "sd": float(np.std(list(values.values()), ddof=1)),
+        "seeds": sorted(values),
+        "per_seed": {str(s): v for s, v in values.items()},
+    }
+    if equal is not None:
+        dm, dlo, dhi, n = paired_difference(values, equal)
+        _, dblo, dbhi, _ = paired_difference(values, equal, interval=bootstrap_ci)
+        e.update(
+            vs_equal=dm,
+            vs_equal_ci=[dlo, dhi],
+            vs_equal_ci_bootstrap=[dblo, dbhi],
+            vs_equal_seeds=n,
+            vs_equal_verdict=verdict([dlo, dhi]),
+        )
+    return e
+
+
+def verdict(ci: Sequence[float]) -> str:
+    """``"better"`` (the paired interval of Δm%(scheme) − Δm%(equal) lies wholly below 0: lower
+    Δm% is better), ``"worse"`` (wholly above 0) or ``"tie"`` (it contains 0: no difference from
+    equal weighting beyond seed noise)."""
+    return "better" if ci[1] < 0 else "worse" if ci[0] > 0 else "tie"
+
+
+NO_WINNER = "no scheme beats equal weighting beyond noise"
+
+
+def _n(k: int, noun: str) -> str:
+    return f"{k} {noun}{'' if k == 1 else 's'}"
+
+
+def _are(k: int) -> str:
+    return "is" if k == 1 else "are"
+
+
+def _names(methods: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(f"`{m}`" for m in methods[:limit])
+    return shown + (f" and {len(methods) - limit} more" if len(methods) > limit else "")
+
+
+def summarize(name: str, result: Mapping) -> dict:
+    """What one benchmark's board shows, in plain words computed from its entries.
+
+    Counts the schemes (equal weighting excluded) whose paired 95 % interval against equal weighting
+    lies wholly below 0 (better), wholly above 0 (worse) or contains 0 (no difference beyond seed
+    noise); names the best and worst seed means; compares the spread of the schemes' mean Δm% with
+    the median width of one scheme's interval (a spread within one width is seed noise); and says
+    how many separations chance alone would give (at 95 %, 2.5 % of schemes no different from equal
+    fall wholly below 0 and 2.5 % wholly above). When no scheme is better, the text says exactly
+    :data:`NO_WINNER`.
+
+    Args:
+      name: the benchmark's name (the sentences start with it).
+      result: the benchmark's part of the board record (``entries``, ``missing``).
+
+    Returns:
+      ``{"better", "worse", "tie": [schemes], "best", "worst", "spread", "median_ci_width",
+      "headline": one sentence, "text": [sentences]}``; only ``headline`` and ``text`` while equal
+      weighting's cell is unfinished.
+    """
+    entries = result["entries"]
+    missing = list(result.get("missing", []))
+    todo = f"{_n(len(missing), 'cell')} {_are(len(missing))} missing, so this may change." if missing else ""
+    if EQUAL not in entries:
+        what = (
+            "no finished cells yet" if not entries else "equal weighting's cell is not finished, so nothing is compared"
+        )
+        text = f"{name}: {what}."
+        return {"headline": text, "text": [text] + ([todo] if todo else [])}
+    others = {m: e for m, e in entries.items() if m != EQUAL}
+    by = {
+        v: sorted((m for m, e in others.items() if e["vs_equal_verdict"] == v), key=lambda m: others[m]["vs_equal"])
+        for v in ("better", "worse", "tie")
+    }
+    nb, nw, nt, n = len(by["better"]), len(by["worse"]), len(by["tie"]), len(others)
+    means = {m: e["delta_m"] for m, e in entries.items()}
+    best, worst = min(means, key=means.get), max(means, key=means.get)
+    spread = means[worst] - means[best]
+    width = float(np.median([e["ci"][1] - e["ci"][0] for e in entries.values()]))
+    if nb:
+        head = (
+            f"{name}: {nb} of {_n(n, 'scheme')} beat{'s' if nb == 1 else ''} equal weighting beyond noise "
+            f"({_names(by['better'])}); {nw} {_are(nw)} worse and {nt} {_are(nt)} no different."
+        )
+    elif n:
+        head = (
+            f"{name}: {NO_WINNER}; {nw} of {_n(n, 'scheme')} {_are(nw)} worse than it and {nt} {_are(nt)} no different."
+        )
+    else:
+        head = f"{name}: only equal weighting has finished, so {NO_WINNER} yet."
+    e_best, e_worst = entries[best], entries[worst]
+    text = [head]
+    if n:
+        text.append(
+            f"Paired 95 % intervals of Δm%(scheme) − Δm%(equal): {nb} wholly below 0 (better)"
+            + (f": {_names(by['better'])}" if nb else "")
+            + f"; {nw} wholly above 0 (worse)"
+            + (f": {_names(by['worse'])}" if nw else "")
+            + f"; {nt} contain 0 (no difference beyond seed noise)."
+        )
+        text.append(
+            f"Lowest mean Δm%: `{best}` {_f(e_best['delta_m'])} {_ci(e_best['ci'])}; "
+            f"highest: `{worst}` {_f(e_worst['delta_m'])} {_ci(e_worst['ci'])}."
+        )
+        if width > 0:
+            text.append(
+                f"The schemes' mean Δm% span {spread:.2f} points, {spread / width:.1f}× the median width of one "
+                f"scheme's 95 % interval ({width:.2f})"
+                + (
+                    ": the means differ by less than one scheme's seed-to-seed uncertainty (the paired intervals "
+                    "above remove the part the seeds share)."
+                    if spread <= width
+                    else "."
+                )
+            )
+        else:
+            text.append(f"The schemes' mean Δm% span {spread:.2f} points (every interval has zero width).")
+    if n >= 2:
+        text.append(
+            f"Chance alone: with {n} schemes compared at 95 %, about {0.025 * n:.2g} would fall wholly below 0 "
+            f"and {0.025 * n:.2g} wholly above even if none differed from equal weighting."
+        )
+    if todo:
+        text.append(todo)
+    return {
+        **by,
+        "best": best,
+        "worst": worst,
+        "spread": spread,
+        "median_ci_width": width,
+        "headline": head,
+        "text": text,
+    }
+
+
+def overall_summary(record: Mapping) -> str:
+    """One sentence over every benchmark on the board: which schemes beat equal weighting beyond
+    noise where, or :data:`NO_WINNER` on any benchmark."""
+    done = {b: r["summary"] for b, r in record["benchmarks"].items() if "better" in r.get("summary", {})}
+    if not done:
+        return "No benchmark has equal weighting and another scheme finished yet."
+    wins: dict[str, list[str]] = {}
+    for b, s in done.items():
+        for m in s["better"]:
+            wins.setdefault(m, []).append(b)
+    if not wins:
+        where = {1: "the one benchmark", 2: "both benchmarks"}.get(len(done), f"all {len(done)} benchmarks")
+        return f"On {where} on the board, {NO_WINNER}."
+    every = [m for m, bs in wins.items() if len(bs) == len(done)]
+    parts = "; ".join(f"`{m}` on {', '.join(bs)}" for m, bs in sorted(wins.items(), key=lambda kv: -len(kv[1])))
+    if len(done) == 1:
+        tail = ""
+    elif every:
+        tail = f" Only {_names(every)} beat{'s' if len(every) == 1 else ''} it on every benchmark."
+    else:
+        tail = " No scheme beats it on every benchmark."
+    return f"Schemes that beat equal weighting beyond noise ({_n(len(done), 'benchmark')} on the board): {parts}.{tail}"
 
 
 def protocol_summary(config, seeds: int) -> dict:
@@ -535,11 +819,14 @@ def board(workdir: Path, benchmarks: Sequence[Benchmark], methods: Sequence[str]
         "methods": list(methods),
         "seeds": seeds,
         "confidence": CONFIDENCE,
+        "interval": "student_t",
+        "interval_rule": INTERVAL_RULE,
         "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
         "tie_rule": TIE_RULE,
         "benchmarks": results,
         "cpu_hours": cpu / 3600.0,
         "wall_hours": wall / 3600.0,
+        "overall": overall_summary({"benchmarks": results}),
     }
 
 
@@ -555,15 +842,28 @@ def _f(x: float, d: int = 2) -> str:
     return f"{x:+.{d}f}"
 
 
+def _ci(ci: Sequence[float], d: int = 2) -> str:
+    return f"[{_f(ci[0], d)}, {_f(ci[1], d)}]"
+
+
+def _verdict_text(v: str) -> str:
+    return {"better": "**better**", "worse": "**worse**", "tie": "tie"}[v]
+
+
 def markdown(record: Mapping) -> list[str]:
     """The board as markdown lines (the provenance block is appended by the writer)."""
     lines = [
         "# Leaderboard: every weighting scheme under one protocol per benchmark",
         "",
-        f"Δm% (lower is better) against the single-task references, seed mean with a {int(record['confidence'] * 100)} % "
-        f"percentile bootstrap interval over seeds ({record['bootstrap_resamples']} resamples). *vs equal*: the "
-        "paired difference Δm%(scheme, seed) − Δm%(equal, seed) over the same seeds, with its bootstrap interval "
-        "(an interval that contains 0: no difference from equal weighting beyond seed noise).",
+        f"Δm% (lower is better) against the single-task references: the seed mean with its {int(record['confidence'] * 100)} % "
+        "interval over seeds. *vs equal*: the paired difference Δm%(scheme, seed) − Δm%(equal, seed) over the same "
+        "seeds, with its interval; *verdict*: **better** / **worse** when that interval lies wholly below / above 0, "
+        "*tie* when it contains 0 (no difference from equal weighting beyond seed noise).",
+        "",
+        f"**Intervals.** {record['interval_rule']} The percentile bootstrap ({record['bootstrap_resamples']} "
+        "resamples) is in the JSON file beside each interval (`ci_bootstrap`, `vs_equal_ci_bootstrap`).",
+        "",
+        f"**What the board shows.** {record['overall']}",
         "",
         f"**Tie rule.** {record['tie_rule']}",
         "",
@@ -599,33 +899,36 @@ def markdown(record: Mapping) -> list[str]:
         ]
         entries = sorted(r["entries"].items(), key=lambda kv: (kv[1]["rank"], kv[1]["delta_m"]))
         if entries:
+            lines += ["**What the board shows.** " + " ".join(r["summary"]["text"]), ""]
             lines += [
-                "| rank | scheme | Δm% | 95 % CI | vs equal (paired) | 95 % CI | seeds |",
-                "|---|---|---|---|---|---|---|",
+                "| rank | scheme | Δm% | 95 % t CI | 95 % bootstrap | vs equal (paired) | 95 % t CI | verdict | seeds |",
+                "|---|---|---|---|---|---|---|---|---|",
             ]
             for m, e in entries:
                 vs = (
-                    ("—", "—")
+                    ("—", "—", "—")
                     if "vs_equal" not in e
-                    else (_f(e["vs_equal"]), f"[{_f(e['vs_equal_ci'][0])}, {_f(e['vs_equal_ci'][1])}]")
+                    else (_f(e["vs_equal"]), _ci(e["vs_equal_ci"]), _verdict_text(e["vs_equal_verdict"]))
                 )
                 lines.append(
-                    f"| {e['rank']} | `{m}` | {_f(e['delta_m'])} | [{_f(e['ci'][0])}, {_f(e['ci'][1])}] | {vs[0]} | {vs[1]} | {len(e['seeds'])} |"
+                    f"| {e['rank']} | `{m}` | {_f(e['delta_m'])} | {_ci(e['ci'])} | {_ci(e['ci_bootstrap'])} "
+                    f"| {vs[0]} | {vs[1]} | {vs[2]} | {len(e['seeds'])} |"
                 )
-            sep = [m for m, e in entries if "vs_equal_ci" in e and (e["vs_equal_ci"][0] > 0 or e["vs_equal_ci"][1] < 0)]
-            lines += [
-                "",
-                "Separated from equal weighting (paired interval excludes 0): "
-                + (", ".join(f"`{m}`" for m in sep) or "none")
-                + ".",
-            ]
         else:
-            lines.append("No finished cells yet.")
+            lines += ["No finished cells yet.", "", "**What the board shows.** " + " ".join(r["summary"]["text"])]
+        failed = set(r.get("failed", []))
         if r["missing"]:
+            not_run = [m for m in r["missing"] if m not in failed]
             lines += [
                 "",
-                f"**Missing cells ({len(r['missing'])})**, not run yet or unfinished: "
-                + ", ".join(f"`{m}`" for m in r["missing"]),
+                f"**Missing cells ({len(r['missing'])})**: "
+                + (f"not run yet or unfinished: {', '.join(f'`{m}`' for m in not_run)}" if not_run else "")
+                + ("; " if not_run and failed else "")
+                + (
+                    f"ended in an error (retried, from scratch, on the next run): {', '.join(f'`{m}`' for m in r['missing'] if m in failed)}"
+                    if failed
+                    else ""
+                ),
             ]
         lines += [
             "",
@@ -640,13 +943,22 @@ def markdown(record: Mapping) -> list[str]:
             lines.append(
                 f"| `{c['cell']}` | `{c.get('fingerprint', '—')}` | {commit} | {cpu} | {c.get('steps', '—')} |"
                 + (f" error: {c['error'][:120]}" if c.get("error") else "")
+                + (
+                    f" earlier failed attempt(s), retried from scratch: {len(c['failed_attempts'])}"
+                    if c.get("failed_attempts")
+                    else ""
+                )
             )
         lines += ["", "</details>", ""]
     return lines
 
 
+VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red", "tie": "tab:blue"}
+
+
 def plot(record: Mapping, path: Path) -> None:
-    """One panel per benchmark: each scheme's Δm% with its 95 % interval, equal weighting marked."""
+    """One panel per benchmark: each scheme's Δm% with its main (Student-t) 95 % interval, coloured
+    by its paired verdict against equal weighting (whose interval is shaded)."""
     plt = ablation.plt
     names = [n for n, r in record["benchmarks"].items() if r["entries"]]
     if not names:
@@ -661,7 +973,7 @@ def plot(record: Mapping, path: Path) -> None:
         entries = sorted(record["benchmarks"][name]["entries"].items(), key=lambda kv: kv[1]["delta_m"])
         y = np.arange(len(entries))
         for i, (m, e) in enumerate(entries):
-            color = "black" if m == EQUAL else "tab:blue"
+            color = "black" if m == EQUAL else VERDICT_COLORS[e.get("vs_equal_verdict", "tie")]
             ax.errorbar(
                 e["delta_m"],
                 i,
@@ -675,7 +987,11 @@ def plot(record: Mapping, path: Path) -> None:
             eq = dict(entries)[EQUAL]
             ax.axvspan(eq["ci"][0], eq["ci"][1], color="grey", alpha=0.2, lw=0)
         ax.set_yticks(y, [m for m, _ in entries], fontsize=7)
-        ax.set(title=name, xlabel="Δm% (lower is better), 95 % bootstrap CI")
+        ax.set(
+            title=name,
+            xlabel="Δm% (lower is better), 95 % Student-t CI over seeds\n"
+            "paired vs equal (black): green better, red worse, blue tie",
+        )
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -19,20 +19,27 @@ def pytest_configure(config):
 
 
 def _session_compilation_cache(config):
-    """One persistent XLA compilation cache for this pytest session (and the subprocesses its tests
+    """One persistent XLA compilation cache for this pytest process (and the subprocesses its tests
     start), in a fresh temporary folder removed at the end: many tests compile the same programs
     again (a resumed run, the same config trained twice, the same step in several tests), and a
     compiled program is looked up by a hash of its HLO and compile options, so the programs, and
     every number the tests compare, are the same with or without it. A cache the user configured
-    (``JAX_COMPILATION_CACHE_DIR``) is left alone."""
+    (``JAX_COMPILATION_CACHE_DIR``) is left alone.
+
+    Under pytest-xdist every worker makes its own folder (a worker inherits the controller's
+    environment, so ``JMTL_TESTS_XLA_CACHE`` tells our folder from the user's): jax writes cache
+    entries without a lock or an atomic rename, so two workers sharing one folder could read each
+    other's half-written entries."""
     import shutil
     import tempfile
 
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    configured = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if configured and configured != os.environ.get("JMTL_TESTS_XLA_CACHE"):
         return
     folder = tempfile.mkdtemp(prefix="jmtl_tests_xla_cache_")
     os.environ.update(
         JAX_COMPILATION_CACHE_DIR=folder,
+        JMTL_TESTS_XLA_CACHE=folder,
         # Every program is cached, not only those that took over a second (the default) to compile.
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
@@ -76,7 +83,9 @@ def script_runner():
 
 # Every (methods, problem) group that a test compares across 8 forced CPU devices
 # (tests/scripts/driver_agreement.py). They run in ONE subprocess: one interpreter start-up and jax
-# import for all of them instead of one per test.
+# import for all of them instead of one per test. Every test that reads them is in
+# tests/test_parallel.py: `.ci/run`'s `--dist loadfile` keeps a file's tests in one pytest-xdist
+# worker, so this session fixture runs once, not once per worker.
 EIGHT_DEVICE_GROUPS = (
     ("equal,mgda,mgda@rep", "lenet"),  # Multi-LeNet, 2 tasks, param and representation Jacobians
     ("pcgrad,upgrad,nash_mtl", "mlp"),  # catalogue methods on 3 partly conflicting tasks

@@ -119,17 +119,3 @@ def test_library_default_chunk_size_is_the_trainers():
     """StepConfig's default (-1) resolves like the training loop's: chunks of 1 on CPU, one vmap elsewhere."""
     assert step_lib.StepConfig().resolved_chunk_size == (1 if jax.default_backend() == "cpu" else 0)
     assert step_lib.StepConfig(jacobian_chunk_size=0).resolved_chunk_size == 0
-
-
-@pytest.mark.slow
-def test_chunked_jacobian_under_eight_devices(eight_device_agreement):
-    """shard_map (check_vma) and pmap with chunks (padded: 3 tasks in chunks of 2) match one device,
-    and the chunked 1-device run matches the unchunked one."""
-    methods = "mgda:c1,pcgrad:c2,mgda@rep:c2"
-    out = eight_device_agreement[(methods, "mlp")]  # one subprocess for every group (conftest)
-    assert out["device_count"] == 8
-    for method in methods.split(","):
-        assert out[f"{method}/moved"] > 0.0
-        assert out[f"{method}/vs_unchunked"] < 1e-5, (method, out[f"{method}/vs_unchunked"])
-        for kind in ("shard_map", "pmap"):
-            assert out[f"{method}/{kind}"]["max_rel_err"] < 1e-5, (method, kind, out[f"{method}/{kind}"])

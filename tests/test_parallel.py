@@ -27,6 +27,21 @@ def test_eight_devices_match_one_device(eight_device_agreement, methods, problem
             assert res["max_rel_err"] < 1e-5, (method, kind, res)
 
 
+@pytest.mark.slow
+def test_chunked_jacobian_under_eight_devices(eight_device_agreement):
+    """Chunked per-task Jacobians (tests/test_jacobian_chunks.py) under 8 devices: shard_map (check_vma)
+    and pmap with chunks (padded: 3 tasks in chunks of 2) match one device,
+    and the chunked 1-device run matches the unchunked one."""
+    methods = "mgda:c1,pcgrad:c2,mgda@rep:c2"
+    out = eight_device_agreement[(methods, "mlp")]  # one subprocess for every group (conftest)
+    assert out["device_count"] == 8
+    for method in methods.split(","):
+        assert out[f"{method}/moved"] > 0.0
+        assert out[f"{method}/vs_unchunked"] < 1e-5, (method, out[f"{method}/vs_unchunked"])
+        for kind in ("shard_map", "pmap"):
+            assert out[f"{method}/{kind}"]["max_rel_err"] < 1e-5, (method, kind, out[f"{method}/{kind}"])
+
+
 @pytest.mark.parametrize("kind", ["single", "shard_map", "pmap"])
 def test_a_driver_compiles_its_step_once(kind):
     """The state and batches a driver places have the layout its compiled step returns, so the step
@@ -112,3 +127,19 @@ def test_gather_invariant_concatenates_every_devices_block(axis):
     want = np.concatenate(list(blocks), axis=axis)
     for i in range(3):
         np.testing.assert_array_equal(np.asarray(out[i]), want)
+
+
+def test_every_reader_of_the_eight_device_subprocess_is_in_this_file():
+    """`.ci/run` runs pytest-xdist with ``--dist loadfile``: one worker per file, so the session
+    fixture ``eight_device_agreement`` (the suite's longest setup) runs once only while every test
+    that reads it lives here. A reader in another file would start a second copy in another worker."""
+    import re
+    from pathlib import Path
+
+    here = Path(__file__).resolve()
+    reads = re.compile(r"def \w+\([^)]*\beight_device_agreement\b")
+    readers = [p.name for p in here.parent.glob("test_*.py") if p != here and reads.search(p.read_text())]
+    assert reads.search(here.read_text())
+    assert not readers, f"move the tests of {readers} that take eight_device_agreement into {here.name}"
+    ci = (here.parents[1] / ".ci" / "run").read_text()
+    assert "--dist loadfile" in ci

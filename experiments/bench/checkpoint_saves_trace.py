@@ -1,0 +1,194 @@
+"""What grows per checkpoint save: Python objects, threads, the C heap, or only RSS.
+
+One fresh interpreter saves with ``Checkpointer.save`` (the state and meta of
+``checkpoint_saves_rss``: a packed state of 12 arrays, a ~30 KB meta JSON, ``max_to_keep=2``): 50
+warm-up saves, then ``--blocks`` blocks of ``--block`` saves. At each block boundary, after a full
+``gc.collect()``, it records:
+
+- Python objects: ``len(gc.get_objects())`` (by type: the types whose count grew), and pymalloc's
+  live blocks ``sys.getallocatedblocks()`` (every small Python object, tracked by gc or not);
+- threads (``threading.active_count()``) and the process's OS threads (``/proc/self/status``);
+- glibc's heap in use (``mallinfo2().uordblks``, all arenas: native allocations and Python objects over
+  512 bytes) and its arena count;
+- RSS (``VmRSS``; ``Checkpointer.save`` already trims the heap after each save).
+
+Then one more block runs under ``tracemalloc`` (25 frames) and the snapshot diff's largest entries are
+listed with their innermost frames. Growth is reported per save, per block, so warm-up (caches that
+fill once) is told from a steady slope. Without the full collections, CPython collects its oldest
+generation only when the objects promoted since the last full collection exceed a quarter of those in
+it (a sawtooth, not a leak); ``--no-collect`` records the count of full collections instead.
+
+    python -m experiments.bench.checkpoint_saves_trace [--blocks 4] [--block 150] [--traced 100]
+
+Writes results/bench/checkpoint_saves_trace.json and .md. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from experiments.bench.checkpoint_saves_rss import _heap_in_use_kib, _rss_kib
+from experiments.bench.common import RESULTS, provenance, write_outputs
+
+
+def _os_threads() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return -1
+
+
+def _sample(collect: bool) -> dict:
+    from jmtl.runs import checkpoint
+
+    if collect:
+        gc.collect()
+    objs = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    return {
+        "rss_kib": _rss_kib(),
+        "heap_in_use_kib": round(_heap_in_use_kib(), 1),
+        "pymalloc_blocks": sys.getallocatedblocks(),
+        "gc_objects": sum(objs.values()),
+        "by_type": objs,
+        "threads": threading.active_count(),
+        "os_threads": _os_threads(),
+        "malloc_arenas": checkpoint.malloc_arena_count(),
+        "full_collections": gc.get_stats()[2]["collections"],
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--block", type=int, default=150, help="saves per block")
+    parser.add_argument("--traced", type=int, default=100, help="saves of the last, tracemalloc'd block (0: none)")
+    parser.add_argument("--no-collect", dest="collect", action="store_false", help="no gc.collect() at boundaries")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--name", default="checkpoint_saves_trace")
+    args = parser.parse_args(argv)
+    # Before ``provenance`` runs jax (its backend's threads take glibc's arenas): as a program that
+    # imports jmtl first, the arena cap comes in time.
+    from jmtl.runs import checkpoint
+
+    prov = provenance()
+    directory = Path(tempfile.mkdtemp(prefix="jmtl_ckpt_trace_"))
+    blocks, top = [], []
+    try:
+        ck = checkpoint.Checkpointer(directory / "ck")
+        state = {
+            "params": {f"w{i}": np.full((100, 50), i, np.float32) for i in range(10)},
+            "step": np.zeros((), np.int32),
+            "rng": np.zeros((2,), np.uint32),
+        }
+        meta = {"config": {f"k{j}": {"a": list(range(20)), "s": "x" * 30} for j in range(300)}}
+        step = 0
+        for _ in range(50):
+            ck.save(step, state, {**meta, "i": step})
+            step += 1
+        prev = _sample(args.collect)
+        for b in range(args.blocks):
+            t0 = time.perf_counter()
+            for _ in range(args.block):
+                ck.save(step, state, {**meta, "i": step})
+                step += 1
+            seconds = time.perf_counter() - t0
+            cur = _sample(args.collect)
+            grew = cur["by_type"].copy()
+            grew.subtract(prev["by_type"])
+            n = args.block
+            blocks.append(
+                {
+                    "block": b + 1,
+                    "saves": f"{step - n}..{step - 1}",
+                    "s_per_save": round(seconds / n, 4),
+                    **{
+                        f"{k}_per_save": round((cur[k] - prev[k]) / n, 3)
+                        for k in ("rss_kib", "heap_in_use_kib", "pymalloc_blocks", "gc_objects")
+                    },
+                    "types_grown": {k: v for k, v in grew.most_common(5) if v > 0},
+                    **{k: cur[k] for k in ("threads", "os_threads", "malloc_arenas", "full_collections", "rss_kib")},
+                }
+            )
+            print(blocks[-1], flush=True)
+            prev = cur
+        if args.traced:
+            tracemalloc.start(25)
+            gc.collect()
+            s0 = tracemalloc.take_snapshot()
+            for _ in range(args.traced):
+                ck.save(step, state, {**meta, "i": step})
+                step += 1
+            gc.collect()
+            s1 = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            keep = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)]
+            stats = s1.filter_traces(keep).compare_to(s0.filter_traces(keep), "traceback")
+            total = sum(s.size_diff for s in stats)
+            top = [
+                {
+                    "bytes_per_save": round(s.size_diff / args.traced, 1),
+                    "blocks_per_save": round(s.count_diff / args.traced, 2),
+                    "frames": [f"{Path(f.filename).name}:{f.lineno}" for f in list(s.traceback)[::-1][:5]],
+                }
+                for s in stats[:6]
+            ]
+            traced = {"saves": args.traced, "bytes_per_save": round(total / args.traced, 1), "top": top}
+        else:
+            traced = None
+        ck.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+    end = provenance()
+    prov.update(date=end["date"], load_average_end=end["load_average_end"])
+    lines = [
+        "# What grows per checkpoint save (`Checkpointer.save` alone)",
+        "",
+        f"`{prov['command']}`: 50 warm-up saves, then {args.blocks} blocks of {args.block} saves "
+        f"({'a full `gc.collect()` before each reading' if args.collect else 'no forced collection'}); "
+        "growth per save within each block. pymalloc blocks: every small Python object (gc-tracked or not); "
+        "heap in use: glibc `mallinfo2().uordblks` (native and large Python allocations).",
+        "",
+        "| block | saves | s / save | RSS KiB / save | heap in use KiB / save | pymalloc blocks / save | "
+        "gc objects / save | types grown | threads (Python, OS) | arenas | full collections |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for r in blocks:
+        lines.append(
+            f"| {r['block']} | {r['saves']} | {r['s_per_save']:.3f} | {r['rss_kib_per_save']:+.3f} | "
+            f"{r['heap_in_use_kib_per_save']:+.3f} | {r['pymalloc_blocks_per_save']:+.3f} | "
+            f"{r['gc_objects_per_save']:+.3f} | {', '.join(f'{k} +{v}' for k, v in r['types_grown'].items()) or '-'} | "
+            f"{r['threads']}, {r['os_threads']} | {r['malloc_arenas']} | {r['full_collections']} |"
+        )
+    if traced:
+        lines += [
+            "",
+            f"tracemalloc over {traced['saves']} more saves: {traced['bytes_per_save']:+.1f} traced bytes kept per "
+            "save; the largest entries (innermost frames first):",
+            "",
+            "| bytes / save | blocks / save | where |",
+            "|---:|---:|---|",
+        ]
+        lines += [
+            f"| {t['bytes_per_save']:+.1f} | {t['blocks_per_save']:+.2f} | {' < '.join(t['frames'])} |" for t in top
+        ]
+    write_outputs(
+        Path(args.out) / args.name, {"blocks": blocks, "traced": traced, "collect": args.collect}, lines, prov
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

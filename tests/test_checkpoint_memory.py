@@ -195,9 +195,9 @@ def test_a_cap_that_came_too_late_is_named_with_its_fix(monkeypatch, tmp_path):
 
 
 def test_a_save_leaves_no_cyclic_garbage(tmp_path):
-    """Garbage in reference cycles waits for CPython's rare full collections, so it showed as RSS
-    rising ~2 KiB per save between them: the checksum record's ``json.dump(indent=1)`` built 33 such
-    objects per save (the pure-Python encoder's closures). None is left now, orbax's part included."""
+    """A save leaves nothing for the cycle collector: the checksum record's ``json.dump(indent=1)``
+    built 33 objects in reference cycles per save (the pure-Python encoder's closures). None is left
+    now, orbax's part included."""
     ck = checkpoint.Checkpointer(tmp_path / "ck")
     state = {"w": np.arange(6, dtype=np.float32), "n": np.zeros((), np.int32)}
     ck.save(0, state, {"config": {"a": [1, 2]}})

@@ -183,9 +183,9 @@ def write_checksums(step_dir: Path) -> None:
     tmp = step_dir / (CHECKSUMS + ".tmp")
     with open(tmp, "w") as f:
         # One-shot ``dumps`` without ``indent``: the C encoder. ``json.dump`` (and any ``indent``) use
-        # the pure-Python encoder, whose nested closures form a reference cycle per call: 33 objects
-        # (~2.5 KiB) of garbage per save that only CPython's rare full collections free, so RSS rose by
-        # ~2 KiB per save between them (results/bench/checkpoint_saves_trace.md, _rss.md).
+        # the pure-Python encoder, whose nested closures form a reference cycle per call: 33 objects of
+        # garbage per save for the cycle collector (``tests/test_checkpoint_memory.py``). Its share of
+        # the RSS per save was within the noise (``cyclic_json`` in results/bench/checkpoint_saves_rss.md).
         f.write(json.dumps(record, sort_keys=True))
         f.flush()
         os.fsync(f.fileno())
@@ -401,7 +401,9 @@ def _avoid_spec_json_leak() -> None:
 # 2-core bench machine a process has 1 arena after importing this module and 16 (8 per core, the limit
 # then fixed) after the first ``jnp`` op. ``jmtl.train`` creates its ``Checkpointer`` after the model's
 # init (16 arenas there without a cap, measured), so a cap set there would change nothing (``late_cap``
-# in results/bench/checkpoint_saves_rss.md). Hence once per process when this module is imported
+# in results/bench/checkpoint_saves_rss.md: 16 arenas to the end, vs 2 with the cap at import; with
+# jax's threads running the cap's share of the RSS per save is smaller than without them, ~0.3-0.6 of
+# ~2.3-2.9 KiB/save in two runs). Hence once per process when this module is imported
 # (``jmtl.train`` / ``jmtl.fit`` load it with the trainer; ``python -m experiments.train`` caps in time,
 # 2 arenas at its end, measured), the latest point that precedes a typical program's first jax op;
 # ``Checkpointer`` names a cap that came too late, with the fix.

@@ -51,33 +51,40 @@ def _rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+_MALLINFO2 = None
+
+
 def _heap_in_use_kib() -> float:
     """glibc's bytes in use over all arenas (``mallinfo2().uordblks``), KiB; NaN elsewhere."""
-    import ctypes
+    global _MALLINFO2
+    if _MALLINFO2 is None:  # built once: a ctypes Structure class per reading would be cyclic garbage
+        import ctypes
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (n, ctypes.c_size_t)
-            for n in (
-                "arena",
-                "ordblks",
-                "smblks",
-                "hblks",
-                "hblkhd",
-                "usmblks",
-                "fsmblks",
-                "uordblks",
-                "fordblks",
-                "keepcost",
-            )
-        ]
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [
+                (n, ctypes.c_size_t)
+                for n in (
+                    "arena",
+                    "ordblks",
+                    "smblks",
+                    "hblks",
+                    "hblkhd",
+                    "usmblks",
+                    "fsmblks",
+                    "uordblks",
+                    "fordblks",
+                    "keepcost",
+                )
+            ]
 
-    try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return float("nan")
-    fn.restype = MallInfo2
-    return fn().uordblks / 1024
+        try:
+            fn = ctypes.CDLL("libc.so.6").mallinfo2
+        except (OSError, AttributeError):
+            fn = False
+        else:
+            fn.restype = MallInfo2
+        _MALLINFO2 = fn
+    return _MALLINFO2().uordblks / 1024 if _MALLINFO2 else float("nan")
 
 
 VARIANTS = ("no_fix", "spec_only", "fix")

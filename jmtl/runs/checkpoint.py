@@ -439,15 +439,21 @@ def _arenas_from_env() -> int:
         ) from None
 
 
+_LIBC = None
+
+
 def malloc_arena_count() -> Optional[int]:
     """How many malloc arenas glibc has made so far (``malloc_info``); None where that is unknown."""
+    global _LIBC
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        libc.open_memstream.restype = ctypes.c_void_p
-        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        libc.fclose.argtypes = [ctypes.c_void_p]
+        if _LIBC is None:  # once: each ``CDLL`` makes a class in a reference cycle (garbage per call)
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.open_memstream.restype = ctypes.c_void_p
+            _LIBC.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+            _LIBC.fclose.argtypes = [ctypes.c_void_p]
+        libc = _LIBC
         buf, size = ctypes.c_char_p(), ctypes.c_size_t()
         stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
         if not stream:

@@ -122,21 +122,46 @@ def _arenas_in_subprocess(prelude: str, tmp_path) -> int:
 
 def test_checkpointer_caps_malloc_arenas(tmp_path):
     """RSS per save came from orbax's per-save threads spreading buffers over glibc's up to 8 arenas
-    per core (heap in use stayed flat): importing the checkpoint module caps them at 2. Undo the cap
-    and the 8 allocating threads (and orbax's save threads) get arenas of their own."""
-    with_jmtl = _arenas_in_subprocess(
+    per core (heap in use stayed flat): importing the checkpoint module caps them at 2, once, before
+    the threads. ``JMTL_MALLOC_ARENAS=0`` leaves glibc's default: the same 8 allocating threads (and
+    orbax's save threads) then get arenas of their own."""
+    saves = (
         "import numpy as np\n"
         "from jmtl.runs import checkpoint\n"
-        "assert checkpoint.MALLOC_ARENAS_LIMITED\n"
         "ck = checkpoint.Checkpointer('ck')\n"
         "for i in range(2):\n"
         "    ck.save(i, {'w': np.arange(6, dtype=np.float32)}, {'i': i})\n"
-        "ck.close()\n",
+        "ck.close()\n"
+    )
+    with_cap = _arenas_in_subprocess(
+        saves
+        + "cap = checkpoint.cap_malloc_arenas()\nassert cap['limited'] and cap['in_time'] and cap['arenas'] == 2, cap\n",
         tmp_path,
     )
-    assert with_jmtl <= checkpoint.MALLOC_ARENAS, with_jmtl
-    # The count sees arenas: a plain interpreter's 8 threads make more than 2.
-    assert _arenas_in_subprocess("", tmp_path) > checkpoint.MALLOC_ARENAS
+    assert with_cap <= checkpoint.MALLOC_ARENAS, with_cap
+    without = _arenas_in_subprocess(
+        "import os\nos.environ['JMTL_MALLOC_ARENAS'] = '0'\n"
+        + saves
+        + "assert not checkpoint.MALLOC_ARENAS_LIMITED and not checkpoint.cap_malloc_arenas()['limited']\n",
+        tmp_path,
+    )
+    assert without > checkpoint.MALLOC_ARENAS, without
+
+
+def test_arena_cap_is_set_once_per_process(monkeypatch):
+    calls = []
+    monkeypatch.setattr(checkpoint, "limit_malloc_arenas", lambda n: calls.append(n) or n > 0)
+    monkeypatch.setattr(checkpoint, "malloc_arena_count", lambda: 3)
+    monkeypatch.setattr(checkpoint, "_ARENA_CAP", None)  # as in a fresh process
+    monkeypatch.setenv("JMTL_MALLOC_ARENAS", "4")
+    first = checkpoint.cap_malloc_arenas()
+    monkeypatch.setenv("JMTL_MALLOC_ARENAS", "7")  # read once: a later call changes nothing
+    assert checkpoint.cap_malloc_arenas() == first == dict(arenas=4, limited=True, arenas_before=3, in_time=True)
+    assert calls == [4]
+    monkeypatch.setattr(checkpoint, "_ARENA_CAP", None)
+    monkeypatch.setenv("JMTL_MALLOC_ARENAS", "0")  # off: mallopt is not asked
+    assert checkpoint.cap_malloc_arenas() == dict(arenas=0, limited=False, arenas_before=None, in_time=True)
+    assert calls == [4, 0]
 
 
 def test_malloc_arenas_setting_is_checked(monkeypatch):
@@ -153,7 +178,9 @@ def test_a_cap_that_came_too_late_is_named_with_its_fix(monkeypatch, tmp_path):
 
     seen = []
     monkeypatch.setattr(absl_logging, "warning", lambda msg, *args: seen.append(msg % args))
-    monkeypatch.setattr(checkpoint, "_ARENAS_AT_CAP", 12)  # glibc had fixed its limit before the cap
+    # glibc had fixed its limit (more than 8 arenas: jax had computed) before the cap
+    late = dict(arenas=2, limited=True, arenas_before=12, in_time=False, warned=False)
+    monkeypatch.setattr(checkpoint, "_ARENA_CAP", late)
     checkpoint.Checkpointer(tmp_path / "a")
     checkpoint.Checkpointer(tmp_path / "b")
     assert len(seen) == 1, seen  # once per process
@@ -161,6 +188,29 @@ def test_a_cap_that_came_too_late_is_named_with_its_fix(monkeypatch, tmp_path):
         "made 12 malloc arenas, too late to cap" in seen[0]
         and "Fix: start the program with MALLOC_ARENA_MAX=2" in seen[0]
     )
-    monkeypatch.setattr(checkpoint, "_ARENAS_AT_CAP", 3)  # in time: later arenas are capped, no warning
+    in_time = dict(arenas=2, limited=True, arenas_before=3, in_time=True, warned=False)
+    monkeypatch.setattr(checkpoint, "_ARENA_CAP", in_time)  # later arenas are capped: no warning
     checkpoint.Checkpointer(tmp_path / "c")
     assert len(seen) == 1
+
+
+def test_a_save_leaves_no_cyclic_garbage(tmp_path):
+    """A save leaves nothing for the cycle collector: the checksum record's ``json.dump(indent=1)``
+    built 33 objects in reference cycles per save (the pure-Python encoder's closures). None is left
+    now, orbax's part included."""
+    ck = checkpoint.Checkpointer(tmp_path / "ck")
+    state = {"w": np.arange(6, dtype=np.float32), "n": np.zeros((), np.int32)}
+    ck.save(0, state, {"config": {"a": [1, 2]}})
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds goes to gc.garbage instead of being freed
+    try:
+        for step in (1, 2, 3):
+            ck.save(step, state, {"config": {"a": [1, 2]}, "step": step})
+        gc.collect()
+        found = [type(o).__qualname__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert found == [], f"{len(found)} objects in cycles over 3 saves: {sorted(set(found))}"
+    assert checkpoint.verify_checksums(tmp_path / "ck" / "3") is True  # the compact record still verifies
+    ck.close()

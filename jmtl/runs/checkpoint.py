@@ -182,7 +182,11 @@ def write_checksums(step_dir: Path) -> None:
     record = {"format": INTEGRITY_FORMAT, "files": step_files(step_dir)}
     tmp = step_dir / (CHECKSUMS + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
+        # One-shot ``dumps`` without ``indent``: the C encoder. ``json.dump`` (and any ``indent``) use
+        # the pure-Python encoder, whose nested closures form a reference cycle per call: 33 objects of
+        # garbage per save for the cycle collector (``tests/test_checkpoint_memory.py``). Its share of
+        # the RSS per save was within the noise (``cyclic_json`` in results/bench/checkpoint_saves_rss.md).
+        f.write(json.dumps(record, sort_keys=True))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, step_dir / CHECKSUMS)
@@ -387,13 +391,22 @@ def _avoid_spec_json_leak() -> None:
 # malloc arena (up to 8 per core), so a save's transient buffers spread over many heaps that each
 # creep up with fragmentation (issue 23: orbax saves alone, after a full gc and malloc_trim, grew RSS
 # with the heap in use, ``mallinfo2().uordblks``, flat; with one arena RSS was flat too). Capped at 2:
-# results/bench/checkpoint_saves_rss.md (``fix`` vs ``spec_only``; its ``heap in use`` column is the
-# rest, which orbax's state save shows without jmtl too). glibc fixes its arena limit the first time
-# it needs a ninth arena, so this must run before the program starts its threads: at import
-# (``jmtl.training.loop`` imports this module). A ``MALLOC_ARENA_MAX`` in the environment wins (glibc
-# read it at start); ``JMTL_MALLOC_ARENAS=0`` leaves glibc's default. The cap is process-wide (every
-# library's malloc): heavy multi-threaded host allocation may wait on the arena locks; set
-# ``JMTL_MALLOC_ARENAS`` higher then.
+# results/bench/checkpoint_saves_rss.md (``fix`` vs ``spec_only``). A ``MALLOC_ARENA_MAX`` in the
+# environment wins (glibc read it at start); ``JMTL_MALLOC_ARENAS=0`` leaves glibc's default. The cap is
+# process-wide (every library's malloc): heavy multi-threaded host allocation may wait on the arena
+# locks; set ``JMTL_MALLOC_ARENAS`` higher then.
+#
+# Where: glibc fixes its arena limit for good the first time a thread needs a ninth arena (64-bit
+# ``arena_test``), and jax's first computation starts XLA's CPU thread pool, which takes them: on the
+# 2-core bench machine a process has 1 arena after importing this module and 16 (8 per core, the limit
+# then fixed) after the first ``jnp`` op. ``jmtl.train`` creates its ``Checkpointer`` after the model's
+# init (16 arenas there without a cap, measured), so a cap set there would change nothing (``late_cap``
+# in results/bench/checkpoint_saves_rss.md: 16 arenas to the end, vs 2 with the cap at import; with
+# jax's threads running the cap's share of the RSS per save is smaller than without them, ~0.3-0.6 of
+# ~2.3-2.9 KiB/save in two runs). Hence once per process when this module is imported
+# (``jmtl.train`` / ``jmtl.fit`` load it with the trainer; ``python -m experiments.train`` caps in time,
+# 2 arenas at its end, measured), the latest point that precedes a typical program's first jax op;
+# ``Checkpointer`` names a cap that came too late, with the fix.
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 MALLOC_ARENAS = 2
 
@@ -426,15 +439,21 @@ def _arenas_from_env() -> int:
         ) from None
 
 
+_LIBC = None
+
+
 def malloc_arena_count() -> Optional[int]:
     """How many malloc arenas glibc has made so far (``malloc_info``); None where that is unknown."""
+    global _LIBC
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
-        libc.open_memstream.restype = ctypes.c_void_p
-        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-        libc.fclose.argtypes = [ctypes.c_void_p]
+        if _LIBC is None:  # once: each ``CDLL`` makes a class in a reference cycle (garbage per call)
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.open_memstream.restype = ctypes.c_void_p
+            _LIBC.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+            _LIBC.fclose.argtypes = [ctypes.c_void_p]
+        libc = _LIBC
         buf, size = ctypes.c_char_p(), ctypes.c_size_t()
         stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
         if not stream:
@@ -448,23 +467,52 @@ def malloc_arena_count() -> Optional[int]:
     return len(re.findall(r"<heap nr=", text)) or None
 
 
-MALLOC_ARENAS_LIMITED = limit_malloc_arenas(_arenas_from_env())
-# glibc fixes its arena limit when it first needs a 9th arena (64-bit ``arena_test``): a cap set after
-# that changes nothing, and ``Checkpointer`` says so once (with the fix: the environment variable).
-_ARENAS_AT_CAP = malloc_arena_count() if MALLOC_ARENAS_LIMITED else None
 _ARENA_TEST = 8
+_ARENA_CAP: Optional[dict] = None  # what ``cap_malloc_arenas`` did, once per process
+
+
+def cap_malloc_arenas() -> dict:
+    """Caps glibc's malloc arenas at ``JMTL_MALLOC_ARENAS`` (default 2; 0 = off), once per process.
+
+    The first call reads the setting and calls ``limit_malloc_arenas``; later calls change nothing and
+    return the first call's record.
+
+    Returns:
+      ``{"arenas": n asked, "limited": whether mallopt set it, "arenas_before": arenas that existed
+      then (None if not limited or unknown), "in_time": False if glibc had fixed its own limit before}``.
+
+    Raises:
+      ValueError: ``JMTL_MALLOC_ARENAS`` is not an integer (naming it and the fix).
+    """
+    global _ARENA_CAP
+    if _ARENA_CAP is None:
+        n = _arenas_from_env()
+        before = malloc_arena_count() if n > 0 else None
+        limited = limit_malloc_arenas(n)
+        _ARENA_CAP = {
+            "arenas": n,
+            "limited": limited,
+            "arenas_before": before if limited else None,
+            "in_time": not (limited and before is not None and before > _ARENA_TEST),
+            "warned": False,
+        }
+    return {k: v for k, v in _ARENA_CAP.items() if k != "warned"}
+
+
+MALLOC_ARENAS_LIMITED = cap_malloc_arenas()["limited"]
 
 
 def _warn_if_arena_cap_came_late() -> None:
-    global _ARENAS_AT_CAP
-    if _ARENAS_AT_CAP is not None and _ARENAS_AT_CAP > _ARENA_TEST:
+    cap = _ARENA_CAP
+    if cap is not None and not cap["in_time"] and not cap["warned"]:
+        cap["warned"] = True  # once per process
         logging.warning(
             "jmtl.runs.checkpoint was imported after this process made %d malloc arenas, too late to cap "
             "them: RSS may grow a few KiB per checkpoint save (allocator fragmentation, not a leak). Fix: "
-            "start the program with MALLOC_ARENA_MAX=2 in the environment, or import jmtl.training first",
-            _ARENAS_AT_CAP,
+            "start the program with MALLOC_ARENA_MAX=2 in the environment, or import jmtl.runs.checkpoint "
+            "before jax's first computation",
+            cap["arenas_before"],
         )
-        _ARENAS_AT_CAP = None  # once
 
 
 # glibc keeps the buffers orbax / tensorstore free after a save in its per-thread arenas instead of

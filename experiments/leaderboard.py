@@ -67,21 +67,6 @@ def _deadline(text: str) -> float | None:
     return at.timestamp()
 
 
-def _use_xla_cache(setting: str, workdir: Path) -> None:
-    """Turns on XLA's persistent compilation cache before the first cell compiles (the compiled programs
-    are looked up by a hash of their HLO and compile options: the numbers do not change)."""
-    import os
-
-    import jax
-
-    if not setting or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        return
-    folder = workdir / "xla_cache" if setting == "auto" else Path(setting).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -97,7 +82,7 @@ def main(argv):
         workdir = Path(_WORKDIR.value)
         started = results_io.started_now()
         if not _REPORT_ONLY.value:
-            _use_xla_cache(_XLA_CACHE.value, workdir)
+            leaderboard.use_xla_cache(_XLA_CACHE.value, workdir)
         if _PLAN.value:
             p = leaderboard.plan(
                 workdir, [leaderboard.BENCHMARKS[n] for n in names], methods, _SEEDS.value, _PILOT_STEPS.value

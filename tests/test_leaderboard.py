@@ -150,20 +150,18 @@ def test_xla_cache_setting_is_resolved_before_any_cell(tmp_path, monkeypatch):
     JAX_COMPILATION_CACHE_DIR wins (jax's config is restored after the test)."""
     import jax
 
-    from experiments import leaderboard as script
-
     before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
     try:
         monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
-        script._use_xla_cache("auto", tmp_path / "work")
+        lb.use_xla_cache("auto", tmp_path / "work")
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "work" / "xla_cache")
         assert (tmp_path / "work" / "xla_cache").is_dir() and jax.config.jax_persistent_cache_min_compile_time_secs == 0
-        script._use_xla_cache(str(tmp_path / "mine"), tmp_path / "work")
+        lb.use_xla_cache(str(tmp_path / "mine"), tmp_path / "work")
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
         jax.config.update("jax_compilation_cache_dir", "unchanged")
-        script._use_xla_cache("", tmp_path / "work")
+        lb.use_xla_cache("", tmp_path / "work")
         monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "user"))
-        script._use_xla_cache("auto", tmp_path / "work")
+        lb.use_xla_cache("auto", tmp_path / "work")
         assert jax.config.jax_compilation_cache_dir == "unchanged"
     finally:
         jax.config.update("jax_compilation_cache_dir", before[0])

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from experiments import hierarchical_tagging
+from experiments import tagging_sweep as hierarchical_tagging
 from experiments.configs import hierarchical_sg
 from jmtl.data import DataError, conll
 from jmtl.data import embeddings as emb_lib

@@ -53,39 +53,13 @@ from typing import Callable, Collection, Iterator, Optional, Sequence
 import numpy as np
 
 from jmtl.data import packaged_embeddings
+from jmtl.data.embedding_table import FILE_UNKNOWN_WORDS, Embeddings, _wanted
 from jmtl.data.idx import DataError
 
 FORMATS = ("auto", "glove", "word2vec", "senna", "package")
-# Entries some files use for the unknown word (Senna: UNKNOWN); their vector seeds ``<unk>``.
-FILE_UNKNOWN_WORDS = ("UNKNOWN", "<unk>", "UNK")
 FILE_PADDING_WORDS = ("PADDING",)  # Senna's padding entry: never a real word, so it is skipped
 SENNA_WORDS = ("hash/words.lst", "words.lst")
 SENNA_VECTORS = ("embeddings/embeddings.txt", "embeddings.txt")
-
-
-@dataclasses.dataclass(frozen=True)
-class Embeddings:
-    """Vectors read from a file.
-
-    Attributes:
-      words: the file's words in file order (first occurrence of each; filtered by ``keep``).
-      vectors: float32 ``[len(words), dim]``.
-      dim: vector size.
-      path: the file (Senna: ``words,vectors``).
-      format: 'glove', 'word2vec' or 'senna'.
-      num_lines: vectors in the file (all of them, kept or not).
-      duplicates: repeated words that were skipped (the first occurrence is kept).
-      scale: standard deviation of the kept vectors' entries (the scale of random rows).
-    """
-
-    words: tuple[str, ...]
-    vectors: np.ndarray
-    dim: int
-    path: str
-    format: str
-    num_lines: int
-    duplicates: int
-    scale: float
 
 
 # ----------------------------------------------------------------------------- reading
@@ -133,12 +107,6 @@ def _is_float(x: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _wanted(keep: Optional[Collection[str]], normalize: Callable[[str], str]) -> Callable[[str], bool]:
-    if keep is None:
-        return lambda w: True
-    return lambda w: w in keep or normalize(w) in keep or w in FILE_UNKNOWN_WORDS
 
 
 def _finish(

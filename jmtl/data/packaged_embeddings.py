@@ -28,6 +28,7 @@ from typing import Callable, Collection, Optional
 
 import numpy as np
 
+from jmtl.data.embedding_table import Embeddings, _wanted
 from jmtl.data.idx import DataError
 
 PREFIX = "pypi:"
@@ -203,8 +204,6 @@ def load_packaged(
       DataError: not installed (names ``pip install 'jmtl[EXTRA]'``), damaged files, a matrix that
         is not 2-D float or whose row count differs from the index's, non-finite kept entries.
     """
-    from jmtl.data import embeddings as emb_lib  # noqa: PLC0415 (embeddings imports this module)
-
     if normalize is None:
         from jmtl.data.conll import normalize_word as normalize  # noqa: PLC0415 (conll imports tfds)
     pkg = package_of(path)
@@ -225,7 +224,7 @@ def load_packaged(
         raise DataError(
             f"{index_path}: {len(words)} words but {vectors_path} has {matrix.shape[0]} rows. Fix: {pkg.fix()}"
         )
-    want = emb_lib._wanted(keep, normalize)
+    want = _wanted(keep, normalize)
     rows: list[int] = []
     kept: list[str] = []
     seen: set[str] = set()
@@ -251,7 +250,7 @@ def load_packaged(
     if duplicates:
         warnings.warn(f"{index_path}: {duplicates} repeated word(s); the first vector of each was kept", stacklevel=2)
     scale = float(table.std()) if table.size else 0.0
-    return emb_lib.Embeddings(
+    return Embeddings(
         tuple(kept), table, int(matrix.shape[1]), f"{path} ({vectors_path})", "package", len(words), duplicates, scale
     )
 

@@ -43,11 +43,13 @@ import functools
 import hashlib
 import json
 import math
+import os
 import resource
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from jmtl import weighting
@@ -996,3 +998,21 @@ def plot(record: Mapping, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def use_xla_cache(setting: str, workdir: Path) -> None:
+    """Turns on XLA's persistent compilation cache before the first cell compiles (the compiled programs
+    are looked up by a hash of their HLO and compile options: the numbers do not change).
+
+    Args:
+      setting: ``'auto'`` (``<workdir>/xla_cache``), ``''`` (off) or a folder (``--xla_cache``).
+      workdir: the board's folder of cells.
+
+    A cache the user set in ``JAX_COMPILATION_CACHE_DIR`` wins.
+    """
+    if not setting or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    folder = workdir / "xla_cache" if setting == "auto" else Path(setting).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -7,18 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from test_leaderboard_stats import _board as _benchmark
 
 from experiments import readme_tables as rt
 from jmtl.drivers import leaderboard as lb
-
-
-def _benchmark(per_seed: dict[str, list[float]], missing=()) -> dict:
-    vals = {m: dict(enumerate(v)) for m, v in per_seed.items()}
-    entries = {m: lb.entry(v, vals.get(lb.EQUAL)) for m, v in vals.items()}
-    ranks = lb.rank_with_ties({m: tuple(e["ci"]) for m, e in entries.items()})
-    for m, e in entries.items():
-        e["rank"] = ranks[m]
-    return {"entries": entries, "missing": list(missing)}
 
 
 def _write_board(results, benchmarks: dict) -> dict:

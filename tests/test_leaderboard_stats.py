@@ -83,11 +83,7 @@ def test_verdicts_and_ranks_use_the_t_interval_not_the_bootstrap():
 def _board(per_seed: dict[str, list[float]], missing=()) -> dict:
     """A benchmark's part of a board record from hand-made per-seed Δm% (what benchmark_results does
     after reading the cells)."""
-    vals = {m: dict(enumerate(v)) for m, v in per_seed.items()}
-    entries = {m: lb.entry(v, vals.get(lb.EQUAL)) for m, v in vals.items()}
-    ranks = lb.rank_with_ties({m: tuple(e["ci"]) for m, e in entries.items()})
-    for m, e in entries.items():
-        e["rank"] = ranks[m]
+    entries = lb.ranked_entries({m: dict(enumerate(v)) for m, v in per_seed.items()})
     return {"entries": entries, "missing": list(missing)}
 
 

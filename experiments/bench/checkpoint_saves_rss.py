@@ -41,51 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.bench.common import RESULTS, ROOT, provenance, write_outputs
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-_MALLINFO2 = None
-
-
-def _heap_in_use_kib() -> float:
-    """glibc's bytes in use over all arenas (``mallinfo2().uordblks``), KiB; NaN elsewhere."""
-    global _MALLINFO2
-    if _MALLINFO2 is None:  # built once: a ctypes Structure class per reading would be cyclic garbage
-        import ctypes
-
-        class MallInfo2(ctypes.Structure):
-            _fields_ = [
-                (n, ctypes.c_size_t)
-                for n in (
-                    "arena",
-                    "ordblks",
-                    "smblks",
-                    "hblks",
-                    "hblkhd",
-                    "usmblks",
-                    "fsmblks",
-                    "uordblks",
-                    "fordblks",
-                    "keepcost",
-                )
-            ]
-
-        try:
-            fn = ctypes.CDLL("libc.so.6").mallinfo2
-        except (OSError, AttributeError):
-            fn = False
-        else:
-            fn.restype = MallInfo2
-        _MALLINFO2 = fn
-    return _MALLINFO2().uordblks / 1024 if _MALLINFO2 else float("nan")
-
+from experiments.bench.process_stats import heap_in_use_kib, rss_kib
 
 VARIANTS = ("no_fix", "spec_only", "fix")
 # ``fix_gc``: ``fix`` with a full ``gc.collect()`` before each sample (``--variants fix,fix_gc``): what
@@ -138,8 +94,8 @@ def child(variant: str, saves: int, warmup: int = 50) -> dict:
             if variant == "fix_gc":
                 gc.collect()
             xs.append(i)
-            ys.append(_rss_kib())
-            heap.append(_heap_in_use_kib())
+            ys.append(rss_kib())
+            heap.append(heap_in_use_kib())
         ck.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)

@@ -38,16 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.bench.checkpoint_saves_rss import _heap_in_use_kib, _rss_kib
 from experiments.bench.common import RESULTS, provenance, write_outputs
-
-
-def _os_threads() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    return -1
+from experiments.bench.process_stats import heap_in_use_kib, rss_kib, status_field
 
 
 def _sample(collect: bool) -> dict:
@@ -57,13 +49,13 @@ def _sample(collect: bool) -> dict:
         gc.collect()
     objs = collections.Counter(type(o).__name__ for o in gc.get_objects())
     return {
-        "rss_kib": _rss_kib(),
-        "heap_in_use_kib": round(_heap_in_use_kib(), 1),
+        "rss_kib": rss_kib(),
+        "heap_in_use_kib": round(heap_in_use_kib(), 1),
         "pymalloc_blocks": sys.getallocatedblocks(),
         "gc_objects": sum(objs.values()),
         "by_type": objs,
         "threads": threading.active_count(),
-        "os_threads": _os_threads(),
+        "os_threads": status_field("Threads"),
         "malloc_arenas": checkpoint.malloc_arena_count(),
         "full_collections": gc.get_stats()[2]["collections"],
     }

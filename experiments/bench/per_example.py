@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.bench import common
+from experiments.bench.process_stats import status_field
 
 OUT_DIR = common.ROOT / "results" / "bench"
 MODELS = ("mlp_sarcos", "multi_lenet")
@@ -275,14 +276,6 @@ def torch_inputs(model: str, x: np.ndarray, y: np.ndarray):
     return xt, torch.tensor(y)
 
 
-def _status_mib(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def torch_memory_child(args) -> None:
     """In a fresh process: peak RSS growth over 3 steps of one torch row (prints one JSON line)."""
     import torch
@@ -297,10 +290,10 @@ def torch_memory_child(args) -> None:
     # the set-up's transient peaks do not count.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = _status_mib("VmRSS")
+    before = status_field("VmRSS") / 1024
     for _ in range(3):
         call()
-    peak = _status_mib("VmHWM")
+    peak = status_field("VmHWM") / 1024
     print(json.dumps({"rss_before_mib": before, "peak_rss_mib": peak, "peak_growth_mib": peak - before}))
 
 

@@ -31,23 +31,12 @@ import jax
 import numpy as np
 
 from experiments.bench.common import RESULTS, index_figure, provenance, write_outputs
+from experiments.bench.process_stats import open_fds, rss_mib
 from experiments.configs import gradnorm_toy
 from jmtl.data import pipeline
 from jmtl.training.loop import train
 
 TARGET_GROWTH_PCT = 5.0
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024  # kB -> MiB
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 class _StepCounter:

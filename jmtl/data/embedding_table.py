@@ -5,6 +5,7 @@ asks for. Its own module so that both readers import it and neither imports the 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Callable, Collection, Optional
 
 import numpy as np
@@ -38,7 +39,32 @@ class Embeddings:
     scale: float
 
 
-def _wanted(keep: Optional[Collection[str]], normalize: Callable[[str], str]) -> Callable[[str], bool]:
-    if keep is None:
-        return lambda w: True
-    return lambda w: w in keep or normalize(w) in keep or w in FILE_UNKNOWN_WORDS
+class WordSelection:
+    """Which of a file's words go into the table: the first occurrence of each (repeats are counted,
+    not kept) among those ``keep`` asks for (or whose ``normalize``-d form it asks for), plus the
+    unknown-word entries."""
+
+    def __init__(self, keep: Optional[Collection[str]], normalize: Callable[[str], str]):
+        self._keep, self._normalize = keep, normalize
+        self._seen: set[str] = set()
+        self.duplicates = 0
+
+    def take(self, word: str) -> bool:
+        """Whether ``word``'s vector goes into the table (call once per file entry, in file order)."""
+        if word in self._seen:
+            self.duplicates += 1
+            return False
+        self._seen.add(word)
+        keep = self._keep
+        return keep is None or word in keep or self._normalize(word) in keep or word in FILE_UNKNOWN_WORDS
+
+
+def make_embeddings(
+    words: list[str], table: np.ndarray, path: str, fmt: str, num_lines: int, duplicates: int, *, repeats_in: str
+) -> Embeddings:
+    """The :class:`Embeddings` of the kept ``words`` and their float32 ``table`` rows; warns (naming
+    ``repeats_in``) when the file repeated words."""
+    if duplicates:
+        warnings.warn(f"{repeats_in}: {duplicates} repeated word(s); the first vector of each was kept", stacklevel=3)
+    scale = float(table.std()) if table.size else 0.0
+    return Embeddings(tuple(words), table, int(table.shape[1]), path, fmt, num_lines, duplicates, scale)

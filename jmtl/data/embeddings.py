@@ -46,14 +46,13 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import warnings
 import zlib
 from typing import Callable, Collection, Iterator, Optional, Sequence
 
 import numpy as np
 
 from jmtl.data import packaged_embeddings
-from jmtl.data.embedding_table import FILE_UNKNOWN_WORDS, Embeddings, _wanted
+from jmtl.data.embedding_table import FILE_UNKNOWN_WORDS, Embeddings, WordSelection, make_embeddings
 from jmtl.data.idx import DataError
 
 FORMATS = ("auto", "glove", "word2vec", "senna", "package")
@@ -109,25 +108,14 @@ def _is_float(x: str) -> bool:
         return False
 
 
-def _finish(
-    words: list[str], vectors: list[np.ndarray], dim: int, path: str, fmt: str, num_lines: int, duplicates: int
-) -> Embeddings:
-    if duplicates:
-        warnings.warn(f"{path}: {duplicates} repeated word(s); the first vector of each was kept", stacklevel=3)
-    matrix = np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)
-    scale = float(matrix.std()) if matrix.size else 0.0
-    return Embeddings(tuple(words), matrix, dim, path, fmt, num_lines, duplicates, scale)
-
-
 def _read_text(path: str, fmt: str, keep, normalize) -> Embeddings:
     """GloVe or word2vec text (``fmt='auto'`` decides from the first line)."""
-    want = _wanted(keep, normalize)
+    select = WordSelection(keep, normalize)
     words: list[str] = []
     vectors: list[np.ndarray] = []
-    seen: set[str] = set()
     dim = None
     header_count = None
-    num_lines = duplicates = 0
+    num_lines = 0
     for lineno, line in _lines(path):
         if not line:
             continue  # blank lines (e.g. at the end) carry nothing
@@ -156,11 +144,7 @@ def _read_text(path: str, fmt: str, keep, normalize) -> Embeddings:
             )
         num_lines += 1
         word = fields[0]
-        if word in seen:
-            duplicates += 1
-            continue
-        seen.add(word)
-        if want(word):
+        if select.take(word):
             words.append(word)
             vectors.append(_floats(path, lineno, fields[1:]))
     if dim is None or num_lines == 0:
@@ -170,7 +154,7 @@ def _read_text(path: str, fmt: str, keep, normalize) -> Embeddings:
             f"{path}: the header says {header_count} vectors, the file has {num_lines}. "
             "Fix: the file is truncated, or correct its first line"
         )
-    return _finish(words, vectors, dim, path, fmt, num_lines, duplicates)
+    return make_embeddings(words, _stack(vectors, dim), path, fmt, num_lines, select.duplicates, repeats_in=path)
 
 
 def senna_files(path: str) -> tuple[str, str]:
@@ -199,14 +183,13 @@ def senna_files(path: str) -> tuple[str, str]:
 
 def _read_senna(path: str, keep, normalize) -> Embeddings:
     words_path, vectors_path = senna_files(path)
-    want = _wanted(keep, normalize)
+    select = WordSelection(keep, normalize)
     word_lines = [(n, line.strip()) for n, line in _lines(words_path)]
     word_lines = [(n, w) for n, w in word_lines if w]
     words: list[str] = []
     vectors: list[np.ndarray] = []
-    seen: set[str] = set()
     dim = None
-    count = duplicates = 0
+    count = 0
     for lineno, line in _lines(vectors_path):
         if not line:
             continue
@@ -225,11 +208,7 @@ def _read_senna(path: str, keep, normalize) -> Embeddings:
             )
         word_lineno, word = word_lines[count]
         count += 1
-        if word in seen:
-            duplicates += 1
-            continue
-        seen.add(word)
-        if word in FILE_PADDING_WORDS or not want(word):
+        if not select.take(word) or word in FILE_PADDING_WORDS:
             continue
         words.append(word)
         vectors.append(_floats(vectors_path, lineno, fields))
@@ -240,7 +219,12 @@ def _read_senna(path: str, keep, normalize) -> Embeddings:
             f"{words_path}: {len(word_lines)} words but {vectors_path} has {count} vectors. "
             "Fix: pass the matching pair of files"
         )
-    return _finish(words, vectors, dim, f"{words_path},{vectors_path}", "senna", count, duplicates)
+    paths = f"{words_path},{vectors_path}"
+    return make_embeddings(words, _stack(vectors, dim), paths, "senna", count, select.duplicates, repeats_in=paths)
+
+
+def _stack(vectors: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)
 
 
 def load_embeddings(

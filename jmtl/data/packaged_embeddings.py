@@ -23,12 +23,11 @@ import hashlib
 import importlib.util
 import os
 import pathlib
-import warnings
 from typing import Callable, Collection, Optional
 
 import numpy as np
 
-from jmtl.data.embedding_table import Embeddings, _wanted
+from jmtl.data.embedding_table import WordSelection, make_embeddings
 from jmtl.data.idx import DataError
 
 PREFIX = "pypi:"
@@ -224,19 +223,9 @@ def load_packaged(
         raise DataError(
             f"{index_path}: {len(words)} words but {vectors_path} has {matrix.shape[0]} rows. Fix: {pkg.fix()}"
         )
-    want = _wanted(keep, normalize)
-    rows: list[int] = []
-    kept: list[str] = []
-    seen: set[str] = set()
-    duplicates = 0
-    for i, w in enumerate(words):
-        if w in seen:
-            duplicates += 1
-            continue
-        seen.add(w)
-        if want(w):
-            rows.append(i)
-            kept.append(w)
+    select = WordSelection(keep, normalize)
+    rows = [i for i, w in enumerate(words) if select.take(w)]
+    kept = [words[i] for i in rows]
     table = (
         np.asarray(matrix[np.asarray(rows, np.int64)], np.float32)
         if rows
@@ -247,12 +236,8 @@ def load_packaged(
         raise DataError(
             f"{vectors_path}: row {rows[bad[0]]} ({kept[bad[0]]!r}) has a non-finite entry. Fix: {pkg.fix()}"
         )
-    if duplicates:
-        warnings.warn(f"{index_path}: {duplicates} repeated word(s); the first vector of each was kept", stacklevel=2)
-    scale = float(table.std()) if table.size else 0.0
-    return Embeddings(
-        tuple(kept), table, int(matrix.shape[1]), f"{path} ({vectors_path})", "package", len(words), duplicates, scale
-    )
+    source = f"{path} ({vectors_path})"
+    return make_embeddings(kept, table, source, "package", len(words), select.duplicates, repeats_in=index_path)
 
 
 def source_stamp(path: str, package_dir: Optional[os.PathLike[str] | str] = None) -> tuple:

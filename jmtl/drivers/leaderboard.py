@@ -458,10 +458,7 @@ def benchmark_results(bench_dir: Path, benchmark: Benchmark, methods: Sequence[s
         if any(b is None for b in baseline):
             continue
         per_seed[name.split("__", 1)[1]] = {s: mtl_metrics.delta_m(v, baseline, hib) for s, v in m.items()}
-    entries = {method: entry(vals, per_seed.get(EQUAL)) for method, vals in per_seed.items()}
-    ranks = rank_with_ties({m: tuple(e["ci"]) for m, e in entries.items()})
-    for m, e in entries.items():
-        e["rank"] = ranks[m]
+    entries = ranked_entries(per_seed)
     cells = [cell_record(bench_dir, n) for n, _ in base_cells + scheme_cells if (bench_dir / "cells" / n).exists()]
     failed = [c["cell"] for c in cells if c.get("error") and c["cell"] in missing]
     result = {
@@ -476,6 +473,16 @@ def benchmark_results(bench_dir: Path, benchmark: Benchmark, methods: Sequence[s
     }
     result["summary"] = summarize(benchmark.name, result)
     return result
+
+
+def ranked_entries(per_seed: Mapping[str, Mapping[int, float]]) -> dict[str, dict]:
+    """Every scheme's :func:`entry` from its per-seed Δm% (``{scheme: {seed: value}}``), each with
+    its rank among them (:func:`rank_with_ties`)."""
+    entries = {method: entry(vals, per_seed.get(EQUAL)) for method, vals in per_seed.items()}
+    ranks = rank_with_ties({m: tuple(e["ci"]) for m, e in entries.items()})
+    for m, e in entries.items():
+        e["rank"] = ranks[m]
+    return entries
 
 
 def entry(values: Mapping[int, float], equal: Mapping[int, float] | None) -> dict:

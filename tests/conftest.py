@@ -52,6 +52,23 @@ def _session_compilation_cache(config):
     config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
+@pytest.fixture(scope="module")
+def xla_optimizations_off():
+    """For a test file that compiles many programs and checks values, not speed
+    (``pytestmark = pytest.mark.usefixtures("xla_optimizations_off")``): XLA's optimisation passes
+    off (``jax_disable_most_optimizations``) for the file, restored afterwards. jax's in-memory
+    caches are not keyed on that flag, so they are cleared on the way in and out: no executable
+    compiled without the passes outlives the file and serves a later test."""
+    import jax
+
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 def run_script(script: str, *args: str, devices: int = 1, timeout: int = 600, env: dict | None = None) -> dict:
     """Runs ``tests/scripts/<script>`` in a fresh interpreter with ``devices`` forced CPU devices and
     returns the JSON it prints on its ``RESULT`` line."""

@@ -29,14 +29,9 @@ REP_OK = ("hps", "omoe", "mmoe", "dselect_k")  # architectures with a shared rep
 D_IN = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """These tests compile dozens of tiny programs once each: XLA's optimisation passes cost far more
-    than they save here (about half the file's time). Restored afterwards."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+# These tests compile dozens of tiny programs once each: XLA's optimisation passes cost far more than
+# they save here (about half the file's time).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
 
 
 def _tasks(k: int, kind: str = "regression") -> tuple[Task, ...]:

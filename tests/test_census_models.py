@@ -14,14 +14,8 @@ from experiments.configs import census_common, census_income_marital
 from jmtl.models import architectures, mtl
 from jmtl.tasks import Task
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Tiny programs compiled once each: XLA's optimisation passes cost more than they save."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+# Tiny programs compiled once each: XLA's optimisation passes cost more than they save.
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
 
 
 D_IN, E, H, T = 6, 3, 4, 5  # input size, experts, expert width, tower width

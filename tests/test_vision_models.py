@@ -23,14 +23,9 @@ PIXEL = (("segmentation", 13), ("depth", 1), ("normal", 3))
 MTAN_SINGLE_TASK_SEGNET = 24_981_069
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Compiling SegNet's steps with XLA's optimisation passes costs minutes on a loaded CPU; these
-    tests check values, not speed (as tests/test_architectures.py). Restored afterwards."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+# Compiling SegNet's steps with XLA's optimisation passes costs minutes on a loaded CPU; these tests
+# check values, not speed (as tests/test_architectures.py).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
 
 
 def _pixel_heads(style="segnet", upsample=1, names=PIXEL):

@@ -19,17 +19,9 @@ from experiments import vision_report
 from jmtl.data import fake_vision
 from jmtl.training import loop
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-    """Without XLA's optimisation passes the SegNet / ResNet steps compile several times faster on a
-    loaded CPU; these tests check that the configs run, not their speed (as tests/test_vision_models.py)."""
-    import jax
-
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+# Without XLA's optimisation passes the SegNet / ResNet steps compile several times faster on a loaded
+# CPU; these tests check that the configs run, not their speed (as tests/test_vision_models.py).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
 
 
 @pytest.fixture(scope="module")

@@ -195,8 +195,9 @@ def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 
     (the constraint ``nu >= pi^T lambda`` always binds: the unconstrained minimiser in ``nu`` is
     ``rho / 2 - ...``). The objective is convex in ``lambda`` (a partial minimisation of a jointly
     convex function over a convex set); solved by projected gradient descent on the simplex with
-    step ``1 / L``, until a step moves ``lambda`` by at most ``tol`` (max-norm; the projected-gradient
-    optimality measure) or after ``num_iter`` steps.
+    step ``1 / L`` (``L``: the gradient's Lipschitz constant along the simplex), until a step moves
+    ``lambda`` by at most ``tol`` (max-norm; the projected-gradient optimality measure) or after
+    ``num_iter`` steps.
 
     Args:
       gram: ``[K+1, K+1]`` Gram matrix (see above).
@@ -216,8 +217,20 @@ def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 
         return lam @ gg @ lam + 2 * nu * (lam @ gq) + nu**2 * qq - nu * rho * qq
 
     grad_fn = jax.grad(objective)
-    # Lipschitz bound of the gradient: 2 (|G_gg| + |pi|^2 qq + 2 |pi| |gq|) in Frobenius / 2-norms.
-    lip = 2 * (jnp.linalg.norm(gg) + jnp.sum(pi**2) * qq + 2 * jnp.linalg.norm(pi) * jnp.linalg.norm(gq)) + 1e-12
+    # The step 1 / L uses the gradient's Lipschitz constant on the simplex: the largest curvature of
+    # either quadratic piece (nu = 0: 2 G_gg; nu = pi^T lambda: 2 (G_gg + pi gq^T + gq pi^T + qq pi pi^T))
+    # along the simplex's tangent space (directions summing to 0). A bound over all directions
+    # (Frobenius norms) counts the curvature along (1, ..., 1), which the projection removes; with
+    # aligned unit gradients that bound was ~100x too large and 200 steps left lambda ~1e-4 off, so
+    # two compilations of one step (vmapped seeds or not) stopped at different points.
+    tangent = jnp.eye(k, dtype=gram.dtype) - 1.0 / k
+    piece_nu = 2 * (gg + jnp.outer(pi, gq) + jnp.outer(gq, pi) + qq * jnp.outer(pi, pi))
+
+    def tangent_curvature(h):
+        return jnp.max(jnp.abs(jnp.linalg.eigvalsh(tangent @ h @ tangent)))
+
+    bound = 2 * (jnp.linalg.norm(gg) + jnp.sum(pi**2) * qq + 2 * jnp.linalg.norm(pi) * jnp.linalg.norm(gq))
+    lip = jnp.maximum(jnp.maximum(tangent_curvature(2 * gg), tangent_curvature(piece_nu)), 1e-6 * bound) + 1e-30
 
     def cond(carry):
         it, _, change = carry
@@ -225,7 +238,10 @@ def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 
 
     def body(carry):
         it, lam, _ = carry
-        new = projection_simplex(lam - grad_fn(lam) / lip)
+        grad = grad_fn(lam)
+        # Only the tangent part moves lambda (the projection absorbs shifts along (1, ..., 1)); dropping
+        # the rest keeps lambda - step exact in float32 when the step 1 / L is long.
+        new = projection_simplex(lam - (grad - jnp.mean(grad)) / lip)
         # |lam - P(lam - grad / L)| is the projected-gradient optimality measure: 0 at the optimum.
         return it + 1, new, jnp.max(jnp.abs(new - lam))
 

@@ -15,6 +15,10 @@ from conftest import ROOT, toy_config
 from jmtl.drivers import ablation as ablate
 from jmtl.metrics import mtl
 
+# Values, not speed: the programs compile without XLA's optimisation passes (conftest's
+# xla_optimizations_off; this file's compile-bound tests took ~0.6x the time in one measured run).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
+
 
 def test_delta_m_closed_form():
     # Accuracy up 1% relative on task 1 (higher is better), error down 10% on task 2 (lower is better):

@@ -20,6 +20,11 @@ from jmtl.core.sharing import Sharing
 from jmtl.models import encoders, gnn, sequence, vision
 from jmtl.training import autogram_flax as ag
 
+# Values, not speed: the programs compile without XLA's optimisation passes (conftest's
+# xla_optimizations_off; this file's compile-bound tests took ~0.6x the time in one measured run).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -15,6 +15,11 @@ from experiments.configs import hierarchical_sg
 from jmtl.data import DataError, conll
 from jmtl.drivers import tagging as hierarchical_tagging
 
+# Values, not speed: the programs compile without XLA's optimisation passes (conftest's
+# xla_optimizations_off; this file's compile-bound tests took ~0.6x the time in one measured run).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
+
+
 WORDS = "the a cat dog sat ran fast home in it".split()
 POS = {
     "the": "DT",

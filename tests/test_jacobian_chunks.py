@@ -12,6 +12,11 @@ from jmtl.models import mtl
 from jmtl.tasks import Task
 from jmtl.training import step as step_lib
 
+# Values, not speed: the programs compile without XLA's optimisation passes (conftest's
+# xla_optimizations_off; this file's compile-bound tests took ~0.6x the time in one measured run).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
+
+
 K = 5  # chunks of 3 leave a padded last chunk
 TASKS = tuple(Task(f"t{i}", "regression", 2) for i in range(K - 1)) + (Task("c", "classification", 3),)
 

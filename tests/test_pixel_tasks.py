@@ -25,6 +25,11 @@ from jmtl.tasks import Task
 from jmtl.training import evaluate
 from jmtl.training import step as step_lib
 
+# Values, not speed: the programs compile without XLA's optimisation passes (conftest's
+# xla_optimizations_off; this file's compile-bound tests took ~0.6x the time in one measured run).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
+
+
 C = 3  # segmentation classes
 TASKS = (Task("seg", "segmentation", C), Task("depth", "depth", 1), Task("normal", "normal", 3))
 

@@ -9,6 +9,10 @@ from conftest import toy_config
 
 from jmtl.training.loop import train
 
+# Values, not speed: the programs compile without XLA's optimisation passes (conftest's
+# xla_optimizations_off; this file's compile-bound tests took ~0.6x the time in one measured run).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
+
 
 def _config(tmp_path, **kw):
     return toy_config(

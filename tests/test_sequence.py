@@ -17,6 +17,11 @@ from jmtl.models import sequence
 from jmtl.tasks import Task
 from jmtl.training import step as step_lib
 
+# Values, not speed: the programs compile without XLA's optimisation passes (conftest's
+# xla_optimizations_off; this file's compile-bound tests took ~0.6x the time in one measured run).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
+
+
 B, T, W = 3, 6, 5
 LENGTHS = (6, 4, 1)
 SMALL = dict(num_words=30, num_chars=12, hidden=8, word_dim=8, char_dim=4, char_features=6, dropout_rate=0.0)

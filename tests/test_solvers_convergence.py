@@ -16,6 +16,11 @@ from experiments import solver_convergence as sc
 from jmtl import weighting
 from jmtl.weighting import solvers
 
+# Values, not speed: the programs compile without XLA's optimisation passes (conftest's
+# xla_optimizations_off; this file's compile-bound tests took ~0.6x the time in one measured run).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
+
+
 TOL = 1e-4
 
 

@@ -14,6 +14,11 @@ import jmtl.weighting as W
 from jmtl.weighting import gramian as gs
 from jmtl.weighting import jacobian as jac_schemes
 
+# Values, not speed: the programs compile without XLA's optimisation passes (conftest's
+# xla_optimizations_off; this file's compile-bound tests took ~0.6x the time in one measured run).
+pytestmark = pytest.mark.usefixtures("xla_optimizations_off")
+
+
 SCHEMES = sorted(["pcgrad", "gradvac", "graddrop", "imtl_g", "imtl", "cagrad", "nash_mtl", "aligned_mtl", "con_fig"])
 K, D = 3, 12
 LAYOUT = (

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import tempfile
 from pathlib import Path
 from typing import Callable, Collection, Iterable, Mapping, Sequence
 
@@ -114,7 +115,8 @@ def weighting_methods(flag: str, names: Iterable[str]) -> list[str]:
 
 def output_path(flag: str, out: str | Path, suffixes: Sequence[str] = (".json", ".md")) -> Path:
     """``out`` (a path without suffix) whose folder and files are not in the way (a file where the
-    folder goes, a folder where a file goes): checked before any work."""
+    folder goes, a folder where a file goes), its folder created and writable: checked before any
+    work, so a long run never ends unable to write its report."""
     out = Path(out)
     for p in (out.parent, *out.parent.parents):
         if p.exists() and not p.is_dir():
@@ -123,6 +125,11 @@ def output_path(flag: str, out: str | Path, suffixes: Sequence[str] = (".json", 
         target = out.with_name(out.name + s)
         if target.is_dir():
             raise ValueError(f"{flag}: {target} is a folder. Fix: pass another {flag}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write into {out.parent} ({e.strerror}). Fix: pass another {flag}") from None
     return out
 
 

@@ -601,3 +601,17 @@ def test_upgrad_solver_bench_checks_its_options_and_keeps_the_committed_table(ca
         upgrad_solver.main(["--ks", "2,3"])
     assert e.value.code == 2 and "nothing was written" in capsys.readouterr().err
     assert table.read_bytes() == before
+
+
+def test_an_out_path_in_a_missing_folder_is_made_before_any_work(tmp_path):
+    """The leaderboard trained 25 minutes of School cells, then could not write its report to
+    ``--out /tmp/new_folder/leaderboard`` (the folder did not exist). ``output_path``, which every
+    report-writing script calls before any work, now makes the folder and checks it is writable; a
+    file in the way is still refused, naming the fix."""
+    out = tmp_path / "new" / "deeper" / "leaderboard"
+    assert script_checks.output_path("--out", out, (".json", ".md", ".png")) == out
+    assert out.parent.is_dir() and not list(out.parent.iterdir())
+    (tmp_path / "a_file").write_text("keep")
+    with pytest.raises(ValueError, match="is a file, so .* Fix: pass another --out"):
+        script_checks.output_path("--out", tmp_path / "a_file" / "sub" / "x")
+    assert (tmp_path / "a_file").read_text() == "keep"

@@ -155,6 +155,42 @@ def test_celeba_cnn_matches_famo_network():
     assert out["a2"].shape == (2, 1)
 
 
+def test_width_scales_every_conv_of_the_resnet_and_the_celeba_cnn():
+    """``encoder_kwargs.width`` (smoke runs): every conv's channels scale by width / 64, the layers
+    and their order stay; the hidden layers of the Office encoder keep their width; ImageNet weights
+    (width 64) are refused at another width, and a width < 1 is refused."""
+
+    def convs(p):
+        return {
+            jax.tree_util.keystr(path): leaf.shape
+            for path, leaf in jax.tree_util.tree_leaves_with_path(p)
+            if len(leaf.shape) == 4
+        }
+
+    for make, x in ((encoders.get("resnet18"), (2, 64, 64, 3)), (vision.resnet50_dilated(), (1, 32, 32, 3))):
+        wide, _ = _shapes(make, x)
+        narrow, out = _shapes(make.clone(width=8), x)
+        a, b = convs(wide), convs(narrow)
+        assert a.keys() == b.keys() and len(a) in (20, 53)
+        for name, (kh, kw, cin, cout) in a.items():
+            assert b[name] == (kh, kw, cin if cin == 3 else cin // 8, cout // 8), name
+    assert out.shape == (1, 4, 4, 256)  # ResNet-50's 2048 channels / 8
+    narrow, out = _shapes(encoders.get("resnet18", width=8), (2, 64, 64, 3))
+    assert narrow["hidden"]["kernel"].shape == (64, 512) and out.shape == (2, 512)
+
+    wide, _ = _shapes(encoders.get("celeba_cnn"), (2, 64, 64, 3))
+    narrow, out = _shapes(encoders.get("celeba_cnn", width=8), (2, 64, 64, 3))
+    a, b = convs(wide), convs(narrow)
+    assert a.keys() == b.keys() and len(a) == 7 and out.shape == (2, 64)
+    assert all(b[n] == (3, 3, c if c == 3 else c // 8, d // 8) for n, (_, _, c, d) in a.items())
+
+    with pytest.raises(ValueError, match="width=8 cannot load ImageNet weights"):
+        _shapes(encoders.get("resnet18", width=8, weights="/some/resnet18.npz"), (1, 32, 32, 3))
+    for make in (encoders.get("resnet18", width=0), encoders.get("celeba_cnn", width=0)):
+        with pytest.raises(ValueError, match="width must be a positive channel count"):
+            _shapes(make, (1, 32, 32, 3))
+
+
 # ----------------------------------------------------------------------------- max-unpool
 
 

@@ -3,9 +3,10 @@
 ``experiments/vision_report.py`` on the run.
 
 The files have the real per-example shapes (NYUv2 288x384, Cityscapes 128x256, CelebA's 178x218
-JPEGs, Office JPEGs resized to 224x224); what is shrunk for CI is the number of steps and, for
-the SegNets, the convolution widths (``encoder_kwargs.filters``): the configs' data, tasks, heads,
-optimizer and evaluation are the real ones.
+JPEGs, Office JPEGs resized to 224x224); what is shrunk for CI is the number of steps and the
+convolution widths (the SegNets' ``encoder_kwargs.filters``, the ResNet-18's and the CelebA CNN's
+``encoder_kwargs.width``): the configs' data, tasks, layers, heads, optimizer and evaluation are
+the real ones.
 """
 
 import importlib
@@ -64,6 +65,9 @@ def _train(config, tmp_path):
 
 
 SEGNET_SMALL = {"model.encoder_kwargs": {"filters": (4, 4, 4, 4, 4)}, "model.head_kwargs": {"hidden": 4}}
+# ResNet-18 at width 8 (8..64 channels instead of 64..512; the Office encoder's hidden layer kept):
+# the Office steps ran ~30 s each at full width without XLA's optimisations.
+RESNET_SMALL = {"model.encoder_kwargs.width": 8}
 
 
 @pytest.mark.slow
@@ -95,7 +99,7 @@ def test_celeba(fake_root, tmp_path):
     """FAMO's protocol: every attribute reports its split-level F1 (not the AUC), the kept evaluation
     is the first with the best mean validation F1 (two evaluations here), and the report's 40 numbers
     are that evaluation's test F1s."""
-    config = _smoke_config("celeba", "cnn,famo", fake_root, tmp_path, num_steps=4)
+    config = _smoke_config("celeba", "cnn,famo", fake_root, tmp_path, num_steps=4, **{"model.encoder_kwargs": {"width": 8}})
     workdir = tmp_path / "run"
     summary, _ = loop.train(config, workdir)
     evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -115,7 +119,7 @@ def test_celeba(fake_root, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("arg,domains", [("office31", 3), ("office_home,famo", 4)])
 def test_office(arg, domains, fake_root, tmp_path):
-    workdir, rec, _ = _train(_smoke_config("office", arg, fake_root, tmp_path), tmp_path)
+    workdir, rec, _ = _train(_smoke_config("office", arg, fake_root, tmp_path, **RESNET_SMALL), tmp_path)
     assert len(rec["test"]) == domains
     bench = arg.split(",")[0]
     rep = vision_report.report(bench, workdir, "best_val", "dbmtl_table4", average="tasks")

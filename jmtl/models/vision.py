@@ -430,7 +430,7 @@ class Bottleneck(nn.Module):
 RESNET_LAYERS = {18: (BasicBlock, (2, 2, 2, 2)), 50: (Bottleneck, (3, 4, 6, 3))}
 
 
-def resnet_block_settings(depth: int, output_stride: int) -> list[list[dict]]:
+def resnet_block_settings(depth: int, output_stride: int, width: int = 64) -> list[list[dict]]:
     """Per layer, per block: ``planes``, ``stride``, ``dilation``, ``downsample`` -- torchvision's
     ResNet with LibMTL's ``_nostride_dilate`` for output stride 8 (layer3 dilate 2, layer4 dilate 4)
     or 16 (layer4 dilate 2): a strided conv becomes stride 1 and, when 3x3, dilation dilate / 2;
@@ -441,8 +441,8 @@ def resnet_block_settings(depth: int, output_stride: int) -> list[list[dict]]:
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     block, counts = RESNET_LAYERS[depth]
     dilate = {8: (1, 1, 2, 4), 16: (1, 1, 1, 2), 32: (1, 1, 1, 1)}[output_stride]
-    inplanes, layers = 64, []
-    for li, (planes, n) in enumerate(zip((64, 128, 256, 512), counts)):
+    inplanes, layers = width, []
+    for li, (planes, n) in enumerate(zip((width, 2 * width, 4 * width, 8 * width), counts)):
         stride = 1 if li == 0 else 2
         blocks = []
         for b in range(n):
@@ -481,6 +481,9 @@ class ResNet(nn.Module):
       weights: path of a ``.npz`` converted from torchvision's ImageNet state_dict
         (``experiments/convert_torchvision_resnet.py``), loaded into ``params['shared']`` when a
         run initialises (:func:`jmtl.models.pretrained.apply_encoder_weights`); ``None`` = from scratch.
+      width: channels of ``conv1`` and ``layer1`` (later layers double it, as torchvision's 64, 128,
+        256, 512); 64 is torchvision's ResNet and the only width ImageNet weights fit. A smaller
+        width is for smoke runs of a config's whole pipeline (the tests use 8: ~64x fewer FLOPs).
     """
 
     depth: int = 50
@@ -490,13 +493,21 @@ class ResNet(nn.Module):
     dropout_rate: float = 0.5
     norm: str = "batch"
     weights: Optional[str] = None
+    width: int = 64
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         _check_norm(self.norm)
+        if self.width < 1:
+            raise ValueError(f"ResNet width must be a positive channel count (torchvision's: 64), got {self.width}")
+        if self.weights and self.width != 64:
+            raise ValueError(
+                f"ResNet width={self.width} cannot load ImageNet weights (encoder_kwargs.weights), which have "
+                "torchvision's width 64; drop encoder_kwargs.width or the weights"
+            )
         block = RESNET_LAYERS[self.depth][0] if self.depth in RESNET_LAYERS else None
-        settings = resnet_block_settings(self.depth, self.output_stride)
-        x = nn.Conv(64, (7, 7), (2, 2), padding=_pad(3), use_bias=False, kernel_init=kaiming_fan_out, name="conv1")(x)
+        settings = resnet_block_settings(self.depth, self.output_stride, self.width)
+        x = nn.Conv(self.width, (7, 7), (2, 2), padding=_pad(3), use_bias=False, kernel_init=kaiming_fan_out, name="conv1")(x)
         x = nn.relu(Norm(self.norm, name="bn1")(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(1))
         for li, blocks in enumerate(settings):
@@ -535,26 +546,34 @@ class CelebACNN(nn.Module):
     64 | 128, 128 | 256, 256 | 512, 512 (3x3, padding 1, no bias, each followed by batch norm and
     ReLU; ``|`` = 2x2 max-pool), global average pool, then twice dense 512 (no bias) -> batch norm
     -> ReLU. Output ``[B, 512]``; FAMO's heads are one dense layer per attribute
-    (``head_kwargs.hidden = 0``)."""
+    (``head_kwargs.hidden = 0``).
+
+    ``width`` scales every layer (the first conv's width; the others are 2, 4 and 8 times it):
+    64 is FAMO's network, a smaller width is for smoke runs of the config's whole pipeline.
+    """
 
     norm: str = "batch"
+    width: int = 64
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
         del train
         if x.dtype == jnp.uint8:  # the builder may keep images as bytes
             x = x.astype(jnp.float32) / 255.0
+        if self.width < 1:
+            raise ValueError(f"CelebACNN width must be a positive channel count (FAMO's: 64), got {self.width}")
+        w = self.width
         i = 0
-        for group in ((64,), (128, 128), (256, 256), (512, 512)):
+        for g, group in enumerate(((w,), (2 * w, 2 * w), (4 * w, 4 * w), (8 * w, 8 * w))):
             for f in group:
                 x = nn.Conv(f, (3, 3), padding=_pad(1), use_bias=False, name=f"conv{i}")(x)
                 x = nn.relu(Norm(self.norm, name=f"bn{i}")(x))
                 i += 1
-            if f != 512:
+            if g < 3:
                 x = nn.max_pool(x, (2, 2), (2, 2))
         x = jnp.mean(x, axis=(1, 2))
         for d in range(2):
-            x = nn.Dense(512, use_bias=False, name=f"fc{d}")(x)
+            x = nn.Dense(8 * w, use_bias=False, name=f"fc{d}")(x)
             x = nn.relu(Norm(self.norm, name=f"fc{d}_bn")(x))
         return x
 

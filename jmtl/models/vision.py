@@ -507,7 +507,9 @@ class ResNet(nn.Module):
             )
         block = RESNET_LAYERS[self.depth][0] if self.depth in RESNET_LAYERS else None
         settings = resnet_block_settings(self.depth, self.output_stride, self.width)
-        x = nn.Conv(self.width, (7, 7), (2, 2), padding=_pad(3), use_bias=False, kernel_init=kaiming_fan_out, name="conv1")(x)
+        x = nn.Conv(
+            self.width, (7, 7), (2, 2), padding=_pad(3), use_bias=False, kernel_init=kaiming_fan_out, name="conv1"
+        )(x)
         x = nn.relu(Norm(self.norm, name="bn1")(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(1))
         for li, blocks in enumerate(settings):

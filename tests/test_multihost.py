@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import portpicker
-from conftest import ROOT, _with_test_xla_flags, run_script
+from conftest import ROOT, run_script, with_test_xla_flags
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -21,7 +21,7 @@ def test_two_processes_match_one_process(tmp_path):
     for pid in range(2):
         env = dict(os.environ)
         env.update(
-            XLA_FLAGS=_with_test_xla_flags("--xla_force_host_platform_device_count=1"),
+            XLA_FLAGS=with_test_xla_flags("--xla_force_host_platform_device_count=1"),
             JAX_PLATFORMS="cpu",
             PYTHONPATH=str(ROOT),
             JMTL_COORDINATOR=f"127.0.0.1:{port}",

@@ -99,9 +99,7 @@ def test_celeba(fake_root, tmp_path):
     """FAMO's protocol: every attribute reports its split-level F1 (not the AUC), the kept evaluation
     is the first with the best mean validation F1 (two evaluations here), and the report's 40 numbers
     are that evaluation's test F1s."""
-    config = _smoke_config(
-        "celeba", "cnn,famo", fake_root, tmp_path, num_steps=4, **{"model.encoder_kwargs": {"width": 8}}
-    )
+    config = _smoke_config("celeba", "cnn,famo", fake_root, tmp_path, num_steps=4, **{"model.encoder_kwargs.width": 8})
     workdir = tmp_path / "run"
     summary, _ = loop.train(config, workdir)
     evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -54,7 +54,7 @@ def get_config(arg=None):
     f1 = dict(metric="f1")
     c.tasks = {stl_task: dict(label=stl_task, weight=1.0, **f1)} if stl_task else {"*": f1}
     c.model.encoder = "celeba_cnn"
-    c.model.encoder_kwargs = dict()
+    c.model.encoder_kwargs = dict(width=64)  # FAMO's widths; smaller only for smoke runs
     c.model.head_kwargs = dict(hidden=0)  # FAMO: one Linear(512, 1) per attribute
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 3e-4

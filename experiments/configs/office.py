@@ -52,7 +52,9 @@ def get_config(arg=None):
     c.tasks = {d: dict(label=d, weight=1.0) for d in domains}
     c.model.encoder = "resnet18"
     # LibMTL's Office encoder: ImageNet ResNet-18, global pool, Linear(512) + BN + ReLU + Dropout(0.5).
-    c.model.encoder_kwargs = dict(pool=True, hidden=512, weights="")
+    # width: torchvision's 64 (the only width ImageNet weights fit); smaller only for smoke runs
+    # (--config.model.encoder_kwargs.width=8).
+    c.model.encoder_kwargs = dict(pool=True, hidden=512, weights="", width=64)
     c.model.head_kwargs = dict(hidden=0)  # one Linear(512, classes) per domain
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-4

@@ -74,7 +74,8 @@ def dense_protocol(
     c.num_epochs = 200
     if variant == "deeplab":
         c.model.encoder = "resnet50_dilated"
-        c.model.encoder_kwargs = dict(output_stride=8, weights="")  # weights: a converted torchvision .npz
+        # weights: a converted torchvision .npz (width 64, torchvision's: the only width it fits)
+        c.model.encoder_kwargs = dict(output_stride=8, weights="", width=64)
         c.model.head_kwargs = dict(style="deeplab", upsample=8)  # ASPP heads, bilinear x8 to the input size
         c.optimizer.weight_decay = 1e-5  # torch Adam's L2 term (LibMTL's optim_param)
         c.batch_size = deeplab_batch_size

@@ -17,7 +17,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # generated differently (last-bit differences are possible); every test compares paths compiled
 # alike, or against references with tolerances. Set before jax starts, so every test's subprocess
 # inherits it (run_script and the multi-host test keep it); jax reads XLA_FLAGS once per process.
-TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
+# XLA stops a process whose XLA_FLAGS names a flag it does not know: on a jax other than the pinned
+# one whose XLA dropped this flag, JMTL_TESTS_XLA_FLAGS="" (or other flags) replaces it.
+TEST_XLA_FLAGS = os.environ.get("JMTL_TESTS_XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
 
 
 def with_test_xla_flags(flags: str) -> str:

@@ -263,3 +263,39 @@ def test_relation_matrix_is_the_models_w_or_none():
     params = model.init(jax.random.PRNGKey(0), jnp.ones((2, 3)), train=False)["params"]
     np.testing.assert_array_equal(np.asarray(mtl.relation_matrix(params)), np.eye(2))  # W, identity at init
     assert mtl.relation_matrix({k: v for k, v in params.items() if k != mtl.RELATION}) is None
+
+
+def test_steps_per_epoch_of_a_config_driven_scheme_comes_from_the_data():
+    """DWA, STCH and FORUM count epochs in steps: a config leaves ``steps_per_epoch`` unset and the run
+    fills it from its data (once it was filled with the factory's default, 100, whatever the data:
+    STCH on School's full-batch steps never left its warm-up and trained as ``si``). A value set in the
+    config still wins. Checked by behaviour: DWA's and STCH's weights over 12 steps equal those of
+    the transform built with the data's value, and differ from the default's."""
+    from jmtl import weighting
+
+    tasks = tuple(Task(f"t{i}", "regression", 1) for i in range(3))
+
+    def weights_over_steps(transform):
+        state, rng, out = weighting.base.init_state(transform, 3), np.random.default_rng(0), []
+        for step in range(12):
+            losses = jnp.asarray(rng.uniform(0.5, 2.0, 3), jnp.float32)
+            w, state = weighting.update_from(
+                transform, losses, state, step=jnp.int32(step), key=jax.random.PRNGKey(step)
+            )
+            out.append(np.asarray(w.weights))
+        return np.stack(out)
+
+    for name in ("dwa", "stch", "forum"):
+        assert config_schema.method_config(name).hparams.steps_per_epoch is None, name
+    for name, kw in (("dwa", {}), ("stch", {"warmup_epochs": 1})):
+        cfg = config_schema.method_config(name)
+        cfg.hparams.update(kw)
+        built = builders.weighting(name, cfg.hparams.to_dict(), tasks, steps_per_epoch=2)
+        expected = weights_over_steps(weighting.get(name, steps_per_epoch=2, **kw))
+        np.testing.assert_array_equal(weights_over_steps(built), expected, err_msg=name)
+        assert not np.allclose(weights_over_steps(weighting.get(name, **kw)), expected), name  # the test has power
+        cfg.hparams.steps_per_epoch = 3  # set in the config (or on the command line): it wins
+        built = builders.weighting(name, cfg.hparams.to_dict(), tasks, steps_per_epoch=2)
+        np.testing.assert_array_equal(
+            weights_over_steps(built), weights_over_steps(weighting.get(name, steps_per_epoch=3, **kw)), err_msg=name
+        )

@@ -85,6 +85,10 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Scheme hyperparameters a run sets from its data when the config leaves them unset.
+FROM_THE_DATA = ("steps_per_epoch",)
+
+
 def method_config(name: str) -> ml_collections.ConfigDict:
     """``{name, hparams}`` with every hyperparameter of the method at its default, so each can be
     overridden from the command line (``--config.weighting.hparams.normalization=l2``).
@@ -92,9 +96,18 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     Hyperparameters without a default (``static``'s ``weights``, ...) are untyped placeholders, so
     they too can be given on the command line: ``--config.weighting.hparams.weights=1,2`` gives
     ``(1, 2)``.
+
+    Hyperparameters the run takes from its data (:data:`FROM_THE_DATA`: ``steps_per_epoch`` of DWA,
+    STCH and FORUM) are unset placeholders too, so :func:`jmtl.training.builders.weighting` fills
+    them from the data; a value given on the command line still wins. (Filled with the factory's
+    default, 100, they silently overrode the data: on School's full-batch steps STCH's 4 warm-up
+    "epochs" lasted 400 steps, longer than the 100-step run, so STCH trained as ``si``.)
     """
     hp = ml_collections.ConfigDict(
-        {k: (placeholder(object) if v is None else v) for k, v in weighting.hyperparameters(name).items()}
+        {
+            k: (placeholder(int) if k in FROM_THE_DATA else placeholder(object) if v is None else v)
+            for k, v in weighting.hyperparameters(name).items()
+        }
     )
     # jacobian_mode: 'params' (exact per-task gradients of the shared params) or 'representation'
     # (gradients w.r.t. the shared representation, MGDA-UB style). Loss-level schemes ignore it.

@@ -65,9 +65,9 @@ def _train(config, tmp_path):
 
 
 SEGNET_SMALL = {"model.encoder_kwargs": {"filters": (4, 4, 4, 4, 4)}, "model.head_kwargs": {"hidden": 4}}
-# ResNet-18 at width 8 (8..64 channels instead of 64..512; the Office encoder's hidden layer kept):
-# the Office steps ran ~30 s each at full width without XLA's optimisations.
-RESNET_SMALL = {"model.encoder_kwargs.width": 8}
+# The ResNet-18 and the CelebA CNN at width 8 (8..64 channels instead of 64..512; the Office
+# encoder's hidden layer kept): the Office steps ran ~30 s each at full width without XLA's optimisations.
+NARROW_CONVS = {"model.encoder_kwargs.width": 8}
 
 
 @pytest.mark.slow
@@ -99,7 +99,7 @@ def test_celeba(fake_root, tmp_path):
     """FAMO's protocol: every attribute reports its split-level F1 (not the AUC), the kept evaluation
     is the first with the best mean validation F1 (two evaluations here), and the report's 40 numbers
     are that evaluation's test F1s."""
-    config = _smoke_config("celeba", "cnn,famo", fake_root, tmp_path, num_steps=4, **{"model.encoder_kwargs.width": 8})
+    config = _smoke_config("celeba", "cnn,famo", fake_root, tmp_path, num_steps=4, **NARROW_CONVS)
     workdir = tmp_path / "run"
     summary, _ = loop.train(config, workdir)
     evals = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -119,7 +119,7 @@ def test_celeba(fake_root, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("arg,domains", [("office31", 3), ("office_home,famo", 4)])
 def test_office(arg, domains, fake_root, tmp_path):
-    workdir, rec, _ = _train(_smoke_config("office", arg, fake_root, tmp_path, **RESNET_SMALL), tmp_path)
+    workdir, rec, _ = _train(_smoke_config("office", arg, fake_root, tmp_path, **NARROW_CONVS), tmp_path)
     assert len(rec["test"]) == domains
     bench = arg.split(",")[0]
     rep = vision_report.report(bench, workdir, "best_val", "dbmtl_table4", average="tasks")

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, toy_config
 
 from jmtl.models import mtl
+from jmtl.runs.workdir import ResumeConfigError, check_resume
 from jmtl.tasks import Task
 from jmtl.training import builders, config_schema, loop
 from jmtl.training.settings import LoopSettings
@@ -299,3 +301,16 @@ def test_steps_per_epoch_of_a_config_driven_scheme_comes_from_the_data():
         np.testing.assert_array_equal(
             weights_over_steps(built), weights_over_steps(weighting.get(name, steps_per_epoch=3, **kw)), err_msg=name
         )
+
+
+def test_a_workdir_trained_with_the_old_default_steps_per_epoch_refuses_to_resume(tmp_path):
+    """Runs started before ``steps_per_epoch`` came from the data saved the factory's 100 in their
+    config; resuming one under today's config (which leaves it to the data) would switch DWA's epoch
+    length mid-run. The resume check refuses, naming the field and both values."""
+    new = toy_config(tmp_path)
+    new.weighting = config_schema.method_config("dwa")
+    saved = json.loads(new.to_json_best_effort())
+    saved["weighting"]["hparams"]["steps_per_epoch"] = 100  # what config.json held before the fix
+    with pytest.raises(ResumeConfigError, match=r"weighting\.hparams\.steps_per_epoch: 100 -> None"):
+        check_resume(saved, new)
+    assert check_resume(json.loads(new.to_json_best_effort()), new) == []  # today's config resumes itself

@@ -299,3 +299,28 @@ def test_train_loop_feeds_meta_batches_and_resumes_exactly(tmp_path):
     _, alone = train(config(20, seed=4, parallel="single"), str(tmp_path / "alone"))
     for a, b in zip(jax.tree.leaves(stacked.params), jax.tree.leaves(alone.params)):
         np.testing.assert_allclose(a[1], b, rtol=2e-4, atol=2e-6)
+
+
+def test_forum_dual_makes_one_lapack_call_when_the_seeds_are_vmapped():
+    """FORUM's dual computed its step size from two independent ``eigvalsh`` calls. Under the seeds'
+    vmap each became a batched LAPACK call, and on a 2-core CPU the two ran concurrently, each holding
+    one of XLA's two intra-op workers while it waited for its batch's tasks queued on that same pool:
+    the School leaderboard cell (K = 139, 5 seeds) hung in its first step (both workers blocked in
+    ``lapack_ssyevd``'s ``ParallelBatchMap``, seen with gdb). One stacked call cannot wait on itself.
+    Checked on the compiled program (the hang needs a 2-core machine and a large step to show); the
+    vmapped multipliers match the per-seed ones to float32 round-off. (The stacked call's values equal
+    the two calls' bit for bit: checked against the old code when the change was made.)"""
+    import re
+
+    k, seeds = 6, 5
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(seeds, k + 1, 9)).astype(np.float32)
+    gram = jnp.asarray(np.einsum("sid,sjd->sij", g, g))
+    q_alpha = jnp.asarray(rng.normal(size=(seeds, k)).astype(np.float32) * 0.1)
+    batched = jax.jit(jax.vmap(lambda a, b: bilevel.forum_dual(a, b, 0.1)))
+    hlo = batched.lower(gram, q_alpha).compile().as_text()
+    assert len(re.findall(r'custom_call_target="lapack_[a-z]*syevd', hlo)) == 1
+    one_by_one = np.stack(
+        [np.asarray(jax.jit(bilevel.forum_dual, static_argnums=2)(gram[s], q_alpha[s], 0.1)) for s in range(seeds)]
+    )
+    np.testing.assert_allclose(np.asarray(batched(gram, q_alpha)), one_by_one, rtol=0, atol=1e-5)

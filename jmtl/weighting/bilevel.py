@@ -226,11 +226,15 @@ def forum_dual(gram: Array, grad_alpha_q: Array, rho: float, *, num_iter: int = 
     tangent = jnp.eye(k, dtype=gram.dtype) - 1.0 / k
     piece_nu = 2 * (gg + jnp.outer(pi, gq) + jnp.outer(gq, pi) + qq * jnp.outer(pi, pi))
 
-    def tangent_curvature(h):
-        return jnp.max(jnp.abs(jnp.linalg.eigvalsh(tangent @ h @ tangent)))
+    # Both pieces in ONE eigvalsh call: two independent batched LAPACK calls (the seeds' vmap batches
+    # them) ran concurrently on a 2-core CPU, each blocking one of XLA's two intra-op workers while
+    # waiting for its batch's tasks queued on the same pool: a deadlock (School, K = 139, 5 seeds:
+    # the step never returned). One call leaves a worker free; the values are the same as two calls'.
+    pieces = jnp.stack([tangent @ (2 * gg) @ tangent, tangent @ piece_nu @ tangent])
+    curvature = jnp.max(jnp.abs(jnp.linalg.eigvalsh(pieces)))
 
     bound = 2 * (jnp.linalg.norm(gg) + jnp.sum(pi**2) * qq + 2 * jnp.linalg.norm(pi) * jnp.linalg.norm(gq))
-    lip = jnp.maximum(jnp.maximum(tangent_curvature(2 * gg), tangent_curvature(piece_nu)), 1e-6 * bound) + 1e-30
+    lip = jnp.maximum(curvature, 1e-6 * bound) + 1e-30
 
     def cond(carry):
         it, _, change = carry

@@ -10,9 +10,13 @@ the bond one-hot and the interatomic distance as edge features (``Complete()`` +
 ``T.Distance(norm=False)``), the 11 targets [0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11], a seeded
 permutation cut test 10,000 / validation 10,000 / train 110,831, Gilmer et al.'s MPNN (hidden 64,
 3 NNConv + GRU rounds, Set2Set), one linear head per target, Adam 1e-3, 300 epochs, evaluation
-every epoch with model selection on validation Delta-m% (STL: the task's MAE).
+every epoch; the papers select on validation Delta-m% (STL: the task's MAE).
 
 What differs here, and must be said beside any number these configs produce:
+
+* Model selection: jmtl keeps each seed's evaluation with the best validation score (the mean over
+  the targets of -log MAE), not the best validation Delta-m% against the papers' STL MAEs; the two
+  agree to first order in the relative changes, not exactly.
 
 * ReduceLROnPlateau (mode min on validation Delta-m%, factor 0.7, min_lr 1e-5; patience 5 for
   Nash-MTL, 10 for NTKMTL) is NOT run: jmtl's trainer has no plateau schedule, so the learning rate

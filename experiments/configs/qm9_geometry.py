@@ -19,9 +19,13 @@ What differs here, and must be said beside any number these configs produce:
   agree to first order in the relative changes, not exactly.
 
 * ReduceLROnPlateau (mode min on validation Delta-m%, factor 0.7, min_lr 1e-5; patience 5 for
-  Nash-MTL, 10 for NTKMTL) is NOT run: jmtl's trainer has no plateau schedule, so the learning rate
-  stays 1e-3 (``c.optimizer`` records the constant rate). The patience change therefore has no
-  effect under these configs; only the batch size differs between the two.
+  Nash-MTL, 10 for NTKMTL) is NOT run by these configs, so the learning rate stays 1e-3
+  (``c.optimizer`` records the constant rate) and only the batch size differs between the two. The
+  trainer has the schedule and Delta-m% selection (``optimizer.plateau_*``, ``selection_reference``);
+  what is missing is the monitored value in the papers' units: the loop's validation MAE is on
+  standardised targets, so Nash-MTL's STL MAEs would first have to be divided by each target's train
+  std (known only once the data is loaded). Watching the log-score proxy instead would be a third
+  protocol, so it is not switched on.
 * NTKMTL's trainer defaults to ``--scale-y False`` (raw targets; Nash-MTL's defaults to True,
   standardised targets). jmtl always standardises on train (``jmtl/data/qm9.py``); the MAE in the
   papers' units does not depend on it, the losses' balance does.

@@ -519,7 +519,21 @@ def grid_key(config, seeds: int, jacobian_mode: str | None) -> dict:
         for part in path:
             node = node.get(part, {})
         node.pop(last, None)
+    # Fields added since grids were recorded, at their inert values: left out (same fingerprints).
+    for dotted, inert in config_schema.INERT_WHEN.items():
+        *path, last = dotted.split(".")
+        node = c
+        for part in path:
+            node = node.get(part, {})
+        if last in node and _same(node[last], inert):
+            node.pop(last)
     return {"config": c, "seeds": seeds, "jacobian_mode": jacobian_mode}
+
+
+def _same(value, inert) -> bool:
+    if isinstance(inert, tuple):
+        return isinstance(value, (tuple, list)) and tuple(value) == inert
+    return not isinstance(value, (tuple, list, dict)) and value == inert
 
 
 def check_grid(workdir: Path, key: dict) -> None:

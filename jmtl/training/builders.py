@@ -12,6 +12,7 @@ from jmtl import weighting as weighting_lib
 from jmtl.core.value_and_grad import auto_chunk_size
 from jmtl.models import architectures, mtl, regularizers
 from jmtl.tasks import Task
+from jmtl.training import plateau
 from jmtl.training import settings as settings_lib
 from jmtl.training import step as step_lib
 
@@ -34,9 +35,16 @@ def optimizer(
         ``clip_norm`` (0: no clipping; > 0: updates computed from gradients rescaled to at most that
         global norm, as the hierarchical taggers train).
       steps_per_epoch: steps of one epoch (the decay period's unit).
+
+    ``plateau_factor`` > 0 appends :func:`jmtl.training.plateau.scale_by_plateau` (ReduceLROnPlateau,
+    driven by the train loop's evaluations).
     """
     opt = settings_lib.OptimizerSettings.from_config(cfg)
     base = _base_optimizer(opt, steps_per_epoch)
+    if opt.plateau_factor > 0:
+        # Last in the chain: the plateau's scale multiplies the finished update, as a smaller
+        # learning rate would (the loop changes it after each evaluation: jmtl/training/plateau.py).
+        base = optax.chain(base, plateau.scale_by_plateau())
     # No chain without clipping: the optimizer state keeps its structure (and old checkpoints load).
     return optax.chain(optax.clip_by_global_norm(opt.clip_norm), base) if opt.clip_norm > 0 else base
 

@@ -60,8 +60,20 @@ def default_config() -> ml_collections.ConfigDict:
             decay_rate=1.0,
             decay_every_epochs=0,
             clip_norm=0.0,
+            # ReduceLROnPlateau (jmtl/training/plateau.py; PyTorch's rule): plateau_factor > 0 turns it
+            # on, monitoring each evaluation's validation value (Delta-m% against selection_reference,
+            # else minus the selection score).
+            plateau_factor=0.0,
+            plateau_patience=10,
+            plateau_threshold=1e-4,
+            plateau_min_lr=0.0,
+            plateau_cooldown=0,
         )
     )
+    # Model selection (and the plateau schedule's monitored value): () keeps each seed's evaluation
+    # with the best validation score (evaluate.selection_score); K reference values of the tasks' main
+    # metrics (single-task results, in task order) select on the lowest validation Delta-m% instead.
+    c.selection_reference = ()
     c.batch_size = 256  # global batch, split over all devices
     c.num_epochs = 10
     c.num_steps = -1  # > 0 overrides num_epochs
@@ -174,6 +186,11 @@ _FIELDS = (
     ("optimizer.decay_rate", _NUM, 0),
     ("optimizer.decay_every_epochs", _INT, 0),
     ("optimizer.clip_norm", _NUM, 0),
+    ("optimizer.plateau_factor", _NUM, 0),
+    ("optimizer.plateau_patience", _INT, 0),
+    ("optimizer.plateau_threshold", _NUM, 0),
+    ("optimizer.plateau_min_lr", _NUM, 0),
+    ("optimizer.plateau_cooldown", _INT, 0),
     ("nonfinite.policy", _STR, None),
     ("nonfinite.max_consecutive_skips", _INT, 1),
     ("init_from.path", _STR, None),
@@ -184,6 +201,17 @@ _FIELDS = (
 _STRICTLY_POSITIVE = {"optimizer.learning_rate", "optimizer.decay_rate"}
 # Upper bounds: a decay factor above 1 grows the learning rate every period (a sign flip of intent).
 _AT_MOST = {"optimizer.decay_rate": 1.0}
+# Fields added to default_config() after grids, boards and runs were recorded, with the value at
+# which each changes nothing: grid and protocol keys leave them out at that value, so cells trained
+# before they existed keep their fingerprints (a resume fills them in: loop._with_new_defaults).
+INERT_WHEN = {
+    "optimizer.plateau_factor": 0.0,
+    "optimizer.plateau_patience": 10,
+    "optimizer.plateau_threshold": 1e-4,
+    "optimizer.plateau_min_lr": 0.0,
+    "optimizer.plateau_cooldown": 0,
+    "selection_reference": (),
+}
 
 
 def _lookup(config, dotted: str):
@@ -365,8 +393,40 @@ def validate_config(config, extra_fields: Sequence[str] = ()) -> None:
             f"config.init_from.part must be 'shared' or 'all', got {part!r}. "
             "Fix: --config.init_from.part=shared (the encoder only) or =all (every param the source has)"
         )
+    _validate_plateau(config)
+    _validate_selection_reference(config)
     _validate_static_weights(config)
     _validate_writers(config)
+
+
+def _validate_plateau(config) -> None:
+    factor = _lookup(config, "optimizer.plateau_factor")
+    if factor is _MISSING or factor == 0:
+        return
+    if not 0 < factor < 1:
+        raise ValueError(
+            f"config.optimizer.plateau_factor must be in (0, 1) (0: no plateau schedule), got {factor!r}. "
+            "Fix: e.g. --config.optimizer.plateau_factor=0.7"
+        )
+    every, rate = _lookup(config, "optimizer.decay_every_epochs"), _lookup(config, "optimizer.decay_rate")
+    if every is not _MISSING and every > 0 and rate != 1.0:
+        raise ValueError(
+            "config.optimizer.plateau_factor and a staircase decay (decay_every_epochs, decay_rate) both change the "
+            "learning rate. Fix: keep one, e.g. --config.optimizer.decay_every_epochs=0"
+        )
+
+
+def _validate_selection_reference(config) -> None:
+    """Numbers only here; their count against the tasks is checked where the tasks are known."""
+    reference = _lookup(config, "selection_reference")
+    if reference is _MISSING or reference is None:
+        return
+    values = tuple(reference) if isinstance(reference, (tuple, list)) else (reference,)
+    if not all(_has_type(v, _NUM) and math.isfinite(float(v)) and float(v) != 0 for v in values):
+        raise ValueError(
+            f"config.selection_reference must hold finite, non-zero numbers (the tasks' single-task main "
+            f"metrics, in task order), got {reference!r}. Fix: e.g. --config.selection_reference=0.0671,0.1814"
+        )
 
 
 def _validate_static_weights(config) -> None:

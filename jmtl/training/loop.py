@@ -56,6 +56,7 @@ from jmtl import data as data_lib
 from jmtl import plotting
 from jmtl import tasks as tasks_lib
 from jmtl.errors import NonFiniteLossError
+from jmtl.metrics import mtl as mtl_metrics
 from jmtl.models import mtl
 from jmtl.runs import checkpoint, identity, metric_writers
 from jmtl.runs import workdir as workdir_lib
@@ -67,6 +68,7 @@ from jmtl.training import (
     evaluate,
     packing,
     parallel,
+    plateau,
     warm_start,
 )
 from jmtl.training import seeds as seeds_lib
@@ -760,6 +762,18 @@ class _Trainer:
         if warm is not None:  # every seed starts from the source's params (a resume restores over them)
             inits = [warm_start.warm_state(s, warm, e.optimizer) for s in inits]
         self.host_state = self.seed_axis.stack_states(inits)
+        reference = settings.selection_reference
+        if reference and len(reference) != len(e.tasks):
+            raise ValueError(
+                f"config.selection_reference has {len(reference)} value(s) for {len(e.tasks)} tasks "
+                f"({', '.join(t.name for t in e.tasks)}). Fix: one reference main metric per task, in that order"
+            )
+        if settings.optimizer.plateau_factor > 0 and plateau.find(self.host_state.opt_state) is None:
+            raise ValueError(
+                "config.optimizer.plateau_factor > 0 needs the built-in optimizer (config.optimizer.name adam, adamw "
+                "or sgd); a custom optax transform has no plateau state. Fix: --config.optimizer.plateau_factor=0, or "
+                "chain jmtl.training.plateau.scale_by_plateau() last into your optimizer"
+            )
         self.signature = checkpoint.model_signature(self.host_state, self.names, settings.weighting)
         self.identity = {"the tasks": identity.tasks_identity(e.tasks), **(e.identity or {})}
         self.ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
@@ -1046,20 +1060,61 @@ class _Trainer:
             results = self.evaluator(params, (VALIDATION, TEST))
         else:
             results = self.evaluator(params, (VALIDATION,))
-            improved = any(self.evaluator.score(r[VALIDATION]) > b["score"] for r, b in zip(results, self.bests))
+            improved = any(self.selection_score(r[VALIDATION]) > b["score"] for r, b in zip(results, self.bests))
             if improved or step is None:
                 tests = self.evaluator(params, (TEST,))
                 results = [{**r, **t} for r, t in zip(results, tests)]
         if step is not None:
             improved = []
             for i, res in enumerate(results):  # model selection on the validation split, per seed
-                score = self.evaluator.score(res[VALIDATION])
+                score = self.selection_score(res[VALIDATION])
                 if score > self.bests[i]["score"]:
                     self.bests[i] = {"score": score, "step": step, VALIDATION: res[VALIDATION], TEST: res[TEST]}
                     improved.append(i)
             if improved:
                 self.keep_best(params, improved)
         return results
+
+    def selection_score(self, validation: dict) -> float:
+        """The scalar (higher is better) that picks each seed's best evaluation and that the plateau
+        schedule watches: minus the validation Delta-m% against ``config.selection_reference`` when it
+        is set, else the evaluator's score."""
+        reference = self.settings.selection_reference
+        if not reference:
+            return self.evaluator.score(validation)
+        tasks = self.exp.tasks
+        values = [validation[t.name][t.main_metric.name] for t in tasks]
+        return -mtl_metrics.delta_m(values, reference, [t.main_metric.higher_is_better for t in tasks])
+
+    def selection_rule(self) -> str:
+        if self.settings.selection_reference:
+            names = ", ".join(f"{t.name} {t.main_metric.name}" for t in self.exp.tasks)
+            return (
+                f"the evaluation with the lowest validation Delta-m% against config.selection_reference "
+                f"({names}); picked per seed"
+            )
+        return getattr(
+            self.evaluator, "selection", f"the highest {type(self.evaluator).__name__}.score of the validation split"
+        )
+
+    def plateau_step(self, state: TrainState, results: list[dict]) -> TrainState:
+        """ReduceLROnPlateau after an evaluation (:mod:`jmtl.training.plateau`): each seed's monitored
+        value is minus its selection score (its validation Delta-m% with a reference); only the
+        plateau's own small state travels between host and devices."""
+        opt = self.settings.optimizer
+        device_ps = plateau.find(state.opt_state)
+        values = np.asarray([-self.selection_score(r[VALIDATION]) for r in results], np.float64)
+        new = plateau.plateau_update(
+            jax.tree.map(np.asarray, self.driver.unreplicate(device_ps)),
+            values if self.seed_axis.stacked else values[0],
+            base_lr=opt.learning_rate,
+            factor=opt.plateau_factor,
+            patience=opt.plateau_patience,
+            threshold=opt.plateau_threshold,
+            min_lr=opt.plateau_min_lr,
+            cooldown=opt.plateau_cooldown,
+        )
+        return state._replace(opt_state=plateau.replace(state.opt_state, self.driver.replicate(new)))
 
     # ---- the loop ---------------------------------------------------------------------------------
     def check_first_batch(self, batch: dict) -> None:
@@ -1145,7 +1200,8 @@ class _Trainer:
             out: dict = {}  # what this step's actions hand on (the relation matrix to the train record)
             for action in actions:
                 if not action.at_end and action.due(step):
-                    action(step, state, out)
+                    action(step, out.get("state", state), out)
+            state = out.get("state", state)  # an evaluation may change the optimizer state (plateau)
             bar.update(1)
             if self.stop.signal:
                 self.ckpt.close()
@@ -1221,6 +1277,13 @@ class _Trainer:
         results = self.results = self.evaluate(state, step)
         self.eval_time += time.time() - t_eval
         rec = {"step": step, "epoch": step / self.exp.steps_per_epoch, **mean_over_seeds(results)}
+        if self.settings.optimizer.plateau_factor > 0:
+            # The rate of the steps after this evaluation; the updated state goes on to the
+            # checkpoint of this step and to the loop (PeriodicAction's ``out``).
+            state = out["state"] = self.plateau_step(state, results)
+            scale = np.asarray(self.driver.unreplicate(plateau.find(state.opt_state).scale), np.float64)
+            lr = self.settings.optimizer.learning_rate * scale
+            rec["learning_rate"] = lr.tolist() if self.seed_axis.stacked else float(lr)
         if self.seed_axis.stacked:
             rec["seeds"] = results
         if self.exp.interval_train_stats:
@@ -1267,11 +1330,7 @@ class _Trainer:
             },
             "seeds": [{"seed": s, "final": f, "best_validation": b} for s, f, b in zip(seeds, final, bests)],
             # How best_validation was picked; its params: FitResult.best_params and best/<step>/.
-            "selection": getattr(
-                self.evaluator,
-                "selection",
-                f"the highest {type(self.evaluator).__name__}.score of the validation split",
-            ),
+            "selection": self.selection_rule(),
             "best_params_saved": (
                 str(self.workdir / "best" / str(self.best_saved_step)) if self.best_saved_step is not None else None
             ),

@@ -58,6 +58,8 @@ class OptimizerSettings:
       decay_rate: staircase decay factor every ``decay_every_epochs`` (1.0: none).
       decay_every_epochs: the decay period in epochs (0: never).
       clip_norm: global-norm gradient clipping before the optimizer (0: none).
+      plateau_factor, plateau_patience, plateau_threshold, plateau_min_lr, plateau_cooldown:
+        ReduceLROnPlateau (:mod:`jmtl.training.plateau`); ``plateau_factor`` 0: off.
     """
 
     name: str
@@ -67,6 +69,11 @@ class OptimizerSettings:
     decay_rate: float
     decay_every_epochs: int
     clip_norm: float
+    plateau_factor: float = 0.0
+    plateau_patience: int = 10
+    plateau_threshold: float = 1e-4
+    plateau_min_lr: float = 0.0
+    plateau_cooldown: int = 0
 
     @classmethod
     def from_config(cls, node: Any) -> "OptimizerSettings":
@@ -90,6 +97,11 @@ class OptimizerSettings:
             decay_rate=float(get("decay_rate")),
             decay_every_epochs=int(get("decay_every_epochs")),
             clip_norm=float(get("clip_norm")),
+            plateau_factor=float(get("plateau_factor")),
+            plateau_patience=int(get("plateau_patience")),
+            plateau_threshold=float(get("plateau_threshold")),
+            plateau_min_lr=float(get("plateau_min_lr")),
+            plateau_cooldown=int(get("plateau_cooldown")),
         )
 
 
@@ -123,6 +135,8 @@ class LoopSettings:
       nonfinite: the non-finite step policy.
       optimizer: the optimizer's settings.
       init_from: a warm start, or None (from scratch).
+      selection_reference: the tasks' reference main metrics (single-task results): selection on
+        the lowest validation Delta-m% against them; () = on the selection score.
     """
 
     dataset: str
@@ -144,6 +158,7 @@ class LoopSettings:
     nonfinite: NonfiniteSettings
     optimizer: OptimizerSettings
     init_from: Optional[warm_start.InitFrom] = None
+    selection_reference: tuple[float, ...] = ()
 
     @classmethod
     def from_config(cls, config, extra_fields=()) -> "LoopSettings":
@@ -180,6 +195,7 @@ class LoopSettings:
             ),
             optimizer=OptimizerSettings.from_config(get("optimizer")),
             init_from=warm_start.InitFrom.parse(get("init_from")),
+            selection_reference=_floats(get("selection_reference")),
         )
 
     # ---- what the loop derives from them, per run (the data fixes steps_per_epoch) ----------------
@@ -202,3 +218,9 @@ class LoopSettings:
 def optimizer_settings(value: Mapping[str, Any] | OptimizerSettings) -> OptimizerSettings:
     """:meth:`OptimizerSettings.from_config` (a mapping's absent fields at the schema's defaults)."""
     return OptimizerSettings.from_config(value)
+
+
+def _floats(value) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    return tuple(float(v) for v in (value if isinstance(value, (tuple, list)) else (value,)))

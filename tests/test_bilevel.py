@@ -10,6 +10,7 @@ import pytest
 from jmtl import weighting
 from jmtl.models import mtl
 from jmtl.tasks import Task
+from jmtl.training import config_schema
 from jmtl.training import step as step_lib
 from jmtl.weighting import bilevel
 from jmtl.weighting.base import BILEVEL, BilevelInputs, Lookahead, WeightingOutput, WeightingTransform
@@ -324,3 +325,28 @@ def test_forum_dual_makes_one_lapack_call_when_the_seeds_are_vmapped():
         [np.asarray(jax.jit(bilevel.forum_dual, static_argnums=2)(gram[s], q_alpha[s], 0.1)) for s in range(seeds)]
     )
     np.testing.assert_allclose(np.asarray(batched(gram, q_alpha)), one_by_one, rtol=0, atol=1e-5)
+
+
+def test_a_meta_split_smaller_than_one_batch_names_the_meta_batch(tmp_path):
+    """MOML's upper level reads batches of the training batch's size from the validation split; a
+    full-batch run (School: 10,321 training students, 1,151 validation) has none to give. The message
+    says it is the meta split and offers the fixes that keep the run's batch (not just "lower
+    batch_size" for the whole run)."""
+    from conftest import toy_config
+
+    from jmtl.training.loop import train
+
+    config = toy_config(
+        tmp_path,
+        **{
+            "weighting": config_schema.method_config("moml"),
+            "batch_size": 2000,
+            "num_steps": 2,
+            "dataset.kwargs.n_validation": 500,
+        },
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"meta batches come from the validation split .* \(500 examples\), fewer than one batch of 2000.*meta_split=train",
+    ):
+        train(config, str(tmp_path / "wd"))

@@ -426,6 +426,14 @@ def dataset_batches(dataset, batch_size: int, seed: int, meta_split: Optional[st
     pid, nproc = jax.process_index(), jax.process_count()
     it = dataset.train_iterator(batch_size, seed, process_index=pid, process_count=nproc)
     if meta_split:
+        available = dataset.spec.split_sizes[meta_split]
+        if available < batch_size:  # the generic message would suggest a smaller batch for the whole run
+            raise ValueError(
+                f"the bilevel scheme's meta batches come from the {meta_split} split of {dataset.spec.name} "
+                f"({available} examples), fewer than one batch of {batch_size} (a meta batch has the training "
+                f"batch's size). Fix: --config.batch_size={available} or smaller, or "
+                "--config.weighting.meta_split=train (a second training batch)"
+            )
         meta = dataset.train_iterator(
             batch_size, seed + builders.META_SEED_OFFSET, split=meta_split, process_index=pid, process_count=nproc
         )

@@ -330,23 +330,32 @@ def test_forum_dual_makes_one_lapack_call_when_the_seeds_are_vmapped():
 def test_a_meta_split_smaller_than_one_batch_names_the_meta_batch(tmp_path):
     """MOML's upper level reads batches of the training batch's size from the validation split; a
     full-batch run (School: 10,321 training students, 1,151 validation) has none to give. The message
-    says it is the meta split and offers the fixes that keep the run's batch (not just "lower
-    batch_size" for the whole run)."""
+    says it is the meta split and offers the fixes that keep the run's batch; ``meta_batch_size=-1``
+    (the whole split each step) then runs, and a meta batch larger than the split is refused."""
     from conftest import toy_config
 
     from jmtl.training.loop import train
 
-    config = toy_config(
-        tmp_path,
-        **{
-            "weighting": config_schema.method_config("moml"),
-            "batch_size": 2000,
-            "num_steps": 2,
-            "dataset.kwargs.n_validation": 500,
-        },
-    )
+    def config(meta_batch_size, steps=2):
+        weighting_node = config_schema.method_config("moml")
+        weighting_node.meta_batch_size = meta_batch_size
+        return toy_config(
+            tmp_path,
+            **{"weighting": weighting_node, "batch_size": 2000, "num_steps": steps, "dataset.kwargs.n_validation": 500},
+        )
+
     with pytest.raises(
         ValueError,
-        match=r"meta batches come from the validation split .* \(500 examples\), fewer than one batch of 2000.*meta_split=train",
+        match=r"meta batches come from the validation split .* \(500 examples\), fewer than one meta batch of 2000 \(the training batch's size\).*meta_batch_size=-1.*meta_split=train",
     ):
-        train(config, str(tmp_path / "wd"))
+        train(config(0), str(tmp_path / "a"))
+    with pytest.raises(ValueError, match=r"fewer than one meta batch of 600\. Fix"):
+        train(config(600), str(tmp_path / "b"))
+    summary, _ = train(config(-1, steps=3), str(tmp_path / "c"))
+    assert summary["steps"] == 3
+    from jmtl import data
+    from jmtl.training import loop
+
+    ds = data.load("gradnorm_toy", cache_dir=str(tmp_path / "cache"), n_validation=500)
+    batch = next(iter(loop.dataset_batches(ds, 2000, 0, "validation", -1)))
+    assert batch["x"].shape[0] == 2000 and batch[step_lib.META_PREFIX + "x"].shape[0] == 500

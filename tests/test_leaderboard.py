@@ -166,3 +166,27 @@ def test_xla_cache_setting_is_resolved_before_any_cell(tmp_path, monkeypatch):
     finally:
         jax.config.update("jax_compilation_cache_dir", before[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+def test_method_overrides_touch_only_their_scheme(data_cache):
+    """A benchmark's scheme-specific setting (School's MOML reads the whole validation split:
+    ``weighting.meta_batch_size=-1``) reaches that scheme's cell alone; the other cells' protocol keys
+    are the same as without it (recorded cells keep their fingerprints), and a misspelt field is refused."""
+    import dataclasses
+
+    plain = _registry(data_cache)["toy"]
+    with_override = dataclasses.replace(plain, method_overrides={"moml": {"weighting.meta_batch_size": -1}})
+    _, before = lb.cells_of(plain, ["equal", "mgda", "moml"], 2)
+    _, after = lb.cells_of(with_override, ["equal", "mgda", "moml"], 2)
+    keys = {name: lb.fingerprint(lb.protocol_key(c)) for name, c in after}
+    assert {name: c.weighting.meta_batch_size for name, c in after} == {
+        "hps__equal": 0,
+        "hps__mgda": 0,
+        "hps__moml": -1,
+    }
+    for (name, c_before), (_, c_after) in zip(before, after):
+        same = keys[name] == lb.fingerprint(lb.protocol_key(c_before))
+        assert same == (name != "hps__moml"), name
+    typo = dataclasses.replace(plain, method_overrides={"moml": {"weighting.meta_batch_sise": -1}})
+    with pytest.raises(KeyError, match="meta_batch_sise"):
+        lb.cells_of(typo, ["moml"], 2)

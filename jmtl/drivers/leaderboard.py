@@ -47,7 +47,7 @@ import os
 import resource
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -97,6 +97,9 @@ class Benchmark:
       baseline_config: () -> the baseline cell's config (``baseline="config"`` only).
       arch: ``config.model.arch`` of the scheme cells.
       baseline_name: the baseline cell is ``baseline__<baseline_name>`` (``baseline="config"`` only).
+      method_overrides: ``{scheme: {dotted config field: value}}`` set on that scheme's cell only,
+        where the protocol needs a scheme-specific setting to run at all (School's full-batch MOML
+        reads the whole validation split as its meta batch: ``weighting.meta_batch_size=-1``).
     """
 
     name: str
@@ -106,6 +109,7 @@ class Benchmark:
     baseline_config: Callable[[], object] | None = None
     arch: str = "hps"
     baseline_name: str = "reference"
+    method_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -158,6 +162,17 @@ def cells_of(benchmark: Benchmark, methods: Sequence[str], seeds: int) -> tuple[
     cells = ablation.grid(config, list(methods), [benchmark.arch], names, seeds, benchmark.baseline == "single_task")
     base = [(n, c) for n, c in cells if n.startswith(ablation.SINGLE)]
     schemes = [(n, c) for n, c in cells if not n.startswith(ablation.SINGLE)]
+    for n, c in schemes:
+        for dotted, value in benchmark.method_overrides.get(c.weighting.name, {}).items():
+            *path, last = dotted.split(".")
+            node = c
+            for part in path:
+                node = node[part]
+            if last not in node:
+                raise KeyError(f"benchmark {benchmark.name}: method_overrides names {dotted!r}, which the config lacks")
+            node[last] = value
+        if benchmark.method_overrides.get(c.weighting.name):
+            config_schema.validate_config(c)
     if benchmark.baseline == "config":
         c = ablation._copy(benchmark.baseline_config())
         c.weighting = config_schema.method_config(EQUAL)

@@ -351,6 +351,11 @@ def build_experiment(
     # Bilevel schemes (auto_lambda, moml, forum) take a second batch each step, at the training
     # batch's length (see TaggingDataset.length_matched_batches).
     meta_split = builders.meta_split(config, weighting)
+    if meta_split and config.weighting.get("meta_batch_size", 0) != 0:
+        raise ValueError(
+            "the tagging loop's meta batches match the training batch's sentence lengths, so "
+            "config.weighting.meta_batch_size cannot change their size. Fix: --config.weighting.meta_batch_size=0"
+        )
     names = [t.name for t in tasks]
     experiment = loop.Experiment(
         name=ds.name,

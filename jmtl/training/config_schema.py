@@ -131,6 +131,8 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     # losses each step: 'validation' (held out, as MOML does), 'train' (a second, independently
     # shuffled training batch, as the Auto-Lambda and FORUM code do) or '' (the scheme's own choice).
     # Other schemes ignore it.
+    # meta_batch_size: examples per meta batch: 0 = the training batch's size, -1 = the whole meta
+    # split every step (a full-batch run's upper level, e.g. School's 1,151 validation students).
     # gramian: 'rows' (G from the Jacobian's rows) or 'autogram' (G from per-layer terms without the
     # Jacobian, then one weighted backward pass; Gramian schemes on one device: results/bench/autogram.md).
     # per_example: every example's loss (summed over the tasks) is its own objective, K = batch_size
@@ -142,6 +144,7 @@ def method_config(name: str) -> ml_collections.ConfigDict:
             jacobian_mode="params",
             jacobian_chunk_size=-1,
             meta_split="",
+            meta_batch_size=0,
             gramian="rows",
             per_example=False,
         )
@@ -177,6 +180,7 @@ _FIELDS = (
     ("weighting.jacobian_mode", _STR, None),
     ("weighting.jacobian_chunk_size", _INT, -1),  # 0: all K per-task gradients in one vmap, -1: auto
     ("weighting.meta_split", _STR, None),
+    ("weighting.meta_batch_size", _INT, -1),
     ("weighting.gramian", _STR, None),
     ("weighting.per_example", _BOOL, None),
     ("optimizer.name", _STR, None),
@@ -211,6 +215,7 @@ INERT_WHEN = {
     "optimizer.plateau_min_lr": 0.0,
     "optimizer.plateau_cooldown": 0,
     "selection_reference": (),
+    "weighting.meta_batch_size": 0,
 }
 
 

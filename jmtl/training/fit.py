@@ -306,7 +306,13 @@ def experiment_from_data(
         example_input=example_input,
         steps_per_epoch=data.steps_per_epoch,
         train_iterator=functools.partial(
-            _train_iterator, data, tasks, per_task_inputs, settings.batch_size, meta_split
+            _train_iterator,
+            data,
+            tasks,
+            per_task_inputs,
+            settings.batch_size,
+            meta_split,
+            meta_batch_size=int(config.weighting.get("meta_batch_size", 0)),
         ),
         make_evaluator=functools.partial(
             _make_evaluator, data.eval_splits, tasks, step_cfg, model, settings.eval_batch_size, per_task_inputs, name
@@ -411,10 +417,12 @@ def _user_data(
     return _UserData(sources, arrays_train, eval_splits, datasets, steps_per_epoch, first_batch)
 
 
-def _train_iterator(data: _UserData, tasks, per_task_inputs: bool, batch_size: int, meta_split, seed: int):
+def _train_iterator(
+    data: _UserData, tasks, per_task_inputs: bool, batch_size: int, meta_split, seed: int, meta_batch_size: int = 0
+):
     """Seed ``seed``'s resumable training batches (the loop's ``Experiment.train_iterator``)."""
     if data.arrays_train and not per_task_inputs:
-        return loop.dataset_batches(data.datasets[None], batch_size, seed, meta_split)
+        return loop.dataset_batches(data.datasets[None], batch_size, seed, meta_split, meta_batch_size)
     if data.arrays_train:
         its = {k: loop.dataset_batches(d, batch_size, seed) for k, d in data.datasets.items()}
     else:

@@ -345,7 +345,9 @@ def build_experiment(config) -> Experiment:
         step_config=step_cfg,
         example_input=np.zeros((1,) + tuple(spec.input_shape), np.float32),
         steps_per_epoch=steps_per_epoch,
-        train_iterator=lambda seed: dataset_batches(dataset, config.batch_size, seed, meta_split),
+        train_iterator=lambda seed: dataset_batches(
+            dataset, config.batch_size, seed, meta_split, config.weighting.get("meta_batch_size", 0)
+        ),
         make_evaluator=lambda driver, axis: InMemoryEvaluator(
             {split: dataset.arrays(split) for split in (VALIDATION, TEST)},
             tasks,
@@ -419,23 +421,26 @@ def _per_task_experiment(config, dataset) -> Experiment:
     )
 
 
-def dataset_batches(dataset, batch_size: int, seed: int, meta_split: Optional[str] = None):
+def dataset_batches(dataset, batch_size: int, seed: int, meta_split: Optional[str] = None, meta_batch_size: int = 0):
     """Seed ``seed``'s resumable training batches of an in-memory dataset (this process's share), with
     a second ("meta") batch from ``meta_split`` each step when a bilevel scheme needs one for its
-    upper-level (validation) losses."""
+    upper-level (validation) losses: ``meta_batch_size`` examples (0: ``batch_size``; -1: the whole
+    split, the upper level of a full-batch run)."""
     pid, nproc = jax.process_index(), jax.process_count()
     it = dataset.train_iterator(batch_size, seed, process_index=pid, process_count=nproc)
     if meta_split:
         available = dataset.spec.split_sizes[meta_split]
-        if available < batch_size:  # the generic message would suggest a smaller batch for the whole run
+        size = available if meta_batch_size == -1 else (meta_batch_size or batch_size)
+        if available < size:  # the generic message would suggest a smaller batch for the whole run
             raise ValueError(
                 f"the bilevel scheme's meta batches come from the {meta_split} split of {dataset.spec.name} "
-                f"({available} examples), fewer than one batch of {batch_size} (a meta batch has the training "
-                f"batch's size). Fix: --config.batch_size={available} or smaller, or "
-                "--config.weighting.meta_split=train (a second training batch)"
+                f"({available} examples), fewer than one meta batch of {size}"
+                + (" (the training batch's size)" if not meta_batch_size else "")
+                + ". Fix: --config.weighting.meta_batch_size=-1 (the whole split each step) or a size up to "
+                f"{available}, or --config.weighting.meta_split=train (a second training batch)"
             )
         meta = dataset.train_iterator(
-            batch_size, seed + builders.META_SEED_OFFSET, split=meta_split, process_index=pid, process_count=nproc
+            size, seed + builders.META_SEED_OFFSET, split=meta_split, process_index=pid, process_count=nproc
         )
         it = data_lib.WithMetaBatches(it, meta, prefix=step_lib.META_PREFIX)
     return it

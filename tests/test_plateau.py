@@ -197,3 +197,39 @@ def test_configs_without_the_new_fields_keep_their_grid_fingerprints(tmp_path):
     assert new_key["config"] == ablation.grid_key(ml_collections.ConfigDict(old), 5, None)["config"]
     config.optimizer.plateau_factor = 0.7  # a plateau run is another protocol
     assert ablation.grid_key(config, 5, None) != new_key
+
+
+def test_a_reference_in_the_datas_reported_units(tmp_path):
+    """A dataset with ``metric_scale`` (QM9: train std x meV factor) reports in other units than it
+    stores; ``selection_reference`` is read in the reported ones: MSE scales with the square of the
+    factor, MAE with the factor. Here the toy's tasks are rescaled by 3 and 0.5, and the best step is
+    the lowest Delta-m% of the rescaled MAEs, recomputed from the records by the definition."""
+    from jmtl import data
+
+    scale = {"t0": 3.0, "t1": 0.5}
+
+    def scaled_toy(**kwargs):
+        ds = data.load("gradnorm_toy", **kwargs)
+        ds.metric_scale = scale
+        return ds
+
+    data.register("scaled_toy", scaled_toy, overwrite=True)
+    reference = (2.2, 35.0)  # MAEs in the reported units (the toy's stored MAEs ~0.70 and ~69.9)
+    config = toy_config(
+        tmp_path, **{"num_steps": 30, "eval_every_steps": 5, "num_seeds": 2, "selection_reference": reference}
+    )
+    config.dataset.name = "scaled_toy"
+    config.tasks = {"*": {"metric": "mae"}}  # every task's main metric: MAE
+    summary, _ = train(config, str(tmp_path / "wd"))
+    recs = _records(tmp_path / "wd")
+    for s in range(2):
+        dm = [
+            100
+            * np.mean(
+                [(r["seeds"][s]["validation"][t]["mae"] * scale[t] - b) / b for t, b in zip(("t0", "t1"), reference)]
+            )
+            for r in recs
+        ]
+        np.testing.assert_allclose([r["validation_delta_m"][s] for r in recs], dm, rtol=1e-9)
+        assert summary["best_validation"]["step"][s] == recs[int(np.argmin(dm))]["step"]
+    assert "reported units" in summary["selection"]

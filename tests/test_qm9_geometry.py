@@ -270,3 +270,27 @@ def test_geometry_dataset_keeps_the_split_and_standardisation(package):
     np.testing.assert_array_equal(ds.arrays("train")["x"], qm9.pack_geometry(g.take(rows)))
     with pytest.raises(DataError, match="needs the molecules' atoms"):
         qm9.dataset_from_raw(raw, test_size=1, validation_size=1, inputs="geometry")
+
+
+def test_metric_scale_is_the_train_std_in_the_papers_units(package):
+    """``dataset.metric_scale`` turns the stored (standardised) targets' errors into the papers'
+    units: the train std of each target times its meV factor (what a Delta-m% reference is read in)."""
+    raw, atoms, _ = _geometry(package)
+    ds = qm9.dataset_from_raw(raw, seed=1, test_size=1, validation_size=1, inputs="geometry", atoms=atoms)
+    train_rows = np.searchsorted(raw.index, ds.qm9.index["train"])
+    std = raw.targets[train_rows].std(axis=0)
+    for k, t in enumerate(qm9.TASKS):
+        np.testing.assert_allclose(ds.metric_scale[t], std[k] * qm9.REPORT_SCALE[k], rtol=1e-6)
+
+
+@pytest.mark.parametrize("protocol, batch, patience", [("nash_mtl", 120, 5), ("ntkmtl", 60, 10)])
+def test_protocol_configs_select_and_schedule_on_validation_delta_m(protocol, batch, patience):
+    from experiments.configs import qm9_geometry
+    from jmtl.training import config_schema
+
+    c = qm9_geometry.get_config(f"famo,{protocol}")
+    config_schema.validate_config(c)
+    assert (c.batch_size, c.optimizer.plateau_patience) == (batch, patience)
+    assert (c.optimizer.plateau_factor, c.optimizer.plateau_min_lr) == (0.7, 1e-5)
+    assert len(c.selection_reference) == len(qm9.TASKS) and min(c.selection_reference) > 0
+    assert all(c.tasks[t]["metric"] == "mae" for t in qm9.TASKS)

@@ -4,8 +4,9 @@ Inputs: graphs from the SMILES with explicit hydrogens and PyG's QM9 atom / bond
 (``jmtl/data/qm9.py``, ``inputs='graph'``; needs rdkit), cached under ``dataset.cache_dir``. The
 network is PyG's QM9 NNConv example as Nash-MTL uses it (``jmtl/models/gnn.py``: hidden 64, 3
 message-passing rounds with a GRU, Set2Set readout), shared by all tasks; each task has one linear
-head. Nash-MTL's training: Adam 1e-3, batch 120, 300 epochs, ReduceLROnPlateau (not reproduced:
-a constant rate here), model selection on validation. With ``inputs='graph'`` (the default) the
+head. Nash-MTL's training: Adam 1e-3, batch 120, 300 epochs, ReduceLROnPlateau on validation Delta-m%
+(here a constant rate and selection on the validation score; ``qm9_geometry.py`` sets both as the
+papers do). With ``inputs='graph'`` (the default) the
 network sees no 3D geometry (the shared data file has none); ``use_geometry(c)`` switches to
 ``inputs='geometry'`` (qm9pack's coordinates: complete graphs with interatomic distances, Nash-MTL's
 input; ``pip install 'jmtl[qm9]'``), and ``experiments/configs/qm9_geometry.py`` holds the two

@@ -414,6 +414,9 @@ def dataset_from_raw(
         smiles={s: raw.smiles[r] for s, r in ids.items()},
         index={s: raw.index[r] for s, r in ids.items()},
     )
+    # Stored (standardised) units -> the papers' units, per task: what the trainer reads a
+    # selection_reference in (Nash-MTL's STL MAEs).
+    dataset.metric_scale = {t: float(std[k] * REPORT_SCALE[k]) for k, t in enumerate(TASKS)}
     return dataset
 
 

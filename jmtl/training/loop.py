@@ -193,6 +193,9 @@ class Experiment:
         records of the tagging experiments).
       on_eval: called with each metrics record (on the main process), e.g. to print a line.
       plots: draw ``plots/*.png`` at the end.
+      metric_scale: ``{task: factor}`` from a regression label's stored units to the units its
+        results are reported in (QM9: train std x meV/eV factor; the dataset's ``metric_scale``), so
+        ``selection_reference`` is read in the reported units. None: the stored units.
       identity: what the run trains on that the config does not pin down, ``{what, in words: value}``
         (data fingerprints, a custom optimizer's hyperparameters; :mod:`jmtl.runs.identity`).
         Stored in every checkpoint with the tasks; a resume with other values is refused, naming them.
@@ -213,6 +216,7 @@ class Experiment:
     on_eval: Optional[Callable[[dict], None]] = None
     plots: bool = True
     identity: Optional[dict] = None
+    metric_scale: Optional[Mapping[str, float]] = None
 
 
 class InMemoryEvaluator:
@@ -359,6 +363,7 @@ def build_experiment(config) -> Experiment:
             name=config.dataset.name,
         ),
         identity=dataset_identity(dataset),
+        metric_scale=getattr(dataset, "metric_scale", None),
     )
 
 
@@ -1096,15 +1101,25 @@ class _Trainer:
         if not reference:
             return self.evaluator.score(validation)
         tasks = self.exp.tasks
-        values = [validation[t.name][t.main_metric.name] for t in tasks]
+        values = [validation[t.name][t.main_metric.name] * self.reported_units(t) for t in tasks]
         return -mtl_metrics.delta_m(values, reference, [t.main_metric.higher_is_better for t in tasks])
+
+    def reported_units(self, task: Task) -> float:
+        """The factor from ``task``'s main metric as evaluated to its reported units (``metric_scale``:
+        MAE scales with the label, MSE with its square; other metrics are unit-free)."""
+        scale = (self.exp.metric_scale or {}).get(task.name)
+        if scale is None:
+            return 1.0
+        power = {"mae": 1, "mse": 2}.get(task.main_metric.name, 0)
+        return float(scale) ** power
 
     def selection_rule(self) -> str:
         if self.settings.selection_reference:
             names = ", ".join(f"{t.name} {t.main_metric.name}" for t in self.exp.tasks)
+            units = " in the data's reported units" if self.exp.metric_scale else ""
             return (
                 f"the evaluation with the lowest validation Delta-m% against config.selection_reference "
-                f"({names}); picked per seed"
+                f"({names}{units}); picked per seed"
             )
         return getattr(
             self.evaluator, "selection", f"the highest {type(self.evaluator).__name__}.score of the validation split"
@@ -1290,6 +1305,9 @@ class _Trainer:
         results = self.results = self.evaluate(state, step)
         self.eval_time += time.time() - t_eval
         rec = {"step": step, "epoch": step / self.exp.steps_per_epoch, **mean_over_seeds(results)}
+        if self.settings.selection_reference:  # what selection (and the plateau schedule) read
+            dm = [-self.selection_score(r[VALIDATION]) for r in results]
+            rec["validation_delta_m"] = dm if self.seed_axis.stacked else dm[0]
         if self.settings.optimizer.plateau_factor > 0:
             # The rate of the steps after this evaluation; the updated state goes on to the
             # checkpoint of this step and to the loop (PeriodicAction's ``out``).

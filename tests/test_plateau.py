@@ -144,7 +144,7 @@ def test_the_loop_follows_the_rule_on_its_own_records_and_across_a_resume(tmp_pa
 def test_selection_on_delta_m_against_a_reference(tmp_path):
     """With ``selection_reference`` each seed keeps the evaluation with the lowest validation
     Delta-m% (Navon et al.'s QM9 rule), computed here from the records by the definition."""
-    reference = (0.5, 6000.0)  # the toy's two tasks' reference MSEs
+    reference = {"t0": 0.5, "t1": 6000.0}  # the toy's two tasks' reference MSEs
     config = toy_config(
         tmp_path, **{"num_steps": 30, "eval_every_steps": 5, "num_seeds": 2, "selection_reference": reference}
     )
@@ -152,8 +152,7 @@ def test_selection_on_delta_m_against_a_reference(tmp_path):
     recs = _records(tmp_path / "wd")
     for s in range(2):
         dm = [
-            100 * np.mean([(r["seeds"][s]["validation"][t]["mse"] - b) / b for t, b in zip(("t0", "t1"), reference)])
-            for r in recs
+            100 * np.mean([(r["seeds"][s]["validation"][t]["mse"] - b) / b for t, b in reference.items()]) for r in recs
         ]
         assert summary["best_validation"]["step"][s] == recs[int(np.argmin(dm))]["step"]
     assert "Delta-m%" in summary["selection"]
@@ -167,7 +166,7 @@ def test_selection_on_delta_m_against_a_reference(tmp_path):
             {"optimizer.plateau_factor": 0.7, "optimizer.decay_every_epochs": 10, "optimizer.decay_rate": 0.85},
             "both change the learning rate",
         ),
-        ({"selection_reference": (0.5, 0.0)}, "finite, non-zero numbers"),
+        ({"selection_reference": {"t0": 0.5, "t1": 0.0}}, "finite, non-zero numbers"),
         ({"optimizer.plateau_patience": -1}, "plateau_patience must be >= 0"),
     ],
 )
@@ -177,9 +176,14 @@ def test_bad_settings_are_refused_by_name(tmp_path, overrides, words):
     assert words in str(info.value)
 
 
-def test_a_reference_per_task(tmp_path):
-    with pytest.raises(ValueError, match=r"selection_reference has 3 value\(s\) for 2 tasks \(t0, t1\)"):
-        train(toy_config(tmp_path, **{"num_steps": 2, "selection_reference": (1.0, 2.0, 3.0)}), str(tmp_path / "wd"))
+def test_a_reference_per_task_by_name(tmp_path):
+    """References are keyed by task name (a config's tasks are ordered by name, not as written, so a
+    positional list would silently pair values with the wrong tasks); a missing or unknown name is
+    refused, naming it."""
+    with pytest.raises(ValueError, match=r"must name every task once: missing \['t1'\]; not a task \['t2'\]"):
+        train(
+            toy_config(tmp_path, **{"num_steps": 2, "selection_reference": {"t0": 1.0, "t2": 3.0}}), str(tmp_path / "a")
+        )
 
 
 def test_configs_without_the_new_fields_keep_their_grid_fingerprints(tmp_path):
@@ -214,7 +218,7 @@ def test_a_reference_in_the_datas_reported_units(tmp_path):
         return ds
 
     data.register("scaled_toy", scaled_toy, overwrite=True)
-    reference = (2.2, 35.0)  # MAEs in the reported units (the toy's stored MAEs ~0.70 and ~69.9)
+    reference = {"t0": 2.2, "t1": 35.0}  # MAEs in the reported units (the toy's stored MAEs ~0.70 and ~69.9)
     config = toy_config(
         tmp_path, **{"num_steps": 30, "eval_every_steps": 5, "num_seeds": 2, "selection_reference": reference}
     )
@@ -224,10 +228,7 @@ def test_a_reference_in_the_datas_reported_units(tmp_path):
     recs = _records(tmp_path / "wd")
     for s in range(2):
         dm = [
-            100
-            * np.mean(
-                [(r["seeds"][s]["validation"][t]["mae"] * scale[t] - b) / b for t, b in zip(("t0", "t1"), reference)]
-            )
+            100 * np.mean([(r["seeds"][s]["validation"][t]["mae"] * scale[t] - b) / b for t, b in reference.items()])
             for r in recs
         ]
         np.testing.assert_allclose([r["validation_delta_m"][s] for r in recs], dm, rtol=1e-9)

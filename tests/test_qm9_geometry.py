@@ -292,5 +292,9 @@ def test_protocol_configs_select_and_schedule_on_validation_delta_m(protocol, ba
     config_schema.validate_config(c)
     assert (c.batch_size, c.optimizer.plateau_patience) == (batch, patience)
     assert (c.optimizer.plateau_factor, c.optimizer.plateau_min_lr) == (0.7, 1e-5)
-    assert len(c.selection_reference) == len(qm9.TASKS) and min(c.selection_reference) > 0
+    assert set(c.selection_reference) == set(qm9.TASKS) and min(c.selection_reference.values()) > 0
+    # BASE lists the targets in PyG order, which qm9.TASKS follows (mu first, cv last).
+    assert (
+        c.selection_reference["mu"] < 0.1 and c.selection_reference["homo"] > 50 and c.selection_reference["cv"] < 0.1
+    )
     assert all(c.tasks[t]["metric"] == "mae" for t in qm9.TASKS)

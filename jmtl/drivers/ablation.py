@@ -531,6 +531,8 @@ def grid_key(config, seeds: int, jacobian_mode: str | None) -> dict:
 
 
 def _same(value, inert) -> bool:
+    if isinstance(inert, dict):
+        return isinstance(value, dict) and value == inert
     if isinstance(inert, tuple):
         return isinstance(value, (tuple, list)) and tuple(value) == inert
     return not isinstance(value, (tuple, list, dict)) and value == inert

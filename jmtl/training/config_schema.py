@@ -70,10 +70,11 @@ def default_config() -> ml_collections.ConfigDict:
             plateau_cooldown=0,
         )
     )
-    # Model selection (and the plateau schedule's monitored value): () keeps each seed's evaluation
-    # with the best validation score (evaluate.selection_score); K reference values of the tasks' main
-    # metrics (single-task results, in task order) select on the lowest validation Delta-m% instead.
-    c.selection_reference = ()
+    # Model selection (and the plateau schedule's monitored value): {} keeps each seed's evaluation
+    # with the best validation score (evaluate.selection_score); {task: reference main metric} (e.g.
+    # single-task results, every task named) selects on the lowest validation Delta-m% instead.
+    # Keyed by name, not position: a config's tasks are ordered by name, not as written.
+    c.selection_reference = {}
     c.batch_size = 256  # global batch, split over all devices
     c.num_epochs = 10
     c.num_steps = -1  # > 0 overrides num_epochs
@@ -214,7 +215,7 @@ INERT_WHEN = {
     "optimizer.plateau_threshold": 1e-4,
     "optimizer.plateau_min_lr": 0.0,
     "optimizer.plateau_cooldown": 0,
-    "selection_reference": (),
+    "selection_reference": {},
     "weighting.meta_batch_size": 0,
 }
 
@@ -247,6 +248,7 @@ def _has_type(value, kind: str) -> bool:
 # encoder's, the heads', the architecture's, the weighting scheme's) or names the user chooses (the
 # tasks): the component that receives them refuses a name it does not know, listing the valid ones.
 FREE_FORM = (
+    "selection_reference",
     "dataset.kwargs",
     "tasks",
     "model.encoder_kwargs",
@@ -422,15 +424,21 @@ def _validate_plateau(config) -> None:
 
 
 def _validate_selection_reference(config) -> None:
-    """Numbers only here; their count against the tasks is checked where the tasks are known."""
+    """A ``{task: number}`` mapping of finite, non-zero numbers; its names are checked against the
+    tasks where they are known (the loop)."""
     reference = _lookup(config, "selection_reference")
     if reference is _MISSING or reference is None:
         return
-    values = tuple(reference) if isinstance(reference, (tuple, list)) else (reference,)
-    if not all(_has_type(v, _NUM) and math.isfinite(float(v)) and float(v) != 0 for v in values):
+    if not hasattr(reference, "items"):
         raise ValueError(
-            f"config.selection_reference must hold finite, non-zero numbers (the tasks' single-task main "
-            f"metrics, in task order), got {reference!r}. Fix: e.g. --config.selection_reference=0.0671,0.1814"
+            f"config.selection_reference must map each task to its reference main metric, got {reference!r}. "
+            'Fix: in the config file, c.selection_reference = {"mu": 0.0671, "alpha": 0.1814, ...}'
+        )
+    bad = {k: v for k, v in reference.items() if not (_has_type(v, _NUM) and math.isfinite(float(v)) and float(v) != 0)}
+    if bad:
+        raise ValueError(
+            f"config.selection_reference must hold finite, non-zero numbers (the tasks' reference main metrics), "
+            f"got {bad!r}. Fix: e.g. --config.selection_reference.{next(iter(bad))}=0.5"
         )
 
 

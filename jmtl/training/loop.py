@@ -781,10 +781,13 @@ class _Trainer:
             inits = [warm_start.warm_state(s, warm, e.optimizer) for s in inits]
         self.host_state = self.seed_axis.stack_states(inits)
         reference = settings.selection_reference
-        if reference and len(reference) != len(e.tasks):
+        names = [t.name for t in e.tasks]
+        if reference and set(reference) != set(names):
+            missing, extra = sorted(set(names) - set(reference)), sorted(set(reference) - set(names))
+            problems = ([f"missing {missing}"] if missing else []) + ([f"not a task {extra}"] if extra else [])
             raise ValueError(
-                f"config.selection_reference has {len(reference)} value(s) for {len(e.tasks)} tasks "
-                f"({', '.join(t.name for t in e.tasks)}). Fix: one reference main metric per task, in that order"
+                f"config.selection_reference must name every task once: {'; '.join(problems)}. "
+                f"Fix: one reference main metric per task ({', '.join(names)})"
             )
         if settings.optimizer.plateau_factor > 0 and plateau.find(self.host_state.opt_state) is None:
             raise ValueError(
@@ -1102,7 +1105,8 @@ class _Trainer:
             return self.evaluator.score(validation)
         tasks = self.exp.tasks
         values = [validation[t.name][t.main_metric.name] * self.reported_units(t) for t in tasks]
-        return -mtl_metrics.delta_m(values, reference, [t.main_metric.higher_is_better for t in tasks])
+        baseline = [reference[t.name] for t in tasks]
+        return -mtl_metrics.delta_m(values, baseline, [t.main_metric.higher_is_better for t in tasks])
 
     def reported_units(self, task: Task) -> float:
         """The factor from ``task``'s main metric as evaluated to its reported units (``metric_scale``:

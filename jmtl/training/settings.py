@@ -135,8 +135,8 @@ class LoopSettings:
       nonfinite: the non-finite step policy.
       optimizer: the optimizer's settings.
       init_from: a warm start, or None (from scratch).
-      selection_reference: the tasks' reference main metrics (single-task results): selection on
-        the lowest validation Delta-m% against them; () = on the selection score.
+      selection_reference: ``{task: reference main metric}`` (e.g. single-task results): selection on
+        the lowest validation Delta-m% against them; empty = on the selection score.
     """
 
     dataset: str
@@ -158,7 +158,7 @@ class LoopSettings:
     nonfinite: NonfiniteSettings
     optimizer: OptimizerSettings
     init_from: Optional[warm_start.InitFrom] = None
-    selection_reference: tuple[float, ...] = ()
+    selection_reference: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config, extra_fields=()) -> "LoopSettings":
@@ -195,7 +195,7 @@ class LoopSettings:
             ),
             optimizer=OptimizerSettings.from_config(get("optimizer")),
             init_from=warm_start.InitFrom.parse(get("init_from")),
-            selection_reference=_floats(get("selection_reference")),
+            selection_reference={str(k): float(v) for k, v in dict(get("selection_reference") or {}).items()},
         )
 
     # ---- what the loop derives from them, per run (the data fixes steps_per_epoch) ----------------
@@ -218,9 +218,3 @@ class LoopSettings:
 def optimizer_settings(value: Mapping[str, Any] | OptimizerSettings) -> OptimizerSettings:
     """:meth:`OptimizerSettings.from_config` (a mapping's absent fields at the schema's defaults)."""
     return OptimizerSettings.from_config(value)
-
-
-def _floats(value) -> tuple[float, ...]:
-    if value is None:
-        return ()
-    return tuple(float(v) for v in (value if isinstance(value, (tuple, list)) else (value,)))

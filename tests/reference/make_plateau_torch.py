@@ -33,5 +33,6 @@ for _ in range(60):
         lrs.append(opt.param_groups[0]["lr"])
     cases.append({"settings": settings, "base_lr": 1e-3, "values": values, "lrs": lrs})
 out = Path(__file__).with_name("plateau_torch.json")
-out.write_text(json.dumps({"torch": torch.__version__, "cases": cases}, indent=1) + "\n")
+lines = ",\n".join(json.dumps(case) for case in cases)  # one case per line
+out.write_text(f'{{"torch": {json.dumps(torch.__version__)}, "cases": [\n{lines}\n]}}\n')
 print(f"wrote {out} ({len(cases)} cases, torch {torch.__version__})")

@@ -12,7 +12,9 @@ shows" sentences) and rendering are :mod:`jmtl.drivers.leaderboard`. Writes ``--
 ``results/leaderboard``) with provenance, and ``--out``.png. A board with fewer finished entries than
 the file it would replace is refused unless ``--allow_fewer_cells``. A cell whose last attempt ended
 in an error is retried from scratch (the log says ``retried``; the attempt is kept under
-``WORKDIR/<benchmark>/failed_attempts``).
+``WORKDIR/<benchmark>/failed_attempts``). Every finished cell's record files are archived beside
+``--out`` (``--archive``, default ``results/leaderboard_cells``) and restored from there into a new
+``--workdir``, so a lost workdir costs only the unfinished cells.
 """
 
 from __future__ import annotations
@@ -48,6 +50,19 @@ _XLA_CACHE = flags.DEFINE_string(
     "cell then skips compiling its step and every cell of a benchmark shares the evaluation and init "
     "programs (results/bench/school_cell_cost.md; params bitwise identical). JAX_COMPILATION_CACHE_DIR wins.",
 )
+_ARCHIVE = flags.DEFINE_string(
+    "archive",
+    "auto",
+    "Folder of the finished cells' records (protocol, config, summary, code, cost: kilobytes each), kept with the "
+    "results so the board survives the loss of --workdir: its cells are restored into --workdir before anything "
+    "runs and every finished cell is archived there. 'auto' = <out>_cells (results/leaderboard_cells), '' = off.",
+)
+_CARRY = flags.DEFINE_bool(
+    "carry_over",
+    True,
+    "Keep the benchmarks of the board being replaced (--out's .json) that this run does not name, as rendered "
+    "there and marked carried over; --nocarry_over drops them (then --allow_fewer_cells is needed).",
+)
 _ALLOW_FEWER = flags.DEFINE_bool(
     "allow_fewer_cells", False, "Let --out replace a board that holds entries this one lacks."
 )
@@ -80,10 +95,15 @@ def main(argv):
         deadline = _deadline(_STOP_AT.value)
         out = script_checks.output_path("--out", _OUT.value, (".json", ".md", ".png"))
         workdir = Path(_WORKDIR.value)
+        archive = None
+        if _ARCHIVE.value:
+            archive = out.with_name(out.name + "_cells") if _ARCHIVE.value == "auto" else Path(_ARCHIVE.value)
         started = results_io.started_now()
         if not _REPORT_ONLY.value:
             leaderboard.use_xla_cache(_XLA_CACHE.value, workdir)
         if _PLAN.value:
+            if archive is not None:
+                leaderboard.restore(archive, workdir, names)
             p = leaderboard.plan(
                 workdir, [leaderboard.BENCHMARKS[n] for n in names], methods, _SEEDS.value, _PILOT_STEPS.value
             )
@@ -111,8 +131,13 @@ def main(argv):
             report_only=_REPORT_ONLY.value,
             deadline=deadline,
             on_cell_start=results_io.record_code_start,
+            archive_dir=archive,
         )
         json_path, png = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")
+        if _CARRY.value and json_path.exists():
+            carried = leaderboard.carry_over(record, json.loads(json_path.read_text()))
+            if carried:
+                print(f"carried over from {json_path}: {', '.join(carried)}")
         script_checks.check_cells(
             json_path, leaderboard.board_cells(record), leaderboard.board_cells, _ALLOW_FEWER.value
         )

@@ -254,6 +254,8 @@ def _segnet(rel: str) -> list[str]:
         f"ratios = medians of per-round ratios; PyTorch {d['torch']} with {d['torch_threads']} threads; peak memory "
         "from XLA's analysis of the compiled step (PyTorch's not measured)"
         + (f"; load average at the end {', '.join(f'{x:.1f}' for x in load)}" if load else "")
+        + f"; {d['provenance']['machine'].get('cpu', 'CPU')}"
+        + f"; XLA_FLAGS `{d['provenance']['machine'].get('XLA_FLAGS') or '(none)'}`"
         + ".",
         "",
         "| step | path | chunk | median s | each round s | vs PyTorch equal | vs PyTorch K backward passes | peak MiB "

@@ -193,7 +193,9 @@ def main(argv=None):
         f"Params: jmtl {jmtl_params:,} (shared {shared_params:,}), PyTorch {fmt(torch_params, ',')}. Tasks: {task_note}. "
         f"{args.repeats} interleaved rounds after {args.warmup} warm-up call(s); ratios are medians of per-round "
         "ratios. Memory: XLA's memory analysis of the compiled step (peak = arguments + temporaries + "
-        "non-aliased outputs).",
+        "non-aliased outputs). "
+        f"XLA_FLAGS: `{os.environ.get('XLA_FLAGS') or '(none)'}` (see `experiments.bench.segnet_ops` for the "
+        "convolution setting).",
         "",
         "| step | path | chunk | median s | vs PyTorch (a) | vs PyTorch (b) | vs jmtl equal | peak MiB | memory vs equal |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from experiments.bench.common import RESULTS, fmt, output_path, provenance, spread, started_now, write_outputs
+from experiments.bench.common import RESULTS, ROOT, fmt, output_path, provenance, spread, started_now, write_outputs
 
 SETTINGS = {
     "default": "",
@@ -162,10 +162,11 @@ def run_setting(name: str, flags: str, argv: list[str]) -> dict:
     """Runs :func:`child` in a fresh process with ``XLA_FLAGS`` = the setting's flags (plus the caller's)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flags) if f)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "child.json")
         cmd = [sys.executable, "-m", "experiments.bench.segnet_ops", *argv, "--child_out", out]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             print(f"{name}: the child process failed (exit {proc.returncode}): {' / '.join(tail)}", flush=True)

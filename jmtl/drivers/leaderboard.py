@@ -233,6 +233,98 @@ def finished(bench_dir: Path, name: str) -> bool:
     return bool(dirs) and all((d / "summary.json").exists() for d in dirs)
 
 
+# What a finished cell is on record as: enough to rank it, check its protocol and name its code and
+# cost, without its checkpoints or logs (kilobytes per cell). See :func:`archive` / :func:`restore`.
+ARCHIVED_FILES = (PROTOCOL_FILE, COST_FILE, "code.jsonl", "config.json", "summary.json", "resumes.jsonl")
+
+
+def _archived_files(bench_dir: Path, name: str) -> list[Path]:
+    """The record files of a finished cell, relative to ``bench_dir`` (its own and its programs')."""
+    cell_dir = bench_dir / "cells" / name
+    out = []
+    for d in dict.fromkeys([cell_dir, *ablation.program_dirs(bench_dir, name)]):
+        out += [(d / f).relative_to(bench_dir) for f in ARCHIVED_FILES if (d / f).is_file()]
+    return out
+
+
+def archive(workdir: str | Path, archive_dir: str | Path, benchmark_names: Sequence[str]) -> list[str]:
+    """Copies the record files (:data:`ARCHIVED_FILES`) of every finished cell of ``workdir`` into
+    ``archive_dir`` (same layout, ``<benchmark>/cells/<cell>/...``), where :func:`restore` finds them on
+    another machine: a board whose workdir is lost (a new machine, a cleaned ``/tmp``) is rendered and
+    extended from the archive without retraining its cells. A cell already archived is left as it is
+    when its files are identical and refused (``GridMismatchError``) when they differ: one cell, two
+    results. Returns the cells archived now, as ``benchmark/cell``."""
+    workdir, archive_dir = Path(workdir), Path(archive_dir)
+    added = []
+    for b in benchmark_names:
+        bench_dir = workdir / b
+        for cell_dir in sorted((bench_dir / "cells").glob("*")) if (bench_dir / "cells").is_dir() else []:
+            name = cell_dir.name
+            if not finished(bench_dir, name):
+                continue
+            files = _archived_files(bench_dir, name)
+            _check_same_cell(bench_dir, archive_dir / b, name)
+            if (archive_dir / b / "cells" / name).exists():
+                continue
+            for rel in files:
+                dest = archive_dir / b / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes((bench_dir / rel).read_bytes())
+            added.append(f"{b}/{name}")
+    return added
+
+
+def _check_same_cell(bench_dir: Path, archived_bench: Path, name: str) -> None:
+    """Refuses when ``name`` is finished both in ``bench_dir`` and in the archive with different results."""
+    if not (archived_bench / "cells" / name).exists():
+        return
+    mine = {str(r): (bench_dir / r).read_bytes() for r in _archived_files(bench_dir, name)}
+    theirs = {str(r): (archived_bench / r).read_bytes() for r in _archived_files(archived_bench, name)}
+    differ = sorted(k for k in mine.keys() & theirs.keys() if mine[k] != theirs[k] and k.endswith("summary.json"))
+    differ += sorted(k for k in (mine.keys() ^ theirs.keys()) if k.endswith("summary.json"))
+    if differ:
+        raise GridMismatchError(
+            f"cell {name} is finished both in {bench_dir} and in the archive {archived_bench} with different results "
+            f"({', '.join(differ)}); one cell cannot hold two results. Fix: keep one (remove the workdir's cell "
+            "folder to use the archived one, or the archived folder to replace it), or use another --archive"
+        )
+
+
+def restore(archive_dir: str | Path, workdir: str | Path, benchmark_names: Sequence[str]) -> list[str]:
+    """Copies every archived cell (:func:`archive`) that ``workdir`` lacks into it, so the cell counts as
+    finished (its ``summary.json``) and is never retrained; its protocol is checked like any other cell's.
+    A cell that the workdir has too is left there when finished with the same results, and refused
+    (``GridMismatchError``) when its results differ or when the workdir holds an unfinished or failed
+    attempt of it (training it again would give the cell a second result). Returns the cells restored,
+    as ``benchmark/cell``."""
+    workdir, archive_dir = Path(workdir), Path(archive_dir)
+    restored = []
+    for b in benchmark_names:
+        src = archive_dir / b
+        if not (src / "cells").is_dir():
+            continue
+        for cell_dir in sorted((src / "cells").glob("*")):
+            name = cell_dir.name
+            if not finished(src, name):
+                continue
+            target = workdir / b / "cells" / name
+            if target.exists():
+                if not finished(workdir / b, name):
+                    raise GridMismatchError(
+                        f"cell {name} is finished in the archive {src} but {target} holds an unfinished or failed "
+                        "attempt of it. Fix: remove that folder (the archived result is then used), or use another "
+                        "--archive"
+                    )
+                _check_same_cell(workdir / b, src, name)
+                continue
+            for rel in _archived_files(src, name):
+                dest = workdir / b / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes((src / rel).read_bytes())
+            restored.append(f"{b}/{name}")
+    return restored
+
+
 def _first_line(path: Path) -> str:
     return (path.read_text().splitlines() or ["(empty error.txt)"])[0]
 
@@ -802,16 +894,23 @@ def run(
     report_only: bool = False,
     deadline: float | None = None,
     on_cell_start: Callable[[Path], object] | None = None,
+    archive_dir: str | Path | None = None,
 ) -> dict:
     """Trains every unfinished cell (benchmarks in the given order, cells in ``methods`` order,
     baselines first), then returns the board's record. Everything checkable is checked before the
     first cell trains. ``deadline`` (a ``time.time()``): start no cell after it. ``on_cell_start``:
-    see :func:`train_cell`."""
+    see :func:`train_cell`. ``archive_dir``: cells archived there are restored into ``workdir`` first
+    (:func:`restore`) and every finished cell is archived there after each cell and at the end
+    (:func:`archive`), so the board survives the loss of ``workdir``."""
     registry = BENCHMARKS if registry is None else registry
     workdir = Path(workdir)
     check_options(seeds)
     benchmarks = [registry[n] for n in parse_benchmarks(list(benchmark_names), registry)]
     methods = parse_methods(",".join(methods))
+    if archive_dir is not None:
+        back = restore(archive_dir, workdir, [b.name for b in benchmarks])
+        if back:
+            print(f"restored {len(back)} finished cells from {archive_dir}")
     todo = []
     for b in benchmarks:  # every benchmark's cells and protocols checked before any trains
         base, schemes = cells_of(b, methods, seeds)
@@ -825,6 +924,10 @@ def run(
                     if deadline is not None and time.time() > deadline and not finished(bench_dir, name):
                         break
                     train_cell(bench_dir, name, c, on_cell_start)
+                    if archive_dir is not None:
+                        archive(workdir, archive_dir, [b.name])
+    if archive_dir is not None:
+        archive(workdir, archive_dir, [b.name for b in benchmarks])
     record = board(workdir, benchmarks, methods, seeds)
     record["not_on_board"] = {n: registry[n].description for n in registry if n not in record["benchmarks"]}
     return record
@@ -852,6 +955,34 @@ def board(workdir: Path, benchmarks: Sequence[Benchmark], methods: Sequence[str]
         "wall_hours": wall / 3600.0,
         "overall": overall_summary({"benchmarks": results}),
     }
+
+
+def carry_over(record: dict, previous: Mapping) -> list[str]:
+    """Keeps, in ``record``, each benchmark of ``previous`` (the board this one replaces) that ``record``
+    does not hold: its section as rendered there (entries, intervals, cells and their provenance),
+    marked ``carried_over`` with the commit and date of that render, never re-ranked against new cells
+    (a benchmark is either wholly read from cells or wholly carried). Then recomputes the totals and
+    the overall sentence. Returns the benchmarks carried."""
+    prov = previous.get("provenance", {})
+    carried = []
+    for name, section in previous.get("benchmarks", {}).items():
+        if name in record["benchmarks"]:
+            continue
+        section = dict(section)
+        section.setdefault(
+            "carried_over",
+            {"git_commit": prov.get("git_commit"), "date": prov.get("date"), "command": prov.get("command")},
+        )
+        record["benchmarks"][name] = section
+        carried.append(name)
+    if carried:
+        cells = [c for r in record["benchmarks"].values() for c in r["cells"]]
+        record["cpu_hours"] = sum(c.get("cpu_s", 0.0) for c in cells) / 3600.0
+        record["wall_hours"] = sum(c.get("wall_s", 0.0) for c in cells) / 3600.0
+        record["overall"] = overall_summary(record)
+        for name in carried:
+            record.get("not_on_board", {}).pop(name, None)
+    return carried
 
 
 def board_cells(record: Mapping) -> list[str]:
@@ -908,11 +1039,21 @@ def markdown(record: Mapping) -> list[str]:
         ]
     for name, r in record["benchmarks"].items():
         p = r["protocol"]
+        co = r.get("carried_over")
         lines += [
             f"## {name}",
             "",
             r["description"],
             "",
+            *(
+                [
+                    f"*Carried over unchanged from the board rendered at `{str(co.get('git_commit'))[:7]}` on "
+                    f"{str(co.get('date'))[:10]}: this render did not read its cells.*",
+                    "",
+                ]
+                if co
+                else []
+            ),
             f"- protocol `{p['fingerprint']}`: {p['budget']}, batch {p['batch_size']}, {p['optimizer']} lr "
             f"{p['learning_rate']:g} (all schemes), evaluation every {p['eval_every_steps']} steps (<= 0: each epoch), "
             f"seeds {p['seeds']}; selection: {p['selection']}",

@@ -190,3 +190,58 @@ def test_method_overrides_touch_only_their_scheme(data_cache):
     typo = dataclasses.replace(plain, method_overrides={"moml": {"weighting.meta_batch_sise": -1}})
     with pytest.raises(KeyError, match="meta_batch_sise"):
         lb.cells_of(typo, ["moml"], 2)
+
+
+def test_a_lost_workdir_is_rebuilt_from_the_archive_without_training(tmp_path, data_cache, monkeypatch):
+    """Finished cells are archived (record files only) and restored into a new workdir: the board is
+    the same and nothing trains; one cell with two results, or an unfinished attempt of an archived
+    cell, is refused; a benchmark this run does not hold is carried over from the board it replaces."""
+    import shutil
+
+    reg = _registry(data_cache)
+    archive = tmp_path / "archive"
+    first = lb.run(tmp_path / "wd1", ["toy"], ["equal", "mean"], seeds=2, registry=reg, archive_dir=archive)
+    archived = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file())
+    assert "toy/cells/hps__mean/summary.json" in archived and "toy/cells/hps__mean/protocol.json" in archived
+    assert not any("checkpoint" in p or p.endswith("metrics.jsonl") for p in archived)  # records, not the run
+
+    monkeypatch.setattr(lb.ablation, "train", lambda *a, **k: pytest.fail("an archived cell was retrained"))
+    second = lb.run(tmp_path / "wd2", ["toy"], ["equal", "mean"], seeds=2, registry=reg, archive_dir=archive)
+    assert second["benchmarks"]["toy"]["entries"] == first["benchmarks"]["toy"]["entries"]
+    assert [c["fingerprint"] for c in second["benchmarks"]["toy"]["cells"]] == [
+        c["fingerprint"] for c in first["benchmarks"]["toy"]["cells"]
+    ]
+    # The archived protocol is checked like any cell's: another protocol is refused.
+    with pytest.raises(GridMismatchError, match=re.escape("num_steps: 4 -> 9")):
+        lb.run(tmp_path / "wd3", ["toy"], ["equal"], seeds=2, registry=_registry(data_cache, 9), archive_dir=archive)
+
+    # One cell, two results: refused by archive() and by restore(), naming the cell.
+    summary = tmp_path / "wd2" / "toy" / "cells" / "hps__mean" / "summary.json"
+    summary.write_text(summary.read_text().replace('"seed"', '"seed" ', 1))
+    with pytest.raises(GridMismatchError, match="hps__mean is finished both"):
+        lb.archive(tmp_path / "wd2", archive, ["toy"])
+    with pytest.raises(GridMismatchError, match="hps__mean is finished both"):
+        lb.restore(archive, tmp_path / "wd2", ["toy"])
+    # An unfinished attempt of an archived cell in the workdir: refused, not trained a second time.
+    partial = tmp_path / "wd4" / "toy" / "cells" / "hps__mean"
+    partial.mkdir(parents=True)
+    shutil.copy(archive / "toy" / "cells" / "hps__mean" / "config.json", partial / "config.json")
+    with pytest.raises(GridMismatchError, match="unfinished or failed attempt"):
+        lb.restore(archive, tmp_path / "wd4", ["toy"])
+
+    # Carry-over: the replaced board's other benchmark is kept as rendered, marked, and counted.
+    previous = json.loads(json.dumps(first))
+    previous["benchmarks"] = {"old": previous["benchmarks"]["toy"]}
+    previous["provenance"] = {"git_commit": "abcdef1234", "date": "2026-12-06T10:00:00+00:00"}
+    record = lb.run(tmp_path / "wd2b", ["toy"], ["equal", "mean"], seeds=2, registry=reg, archive_dir=archive)
+    assert lb.carry_over(record, previous) == ["old"]
+    assert record["benchmarks"]["old"]["carried_over"]["git_commit"] == "abcdef1234"
+    assert record["benchmarks"]["old"]["entries"] == previous["benchmarks"]["old"]["entries"]
+    assert record["cpu_hours"] == pytest.approx(2 * first["cpu_hours"])
+    assert (
+        record["overall"] == lb.overall_summary(record)
+        and "both benchmarks" in record["overall"]
+        or ("2 benchmarks" in record["overall"])
+    )
+    assert "Carried over unchanged from the board rendered at `abcdef1`" in "\n".join(lb.markdown(record))
+    assert lb.carry_over(record, previous) == []  # a benchmark this board holds is never replaced

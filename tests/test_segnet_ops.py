@@ -52,4 +52,4 @@ def test_tiny_smoke_writes_the_report(tmp_path):
     r = result["settings"]["default"]
     assert len(r["convs"]) == len(result["shapes"]) and r["step"]["median_s"] > 0
     text = out.with_suffix(".md").read_text()
-    assert "## The equal-weighting step" in text and "| default |" in text
+    assert "| equal-weighting step (1 interleaved rounds) |" in text and "| default (`no flag`) |" in text

@@ -180,10 +180,47 @@ def gflop(s: dict, batch: int) -> float:
     return 2 * batch * s["h"] * s["w"] * 9 * s["cin"] * s["cout"] / 1e9
 
 
+def summary_tables(result: dict) -> list[str]:
+    """The convs summed over the network per setting (and PyTorch), then the equal step per setting."""
+    c = result["config"]
+    shapes, settings, torch_convs = result["shapes"], result["settings"], result.get("torch_convs")
+    ok = {n: r for n, r in settings.items() if "error" not in r}
+    cols = list(ok) + (["PyTorch"] if torch_convs else [])
+    lines = ["| conv part, summed over the network (ms) | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    totals = dict.fromkeys(cols, 0.0)
+    for part in PARTS:
+        row = []
+        for n in cols:
+            per = torch_convs if n == "PyTorch" else ok[n]["convs"]
+            t = sum(s["count"] * p[part] for s, p in zip(shapes, per))
+            totals[n] += t
+            row.append(f"{t:.0f}")
+        lines.append(f"| {part} | " + " | ".join(row) + " |")
+    lines.append("| **all three** | " + " | ".join(f"**{totals[n]:.0f}**" for n in cols) + " |")
+    lines += [
+        "",
+        f"| equal-weighting step ({c['repeats']} interleaved rounds) | jmtl s | PyTorch s | jmtl / PyTorch (paired) "
+        "| jmtl vs default | compile s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    base = ok.get("default", {}).get("step", {}).get("median_s")
+    for n, r in ok.items():
+        st = r["step"]
+        lines.append(
+            f"| {n} (`{SETTINGS[n] or 'no flag'}`) | {st['median_s']:.2f} | {fmt(st.get('torch_median_s'))} | "
+            f"{fmt(st.get('vs_torch'))} | {fmt(None if not base else st['median_s'] / base)} | {r['compile_s']:.0f} |"
+        )
+    for n, r in settings.items():
+        if "error" in r:
+            lines += ["", f"**{n}**: not supported by this jaxlib (`{r['error']}`)."]
+    return lines
+
+
 def report(result: dict) -> list[str]:
     c = result["config"]
     shapes, settings, torch_convs = result["shapes"], result["settings"], result.get("torch_convs")
     ok = {n: r for n, r in settings.items() if "error" not in r}
+    cols = list(ok) + (["PyTorch"] if torch_convs else [])
     lines = [
         f"# SegNet's full-size step on XLA:CPU: where the time goes ({c['height']}x{c['width']}, batch {c['batch']})",
         "",
@@ -192,30 +229,10 @@ def report(result: dict) -> list[str]:
         f"step in {c['repeats']} rounds interleaved with PyTorch's (PyTorch {c['threads']} threads, NCHW). "
         "Settings: " + "; ".join(f"**{n}** = `{f or '(none)'}`" for n, f in SETTINGS.items()) + ".",
         "",
-    ]
-    for n, r in settings.items():
-        if "error" in r:
-            lines += [f"**{n}**: not supported by this jaxlib (`{r['error']}`).", ""]
-    lines += ["## The convs, summed over the network (ms per step)", ""]
-    cols = list(ok) + (["PyTorch"] if torch_convs else [])
-    lines += ["| part | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    totals = {}
-    for part in PARTS:
-        row = []
-        for n in cols:
-            per = torch_convs if n == "PyTorch" else ok[n]["convs"]
-            t = sum(s["count"] * p[part] for s, p in zip(shapes, per))
-            totals.setdefault(n, 0.0)
-            totals[n] += t
-            row.append(f"{t:.0f}")
-        lines.append(f"| {part} | " + " | ".join(row) + " |")
-    lines.append("| **all three** | " + " | ".join(f"**{totals[n]:.0f}**" for n in cols) + " |")
-    lines += [
+        *summary_tables(result),
         "",
         "## Each conv shape (ms per conv: forward / input grad / weight grad; GFLOP/s of the weight grad)",
         "",
-    ]
-    lines += [
         "| H×W | Cin→Cout | convs | GFLOP per part | " + " | ".join(cols) + " |",
         "|---|---|---:|---:|" + "---|" * len(cols),
     ]
@@ -229,18 +246,6 @@ def report(result: dict) -> list[str]:
             f"| {s['h']}×{s['w']} | {s['cin']}→{s['cout']} | {s['count']} | {gflop(s, c['batch']):.1f} | "
             + " | ".join(cells)
             + " |"
-        )
-    lines += ["", "## The equal-weighting step", ""]
-    lines += [
-        "| setting | jmtl s | PyTorch s | jmtl / PyTorch (paired) | vs default (medians) | compile s |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    base = ok.get("default", {}).get("step", {}).get("median_s")
-    for n, r in ok.items():
-        st = r["step"]
-        lines.append(
-            f"| {n} | {st['median_s']:.2f} | {fmt(st.get('torch_median_s'))} | {fmt(st.get('vs_torch'))} | "
-            f"{fmt(None if not base else st['median_s'] / base)} | {r['compile_s']:.0f} |"
         )
     return lines
 

@@ -216,8 +216,16 @@ def test_a_lost_workdir_is_rebuilt_from_the_archive_without_training(tmp_path, d
         lb.run(tmp_path / "wd3", ["toy"], ["equal"], seeds=2, registry=_registry(data_cache, 9), archive_dir=archive)
 
     # One cell, two results: refused by archive() and by restore(), naming the cell.
+    full = json.loads((tmp_path / "wd1" / "toy" / "cells" / "hps__mean" / "summary.json").read_text())
+    cut = json.loads((archive / "toy" / "cells" / "hps__mean" / "summary.json").read_text())
+    assert cut == lb.board_summary(full) and cut == lb.board_summary(cut) and "final" not in cut
     summary = tmp_path / "wd2" / "toy" / "cells" / "hps__mean" / "summary.json"
-    summary.write_text(summary.read_text().replace('"seed"', '"seed" ', 1))
+    changed = json.loads(summary.read_text())
+    test = changed["seeds"][0]["best_validation"]["test"]
+    task = sorted(test)[0]
+    metric = sorted(test[task])[0]
+    test[task][metric] += 1.0
+    summary.write_text(json.dumps(changed))
     with pytest.raises(GridMismatchError, match="hps__mean is finished both"):
         lb.archive(tmp_path / "wd2", archive, ["toy"])
     with pytest.raises(GridMismatchError, match="hps__mean is finished both"):

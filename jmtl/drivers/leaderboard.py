@@ -234,8 +234,34 @@ def finished(bench_dir: Path, name: str) -> bool:
 
 
 # What a finished cell is on record as: enough to rank it, check its protocol and name its code and
-# cost, without its checkpoints or logs (kilobytes per cell). See :func:`archive` / :func:`restore`.
+# cost, without its checkpoints or logs. See :func:`archive` / :func:`restore`. ``summary.json`` is
+# archived cut to what the board reads (:func:`board_summary`): a School cell's full summary is ~0.4 MB.
 ARCHIVED_FILES = (PROTOCOL_FILE, COST_FILE, "code.jsonl", "config.json", "summary.json", "resumes.jsonl")
+
+
+def board_summary(summary: Mapping) -> dict:
+    """The part of a program's ``summary.json`` the board reads: each seed's best-validation step,
+    score and test metrics, and the run's steps and wall time (idempotent)."""
+    return {
+        "archived": "the leaderboard's cut of summary.json (jmtl.drivers.leaderboard.board_summary)",
+        "steps": summary.get("steps"),
+        "wall_time_s": summary.get("wall_time_s"),
+        "seeds": [
+            {
+                "seed": e["seed"],
+                "best_validation": {k: e["best_validation"].get(k) for k in ("step", "score", "test")},
+            }
+            for e in summary["seeds"]
+        ],
+    }
+
+
+def _copy_record_file(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.name == "summary.json":
+        dest.write_text(json.dumps(board_summary(json.loads(src.read_text())), separators=(",", ":")) + "\n")
+    else:
+        dest.write_bytes(src.read_bytes())
 
 
 def _archived_files(bench_dir: Path, name: str) -> list[Path]:
@@ -251,9 +277,10 @@ def archive(workdir: str | Path, archive_dir: str | Path, benchmark_names: Seque
     """Copies the record files (:data:`ARCHIVED_FILES`) of every finished cell of ``workdir`` into
     ``archive_dir`` (same layout, ``<benchmark>/cells/<cell>/...``), where :func:`restore` finds them on
     another machine: a board whose workdir is lost (a new machine, a cleaned ``/tmp``) is rendered and
-    extended from the archive without retraining its cells. A cell already archived is left as it is
-    when its files are identical and refused (``GridMismatchError``) when they differ: one cell, two
-    results. Returns the cells archived now, as ``benchmark/cell``."""
+    extended from the archive without retraining its cells. ``summary.json`` is archived as
+    :func:`board_summary` cuts it. A cell already archived is left as it is when its results are the
+    same and refused (``GridMismatchError``) when they differ: one cell, two results. Returns the cells
+    archived now, as ``benchmark/cell``."""
     workdir, archive_dir = Path(workdir), Path(archive_dir)
     added = []
     for b in benchmark_names:
@@ -267,9 +294,7 @@ def archive(workdir: str | Path, archive_dir: str | Path, benchmark_names: Seque
             if (archive_dir / b / "cells" / name).exists():
                 continue
             for rel in files:
-                dest = archive_dir / b / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes((bench_dir / rel).read_bytes())
+                _copy_record_file(bench_dir / rel, archive_dir / b / rel)
             added.append(f"{b}/{name}")
     return added
 
@@ -278,10 +303,13 @@ def _check_same_cell(bench_dir: Path, archived_bench: Path, name: str) -> None:
     """Refuses when ``name`` is finished both in ``bench_dir`` and in the archive with different results."""
     if not (archived_bench / "cells" / name).exists():
         return
-    mine = {str(r): (bench_dir / r).read_bytes() for r in _archived_files(bench_dir, name)}
-    theirs = {str(r): (archived_bench / r).read_bytes() for r in _archived_files(archived_bench, name)}
-    differ = sorted(k for k in mine.keys() & theirs.keys() if mine[k] != theirs[k] and k.endswith("summary.json"))
-    differ += sorted(k for k in (mine.keys() ^ theirs.keys()) if k.endswith("summary.json"))
+
+    def results(root: Path) -> dict:
+        files = [r for r in _archived_files(root, name) if r.name == "summary.json"]
+        return {str(r): board_summary(json.loads((root / r).read_text())) for r in files}
+
+    mine, theirs = results(bench_dir), results(archived_bench)
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if differ:
         raise GridMismatchError(
             f"cell {name} is finished both in {bench_dir} and in the archive {archived_bench} with different results "
@@ -318,9 +346,7 @@ def restore(archive_dir: str | Path, workdir: str | Path, benchmark_names: Seque
                 _check_same_cell(workdir / b, src, name)
                 continue
             for rel in _archived_files(src, name):
-                dest = workdir / b / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes((src / rel).read_bytes())
+                _copy_record_file(src / rel, workdir / b / rel)
             restored.append(f"{b}/{name}")
     return restored
 

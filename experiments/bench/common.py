@@ -115,6 +115,7 @@ def lenet_step(method, batch_size: int, num_tasks: int = 2, mode: str = "params"
         jax.block_until_ready(holder[0])
 
     call()
+    call.compiled = compiled  # for XLA's cost and memory analyses (experiments.bench.lenet_floor)
     return call, compile_s, memory_mib(compiled)
 
 

@@ -216,7 +216,7 @@ def check_protocols(bench_dir: Path, cells: Sequence[tuple[str, object]]) -> Non
             shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
             raise GridMismatchError(
                 f"cell {name} in {bench_dir} was trained under another protocol ({shown or 'fingerprint differs'}); "
-                "mixing them would rank cells of two protocols side by side. Fix: use a new --workdir for this "
+                "mixing them would rank cells of two protocols side by side. Fix: use a new --workdir (and --archive) for this "
                 "protocol, or rerun with the old settings"
             )
 

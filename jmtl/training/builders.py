@@ -11,10 +11,12 @@ import optax
 from jmtl import weighting as weighting_lib
 from jmtl.core.value_and_grad import auto_chunk_size
 from jmtl.models import architectures, mtl, regularizers
+from jmtl.registry import closest
 from jmtl.tasks import Task
 from jmtl.training import plateau
 from jmtl.training import settings as settings_lib
 from jmtl.training import step as step_lib
+from jmtl.weighting.grouping import GROUPINGS
 
 OPTIMIZERS = settings_lib.OPTIMIZERS
 
@@ -92,14 +94,31 @@ def weighting(
 
 
 def weighting_from_config(config, tasks: Sequence[Task], steps_per_epoch: int):
-    """:func:`weighting` for ``config.weighting`` (the look-ahead rate defaults to ``config.optimizer``'s)."""
-    return weighting(
+    """:func:`weighting` for ``config.weighting`` (the look-ahead rate defaults to ``config.optimizer``'s),
+    run per parameter group when ``config.weighting.per_group`` names a grouping."""
+    transform = weighting(
         config.weighting.name,
         config.weighting.hparams.to_dict(),
         tasks,
         steps_per_epoch,
         learning_rate=config.optimizer.learning_rate,
     )
+    group_by = config.weighting.get("per_group", "") or ""
+    if not group_by:
+        return transform
+    if group_by not in GROUPINGS:
+        near = closest(group_by, GROUPINGS)
+        raise ValueError(
+            f"unknown weighting.per_group {group_by!r}{f' (did you mean {near!r}?)' if near else ''}; "
+            f"valid: '' (off), {', '.join(GROUPINGS)}"
+        )
+    if transform.requires not in (weighting_lib.GRAMIAN, weighting_lib.JACOBIAN):
+        raise ValueError(
+            f"weighting.per_group={group_by!r} runs a scheme on each parameter group's gradients, but "
+            f"{config.weighting.name!r} is a {transform.requires}-level scheme (its weights do not depend on the "
+            "parameters); use a Gramian or Jacobian scheme (e.g. upgrad, mgda, pcgrad) or per_group=''"
+        )
+    return weighting_lib.per_group(transform, group_by)
 
 
 # The meta-batch order of seed s is shuffled with seed s + this (not the training order's seed).

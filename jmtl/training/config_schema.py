@@ -138,6 +138,10 @@ def method_config(name: str) -> ml_collections.ConfigDict:
     # Jacobian, then one weighted backward pass; Gramian schemes on one device: results/bench/autogram.md).
     # per_example: every example's loss (summed over the tasks) is its own objective, K = batch_size
     # (instance-wise risk minimisation; Gramian/Jacobian schemes, one device: StepConfig.per_example).
+    # per_group: '' (the scheme on the whole shared Jacobian), or run it on each parameter group's
+    # columns separately (jmtl.weighting.per_group): 'layer' (one module's leaves, e.g. a kernel and
+    # its bias), 'leaf' (every parameter tensor) or 'all' (one group; the same as ''). Gramian and
+    # Jacobian schemes only. Each group keeps its own scheme state.
     return ml_collections.ConfigDict(
         dict(
             name=name,
@@ -148,6 +152,7 @@ def method_config(name: str) -> ml_collections.ConfigDict:
             meta_batch_size=0,
             gramian="rows",
             per_example=False,
+            per_group="",
         )
     )
 
@@ -184,6 +189,7 @@ _FIELDS = (
     ("weighting.meta_batch_size", _INT, -1),
     ("weighting.gramian", _STR, None),
     ("weighting.per_example", _BOOL, None),
+    ("weighting.per_group", _STR, None),
     ("optimizer.name", _STR, None),
     ("optimizer.learning_rate", _NUM, 0),
     ("optimizer.momentum", _NUM, 0),
@@ -217,6 +223,7 @@ INERT_WHEN = {
     "optimizer.plateau_cooldown": 0,
     "selection_reference": {},
     "weighting.meta_batch_size": 0,
+    "weighting.per_group": "",
 }
 
 

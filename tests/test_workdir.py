@@ -201,6 +201,22 @@ def test_fields_added_since_the_checkpoint_count_as_their_default(tmp_path):
         check_resume(saved, new)  # without defaults every new field is a change
 
 
+def test_an_empty_default_that_changed_type_is_no_change(tmp_path):
+    """selection_reference was () in a few commits and {} after: a workdir started with [] resumes
+    (the board's rlw cell was refused with 'selection_reference: [] -> {}'); a non-empty value still counts."""
+    new = toy_config(tmp_path)
+    saved = json.loads(new.to_json_best_effort())
+    saved["selection_reference"] = []
+    assert check_resume(saved, new) == []
+    saved["selection_reference"] = ["left"]
+    with pytest.raises(ResumeConfigError, match=r"selection_reference: \['left'\] -> \{\}"):
+        check_resume(saved, new)
+    from jmtl.training import config_schema
+
+    assert config_schema.differences({"a": [], "b": 1}, {"a": {}, "b": 1}) == []
+    assert config_schema.differences({"a": [1]}, {"a": {}}) == ["a: [1] -> {}"]
+
+
 def test_resume_refuses_a_run_shorter_than_the_checkpoint(tmp_path):
     old = toy_config(tmp_path, num_steps=200)
     with pytest.raises(ResumeConfigError, match="the checkpoint is at step 160 but the new run would stop at 80"):

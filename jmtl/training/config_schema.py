@@ -509,13 +509,19 @@ def as_dict(config) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
+def _empty_container(x) -> bool:
+    return isinstance(x, (list, tuple, dict)) and len(x) == 0
+
+
 def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """``['num_epochs: 20 -> 2', ...]``: the leaves where two config dicts differ."""
+    """``['num_epochs: 20 -> 2', ...]``: the leaves where two config dicts differ. An empty list and an
+    empty mapping are the same setting (nothing given): a field whose empty default changed type
+    between versions (``selection_reference``: ``()`` then ``{}``) does not block a resume."""
     out = []
     for key in sorted(set(saved) | set(current), key=str):
         a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
+        elif a != b and not (_empty_container(a) and _empty_container(b)):
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out

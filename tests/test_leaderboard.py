@@ -243,6 +243,7 @@ def test_a_lost_workdir_is_rebuilt_from_the_archive_without_training(tmp_path, d
     previous["provenance"] = {"git_commit": "abcdef1234", "date": "2026-12-06T10:00:00+00:00"}
     record = lb.run(tmp_path / "wd2b", ["toy"], ["equal", "mean"], seeds=2, registry=reg, archive_dir=archive)
     assert lb.carry_over(record, previous) == ["old"]
+    assert list(record["benchmarks"]) == ["old", "toy"]  # the replaced board's order, then the new
     assert record["benchmarks"]["old"]["carried_over"]["git_commit"] == "abcdef1234"
     assert record["benchmarks"]["old"]["entries"] == previous["benchmarks"]["old"]["entries"]
     assert record["cpu_hours"] == pytest.approx(2 * first["cpu_hours"])

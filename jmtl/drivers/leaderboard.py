@@ -1001,7 +1001,10 @@ def carry_over(record: dict, previous: Mapping) -> list[str]:
         )
         record["benchmarks"][name] = section
         carried.append(name)
-    if carried:
+    if carried:  # the replaced board's order first, then the benchmarks new to this one
+        order = [n for n in previous["benchmarks"] if n in record["benchmarks"]]
+        order += [n for n in record["benchmarks"] if n not in order]
+        record["benchmarks"] = {n: record["benchmarks"][n] for n in order}
         cells = [c for r in record["benchmarks"].values() for c in r["cells"]]
         record["cpu_hours"] = sum(c.get("cpu_s", 0.0) for c in cells) / 3600.0
         record["wall_hours"] = sum(c.get("wall_s", 0.0) for c in cells) / 3600.0

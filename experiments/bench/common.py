@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -149,3 +150,39 @@ def output_path(parser, args, default) -> str:
     if getattr(args, "tiny", False):
         parser.error(f"--tiny writes a smoke result: pass --out (the default {default} holds the real run's result)")
     return str(default)
+
+
+def run_in_xla_setting(module: str, name: str, flags: str, argv: Sequence[str]) -> dict:
+    """Runs ``python -m <module> <argv> --child_out FILE`` in a fresh process whose ``XLA_FLAGS`` are
+    the caller's plus ``flags`` (XLA reads them once per process, so each setting needs its own), and
+    returns the JSON the child wrote, with ``xla_flags``. A child that fails (e.g. a jaxlib that does
+    not know a flag stops the process) gives ``{"xla_flags", "error", "exit"}`` instead of raising, so
+    the other settings still run; ``name`` labels the printed failure.
+    """
+    import json
+    import subprocess
+    import tempfile
+
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flags) if f)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "child.json")
+        cmd = [sys.executable, "-m", module, *argv, "--child_out", out]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            print(f"{name}: the child process failed (exit {proc.returncode}): {' / '.join(tail)}", flush=True)
+            return {"xla_flags": env["XLA_FLAGS"], "error": " / ".join(tail), "exit": proc.returncode}
+        with open(out) as f:
+            return {"xla_flags": env["XLA_FLAGS"], **json.load(f)}
+
+
+def parse_settings(parser, text: str, settings: Sequence[str]) -> list[str]:
+    """The ``--settings`` names (comma-separated) of a per-XLA-setting benchmark; unknown or none is
+    the parser's one-line error naming the valid ones."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in settings]
+    if unknown or not names:
+        parser.error(f"unknown --settings {unknown}; valid: {', '.join(settings)}")
+    return names

@@ -26,14 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 
 import numpy as np
 
-from experiments.bench.common import RESULTS, ROOT, fmt, output_path, provenance, spread, started_now, write_outputs
+from experiments.bench.common import (
+    RESULTS,
+    fmt,
+    output_path,
+    parse_settings,
+    provenance,
+    run_in_xla_setting,
+    spread,
+    started_now,
+    write_outputs,
+)
 
 SETTINGS = {
     "default": "",
@@ -159,20 +166,8 @@ def child(args) -> dict:
 
 
 def run_setting(name: str, flags: str, argv: list[str]) -> dict:
-    """Runs :func:`child` in a fresh process with ``XLA_FLAGS`` = the setting's flags (plus the caller's)."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), flags) if f)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "child.json")
-        cmd = [sys.executable, "-m", "experiments.bench.segnet_ops", *argv, "--child_out", out]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            print(f"{name}: the child process failed (exit {proc.returncode}): {' / '.join(tail)}", flush=True)
-            return {"xla_flags": env["XLA_FLAGS"], "error": " / ".join(tail), "exit": proc.returncode}
-        with open(out) as f:
-            return {"xla_flags": env["XLA_FLAGS"], **json.load(f)}
+    """:func:`child` in its own process under the setting's ``XLA_FLAGS`` (:func:`run_in_xla_setting`)."""
+    return run_in_xla_setting("experiments.bench.segnet_ops", name, flags, argv)
 
 
 def gflop(s: dict, batch: int) -> float:
@@ -273,10 +268,7 @@ def main(argv=None):
         with open(args.child_out, "w") as f:
             json.dump(child(args), f)
         return
-    names = [n.strip() for n in args.settings.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SETTINGS]
-    if unknown or not names:
-        parser.error(f"unknown --settings {unknown}; valid: {', '.join(SETTINGS)}")
+    names = parse_settings(parser, args.settings, list(SETTINGS))
     args.out = output_path(parser, args, RESULTS / "segnet_ops")
     started = started_now()
     shapes = conv_shapes(args.height, args.width, args.filters)

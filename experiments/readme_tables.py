@@ -277,6 +277,16 @@ def segnet_full_size_eigen_convs_short() -> list[str]:
     return lines
 
 
+@table("lenet_floor", "bench/lenet_floor.json")
+def lenet_floor() -> list[str]:
+    from experiments.bench import lenet_floor as lf
+
+    d = _json("bench/lenet_floor.json")
+    m = d["provenance"]["machine"]
+    body = lf.report(d)[2:]  # the report less its title
+    return [f"{m.get('cpu')}, {m.get('cores')} cores, jax {m.get('jax')}, PyTorch {m.get('torch', '—')}.", "", *body]
+
+
 @table("segnet_ops", "bench/segnet_ops.json")
 def segnet_ops() -> list[str]:
     from experiments.bench import segnet_ops as ops
@@ -940,7 +950,7 @@ def leaderboard_headline() -> list[str]:
                 _row([name, e["rank"], f"`{m}`", _signed_ci(e["delta_m"], e["ci"]), vs[0], vs[1], len(e["seeds"])])
             )
         tied = sum(1 for e in entries.values() if e["rank"] == 1)
-        missing = f"; {len(r['missing'])} cells missing" if r["missing"] else ""
+        missing = f"; {len(r['missing'])} cell{'s' if len(r['missing']) != 1 else ''} missing" if r["missing"] else ""
         share = "shares" if tied == 1 else "share"
         extra = f" ({len(entries)} schemes on the board, {tied} {share} rank 1{missing})" if entries else ""
         notes.append(f"- {r['summary']['headline'].removesuffix('.')}{extra}.")

@@ -391,6 +391,8 @@ def main(argv=None) -> int:
     for path in sorted(RESULTS.rglob("*")):
         if not path.is_file() or path.name == "provenance.json" or path.name.endswith(".provenance.json"):
             continue  # provenance records themselves (a folder's index, a sweep's sidecar)
+        if "leaderboard_cells" in path.relative_to(RESULTS).parts and (path.parent / "code.jsonl").exists():
+            continue  # an archived board cell: its code.jsonl records the commit and date it trained under
         rel = str(path.relative_to(RESULTS))
         index_path = path.parent / "provenance.json"
         index = folders.setdefault(path.parent, json.loads(index_path.read_text()) if index_path.exists() else {})

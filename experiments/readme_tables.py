@@ -279,17 +279,17 @@ def segnet_full_size_eigen_convs_short() -> list[str]:
 
 @table("lenet_floor", "bench/lenet_floor.json")
 def lenet_floor() -> list[str]:
-    from experiments.bench import lenet_floor as lf
+    from experiments.xla_setting_tables import lenet_floor_report
 
     d = _json("bench/lenet_floor.json")
     m = d["provenance"]["machine"]
-    body = lf.report(d)[2:]  # the report less its title
+    body = lenet_floor_report(d)[2:]  # the report less its title
     return [f"{m.get('cpu')}, {m.get('cores')} cores, jax {m.get('jax')}, PyTorch {m.get('torch', '—')}.", "", *body]
 
 
 @table("segnet_ops", "bench/segnet_ops.json")
 def segnet_ops() -> list[str]:
-    from experiments.bench import segnet_ops as ops
+    from experiments.xla_setting_tables import segnet_summary_tables
 
     d = _json("bench/segnet_ops.json")
     m = d["provenance"]["machine"]
@@ -298,7 +298,7 @@ def segnet_ops() -> list[str]:
         f"part timed alone and summed over the network; the equal step interleaved with PyTorch's ({m.get('cpu')}, "
         f"{m.get('cores')} cores, jax {m.get('jax')}, PyTorch {m.get('torch')}):",
         "",
-        *ops.summary_tables(d),
+        *segnet_summary_tables(d),
     ]
 
 

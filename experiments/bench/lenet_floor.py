@@ -28,7 +28,6 @@ import numpy as np
 
 from experiments.bench.common import (
     RESULTS,
-    fmt,
     lenet_step,
     output_path,
     parse_settings,
@@ -40,15 +39,10 @@ from experiments.bench.common import (
     torch_setup,
     write_outputs,
 )
+from experiments.xla_setting_tables import LENET_SETTINGS
+from experiments.xla_setting_tables import lenet_floor_report as report
 
-SETTINGS = {
-    "default": "",
-    # The setting segnet_ops recommends for conv nets on CPU: here (convolutions written as matmuls)
-    # it should change nothing; measured so that a CPU user of both models knows.
-    "eigen convs": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
-    "no YNNPACK": "--xla_cpu_experimental_ynn_fusion_type=",
-    "single-threaded Eigen": "--xla_cpu_multi_thread_eigen=false",
-}
+SETTINGS = LENET_SETTINGS
 # Multi-LeNet's conv output sizes on 28x28 inputs: conv1 5x5 valid -> 24x24, pool -> 12x12, conv2 -> 8x8.
 CONV_OUT = {"conv1": (24, 24), "conv2": (8, 8)}
 JMTL = "jmtl equal step"
@@ -148,47 +142,6 @@ def child(args) -> dict:
 def run_setting(name: str, flags: str, argv: list[str]) -> dict:
     """:func:`child` in its own process under the setting's ``XLA_FLAGS`` (:func:`run_in_xla_setting`)."""
     return run_in_xla_setting("experiments.bench.lenet_floor", name, flags, argv)
-
-
-def report(result: dict) -> list[str]:
-    c, peak = result["config"], result["peak"]
-    ok = {n: r for n, r in result["settings"].items() if "error" not in r}
-    fl = result["flops"]
-    xla_flops = next(iter(ok.values()))["xla_cost_flops"] if ok else None
-    lines = [
-        f"# Multi-LeNet equal-weighting step against its FLOP floor (batch {c['batch']}, 2 tasks, Adam)",
-        "",
-        f"Step FLOPs (the layers' multiply-adds x 2: forward {fl['forward'] / 1e6:.1f}, input gradients "
-        f"{fl['input_grads'] / 1e6:.1f}, weight gradients {fl['weight_grads'] / 1e6:.1f}): "
-        f"**{fl['total'] / 1e6:.1f} MFLOP** (XLA's cost analysis of the compiled step counts "
-        f"{fmt(xla_flops and xla_flops / 1e6, '.1f')} MFLOP: Toeplitz zeros, elementwise work and Adam). "
-        f"Peak of this CPU: **{peak['gflops']:.0f} GFLOP/s** ({peak['source']}; float32 matmuls of "
-        f"{', '.join(peak['sizes'])}, best of {c['matmul_repeats']} calls each; XLA "
-        + ", ".join(f"{k}: {v:.0f}" for k, v in peak["xla_by_setting"].items())
-        + (f"; PyTorch: {', '.join(f'{k}: {v:.0f}' for k, v in peak['torch'].items())}" if peak.get("torch") else "")
-        + f"). Floor = FLOPs / peak = **{fmt(result['floor_ms'], '.2f')} ms**. Each setting in its own process, "
-        f"{c['repeats']} rounds, interleaved with PyTorch's step when it is installed (ratios paired per round).",
-        "",
-        "| XLA setting | XLA_FLAGS | jmtl median ms | jmtl / floor | PyTorch median ms | PyTorch / floor "
-        "| jmtl / PyTorch (paired) |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for n, r in ok.items():
-        lines.append(
-            f"| {n} | `{SETTINGS[n] or '(none)'}` | {r['jmtl_ms']:.2f} | {r['jmtl_vs_floor']:.2f} | "
-            f"{fmt(r.get('torch_ms'), '.2f')} | {fmt(r.get('torch_vs_floor'))} | {fmt(r.get('vs_torch'))} |"
-        )
-    for n, r in result["settings"].items():
-        if "error" in r:
-            lines += ["", f"**{n}**: not supported by this jaxlib (`{r['error']}`)."]
-    best = min(ok.items(), key=lambda kv: kv[1]["jmtl_ms"]) if ok else None
-    if best:
-        lines += [
-            "",
-            f"Goal (issue 25 §4): ≤ 2× the floor. Best setting here: **{best[0]}**, "
-            f"{best[1]['jmtl_vs_floor']:.2f}× the floor ({'met' if best[1]['jmtl_vs_floor'] <= 2 else 'missed'}).",
-        ]
-    return lines
 
 
 def main(argv=None):

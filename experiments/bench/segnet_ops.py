@@ -32,7 +32,6 @@ import numpy as np
 
 from experiments.bench.common import (
     RESULTS,
-    fmt,
     output_path,
     parse_settings,
     provenance,
@@ -41,13 +40,10 @@ from experiments.bench.common import (
     started_now,
     write_outputs,
 )
+from experiments.xla_setting_tables import PARTS, SEGNET_SETTINGS
+from experiments.xla_setting_tables import segnet_summary_tables as summary_tables
 
-SETTINGS = {
-    "default": "",
-    "eigen convs": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
-    "no YNNPACK": "--xla_cpu_experimental_ynn_fusion_type=",
-}
-PARTS = ("forward", "input grad", "weight grad")
+SETTINGS = SEGNET_SETTINGS
 TORCH_STEP = "PyTorch equal step"
 JMTL_STEP = "jmtl equal step"
 
@@ -173,42 +169,6 @@ def run_setting(name: str, flags: str, argv: list[str]) -> dict:
 def gflop(s: dict, batch: int) -> float:
     """Multiply-adds x 2 of one part (the three parts of a conv cost the same)."""
     return 2 * batch * s["h"] * s["w"] * 9 * s["cin"] * s["cout"] / 1e9
-
-
-def summary_tables(result: dict) -> list[str]:
-    """The convs summed over the network per setting (and PyTorch), then the equal step per setting."""
-    c = result["config"]
-    shapes, settings, torch_convs = result["shapes"], result["settings"], result.get("torch_convs")
-    ok = {n: r for n, r in settings.items() if "error" not in r}
-    cols = list(ok) + (["PyTorch"] if torch_convs else [])
-    lines = ["| conv part, summed over the network (ms) | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    totals = dict.fromkeys(cols, 0.0)
-    for part in PARTS:
-        row = []
-        for n in cols:
-            per = torch_convs if n == "PyTorch" else ok[n]["convs"]
-            t = sum(s["count"] * p[part] for s, p in zip(shapes, per))
-            totals[n] += t
-            row.append(f"{t:.0f}")
-        lines.append(f"| {part} | " + " | ".join(row) + " |")
-    lines.append("| **all three** | " + " | ".join(f"**{totals[n]:.0f}**" for n in cols) + " |")
-    lines += [
-        "",
-        f"| equal-weighting step ({c['repeats']} interleaved rounds) | jmtl s | PyTorch s | jmtl / PyTorch (paired) "
-        "| jmtl vs default | compile s |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    base = ok.get("default", {}).get("step", {}).get("median_s")
-    for n, r in ok.items():
-        st = r["step"]
-        lines.append(
-            f"| {n} (`{SETTINGS[n] or 'no flag'}`) | {st['median_s']:.2f} | {fmt(st.get('torch_median_s'))} | "
-            f"{fmt(st.get('vs_torch'))} | {fmt(None if not base else st['median_s'] / base)} | {r['compile_s']:.0f} |"
-        )
-    for n, r in settings.items():
-        if "error" in r:
-            lines += ["", f"**{n}**: not supported by this jaxlib (`{r['error']}`)."]
-    return lines
 
 
 def report(result: dict) -> list[str]:

@@ -273,21 +273,24 @@ def _archived_files(bench_dir: Path, name: str) -> list[Path]:
     return out
 
 
-def archive(workdir: str | Path, archive_dir: str | Path, benchmark_names: Sequence[str]) -> list[str]:
+def archive(
+    workdir: str | Path, archive_dir: str | Path, benchmark_names: Sequence[str], cells: Sequence[str] | None = None
+) -> list[str]:
     """Copies the record files (:data:`ARCHIVED_FILES`) of every finished cell of ``workdir`` into
     ``archive_dir`` (same layout, ``<benchmark>/cells/<cell>/...``), where :func:`restore` finds them on
     another machine: a board whose workdir is lost (a new machine, a cleaned ``/tmp``) is rendered and
     extended from the archive without retraining its cells. ``summary.json`` is archived as
     :func:`board_summary` cuts it. A cell already archived is left as it is when its results are the
-    same and refused (``GridMismatchError``) when they differ: one cell, two results. Returns the cells
-    archived now, as ``benchmark/cell``."""
+    same and refused (``GridMismatchError``) when they differ: one cell, two results. ``cells``: only
+    these cells (default every cell; the run archives each cell as it finishes, then checks all at the
+    end). Returns the cells archived now, as ``benchmark/cell``."""
     workdir, archive_dir = Path(workdir), Path(archive_dir)
     added = []
     for b in benchmark_names:
         bench_dir = workdir / b
         for cell_dir in sorted((bench_dir / "cells").glob("*")) if (bench_dir / "cells").is_dir() else []:
             name = cell_dir.name
-            if not finished(bench_dir, name):
+            if (cells is not None and name not in cells) or not finished(bench_dir, name):
                 continue
             files = _archived_files(bench_dir, name)
             _check_same_cell(bench_dir, archive_dir / b, name)
@@ -951,7 +954,7 @@ def run(
                         break
                     train_cell(bench_dir, name, c, on_cell_start)
                     if archive_dir is not None:
-                        archive(workdir, archive_dir, [b.name])
+                        archive(workdir, archive_dir, [b.name], cells=[name])
     if archive_dir is not None:
         archive(workdir, archive_dir, [b.name for b in benchmarks])
     record = board(workdir, benchmarks, methods, seeds)

@@ -409,7 +409,7 @@ def flatten_config(config: Any) -> dict[str, Any]:
     return out
 
 
-def _empty(value: Any) -> bool:
+def empty_setting(value: Any) -> bool:
     """An empty list and an empty mapping are the same setting (nothing given): a field whose empty
     default changed type between versions (``selection_reference``: ``()`` then ``{}``) is no change."""
     return isinstance(value, (list, tuple, Mapping)) and len(value) == 0
@@ -449,7 +449,8 @@ def check_resume(
     changes = [
         Change(k, old.get(k, _MISSING), new.get(k, _MISSING))
         for k in sorted(set(old) | set(new))
-        if old.get(k, _MISSING) != new.get(k, _MISSING) and not (_empty(old.get(k)) and _empty(new.get(k)))
+        if old.get(k, _MISSING) != new.get(k, _MISSING)
+        and not (empty_setting(old.get(k)) and empty_setting(new.get(k)))
     ]
     refused = [c for c in changes if c.field not in RESUMABLE_FIELDS]
     problems, fixes = [], []

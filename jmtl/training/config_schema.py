@@ -16,6 +16,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from jmtl import weighting
+from jmtl.runs.workdir import empty_setting
 
 WRITERS = ("jsonl", "tensorboard", "wandb")
 
@@ -509,10 +510,6 @@ def as_dict(config) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
-def _empty_container(x) -> bool:
-    return isinstance(x, (list, tuple, dict)) and len(x) == 0
-
-
 def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     """``['num_epochs: 20 -> 2', ...]``: the leaves where two config dicts differ. An empty list and an
     empty mapping are the same setting (nothing given): a field whose empty default changed type
@@ -522,6 +519,6 @@ def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
         a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, f"{prefix}{key}.")
-        elif a != b and not (_empty_container(a) and _empty_container(b)):
+        elif a != b and not (empty_setting(a) and empty_setting(b)):
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out

@@ -224,7 +224,7 @@ def test_refusals_name_the_fix():
     t = weighting.get("bayesagg_mtl")
     with pytest.raises(ValueError, match="needs the shared representation and the task labels"):
         weighting.aggregate("bayesagg_mtl", jnp.ones((2, 3)))
-    with pytest.raises(ValueError, match="implements regression tasks only"):
+    with pytest.raises(ValueError, match="got int32 targets and no target_kinds.*pass target_kinds="):
         t.apply(
             jnp.ones(2),
             t.init(2, layout=(("representation", (4, 3)),)),
@@ -286,8 +286,11 @@ def test_trains_in_the_jitted_step_with_label_masks():
     assert float(jnp.sum(m["losses"])) < 0.5 * float(jnp.sum(first))
 
 
-def test_trainer_refuses_classification_tasks_and_hidden_heads():
-    tasks = (Task("r", "regression", 1), Task("c", "classification", 3))
+def test_trainer_refuses_other_kinds_custom_losses_and_hidden_heads():
+    with pytest.raises(ValueError, match="task 'c': jmtl.models.mtl.build has no head for kind 'multilabel'"):
+        mtl.build((Task("c", "multilabel", 3),), encoder="mlp", encoder_kwargs=dict(features=(8,)))
+    hinge = lambda logits, y: jnp.maximum(0.0, 1.0 - logits[:, 0] * (2.0 * y - 1.0))  # noqa: E731
+    tasks = (Task("r", "regression", 1), Task("c", "binary", 1, loss_fn=hinge))
     model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=0))
     t = weighting.get("bayesagg_mtl")
     opt = optax.adam(1e-2)
@@ -295,7 +298,8 @@ def test_trainer_refuses_classification_tasks_and_hidden_heads():
     fn = jax.jit(step_lib.make_train_step(model, tasks, t, opt, step_lib.StepConfig(input_key="x")))
     batch = {"x": np.ones((4, 6), np.float32), "r": np.ones(4, np.float32), "c": np.zeros(4, np.int32)}
     with pytest.raises(
-        ValueError, match=r"regression tasks with the built-in squared error only; task\(s\) \['c \(classification\)'\]"
+        ValueError,
+        match=r"regression, classification and binary tasks with their built-in losses only; task\(s\) \['c \(binary\)'\]",
     ):
         fn(state, batch)
     model = mtl.build(TASKS, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=4))
@@ -309,9 +313,10 @@ def test_trainer_refuses_classification_tasks_and_hidden_heads():
 
 def test_data_parallel_matches_one_device(script_runner):
     """Two forced CPU devices, the batch split between them: the scheme sees the gathered global batch,
-    so the gradients and the posterior statistics equal the one-device step's (with and without masks)."""
+    so the gradients and the posterior statistics equal the one-device step's (with and without masks,
+    and with softmax and sigmoid tasks, whose draws come from the replicated key)."""
     out = script_runner("bayesagg_devices.py", devices=2, timeout=300)
-    for case in ("no_mask", "mask"):
+    for case in ("no_mask", "mask", "classification"):
         assert out[case]["scale"] > 1e-3, out  # nothing vanished
         assert out[case]["diff"] < 1e-4, out
 
@@ -343,3 +348,222 @@ def school_tasks_test_labels(raw_dir) -> dict:  # noqa: F811
     ds = school.load_school_tasks(data_dir=raw_dir, verify_checksums=False, validation_percent=20)
     test = ds.arrays("test")
     return {n: test[n][test[n + "_mask"] > 0] for n in ds.school_data.task_names}
+
+
+# --- Classification tasks: Laplace posterior around the current last layer, Monte-Carlo moments ---
+
+
+def _cls_problem(seed=0, b=9, d=3, c=3):
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(b, d))
+    theta = rng.normal(size=(c, d + 1)) * 0.7  # rows [w_c, b_c]
+    labels = rng.integers(0, c, size=b) if c > 1 else (rng.uniform(size=b) < 0.5).astype(np.int64)
+    mask = (rng.uniform(size=b) < 0.75).astype(np.float64)
+    mask[0] = 1.0
+    return h, theta, labels, mask
+
+
+def _neg_log_joint(theta, h1, labels, mask, gamma, kind):
+    """float64 sum_i m_i l(theta h~_i, y_i) + |theta|^2 / (2 gamma), written from the losses' definitions."""
+    z = h1 @ theta.T
+    if kind == "classification":
+        nll = jax.nn.logsumexp(z, axis=-1) - jnp.take_along_axis(z, labels[:, None], axis=-1)[:, 0]
+    else:
+        nll = jnp.logaddexp(0.0, z[:, 0]) - labels * z[:, 0]
+    return jnp.sum(mask * nll) + jnp.sum(theta**2) / (2 * gamma)
+
+
+def _np_mean_output_curvature(h1, theta, mask, kind):
+    """float64 mean over labelled examples of d^2 loss / d logits^2."""
+    z = h1 @ theta.T
+    if kind == "classification":
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        per = np.stack([np.diag(q) - np.outer(q, q) for q in p])
+    else:
+        q = 1 / (1 + np.exp(-z[:, 0]))
+        per = (q * (1 - q))[:, None, None]
+    return np.einsum("b,bcx->cx", mask, per) / mask.sum()
+
+
+@pytest.mark.parametrize("kind,c", [("classification", 3), ("binary", 1)])
+@pytest.mark.parametrize("with_past", [False, True])
+def test_laplace_posterior_is_a_newton_step_on_the_float64_hessian(kind, c, with_past):
+    """For a linear last layer the Gauss-Newton curvature is the exact Hessian: the posterior
+    precision equals jax.hessian of the float64 negative log joint (plus, with earlier batches'
+    feature Gram A, the Kronecker term mean-curvature (x) A), and the mean is one Newton step."""
+    h, theta, labels, mask = _cls_problem(c=c)
+    h1 = np.concatenate([h, np.ones((len(h), 1))], 1)
+    gamma = 0.5
+    with jax.enable_x64(True):
+        args = (jnp.asarray(h1), jnp.asarray(labels), jnp.asarray(mask), gamma, kind)
+        flat = lambda v: _neg_log_joint(v.reshape(theta.shape), *args)  # noqa: E731
+        hess = np.asarray(jax.hessian(flat)(jnp.asarray(theta.reshape(-1))))
+        grad = np.asarray(jax.grad(flat)(jnp.asarray(theta.reshape(-1))))
+    past = None
+    if with_past:
+        old = np.random.default_rng(8).normal(size=(20, h1.shape[1]))
+        past = old.T @ old
+        hess = hess + np.kron(_np_mean_output_curvature(h1, theta, mask, kind), past)
+    want_mean = theta.reshape(-1) - np.linalg.solve(hess, grad)
+    mean, chol = jax.jit(lambda *a: ll.laplace_posterior(*a[:4], kind=kind, gamma=gamma, past_gram=a[4]))(
+        jnp.asarray(h1, jnp.float32),
+        jnp.asarray(labels, jnp.int32 if kind == "classification" else jnp.float32),
+        jnp.asarray(mask, jnp.float32),
+        jnp.asarray(theta, jnp.float32),
+        None if past is None else jnp.asarray(past, jnp.float32),
+    )
+    chol = np.asarray(chol, np.float64)
+    np.testing.assert_allclose(chol @ chol.T, hess, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(mean).reshape(-1), want_mean, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind,c", [("classification", 3), ("binary", 1)])
+def test_sampled_gradient_moments_match_float64_draws(kind, c):
+    """E and Var over [W | b] ~ N(mean, Lambda^-1) of each example's d loss / d h: the scheme's 40k
+    draws against 400k numpy float64 draws, whose per-draw gradient is jax.grad of the loss."""
+    h, theta, labels, _ = _cls_problem(seed=3, b=4, c=c)
+    h1 = np.concatenate([h, np.ones((len(h), 1))], 1)
+    rng = np.random.default_rng(4)
+    n = theta.size
+    a = rng.normal(size=(n, n))
+    precision = a @ a.T / n + np.eye(n) * 2.0
+    draws = rng.multivariate_normal(theta.reshape(-1), np.linalg.inv(precision), size=400_000).reshape(-1, *theta.shape)
+
+    def loss(x, t, y):  # one example's loss as a function of its representation x
+        z = t[:, :-1] @ x + t[:, -1]
+        if kind == "classification":
+            return jax.nn.logsumexp(z) - z[y]
+        return jnp.logaddexp(0.0, z[0]) - y * z[0]
+
+    with jax.enable_x64(True):
+        per_draw = jax.jit(jax.vmap(jax.vmap(jax.grad(loss), (None, 0, None)), (0, None, 0)))
+        g = np.asarray(per_draw(jnp.asarray(h), jnp.asarray(draws), jnp.asarray(labels)))  # [B, S, D]
+    chol = np.linalg.cholesky(precision)
+    e, v = jax.jit(lambda *a: ll.sampled_gradient_moments(*a, kind=kind, num_samples=40_000))(
+        jnp.asarray(h1, jnp.float32),
+        jnp.asarray(labels, jnp.int32 if kind == "classification" else jnp.float32),
+        jnp.asarray(theta, jnp.float32),
+        jnp.asarray(chol, jnp.float32),
+        jax.random.PRNGKey(0),
+    )
+    scale_e = np.abs(g.mean(1)).max()
+    np.testing.assert_allclose(np.asarray(e), g.mean(1), atol=0.03 * scale_e + 1e-3)
+    np.testing.assert_allclose(np.asarray(v), g.var(1), rtol=0.06, atol=1e-4)
+
+
+def test_one_classification_task_gets_its_expected_gradient():
+    """K = 1: the inverse-variance weights cancel, so the cotangent of h is E[g] / n (0 where the
+    example is unlabelled), with the draws of fold_in(key, 0)."""
+    h, theta, labels, mask = _cls_problem(seed=5)
+    kernel, bias = theta[:, :-1].T, theta[:, -1]
+    t = weighting.get("bayesagg_mtl", num_mc_samples=64)
+    key = jax.random.PRNGKey(7)
+    out, _ = t.apply(
+        jnp.ones(1),
+        t.init(1, layout=(("representation", h.shape),)),
+        representation=jnp.asarray(h, jnp.float32),
+        targets=jnp.asarray(labels[:, None], jnp.float32),
+        target_mask=jnp.asarray(mask[:, None], jnp.float32),
+        target_kinds=("classification",),
+        last_layer=((jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32)),),
+        key=key,
+    )
+    h1 = jnp.asarray(np.concatenate([h, np.ones((len(h), 1))], 1), jnp.float32)
+    y = jnp.asarray(labels, jnp.int32)
+    m = jnp.asarray(mask, jnp.float32)
+    mean, chol = ll.laplace_posterior(h1, y, m, jnp.asarray(theta, jnp.float32), kind="classification", gamma=0.005)
+    e, _ = ll.sampled_gradient_moments(
+        h1, y, mean, chol, jax.random.fold_in(key, 0), kind="classification", num_samples=64
+    )
+    want = np.asarray(e) * mask[:, None] / mask.sum()
+    np.testing.assert_allclose(np.asarray(out.direction).reshape(h.shape), want, rtol=1e-4, atol=1e-7)
+
+
+MIXED = (Task("r", "regression", 1), Task("c", "classification", 3), Task("z", "binary", 1))
+
+
+def _mixed_batch(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(48, 6)).astype(np.float32)
+    proj = np.random.default_rng(99).normal(size=(6, 3))
+    return {
+        "x": x,
+        "r": np.tanh(x @ proj[:, 0]).astype(np.float32),
+        "c": np.digitize(x @ proj[:, 1], [-1.0, 1.0]).astype(np.int32),
+        "z": (x @ proj[:, 2] > 0).astype(np.int32),
+        "c_mask": (rng.uniform(size=48) < 0.8).astype(np.float32),
+    }
+
+
+def _train(tasks, steps, **kwargs):
+    model = mtl.build(tasks, encoder="mlp", encoder_kwargs=dict(features=(8,)), head_kwargs=dict(hidden=0))
+    t = weighting.get("bayesagg_mtl", num_mc_samples=128, **kwargs)
+    opt = optax.adam(3e-2)
+    state = step_lib.init_state(model, t, opt, jnp.zeros((1, 6)), len(tasks), seed=0)
+    step = step_lib.make_train_step(model, tasks, t, opt, step_lib.StepConfig(input_key="x"))
+    assert step.gradient_path == "last_layer"
+    fn = jax.jit(step)
+    names = {t.name for t in tasks}
+    losses = []
+    for i in range(steps):
+        batch = {k: v for k, v in _mixed_batch(i % 4).items() if k == "x" or k.split("_")[0] in names}
+        state, m = fn(state, batch)
+        assert bool(m["finite"])
+        losses.append(np.asarray(m["losses"]))
+    return losses
+
+
+def test_trains_classification_tasks_in_the_jitted_step():
+    """Softmax (with a label mask) and sigmoid tasks: both losses fall below half their first value
+    (plain summed gradients reach about the same in as many steps)."""
+    losses = _train(MIXED[1:], 40)
+    assert np.all(losses[-1] < 0.5 * losses[0]), (losses[0], losses[-1])
+
+
+def test_trains_mixed_regression_and_classification_tasks():
+    """One regression, one softmax, one sigmoid task together: every loss falls. (The regression
+    task's closed-form gradient is the most certain, so it gets most of the representation's weight.)"""
+    losses = _train(MIXED, 40)
+    assert np.all(losses[-1] < 0.9 * losses[0]), (losses[0], losses[-1])
+
+
+def test_classification_refusals_name_the_fix():
+    h, theta, labels, _ = _cls_problem()
+    t = weighting.get("bayesagg_mtl")
+    state = t.init(1, layout=(("representation", h.shape),))
+    base = dict(
+        representation=jnp.asarray(h, jnp.float32),
+        targets=jnp.asarray(labels[:, None], jnp.float32),
+        target_kinds=("classification",),
+    )
+    layer = ((jnp.asarray(theta[:, :-1].T), jnp.asarray(theta[:, -1])),)
+    with pytest.raises(ValueError, match="Monte-Carlo samples .*pass a fresh key"):
+        t.apply(jnp.ones(1), state, **base, last_layer=layer)
+    with pytest.raises(ValueError, match="needs each classification head's current last layer: pass last_layer="):
+        t.apply(jnp.ones(1), state, **base, key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"task 0 is binary \(one logit\); its last layer has 3"):
+        t.apply(
+            jnp.ones(1), state, **{**base, "target_kinds": ("binary",)}, last_layer=layer, key=jax.random.PRNGKey(0)
+        )
+    with pytest.raises(ValueError, match="target_kinds must name each of the 1 tasks' kind, one of regression"):
+        t.apply(jnp.ones(1), state, **{**base, "target_kinds": ("clasification",)}, key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="num_mc_samples must be an integer >= 2"):
+        weighting.get("bayesagg_mtl", num_mc_samples=1)
+    params = {"shared": {"A": jnp.ones((3, 2))}, "heads": {"W": jnp.ones((2, 3))}}
+    vg = jmtl.mtl_value_and_grad(
+        None,
+        t,
+        encode=lambda p, x, y: x @ p["shared"]["A"],
+        heads=lambda p, h, x, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(h @ p["heads"]["W"], y))[
+            None
+        ],
+        targets=lambda x, y: y[:, None].astype(jnp.float32),
+        target_kinds=("classification",),
+        last_layer=lambda p: ((p["heads"]["W"], jnp.zeros(3)),),
+    )
+    x, y = jnp.ones((4, 3)), jnp.zeros(4, jnp.int32)
+    with pytest.raises(ValueError, match="Monte-Carlo samples for classification tasks and key=None"):
+        vg(params, vg.init(params, None, x, y), x, y)
+    res = jax.jit(vg)(params, vg.init(params, None, x, y), x, y, key=jax.random.PRNGKey(1))
+    assert np.all(np.isfinite(np.asarray(res.grads["shared"]["A"])))

@@ -7,8 +7,9 @@ coordinate by their posterior variances. So the path gives the scheme
 
 * ``representation``: ``h`` (``[B, D]``, flattened), the input of the heads' last affine layer,
   from the objective's ``encode``;
-* ``targets``: ``[B, K]`` regression targets and ``target_mask``: ``[B, K]`` (1 = labelled), from
-  the objective's ``targets``;
+* ``targets``: ``[B, K]`` labels and ``target_mask``: ``[B, K]`` (1 = labelled), from the
+  objective's ``targets``; with classification tasks also ``target_kinds`` and each head's current
+  ``last_layer`` (the objective's);
 
 and runs the scheme's ``direction`` (the ``B * D`` cotangent of ``h``) back through the encoder.
 Every non-shared param (the heads) gets the gradient of the plain sum of the task losses, as the
@@ -55,6 +56,12 @@ class LastLayer(paths._Representation, paths.ParamJacobian):
             # (the losses are global means), and keeps its own rows of the cotangent (assemble).
             rep, y, mask = (gather_invariant(jax.lax.stop_gradient(a), axis_name) for a in (rep, y, mask))
         scheme_inputs = dict(representation=rep, targets=y, target_mask=mask)
+        if ctx.objective.target_kinds is not None:
+            scheme_inputs["target_kinds"] = tuple(ctx.objective.target_kinds)
+        if ctx.objective.last_layer is not None:  # the replicated params: the same on every device
+            scheme_inputs["last_layer"] = tuple(
+                tuple(jax.lax.stop_gradient(a) for a in pair) for pair in ctx.objective.last_layer(inputs.params)
+            )
         return paths.TaskGradients(scheme_inputs, head_grads=pmean(head_grads, axis_name))
 
     def assemble(self, fwd: paths.Forward, tg: paths.TaskGradients, out, weights, inputs) -> PyTree:

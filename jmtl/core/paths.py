@@ -78,6 +78,10 @@ class Objective:
       split_heads: see ``heads``.
       targets: ``batch -> [B, K]`` task labels, or ``(labels, [B, K] mask)``; read only by last-layer
         schemes (``requires='last_layer'``, :mod:`.bayesagg`).
+      target_kinds: the K tasks' kinds for last-layer schemes (``'regression'``, ``'classification'``,
+        ``'binary'``); None: all regression.
+      last_layer: ``params -> [(kernel [D, C], bias [C]) per task]``, each head's last affine layer;
+        read by last-layer schemes for classification tasks.
     """
 
     num_tasks: int
@@ -87,6 +91,8 @@ class Objective:
     split_heads: bool = False
     # Last-layer schemes (BayesAgg-MTL, :mod:`.bayesagg`): ``batch -> [B, K]`` labels, or ``(labels, mask)``.
     targets: Optional[Callable[..., Any]] = None
+    target_kinds: Optional[tuple[str, ...]] = None
+    last_layer: Optional[Callable[..., Any]] = None
 
     @property
     def has_representation(self) -> bool:

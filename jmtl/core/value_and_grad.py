@@ -21,7 +21,7 @@ representation itself (MGDA-UB, Sener & Koltun 2018).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +139,8 @@ class MTLValueAndGrad:
     jacobian_mode: str = "params"
     per_example: bool = False
     targets: Optional[Callable] = None
+    target_kinds: Optional[tuple[str, ...]] = None
+    last_layer: Optional[Callable] = None
 
     def init(self, params: PyTree, num_tasks: Optional[int] = None, *args) -> PyTree:
         """The scheme's initial state for ``params`` (K from ``num_tasks``, or from ``loss_fn(params, *args)``).
@@ -168,6 +170,8 @@ class MTLValueAndGrad:
             encode=None if self.encode is None else (lambda p, args, rng, extra: self.encode(p, *args)),
             heads=None if self.heads is None else (lambda p, rep, args, rng, extra: self.heads(p, rep, *args)),
             targets=None if self.targets is None else (lambda args: self.targets(*args)),
+            target_kinds=self.target_kinds,
+            last_layer=self.last_layer,
         )
         ctx = paths.PathContext(objective, self.sharing, self.chunk_size, self.weighting.requires, self.axis_name)
         return paths.choose(ctx, self.weighting, self.jacobian_mode, per_example=self.per_example)
@@ -188,6 +192,12 @@ class MTLValueAndGrad:
                 raise ValueError(
                     "this weighting scheme draws random numbers (needs_key=True) and key=None was given: pass a fresh "
                     "PRNG key every step, e.g. vg(params, state, *args, key=jax.random.fold_in(key, step), step=step)"
+                )
+            classification = any(k != weighting_lib.last_layer.REGRESSION for k in self.target_kinds or ())
+            if self.weighting.requires == weighting_lib.LAST_LAYER and classification:
+                raise ValueError(
+                    "bayesagg_mtl draws Monte-Carlo samples for classification tasks and key=None was given: pass a "
+                    "fresh PRNG key every step, e.g. vg(params, state, *args, key=jax.random.fold_in(key, step))"
                 )
             key = jax.random.PRNGKey(0)  # never read: the scheme is deterministic and loss_fn takes no rng
         if self.weighting.requires == weighting_lib.BILEVEL and meta_args is None:
@@ -223,6 +233,8 @@ def mtl_value_and_grad(
     axis_name: Optional[str] = None,
     per_example: bool = False,
     targets: Optional[Callable[..., Any]] = None,
+    target_kinds: Optional[Sequence[str]] = None,
+    last_layer: Optional[Callable[..., Any]] = None,
 ) -> MTLValueAndGrad:
     """Multi-task losses and the weighting scheme's combined gradient of any params pytree.
 
@@ -252,6 +264,11 @@ def mtl_value_and_grad(
       targets: ``(*args) -> [B, K]`` task labels, or ``(labels, [B, K] 0/1 mask)``: read by last-layer
         schemes only (``bayesagg_mtl``, which also needs ``encode`` at the input of the heads' last
         affine layer; its state is ``vg.init(params, None, *args)``).
+      target_kinds: last-layer schemes: each task's kind, ``'regression'`` (default for all),
+        ``'classification'`` (``targets`` holds class indices; softmax cross-entropy) or ``'binary'``
+        (0/1; sigmoid cross-entropy of one logit).
+      last_layer: last-layer schemes with classification tasks: ``params -> [(kernel [D, C], bias
+        [C]) per task]``, each head's last affine layer (``logits_k = h @ kernel + bias``).
 
     Returns:
       An :class:`MTLValueAndGrad`: call it as ``vg(params, weighting_state, *args, key=, step=)``.
@@ -288,4 +305,6 @@ def mtl_value_and_grad(
         jacobian_mode,
         bool(per_example),
         targets,
+        None if target_kinds is None else tuple(target_kinds),
+        last_layer,
     )

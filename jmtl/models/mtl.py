@@ -67,9 +67,14 @@ def build(
     accepted = set().union(*(set(c.__dataclass_fields__) for c in heads_lib.HEADS.values()))
     unknown = set(head_kwargs) - accepted - {"num_outputs"}
     if unknown:
-        raise ValueError(f"unknown head argument(s) {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown head argument(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(accepted))}")
     built = []
     for t in tasks:
+        if t.kind not in heads_lib.HEADS:
+            raise ValueError(
+                f"task {t.name!r}: jmtl.models.mtl.build has no head for kind {t.kind!r} (heads: "
+                f"{', '.join(heads_lib.HEADS)}). Fix: bring your own Flax model for it (jmtl.fit takes any)"
+            )
         cls = heads_lib.HEADS[t.kind]
         kw = {k: v for k, v in head_kwargs.items() if k in cls.__dataclass_fields__}
         built.append(cls(num_outputs=t.num_outputs, **kw))

@@ -73,6 +73,10 @@ def task_losses(tasks: Sequence[Task], outputs: dict, batch: dict, axis_name: Op
     return jnp.stack(losses)
 
 
+# The kinds a last-layer scheme (bayesagg_mtl) takes, with their built-in losses.
+_LAST_LAYER_KINDS = (tasks_lib.REGRESSION, tasks_lib.CLASSIFICATION, tasks_lib.BINARY)
+
+
 @dataclasses.dataclass(frozen=True)
 class FlaxObjective:
     """The pieces a Flax model's objective is made of (static, fixed when the step is built)."""
@@ -139,13 +143,13 @@ class FlaxObjective:
         return task_losses(self.tasks, outputs, batch, self.axis_name)
 
     def targets(self, batch: dict) -> tuple[Array, Array]:
-        """``([B, K] labels, [B, K] mask)`` of the regression tasks, for last-layer schemes
-        (``bayesagg_mtl``); the mask is 1 where a task has no mask entry."""
-        wrong = [f"{t.name} ({t.kind})" for t in self.tasks if t.kind != tasks_lib.REGRESSION or t.loss_fn is not None]
+        """``([B, K] labels, [B, K] mask)`` for last-layer schemes (``bayesagg_mtl``): regression
+        targets, class indices or 0/1 labels (as floats); the mask is 1 where a task has no mask entry."""
+        wrong = [f"{t.name} ({t.kind})" for t in self.tasks if t.kind not in _LAST_LAYER_KINDS or t.loss_fn is not None]
         if wrong:
             raise ValueError(
-                f"bayesagg_mtl implements regression tasks with the built-in squared error only; task(s) {wrong} are "
-                "not: use another scheme (classification, the paper's Monte-Carlo moments, is not implemented)"
+                f"bayesagg_mtl implements regression, classification and binary tasks with their built-in losses "
+                f"only; task(s) {wrong} are not: use another scheme"
             )
         # The posterior is over the heads' last affine layer on the representation: a hidden layer
         # (or the relation mixing) between them would make it a posterior of some other model.
@@ -155,17 +159,35 @@ class FlaxObjective:
             raise ValueError(
                 f"bayesagg_mtl needs every head to be one affine layer on the shared representation; "
                 f"{f'task(s) {hidden} have a hidden layer' if hidden else 'the relation matrix mixes them'}: "
-                "set model.head_kwargs.hidden=None (and model.relation=False)"
+                "set model.head_kwargs.hidden=None (0 for classification heads) and model.relation=False"
             )
         ys, masks = [], []
         for t in self.tasks:
             y = batch[t.label_key]
             if y.size != y.shape[0]:
-                raise ValueError(f"bayesagg_mtl: task {t.name!r} has {y.size // y.shape[0]} outputs; one per task only")
-            ys.append(y.reshape(-1))
+                raise ValueError(
+                    f"bayesagg_mtl: task {t.name!r} has {y.size // y.shape[0]} labels per example; one per task only"
+                )
+            ys.append(y.reshape(-1).astype(jnp.float32))
             mask = batch.get(t.mask_key)
             masks.append(jnp.ones_like(ys[-1]) if mask is None else mask.reshape(-1).astype(ys[-1].dtype))
         return jnp.stack(ys, axis=1), jnp.stack(masks, axis=1)
+
+    @property
+    def target_kinds(self) -> tuple[str, ...]:
+        return tuple(t.kind for t in self.tasks)
+
+    def last_layer(self, params) -> tuple:
+        """Each head's last affine layer ``(kernel [D, C], bias [C])`` (``params['tasks'][name]['out']``)."""
+        try:
+            return tuple(
+                (params["tasks"][n]["out"]["kernel"], params["tasks"][n]["out"]["bias"]) for n in self.model.tasks.names
+            )
+        except (KeyError, TypeError, AttributeError):
+            raise ValueError(
+                "bayesagg_mtl with classification tasks reads each head's last layer at params['tasks'][name]['out'] "
+                "(kernel, bias), which this model does not have: build it with jmtl.models.mtl.build's heads"
+            ) from None
 
     @property
     def has_representation(self) -> bool:
@@ -189,4 +211,7 @@ class FlaxObjective:
             heads=self.heads if split else None,
             split_heads=split and self.split_heads,
             targets=self.targets if split else None,
+            target_kinds=self.target_kinds if split else None,
+            # Only classification heads' posteriors read the current last layer (regression's is closed-form).
+            last_layer=self.last_layer if split and set(self.target_kinds) - {tasks_lib.REGRESSION} else None,
         )

@@ -200,8 +200,13 @@ class LastLayerInputs(NamedTuple):
     :class:`LossInputs` and
 
     representation: ``[B, D]`` the shared representation (the heads' last affine layers' input).
-    targets: ``[B, K]`` the regression targets.
+    targets: ``[B, K]`` each task's label: the regression target, the class index
+      (``'classification'``) or 0/1 (``'binary'``).
     target_mask: ``[B, K]`` 1 where a task is labelled, else 0 (``None``: all labelled).
+    target_kinds: the K tasks' kinds (static strings: ``'regression'``, ``'classification'``,
+      ``'binary'``); ``None``: all regression.
+    last_layer: per task, the current ``(kernel [D, C], bias [C])`` of its last affine layer (read
+      for the classification kinds: their posterior is a Laplace approximation around it).
     """
 
     losses: Array
@@ -212,6 +217,8 @@ class LastLayerInputs(NamedTuple):
     step: Optional[Array] = None
     key: Optional[Array] = None
     params: Optional[PyTree] = None
+    target_kinds: Optional[tuple] = None
+    last_layer: Optional[tuple] = None
 
 
 SchemeInputs = Union[LossInputs, GramianInputs, JacobianInputs, BilevelInputs, LastLayerInputs]

@@ -4,10 +4,10 @@ Each entry is a config factory with a fixed short budget, evaluation often enoug
 selection on validation, and the config's one learning rate for every scheme. All but QM9 run every
 scheme × 5 seeds on a 2-core CPU in minutes per cell; QM9 with geometry needs an accelerator:
 ``python -m experiments.leaderboard --plan --benchmarks qm9_subset --methods equal,upgrad`` measured
-11.2 CPU s per step for equal weighting and 64 for UPGrad (5 seeds, complete graphs: ~330 edges per
-molecule, each a 64 x 64 NNConv matrix), 14.3 CPU hours for those two cells and the 11 single-task
-ones (AMD EPYC, 2 cores, 2026-12-07). Adding a benchmark is one
-:func:`jmtl.drivers.leaderboard.register` call here.
+11.2 CPU s per step for equal weighting and 64 for UPGrad (5 seeds; complete graphs: about 300
+directed edges per molecule of 18 atoms on average, each a 64 x 64 NNConv matrix), 14.3 CPU hours
+for those two cells and the 11 single-task ones (AMD EPYC, 2 cores, 2026-12-07). Adding a benchmark
+is one :func:`jmtl.drivers.leaderboard.register` call here.
 """
 
 from __future__ import annotations

@@ -112,3 +112,25 @@ def test_type_checking_imports_name_exactly_the_lazy_public_api():
     assert imported == set(jmtl._ATTRIBUTES) | set(jmtl._SUBPACKAGES)
     for name in jmtl.__all__:
         assert getattr(jmtl, name) is not None
+
+
+def test_requirement_files_spell_extras_in_normalised_form():
+    """pip before 23.3 (Python 3.11's venv ships 23.2) compares extras literally: a requirement's
+    ``pkg[quadprog_projector]`` against metadata that declares ``quadprog-projector`` silently installs
+    the package without the extra. PEP 685's normalised form (lowercase, ``-``) matches every pip."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "requirements.txt", *sorted(root.glob("experiments/**/requirements*.txt"))]
+    assert len(files) >= 2, files
+    bad = []
+    for path in files:
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            for extras in re.findall(r"\[([^\]]+)\]", line):
+                bad += [
+                    f"{path.name}: {line}"
+                    for e in extras.split(",")
+                    if re.sub(r"[-_.]+", "-", e.strip().lower()) != e.strip()
+                ]
+    assert not bad, f"extras not in normalised form (write them with '-'): {bad}"

@@ -399,6 +399,65 @@ def _autogram_rows(path: str) -> list[str]:
     return lines
 
 
+FRONT_PAGE_ONLY.add("beyond_torchjd")
+
+
+@table(
+    "beyond_torchjd", "bench/per_example.json", "bench/autogram_segnet_large/autogram.json", "bench/lenet_floor.json"
+)
+def beyond_torchjd() -> list[str]:
+    """The front page's one-line-per-benchmark cut of issue 25's benchmarks (full tables:
+    results/README.md): per-example UPGrad against torchjd's autogram at the largest B, the Gramian
+    engine against the chunked rows on SegNet, and the Multi-LeNet step against its FLOP floor."""
+    pe = _json("bench/per_example.json")["results"]
+    lines = ["| benchmark | jmtl | ratio |", "|---|---|---|"]
+    for model, by_b in pe.items():
+        b = max(by_b, key=int)
+        rows = by_b[b]["rows"]
+        jm, tj = rows.get("jmtl_per_example", {}), rows.get("torchjd_autogram", {})
+        if jm.get("status") == "ran" and tj.get("status") == "ran":
+            lines.append(
+                _row(
+                    [
+                        f"per-example UPGrad (K = B = {b}), {model}",
+                        f"{jm['median_ms']:.0f} ms",
+                        f"{jm['median_ms'] / tj['median_ms']:.2f}× torchjd's autogram ({tj['median_ms']:.0f} ms)",
+                    ]
+                )
+            )
+    ag = _json("bench/autogram_segnet_large/autogram.json")["results"]["segnet"]
+    for k, cell in ag.items():
+        eng, c1 = cell["methods"]["autogram"], cell["methods"]["rows_c1"]
+        if eng.get("status") != "ran":
+            continue
+        mem = c1["memory"]["peak_mib"] / eng["memory"]["peak_mib"]
+        speed = f"{c1['median_ms'] / eng['median_ms']:.2f}× faster, " if c1.get("status") == "ran" else "rows not run, "
+        lines.append(
+            _row(
+                [
+                    f"Gramian without the Jacobian, SegNet ({cell['d_shared'] / 1e6:.1f}M shared), K = {k}",
+                    f"{eng['median_ms'] / 1e3:.1f} s, {eng['memory']['peak_mib'] / 1024:.1f} GiB",
+                    f"{speed}{mem:.2f}× leaner than chunked rows",
+                ]
+            )
+        )
+    fl = _json("bench/lenet_floor.json")
+    ok = {n: r for n, r in fl["settings"].items() if "error" not in r}
+    if ok:
+        n, r = min(ok.items(), key=lambda kv: kv[1]["jmtl_ms"])
+        lines.append(
+            _row(
+                [
+                    f"Multi-LeNet equal step, batch {fl['config']['batch']} ({n})",
+                    f"{r['jmtl_ms']:.1f} ms",
+                    f"{r['jmtl_vs_floor']:.1f}× its FLOP floor"
+                    + ("" if r.get("torch_vs_floor") is None else f" (PyTorch {r['torch_vs_floor']:.1f}×)"),
+                ]
+            )
+        )
+    return lines
+
+
 @table("per_example", "bench/per_example.json")
 def per_example() -> list[str]:
     d = _json("bench/per_example.json")
@@ -919,7 +978,7 @@ def school_relations() -> list[str]:
     return _code_note(lines)
 
 
-LEADERBOARD_TOP = 3  # schemes per benchmark in the README's headline table (plus equal weighting)
+LEADERBOARD_TOP = 2  # schemes per benchmark in the README's headline table (plus equal weighting)
 
 
 def _signed_ci(mean: float, ci) -> str:
@@ -960,11 +1019,8 @@ def leaderboard_headline() -> list[str]:
             lines.append(
                 _row([name, e["rank"], f"`{m}`", _signed_ci(e["delta_m"], e["ci"]), vs[0], vs[1], len(e["seeds"])])
             )
-        tied = sum(1 for e in entries.values() if e["rank"] == 1)
-        missing = f"; {len(r['missing'])} cell{'s' if len(r['missing']) != 1 else ''} missing" if r["missing"] else ""
-        share = "shares" if tied == 1 else "share"
-        extra = f" ({len(entries)} schemes on the board, {tied} {share} rank 1{missing})" if entries else ""
-        notes.append(f"- {r['summary']['headline'].removesuffix('.')}{extra}.")
+        # The front page's 12 KB: the counts of ranks and missing cells are on the full board.
+        notes.append(f"- {r['summary']['headline'].removesuffix('.')}.")
     return lines + ["", *notes, "", f"**{board['overall']}**"]
 
 

@@ -51,19 +51,21 @@ def test_headline_rows_and_sentences_come_from_the_board(board):
     lines = rt.leaderboard_headline()
     rows = [l for l in lines if l.startswith("| bench_")]
     win = record["benchmarks"]["bench_win"]["entries"]
-    # The three best by rank (ties ordered by mean Δm%), then equal weighting (not among them).
-    order = sorted(win, key=lambda m: (win[m]["rank"], win[m]["delta_m"]))[:3]
-    assert [r.split(" | ")[2] for r in rows[:4]] == [f"`{m}`" for m in order] + ["`equal`"]
+    # The LEADERBOARD_TOP (2) best by rank (ties ordered by mean Δm%), then equal weighting (not among them).
+    top = rt.LEADERBOARD_TOP
+    order = sorted(win, key=lambda m: (win[m]["rank"], win[m]["delta_m"]))[:top]
+    assert [r.split(" | ")[2] for r in rows[: top + 1]] == [f"`{m}`" for m in order] + ["`equal`"]
     a = win["a_win"]
     assert rows[0] == (
         f"| bench_win | {a['rank']} | `a_win` | {a['delta_m']:+.2f} [{a['ci'][0]:+.2f}, {a['ci'][1]:+.2f}] | "
         f"{a['vs_equal']:+.2f} [{a['vs_equal_ci'][0]:+.2f}, {a['vs_equal_ci'][1]:+.2f}] | better | 5 |"
     )
     # bench_null: x's paired differences average exactly 0 (a tie whatever the draw), y is worse;
-    # equal is among its top three, shown once.
+    # equal is among its top two, shown once.
     null_rows = [r for r in rows if r.startswith("| bench_null")]
-    assert sum("`equal`" in r for r in null_rows) == 1 and len(null_rows) == 3
-    assert any("`y`" in r and "| worse |" in r for r in null_rows)
+    assert sum("`equal`" in r for r in null_rows) == 1 and len(null_rows) == 2
+    assert not any("`y`" in r for r in null_rows)  # y (worse) ranks below the two shown
+    assert "bench_null: no scheme beats equal weighting beyond noise; 1 of 2 schemes is worse" in "\n".join(lines)
     text = "\n".join(lines)
     assert record["benchmarks"]["bench_win"]["summary"]["headline"].removesuffix(".") in text
     assert "bench_null: no scheme beats equal weighting beyond noise" in text

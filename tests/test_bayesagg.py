@@ -8,6 +8,7 @@ and a float64 numpy composition of the whole step for a linear encoder (the shar
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -567,3 +568,47 @@ def test_classification_refusals_name_the_fix():
         vg(params, vg.init(params, None, x, y), x, y)
     res = jax.jit(vg)(params, vg.init(params, None, x, y), x, y, key=jax.random.PRNGKey(1))
     assert np.all(np.isfinite(np.asarray(res.grads["shared"]["A"])))
+
+
+class _OwnModel(nn.Module):
+    """A user's model: encode / decode methods and its own param names; ``last_layers`` exposes the
+    heads' last affine layers to bayesagg_mtl."""
+
+    def setup(self):
+        self.trunk, self.c_logits, self.z_logit = nn.Dense(8), nn.Dense(3), nn.Dense(1)
+
+    def __call__(self, x, *, train: bool = False):
+        return self.decode(self.encode(x, train=train), train=train)
+
+    def encode(self, x, *, train: bool = False):
+        return nn.relu(self.trunk(x))
+
+    def decode(self, h, *, train: bool = False):
+        return {"c": self.c_logits(h), "z": self.z_logit(h)[:, 0]}
+
+
+class _OwnModelWithLastLayers(_OwnModel):
+    @staticmethod
+    def last_layers(params):
+        return tuple((params[n]["kernel"], params[n]["bias"]) for n in ("c_logits", "z_logit"))
+
+
+def test_a_users_model_exposes_its_last_layers():
+    tasks = MIXED[1:]
+    t = weighting.get("bayesagg_mtl", num_mc_samples=32)
+    opt = optax.adam(3e-2)
+    batch = {k: v for k, v in _mixed_batch(0).items() if k in ("x", "c", "z", "c_mask")}
+    for model, ok in ((_OwnModel(), False), (_OwnModelWithLastLayers(), True)):
+        state = step_lib.init_state(model, t, opt, jnp.zeros((1, 6)), 2, seed=0)
+        step = step_lib.make_train_step(model, tasks, t, opt, step_lib.StepConfig(input_key="x", shared="trunk"))
+        assert step.gradient_path == "last_layer"
+        if not ok:
+            with pytest.raises(ValueError, match=r"Fix: give the model a method last_layers\(params\)"):
+                jax.jit(step)(state, batch)
+            continue
+        first = None
+        for i in range(30):
+            state, m = jax.jit(step)(state, {k: v for k, v in _mixed_batch(i % 4).items() if k in batch})
+            assert bool(m["finite"])
+            first = np.asarray(m["losses"]) if first is None else first
+        assert np.all(np.asarray(m["losses"]) < 0.7 * first), (first, m["losses"])

@@ -178,15 +178,20 @@ class FlaxObjective:
         return tuple(t.kind for t in self.tasks)
 
     def last_layer(self, params) -> tuple:
-        """Each head's last affine layer ``(kernel [D, C], bias [C])`` (``params['tasks'][name]['out']``)."""
+        """Each head's last affine layer ``(kernel [D, C], bias [C])``, in task order: the model's
+        ``last_layers(params)`` if it has one, else ``params['tasks'][name]['out']`` (jmtl's heads)."""
+        own = getattr(self.model, "last_layers", None)
+        if own is not None:
+            return tuple(own(params))
         try:
             return tuple(
                 (params["tasks"][n]["out"]["kernel"], params["tasks"][n]["out"]["bias"]) for n in self.model.tasks.names
             )
         except (KeyError, TypeError, AttributeError):
             raise ValueError(
-                "bayesagg_mtl with classification tasks reads each head's last layer at params['tasks'][name]['out'] "
-                "(kernel, bias), which this model does not have: build it with jmtl.models.mtl.build's heads"
+                "bayesagg_mtl with classification tasks reads each head's last affine layer, which this model does "
+                "not expose at params['tasks'][name]['out']. Fix: give the model a method last_layers(params) -> "
+                "[(kernel [D, C], bias [C]) per task, in task order], or build it with jmtl.models.mtl.build"
             ) from None
 
     @property

@@ -333,6 +333,10 @@ def test_benchmark_quick_smoke(tmp_path):
         assert {m: r["status"] for m, r in cell["methods"].items()} == dict.fromkeys(bench.METHODS, "ran")
         assert cell["max_rel_diff"] < 1e-5
     assert "| mlp_small |" in (tmp_path / "autogram.md").read_text()
+    # A typo in --models is the parser's one-line error (exit 2) naming the valid models; nothing written.
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--models", "segnt", "--out-dir", str(tmp_path / "typo")])
+    assert exit_info.value.code == 2 and not (tmp_path / "typo").exists()
 
 
 def test_the_flax_step_with_gramian_autogram_equals_rows():

@@ -40,6 +40,7 @@ from experiments.bench import common
 
 OUT_DIR = common.ROOT / "results" / "bench"
 METHODS = ("autogram", "rows_c1", "rows_c0")
+MODELS = ("mlp_small", "mlp_wide", "segnet")
 GIB = 2**30
 
 
@@ -214,13 +215,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, K = 2, 3, 1 repeat (CI smoke)")
     parser.add_argument("--out-dir", default=str(OUT_DIR))
     args = parser.parse_args(argv)
+    models = common.parse_settings(parser, args.models, MODELS, flag="--models")
     prov_start = common.started_now()
     ks = [int(k) for k in args.ks.split(",")]
     if args.quick:
-        ks, args.repeats, args.models = [2, 3], 1, "mlp_small"
+        ks, args.repeats, args.models, models = [2, 3], 1, "mlp_small", ["mlp_small"]
     config = {**vars(args), "ks": ks}
     results = {}
-    for model in args.models.split(","):
+    for model in models:
         model_ks = [int(k) for k in args.segnet_ks.split(",")] if model == "segnet" and args.segnet_ks else ks
         results[model] = run_model(model, model_ks, args.repeats, args.quick, args.max_peak_gib)
     lines = report(results, args)

@@ -178,11 +178,11 @@ def run_in_xla_setting(module: str, name: str, flags: str, argv: Sequence[str]) 
             return {"xla_flags": env["XLA_FLAGS"], **json.load(f)}
 
 
-def parse_settings(parser, text: str, settings: Sequence[str]) -> list[str]:
-    """The ``--settings`` names (comma-separated) of a per-XLA-setting benchmark; unknown or none is
-    the parser's one-line error naming the valid ones."""
+def parse_settings(parser, text: str, settings: Sequence[str], flag: str = "--settings") -> list[str]:
+    """The names (comma-separated) a benchmark's ``flag`` takes (``--settings`` of a per-XLA-setting
+    benchmark, ``--models``, ...); unknown or none is the parser's one-line error naming the valid ones."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in settings]
     if unknown or not names:
-        parser.error(f"unknown --settings {unknown}; valid: {', '.join(settings)}")
+        parser.error(f"unknown {flag} {unknown}; valid: {', '.join(settings)}")
     return names

@@ -612,3 +612,27 @@ def test_a_users_model_exposes_its_last_layers():
             assert bool(m["finite"])
             first = np.asarray(m["losses"]) if first is None else first
         assert np.all(np.asarray(m["losses"]) < 0.7 * first), (first, m["losses"])
+
+
+def test_records_from_before_the_classification_hyperparameters_still_match():
+    """Board cells and runs of bayesagg_mtl recorded before sqrt_power_cls / num_mc_samples existed
+    (regression only, where they change nothing): the protocol key leaves them out at their defaults
+    and a resume fills them in; set to another value they count."""
+    from experiments.configs import school_tasks
+    from jmtl.drivers import leaderboard
+    from jmtl.training import config_schema, loop
+
+    config = school_tasks.get_config("hps_linear,bayesagg_mtl")
+    assert config.weighting.hparams.num_mc_samples == 1024 and config.weighting.hparams.sqrt_power_cls == 0.1
+    hparams = leaderboard.protocol_key(config)["weighting"]["hparams"]
+    assert "num_mc_samples" not in hparams and "sqrt_power_cls" not in hparams and hparams["gamma"] == 0.005
+    old = config_schema.as_dict(config)
+    for name in ("num_mc_samples", "sqrt_power_cls"):
+        del old["weighting"]["hparams"][name]
+    filled = loop._with_new_defaults(old, config)
+    assert config_schema.differences(filled, config_schema.as_dict(config)) == []
+    config.weighting.hparams.num_mc_samples = 64
+    assert leaderboard.protocol_key(config)["weighting"]["hparams"]["num_mc_samples"] == 64
+    assert config_schema.differences(loop._with_new_defaults(old, config), config_schema.as_dict(config)) == [
+        "weighting.hparams.num_mc_samples: '<absent>' -> 64"
+    ]

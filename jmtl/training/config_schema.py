@@ -225,7 +225,26 @@ INERT_WHEN = {
     "selection_reference": {},
     "weighting.meta_batch_size": 0,
     "weighting.per_group": "",
+    # BayesAgg-MTL's classification hyperparameters (added with its classification case): they change
+    # nothing for regression tasks, the only ones bayesagg_mtl ran before they existed.
+    "weighting.hparams.sqrt_power_cls": 0.1,
+    "weighting.hparams.num_mc_samples": 1024,
 }
+
+
+def fill_inert(saved: dict, current: dict) -> None:
+    """Sets, in a saved config dict, each :data:`INERT_WHEN` field it lacks to the inert value where
+    ``current`` has the field at that value (a run recorded before the field existed resumes)."""
+    for dotted, inert in INERT_WHEN.items():
+        *path, last = dotted.split(".")
+        s_node, c_node = saved, current
+        for part in path:
+            s_node, c_node = s_node.get(part), c_node.get(part)
+            if not isinstance(s_node, dict) or not isinstance(c_node, dict):
+                break
+        else:
+            if last not in s_node and last in c_node and c_node[last] == inert:
+                s_node[last] = inert
 
 
 def _lookup(config, dotted: str):

@@ -1414,6 +1414,7 @@ def _with_new_defaults(saved: Optional[dict], config) -> Optional[dict]:
 
     saved = json.loads(json.dumps(saved))
     fill(saved, config_schema.as_dict(config_schema.default_config()), new)
+    config_schema.fill_inert(saved, new)
     # dataset.kwargs.verify_checksums entered the shipped configs after runs were started with them;
     # absent, the loader verified (True is every loader's default).
     saved_kwargs, new_kwargs = saved.get("dataset", {}).get("kwargs"), new.get("dataset", {}).get("kwargs", {})

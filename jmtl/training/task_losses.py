@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jmtl import tasks as tasks_lib
 from jmtl.core.paths import Objective
 from jmtl.tasks import Task
+from jmtl.weighting import last_layer as last_layer_scheme  # the kinds bayesagg_mtl implements
 
 Array = jax.Array
 
@@ -71,10 +72,6 @@ def task_losses(tasks: Sequence[Task], outputs: dict, batch: dict, axis_name: Op
             scale = jax.lax.axis_size(axis_name)
         losses.append(scale * tasks_lib.masked_mean(t.loss(outputs[t.name], labels), mask, count))
     return jnp.stack(losses)
-
-
-# The kinds a last-layer scheme (bayesagg_mtl) takes, with their built-in losses.
-_LAST_LAYER_KINDS = (tasks_lib.REGRESSION, tasks_lib.CLASSIFICATION, tasks_lib.BINARY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +142,9 @@ class FlaxObjective:
     def targets(self, batch: dict) -> tuple[Array, Array]:
         """``([B, K] labels, [B, K] mask)`` for last-layer schemes (``bayesagg_mtl``): regression
         targets, class indices or 0/1 labels (as floats); the mask is 1 where a task has no mask entry."""
-        wrong = [f"{t.name} ({t.kind})" for t in self.tasks if t.kind not in _LAST_LAYER_KINDS or t.loss_fn is not None]
+        wrong = [
+            f"{t.name} ({t.kind})" for t in self.tasks if t.kind not in last_layer_scheme.KINDS or t.loss_fn is not None
+        ]
         if wrong:
             raise ValueError(
                 f"bayesagg_mtl implements regression, classification and binary tasks with their built-in losses "

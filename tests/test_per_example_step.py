@@ -154,3 +154,7 @@ def test_per_example_benchmark_quick_smoke(tmp_path):
     text = (tmp_path / "per_example.md").read_text()
     assert "| 8 | jmtl_per_example |" in text
     assert has_torch or "torch rows skipped" in text
+    # A typo in --models is the parser's one-line error (exit 2) naming the valid models; nothing written.
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--models", "lenet", "--out-dir", str(tmp_path / "typo")])
+    assert exit_info.value.code == 2 and not (tmp_path / "typo").exists()

@@ -449,8 +449,9 @@ def main(argv=None) -> dict:
     if args.child_row:
         torch_memory_child(args)
         return {}
+    models = common.parse_settings(parser, args.models, MODELS, flag="--models")
     prov_start = common.started_now()
-    models = ["mlp_sarcos"] if args.quick else args.models.split(",")
+    models = ["mlp_sarcos"] if args.quick else models
     batches = [8] if args.quick else [int(b) for b in args.batches.split(",")]
     repeats = 2 if args.quick else args.repeats
     torch_ok, threads, torch_note = False, 1, "skipped (--no-torch)"

@@ -179,6 +179,26 @@ def test_bilevel_scheme_takes_its_second_batch_as_meta_args():
     assert np.all(np.isfinite(w))
 
 
+def test_a_scheme_sees_the_callers_key_none_included():
+    """A deterministic scheme gets ``key=None`` when the caller gave none (never a stand-in key a
+    scheme could draw the same numbers from every step), and the caller's key when one is given."""
+    seen = []
+
+    def update(inputs, state):
+        seen.append(inputs.key)
+        return weighting.base.weights_output(jnp.ones_like(inputs.losses)), state
+
+    spy = weighting.WeightingTransform(weighting.base.stateless_init, update, weighting.LOSSES)
+    params, (x, ys) = _params(), _data()
+    vg = jmtl.mtl_value_and_grad(loss_fn, spy)
+    state = vg.init(params, 3)
+    vg(params, state, x, ys)
+    key = jax.random.PRNGKey(7)
+    vg(params, state, x, ys, key=key)
+    assert seen[0] is None
+    np.testing.assert_array_equal(np.asarray(seen[1]), np.asarray(key))
+
+
 def test_the_flax_step_and_the_core_choose_the_same_paths():
     """The built-in step is a thin layer: its path for a model with separable heads is the core's factored one."""
     from jmtl.models import mtl

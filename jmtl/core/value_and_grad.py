@@ -71,7 +71,7 @@ class CombinedGradients(NamedTuple):
 
 
 def combined_gradients(
-    path, weighting: weighting_lib.WeightingTransform, inputs: paths.StepInputs, carry, key: Array
+    path, weighting: weighting_lib.WeightingTransform, inputs: paths.StepInputs, carry, key: Optional[Array]
 ) -> CombinedGradients:
     """Forward -> per-task gradients by ``path`` -> weighting -> the combined gradient.
 
@@ -86,7 +86,7 @@ def combined_gradients(
     return CombinedGradients(losses, out, weights, grads, new_wstate, wgrads)
 
 
-def _weigh(weighting, path, losses: Array, carry, scheme_inputs: dict, key: Array):
+def _weigh(weighting, path, losses: Array, carry, scheme_inputs: dict, key: Optional[Array]):
     """``(output, new scheme state, gradients of the scheme's own params)``."""
     if not path.consults_weighting:
         out = weighting_lib.base.weights_output(jnp.ones_like(losses))
@@ -185,6 +185,10 @@ class MTLValueAndGrad:
                 f"loss_fn must return the [K] vector of task losses (one scalar per task); it returned shape "
                 f"{getattr(shape, 'shape', type(shape).__name__)}"
             )
+        # The scheme sees the caller's key, None included: a scheme that draws only in some settings
+        # (bayesagg_mtl with classification tasks) refuses None itself. The objective's key is never
+        # None (bilevel schemes fold the meta batch's from it); the core's loss_fn takes none.
+        scheme_key = key
         if key is None:
             if self.weighting.needs_key:
                 # A default key would be the same at every step: RLW would become static weights,
@@ -193,13 +197,7 @@ class MTLValueAndGrad:
                     "this weighting scheme draws random numbers (needs_key=True) and key=None was given: pass a fresh "
                     "PRNG key every step, e.g. vg(params, state, *args, key=jax.random.fold_in(key, step), step=step)"
                 )
-            classification = any(k != weighting_lib.last_layer.REGRESSION for k in self.target_kinds or ())
-            if self.weighting.requires == weighting_lib.LAST_LAYER and classification:
-                raise ValueError(
-                    "bayesagg_mtl draws Monte-Carlo samples for classification tasks and key=None was given: pass a "
-                    "fresh PRNG key every step, e.g. vg(params, state, *args, key=jax.random.fold_in(key, step))"
-                )
-            key = jax.random.PRNGKey(0)  # never read: the scheme is deterministic and loss_fn takes no rng
+            key = jax.random.PRNGKey(0)
         if self.weighting.requires == weighting_lib.BILEVEL and meta_args is None:
             raise ValueError(
                 "bilevel schemes need a second (validation) batch every step: pass meta_args=(…) with the same "
@@ -217,7 +215,7 @@ class MTLValueAndGrad:
         carry = WeightingCarry(
             jnp.asarray(step, jnp.int32), {} if weighting_params is None else weighting_params, weighting_state
         )
-        g = combined_gradients(self.path(int(shape.shape[0])), self.weighting, inputs, carry, key)
+        g = combined_gradients(self.path(int(shape.shape[0])), self.weighting, inputs, carry, scheme_key)
         return MTLGradients(g.losses, g.grads, g.weighting_state, g.weights, g.weighting_grads)
 
 

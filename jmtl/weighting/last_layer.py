@@ -376,8 +376,8 @@ def bayesagg_mtl(
     def _classification_moments(inputs, kinds, h1, y, mask, past_gram, expected, variance):
         if inputs.key is None:
             raise ValueError(
-                "bayesagg_mtl draws Monte-Carlo samples for classification tasks: pass a fresh key every step "
-                "(vg(params, state, *args, key=jax.random.fold_in(key, step)))"
+                "bayesagg_mtl draws Monte-Carlo samples for classification tasks and key=None was given: pass a "
+                "fresh key every step, e.g. vg(params, state, *args, key=jax.random.fold_in(key, step))"
             )
         layers = inputs.last_layer
         if layers is None or len(layers) != len(kinds):

@@ -239,3 +239,29 @@ def test_a_reference_in_the_datas_reported_units(tmp_path):
         np.testing.assert_allclose([r["validation_delta_m"][s] for r in recs], dm, rtol=1e-9)
         assert summary["best_validation"]["step"][s] == recs[int(np.argmin(dm))]["step"]
     assert "reported units" in summary["selection"]
+
+
+def test_inert_fields_are_filled_and_stripped_only_where_their_level_exists():
+    """``fill_inert`` sets a missing inert field where the current config has it at its inert value,
+    never into a level the saved config lacks or holds as a non-dict; ``strip_inert`` undoes it."""
+    dotted, inert = next((d, v) for d, v in config_schema.INERT_WHEN.items() if "." in d)
+    head, last = dotted.rsplit(".", 1)
+    current = {}
+    node, _ = config_schema.field_parent(current, dotted)
+    assert node == {}  # an absent level: a throwaway dict
+    nested = current
+    for part in head.split("."):
+        nested = nested.setdefault(part, {})
+    nested[last] = inert
+    saved = json.loads(json.dumps(current))
+    parent, _ = config_schema.field_parent(saved, dotted)
+    del parent[last]
+    config_schema.fill_inert(saved, current)
+    assert config_schema.field_parent(saved, dotted)[0][last] == inert
+    config_schema.strip_inert(saved)
+    assert last not in config_schema.field_parent(saved, dotted)[0]
+    top = head.split(".")[0]
+    for lacking in ({}, {top: None}, {top: 3}):
+        before = json.dumps(lacking)
+        config_schema.fill_inert(lacking, current)
+        assert json.dumps(lacking) == before

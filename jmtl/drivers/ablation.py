@@ -514,31 +514,11 @@ def grid_key(config, seeds: int, jacobian_mode: str | None) -> dict:
     seed count and the Jacobian mode."""
     c = config_schema.as_dict(config)
     for dotted in _NOT_COMPARED:
-        node, last = _parent(c, dotted)
+        node, last = config_schema.field_parent(c, dotted)
         node.pop(last, None)
     # Fields added since grids were recorded, at their inert values: left out (same fingerprints).
-    for dotted, inert in config_schema.INERT_WHEN.items():
-        node, last = _parent(c, dotted)
-        if last in node and _same(node[last], inert):
-            node.pop(last)
+    config_schema.strip_inert(c)
     return {"config": c, "seeds": seeds, "jacobian_mode": jacobian_mode}
-
-
-def _parent(tree: dict, dotted: str) -> tuple[dict, str]:
-    """``(the dict holding a dotted field, the field's last name)``; ``{}`` where a level is absent."""
-    *path, last = dotted.split(".")
-    node = tree
-    for part in path:
-        node = node.get(part, {})
-    return node, last
-
-
-def _same(value, inert) -> bool:
-    if isinstance(inert, dict):
-        return isinstance(value, dict) and value == inert
-    if isinstance(inert, tuple):
-        return isinstance(value, (tuple, list)) and tuple(value) == inert
-    return not isinstance(value, (tuple, list, dict)) and value == inert
 
 
 def check_grid(workdir: Path, key: dict) -> None:
@@ -550,7 +530,7 @@ def check_grid(workdir: Path, key: dict) -> None:
     if "key" not in saved:  # a grid.json of an earlier version: its config, less what is not compared
         legacy = {"config": saved.get("config", {}), "seeds": saved.get("seeds"), "jacobian_mode": None}
         for dotted in _NOT_COMPARED:
-            node, last = _parent(legacy["config"], dotted)
+            node, last = config_schema.field_parent(legacy["config"], dotted)
             node.pop(last, None)
         saved["key"] = {**legacy, "jacobian_mode": key["jacobian_mode"]}
     diff = config_schema.differences(saved["key"], key)

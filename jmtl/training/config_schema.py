@@ -232,19 +232,44 @@ INERT_WHEN = {
 }
 
 
+def field_parent(tree: dict, dotted: str) -> tuple[dict, str]:
+    """``(the dict holding a dotted field, the field's last name)`` in a config dict; a fresh ``{}``
+    where a level is absent or not a dict (so reading, popping or setting there changes nothing)."""
+    *path, last = dotted.split(".")
+    node = tree
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return {}, last
+    return node, last
+
+
+def strip_inert(tree: dict) -> None:
+    """Removes, from a config dict, each :data:`INERT_WHEN` field that holds its inert value (a
+    protocol or grid fingerprint then equals the one recorded before the field existed)."""
+    for dotted, inert in INERT_WHEN.items():
+        node, last = field_parent(tree, dotted)
+        if last in node and _same(node[last], inert):
+            node.pop(last)
+
+
 def fill_inert(saved: dict, current: dict) -> None:
     """Sets, in a saved config dict, each :data:`INERT_WHEN` field it lacks to the inert value where
     ``current`` has the field at that value (a run recorded before the field existed resumes)."""
     for dotted, inert in INERT_WHEN.items():
-        *path, last = dotted.split(".")
-        s_node, c_node = saved, current
-        for part in path:
-            s_node, c_node = s_node.get(part), c_node.get(part)
-            if not isinstance(s_node, dict) or not isinstance(c_node, dict):
-                break
-        else:
-            if last not in s_node and last in c_node and c_node[last] == inert:
-                s_node[last] = inert
+        s_node, last = field_parent(saved, dotted)
+        c_node, _ = field_parent(current, dotted)
+        if last not in s_node and last in c_node and c_node[last] == inert:
+            s_node[last] = inert
+
+
+def _same(value, inert) -> bool:
+    """``value`` is ``inert`` of the same kind (a list read back from JSON equals a tuple)."""
+    if isinstance(inert, dict):
+        return isinstance(value, dict) and value == inert
+    if isinstance(inert, tuple):
+        return isinstance(value, (tuple, list)) and tuple(value) == inert
+    return not isinstance(value, (tuple, list, dict)) and value == inert
 
 
 def _lookup(config, dotted: str):

@@ -69,7 +69,7 @@ def test_headline_rows_and_sentences_come_from_the_board(board):
     text = "\n".join(lines)
     assert record["benchmarks"]["bench_win"]["summary"]["headline"].removesuffix(".") in text
     assert "bench_null: no scheme beats equal weighting beyond noise" in text
-    assert lines[-1] == f"**{record['overall']}**" and "`a_win` on bench_win" in record["overall"]
+    assert lines[-1] == f"**{record['overall']}**" and "`a_win`, `b_win`, `c_mid` on bench_win" in record["overall"]
 
 
 def test_a_changed_board_number_fails_the_check_and_an_old_board_is_refused(board, tmp_path):

@@ -215,3 +215,15 @@ def test_a_failed_cell_is_retried_from_scratch_and_an_interrupted_one_resumes(tm
     )
     lb.train_cell(bench, "hps__y", config)
     assert found == [True] and "retried" not in capsys.readouterr().out
+
+
+def test_the_overall_sentence_groups_schemes_that_win_on_the_same_benchmarks():
+    """Lossless: every (scheme, benchmark) win is named once, schemes with the same wins share one
+    clause, the widest clause first; 'only ... on every benchmark' when one wins everywhere."""
+    wins = {"a": ["x", "y"], "b": ["x"], "c": ["x", "y"], "d": ["y"], "e": ["x"]}
+    summaries = {"x": [m for m, bs in wins.items() if "x" in bs], "y": [m for m, bs in wins.items() if "y" in bs]}
+    record = {"benchmarks": {b: {"summary": {"better": ms}} for b, ms in summaries.items()}}
+    assert lb.overall_summary(record) == (
+        "Schemes that beat equal weighting beyond noise (2 benchmarks on the board): `a`, `c` on x, y; "
+        "`b`, `e` on x; `d` on y. Only `a`, `c` beat it on every benchmark."
+    )

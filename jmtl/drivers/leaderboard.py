@@ -780,7 +780,14 @@ def overall_summary(record: Mapping) -> str:
         where = {1: "the one benchmark", 2: "both benchmarks"}.get(len(done), f"all {len(done)} benchmarks")
         return f"On {where} on the board, {NO_WINNER}."
     every = [m for m, bs in wins.items() if len(bs) == len(done)]
-    parts = "; ".join(f"`{m}` on {', '.join(bs)}" for m, bs in sorted(wins.items(), key=lambda kv: -len(kv[1])))
+    # Schemes that win on the same benchmarks share one clause (most benchmarks first).
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for m, bs in wins.items():
+        groups.setdefault(tuple(bs), []).append(m)
+    parts = "; ".join(
+        f"{', '.join(f'`{m}`' for m in ms)} on {', '.join(bs)}"
+        for bs, ms in sorted(groups.items(), key=lambda kv: -len(kv[0]))
+    )
     if len(done) == 1:
         tail = ""
     elif every:

@@ -7,8 +7,8 @@ width (see :func:`qm9_subset`): at the papers' width (hidden 64, edge network 12
 ``python -m experiments.leaderboard --plan --benchmarks qm9_subset --methods equal,upgrad`` measured
 11.2 CPU s per step for equal weighting and 64 for UPGrad (5 seeds), 14.3 CPU hours for those two
 cells and the 11 single-task ones; at the board's width 0.92 and 6.9 CPU s, 1.46 CPU hours (AMD
-EPYC, 2 cores, 2026-12-07). Adding a benchmark
-is one :func:`jmtl.drivers.leaderboard.register` call here.
+EPYC, 2 cores, 2026-12-07). Adding a benchmark is one :func:`jmtl.drivers.leaderboard.register`
+call here.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def qm9_subset():
     graphs are not the papers' (results/qm9/qm9_geometry_vs_graph.md).
 
     CPU-sized: the papers' MPNN (3 NNConv + GRU rounds, Set2Set, one linear head per target) at half
-    its widths (hidden 32, edge network 32 -> 64 instead of 64 / 128) and batch 60 instead of 120,
+    its widths (hidden 32 and 64 edge-network units, instead of 64 and 128) and batch 60, not 120:
     12× cheaper a step (the module docstring's measurement), so every cell takes minutes. 250 steps
     of batch 60 = 1.5 epochs of the 10k training molecules, evaluated every 125 steps. Each target's
     main metric is the config's default, the MSE of the standardised target, so Delta-m% here is over

@@ -265,3 +265,15 @@ def test_inert_fields_are_filled_and_stripped_only_where_their_level_exists():
         before = json.dumps(lacking)
         config_schema.fill_inert(lacking, current)
         assert json.dumps(lacking) == before
+
+
+def test_fill_and_strip_agree_on_what_is_inert(monkeypatch):
+    """``fill_inert`` and ``strip_inert`` use one notion of "at the inert value": a tuple-valued field
+    read back from JSON as a list is inert for both, and a list is never inert for a scalar field."""
+    monkeypatch.setattr(config_schema, "INERT_WHEN", {"weighting.levels": (1, 2), "weighting.scale": 0.0})
+    current = json.loads(json.dumps({"weighting": {"levels": (1, 2), "scale": [0.0]}}))  # JSON: lists
+    saved = {"weighting": {}}
+    config_schema.fill_inert(saved, current)
+    assert saved == {"weighting": {"levels": (1, 2)}}  # the tuple field filled; the list-valued scale not
+    config_schema.strip_inert(current)
+    assert current == {"weighting": {"scale": [0.0]}}

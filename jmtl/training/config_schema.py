@@ -259,7 +259,7 @@ def fill_inert(saved: dict, current: dict) -> None:
     for dotted, inert in INERT_WHEN.items():
         s_node, last = field_parent(saved, dotted)
         c_node, _ = field_parent(current, dotted)
-        if last not in s_node and last in c_node and c_node[last] == inert:
+        if last not in s_node and last in c_node and _same(c_node[last], inert):
             s_node[last] = inert
 
 

@@ -120,3 +120,53 @@ def test_geometry_comparison_per_epoch_from_the_cells_metrics(tmp_path):
     assert result["epochs_graph"] == [1.0, 2.0] and "| 1 | ratio | 1.25 | 1.25 |" in lines
     with pytest.raises(ValueError, match="pass a geometry cell and a graph cell"):
         qm9_geometry_compare.compare_epochs(graph, graph)
+
+
+@pytest.mark.parametrize(
+    "table, tolerance",
+    [(qm9_gnn.PUBLISHED, 0.5), (qm9_gnn.PUBLISHED_QIN2025, 0.15)],
+    ids=["navon2022", "qin2025"],
+)
+def test_each_published_row_gives_its_delta_m_against_its_own_stl_row(table, tolerance):
+    """A transcription check: each row's Delta-m%, recomputed from its printed MAEs against the table's
+    STL row, lands on the printed Delta-m% (within the rounding of the printed MAEs; a mistyped MAE
+    moves it by more). FAMO's row rides on Navon et al.'s STL (same protocol); Nash-MTL's table prints
+    fewer digits than its code's BASE, hence the wider tolerance."""
+    (stl, zero), *rows = table.values()
+    assert zero == 0.0 and len(stl) == 11
+    for name, (maes, printed) in zip(list(table)[1:], rows):
+        recomputed = 100 * np.mean([(m - b) / b for m, b in zip(maes, stl)])
+        assert recomputed == pytest.approx(printed, abs=tolerance), name
+
+
+def test_the_ntkmtl_protocol_divides_by_its_papers_stl_row():
+    """The NTKMTL config's selection reference (its code's BASE) is the STL row of the paper's Table 3."""
+    from experiments.configs import qm9_geometry
+
+    assert list(qm9_geometry.PROTOCOLS["ntkmtl"][2]) == qm9_gnn.PUBLISHED_QIN2025["STL (Qin et al.)"][0]
+    assert list(qm9_geometry.PROTOCOLS["nash_mtl"][2]) == qm9_gnn.PUBLISHED["STL (paper)"][0]
+
+
+def test_the_report_prints_both_protocols_tables():
+    cells, _ = _cells(np.random.default_rng(3))
+    result, lines = qm9_gnn.build_report(cells, ["equal"], TASKS, UNITS, SETUP, {})
+    assert qm9_gnn.PUBLISHED_QIN2025_NOTE_MD in lines
+    assert sum(line.startswith("| NTKMTL-SR (Qin et al.) |") for line in lines) == 1
+    assert result["published_qin2025"]["FAMO (Qin et al.)"]["delta_m"] == 38.9
+
+
+def test_published_md_holds_the_same_ntkmtl_table():
+    """results/published.md's Qin et al. table and the script's constant are one transcription."""
+    import pathlib
+
+    text = (pathlib.Path(qm9_gnn.__file__).resolve().parents[1] / "results" / "published.md").read_text()
+    section = text.split("## QM9: Qin et al.")[1].split("\n## ")[0]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
+    table = {r[0]: ([float(v) for v in r[1:12]], float(r[12] or 0.0)) for r in rows[1:]}
+    assert len(table) == len(qm9_gnn.PUBLISHED_QIN2025)
+    for (name, row), (key, want) in zip(table.items(), qm9_gnn.PUBLISHED_QIN2025.items()):
+        assert row == want, (name, key)

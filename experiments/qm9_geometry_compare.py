@@ -19,6 +19,8 @@ import pathlib
 
 import numpy as np
 
+from jmtl.drivers import leaderboard
+
 # setup fields that must agree between the two records (all but the inputs and the model text)
 SAME = ("train_size", "eval_size", "epochs", "batch_size", "lr")
 
@@ -56,7 +58,17 @@ def compare(geometry: dict, graph: dict) -> tuple[dict, list[str]]:
                 "ratio_per_seed": (g / b).tolist(),
                 "ratio_median": float(np.median(g / b)),
             }
-        out["rows"][method] = {"seeds": [int(s) for s in seeds], "tasks": per}
+        # One number a seed: the geometric mean over the targets of MAE_geometry / MAE_graph (the ratio
+        # of a typical target; < 1: geometry helps), and its Student-t interval over the seeds.
+        geomean = [
+            float(np.exp(np.mean([np.log(per[t]["ratio_per_seed"][i]) for t in tasks]))) for i in range(len(seeds))
+        ]
+        summary = {"geomean_ratio_per_seed": geomean}
+        if len(seeds) >= 2:
+            summary["geomean_ratio_mean_ci95"] = list(leaderboard.t_interval(geomean))
+        summary["targets_lower_every_seed"] = [t for t in tasks if max(per[t]["ratio_per_seed"]) < 1]
+        summary["targets_higher_every_seed"] = [t for t in tasks if min(per[t]["ratio_per_seed"]) > 1]
+        out["rows"][method] = {"seeds": [int(s) for s in seeds], "tasks": per, "summary": summary}
         rows.append((method, seeds, per))
     fmt = lambda v: f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
     lines = [
@@ -76,6 +88,28 @@ def compare(geometry: dict, graph: dict) -> tuple[dict, list[str]]:
         lines.append(f"| {method} | {s} | bond graph | " + " | ".join(fmt(per[t]["graph_mean"]) for t in tasks) + " |")
         lines.append(f"| {method} | {s} | geometry | " + " | ".join(fmt(per[t]["geometry_mean"]) for t in tasks) + " |")
         lines.append(f"| {method} | {s} | ratio | " + " | ".join(f"{per[t]['ratio_median']:.2f}" for t in tasks) + " |")
+        if len(seeds) > 1:
+            lines.append(
+                f"| {method} | {s} | ratio, lowest–highest seed | "
+                + " | ".join(f"{min(per[t]['ratio_per_seed']):.2f}–{max(per[t]['ratio_per_seed']):.2f}" for t in tasks)
+                + " |"
+            )
+    for method, seeds, per in rows:
+        summary = out["rows"][method]["summary"]
+        each = ", ".join(f"{g:.2f}" for g in summary["geomean_ratio_per_seed"])
+        ci = summary.get("geomean_ratio_mean_ci95")
+        lines += [
+            "",
+            f"**{method}**: the geometric mean over the {len(tasks)} targets of MAE_geometry / MAE_graph is {each} "
+            f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})"
+            + (
+                f"; mean {ci[0]:.2f}, 95 % t-interval [{ci[1]:.2f}, {ci[2]:.2f}] over the {len(seeds)} seeds"
+                if ci
+                else ""
+            )
+            + f". Lower with geometry in every seed: {', '.join(summary['targets_lower_every_seed']) or 'no target'}; "
+            f"higher in every seed: {', '.join(summary['targets_higher_every_seed']) or 'no target'}.",
+        ]
     lines += [
         "",
         f"Sources: {geometry.get('_path', '--geometry')} and {graph.get('_path', '--graph')} (their provenance "

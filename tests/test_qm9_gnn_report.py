@@ -94,6 +94,14 @@ def test_geometry_comparison_pairs_seeds_and_refuses_other_setups():
     assert row["tasks"]["a"]["ratio_per_seed"] == [0.5, 0.25] and row["tasks"]["a"]["ratio_median"] == 0.375
     assert row["tasks"]["b"]["ratio_per_seed"] == [0.5, 2.0] and row["tasks"]["b"]["geometry_mean"] == 12.5
     assert any("| ratio | 0.38 | 1.25 |" in line for line in lines)
+    assert any("| ratio, lowest–highest seed | 0.25–0.50 | 0.50–2.00 |" in line for line in lines)
+    # per seed, the geometric mean over the targets: sqrt(0.5 x 0.5) = 0.5, sqrt(0.25 x 2) = 0.707
+    summary = row["summary"]
+    np.testing.assert_allclose(summary["geomean_ratio_per_seed"], [0.5, np.sqrt(0.5)])
+    mean, lo, hi = summary["geomean_ratio_mean_ci95"]
+    half = 12.7062047 * np.std([0.5, np.sqrt(0.5)], ddof=1) / np.sqrt(2)  # t_{0.975, 1}
+    np.testing.assert_allclose([mean, lo, hi], [(0.5 + np.sqrt(0.5)) / 2 + d for d in (0, -half, half)], rtol=1e-6)
+    assert summary["targets_lower_every_seed"] == ["a"] and summary["targets_higher_every_seed"] == []
     with pytest.raises(ValueError, match=r"differ in epochs \(2 vs 1\)"):
         qm9_geometry_compare.compare({**geometry, "setup": {**geometry["setup"], "epochs": 2}}, graph)
     with pytest.raises(ValueError, match="pass a --inputs geometry record"):

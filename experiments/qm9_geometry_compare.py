@@ -184,8 +184,8 @@ def compare_epochs(geometry_cell: pathlib.Path, graph_cell: pathlib.Path) -> tup
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--geometry", required=True, help="the --inputs geometry record (.json)")
-    p.add_argument("--graph", required=True, help="the --inputs graph record (.json)")
+    p.add_argument("--geometry", default=None, help="the --inputs geometry record (.json)")
+    p.add_argument("--graph", default=None, help="the --inputs graph record (.json)")
     p.add_argument("--out", required=True, help="results path without suffix")
     p.add_argument(
         "--cells",
@@ -195,29 +195,45 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     from experiments import results_io
 
+    # Both records, or neither (then --cells alone: two cells of grids that have not finished). A path
+    # that does not exist is a mistake, never an empty comparison written over a real one.
+    given = [(flag, path) for flag, path in (("--geometry", args.geometry), ("--graph", args.graph)) if path]
+    if len(given) == 1 or (not given and not args.cells):
+        p.error(
+            "pass both --geometry and --graph (the two qm9_gnn records), or neither with --cells. "
+            "Fix: e.g. --geometry results/qm9/qm9_gnn_cpu_subset_geometry.json "
+            "--graph results/qm9/qm9_gnn_cpu_subset_graph.json"
+        )
+    for flag, path in given:
+        if not pathlib.Path(path).is_file():
+            p.error(f"{flag} {path} does not exist. Fix: pass the .json an experiments.qm9_gnn grid wrote (--out)")
+    if args.cells:
+        cell_dirs = [pathlib.Path(c) for c in args.cells.split(",")]
+        if len(cell_dirs) != 2 or not all((d / "metrics.jsonl").is_file() for d in cell_dirs):
+            p.error(
+                f"--cells {args.cells!r}: need GEOMETRY_CELL_DIR,GRAPH_CELL_DIR, each with a metrics.jsonl. "
+                "Fix: e.g. --cells /tmp/qm9_geo/equal-s0,/tmp/qm9_graph/equal-s0"
+            )
     started = results_io.started_now()
     records, lines, result = [], [], {}
-    for path in (args.geometry, args.graph):
-        if pathlib.Path(path).is_file():
-            record = json.loads(pathlib.Path(path).read_text())
-            record["_path"] = path
-            records.append(record)
-    if len(records) == 2:
+    for _, path in given:
+        record = json.loads(pathlib.Path(path).read_text())
+        record["_path"] = path
+        records.append(record)
+    if records:
         result, lines = compare(*records)
     else:
         lines = [
             "# QM9 with and without 3-D geometry (CPU subset)",
             "",
-            f"No best-validation comparison: {args.geometry if not pathlib.Path(args.geometry).is_file() else args.graph} "
-            "does not exist (its grid did not finish).",
+            "No best-validation comparison: no records given, only the cells below (their grids have not finished).",
         ]
     result["sources"] = {
         "geometry": {"path": args.geometry, "provenance": records[0].get("provenance") if records else None},
-        "graph": {"path": args.graph, "provenance": records[-1].get("provenance") if len(records) == 2 else None},
+        "graph": {"path": args.graph, "provenance": records[1].get("provenance") if records else None},
     }
     if args.cells:
-        geo_cell, graph_cell = (pathlib.Path(c) for c in args.cells.split(","))
-        per_epoch, epoch_lines = compare_epochs(geo_cell, graph_cell)
+        per_epoch, epoch_lines = compare_epochs(*cell_dirs)
         result["per_epoch"] = per_epoch
         lines += epoch_lines
     results_io.write_outputs(args.out, result, lines, results_io.provenance(started=started))

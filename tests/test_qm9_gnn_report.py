@@ -178,3 +178,24 @@ def test_published_md_holds_the_same_ntkmtl_table():
     assert len(table) == len(qm9_gnn.PUBLISHED_QIN2025)
     for (name, row), (key, want) in zip(table.items(), qm9_gnn.PUBLISHED_QIN2025.items()):
         assert row == want, (name, key)
+
+
+def test_geometry_comparison_refuses_a_missing_record_and_writes_nothing(tmp_path, capsys):
+    """A mistyped record path is an error naming it (exit 2), never an empty comparison written to --out."""
+    import json
+
+    from experiments import qm9_geometry_compare
+
+    graph = tmp_path / "graph.json"
+    graph.write_text(json.dumps({"setup": {"inputs": "graph"}, "units": {}, "test_mae": {}}))
+    out = tmp_path / "cmp"
+    for argv in (
+        ["--geometry", str(tmp_path / "geomtry.json"), "--graph", str(graph)],  # a typo
+        ["--graph", str(graph)],  # one record alone
+        ["--cells", f"{tmp_path}/a,{tmp_path}/b"],  # cells without metrics
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            qm9_geometry_compare.main([*argv, "--out", str(out)])
+        assert exit_.value.code == 2
+        assert "Fix:" in capsys.readouterr().err
+        assert not list(tmp_path.glob("cmp*"))
